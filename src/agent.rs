@@ -1,0 +1,3 @@
+//! The agent side: Envoy's bootstrap (and, later, running Envoy).
+
+pub mod bootstrap;

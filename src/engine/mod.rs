@@ -1,0 +1,182 @@
+//! The engine: a differential-dataflow graph on its own timely worker thread.
+//!
+//! Sources send [`Command`]s over a crossbeam channel. The worker takes every command that is
+//! waiting (so a burst of events becomes one logical time), feeds the input collections,
+//! advances time, steps the dataflow until its output frontier passes that time, and hands the
+//! time's consolidated output to the sink as one [`ResourceDelta`]. The sink runs on the worker
+//! thread; in `serve` it is the cache's `apply`, which is cheap and never blocks on a proxy.
+
+mod dataflow;
+pub mod output;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+
+pub use dataflow::{OutputRow, endpoints_addresses, selector_pod_addresses, service_port_rows, slice_addresses};
+pub use output::{ResourceChange, ResourceDelta};
+
+use crate::model::{InputEvent, Object, ObjectKey};
+
+/// Work for the engine.
+#[derive(Debug)]
+pub enum Command {
+    /// Input changes, applied together at one logical time (with whatever else is waiting).
+    Events(Vec<InputEvent>),
+    /// The named source has delivered its initial state: reported to the sink after every
+    /// event sent before it has been translated.
+    Synced(String),
+}
+
+/// What the engine hands to its sink, in order.
+#[derive(Debug)]
+pub enum EngineOutput {
+    /// The output changes of one logical time; sent for every time, even when empty, so a
+    /// caller can wait for its input to have been processed.
+    Delta(ResourceDelta),
+    Synced(String),
+}
+
+/// A handle to the running engine. Dropping every clone of the sender stops the worker.
+pub struct Engine {
+    tx: Sender<Command>,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// At most this many commands are folded into one logical time, so that one huge burst
+/// still yields output in bounded steps.
+const MAX_COMMANDS_PER_TIME: usize = 4096;
+
+impl Engine {
+    /// Starts the worker thread. `sink` receives every output, in order, on that thread.
+    pub fn start(sink: impl FnMut(EngineOutput) + Send + 'static) -> Engine {
+        // timely wants a `Sync` closure; the sink is only ever called from the worker thread.
+        let sink = std::sync::Mutex::new(sink);
+        let (tx, rx) = crossbeam_channel::unbounded::<Command>();
+        let worker = std::thread::Builder::new()
+            .name("meshflow-engine".into())
+            .spawn(move || {
+                timely::execute_directly(move |worker| {
+                    let buffer: Rc<RefCell<Vec<(OutputRow, isize)>>> = Rc::default();
+                    let probe = ProbeHandle::new();
+                    let sink_buffer = buffer.clone();
+                    let mut inputs = worker.dataflow::<u64, _, _>(|scope| {
+                        let (inputs, output) = dataflow::build(scope);
+                        output
+                            .inspect_batch(move |_, updates| {
+                                sink_buffer.borrow_mut().extend(updates.iter().map(|(row, _, diff)| (row.clone(), *diff)));
+                            })
+                            .probe_with(&probe);
+                        inputs
+                    });
+                    let mut driver = Driver::default();
+                    let mut assembler = output::Assembler::default();
+                    let mut time = 0u64;
+                    while let Some(commands) = next_commands(&rx) {
+                        let mut synced = Vec::new();
+                        for command in commands {
+                            match command {
+                                Command::Events(events) => driver.apply(events, &mut inputs),
+                                Command::Synced(source) => synced.push(source),
+                            }
+                        }
+                        time += 1;
+                        inputs.advance_to(time);
+                        inputs.flush();
+                        worker.step_while(|| probe.less_than(&time));
+                        let rows = std::mem::take(&mut *buffer.borrow_mut());
+                        let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
+                        sink(EngineOutput::Delta(assembler.finish(time - 1, rows)));
+                        for source in synced {
+                            sink(EngineOutput::Synced(source));
+                        }
+                    }
+                })
+            })
+            .expect("spawning the engine thread");
+        Engine { tx, worker: Some(worker) }
+    }
+
+    pub fn sender(&self) -> Sender<Command> {
+        self.tx.clone()
+    }
+
+    pub fn send(&self, command: Command) {
+        // The worker only exits when every sender is gone, so this cannot fail while `self` lives.
+        let _ = self.tx.send(command);
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let (tx, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(worker) = self.worker.take() {
+            // Other senders (sources) may still be alive; do not wait for them.
+            if worker.is_finished() {
+                let _ = worker.join();
+            }
+        }
+    }
+}
+
+/// Blocks for the next command, then takes whatever else is already waiting.
+fn next_commands(rx: &Receiver<Command>) -> Option<Vec<Command>> {
+    let first = rx.recv().ok()?;
+    let mut commands = vec![first];
+    while commands.len() < MAX_COMMANDS_PER_TIME {
+        match rx.try_recv() {
+            Ok(c) => commands.push(c),
+            Err(_) => break,
+        }
+    }
+    Some(commands)
+}
+
+/// What the engine currently holds per input key, so that an update can retract the old
+/// object and a delete knows what to retract. Kinds not yet translated are held too, so
+/// that the set of known objects is complete when their translation is added.
+#[derive(Default)]
+struct Driver {
+    current: HashMap<ObjectKey, Object>,
+}
+
+impl Driver {
+    fn apply(&mut self, events: Vec<InputEvent>, inputs: &mut dataflow::Inputs) {
+        for event in events {
+            let old = match event.object {
+                Some(new) => {
+                    if self.current.get(&event.key) == Some(&new) {
+                        continue;
+                    }
+                    feed(inputs, &new, 1);
+                    self.current.insert(event.key, new)
+                }
+                None => self.current.remove(&event.key),
+            };
+            if let Some(old) = old {
+                feed(inputs, &old, -1);
+            }
+        }
+    }
+}
+
+fn feed(inputs: &mut dataflow::Inputs, object: &Object, diff: isize) {
+    match object {
+        Object::Service(s) => inputs.services.update(s.clone(), diff),
+        Object::EndpointSlice(s) => inputs.slices.update(s.clone(), diff),
+        Object::Endpoints(e) => inputs.endpoints.update(e.clone(), diff),
+        Object::Pod(p) => inputs.pods.update(p.clone(), diff),
+        // Held by the driver, not yet translated.
+        Object::Namespace(_)
+        | Object::Node(_)
+        | Object::Gateway(_)
+        | Object::VirtualService(_)
+        | Object::DestinationRule(_)
+        | Object::ServiceEntry(_) => {}
+    }
+}

@@ -1,0 +1,16 @@
+//! meshflow: an Istio-compatible discovery service.
+//!
+//! Kubernetes and Istio objects come in from [`source`]s as [`model::InputEvent`]s, are
+//! translated into Envoy resources by a differential-dataflow graph ([`engine`], built from
+//! the pure builders in [`translate`]), land as one atomic batch per logical time in the
+//! [`cache`], and are pushed to Envoy by the delta xDS server ([`xds`]). Start with
+//! [`engine::Engine`] and [`translate::reference`]: the engine must always equal the reference.
+
+pub mod engine;
+pub mod model;
+pub mod translate;
+pub mod cache;
+pub mod xds;
+pub mod source;
+pub mod admin;
+pub mod agent;

@@ -1,0 +1,118 @@
+//! The `meshflow` command.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use meshflow::agent::bootstrap::{self, BootstrapConfig};
+use meshflow::cache::Cache;
+use meshflow::engine::{Engine, EngineOutput};
+use meshflow::source;
+
+#[derive(Parser)]
+#[command(name = "meshflow", version, about = "Istio-compatible discovery service: differential dataflow in, delta xDS out")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Translate a config directory into Envoy configuration and serve it over delta ADS.
+    Serve {
+        /// Directory of Kubernetes and Istio YAML/JSON, watched for changes.
+        #[arg(long)]
+        config_dir: PathBuf,
+        /// Address of the xDS (ADS) gRPC server.
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        xds_addr: SocketAddr,
+        /// Address of the admin HTTP server (/ready, /stats, /debug/resources).
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        admin_addr: SocketAddr,
+    },
+    /// Print an Envoy bootstrap (YAML) that takes its configuration from meshflow.
+    Bootstrap {
+        /// Istio node id: sidecar~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local
+        #[arg(long)]
+        node_id: String,
+        /// meshflow's xDS address, IP:port or host:port.
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        xds_addr: String,
+        /// Bind every listener to this IP instead of 0.0.0.0 (no traffic interception).
+        #[arg(long)]
+        bind_address: Option<IpAddr>,
+        /// Envoy's admin port, on 127.0.0.1.
+        #[arg(long, default_value_t = 15000)]
+        admin_port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "meshflow=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config_dir, xds_addr, admin_addr } => serve(config_dir, xds_addr, admin_addr),
+        Command::Bootstrap { node_id, xds_addr, bind_address, admin_port } => {
+            let config = BootstrapConfig { node_id, xds_addr, bind_address, admin_port };
+            bootstrap::render(&config).map(|yaml| print!("{yaml}")).map_err(anyhow::Error::msg)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshflow: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(config_dir: PathBuf, xds_addr: SocketAddr, admin_addr: SocketAddr) -> anyhow::Result<()> {
+    let cache = Cache::new([source::file::SOURCE_NAME.to_string()]);
+    let sink_cache = cache.clone();
+    let engine = Engine::start(move |output| match output {
+        EngineOutput::Delta(delta) => {
+            let applied = sink_cache.apply(&delta);
+            if applied > 0 {
+                tracing::debug!(time = delta.time, changes = applied, "configuration changed");
+            }
+        }
+        EngineOutput::Synced(source) => sink_cache.source_synced(&source),
+    });
+    let _watch = source::file::spawn(config_dir, engine.sender())?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?;
+    runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let xds = tokio::spawn(meshflow::xds::serve(cache.clone(), xds_addr, stopped(stop_rx.clone())));
+        let admin = tokio::spawn(meshflow::admin::serve(cache.clone(), admin_addr, stopped(stop_rx)));
+        tokio::select! {
+            r = xds => r??,
+            r = admin => r??,
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                let _ = stop_tx.send(true);
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+

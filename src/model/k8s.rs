@@ -1,0 +1,400 @@
+//! Kubernetes kinds, cut down to what translation needs.
+//!
+//! Each `from_*` conversion takes the full `k8s-openapi` object and keeps only the fields the
+//! translation reads, so a Pod costs its labels, IP and ports, not its whole spec. Conversions
+//! validate what they keep and report problems as [`FieldError`]s.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::{Deserialize, Serialize};
+
+use super::FieldError;
+
+/// The label an EndpointSlice carries to name its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    fn parse(value: Option<&str>, field: &str) -> Result<Protocol, FieldError> {
+        match value.unwrap_or("TCP") {
+            "TCP" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            "SCTP" => Ok(Protocol::Sctp),
+            other => Err(FieldError::new(
+                field,
+                format!("unsupported protocol {other:?}: must be TCP, UDP or SCTP"),
+            )),
+        }
+    }
+}
+
+/// A Service port's `targetPort`: a number, or the name of a container port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServicePort {
+    /// Empty when the Service has a single unnamed port.
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub target_port: TargetPort,
+    pub app_protocol: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub ports: Vec<ServicePort>,
+    /// `None` for a Service without a selector (its endpoints are managed by hand).
+    pub selector: Option<Labels>,
+    pub cluster_ip: Option<String>,
+    /// `ExternalName` services resolve by DNS and get no EDS cluster.
+    pub external_name: Option<String>,
+    pub publish_not_ready_addresses: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SlicePort {
+    /// Matches the Service port of the same name (empty for the unnamed port).
+    pub name: String,
+    pub port: Option<u16>,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SliceEndpoint {
+    pub addresses: Vec<String>,
+    pub ready: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EndpointSlice {
+    pub namespace: String,
+    pub name: String,
+    /// From the `kubernetes.io/service-name` label; a slice without it belongs to no Service.
+    pub service_name: Option<String>,
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+/// A `core/v1` Endpoints subset: ready addresses, not-ready addresses and ports.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EndpointSubset {
+    pub ready: Vec<String>,
+    pub not_ready: Vec<String>,
+    pub ports: Vec<SlicePort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Endpoints {
+    pub namespace: String,
+    pub name: String,
+    pub subsets: Vec<EndpointSubset>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ContainerPort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub ip: Option<String>,
+    pub node_name: Option<String>,
+    /// The Pod's `Ready` condition is `True`.
+    pub ready: bool,
+    /// Pods that are terminating, succeeded or failed are never endpoints.
+    pub terminal: bool,
+    pub ports: Vec<ContainerPort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub labels: Labels,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+}
+
+// === conversions ===
+
+fn labels(meta: &ObjectMeta) -> Labels {
+    meta.labels.clone().unwrap_or_default()
+}
+
+fn port_number(value: i32, field: &str) -> Result<u16, FieldError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| FieldError::new(field, format!("port {value} is out of range 1-65535")))
+}
+
+fn ip_address(value: &str, field: &str) -> Result<String, FieldError> {
+    value
+        .parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_string())
+        .map_err(|_| FieldError::new(field, format!("{value:?} is not an IP address")))
+}
+
+/// Collects field errors so a conversion reports every problem, not just the first.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn take<T>(&mut self, r: Result<T, FieldError>) -> Option<T> {
+        r.map_err(|e| self.0.push(e)).ok()
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, Vec<FieldError>> {
+        if self.0.is_empty() { Ok(value) } else { Err(self.0) }
+    }
+}
+
+pub fn service_from(ns: &str, name: &str, svc: &core::Service) -> Result<Service, Vec<FieldError>> {
+    let mut errors = Errors::default();
+    let spec = svc.spec.clone().unwrap_or_default();
+    let mut ports = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let field = format!("spec.ports[{i}]");
+        let number = errors.take(port_number(p.port, &format!("{field}.port")));
+        let protocol = errors.take(Protocol::parse(p.protocol.as_deref(), &format!("{field}.protocol")));
+        let target_port = match &p.target_port {
+            None => number.map(TargetPort::Number),
+            Some(IntOrString::Int(n)) => {
+                errors.take(port_number(*n, &format!("{field}.targetPort"))).map(TargetPort::Number)
+            }
+            Some(IntOrString::String(s)) if s.is_empty() => number.map(TargetPort::Number),
+            Some(IntOrString::String(s)) => match s.parse::<i32>() {
+                // kubectl accepts "8080" and means the number.
+                Ok(n) => errors.take(port_number(n, &format!("{field}.targetPort"))).map(TargetPort::Number),
+                Err(_) => Some(TargetPort::Name(s.clone())),
+            },
+        };
+        let name = p.name.clone().unwrap_or_default();
+        if let (Some(number), Some(protocol)) = (number, protocol) {
+            if !seen.insert((number, protocol)) {
+                errors.0.push(FieldError::new(
+                    format!("{field}.port"),
+                    format!("duplicate port {number}/{protocol:?}"),
+                ));
+            }
+        }
+        if spec.ports.as_ref().is_some_and(|all| all.len() > 1) && name.is_empty() {
+            errors.0.push(FieldError::new(
+                format!("{field}.name"),
+                "must be set when a Service has more than one port",
+            ));
+        }
+        if let (Some(port), Some(protocol), Some(target_port)) = (number, protocol, target_port) {
+            ports.push(ServicePort { name, port, protocol, target_port, app_protocol: p.app_protocol.clone() });
+        }
+    }
+    let external_name = if spec.type_.as_deref() == Some("ExternalName") {
+        match spec.external_name.clone() {
+            Some(n) if !n.is_empty() => Some(n),
+            _ => {
+                errors.0.push(FieldError::new("spec.externalName", "required when type is ExternalName"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let cluster_ip = spec.cluster_ip.clone().filter(|ip| !ip.is_empty());
+    let selector = spec.selector.clone().filter(|s| !s.is_empty());
+    errors.finish(Service {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        ports,
+        selector,
+        cluster_ip,
+        external_name,
+        publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
+    })
+}
+
+fn endpoint_ports(
+    ports: Option<&Vec<discovery::EndpointPort>>,
+    field: &str,
+    errors: &mut Errors,
+) -> Vec<SlicePort> {
+    let mut out = Vec::new();
+    for (i, p) in ports.into_iter().flatten().enumerate() {
+        let f = format!("{field}[{i}]");
+        let port = match p.port {
+            Some(n) => errors.take(port_number(n, &format!("{f}.port"))),
+            None => None,
+        };
+        if let Some(protocol) = errors.take(Protocol::parse(p.protocol.as_deref(), &format!("{f}.protocol"))) {
+            out.push(SlicePort { name: p.name.clone().unwrap_or_default(), port, protocol });
+        }
+    }
+    out
+}
+
+pub fn endpoint_slice_from(
+    ns: &str,
+    name: &str,
+    slice: &discovery::EndpointSlice,
+) -> Result<EndpointSlice, Vec<FieldError>> {
+    let mut errors = Errors::default();
+    if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6" | "FQDN") {
+        errors.0.push(FieldError::new(
+            "addressType",
+            format!("{:?} is not one of IPv4, IPv6, FQDN", slice.address_type),
+        ));
+    }
+    let ports = endpoint_ports(slice.ports.as_ref(), "ports", &mut errors);
+    let mut endpoints = Vec::new();
+    // FQDN slices name hosts, not IPs; they carry no routable address for EDS.
+    if slice.address_type != "FQDN" {
+        for (i, ep) in slice.endpoints.iter().enumerate() {
+            let conditions = ep.conditions.clone().unwrap_or_default();
+            // Kubernetes: a nil `ready` means ready, unless the endpoint is terminating.
+            let ready = conditions.ready.unwrap_or(!conditions.terminating.unwrap_or(false));
+            let addresses = ep
+                .addresses
+                .iter()
+                .enumerate()
+                .filter_map(|(j, a)| errors.take(ip_address(a, &format!("endpoints[{i}].addresses[{j}]"))))
+                .collect();
+            endpoints.push(SliceEndpoint { addresses, ready });
+        }
+    }
+    errors.finish(EndpointSlice {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        service_name: slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL).cloned()),
+        ports,
+        endpoints,
+    })
+}
+
+pub fn endpoints_from(ns: &str, name: &str, eps: &core::Endpoints) -> Result<Endpoints, Vec<FieldError>> {
+    let mut errors = Errors::default();
+    let mut subsets = Vec::new();
+    for (i, s) in eps.subsets.iter().flatten().enumerate() {
+        let mut addrs = |list: &Option<Vec<core::EndpointAddress>>, which: &str| -> Vec<String> {
+            list.iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(j, a)| errors.take(ip_address(&a.ip, &format!("subsets[{i}].{which}[{j}].ip"))))
+                .collect()
+        };
+        let ready = addrs(&s.addresses, "addresses");
+        let not_ready = addrs(&s.not_ready_addresses, "notReadyAddresses");
+        let ports: Vec<discovery::EndpointPort> = s
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| discovery::EndpointPort {
+                name: p.name.clone(),
+                port: Some(p.port),
+                protocol: p.protocol.clone(),
+                app_protocol: p.app_protocol.clone(),
+            })
+            .collect();
+        let ports = endpoint_ports(Some(&ports), &format!("subsets[{i}].ports"), &mut errors);
+        subsets.push(EndpointSubset { ready, not_ready, ports });
+    }
+    errors.finish(Endpoints { namespace: ns.to_string(), name: name.to_string(), subsets })
+}
+
+pub fn pod_from(ns: &str, name: &str, pod: &core::Pod) -> Result<Pod, Vec<FieldError>> {
+    let mut errors = Errors::default();
+    let status = pod.status.clone().unwrap_or_default();
+    let ip = match status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) {
+        Some(ip) => errors.take(ip_address(ip, "status.podIP")),
+        None => None,
+    };
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let terminal = pod.metadata.deletion_timestamp.is_some()
+        || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    let mut ports = Vec::new();
+    for (ci, c) in pod.spec.iter().flat_map(|s| s.containers.iter()).enumerate() {
+        for (pi, p) in c.ports.iter().flatten().enumerate() {
+            let f = format!("spec.containers[{ci}].ports[{pi}]");
+            let port = errors.take(port_number(p.container_port, &format!("{f}.containerPort")));
+            let protocol = errors.take(Protocol::parse(p.protocol.as_deref(), &format!("{f}.protocol")));
+            if let (Some(port), Some(protocol)) = (port, protocol) {
+                ports.push(ContainerPort { name: p.name.clone().unwrap_or_default(), port, protocol });
+            }
+        }
+    }
+    errors.finish(Pod {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        labels: labels(&pod.metadata),
+        ip,
+        node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        ready,
+        terminal,
+        ports,
+    })
+}
+
+pub fn node_from(name: &str, node: &core::Node) -> Node {
+    Node { name: name.to_string(), labels: labels(&node.metadata) }
+}
+
+pub fn namespace_from(name: &str, ns: &core::Namespace) -> Namespace {
+    Namespace { name: name.to_string(), labels: labels(&ns.metadata) }
+}
+
+impl Pod {
+    /// Whether the Kubernetes endpoints controller would list this pod as an address of a
+    /// Service: it has an IP, is not terminal, and is ready (or the Service publishes
+    /// not-ready addresses).
+    pub fn serves(&self, publish_not_ready: bool) -> bool {
+        self.ip.is_some() && !self.terminal && (self.ready || publish_not_ready)
+    }
+
+    /// Resolves a Service `targetPort` against this pod, as the endpoints controller does: a
+    /// number is used as is; a name must match one of the pod's container ports.
+    pub fn resolve_target_port(&self, target: &TargetPort, protocol: Protocol) -> Option<u16> {
+        match target {
+            TargetPort::Number(n) => Some(*n),
+            TargetPort::Name(name) => self
+                .ports
+                .iter()
+                .find(|p| &p.name == name && p.protocol == protocol)
+                .map(|p| p.port),
+        }
+    }
+}
+
+/// Label selector match: every selector pair is among the labels.
+pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}

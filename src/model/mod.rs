@@ -1,0 +1,220 @@
+//! Input types: what sources hand to the engine.
+//!
+//! Kubernetes objects arrive as `k8s-openapi` types and are cut down at the source boundary to the
+//! few fields translation needs (a [`Pod`] keeps namespace, name, labels, IP, readiness and ports,
+//! not its spec). Istio networking objects keep their whole spec ([`istio`]). Every object is
+//! validated once, at intake: the engine only ever sees objects that passed, so bad input can
+//! never panic a worker.
+
+#[path = "istio_stub.rs"]
+pub mod istio;
+pub mod k8s;
+mod parse;
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use k8s::{
+    Endpoints, EndpointSlice, Namespace, Node, Pod, Service, ServicePort, SliceEndpoint, SlicePort,
+};
+pub use parse::{ParseOutcome, parse_document};
+
+/// Kinds meshflow reads. Anything else is skipped at intake with one log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Namespace,
+    Node,
+    Service,
+    EndpointSlice,
+    Endpoints,
+    Pod,
+    Gateway,
+    VirtualService,
+    DestinationRule,
+    ServiceEntry,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 10] = [
+        Kind::Namespace,
+        Kind::Node,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Endpoints,
+        Kind::Pod,
+        Kind::Gateway,
+        Kind::VirtualService,
+        Kind::DestinationRule,
+        Kind::ServiceEntry,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Endpoints => "Endpoints",
+            Kind::Pod => "Pod",
+            Kind::Gateway => "Gateway",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::ServiceEntry => "ServiceEntry",
+        }
+    }
+
+    /// Cluster-scoped kinds have an empty namespace in their [`ObjectKey`].
+    pub fn is_namespaced(self) -> bool {
+        !matches!(self, Kind::Namespace | Kind::Node)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of one input object: its kind, namespace (empty for cluster-scoped kinds) and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey { kind, namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// One validated input object, reduced to what translation needs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Object {
+    Namespace(Namespace),
+    Node(Node),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Endpoints(Endpoints),
+    Pod(Pod),
+    Gateway(istio::Gateway),
+    VirtualService(istio::VirtualService),
+    DestinationRule(istio::DestinationRule),
+    ServiceEntry(istio::ServiceEntry),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Node(_) => Kind::Node,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Endpoints(_) => Kind::Endpoints,
+            Object::Pod(_) => Kind::Pod,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::VirtualService(_) => Kind::VirtualService,
+            Object::DestinationRule(_) => Kind::DestinationRule,
+            Object::ServiceEntry(_) => Kind::ServiceEntry,
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let (ns, name) = match self {
+            Object::Namespace(o) => ("", o.name.as_str()),
+            Object::Node(o) => ("", o.name.as_str()),
+            Object::Service(o) => (o.namespace.as_str(), o.name.as_str()),
+            Object::EndpointSlice(o) => (o.namespace.as_str(), o.name.as_str()),
+            Object::Endpoints(o) => (o.namespace.as_str(), o.name.as_str()),
+            Object::Pod(o) => (o.namespace.as_str(), o.name.as_str()),
+            Object::Gateway(o) => (o.namespace.as_str(), o.name.as_str()),
+            Object::VirtualService(o) => (o.namespace.as_str(), o.name.as_str()),
+            Object::DestinationRule(o) => (o.namespace.as_str(), o.name.as_str()),
+            Object::ServiceEntry(o) => (o.namespace.as_str(), o.name.as_str()),
+        };
+        ObjectKey::new(self.kind(), ns, name)
+    }
+}
+
+/// A change to one input object: `object: None` deletes it. An event for a key the engine
+/// already holds replaces the old object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputEvent {
+    pub key: ObjectKey,
+    pub object: Option<Object>,
+}
+
+impl InputEvent {
+    pub fn apply(object: Object) -> Self {
+        InputEvent { key: object.key(), object: Some(object) }
+    }
+
+    pub fn delete(key: ObjectKey) -> Self {
+        InputEvent { key, object: None }
+    }
+}
+
+/// One reason an object was rejected: the field (a dotted path such as `spec.ports[1].number`)
+/// and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        FieldError { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
+}
+
+/// A 64-bit float with a total order, so specs that carry a double (fault percentages,
+/// mirror percentages) can live in dataflow collections, which need `Ord + Hash`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(transparent)]
+pub struct F64(pub f64);
+
+impl PartialEq for F64 {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.total_cmp(&other.0) == Ordering::Equal
+    }
+}
+impl Eq for F64 {}
+impl PartialOrd for F64 {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for F64 {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+impl std::hash::Hash for F64 {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.to_bits().hash(state)
+    }
+}

@@ -1,0 +1,3 @@
+//! Sources turn the outside world into [`crate::model::InputEvent`]s for the engine.
+
+pub mod file;

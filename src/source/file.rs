@@ -1,0 +1,420 @@
+//! The config-directory source: multi-document YAML and JSON files under a directory, as
+//! users write them for `kubectl apply`, watched for changes.
+//!
+//! Each file's objects are remembered with the hash of its bytes. A file-system event only
+//! marks paths for a rescan; after a short quiet period every marked file is re-read, and a
+//! file whose bytes did not change produces nothing. A changed file is diffed object by object
+//! against what it held before, so an edit becomes exactly the add/update/delete events it
+//! implies. An object defined in two files is taken from the first path in sorted order (and
+//! the clash is logged); removing that file hands it over to the other one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use notify::{RecursiveMode, Watcher};
+
+use crate::engine::Command;
+use crate::model::{InputEvent, Object, ObjectKey, ParseOutcome, parse_document};
+
+/// Name of this source for readiness reporting.
+pub const SOURCE_NAME: &str = "config-dir";
+
+/// Namespace for objects that name none, as `kubectl apply` without `-n` would.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// How long the directory must be quiet before marked files are re-read: editors write a
+/// file in several steps (truncate, write, rename a swap file).
+const QUIET: Duration = Duration::from_millis(50);
+
+/// One problem found while loading a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    pub path: PathBuf,
+    /// The document's index in the file, from 0.
+    pub document: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (document {}): {}", self.path.display(), self.document, self.message)
+    }
+}
+
+#[derive(Default)]
+struct FileState {
+    hash: u64,
+    objects: BTreeMap<ObjectKey, Object>,
+}
+
+/// The directory's current contents, file by file.
+pub struct ConfigDir {
+    root: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+    /// For every object: the files that define it, and their version of it.
+    owners: HashMap<ObjectKey, BTreeMap<PathBuf, Object>>,
+    /// Problems found by the last load of each file.
+    errors: BTreeMap<PathBuf, Vec<LoadError>>,
+}
+
+fn is_config_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if name.starts_with('.') || name.ends_with('~') {
+        return false;
+    }
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+}
+
+fn hidden(path: &Path, root: &Path) -> bool {
+    path.strip_prefix(root)
+        .map(|rel| rel.components().any(|c| c.as_os_str().to_str().is_some_and(|s| s.starts_with('.'))))
+        .unwrap_or(false)
+}
+
+/// Reads the documents of one file: a JSON file is one document (a `List` is unpacked later);
+/// a YAML file is a `---`-separated stream.
+pub fn read_documents(path: &Path, text: &str) -> Vec<Result<serde_json::Value, String>> {
+    use serde::Deserialize;
+    if path.extension().and_then(|e| e.to_str()) == Some("json") {
+        return vec![serde_json::from_str(text).map_err(|e| e.to_string())];
+    }
+    let mut docs = Vec::new();
+    for de in serde_yaml_ng::Deserializer::from_str(text) {
+        match serde_json::Value::deserialize(de) {
+            Ok(v) => docs.push(Ok(v)),
+            Err(e) => {
+                docs.push(Err(e.to_string()));
+                // A syntax error leaves the stream unusable past this point.
+                if e.location().is_some() {
+                    break;
+                }
+            }
+        }
+    }
+    docs
+}
+
+/// Parses one file's text into objects, with every problem found on the way.
+pub fn load_file(path: &Path, text: &str) -> (BTreeMap<ObjectKey, Object>, Vec<LoadError>) {
+    let mut objects = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (document, doc) in read_documents(path, text).into_iter().enumerate() {
+        let err = |message: String| LoadError { path: path.to_path_buf(), document, message };
+        let doc = match doc {
+            Ok(doc) => doc,
+            Err(message) => {
+                errors.push(err(format!("malformed document: {message}")));
+                continue;
+            }
+        };
+        for outcome in parse_document(doc, DEFAULT_NAMESPACE) {
+            match outcome {
+                ParseOutcome::Object(object) => {
+                    let key = object.key();
+                    if objects.insert(key.clone(), object).is_some() {
+                        errors.push(err(format!("{key} is defined twice in this file; the later one is used")));
+                    }
+                }
+                ParseOutcome::Skipped { api_version, kind } => {
+                    tracing::info!(file = %path.display(), document, %api_version, %kind, "skipping a kind meshflow does not read");
+                }
+                ParseOutcome::Rejected { what, errors: fields } => {
+                    let reasons: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+                    errors.push(err(format!("{what} rejected: {}", reasons.join("; "))));
+                }
+            }
+        }
+    }
+    (objects, errors)
+}
+
+impl ConfigDir {
+    pub fn new(root: impl Into<PathBuf>) -> ConfigDir {
+        ConfigDir { root: root.into(), files: BTreeMap::new(), owners: HashMap::new(), errors: BTreeMap::new() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every problem of the current load, file by file.
+    pub fn errors(&self) -> Vec<LoadError> {
+        self.errors.values().flatten().cloned().collect()
+    }
+
+    /// Reads the whole directory. Returns the events that bring a consumer from what it had
+    /// (nothing, the first time) to the directory's contents.
+    pub fn scan_all(&mut self) -> Vec<InputEvent> {
+        let mut found = BTreeSet::new();
+        walk(&self.root, &self.root, &mut found);
+        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !found.contains(*p)).cloned().collect();
+        self.rescan(found.into_iter().chain(gone))
+    }
+
+    /// Re-reads the given paths (files or directories, present or gone).
+    pub fn rescan(&mut self, paths: impl IntoIterator<Item = PathBuf>) -> Vec<InputEvent> {
+        let mut files = BTreeSet::new();
+        for path in paths {
+            if path.is_dir() {
+                walk(&path, &self.root, &mut files);
+            }
+            // Whatever was known at or under the path (a removed or renamed directory).
+            files.extend(self.files.range(path.clone()..).map(|(p, _)| p).take_while(|p| p.starts_with(&path)).cloned());
+            if is_config_file(&path) && !hidden(&path, &self.root) {
+                files.insert(path);
+            }
+        }
+        let mut touched = BTreeSet::new();
+        for path in files {
+            self.reload(&path, &mut touched);
+        }
+        self.events_for(touched)
+    }
+
+    fn reload(&mut self, path: &Path, touched: &mut BTreeSet<ObjectKey>) {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) if path.is_file() => Some(bytes),
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                // Unreadable for now (permissions, a race): keep what it held.
+                tracing::warn!(file = %path.display(), error = %e, "cannot read file; keeping its last contents");
+                return;
+            }
+        };
+        let new = match bytes {
+            None => None,
+            Some(bytes) => {
+                let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+                if self.files.get(path).is_some_and(|f| f.hash == hash) {
+                    return;
+                }
+                let text = String::from_utf8_lossy(&bytes);
+                let (objects, errors) = load_file(path, &text);
+                for e in &errors {
+                    tracing::warn!(file = %e.path.display(), document = e.document, "{}", e.message);
+                }
+                if errors.is_empty() {
+                    self.errors.remove(path);
+                } else {
+                    self.errors.insert(path.to_path_buf(), errors);
+                }
+                Some(FileState { hash, objects })
+            }
+        };
+        let old = match new {
+            Some(state) => self.files.insert(path.to_path_buf(), state),
+            None => {
+                self.errors.remove(path);
+                self.files.remove(path)
+            }
+        };
+        for key in old.iter().flat_map(|f| f.objects.keys()) {
+            if let Some(owners) = self.owners.get_mut(key) {
+                owners.remove(path);
+                touched.insert(key.clone());
+            }
+        }
+        if let Some(state) = self.files.get(path) {
+            for (key, object) in &state.objects {
+                let owners = self.owners.entry(key.clone()).or_default();
+                owners.insert(path.to_path_buf(), object.clone());
+                if owners.len() > 1 {
+                    let files: Vec<String> = owners.keys().map(|p| p.display().to_string()).collect();
+                    tracing::warn!(object = %key, ?files, "object defined in several files; using the first");
+                }
+                touched.insert(key.clone());
+            }
+        }
+    }
+
+    /// The effective object of each touched key, as events. Keys whose effective object
+    /// did not change produce none... except that the consumer (the engine) also drops
+    /// an apply equal to what it holds, so an event here is never a spurious output change.
+    fn events_for(&mut self, touched: BTreeSet<ObjectKey>) -> Vec<InputEvent> {
+        let mut events = Vec::new();
+        for key in touched {
+            match self.owners.get(&key).and_then(|o| o.values().next()) {
+                Some(object) => events.push(InputEvent::apply(object.clone())),
+                None => {
+                    self.owners.remove(&key);
+                    events.push(InputEvent::delete(key));
+                }
+            }
+        }
+        events
+    }
+
+    /// Every object currently defined, for the reference translator and tests.
+    pub fn objects(&self) -> Vec<Object> {
+        let mut keys: Vec<&ObjectKey> = self.owners.keys().collect();
+        keys.sort();
+        keys.into_iter().filter_map(|k| self.owners[k].values().next().cloned()).collect()
+    }
+}
+
+fn walk(dir: &Path, root: &Path, out: &mut BTreeSet<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if hidden(&path, root) {
+            continue;
+        }
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => walk(&path, root, out),
+            // Follow symlinks to files (Kubernetes ConfigMap mounts are symlinks).
+            Ok(_) if is_config_file(&path) && path.is_file() => {
+                out.insert(path);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Loads the directory, sends its objects and the sync marker to the engine, then watches
+/// it on a thread of its own for as long as the engine accepts commands.
+pub fn spawn(root: PathBuf, engine: Sender<Command>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    if !root.is_dir() {
+        anyhow::bail!("config directory {} does not exist or is not a directory", root.display());
+    }
+    let root = root.canonicalize()?;
+    let (tx, rx) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let _ = tx.send(event);
+    })?;
+    watcher.watch(&root, RecursiveMode::Recursive)?;
+    let mut dir = ConfigDir::new(root.clone());
+    let events = dir.scan_all();
+    tracing::info!(dir = %root.display(), objects = dir.owners.len(), errors = dir.errors().len(), "config directory loaded");
+    let initial_ok = engine.send(Command::Events(events)).is_ok() && engine.send(Command::Synced(SOURCE_NAME.into())).is_ok();
+    let handle = std::thread::Builder::new().name("meshflow-config-dir".into()).spawn(move || {
+        let _watcher = watcher;
+        if !initial_ok {
+            return;
+        }
+        while let Ok(first) = rx.recv() {
+            let mut paths = BTreeSet::new();
+            let mut rescan_all = false;
+            let mut note = |event: notify::Result<notify::Event>| match event {
+                Ok(event) => paths.extend(event.paths),
+                Err(e) => {
+                    // Lost events (queue overflow): only a full rescan is safe.
+                    tracing::warn!(error = %e, "file watch error; rescanning the whole directory");
+                    rescan_all = true;
+                }
+            };
+            note(first);
+            while let Ok(event) = rx.recv_timeout(QUIET) {
+                note(event);
+            }
+            let events = if rescan_all { dir.scan_all() } else { dir.rescan(paths) };
+            if !events.is_empty() {
+                tracing::debug!(events = events.len(), "config directory changed");
+                if engine.send(Command::Events(events)).is_err() {
+                    return;
+                }
+            }
+        }
+    })?;
+    Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Kind;
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{name: http, port: 80}]\n";
+
+    fn keys(events: &[InputEvent]) -> Vec<(String, bool)> {
+        events.iter().map(|e| (e.key.to_string(), e.object.is_some())).collect()
+    }
+
+    #[test]
+    fn rewriting_a_file_with_the_same_content_produces_no_event() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("a.yaml"), SVC).unwrap();
+        let mut dir = ConfigDir::new(tmp.path());
+        assert_eq!(keys(&dir.scan_all()), vec![("Service default/web".to_string(), true)]);
+        std::fs::write(tmp.path().join("a.yaml"), SVC).unwrap();
+        assert!(dir.rescan([tmp.path().join("a.yaml")]).is_empty());
+    }
+
+    #[test]
+    fn removing_a_document_from_a_file_deletes_only_that_object() {
+        let tmp = tempfile::tempdir().unwrap();
+        let two = format!("{SVC}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n");
+        std::fs::write(tmp.path().join("a.yaml"), &two).unwrap();
+        let mut dir = ConfigDir::new(tmp.path());
+        assert_eq!(dir.scan_all().len(), 2);
+        std::fs::write(tmp.path().join("a.yaml"), SVC).unwrap();
+        let events = dir.rescan([tmp.path().join("a.yaml")]);
+        assert_eq!(keys(&events), vec![("Namespace shop".to_string(), false), ("Service default/web".to_string(), true)]);
+    }
+
+    #[test]
+    fn a_malformed_document_is_reported_and_the_others_still_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = format!("{SVC}---\napiVersion: v1\nkind: Service\nmetadata: {{name: bad}}\nspec:\n  ports: [{{port: -1}}]\n");
+        std::fs::write(tmp.path().join("a.yaml"), text).unwrap();
+        let mut dir = ConfigDir::new(tmp.path());
+        let events = dir.scan_all();
+        assert_eq!(keys(&events), vec![("Service default/web".to_string(), true)]);
+        let errors = dir.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].document, 1);
+        assert!(errors[0].message.contains("Service default/bad"), "{}", errors[0]);
+        assert!(errors[0].message.contains("spec.ports[0].port"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn a_yaml_syntax_error_names_the_file_and_document() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("b.yaml"), format!("{SVC}---\nkind: [unclosed\n")).unwrap();
+        let mut dir = ConfigDir::new(tmp.path());
+        assert_eq!(dir.scan_all().len(), 1);
+        let errors = dir.errors();
+        assert_eq!((errors[0].path.clone(), errors[0].document), (tmp.path().join("b.yaml"), 1));
+        assert!(errors[0].message.starts_with("malformed document"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn deleting_a_directory_deletes_the_objects_of_its_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("sub")).unwrap();
+        std::fs::write(tmp.path().join("sub/a.yaml"), SVC).unwrap();
+        std::fs::write(tmp.path().join("sub/.hidden.yaml"), SVC.replace("web", "hidden")).unwrap();
+        let mut dir = ConfigDir::new(tmp.path());
+        assert_eq!(dir.scan_all().len(), 1);
+        std::fs::remove_dir_all(tmp.path().join("sub")).unwrap();
+        assert_eq!(keys(&dir.rescan([tmp.path().join("sub")])), vec![("Service default/web".to_string(), false)]);
+    }
+
+    #[test]
+    fn an_object_in_two_files_survives_the_removal_of_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("a.yaml"), SVC).unwrap();
+        std::fs::write(tmp.path().join("b.yaml"), SVC.replace("port: 80", "port: 81")).unwrap();
+        let mut dir = ConfigDir::new(tmp.path());
+        let first = dir.scan_all();
+        let Some(Object::Service(s)) = &first[0].object else { panic!() };
+        assert_eq!(s.ports[0].port, 80, "the first file in path order wins");
+        std::fs::remove_file(tmp.path().join("a.yaml")).unwrap();
+        let events = dir.rescan([tmp.path().join("a.yaml")]);
+        let Some(Object::Service(s)) = &events[0].object else { panic!("{events:?}") };
+        assert_eq!(s.ports[0].port, 81);
+        assert_eq!(dir.objects().iter().filter(|o| o.kind() == Kind::Service).count(), 1);
+    }
+
+    #[test]
+    fn json_lists_are_unpacked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let list = r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"a"}}]}"#;
+        std::fs::write(tmp.path().join("l.json"), list).unwrap();
+        let mut dir = ConfigDir::new(tmp.path());
+        assert_eq!(keys(&dir.scan_all()), vec![("Namespace a".to_string(), true)]);
+    }
+}

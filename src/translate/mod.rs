@@ -1,0 +1,428 @@
+//! Pure builders of Envoy resources from already-joined inputs.
+//!
+//! The dataflow decides *which* inputs meet; these functions decide *what* they become. The same
+//! functions back the [`reference`] translator, so the engine and the reference can only differ
+//! in which inputs they bring together — exactly what the central test checks.
+//!
+//! Names follow istiod: clusters `outbound|<port>|<subset>|<fqdn>`, EDS resources named as
+//! their cluster, route configs named by port (`"9080"`), listeners `0.0.0.0_<port>`.
+
+pub mod reference;
+
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
+use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+use envoy_types::util::pack_any;
+use prost::{Message, Name};
+use serde::{Deserialize, Serialize};
+
+use crate::model::k8s::{Protocol, ServicePort};
+
+/// The cluster's DNS domain, as in istiod's default `cluster.local`.
+pub const DOMAIN_SUFFIX: &str = "cluster.local";
+
+/// The four xDS resource types meshflow serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ResourceType {
+    Cluster,
+    ClusterLoadAssignment,
+    Listener,
+    RouteConfiguration,
+}
+
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+impl ResourceType {
+    /// In dependency order: what a resource refers to comes before it (a listener's route
+    /// config after the clusters its routes name). Additions are pushed in this order,
+    /// removals in the reverse.
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Cluster,
+        ResourceType::ClusterLoadAssignment,
+        ResourceType::Listener,
+        ResourceType::RouteConfiguration,
+    ];
+
+    pub fn type_url(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => CLUSTER_TYPE,
+            ResourceType::ClusterLoadAssignment => ENDPOINT_TYPE,
+            ResourceType::Listener => LISTENER_TYPE,
+            ResourceType::RouteConfiguration => ROUTE_TYPE,
+        }
+    }
+
+    pub fn from_type_url(url: &str) -> Option<ResourceType> {
+        ResourceType::ALL.into_iter().find(|t| t.type_url() == url)
+    }
+
+    /// The xDS service's short name (CDS, EDS, LDS, RDS), for logs.
+    pub fn short(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "CDS",
+            ResourceType::ClusterLoadAssignment => "EDS",
+            ResourceType::Listener => "LDS",
+            ResourceType::RouteConfiguration => "RDS",
+        }
+    }
+
+    /// Wildcard types: a client that subscribes to nothing in particular gets all of them.
+    pub fn is_wildcard_type(self) -> bool {
+        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+}
+
+pub fn service_fqdn(namespace: &str, name: &str) -> String {
+    format!("{name}.{namespace}.svc.{DOMAIN_SUFFIX}")
+}
+
+pub fn outbound_cluster_name(port: u16, subset: &str, fqdn: &str) -> String {
+    format!("outbound|{port}|{subset}|{fqdn}")
+}
+
+pub fn listener_name(port: u16) -> String {
+    format!("0.0.0.0_{port}")
+}
+
+pub fn route_config_name(port: u16) -> String {
+    port.to_string()
+}
+
+/// The application protocol of a service port, as istiod infers it: from `appProtocol`, else
+/// from the port name's prefix (`http-web`, `grpc`), else unknown (istiod sniffs those).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PortProtocol {
+    Http,
+    Http2,
+    Grpc,
+    /// Unknown: istiod sniffs it; meshflow routes it as HTTP and lets the upstream
+    /// connection follow the downstream protocol.
+    Unknown,
+    /// Opaque TCP (tcp, tls, https, mongo, mysql, redis): a cluster but no HTTP route.
+    Tcp,
+    /// UDP and SCTP ports: not proxied, as in Istio.
+    Unsupported,
+}
+
+impl PortProtocol {
+    pub fn of(port: &ServicePort) -> PortProtocol {
+        if port.protocol != Protocol::Tcp {
+            return PortProtocol::Unsupported;
+        }
+        let named = |s: &str| match s.to_ascii_lowercase().as_str() {
+            "http" => Some(PortProtocol::Http),
+            "http2" | "h2c" | "kubernetes.io/h2c" => Some(PortProtocol::Http2),
+            "grpc" | "grpc-web" => Some(PortProtocol::Grpc),
+            "tcp" | "tls" | "https" | "kubernetes.io/ws" | "kubernetes.io/wss" | "mongo" | "mysql" | "redis" => {
+                Some(PortProtocol::Tcp)
+            }
+            _ => None,
+        };
+        if let Some(p) = port.app_protocol.as_deref().and_then(named) {
+            return p;
+        }
+        let prefix = port.name.split('-').next().unwrap_or_default();
+        named(prefix).unwrap_or(PortProtocol::Unknown)
+    }
+
+    /// Ports whose traffic goes through the HTTP listener and route config of their number.
+    pub fn is_http(self) -> bool {
+        matches!(self, PortProtocol::Http | PortProtocol::Http2 | PortProtocol::Grpc | PortProtocol::Unknown)
+    }
+
+    pub fn is_proxied(self) -> bool {
+        self != PortProtocol::Unsupported
+    }
+}
+
+/// One port of one Service: the unit from which clusters and virtual hosts are built.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServicePortRow {
+    pub namespace: String,
+    pub service: String,
+    pub port: ServicePort,
+}
+
+impl ServicePortRow {
+    pub fn fqdn(&self) -> String {
+        service_fqdn(&self.namespace, &self.service)
+    }
+
+    pub fn cluster_name(&self) -> String {
+        outbound_cluster_name(self.port.port, "", &self.fqdn())
+    }
+
+    pub fn protocol(&self) -> PortProtocol {
+        PortProtocol::of(&self.port)
+    }
+}
+
+fn ads_config_source() -> core::ConfigSource {
+    core::ConfigSource {
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(core::AggregatedConfigSource {})),
+        resource_api_version: core::ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+fn seconds(s: i64) -> Duration {
+    Duration { seconds: s, nanos: 0 }
+}
+
+/// The outbound EDS cluster of a service port, with istiod's defaults: 10 s connect timeout,
+/// LEAST_REQUEST, circuit breakers opened to the maximum (Envoy's own defaults of 1024 are a
+/// hidden limit users of a mesh do not expect), HTTP/2 upstream for gRPC and HTTP/2 ports.
+pub fn cluster(row: &ServicePortRow) -> Vec<u8> {
+    let name = row.cluster_name();
+    let max = Some(UInt32Value { value: u32::MAX });
+    let mut c = cluster::Cluster {
+        name: name.clone(),
+        alt_stat_name: name.clone(),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(cluster::cluster::DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(cluster::cluster::EdsClusterConfig { eds_config: Some(ads_config_source()), service_name: name }),
+        connect_timeout: Some(seconds(10)),
+        lb_policy: cluster::cluster::LbPolicy::LeastRequest as i32,
+        circuit_breakers: Some(cluster::CircuitBreakers {
+            thresholds: vec![cluster::circuit_breakers::Thresholds {
+                max_connections: max.clone(),
+                max_pending_requests: max.clone(),
+                max_requests: max.clone(),
+                max_retries: max,
+                track_remaining: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let upstream = match row.protocol() {
+        PortProtocol::Http2 | PortProtocol::Grpc => {
+            Some(upstream_http::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                upstream_http::http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Default::default(),
+                        ),
+                    ),
+                },
+            ))
+        }
+        PortProtocol::Unknown => Some(upstream_http::http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+            upstream_http::http_protocol_options::UseDownstreamHttpConfig {
+                http_protocol_options: Some(Default::default()),
+                http2_protocol_options: Some(Default::default()),
+                ..Default::default()
+            },
+        )),
+        _ => None,
+    };
+    if let Some(upstream) = upstream {
+        let options = upstream_http::HttpProtocolOptions { upstream_protocol_options: Some(upstream), ..Default::default() };
+        c.typed_extension_protocol_options
+            .insert(upstream_http::HttpProtocolOptions::full_name(), pack_any(options));
+    }
+    c.encode_to_vec()
+}
+
+/// One endpoint of a cluster: an IP and the resolved target port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EndpointAddr {
+    pub ip: String,
+    pub port: u16,
+}
+
+/// The ClusterLoadAssignment of a cluster. `endpoints` must be sorted and free of duplicates
+/// (the callers hand over an ordered set), so equal inputs give equal bytes.
+pub fn load_assignment(cluster_name: &str, endpoints: &[&EndpointAddr]) -> Vec<u8> {
+    let lb_endpoints: Vec<endpoint::LbEndpoint> = endpoints
+        .iter()
+        .map(|e| endpoint::LbEndpoint {
+            host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(endpoint::Endpoint {
+                address: Some(socket_address(&e.ip, e.port)),
+                ..Default::default()
+            })),
+            health_status: core::HealthStatus::Healthy as i32,
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
+            ..Default::default()
+        })
+        .collect();
+    let endpoints = if lb_endpoints.is_empty() {
+        Vec::new()
+    } else {
+        let weight = u32::try_from(lb_endpoints.len()).unwrap_or(u32::MAX);
+        vec![endpoint::LocalityLbEndpoints {
+            lb_endpoints,
+            load_balancing_weight: Some(UInt32Value { value: weight }),
+            ..Default::default()
+        }]
+    };
+    endpoint::ClusterLoadAssignment { cluster_name: cluster_name.to_string(), endpoints, ..Default::default() }
+        .encode_to_vec()
+}
+
+fn socket_address(ip: &str, port: u16) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(port))),
+            protocol: core::socket_address::Protocol::Tcp as i32,
+            ..Default::default()
+        })),
+    }
+}
+
+/// A virtual host, kept apart from its domains: a route config is assembled from many of them,
+/// and a domain that two virtual hosts claim must be dropped from both (Envoy rejects a route
+/// config with duplicate domains) without re-encoding either.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VirtualHostPart {
+    pub name: String,
+    pub domains: Vec<String>,
+    /// The encoded `VirtualHost` without its `domains` field.
+    pub body: Vec<u8>,
+}
+
+/// The virtual host of a service port in the route config of its port number: the domains
+/// istiod gives it (short name, `name.ns`, `name.ns.svc`, the FQDN, each also with `:port`)
+/// and one default route to the service's cluster, with istiod's default retry policy and
+/// no route timeout.
+pub fn virtual_host(row: &ServicePortRow) -> VirtualHostPart {
+    let fqdn = row.fqdn();
+    let port = row.port.port;
+    let names = [
+        row.service.clone(),
+        format!("{}.{}", row.service, row.namespace),
+        format!("{}.{}.svc", row.service, row.namespace),
+        fqdn.clone(),
+    ];
+    let domains = names.iter().flat_map(|n| [n.clone(), format!("{n}:{port}")]).collect();
+    let name = format!("{fqdn}:{port}");
+    let action = route::RouteAction {
+        cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(row.cluster_name())),
+        timeout: Some(seconds(0)),
+        retry_policy: Some(default_retry_policy()),
+        max_stream_duration: Some(route::route_action::MaxStreamDuration {
+            max_stream_duration: Some(seconds(0)),
+            grpc_timeout_header_max: Some(seconds(0)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let body = route::VirtualHost {
+        name: name.clone(),
+        routes: vec![route::Route {
+            name: "default".to_string(),
+            r#match: Some(route::RouteMatch {
+                path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".to_string())),
+                ..Default::default()
+            }),
+            action: Some(route::route::Action::Route(action)),
+            decorator: Some(route::Decorator { operation: format!("{fqdn}:{port}/*"), ..Default::default() }),
+            ..Default::default()
+        }],
+        include_request_attempt_count: true,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    VirtualHostPart { name, domains, body }
+}
+
+/// istiod's default retry policy: two retries on connection failures and 503s, to another host.
+fn default_retry_policy() -> route::RetryPolicy {
+    route::RetryPolicy {
+        retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".to_string(),
+        num_retries: Some(UInt32Value { value: 2 }),
+        retry_host_predicate: vec![route::retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".to_string(),
+            config_type: Some(route::retry_policy::retry_host_predicate::ConfigType::TypedConfig(pack_any(
+                PreviousHostsPredicate {},
+            ))),
+        }],
+        host_selection_retry_max_attempts: 5,
+        retriable_status_codes: vec![503],
+        ..Default::default()
+    }
+}
+
+/// Assembles a route configuration from its virtual hosts without re-encoding them: a
+/// repeated protobuf field is a concatenation of its elements. Virtual hosts are written in
+/// name order; a domain claimed by more than one of them is ambiguous (the short name
+/// `reviews` of two namespaces' `reviews`) and is left out of all of them.
+pub fn route_configuration<'a>(name: &str, vhosts: impl IntoIterator<Item = &'a VirtualHostPart>) -> Vec<u8> {
+    let mut vhosts: Vec<&VirtualHostPart> = vhosts.into_iter().collect();
+    vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut claims: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    for d in vhosts.iter().flat_map(|v| v.domains.iter()) {
+        *claims.entry(d.as_str()).or_default() += 1;
+    }
+    let mut out = route::RouteConfiguration {
+        name: name.to_string(),
+        validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut vhost = Vec::new();
+    for v in vhosts {
+        vhost.clear();
+        vhost.extend_from_slice(&v.body);
+        for d in v.domains.iter().filter(|d| claims[d.as_str()] == 1) {
+            prost::encoding::string::encode(2, d, &mut vhost);
+        }
+        prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut out);
+        prost::encoding::encode_varint(vhost.len() as u64, &mut out);
+        out.extend_from_slice(&vhost);
+    }
+    out
+}
+
+/// The outbound HTTP listener of a port number: RDS with the route config named by the port.
+/// It binds `0.0.0.0`, or `bind` for a proxy that runs without traffic interception.
+pub fn listener(port: u16, bind: Option<IpAddr>) -> Vec<u8> {
+    let name = listener_name(port);
+    let bind = bind.map(|ip| ip.to_string()).unwrap_or_else(|| "0.0.0.0".to_string());
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: format!("outbound_{name}"),
+        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+            config_source: Some(ads_config_source()),
+            route_config_name: route_config_name(port),
+        })),
+        http_filters: vec![hcm::HttpFilter {
+            name: "envoy.filters.http.router".to_string(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    listener::Listener {
+        name,
+        address: Some(socket_address(&bind, port)),
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![listener::Filter {
+                name: "envoy.filters.network.http_connection_manager".to_string(),
+                config_type: Some(listener::filter::ConfigType::TypedConfig(pack_any(manager))),
+            }],
+            ..Default::default()
+        }],
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// The port number of a listener named `0.0.0.0_<port>`.
+pub fn listener_port(name: &str) -> Option<u16> {
+    name.strip_prefix("0.0.0.0_")?.parse().ok()
+}

@@ -1,0 +1,301 @@
+//! The state of one delta (incremental) ADS stream, kept apart from the network so it can be
+//! driven and tested directly.
+//!
+//! Per resource type the stream tracks what the client subscribed to (wildcard or names),
+//! which version of each resource the client holds, which versions it rejected, and which
+//! responses await an ACK. On a request it answers what the (un)subscription changed; on a
+//! cache change it answers what changed among the resources the client cares about. Additions
+//! go out in dependency order (CDS, EDS, LDS, RDS) and removals after, in reverse order: make
+//! before break.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as XdsResource};
+use envoy_types::pb::google::protobuf::Any;
+
+use crate::cache::{Cache, Resource, content_version};
+use crate::translate::{self, ResourceType};
+
+/// What became of a response the client answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    Ack { ty: ResourceType, nonce: String },
+    Nack { ty: ResourceType, nonce: String, names: Vec<String>, message: String },
+    /// A nonce this stream did not send or already had answered: ignored.
+    Stale { nonce: String },
+    /// A request with no nonce: a (un)subscription.
+    Subscription,
+}
+
+#[derive(Default)]
+struct TypeState {
+    /// The client has sent at least one request for this type.
+    started: bool,
+    wildcard: bool,
+    names: HashSet<String>,
+    /// Versions the client holds, as far as this stream knows.
+    known: HashMap<String, String>,
+    /// Versions the client rejected: never sent again until the resource changes.
+    nacked: HashMap<String, String>,
+}
+
+impl TypeState {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// A response awaiting ACK: which versions it carried, and what the client held before.
+struct Pending {
+    ty: ResourceType,
+    sent: Vec<(String, String, Option<String>)>,
+}
+
+pub struct DeltaStream {
+    /// The node id, for logs.
+    pub node: String,
+    /// Listeners bind here instead of 0.0.0.0 (node metadata `MESHFLOW_BIND_ADDRESS`).
+    bind: Option<IpAddr>,
+    types: [TypeState; 4],
+    pending: HashMap<String, Pending>,
+    next_nonce: u64,
+    /// The cache sequence number this stream has caught up with.
+    seen: u64,
+}
+
+impl DeltaStream {
+    pub fn new(node: String, bind: Option<IpAddr>) -> DeltaStream {
+        DeltaStream { node, bind, types: Default::default(), pending: HashMap::new(), next_nonce: 0, seen: 0 }
+    }
+
+    fn state(&mut self, ty: ResourceType) -> &mut TypeState {
+        &mut self.types[ty as usize]
+    }
+
+    /// Handles one request. Returns what it answered and, when the cache is ready, the
+    /// responses it calls for.
+    pub fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+        cache: &Cache,
+    ) -> Result<(Answer, Vec<DeltaDiscoveryResponse>), tonic::Status> {
+        let ty = ResourceType::from_type_url(&req.type_url)
+            .ok_or_else(|| tonic::Status::invalid_argument(format!("unsupported type_url {:?}", req.type_url)))?;
+        let answer = if req.response_nonce.is_empty() {
+            Answer::Subscription
+        } else {
+            self.answer(ty, &req.response_nonce, req.error_detail.as_ref().map(|s| s.message.clone()))
+        };
+
+        let first = !self.state(ty).started;
+        let mut touched: HashSet<String> = HashSet::new();
+        {
+            let st = self.state(ty);
+            st.started = true;
+            if first {
+                // Envoy's first request for a wildcard type subscribes to nothing in particular
+                // (legacy wildcard); `*` is the explicit form.
+                st.wildcard = ty.is_wildcard_type() && req.resource_names_subscribe.is_empty();
+                for (name, version) in &req.initial_resource_versions {
+                    st.known.insert(name.clone(), version.clone());
+                    touched.insert(name.clone());
+                }
+            }
+            for name in &req.resource_names_subscribe {
+                if name == "*" {
+                    st.wildcard = true;
+                } else {
+                    st.names.insert(name.clone());
+                }
+                touched.insert(name.clone());
+            }
+            for name in &req.resource_names_unsubscribe {
+                if name == "*" {
+                    st.wildcard = false;
+                } else {
+                    st.names.remove(name);
+                    // The client forgets what it unsubscribed from.
+                    if !st.wildcard {
+                        st.known.remove(name);
+                    }
+                }
+            }
+        }
+        if !cache.is_ready() {
+            return Ok((answer, Vec::new()));
+        }
+        let all = first && self.state(ty).wildcard || touched.contains("*");
+        let candidates: Vec<String> = if all {
+            let st = self.state(ty);
+            let mut names: HashSet<String> = cache.names(ty).into_iter().collect();
+            names.extend(st.known.keys().cloned());
+            names.into_iter().collect()
+        } else {
+            touched.into_iter().filter(|n| n != "*").collect()
+        };
+        let responses = self.respond(cache, &[(ty, candidates)]);
+        Ok((answer, responses))
+    }
+
+    fn answer(&mut self, ty: ResourceType, nonce: &str, error: Option<String>) -> Answer {
+        let Some(pending) = self.pending.remove(nonce).filter(|p| p.ty == ty) else {
+            return Answer::Stale { nonce: nonce.to_string() };
+        };
+        let Some(message) = error else {
+            return Answer::Ack { ty, nonce: nonce.to_string() };
+        };
+        let st = self.state(ty);
+        let mut names = Vec::new();
+        for (name, version, before) in pending.sent {
+            // The client kept what it had before this response.
+            match before {
+                Some(v) => st.known.insert(name.clone(), v),
+                None => st.known.remove(&name),
+            };
+            st.nacked.insert(name.clone(), version);
+            names.push(name);
+        }
+        names.sort();
+        Answer::Nack { ty, nonce: nonce.to_string(), names, message }
+    }
+
+    /// Catches up with the cache: responses for everything that changed since the last call
+    /// among what the client subscribed to. Nothing before the cache is ready.
+    pub fn on_cache_change(&mut self, cache: &Cache) -> Vec<DeltaDiscoveryResponse> {
+        if !cache.is_ready() {
+            return Vec::new();
+        }
+        let (seq, changed) = cache.changed_since(self.seen);
+        let mut by_type: Vec<(ResourceType, Vec<String>)> = ResourceType::ALL.iter().map(|t| (*t, Vec::new())).collect();
+        match changed {
+            // First push after readiness, or the log no longer reaches back: compare all.
+            _ if self.seen == 0 => self.all_candidates(cache, &mut by_type),
+            None => self.all_candidates(cache, &mut by_type),
+            Some(names) => {
+                for (ty, name) in names {
+                    by_type[ty as usize].1.push(name);
+                }
+            }
+        }
+        self.seen = seq;
+        self.respond(cache, &by_type)
+    }
+
+    fn all_candidates(&self, cache: &Cache, by_type: &mut [(ResourceType, Vec<String>)]) {
+        for (ty, names) in by_type.iter_mut() {
+            let st = &self.types[*ty as usize];
+            let mut all: HashSet<String> = cache.names(*ty).into_iter().collect();
+            all.extend(st.known.keys().cloned());
+            names.extend(all);
+        }
+    }
+
+    /// Builds the responses for candidate names per type: additions in dependency order,
+    /// then removals in reverse order.
+    fn respond(&mut self, cache: &Cache, candidates: &[(ResourceType, Vec<String>)]) -> Vec<DeltaDiscoveryResponse> {
+        let mut additions = Vec::new();
+        let mut removals = Vec::new();
+        for ty in ResourceType::ALL {
+            let names: Vec<&String> = candidates.iter().filter(|(t, _)| *t == ty).flat_map(|(_, n)| n).collect();
+            if names.is_empty() || !self.types[ty as usize].started {
+                continue;
+            }
+            let mut resources = Vec::new();
+            let mut removed = Vec::new();
+            let mut sent = Vec::new();
+            let mut seen = HashSet::new();
+            for name in names {
+                if !seen.insert(name) {
+                    continue;
+                }
+                let st = &self.types[ty as usize];
+                if !st.wants(name) {
+                    continue;
+                }
+                match cache.get(ty, name) {
+                    Some(r) => {
+                        let (version, any) = self.render(ty, &r);
+                        let st = &self.types[ty as usize];
+                        if st.known.get(name) == Some(&version) || st.nacked.get(name) == Some(&version) {
+                            continue;
+                        }
+                        sent.push((name.clone(), version.clone(), st.known.get(name).cloned()));
+                        resources.push(XdsResource { name: name.clone(), version, resource: Some(any), ..Default::default() });
+                    }
+                    None => {
+                        if self.types[ty as usize].known.contains_key(name) {
+                            removed.push(name.clone());
+                        }
+                    }
+                }
+            }
+            let st = &mut self.types[ty as usize];
+            for (name, version, _) in &sent {
+                st.known.insert(name.clone(), version.clone());
+                st.nacked.remove(name);
+            }
+            for name in &removed {
+                st.known.remove(name);
+                st.nacked.remove(name);
+            }
+            if !resources.is_empty() {
+                resources.sort_by(|a, b| a.name.cmp(&b.name));
+                additions.push((ty, resources, sent));
+            }
+            if !removed.is_empty() {
+                removed.sort();
+                removals.push((ty, removed));
+            }
+        }
+        let mut out = Vec::new();
+        for (ty, resources, sent) in additions {
+            let nonce = self.nonce();
+            self.pending.insert(nonce.clone(), Pending { ty, sent });
+            out.push(DeltaDiscoveryResponse {
+                type_url: ty.type_url().to_string(),
+                resources,
+                nonce,
+                ..Default::default()
+            });
+        }
+        for (ty, removed) in removals.into_iter().rev() {
+            let nonce = self.nonce();
+            self.pending.insert(nonce.clone(), Pending { ty, sent: Vec::new() });
+            out.push(DeltaDiscoveryResponse {
+                type_url: ty.type_url().to_string(),
+                removed_resources: removed,
+                nonce,
+                ..Default::default()
+            });
+        }
+        out
+    }
+
+    /// The resource as this proxy gets it: listeners bind to the proxy's own address when it
+    /// has one; everything else is shared as is.
+    fn render(&self, ty: ResourceType, r: &Arc<Resource>) -> (String, Any) {
+        let body = match (ty, self.bind) {
+            (ResourceType::Listener, Some(ip)) => match translate::listener_port(&r.name) {
+                Some(port) => Arc::from(translate::listener(port, Some(ip))),
+                None => r.body.clone(),
+            },
+            _ => r.body.clone(),
+        };
+        let version = if Arc::ptr_eq(&body, &r.body) { r.version.clone() } else { content_version(&body) };
+        (version, Any { type_url: ty.type_url().to_string(), value: body.to_vec() })
+    }
+
+    fn nonce(&mut self) -> String {
+        self.next_nonce += 1;
+        self.next_nonce.to_string()
+    }
+
+    /// Names the client holds of a type, as far as the stream knows (for tests and debugging).
+    pub fn known(&self, ty: ResourceType) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self.types[ty as usize].known.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        v.sort();
+        v
+    }
+}

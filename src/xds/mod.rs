@@ -1,0 +1,189 @@
+//! The Aggregated Discovery Service (delta) over gRPC.
+//!
+//! One task per stream: it reads requests and watches the cache, and drives a
+//! [`delta::DeltaStream`]. Responses go out through a small bounded channel; while a slow
+//! client holds it full, the task stops reading the cache's change log and later catches up
+//! with the latest versions in one go, so a slow stream never grows an unbounded queue.
+
+pub mod delta;
+pub mod node;
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cache::Cache;
+use delta::{Answer, DeltaStream};
+use node::{BIND_ADDRESS_KEY, NodeId};
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Longest part of an Envoy error detail that goes into a log line: Envoy starts its NACK
+/// message with a text dump of the rejected resource.
+const MAX_ERROR_LOG: usize = 2048;
+
+pub struct AdsServer {
+    cache: Arc<Cache>,
+}
+
+impl AdsServer {
+    pub fn new(cache: Arc<Cache>) -> AdsServer {
+        AdsServer { cache }
+    }
+
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
+        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(64 << 20).max_encoding_message_size(256 << 20)
+    }
+}
+
+/// Serves ADS on `addr` until `shutdown` resolves.
+pub async fn serve(
+    cache: Arc<Cache>,
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding xDS address {addr}: {e}"))?;
+    tracing::info!(%addr, "serving delta ADS");
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(AdsServer::new(cache).into_service())
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+fn bind_address(node: &envoy_types::pb::envoy::config::core::v3::Node) -> Result<Option<IpAddr>, Status> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let Some(value) = node.metadata.as_ref().and_then(|m| m.fields.get(BIND_ADDRESS_KEY)) else {
+        return Ok(None);
+    };
+    match &value.kind {
+        Some(Kind::StringValue(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| Status::invalid_argument(format!("node metadata {BIND_ADDRESS_KEY}: {s:?} is not an IP address"))),
+        _ => Err(Status::invalid_argument(format!("node metadata {BIND_ADDRESS_KEY} must be a string"))),
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented("state-of-the-world ADS is not served yet: configure api_type DELTA_GRPC"))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<DeltaDiscoveryResponse, Status>>(16);
+        let cache = self.cache.clone();
+        tokio::spawn(async move {
+            if let Err(status) = run_delta_stream(&cache, &mut inbound, &tx).await {
+                tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing delta stream");
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn run_delta_stream(
+    cache: &Cache,
+    inbound: &mut Streaming<DeltaDiscoveryRequest>,
+    tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+) -> Result<(), Status> {
+    let Some(first) = inbound.next().await else { return Ok(()) };
+    let first = first?;
+    let node = first.node.as_ref().ok_or_else(|| Status::invalid_argument("the first request of a stream must carry the node"))?;
+    let id = NodeId::parse(&node.id).map_err(Status::invalid_argument)?;
+    let bind = bind_address(node)?;
+    tracing::info!(node = %id, ?bind, "delta stream opened");
+    let mut stream = DeltaStream::new(id.to_string(), bind);
+    let mut changes = cache.subscribe();
+    changes.mark_changed();
+
+    let mut next = Some(first);
+    loop {
+        let responses = if let Some(req) = next.take() {
+            let (answer, responses) = stream.on_request(&req, cache)?;
+            log_answer(&stream.node, answer);
+            responses
+        } else {
+            tokio::select! {
+                req = inbound.next() => match req {
+                    None => break,
+                    Some(Err(status)) => {
+                        tracing::debug!(node = %stream.node, %status, "stream ended by client");
+                        break;
+                    }
+                    Some(Ok(req)) => {
+                        next = Some(req);
+                        continue;
+                    }
+                },
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    stream.on_cache_change(cache)
+                }
+            }
+        };
+        for response in responses {
+            tracing::debug!(
+                node = %stream.node,
+                type_url = %response.type_url,
+                nonce = %response.nonce,
+                resources = response.resources.len(),
+                removed = response.removed_resources.len(),
+                "push"
+            );
+            if tx.send(Ok(response)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    tracing::info!(node = %stream.node, "delta stream closed");
+    Ok(())
+}
+
+fn log_answer(node: &str, answer: Answer) {
+    match answer {
+        Answer::Ack { ty, nonce } => tracing::debug!(node, ty = ty.short(), nonce, "ACK"),
+        Answer::Nack { ty, nonce, names, message } => {
+            let mut message = message;
+            if message.len() > MAX_ERROR_LOG {
+                let mut cut = MAX_ERROR_LOG;
+                while !message.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                message.truncate(cut);
+                message.push_str("…");
+            }
+            tracing::warn!(node, ty = ty.short(), nonce, resources = ?names, error = %message, "NACK: proxy rejected configuration; not resending these versions");
+        }
+        Answer::Stale { nonce } => tracing::debug!(node, nonce, "answer to an unknown or superseded nonce"),
+        Answer::Subscription => {}
+    }
+}
