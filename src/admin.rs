@@ -31,7 +31,10 @@ async fn resources(State(cache): State<Arc<Cache>>) -> String {
 
 /// `GET /stats`: resource counts per type.
 async fn stats(State(cache): State<Arc<Cache>>) -> String {
-    ResourceType::ALL.iter().map(|ty| format!("meshflow_resources{{type=\"{}\"}} {}\n", ty.short(), cache.len(*ty))).collect()
+    ResourceType::ALL
+        .iter()
+        .map(|ty| format!("meshflow_resources{{type=\"{}\"}} {}\n", ty.short(), cache.len(*ty)))
+        .collect()
 }
 
 pub async fn serve(
@@ -44,7 +47,8 @@ pub async fn serve(
         .route("/debug/resources", get(resources))
         .route("/stats", get(stats))
         .with_state(cache);
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding admin address {addr}: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding admin address {addr}: {e}"))?;
     tracing::info!(%addr, "admin listening");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())

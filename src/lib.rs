@@ -6,11 +6,11 @@
 //! [`cache`], and are pushed to Envoy by the delta xDS server ([`xds`]). Start with
 //! [`engine::Engine`] and [`translate::reference`]: the engine must always equal the reference.
 
-pub mod engine;
-pub mod model;
-pub mod translate;
-pub mod cache;
-pub mod xds;
-pub mod source;
 pub mod admin;
 pub mod agent;
+pub mod cache;
+pub mod engine;
+pub mod model;
+pub mod source;
+pub mod translate;
+pub mod xds;

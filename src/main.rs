@@ -12,7 +12,11 @@ use meshflow::engine::{Engine, EngineOutput};
 use meshflow::source;
 
 #[derive(Parser)]
-#[command(name = "meshflow", version, about = "Istio-compatible discovery service: differential dataflow in, delta xDS out")]
+#[command(
+    name = "meshflow",
+    version,
+    about = "Istio-compatible discovery service: differential dataflow in, delta xDS out"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -115,4 +119,3 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
-

@@ -216,7 +216,10 @@ mod tests {
         let (a, b) = (Cache::new([]), Cache::new([]));
         a.apply(&delta(&[(ResourceType::Cluster, "c", Some(b"same"))]));
         b.apply(&delta(&[(ResourceType::Cluster, "c", Some(b"same"))]));
-        assert_eq!(a.get(ResourceType::Cluster, "c").unwrap().version, b.get(ResourceType::Cluster, "c").unwrap().version);
+        assert_eq!(
+            a.get(ResourceType::Cluster, "c").unwrap().version,
+            b.get(ResourceType::Cluster, "c").unwrap().version
+        );
     }
 
     #[test]

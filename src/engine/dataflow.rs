@@ -104,8 +104,9 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     });
 
     let slice_addresses = slices.clone().flat_map(|s: EndpointSlice| slice_addresses(&s));
-    let from_slices =
-        ports_by_name.clone().join_map(slice_addresses, |_key, cluster: &String, addr: &EndpointAddr| (cluster.clone(), addr.clone()));
+    let from_slices = ports_by_name
+        .clone()
+        .join_map(slice_addresses, |_key, cluster: &String, addr: &EndpointAddr| (cluster.clone(), addr.clone()));
 
     // Core/v1 Endpoints count only for services that have no EndpointSlice (as in a cluster
     // where the EndpointSlice mirror is not running, or a hand-written config directory).
@@ -114,8 +115,8 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let endpoints_by_svc = endpoints.map(|e: Endpoints| ((e.namespace.clone(), e.name.clone()), e));
     let legacy = endpoints_by_svc.clone().antijoin(sliced.clone());
     let legacy_addresses = legacy.flat_map(|(_, e)| endpoints_addresses(&e));
-    let from_endpoints =
-        ports_by_name.join_map(legacy_addresses, |_key, cluster: &String, addr: &EndpointAddr| (cluster.clone(), addr.clone()));
+    let from_endpoints = ports_by_name
+        .join_map(legacy_addresses, |_key, cluster: &String, addr: &EndpointAddr| (cluster.clone(), addr.clone()));
 
     // Selector services with neither: endpoints derived from the ready pods they select.
     // Joined on namespace, then matched: a pod change costs the selector services of its
@@ -125,7 +126,12 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .flat_map(|s: Service| {
             let selector = s.selector.clone()?;
             let ports = s.ports.iter().filter(|p| translate::PortProtocol::of(p).is_proxied()).cloned().collect();
-            let row = SelectorService { name: s.name.clone(), selector, ports, publish_not_ready: s.publish_not_ready_addresses };
+            let row = SelectorService {
+                name: s.name.clone(),
+                selector,
+                ports,
+                publish_not_ready: s.publish_not_ready_addresses,
+            };
             (s.external_name.is_none()).then(|| ((s.namespace.clone(), s.name.clone()), row))
         })
         .antijoin(managed)
@@ -138,14 +144,17 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let assignments = service_ports
         .map(|row| (row.cluster_name(), None))
         .concat(from_slices.concat(from_endpoints).concat(from_pods).map(|(cluster, addr)| (cluster, Some(addr))))
-        .reduce_named("translate: ClusterLoadAssignment", |cluster: &String, input: &[(&Option<EndpointAddr>, isize)], output| {
-            // Values arrive sorted: the `None` marker first, present only if the cluster exists.
-            if input[0].0.is_some() {
-                return;
-            }
-            let addrs: Vec<&EndpointAddr> = input[1..].iter().filter_map(|(a, _)| a.as_ref()).collect();
-            output.push((translate::load_assignment(cluster, &addrs), 1isize));
-        })
+        .reduce_named(
+            "translate: ClusterLoadAssignment",
+            |cluster: &String, input: &[(&Option<EndpointAddr>, isize)], output| {
+                // Values arrive sorted: the `None` marker first, present only if the cluster exists.
+                if input[0].0.is_some() {
+                    return;
+                }
+                let addrs: Vec<&EndpointAddr> = input[1..].iter().filter_map(|(a, _)| a.as_ref()).collect();
+                output.push((translate::load_assignment(cluster, &addrs), 1isize));
+            },
+        )
         .map(|(name, body)| OutputRow::Resource { ty: ResourceType::ClusterLoadAssignment, name, body });
 
     let output = clusters.concat(assignments).concat(listeners).concat(virtual_hosts);

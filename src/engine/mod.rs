@@ -68,7 +68,9 @@ impl Engine {
                         let (inputs, output) = dataflow::build(scope);
                         output
                             .inspect_batch(move |_, updates| {
-                                sink_buffer.borrow_mut().extend(updates.iter().map(|(row, _, diff)| (row.clone(), *diff)));
+                                sink_buffer
+                                    .borrow_mut()
+                                    .extend(updates.iter().map(|(row, _, diff)| (row.clone(), *diff)));
                             })
                             .probe_with(&probe);
                         inputs

@@ -32,10 +32,7 @@ impl Protocol {
             "TCP" => Ok(Protocol::Tcp),
             "UDP" => Ok(Protocol::Udp),
             "SCTP" => Ok(Protocol::Sctp),
-            other => Err(FieldError::new(
-                field,
-                format!("unsupported protocol {other:?}: must be TCP, UDP or SCTP"),
-            )),
+            other => Err(FieldError::new(field, format!("unsupported protocol {other:?}: must be TCP, UDP or SCTP"))),
         }
     }
 }
@@ -198,19 +195,15 @@ pub fn service_from(ns: &str, name: &str, svc: &core::Service) -> Result<Service
             },
         };
         let name = p.name.clone().unwrap_or_default();
-        if let (Some(number), Some(protocol)) = (number, protocol) {
-            if !seen.insert((number, protocol)) {
-                errors.0.push(FieldError::new(
-                    format!("{field}.port"),
-                    format!("duplicate port {number}/{protocol:?}"),
-                ));
-            }
+        if let (Some(number), Some(protocol)) = (number, protocol)
+            && !seen.insert((number, protocol))
+        {
+            errors.0.push(FieldError::new(format!("{field}.port"), format!("duplicate port {number}/{protocol:?}")));
         }
         if spec.ports.as_ref().is_some_and(|all| all.len() > 1) && name.is_empty() {
-            errors.0.push(FieldError::new(
-                format!("{field}.name"),
-                "must be set when a Service has more than one port",
-            ));
+            errors
+                .0
+                .push(FieldError::new(format!("{field}.name"), "must be set when a Service has more than one port"));
         }
         if let (Some(port), Some(protocol), Some(target_port)) = (number, protocol, target_port) {
             ports.push(ServicePort { name, port, protocol, target_port, app_protocol: p.app_protocol.clone() });
@@ -240,11 +233,7 @@ pub fn service_from(ns: &str, name: &str, svc: &core::Service) -> Result<Service
     })
 }
 
-fn endpoint_ports(
-    ports: Option<&Vec<discovery::EndpointPort>>,
-    field: &str,
-    errors: &mut Errors,
-) -> Vec<SlicePort> {
+fn endpoint_ports(ports: Option<&Vec<discovery::EndpointPort>>, field: &str, errors: &mut Errors) -> Vec<SlicePort> {
     let mut out = Vec::new();
     for (i, p) in ports.into_iter().flatten().enumerate() {
         let f = format!("{field}[{i}]");
@@ -266,10 +255,9 @@ pub fn endpoint_slice_from(
 ) -> Result<EndpointSlice, Vec<FieldError>> {
     let mut errors = Errors::default();
     if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6" | "FQDN") {
-        errors.0.push(FieldError::new(
-            "addressType",
-            format!("{:?} is not one of IPv4, IPv6, FQDN", slice.address_type),
-        ));
+        errors
+            .0
+            .push(FieldError::new("addressType", format!("{:?} is not one of IPv4, IPv6, FQDN", slice.address_type)));
     }
     let ports = endpoint_ports(slice.ports.as_ref(), "ports", &mut errors);
     let mut endpoints = Vec::new();
@@ -334,13 +322,9 @@ pub fn pod_from(ns: &str, name: &str, pod: &core::Pod) -> Result<Pod, Vec<FieldE
         Some(ip) => errors.take(ip_address(ip, "status.podIP")),
         None => None,
     };
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    let terminal = pod.metadata.deletion_timestamp.is_some()
-        || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+    let terminal =
+        pod.metadata.deletion_timestamp.is_some() || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
     let mut ports = Vec::new();
     for (ci, c) in pod.spec.iter().flat_map(|s| s.containers.iter()).enumerate() {
         for (pi, p) in c.ports.iter().flatten().enumerate() {
@@ -385,11 +369,9 @@ impl Pod {
     pub fn resolve_target_port(&self, target: &TargetPort, protocol: Protocol) -> Option<u16> {
         match target {
             TargetPort::Number(n) => Some(*n),
-            TargetPort::Name(name) => self
-                .ports
-                .iter()
-                .find(|p| &p.name == name && p.protocol == protocol)
-                .map(|p| p.port),
+            TargetPort::Name(name) => {
+                self.ports.iter().find(|p| &p.name == name && p.protocol == protocol).map(|p| p.port)
+            }
         }
     }
 }

@@ -16,9 +16,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use k8s::{
-    Endpoints, EndpointSlice, Namespace, Node, Pod, Service, ServicePort, SliceEndpoint, SlicePort,
-};
+pub use k8s::{EndpointSlice, Endpoints, Namespace, Node, Pod, Service, ServicePort, SliceEndpoint, SlicePort};
 pub use parse::{ParseOutcome, parse_document};
 
 /// Kinds meshflow reads. Anything else is skipped at intake with one log line.
@@ -183,11 +181,7 @@ impl FieldError {
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            f.write_str(&self.reason)
-        } else {
-            write!(f, "{}: {}", self.field, self.reason)
-        }
+        if self.field.is_empty() { f.write_str(&self.reason) } else { write!(f, "{}: {}", self.field, self.reason) }
     }
 }
 

@@ -9,13 +9,20 @@ use super::{FieldError, Kind, Object, istio, k8s};
 pub enum ParseOutcome {
     Object(Object),
     /// A kind meshflow does not read (Deployment, ServiceAccount, ...): skipped, not an error.
-    Skipped { api_version: String, kind: String },
+    Skipped {
+        api_version: String,
+        kind: String,
+    },
     /// The document is malformed or fails validation. `what` names the object as far as it
     /// could be read (`DestinationRule default/productpage`, or `items[2]`).
-    Rejected { what: String, errors: Vec<FieldError> },
+    Rejected {
+        what: String,
+        errors: Vec<FieldError>,
+    },
 }
 
-const ISTIO_VERSIONS: [&str; 3] = ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
+const ISTIO_VERSIONS: [&str; 3] =
+    ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
 
 fn known_kind(api_version: &str, kind: &str) -> Option<Result<Kind, String>> {
     let (k, expected): (Kind, &[&str]) = match kind {
@@ -53,7 +60,9 @@ fn allowed_top_level(kind: Kind) -> &'static [&'static str] {
 pub fn parse_document(doc: Value, default_namespace: &str) -> Vec<ParseOutcome> {
     match doc {
         Value::Null => Vec::new(),
-        Value::Object(ref map) if map.get("kind").and_then(Value::as_str).is_some_and(|k| k == "List" || k.ends_with("List")) => {
+        Value::Object(ref map)
+            if map.get("kind").and_then(Value::as_str).is_some_and(|k| k == "List" || k.ends_with("List")) =>
+        {
             let Some(Value::Array(items)) = map.get("items").cloned() else {
                 return vec![ParseOutcome::Rejected {
                     what: "List".into(),
@@ -92,7 +101,9 @@ fn parse_object(doc: Value, default_namespace: &str) -> ParseOutcome {
     }
     let kind = match known_kind(&api_version, &kind_name) {
         None => return ParseOutcome::Skipped { api_version, kind: kind_name },
-        Some(Err(reason)) => return reject(format!("{kind_name} {name:?}"), vec![FieldError::new("apiVersion", reason)]),
+        Some(Err(reason)) => {
+            return reject(format!("{kind_name} {name:?}"), vec![FieldError::new("apiVersion", reason)]);
+        }
         Some(Ok(kind)) => kind,
     };
     let namespace = if kind.is_namespaced() {
@@ -160,7 +171,8 @@ fn check_dns_name(name: &str, kind: Kind) -> Result<(), String> {
     let max = if label_only { 63 } else { 253 };
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (c == '.' && !label_only);
     let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if name.len() > max || !name.chars().all(ok_char) || !ends_ok(name.chars().next()) || !ends_ok(name.chars().last()) {
+    if name.len() > max || !name.chars().all(ok_char) || !ends_ok(name.chars().next()) || !ends_ok(name.chars().last())
+    {
         let what = if label_only { "DNS-1123 label" } else { "DNS-1123 subdomain" };
         return Err(format!(
             "{name:?} is not a valid {what} (lowercase letters, digits{}, '-', at most {max} characters)",
@@ -234,7 +246,10 @@ mod tests {
                 {"addresses": ["10.0.0.3"], "conditions": {"terminating": true}}]}));
         let ParseOutcome::Object(Object::EndpointSlice(s)) = out else { panic!("{out:?}") };
         assert_eq!(s.service_name.as_deref(), Some("reviews"));
-        assert_eq!(s.ports, vec![k8s::SlicePort { name: "http".into(), port: Some(9080), protocol: k8s::Protocol::Tcp }]);
+        assert_eq!(
+            s.ports,
+            vec![k8s::SlicePort { name: "http".into(), port: Some(9080), protocol: k8s::Protocol::Tcp }]
+        );
         let ready: Vec<bool> = s.endpoints.iter().map(|e| e.ready).collect();
         assert_eq!(ready, vec![true, false, false]);
     }
@@ -272,7 +287,8 @@ mod tests {
 
     #[test]
     fn wrong_api_version_for_a_known_kind_is_rejected() {
-        let out = one(json!({"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice", "metadata": {"name": "s"}}));
+        let out =
+            one(json!({"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice", "metadata": {"name": "s"}}));
         let ParseOutcome::Rejected { errors, .. } = out else { panic!("{out:?}") };
         assert_eq!(errors[0].field, "apiVersion");
     }

@@ -162,7 +162,8 @@ impl ConfigDir {
                 walk(&path, &self.root, &mut files);
             }
             // Whatever was known at or under the path (a removed or renamed directory).
-            files.extend(self.files.range(path.clone()..).map(|(p, _)| p).take_while(|p| p.starts_with(&path)).cloned());
+            files
+                .extend(self.files.range(path.clone()..).map(|(p, _)| p).take_while(|p| p.starts_with(&path)).cloned());
             if is_config_file(&path) && !hidden(&path, &self.root) {
                 files.insert(path);
             }
@@ -289,7 +290,8 @@ pub fn spawn(root: PathBuf, engine: Sender<Command>) -> anyhow::Result<std::thre
     let mut dir = ConfigDir::new(root.clone());
     let events = dir.scan_all();
     tracing::info!(dir = %root.display(), objects = dir.owners.len(), errors = dir.errors().len(), "config directory loaded");
-    let initial_ok = engine.send(Command::Events(events)).is_ok() && engine.send(Command::Synced(SOURCE_NAME.into())).is_ok();
+    let initial_ok =
+        engine.send(Command::Events(events)).is_ok() && engine.send(Command::Synced(SOURCE_NAME.into())).is_ok();
     let handle = std::thread::Builder::new().name("meshflow-config-dir".into()).spawn(move || {
         let _watcher = watcher;
         if !initial_ok {
@@ -327,7 +329,8 @@ mod tests {
     use super::*;
     use crate::model::Kind;
 
-    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{name: http, port: 80}]\n";
+    const SVC: &str =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{name: http, port: 80}]\n";
 
     fn keys(events: &[InputEvent]) -> Vec<(String, bool)> {
         events.iter().map(|e| (e.key.to_string(), e.object.is_some())).collect()
@@ -352,13 +355,18 @@ mod tests {
         assert_eq!(dir.scan_all().len(), 2);
         std::fs::write(tmp.path().join("a.yaml"), SVC).unwrap();
         let events = dir.rescan([tmp.path().join("a.yaml")]);
-        assert_eq!(keys(&events), vec![("Namespace shop".to_string(), false), ("Service default/web".to_string(), true)]);
+        assert_eq!(
+            keys(&events),
+            vec![("Namespace shop".to_string(), false), ("Service default/web".to_string(), true)]
+        );
     }
 
     #[test]
     fn a_malformed_document_is_reported_and_the_others_still_load() {
         let tmp = tempfile::tempdir().unwrap();
-        let text = format!("{SVC}---\napiVersion: v1\nkind: Service\nmetadata: {{name: bad}}\nspec:\n  ports: [{{port: -1}}]\n");
+        let text = format!(
+            "{SVC}---\napiVersion: v1\nkind: Service\nmetadata: {{name: bad}}\nspec:\n  ports: [{{port: -1}}]\n"
+        );
         std::fs::write(tmp.path().join("a.yaml"), text).unwrap();
         let mut dir = ConfigDir::new(tmp.path());
         let events = dir.scan_all();

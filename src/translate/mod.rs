@@ -190,15 +190,20 @@ pub fn cluster(row: &ServicePortRow) -> Vec<u8> {
     let mut c = cluster::Cluster {
         name: name.clone(),
         alt_stat_name: name.clone(),
-        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(cluster::cluster::DiscoveryType::Eds as i32)),
-        eds_cluster_config: Some(cluster::cluster::EdsClusterConfig { eds_config: Some(ads_config_source()), service_name: name }),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::cluster::EdsClusterConfig {
+            eds_config: Some(ads_config_source()),
+            service_name: name,
+        }),
         connect_timeout: Some(seconds(10)),
         lb_policy: cluster::cluster::LbPolicy::LeastRequest as i32,
         circuit_breakers: Some(cluster::CircuitBreakers {
             thresholds: vec![cluster::circuit_breakers::Thresholds {
-                max_connections: max.clone(),
-                max_pending_requests: max.clone(),
-                max_requests: max.clone(),
+                max_connections: max,
+                max_pending_requests: max,
+                max_requests: max,
                 max_retries: max,
                 track_remaining: true,
                 ..Default::default()
@@ -229,9 +234,9 @@ pub fn cluster(row: &ServicePortRow) -> Vec<u8> {
         _ => None,
     };
     if let Some(upstream) = upstream {
-        let options = upstream_http::HttpProtocolOptions { upstream_protocol_options: Some(upstream), ..Default::default() };
-        c.typed_extension_protocol_options
-            .insert(upstream_http::HttpProtocolOptions::full_name(), pack_any(options));
+        let options =
+            upstream_http::HttpProtocolOptions { upstream_protocol_options: Some(upstream), ..Default::default() };
+        c.typed_extension_protocol_options.insert(upstream_http::HttpProtocolOptions::full_name(), pack_any(options));
     }
     c.encode_to_vec()
 }

