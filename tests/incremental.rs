@@ -34,15 +34,14 @@ fn ip() -> impl Strategy<Value = String> {
     prop::sample::select(&IPS[..]).prop_map(String::from)
 }
 fn labels() -> impl Strategy<Value = Labels> {
-    (prop::sample::select(&APPS[..]), prop::option::of(prop::sample::select(&["v1", "v2"][..])))
-        .prop_map(|(app, v)| {
-            let mut l = Labels::new();
-            l.insert("app".into(), app.into());
-            if let Some(v) = v {
-                l.insert("version".into(), v.into());
-            }
-            l
-        })
+    (prop::sample::select(&APPS[..]), prop::option::of(prop::sample::select(&["v1", "v2"][..]))).prop_map(|(app, v)| {
+        let mut l = Labels::new();
+        l.insert("app".into(), app.into());
+        if let Some(v) = v {
+            l.insert("version".into(), v.into());
+        }
+        l
+    })
 }
 
 fn protocol() -> impl Strategy<Value = Protocol> {
@@ -126,7 +125,11 @@ fn endpoints() -> impl Strategy<Value = Object> {
         ns(),
         svc_name(),
         prop::collection::vec(
-            (prop::collection::vec(ip(), 0..3), prop::collection::vec(ip(), 0..2), prop::collection::vec(slice_port(), 0..3)),
+            (
+                prop::collection::vec(ip(), 0..3),
+                prop::collection::vec(ip(), 0..2),
+                prop::collection::vec(slice_port(), 0..3),
+            ),
             0..3,
         ),
     )
@@ -325,12 +328,22 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
     let mut h = Harness::new();
     let cla = |h: &Harness| {
         use prost::Message;
-        let body = &h.materialized[&(ResourceType::ClusterLoadAssignment, "outbound|80||web.default.svc.cluster.local".into())];
+        let body = &h.materialized
+            [&(ResourceType::ClusterLoadAssignment, "outbound|80||web.default.svc.cluster.local".into())];
         let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(&body[..]).unwrap();
         cla.endpoints
             .iter()
             .flat_map(|l| &l.lb_endpoints)
-            .map(|e| format!("{:?}", e.host_identifier).split("address: \"").nth(1).unwrap().split('"').next().unwrap().to_string())
+            .map(|e| {
+                format!("{:?}", e.host_identifier)
+                    .split("address: \"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
             .collect::<Vec<_>>()
     };
     h.step(vec![InputEvent::apply(svc), InputEvent::apply(pod)], 0).unwrap();
