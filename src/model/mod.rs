@@ -6,7 +6,6 @@
 //! validated once, at intake: the engine only ever sees objects that passed, so bad input can
 //! never panic a worker.
 
-#[path = "istio_stub.rs"]
 pub mod istio;
 pub mod k8s;
 mod parse;

@@ -431,3 +431,136 @@ pub fn listener(port: u16, bind: Option<IpAddr>) -> Vec<u8> {
 pub fn listener_port(name: &str) -> Option<u16> {
     name.strip_prefix("0.0.0.0_")?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::k8s::TargetPort;
+
+    fn row(ns: &str, name: &str, port_name: &str, port: u16) -> ServicePortRow {
+        ServicePortRow {
+            namespace: ns.into(),
+            service: name.into(),
+            port: ServicePort {
+                name: port_name.into(),
+                port,
+                protocol: Protocol::Tcp,
+                target_port: TargetPort::Number(8080),
+                app_protocol: None,
+            },
+        }
+    }
+
+    #[test]
+    fn port_protocol_follows_app_protocol_then_the_name_prefix() {
+        let mut r = row("default", "a", "http-web", 80);
+        assert_eq!(r.protocol(), PortProtocol::Http);
+        r.port.name = "grpc".into();
+        assert_eq!(r.protocol(), PortProtocol::Grpc);
+        r.port.name = "tcp-db".into();
+        assert_eq!(r.protocol(), PortProtocol::Tcp);
+        r.port.name = "metrics".into();
+        assert_eq!(r.protocol(), PortProtocol::Unknown);
+        r.port.app_protocol = Some("http2".into());
+        assert_eq!(r.protocol(), PortProtocol::Http2);
+        r.port.protocol = Protocol::Udp;
+        assert!(!r.protocol().is_proxied());
+    }
+
+    #[test]
+    fn cluster_is_an_ads_eds_cluster_named_as_istiod_names_it() {
+        let c = cluster::Cluster::decode(&cluster(&row("shop", "reviews", "grpc-api", 9080))[..]).unwrap();
+        assert_eq!(c.name, "outbound|9080||reviews.shop.svc.cluster.local");
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(cluster::cluster::ClusterDiscoveryType::Type(cluster::cluster::DiscoveryType::Eds as i32))
+        );
+        let eds = c.eds_cluster_config.unwrap();
+        assert_eq!(eds.service_name, c.name);
+        assert!(matches!(
+            eds.eds_config.unwrap().config_source_specifier,
+            Some(core::config_source::ConfigSourceSpecifier::Ads(_))
+        ));
+        assert_eq!(c.connect_timeout, Some(seconds(10)));
+        assert_eq!(c.lb_policy, cluster::cluster::LbPolicy::LeastRequest as i32);
+        // gRPC needs HTTP/2 to the upstream.
+        let options = &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        let options = upstream_http::HttpProtocolOptions::decode(&options.value[..]).unwrap();
+        assert!(matches!(
+            options.upstream_protocol_options,
+            Some(upstream_http::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(_))
+        ));
+    }
+
+    #[test]
+    fn assembled_route_config_decodes_with_every_virtual_host_and_no_ambiguous_domain() {
+        let a = virtual_host(&row("default", "reviews", "http", 9080));
+        let b = virtual_host(&row("shop", "reviews", "http", 9080));
+        let bytes = route_configuration("9080", [&b, &a]);
+        let rc = route::RouteConfiguration::decode(&bytes[..]).unwrap();
+        assert_eq!(rc.name, "9080");
+        let names: Vec<&str> = rc.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["reviews.default.svc.cluster.local:9080", "reviews.shop.svc.cluster.local:9080"]);
+        let first = &rc.virtual_hosts[0];
+        assert_eq!(
+            first.domains,
+            [
+                "reviews.default",
+                "reviews.default:9080",
+                "reviews.default.svc",
+                "reviews.default.svc:9080",
+                "reviews.default.svc.cluster.local",
+                "reviews.default.svc.cluster.local:9080"
+            ],
+            "the short name `reviews` is claimed by both and left out"
+        );
+        let route = &first.routes[0];
+        assert_eq!(
+            route.r#match.as_ref().unwrap().path_specifier,
+            Some(route::route_match::PathSpecifier::Prefix("/".into()))
+        );
+        let Some(route::route::Action::Route(action)) = &route.action else { panic!("{route:?}") };
+        assert_eq!(
+            action.cluster_specifier,
+            Some(route::route_action::ClusterSpecifier::Cluster(
+                "outbound|9080||reviews.default.svc.cluster.local".into()
+            ))
+        );
+        assert_eq!(action.timeout, Some(seconds(0)), "istiod disables Envoy's 15 s default route timeout");
+        assert_eq!(action.retry_policy.as_ref().unwrap().num_retries, Some(UInt32Value { value: 2 }));
+        // A single service keeps its short name.
+        let single = route::RouteConfiguration::decode(&route_configuration("9080", [&a])[..]).unwrap();
+        assert_eq!(single.virtual_hosts[0].domains[..2], ["reviews", "reviews:9080"]);
+    }
+
+    #[test]
+    fn listener_binds_the_proxy_address_when_given_and_uses_rds_by_port() {
+        let l = listener::Listener::decode(&listener(9080, Some("127.0.0.7".parse().unwrap()))[..]).unwrap();
+        assert_eq!(l.name, "0.0.0.0_9080");
+        let Some(core::address::Address::SocketAddress(sa)) = l.address.unwrap().address else { panic!() };
+        assert_eq!(
+            (sa.address.as_str(), sa.port_specifier),
+            ("127.0.0.7", Some(core::socket_address::PortSpecifier::PortValue(9080)))
+        );
+        let Some(listener::filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else {
+            panic!()
+        };
+        let manager = hcm::HttpConnectionManager::decode(&any.value[..]).unwrap();
+        let Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) = manager.route_specifier else { panic!() };
+        assert_eq!(rds.route_config_name, "9080");
+        assert_eq!(listener_port(&l.name), Some(9080));
+    }
+
+    #[test]
+    fn load_assignment_lists_each_endpoint_once_as_healthy() {
+        let a = EndpointAddr { ip: "10.0.0.1".into(), port: 8080 };
+        let b = EndpointAddr { ip: "10.0.0.2".into(), port: 8080 };
+        let cla = endpoint::ClusterLoadAssignment::decode(&load_assignment("c", &[&a, &b])[..]).unwrap();
+        assert_eq!(cla.cluster_name, "c");
+        assert_eq!(cla.endpoints.len(), 1);
+        assert_eq!(cla.endpoints[0].lb_endpoints.len(), 2);
+        assert!(cla.endpoints[0].lb_endpoints.iter().all(|e| e.health_status == core::HealthStatus::Healthy as i32));
+        let empty = endpoint::ClusterLoadAssignment::decode(&load_assignment("c", &[])[..]).unwrap();
+        assert!(empty.endpoints.is_empty());
+    }
+}

@@ -317,3 +317,179 @@ impl DeltaStream {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{ResourceChange, ResourceDelta};
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+
+    fn put(cache: &Cache, changes: &[(ResourceType, &str, Option<&[u8]>)]) {
+        let changes = changes
+            .iter()
+            .map(|(ty, name, body)| ResourceChange { ty: *ty, name: name.to_string(), body: body.map(Arc::from) })
+            .collect();
+        cache.apply(&ResourceDelta { time: 0, changes });
+    }
+
+    fn req(ty: ResourceType, subscribe: &[&str]) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: ty.type_url().into(),
+            resource_names_subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+        r.resources.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    fn ready_cache() -> Arc<Cache> {
+        let cache = Cache::new(["files".to_string()]);
+        put(&cache, &[(ResourceType::Cluster, "a", Some(b"1")), (ResourceType::Cluster, "b", Some(b"2"))]);
+        cache
+    }
+
+    #[test]
+    fn nothing_is_served_before_the_cache_is_ready() {
+        let cache = ready_cache();
+        let mut s = DeltaStream::new("n".into(), None);
+        let (_, out) = s.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
+        assert!(out.is_empty());
+        assert!(s.on_cache_change(&cache).is_empty());
+        cache.source_synced("files");
+        let out = s.on_cache_change(&cache);
+        assert_eq!(out.len(), 1);
+        assert_eq!(names(&out[0]), ["a", "b"]);
+    }
+
+    #[test]
+    fn legacy_wildcard_gets_everything_and_explicit_types_only_what_they_name() {
+        let cache = ready_cache();
+        cache.source_synced("files");
+        put(
+            &cache,
+            &[
+                (ResourceType::ClusterLoadAssignment, "a", Some(b"e1")),
+                (ResourceType::ClusterLoadAssignment, "b", Some(b"e2")),
+            ],
+        );
+        let mut s = DeltaStream::new("n".into(), None);
+        let (_, out) = s.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
+        assert_eq!(names(&out[0]), ["a", "b"]);
+        let (_, out) = s.on_request(&req(ResourceType::ClusterLoadAssignment, &["b"]), &cache).unwrap();
+        assert_eq!(names(&out[0]), ["b"]);
+        // A change to an unsubscribed EDS resource is not pushed.
+        put(&cache, &[(ResourceType::ClusterLoadAssignment, "a", Some(b"e3"))]);
+        assert!(s.on_cache_change(&cache).is_empty());
+    }
+
+    #[test]
+    fn initial_resource_versions_that_match_are_not_resent_and_stale_ones_are_removed() {
+        let cache = ready_cache();
+        cache.source_synced("files");
+        let version_a = cache.get(ResourceType::Cluster, "a").unwrap().version.clone();
+        let mut s = DeltaStream::new("n".into(), None);
+        let mut r = req(ResourceType::Cluster, &[]);
+        r.initial_resource_versions.insert("a".into(), version_a);
+        r.initial_resource_versions.insert("gone".into(), "x".into());
+        let (_, out) = s.on_request(&r, &cache).unwrap();
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(names(&out[0]), ["b"]);
+        assert_eq!(out[1].removed_resources, ["gone"]);
+    }
+
+    #[test]
+    fn a_nacked_version_is_not_resent_until_the_resource_changes() {
+        let cache = ready_cache();
+        cache.source_synced("files");
+        let mut s = DeltaStream::new("n".into(), None);
+        let (_, out) = s.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
+        let mut nack = req(ResourceType::Cluster, &[]);
+        nack.response_nonce = out[0].nonce.clone();
+        nack.error_detail = Some(RpcStatus { code: 3, message: "bad cluster".into(), details: vec![] });
+        let (answer, out) = s.on_request(&nack, &cache).unwrap();
+        assert_eq!(
+            answer,
+            Answer::Nack {
+                ty: ResourceType::Cluster,
+                nonce: "1".into(),
+                names: vec!["a".into(), "b".into()],
+                message: "bad cluster".into()
+            }
+        );
+        assert!(out.is_empty());
+        // Another resource changes: only it goes out, not the rejected versions.
+        put(&cache, &[(ResourceType::Cluster, "c", Some(b"3"))]);
+        let out = s.on_cache_change(&cache);
+        assert_eq!(names(&out[0]), ["c"]);
+        // The rejected one changes: its new version goes out.
+        put(&cache, &[(ResourceType::Cluster, "a", Some(b"fixed"))]);
+        let out = s.on_cache_change(&cache);
+        assert_eq!(names(&out[0]), ["a"]);
+        let mut ack = req(ResourceType::Cluster, &[]);
+        ack.response_nonce = out[0].nonce.clone();
+        assert!(matches!(s.on_request(&ack, &cache).unwrap().0, Answer::Ack { .. }));
+        ack.response_nonce = "999".into();
+        assert!(matches!(s.on_request(&ack, &cache).unwrap().0, Answer::Stale { .. }));
+    }
+
+    #[test]
+    fn additions_go_out_in_dependency_order_and_removals_after_in_reverse() {
+        let cache = Cache::new([]);
+        put(&cache, &[(ResourceType::Listener, "l", Some(b"l")), (ResourceType::RouteConfiguration, "r", Some(b"r"))]);
+        let mut s = DeltaStream::new("n".into(), None);
+        for (ty, sub) in [
+            (ResourceType::Cluster, vec![]),
+            (ResourceType::Listener, vec![]),
+            (ResourceType::ClusterLoadAssignment, vec!["c"]),
+            (ResourceType::RouteConfiguration, vec!["r"]),
+        ] {
+            s.on_request(&req(ty, &sub), &cache).unwrap();
+        }
+        put(
+            &cache,
+            &[
+                (ResourceType::RouteConfiguration, "r", None),
+                (ResourceType::Listener, "l", None),
+                (ResourceType::Cluster, "c", Some(b"c")),
+                (ResourceType::ClusterLoadAssignment, "c", Some(b"e")),
+            ],
+        );
+        let out = s.on_cache_change(&cache);
+        let order: Vec<(&str, bool)> =
+            out.iter().map(|r| (r.type_url.rsplit('.').next().unwrap(), r.removed_resources.is_empty())).collect();
+        assert_eq!(
+            order,
+            [("Cluster", true), ("ClusterLoadAssignment", true), ("RouteConfiguration", false), ("Listener", false)]
+        );
+    }
+
+    #[test]
+    fn listeners_are_rendered_for_the_proxy_bind_address() {
+        let cache = Cache::new([]);
+        let body = translate::listener(9080, None);
+        put(&cache, &[(ResourceType::Listener, "0.0.0.0_9080", Some(&body))]);
+        let mut s = DeltaStream::new("n".into(), Some("127.0.0.9".parse().unwrap()));
+        let (_, out) = s.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
+        let r = &out[0].resources[0];
+        assert_eq!(r.resource.as_ref().unwrap().value, translate::listener(9080, Some("127.0.0.9".parse().unwrap())));
+        assert_ne!(r.version, cache.get(ResourceType::Listener, "0.0.0.0_9080").unwrap().version);
+    }
+
+    #[test]
+    fn unsubscribing_forgets_and_resubscribing_resends() {
+        let cache = ready_cache();
+        cache.source_synced("files");
+        put(&cache, &[(ResourceType::ClusterLoadAssignment, "a", Some(b"e1"))]);
+        let mut s = DeltaStream::new("n".into(), None);
+        s.on_request(&req(ResourceType::ClusterLoadAssignment, &["a"]), &cache).unwrap();
+        let mut unsub = req(ResourceType::ClusterLoadAssignment, &[]);
+        unsub.resource_names_unsubscribe = vec!["a".into()];
+        let (_, out) = s.on_request(&unsub, &cache).unwrap();
+        assert!(out.is_empty());
+        assert!(s.known(ResourceType::ClusterLoadAssignment).is_empty());
+        let (_, out) = s.on_request(&req(ResourceType::ClusterLoadAssignment, &["a"]), &cache).unwrap();
+        assert_eq!(names(&out[0]), ["a"]);
+    }
+}
