@@ -10,6 +10,7 @@ use meshflow::agent::bootstrap::{self, BootstrapConfig};
 use meshflow::cache::Cache;
 use meshflow::engine::{Engine, EngineOutput};
 use meshflow::source;
+use meshflow::source::kube::KubeOptions;
 
 #[derive(Parser)]
 #[command(
@@ -24,11 +25,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Translate a config directory into Envoy configuration and serve it over delta ADS.
+    /// Translate a config directory and/or a Kubernetes cluster into Envoy configuration and
+    /// serve it over delta ADS.
     Serve {
         /// Directory of Kubernetes and Istio YAML/JSON, watched for changes.
+        #[arg(long, required_unless_present = "kubernetes")]
+        config_dir: Option<PathBuf>,
+        /// Watch a Kubernetes cluster (Services, EndpointSlices, Pods, Nodes, Namespaces and
+        /// the Istio networking CRDs).
         #[arg(long)]
-        config_dir: PathBuf,
+        kubernetes: bool,
+        /// Kubeconfig file; default: KUBECONFIG, ~/.kube/config, or the in-cluster service account.
+        #[arg(long, requires = "kubernetes")]
+        kubeconfig: Option<PathBuf>,
+        /// Watch only this namespace for namespaced kinds (repeatable); default: all.
+        #[arg(long = "watch-namespace", requires = "kubernetes")]
+        watch_namespaces: Vec<String>,
         /// Address of the xDS (ADS) gRPC server.
         #[arg(long, default_value = "127.0.0.1:15010")]
         xds_addr: SocketAddr,
@@ -62,7 +74,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config_dir, xds_addr, admin_addr } => serve(config_dir, xds_addr, admin_addr),
+        Command::Serve { config_dir, kubernetes, kubeconfig, watch_namespaces, xds_addr, admin_addr } => {
+            let kube = kubernetes.then_some(KubeOptions { kubeconfig, namespaces: watch_namespaces });
+            serve(config_dir, kube, xds_addr, admin_addr)
+        }
         Command::Bootstrap { node_id, xds_addr, bind_address, admin_port } => {
             let config = BootstrapConfig { node_id, xds_addr, bind_address, admin_port };
             bootstrap::render(&config).map(|yaml| print!("{yaml}")).map_err(anyhow::Error::msg)
@@ -77,22 +92,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config_dir: PathBuf, xds_addr: SocketAddr, admin_addr: SocketAddr) -> anyhow::Result<()> {
-    let cache = Cache::new([source::file::SOURCE_NAME.to_string()]);
-    let sink_cache = cache.clone();
-    let engine = Engine::start(move |output| match output {
-        EngineOutput::Delta(delta) => {
-            let applied = sink_cache.apply(&delta);
-            if applied > 0 {
-                tracing::debug!(time = delta.time, changes = applied, "configuration changed");
-            }
-        }
-        EngineOutput::Synced(source) => sink_cache.source_synced(&source),
-    });
-    let _watch = source::file::spawn(config_dir, engine.sender())?;
-
+fn serve(
+    config_dir: Option<PathBuf>,
+    kube: Option<KubeOptions>,
+    xds_addr: SocketAddr,
+    admin_addr: SocketAddr,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?;
     runtime.block_on(async move {
+        let mut sources = Vec::new();
+        if config_dir.is_some() {
+            sources.push(source::file::SOURCE_NAME.to_string());
+        }
+        if let Some(kube) = &kube {
+            sources.extend(source::kube::source_names(kube));
+        }
+        let cache = Cache::new(sources);
+        let sink_cache = cache.clone();
+        let engine = Engine::start(move |output| match output {
+            EngineOutput::Delta(delta) => {
+                let applied = sink_cache.apply(&delta);
+                if applied > 0 {
+                    tracing::debug!(time = delta.time, changes = applied, "configuration changed");
+                }
+            }
+            EngineOutput::Synced(source) => sink_cache.source_synced(&source),
+        });
+        let _watch = match config_dir {
+            Some(dir) => Some(source::file::spawn(dir, engine.sender())?),
+            None => None,
+        };
+        if let Some(kube) = kube {
+            let client = source::kube::client(&kube).await?;
+            source::kube::spawn(client, kube, engine.sender());
+        }
+
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;

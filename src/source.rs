@@ -1,3 +1,4 @@
 //! Sources turn the outside world into [`crate::model::InputEvent`]s for the engine.
 
 pub mod file;
+pub mod kube;

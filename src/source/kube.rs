@@ -1,0 +1,423 @@
+//! The Kubernetes source: kube-rs watchers over the cluster and the Istio CRDs.
+//!
+//! One watcher per kind (and per namespace with `--watch-namespace`). Each keeps, per object
+//! it delivered, only a hash of the translated object, so that:
+//! - the initial list becomes one batch of events, and the watch's sync is reported after it;
+//! - a relist (after a dropped watch or 410 Gone: kube's `Init … InitApply* … InitDone`) is
+//!   diffed against what was delivered: objects that are unchanged produce nothing, changed
+//!   ones one update, vanished ones one delete — all in one batch, so no resource is removed
+//!   and re-added on the way.
+//!
+//! Objects are cut down to what translation needs at the boundary (a Pod keeps namespace,
+//! name, labels, IP, node, readiness and ports); the kube object is dropped right away. An
+//! Istio object that fails validation is logged, reported as a Kubernetes Event on the object,
+//! and left out (deleted if an earlier version was delivered). Errors back off and retry
+//! (kube's default backoff) and are logged once per distinct cause.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::discovery::v1 as discovery;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, watcher::watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use crate::engine::Command;
+use crate::model::{FieldError, InputEvent, Kind, Object, ObjectKey, istio, k8s};
+
+/// The Istio networking API group and the versions meshflow reads, most preferred first.
+pub const ISTIO_GROUP: &str = "networking.istio.io";
+const ISTIO_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+
+/// Where the client configuration comes from.
+#[derive(Clone, Debug, Default)]
+pub struct KubeOptions {
+    /// `--kubeconfig`; otherwise `KUBECONFIG`, `~/.kube/config`, or the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespaces to watch for namespaced kinds; empty means all.
+    pub namespaces: Vec<String>,
+}
+
+/// Builds a client from the options.
+pub async fn client(options: &KubeOptions) -> anyhow::Result<Client> {
+    let config = match &options.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| anyhow::anyhow!("reading kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// The kinds watched, in the order their watchers start.
+const WATCHED: [Kind; 9] = [
+    Kind::Namespace,
+    Kind::Node,
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::Pod,
+    Kind::Gateway,
+    Kind::VirtualService,
+    Kind::DestinationRule,
+    Kind::ServiceEntry,
+];
+
+fn watch_name(kind: Kind, namespace: Option<&str>) -> String {
+    // EndpointSlice or, on clusters without that API, Endpoints: one readiness entry either way.
+    let kind = if kind == Kind::EndpointSlice { "endpoints".to_string() } else { kind.as_str().to_ascii_lowercase() };
+    match namespace {
+        Some(ns) => format!("kubernetes/{kind}@{ns}"),
+        None => format!("kubernetes/{kind}"),
+    }
+}
+
+/// The readiness names of every watch the source will run. Known before any contact with the
+/// apiserver, so that an unreachable apiserver keeps meshflow not ready.
+pub fn source_names(options: &KubeOptions) -> Vec<String> {
+    let mut names = Vec::new();
+    for kind in WATCHED {
+        if !kind.is_namespaced() || options.namespaces.is_empty() {
+            names.push(watch_name(kind, None));
+        } else {
+            names.extend(options.namespaces.iter().map(|ns| watch_name(kind, Some(ns))));
+        }
+    }
+    names
+}
+
+/// Starts the source on the current tokio runtime: API discovery (retried until the
+/// apiserver answers), then one watcher task per kind and namespace.
+pub fn spawn(client: Client, options: KubeOptions, engine: Sender<Command>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let apis = discover(&client).await;
+        let recorder = Arc::new(Recorder::new(
+            client.clone(),
+            Reporter { controller: "meshflow".into(), instance: std::env::var("POD_NAME").ok() },
+        ));
+        let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
+            vec![None]
+        } else {
+            options.namespaces.iter().cloned().map(Some).collect()
+        };
+        for kind in WATCHED {
+            let namespaces: Vec<Option<String>> = if kind.is_namespaced() { scopes.clone() } else { vec![None] };
+            for ns in namespaces {
+                let watch = Watch {
+                    name: watch_name(kind, ns.as_deref()),
+                    kind: watched_kind(kind, &apis),
+                    api_version: api_version(kind, &apis),
+                    engine: engine.clone(),
+                    recorder: recorder.clone(),
+                    delivered: HashMap::new(),
+                    last_error: None,
+                };
+                spawn_watch(&client, &apis, kind, ns.as_deref(), watch);
+            }
+        }
+    })
+}
+
+/// The kind a watch delivers: EndpointSlice stands for Endpoints on clusters without slices.
+fn watched_kind(kind: Kind, apis: &Apis) -> Kind {
+    if kind == Kind::EndpointSlice && !apis.endpoint_slices { Kind::Endpoints } else { kind }
+}
+
+fn api_version(kind: Kind, apis: &Apis) -> String {
+    match watched_kind(kind, apis) {
+        Kind::EndpointSlice => "discovery.k8s.io/v1".into(),
+        Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
+            format!("{ISTIO_GROUP}/{}", apis.istio_version.unwrap_or("v1"))
+        }
+        _ => "v1".into(),
+    }
+}
+
+/// What the cluster serves, as far as meshflow cares.
+struct Apis {
+    endpoint_slices: bool,
+    /// The Istio version to watch, or `None` when the CRDs are not installed.
+    istio_version: Option<&'static str>,
+}
+
+/// Asks the apiserver which APIs it serves, retrying with backoff until it answers.
+async fn discover(client: &Client) -> Apis {
+    let mut delay = std::time::Duration::from_millis(200);
+    let mut last_error = String::new();
+    loop {
+        match try_discover(client).await {
+            Ok(apis) => {
+                tracing::info!(
+                    endpoint_slices = apis.endpoint_slices,
+                    istio = apis.istio_version.unwrap_or("not installed"),
+                    "Kubernetes API discovered"
+                );
+                return apis;
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if message != last_error {
+                    tracing::warn!(error = %message, "Kubernetes API discovery failed; retrying");
+                    last_error = message;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn try_discover(client: &Client) -> Result<Apis, kube::Error> {
+    let optional_group = |result: Result<kube::discovery::ApiGroup, kube::Error>| match result {
+        Ok(group) => Ok(Some(group)),
+        Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let slices = optional_group(kube::discovery::group(client, "discovery.k8s.io").await)?;
+    let istio = optional_group(kube::discovery::group(client, ISTIO_GROUP).await)?;
+    let endpoint_slices = slices.is_some_and(|g| g.versions().any(|v| v == "v1"));
+    let istio_version = istio.and_then(|g| {
+        let served: Vec<&str> = g.versions().collect();
+        ISTIO_VERSIONS.into_iter().find(|v| served.contains(v))
+    });
+    if istio_version.is_none() {
+        tracing::warn!("networking.istio.io is not served: Istio objects are not watched");
+    }
+    Ok(Apis { endpoint_slices, istio_version })
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, watch: Watch) {
+    let c = client.clone();
+    match kind {
+        Kind::Namespace => tokio::spawn(
+            watch.run(Api::<core::Namespace>::all(c), |n| Ok(Object::Namespace(k8s::namespace_from(&n.name_any(), n)))),
+        ),
+        Kind::Node => {
+            tokio::spawn(watch.run(Api::<core::Node>::all(c), |n| Ok(Object::Node(k8s::node_from(&n.name_any(), n)))))
+        }
+        Kind::Service => tokio::spawn(watch.run(api::<core::Service>(&c, ns), |s| {
+            k8s::service_from(&namespace(s), &s.name_any(), s).map(Object::Service)
+        })),
+        Kind::EndpointSlice if apis.endpoint_slices => {
+            tokio::spawn(watch.run(api::<discovery::EndpointSlice>(&c, ns), |s| {
+                k8s::endpoint_slice_from(&namespace(s), &s.name_any(), s).map(Object::EndpointSlice)
+            }))
+        }
+        Kind::EndpointSlice | Kind::Endpoints => tokio::spawn(watch.run(api::<core::Endpoints>(&c, ns), |e| {
+            k8s::endpoints_from(&namespace(e), &e.name_any(), e).map(Object::Endpoints)
+        })),
+        Kind::Pod => tokio::spawn(
+            watch.run(api::<core::Pod>(&c, ns), |p| k8s::pod_from(&namespace(p), &p.name_any(), p).map(Object::Pod)),
+        ),
+        Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
+            let Some(version) = apis.istio_version else {
+                // Nothing to watch: synced, and empty.
+                let _ = watch.engine.send(Command::Synced(watch.name));
+                return;
+            };
+            let ar = ApiResource {
+                group: ISTIO_GROUP.into(),
+                version: version.into(),
+                api_version: format!("{ISTIO_GROUP}/{version}"),
+                kind: kind.as_str().into(),
+                plural: format!("{}s", kind.as_str().to_ascii_lowercase()),
+            };
+            let api = match ns {
+                Some(ns) => Api::<DynamicObject>::namespaced_with(c, ns, &ar),
+                None => Api::<DynamicObject>::all_with(c, &ar),
+            };
+            tokio::spawn(watch.run(api, move |o: &DynamicObject| {
+                let spec = o.data.get("spec").cloned().unwrap_or(serde_json::Value::Null);
+                if spec.is_null() {
+                    return Err(vec![FieldError::new("spec", "required")]);
+                }
+                istio::decode(kind, &namespace(o), &o.name_any(), spec)
+            }))
+        }
+    };
+}
+
+fn namespace<K: Resource>(o: &K) -> String {
+    o.meta().namespace.clone().unwrap_or_default()
+}
+
+/// The state of one watcher.
+struct Watch {
+    name: String,
+    kind: Kind,
+    /// The apiVersion of the watched objects, for Event references.
+    api_version: String,
+    engine: Sender<Command>,
+    recorder: Arc<Recorder>,
+    /// Per delivered object, the hash of what was delivered.
+    delivered: HashMap<ObjectKey, u64>,
+    last_error: Option<String>,
+}
+
+fn object_hash(o: &Object) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    o.hash(&mut h);
+    h.finish()
+}
+
+impl Watch {
+    async fn run<K, F>(mut self, api: Api<K>, convert: F)
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+        K::DynamicType: Clone + Eq + Hash,
+        F: Fn(&K) -> Result<Object, Vec<FieldError>> + Send + 'static,
+    {
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        futures_util::pin_mut!(stream);
+        let mut listing: Option<HashMap<ObjectKey, Object>> = None;
+        let mut synced = false;
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(event) => {
+                    if self.last_error.take().is_some() {
+                        tracing::info!(watch = %self.name, "watch recovered");
+                    }
+                    event
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    if self.last_error.as_deref() != Some(message.as_str()) {
+                        tracing::warn!(watch = %self.name, error = %message, "watch failed; retrying with backoff");
+                        self.last_error = Some(message);
+                    }
+                    continue;
+                }
+            };
+            let events = match event {
+                Event::Init => {
+                    listing = Some(HashMap::new());
+                    continue;
+                }
+                Event::InitApply(object) => {
+                    if let (Some(list), Some(o)) = (listing.as_mut(), self.convert(&object, &convert).await) {
+                        list.insert(o.key(), o);
+                    }
+                    continue;
+                }
+                Event::InitDone => self.relisted(listing.take().unwrap_or_default()),
+                Event::Apply(object) => match self.convert(&object, &convert).await {
+                    Some(o) => self.applied(o).into_iter().collect(),
+                    None => self.deleted(&self.key_of(&object)).into_iter().collect(),
+                },
+                Event::Delete(object) => self.deleted(&self.key_of(&object)).into_iter().collect(),
+            };
+            if !events.is_empty() && self.engine.send(Command::Events(events)).is_err() {
+                return;
+            }
+            if !synced && listing.is_none() {
+                synced = true;
+                tracing::info!(watch = %self.name, objects = self.delivered.len(), "initial list synced");
+                if self.engine.send(Command::Synced(self.name.clone())).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Translates a kube object; an invalid one is logged, reported as an Event, and `None`.
+    async fn convert<K, F>(&self, object: &K, convert: &F) -> Option<Object>
+    where
+        K: Resource,
+        F: Fn(&K) -> Result<Object, Vec<FieldError>>,
+    {
+        match convert(object) {
+            Ok(o) => Some(o),
+            Err(errors) => {
+                let what = format!("{}/{}", namespace(object), object.meta().name.clone().unwrap_or_default());
+                let note: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                let note = note.join("; ");
+                tracing::warn!(watch = %self.name, object = %what, errors = %note, "rejected: left out of the configuration");
+                self.report(object, note).await;
+                None
+            }
+        }
+    }
+
+    async fn report<K: Resource>(&self, object: &K, note: String) {
+        let meta = object.meta();
+        let reference = ObjectReference {
+            api_version: Some(self.api_version.clone()),
+            kind: Some(self.kind.as_str().to_string()),
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            ..Default::default()
+        };
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: "InvalidConfiguration".into(),
+            // Kubernetes caps an event note at 1 KiB.
+            note: Some(truncate(note, 1000)),
+            action: "Validate".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            tracing::debug!(watch = %self.name, error = %e, "could not publish a Kubernetes Event");
+        }
+    }
+
+    fn key_of<K: Resource>(&self, object: &K) -> ObjectKey {
+        let ns = if self.kind.is_namespaced() { namespace(object) } else { String::new() };
+        ObjectKey::new(self.kind, ns, object.meta().name.clone().unwrap_or_default())
+    }
+
+    fn applied(&mut self, o: Object) -> Option<InputEvent> {
+        let hash = object_hash(&o);
+        let key = o.key();
+        if self.delivered.get(&key) == Some(&hash) {
+            return None;
+        }
+        self.delivered.insert(key, hash);
+        Some(InputEvent::apply(o))
+    }
+
+    fn deleted(&mut self, key: &ObjectKey) -> Option<InputEvent> {
+        self.delivered.remove(key).map(|_| InputEvent::delete(key.clone()))
+    }
+
+    /// A complete list: what changed since the last delivery, and what is gone.
+    fn relisted(&mut self, listed: HashMap<ObjectKey, Object>) -> Vec<InputEvent> {
+        let gone: Vec<ObjectKey> = self.delivered.keys().filter(|k| !listed.contains_key(*k)).cloned().collect();
+        let mut events: Vec<InputEvent> = gone.iter().filter_map(|k| self.deleted(k)).collect();
+        events.extend(listed.into_values().filter_map(|o| self.applied(o)));
+        events
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
