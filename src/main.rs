@@ -48,6 +48,10 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:15014")]
         admin_addr: SocketAddr,
     },
+    /// Run Envoy beside a workload: bootstrap, supervise, drain on SIGTERM (like pilot-agent).
+    Agent(meshflow::agent::AgentArgs),
+    /// Print the CustomResourceDefinitions of the Istio networking kinds meshflow reads.
+    Crds,
     /// Print an Envoy bootstrap (YAML) that takes its configuration from meshflow.
     Bootstrap {
         /// Istio node id: sidecar~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local
@@ -74,6 +78,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Agent(args) => return meshflow::agent::run(args),
+        Command::Crds => {
+            print!("{}", meshflow::model::crds::render_yaml());
+            Ok(())
+        }
         Command::Serve { config_dir, kubernetes, kubeconfig, watch_namespaces, xds_addr, admin_addr } => {
             let kube = kubernetes.then_some(KubeOptions { kubeconfig, namespaces: watch_namespaces });
             serve(config_dir, kube, xds_addr, admin_addr)

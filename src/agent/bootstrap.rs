@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
 use crate::xds::node::{BIND_ADDRESS_KEY, NodeId};
 
@@ -20,10 +20,18 @@ pub struct BootstrapConfig {
 
 /// Renders the bootstrap as YAML. The node id must be in Istio's form.
 pub fn render(config: &BootstrapConfig) -> Result<String, String> {
+    render_with_metadata(config, &Map::new())
+}
+
+/// [`render`], with more node metadata: the agent's `ISTIO_META_*` / `ISTIO_METAJSON_*`
+/// (see [`super::identity`]). The keys the bootstrap derives from the node id and the bind
+/// address (`NAME`, `NAMESPACE`, `INSTANCE_IPS`, `MESHFLOW_BIND_ADDRESS`) win over `extra`,
+/// so the metadata can never contradict the node id.
+pub fn render_with_metadata(config: &BootstrapConfig, extra: &Map<String, Value>) -> Result<String, String> {
     let node = NodeId::parse(&config.node_id)?;
     let (host, port) = split_host_port(&config.xds_addr)?;
     let discovery = if host.parse::<IpAddr>().is_ok() { "STATIC" } else { "STRICT_DNS" };
-    let mut metadata = serde_json::Map::new();
+    let mut metadata = extra.clone();
     metadata.insert("NAMESPACE".into(), json!(node.namespace));
     metadata.insert("NAME".into(), json!(node.pod));
     metadata.insert("INSTANCE_IPS".into(), json!(node.ip.to_string()));
@@ -127,6 +135,21 @@ mod tests {
         c.xds_addr = "meshflow.istio-system.svc:15010".into();
         let yaml: serde_json::Value = serde_yaml_ng::from_str(&render(&c).unwrap()).unwrap();
         assert_eq!(yaml["static_resources"]["clusters"][0]["type"], "STRICT_DNS");
+    }
+
+    #[test]
+    fn extra_metadata_is_carried_but_cannot_override_the_identity() {
+        let mut extra = Map::new();
+        extra.insert("LABELS".into(), json!({"app": "web", "version": "v1"}));
+        extra.insert("CLUSTER_ID".into(), json!("east"));
+        extra.insert("NAME".into(), json!("someone-else"));
+        let yaml: serde_json::Value =
+            serde_yaml_ng::from_str(&render_with_metadata(&config(), &extra).unwrap()).unwrap();
+        let metadata = &yaml["node"]["metadata"];
+        assert_eq!(metadata["LABELS"], json!({"app": "web", "version": "v1"}));
+        assert_eq!(metadata["CLUSTER_ID"], "east");
+        assert_eq!(metadata["NAME"], "app-1");
+        assert_eq!(render(&config()).unwrap(), render_with_metadata(&config(), &Map::new()).unwrap());
     }
 
     #[test]

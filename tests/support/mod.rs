@@ -3,8 +3,9 @@
 //! for `meshflow serve` and `envoy` that print their logs when a test fails.
 //!
 //! Used from integration tests with `mod support;`. Std only, plus the crate's own
-//! dependencies (tempfile, serde_json, serde_yaml_ng).
+//! dependencies (tempfile, serde_json, serde_yaml_ng, libc).
 #![allow(dead_code)]
+pub mod apiserver;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -219,6 +220,7 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     hits: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
 }
@@ -226,22 +228,40 @@ pub struct Backend {
 impl Backend {
     /// Binds `ip:port` (fails if taken) and starts serving.
     pub fn start(ip: Ipv4Addr, port: u16, name: &str) -> io::Result<Backend> {
+        Self::start_with_delay(ip, port, name, Duration::ZERO)
+    }
+
+    /// Like [`Backend::start`], but every answer waits `delay` after its request arrived
+    /// ([`Backend::received`] counts it at once, [`Backend::hits`] once answered). A dropped
+    /// backend stops waiting.
+    pub fn start_slow(ip: Ipv4Addr, port: u16, name: &str, delay: Duration) -> io::Result<Backend> {
+        Self::start_with_delay(ip, port, name, delay)
+    }
+
+    fn start_with_delay(ip: Ipv4Addr, port: u16, name: &str, delay: Duration) -> io::Result<Backend> {
         let listener = TcpListener::bind((ip, port))?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let acceptor = {
-            let (name, hits, stop) = (name.to_string(), hits.clone(), stop.clone());
+            let counters = Counters { hits: hits.clone(), received: received.clone(), stop: stop.clone() };
+            let name = name.to_string();
             thread::Builder::new()
                 .name(format!("backend-{name}"))
-                .spawn(move || accept_loop(listener, name, hits, stop))?
+                .spawn(move || accept_loop(listener, name, counters, delay))?
         };
-        Ok(Backend { addr, name: name.to_string(), hits, stop, acceptor: Some(acceptor) })
+        Ok(Backend { addr, name: name.to_string(), hits, received, stop, acceptor: Some(acceptor) })
     }
 
     /// Requests answered so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far (answered or still waiting for their delay).
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
     }
 }
 
@@ -254,16 +274,25 @@ impl Drop for Backend {
     }
 }
 
-fn accept_loop(listener: TcpListener, name: String, hits: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
+/// A backend's shared counters and stop flag.
+#[derive(Clone)]
+struct Counters {
+    hits: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+fn accept_loop(listener: TcpListener, name: String, counters: Counters, delay: Duration) {
     // Non-blocking accept, polled, so that dropping the backend never hangs.
     let _ = listener.set_nonblocking(true);
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    let stop = counters.stop.clone();
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((conn, _)) => {
-                let (name, hits, stop) = (name.clone(), hits.clone(), stop.clone());
+                let (name, counters) = (name.clone(), counters.clone());
                 conns.push(thread::spawn(move || {
-                    let _ = serve_connection(conn, &name, &hits, &stop);
+                    let _ = serve_connection(conn, &name, &counters, delay);
                 }));
                 conns.retain(|c| !c.is_finished());
             }
@@ -314,7 +343,8 @@ fn parse_request(buf: &[u8]) -> io::Result<Option<(usize, bool)>> {
     Ok((buf.len() >= total).then_some((total, close)))
 }
 
-fn serve_connection(mut conn: TcpStream, name: &str, hits: &AtomicUsize, stop: &AtomicBool) -> io::Result<()> {
+fn serve_connection(mut conn: TcpStream, name: &str, counters: &Counters, delay: Duration) -> io::Result<()> {
+    let (hits, stop) = (&*counters.hits, &*counters.stop);
     conn.set_nonblocking(false)?;
     // A short read timeout lets the thread notice `stop` on an idle pooled connection.
     conn.set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -330,6 +360,14 @@ fn serve_connection(mut conn: TcpStream, name: &str, hits: &AtomicUsize, stop: &
         // Answer every complete request in the buffer (pipelining included).
         while let Some((len, close)) = parse_request(&buf)? {
             buf.drain(..len);
+            counters.received.fetch_add(1, Ordering::SeqCst);
+            let arrived = Instant::now();
+            while arrived.elapsed() < delay {
+                if stop.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                thread::sleep(Duration::from_millis(10).min(delay.saturating_sub(arrived.elapsed())));
+            }
             let connection = if close { "close" } else { "keep-alive" };
             // Counted before answering: a client that has the answer sees the count.
             hits.fetch_add(1, Ordering::SeqCst);
@@ -632,6 +670,211 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         kill_and_wait(&mut self.child);
         print_log_if_panicking("envoy", &self.log_path, without_envoy_listings);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// meshflow agent (Envoy run and supervised by meshflow)
+// ---------------------------------------------------------------------------------------
+
+/// The variables `meshflow agent` takes its identity and node metadata from.
+fn is_agent_identity_var(name: &str) -> bool {
+    matches!(name, "POD_NAME" | "POD_NAMESPACE" | "INSTANCE_IP") || name.starts_with("ISTIO_META")
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // `pid (comm) state …`: comm may hold spaces and parentheses, the state follows the last ')'.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    state.is_some_and(|s| s != 'Z' && s != 'X')
+}
+
+/// Sends `signal` (`libc::SIGTERM`, `libc::SIGKILL`, …) to process `pid`.
+pub fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| invalid(format!("pid {pid} out of range")))?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, signal) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Lines of Envoy's start-up listings, as the agent forwards them, are left out.
+fn without_agent_envoy_listings(log: &str) -> String {
+    let keep: Vec<&str> = log.lines().filter(|l| !l.contains("meshflow::agent::envoy:   ")).collect();
+    let left_out = log.lines().count() - keep.len();
+    let mut out =
+        if left_out > 0 { format!("[{left_out} lines of Envoy start-up listings left out]\n") } else { String::new() };
+    for l in keep {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+/// `meshflow agent` as a child process, on free status and Envoy admin ports (127.0.0.1);
+/// stdout and stderr go to a log file, printed when the test fails. Dropping it SIGKILLs
+/// the agent (its Envoy dies with it: the agent gives Envoy a parent-death signal) and, as a
+/// second line of defence, every Envoy the agent reported that still runs.
+pub struct Agent {
+    pub status_addr: SocketAddr,
+    /// Envoy's admin port, on 127.0.0.1.
+    pub admin_port: u16,
+    child: Child,
+    log_path: PathBuf,
+    envoy_pids: std::sync::Mutex<Vec<u32>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Spawns `meshflow agent --status-addr … --admin-port … ARGS` (and `--work-dir` in a
+    /// temporary directory of the harness, unless ARGS has one) with `env` as its only
+    /// identity variables (`POD_NAME`, `ISTIO_META_*`, … of the test process are removed),
+    /// `RUST_LOG=meshflow=debug` and `NO_COLOR=1`, and waits until its status port accepts
+    /// connections or it exits. An agent that could not bind its status port (free a moment
+    /// ago) is retried on another.
+    pub fn spawn(args: &[String], env: &[(&str, &str)]) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log_path = dir.path().join("agent.log");
+        for attempt in 1.. {
+            let status_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
+            let admin_port = free_port(Ipv4Addr::LOCALHOST);
+            let (out, err) = log_stdio(&log_path);
+            let mut cmd = Command::new(Meshflow::bin());
+            cmd.arg("agent")
+                .arg("--status-addr")
+                .arg(status_addr.to_string())
+                .arg("--admin-port")
+                .arg(admin_port.to_string())
+                .args(args);
+            // The agent removes a work dir of its own on exit, but a SIGKILLed agent cannot.
+            if !args.iter().any(|a| a.starts_with("--work-dir")) {
+                cmd.arg("--work-dir").arg(dir.path().join("work"));
+            }
+            for (name, _) in std::env::vars_os() {
+                if name.to_str().is_some_and(is_agent_identity_var) {
+                    cmd.env_remove(name);
+                }
+            }
+            cmd.envs(env.iter().copied())
+                .env("RUST_LOG", "meshflow=debug")
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err);
+            let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {} agent: {e}", Meshflow::bin()));
+            let exited = eventually("the agent to open its status port or exit", WAIT, || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Some(Some(status));
+                }
+                TcpStream::connect_timeout(&status_addr, HTTP_TIMEOUT).is_ok().then_some(None)
+            });
+            if let Some(status) = exited
+                && attempt < 3
+                && read_log(&log_path).contains("cannot bind the status address")
+            {
+                eprintln!("agent exited ({status}): status port taken; retrying");
+                continue;
+            }
+            eprintln!("agent (pid {}) spawned; status {status_addr}, envoy admin 127.0.0.1:{admin_port}", child.id());
+            return Agent { status_addr, admin_port, child, log_path, envoy_pids: Default::default(), _dir: dir };
+        }
+        unreachable!()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Envoy's admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.admin_port))
+    }
+
+    /// The exit status, if the agent has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait on the agent")
+    }
+
+    /// Waits at most `timeout` for the agent to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        eventually(&format!("agent (pid {}) to exit", self.pid()), timeout, || self.try_wait())
+    }
+
+    /// GET `path` on the agent's status port.
+    pub fn get(&self, path: &str) -> io::Result<(u16, String)> {
+        http_get(self.status_addr, "localhost", path)
+    }
+
+    /// Waits until `/ready` answers 200; panics if the agent exits first or after [`WAIT`].
+    /// Returns how long that took from the call.
+    pub fn wait_ready(&mut self) -> Duration {
+        let started = Instant::now();
+        let mut last = String::new();
+        eventually("agent /ready to answer 200", WAIT, || {
+            if let Some(status) = self.try_wait() {
+                panic!("agent exited ({status}) before it was ready; last /ready: {last}");
+            }
+            match self.get("/ready") {
+                Ok((200, _)) => Some(()),
+                Ok((code, body)) => {
+                    last = format!("{code} {}", body.trim());
+                    None
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    None
+                }
+            }
+        });
+        started.elapsed()
+    }
+
+    /// `/debug/envoy`, parsed; its Envoy pid is remembered (killed on drop if still alive).
+    pub fn debug_envoy(&self) -> Value {
+        let (status, body) = self.get("/debug/envoy").unwrap_or_else(|e| panic!("GET /debug/envoy: {e}"));
+        assert_eq!(status, 200, "/debug/envoy answered {status}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("/debug/envoy is not JSON ({e}): {body}"));
+        if let Some(pid) = v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) {
+            let mut pids = self.envoy_pids.lock().unwrap_or_else(|p| p.into_inner());
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        v
+    }
+
+    /// The running Envoy's pid, per `/debug/envoy`.
+    pub fn envoy_pid(&self) -> Option<u32> {
+        self.debug_envoy()["pid"].as_u64().map(|p| p as u32)
+    }
+
+    /// Sends `signal` to the agent.
+    pub fn signal(&self, signal: i32) {
+        send_signal(self.pid(), signal).unwrap_or_else(|e| panic!("signal {signal} to the agent: {e}"));
+    }
+
+    /// Everything the agent logged so far (its own lines and Envoy's, stdout and stderr).
+    pub fn log(&self) -> String {
+        read_log(&self.log_path)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        kill_and_wait(&mut self.child);
+        let pids = std::mem::take(self.envoy_pids.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for pid in pids {
+            // The parent-death signal takes a moment to land.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while pid_alive(pid) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if pid_alive(pid) && comm.trim() == "envoy" {
+                eprintln!("envoy (pid {pid}) outlived its agent by 2 s: killing it");
+                let _ = send_signal(pid, libc::SIGKILL);
+            }
+        }
+        print_log_if_panicking("agent", &self.log_path, without_agent_envoy_listings);
     }
 }
 
