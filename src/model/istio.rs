@@ -105,10 +105,16 @@ impl ServiceEntry {
 pub fn decode(kind: Kind, namespace: &str, name: &str, spec: serde_json::Value) -> Result<Object, Vec<FieldError>> {
     let (namespace, name) = (namespace.to_string(), name.to_string());
     let object = match kind {
-        Kind::Gateway => Object::Gateway(Gateway { spec: decode_spec(spec)?, namespace, name }),
-        Kind::VirtualService => Object::VirtualService(VirtualService { spec: decode_spec(spec)?, namespace, name }),
-        Kind::DestinationRule => Object::DestinationRule(DestinationRule { spec: decode_spec(spec)?, namespace, name }),
-        Kind::ServiceEntry => Object::ServiceEntry(ServiceEntry { spec: decode_spec(spec)?, namespace, name }),
+        Kind::Gateway => Object::Gateway(Box::new(Gateway { spec: decode_spec(spec)?, namespace, name })),
+        Kind::VirtualService => {
+            Object::VirtualService(Box::new(VirtualService { spec: decode_spec(spec)?, namespace, name }))
+        }
+        Kind::DestinationRule => {
+            Object::DestinationRule(Box::new(DestinationRule { spec: decode_spec(spec)?, namespace, name }))
+        }
+        Kind::ServiceEntry => {
+            Object::ServiceEntry(Box::new(ServiceEntry { spec: decode_spec(spec)?, namespace, name }))
+        }
         other => {
             return Err(vec![FieldError::new("kind", format!("{other} is not an Istio networking kind"))]);
         }
@@ -195,11 +201,18 @@ impl StringMatch {
 
 /// Reads a `StringMatch` where Istio also allows `{}` (or null): "no constraint" for `uri`,
 /// `scheme`, `method` and `authority`, "header present" for `headers` and `withoutHeaders`.
-#[derive(Deserialize)]
+/// Its schema (for the CRDs) says the same: at most one of `exact`, `prefix` or `regex`.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    description = "A string match: at most one of `exact`, `prefix` or `regex` (RE2 syntax); `{}` sets no constraint \
+                   on the value.",
+    extend("oneOf" = at_most_one_of(&["exact", "prefix", "regex"]))
+)]
 struct StringMatchFields {
     exact: Option<String>,
     prefix: Option<String>,
+    /// RE2 syntax.
     regex: Option<String>,
 }
 
@@ -213,6 +226,15 @@ impl StringMatchFields {
             _ => Err(E::custom("only one of exact, prefix or regex may be set")),
         }
     }
+}
+
+/// Schema constraint (for the CRDs): at most one of `fields` is set, in the form Istio's CRDs use
+/// and structural schemas allow: `oneOf` "none of them" or "this one", for each.
+fn at_most_one_of(fields: &[&str]) -> serde_json::Value {
+    let each: Vec<_> = fields.iter().map(|field| serde_json::json!({"required": [field]})).collect();
+    let mut branches = vec![serde_json::json!({"not": {"anyOf": each.clone()}})];
+    branches.extend(each);
+    serde_json::Value::Array(branches)
 }
 
 fn optional_string_match<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StringMatch>, D::Error> {
@@ -423,6 +445,7 @@ pub struct Destination {
 /// One HTTP routing rule: conditions and what to do with matching requests.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = mirror_percent_alias)]
 pub struct HttpRoute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -461,6 +484,16 @@ pub struct HttpRoute {
     pub headers: Option<Headers>,
 }
 
+/// Serde aliases do not reach the schema: `mirror_percent` (accepted, as Istio's CRD does) gets
+/// the schema of `mirrorPercent`.
+fn mirror_percent_alias(schema: &mut schemars::Schema) {
+    if let Some(properties) = schema.get_mut("properties").and_then(serde_json::Value::as_object_mut)
+        && let Some(mirror_percent) = properties.get("mirrorPercent").cloned()
+    {
+        properties.insert("mirror_percent".to_string(), mirror_percent);
+    }
+}
+
 /// Conditions on an HTTP request; all given conditions must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -468,15 +501,23 @@ pub struct HttpMatchRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "optional_string_match", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<StringMatchFields>")]
     pub uri: Option<StringMatch>,
     #[serde(default, deserialize_with = "optional_string_match", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<StringMatchFields>")]
     pub scheme: Option<StringMatch>,
     #[serde(default, deserialize_with = "optional_string_match", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<StringMatchFields>")]
     pub method: Option<StringMatch>,
     #[serde(default, deserialize_with = "optional_string_match", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<StringMatchFields>")]
     pub authority: Option<StringMatch>,
     /// Header conditions; `None` (written `{}`) means "the header is present".
     #[serde(default, deserialize_with = "string_match_map", skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(
+        with = "BTreeMap<String, Option<StringMatchFields>>",
+        description = "Header conditions; `{}` means \"the header is present\"."
+    )]
     pub headers: BTreeMap<String, Option<StringMatch>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
@@ -485,11 +526,16 @@ pub struct HttpMatchRequest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
     #[serde(default, deserialize_with = "string_match_map", skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, Option<StringMatchFields>>")]
     pub query_params: BTreeMap<String, Option<StringMatch>>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub ignore_uri_case: bool,
     /// Headers that must not match; `None` (written `{}`) means "the header is absent".
     #[serde(default, deserialize_with = "string_match_map", skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(
+        with = "BTreeMap<String, Option<StringMatchFields>>",
+        description = "Headers that must not match; `{}` means \"the header is absent\"."
+    )]
     pub without_headers: BTreeMap<String, Option<StringMatch>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_namespace: Option<String>,
@@ -607,6 +653,7 @@ pub struct TlsMatchAttributes {
 /// An HTTP redirect answered by the proxy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("oneOf" = at_most_one_of(&["port", "derivePort"])))]
 pub struct HttpRedirect {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
@@ -644,6 +691,7 @@ pub struct HttpDirectResponse {
 /// A response body: one of `string` or `bytes` (base64).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("oneOf" = at_most_one_of(&["string", "bytes"])))]
 pub struct HttpBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub string: Option<String>,
@@ -735,6 +783,7 @@ pub struct HttpFaultInjection {
 /// A delay before forwarding. `percentage` wins over the deprecated integer `percent`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("oneOf" = at_most_one_of(&["fixedDelay", "exponentialDelay"])))]
 pub struct FaultDelay {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<i32>,
@@ -749,6 +798,7 @@ pub struct FaultDelay {
 /// An aborted request: one of `httpStatus`, `grpcStatus` or `http2Error`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("oneOf" = at_most_one_of(&["httpStatus", "grpcStatus", "http2Error"])))]
 pub struct FaultAbort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_status: Option<i32>,
@@ -850,6 +900,7 @@ pub struct Subset {
 /// settings and warmup.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("oneOf" = at_most_one_of(&["simple", "consistentHash", "backendUtilization"])))]
 pub struct LoadBalancerSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simple: Option<SimpleLb>,

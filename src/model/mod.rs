@@ -6,6 +6,7 @@
 //! validated once, at intake: the engine only ever sees objects that passed, so bad input can
 //! never panic a worker.
 
+pub mod crds;
 pub mod istio;
 pub mod k8s;
 mod parse;
@@ -98,7 +99,8 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-/// One validated input object, reduced to what translation needs.
+/// One validated input object, reduced to what translation needs. The Istio kinds are boxed:
+/// they are larger than the Kubernetes kinds and far fewer, so every Pod need not pay for them.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Object {
     Namespace(Namespace),
@@ -107,10 +109,10 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     Endpoints(Endpoints),
     Pod(Pod),
-    Gateway(istio::Gateway),
-    VirtualService(istio::VirtualService),
-    DestinationRule(istio::DestinationRule),
-    ServiceEntry(istio::ServiceEntry),
+    Gateway(Box<istio::Gateway>),
+    VirtualService(Box<istio::VirtualService>),
+    DestinationRule(Box<istio::DestinationRule>),
+    ServiceEntry(Box<istio::ServiceEntry>),
 }
 
 impl Object {
