@@ -35,12 +35,11 @@ fn ip() -> impl Strategy<Value = String> {
 }
 fn labels() -> impl Strategy<Value = Labels> {
     (prop::sample::select(&APPS[..]), prop::option::of(prop::sample::select(&["v1", "v2"][..]))).prop_map(|(app, v)| {
-        let mut l = Labels::new();
-        l.insert("app".into(), app.into());
+        let mut l = vec![("app".to_string(), app.to_string())];
         if let Some(v) = v {
-            l.insert("version".into(), v.into());
+            l.push(("version".into(), v.into()));
         }
-        l
+        l.into_iter().collect::<Labels>()
     })
 }
 

@@ -11,7 +11,7 @@
 //!                                     └─▶ by (ns, svc, port name, proto) ─┐
 //! slices ─flat_map─▶ ready addresses by (ns, svc, port name, proto) ──join┤
 //! endpoints ─antijoin(services with slices)─▶ ...same key ────────────join┤
-//! pods ─by ns─▶ join(selector services without slices/endpoints, by ns) ──┴─▶ (cluster, address)
+//! pods ─by label─▶ join(selector services without slices/endpoints, by one selector pair) ─┴─▶ (cluster, address)
 //!                                        cluster names ⊎ addresses ─reduce─▶ load assignments
 //! ```
 
@@ -60,6 +60,8 @@ impl Inputs {
 type SvcKey = (String, String);
 /// (namespace, service name, port name, port protocol): how endpoint ports meet service ports.
 type PortKey = (String, String, String, Protocol);
+/// (namespace, label key, label value): how selector services meet pods.
+type LabelKey = (String, String, String);
 
 /// The part of a selector Service that the pod join needs.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -119,8 +121,11 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .join_map(legacy_addresses, |_key, cluster: &String, addr: &EndpointAddr| (cluster.clone(), addr.clone()));
 
     // Selector services with neither: endpoints derived from the ready pods they select.
-    // Joined on namespace, then matched: a pod change costs the selector services of its
-    // namespace, not the mesh.
+    // Label selectors are not equi-joins, so the join goes through a label index: a selector
+    // service is keyed by one pair of its selector (the first in key order), a pod by each of
+    // its labels; the full selector is checked on the pairs that meet. A pod change then costs
+    // the services selecting on one of its labels, not every service of its namespace, and
+    // the initial load costs pods × labels, not pods × services.
     let managed = sliced.concat(endpoints_by_svc.map(|(k, _)| k)).distinct();
     let selector_services = services
         .flat_map(|s: Service| {
@@ -135,9 +140,21 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             (s.external_name.is_none()).then(|| ((s.namespace.clone(), s.name.clone()), row))
         })
         .antijoin(managed)
-        .map(|((ns, _), row)| (ns, row));
-    let pods_by_ns = pods.filter(|p: &Pod| p.ip.is_some() && !p.terminal).map(|p: Pod| (p.namespace.clone(), p));
-    let from_pods = selector_services.join(pods_by_ns).flat_map(|(ns, (svc, pod))| pod_addresses(&ns, &svc, &pod));
+        .flat_map(|((ns, _), row)| {
+            let (k, v) = row.selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
+            Some(((ns, k, v), row))
+        });
+    let live_pods = pods.filter(|p: &Pod| p.ip.is_some() && !p.terminal);
+    let pod_labels: VecCollection<'s, u64, (LabelKey, String)> = live_pods.clone().flat_map(|p: Pod| {
+        p.labels.into_iter().map(move |(k, v)| ((p.namespace.clone(), k, v), p.name.clone())).collect::<Vec<_>>()
+    });
+    let pods_by_name = live_pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p));
+    let from_pods = selector_services
+        .join_map(pod_labels, |(ns, _, _), svc: &SelectorService, pod: &String| {
+            ((ns.clone(), pod.clone()), svc.clone())
+        })
+        .join(pods_by_name)
+        .flat_map(|((ns, _), (svc, pod))| pod_addresses(&ns, &svc, &pod));
 
     // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
     // cluster warming (and its own initialization waiting) until one arrives.

@@ -200,7 +200,7 @@ mod tests {
         let ParseOutcome::Object(Object::Service(svc)) = out else { panic!("{out:?}") };
         assert_eq!(svc.namespace, "default");
         assert_eq!(svc.ports[0].target_port, k8s::TargetPort::Number(9080));
-        assert_eq!(svc.selector.unwrap()["app"], "reviews");
+        assert_eq!(svc.selector.unwrap().get("app").map(String::as_str), Some("reviews"));
     }
 
     #[test]

@@ -241,7 +241,7 @@ fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, watch
                 version: version.into(),
                 api_version: format!("{ISTIO_GROUP}/{version}"),
                 kind: kind.as_str().into(),
-                plural: format!("{}s", kind.as_str().to_ascii_lowercase()),
+                plural: istio_plural(kind).into(),
             };
             let api = match ns {
                 Some(ns) => Api::<DynamicObject>::namespaced_with(c, ns, &ar),
@@ -256,6 +256,15 @@ fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, watch
             }))
         }
     };
+}
+
+fn istio_plural(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Gateway => "gateways",
+        Kind::VirtualService => "virtualservices",
+        Kind::DestinationRule => "destinationrules",
+        _ => "serviceentries",
+    }
 }
 
 fn namespace<K: Resource>(o: &K) -> String {

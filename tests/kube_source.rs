@@ -1,0 +1,331 @@
+//! The Kubernetes source against a test apiserver that speaks the real list/watch protocol
+//! (tests/support/apiserver.rs), driven by the real kube client.
+//!
+//! Most tests watch the source's own output (the commands it sends the engine), where every
+//! add, update and delete is visible; one goes through the engine and cache to xDS resources.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use meshflow::engine::Command;
+use meshflow::model::{Kind, Object, ObjectKey};
+use meshflow::source::kube::{self, KubeOptions};
+use serde_json::{Value, json};
+use support::apiserver::ApiServer;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The source's output, folded into the objects it currently delivers, plus the raw log.
+struct Observed {
+    rx: Receiver<Command>,
+    objects: BTreeMap<ObjectKey, Object>,
+    synced: BTreeSet<String>,
+    /// Every (key, is_apply) in order.
+    log: Vec<(ObjectKey, bool)>,
+}
+
+impl Observed {
+    fn pump(&mut self, timeout: Duration) -> bool {
+        match self.rx.recv_timeout(timeout) {
+            Ok(Command::Events(events)) => {
+                for e in events {
+                    self.log.push((e.key.clone(), e.object.is_some()));
+                    match e.object {
+                        Some(o) => self.objects.insert(e.key, o),
+                        None => self.objects.remove(&e.key),
+                    };
+                }
+                true
+            }
+            Ok(Command::Synced(name)) => {
+                self.synced.insert(name);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn until(&mut self, what: &str, mut done: impl FnMut(&Observed) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; have {:?}",
+                self.objects.keys().collect::<Vec<_>>()
+            );
+            self.pump(Duration::from_millis(50));
+        }
+    }
+
+    /// Reads whatever arrives within `quiet` of silence.
+    fn settle(&mut self, quiet: Duration) {
+        while self.pump(quiet) {}
+    }
+
+    fn has(&self, kind: Kind, ns: &str, name: &str) -> bool {
+        self.objects.contains_key(&ObjectKey::new(kind, ns, name))
+    }
+}
+
+fn start_source(server: &ApiServer, rt: &tokio::runtime::Runtime, options: KubeOptions) -> Observed {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let names = kube::source_names(&options);
+    rt.block_on(async {
+        let client = server.kube_client();
+        kube::spawn(client, options, tx);
+    });
+    let mut o = Observed { rx, objects: BTreeMap::new(), synced: BTreeSet::new(), log: Vec::new() };
+    o.until("every watch to sync", |o| names.iter().all(|n| o.synced.contains(n)));
+    o
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn service(name: &str, port: u16) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+        "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": port, "targetPort": 8080}]}})
+}
+
+fn slice(name: &str, svc: &str, ips: &[&str]) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect::<Vec<_>>()})
+}
+
+fn pod(name: &str, app: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": app},
+            "annotations": {"big": "x".repeat(2000)}, "managedFields": [{"manager": "kubectl"}]},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "busybox", "ports": [{"name": "http", "containerPort": 8080}]}]},
+        "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
+fn virtual_service(name: &str, host: &str) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"hosts": [host], "http": [{"route": [{"destination": {"host": host}}]}]}})
+}
+
+fn cluster_state(server: &ApiServer) {
+    server.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "labels": {"istio-injection": "enabled"}}}));
+    server.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "z1"}}}));
+    server.apply(service("web", 80));
+    server.apply(slice("web-1", "web", &["10.0.0.1"]));
+    server.apply(pod("web-a", "web", "10.0.0.1"));
+    server.apply(virtual_service("web", "web"));
+    server.apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "web", "namespace": "default"}, "spec": {"host": "web", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}}));
+    server.apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": "default"},
+        "spec": {"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}));
+    server.apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "ext", "namespace": "default"},
+        "spec": {"hosts": ["api.example.com"], "ports": [{"number": 443, "name": "https", "protocol": "TLS"}], "resolution": "DNS"}}));
+}
+
+#[test]
+fn initial_sync_then_add_update_and_delete_of_every_kind() {
+    let server = ApiServer::start();
+    cluster_state(&server);
+    let rt = runtime();
+    let mut o = start_source(&server, &rt, KubeOptions::default());
+    for (kind, ns, name) in [
+        (Kind::Namespace, "", "default"),
+        (Kind::Node, "", "node-a"),
+        (Kind::Service, "default", "web"),
+        (Kind::EndpointSlice, "default", "web-1"),
+        (Kind::Pod, "default", "web-a"),
+        (Kind::VirtualService, "default", "web"),
+        (Kind::DestinationRule, "default", "web"),
+        (Kind::Gateway, "default", "gw"),
+        (Kind::ServiceEntry, "default", "ext"),
+    ] {
+        assert!(o.has(kind, ns, name), "{kind} {ns}/{name} after the initial sync");
+    }
+    // What is kept of a Pod is what translation needs: no annotations, no spec containers.
+    let Some(Object::Pod(p)) = o.objects.get(&ObjectKey::new(Kind::Pod, "default", "web-a")) else { panic!() };
+    assert_eq!((p.ip.as_deref(), p.ready, p.node_name.as_deref()), (Some("10.0.0.1"), true, Some("node-a")));
+
+    // Add, update, delete.
+    server.apply(service("api", 81));
+    server.apply(slice("web-1", "web", &["10.0.0.1", "10.0.0.2"]));
+    server.apply(virtual_service("web", "web.default.svc.cluster.local"));
+    server.delete("v1", "Pod", Some("default"), "web-a");
+    server.delete("networking.istio.io/v1", "Gateway", Some("default"), "gw");
+    server.delete("v1", "Node", None, "node-a");
+    o.until("the changes", |o| {
+        o.has(Kind::Service, "default", "api")
+            && !o.has(Kind::Pod, "default", "web-a")
+            && !o.has(Kind::Gateway, "default", "gw")
+            && !o.has(Kind::Node, "", "node-a")
+            && matches!(o.objects.get(&ObjectKey::new(Kind::EndpointSlice, "default", "web-1")),
+                Some(Object::EndpointSlice(s)) if s.endpoints.len() == 2)
+            && matches!(o.objects.get(&ObjectKey::new(Kind::VirtualService, "default", "web")),
+                Some(Object::VirtualService(v)) if v.spec.hosts == ["web.default.svc.cluster.local"])
+    });
+}
+
+/// The source's final state, compared with a fresh start against the same server.
+fn assert_equals_fresh_start(server: &ApiServer, rt: &tokio::runtime::Runtime, o: &Observed) {
+    let fresh = start_source(server, rt, KubeOptions::default());
+    assert_eq!(o.objects, fresh.objects, "after recovery the source holds what a fresh start holds");
+}
+
+#[test]
+fn a_dropped_watch_with_changes_meanwhile_converges_without_removing_and_re_adding() {
+    let server = ApiServer::start();
+    cluster_state(&server);
+    server.apply(service("api", 81));
+    let rt = runtime();
+    let mut o = start_source(&server, &rt, KubeOptions::default());
+    let before = o.log.len();
+
+    // The apiserver goes away; meanwhile objects change; history is compacted, so the
+    // watchers must relist (410) when they come back.
+    server.set_down(true);
+    std::thread::sleep(Duration::from_millis(300));
+    server.apply(slice("web-1", "web", &["10.0.0.7"]));
+    server.delete("v1", "Service", Some("default"), "api");
+    server.apply(service("late", 82));
+    server.compact();
+    server.set_down(false);
+
+    o.until("the relist", |o| {
+        o.has(Kind::Service, "default", "late")
+            && !o.has(Kind::Service, "default", "api")
+            && matches!(o.objects.get(&ObjectKey::new(Kind::EndpointSlice, "default", "web-1")),
+                Some(Object::EndpointSlice(s)) if s.endpoints[0].addresses == ["10.0.0.7"])
+    });
+    o.settle(Duration::from_millis(1500));
+    let after: Vec<&(ObjectKey, bool)> = o.log[before..].iter().collect();
+    let touched: BTreeSet<String> =
+        after.iter().map(|(k, apply)| format!("{k} {}", if *apply { "apply" } else { "delete" })).collect();
+    assert_eq!(
+        touched,
+        BTreeSet::from([
+            "EndpointSlice default/web-1 apply".to_string(),
+            "Service default/api delete".to_string(),
+            "Service default/late apply".to_string()
+        ]),
+        "only what changed while the watch was down; nothing unchanged re-sent, nothing removed and re-added"
+    );
+    assert_equals_fresh_start(&server, &rt, &o);
+}
+
+#[test]
+fn a_410_gone_on_rewatch_relists_and_recovers() {
+    let server = ApiServer::start();
+    cluster_state(&server);
+    let rt = runtime();
+    let mut o = start_source(&server, &rt, KubeOptions::default());
+    server.apply(pod("web-b", "web", "10.0.0.2"));
+    o.until("the new pod", |o| o.has(Kind::Pod, "default", "web-b"));
+    server.delete("v1", "Pod", Some("default"), "web-b");
+    server.compact();
+    server.drop_watches();
+    o.until("the relist to delete the pod", |o| !o.has(Kind::Pod, "default", "web-b"));
+    assert_equals_fresh_start(&server, &rt, &o);
+}
+
+#[test]
+fn istio_objects_are_read_in_the_version_the_cluster_serves() {
+    let server = ApiServer::start();
+    server.set_served_versions("networking.istio.io", &["v1alpha3"]);
+    server.disable_group("discovery.k8s.io");
+    server.apply(service("web", 80));
+    server.apply(json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web", "namespace": "default"},
+        "subsets": [{"addresses": [{"ip": "10.0.0.3"}], "ports": [{"name": "http", "port": 8080}]}]}));
+    server.apply(virtual_service("web", "web"));
+    let rt = runtime();
+    let o = start_source(&server, &rt, KubeOptions::default());
+    assert!(o.has(Kind::VirtualService, "default", "web"));
+    assert!(o.has(Kind::Endpoints, "default", "web"), "Endpoints are watched where EndpointSlices are not served");
+    assert!(server.requests().iter().any(|r| r.contains("/apis/networking.istio.io/v1alpha3/virtualservices")));
+    assert!(!server.requests().iter().any(|r| r.contains("/apis/discovery.k8s.io/v1/endpointslices")));
+}
+
+#[test]
+fn an_invalid_istio_object_is_reported_as_an_event_and_left_out() {
+    let server = ApiServer::start();
+    cluster_state(&server);
+    server.apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "dup", "namespace": "default"},
+        "spec": {"hosts": ["example.com"], "ports": [{"number": 1, "name": "a"}, {"number": 1, "name": "b"}]}}));
+    let rt = runtime();
+    let mut o = start_source(&server, &rt, KubeOptions::default());
+    assert!(!o.has(Kind::ServiceEntry, "default", "dup"));
+    assert!(o.has(Kind::ServiceEntry, "default", "ext"), "the valid one still flows");
+    let deadline = Instant::now() + WAIT;
+    let event = loop {
+        if let Some(e) = server.events().into_iter().find(|e| e.to_string().contains("dup")) {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no Event posted for the invalid ServiceEntry");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = event.to_string();
+    assert!(text.contains("InvalidConfiguration"), "{text}");
+    assert!(text.contains("spec.ports[1].number") && text.contains("port number cannot be duplicated"), "{text}");
+    // A valid object that turns invalid is left out too.
+    server.apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "ext", "namespace": "default"}, "spec": {"hosts": []}}));
+    o.until("the now-invalid ServiceEntry to be removed", |o| !o.has(Kind::ServiceEntry, "default", "ext"));
+}
+
+#[test]
+fn watch_namespace_limits_namespaced_kinds_only() {
+    let server = ApiServer::start();
+    cluster_state(&server);
+    let mut other = service("other", 90);
+    other["metadata"]["namespace"] = json!("elsewhere");
+    server.apply(other);
+    let rt = runtime();
+    let o = start_source(&server, &rt, KubeOptions { kubeconfig: None, namespaces: vec!["default".into()] });
+    assert!(o.has(Kind::Service, "default", "web"));
+    assert!(!o.has(Kind::Service, "elsewhere", "other"));
+    assert!(o.has(Kind::Node, "", "node-a"), "cluster-scoped kinds are still watched");
+}
+
+/// Through the engine and cache: not ready and nothing served while the apiserver is down at
+/// start; then it converges.
+#[test]
+fn apiserver_down_at_start_keeps_meshflow_not_ready_then_it_converges() {
+    use meshflow::cache::Cache;
+    use meshflow::engine::{Engine, EngineOutput};
+    use meshflow::translate::ResourceType;
+
+    let server = ApiServer::start_down();
+    cluster_state(&server);
+    let options = KubeOptions::default();
+    let cache = Cache::new(kube::source_names(&options));
+    let sink = cache.clone();
+    let engine = Engine::start(move |out| match out {
+        EngineOutput::Delta(d) => {
+            sink.apply(&d);
+        }
+        EngineOutput::Synced(s) => sink.source_synced(&s),
+    });
+    let rt = runtime();
+    rt.block_on(async {
+        kube::spawn(server.kube_client(), options, engine.sender());
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!cache.is_ready(), "not ready while the apiserver is unreachable");
+    assert_eq!(cache.len(ResourceType::Cluster), 0);
+    assert!(cache.pending_sources().len() >= 9, "{:?}", cache.pending_sources());
+    server.set_down(false);
+    let deadline = Instant::now() + WAIT;
+    while !cache.is_ready() {
+        assert!(Instant::now() < deadline, "still pending: {:?}", cache.pending_sources());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cache.get(ResourceType::Cluster, "outbound|80||web.default.svc.cluster.local").is_some());
+    let cla = cache.get(ResourceType::ClusterLoadAssignment, "outbound|80||web.default.svc.cluster.local").unwrap();
+    assert!(cla.body.windows(8).any(|w| w == b"10.0.0.1"), "the slice's endpoint is served");
+}
