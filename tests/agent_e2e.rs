@@ -21,48 +21,6 @@ use support::{
 /// Longest an agent may take to exit once it has been told to stop (or has given up).
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn service_yaml(port: u16, target_port: u16) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-spec:
-  selector:
-    app: web
-  ports:
-  - name: http
-    protocol: TCP
-    port: {port}
-    targetPort: {target_port}
-"#
-    )
-}
-
-fn slice_yaml(endpoint_ip: Ipv4Addr, port: u16) -> String {
-    format!(
-        r#"apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: default
-  labels:
-    kubernetes.io/service-name: web
-addressType: IPv4
-ports:
-- name: http
-  protocol: TCP
-  port: {port}
-endpoints:
-- addresses:
-  - "{endpoint_ip}"
-  conditions:
-    ready: true
-"#
-    )
-}
-
 fn ip_of(addr: SocketAddr) -> Ipv4Addr {
     match addr {
         SocketAddr::V4(v4) => *v4.ip(),
@@ -96,8 +54,9 @@ impl World {
         let bind_ip = loopback_ip();
         let port = free_port(bind_ip);
         let config = tempfile::tempdir().expect("tempdir");
-        fs::write(config.path().join("svc.yaml"), service_yaml(port, backend.addr.port())).unwrap();
-        fs::write(config.path().join("slice.yaml"), slice_yaml(ip_of(backend.addr), backend.addr.port())).unwrap();
+        fs::write(config.path().join("svc.yaml"), support::web_service_yaml(port, backend.addr.port())).unwrap();
+        fs::write(config.path().join("slice.yaml"), support::web_slice_yaml(ip_of(backend.addr), backend.addr.port()))
+            .unwrap();
         let meshflow = Meshflow::serve(config.path());
         World { meshflow, backend, _config: config, bind_ip, port }
     }

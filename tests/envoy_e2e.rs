@@ -173,50 +173,6 @@ fn backends_on_one_port() -> (Backend, Backend) {
     })
 }
 
-fn service_yaml(port: u16, target_port: u16) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-  labels:
-    app: web
-spec:
-  selector:
-    app: web
-  ports:
-  - name: http
-    protocol: TCP
-    port: {port}
-    targetPort: {target_port}
-"#
-    )
-}
-
-fn slice_yaml(endpoint_ip: Ipv4Addr, port: u16) -> String {
-    format!(
-        r#"apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: default
-  labels:
-    kubernetes.io/service-name: web
-addressType: IPv4
-ports:
-- name: http
-  protocol: TCP
-  port: {port}
-endpoints:
-- addresses:
-  - "{endpoint_ip}"
-  conditions:
-    ready: true
-"#
-    )
-}
-
 /// Replaces `path` as editors do: write a temporary file beside it, then rename over.
 fn replace_file(path: &Path, contents: &str) {
     let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
@@ -256,8 +212,8 @@ impl Mesh {
         let port = free_port(bind_ip);
 
         let config = tempfile::tempdir().expect("tempdir");
-        fs::write(config.path().join("svc.yaml"), service_yaml(port, target_port)).unwrap();
-        fs::write(config.path().join("slice.yaml"), slice_yaml(ip_of(&a), target_port)).unwrap();
+        fs::write(config.path().join("svc.yaml"), support::web_service_yaml(port, target_port)).unwrap();
+        fs::write(config.path().join("slice.yaml"), support::web_slice_yaml(ip_of(&a), target_port)).unwrap();
 
         let meshflow = Meshflow::serve(config.path());
         let admin_port = free_port(Ipv4Addr::LOCALHOST);
@@ -332,7 +288,7 @@ fn envoy_follows_the_config_directory_as_endpoints_move_and_the_service_goes_awa
 
     // e. The slice moves to B, rewritten the way editors save (temp file + rename).
     let moved = Instant::now();
-    replace_file(&mesh.config.path().join("slice.yaml"), &slice_yaml(ip_of(&mesh.b), target_port));
+    replace_file(&mesh.config.path().join("slice.yaml"), &support::web_slice_yaml(ip_of(&mesh.b), target_port));
     wait_for_answer(proxy, "web.default.svc.cluster.local", "B");
     eprintln!("traffic moved to B {:?} after the rename", moved.elapsed());
     // Every Envoy worker has the new endpoints once answers are B several times in a row.

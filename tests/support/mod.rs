@@ -943,3 +943,49 @@ pub fn dynamic_endpoints(dump: &Value, cluster: &str) -> Vec<String> {
     }
     out
 }
+
+/// Service `web` in `default` with one port `http` (port → target_port), selecting `app: web`.
+pub fn web_service_yaml(port: u16, target_port: u16) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+  labels:
+    app: web
+spec:
+  selector:
+    app: web
+  ports:
+  - name: http
+    protocol: TCP
+    port: {port}
+    targetPort: {target_port}
+"#
+    )
+}
+
+/// EndpointSlice `web-1` of Service `web`: one ready endpoint, port `http`.
+pub fn web_slice_yaml(endpoint_ip: Ipv4Addr, port: u16) -> String {
+    format!(
+        r#"apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+ports:
+- name: http
+  protocol: TCP
+  port: {port}
+endpoints:
+- addresses:
+  - "{endpoint_ip}"
+  conditions:
+    ready: true
+"#
+    )
+}
