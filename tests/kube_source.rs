@@ -329,3 +329,44 @@ fn apiserver_down_at_start_keeps_meshflow_not_ready_then_it_converges() {
     let cla = cache.get(ResourceType::ClusterLoadAssignment, "outbound|80||web.default.svc.cluster.local").unwrap();
     assert!(cla.body.windows(8).any(|w| w == b"10.0.0.1"), "the slice's endpoint is served");
 }
+
+/// The binary, as an operator runs it: `serve --kubernetes --kubeconfig FILE`. Not ready
+/// while a watch is pending; then the cluster's service is served.
+#[test]
+fn serve_kubernetes_with_a_kubeconfig_file_becomes_ready_and_serves_the_cluster() {
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+
+    let server = ApiServer::start();
+    cluster_state(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = server.kubeconfig(dir.path());
+    let ip = Ipv4Addr::LOCALHOST;
+    let (xds, admin) = (support::free_port(ip), support::free_port(ip));
+    let log = std::fs::File::create(dir.path().join("meshflow.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshflow"))
+        .args(["serve", "--kubernetes", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--xds-addr", &format!("127.0.0.1:{xds}"), "--admin-addr", &format!("127.0.0.1:{admin}")])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let get = |path: &str| -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(SocketAddr::from((ip, admin))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        Some((status, text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()))
+    };
+    let ready = support::eventually("meshflow to answer /ready 200", WAIT, || get("/ready").filter(|(s, _)| *s == 200));
+    assert_eq!(ready.1, "ready\n");
+    let resources = get("/debug/resources").unwrap().1;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        resources.contains("CDS outbound|80||web.default.svc.cluster.local"),
+        "{resources}\n{}",
+        std::fs::read_to_string(dir.path().join("meshflow.log")).unwrap_or_default()
+    );
+}
