@@ -90,13 +90,7 @@ fn run(server: &apiserver::ApiServer) -> Run {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let options = KubeOptions::default();
     let cache = Cache::new(kube::source_names(&options));
-    let sink = cache.clone();
-    let engine = Engine::start(move |out| match out {
-        EngineOutput::Delta(d) => {
-            sink.apply(&d);
-        }
-        EngineOutput::Synced(s) => sink.source_synced(&s),
-    });
+    let engine = Engine::start(cache.engine_sink());
     let started = Instant::now();
     rt.block_on(async {
         kube::spawn(server.kube_client(), options, engine.sender());

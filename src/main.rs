@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use meshflow::agent::bootstrap::{self, BootstrapConfig};
 use meshflow::cache::Cache;
-use meshflow::engine::{Engine, EngineOutput};
+use meshflow::engine::Engine;
 use meshflow::source;
 use meshflow::source::kube::KubeOptions;
 
@@ -117,16 +117,7 @@ fn serve(
             sources.extend(source::kube::source_names(kube));
         }
         let cache = Cache::new(sources);
-        let sink_cache = cache.clone();
-        let engine = Engine::start(move |output| match output {
-            EngineOutput::Delta(delta) => {
-                let applied = sink_cache.apply(&delta);
-                if applied > 0 {
-                    tracing::debug!(time = delta.time, changes = applied, "configuration changed");
-                }
-            }
-            EngineOutput::Synced(source) => sink_cache.source_synced(&source),
-        });
+        let engine = Engine::start(cache.engine_sink());
         let _watch = match config_dir {
             Some(dir) => Some(source::file::spawn(dir, engine.sender())?),
             None => None,

@@ -297,20 +297,14 @@ fn watch_namespace_limits_namespaced_kinds_only() {
 #[test]
 fn apiserver_down_at_start_keeps_meshflow_not_ready_then_it_converges() {
     use meshflow::cache::Cache;
-    use meshflow::engine::{Engine, EngineOutput};
+    use meshflow::engine::Engine;
     use meshflow::translate::ResourceType;
 
     let server = ApiServer::start_down();
     cluster_state(&server);
     let options = KubeOptions::default();
     let cache = Cache::new(kube::source_names(&options));
-    let sink = cache.clone();
-    let engine = Engine::start(move |out| match out {
-        EngineOutput::Delta(d) => {
-            sink.apply(&d);
-        }
-        EngineOutput::Synced(s) => sink.source_synced(&s),
-    });
+    let engine = Engine::start(cache.engine_sink());
     let rt = runtime();
     rt.block_on(async {
         kube::spawn(server.kube_client(), options, engine.sender());

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
-use crate::engine::ResourceDelta;
+use crate::engine::{EngineOutput, ResourceDelta};
 use crate::translate::ResourceType;
 
 /// One resource as served: its encoded body and content version.
@@ -106,6 +106,20 @@ impl Cache {
             self.notify.send_replace(seq);
         }
         applied
+    }
+
+    /// The engine's sink for this cache: deltas are applied, source syncs recorded.
+    pub fn engine_sink(self: &Arc<Self>) -> impl FnMut(EngineOutput) + Send + 'static {
+        let cache = self.clone();
+        move |output| match output {
+            EngineOutput::Delta(delta) => {
+                let applied = cache.apply(&delta);
+                if applied > 0 {
+                    tracing::debug!(time = delta.time, changes = applied, "configuration changed");
+                }
+            }
+            EngineOutput::Synced(source) => cache.source_synced(&source),
+        }
     }
 
     /// Marks a source as having delivered its initial state.

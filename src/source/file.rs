@@ -232,9 +232,10 @@ impl ConfigDir {
         }
     }
 
-    /// The effective object of each touched key, as events. Keys whose effective object
-    /// did not change produce none... except that the consumer (the engine) also drops
-    /// an apply equal to what it holds, so an event here is never a spurious output change.
+    /// The effective object of each touched key as an apply, or a delete when no file defines
+    /// it any more. A touched key whose object did not change (another document of the same
+    /// file changed) still yields an apply; the engine's driver drops an apply equal to what
+    /// it holds, so it never becomes an output change.
     fn events_for(&mut self, touched: BTreeSet<ObjectKey>) -> Vec<InputEvent> {
         let mut events = Vec::new();
         for key in touched {

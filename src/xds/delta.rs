@@ -183,14 +183,13 @@ impl DeltaStream {
         let mut by_type: Vec<(ResourceType, Vec<String>)> =
             ResourceType::ALL.iter().map(|t| (*t, Vec::new())).collect();
         match changed {
-            // First push after readiness, or the log no longer reaches back: compare all.
-            _ if self.seen == 0 => self.all_candidates(cache, &mut by_type),
-            None => self.all_candidates(cache, &mut by_type),
-            Some(names) => {
+            Some(names) if self.seen > 0 => {
                 for (ty, name) in names {
                     by_type[ty as usize].1.push(name);
                 }
             }
+            // First push after readiness, or the log no longer reaches back: compare all.
+            _ => self.all_candidates(cache, &mut by_type),
         }
         self.seen = seq;
         self.respond(cache, &by_type)
