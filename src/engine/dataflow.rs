@@ -84,7 +84,7 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let clusters = service_ports.clone().map(|row| OutputRow::Resource {
         ty: ResourceType::Cluster,
         name: row.cluster_name(),
-        body: translate::cluster(&row),
+        body: translate::cluster(&row, None, None),
     });
 
     let http_ports = service_ports.clone().filter(|row| row.protocol().is_http());

@@ -7,11 +7,13 @@
 //! Names follow istiod: clusters `outbound|<port>|<subset>|<fqdn>`, EDS resources named as
 //! their cluster, route configs named by port (`"9080"`), listeners `0.0.0.0_<port>`.
 
+pub mod cluster;
 pub mod reference;
+
+pub use cluster::cluster;
 
 use std::net::IpAddr;
 
-use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
@@ -19,10 +21,9 @@ use envoy_types::pb::envoy::config::route::v3 as route;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
-use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
 use envoy_types::util::pack_any;
-use prost::{Message, Name};
+use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::model::k8s::{Protocol, ServicePort};
@@ -179,66 +180,6 @@ fn ads_config_source() -> core::ConfigSource {
 
 fn seconds(s: i64) -> Duration {
     Duration { seconds: s, nanos: 0 }
-}
-
-/// The outbound EDS cluster of a service port, with istiod's defaults: 10 s connect timeout,
-/// LEAST_REQUEST, circuit breakers opened to the maximum (Envoy's own defaults of 1024 are a
-/// hidden limit users of a mesh do not expect), HTTP/2 upstream for gRPC and HTTP/2 ports.
-pub fn cluster(row: &ServicePortRow) -> Vec<u8> {
-    let name = row.cluster_name();
-    let max = Some(UInt32Value { value: u32::MAX });
-    let mut c = cluster::Cluster {
-        name: name.clone(),
-        alt_stat_name: name.clone(),
-        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
-            cluster::cluster::DiscoveryType::Eds as i32,
-        )),
-        eds_cluster_config: Some(cluster::cluster::EdsClusterConfig {
-            eds_config: Some(ads_config_source()),
-            service_name: name,
-        }),
-        connect_timeout: Some(seconds(10)),
-        lb_policy: cluster::cluster::LbPolicy::LeastRequest as i32,
-        circuit_breakers: Some(cluster::CircuitBreakers {
-            thresholds: vec![cluster::circuit_breakers::Thresholds {
-                max_connections: max,
-                max_pending_requests: max,
-                max_requests: max,
-                max_retries: max,
-                track_remaining: true,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let upstream = match row.protocol() {
-        PortProtocol::Http2 | PortProtocol::Grpc => {
-            Some(upstream_http::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                upstream_http::http_protocol_options::ExplicitHttpConfig {
-                    protocol_config: Some(
-                        upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                            Default::default(),
-                        ),
-                    ),
-                },
-            ))
-        }
-        PortProtocol::Unknown => Some(upstream_http::http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
-            upstream_http::http_protocol_options::UseDownstreamHttpConfig {
-                http_protocol_options: Some(Default::default()),
-                http2_protocol_options: Some(Default::default()),
-                ..Default::default()
-            },
-        )),
-        _ => None,
-    };
-    if let Some(upstream) = upstream {
-        let options =
-            upstream_http::HttpProtocolOptions { upstream_protocol_options: Some(upstream), ..Default::default() };
-        c.typed_extension_protocol_options.insert(upstream_http::HttpProtocolOptions::full_name(), pack_any(options));
-    }
-    c.encode_to_vec()
 }
 
 /// One endpoint of a cluster: an IP and the resolved target port.
@@ -465,31 +406,6 @@ mod tests {
         assert_eq!(r.protocol(), PortProtocol::Http2);
         r.port.protocol = Protocol::Udp;
         assert!(!r.protocol().is_proxied());
-    }
-
-    #[test]
-    fn cluster_is_an_ads_eds_cluster_named_as_istiod_names_it() {
-        let c = cluster::Cluster::decode(&cluster(&row("shop", "reviews", "grpc-api", 9080))[..]).unwrap();
-        assert_eq!(c.name, "outbound|9080||reviews.shop.svc.cluster.local");
-        assert_eq!(
-            c.cluster_discovery_type,
-            Some(cluster::cluster::ClusterDiscoveryType::Type(cluster::cluster::DiscoveryType::Eds as i32))
-        );
-        let eds = c.eds_cluster_config.unwrap();
-        assert_eq!(eds.service_name, c.name);
-        assert!(matches!(
-            eds.eds_config.unwrap().config_source_specifier,
-            Some(core::config_source::ConfigSourceSpecifier::Ads(_))
-        ));
-        assert_eq!(c.connect_timeout, Some(seconds(10)));
-        assert_eq!(c.lb_policy, cluster::cluster::LbPolicy::LeastRequest as i32);
-        // gRPC needs HTTP/2 to the upstream.
-        let options = &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
-        let options = upstream_http::HttpProtocolOptions::decode(&options.value[..]).unwrap();
-        assert!(matches!(
-            options.upstream_protocol_options,
-            Some(upstream_http::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(_))
-        ));
     }
 
     #[test]

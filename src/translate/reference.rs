@@ -56,7 +56,7 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
                 (ResourceType::ClusterLoadAssignment, cluster.clone()),
                 translate::load_assignment(&cluster, &addrs),
             );
-            out.insert((ResourceType::Cluster, cluster), translate::cluster(&row));
+            out.insert((ResourceType::Cluster, cluster), translate::cluster(&row, None, None));
             if row.protocol().is_http() {
                 let port = row.port.port;
                 routes.entry(translate::route_config_name(port)).or_default().push(translate::virtual_host(&row));
