@@ -7,7 +7,13 @@
 //! Names follow istiod: clusters `outbound|<port>|<subset>|<fqdn>`, EDS resources named as
 //! their cluster, route configs named by port (`"9080"`), listeners `0.0.0.0_<port>`.
 
+pub mod outbound;
 pub mod reference;
+
+pub use outbound::{
+    TcpTarget, TlsChain, is_tls_port, sniffing_listener, tcp_listener, tcp_listener_name, tcp_target, tls_chains,
+    tls_listener, untranslated_tcp_tls,
+};
 
 use std::net::IpAddr;
 
