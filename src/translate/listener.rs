@@ -909,7 +909,7 @@ mod tests {
     /// Envoy itself accepts what these builders produce: a static bootstrap holding one listener
     /// of each kind, checked with `envoy --mode validate` (a binary `.pb` bootstrap, so no
     /// protobuf-to-JSON step is needed). Needs `ENVOY_BIN` (`ENVOY_BIN=$(scripts/ensure-envoy)`),
-    /// hence ignored by default: `cargo test --lib translate::outbound -- --ignored`.
+    /// hence ignored by default: `cargo test --lib translate::listener -- --ignored`.
     #[test]
     #[ignore = "needs ENVOY_BIN"]
     fn envoy_validates_a_bootstrap_with_every_kind_of_listener() {
