@@ -8,15 +8,20 @@
 //! their cluster, route configs named by port (`"9080"`), listeners `0.0.0.0_<port>`.
 
 pub mod cluster;
+pub mod listener;
 pub mod reference;
 
 pub use cluster::cluster;
+pub use listener::{
+    TcpTarget, TlsChain, is_tls_port, sniffing_listener, tcp_listener, tcp_listener_name, tcp_target, tls_chains,
+    tls_listener, untranslated_tcp_tls,
+};
 
 use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
-use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::config::listener::v3 as envoy_listener;
 use envoy_types::pb::envoy::config::route::v3 as route;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
@@ -352,13 +357,13 @@ pub fn listener(port: u16, bind: Option<IpAddr>) -> Vec<u8> {
         }],
         ..Default::default()
     };
-    listener::Listener {
+    envoy_listener::Listener {
         name,
         address: Some(socket_address(&bind, port)),
-        filter_chains: vec![listener::FilterChain {
-            filters: vec![listener::Filter {
+        filter_chains: vec![envoy_listener::FilterChain {
+            filters: vec![envoy_listener::Filter {
                 name: "envoy.filters.network.http_connection_manager".to_string(),
-                config_type: Some(listener::filter::ConfigType::TypedConfig(pack_any(manager))),
+                config_type: Some(envoy_listener::filter::ConfigType::TypedConfig(pack_any(manager))),
             }],
             ..Default::default()
         }],
@@ -451,14 +456,14 @@ mod tests {
 
     #[test]
     fn listener_binds_the_proxy_address_when_given_and_uses_rds_by_port() {
-        let l = listener::Listener::decode(&listener(9080, Some("127.0.0.7".parse().unwrap()))[..]).unwrap();
+        let l = envoy_listener::Listener::decode(&listener(9080, Some("127.0.0.7".parse().unwrap()))[..]).unwrap();
         assert_eq!(l.name, "0.0.0.0_9080");
         let Some(core::address::Address::SocketAddress(sa)) = l.address.unwrap().address else { panic!() };
         assert_eq!(
             (sa.address.as_str(), sa.port_specifier),
             ("127.0.0.7", Some(core::socket_address::PortSpecifier::PortValue(9080)))
         );
-        let Some(listener::filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else {
+        let Some(envoy_listener::filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else {
             panic!()
         };
         let manager = hcm::HttpConnectionManager::decode(&any.value[..]).unwrap();
