@@ -332,7 +332,9 @@ pub fn virtual_host(row: &ServicePortRow, routes: Vec<envoy_route::Route>) -> Vi
     VirtualHostPart { name, domains, body }
 }
 
-/// istiod's default retry policy: two retries on connection failures and 503s, to another host.
+/// istiod's default retry policy: two retries on connection failures, refused streams and
+/// gRPC unavailable/cancelled, to another host. No retriable status codes: istiod dropped 503
+/// from its defaults (istio/istio 748c90d, `route/retry/retry.go`, Istio 1.26).
 pub(crate) fn default_retry_policy() -> envoy_route::RetryPolicy {
     envoy_route::RetryPolicy {
         retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".to_string(),
@@ -344,7 +346,6 @@ pub(crate) fn default_retry_policy() -> envoy_route::RetryPolicy {
             ))),
         }],
         host_selection_retry_max_attempts: 5,
-        retriable_status_codes: vec![503],
         ..Default::default()
     }
 }

@@ -671,8 +671,6 @@ fn retry_policy(retries: Option<&HttpRetry>, consistent_hash: bool) -> Option<en
     if attempts <= 0 {
         return None;
     }
-    // A user policy starts from istiod's defaults without retriable status codes.
-    out.retriable_status_codes.clear();
     out.num_retries = Some(UInt32Value { value: attempts.unsigned_abs() });
     if let Some(retry_on) = non_empty(&r.retry_on) {
         let mut policies = Vec::new();
@@ -1612,7 +1610,14 @@ mod tests {
         assert_eq!(r.name, "default");
         assert_eq!(cluster(&r), "outbound|9080||reviews.default.svc.cluster.local");
         assert_eq!(action(&r).hash_policy, [header_hash("x-user")]);
-        assert_eq!(action(&r).retry_policy, Some(default_retry_policy()), "istiod keeps previous_hosts here");
+        let p = action(&r).retry_policy.clone().unwrap();
+        assert_eq!(p, default_retry_policy());
+        assert_eq!(p.retry_host_predicate[0].name, "envoy.retry_host_predicates.previous_hosts", "kept with a hash");
+        // istiod's DefaultPolicy (retry.go): 2 retries, no retriable status codes (503 dropped in 1.26).
+        assert_eq!(p.num_retries, Some(UInt32Value { value: 2 }));
+        assert_eq!(p.retry_on, "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes");
+        assert!(p.retriable_status_codes.is_empty());
+        assert_eq!(p.host_selection_retry_max_attempts, 5);
         assert_eq!(r.decorator.unwrap().operation, "reviews.default.svc.cluster.local:9080/*");
     }
 
