@@ -59,7 +59,8 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             out.insert((ResourceType::Cluster, cluster), translate::cluster(&row, None, None));
             if row.protocol().is_http() {
                 let port = row.port.port;
-                routes.entry(translate::route_config_name(port)).or_default().push(translate::virtual_host(&row));
+                let vhost = translate::virtual_host(&row, vec![translate::route::default_route(&row, vec![])]);
+                routes.entry(translate::route_config_name(port)).or_default().push(vhost);
                 out.insert((ResourceType::Listener, translate::listener_name(port)), translate::listener(port, None));
             }
         }
