@@ -205,6 +205,13 @@ fn labels(meta: &ObjectMeta) -> Labels {
     meta.labels.clone().map(Labels::from).unwrap_or_default()
 }
 
+/// `metadata.creationTimestamp` as the apiserver writes it: RFC 3339 in UTC, whole seconds,
+/// `Z` (Go's `metav1.Time` marshals `t.UTC().Format(time.RFC3339)`), e.g. `2024-01-02T03:04:05Z`.
+pub fn creation_timestamp(meta: &ObjectMeta) -> Option<String> {
+    let time = meta.creation_timestamp.as_ref()?;
+    k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", time.0).ok()
+}
+
 fn port_number(value: i32, field: &str) -> Result<u16, FieldError> {
     u16::try_from(value)
         .ok()
@@ -439,4 +446,25 @@ impl Pod {
 /// Label selector match: every selector pair is among the labels.
 pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+
+    #[test]
+    fn creation_timestamp_is_written_as_the_apiserver_does() {
+        // 2024-01-02T03:04:05Z is 1704164645 s after the epoch; the fraction is dropped, not rounded.
+        let meta = ObjectMeta {
+            creation_timestamp: Some(Time(Timestamp::new(1_704_164_645, 999_000_000).unwrap())),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(creation_timestamp(&meta).as_deref(), Some("2024-01-02T03:04:05Z"));
+        let meta = ObjectMeta { creation_timestamp: Some(Time(Timestamp::new(0, 0).unwrap())), ..meta };
+        assert_eq!(creation_timestamp(&meta).as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(creation_timestamp(&ObjectMeta::default()), None);
+    }
 }
