@@ -138,7 +138,7 @@ fn routing_changes(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             let i = n % ROUTED;
-            let version = if (n / ROUTED) % 2 == 0 { "v3" } else { "v1" };
+            let version = if (n / ROUTED).is_multiple_of(2) { "v3" } else { "v1" };
             engine.send(Command::Events(vec![InputEvent::apply(pod(i, 0, version))]));
             let delta = rx.recv().expect("engine output");
             assert_eq!(count(&delta, ResourceType::ClusterLoadAssignment), 2, "{delta:?}");
@@ -151,7 +151,7 @@ fn routing_changes(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             let i = n % ROUTED;
-            let max = if (n / ROUTED) % 2 == 0 { 200 } else { 100 };
+            let max = if (n / ROUTED).is_multiple_of(2) { 200 } else { 100 };
             engine.send(Command::Events(vec![InputEvent::apply(destination_rule(i, max))]));
             let delta = rx.recv().expect("engine output");
             assert_eq!(count(&delta, ResourceType::Cluster), 4, "{delta:?}");
@@ -163,7 +163,7 @@ fn routing_changes(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             let i = n % ROUTED;
-            let weight = if (n / ROUTED) % 2 == 0 { 70 } else { 80 };
+            let weight = if (n / ROUTED).is_multiple_of(2) { 70 } else { 80 };
             engine.send(Command::Events(vec![InputEvent::apply(virtual_service(i, weight))]));
             let delta = rx.recv().expect("engine output");
             assert_eq!(delta.changes.len(), 1, "{delta:?}");

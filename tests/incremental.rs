@@ -199,10 +199,16 @@ fn pod() -> impl Strategy<Value = Object> {
 }
 
 /// An Istio object from its spec as a user writes it, through meshflow's decoding and
-/// validation (the strategies below only produce valid specs).
-fn istio_object(kind: Kind, namespace: &str, name: &str, created: Option<&str>, spec: serde_json::Value) -> Object {
-    istio::decode(kind, namespace, name, created, spec.clone())
-        .unwrap_or_else(|e| panic!("generated {kind} {namespace}/{name} is invalid: {e:?}\n{spec:#}"))
+/// validation; None for the few generated specs Istio rejects (e.g. host `*` bound to the
+/// mesh), which the strategies filter out.
+fn istio_object(
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    created: Option<&str>,
+    spec: serde_json::Value,
+) -> Option<Object> {
+    istio::decode(kind, namespace, name, created, spec).ok()
 }
 
 fn destination() -> impl Strategy<Value = serde_json::Value> {
@@ -262,7 +268,7 @@ fn virtual_service() -> impl Strategy<Value = Object> {
         prop::sample::select(GATEWAYS),
         prop::collection::vec(http_route(), 1..3),
     )
-        .prop_map(|(namespace, name, created, hosts, gateways, http)| {
+        .prop_filter_map("valid VirtualService", |(namespace, name, created, hosts, gateways, http)| {
             let spec = serde_json::json!({ "hosts": hosts, "gateways": gateways, "http": http });
             istio_object(Kind::VirtualService, &namespace, name, created, spec)
         })
@@ -290,28 +296,34 @@ fn destination_rule() -> impl Strategy<Value = Object> {
         prop::option::of(traffic_policy()),
         prop::bool::weighted(0.1),
     )
-        .prop_map(|(namespace, name, created, host, policy, subsets, subset_policy, selector)| {
-            let subsets: Vec<_> = subsets
-                .into_iter()
-                .map(|s| {
-                    let labels =
-                        if s == "web" { serde_json::json!({"app": "web"}) } else { serde_json::json!({"version": s}) };
-                    let mut subset = serde_json::json!({ "name": s, "labels": labels });
-                    if let Some(p) = &subset_policy {
-                        subset["trafficPolicy"] = p.clone();
-                    }
-                    subset
-                })
-                .collect();
-            let mut spec = serde_json::json!({ "host": host, "subsets": subsets });
-            if let Some(p) = policy {
-                spec["trafficPolicy"] = p;
-            }
-            if selector {
-                spec["workloadSelector"] = serde_json::json!({"matchLabels": {"app": "web"}});
-            }
-            istio_object(Kind::DestinationRule, namespace, name, created, spec)
-        })
+        .prop_filter_map(
+            "valid DestinationRule",
+            |(namespace, name, created, host, policy, subsets, subset_policy, selector)| {
+                let subsets: Vec<_> = subsets
+                    .into_iter()
+                    .map(|s| {
+                        let labels = if s == "web" {
+                            serde_json::json!({"app": "web"})
+                        } else {
+                            serde_json::json!({"version": s})
+                        };
+                        let mut subset = serde_json::json!({ "name": s, "labels": labels });
+                        if let Some(p) = &subset_policy {
+                            subset["trafficPolicy"] = p.clone();
+                        }
+                        subset
+                    })
+                    .collect();
+                let mut spec = serde_json::json!({ "host": host, "subsets": subsets });
+                if let Some(p) = policy {
+                    spec["trafficPolicy"] = p;
+                }
+                if selector {
+                    spec["workloadSelector"] = serde_json::json!({"matchLabels": {"app": "web"}});
+                }
+                istio_object(Kind::DestinationRule, namespace, name, created, spec)
+            },
+        )
 }
 
 fn object() -> impl Strategy<Value = Object> {

@@ -285,7 +285,8 @@ impl Destinations for DestinationMap {
 pub struct ClusterRow {
     pub row: ServicePortRow,
     pub subset: Option<SubsetRef>,
-    pub policy: Option<TrafficPolicy>,
+    /// Boxed: a merged policy is over a kilobyte, and most clusters have none.
+    pub policy: Option<Box<TrafficPolicy>>,
 }
 
 /// A subset as its endpoints are chosen: name and labels.
@@ -310,7 +311,7 @@ impl ClusterRow {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        super::cluster(&self.row, self.subset_name(), self.policy.as_ref())
+        super::cluster(&self.row, self.subset_name(), self.policy.as_deref())
     }
 }
 
@@ -329,10 +330,10 @@ pub fn clusters_for_host(rows: &[&ServicePortRow], rule: Option<&DestinationRule
     let mut out = Vec::new();
     for row in rows {
         let port = row.port.port;
-        let policy = rule.and_then(|r| super::cluster::merged_policy(r, port, None));
+        let policy = rule.and_then(|r| super::cluster::merged_policy(r, port, None)).map(Box::new);
         out.push(ClusterRow { row: (*row).clone(), subset: None, policy });
         for subset in rule.map(|r| r.subsets.as_slice()).unwrap_or_default() {
-            let policy = rule.and_then(|r| super::cluster::merged_policy(r, port, Some(&subset.name)));
+            let policy = rule.and_then(|r| super::cluster::merged_policy(r, port, Some(&subset.name))).map(Box::new);
             out.push(ClusterRow { row: (*row).clone(), subset: Some(subset_ref(subset)), policy });
         }
     }

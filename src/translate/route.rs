@@ -116,12 +116,13 @@ pub fn http_routes(vs: &VirtualService, port: u16, dest: &dyn Destinations) -> V
 /// of the service's DestinationRule) on the action. As istiod's `BuildDefaultHTTPOutboundRoute`
 /// and `buildSidecarVirtualHostForService`, which keep the previous-hosts retry predicate even
 /// with a hash policy.
+#[allow(deprecated)] // max_grpc_timeout, as istiod sets it for sidecars
 pub fn default_route(row: &ServicePortRow, hash_policy: Vec<HashPolicy>) -> envoy_route::Route {
     let action = envoy_route::RouteAction {
         cluster_specifier: Some(envoy_route::route_action::ClusterSpecifier::Cluster(row.cluster_name())),
         timeout: Some(duration(0)),
         retry_policy: Some(default_retry_policy()),
-        max_stream_duration: Some(max_stream_duration(0)),
+        max_grpc_timeout: Some(duration(0)),
         hash_policy,
         ..Default::default()
     };
@@ -518,6 +519,7 @@ fn target(d: &Destination, vs: &VirtualService, listen_port: u16, dest: &dyn Des
 /// istiod's `applyHTTPRouteDestination`: the route action with timeout, rewrite, mirrors,
 /// destinations, hash policies and retry policy. Returns the (fqdn, port) of the one cluster
 /// when the action has a single cluster.
+#[allow(deprecated)] // max_grpc_timeout, as istiod sets it for sidecars
 fn route_to_destinations(
     out: &mut envoy_route::Route,
     vs: &VirtualService,
@@ -530,7 +532,7 @@ fn route_to_destinations(
     let timeout = http.timeout.as_deref().and_then(parse_duration).unwrap_or(0);
     let mut action = envoy_route::RouteAction {
         timeout: Some(duration(timeout)),
-        max_stream_duration: Some(max_stream_duration(timeout)),
+        max_grpc_timeout: Some(duration(timeout)),
         ..Default::default()
     };
     if let Some(rewrite) = &http.rewrite {
@@ -890,16 +892,6 @@ fn translate_cors(c: &CorsPolicy) -> cors::CorsPolicy {
 fn duration(nanos: i64) -> Duration {
     let nanos = nanos.max(0);
     Duration { seconds: nanos / 1_000_000_000, nanos: (nanos % 1_000_000_000) as i32 }
-}
-
-/// The gRPC timeout follows the route timeout (istiod's `max_grpc_timeout`, here in its
-/// non-deprecated place as today's default route has it); no stream duration limit.
-fn max_stream_duration(timeout_nanos: i64) -> envoy_route::route_action::MaxStreamDuration {
-    envoy_route::route_action::MaxStreamDuration {
-        max_stream_duration: Some(duration(0)),
-        grpc_timeout_header_max: Some(duration(timeout_nanos)),
-        ..Default::default()
-    }
 }
 
 #[cfg(test)]
@@ -1403,12 +1395,16 @@ mod tests {
     }
 
     #[test]
+    #[allow(deprecated)] // max_grpc_timeout, as istiod sets it for sidecars
     fn timeouts_are_route_timeouts_and_bound_grpc_timeouts() {
         let r = routes(&one("timeouts-reviews-v2-0.5s.yaml"), 9080);
         let a = action(&r[0]);
         assert_eq!(a.timeout, secs(0, 500_000_000));
-        let msd = a.max_stream_duration.unwrap();
-        assert_eq!((msd.max_stream_duration, msd.grpc_timeout_header_max), (secs(0, 0), secs(0, 500_000_000)));
+        // istiod bounds gRPC timeouts with the deprecated `max_grpc_timeout` on sidecars: with
+        // `max_stream_duration` set instead, Envoy 1.40 no longer applies the route `timeout`
+        // (a 2 s backend answered 200 behind a 0.5 s timeout; tests/routing_e2e.rs).
+        assert_eq!(a.max_grpc_timeout, secs(0, 500_000_000));
+        assert_eq!(a.max_stream_duration, None);
         assert_eq!(cluster(&r[0]), "outbound|9080|v2|reviews.default.svc.cluster.local");
         // A FQDN host ignores the VirtualService's namespace.
         let v = one("api-vs-timeout-fqdn-other-namespace.yaml");
