@@ -81,7 +81,10 @@ fn harness_backend_echoes_requests_answers_as_configured_and_logs_them() {
     let r = http_request(plain.addr, "GET", "h", "/x", &[]).unwrap();
     assert_eq!((r.status, r.body_text().as_str(), r.header("x-echo-path")), (200, "plain", Some("/x")));
     assert_eq!(r.header("foo"), None);
-    assert_eq!(plain.requests().iter().map(|q| q.path.as_str()).collect::<Vec<_>>(), ["/x"]);
+    // The status can change while the backend runs.
+    plain.set_status(500);
+    assert_eq!(http_request(plain.addr, "GET", "h", "/y", &[]).unwrap().status, 500);
+    assert_eq!(plain.requests().iter().map(|q| q.path.as_str()).collect::<Vec<_>>(), ["/x", "/y"]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -571,21 +574,28 @@ spec:
 
 #[test]
 fn retries_on_5xx_hide_a_failing_endpoint_and_attempts_0_turns_them_off() {
-    // v1 answers 200, v2 always 503.
+    // v1 answers 200, v2 fails: 503, then 500 (which istiod's default retry policy does
+    // not retry: only the VirtualService's retryOn 5xx can hide it).
     let vs = vs_retries("      attempts: 3\n      retryOn: 5xx");
     let mesh = Mesh::start(&[ok(), BackendOptions::status(503)], DR_REVIEWS, &vs);
-    let who = mesh.who(40, &[]);
-    assert!(
-        who.iter().all(|w| w == "v1"),
-        "with 3 retries on 5xx every request must end at v1: {who:?}\n{}",
-        mesh.routes()
-    );
-    assert!(
-        mesh.backend("v2").received() > 0,
-        "the failing endpoint got no request in 40: the test proves nothing\n{}",
-        mesh.routes()
-    );
+    let v2 = mesh.backend("v2");
+    for status in [503, 500] {
+        v2.set_status(status);
+        let failed_before = v2.received();
+        let who = mesh.who(40, &[]);
+        assert!(
+            who.iter().all(|w| w == "v1"),
+            "with 3 retries on 5xx every request must end at v1 while v2 answers {status}: {who:?}\n{}",
+            mesh.routes()
+        );
+        assert!(
+            v2.received() > failed_before,
+            "the failing endpoint got none of 40 requests: the test proves nothing\n{}",
+            mesh.routes()
+        );
+    }
 
+    v2.set_status(503);
     mesh.rewrite_and_wait_for_routes("vs.yaml", &vs_retries("      attempts: 0"));
     let responses: Vec<Response> = (0..40).map(|_| mesh.get("/", &[])).collect();
     let failed = responses.iter().filter(|r| r.status == 503 && r.header("x-backend") == Some("v2")).count();

@@ -12,7 +12,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -232,7 +232,7 @@ pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> io::Result<(u16, St
 /// How a [`Backend`] answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendOptions {
-    /// Status of every answer (200 by default).
+    /// Status of every answer (200 by default; [`Backend::set_status`] changes it).
     pub status: u16,
     /// How long every answer waits after its request arrived.
     pub delay: Duration,
@@ -297,6 +297,7 @@ pub struct Backend {
     hits: Arc<AtomicUsize>,
     received: Arc<AtomicUsize>,
     log: Arc<Mutex<Vec<ReceivedRequest>>>,
+    status: Arc<AtomicU16>,
     stop: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
 }
@@ -321,19 +322,21 @@ impl Backend {
         let hits = Arc::new(AtomicUsize::new(0));
         let received = Arc::new(AtomicUsize::new(0));
         let log = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(AtomicU16::new(options.status));
         let stop = Arc::new(AtomicBool::new(false));
         let acceptor = {
             let shared = Shared {
                 hits: hits.clone(),
                 received: received.clone(),
                 log: log.clone(),
+                status: status.clone(),
                 stop: stop.clone(),
                 name: name.to_string(),
                 options: Arc::new(options),
             };
             thread::Builder::new().name(format!("backend-{name}")).spawn(move || accept_loop(listener, shared))?
         };
-        Ok(Backend { addr, name: name.to_string(), hits, received, log, stop, acceptor: Some(acceptor) })
+        Ok(Backend { addr, name: name.to_string(), hits, received, log, status, stop, acceptor: Some(acceptor) })
     }
 
     /// The backend's IPv4 address.
@@ -352,6 +355,11 @@ impl Backend {
     /// Requests received so far (answered or still waiting for their delay).
     pub fn received(&self) -> usize {
         self.received.load(Ordering::SeqCst)
+    }
+
+    /// Answers with `status` from now on (requests already waiting for their delay too).
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
     }
 
     /// Every request received so far, in order of arrival (logged on arrival).
@@ -375,6 +383,7 @@ struct Shared {
     hits: Arc<AtomicUsize>,
     received: Arc<AtomicUsize>,
     log: Arc<Mutex<Vec<ReceivedRequest>>>,
+    status: Arc<AtomicU16>,
     stop: Arc<AtomicBool>,
     name: String,
     options: Arc<BackendOptions>,
@@ -473,11 +482,11 @@ fn reason(status: u16) -> &'static str {
 /// The answer to `req`, up to (without) the `connection` header and the blank line.
 fn response_head(req: &ReceivedRequest, shared: &Shared) -> String {
     let (name, options) = (&shared.name, &*shared.options);
+    let status = shared.status.load(Ordering::SeqCst);
     let mut head = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {len}\r\nx-backend: {name}\r\n\
          x-echo-method: {method}\r\nx-echo-path: {path}\r\n",
-        status = options.status,
-        reason = reason(options.status),
+        reason = reason(status),
         len = name.len(),
         method = req.method,
         path = req.path,
@@ -504,8 +513,7 @@ fn serve_connection(mut conn: TcpStream, shared: &Shared) -> io::Result<()> {
         // Answer every complete request in the buffer (pipelining included).
         while let Some(ParsedRequest { len, close, request }) = parse_request(&buf)? {
             buf.drain(..len);
-            let head = response_head(&request, shared);
-            shared.log.lock().unwrap_or_else(|p| p.into_inner()).push(request);
+            shared.log.lock().unwrap_or_else(|p| p.into_inner()).push(request.clone());
             shared.received.fetch_add(1, Ordering::SeqCst);
             let arrived = Instant::now();
             while arrived.elapsed() < delay {
@@ -514,6 +522,7 @@ fn serve_connection(mut conn: TcpStream, shared: &Shared) -> io::Result<()> {
                 }
                 thread::sleep(Duration::from_millis(10).min(delay.saturating_sub(arrived.elapsed())));
             }
+            let head = response_head(&request, shared);
             let connection = if close { "close" } else { "keep-alive" };
             // Counted before answering: a client that has the answer sees the count.
             hits.fetch_add(1, Ordering::SeqCst);
