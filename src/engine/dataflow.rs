@@ -84,13 +84,13 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let clusters = service_ports.clone().map(|row| OutputRow::Resource {
         ty: ResourceType::Cluster,
         name: row.cluster_name(),
-        body: translate::cluster(&row),
+        body: translate::cluster(&row, None, None),
     });
 
     let http_ports = service_ports.clone().filter(|row| row.protocol().is_http());
     let virtual_hosts = http_ports.clone().map(|row| OutputRow::VirtualHost {
         route: translate::route_config_name(row.port.port),
-        vhost: translate::virtual_host(&row),
+        vhost: translate::virtual_host(&row, vec![translate::route::default_route(&row, vec![])]),
     });
     let listeners = http_ports.map(|row| row.port.port).distinct().map(|port| OutputRow::Resource {
         ty: ResourceType::Listener,

@@ -7,22 +7,31 @@
 //! Names follow istiod: clusters `outbound|<port>|<subset>|<fqdn>`, EDS resources named as
 //! their cluster, route configs named by port (`"9080"`), listeners `0.0.0.0_<port>`.
 
+pub mod cluster;
+pub mod listener;
 pub mod reference;
+pub mod route;
+
+pub use cluster::cluster;
+pub use listener::{
+    TcpTarget, TlsChain, is_tls_port, sniffing_listener, tcp_listener, tcp_listener_name, tcp_target, tls_chains,
+    tls_listener, untranslated_tcp_tls,
+};
 
 use std::net::IpAddr;
 
-use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
-use envoy_types::pb::envoy::config::listener::v3 as listener;
-use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::config::listener::v3 as envoy_listener;
+use envoy_types::pb::envoy::config::route::v3 as envoy_route;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
-use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
 use envoy_types::util::pack_any;
-use prost::{Message, Name};
+use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::model::k8s::{Protocol, ServicePort};
@@ -181,66 +190,6 @@ fn seconds(s: i64) -> Duration {
     Duration { seconds: s, nanos: 0 }
 }
 
-/// The outbound EDS cluster of a service port, with istiod's defaults: 10 s connect timeout,
-/// LEAST_REQUEST, circuit breakers opened to the maximum (Envoy's own defaults of 1024 are a
-/// hidden limit users of a mesh do not expect), HTTP/2 upstream for gRPC and HTTP/2 ports.
-pub fn cluster(row: &ServicePortRow) -> Vec<u8> {
-    let name = row.cluster_name();
-    let max = Some(UInt32Value { value: u32::MAX });
-    let mut c = cluster::Cluster {
-        name: name.clone(),
-        alt_stat_name: name.clone(),
-        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
-            cluster::cluster::DiscoveryType::Eds as i32,
-        )),
-        eds_cluster_config: Some(cluster::cluster::EdsClusterConfig {
-            eds_config: Some(ads_config_source()),
-            service_name: name,
-        }),
-        connect_timeout: Some(seconds(10)),
-        lb_policy: cluster::cluster::LbPolicy::LeastRequest as i32,
-        circuit_breakers: Some(cluster::CircuitBreakers {
-            thresholds: vec![cluster::circuit_breakers::Thresholds {
-                max_connections: max,
-                max_pending_requests: max,
-                max_requests: max,
-                max_retries: max,
-                track_remaining: true,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let upstream = match row.protocol() {
-        PortProtocol::Http2 | PortProtocol::Grpc => {
-            Some(upstream_http::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                upstream_http::http_protocol_options::ExplicitHttpConfig {
-                    protocol_config: Some(
-                        upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                            Default::default(),
-                        ),
-                    ),
-                },
-            ))
-        }
-        PortProtocol::Unknown => Some(upstream_http::http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
-            upstream_http::http_protocol_options::UseDownstreamHttpConfig {
-                http_protocol_options: Some(Default::default()),
-                http2_protocol_options: Some(Default::default()),
-                ..Default::default()
-            },
-        )),
-        _ => None,
-    };
-    if let Some(upstream) = upstream {
-        let options =
-            upstream_http::HttpProtocolOptions { upstream_protocol_options: Some(upstream), ..Default::default() };
-        c.typed_extension_protocol_options.insert(upstream_http::HttpProtocolOptions::full_name(), pack_any(options));
-    }
-    c.encode_to_vec()
-}
-
 /// One endpoint of a cluster: an IP and the resolved target port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EndpointAddr {
@@ -301,9 +250,9 @@ pub struct VirtualHostPart {
 
 /// The virtual host of a service port in the route config of its port number: the domains
 /// istiod gives it (short name, `name.ns`, `name.ns.svc`, the FQDN, each also with `:port`)
-/// and one default route to the service's cluster, with istiod's default retry policy and
-/// no route timeout.
-pub fn virtual_host(row: &ServicePortRow) -> VirtualHostPart {
+/// and `routes`, first match wins: the routes of the service's VirtualService
+/// ([`route::http_routes`]) or, without one, its default route ([`route::default_route`]).
+pub fn virtual_host(row: &ServicePortRow, routes: Vec<envoy_route::Route>) -> VirtualHostPart {
     let fqdn = row.fqdn();
     let port = row.port.port;
     let names = [
@@ -314,49 +263,35 @@ pub fn virtual_host(row: &ServicePortRow) -> VirtualHostPart {
     ];
     let domains = names.iter().flat_map(|n| [n.clone(), format!("{n}:{port}")]).collect();
     let name = format!("{fqdn}:{port}");
-    let action = route::RouteAction {
-        cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(row.cluster_name())),
-        timeout: Some(seconds(0)),
-        retry_policy: Some(default_retry_policy()),
-        max_stream_duration: Some(route::route_action::MaxStreamDuration {
-            max_stream_duration: Some(seconds(0)),
-            grpc_timeout_header_max: Some(seconds(0)),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let body = route::VirtualHost {
-        name: name.clone(),
-        routes: vec![route::Route {
-            name: "default".to_string(),
-            r#match: Some(route::RouteMatch {
-                path_specifier: Some(route::route_match::PathSpecifier::Prefix("/".to_string())),
-                ..Default::default()
-            }),
-            action: Some(route::route::Action::Route(action)),
-            decorator: Some(route::Decorator { operation: format!("{fqdn}:{port}/*"), ..Default::default() }),
-            ..Default::default()
-        }],
-        include_request_attempt_count: true,
-        ..Default::default()
+    let mut body =
+        envoy_route::VirtualHost { name: name.clone(), include_request_attempt_count: true, ..Default::default() }
+            .encode_to_vec();
+    // `routes` (field 3), each encoded with its per-filter configs in a stable order.
+    let mut encoded = Vec::new();
+    for r in &routes {
+        encoded.clear();
+        route::encode_route(r, &mut encoded);
+        prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, &mut body);
+        prost::encoding::encode_varint(encoded.len() as u64, &mut body);
+        body.extend_from_slice(&encoded);
     }
-    .encode_to_vec();
     VirtualHostPart { name, domains, body }
 }
 
-/// istiod's default retry policy: two retries on connection failures and 503s, to another host.
-fn default_retry_policy() -> route::RetryPolicy {
-    route::RetryPolicy {
+/// istiod's default retry policy: two retries on connection failures, refused streams and
+/// gRPC unavailable/cancelled, to another host. No retriable status codes: istiod dropped 503
+/// from its defaults (istio/istio 748c90d, `route/retry/retry.go`, Istio 1.26).
+pub(crate) fn default_retry_policy() -> envoy_route::RetryPolicy {
+    envoy_route::RetryPolicy {
         retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".to_string(),
         num_retries: Some(UInt32Value { value: 2 }),
-        retry_host_predicate: vec![route::retry_policy::RetryHostPredicate {
+        retry_host_predicate: vec![envoy_route::retry_policy::RetryHostPredicate {
             name: "envoy.retry_host_predicates.previous_hosts".to_string(),
-            config_type: Some(route::retry_policy::retry_host_predicate::ConfigType::TypedConfig(pack_any(
+            config_type: Some(envoy_route::retry_policy::retry_host_predicate::ConfigType::TypedConfig(pack_any(
                 PreviousHostsPredicate {},
             ))),
         }],
         host_selection_retry_max_attempts: 5,
-        retriable_status_codes: vec![503],
         ..Default::default()
     }
 }
@@ -372,7 +307,7 @@ pub fn route_configuration<'a>(name: &str, vhosts: impl IntoIterator<Item = &'a 
     for d in vhosts.iter().flat_map(|v| v.domains.iter()) {
         *claims.entry(d.as_str()).or_default() += 1;
     }
-    let mut out = route::RouteConfiguration {
+    let mut out = envoy_route::RouteConfiguration {
         name: name.to_string(),
         validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
         ..Default::default()
@@ -404,20 +339,34 @@ pub fn listener(port: u16, bind: Option<IpAddr>) -> Vec<u8> {
             config_source: Some(ads_config_source()),
             route_config_name: route_config_name(port),
         })),
-        http_filters: vec![hcm::HttpFilter {
-            name: "envoy.filters.http.router".to_string(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
-            ..Default::default()
-        }],
+        // The per-route fault and CORS configs of VirtualService routes need their filters in the
+        // chain; istiod's sidecar HCM has fault, then CORS, and the router last.
+        http_filters: vec![
+            hcm::HttpFilter {
+                name: route::FAULT_FILTER.to_string(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack_any(HttpFault::default()))),
+                ..Default::default()
+            },
+            hcm::HttpFilter {
+                name: route::CORS_FILTER.to_string(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack_any(Cors::default()))),
+                ..Default::default()
+            },
+            hcm::HttpFilter {
+                name: "envoy.filters.http.router".to_string(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+                ..Default::default()
+            },
+        ],
         ..Default::default()
     };
-    listener::Listener {
+    envoy_listener::Listener {
         name,
         address: Some(socket_address(&bind, port)),
-        filter_chains: vec![listener::FilterChain {
-            filters: vec![listener::Filter {
+        filter_chains: vec![envoy_listener::FilterChain {
+            filters: vec![envoy_listener::Filter {
                 name: "envoy.filters.network.http_connection_manager".to_string(),
-                config_type: Some(listener::filter::ConfigType::TypedConfig(pack_any(manager))),
+                config_type: Some(envoy_listener::filter::ConfigType::TypedConfig(pack_any(manager))),
             }],
             ..Default::default()
         }],
@@ -468,36 +417,12 @@ mod tests {
     }
 
     #[test]
-    fn cluster_is_an_ads_eds_cluster_named_as_istiod_names_it() {
-        let c = cluster::Cluster::decode(&cluster(&row("shop", "reviews", "grpc-api", 9080))[..]).unwrap();
-        assert_eq!(c.name, "outbound|9080||reviews.shop.svc.cluster.local");
-        assert_eq!(
-            c.cluster_discovery_type,
-            Some(cluster::cluster::ClusterDiscoveryType::Type(cluster::cluster::DiscoveryType::Eds as i32))
-        );
-        let eds = c.eds_cluster_config.unwrap();
-        assert_eq!(eds.service_name, c.name);
-        assert!(matches!(
-            eds.eds_config.unwrap().config_source_specifier,
-            Some(core::config_source::ConfigSourceSpecifier::Ads(_))
-        ));
-        assert_eq!(c.connect_timeout, Some(seconds(10)));
-        assert_eq!(c.lb_policy, cluster::cluster::LbPolicy::LeastRequest as i32);
-        // gRPC needs HTTP/2 to the upstream.
-        let options = &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
-        let options = upstream_http::HttpProtocolOptions::decode(&options.value[..]).unwrap();
-        assert!(matches!(
-            options.upstream_protocol_options,
-            Some(upstream_http::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(_))
-        ));
-    }
-
-    #[test]
     fn assembled_route_config_decodes_with_every_virtual_host_and_no_ambiguous_domain() {
-        let a = virtual_host(&row("default", "reviews", "http", 9080));
-        let b = virtual_host(&row("shop", "reviews", "http", 9080));
+        let (ra, rb) = (row("default", "reviews", "http", 9080), row("shop", "reviews", "http", 9080));
+        let a = virtual_host(&ra, vec![route::default_route(&ra, vec![])]);
+        let b = virtual_host(&rb, vec![route::default_route(&rb, vec![])]);
         let bytes = route_configuration("9080", [&b, &a]);
-        let rc = route::RouteConfiguration::decode(&bytes[..]).unwrap();
+        let rc = envoy_route::RouteConfiguration::decode(&bytes[..]).unwrap();
         assert_eq!(rc.name, "9080");
         let names: Vec<&str> = rc.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["reviews.default.svc.cluster.local:9080", "reviews.shop.svc.cluster.local:9080"]);
@@ -517,38 +442,55 @@ mod tests {
         let route = &first.routes[0];
         assert_eq!(
             route.r#match.as_ref().unwrap().path_specifier,
-            Some(route::route_match::PathSpecifier::Prefix("/".into()))
+            Some(envoy_route::route_match::PathSpecifier::Prefix("/".into()))
         );
-        let Some(route::route::Action::Route(action)) = &route.action else { panic!("{route:?}") };
+        let Some(envoy_route::route::Action::Route(action)) = &route.action else { panic!("{route:?}") };
         assert_eq!(
             action.cluster_specifier,
-            Some(route::route_action::ClusterSpecifier::Cluster(
+            Some(envoy_route::route_action::ClusterSpecifier::Cluster(
                 "outbound|9080||reviews.default.svc.cluster.local".into()
             ))
         );
         assert_eq!(action.timeout, Some(seconds(0)), "istiod disables Envoy's 15 s default route timeout");
         assert_eq!(action.retry_policy.as_ref().unwrap().num_retries, Some(UInt32Value { value: 2 }));
         // A single service keeps its short name.
-        let single = route::RouteConfiguration::decode(&route_configuration("9080", [&a])[..]).unwrap();
+        let single = envoy_route::RouteConfiguration::decode(&route_configuration("9080", [&a])[..]).unwrap();
         assert_eq!(single.virtual_hosts[0].domains[..2], ["reviews", "reviews:9080"]);
     }
 
     #[test]
     fn listener_binds_the_proxy_address_when_given_and_uses_rds_by_port() {
-        let l = listener::Listener::decode(&listener(9080, Some("127.0.0.7".parse().unwrap()))[..]).unwrap();
+        let l = envoy_listener::Listener::decode(&listener(9080, Some("127.0.0.7".parse().unwrap()))[..]).unwrap();
         assert_eq!(l.name, "0.0.0.0_9080");
         let Some(core::address::Address::SocketAddress(sa)) = l.address.unwrap().address else { panic!() };
         assert_eq!(
             (sa.address.as_str(), sa.port_specifier),
             ("127.0.0.7", Some(core::socket_address::PortSpecifier::PortValue(9080)))
         );
-        let Some(listener::filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else {
+        let Some(envoy_listener::filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else {
             panic!()
         };
         let manager = hcm::HttpConnectionManager::decode(&any.value[..]).unwrap();
         let Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) = manager.route_specifier else { panic!() };
         assert_eq!(rds.route_config_name, "9080");
         assert_eq!(listener_port(&l.name), Some(9080));
+        // Per-route fault and CORS configs need their filters, before the router (istiod's order).
+        let filters: Vec<(&str, &str)> = manager
+            .http_filters
+            .iter()
+            .map(|f| match &f.config_type {
+                Some(hcm::http_filter::ConfigType::TypedConfig(any)) => (f.name.as_str(), any.type_url.as_str()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            filters,
+            [
+                ("envoy.filters.http.fault", "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"),
+                ("envoy.filters.http.cors", "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"),
+                ("envoy.filters.http.router", "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"),
+            ]
+        );
     }
 
     #[test]

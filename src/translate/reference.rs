@@ -56,10 +56,11 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
                 (ResourceType::ClusterLoadAssignment, cluster.clone()),
                 translate::load_assignment(&cluster, &addrs),
             );
-            out.insert((ResourceType::Cluster, cluster), translate::cluster(&row));
+            out.insert((ResourceType::Cluster, cluster), translate::cluster(&row, None, None));
             if row.protocol().is_http() {
                 let port = row.port.port;
-                routes.entry(translate::route_config_name(port)).or_default().push(translate::virtual_host(&row));
+                let vhost = translate::virtual_host(&row, vec![translate::route::default_route(&row, vec![])]);
+                routes.entry(translate::route_config_name(port)).or_default().push(vhost);
                 out.insert((ResourceType::Listener, translate::listener_name(port)), translate::listener(port, None));
             }
         }
