@@ -41,7 +41,11 @@ fn slice(i: usize, endpoints: usize, salt: usize) -> Object {
         endpoints: (0..endpoints)
             .map(|e| {
                 let host = if e == 0 { salt } else { e };
-                SliceEndpoint { addresses: vec![format!("10.{}.{}.{}", i / 256, i % 256, host % 250 + 1)], ready: true }
+                SliceEndpoint {
+                    addresses: vec![format!("10.{}.{}.{}", i / 256, i % 256, host % 250 + 1)],
+                    ready: true,
+                    pod: None,
+                }
             })
             .collect(),
     })

@@ -96,7 +96,8 @@ fn every_istio_document_in_the_corpus_decodes_unless_it_is_meant_to_be_invalid()
             let name = doc["metadata"]["name"].as_str().unwrap_or("");
             let spec = doc.get("spec").cloned().unwrap_or(Value::Null);
             decoded += 1;
-            match istio::decode(kind, namespace, name, spec) {
+            let created = doc["metadata"]["creationTimestamp"].as_str();
+            match istio::decode(kind, namespace, name, created, spec) {
                 Ok(object) => assert_eq!(object.kind(), kind, "{file} document {index}"),
                 Err(errors) if meant_invalid => file_errors.extend(errors),
                 Err(errors) => failures.push(format!(

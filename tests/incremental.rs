@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use meshflow::engine::{Command, Engine, EngineOutput, ResourceDelta};
 use meshflow::model::k8s::{
-    ContainerPort, EndpointSubset, Labels, Protocol, ServicePort, SliceEndpoint, SlicePort, TargetPort,
+    ContainerPort, EndpointAddress, EndpointSubset, Labels, Protocol, ServicePort, SliceEndpoint, SlicePort, TargetPort,
 };
 use meshflow::model::{EndpointSlice, Endpoints, InputEvent, Kind, Object, ObjectKey, Pod, Service};
 use meshflow::translate::{ResourceType, reference};
@@ -32,6 +32,10 @@ fn svc_name() -> impl Strategy<Value = String> {
 }
 fn ip() -> impl Strategy<Value = String> {
     prop::sample::select(&IPS[..]).prop_map(String::from)
+}
+/// A core/v1 Endpoints address without a Pod behind it.
+fn address(ip: String) -> EndpointAddress {
+    EndpointAddress { ip, pod: None }
 }
 fn labels() -> impl Strategy<Value = Labels> {
     (prop::sample::select(&APPS[..]), prop::option::of(prop::sample::select(&["v1", "v2"][..]))).prop_map(|(app, v)| {
@@ -114,7 +118,10 @@ fn slice() -> impl Strategy<Value = Object> {
                 name: name.into(),
                 service_name,
                 ports,
-                endpoints: eps.into_iter().map(|(addresses, ready)| SliceEndpoint { addresses, ready }).collect(),
+                endpoints: eps
+                    .into_iter()
+                    .map(|(addresses, ready)| SliceEndpoint { addresses, ready, pod: None })
+                    .collect(),
             })
         })
 }
@@ -138,7 +145,11 @@ fn endpoints() -> impl Strategy<Value = Object> {
                 name,
                 subsets: subsets
                     .into_iter()
-                    .map(|(ready, not_ready, ports)| EndpointSubset { ready, not_ready, ports })
+                    .map(|(ready, not_ready, ports)| EndpointSubset {
+                        ready: ready.into_iter().map(address).collect(),
+                        not_ready: not_ready.into_iter().map(address).collect(),
+                        ports,
+                    })
                     .collect(),
             })
         })
@@ -312,7 +323,7 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
         namespace: "default".into(),
         name: "web".into(),
         subsets: vec![EndpointSubset {
-            ready: vec!["10.0.0.7".into()],
+            ready: vec![address("10.0.0.7".into())],
             not_ready: vec![],
             ports: vec![SlicePort { name: "http".into(), port: Some(7070), protocol: Protocol::Tcp }],
         }],
@@ -322,7 +333,7 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
         name: "web-abc".into(),
         service_name: Some("web".into()),
         ports: vec![SlicePort { name: "http".into(), port: Some(6060), protocol: Protocol::Tcp }],
-        endpoints: vec![SliceEndpoint { addresses: vec!["10.0.0.6".into()], ready: true }],
+        endpoints: vec![SliceEndpoint { addresses: vec!["10.0.0.6".into()], ready: true, pod: None }],
     });
     let mut h = Harness::new();
     let cla = |h: &Harness| {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use meshflow::engine::Command;
-use meshflow::model::{Kind, Object, ObjectKey};
+use meshflow::model::{Kind, Object, ObjectKey, istio};
 use meshflow::source::kube::{self, KubeOptions};
 use serde_json::{Value, json};
 use support::apiserver::ApiServer;
@@ -151,6 +151,13 @@ fn initial_sync_then_add_update_and_delete_of_every_kind() {
     // What is kept of a Pod is what translation needs: no annotations, no spec containers.
     let Some(Object::Pod(p)) = o.objects.get(&ObjectKey::new(Kind::Pod, "default", "web-a")) else { panic!() };
     assert_eq!((p.ip.as_deref(), p.ready, p.node_name.as_deref()), (Some("10.0.0.1"), true, Some("node-a")));
+    // Istio objects carry their creation time as the apiserver writes it (whole seconds, UTC).
+    let Some(Object::VirtualService(vs)) = o.objects.get(&ObjectKey::new(Kind::VirtualService, "default", "web"))
+    else {
+        panic!()
+    };
+    let created = vs.creation_timestamp.clone().expect("the apiserver sets creationTimestamp");
+    assert!(created.len() == 20 && created.ends_with('Z') && istio::parse_rfc3339(&created).is_some(), "{created}");
 
     // Add, update, delete.
     server.apply(service("api", 81));
@@ -167,7 +174,8 @@ fn initial_sync_then_add_update_and_delete_of_every_kind() {
             && matches!(o.objects.get(&ObjectKey::new(Kind::EndpointSlice, "default", "web-1")),
                 Some(Object::EndpointSlice(s)) if s.endpoints.len() == 2)
             && matches!(o.objects.get(&ObjectKey::new(Kind::VirtualService, "default", "web")),
-                Some(Object::VirtualService(v)) if v.spec.hosts == ["web.default.svc.cluster.local"])
+                Some(Object::VirtualService(v)) if v.spec.hosts == ["web.default.svc.cluster.local"]
+                    && v.creation_timestamp.as_ref() == Some(&created))
     });
 }
 

@@ -212,9 +212,9 @@ pub fn endpoints_addresses(e: &Endpoints) -> Vec<(PortKey, EndpointAddr)> {
     for subset in &e.subsets {
         for port in &subset.ports {
             let Some(number) = port.port else { continue };
-            for ip in &subset.ready {
+            for address in &subset.ready {
                 let key = (e.namespace.clone(), e.name.clone(), port.name.clone(), port.protocol);
-                out.push((key, EndpointAddr { ip: ip.clone(), port: number }));
+                out.push((key, EndpointAddr { ip: address.ip.clone(), port: number }));
             }
         }
     }

@@ -139,6 +139,9 @@ pub struct SlicePort {
 pub struct SliceEndpoint {
     pub addresses: Vec<String>,
     pub ready: bool,
+    /// The Pod this endpoint is (its labels decide subset membership): the name in `targetRef`
+    /// when that is a Pod in the slice's namespace, else `None`. See [`target_pod`].
+    pub pod: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -151,11 +154,19 @@ pub struct EndpointSlice {
     pub endpoints: Vec<SliceEndpoint>,
 }
 
+/// One address of a `core/v1` Endpoints subset.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EndpointAddress {
+    pub ip: String,
+    /// The Pod at this address, by the same rule as [`SliceEndpoint::pod`].
+    pub pod: Option<String>,
+}
+
 /// A `core/v1` Endpoints subset: ready addresses, not-ready addresses and ports.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EndpointSubset {
-    pub ready: Vec<String>,
-    pub not_ready: Vec<String>,
+    pub ready: Vec<EndpointAddress>,
+    pub not_ready: Vec<EndpointAddress>,
     pub ports: Vec<SlicePort>,
 }
 
@@ -205,6 +216,13 @@ fn labels(meta: &ObjectMeta) -> Labels {
     meta.labels.clone().map(Labels::from).unwrap_or_default()
 }
 
+/// `metadata.creationTimestamp` as the apiserver writes it: RFC 3339 in UTC, whole seconds,
+/// `Z` (Go's `metav1.Time` marshals `t.UTC().Format(time.RFC3339)`), e.g. `2024-01-02T03:04:05Z`.
+pub fn creation_timestamp(meta: &ObjectMeta) -> Option<String> {
+    let time = meta.creation_timestamp.as_ref()?;
+    k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", time.0).ok()
+}
+
 fn port_number(value: i32, field: &str) -> Result<u16, FieldError> {
     u16::try_from(value)
         .ok()
@@ -217,6 +235,18 @@ fn ip_address(value: &str, field: &str) -> Result<String, FieldError> {
         .parse::<std::net::IpAddr>()
         .map(|ip| ip.to_string())
         .map_err(|_| FieldError::new(field, format!("{value:?} is not an IP address")))
+}
+
+/// The Pod an endpoint's `targetRef` names, if it names one: `kind` is `Pod` and its namespace is
+/// the endpoint's own (`namespace`: the slice's or Endpoints' namespace; an unset namespace counts
+/// as that one). A Service's endpoints live in its namespace, so a Pod elsewhere is not looked up.
+pub fn target_pod(target_ref: Option<&core::ObjectReference>, namespace: &str) -> Option<String> {
+    let target = target_ref?;
+    let same_namespace = target.namespace.as_deref().is_none_or(|ns| ns.is_empty() || ns == namespace);
+    if target.kind.as_deref() != Some("Pod") || !same_namespace {
+        return None;
+    }
+    target.name.clone().filter(|name| !name.is_empty())
 }
 
 /// Collects field errors so a conversion reports every problem, not just the first.
@@ -333,7 +363,7 @@ pub fn endpoint_slice_from(
                 .enumerate()
                 .filter_map(|(j, a)| errors.take(ip_address(a, &format!("endpoints[{i}].addresses[{j}]"))))
                 .collect();
-            endpoints.push(SliceEndpoint { addresses, ready });
+            endpoints.push(SliceEndpoint { addresses, ready, pod: target_pod(ep.target_ref.as_ref(), ns) });
         }
     }
     errors.finish(EndpointSlice {
@@ -349,11 +379,14 @@ pub fn endpoints_from(ns: &str, name: &str, eps: &core::Endpoints) -> Result<End
     let mut errors = Errors::default();
     let mut subsets = Vec::new();
     for (i, s) in eps.subsets.iter().flatten().enumerate() {
-        let mut addrs = |list: &Option<Vec<core::EndpointAddress>>, which: &str| -> Vec<String> {
+        let mut addrs = |list: &Option<Vec<core::EndpointAddress>>, which: &str| -> Vec<EndpointAddress> {
             list.iter()
                 .flatten()
                 .enumerate()
-                .filter_map(|(j, a)| errors.take(ip_address(&a.ip, &format!("subsets[{i}].{which}[{j}].ip"))))
+                .filter_map(|(j, a)| {
+                    let ip = errors.take(ip_address(&a.ip, &format!("subsets[{i}].{which}[{j}].ip")))?;
+                    Some(EndpointAddress { ip, pod: target_pod(a.target_ref.as_ref(), ns) })
+                })
                 .collect()
         };
         let ready = addrs(&s.addresses, "addresses");
@@ -439,4 +472,93 @@ impl Pod {
 /// Label selector match: every selector pair is among the labels.
 pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// Endpoint (or address) target references, and the Pod each should name in namespace `shop`.
+    fn target_refs() -> Vec<(Value, Option<&'static str>)> {
+        vec![
+            (json!({"kind": "Pod", "name": "web-a", "namespace": "shop"}), Some("web-a")),
+            (json!({"kind": "Pod", "name": "web-b"}), Some("web-b")),
+            (json!({"kind": "Pod", "name": "web-c", "namespace": ""}), Some("web-c")),
+            (json!({"kind": "Pod", "name": "web-d", "namespace": "other"}), None),
+            (json!({"kind": "Node", "name": "node-a", "namespace": "shop"}), None),
+            (json!({"name": "web-e", "namespace": "shop"}), None),
+            (json!({"kind": "Pod", "namespace": "shop"}), None),
+            (Value::Null, None),
+        ]
+    }
+
+    #[test]
+    fn slice_endpoints_name_the_pod_of_their_target_ref() {
+        let cases = target_refs();
+        let endpoints: Vec<Value> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, (target, _))| {
+                let mut ep = json!({"addresses": [format!("10.0.0.{i}")], "conditions": {"ready": true}});
+                if !target.is_null() {
+                    ep["targetRef"] = target.clone();
+                }
+                ep
+            })
+            .collect();
+        let slice: discovery::EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4", "endpoints": endpoints}))
+        .unwrap();
+        let converted = endpoint_slice_from("shop", "web-1", &slice).unwrap();
+        let pods: Vec<Option<&str>> = converted.endpoints.iter().map(|e| e.pod.as_deref()).collect();
+        let expected: Vec<Option<&str>> = cases.iter().map(|(_, pod)| *pod).collect();
+        assert_eq!(pods, expected);
+        assert_eq!(converted.endpoints[0].addresses, ["10.0.0.0"]);
+    }
+
+    #[test]
+    fn endpoints_addresses_name_the_pod_of_their_target_ref() {
+        let cases = target_refs();
+        let address = |i: usize, target: &Value| {
+            let mut a = json!({"ip": format!("10.0.{i}.1")});
+            if !target.is_null() {
+                a["targetRef"] = target.clone();
+            }
+            a
+        };
+        let ready: Vec<Value> = cases.iter().enumerate().map(|(i, (t, _))| address(i, t)).collect();
+        let not_ready: Vec<Value> = cases.iter().enumerate().rev().map(|(i, (t, _))| address(i, t)).collect();
+        let eps: core::Endpoints = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "subsets": [{"addresses": ready, "notReadyAddresses": not_ready, "ports": [{"name": "http", "port": 8080}]}]}))
+        .unwrap();
+        let converted = endpoints_from("shop", "web", &eps).unwrap();
+        let subset = &converted.subsets[0];
+        let expected: Vec<EndpointAddress> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, (_, pod))| EndpointAddress { ip: format!("10.0.{i}.1"), pod: pod.map(str::to_string) })
+            .collect();
+        assert_eq!(subset.ready, expected);
+        assert_eq!(subset.not_ready, expected.into_iter().rev().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn creation_timestamp_is_written_as_the_apiserver_does() {
+        // 2024-01-02T03:04:05Z is 1704164645 s after the epoch; the fraction is dropped, not rounded.
+        let meta = ObjectMeta {
+            creation_timestamp: Some(Time(Timestamp::new(1_704_164_645, 999_000_000).unwrap())),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(creation_timestamp(&meta).as_deref(), Some("2024-01-02T03:04:05Z"));
+        let meta = ObjectMeta { creation_timestamp: Some(Time(Timestamp::new(0, 0).unwrap())), ..meta };
+        assert_eq!(creation_timestamp(&meta).as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(creation_timestamp(&ObjectMeta::default()), None);
+    }
 }

@@ -16,7 +16,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use k8s::{EndpointSlice, Endpoints, Namespace, Node, Pod, Service, ServicePort, SliceEndpoint, SlicePort};
+pub use k8s::{
+    EndpointAddress, EndpointSlice, Endpoints, Namespace, Node, Pod, Service, ServicePort, SliceEndpoint, SlicePort,
+};
 pub use parse::{ParseOutcome, parse_document};
 
 /// Kinds meshflow reads. Anything else is skipped at intake with one log line.

@@ -146,10 +146,12 @@ fn parse_object(doc: Value, default_namespace: &str) -> ParseOutcome {
         Kind::Namespace => from_value(doc).map(|n| Object::Namespace(k8s::namespace_from(&name, &n))),
         Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
             let spec = doc.get("spec").cloned().unwrap_or(Value::Null);
-            if spec.is_null() {
-                Err(vec![FieldError::new("spec", "required")])
-            } else {
-                istio::decode(kind, &namespace, &name, spec)
+            match doc.pointer("/metadata/creationTimestamp") {
+                _ if spec.is_null() => Err(vec![FieldError::new("spec", "required")]),
+                // `null` (as `kubectl create --dry-run -o yaml` writes it) is no time, as in Go.
+                None | Some(Value::Null) => istio::decode(kind, &namespace, &name, None, spec),
+                Some(Value::String(created)) => istio::decode(kind, &namespace, &name, Some(created), spec),
+                Some(_) => Err(vec![FieldError::new("metadata.creationTimestamp", "must be an RFC 3339 time string")]),
             }
         }
     };
@@ -298,5 +300,43 @@ mod tests {
         let out = one(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "Bad_Name"}, "spec": {}}));
         let ParseOutcome::Rejected { errors, .. } = out else { panic!("{out:?}") };
         assert_eq!(errors[0].field, "metadata.name");
+    }
+
+    fn gateway_created(created: Value) -> ParseOutcome {
+        one(json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "creationTimestamp": created},
+            "spec": {"servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}))
+    }
+
+    #[test]
+    fn istio_objects_keep_their_creation_timestamp() {
+        let out = gateway_created(json!("2024-01-02T03:04:05Z"));
+        let ParseOutcome::Object(Object::Gateway(gw)) = out else { panic!("{out:?}") };
+        assert_eq!(gw.creation_timestamp.as_deref(), Some("2024-01-02T03:04:05Z"));
+        // As YAML gives it: an unquoted timestamp is a string.
+        let doc: Value = serde_yaml_ng::from_str(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\n  \
+             creationTimestamp: 2024-01-02T03:04:05Z\nspec:\n  host: reviews\n",
+        )
+        .unwrap();
+        let out = one(doc);
+        let ParseOutcome::Object(Object::DestinationRule(rule)) = out else { panic!("{out:?}") };
+        assert_eq!(rule.creation_timestamp.as_deref(), Some("2024-01-02T03:04:05Z"));
+    }
+
+    #[test]
+    fn null_creation_timestamp_is_no_timestamp() {
+        let out = gateway_created(Value::Null);
+        let ParseOutcome::Object(Object::Gateway(gw)) = out else { panic!("{out:?}") };
+        assert_eq!(gw.creation_timestamp, None);
+    }
+
+    #[test]
+    fn malformed_creation_timestamp_is_rejected() {
+        for created in [json!("2024-01-02"), json!(1_704_164_645), json!("")] {
+            let out = gateway_created(created);
+            let ParseOutcome::Rejected { errors, .. } = out else { panic!("{out:?}") };
+            assert_eq!(errors[0].field, "metadata.creationTimestamp", "{errors:?}");
+        }
     }
 }

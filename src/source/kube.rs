@@ -252,7 +252,8 @@ fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, watch
                 if spec.is_null() {
                     return Err(vec![FieldError::new("spec", "required")]);
                 }
-                istio::decode(kind, &namespace(o), &o.name_any(), spec)
+                let created = k8s::creation_timestamp(&o.metadata);
+                istio::decode(kind, &namespace(o), &o.name_any(), created.as_deref(), spec)
             }))
         }
     };

@@ -57,6 +57,9 @@ use super::{F64, FieldError, Kind, Object};
 pub struct Gateway {
     pub namespace: String,
     pub name: String,
+    /// `metadata.creationTimestamp` as given (RFC 3339, e.g. `2024-01-02T03:04:05Z`), if set. istiod
+    /// orders objects oldest first by it: see [`CreationOrder`].
+    pub creation_timestamp: Option<String>,
     pub spec: GatewaySpec,
 }
 
@@ -65,6 +68,9 @@ pub struct Gateway {
 pub struct VirtualService {
     pub namespace: String,
     pub name: String,
+    /// `metadata.creationTimestamp` as given (RFC 3339, e.g. `2024-01-02T03:04:05Z`), if set. istiod
+    /// orders objects oldest first by it: see [`CreationOrder`].
+    pub creation_timestamp: Option<String>,
     pub spec: VirtualServiceSpec,
 }
 
@@ -73,6 +79,9 @@ pub struct VirtualService {
 pub struct DestinationRule {
     pub namespace: String,
     pub name: String,
+    /// `metadata.creationTimestamp` as given (RFC 3339, e.g. `2024-01-02T03:04:05Z`), if set. istiod
+    /// orders objects oldest first by it: see [`CreationOrder`].
+    pub creation_timestamp: Option<String>,
     pub spec: DestinationRuleSpec,
 }
 
@@ -81,57 +90,107 @@ pub struct DestinationRule {
 pub struct ServiceEntry {
     pub namespace: String,
     pub name: String,
+    /// `metadata.creationTimestamp` as given (RFC 3339, e.g. `2024-01-02T03:04:05Z`), if set. istiod
+    /// orders objects oldest first by it: see [`CreationOrder`].
+    pub creation_timestamp: Option<String>,
     pub spec: ServiceEntrySpec,
 }
 
 impl Gateway {
     /// Every validation error of this object (empty if it is valid).
     pub fn validate(&self) -> Vec<FieldError> {
-        validate::validate_gateway(&self.name, &self.spec).0
+        let mut errors = validate::check_creation_timestamp(self.creation_timestamp.as_deref());
+        errors.extend(validate::validate_gateway(&self.name, &self.spec).0);
+        errors
+    }
+
+    /// This object's place in istiod's oldest-first order.
+    pub fn creation_order(&self) -> CreationOrder<'_> {
+        CreationOrder::new(self.creation_timestamp.as_deref(), &self.name, &self.namespace)
     }
 }
 
 impl VirtualService {
     /// Every validation error of this object (empty if it is valid).
     pub fn validate(&self) -> Vec<FieldError> {
-        validate::validate_virtual_service(&self.namespace, &self.spec).0
+        let mut errors = validate::check_creation_timestamp(self.creation_timestamp.as_deref());
+        errors.extend(validate::validate_virtual_service(&self.namespace, &self.spec).0);
+        errors
+    }
+
+    /// This object's place in istiod's oldest-first order.
+    pub fn creation_order(&self) -> CreationOrder<'_> {
+        CreationOrder::new(self.creation_timestamp.as_deref(), &self.name, &self.namespace)
     }
 }
 
 impl DestinationRule {
     /// Every validation error of this object (empty if it is valid).
     pub fn validate(&self) -> Vec<FieldError> {
-        validate::validate_destination_rule(&self.namespace, &self.spec).0
+        let mut errors = validate::check_creation_timestamp(self.creation_timestamp.as_deref());
+        errors.extend(validate::validate_destination_rule(&self.namespace, &self.spec).0);
+        errors
+    }
+
+    /// This object's place in istiod's oldest-first order.
+    pub fn creation_order(&self) -> CreationOrder<'_> {
+        CreationOrder::new(self.creation_timestamp.as_deref(), &self.name, &self.namespace)
+    }
+
+    /// This rule's place in the order istiod merges DestinationRules of one host in
+    /// (`sortConfigBySelectorAndCreationTime` in `pilot/pkg/model/push_context.go`): rules with a
+    /// `workloadSelector` (even an empty one) first, then [`CreationOrder`].
+    pub fn merge_order(&self) -> (bool, CreationOrder<'_>) {
+        (self.spec.workload_selector.is_none(), self.creation_order())
     }
 }
 
 impl ServiceEntry {
     /// Every validation error of this object (empty if it is valid).
     pub fn validate(&self) -> Vec<FieldError> {
-        validate::validate_service_entry(&self.namespace, &self.spec).0
+        let mut errors = validate::check_creation_timestamp(self.creation_timestamp.as_deref());
+        errors.extend(validate::validate_service_entry(&self.namespace, &self.spec).0);
+        errors
+    }
+
+    /// This object's place in istiod's oldest-first order.
+    pub fn creation_order(&self) -> CreationOrder<'_> {
+        CreationOrder::new(self.creation_timestamp.as_deref(), &self.name, &self.namespace)
     }
 }
 
-/// Decode and validate the spec of an Istio kind. `kind` is one of the four Istio kinds.
+/// Decode and validate the spec of an Istio kind. `kind` is one of the four Istio kinds;
+/// `creation_timestamp` is `metadata.creationTimestamp` (RFC 3339) if the object has one.
 /// Err holds every problem found, each with a dotted field path from the object root
 /// (e.g. "spec.http[0].route[1].weight") and a reason. A spec that does not decode reports the
 /// first decoding problem only (validation needs a decoded spec).
-pub fn decode(kind: Kind, namespace: &str, name: &str, spec: serde_json::Value) -> Result<Object, Vec<FieldError>> {
-    let (namespace, name) = (namespace.to_string(), name.to_string());
-    let object = match kind {
-        Kind::Gateway => Object::Gateway(Box::new(Gateway { spec: decode_spec(spec)?, namespace, name })),
-        Kind::VirtualService => {
-            Object::VirtualService(Box::new(VirtualService { spec: decode_spec(spec)?, namespace, name }))
-        }
-        Kind::DestinationRule => {
-            Object::DestinationRule(Box::new(DestinationRule { spec: decode_spec(spec)?, namespace, name }))
-        }
-        Kind::ServiceEntry => {
-            Object::ServiceEntry(Box::new(ServiceEntry { spec: decode_spec(spec)?, namespace, name }))
-        }
+pub fn decode(
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    creation_timestamp: Option<&str>,
+    spec: serde_json::Value,
+) -> Result<Object, Vec<FieldError>> {
+    let timestamp_errors = validate::check_creation_timestamp(creation_timestamp);
+    let (namespace, name, creation_timestamp) =
+        (namespace.to_string(), name.to_string(), creation_timestamp.map(str::to_string));
+    let decoded = match kind {
+        Kind::Gateway => decode_spec(spec)
+            .map(|spec| Object::Gateway(Box::new(Gateway { namespace, name, creation_timestamp, spec }))),
+        Kind::VirtualService => decode_spec(spec)
+            .map(|spec| Object::VirtualService(Box::new(VirtualService { namespace, name, creation_timestamp, spec }))),
+        Kind::DestinationRule => decode_spec(spec).map(|spec| {
+            Object::DestinationRule(Box::new(DestinationRule { namespace, name, creation_timestamp, spec }))
+        }),
+        Kind::ServiceEntry => decode_spec(spec)
+            .map(|spec| Object::ServiceEntry(Box::new(ServiceEntry { namespace, name, creation_timestamp, spec }))),
         other => {
             return Err(vec![FieldError::new("kind", format!("{other} is not an Istio networking kind"))]);
         }
+    };
+    let object = match decoded {
+        Ok(object) => object,
+        Err(spec_errors) => return Err(timestamp_errors.into_iter().chain(spec_errors).collect()),
     };
     let errors = match &object {
         Object::Gateway(o) => o.validate(),
@@ -287,6 +346,95 @@ fn is_false(b: &bool) -> bool {
 }
 
 // ------------------------------------------------------------------------------------------------
+// Creation order
+// ------------------------------------------------------------------------------------------------
+
+/// The place of an Istio object in istiod's "oldest first" order, as an `Ord` key.
+///
+/// istiod sorts Gateways (`initGateways`), merged VirtualServices
+/// (`sortMergedVirtualServicesByCreationTime`) and DestinationRules (after putting those with a
+/// workload selector first: [`DestinationRule::merge_order`]) with `configCompareByCreationTime`
+/// (`pilot/pkg/model/config.go`): by creation time, then by **name**, then by namespace (the name
+/// and namespace compared as bytes). Creation times compare as instants: a UTC offset or a
+/// fraction of a second in the given string counts. A missing creation time is Go's zero
+/// `time.Time`, 0001-01-01T00:00:00Z, so an object without one sorts before every object with a
+/// later one (and ties with an explicit `0001-01-01T00:00:00Z`). A string that is not an RFC 3339
+/// time (which [`decode`] and `validate` reject) is treated as missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CreationOrder<'a> {
+    /// Seconds and nanoseconds since the Unix epoch.
+    created: (i64, u32),
+    name: &'a str,
+    namespace: &'a str,
+}
+
+impl<'a> CreationOrder<'a> {
+    /// Seconds from the Unix epoch to Go's zero `time.Time` (0001-01-01T00:00:00Z).
+    const GO_ZERO_TIME: (i64, u32) = (-62_135_596_800, 0);
+
+    pub fn new(creation_timestamp: Option<&str>, name: &'a str, namespace: &'a str) -> Self {
+        let created = creation_timestamp.and_then(parse_rfc3339).unwrap_or(Self::GO_ZERO_TIME);
+        CreationOrder { created, name, namespace }
+    }
+}
+
+/// Reads an RFC 3339 time as Go's `time.Parse(time.RFC3339, s)` does for
+/// `metav1.Time`: `YYYY-MM-DDTHH:MM:SS`, an optional fraction of a second (digits past the
+/// ninth are dropped), then `Z` or `±HH:MM`. Returns seconds and nanoseconds since the Unix epoch.
+pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
+    let b = s.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = b.get(range)?;
+        digits.iter().all(u8::is_ascii_digit).then(|| digits.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let byte_is = |i: usize, c: u8| b.get(i) == Some(&c);
+    if !(byte_is(4, b'-') && byte_is(7, b'-') && byte_is(10, b'T') && byte_is(13, b':') && byte_is(16, b':')) {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&month) || day < 1 || day > month_days[(month - 1) as usize] {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos: u32 = 0;
+    if byte_is(i, b'.') {
+        let digits = b[i + 1..].iter().take_while(|d| d.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        let kept = &b[i + 1..i + 1 + digits.min(9)];
+        nanos = kept.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')) * 10u32.pow(9 - kept.len() as u32);
+        i += 1 + digits;
+    }
+    let offset = match b.get(i..)? {
+        b"Z" => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let offset = h * 3600 + m * 60;
+            if *sign == b'-' { -offset } else { offset }
+        }
+        _ => return None,
+    };
+    // Days from 1970-01-01 to the date (the proleptic Gregorian calendar).
+    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * m + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some((days * 86_400 + hour * 3600 + minute * 60 + second - offset, nanos))
+}
+
+// ------------------------------------------------------------------------------------------------
 // Durations
 // ------------------------------------------------------------------------------------------------
 
@@ -354,7 +502,7 @@ mod test_support {
     use super::*;
 
     pub(super) fn decode_json(kind: Kind, spec: Value) -> Result<Object, Vec<FieldError>> {
-        decode(kind, "default", "test", spec)
+        decode(kind, "default", "test", None, spec)
     }
 
     #[track_caller]
@@ -541,5 +689,115 @@ mod tests {
         for bad in ["", "5", "s", "1.5", "1d", "abc", "1s2", "."] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
+    }
+
+    // --- creation order --------------------------------------------------------------------------
+
+    #[test]
+    fn rfc3339_times_are_read_as_instants() {
+        // Expected values from Python's datetime, not from this parser.
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some((0, 0)));
+        assert_eq!(parse_rfc3339("2024-01-02T03:04:05Z"), Some((1_704_164_645, 0)));
+        assert_eq!(parse_rfc3339("2024-01-02T04:34:05+01:30"), Some((1_704_164_645, 0)));
+        assert_eq!(parse_rfc3339("2024-01-01T22:04:05-05:00"), Some((1_704_164_645, 0)));
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some((951_782_400, 0)));
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Some((-1, 0)));
+        assert_eq!(parse_rfc3339("0001-01-01T00:00:00Z"), Some((-62_135_596_800, 0)));
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59Z"), Some((253_402_300_799, 0)));
+        assert_eq!(parse_rfc3339("2024-01-02T03:04:05.5Z"), Some((1_704_164_645, 500_000_000)));
+        // Go keeps nine digits of a longer fraction.
+        assert_eq!(parse_rfc3339("2024-01-02T03:04:05.1234567891Z"), Some((1_704_164_645, 123_456_789)));
+    }
+
+    #[test]
+    fn malformed_rfc3339_times_are_refused() {
+        for bad in [
+            "",
+            "2024-01-02",
+            "2024-01-02T03:04:05",
+            "2024-01-02 03:04:05Z",
+            "2024-01-02t03:04:05z",
+            "24-01-02T03:04:05Z",
+            "2024-1-02T03:04:05Z",
+            "2023-02-29T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+            "2024-13-01T00:00:00Z",
+            "2024-00-01T00:00:00Z",
+            "2024-01-00T00:00:00Z",
+            "2024-01-02T24:00:00Z",
+            "2024-01-02T03:60:00Z",
+            "2024-01-02T03:04:60Z",
+            "2024-01-02T03:04:05.Z",
+            "2024-01-02T03:04:05+0100",
+            "2024-01-02T03:04:05+24:00",
+            "2024-01-02T03:04:05Z ",
+            "+2024-01-02T03:04:05Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn creation_order_is_oldest_first_then_name_then_namespace() {
+        let mut keys = [
+            CreationOrder::new(Some("2024-01-02T03:04:06Z"), "a", "a"),
+            CreationOrder::new(Some("2024-01-02T03:04:05Z"), "b", "a"),
+            // Same instant as the previous one, written in another zone: a tie, broken by name.
+            CreationOrder::new(Some("2024-01-02T04:04:05+01:00"), "a", "z"),
+            CreationOrder::new(Some("2024-01-02T03:04:05.5Z"), "a", "a"),
+            // Same time and name: namespace decides.
+            CreationOrder::new(Some("2024-01-02T03:04:05Z"), "b", "0"),
+            // No time is Go's zero time: before everything else.
+            CreationOrder::new(None, "z", "z"),
+        ];
+        keys.sort();
+        let order: Vec<(&str, &str)> = keys.iter().map(|k| (k.namespace, k.name)).collect();
+        assert_eq!(order, [("z", "z"), ("z", "a"), ("0", "b"), ("a", "b"), ("a", "a"), ("a", "a")]);
+        assert_eq!(keys[4].created, (1_704_164_645, 500_000_000), "the fraction counts");
+        // Go's zero time written out ties with a missing time.
+        assert_eq!(CreationOrder::new(Some("0001-01-01T00:00:00Z"), "n", "ns"), CreationOrder::new(None, "n", "ns"));
+    }
+
+    #[test]
+    fn decode_keeps_the_creation_timestamp_as_given() {
+        let spec = json!({"host": "reviews"});
+        let created = Some("2024-01-02T04:04:05+01:00");
+        let Ok(Object::DestinationRule(rule)) = decode(Kind::DestinationRule, "ns", "r", created, spec) else {
+            panic!()
+        };
+        assert_eq!(rule.creation_timestamp.as_deref(), created);
+        assert_eq!(rule.creation_order(), CreationOrder::new(Some("2024-01-02T03:04:05Z"), "r", "ns"));
+    }
+
+    #[test]
+    fn decode_rejects_a_malformed_creation_timestamp_with_the_spec_errors() {
+        let created = Some("yesterday");
+        let errors = decode(Kind::VirtualService, "ns", "v", created, json!({"hosts": ["r"]})).unwrap_err();
+        assert_eq!(errors[0].field, "metadata.creationTimestamp", "{errors:?}");
+        assert!(errors.len() > 1, "the spec's own errors are reported too: {errors:?}");
+        let errors = decode(Kind::Gateway, "ns", "g", created, json!({"servers": "x"})).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["metadata.creationTimestamp", "spec.servers"]);
+    }
+
+    #[test]
+    fn destination_rules_with_a_workload_selector_merge_first() {
+        let rule = |name: &str, created: &str, selector: Value| {
+            let mut spec = json!({"host": "reviews"});
+            if !selector.is_null() {
+                spec["workloadSelector"] = selector;
+            }
+            match decode(Kind::DestinationRule, "ns", name, Some(created), spec) {
+                Ok(Object::DestinationRule(rule)) => rule,
+                other => panic!("{other:?}"),
+            }
+        };
+        let old = rule("old", "2020-01-01T00:00:00Z", Value::Null);
+        let young_selector = rule("young", "2024-01-01T00:00:00Z", json!({"matchLabels": {"app": "x"}}));
+        let empty_selector = rule("empty", "2025-01-01T00:00:00Z", json!({}));
+        let mut rules = [&old, &young_selector, &empty_selector];
+        rules.sort_by(|a, b| a.merge_order().cmp(&b.merge_order()));
+        assert_eq!(rules.map(|r| r.name.as_str()), ["young", "empty", "old"]);
+        assert!(old.creation_order() < young_selector.creation_order());
     }
 }

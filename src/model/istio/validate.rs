@@ -30,6 +30,17 @@ impl Errors {
     }
 }
 
+/// `metadata.creationTimestamp`, when set, is an RFC 3339 time (as `metav1.Time` requires).
+pub(super) fn check_creation_timestamp(creation_timestamp: Option<&str>) -> Vec<FieldError> {
+    match creation_timestamp {
+        Some(t) if parse_rfc3339(t).is_none() => vec![FieldError::new(
+            "metadata.creationTimestamp",
+            format!("{t:?} is not an RFC 3339 time (such as \"2024-01-02T03:04:05Z\")"),
+        )],
+        _ => Vec::new(),
+    }
+}
+
 fn at(path: &str, field: &str) -> String {
     format!("{path}.{field}")
 }
@@ -2547,7 +2558,7 @@ mod tests {
 
     #[test]
     fn gateway_with_invalid_name_is_rejected() {
-        let errors = decode(Kind::Gateway, "default", "my.gateway", gateway(json!([http_server()]))).unwrap_err();
+        let errors = decode(Kind::Gateway, "default", "my.gateway", None, gateway(json!([http_server()]))).unwrap_err();
         assert_eq!(errors, vec![FieldError::new("metadata.name", "invalid gateway name: \"my.gateway\"")]);
     }
 
