@@ -29,6 +29,13 @@ async fn resources(State(cache): State<Arc<Cache>>) -> String {
     out
 }
 
+/// `GET /debug/diagnostics`: what is wrong with the current input but does not keep it from
+/// being served (fields not translated yet, routes to hosts or subsets that do not exist), one
+/// per line: `<Kind> <namespace>/<name> <field>: <message>`.
+async fn diagnostics(State(cache): State<Arc<Cache>>) -> String {
+    cache.diagnostics().iter().map(|d| format!("{d}\n")).collect()
+}
+
 /// `GET /stats`: resource counts per type.
 async fn stats(State(cache): State<Arc<Cache>>) -> String {
     ResourceType::ALL
@@ -45,6 +52,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/ready", get(ready))
         .route("/debug/resources", get(resources))
+        .route("/debug/diagnostics", get(diagnostics))
         .route("/stats", get(stats))
         .with_state(cache);
     let listener =

@@ -13,4 +13,5 @@ pub mod engine;
 pub mod model;
 pub mod source;
 pub mod translate;
+pub mod validate;
 pub mod xds;

@@ -50,6 +50,13 @@ enum Command {
     },
     /// Run Envoy beside a workload: bootstrap, supervise, drain on SIGTERM (like pilot-agent).
     Agent(meshflow::agent::AgentArgs),
+    /// Check config files as `serve` would load them, with istiod's warnings; exit 1 if any
+    /// object is invalid.
+    Validate {
+        /// Files or directories (recursive: every *.yaml, *.yml, *.json).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Print the CustomResourceDefinitions of the Istio networking kinds meshflow reads.
     Crds,
     /// Print an Envoy bootstrap (YAML) that takes its configuration from meshflow.
@@ -83,6 +90,7 @@ fn main() -> ExitCode {
             print!("{}", meshflow::model::crds::render_yaml());
             Ok(())
         }
+        Command::Validate { paths } => return validate(&paths),
         Command::Serve { config_dir, kubernetes, kubeconfig, watch_namespaces, xds_addr, admin_addr } => {
             let kube = kubernetes.then_some(KubeOptions { kubeconfig, namespaces: watch_namespaces });
             serve(config_dir, kube, xds_addr, admin_addr)
@@ -94,6 +102,21 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshflow: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn validate(paths: &[PathBuf]) -> ExitCode {
+    match meshflow::validate::validate_paths(paths) {
+        Ok(report) => {
+            for line in report.lines.iter().chain(&report.summary()) {
+                println!("{line}");
+            }
+            if report.invalid > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }
+        }
         Err(e) => {
             eprintln!("meshflow: {e:#}");
             ExitCode::from(2)

@@ -5,13 +5,16 @@
 //! Inputs are drawn from a small universe (two namespaces, a few names, a few IPs and
 //! labels) so that random sequences collide often: services gain and lose slices, slices
 //! move between services, pods start and stop matching selectors, a service falls back from
-//! slices to Endpoints to its selector and back.
+//! slices to Endpoints to its selector and back; VirtualServices and DestinationRules claim
+//! hosts exactly and by wildcard, are retargeted, compete by specificity, namespace and age,
+//! route to subsets that exist or not; pods move in and out of subsets as their labels change.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use meshflow::engine::{Command, Engine, EngineOutput, ResourceDelta};
+use meshflow::model::istio;
 use meshflow::model::k8s::{
     ContainerPort, EndpointAddress, EndpointSubset, Labels, Protocol, ServicePort, SliceEndpoint, SlicePort, TargetPort,
 };
@@ -23,6 +26,19 @@ const NAMESPACES: [&str; 2] = ["default", "shop"];
 const SERVICES: [&str; 3] = ["reviews", "ratings", "web"];
 const IPS: [&str; 5] = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "fd00::5"];
 const APPS: [&str; 2] = ["reviews", "web"];
+const PODS: [&str; 4] = ["p-1", "p-2", "p-3", "p-4"];
+/// Hosts as VirtualServices and DestinationRules write them: short names, FQDNs, wildcards.
+const HOSTS: [&str; 7] = [
+    "reviews",
+    "ratings",
+    "web.default.svc.cluster.local",
+    "reviews.shop.svc.cluster.local",
+    "*.default.svc.cluster.local",
+    "*.svc.cluster.local",
+    "*",
+];
+const GATEWAYS: &[&[&str]] = &[&[], &["mesh"], &["default/gw"]];
+const CREATED: [Option<&str>; 3] = [None, Some("2024-01-01T00:00:00Z"), Some("2025-06-01T12:00:00Z")];
 
 fn ns() -> impl Strategy<Value = String> {
     prop::sample::select(&NAMESPACES[..]).prop_map(String::from)
@@ -32,10 +48,6 @@ fn svc_name() -> impl Strategy<Value = String> {
 }
 fn ip() -> impl Strategy<Value = String> {
     prop::sample::select(&IPS[..]).prop_map(String::from)
-}
-/// A core/v1 Endpoints address without a Pod behind it.
-fn address(ip: String) -> EndpointAddress {
-    EndpointAddress { ip, pod: None }
 }
 fn labels() -> impl Strategy<Value = Labels> {
     (prop::sample::select(&APPS[..]), prop::option::of(prop::sample::select(&["v1", "v2"][..]))).prop_map(|(app, v)| {
@@ -110,7 +122,10 @@ fn slice() -> impl Strategy<Value = Object> {
         prop::sample::select(&["s-1", "s-2", "s-3"][..]),
         prop::option::of(svc_name()),
         prop::collection::vec(slice_port(), 0..3),
-        prop::collection::vec((prop::collection::vec(ip(), 0..3), any::<bool>()), 0..4),
+        prop::collection::vec(
+            (prop::collection::vec(ip(), 0..3), any::<bool>(), prop::option::of(prop::sample::select(&PODS[..]))),
+            0..4,
+        ),
     )
         .prop_map(|(namespace, name, service_name, ports, eps)| {
             Object::EndpointSlice(EndpointSlice {
@@ -120,10 +135,15 @@ fn slice() -> impl Strategy<Value = Object> {
                 ports,
                 endpoints: eps
                     .into_iter()
-                    .map(|(addresses, ready)| SliceEndpoint { addresses, ready, pod: None })
+                    .map(|(addresses, ready, pod)| SliceEndpoint { addresses, ready, pod: pod.map(String::from) })
                     .collect(),
             })
         })
+}
+
+fn endpoint_address() -> impl Strategy<Value = EndpointAddress> {
+    (ip(), prop::option::of(prop::sample::select(&PODS[..])))
+        .prop_map(|(ip, pod)| EndpointAddress { ip, pod: pod.map(String::from) })
 }
 
 fn endpoints() -> impl Strategy<Value = Object> {
@@ -132,8 +152,8 @@ fn endpoints() -> impl Strategy<Value = Object> {
         svc_name(),
         prop::collection::vec(
             (
-                prop::collection::vec(ip(), 0..3),
-                prop::collection::vec(ip(), 0..2),
+                prop::collection::vec(endpoint_address(), 0..3),
+                prop::collection::vec(endpoint_address(), 0..2),
                 prop::collection::vec(slice_port(), 0..3),
             ),
             0..3,
@@ -145,11 +165,7 @@ fn endpoints() -> impl Strategy<Value = Object> {
                 name,
                 subsets: subsets
                     .into_iter()
-                    .map(|(ready, not_ready, ports)| EndpointSubset {
-                        ready: ready.into_iter().map(address).collect(),
-                        not_ready: not_ready.into_iter().map(address).collect(),
-                        ports,
-                    })
+                    .map(|(ready, not_ready, ports)| EndpointSubset { ready, not_ready, ports })
                     .collect(),
             })
         })
@@ -158,7 +174,7 @@ fn endpoints() -> impl Strategy<Value = Object> {
 fn pod() -> impl Strategy<Value = Object> {
     (
         ns(),
-        prop::sample::select(&["p-1", "p-2", "p-3", "p-4"][..]),
+        prop::sample::select(&PODS[..]),
         labels(),
         prop::option::of(ip()),
         any::<bool>(),
@@ -182,8 +198,131 @@ fn pod() -> impl Strategy<Value = Object> {
         })
 }
 
+/// An Istio object from its spec as a user writes it, through meshflow's decoding and
+/// validation (the strategies below only produce valid specs).
+fn istio_object(kind: Kind, namespace: &str, name: &str, created: Option<&str>, spec: serde_json::Value) -> Object {
+    istio::decode(kind, namespace, name, created, spec.clone())
+        .unwrap_or_else(|e| panic!("generated {kind} {namespace}/{name} is invalid: {e:?}\n{spec:#}"))
+}
+
+fn destination() -> impl Strategy<Value = serde_json::Value> {
+    (
+        prop::sample::select(&HOSTS[..3]),
+        prop::option::of(prop::sample::select(&["v1", "v2", "missing"][..])),
+        prop::option::of(prop::sample::select(&[80u32, 9080][..])),
+    )
+        .prop_map(|(host, subset, port)| {
+            let mut d = serde_json::json!({ "host": host });
+            if let Some(s) = subset {
+                d["subset"] = s.into();
+            }
+            if let Some(p) = port {
+                d["port"] = serde_json::json!({ "number": p });
+            }
+            d
+        })
+}
+
+fn http_route() -> impl Strategy<Value = serde_json::Value> {
+    let matches = prop::collection::vec(
+        prop_oneof![
+            Just(serde_json::json!({"headers": {"end-user": {"exact": "jason"}}})),
+            Just(serde_json::json!({"port": 80})),
+            Just(serde_json::json!({"uri": {"prefix": "/api"}, "ignoreUriCase": true})),
+        ],
+        0..3,
+    );
+    (matches, destination(), prop::option::of((destination(), 0u32..=100)), prop::option::of(Just("2s"))).prop_map(
+        |(matches, first, second, timeout)| {
+            let route = match second {
+                None => serde_json::json!([{ "destination": first }]),
+                Some((second, w)) => serde_json::json!([
+                    { "destination": first, "weight": w },
+                    { "destination": second, "weight": 100 - w },
+                ]),
+            };
+            let mut r = serde_json::json!({ "route": route });
+            if !matches.is_empty() {
+                r["match"] = serde_json::Value::Array(matches);
+            }
+            if let Some(t) = timeout {
+                r["timeout"] = t.into();
+            }
+            r
+        },
+    )
+}
+
+fn virtual_service() -> impl Strategy<Value = Object> {
+    (
+        ns(),
+        prop::sample::select(&["vs-a", "vs-b", "vs-c"][..]),
+        prop::sample::select(&CREATED[..]),
+        prop::collection::btree_set(prop::sample::select(&HOSTS[..]), 1..3),
+        prop::sample::select(GATEWAYS),
+        prop::collection::vec(http_route(), 1..3),
+    )
+        .prop_map(|(namespace, name, created, hosts, gateways, http)| {
+            let spec = serde_json::json!({ "hosts": hosts, "gateways": gateways, "http": http });
+            istio_object(Kind::VirtualService, &namespace, name, created, spec)
+        })
+}
+
+fn traffic_policy() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        Just(serde_json::json!({"loadBalancer": {"simple": "ROUND_ROBIN"}})),
+        Just(serde_json::json!({"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}})),
+        Just(serde_json::json!({"connectionPool": {"tcp": {"maxConnections": 7}}})),
+        Just(
+            serde_json::json!({"portLevelSettings": [{"port": {"number": 80}, "loadBalancer": {"simple": "RANDOM"}}]})
+        ),
+    ]
+}
+
+fn destination_rule() -> impl Strategy<Value = Object> {
+    (
+        prop::sample::select(&["default", "shop", "istio-system"][..]),
+        prop::sample::select(&["dr-a", "dr-b", "dr-c"][..]),
+        prop::sample::select(&CREATED[..]),
+        prop::sample::select(&HOSTS[..]),
+        prop::option::of(traffic_policy()),
+        prop::collection::btree_set(prop::sample::select(&["v1", "v2", "web"][..]), 0..3),
+        prop::option::of(traffic_policy()),
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(|(namespace, name, created, host, policy, subsets, subset_policy, selector)| {
+            let subsets: Vec<_> = subsets
+                .into_iter()
+                .map(|s| {
+                    let labels =
+                        if s == "web" { serde_json::json!({"app": "web"}) } else { serde_json::json!({"version": s}) };
+                    let mut subset = serde_json::json!({ "name": s, "labels": labels });
+                    if let Some(p) = &subset_policy {
+                        subset["trafficPolicy"] = p.clone();
+                    }
+                    subset
+                })
+                .collect();
+            let mut spec = serde_json::json!({ "host": host, "subsets": subsets });
+            if let Some(p) = policy {
+                spec["trafficPolicy"] = p;
+            }
+            if selector {
+                spec["workloadSelector"] = serde_json::json!({"matchLabels": {"app": "web"}});
+            }
+            istio_object(Kind::DestinationRule, namespace, name, created, spec)
+        })
+}
+
 fn object() -> impl Strategy<Value = Object> {
-    prop_oneof![3 => service(), 3 => slice(), 1 => endpoints(), 3 => pod()]
+    prop_oneof![
+        3 => service(),
+        3 => slice(),
+        1 => endpoints(),
+        3 => pod(),
+        2 => virtual_service(),
+        2 => destination_rule(),
+    ]
 }
 
 #[derive(Clone, Debug)]
@@ -323,7 +462,7 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
         namespace: "default".into(),
         name: "web".into(),
         subsets: vec![EndpointSubset {
-            ready: vec![address("10.0.0.7".into())],
+            ready: vec![EndpointAddress { ip: "10.0.0.7".into(), pod: None }],
             not_ready: vec![],
             ports: vec![SlicePort { name: "http".into(), port: Some(7070), protocol: Protocol::Tcp }],
         }],

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 use crate::engine::{EngineOutput, ResourceDelta};
+use crate::translate::Diagnostic;
 use crate::translate::ResourceType;
 
 /// One resource as served: its encoded body and content version.
@@ -38,6 +39,7 @@ struct State {
     /// Changes with a sequence number above this are all in `log`.
     log_floor: u64,
     pending_sources: BTreeSet<String>,
+    diagnostics: BTreeSet<Diagnostic>,
 }
 
 fn slot(ty: ResourceType) -> usize {
@@ -75,6 +77,15 @@ impl Cache {
         let mut state = self.write();
         let seq = state.seq + 1;
         let mut applied = 0;
+        for (diagnostic, present) in &delta.diagnostics {
+            if *present {
+                if state.diagnostics.insert(diagnostic.clone()) {
+                    tracing::warn!(object = %diagnostic.object, field = %diagnostic.field, "{}", diagnostic.message);
+                }
+            } else {
+                state.diagnostics.remove(diagnostic);
+            }
+        }
         for change in &delta.changes {
             let map = &mut state.resources[slot(change.ty)];
             let changed = match &change.body {
@@ -106,6 +117,11 @@ impl Cache {
             self.notify.send_replace(seq);
         }
         applied
+    }
+
+    /// What is wrong with the current input, by object and field (see [`Diagnostic`]).
+    pub fn diagnostics(&self) -> Vec<Diagnostic> {
+        self.read().diagnostics.iter().cloned().collect()
     }
 
     /// The engine's sink for this cache: deltas are applied, source syncs recorded.
@@ -192,6 +208,7 @@ mod tests {
 
     fn delta(changes: &[(ResourceType, &str, Option<&[u8]>)]) -> ResourceDelta {
         ResourceDelta {
+            diagnostics: Vec::new(),
             time: 0,
             changes: changes
                 .iter()

@@ -1,17 +1,24 @@
 //! The translation graph: input collections in, output rows out.
 //!
 //! Keys decide the cost of a change. Every arrow below keeps work local to its key: a pod or
-//! slice change touches one service's load assignment; a service change touches its clusters,
-//! its virtual hosts and the route configs of its ports.
+//! slice change touches its services' load assignments (and the subsets of those services); a
+//! service change touches its host; a DestinationRule or VirtualService change touches the
+//! hosts its host pattern matches and the VirtualServices that route to them.
 //!
 //! ```text
-//! services ─flat_map─▶ service_ports ─┬─▶ clusters
-//!                                     ├─▶ virtual hosts (port) ─────────────▶ route configs (assembled outside)
-//!                                     ├─▶ distinct HTTP ports ──────────────▶ listeners
-//!                                     └─▶ by (ns, svc, port name, proto) ─┐
-//! slices ─flat_map─▶ ready addresses by (ns, svc, port name, proto) ──join┤
-//! endpoints ─antijoin(services with slices)─▶ ...same key ────────────join┤
-//! pods ─by label─▶ join(selector services without slices/endpoints, by one selector pair) ─┴─▶ (cluster, address)
+//! services ─flat_map─▶ service_ports ─▶ by host (fqdn) ─┬─────────────────────────────────────────┐
+//!                                    host patterns(fqdn) ┤ (fqdn, *.suffix…, *)                    │
+//! destination rules ─by pattern───────────join──────────┴─reduce: select/merge─▶ rule by host ─┐  │
+//!                                   per host reduce (rows ⊎ rule) ─▶ clusters (+ subsets), host info
+//! virtual services ─by pattern──join(host patterns)──reduce: most specific, oldest─▶ VS by host
+//!                  ─by destination host──join(host info)──reduce per VS─▶ (VS, destination map)
+//!                                   per host reduce (rows ⊎ host info ⊎ chosen VS) ─▶ virtual hosts
+//!                                                                     └▶ route configs (assembled outside)
+//!                          distinct HTTP ports ────────────────────────────────────────────▶ listeners
+//! slices ─flat_map─▶ ready addresses by (ns, svc, port name, proto) ──join(ports by name)┐
+//! endpoints ─antijoin(services with slices)─▶ ...same key ─────────────────────────────join┤
+//! pods ─by label─▶ join(selector services without slices/endpoints, by one selector pair) ┴▶ (cluster, addr, pod)
+//!   (cluster, addr, pod) ─semijoin(clusters with subsets)─join(pod labels)─join(subsets)─▶ (subset cluster, addr)
 //!                                        cluster names ⊎ addresses ─reduce─▶ load assignments
 //! ```
 
@@ -20,16 +27,33 @@ use differential_dataflow::input::{Input, InputSession};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope;
 
-use crate::model::k8s::{Labels, Protocol, ServicePort, selector_matches};
+use crate::model::istio::{DestinationRule, DestinationRuleSpec, VirtualService};
+use crate::model::k8s::Labels;
 use crate::model::{EndpointSlice, Endpoints, Pod, Service};
-use crate::translate::{self, EndpointAddr, ResourceType, ServicePortRow, VirtualHostPart};
+use crate::translate::endpoint::{
+    EndpointRow, PortKey, SelectorService, endpoints_addresses, pod_addresses, service_port_rows, slice_addresses,
+};
+use crate::translate::outbound::{
+    self, ClusterRow, ConfigKey, DestinationMap, HostInfo, SubsetRef, VsRank, host_patterns,
+};
+use crate::translate::{self, Diagnostic, EndpointAddr, ResourceType, ServicePortRow, VirtualHostPart};
 
 /// What leaves the dataflow: finished resources, and virtual hosts that are assembled into
 /// route configs outside it (see [`super::output`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum OutputRow {
-    Resource { ty: ResourceType, name: String, body: Vec<u8> },
-    VirtualHost { route: String, vhost: VirtualHostPart },
+    Resource {
+        ty: ResourceType,
+        name: String,
+        body: Vec<u8>,
+    },
+    VirtualHost {
+        route: String,
+        vhost: VirtualHostPart,
+    },
+    /// A problem with an input object that does not stop it from being served: a field meshflow
+    /// does not translate yet, a route to a host or subset that does not exist.
+    Diagnostic(Diagnostic),
 }
 
 /// The input collections, one per kind that translation reads.
@@ -38,6 +62,8 @@ pub struct Inputs {
     pub slices: InputSession<u64, EndpointSlice, isize>,
     pub endpoints: InputSession<u64, Endpoints, isize>,
     pub pods: InputSession<u64, Pod, isize>,
+    pub virtual_services: InputSession<u64, VirtualService, isize>,
+    pub destination_rules: InputSession<u64, DestinationRule, isize>,
 }
 
 impl Inputs {
@@ -46,6 +72,8 @@ impl Inputs {
         self.slices.advance_to(t);
         self.endpoints.advance_to(t);
         self.pods.advance_to(t);
+        self.virtual_services.advance_to(t);
+        self.destination_rules.advance_to(t);
     }
 
     pub fn flush(&mut self) {
@@ -53,23 +81,43 @@ impl Inputs {
         self.slices.flush();
         self.endpoints.flush();
         self.pods.flush();
+        self.virtual_services.flush();
+        self.destination_rules.flush();
     }
 }
 
 /// (namespace, service name)
 type SvcKey = (String, String);
-/// (namespace, service name, port name, port protocol): how endpoint ports meet service ports.
-type PortKey = (String, String, String, Protocol);
 /// (namespace, label key, label value): how selector services meet pods.
 type LabelKey = (String, String, String);
 
-/// The part of a selector Service that the pod join needs.
+/// What meets per host to make its clusters.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-struct SelectorService {
-    name: String,
-    selector: Labels,
-    ports: Vec<ServicePort>,
-    publish_not_ready: bool,
+enum HostInput {
+    Port(ServicePortRow),
+    Rule(DestinationRuleSpec),
+}
+
+/// What a host's per-host reduce produces.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum HostOutput {
+    Cluster(ClusterRow),
+    Info(HostInfo),
+}
+
+/// What meets per VirtualService: the object and what is known of each destination host.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum VsInput {
+    Object(VirtualService),
+    Destination(String, HostInfo),
+}
+
+/// What meets per host to make its virtual hosts.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum VhostInput {
+    Port(ServicePortRow),
+    Info(HostInfo),
+    Routes(VirtualService, DestinationMap),
 }
 
 /// Builds the graph. Returns the input handles and the output collection.
@@ -78,26 +126,156 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let (slices_in, slices) = scope.new_collection::<EndpointSlice, isize>();
     let (endpoints_in, endpoints) = scope.new_collection::<Endpoints, isize>();
     let (pods_in, pods) = scope.new_collection::<Pod, isize>();
+    let (vs_in, virtual_services) = scope.new_collection::<VirtualService, isize>();
+    let (dr_in, destination_rules) = scope.new_collection::<DestinationRule, isize>();
 
     let service_ports = services.clone().flat_map(|s: Service| service_port_rows(&s));
+    let ports_by_host = service_ports.clone().map(|row| (row.fqdn(), row));
 
-    let clusters = service_ports.clone().map(|row| OutputRow::Resource {
+    // Host patterns: every service host under each pattern that can match it, so rules and
+    // VirtualServices (keyed by their own pattern) meet exactly the hosts they match.
+    let patterns = ports_by_host
+        .clone()
+        .map(|(fqdn, _)| fqdn)
+        .distinct()
+        .flat_map(|fqdn: String| host_patterns(&fqdn).into_iter().map(move |p| (p, fqdn.clone())));
+
+    // === DestinationRules → the rule of each host ===
+    let rules_by_pattern = destination_rules
+        .clone()
+        .flat_map(|dr: DestinationRule| outbound::destination_rule_pattern(&dr).map(|p| (p, dr)));
+    let rule_by_host = patterns
+        .clone()
+        .join_map(rules_by_pattern, |pattern, fqdn: &String, dr: &DestinationRule| {
+            (fqdn.clone(), (pattern.clone(), dr.clone()))
+        })
+        .reduce_named(
+            "select: DestinationRule",
+            |fqdn: &String, input: &[(&(String, DestinationRule), isize)], output| {
+                let candidates = input.iter().map(|((p, dr), _)| (p.as_str(), dr));
+                if let Some(rule) = outbound::select_rule(outbound::fqdn_namespace(fqdn), candidates) {
+                    output.push((rule, 1isize));
+                }
+            },
+        );
+
+    // === per host: clusters (with subsets and policy), and what routes toward it need ===
+    let host_outputs = ports_by_host
+        .clone()
+        .map(|(fqdn, row)| (fqdn, HostInput::Port(row)))
+        .concat(rule_by_host.map(|(fqdn, rule)| (fqdn, HostInput::Rule(rule))))
+        .reduce_named("translate: host clusters", |_fqdn: &String, input: &[(&HostInput, isize)], output| {
+            let rows: Vec<&ServicePortRow> =
+                input.iter().filter_map(|(i, _)| if let HostInput::Port(r) = i { Some(r) } else { None }).collect();
+            if rows.is_empty() {
+                return;
+            }
+            let rule = input.iter().find_map(|(i, _)| if let HostInput::Rule(r) = i { Some(r) } else { None });
+            for cluster in outbound::clusters_for_host(&rows, rule) {
+                output.push((HostOutput::Cluster(cluster), 1isize));
+            }
+            output.push((HostOutput::Info(HostInfo::new(&rows, rule.cloned())), 1));
+        });
+    let cluster_rows =
+        host_outputs.clone().flat_map(|(_, out)| if let HostOutput::Cluster(c) = out { Some(c) } else { None });
+    let host_info =
+        host_outputs.flat_map(|(fqdn, out)| if let HostOutput::Info(i) = out { Some((fqdn, i)) } else { None });
+
+    let clusters = cluster_rows.clone().map(|c: ClusterRow| OutputRow::Resource {
         ty: ResourceType::Cluster,
-        name: row.cluster_name(),
-        body: translate::cluster(&row, None, None),
+        name: c.name(),
+        body: c.encode(),
     });
 
-    let http_ports = service_ports.clone().filter(|row| row.protocol().is_http());
-    let virtual_hosts = http_ports.clone().map(|row| OutputRow::VirtualHost {
-        route: translate::route_config_name(row.port.port),
-        vhost: translate::virtual_host(&row, vec![translate::route::default_route(&row, vec![])]),
+    // Valid Istio that meshflow does not translate yet: one diagnostic per object and field.
+    let untranslated = virtual_services
+        .clone()
+        .flat_map(|vs: VirtualService| {
+            translate::route::untranslated(&vs)
+                .into_iter()
+                .map(move |f| Diagnostic::field(vs.object_key(), f))
+                .collect::<Vec<_>>()
+        })
+        .concat(destination_rules.clone().flat_map(|dr: DestinationRule| {
+            translate::cluster::untranslated(&dr)
+                .into_iter()
+                .map(move |f| Diagnostic::field(dr.object_key(), f))
+                .collect::<Vec<_>>()
+        }));
+
+    // === VirtualServices → the VirtualService of each host, with its destinations ===
+    let mesh_vs = virtual_services.filter(outbound::applies_to_mesh);
+    let vs_by_pattern = mesh_vs.clone().flat_map(|vs: VirtualService| {
+        outbound::virtual_service_patterns(&vs).into_iter().map(move |p| (p, vs.clone())).collect::<Vec<_>>()
     });
+    let vs_by_host = patterns
+        .join_map(vs_by_pattern, |pattern, fqdn: &String, vs: &VirtualService| (fqdn.clone(), VsRank::new(pattern, vs)))
+        .reduce_named("select: VirtualService", |_fqdn: &String, input: &[(&VsRank, isize)], output| {
+            // Values arrive sorted: the first is the best rank.
+            output.push((input[0].0.key(), 1isize));
+        });
+    let vs_destinations = mesh_vs.clone().flat_map(|vs: VirtualService| {
+        let key: ConfigKey = (vs.namespace.clone(), vs.name.clone());
+        outbound::virtual_service_destinations(&vs).into_iter().map(move |d| (d, key.clone())).collect::<Vec<_>>()
+    });
+    let vs_context = mesh_vs
+        .map(|vs: VirtualService| ((vs.namespace.clone(), vs.name.clone()), VsInput::Object(vs)))
+        .concat(vs_destinations.join_map(host_info.clone(), |dest, key: &ConfigKey, info: &HostInfo| {
+            (key.clone(), VsInput::Destination(dest.clone(), info.clone()))
+        }))
+        .reduce_named("join: VirtualService destinations", |_key: &ConfigKey, input: &[(&VsInput, isize)], output| {
+            let mut object = None;
+            let mut destinations = DestinationMap::new();
+            for (i, _) in input {
+                match i {
+                    VsInput::Object(vs) => object = Some(vs.clone()),
+                    VsInput::Destination(d, info) => {
+                        destinations.insert(d.clone(), info.clone());
+                    }
+                }
+            }
+            if let Some(vs) = object {
+                output.push(((vs, destinations), 1isize));
+            }
+        });
+    let missing = vs_context.clone().flat_map(|(_, (vs, dest))| outbound::missing_destinations(&vs, &dest));
+    let routes_by_host = vs_by_host.map(|(fqdn, key)| (key, fqdn)).join_map(
+        vs_context,
+        |_key, fqdn: &String, (vs, dest): &(VirtualService, DestinationMap)| {
+            (fqdn.clone(), VhostInput::Routes(vs.clone(), dest.clone()))
+        },
+    );
+
+    // === per host: virtual hosts ===
+    let http_ports = service_ports.clone().filter(|row| row.protocol().is_http());
+    let virtual_hosts = http_ports
+        .clone()
+        .map(|row| (row.fqdn(), VhostInput::Port(row)))
+        .concat(host_info.map(|(fqdn, info)| (fqdn, VhostInput::Info(info))))
+        .concat(routes_by_host)
+        .reduce_named("translate: virtual hosts", |_fqdn: &String, input: &[(&VhostInput, isize)], output| {
+            let mut rows = Vec::new();
+            let (mut info, mut routes) = (None, None);
+            for (i, _) in input {
+                match i {
+                    VhostInput::Port(r) => rows.push(r),
+                    VhostInput::Info(h) => info = Some(h),
+                    VhostInput::Routes(vs, dest) => routes = Some((vs, dest)),
+                }
+            }
+            let Some(info) = info else { return };
+            for vhost in outbound::virtual_hosts_for_host(&rows, info, routes) {
+                output.push((vhost, 1isize));
+            }
+        })
+        .map(|(_, (route, vhost))| OutputRow::VirtualHost { route, vhost });
     let listeners = http_ports.map(|row| row.port.port).distinct().map(|port| OutputRow::Resource {
         ty: ResourceType::Listener,
         name: translate::listener_name(port),
         body: translate::listener(port, None),
     });
 
+    // === endpoints of clusters without subset ===
     // Service ports by the key endpoint ports carry: the slice port named as the service port
     // gives the target port number.
     let ports_by_name = service_ports.clone().map(|row| {
@@ -108,7 +286,7 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let slice_addresses = slices.clone().flat_map(|s: EndpointSlice| slice_addresses(&s));
     let from_slices = ports_by_name
         .clone()
-        .join_map(slice_addresses, |_key, cluster: &String, addr: &EndpointAddr| (cluster.clone(), addr.clone()));
+        .join_map(slice_addresses, |_key, cluster: &String, ep: &EndpointRow| (cluster.clone(), ep.clone()));
 
     // Core/v1 Endpoints count only for services that have no EndpointSlice (as in a cluster
     // where the EndpointSlice mirror is not running, or a hand-written config directory).
@@ -118,7 +296,7 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let legacy = endpoints_by_svc.clone().antijoin(sliced.clone());
     let legacy_addresses = legacy.flat_map(|(_, e)| endpoints_addresses(&e));
     let from_endpoints = ports_by_name
-        .join_map(legacy_addresses, |_key, cluster: &String, addr: &EndpointAddr| (cluster.clone(), addr.clone()));
+        .join_map(legacy_addresses, |_key, cluster: &String, ep: &EndpointRow| (cluster.clone(), ep.clone()));
 
     // Selector services with neither: endpoints derived from the ready pods they select.
     // Label selectors are not equi-joins, so the join goes through a label index: a selector
@@ -144,7 +322,7 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             let (k, v) = row.selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
             Some(((ns, k, v), row))
         });
-    let live_pods = pods.filter(|p: &Pod| p.ip.is_some() && !p.terminal);
+    let live_pods = pods.clone().filter(|p: &Pod| p.ip.is_some() && !p.terminal);
     let pod_labels: VecCollection<'s, u64, (LabelKey, String)> = live_pods.clone().flat_map(|p: Pod| {
         p.labels.into_iter().map(move |(k, v)| ((p.namespace.clone(), k, v), p.name.clone())).collect::<Vec<_>>()
     });
@@ -156,11 +334,40 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .join(pods_by_name)
         .flat_map(|((ns, _), (svc, pod))| pod_addresses(&ns, &svc, &pod));
 
+    let base_endpoints = from_slices.concat(from_endpoints).concat(from_pods);
+
+    // === endpoints of subset clusters ===
+    // Only the endpoints of clusters that have subsets meet pod labels: a pod's labels decide
+    // which subsets its endpoints belong to, so a relabelled pod moves between subset
+    // assignments at the cost of the subsets of its services.
+    let subsets_by_base =
+        cluster_rows.clone().flat_map(|c: ClusterRow| c.subset.clone().map(|s| (c.base_name(), (c.name(), s))));
+    let with_subsets = subsets_by_base.clone().map(|(base, _)| base).distinct();
+    let subset_candidates = base_endpoints.clone().semijoin(with_subsets);
+    let labels_by_pod = pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p.labels));
+    let by_pod = subset_candidates
+        .clone()
+        .flat_map(|(cluster, ep): (String, EndpointRow)| ep.pod.clone().map(|pod| (pod, (cluster, ep.addr))));
+    let labelled = by_pod
+        .clone()
+        .join_map(labels_by_pod.clone(), |_pod, (cluster, addr): &(String, EndpointAddr), labels: &Labels| {
+            (cluster.clone(), (addr.clone(), labels.clone()))
+        })
+        .concat(by_pod.antijoin(labels_by_pod.map(|(k, _)| k)).map(|(_, (c, a))| (c, (a, Labels::new()))))
+        .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then(|| (c, (ep.addr, Labels::new())))));
+    let from_subsets = labelled.join_map(
+        subsets_by_base,
+        |_base, (addr, labels): &(EndpointAddr, Labels), (cluster, subset): &(String, SubsetRef)| {
+            outbound::subset_selects(subset, labels).then(|| (cluster.clone(), addr.clone()))
+        },
+    );
+    let addresses = base_endpoints.map(|(cluster, ep)| (cluster, ep.addr)).concat(from_subsets.flat_map(|x| x));
+
     // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
     // cluster warming (and its own initialization waiting) until one arrives.
-    let assignments = service_ports
-        .map(|row| (row.cluster_name(), None))
-        .concat(from_slices.concat(from_endpoints).concat(from_pods).map(|(cluster, addr)| (cluster, Some(addr))))
+    let assignments = cluster_rows
+        .map(|c: ClusterRow| (c.name(), None))
+        .concat(addresses.map(|(cluster, addr)| (cluster, Some(addr))))
         .reduce_named(
             "translate: ClusterLoadAssignment",
             |cluster: &String, input: &[(&Option<EndpointAddr>, isize)], output| {
@@ -174,79 +381,15 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         )
         .map(|(name, body)| OutputRow::Resource { ty: ResourceType::ClusterLoadAssignment, name, body });
 
-    let output = clusters.concat(assignments).concat(listeners).concat(virtual_hosts);
-    (Inputs { services: services_in, slices: slices_in, endpoints: endpoints_in, pods: pods_in }, output)
-}
-
-/// The proxied ports of a Service (none for ExternalName services, which resolve by DNS).
-pub fn service_port_rows(s: &Service) -> Vec<ServicePortRow> {
-    if s.external_name.is_some() {
-        return Vec::new();
-    }
-    s.ports
-        .iter()
-        .filter(|p| translate::PortProtocol::of(p).is_proxied())
-        .map(|p| ServicePortRow { namespace: s.namespace.clone(), service: s.name.clone(), port: p.clone() })
-        .collect()
-}
-
-/// Ready addresses of a slice, keyed by the port they serve.
-pub fn slice_addresses(s: &EndpointSlice) -> Vec<(PortKey, EndpointAddr)> {
-    let Some(svc) = &s.service_name else { return Vec::new() };
-    let mut out = Vec::new();
-    for port in &s.ports {
-        let Some(number) = port.port else { continue };
-        for ep in s.endpoints.iter().filter(|e| e.ready) {
-            for ip in &ep.addresses {
-                let key = (s.namespace.clone(), svc.clone(), port.name.clone(), port.protocol);
-                out.push((key, EndpointAddr { ip: ip.clone(), port: number }));
-            }
-        }
-    }
-    out
-}
-
-/// Ready addresses of a core/v1 Endpoints object, keyed by the port they serve.
-pub fn endpoints_addresses(e: &Endpoints) -> Vec<(PortKey, EndpointAddr)> {
-    let mut out = Vec::new();
-    for subset in &e.subsets {
-        for port in &subset.ports {
-            let Some(number) = port.port else { continue };
-            for address in &subset.ready {
-                let key = (e.namespace.clone(), e.name.clone(), port.name.clone(), port.protocol);
-                out.push((key, EndpointAddr { ip: address.ip.clone(), port: number }));
-            }
-        }
-    }
-    out
-}
-
-fn pod_addresses(ns: &str, svc: &SelectorService, pod: &Pod) -> Vec<(String, EndpointAddr)> {
-    let Some(ip) = &pod.ip else { return Vec::new() };
-    if !selector_matches(&svc.selector, &pod.labels) || !pod.serves(svc.publish_not_ready) {
-        return Vec::new();
-    }
-    let fqdn = translate::service_fqdn(ns, &svc.name);
-    svc.ports
-        .iter()
-        .filter_map(|p| {
-            let target = pod.resolve_target_port(&p.target_port, p.protocol)?;
-            Some((translate::outbound_cluster_name(p.port, "", &fqdn), EndpointAddr { ip: ip.clone(), port: target }))
-        })
-        .collect()
-}
-
-/// Endpoints a selector Service derives from one pod, for the reference translator.
-pub fn selector_pod_addresses(s: &Service, pod: &Pod) -> Vec<(String, EndpointAddr)> {
-    let Some(selector) = &s.selector else { return Vec::new() };
-    if s.external_name.is_some() || pod.namespace != s.namespace || pod.terminal {
-        return Vec::new();
-    }
-    let svc = SelectorService {
-        name: s.name.clone(),
-        selector: selector.clone(),
-        ports: s.ports.iter().filter(|p| translate::PortProtocol::of(p).is_proxied()).cloned().collect(),
-        publish_not_ready: s.publish_not_ready_addresses,
+    let diagnostics = untranslated.concat(missing).map(OutputRow::Diagnostic);
+    let output = clusters.concat(assignments).concat(listeners).concat(virtual_hosts).concat(diagnostics);
+    let inputs = Inputs {
+        services: services_in,
+        slices: slices_in,
+        endpoints: endpoints_in,
+        pods: pods_in,
+        virtual_services: vs_in,
+        destination_rules: dr_in,
     };
-    pod_addresses(&s.namespace, &svc, pod)
+    (inputs, output)
 }

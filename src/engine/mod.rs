@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
-pub use dataflow::{OutputRow, endpoints_addresses, selector_pod_addresses, service_port_rows, slice_addresses};
+pub use dataflow::OutputRow;
 pub use output::{ResourceChange, ResourceDelta};
 
 use crate::model::{InputEvent, Object, ObjectKey};
@@ -173,12 +173,9 @@ fn feed(inputs: &mut dataflow::Inputs, object: &Object, diff: isize) {
         Object::EndpointSlice(s) => inputs.slices.update(s.clone(), diff),
         Object::Endpoints(e) => inputs.endpoints.update(e.clone(), diff),
         Object::Pod(p) => inputs.pods.update(p.clone(), diff),
+        Object::VirtualService(vs) => inputs.virtual_services.update((**vs).clone(), diff),
+        Object::DestinationRule(dr) => inputs.destination_rules.update((**dr).clone(), diff),
         // Held by the driver, not yet translated.
-        Object::Namespace(_)
-        | Object::Node(_)
-        | Object::Gateway(_)
-        | Object::VirtualService(_)
-        | Object::DestinationRule(_)
-        | Object::ServiceEntry(_) => {}
+        Object::Namespace(_) | Object::Node(_) | Object::Gateway(_) | Object::ServiceEntry(_) => {}
     }
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::dataflow::OutputRow;
+pub use crate::translate::Diagnostic;
 use crate::translate::{self, ResourceType, VirtualHostPart};
 
 /// A change to one resource: `body: None` removes it.
@@ -27,6 +28,8 @@ pub struct ResourceChange {
 pub struct ResourceDelta {
     pub time: u64,
     pub changes: Vec<ResourceChange>,
+    /// Diagnostics that appeared (`true`) or went away (`false`) at this time.
+    pub diagnostics: Vec<(Diagnostic, bool)>,
 }
 
 /// Route configs assembled from virtual hosts, kept between times.
@@ -50,8 +53,10 @@ impl Assembler {
         let mut resources: BTreeMap<(ResourceType, String), Option<Vec<u8>>> = BTreeMap::new();
         let mut vhost_adds = Vec::new();
         let mut touched = BTreeSet::new();
+        let mut diagnostics = Vec::new();
         for (row, diff) in net.into_iter().filter(|(_, d)| *d != 0) {
             match row {
+                OutputRow::Diagnostic(d) => diagnostics.push((d, diff > 0)),
                 OutputRow::Resource { ty, name, body } => {
                     let slot = resources.entry((ty, name)).or_default();
                     if diff > 0 {
@@ -104,6 +109,7 @@ impl Assembler {
                 }
             }
         }
-        ResourceDelta { time, changes }
+        diagnostics.sort();
+        ResourceDelta { time, changes, diagnostics }
     }
 }

@@ -97,25 +97,39 @@ pub fn read_documents(path: &Path, text: &str) -> Vec<Result<serde_json::Value, 
     docs
 }
 
+/// What one document of a file turned into: its index in the file (from 0) and its parse
+/// outcomes (one per `List` item), or why it is not a document at all.
+pub type DocumentOutcomes = (usize, Result<Vec<ParseOutcome>, String>);
+
+/// Parses one file's text, document by document: the one reading of a file shared by
+/// [`load_file`] (the config-directory source) and `meshflow validate`.
+pub fn parse_file(path: &Path, text: &str) -> Vec<DocumentOutcomes> {
+    read_documents(path, text)
+        .into_iter()
+        .enumerate()
+        .map(|(document, doc)| (document, doc.map(|doc| parse_document(doc, DEFAULT_NAMESPACE))))
+        .collect()
+}
+
 /// Parses one file's text into objects, with every problem found on the way.
 pub fn load_file(path: &Path, text: &str) -> (BTreeMap<ObjectKey, Object>, Vec<LoadError>) {
     let mut objects = BTreeMap::new();
     let mut errors = Vec::new();
-    for (document, doc) in read_documents(path, text).into_iter().enumerate() {
+    for (document, outcomes) in parse_file(path, text) {
         let err = |message: String| LoadError { path: path.to_path_buf(), document, message };
-        let doc = match doc {
-            Ok(doc) => doc,
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes,
             Err(message) => {
-                errors.push(err(format!("malformed document: {message}")));
+                errors.push(err(malformed_message(&message)));
                 continue;
             }
         };
-        for outcome in parse_document(doc, DEFAULT_NAMESPACE) {
+        for outcome in outcomes {
             match outcome {
                 ParseOutcome::Object(object) => {
                     let key = object.key();
                     if objects.insert(key.clone(), object).is_some() {
-                        errors.push(err(format!("{key} is defined twice in this file; the later one is used")));
+                        errors.push(err(defined_twice_message(&key)));
                     }
                 }
                 ParseOutcome::Skipped { api_version, kind } => {
@@ -129,6 +143,29 @@ pub fn load_file(path: &Path, text: &str) -> (BTreeMap<ObjectKey, Object>, Vec<L
         }
     }
     (objects, errors)
+}
+
+/// How the loader reports a document that is not YAML/JSON.
+pub fn malformed_message(reason: &str) -> String {
+    format!("malformed document: {reason}")
+}
+
+/// How the loader reports a second definition of one object in one file.
+pub fn defined_twice_message(key: &ObjectKey) -> String {
+    format!("{key} is defined twice in this file; the later one is used")
+}
+
+/// Every config file (`*.yaml`, `*.yml`, `*.json`, not hidden) at or under `path`, in path
+/// order, as the config-directory source reads them. A file given directly is taken whatever
+/// its extension.
+pub fn config_files(path: &Path) -> Vec<PathBuf> {
+    if path.is_dir() {
+        let mut found = BTreeSet::new();
+        walk(path, path, &mut found);
+        found.into_iter().collect()
+    } else {
+        vec![path.to_path_buf()]
+    }
 }
 
 impl ConfigDir {

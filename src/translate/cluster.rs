@@ -1266,6 +1266,7 @@ subsets:
     #[test]
     fn untranslated_names_every_field_left_out_with_its_path() {
         let rule = DestinationRule {
+            creation_timestamp: None,
             namespace: "prod".into(),
             name: "everything".into(),
             spec: spec(

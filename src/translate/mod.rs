@@ -8,7 +8,9 @@
 //! their cluster, route configs named by port (`"9080"`), listeners `0.0.0.0_<port>`.
 
 pub mod cluster;
+pub mod endpoint;
 pub mod listener;
+pub mod outbound;
 pub mod reference;
 pub mod route;
 
@@ -21,7 +23,7 @@ pub use listener::{
 use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
-use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::config::endpoint::v3 as envoy_endpoint;
 use envoy_types::pb::envoy::config::listener::v3 as envoy_listener;
 use envoy_types::pb::envoy::config::route::v3 as envoy_route;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors;
@@ -35,6 +37,30 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::model::k8s::{Protocol, ServicePort};
+use crate::model::{FieldError, ObjectKey};
+
+/// A problem with one input object that does not keep it from being served, by field: valid
+/// Istio that meshflow does not translate yet, or a route to a host or subset that does not
+/// exist (istiod routes to the cluster name anyway and Envoy answers 503; `istioctl analyze`
+/// warns about it). Reported once when it appears, and listed on `/debug/diagnostics`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Diagnostic {
+    pub object: ObjectKey,
+    pub field: String,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn field(object: ObjectKey, error: FieldError) -> Diagnostic {
+        Diagnostic { object, field: error.field, message: error.reason }
+    }
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.object, self.field, self.message)
+    }
+}
 
 /// The cluster's DNS domain, as in istiod's default `cluster.local`.
 pub const DOMAIN_SUFFIX: &str = "cluster.local";
@@ -200,10 +226,10 @@ pub struct EndpointAddr {
 /// The ClusterLoadAssignment of a cluster. `endpoints` must be sorted and free of duplicates
 /// (the callers hand over an ordered set), so equal inputs give equal bytes.
 pub fn load_assignment(cluster_name: &str, endpoints: &[&EndpointAddr]) -> Vec<u8> {
-    let lb_endpoints: Vec<endpoint::LbEndpoint> = endpoints
+    let lb_endpoints: Vec<envoy_endpoint::LbEndpoint> = endpoints
         .iter()
-        .map(|e| endpoint::LbEndpoint {
-            host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(endpoint::Endpoint {
+        .map(|e| envoy_endpoint::LbEndpoint {
+            host_identifier: Some(envoy_endpoint::lb_endpoint::HostIdentifier::Endpoint(envoy_endpoint::Endpoint {
                 address: Some(socket_address(&e.ip, e.port)),
                 ..Default::default()
             })),
@@ -216,13 +242,13 @@ pub fn load_assignment(cluster_name: &str, endpoints: &[&EndpointAddr]) -> Vec<u
         Vec::new()
     } else {
         let weight = u32::try_from(lb_endpoints.len()).unwrap_or(u32::MAX);
-        vec![endpoint::LocalityLbEndpoints {
+        vec![envoy_endpoint::LocalityLbEndpoints {
             lb_endpoints,
             load_balancing_weight: Some(UInt32Value { value: weight }),
             ..Default::default()
         }]
     };
-    endpoint::ClusterLoadAssignment { cluster_name: cluster_name.to_string(), endpoints, ..Default::default() }
+    envoy_endpoint::ClusterLoadAssignment { cluster_name: cluster_name.to_string(), endpoints, ..Default::default() }
         .encode_to_vec()
 }
 
@@ -467,7 +493,8 @@ mod tests {
             (sa.address.as_str(), sa.port_specifier),
             ("127.0.0.7", Some(core::socket_address::PortSpecifier::PortValue(9080)))
         );
-        let Some(envoy_listener::filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else {
+        let Some(envoy_listener::filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type
+        else {
             panic!()
         };
         let manager = hcm::HttpConnectionManager::decode(&any.value[..]).unwrap();
@@ -497,12 +524,12 @@ mod tests {
     fn load_assignment_lists_each_endpoint_once_as_healthy() {
         let a = EndpointAddr { ip: "10.0.0.1".into(), port: 8080 };
         let b = EndpointAddr { ip: "10.0.0.2".into(), port: 8080 };
-        let cla = endpoint::ClusterLoadAssignment::decode(&load_assignment("c", &[&a, &b])[..]).unwrap();
+        let cla = envoy_endpoint::ClusterLoadAssignment::decode(&load_assignment("c", &[&a, &b])[..]).unwrap();
         assert_eq!(cla.cluster_name, "c");
         assert_eq!(cla.endpoints.len(), 1);
         assert_eq!(cla.endpoints[0].lb_endpoints.len(), 2);
         assert!(cla.endpoints[0].lb_endpoints.iter().all(|e| e.health_status == core::HealthStatus::Healthy as i32));
-        let empty = endpoint::ClusterLoadAssignment::decode(&load_assignment("c", &[])[..]).unwrap();
+        let empty = envoy_endpoint::ClusterLoadAssignment::decode(&load_assignment("c", &[])[..]).unwrap();
         assert!(empty.endpoints.is_empty());
     }
 }

@@ -2,11 +2,13 @@
 //! with plain loops over the same per-resource builders. Slow on purpose and obviously
 //! correct; the engine must equal it after every step of any change sequence.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::{EndpointAddr, ResourceType, VirtualHostPart};
-use crate::engine::{endpoints_addresses, selector_pod_addresses, service_port_rows, slice_addresses};
+use super::endpoint::{EndpointRow, endpoints_addresses, selector_pod_addresses, service_port_rows, slice_addresses};
+use super::outbound::{self, DestinationMap, HostInfo, VsRank};
+use super::{EndpointAddr, ResourceType, ServicePortRow, VirtualHostPart};
 use crate::model::Object;
+use crate::model::k8s::Labels;
 use crate::translate;
 
 /// Resources by (type, name), each as encoded bytes.
@@ -14,12 +16,15 @@ pub type Resources = BTreeMap<(ResourceType, String), Vec<u8>>;
 
 pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resources {
     let (mut services, mut slices, mut endpoints, mut pods) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut virtual_services, mut rules) = (Vec::new(), Vec::new());
     for o in objects {
         match o {
             Object::Service(s) => services.push(s),
             Object::EndpointSlice(s) => slices.push(s),
             Object::Endpoints(e) => endpoints.push(e),
             Object::Pod(p) => pods.push(p),
+            Object::VirtualService(vs) => virtual_services.push(&**vs),
+            Object::DestinationRule(dr) => rules.push(&**dr),
             _ => {}
         }
     }
@@ -27,42 +32,111 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         slices.iter().filter_map(|s| Some((s.namespace.as_str(), s.service_name.as_deref()?))).collect();
     let with_endpoints: HashSet<(&str, &str)> =
         endpoints.iter().map(|e| (e.namespace.as_str(), e.name.as_str())).collect();
+    let pod_labels: HashMap<(&str, &str), &Labels> =
+        pods.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), &p.labels)).collect();
 
-    let mut out = Resources::new();
-    let mut routes: BTreeMap<String, Vec<VirtualHostPart>> = BTreeMap::new();
+    // Every service port by host.
+    let mut hosts: BTreeMap<String, Vec<ServicePortRow>> = BTreeMap::new();
+    for svc in &services {
+        for row in service_port_rows(svc) {
+            hosts.entry(row.fqdn()).or_default().push(row);
+        }
+    }
+
+    // Endpoints of each cluster without subset, with their pods.
+    let mut base_endpoints: BTreeMap<String, BTreeSet<EndpointRow>> = BTreeMap::new();
     for svc in &services {
         let key = (svc.namespace.as_str(), svc.name.as_str());
         for row in service_port_rows(svc) {
             let cluster = row.cluster_name();
             let wanted = (row.namespace.clone(), row.service.clone(), row.port.name.clone(), row.port.protocol);
-            let mut addrs: BTreeSet<EndpointAddr> = BTreeSet::new();
+            let eps = base_endpoints.entry(cluster.clone()).or_default();
             if sliced.contains(&key) {
                 for s in &slices {
-                    addrs.extend(slice_addresses(s).into_iter().filter(|(k, _)| *k == wanted).map(|(_, a)| a));
+                    eps.extend(slice_addresses(s).into_iter().filter(|(k, _)| *k == wanted).map(|(_, a)| a));
                 }
             } else if with_endpoints.contains(&key) {
                 for e in &endpoints {
-                    addrs.extend(endpoints_addresses(e).into_iter().filter(|(k, _)| *k == wanted).map(|(_, a)| a));
+                    eps.extend(endpoints_addresses(e).into_iter().filter(|(k, _)| *k == wanted).map(|(_, a)| a));
                 }
             } else {
                 for p in &pods {
-                    addrs.extend(
+                    eps.extend(
                         selector_pod_addresses(svc, p).into_iter().filter(|(c, _)| *c == cluster).map(|(_, a)| a),
                     );
                 }
             }
-            let addrs: Vec<&EndpointAddr> = addrs.iter().collect();
-            out.insert(
-                (ResourceType::ClusterLoadAssignment, cluster.clone()),
-                translate::load_assignment(&cluster, &addrs),
-            );
-            out.insert((ResourceType::Cluster, cluster), translate::cluster(&row, None, None));
-            if row.protocol().is_http() {
-                let port = row.port.port;
-                let vhost = translate::virtual_host(&row, vec![translate::route::default_route(&row, vec![])]);
-                routes.entry(translate::route_config_name(port)).or_default().push(vhost);
-                out.insert((ResourceType::Listener, translate::listener_name(port)), translate::listener(port, None));
-            }
+        }
+    }
+
+    // The rule of each host, and what routes toward it need.
+    let mut infos: BTreeMap<String, HostInfo> = BTreeMap::new();
+    for (fqdn, rows) in &hosts {
+        let candidates = rules.iter().filter_map(|dr| {
+            let pattern = outbound::destination_rule_pattern(dr)?;
+            outbound::pattern_matches(&pattern, fqdn).then_some((pattern, *dr))
+        });
+        let candidates: Vec<_> = candidates.collect();
+        let rule =
+            outbound::select_rule(outbound::fqdn_namespace(fqdn), candidates.iter().map(|(p, dr)| (p.as_str(), *dr)));
+        let rows: Vec<&ServicePortRow> = rows.iter().collect();
+        infos.insert(fqdn.clone(), HostInfo::new(&rows, rule));
+    }
+
+    let mut out = Resources::new();
+    let mut routes: BTreeMap<String, Vec<VirtualHostPart>> = BTreeMap::new();
+    for (fqdn, rows) in &hosts {
+        let rows: Vec<&ServicePortRow> = rows.iter().collect();
+        let info = &infos[fqdn];
+
+        for cluster in outbound::clusters_for_host(&rows, info.rule.as_ref()) {
+            let name = cluster.name();
+            let base = base_endpoints.get(&cluster.base_name());
+            let addrs: BTreeSet<&EndpointAddr> = match &cluster.subset {
+                None => base.into_iter().flatten().map(|e| &e.addr).collect(),
+                Some(subset) => base
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| {
+                        let empty = Labels::new();
+                        let labels = e
+                            .pod
+                            .as_ref()
+                            .and_then(|(ns, pod)| pod_labels.get(&(ns.as_str(), pod.as_str())).copied())
+                            .unwrap_or(&empty);
+                        outbound::subset_selects(subset, labels)
+                    })
+                    .map(|e| &e.addr)
+                    .collect(),
+            };
+            let addrs: Vec<&EndpointAddr> = addrs.into_iter().collect();
+            out.insert((ResourceType::ClusterLoadAssignment, name.clone()), translate::load_assignment(&name, &addrs));
+            out.insert((ResourceType::Cluster, name), cluster.encode());
+        }
+
+        let chosen = virtual_services
+            .iter()
+            .flat_map(|vs| {
+                outbound::virtual_service_patterns(vs)
+                    .into_iter()
+                    .filter(|p| outbound::pattern_matches(p, fqdn))
+                    .map(move |p| (VsRank::new(&p, vs), *vs))
+            })
+            .min_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, vs)| vs);
+        let destinations: Option<DestinationMap> = chosen.map(|vs| {
+            outbound::virtual_service_destinations(vs)
+                .into_iter()
+                .filter_map(|d| infos.get(&d).map(|i| (d, i.clone())))
+                .collect()
+        });
+        let vs = chosen.zip(destinations.as_ref());
+        for (route, vhost) in outbound::virtual_hosts_for_host(&rows, info, vs) {
+            routes.entry(route).or_default().push(vhost);
+        }
+        for row in rows.iter().filter(|r| r.protocol().is_http()) {
+            let port = row.port.port;
+            out.insert((ResourceType::Listener, translate::listener_name(port)), translate::listener(port, None));
         }
     }
     for (name, vhosts) in routes {

@@ -978,7 +978,7 @@ mod tests {
 
     /// A validated VirtualService `default/<name>` from its spec.
     fn vs(name: &str, spec: serde_json::Value) -> VirtualService {
-        match istio::decode(Kind::VirtualService, "default", name, spec) {
+        match istio::decode(Kind::VirtualService, "default", name, None, spec) {
             Ok(Object::VirtualService(vs)) => *vs,
             other => panic!("{other:?}"),
         }

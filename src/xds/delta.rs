@@ -328,7 +328,7 @@ mod tests {
             .iter()
             .map(|(ty, name, body)| ResourceChange { ty: *ty, name: name.to_string(), body: body.map(Arc::from) })
             .collect();
-        cache.apply(&ResourceDelta { time: 0, changes });
+        cache.apply(&ResourceDelta { time: 0, changes, diagnostics: Vec::new() });
     }
 
     fn req(ty: ResourceType, subscribe: &[&str]) -> DeltaDiscoveryRequest {

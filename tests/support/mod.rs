@@ -6,6 +6,7 @@
 //! dependencies (tempfile, serde_json, serde_yaml_ng, libc).
 #![allow(dead_code)]
 pub mod apiserver;
+pub mod json;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};

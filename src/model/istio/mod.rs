@@ -159,6 +159,18 @@ impl ServiceEntry {
     }
 }
 
+/// The [`ObjectKey`](super::ObjectKey) of each Istio kind, for reports about the object.
+macro_rules! object_key {
+    ($($ty:ident),*) => {$(
+        impl $ty {
+            pub fn object_key(&self) -> super::ObjectKey {
+                super::ObjectKey::new(Kind::$ty, self.namespace.clone(), self.name.clone())
+            }
+        }
+    )*};
+}
+object_key!(Gateway, VirtualService, DestinationRule, ServiceEntry);
+
 /// Decode and validate the spec of an Istio kind. `kind` is one of the four Istio kinds;
 /// `creation_timestamp` is `metadata.creationTimestamp` (RFC 3339) if the object has one.
 /// Err holds every problem found, each with a dotted field path from the object root
