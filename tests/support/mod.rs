@@ -13,8 +13,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -197,11 +197,26 @@ pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 
 /// One HTTP/1.1 GET with `Host: host` and `Connection: close`; 2 s timeouts.
 pub fn http_get_response(addr: SocketAddr, host: &str, path: &str) -> io::Result<Response> {
+    http_request(addr, "GET", host, path, &[])
+}
+
+/// One HTTP/1.1 request without a body: `method path`, `Host: host`, the given extra
+/// headers (sent as given, after the standard ones) and `Connection: close`; 2 s timeouts.
+/// Not for HEAD (the response would be read as if it had a body).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> io::Result<Response> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: meshflow-tests\r\nAccept: */*\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("Connection: close\r\n\r\n");
     let mut s = connect(addr)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: meshflow-tests\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    )?;
+    s.write_all(req.as_bytes())?;
     s.flush()?;
     read_response(&mut BufReader::new(s))
 }
@@ -215,44 +230,122 @@ pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> io::Result<(u16, St
 // HTTP/1.1 backend
 // ---------------------------------------------------------------------------------------
 
-/// An HTTP/1.1 server that answers every request with 200, body = its name and header
-/// `x-backend: <name>`. Keeps connections alive (Envoy pools them). Stops when dropped.
+/// How a [`Backend`] answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendOptions {
+    /// Status of every answer (200 by default; [`Backend::set_status`] changes it).
+    pub status: u16,
+    /// How long every answer waits after its request arrived.
+    pub delay: Duration,
+    /// Extra response headers, sent after the backend's own.
+    pub response_headers: Vec<(String, String)>,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions { status: 200, delay: Duration::ZERO, response_headers: Vec::new() }
+    }
+}
+
+impl BackendOptions {
+    /// Answers with `status` at once.
+    pub fn status(status: u16) -> Self {
+        BackendOptions { status, ..Self::default() }
+    }
+
+    /// Answers 200 after `delay`.
+    pub fn slow(delay: Duration) -> Self {
+        BackendOptions { delay, ..Self::default() }
+    }
+
+    /// Adds a response header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.response_headers.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// A request as a [`Backend`] received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedRequest {
+    pub method: String,
+    /// The request target as sent (path and query).
+    pub path: String,
+    /// Header names lowercased, in order of arrival; a repeated header appears repeatedly.
+    pub headers: Vec<(String, String)>,
+}
+
+impl ReceivedRequest {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of header `name`, in order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+/// An HTTP/1.1 server. Every answer has body = its name and headers `x-backend: <name>`,
+/// `x-echo-method`, `x-echo-path` (the request target) and `x-echo-h-<name>: <value>` for
+/// every request header (names lowercased), then the configured extra headers; status 200
+/// unless [`BackendOptions`] say otherwise. Keeps connections alive (Envoy pools them) and a
+/// log of the requests it received. Stops when dropped.
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     hits: Arc<AtomicUsize>,
     received: Arc<AtomicUsize>,
+    log: Arc<Mutex<Vec<ReceivedRequest>>>,
+    status: Arc<AtomicU16>,
     stop: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
 }
 
 impl Backend {
-    /// Binds `ip:port` (fails if taken) and starts serving.
+    /// Binds `ip:port` (fails if taken) and starts serving 200s.
     pub fn start(ip: Ipv4Addr, port: u16, name: &str) -> io::Result<Backend> {
-        Self::start_with_delay(ip, port, name, Duration::ZERO)
+        Self::start_with(ip, port, name, BackendOptions::default())
     }
 
     /// Like [`Backend::start`], but every answer waits `delay` after its request arrived
     /// ([`Backend::received`] counts it at once, [`Backend::hits`] once answered). A dropped
     /// backend stops waiting.
     pub fn start_slow(ip: Ipv4Addr, port: u16, name: &str, delay: Duration) -> io::Result<Backend> {
-        Self::start_with_delay(ip, port, name, delay)
+        Self::start_with(ip, port, name, BackendOptions::slow(delay))
     }
 
-    fn start_with_delay(ip: Ipv4Addr, port: u16, name: &str, delay: Duration) -> io::Result<Backend> {
+    /// Binds `ip:port` (fails if taken) and starts answering as `options` say.
+    pub fn start_with(ip: Ipv4Addr, port: u16, name: &str, options: BackendOptions) -> io::Result<Backend> {
         let listener = TcpListener::bind((ip, port))?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
         let received = Arc::new(AtomicUsize::new(0));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(AtomicU16::new(options.status));
         let stop = Arc::new(AtomicBool::new(false));
         let acceptor = {
-            let counters = Counters { hits: hits.clone(), received: received.clone(), stop: stop.clone() };
-            let name = name.to_string();
-            thread::Builder::new()
-                .name(format!("backend-{name}"))
-                .spawn(move || accept_loop(listener, name, counters, delay))?
+            let shared = Shared {
+                hits: hits.clone(),
+                received: received.clone(),
+                log: log.clone(),
+                status: status.clone(),
+                stop: stop.clone(),
+                name: name.to_string(),
+                options: Arc::new(options),
+            };
+            thread::Builder::new().name(format!("backend-{name}")).spawn(move || accept_loop(listener, shared))?
         };
-        Ok(Backend { addr, name: name.to_string(), hits, received, stop, acceptor: Some(acceptor) })
+        Ok(Backend { addr, name: name.to_string(), hits, received, log, status, stop, acceptor: Some(acceptor) })
+    }
+
+    /// The backend's IPv4 address.
+    pub fn ip(&self) -> Ipv4Addr {
+        match self.addr {
+            SocketAddr::V4(v4) => *v4.ip(),
+            SocketAddr::V6(_) => unreachable!("backends bind IPv4"),
+        }
     }
 
     /// Requests answered so far.
@@ -263,6 +356,16 @@ impl Backend {
     /// Requests received so far (answered or still waiting for their delay).
     pub fn received(&self) -> usize {
         self.received.load(Ordering::SeqCst)
+    }
+
+    /// Answers with `status` from now on (requests already waiting for their delay too).
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Every request received so far, in order of arrival (logged on arrival).
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -275,25 +378,28 @@ impl Drop for Backend {
     }
 }
 
-/// A backend's shared counters and stop flag.
+/// What a backend's connection threads share: counters, log, stop flag and how to answer.
 #[derive(Clone)]
-struct Counters {
+struct Shared {
     hits: Arc<AtomicUsize>,
     received: Arc<AtomicUsize>,
+    log: Arc<Mutex<Vec<ReceivedRequest>>>,
+    status: Arc<AtomicU16>,
     stop: Arc<AtomicBool>,
+    name: String,
+    options: Arc<BackendOptions>,
 }
 
-fn accept_loop(listener: TcpListener, name: String, counters: Counters, delay: Duration) {
+fn accept_loop(listener: TcpListener, shared: Shared) {
     // Non-blocking accept, polled, so that dropping the backend never hangs.
     let _ = listener.set_nonblocking(true);
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
-    let stop = counters.stop.clone();
-    while !stop.load(Ordering::SeqCst) {
+    while !shared.stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((conn, _)) => {
-                let (name, counters) = (name.clone(), counters.clone());
+                let shared = shared.clone();
                 conns.push(thread::spawn(move || {
-                    let _ = serve_connection(conn, &name, &counters, delay);
+                    let _ = serve_connection(conn, &shared);
                 }));
                 conns.retain(|c| !c.is_finished());
             }
@@ -309,8 +415,17 @@ fn accept_loop(listener: TcpListener, name: String, counters: Counters, delay: D
     }
 }
 
-/// A complete request at the start of `buf`: (bytes it takes, whether to close after it).
-fn parse_request(buf: &[u8]) -> io::Result<Option<(usize, bool)>> {
+/// One complete request parsed from the start of a buffer.
+struct ParsedRequest {
+    /// Bytes it takes in the buffer, body included.
+    len: usize,
+    /// Whether to close the connection after answering it.
+    close: bool,
+    request: ReceivedRequest,
+}
+
+/// A complete request at the start of `buf`, if there is one.
+fn parse_request(buf: &[u8]) -> io::Result<Option<ParsedRequest>> {
     let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         if buf.len() > 64 * 1024 {
             return Err(invalid("request headers too long"));
@@ -320,8 +435,11 @@ fn parse_request(buf: &[u8]) -> io::Result<Option<(usize, bool)>> {
     let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| invalid("non-UTF-8 headers"))?;
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
     let mut close = request_line.ends_with("HTTP/1.0");
     let mut content_length = 0usize;
+    let mut headers = Vec::new();
     for l in lines {
         let Some((k, v)) = l.split_once(':') else {
             return Err(invalid(format!("bad header line {l:?}")));
@@ -339,29 +457,65 @@ fn parse_request(buf: &[u8]) -> io::Result<Option<(usize, bool)>> {
             // Not needed by the tests (Envoy forwards GETs without a body): refuse.
             return Err(invalid("chunked request bodies are not supported"));
         }
+        headers.push((k.to_ascii_lowercase(), v.to_string()));
     }
     let total = head_end + 4 + content_length;
-    Ok((buf.len() >= total).then_some((total, close)))
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let request = ReceivedRequest { method: method.to_string(), path: path.to_string(), headers };
+    Ok(Some(ParsedRequest { len: total, close, request }))
 }
 
-fn serve_connection(mut conn: TcpStream, name: &str, counters: &Counters, delay: Duration) -> io::Result<()> {
-    let (hits, stop) = (&*counters.hits, &*counters.stop);
+/// A reason phrase for the status line (Envoy and the test client ignore it).
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        301 => "Moved Permanently",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+/// The answer to `req`, up to (without) the `connection` header and the blank line.
+fn response_head(req: &ReceivedRequest, shared: &Shared) -> String {
+    let (name, options) = (&shared.name, &*shared.options);
+    let status = shared.status.load(Ordering::SeqCst);
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {len}\r\nx-backend: {name}\r\n\
+         x-echo-method: {method}\r\nx-echo-path: {path}\r\n",
+        reason = reason(status),
+        len = name.len(),
+        method = req.method,
+        path = req.path,
+    );
+    for (k, v) in &req.headers {
+        head.push_str(&format!("x-echo-h-{k}: {v}\r\n"));
+    }
+    for (k, v) in &options.response_headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head
+}
+
+fn serve_connection(mut conn: TcpStream, shared: &Shared) -> io::Result<()> {
+    let (hits, stop, delay) = (&*shared.hits, &*shared.stop, shared.options.delay);
     conn.set_nonblocking(false)?;
     // A short read timeout lets the thread notice `stop` on an idle pooled connection.
     conn.set_read_timeout(Some(Duration::from_millis(100)))?;
     conn.set_write_timeout(Some(HTTP_TIMEOUT))?;
     conn.set_nodelay(true)?;
-    let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-backend: {name}\r\n",
-        name.len()
-    );
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
     while !stop.load(Ordering::SeqCst) {
         // Answer every complete request in the buffer (pipelining included).
-        while let Some((len, close)) = parse_request(&buf)? {
+        while let Some(ParsedRequest { len, close, request }) = parse_request(&buf)? {
             buf.drain(..len);
-            counters.received.fetch_add(1, Ordering::SeqCst);
+            shared.log.lock().unwrap_or_else(|p| p.into_inner()).push(request.clone());
+            shared.received.fetch_add(1, Ordering::SeqCst);
             let arrived = Instant::now();
             while arrived.elapsed() < delay {
                 if stop.load(Ordering::SeqCst) {
@@ -369,10 +523,11 @@ fn serve_connection(mut conn: TcpStream, name: &str, counters: &Counters, delay:
                 }
                 thread::sleep(Duration::from_millis(10).min(delay.saturating_sub(arrived.elapsed())));
             }
+            let head = response_head(&request, shared);
             let connection = if close { "close" } else { "keep-alive" };
             // Counted before answering: a client that has the answer sees the count.
             hits.fetch_add(1, Ordering::SeqCst);
-            conn.write_all(format!("{response}connection: {connection}\r\n\r\n{name}").as_bytes())?;
+            conn.write_all(format!("{head}connection: {connection}\r\n\r\n{}", shared.name).as_bytes())?;
             if close {
                 let _ = conn.shutdown(Shutdown::Write);
                 return Ok(());
