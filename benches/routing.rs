@@ -136,9 +136,9 @@ fn routing_changes(c: &mut Criterion) {
     let mut n = 0usize;
     group.bench_function("pod-relabel/10k-services", |b| {
         b.iter(|| {
+            let (i, pass) = (n % ROUTED, n / ROUTED);
             n += 1;
-            let i = n % ROUTED;
-            let version = if (n / ROUTED).is_multiple_of(2) { "v3" } else { "v1" };
+            let version = if pass.is_multiple_of(2) { "v3" } else { "v1" };
             engine.send(Command::Events(vec![InputEvent::apply(pod(i, 0, version))]));
             let delta = rx.recv().expect("engine output");
             assert_eq!(count(&delta, ResourceType::ClusterLoadAssignment), 2, "{delta:?}");
@@ -149,9 +149,9 @@ fn routing_changes(c: &mut Criterion) {
     let mut n = 0usize;
     group.bench_function("destination-rule-change/10k-services", |b| {
         b.iter(|| {
+            let (i, pass) = (n % ROUTED, n / ROUTED);
             n += 1;
-            let i = n % ROUTED;
-            let max = if (n / ROUTED).is_multiple_of(2) { 200 } else { 100 };
+            let max = if pass.is_multiple_of(2) { 200 } else { 100 };
             engine.send(Command::Events(vec![InputEvent::apply(destination_rule(i, max))]));
             let delta = rx.recv().expect("engine output");
             assert_eq!(count(&delta, ResourceType::Cluster), 4, "{delta:?}");
@@ -161,9 +161,9 @@ fn routing_changes(c: &mut Criterion) {
     let mut n = 0usize;
     group.bench_function("virtual-service-change/10k-services", |b| {
         b.iter(|| {
+            let (i, pass) = (n % ROUTED, n / ROUTED);
             n += 1;
-            let i = n % ROUTED;
-            let weight = if (n / ROUTED).is_multiple_of(2) { 70 } else { 80 };
+            let weight = if pass.is_multiple_of(2) { 70 } else { 80 };
             engine.send(Command::Events(vec![InputEvent::apply(virtual_service(i, weight))]));
             let delta = rx.recv().expect("engine output");
             assert_eq!(delta.changes.len(), 1, "{delta:?}");
