@@ -521,7 +521,7 @@ fn fault_abort_answers_without_a_backend_and_fault_delay_holds_the_request() {
     let t = Instant::now();
     let r = mesh.get("/", &[]);
     assert_eq!((r.status, answered_by(&r)), (200, "v1".into()), "no fault without the header\n{}", mesh.routes());
-    assert!(t.elapsed() < Duration::from_millis(900), "an undelayed request took {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_millis(500), "an undelayed request took {:?}", t.elapsed());
 
     let received = v1.received();
     for _ in 0..10 {
@@ -537,7 +537,9 @@ fn fault_abort_answers_without_a_backend_and_fault_delay_holds_the_request() {
         let took = t.elapsed();
         assert_eq!((r.status, answered_by(&r)), (200, "v1".into()), "delay fault: {r:?}\n{}", mesh.routes());
         assert!(
-            took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+            // Envoy's timers fire on a coarse clock: a 1 s delay can end a fraction of a
+            // millisecond early as the client measures it.
+            took >= Duration::from_millis(950) && took < Duration::from_secs(5),
             "a request with a 1s delay fault took {took:?}\n{}",
             mesh.routes()
         );
