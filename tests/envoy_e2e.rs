@@ -336,3 +336,135 @@ fn a_request_for_an_unknown_host_gets_404_while_the_service_still_answers() {
     assert_eq!(mesh.a.hits(), hits, "a 404 must not reach a backend");
     assert_eq!(http_get(proxy, "web.default.svc.cluster.local", "/").unwrap(), (200, "A".to_string()));
 }
+
+// ---------------------------------------------------------------------------------------
+// TCP services
+// ---------------------------------------------------------------------------------------
+
+/// Service `tcp-echo` (port name `tcp`, a cluster IP) with two pods, v1 and v2, in one slice.
+fn tcp_echo_yaml(port: u16, target_port: u16, v1: Ipv4Addr, v2: Ipv4Addr) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: tcp-echo, namespace: default}}
+spec:
+  clusterIP: 10.96.0.50
+  selector: {{app: tcp-echo}}
+  ports:
+  - {{name: tcp, protocol: TCP, port: {port}, targetPort: {target_port}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: tcp-echo-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: tcp-echo}}
+addressType: IPv4
+ports:
+- {{name: tcp, protocol: TCP, port: {target_port}}}
+endpoints:
+- addresses: ["{v1}"]
+  conditions: {{ready: true}}
+  targetRef: {{kind: Pod, name: tcp-echo-v1}}
+- addresses: ["{v2}"]
+  conditions: {{ready: true}}
+  targetRef: {{kind: Pod, name: tcp-echo-v2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: tcp-echo-v1, namespace: default, labels: {{app: tcp-echo, version: v1}}}}
+spec: {{containers: [{{name: tcp-echo, image: tcp-echo}}]}}
+status: {{podIP: {v1}, conditions: [{{type: Ready, status: "True"}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: tcp-echo-v2, namespace: default, labels: {{app: tcp-echo, version: v2}}}}
+spec: {{containers: [{{name: tcp-echo, image: tcp-echo}}]}}
+status: {{podIP: {v2}, conditions: [{{type: Ready, status: "True"}}]}}
+"#
+    )
+}
+
+/// Adapted from ../shared/corpus tcp-echo-all-v1.yaml (bound to the mesh instead of a gateway)
+/// and its DestinationRule.
+const TCP_ECHO_ALL_V1: &str = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo-destination, namespace: default}
+spec:
+  host: tcp-echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - route:
+    - destination: {host: tcp-echo, subset: v1}
+"#;
+
+/// Which backend answers a new TCP connection to `proxy`: an HTTP request written on the raw
+/// connection, with a Host no HTTP listener would route, so only a tcp_proxy can deliver it.
+fn tcp_answer(proxy: SocketAddr) -> Option<String> {
+    let mut conn = support::connect(proxy).ok()?;
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: not-a-service.invalid\r\nConnection: close\r\n\r\n").ok()?;
+    let r = read_response(&mut BufReader::new(conn)).ok()?;
+    (r.status == 200).then(|| r.body_text())
+}
+
+#[test]
+fn a_tcp_service_is_proxied_through_the_bind_address_and_a_tcp_route_picks_its_subset() {
+    let (v1, v2) = backends_on_one_port();
+    let target_port = v1.addr.port();
+    let bind_ip = loopback_ip();
+    let port = free_port(bind_ip);
+    let config = tempfile::tempdir().expect("tempdir");
+    fs::write(config.path().join("tcp-echo.yaml"), tcp_echo_yaml(port, target_port, ip_of(&v1), ip_of(&v2))).unwrap();
+
+    let meshflow = Meshflow::serve(config.path());
+    let admin_port = free_port(Ipv4Addr::LOCALHOST);
+    let bootstrap =
+        meshflow.bootstrap(&format!("sidecar~{bind_ip}~app-1.default~default.svc.cluster.local"), bind_ip, admin_port);
+    let envoy = Envoy::start(&bootstrap);
+    let proxy = SocketAddr::from((bind_ip, port));
+
+    // Without routes: the service's own cluster, both endpoints (round robin per connection).
+    let listener = format!("10.96.0.50_{port}");
+    eventually("connections to reach both v1 and v2", WAIT, || {
+        let answers: Vec<String> = (0..6).filter_map(|_| tcp_answer(proxy)).collect();
+        (answers.iter().any(|a| a == "A") && answers.iter().any(|a| a == "B")).then_some(())
+    });
+    let dump = envoy.config_dump();
+    assert!(dynamic_listener_names(&dump).contains(&listener), "{:?}", dynamic_listener_names(&dump));
+    assert!(!dynamic_listener_names(&dump).contains(&format!("0.0.0.0_{port}")), "a TCP port has no HTTP listener");
+
+    // The tcp route sends every connection to v1.
+    fs::write(config.path().join("tcp-echo-all-v1.yaml"), TCP_ECHO_ALL_V1).unwrap();
+    let subset = format!("outbound|{port}|v1|tcp-echo.default.svc.cluster.local");
+    eventually(&format!("cluster {subset} to have v1's endpoint"), WAIT, || {
+        let dump = envoy.config_dump();
+        (dynamic_endpoints(&dump, &subset) == vec![format!("{}:{target_port}", ip_of(&v1))]).then_some(())
+    });
+    let mut in_a_row = 0;
+    eventually("ten connections in a row to reach v1", WAIT, || {
+        match tcp_answer(proxy) {
+            Some(a) if a == "A" => in_a_row += 1,
+            _ => in_a_row = 0,
+        }
+        (in_a_row >= 10).then_some(())
+    });
+    let v2_hits = v2.hits();
+    for _ in 0..20 {
+        assert_eq!(tcp_answer(proxy).as_deref(), Some("A"));
+    }
+    assert_eq!(v2.hits(), v2_hits, "v2 still gets connections");
+
+    // Without the VirtualService the connections spread again.
+    fs::remove_file(config.path().join("tcp-echo-all-v1.yaml")).unwrap();
+    eventually("connections to reach v2 again", WAIT, || {
+        (0..6).filter_map(|_| tcp_answer(proxy)).any(|a| a == "B").then_some(())
+    });
+}

@@ -19,7 +19,7 @@ use meshflow::model::k8s::{
     ContainerPort, EndpointAddress, EndpointSubset, Labels, Protocol, ServicePort, SliceEndpoint, SlicePort, TargetPort,
 };
 use meshflow::model::{EndpointSlice, Endpoints, InputEvent, Kind, Object, ObjectKey, Pod, Service};
-use meshflow::translate::{ResourceType, reference};
+use meshflow::translate::{ResourceType, outbound, reference};
 use proptest::prelude::*;
 
 const NAMESPACES: [&str; 2] = ["default", "shop"];
@@ -39,6 +39,9 @@ const HOSTS: [&str; 7] = [
 ];
 const GATEWAYS: &[&[&str]] = &[&[], &["mesh"], &["default/gw"]];
 const CREATED: [Option<&str>; 3] = [None, Some("2024-01-01T00:00:00Z"), Some("2025-06-01T12:00:00Z")];
+/// Cluster IPs: shared between services on purpose (two listeners named alike), and headless.
+const CLUSTER_IPS: [&str; 3] = ["10.96.0.1", "10.96.0.2", "None"];
+const PORTS: [u16; 4] = [80, 9080, 15000, 443];
 
 fn ns() -> impl Strategy<Value = String> {
     prop::sample::select(&NAMESPACES[..]).prop_map(String::from)
@@ -65,8 +68,8 @@ fn protocol() -> impl Strategy<Value = Protocol> {
 
 fn service_port() -> impl Strategy<Value = ServicePort> {
     (
-        prop::sample::select(&["http", "grpc-api", "tcp-db", "web", ""][..]),
-        prop::sample::select(&[80u16, 9080, 15000][..]),
+        prop::sample::select(&["http", "grpc-api", "tcp-db", "web", "", "tcp", "tls", "https"][..]),
+        prop::sample::select(&PORTS[..]),
         protocol(),
         prop_oneof![
             prop::sample::select(&[8080u16, 9090][..]).prop_map(TargetPort::Number),
@@ -90,8 +93,9 @@ fn service() -> impl Strategy<Value = Object> {
         prop::option::of(prop::sample::select(&APPS[..])),
         any::<bool>(),
         prop::bool::weighted(0.1),
+        prop::option::of(prop::sample::select(&CLUSTER_IPS[..])),
     )
-        .prop_map(|(namespace, name, mut ports, app, publish, external)| {
+        .prop_map(|(namespace, name, mut ports, app, publish, external, cluster_ip)| {
             // Port numbers are unique per protocol within a Service (validated at intake).
             ports.sort_by_key(|p| (p.port, p.protocol));
             ports.dedup_by_key(|p| (p.port, p.protocol));
@@ -100,7 +104,7 @@ fn service() -> impl Strategy<Value = Object> {
                 name,
                 ports,
                 selector: app.map(|a| Labels::from([("app".to_string(), a.to_string())])),
-                cluster_ip: None,
+                cluster_ip: cluster_ip.map(String::from),
                 external_name: external.then(|| "example.com".to_string()),
                 publish_not_ready_addresses: publish,
             })
@@ -109,7 +113,7 @@ fn service() -> impl Strategy<Value = Object> {
 
 fn slice_port() -> impl Strategy<Value = SlicePort> {
     (
-        prop::sample::select(&["http", "grpc-api", "tcp-db", "web", ""][..]),
+        prop::sample::select(&["http", "grpc-api", "tcp-db", "web", "", "tcp", "tls", "https"][..]),
         prop::option::of(prop::sample::select(&[8080u16, 9090][..])),
         protocol(),
     )
@@ -259,6 +263,47 @@ fn http_route() -> impl Strategy<Value = serde_json::Value> {
     )
 }
 
+/// The destinations of a `tcp` or `tls` route: one (weight ignored), or two weighted.
+fn l4_destinations() -> impl Strategy<Value = serde_json::Value> {
+    (destination(), prop::option::of((destination(), 0u32..=100))).prop_map(|(first, second)| match second {
+        None => serde_json::json!([{ "destination": first }]),
+        Some((second, w)) => serde_json::json!([
+            { "destination": first, "weight": w },
+            { "destination": second, "weight": 100 - w },
+        ]),
+    })
+}
+
+fn tcp_route() -> impl Strategy<Value = serde_json::Value> {
+    let matches = prop::collection::vec(
+        prop_oneof![
+            prop::sample::select(&PORTS[..]).prop_map(|p| serde_json::json!({"port": p})),
+            Just(serde_json::json!({"destinationSubnets": ["10.96.0.0/31"]})),
+            Just(serde_json::json!({"sourceLabels": {"app": "web"}})),
+        ],
+        0..3,
+    );
+    (matches, l4_destinations()).prop_map(|(matches, route)| {
+        let mut r = serde_json::json!({ "route": route });
+        if !matches.is_empty() {
+            r["match"] = serde_json::Value::Array(matches);
+        }
+        r
+    })
+}
+
+/// A `tls` route: its SNI hosts must be among the VirtualService's hosts (validation).
+fn tls_route(hosts: Vec<String>) -> impl Strategy<Value = serde_json::Value> {
+    (prop::sample::subsequence(hosts, 1..=1), prop::option::of(prop::sample::select(&PORTS[..])), l4_destinations())
+        .prop_map(|(sni, port, route)| {
+            let mut m = serde_json::json!({ "sniHosts": sni });
+            if let Some(p) = port {
+                m["port"] = p.into();
+            }
+            serde_json::json!({ "match": [m], "route": route })
+        })
+}
+
 fn virtual_service() -> impl Strategy<Value = Object> {
     (
         ns(),
@@ -266,11 +311,40 @@ fn virtual_service() -> impl Strategy<Value = Object> {
         prop::sample::select(&CREATED[..]),
         prop::collection::btree_set(prop::sample::select(&HOSTS[..]), 1..3),
         prop::sample::select(GATEWAYS),
-        prop::collection::vec(http_route(), 1..3),
+        prop::collection::vec(http_route(), 0..3),
+        prop::collection::vec(tcp_route(), 0..3),
+        any::<bool>(),
     )
-        .prop_filter_map("valid VirtualService", |(namespace, name, created, hosts, gateways, http)| {
-            let spec = serde_json::json!({ "hosts": hosts, "gateways": gateways, "http": http });
-            istio_object(Kind::VirtualService, &namespace, name, created, spec)
+        .prop_flat_map(|(namespace, name, created, hosts, gateways, http, tcp, with_tls)| {
+            // Validation rejects `*` bound to the mesh and hosts that overlap: keep the first
+            // of overlapping hosts.
+            let mesh = gateways.is_empty() || gateways.contains(&"mesh");
+            let mut hosts: Vec<String> = hosts
+                .into_iter()
+                .filter(|h| !(mesh && *h == "*"))
+                .fold(Vec::new(), |mut kept: Vec<&str>, h| {
+                    if !kept.iter().any(|k| outbound::pattern_matches(k, h) || outbound::pattern_matches(h, k)) {
+                        kept.push(h);
+                    }
+                    kept
+                })
+                .into_iter()
+                .map(String::from)
+                .collect();
+            if hosts.is_empty() {
+                hosts.push("reviews".into());
+            }
+            let tls = prop::collection::vec(tls_route(hosts.clone()), if with_tls { 1..3 } else { 0..1 });
+            tls.prop_filter_map("valid VirtualService", move |tls| {
+                let mut http = http.clone();
+                if http.is_empty() && tcp.is_empty() && tls.is_empty() {
+                    http.push(serde_json::json!({"route": [{"destination": {"host": "reviews"}}]}));
+                }
+                let spec = serde_json::json!({
+                    "hosts": hosts, "gateways": gateways, "http": http, "tcp": tcp, "tls": tls,
+                });
+                istio_object(Kind::VirtualService, &namespace, name, created, spec)
+            })
         })
 }
 

@@ -15,6 +15,8 @@
 //!                                   per host reduce (rows ⊎ host info ⊎ chosen VS) ─▶ virtual hosts
 //!                                                                     └▶ route configs (assembled outside)
 //!                          distinct HTTP ports ────────────────────────────────────────────▶ listeners
+//!                                   per host reduce (TCP rows ⊎ chosen VS) ─▶ TCP listener candidates
+//!                  per port reduce (candidates ⊎ HTTP port marker) ─▶ the port's TCP listener, losers as diagnostics
 //! slices ─flat_map─▶ ready addresses by (ns, svc, port name, proto) ──join(ports by name)┐
 //! endpoints ─antijoin(services with slices)─▶ ...same key ─────────────────────────────join┤
 //! pods ─by label─▶ join(selector services without slices/endpoints, by one selector pair) ┴▶ (cluster, addr, pod)
@@ -34,7 +36,7 @@ use crate::translate::endpoint::{
     EndpointRow, PortKey, SelectorService, endpoints_addresses, pod_addresses, service_port_rows, slice_addresses,
 };
 use crate::translate::outbound::{
-    self, ClusterRow, ConfigKey, DestinationMap, HostInfo, SubsetRef, VsRank, host_patterns,
+    self, ClusterRow, ConfigKey, DestinationMap, HostInfo, SubsetRef, TcpListenerRow, VsRank, host_patterns,
 };
 use crate::translate::{self, Diagnostic, EndpointAddr, ResourceType, ServicePortRow, VirtualHostPart};
 
@@ -101,7 +103,7 @@ enum HostInput {
 /// What a host's per-host reduce produces.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum HostOutput {
-    Cluster(ClusterRow),
+    Cluster(Box<ClusterRow>),
     Info(HostInfo),
 }
 
@@ -112,7 +114,15 @@ enum VsInput {
     Destination(String, HostInfo),
 }
 
-/// What meets per host to make its virtual hosts.
+/// What claims a port number: HTTP services (their shared listener), or one TCP listener.
+/// `Http` sorts first.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum PortClaim {
+    Http,
+    Tcp(TcpListenerRow),
+}
+
+/// What meets per host to make its virtual hosts (and its TCP listeners).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum VhostInput {
     Port(ServicePortRow),
@@ -172,12 +182,12 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             }
             let rule = input.iter().find_map(|(i, _)| if let HostInput::Rule(r) = i { Some(r) } else { None });
             for cluster in outbound::clusters_for_host(&rows, rule) {
-                output.push((HostOutput::Cluster(cluster), 1isize));
+                output.push((HostOutput::Cluster(Box::new(cluster)), 1isize));
             }
             output.push((HostOutput::Info(HostInfo::new(&rows, rule.cloned())), 1));
         });
     let cluster_rows =
-        host_outputs.clone().flat_map(|(_, out)| if let HostOutput::Cluster(c) = out { Some(c) } else { None });
+        host_outputs.clone().flat_map(|(_, out)| if let HostOutput::Cluster(c) = out { Some(*c) } else { None });
     let host_info =
         host_outputs.flat_map(|(fqdn, out)| if let HostOutput::Info(i) = out { Some((fqdn, i)) } else { None });
 
@@ -248,6 +258,8 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
 
     // === per host: virtual hosts ===
     let http_ports = service_ports.clone().filter(|row| row.protocol().is_http());
+    let tcp_ports = service_ports.clone().filter(|row| row.protocol() == translate::PortProtocol::Tcp);
+    let tcp_routes = routes_by_host.clone();
     let virtual_hosts = http_ports
         .clone()
         .map(|row| (row.fqdn(), VhostInput::Port(row)))
@@ -269,11 +281,53 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             }
         })
         .map(|(_, (route, vhost))| OutputRow::VirtualHost { route, vhost });
-    let listeners = http_ports.map(|row| row.port.port).distinct().map(|port| OutputRow::Resource {
+    let http_port_numbers = http_ports.map(|row| row.port.port).distinct();
+    let listeners = http_port_numbers.clone().map(|port| OutputRow::Resource {
         ty: ResourceType::Listener,
         name: translate::listener_name(port),
         body: translate::listener(port, None),
     });
+
+    // === per host: TCP listeners; per port: the one that binds it ===
+    let tcp_candidates = tcp_ports
+        .map(|row| (row.fqdn(), VhostInput::Port(row)))
+        .concat(tcp_routes)
+        .reduce_named("translate: tcp listeners", |_fqdn: &String, input: &[(&VhostInput, isize)], output| {
+            let mut rows = Vec::new();
+            let mut routes = None;
+            for (i, _) in input {
+                match i {
+                    VhostInput::Port(r) => rows.push(r),
+                    VhostInput::Routes(vs, dest) => routes = Some((vs, dest)),
+                    VhostInput::Info(_) => {}
+                }
+            }
+            for l in outbound::tcp_listeners_for_host(&rows, routes) {
+                output.push((l, 1isize));
+            }
+        })
+        .map(|(_, l)| (l.port, PortClaim::Tcp(l)));
+    let tcp_listeners = http_port_numbers
+        .map(|port| (port, PortClaim::Http))
+        .concat(tcp_candidates)
+        .reduce_named("settle: listener ports", |port: &u16, input: &[(&PortClaim, isize)], output| {
+            // Values arrive sorted: `Http` first when the port has HTTP services.
+            if !input.iter().any(|(c, _)| matches!(c, PortClaim::Tcp(_))) {
+                return;
+            }
+            let http = matches!(input[0].0, PortClaim::Http);
+            let candidates = input.iter().filter_map(|(c, _)| if let PortClaim::Tcp(l) = c { Some(l) } else { None });
+            let (winner, diagnostics) = outbound::settle_port(*port, http, candidates);
+            if let Some(w) = winner {
+                let row =
+                    OutputRow::Resource { ty: ResourceType::Listener, name: w.name.clone(), body: w.body.clone() };
+                output.push((row, 1isize));
+            }
+            for d in diagnostics {
+                output.push((OutputRow::Diagnostic(d), 1));
+            }
+        })
+        .map(|(_, row)| row);
 
     // === endpoints of clusters without subset ===
     // Service ports by the key endpoint ports carry: the slice port named as the service port
@@ -382,7 +436,8 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .map(|(name, body)| OutputRow::Resource { ty: ResourceType::ClusterLoadAssignment, name, body });
 
     let diagnostics = untranslated.concat(missing).map(OutputRow::Diagnostic);
-    let output = clusters.concat(assignments).concat(listeners).concat(virtual_hosts).concat(diagnostics);
+    let output =
+        clusters.concat(assignments).concat(listeners).concat(tcp_listeners).concat(virtual_hosts).concat(diagnostics);
     let inputs = Inputs {
         services: services_in,
         slices: slices_in,

@@ -722,6 +722,7 @@ mod tests {
                 target_port: TargetPort::Number(8080),
                 app_protocol: None,
             },
+            cluster_ip: None,
         }
     }
 

@@ -34,10 +34,17 @@ pub fn service_port_rows(s: &Service) -> Vec<ServicePortRow> {
     if s.external_name.is_some() {
         return Vec::new();
     }
+    // "None" (headless) and anything else that is not an address: no cluster IP.
+    let cluster_ip = s.cluster_ip.as_deref().and_then(|ip| ip.parse().ok());
     s.ports
         .iter()
         .filter(|p| super::PortProtocol::of(p).is_proxied())
-        .map(|p| ServicePortRow { namespace: s.namespace.clone(), service: s.name.clone(), port: p.clone() })
+        .map(|p| ServicePortRow {
+            namespace: s.namespace.clone(),
+            service: s.name.clone(),
+            port: p.clone(),
+            cluster_ip,
+        })
         .collect()
 }
 

@@ -188,6 +188,9 @@ pub struct ServicePortRow {
     pub namespace: String,
     pub service: String,
     pub port: ServicePort,
+    /// The Service's cluster IP; None for headless services (`None`) and services without one.
+    /// It names the service's TCP listener (`<clusterIP>_<port>`) and decides its subnet matches.
+    pub cluster_ip: Option<IpAddr>,
 }
 
 impl ServicePortRow {
@@ -402,6 +405,21 @@ pub fn listener(port: u16, bind: Option<IpAddr>) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// A listener as a proxy with a bind address (`MESHFLOW_BIND_ADDRESS`) gets it: the same
+/// listener with its socket address set to `bind`, port unchanged. Returns the port and the
+/// re-encoded listener; None for bytes that are not a listener with a socket address.
+pub fn rebind_listener(body: &[u8], bind: IpAddr) -> Option<(u16, Vec<u8>)> {
+    let mut l = envoy_listener::Listener::decode(body).ok()?;
+    let address = l.address.as_mut()?.address.as_mut()?;
+    let core::address::Address::SocketAddress(socket) = address else { return None };
+    let port = match socket.port_specifier {
+        Some(core::socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p).ok()?,
+        _ => return None,
+    };
+    socket.address = bind.to_string();
+    Some((port, l.encode_to_vec()))
+}
+
 /// The port number of a listener named `0.0.0.0_<port>`.
 pub fn listener_port(name: &str) -> Option<u16> {
     name.strip_prefix("0.0.0.0_")?.parse().ok()
@@ -411,6 +429,40 @@ pub fn listener_port(name: &str) -> Option<u16> {
 mod tests {
     use super::*;
     use crate::model::k8s::TargetPort;
+
+    #[test]
+    fn rebinding_a_listener_changes_its_address_only() {
+        let bind: IpAddr = "127.0.0.9".parse().unwrap();
+        let http = listener(9080, None);
+        let (port, rebound) = rebind_listener(&http, bind).unwrap();
+        assert_eq!(port, 9080);
+        let (before, after) = (
+            envoy_listener::Listener::decode(&http[..]).unwrap(),
+            envoy_listener::Listener::decode(&rebound[..]).unwrap(),
+        );
+        let Some(core::address::Address::SocketAddress(s)) = after.address.as_ref().unwrap().address.as_ref() else {
+            panic!()
+        };
+        assert_eq!(s.address, "127.0.0.9");
+        assert_eq!(s.port_specifier, Some(core::socket_address::PortSpecifier::PortValue(9080)));
+        assert_eq!(after.name, "0.0.0.0_9080");
+        assert_eq!(after.filter_chains, before.filter_chains);
+        assert_eq!(rebound, listener(9080, Some(bind)), "the same as building it for the address");
+
+        let tcp = listener::tcp_listener(
+            "10.96.0.7_9000",
+            "0.0.0.0".parse().unwrap(),
+            9000,
+            &listener::TcpTarget::Cluster("c".into()),
+        );
+        let (port, rebound) = rebind_listener(&tcp, "::1".parse().unwrap()).unwrap();
+        let after = envoy_listener::Listener::decode(&rebound[..]).unwrap();
+        assert_eq!((port, after.name.as_str()), (9000, "10.96.0.7_9000"));
+        let Some(core::address::Address::SocketAddress(s)) = after.address.unwrap().address else { panic!() };
+        assert_eq!(s.address, "::1");
+        assert_eq!(rebind_listener(b"\xff\xff", bind), None, "not a listener");
+        assert_eq!(rebind_listener(&envoy_listener::Listener::default().encode_to_vec(), bind), None, "no address");
+    }
 
     fn row(ns: &str, name: &str, port_name: &str, port: u16) -> ServicePortRow {
         ServicePortRow {
@@ -423,6 +475,7 @@ mod tests {
                 target_port: TargetPort::Number(8080),
                 app_protocol: None,
             },
+            cluster_ip: None,
         }
     }
 

@@ -30,6 +30,7 @@ use super::route::{Destinations, default_route, http_routes, resolve_host};
 use super::{Diagnostic, ServicePortRow, VirtualHostPart};
 use crate::model::istio::{Destination, DestinationRule, DestinationRuleSpec, Subset, TrafficPolicy, VirtualService};
 use crate::model::k8s::{Labels, selector_matches};
+use crate::model::{Kind, ObjectKey};
 
 /// The root namespace, as in istiod's default mesh config.
 pub const ROOT_NAMESPACE: &str = "istio-system";
@@ -356,4 +357,257 @@ pub fn virtual_hosts_for_host(
         out.push((super::route_config_name(port), super::virtual_host(row, routes)));
     }
     out
+}
+
+// === TCP-class ports: listeners ===
+
+/// The listener a TCP-class service port asks for (istiod's per-service outbound listener),
+/// before the ports' conflicts are settled ([`settle_port`]). Ordered by port, then host: the
+/// order in which a port's candidates claim it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TcpListenerRow {
+    pub port: u16,
+    pub fqdn: String,
+    pub namespace: String,
+    pub service: String,
+    /// istiod's name: `<clusterIP>_<port>`, or `0.0.0.0_<port>` without cluster IP.
+    pub name: String,
+    pub body: Vec<u8>,
+}
+
+/// The address every meshflow listener binds for proxies without a bind address; proxies with
+/// one get their listeners re-rendered for it (`translate::rebind_listener`).
+const ANY_V4: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
+/// The listeners of a host's TCP-class ports (`PortProtocol::Tcp`), as istiod builds them for a
+/// sidecar (`buildSidecarOutboundListener` with `ListenerProtocolTCP`):
+/// - a TLS/HTTPS port (`is_tls_port`) whose VirtualService has applicable `tls` routes: SNI
+///   chains (`tls_chains`) with the service's own cluster as the fallthrough;
+/// - any other: one tcp_proxy to the VirtualService's `tcp` route target (`tcp_target`), or to
+///   the service's own cluster when no `tcp` route applies.
+///
+/// `vs` is the VirtualService selected for the host (as for HTTP) with what is known of its
+/// destinations.
+pub fn tcp_listeners_for_host(
+    rows: &[&ServicePortRow],
+    vs: Option<(&VirtualService, &DestinationMap)>,
+) -> Vec<TcpListenerRow> {
+    use super::listener::{
+        TcpTarget, is_tls_port, tcp_listener, tcp_listener_name, tcp_target, tls_chains, tls_listener,
+    };
+    let mut out = Vec::new();
+    for row in rows.iter().filter(|r| r.protocol() == super::PortProtocol::Tcp) {
+        let port = row.port.port;
+        let name = tcp_listener_name(row.cluster_ip, port);
+        let own = TcpTarget::Cluster(row.cluster_name());
+        let body = match vs {
+            Some((vs, dest)) => {
+                let ports_of = |fqdn: &str| dest.ports(fqdn);
+                if is_tls_port(&row.port) {
+                    match tls_chains(vs, port, row.cluster_ip, &ports_of) {
+                        Some(chains) => tls_listener(&name, ANY_V4, port, &chains, &own),
+                        None => tcp_listener(&name, ANY_V4, port, &own),
+                    }
+                } else {
+                    let target = tcp_target(vs, port, row.cluster_ip, &ports_of).unwrap_or(own);
+                    tcp_listener(&name, ANY_V4, port, &target)
+                }
+            }
+            None => tcp_listener(&name, ANY_V4, port, &own),
+        };
+        out.push(TcpListenerRow {
+            port,
+            fqdn: row.fqdn(),
+            namespace: row.namespace.clone(),
+            service: row.service.clone(),
+            name,
+            body,
+        });
+    }
+    out
+}
+
+/// Settles one port number among the listeners that want it: meshflow's listeners bind their
+/// port (no iptables redirect, no original destination), so every listener of a port binds the
+/// same socket (`0.0.0.0:<port>`, or the proxy's bind address) and only one can exist.
+///
+/// - When the port has HTTP services (`http`), their shared listener `0.0.0.0_<port>` keeps it
+///   and every TCP listener of the port loses: istiod would merge the two into a sniffing
+///   listener that tells them apart by destination VIP, which needs the original destination.
+/// - Otherwise the first candidate in host order wins (istiod orders services by creation time,
+///   then host; meshflow's Service has no creation time, so host order decides). For two
+///   services without cluster IP that is istiod's rule too (same listener name: the first
+///   service's chain stays); services with distinct cluster IPs would have distinct listeners
+///   in istiod.
+///
+/// Returns the winner and one diagnostic per loser, on the losing Service.
+pub fn settle_port<'a>(
+    port: u16,
+    http: bool,
+    candidates: impl IntoIterator<Item = &'a TcpListenerRow>,
+) -> (Option<&'a TcpListenerRow>, Vec<Diagnostic>) {
+    let mut sorted: Vec<&TcpListenerRow> = candidates.into_iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let winner = if http { None } else { sorted.first().copied() };
+    let diagnostics = sorted
+        .iter()
+        .skip(usize::from(winner.is_some()))
+        .map(|c| {
+            let message = match winner {
+                None => format!(
+                    "port {port} also has HTTP services, whose listener {} binds it: the TCP listener {} is \
+                     not served and connections to this port are handled as HTTP",
+                    super::listener_name(port),
+                    c.name
+                ),
+                Some(w) => format!(
+                    "listener {} of {} binds port {port} first (host order): the TCP listener {} is not served",
+                    w.name, w.fqdn, c.name
+                ),
+            };
+            Diagnostic {
+                object: ObjectKey::new(Kind::Service, c.namespace.clone(), c.service.clone()),
+                field: format!("spec.ports[port={port}]"),
+                message,
+            }
+        })
+        .collect();
+    (winner, diagnostics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::k8s::{Protocol, ServicePort, TargetPort};
+    use crate::model::{Object, ParseOutcome, parse_document};
+    use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::envoy::config::listener::v3 as listener;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+    use prost::Message;
+    use tcp::tcp_proxy::ClusterSpecifier;
+
+    fn row(service: &str, port_name: &str, port: u16, cluster_ip: Option<&str>) -> ServicePortRow {
+        ServicePortRow {
+            namespace: "default".into(),
+            service: service.into(),
+            port: ServicePort {
+                name: port_name.into(),
+                port,
+                protocol: Protocol::Tcp,
+                target_port: TargetPort::Number(port),
+                app_protocol: None,
+            },
+            cluster_ip: cluster_ip.map(|ip| ip.parse().unwrap()),
+        }
+    }
+
+    fn vs(spec: serde_json::Value) -> VirtualService {
+        let value = serde_json::json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "tcp-echo", "namespace": "default"}, "spec": spec,
+        });
+        match parse_document(value, "default").pop() {
+            Some(ParseOutcome::Object(Object::VirtualService(vs))) => *vs,
+            other => panic!("invalid test VirtualService: {other:?}"),
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> listener::Listener {
+        listener::Listener::decode(bytes).unwrap()
+    }
+
+    /// The cluster of a filter chain's only filter, a tcp_proxy.
+    fn proxied_cluster(chain: &listener::FilterChain) -> String {
+        assert_eq!(chain.filters[0].name, "envoy.filters.network.tcp_proxy");
+        let Some(listener::filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else { panic!() };
+        match tcp::TcpProxy::decode(&any.value[..]).unwrap().cluster_specifier {
+            Some(ClusterSpecifier::Cluster(c)) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn bound(l: &listener::Listener) -> (String, u32) {
+        let Some(core::address::Address::SocketAddress(s)) = l.address.as_ref().unwrap().address.as_ref() else {
+            panic!()
+        };
+        let Some(core::socket_address::PortSpecifier::PortValue(p)) = s.port_specifier else { panic!() };
+        (s.address.clone(), p)
+    }
+
+    const ECHO: &str = "tcp-echo.default.svc.cluster.local";
+
+    #[test]
+    fn a_tcp_port_gets_a_listener_named_by_cluster_ip_to_its_own_cluster() {
+        let tcp = row("tcp-echo", "tcp", 9000, Some("10.96.0.7"));
+        let http = row("tcp-echo", "http", 80, Some("10.96.0.7"));
+        let out = tcp_listeners_for_host(&[&tcp, &http], None);
+        assert_eq!(out.len(), 1, "HTTP ports have the shared HTTP listener, not a TCP one");
+        assert_eq!(out[0].name, "10.96.0.7_9000");
+        let l = decode(&out[0].body);
+        assert_eq!(l.name, "10.96.0.7_9000");
+        assert_eq!(bound(&l), ("0.0.0.0".to_string(), 9000));
+        assert_eq!(l.filter_chains.len(), 1);
+        assert_eq!(proxied_cluster(&l.filter_chains[0]), format!("outbound|9000||{ECHO}"));
+
+        let headless = row("tcp-echo", "tcp", 9000, None);
+        assert_eq!(tcp_listeners_for_host(&[&headless], None)[0].name, "0.0.0.0_9000");
+    }
+
+    #[test]
+    fn a_tcp_route_of_the_host_virtual_service_picks_the_cluster() {
+        // tcp-echo-all-v1.yaml, bound to the mesh.
+        let v = vs(serde_json::json!({"hosts": ["tcp-echo"], "tcp": [{"match": [{"port": 9000}],
+            "route": [{"destination": {"host": "tcp-echo", "port": {"number": 9000}, "subset": "v1"}}]}]}));
+        let dest = DestinationMap::from([(ECHO.to_string(), HostInfo { ports: vec![9000, 9001], rule: None })]);
+        let (p9000, p9001) = (row("tcp-echo", "tcp", 9000, Some("10.96.0.7")), row("tcp-echo", "tcp-b", 9001, None));
+        let out = tcp_listeners_for_host(&[&p9000, &p9001], Some((&v, &dest)));
+        let clusters: Vec<String> = out.iter().map(|l| proxied_cluster(&decode(&l.body).filter_chains[0])).collect();
+        assert_eq!(clusters, [format!("outbound|9000|v1|{ECHO}"), format!("outbound|9001||{ECHO}")], "match.port");
+    }
+
+    #[test]
+    fn a_tls_port_with_tls_routes_gets_sni_chains_and_falls_through_to_its_own_cluster() {
+        let v = vs(
+            serde_json::json!({"hosts": ["tcp-echo", "a.example.com"], "tls": [{"match": [{"sniHosts": ["a.example.com"]}],
+            "route": [{"destination": {"host": "tcp-echo", "subset": "v1"}}]}]}),
+        );
+        let dest = DestinationMap::from([(ECHO.to_string(), HostInfo { ports: vec![443], rule: None })]);
+        let tls = row("tcp-echo", "https", 443, Some("10.96.0.7"));
+        let l = decode(&tcp_listeners_for_host(&[&tls], Some((&v, &dest)))[0].body);
+        assert_eq!(l.filter_chains.len(), 1);
+        assert_eq!(l.filter_chains[0].filter_chain_match.as_ref().unwrap().server_names, ["a.example.com"]);
+        assert_eq!(proxied_cluster(&l.filter_chains[0]), format!("outbound|443|v1|{ECHO}"));
+        assert_eq!(proxied_cluster(l.default_filter_chain.as_ref().unwrap()), format!("outbound|443||{ECHO}"));
+        assert_eq!(l.listener_filters[0].name, "envoy.filters.listener.tls_inspector");
+
+        // A plain TCP port ignores tls routes; a TLS port ignores tcp routes.
+        let plain = row("tcp-echo", "tcp", 443, None);
+        let l = decode(&tcp_listeners_for_host(&[&plain], Some((&v, &dest)))[0].body);
+        assert!(l.default_filter_chain.is_none() && l.listener_filters.is_empty());
+        assert_eq!(proxied_cluster(&l.filter_chains[0]), format!("outbound|443||{ECHO}"));
+        let tcp_only = vs(serde_json::json!({"hosts": ["tcp-echo"],
+            "tcp": [{"route": [{"destination": {"host": "tcp-echo", "subset": "v1"}}]}]}));
+        let l = decode(&tcp_listeners_for_host(&[&tls], Some((&tcp_only, &dest)))[0].body);
+        assert_eq!(proxied_cluster(&l.filter_chains[0]), format!("outbound|443||{ECHO}"));
+    }
+
+    #[test]
+    fn a_port_goes_to_its_http_services_else_to_the_first_host() {
+        let a = &tcp_listeners_for_host(&[&row("a", "tcp", 9000, Some("10.96.0.1"))], None)[0];
+        let b = &tcp_listeners_for_host(&[&row("b", "tcp", 9000, None)], None)[0];
+        let (winner, lost) = settle_port(9000, false, [b, a]);
+        assert_eq!(winner.map(|w| w.name.as_str()), Some("10.96.0.1_9000"), "a.default sorts before b.default");
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].object, ObjectKey::new(Kind::Service, "default", "b"));
+        assert_eq!(lost[0].field, "spec.ports[port=9000]");
+
+        let (winner, lost) = settle_port(9000, true, [a, b]);
+        assert_eq!(winner, None, "the HTTP listener 0.0.0.0_9000 keeps the port");
+        let services: Vec<&str> = lost.iter().map(|d| d.object.name.as_str()).collect();
+        assert_eq!(services, ["a", "b"]);
+        assert!(lost[0].message.contains("0.0.0.0_9000"), "{}", lost[0].message);
+
+        assert_eq!(settle_port(9000, false, [a]), (Some(a), vec![]));
+    }
 }

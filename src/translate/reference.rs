@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::endpoint::{EndpointRow, endpoints_addresses, selector_pod_addresses, service_port_rows, slice_addresses};
-use super::outbound::{self, DestinationMap, HostInfo, VsRank};
+use super::outbound::{self, DestinationMap, HostInfo, TcpListenerRow, VsRank};
 use super::{EndpointAddr, ResourceType, ServicePortRow, VirtualHostPart};
 use crate::model::Object;
 use crate::model::k8s::Labels;
@@ -85,6 +85,8 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
 
     let mut out = Resources::new();
     let mut routes: BTreeMap<String, Vec<VirtualHostPart>> = BTreeMap::new();
+    let mut tcp_listeners: BTreeMap<u16, Vec<TcpListenerRow>> = BTreeMap::new();
+    let mut http_ports: BTreeSet<u16> = BTreeSet::new();
     for (fqdn, rows) in &hosts {
         let rows: Vec<&ServicePortRow> = rows.iter().collect();
         let info = &infos[fqdn];
@@ -134,9 +136,20 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         for (route, vhost) in outbound::virtual_hosts_for_host(&rows, info, vs) {
             routes.entry(route).or_default().push(vhost);
         }
+        for l in outbound::tcp_listeners_for_host(&rows, vs) {
+            tcp_listeners.entry(l.port).or_default().push(l);
+        }
         for row in rows.iter().filter(|r| r.protocol().is_http()) {
             let port = row.port.port;
+            http_ports.insert(port);
             out.insert((ResourceType::Listener, translate::listener_name(port)), translate::listener(port, None));
+        }
+    }
+    // Each port's TCP listener, unless HTTP services or an earlier host hold the port.
+    for (port, candidates) in &tcp_listeners {
+        let http = http_ports.contains(port);
+        if let (Some(winner), _) = outbound::settle_port(*port, http, candidates) {
+            out.insert((ResourceType::Listener, winner.name.clone()), winner.body.clone());
         }
     }
     for (name, vhosts) in routes {

@@ -149,12 +149,9 @@ pub fn untranslated(vs: &VirtualService) -> Vec<FieldError> {
     if !spec.export_to.is_empty() {
         out.push(FieldError::new("spec.exportTo", "visibility is not applied: the routes are served to every sidecar"));
     }
-    if !spec.tcp.is_empty() {
-        out.push(FieldError::new("spec.tcp", "TCP routes are not translated"));
-    }
-    if !spec.tls.is_empty() {
-        out.push(FieldError::new("spec.tls", "TLS routes are not translated"));
-    }
+    // `tcp` and `tls` routes become the listeners of TCP-class service ports
+    // (`super::listener`); only their source-dependent matches are left out.
+    out.extend(super::listener::untranslated_tcp_tls(vs));
     for (i, http) in spec.http.iter().enumerate() {
         let p = format!("spec.http[{i}]");
         if http.delegate.is_some() {
@@ -1577,14 +1574,15 @@ mod tests {
         let spec = json!({"hosts": ["reviews"], "http": [
             {"match": [{"uri": {"prefix": "/d"}}], "delegate": {"name": "d", "namespace": "x"}},
             {"match": [{"uri": {"prefix": "/w"}}], "route": [{"destination": {"host": "reviews", "subset": "v2"}}]}],
-            "tcp": [{"route": [{"destination": {"host": "reviews"}}]}], "exportTo": ["."]});
+            "tcp": [{"match": [{"sourceLabels": {"app": "x"}}], "route": [{"destination": {"host": "reviews"}}]}],
+            "exportTo": ["."]});
         let v = vs("r", spec);
         let r = routes(&v, 9080);
         assert_eq!(r.len(), 1);
         assert_eq!(path(&r[0]), &PathSpecifier::Prefix("/w".into()));
         assert_eq!(cluster(&r[0]), "outbound|9080|v2|reviews.default.svc.cluster.local");
         let fields: Vec<_> = untranslated(&v).into_iter().map(|e| e.field).collect();
-        assert_eq!(fields, ["spec.exportTo", "spec.tcp", "spec.http[0].delegate",]);
+        assert_eq!(fields, ["spec.exportTo", "spec.tcp[0].match[0].sourceLabels", "spec.http[0].delegate",]);
         assert!(untranslated(&one("bookinfo-virtual-service-reviews-jason-v2-v3.yaml")).is_empty());
     }
 
@@ -1601,6 +1599,7 @@ mod tests {
                 target_port: TargetPort::Number(9080),
                 app_protocol: None,
             },
+            cluster_ip: None,
         };
         let r = default_route(&row, vec![header_hash("x-user")]);
         assert_eq!(r.name, "default");

@@ -75,11 +75,21 @@ pub struct DeltaStream {
     next_nonce: u64,
     /// The cache sequence number this stream has caught up with.
     seen: u64,
+    /// Listeners left out for this proxy because another one binds their address (logged once).
+    dropped: HashSet<String>,
 }
 
 impl DeltaStream {
     pub fn new(node: String, bind: Option<IpAddr>) -> DeltaStream {
-        DeltaStream { node, bind, types: Default::default(), pending: HashMap::new(), next_nonce: 0, seen: 0 }
+        DeltaStream {
+            node,
+            bind,
+            types: Default::default(),
+            pending: HashMap::new(),
+            next_nonce: 0,
+            seen: 0,
+            dropped: HashSet::new(),
+        }
     }
 
     fn state(&mut self, ty: ResourceType) -> &mut TypeState {
@@ -226,9 +236,18 @@ impl DeltaStream {
                 if !st.wants(name) {
                     continue;
                 }
-                match cache.get(ty, name) {
-                    Some(r) => {
-                        let (version, any) = self.render(ty, &r);
+                let rendered = match cache.get(ty, name) {
+                    Some(r) => self.render(cache, ty, &r),
+                    None => None,
+                };
+                if rendered.is_none() && cache.get(ty, name).is_some() && self.dropped.insert(name.clone()) {
+                    tracing::warn!(
+                        node = %self.node, listener = %name,
+                        "listener binds the same address and port as another one for this proxy: not sent"
+                    );
+                }
+                match rendered {
+                    Some((version, any)) => {
                         let st = &self.types[ty as usize];
                         if st.known.get(name) == Some(&version) || st.nacked.get(name) == Some(&version) {
                             continue;
@@ -292,16 +311,27 @@ impl DeltaStream {
 
     /// The resource as this proxy gets it: listeners bind to the proxy's own address when it
     /// has one; everything else is shared as is.
-    fn render(&self, ty: ResourceType, r: &Arc<Resource>) -> (String, Any) {
+    ///
+    /// Every listener of a port binds the same `<bind-ip>:<port>` for such a proxy. The engine
+    /// serves one listener per port; should another one share the port of a `0.0.0.0_<port>`
+    /// listener (the port's HTTP listener), the `0.0.0.0_<port>` one is kept and the other is
+    /// not sent to this proxy (None: it is handled as absent).
+    fn render(&self, cache: &Cache, ty: ResourceType, r: &Arc<Resource>) -> Option<(String, Any)> {
         let body = match (ty, self.bind) {
-            (ResourceType::Listener, Some(ip)) => match translate::listener_port(&r.name) {
-                Some(port) => Arc::from(translate::listener(port, Some(ip))),
+            (ResourceType::Listener, Some(ip)) => match translate::rebind_listener(&r.body, ip) {
+                Some((port, body)) => {
+                    let shared = translate::listener_name(port);
+                    if r.name != shared && cache.get(ResourceType::Listener, &shared).is_some() {
+                        return None;
+                    }
+                    Arc::from(body)
+                }
                 None => r.body.clone(),
             },
             _ => r.body.clone(),
         };
         let version = if Arc::ptr_eq(&body, &r.body) { r.version.clone() } else { content_version(&body) };
-        (version, Any { type_url: ty.type_url().to_string(), value: body.to_vec() })
+        Some((version, Any { type_url: ty.type_url().to_string(), value: body.to_vec() }))
     }
 
     fn nonce(&mut self) -> String {
@@ -474,6 +504,41 @@ mod tests {
         let r = &out[0].resources[0];
         assert_eq!(r.resource.as_ref().unwrap().value, translate::listener(9080, Some("127.0.0.9".parse().unwrap())));
         assert_ne!(r.version, cache.get(ResourceType::Listener, "0.0.0.0_9080").unwrap().version);
+    }
+
+    #[test]
+    fn every_listener_is_rebound_and_one_sharing_the_http_listeners_port_is_left_out() {
+        use crate::translate::listener::{TcpTarget, tcp_listener};
+        use envoy_types::pb::envoy::config::core::v3 as core;
+        use envoy_types::pb::envoy::config::listener::v3::Listener;
+        use prost::Message;
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        let target = TcpTarget::Cluster("outbound|9000||db.default.svc.cluster.local".into());
+        let cache = Cache::new([]);
+        let http = translate::listener(9080, None);
+        let tcp = tcp_listener("10.96.0.7_9000", any, 9000, &target);
+        let clash = tcp_listener("10.96.0.8_9080", any, 9080, &target);
+        put(
+            &cache,
+            &[
+                (ResourceType::Listener, "0.0.0.0_9080", Some(&http)),
+                (ResourceType::Listener, "10.96.0.7_9000", Some(&tcp)),
+                (ResourceType::Listener, "10.96.0.8_9080", Some(&clash)),
+            ],
+        );
+        let mut s = DeltaStream::new("n".into(), Some("127.0.0.9".parse().unwrap()));
+        let (_, out) = s.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
+        assert_eq!(names(&out[0]), ["0.0.0.0_9080", "10.96.0.7_9000"]);
+        for r in &out[0].resources {
+            let l = Listener::decode(&r.resource.as_ref().unwrap().value[..]).unwrap();
+            let Some(core::address::Address::SocketAddress(a)) = l.address.unwrap().address else { panic!() };
+            assert_eq!(a.address, "127.0.0.9", "{}", r.name);
+        }
+        // Without a bind address every listener is sent as the engine made it.
+        let mut s = DeltaStream::new("n".into(), None);
+        let (_, out) = s.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
+        assert_eq!(out[0].resources.len(), 3);
+        assert_eq!(out[0].resources[1].resource.as_ref().unwrap().value, tcp);
     }
 
     #[test]
