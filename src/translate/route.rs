@@ -833,26 +833,8 @@ fn translate_fault(f: &HttpFaultInjection) -> fault::HttpFault {
 }
 
 fn grpc_code(name: &str) -> Option<u32> {
-    const CODES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    CODES.iter().position(|c| *c == name).and_then(|i| u32::try_from(i).ok())
+    let codes = crate::model::istio::GRPC_STATUS_CODES;
+    codes.iter().position(|c| *c == name).and_then(|i| u32::try_from(i).ok())
 }
 
 /// istiod's `TranslateCORSPolicy`: enabled for all requests; `allowOrigins` (else the deprecated

@@ -33,6 +33,9 @@ mod destination_rule;
 mod gateway;
 mod service_entry;
 mod validate;
+
+/// gRPC status code names by number, as Istio's `grpcStatus` accepts them.
+pub(crate) use validate::GRPC_STATUS_CODES;
 mod virtual_service;
 
 pub use destination_rule::*;

@@ -1133,7 +1133,7 @@ fn validate_cors_policy(e: &mut Errors, p: &str, cors: &CorsPolicy) {
     }
 }
 
-const GRPC_STATUS_CODES: [&str; 17] = [
+pub(crate) const GRPC_STATUS_CODES: [&str; 17] = [
     "OK",
     "CANCELLED",
     "UNKNOWN",
