@@ -704,7 +704,6 @@ fn parts_gaps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::k8s::{Protocol, ServicePort, TargetPort};
     use crate::model::{Object, ParseOutcome, parse_document};
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy};
     use route::route_action::hash_policy::PolicySpecifier;
@@ -712,18 +711,7 @@ mod tests {
     const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus");
 
     fn row(port_name: &str, port: u16) -> ServicePortRow {
-        ServicePortRow {
-            namespace: "prod".into(),
-            service: "ratings".into(),
-            port: ServicePort {
-                name: port_name.into(),
-                port,
-                protocol: Protocol::Tcp,
-                target_port: TargetPort::Number(8080),
-                app_protocol: None,
-            },
-            cluster_ip: None,
-        }
+        crate::translate::tests::row("prod", "ratings", port_name, port)
     }
 
     fn policy(yaml: &str) -> TrafficPolicy {

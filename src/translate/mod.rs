@@ -420,13 +420,8 @@ pub fn rebind_listener(body: &[u8], bind: IpAddr) -> Option<(u16, Vec<u8>)> {
     Some((port, l.encode_to_vec()))
 }
 
-/// The port number of a listener named `0.0.0.0_<port>`.
-pub fn listener_port(name: &str) -> Option<u16> {
-    name.strip_prefix("0.0.0.0_")?.parse().ok()
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::k8s::TargetPort;
 
@@ -464,7 +459,8 @@ mod tests {
         assert_eq!(rebind_listener(&envoy_listener::Listener::default().encode_to_vec(), bind), None, "no address");
     }
 
-    fn row(ns: &str, name: &str, port_name: &str, port: u16) -> ServicePortRow {
+    /// A TCP service port with target port 8080, for builder tests.
+    pub(crate) fn row(ns: &str, name: &str, port_name: &str, port: u16) -> ServicePortRow {
         ServicePortRow {
             namespace: ns.into(),
             service: name.into(),
@@ -553,7 +549,6 @@ mod tests {
         let manager = hcm::HttpConnectionManager::decode(&any.value[..]).unwrap();
         let Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) = manager.route_specifier else { panic!() };
         assert_eq!(rds.route_config_name, "9080");
-        assert_eq!(listener_port(&l.name), Some(9080));
         // Per-route fault and CORS configs need their filters, before the router (istiod's order).
         let filters: Vec<(&str, &str)> = manager
             .http_filters
