@@ -11,6 +11,11 @@ use meshflow::cache::Cache;
 use meshflow::engine::Engine;
 use meshflow::source;
 use meshflow::source::kube::KubeOptions;
+use meshflow::xds::classes::ClassRegistry;
+
+/// How long a proxy class stays computed after its last proxy disconnected, so a proxy that
+/// reconnects finds it ready.
+const CLASS_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Parser)]
 #[command(
@@ -154,7 +159,8 @@ fn serve(
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let xds = tokio::spawn(meshflow::xds::serve(cache.clone(), xds_addr, stopped(stop_rx.clone())));
+        let classes = ClassRegistry::new(engine.sender(), CLASS_GRACE);
+        let xds = tokio::spawn(meshflow::xds::serve(cache.clone(), Some(classes), xds_addr, stopped(stop_rx.clone())));
         let admin = tokio::spawn(meshflow::admin::serve(cache.clone(), admin_addr, stopped(stop_rx)));
         tokio::select! {
             r = xds => r??,

@@ -19,7 +19,7 @@ use meshflow::model::k8s::{
     ContainerPort, EndpointAddress, EndpointSubset, Labels, Protocol, ServicePort, SliceEndpoint, SlicePort, TargetPort,
 };
 use meshflow::model::{EndpointSlice, Endpoints, InputEvent, Kind, Object, ObjectKey, Pod, Service};
-use meshflow::translate::{ResourceType, outbound, reference};
+use meshflow::translate::{ResourceType, Scope, outbound, reference};
 use proptest::prelude::*;
 
 const NAMESPACES: [&str; 2] = ["default", "shop"];
@@ -433,7 +433,7 @@ struct Harness {
     engine: Engine,
     out: crossbeam_channel::Receiver<ResourceDelta>,
     live: BTreeMap<ObjectKey, Object>,
-    materialized: BTreeMap<(ResourceType, String), Arc<[u8]>>,
+    materialized: BTreeMap<(Scope, ResourceType, String), Arc<[u8]>>,
 }
 
 impl Harness {
@@ -457,7 +457,7 @@ impl Harness {
         self.engine.send(Command::Events(events));
         let delta = self.out.recv_timeout(Duration::from_secs(30)).expect("engine answers every command");
         for change in delta.changes {
-            let key = (change.ty, change.name.clone());
+            let key = (change.scope.clone(), change.ty, change.name.clone());
             let before = self.materialized.get(&key).cloned();
             prop_assert!(
                 before.as_deref() != change.body.as_deref(),
@@ -473,7 +473,7 @@ impl Harness {
         let expected = reference::translate_all(self.live.values());
         let got: BTreeMap<_, Vec<u8>> = self.materialized.iter().map(|(k, v)| (k.clone(), v.to_vec())).collect();
         if got != expected {
-            let names = |m: &BTreeMap<(ResourceType, String), Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
+            let names = |m: &BTreeMap<(Scope, ResourceType, String), Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
             let differing: Vec<_> =
                 expected.iter().filter(|(k, v)| got.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
             return Err(TestCaseError::fail(format!(
@@ -564,7 +564,7 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
     let cla = |h: &Harness| {
         use prost::Message;
         let body = &h.materialized
-            [&(ResourceType::ClusterLoadAssignment, "outbound|80||web.default.svc.cluster.local".into())];
+            [&(Scope::All, ResourceType::ClusterLoadAssignment, "outbound|80||web.default.svc.cluster.local".into())];
         let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(&body[..]).unwrap();
         cla.endpoints
             .iter()

@@ -327,8 +327,18 @@ fn apiserver_down_at_start_keeps_meshflow_not_ready_then_it_converges() {
         assert!(Instant::now() < deadline, "still pending: {:?}", cache.pending_sources());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(cache.get(ResourceType::Cluster, "outbound|80||web.default.svc.cluster.local").is_some());
-    let cla = cache.get(ResourceType::ClusterLoadAssignment, "outbound|80||web.default.svc.cluster.local").unwrap();
+    assert!(
+        cache
+            .get(&meshflow::cache::View::sidecar(), ResourceType::Cluster, "outbound|80||web.default.svc.cluster.local")
+            .is_some()
+    );
+    let cla = cache
+        .get(
+            &meshflow::cache::View::sidecar(),
+            ResourceType::ClusterLoadAssignment,
+            "outbound|80||web.default.svc.cluster.local",
+        )
+        .unwrap();
     assert!(cla.body.windows(8).any(|w| w == b"10.0.0.1"), "the slice's endpoint is served");
 }
 

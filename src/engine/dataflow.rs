@@ -27,10 +27,11 @@
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::Scope;
+use timely::dataflow::Scope as Graph;
 
-use crate::model::istio::{DestinationRule, DestinationRuleSpec, VirtualService};
+use crate::model::istio::{DestinationRule, DestinationRuleSpec, Gateway, VirtualService};
 use crate::model::k8s::Labels;
+use crate::model::proxy::ProxyClass;
 use crate::model::{EndpointSlice, Endpoints, Pod, Service};
 use crate::translate::endpoint::{
     EndpointRow, PortKey, SelectorService, endpoints_addresses, pod_addresses, service_port_rows, slice_addresses,
@@ -38,13 +39,14 @@ use crate::translate::endpoint::{
 use crate::translate::outbound::{
     self, ClusterRow, ConfigKey, DestinationMap, HostInfo, SubsetRef, TcpListenerRow, VsRank, host_patterns,
 };
-use crate::translate::{self, Diagnostic, EndpointAddr, ResourceType, ServicePortRow, VirtualHostPart};
+use crate::translate::{self, Diagnostic, EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart};
 
 /// What leaves the dataflow: finished resources, and virtual hosts that are assembled into
 /// route configs outside it (see [`super::output`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum OutputRow {
     Resource {
+        scope: Scope,
         ty: ResourceType,
         name: String,
         body: Vec<u8>,
@@ -66,6 +68,8 @@ pub struct Inputs {
     pub pods: InputSession<u64, Pod, isize>,
     pub virtual_services: InputSession<u64, VirtualService, isize>,
     pub destination_rules: InputSession<u64, DestinationRule, isize>,
+    pub gateways: InputSession<u64, Gateway, isize>,
+    pub classes: InputSession<u64, ProxyClass, isize>,
 }
 
 impl Inputs {
@@ -76,6 +80,8 @@ impl Inputs {
         self.pods.advance_to(t);
         self.virtual_services.advance_to(t);
         self.destination_rules.advance_to(t);
+        self.gateways.advance_to(t);
+        self.classes.advance_to(t);
     }
 
     pub fn flush(&mut self) {
@@ -85,6 +91,8 @@ impl Inputs {
         self.pods.flush();
         self.virtual_services.flush();
         self.destination_rules.flush();
+        self.gateways.flush();
+        self.classes.flush();
     }
 }
 
@@ -131,13 +139,15 @@ enum VhostInput {
 }
 
 /// Builds the graph. Returns the input handles and the output collection.
-pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, OutputRow>) {
+pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, OutputRow>) {
     let (services_in, services) = scope.new_collection::<Service, isize>();
     let (slices_in, slices) = scope.new_collection::<EndpointSlice, isize>();
     let (endpoints_in, endpoints) = scope.new_collection::<Endpoints, isize>();
     let (pods_in, pods) = scope.new_collection::<Pod, isize>();
     let (vs_in, virtual_services) = scope.new_collection::<VirtualService, isize>();
     let (dr_in, destination_rules) = scope.new_collection::<DestinationRule, isize>();
+    let (gateways_in, _gateways) = scope.new_collection::<Gateway, isize>();
+    let (classes_in, _classes) = scope.new_collection::<ProxyClass, isize>();
 
     let service_ports = services.clone().flat_map(|s: Service| service_port_rows(&s));
     let ports_by_host = service_ports.clone().map(|row| (row.fqdn(), row));
@@ -192,6 +202,7 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         host_outputs.flat_map(|(fqdn, out)| if let HostOutput::Info(i) = out { Some((fqdn, i)) } else { None });
 
     let clusters = cluster_rows.clone().map(|c: ClusterRow| OutputRow::Resource {
+        scope: Scope::All,
         ty: ResourceType::Cluster,
         name: c.name(),
         body: c.encode(),
@@ -283,6 +294,7 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .map(|(_, (route, vhost))| OutputRow::VirtualHost { route, vhost });
     let http_port_numbers = http_ports.map(|row| row.port.port).distinct();
     let listeners = http_port_numbers.clone().map(|port| OutputRow::Resource {
+        scope: Scope::Sidecars,
         ty: ResourceType::Listener,
         name: translate::listener_name(port),
         body: translate::listener(port, None),
@@ -319,8 +331,12 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             let candidates = input.iter().filter_map(|(c, _)| if let PortClaim::Tcp(l) = c { Some(l) } else { None });
             let (winner, diagnostics) = outbound::settle_port(*port, http, candidates);
             if let Some(w) = winner {
-                let row =
-                    OutputRow::Resource { ty: ResourceType::Listener, name: w.name.clone(), body: w.body.clone() };
+                let row = OutputRow::Resource {
+                    scope: Scope::Sidecars,
+                    ty: ResourceType::Listener,
+                    name: w.name.clone(),
+                    body: w.body.clone(),
+                };
                 output.push((row, 1isize));
             }
             for d in diagnostics {
@@ -433,7 +449,12 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                 output.push((translate::load_assignment(cluster, &addrs), 1isize));
             },
         )
-        .map(|(name, body)| OutputRow::Resource { ty: ResourceType::ClusterLoadAssignment, name, body });
+        .map(|(name, body)| OutputRow::Resource {
+            scope: Scope::All,
+            ty: ResourceType::ClusterLoadAssignment,
+            name,
+            body,
+        });
 
     let diagnostics = untranslated.concat(missing).map(OutputRow::Diagnostic);
     let output =
@@ -445,6 +466,8 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         pods: pods_in,
         virtual_services: vs_in,
         destination_rules: dr_in,
+        gateways: gateways_in,
+        classes: classes_in,
     };
     (inputs, output)
 }

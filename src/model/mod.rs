@@ -10,6 +10,7 @@ pub mod crds;
 pub mod istio;
 pub mod k8s;
 mod parse;
+pub mod proxy;
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -34,9 +35,13 @@ pub enum Kind {
     VirtualService,
     DestinationRule,
     ServiceEntry,
+    /// A class of connected proxies ([`proxy::ProxyClass`]): an input from the xDS server,
+    /// never from files or the cluster.
+    ProxyClass,
 }
 
 impl Kind {
+    /// The kinds read from files and the cluster.
     pub const ALL: [Kind; 10] = [
         Kind::Namespace,
         Kind::Node,
@@ -62,12 +67,13 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
+            Kind::ProxyClass => "ProxyClass",
         }
     }
 
     /// Cluster-scoped kinds have an empty namespace in their [`ObjectKey`].
     pub fn is_namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(self, Kind::Namespace | Kind::Node | Kind::ProxyClass)
     }
 }
 
@@ -115,6 +121,7 @@ pub enum Object {
     VirtualService(Box<istio::VirtualService>),
     DestinationRule(Box<istio::DestinationRule>),
     ServiceEntry(Box<istio::ServiceEntry>),
+    ProxyClass(proxy::ProxyClass),
 }
 
 impl Object {
@@ -130,6 +137,7 @@ impl Object {
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::ServiceEntry(_) => Kind::ServiceEntry,
+            Object::ProxyClass(_) => Kind::ProxyClass,
         }
     }
 
@@ -145,6 +153,7 @@ impl Object {
             Object::VirtualService(o) => (o.namespace.as_str(), o.name.as_str()),
             Object::DestinationRule(o) => (o.namespace.as_str(), o.name.as_str()),
             Object::ServiceEntry(o) => (o.namespace.as_str(), o.name.as_str()),
+            Object::ProxyClass(c) => return ObjectKey::new(Kind::ProxyClass, "", c.id()),
         };
         ObjectKey::new(self.kind(), ns, name)
     }

@@ -144,6 +144,8 @@ fn parse_object(doc: Value, default_namespace: &str) -> ParseOutcome {
         Kind::Pod => from_value(doc).and_then(|p| k8s::pod_from(&namespace, &name, &p)).map(Object::Pod),
         Kind::Node => from_value(doc).map(|n| Object::Node(k8s::node_from(&name, &n))),
         Kind::Namespace => from_value(doc).map(|n| Object::Namespace(k8s::namespace_from(&name, &n))),
+        // Proxy classes come from connected proxies, never from a document.
+        Kind::ProxyClass => Err(vec![FieldError::new("kind", "ProxyClass is not a kind of document")]),
         Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
             let spec = doc.get("spec").cloned().unwrap_or(Value::Null);
             match doc.pointer("/metadata/creationTimestamp") {

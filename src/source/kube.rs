@@ -230,6 +230,8 @@ fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, watch
         Kind::Pod => tokio::spawn(
             watch.run(api::<core::Pod>(&c, ns), |p| k8s::pod_from(&namespace(p), &p.name_any(), p).map(Object::Pod)),
         ),
+        // Not a cluster object: connected proxies report their classes.
+        Kind::ProxyClass => return,
         Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
             let Some(version) = apis.istio_version else {
                 // Nothing to watch: synced, and empty.

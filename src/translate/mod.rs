@@ -65,11 +65,13 @@ impl std::fmt::Display for Diagnostic {
 /// The cluster's DNS domain, as in istiod's default `cluster.local`.
 pub const DOMAIN_SUFFIX: &str = "cluster.local";
 
-/// The four xDS resource types meshflow serves.
+/// The xDS resource types meshflow serves, in dependency order (see [`ResourceType::ALL`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ResourceType {
     Cluster,
     ClusterLoadAssignment,
+    /// SDS: certificates and keys, named as istiod names them (`kubernetes://<secret>`).
+    Secret,
     Listener,
     RouteConfiguration,
 }
@@ -78,14 +80,16 @@ pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Clus
 pub const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 impl ResourceType {
     /// In dependency order: what a resource refers to comes before it (a listener's route
-    /// config after the clusters its routes name). Additions are pushed in this order,
-    /// removals in the reverse.
-    pub const ALL: [ResourceType; 4] = [
+    /// config after the clusters its routes name, a listener after the secrets its TLS
+    /// contexts name). Additions are pushed in this order, removals in the reverse.
+    pub const ALL: [ResourceType; 5] = [
         ResourceType::Cluster,
         ResourceType::ClusterLoadAssignment,
+        ResourceType::Secret,
         ResourceType::Listener,
         ResourceType::RouteConfiguration,
     ];
@@ -94,6 +98,7 @@ impl ResourceType {
         match self {
             ResourceType::Cluster => CLUSTER_TYPE,
             ResourceType::ClusterLoadAssignment => ENDPOINT_TYPE,
+            ResourceType::Secret => SECRET_TYPE,
             ResourceType::Listener => LISTENER_TYPE,
             ResourceType::RouteConfiguration => ROUTE_TYPE,
         }
@@ -108,6 +113,7 @@ impl ResourceType {
         match self {
             ResourceType::Cluster => "CDS",
             ResourceType::ClusterLoadAssignment => "EDS",
+            ResourceType::Secret => "SDS",
             ResourceType::Listener => "LDS",
             ResourceType::RouteConfiguration => "RDS",
         }
@@ -116,6 +122,30 @@ impl ResourceType {
     /// Wildcard types: a client that subscribes to nothing in particular gets all of them.
     pub fn is_wildcard_type(self) -> bool {
         matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+}
+
+/// Which proxies a resource is served to. Most output is the same for every proxy; what
+/// depends on who asks (a gateway's listeners, its certificates) is computed once per proxy
+/// class that is connected, and a proxy sees its class's resources, then its kind's, then the
+/// shared ones (see [`crate::cache::View`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    /// Every proxy: clusters and their load assignments.
+    All,
+    /// Every sidecar: the outbound listeners and their route configs. Gateways do not get them.
+    Sidecars,
+    /// The proxies of one class, by [`crate::model::proxy::ProxyClass::id`].
+    Class(String),
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::All => f.write_str("all"),
+            Scope::Sidecars => f.write_str("sidecars"),
+            Scope::Class(id) => f.write_str(id),
+        }
     }
 }
 

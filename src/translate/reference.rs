@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::endpoint::{EndpointRow, endpoints_addresses, selector_pod_addresses, service_port_rows, slice_addresses};
 use super::outbound::{self, DestinationMap, HostInfo, TcpListenerRow, VsRank};
-use super::{EndpointAddr, ResourceType, ServicePortRow, VirtualHostPart};
+use super::{EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart};
 use crate::model::Object;
 use crate::model::k8s::Labels;
 use crate::translate;
 
-/// Resources by (type, name), each as encoded bytes.
-pub type Resources = BTreeMap<(ResourceType, String), Vec<u8>>;
+/// Resources by (scope, type, name), each as encoded bytes.
+pub type Resources = BTreeMap<(Scope, ResourceType, String), Vec<u8>>;
 
 pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resources {
     let (mut services, mut slices, mut endpoints, mut pods) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -112,8 +112,9 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
                     .collect(),
             };
             let addrs: Vec<&EndpointAddr> = addrs.into_iter().collect();
-            out.insert((ResourceType::ClusterLoadAssignment, name.clone()), translate::load_assignment(&name, &addrs));
-            out.insert((ResourceType::Cluster, name), cluster.encode());
+            let assignment = translate::load_assignment(&name, &addrs);
+            out.insert((Scope::All, ResourceType::ClusterLoadAssignment, name.clone()), assignment);
+            out.insert((Scope::All, ResourceType::Cluster, name), cluster.encode());
         }
 
         let chosen = virtual_services
@@ -142,19 +143,20 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         for row in rows.iter().filter(|r| r.protocol().is_http()) {
             let port = row.port.port;
             http_ports.insert(port);
-            out.insert((ResourceType::Listener, translate::listener_name(port)), translate::listener(port, None));
+            let name = translate::listener_name(port);
+            out.insert((Scope::Sidecars, ResourceType::Listener, name), translate::listener(port, None));
         }
     }
     // Each port's TCP listener, unless HTTP services or an earlier host hold the port.
     for (port, candidates) in &tcp_listeners {
         let http = http_ports.contains(port);
         if let (Some(winner), _) = outbound::settle_port(*port, http, candidates) {
-            out.insert((ResourceType::Listener, winner.name.clone()), winner.body.clone());
+            out.insert((Scope::Sidecars, ResourceType::Listener, winner.name.clone()), winner.body.clone());
         }
     }
     for (name, vhosts) in routes {
         let body = translate::route_configuration(&name, &vhosts);
-        out.insert((ResourceType::RouteConfiguration, name), body);
+        out.insert((Scope::Sidecars, ResourceType::RouteConfiguration, name), body);
     }
     out
 }
