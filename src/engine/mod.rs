@@ -176,6 +176,6 @@ fn feed(inputs: &mut dataflow::Inputs, object: &Object, diff: isize) {
         Object::VirtualService(vs) => inputs.virtual_services.update((**vs).clone(), diff),
         Object::DestinationRule(dr) => inputs.destination_rules.update((**dr).clone(), diff),
         // Held by the driver, not yet translated.
-        Object::Namespace(_) | Object::Node(_) | Object::Gateway(_) | Object::ServiceEntry(_) => {}
+        Object::Namespace(_) | Object::Node(_) | Object::Gateway(_) | Object::ServiceEntry(_) | Object::Secret(_) => {}
     }
 }

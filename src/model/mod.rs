@@ -10,6 +10,7 @@ pub mod crds;
 pub mod istio;
 pub mod k8s;
 mod parse;
+pub mod secret;
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -20,6 +21,7 @@ pub use k8s::{
     EndpointAddress, EndpointSlice, Endpoints, Namespace, Node, Pod, Service, ServicePort, SliceEndpoint, SlicePort,
 };
 pub use parse::{ParseOutcome, parse_document};
+pub use secret::Secret;
 
 /// Kinds meshflow reads. Anything else is skipped at intake with one log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -34,10 +36,11 @@ pub enum Kind {
     VirtualService,
     DestinationRule,
     ServiceEntry,
+    Secret,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Service,
@@ -48,6 +51,7 @@ impl Kind {
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
+        Kind::Secret,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +66,7 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -115,6 +120,8 @@ pub enum Object {
     VirtualService(Box<istio::VirtualService>),
     DestinationRule(Box<istio::DestinationRule>),
     ServiceEntry(Box<istio::ServiceEntry>),
+    /// Boxed like the Istio kinds: few, and larger than most objects.
+    Secret(Box<Secret>),
 }
 
 impl Object {
@@ -130,6 +137,7 @@ impl Object {
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::ServiceEntry(_) => Kind::ServiceEntry,
+            Object::Secret(_) => Kind::Secret,
         }
     }
 
@@ -145,6 +153,7 @@ impl Object {
             Object::VirtualService(o) => (o.namespace.as_str(), o.name.as_str()),
             Object::DestinationRule(o) => (o.namespace.as_str(), o.name.as_str()),
             Object::ServiceEntry(o) => (o.namespace.as_str(), o.name.as_str()),
+            Object::Secret(o) => (o.namespace.as_str(), o.name.as_str()),
         };
         ObjectKey::new(self.kind(), ns, name)
     }
