@@ -1194,6 +1194,40 @@ mod tests {
         assert_eq!(clusters, ["outbound|9080||productpage.default.svc.cluster.local"]);
     }
 
+    /// Not a check: how long one class's gateway takes to build at scale
+    /// (`cargo test --release --lib gateway_at_scale -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "measurement"]
+    fn gateway_at_scale() {
+        let mut servers = vec![http_server(80, &["*"])];
+        for i in 0..100 {
+            servers.push(json!({"port": {"number": 443, "name": format!("https-{i}"), "protocol": "HTTPS"},
+                "hosts": [format!("h{i}.example.com")], "tls": {"mode": "SIMPLE", "credentialName": format!("cert-{i}")}}));
+        }
+        let gw = gateway("istio-system", "gw", json!(servers));
+        let vss: Vec<VirtualService> = (0..1000)
+            .map(|i| {
+                vs("default", &format!("v{i}"), "2024-01-01T00:00:00Z", json!({"hosts": [format!("h{i}.example.com")],
+                    "gateways": ["istio-system/gw"], "http": [{"match": [{"uri": {"prefix": "/a"}}], "route": [{"destination": {"host": "reviews"}}]},
+                    {"route": [{"destination": {"host": "productpage"}}]}]}))
+            })
+            .collect();
+        let refs: Vec<&VirtualService> = vss.iter().collect();
+        let start = std::time::Instant::now();
+        let out = build(&[&gw], &refs);
+        let elapsed = start.elapsed();
+        let bytes: usize = out.resources.iter().map(|r| r.2.len()).sum();
+        println!(
+            "1 gateway, 101 servers, 1000 VirtualServices: {} resources, {bytes} bytes in {elapsed:?}",
+            out.resources.len()
+        );
+        assert_eq!(
+            out.resources.len(),
+            103,
+            "listeners 0.0.0.0_80 and 0.0.0.0_443, http.80 and 100 https route configs"
+        );
+    }
+
     #[test]
     fn gateway_names_resolve_as_istiod_resolves_them() {
         assert_eq!(resolve_gateway_name("gw", "shop"), "shop/gw");

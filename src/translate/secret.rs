@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use prost::Message;
 
-use super::gateway::SDS_CA_SUFFIX;
+use super::gateway::{SDS_CA_SUFFIX, SecretRef};
 use crate::model::{FieldError, Secret};
 
 /// The type URL of an SDS resource.
@@ -88,6 +88,18 @@ pub fn sds_secret(sds_name: &str, secret: &Secret) -> Result<Vec<u8>, FieldError
     Ok(tls::Secret { name: sds_name.to_string(), r#type: Some(r#type) }.encode_to_vec())
 }
 
+/// The SDS resource a gateway's [`SecretRef`] stands for, read from the Secrets `get` finds by
+/// (namespace, name): a CA from `<name>-cacert`, else from `<name>` (istiod's `GetCaCert`).
+/// None while no such Secret exists (istiod then sends nothing and Envoy keeps waiting);
+/// `Some(Err)` for a Secret without the expected keys.
+pub fn sds_for_ref<'a>(
+    r: &SecretRef,
+    get: impl Fn(&str, &str) -> Option<&'a Secret>,
+) -> Option<Result<Vec<u8>, FieldError>> {
+    let secret = get(&r.namespace, &r.name).or_else(|| r.ca_fallback().and_then(|n| get(&r.namespace, n)))?;
+    Some(sds_secret(&r.sds_name, secret))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +164,24 @@ mod tests {
         };
         assert_eq!(inline_bytes(&v.trusted_ca), b"GCA");
         assert!(v.crl.is_none());
+    }
+
+    #[test]
+    fn a_ca_reference_falls_back_to_the_secret_without_the_suffix() {
+        let s = secret("kubernetes.io/tls", &[("tls.crt", "CRT"), ("tls.key", "KEY"), ("ca.crt", "CA")]);
+        let get = |ns: &str, name: &str| (ns == "istio-system" && name == "gw").then_some(&s);
+        let ca = SecretRef::of_credential("gw-cacert", "istio-system", true).unwrap();
+        let out = decode(&sds_for_ref(&ca, get).unwrap().unwrap());
+        assert_eq!(out.name, "kubernetes://gw-cacert");
+        assert!(matches!(out.r#type, Some(tls::secret::Type::ValidationContext(_))));
+        let cert = SecretRef::of_credential("gw", "istio-system", false).unwrap();
+        assert!(matches!(
+            decode(&sds_for_ref(&cert, get).unwrap().unwrap()).r#type,
+            Some(tls::secret::Type::TlsCertificate(_))
+        ));
+        let elsewhere = SecretRef::of_credential("kubernetes://shop/gw", "istio-system", false).unwrap();
+        assert_eq!((elsewhere.namespace.as_str(), elsewhere.name.as_str()), ("shop", "gw"));
+        assert!(sds_for_ref(&elsewhere, get).is_none(), "no such Secret: nothing to send");
     }
 
     #[test]
