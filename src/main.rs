@@ -78,6 +78,13 @@ enum Command {
         /// Envoy's admin port, on 127.0.0.1.
         #[arg(long, default_value_t = 15000)]
         admin_port: u16,
+        /// A label of the proxy, `key=value` (repeatable), sent as node metadata LABELS: what
+        /// a Gateway's `selector` matches.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// The proxy's namespace, sent as node metadata NAMESPACE (must match the node id).
+        #[arg(long)]
+        namespace: Option<String>,
     },
 }
 
@@ -100,9 +107,14 @@ fn main() -> ExitCode {
             let kube = kubernetes.then_some(KubeOptions { kubeconfig, namespaces: watch_namespaces });
             serve(config_dir, kube, xds_addr, admin_addr)
         }
-        Command::Bootstrap { node_id, xds_addr, bind_address, admin_port } => {
-            let config = BootstrapConfig { node_id, xds_addr, bind_address, admin_port };
-            bootstrap::render(&config).map(|yaml| print!("{yaml}")).map_err(anyhow::Error::msg)
+        Command::Bootstrap { node_id, xds_addr, bind_address, admin_port, labels, namespace } => {
+            bootstrap::hand_metadata(&node_id, &labels, namespace.as_deref())
+                .and_then(|meta| {
+                    let config = BootstrapConfig { node_id, xds_addr, bind_address, admin_port };
+                    bootstrap::render_with_metadata(&config, &meta)
+                })
+                .map(|yaml| print!("{yaml}"))
+                .map_err(anyhow::Error::msg)
         }
     };
     match result {

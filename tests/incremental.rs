@@ -18,7 +18,9 @@ use meshflow::model::istio;
 use meshflow::model::k8s::{
     ContainerPort, EndpointAddress, EndpointSubset, Labels, Protocol, ServicePort, SliceEndpoint, SlicePort, TargetPort,
 };
-use meshflow::model::{EndpointSlice, Endpoints, InputEvent, Kind, Object, ObjectKey, Pod, Service};
+use meshflow::model::proxy::{ClassLabels, ProxyClass, ProxyKind};
+use meshflow::model::secret::SecretBytes;
+use meshflow::model::{EndpointSlice, Endpoints, InputEvent, Kind, Object, ObjectKey, Pod, Secret, Service};
 use meshflow::translate::{ResourceType, Scope, outbound, reference};
 use proptest::prelude::*;
 
@@ -400,6 +402,87 @@ fn destination_rule() -> impl Strategy<Value = Object> {
         )
 }
 
+/// Gateways in `default` (where the generated VirtualServices bind to `default/gw`) and
+/// `istio-system`, selecting gateway proxies by label (or all of them), with HTTP, HTTPS (a
+/// `credentialName` in the gateway's namespace) and TLS passthrough servers.
+fn gateway() -> impl Strategy<Value = Object> {
+    let server = prop_oneof![
+        (prop::sample::select(&[80u32, 8080][..]), prop::sample::select(&["*", "reviews", "*.svc.cluster.local"][..]))
+            .prop_map(|(port, host)| serde_json::json!({
+                "port": {"number": port, "name": format!("http-{port}"), "protocol": "HTTP"},
+                "hosts": [host],
+            })),
+        (prop::sample::select(&["SIMPLE", "MUTUAL"][..]), any::<bool>()).prop_map(|(mode, redirect)| {
+            let mut s = serde_json::json!({
+                "port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+                "hosts": ["*"],
+                "tls": {"mode": mode, "credentialName": "cert"},
+            });
+            if redirect {
+                s["port"] = serde_json::json!({"number": 8443, "name": "https-8443", "protocol": "HTTPS"});
+            }
+            s
+        }),
+        Just(serde_json::json!({
+            "port": {"number": 15443, "name": "tls", "protocol": "TLS"},
+            "hosts": ["*"],
+            "tls": {"mode": "PASSTHROUGH"},
+        })),
+    ];
+    (
+        prop::sample::select(&["default", "istio-system"][..]),
+        prop::sample::select(&["gw", "gw2"][..]),
+        prop::sample::select(&CREATED[..]),
+        prop::sample::select(&[None, Some(("istio", "ingressgateway")), Some(("app", "web"))][..]),
+        prop::collection::vec(server, 1..3),
+    )
+        .prop_filter_map("valid Gateway", |(namespace, name, created, selector, servers)| {
+            let selector = match selector {
+                Some((k, v)) => serde_json::json!({ k: v }),
+                None => serde_json::json!({}),
+            };
+            let spec = serde_json::json!({ "selector": selector, "servers": servers });
+            istio_object(Kind::Gateway, namespace, name, created, spec)
+        })
+}
+
+/// Classes of connected proxies: gateways by their labels or their pod, and sidecars.
+fn proxy_class() -> impl Strategy<Value = Object> {
+    let labels = prop_oneof![
+        Just(ClassLabels::Given(Labels::from([("istio".to_string(), "ingressgateway".to_string())]))),
+        Just(ClassLabels::Given(Labels::from([("app".to_string(), "web".to_string())]))),
+        prop::sample::select(&PODS[..]).prop_map(|p| ClassLabels::OfPod(p.to_string())),
+    ];
+    (prop::sample::select(&["default", "istio-system"][..]), labels, prop::bool::weighted(0.2)).prop_map(
+        |(namespace, labels, sidecar)| {
+            let kind = if sidecar { ProxyKind::Sidecar } else { ProxyKind::Router };
+            let labels = if sidecar { ClassLabels::Ignored } else { labels };
+            Object::ProxyClass(ProxyClass { kind, namespace: namespace.into(), labels })
+        },
+    )
+}
+
+/// Secrets the HTTPS servers name (`cert`, its CA `cert-cacert`), some without the keys.
+fn secret() -> impl Strategy<Value = Object> {
+    (
+        prop::sample::select(&["default", "istio-system"][..]),
+        prop::sample::select(&["cert", "cert-cacert"][..]),
+        prop::sample::select(&[0u8, 1, 2][..]),
+        prop::sample::select(&["tls.crt", "cacert", "other"][..]),
+    )
+        .prop_map(|(namespace, name, version, key)| {
+            let mut data = std::collections::BTreeMap::new();
+            data.insert(key.to_string(), SecretBytes(vec![b'c', version]));
+            data.insert("tls.key".to_string(), SecretBytes(vec![b'k', version]));
+            Object::Secret(Box::new(Secret {
+                namespace: namespace.into(),
+                name: name.into(),
+                r#type: "kubernetes.io/tls".into(),
+                data,
+            }))
+        })
+}
+
 fn object() -> impl Strategy<Value = Object> {
     prop_oneof![
         3 => service(),
@@ -408,6 +491,9 @@ fn object() -> impl Strategy<Value = Object> {
         3 => pod(),
         2 => virtual_service(),
         2 => destination_rule(),
+        1 => gateway(),
+        1 => proxy_class(),
+        1 => secret(),
     ]
 }
 

@@ -29,16 +29,19 @@ use differential_dataflow::input::{Input, InputSession};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope as Graph;
 
+use crate::model::Secret;
 use crate::model::istio::{DestinationRule, DestinationRuleSpec, Gateway, VirtualService};
 use crate::model::k8s::Labels;
-use crate::model::proxy::ProxyClass;
+use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind};
 use crate::model::{EndpointSlice, Endpoints, Pod, Service};
 use crate::translate::endpoint::{
     EndpointRow, PortKey, SelectorService, endpoints_addresses, pod_addresses, service_port_rows, slice_addresses,
 };
+use crate::translate::gateway::{self, SecretRef};
 use crate::translate::outbound::{
     self, ClusterRow, ConfigKey, DestinationMap, HostInfo, SubsetRef, TcpListenerRow, VsRank, host_patterns,
 };
+use crate::translate::views;
 use crate::translate::{self, Diagnostic, EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart};
 
 /// What leaves the dataflow: finished resources, and virtual hosts that are assembled into
@@ -70,6 +73,7 @@ pub struct Inputs {
     pub destination_rules: InputSession<u64, DestinationRule, isize>,
     pub gateways: InputSession<u64, Gateway, isize>,
     pub classes: InputSession<u64, ProxyClass, isize>,
+    pub secrets: InputSession<u64, Secret, isize>,
 }
 
 impl Inputs {
@@ -82,6 +86,7 @@ impl Inputs {
         self.destination_rules.advance_to(t);
         self.gateways.advance_to(t);
         self.classes.advance_to(t);
+        self.secrets.advance_to(t);
     }
 
     pub fn flush(&mut self) {
@@ -93,6 +98,7 @@ impl Inputs {
         self.destination_rules.flush();
         self.gateways.flush();
         self.classes.flush();
+        self.secrets.flush();
     }
 }
 
@@ -130,6 +136,30 @@ enum PortClaim {
     Tcp(TcpListenerRow),
 }
 
+/// What meets per gateway proxy class to make its listeners and route configs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum ClassInput {
+    Gateway(Gateway),
+    Routes(VirtualService, DestinationMap),
+}
+
+/// What a gateway proxy class's reduce produces.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum ClassOutput {
+    Resource(ResourceType, String, Vec<u8>),
+    Secret(SecretRef),
+    Diagnostic(Diagnostic),
+}
+
+/// What meets per (class, SDS name): the reference and the Secrets it may read.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum SecretInput {
+    /// The reference, and the namespace of the class that holds it.
+    Ref(SecretRef, String),
+    Found(Secret),
+    Fallback(Secret),
+}
+
 /// What meets per host to make its virtual hosts (and its TCP listeners).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum VhostInput {
@@ -146,8 +176,9 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let (pods_in, pods) = scope.new_collection::<Pod, isize>();
     let (vs_in, virtual_services) = scope.new_collection::<VirtualService, isize>();
     let (dr_in, destination_rules) = scope.new_collection::<DestinationRule, isize>();
-    let (gateways_in, _gateways) = scope.new_collection::<Gateway, isize>();
-    let (classes_in, _classes) = scope.new_collection::<ProxyClass, isize>();
+    let (gateways_in, gateways) = scope.new_collection::<Gateway, isize>();
+    let (classes_in, classes) = scope.new_collection::<ProxyClass, isize>();
+    let (secrets_in, secrets) = scope.new_collection::<Secret, isize>();
 
     let service_ports = services.clone().flat_map(|s: Service| service_port_rows(&s));
     let ports_by_host = service_ports.clone().map(|row| (row.fqdn(), row));
@@ -225,7 +256,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         }));
 
     // === VirtualServices → the VirtualService of each host, with its destinations ===
-    let mesh_vs = virtual_services.filter(outbound::applies_to_mesh);
+    let mesh_vs = virtual_services.clone().filter(outbound::applies_to_mesh);
     let vs_by_pattern = mesh_vs.clone().flat_map(|vs: VirtualService| {
         outbound::virtual_service_patterns(&vs).into_iter().map(move |p| (p, vs.clone())).collect::<Vec<_>>()
     });
@@ -235,11 +266,12 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             // Values arrive sorted: the first is the best rank.
             output.push((input[0].0.key(), 1isize));
         });
-    let vs_destinations = mesh_vs.clone().flat_map(|vs: VirtualService| {
+    let vs_destinations = virtual_services.clone().flat_map(|vs: VirtualService| {
         let key: ConfigKey = (vs.namespace.clone(), vs.name.clone());
         outbound::virtual_service_destinations(&vs).into_iter().map(move |d| (d, key.clone())).collect::<Vec<_>>()
     });
-    let vs_context = mesh_vs
+    let vs_context = virtual_services
+        .clone()
         .map(|vs: VirtualService| ((vs.namespace.clone(), vs.name.clone()), VsInput::Object(vs)))
         .concat(vs_destinations.join_map(host_info.clone(), |dest, key: &ConfigKey, info: &HostInfo| {
             (key.clone(), VsInput::Destination(dest.clone(), info.clone()))
@@ -261,7 +293,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         });
     let missing = vs_context.clone().flat_map(|(_, (vs, dest))| outbound::missing_destinations(&vs, &dest));
     let routes_by_host = vs_by_host.map(|(fqdn, key)| (key, fqdn)).join_map(
-        vs_context,
+        vs_context.clone(),
         |_key, fqdn: &String, (vs, dest): &(VirtualService, DestinationMap)| {
             (fqdn.clone(), VhostInput::Routes(vs.clone(), dest.clone()))
         },
@@ -423,7 +455,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .join_map(labels_by_pod.clone(), |_pod, (cluster, addr): &(String, EndpointAddr), labels: &Labels| {
             (cluster.clone(), (addr.clone(), labels.clone()))
         })
-        .concat(by_pod.antijoin(labels_by_pod.map(|(k, _)| k)).map(|(_, (c, a))| (c, (a, Labels::new()))))
+        .concat(by_pod.antijoin(labels_by_pod.clone().map(|(k, _)| k)).map(|(_, (c, a))| (c, (a, Labels::new()))))
         .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then(|| (c, (ep.addr, Labels::new())))));
     let from_subsets = labelled.join_map(
         subsets_by_base,
@@ -456,9 +488,147 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             body,
         });
 
-    let diagnostics = untranslated.concat(missing).map(OutputRow::Diagnostic);
-    let output =
-        clusters.concat(assignments).concat(listeners).concat(tcp_listeners).concat(virtual_hosts).concat(diagnostics);
+    // === proxy classes: the Gateways that select each router class, and what binds to them ===
+    // Gateways meet classes through a label index, as selector services meet pods: a Gateway
+    // keyed by one pair of its selector (the empty pair for an empty selector), a class by
+    // each of its labels and the empty pair; the full selector is checked where they meet.
+    let router_classes = classes.filter(|c: &ProxyClass| c.kind == ProxyKind::Router);
+    let given_labels = router_classes.clone().flat_map(|c: ProxyClass| match &c.labels {
+        ClassLabels::Given(l) => Some((c.id(), (c.namespace.clone(), l.clone()))),
+        _ => None,
+    });
+    let of_pod = router_classes.flat_map(|c: ProxyClass| match &c.labels {
+        ClassLabels::OfPod(pod) => Some(((c.namespace.clone(), pod.clone()), c.id())),
+        _ => None,
+    });
+    let pod_labels_found = of_pod.clone().join_map(labels_by_pod.clone(), |(ns, _), id: &String, labels: &Labels| {
+        (id.clone(), (ns.clone(), labels.clone()))
+    });
+    let pod_missing = of_pod.antijoin(labels_by_pod.map(|(k, _)| k)).map(|((ns, _), id)| (id, (ns, Labels::new())));
+    let class_labels = given_labels.concat(pod_labels_found).concat(pod_missing);
+    let class_by_pair = class_labels.clone().flat_map(|(id, (_, labels))| {
+        views::class_index_keys(&labels).into_iter().map(move |k| (k, (id.clone(), labels.clone()))).collect::<Vec<_>>()
+    });
+    let class_gateways = class_by_pair
+        .join_map(
+            gateways.map(|gw: Gateway| (views::gateway_index_key(&gw), gw)),
+            |_, (id, labels): &(String, Labels), gw: &Gateway| {
+                views::gateway_selects(gw, labels).then(|| (id.clone(), gw.clone()))
+            },
+        )
+        .flat_map(|x| x);
+    let vs_by_gateway = virtual_services.flat_map(|vs: VirtualService| {
+        let key: ConfigKey = (vs.namespace.clone(), vs.name.clone());
+        gateway::bound_gateways(&vs).into_iter().map(move |g| (g, key.clone())).collect::<Vec<_>>()
+    });
+    let class_vs = class_gateways
+        .clone()
+        .map(|(id, gw)| (format!("{}/{}", gw.namespace, gw.name), id))
+        .join_map(vs_by_gateway, |_, id: &String, key: &ConfigKey| (key.clone(), id.clone()))
+        .distinct();
+    let class_routes =
+        class_vs.join_map(vs_context, |_, id: &String, (vs, dest): &(VirtualService, DestinationMap)| {
+            (id.clone(), ClassInput::Routes(vs.clone(), dest.clone()))
+        });
+    let class_outputs = class_gateways.map(|(id, gw)| (id, ClassInput::Gateway(gw))).concat(class_routes).reduce_named(
+        "translate: gateway class",
+        |_id: &String, input: &[(&ClassInput, isize)], output| {
+            let mut gws: Vec<&Gateway> = Vec::new();
+            let mut vss: Vec<(&VirtualService, &DestinationMap)> = Vec::new();
+            for (i, _) in input {
+                match i {
+                    ClassInput::Gateway(g) => gws.push(g),
+                    ClassInput::Routes(vs, dest) => vss.push((vs, dest)),
+                }
+            }
+            if gws.is_empty() {
+                return;
+            }
+            // istiod merges a proxy's Gateways oldest first (creation time, name, namespace).
+            gws.sort_by(|a, b| a.creation_order().cmp(&b.creation_order()));
+            let out = gateway::gateway_resources(&gws, &vss);
+            for (ty, name, body) in out.resources {
+                output.push((ClassOutput::Resource(ty, name, body), 1isize));
+            }
+            for s in out.secrets {
+                output.push((ClassOutput::Secret(s), 1));
+            }
+            for d in out.diagnostics {
+                output.push((ClassOutput::Diagnostic(d), 1));
+            }
+        },
+    );
+    let class_resources = class_outputs.clone().flat_map(|(id, out)| match out {
+        ClassOutput::Resource(ty, name, body) => Some(OutputRow::Resource { scope: Scope::Class(id), ty, name, body }),
+        _ => None,
+    });
+    let class_diagnostics =
+        class_outputs.clone().flat_map(|(_, out)| if let ClassOutput::Diagnostic(d) = out { Some(d) } else { None });
+
+    // === per class: the Secrets its listeners name, read from its own namespace ===
+    let class_namespaces = class_labels.map(|(id, (ns, _))| (id, ns));
+    let secret_refs = class_outputs
+        .flat_map(|(id, out)| if let ClassOutput::Secret(s) = out { Some((id, s)) } else { None })
+        .join_map(class_namespaces, |id, r: &SecretRef, ns: &String| (id.clone(), r.clone(), ns.clone()));
+    let secrets_by_key = secrets.map(|s: Secret| ((s.namespace.clone(), s.name.clone()), s));
+    let found = secret_refs
+        .clone()
+        .map(|(id, r, _)| ((r.namespace.clone(), r.name.clone()), (id, r.sds_name.clone())))
+        .join_map(secrets_by_key.clone(), |_, key: &(String, String), s: &Secret| {
+            (key.clone(), SecretInput::Found(s.clone()))
+        });
+    let fallback = secret_refs
+        .clone()
+        .flat_map(|(id, r, _)| {
+            let name = r.ca_fallback()?.to_string();
+            Some(((r.namespace.clone(), name), (id, r.sds_name.clone())))
+        })
+        .join_map(secrets_by_key, |_, key: &(String, String), s: &Secret| {
+            (key.clone(), SecretInput::Fallback(s.clone()))
+        });
+    let class_secrets = secret_refs
+        .map(|(id, r, ns)| ((id, r.sds_name.clone()), SecretInput::Ref(r, ns)))
+        .concat(found)
+        .concat(fallback)
+        .reduce_named(
+            "translate: class secrets",
+            |_key: &(String, String), input: &[(&SecretInput, isize)], output| {
+                let (mut reference, mut primary, mut fallback) = (None, None, None);
+                for (i, _) in input {
+                    match i {
+                        SecretInput::Ref(r, ns) => reference = Some((r, ns)),
+                        SecretInput::Found(s) => primary = Some(s),
+                        SecretInput::Fallback(s) => fallback = Some(s),
+                    }
+                }
+                let Some((r, ns)) = reference else { return };
+                match views::class_secret(ns, r, primary, fallback) {
+                    Ok(body) => output.push((Ok(body), 1isize)),
+                    Err(d) => output.push((Err(d), 1)),
+                }
+            },
+        );
+    let secret_diagnostics = class_secrets.clone().flat_map(|(_, out): (_, Result<Vec<u8>, Diagnostic>)| out.err());
+    let class_secrets = class_secrets.flat_map(|((id, sds_name), out)| {
+        let body = out.ok()?;
+        Some(OutputRow::Resource { scope: Scope::Class(id), ty: ResourceType::Secret, name: sds_name, body })
+    });
+
+    // A diagnostic that several classes report is reported once.
+    let diagnostics = untranslated
+        .concat(missing)
+        .concat(class_diagnostics)
+        .concat(secret_diagnostics)
+        .distinct()
+        .map(OutputRow::Diagnostic);
+    let output = clusters
+        .concat(assignments)
+        .concat(listeners)
+        .concat(tcp_listeners)
+        .concat(virtual_hosts)
+        .concat(class_resources)
+        .concat(class_secrets)
+        .concat(diagnostics);
     let inputs = Inputs {
         services: services_in,
         slices: slices_in,
@@ -468,6 +638,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         destination_rules: dr_in,
         gateways: gateways_in,
         classes: classes_in,
+        secrets: secrets_in,
     };
     (inputs, output)
 }

@@ -178,6 +178,7 @@ fn feed(inputs: &mut dataflow::Inputs, object: &Object, diff: isize) {
         Object::Gateway(gw) => inputs.gateways.update((**gw).clone(), diff),
         Object::ProxyClass(c) => inputs.classes.update(c.clone(), diff),
         // Held by the driver, not yet translated.
+        Object::Secret(s) => inputs.secrets.update((**s).clone(), diff),
         Object::Namespace(_) | Object::Node(_) | Object::ServiceEntry(_) => {}
     }
 }

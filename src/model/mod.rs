@@ -11,6 +11,7 @@ pub mod istio;
 pub mod k8s;
 mod parse;
 pub mod proxy;
+pub mod secret;
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -21,6 +22,7 @@ pub use k8s::{
     EndpointAddress, EndpointSlice, Endpoints, Namespace, Node, Pod, Service, ServicePort, SliceEndpoint, SlicePort,
 };
 pub use parse::{ParseOutcome, parse_document};
+pub use secret::Secret;
 
 /// Kinds meshflow reads. Anything else is skipped at intake with one log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -35,6 +37,7 @@ pub enum Kind {
     VirtualService,
     DestinationRule,
     ServiceEntry,
+    Secret,
     /// A class of connected proxies ([`proxy::ProxyClass`]): an input from the xDS server,
     /// never from files or the cluster.
     ProxyClass,
@@ -42,7 +45,7 @@ pub enum Kind {
 
 impl Kind {
     /// The kinds read from files and the cluster.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Service,
@@ -53,6 +56,7 @@ impl Kind {
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
+        Kind::Secret,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +72,7 @@ impl Kind {
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
             Kind::ProxyClass => "ProxyClass",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -122,6 +127,8 @@ pub enum Object {
     DestinationRule(Box<istio::DestinationRule>),
     ServiceEntry(Box<istio::ServiceEntry>),
     ProxyClass(proxy::ProxyClass),
+    /// Boxed like the Istio kinds: few, and larger than most objects.
+    Secret(Box<Secret>),
 }
 
 impl Object {
@@ -138,6 +145,7 @@ impl Object {
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::ServiceEntry(_) => Kind::ServiceEntry,
             Object::ProxyClass(_) => Kind::ProxyClass,
+            Object::Secret(_) => Kind::Secret,
         }
     }
 
@@ -154,6 +162,7 @@ impl Object {
             Object::DestinationRule(o) => (o.namespace.as_str(), o.name.as_str()),
             Object::ServiceEntry(o) => (o.namespace.as_str(), o.name.as_str()),
             Object::ProxyClass(c) => return ObjectKey::new(Kind::ProxyClass, "", c.id()),
+            Object::Secret(o) => (o.namespace.as_str(), o.name.as_str()),
         };
         ObjectKey::new(self.kind(), ns, name)
     }

@@ -9,10 +9,13 @@
 
 pub mod cluster;
 pub mod endpoint;
+pub mod gateway;
 pub mod listener;
 pub mod outbound;
 pub mod reference;
 pub mod route;
+pub mod secret;
+pub mod views;
 
 pub use cluster::cluster;
 pub use listener::{

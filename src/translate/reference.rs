@@ -7,8 +7,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use super::endpoint::{EndpointRow, endpoints_addresses, selector_pod_addresses, service_port_rows, slice_addresses};
 use super::outbound::{self, DestinationMap, HostInfo, TcpListenerRow, VsRank};
 use super::{EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart};
+use super::{gateway, views};
 use crate::model::Object;
+use crate::model::istio::{Gateway, VirtualService};
 use crate::model::k8s::Labels;
+use crate::model::proxy::{ClassLabels, ProxyKind};
 use crate::translate;
 
 /// Resources by (scope, type, name), each as encoded bytes.
@@ -17,6 +20,7 @@ pub type Resources = BTreeMap<(Scope, ResourceType, String), Vec<u8>>;
 pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resources {
     let (mut services, mut slices, mut endpoints, mut pods) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut virtual_services, mut rules) = (Vec::new(), Vec::new());
+    let (mut gateways, mut classes, mut secrets) = (Vec::new(), Vec::new(), HashMap::new());
     for o in objects {
         match o {
             Object::Service(s) => services.push(s),
@@ -25,6 +29,11 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             Object::Pod(p) => pods.push(p),
             Object::VirtualService(vs) => virtual_services.push(&**vs),
             Object::DestinationRule(dr) => rules.push(&**dr),
+            Object::Gateway(gw) => gateways.push(&**gw),
+            Object::ProxyClass(c) => classes.push(c),
+            Object::Secret(s) => {
+                secrets.insert((s.namespace.as_str(), s.name.as_str()), &**s);
+            }
             _ => {}
         }
     }
@@ -83,6 +92,13 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         infos.insert(fqdn.clone(), HostInfo::new(&rows, rule));
     }
 
+    let destinations_of = |vs: &VirtualService| -> DestinationMap {
+        outbound::virtual_service_destinations(vs)
+            .into_iter()
+            .filter_map(|d| infos.get(&d).map(|i| (d, i.clone())))
+            .collect()
+    };
+
     let mut out = Resources::new();
     let mut routes: BTreeMap<String, Vec<VirtualHostPart>> = BTreeMap::new();
     let mut tcp_listeners: BTreeMap<u16, Vec<TcpListenerRow>> = BTreeMap::new();
@@ -127,12 +143,7 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             })
             .min_by(|a, b| a.0.cmp(&b.0))
             .map(|(_, vs)| vs);
-        let destinations: Option<DestinationMap> = chosen.map(|vs| {
-            outbound::virtual_service_destinations(vs)
-                .into_iter()
-                .filter_map(|d| infos.get(&d).map(|i| (d, i.clone())))
-                .collect()
-        });
+        let destinations: Option<DestinationMap> = chosen.map(&destinations_of);
         let vs = chosen.zip(destinations.as_ref());
         for (route, vhost) in outbound::virtual_hosts_for_host(&rows, info, vs) {
             routes.entry(route).or_default().push(vhost);
@@ -157,6 +168,43 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     for (name, vhosts) in routes {
         let body = translate::route_configuration(&name, &vhosts);
         out.insert((Scope::Sidecars, ResourceType::RouteConfiguration, name), body);
+    }
+
+    // Each gateway proxy class: the Gateways that select it, the VirtualServices bound to
+    // them, the Secrets its listeners name.
+    for class in classes.iter().filter(|c| c.kind == ProxyKind::Router) {
+        let labels = match &class.labels {
+            ClassLabels::Given(l) => l.clone(),
+            ClassLabels::OfPod(pod) => {
+                pod_labels.get(&(class.namespace.as_str(), pod.as_str())).map(|l| (*l).clone()).unwrap_or_default()
+            }
+            ClassLabels::Ignored => Labels::new(),
+        };
+        let mut selected: Vec<&Gateway> =
+            gateways.iter().filter(|g| views::gateway_selects(g, &labels)).copied().collect();
+        if selected.is_empty() {
+            continue;
+        }
+        selected.sort_by(|a, b| a.creation_order().cmp(&b.creation_order()));
+        let keys: BTreeSet<String> = selected.iter().map(|g| format!("{}/{}", g.namespace, g.name)).collect();
+        let bound: Vec<(&VirtualService, DestinationMap)> = virtual_services
+            .iter()
+            .filter(|vs| gateway::bound_gateways(vs).iter().any(|g| keys.contains(g)))
+            .map(|vs| (*vs, destinations_of(vs)))
+            .collect();
+        let bound: Vec<(&VirtualService, &DestinationMap)> = bound.iter().map(|(vs, d)| (*vs, d)).collect();
+        let result = gateway::gateway_resources(&selected, &bound);
+        let scope = Scope::Class(class.id());
+        for (ty, name, body) in result.resources {
+            out.insert((scope.clone(), ty, name), body);
+        }
+        for r in &result.secrets {
+            let primary = secrets.get(&(r.namespace.as_str(), r.name.as_str())).copied();
+            let fallback = r.ca_fallback().and_then(|n| secrets.get(&(r.namespace.as_str(), n)).copied());
+            if let Ok(body) = views::class_secret(&class.namespace, r, primary, fallback) {
+                out.insert((scope.clone(), ResourceType::Secret, r.sds_name.clone()), body);
+            }
+        }
     }
     out
 }
