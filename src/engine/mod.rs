@@ -175,7 +175,8 @@ fn feed(inputs: &mut dataflow::Inputs, object: &Object, diff: isize) {
         Object::Pod(p) => inputs.pods.update(p.clone(), diff),
         Object::VirtualService(vs) => inputs.virtual_services.update((**vs).clone(), diff),
         Object::DestinationRule(dr) => inputs.destination_rules.update((**dr).clone(), diff),
+        Object::ServiceEntry(se) => inputs.service_entries.update((**se).clone(), diff),
         // Held by the driver, not yet translated.
-        Object::Namespace(_) | Object::Node(_) | Object::Gateway(_) | Object::ServiceEntry(_) => {}
+        Object::Namespace(_) | Object::Node(_) | Object::Gateway(_) => {}
     }
 }
