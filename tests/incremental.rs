@@ -7,7 +7,9 @@
 //! move between services, pods start and stop matching selectors, a service falls back from
 //! slices to Endpoints to its selector and back; VirtualServices and DestinationRules claim
 //! hosts exactly and by wildcard, are retargeted, compete by specificity, namespace and age,
-//! route to subsets that exist or not; pods move in and out of subsets as their labels change.
+//! route to subsets that exist or not; pods move in and out of subsets as their labels change;
+//! ServiceEntries of every resolution claim external hosts and a Service's host (which the
+//! Service keeps), compete by age, gain and lose endpoints, VIPs and selected pods.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -447,6 +449,24 @@ fn service_entry() -> impl Strategy<Value = Object> {
                 istio_object(Kind::ServiceEntry, &namespace, name, created, spec)
             },
         )
+}
+
+/// The ServiceEntry strategy yields valid entries of every translated resolution, with and
+/// without a workloadSelector (so the property test above really meets them).
+#[test]
+fn the_service_entry_strategy_yields_every_resolution() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = service_entry();
+    let (mut resolutions, mut selectors, mut endpoints) = (std::collections::BTreeSet::new(), 0, 0);
+    for _ in 0..300 {
+        let Object::ServiceEntry(se) = strategy.new_tree(&mut runner).unwrap().current() else { panic!() };
+        resolutions.insert(se.spec.effective_resolution().as_str());
+        selectors += usize::from(se.spec.workload_selector.is_some());
+        endpoints += usize::from(!se.spec.endpoints.is_empty());
+    }
+    assert_eq!(resolutions.len(), 4, "{resolutions:?}");
+    assert!(selectors > 10 && endpoints > 30, "selectors {selectors}, with endpoints {endpoints}");
 }
 
 fn object() -> impl Strategy<Value = Object> {

@@ -25,9 +25,10 @@
 //! service entries ─STATIC endpoints (labels)──────────────┐                               │
 //! pods ─by label─▶ join(entry workloadSelectors) ──────────┴▶ (cluster, entry ns)          │
 //!        ─semijoin(EDS clusters of hosts an entry of that ns won)────────────────────────┘
-//!   (cluster, addr, pod|labels) ─semijoin(clusters with subsets)─join(pod labels, else own)─join(subsets)─▶ (subset cluster, addr)
+//!   (cluster, addr, pod|labels) ─semijoin(clusters with subsets)─join(pod labels, else its own)
+//!                                ─join(subsets)─▶ (subset cluster, addr)
 //!                                    EDS cluster names ⊎ addresses ─reduce─▶ load assignments
-//!   (DNS entry clusters carry their endpoints inline; NONE entries are ORIGINAL_DST: neither has an assignment)
+//!   (DNS entry clusters carry their endpoints inline, NONE entries are ORIGINAL_DST: no assignment)
 //! ```
 
 use differential_dataflow::VecCollection;
@@ -467,7 +468,7 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             (cluster.clone(), (addr.clone(), labels.clone()))
         })
         .concat(by_pod.antijoin(labels_by_pod.map(|(k, _)| k)).map(|(_, (c, a))| (c, (a, Labels::new()))))
-        .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then(|| (c, (ep.addr, ep.labels)))));
+        .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then_some((c, (ep.addr, ep.labels)))));
     let from_subsets = labelled.join_map(
         subsets_by_base,
         |_base, (addr, labels): &(EndpointAddr, Labels), (cluster, subset): &(String, SubsetRef)| {

@@ -325,7 +325,7 @@ pub fn host_rows<'a>(rows: &[&'a ServicePortRow]) -> Vec<&'a ServicePortRow> {
     let mut out: Vec<&ServicePortRow> = Vec::new();
     for r in sorted {
         let own = order(r) == owner;
-        if (own || compatible(r)) && (own || !out.iter().any(|o| o.port.port == r.port.port)) {
+        if own || (compatible(r) && !out.iter().any(|o| o.port.port == r.port.port)) {
             out.push(r);
         }
     }
@@ -537,7 +537,7 @@ mod tests {
             "rr",
             "",
             serde_json::json!({
-            "hosts": ["api.example.com"], "resolution": "DNS_ROUND_ROBIN",
+            "hosts": ["api.example.com"], "resolution": "DNS",
             "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
             "endpoints": [{"address": "a.example.com", "labels": {"v": "1"}}, {"address": "b.example.com"}]}),
         );
@@ -555,7 +555,7 @@ mod tests {
             "a DNS subset cluster without endpoints is left out, as istiod's buildCluster does"
         );
         let base = decode(&clusters[0]);
-        assert_eq!(ty(&base), Some(ClusterDiscoveryType::Type(DiscoveryType::LogicalDns as i32)));
+        assert_eq!(ty(&base), Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)));
         let hosts: Vec<(String, u32)> =
             base.load_assignment.unwrap().endpoints[0].lb_endpoints.iter().map(socket).collect();
         assert_eq!(hosts, [("a.example.com".into(), 443), ("b.example.com".into(), 443)]);
@@ -565,6 +565,19 @@ mod tests {
             one.endpoints[0].lb_endpoints.iter().map(socket).collect::<Vec<_>>(),
             [("a.example.com".into(), 443)]
         );
+
+        // DNS_ROUND_ROBIN (one endpoint, as validation requires): LOGICAL_DNS, endpoint inline.
+        let rr = se(
+            "rr",
+            "",
+            serde_json::json!({
+            "hosts": ["rr.example.com"], "resolution": "DNS_ROUND_ROBIN",
+            "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}], "endpoints": [{"address": "c.example.com"}]}),
+        );
+        let rows = port_rows(&rr);
+        let c = decode(&clusters_for_host(&rows.iter().collect::<Vec<_>>(), None)[0]);
+        assert_eq!(ty(&c), Some(ClusterDiscoveryType::Type(DiscoveryType::LogicalDns as i32)));
+        assert_eq!(socket(&c.load_assignment.unwrap().endpoints[0].lb_endpoints[0]), ("c.example.com".into(), 443));
     }
 
     #[test]
@@ -689,7 +702,7 @@ mod tests {
         let dynamic = se(
             "z",
             "",
-            serde_json::json!({"hosts": ["z.example.com"], "resolution": "DYNAMIC_DNS",
+            serde_json::json!({"hosts": ["*.z.example.com"], "resolution": "DYNAMIC_DNS",
             "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]}),
         );
         assert!(port_rows(&dynamic).is_empty());
