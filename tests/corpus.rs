@@ -195,6 +195,30 @@ fn every_corpus_file_loads_through_the_config_dir_loader_and_translates() {
             };
             decoded.unwrap_or_else(|e| panic!("{}: {ty:?} {name} does not decode: {e}", path.display()));
         }
+        // Every host × port of the file's ServiceEntries has its cluster (`outbound|<n>||<host>`),
+        // unless a Bookinfo Service owns the host, or the entry is DYNAMIC_DNS or the port UDP
+        // (reported as untranslated / not proxied).
+        for o in objects.values() {
+            let Object::ServiceEntry(se) = o else { continue };
+            if se.spec.effective_resolution() == istio::Resolution::DynamicDns {
+                continue;
+            }
+            for host in se.spec.hosts.iter().filter(|h| !h.ends_with(".default.svc.cluster.local")) {
+                for port in se
+                    .spec
+                    .ports
+                    .iter()
+                    .filter(|p| !p.protocol.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("udp")))
+                {
+                    let cluster = format!("outbound|{}||{host}", port.number);
+                    assert!(
+                        resources.contains_key(&(Scope::All, ResourceType::Cluster, cluster.clone())),
+                        "{}: {cluster} missing",
+                        path.display()
+                    );
+                }
+            }
+        }
     }
 
     let services: Vec<_> = all.iter().filter_map(|o| if let Object::Service(s) = o { Some(s) } else { None }).collect();

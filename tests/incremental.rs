@@ -7,7 +7,9 @@
 //! move between services, pods start and stop matching selectors, a service falls back from
 //! slices to Endpoints to its selector and back; VirtualServices and DestinationRules claim
 //! hosts exactly and by wildcard, are retargeted, compete by specificity, namespace and age,
-//! route to subsets that exist or not; pods move in and out of subsets as their labels change.
+//! route to subsets that exist or not; pods move in and out of subsets as their labels change;
+//! ServiceEntries of every resolution claim external hosts and a Service's host (which the
+//! Service keeps), compete by age, gain and lose endpoints, VIPs and selected pods.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +32,7 @@ const IPS: [&str; 5] = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "fd00::5
 const APPS: [&str; 2] = ["reviews", "web"];
 const PODS: [&str; 4] = ["p-1", "p-2", "p-3", "p-4"];
 /// Hosts as VirtualServices and DestinationRules write them: short names, FQDNs, wildcards.
-const HOSTS: [&str; 7] = [
+const HOSTS: [&str; 9] = [
     "reviews",
     "ratings",
     "web.default.svc.cluster.local",
@@ -38,7 +40,12 @@ const HOSTS: [&str; 7] = [
     "*.default.svc.cluster.local",
     "*.svc.cluster.local",
     "*",
+    "ext.example.com",
+    "*.example.com",
 ];
+/// ServiceEntry hosts: external names, and a Kubernetes service's FQDN (the Service wins it).
+const ENTRY_HOSTS: [&str; 4] =
+    ["ext.example.com", "api.example.com", "reviews.default.svc.cluster.local", "*.example.com"];
 const GATEWAYS: &[&[&str]] = &[&[], &["mesh"], &["default/gw"]];
 const CREATED: [Option<&str>; 3] = [None, Some("2024-01-01T00:00:00Z"), Some("2025-06-01T12:00:00Z")];
 /// Cluster IPs: shared between services on purpose (two listeners named alike), and headless.
@@ -219,7 +226,7 @@ fn istio_object(
 
 fn destination() -> impl Strategy<Value = serde_json::Value> {
     (
-        prop::sample::select(&HOSTS[..3]),
+        prop::sample::select(&["reviews", "ratings", "web.default.svc.cluster.local", "ext.example.com"][..]),
         prop::option::of(prop::sample::select(&["v1", "v2", "missing"][..])),
         prop::option::of(prop::sample::select(&[80u32, 9080][..])),
     )
@@ -483,6 +490,68 @@ fn secret() -> impl Strategy<Value = Object> {
         })
 }
 
+fn service_entry() -> impl Strategy<Value = Object> {
+    let endpoint = (ip(), prop::option::of(prop::sample::select(&["v1", "v2"][..])), prop::option::of(1u32..4))
+        .prop_map(|(ip, version, weight)| {
+            let mut e = serde_json::json!({ "address": ip });
+            if let Some(v) = version {
+                e["labels"] = serde_json::json!({ "version": v });
+            }
+            if let Some(w) = weight {
+                e["weight"] = w.into();
+            }
+            e
+        });
+    (
+        ns(),
+        prop::sample::select(&["se-a", "se-b"][..]),
+        prop::sample::select(&CREATED[..]),
+        prop::collection::btree_set(prop::sample::select(&ENTRY_HOSTS[..]), 1..3),
+        prop::sample::select(&["STATIC", "DNS", "DNS_ROUND_ROBIN", "NONE"][..]),
+        prop::collection::btree_set(prop::sample::select(&[(80u32, "HTTP"), (9080, "HTTP"), (15000, "TCP"), (443, "TLS")][..]), 1..3),
+        prop::option::of(prop::sample::select(&["240.0.0.1", "240.0.0.0/16"][..])),
+        prop::collection::vec(endpoint, 0..3),
+        prop::bool::weighted(0.3),
+    )
+        .prop_filter_map(
+            "valid ServiceEntry",
+            |(namespace, name, created, hosts, resolution, ports, address, endpoints, selector)| {
+                let ports: Vec<_> = ports
+                    .into_iter()
+                    .map(|(n, p)| serde_json::json!({"number": n, "protocol": p, "name": format!("{}-{n}", p.to_lowercase())}))
+                    .collect();
+                let mut spec = serde_json::json!({ "hosts": hosts, "resolution": resolution, "ports": ports });
+                if let Some(a) = address {
+                    spec["addresses"] = serde_json::json!([a]);
+                }
+                if selector && resolution == "STATIC" {
+                    spec["workloadSelector"] = serde_json::json!({"labels": {"app": "web"}});
+                } else if resolution != "NONE" {
+                    spec["endpoints"] = endpoints.into();
+                }
+                istio_object(Kind::ServiceEntry, &namespace, name, created, spec)
+            },
+        )
+}
+
+/// The ServiceEntry strategy yields valid entries of every translated resolution, with and
+/// without a workloadSelector (so the property test above really meets them).
+#[test]
+fn the_service_entry_strategy_yields_every_resolution() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = service_entry();
+    let (mut resolutions, mut selectors, mut endpoints) = (std::collections::BTreeSet::new(), 0, 0);
+    for _ in 0..300 {
+        let Object::ServiceEntry(se) = strategy.new_tree(&mut runner).unwrap().current() else { panic!() };
+        resolutions.insert(se.spec.effective_resolution().as_str());
+        selectors += usize::from(se.spec.workload_selector.is_some());
+        endpoints += usize::from(!se.spec.endpoints.is_empty());
+    }
+    assert_eq!(resolutions.len(), 4, "{resolutions:?}");
+    assert!(selectors > 10 && endpoints > 30, "selectors {selectors}, with endpoints {endpoints}");
+}
+
 fn object() -> impl Strategy<Value = Object> {
     prop_oneof![
         3 => service(),
@@ -494,6 +563,7 @@ fn object() -> impl Strategy<Value = Object> {
         1 => gateway(),
         1 => proxy_class(),
         1 => secret(),
+        2 => service_entry(),
     ]
 }
 

@@ -2,26 +2,33 @@
 //!
 //! Keys decide the cost of a change. Every arrow below keeps work local to its key: a pod or
 //! slice change touches its services' load assignments (and the subsets of those services); a
-//! service change touches its host; a DestinationRule or VirtualService change touches the
-//! hosts its host pattern matches and the VirtualServices that route to them.
+//! service or ServiceEntry change touches its hosts; a DestinationRule or VirtualService change
+//! touches the hosts its host pattern matches and the VirtualServices that route to them.
 //!
 //! ```text
-//! services ─flat_map─▶ service_ports ─▶ by host (fqdn) ─┬─────────────────────────────────────────┐
-//!                                    host patterns(fqdn) ┤ (fqdn, *.suffix…, *)                    │
-//! destination rules ─by pattern───────────join──────────┴─reduce: select/merge─▶ rule by host ─┐  │
-//!                                   per host reduce (rows ⊎ rule) ─▶ clusters (+ subsets), host info
-//! virtual services ─by pattern──join(host patterns)──reduce: most specific, oldest─▶ VS by host
-//!                  ─by destination host──join(host info)──reduce per VS─▶ (VS, destination map)
-//!                                   per host reduce (rows ⊎ host info ⊎ chosen VS) ─▶ virtual hosts
+//! services ─flat_map─▶ service ports ─┐
+//! service entries ─flat_map─▶ host × port rows (resolution, VIPs, inline DNS endpoints) ─┤
+//!                 by host (fqdn) ─reduce: settle (Service > oldest entry, merge compatible)─▶ host rows ─┬──────┐
+//!                   host patterns (fqdn, ns) ┤ (fqdn, *.suffix…, *)                                    │      │
+//! destination rules ─by pattern──────join────┴─reduce per (fqdn, ns): select/merge─▶ rule by host ─┐  │      │
+//!                                   per host reduce (rows ⊎ rule) ─▶ clusters (+ subsets), host info ◀──┘      │
+//! virtual services ─by pattern──join(host patterns)──reduce: most specific, oldest─▶ VS by host              │
+//!                  ─by destination host──join(host info)──reduce per VS─▶ (VS, destination map)              │
+//!                                   per host reduce (rows ⊎ host info ⊎ chosen VS) ─▶ virtual hosts ◀───────┘
 //!                                                                     └▶ route configs (assembled outside)
 //!                          distinct HTTP ports ────────────────────────────────────────────▶ listeners
-//!                                   per host reduce (TCP rows ⊎ chosen VS) ─▶ TCP listener candidates
+//!                                   per host reduce (TCP rows ⊎ chosen VS) ─▶ TCP listener candidates (one per VIP)
 //!                  per port reduce (candidates ⊎ HTTP port marker) ─▶ the port's TCP listener, losers as diagnostics
 //! slices ─flat_map─▶ ready addresses by (ns, svc, port name, proto) ──join(ports by name)┐
 //! endpoints ─antijoin(services with slices)─▶ ...same key ─────────────────────────────join┤
-//! pods ─by label─▶ join(selector services without slices/endpoints, by one selector pair) ┴▶ (cluster, addr, pod)
-//!   (cluster, addr, pod) ─semijoin(clusters with subsets)─join(pod labels)─join(subsets)─▶ (subset cluster, addr)
-//!                                        cluster names ⊎ addresses ─reduce─▶ load assignments
+//! pods ─by label─▶ join(selector services without slices/endpoints, by one selector pair) ┤▶ (cluster, addr, pod)
+//! service entries ─STATIC endpoints (labels)──────────────┐                               │
+//! pods ─by label─▶ join(entry workloadSelectors) ──────────┴▶ (cluster, entry ns)          │
+//!        ─semijoin(EDS clusters of hosts an entry of that ns won)────────────────────────┘
+//!   (cluster, addr, pod|labels) ─semijoin(clusters with subsets)─join(pod labels, else its own)
+//!                                ─join(subsets)─▶ (subset cluster, addr)
+//!                                    EDS cluster names ⊎ addresses ─reduce─▶ load assignments
+//!   (DNS entry clusters carry their endpoints inline, NONE entries are ORIGINAL_DST: no assignment)
 //! ```
 
 use differential_dataflow::VecCollection;
@@ -30,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope as Graph;
 
 use crate::model::Secret;
-use crate::model::istio::{DestinationRule, DestinationRuleSpec, Gateway, VirtualService};
+use crate::model::istio::{DestinationRule, DestinationRuleSpec, Gateway, ServiceEntry, VirtualService};
 use crate::model::k8s::Labels;
 use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind};
 use crate::model::{EndpointSlice, Endpoints, Pod, Service};
@@ -42,7 +49,9 @@ use crate::translate::outbound::{
     self, ClusterRow, ConfigKey, DestinationMap, HostInfo, SubsetRef, TcpListenerRow, VsRank, host_patterns,
 };
 use crate::translate::views;
-use crate::translate::{self, Diagnostic, EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart};
+use crate::translate::{
+    self, Diagnostic, EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart, service_entry,
+};
 
 /// What leaves the dataflow: finished resources, and virtual hosts that are assembled into
 /// route configs outside it (see [`super::output`]).
@@ -74,6 +83,7 @@ pub struct Inputs {
     pub gateways: InputSession<u64, Gateway, isize>,
     pub classes: InputSession<u64, ProxyClass, isize>,
     pub secrets: InputSession<u64, Secret, isize>,
+    pub service_entries: InputSession<u64, ServiceEntry, isize>,
 }
 
 impl Inputs {
@@ -87,6 +97,7 @@ impl Inputs {
         self.gateways.advance_to(t);
         self.classes.advance_to(t);
         self.secrets.advance_to(t);
+        self.service_entries.advance_to(t);
     }
 
     pub fn flush(&mut self) {
@@ -99,6 +110,7 @@ impl Inputs {
         self.gateways.flush();
         self.classes.flush();
         self.secrets.flush();
+        self.service_entries.flush();
     }
 }
 
@@ -179,17 +191,31 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let (gateways_in, gateways) = scope.new_collection::<Gateway, isize>();
     let (classes_in, classes) = scope.new_collection::<ProxyClass, isize>();
     let (secrets_in, secrets) = scope.new_collection::<Secret, isize>();
+    let (se_in, service_entries) = scope.new_collection::<ServiceEntry, isize>();
 
     let service_ports = services.clone().flat_map(|s: Service| service_port_rows(&s));
-    let ports_by_host = service_ports.clone().map(|row| (row.fqdn(), row));
-
-    // Host patterns: every service host under each pattern that can match it, so rules and
-    // VirtualServices (keyed by their own pattern) meet exactly the hosts they match.
-    let patterns = ports_by_host
+    // Every host's rows, Services' and ServiceEntries', settled per host as istiod settles a
+    // hostname defined more than once: what follows sees only the rows that make the host.
+    let ports_by_host = service_ports
         .clone()
-        .map(|(fqdn, _)| fqdn)
-        .distinct()
-        .flat_map(|fqdn: String| host_patterns(&fqdn).into_iter().map(move |p| (p, fqdn.clone())));
+        .concat(service_entries.clone().flat_map(|se: ServiceEntry| service_entry::port_rows(&se)))
+        .map(|row| (row.fqdn(), row))
+        .reduce_named("settle: host rows", |_fqdn: &String, input: &[(&ServicePortRow, isize)], output| {
+            let rows: Vec<&ServicePortRow> = input.iter().map(|(r, _)| *r).collect();
+            for row in service_entry::host_rows(&rows) {
+                output.push((row.clone(), 1isize));
+            }
+        });
+    let host_ports = ports_by_host.clone().map(|(_, row)| row);
+
+    // Host patterns: every host under each pattern that can match it, so rules and
+    // VirtualServices (keyed by their own pattern) meet exactly the hosts they match. A host
+    // carries its namespace (the Service's, or the winning ServiceEntry's): rules are looked
+    // up there first.
+    let hosts = ports_by_host.clone().map(|(fqdn, row)| (fqdn, row.namespace)).distinct();
+    let patterns = hosts.flat_map(|(fqdn, ns): (String, String)| {
+        host_patterns(&fqdn).into_iter().map(move |p| (p, (fqdn.clone(), ns.clone())))
+    });
 
     // === DestinationRules → the rule of each host ===
     let rules_by_pattern = destination_rules
@@ -197,18 +223,19 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .flat_map(|dr: DestinationRule| outbound::destination_rule_pattern(&dr).map(|p| (p, dr)));
     let rule_by_host = patterns
         .clone()
-        .join_map(rules_by_pattern, |pattern, fqdn: &String, dr: &DestinationRule| {
-            (fqdn.clone(), (pattern.clone(), dr.clone()))
+        .join_map(rules_by_pattern, |pattern, host: &(String, String), dr: &DestinationRule| {
+            (host.clone(), (pattern.clone(), dr.clone()))
         })
         .reduce_named(
             "select: DestinationRule",
-            |fqdn: &String, input: &[(&(String, DestinationRule), isize)], output| {
+            |(_, ns): &(String, String), input: &[(&(String, DestinationRule), isize)], output| {
                 let candidates = input.iter().map(|((p, dr), _)| (p.as_str(), dr));
-                if let Some(rule) = outbound::select_rule(outbound::fqdn_namespace(fqdn), candidates) {
+                if let Some(rule) = outbound::select_rule(ns, candidates) {
                     output.push((rule, 1isize));
                 }
             },
-        );
+        )
+        .map(|((fqdn, _), rule)| (fqdn, rule));
 
     // === per host: clusters (with subsets and policy), and what routes toward it need ===
     let host_outputs = ports_by_host
@@ -253,6 +280,12 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                 .into_iter()
                 .map(move |f| Diagnostic::field(dr.object_key(), f))
                 .collect::<Vec<_>>()
+        }))
+        .concat(service_entries.clone().flat_map(|se: ServiceEntry| {
+            service_entry::untranslated(&se)
+                .into_iter()
+                .map(move |f| Diagnostic::field(se.object_key(), f))
+                .collect::<Vec<_>>()
         }));
 
     // === VirtualServices → the VirtualService of each host, with its destinations ===
@@ -261,6 +294,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         outbound::virtual_service_patterns(&vs).into_iter().map(move |p| (p, vs.clone())).collect::<Vec<_>>()
     });
     let vs_by_host = patterns
+        .map(|(p, (fqdn, _))| (p, fqdn))
         .join_map(vs_by_pattern, |pattern, fqdn: &String, vs: &VirtualService| (fqdn.clone(), VsRank::new(pattern, vs)))
         .reduce_named("select: VirtualService", |_fqdn: &String, input: &[(&VsRank, isize)], output| {
             // Values arrive sorted: the first is the best rank.
@@ -300,8 +334,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     );
 
     // === per host: virtual hosts ===
-    let http_ports = service_ports.clone().filter(|row| row.protocol().is_http());
-    let tcp_ports = service_ports.clone().filter(|row| row.protocol() == translate::PortProtocol::Tcp);
+    let http_ports = host_ports.clone().filter(|row| row.protocol().is_http());
+    let tcp_ports = host_ports.filter(|row| row.protocol() == translate::PortProtocol::Tcp);
     let tcp_routes = routes_by_host.clone();
     let virtual_hosts = http_ports
         .clone()
@@ -416,6 +450,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                 selector,
                 ports,
                 publish_not_ready: s.publish_not_ready_addresses,
+                hosts: Vec::new(),
             };
             (s.external_name.is_none()).then(|| ((s.namespace.clone(), s.name.clone()), row))
         })
@@ -430,13 +465,40 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     });
     let pods_by_name = live_pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p));
     let from_pods = selector_services
+        .join_map(pod_labels.clone(), |(ns, _, _), svc: &SelectorService, pod: &String| {
+            ((ns.clone(), pod.clone()), svc.clone())
+        })
+        .join(pods_by_name.clone())
+        .flat_map(|((ns, _), (svc, pod))| pod_addresses(&ns, &svc, &pod));
+
+    // ServiceEntry endpoints: STATIC `endpoints`, and the pods a `workloadSelector` selects
+    // (through the same label index). Keyed by (cluster, entry namespace), they count for the
+    // clusters of hosts that an entry of that namespace won, as istiod keys endpoints by host
+    // and namespace.
+    let entry_selectors = service_entries.clone().flat_map(|se: ServiceEntry| {
+        let row = service_entry::selector(&se)?;
+        let (k, v) = row.selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
+        Some(((se.namespace.clone(), k, v), row))
+    });
+    let from_entry_pods = entry_selectors
         .join_map(pod_labels, |(ns, _, _), svc: &SelectorService, pod: &String| {
             ((ns.clone(), pod.clone()), svc.clone())
         })
         .join(pods_by_name)
-        .flat_map(|((ns, _), (svc, pod))| pod_addresses(&ns, &svc, &pod));
+        .flat_map(|((ns, _), (svc, pod))| {
+            pod_addresses(&ns, &svc, &pod).into_iter().map(move |(c, ep)| ((c, ns.clone()), ep)).collect::<Vec<_>>()
+        });
+    let entry_owners = cluster_rows
+        .clone()
+        .filter(|c: &ClusterRow| c.subset.is_none() && c.row.entry.is_some() && c.is_eds())
+        .map(|c| (c.name(), c.row.namespace.clone()));
+    let from_entries = service_entries
+        .flat_map(|se: ServiceEntry| service_entry::static_endpoints(&se))
+        .concat(from_entry_pods)
+        .semijoin(entry_owners)
+        .map(|((cluster, _), ep)| (cluster, ep));
 
-    let base_endpoints = from_slices.concat(from_endpoints).concat(from_pods);
+    let base_endpoints = from_slices.concat(from_endpoints).concat(from_pods).concat(from_entries);
 
     // === endpoints of subset clusters ===
     // Only the endpoints of clusters that have subsets meet pod labels: a pod's labels decide
@@ -456,7 +518,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             (cluster.clone(), (addr.clone(), labels.clone()))
         })
         .concat(by_pod.antijoin(labels_by_pod.clone().map(|(k, _)| k)).map(|(_, (c, a))| (c, (a, Labels::new()))))
-        .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then(|| (c, (ep.addr, Labels::new())))));
+        .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then_some((c, (ep.addr, ep.labels)))));
     let from_subsets = labelled.join_map(
         subsets_by_base,
         |_base, (addr, labels): &(EndpointAddr, Labels), (cluster, subset): &(String, SubsetRef)| {
@@ -468,6 +530,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
     // cluster warming (and its own initialization waiting) until one arrives.
     let assignments = cluster_rows
+        .filter(|c: &ClusterRow| c.is_eds())
         .map(|c: ClusterRow| (c.name(), None))
         .concat(addresses.map(|(cluster, addr)| (cluster, Some(addr))))
         .reduce_named(
@@ -639,6 +702,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         gateways: gateways_in,
         classes: classes_in,
         secrets: secrets_in,
+        service_entries: se_in,
     };
     (inputs, output)
 }

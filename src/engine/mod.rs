@@ -177,8 +177,9 @@ fn feed(inputs: &mut dataflow::Inputs, object: &Object, diff: isize) {
         Object::DestinationRule(dr) => inputs.destination_rules.update((**dr).clone(), diff),
         Object::Gateway(gw) => inputs.gateways.update((**gw).clone(), diff),
         Object::ProxyClass(c) => inputs.classes.update(c.clone(), diff),
-        // Held by the driver, not yet translated.
         Object::Secret(s) => inputs.secrets.update((**s).clone(), diff),
-        Object::Namespace(_) | Object::Node(_) | Object::ServiceEntry(_) => {}
+        Object::ServiceEntry(se) => inputs.service_entries.update((**se).clone(), diff),
+        // Held by the driver, not yet translated.
+        Object::Namespace(_) | Object::Node(_) => {}
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::endpoint::{EndpointRow, endpoints_addresses, selector_pod_addresses, service_port_rows, slice_addresses};
 use super::outbound::{self, DestinationMap, HostInfo, TcpListenerRow, VsRank};
-use super::{EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart};
+use super::{EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart, service_entry};
 use super::{gateway, views};
 use crate::model::Object;
 use crate::model::istio::{Gateway, VirtualService};
@@ -19,7 +19,7 @@ pub type Resources = BTreeMap<(Scope, ResourceType, String), Vec<u8>>;
 
 pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resources {
     let (mut services, mut slices, mut endpoints, mut pods) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut virtual_services, mut rules) = (Vec::new(), Vec::new());
+    let (mut virtual_services, mut rules, mut entries) = (Vec::new(), Vec::new(), Vec::new());
     let (mut gateways, mut classes, mut secrets) = (Vec::new(), Vec::new(), HashMap::new());
     for o in objects {
         match o {
@@ -34,6 +34,7 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             Object::Secret(s) => {
                 secrets.insert((s.namespace.as_str(), s.name.as_str()), &**s);
             }
+            Object::ServiceEntry(se) => entries.push(&**se),
             _ => {}
         }
     }
@@ -44,13 +45,19 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     let pod_labels: HashMap<(&str, &str), &Labels> =
         pods.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), &p.labels)).collect();
 
-    // Every service port by host.
-    let mut hosts: BTreeMap<String, Vec<ServicePortRow>> = BTreeMap::new();
-    for svc in &services {
-        for row in service_port_rows(svc) {
-            hosts.entry(row.fqdn()).or_default().push(row);
-        }
+    // Every service and ServiceEntry port by host, then the rows that make each host.
+    let mut all_rows: BTreeMap<String, Vec<ServicePortRow>> = BTreeMap::new();
+    let entry_rows = entries.iter().flat_map(|se| service_entry::port_rows(se));
+    for row in services.iter().flat_map(|svc| service_port_rows(svc)).chain(entry_rows) {
+        all_rows.entry(row.fqdn()).or_default().push(row);
     }
+    let hosts: BTreeMap<String, Vec<ServicePortRow>> = all_rows
+        .iter()
+        .map(|(fqdn, rows)| {
+            let rows: Vec<&ServicePortRow> = rows.iter().collect();
+            (fqdn.clone(), service_entry::host_rows(&rows).into_iter().cloned().collect())
+        })
+        .collect();
 
     // Endpoints of each cluster without subset, with their pods.
     let mut base_endpoints: BTreeMap<String, BTreeSet<EndpointRow>> = BTreeMap::new();
@@ -78,6 +85,25 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         }
     }
 
+    // Endpoints of the EDS clusters of ServiceEntry hosts: those of the entries of the
+    // namespace of the entry that won the host.
+    for rows in hosts.values() {
+        for row in rows.iter().filter(|r| r.entry.is_some() && service_entry::is_eds(r)) {
+            let cluster = row.cluster_name();
+            let eps = base_endpoints.entry(cluster.clone()).or_default();
+            for se in entries.iter().filter(|se| se.namespace == row.namespace) {
+                let statics = service_entry::static_endpoints(se).into_iter().map(|((c, _), ep)| (c, ep));
+                let selected = service_entry::selector(se).into_iter().flat_map(|svc| {
+                    pods.iter()
+                        .filter(|p| p.namespace == se.namespace && p.ip.is_some() && !p.terminal)
+                        .flat_map(move |p| super::endpoint::pod_addresses(&se.namespace, &svc, p))
+                        .collect::<Vec<_>>()
+                });
+                eps.extend(statics.chain(selected).filter(|(c, _)| *c == cluster).map(|(_, ep)| ep));
+            }
+        }
+    }
+
     // The rule of each host, and what routes toward it need.
     let mut infos: BTreeMap<String, HostInfo> = BTreeMap::new();
     for (fqdn, rows) in &hosts {
@@ -86,8 +112,8 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             outbound::pattern_matches(&pattern, fqdn).then_some((pattern, *dr))
         });
         let candidates: Vec<_> = candidates.collect();
-        let rule =
-            outbound::select_rule(outbound::fqdn_namespace(fqdn), candidates.iter().map(|(p, dr)| (p.as_str(), *dr)));
+        let namespace = rows.first().map(|r| r.namespace.as_str()).unwrap_or_default();
+        let rule = outbound::select_rule(namespace, candidates.iter().map(|(p, dr)| (p.as_str(), *dr)));
         let rows: Vec<&ServicePortRow> = rows.iter().collect();
         infos.insert(fqdn.clone(), HostInfo::new(&rows, rule));
     }
@@ -121,15 +147,17 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
                             .pod
                             .as_ref()
                             .and_then(|(ns, pod)| pod_labels.get(&(ns.as_str(), pod.as_str())).copied())
-                            .unwrap_or(&empty);
+                            .unwrap_or(if e.pod.is_none() { &e.labels } else { &empty });
                         outbound::subset_selects(subset, labels)
                     })
                     .map(|e| &e.addr)
                     .collect(),
             };
             let addrs: Vec<&EndpointAddr> = addrs.into_iter().collect();
-            let assignment = translate::load_assignment(&name, &addrs);
-            out.insert((Scope::All, ResourceType::ClusterLoadAssignment, name.clone()), assignment);
+            if cluster.is_eds() {
+                let cla = translate::load_assignment(&name, &addrs);
+                out.insert((Scope::All, ResourceType::ClusterLoadAssignment, name.clone()), cla);
+            }
             out.insert((Scope::All, ResourceType::Cluster, name), cluster.encode());
         }
 

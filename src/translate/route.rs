@@ -1620,6 +1620,7 @@ mod tests {
                 app_protocol: None,
             },
             cluster_ip: None,
+            entry: None,
         };
         let r = default_route(&row, vec![header_hash("x-user")]);
         assert_eq!(r.name, "default");
