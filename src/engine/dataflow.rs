@@ -656,15 +656,28 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .reduce_named(
             "translate: class secrets",
             |_key: &(String, String), input: &[(&SecretInput, isize)], output| {
-                let (mut reference, mut primary, mut fallback) = (None, None, None);
+                let mut refs = Vec::new();
+                let mut class_ns = "";
                 for (i, _) in input {
-                    match i {
-                        SecretInput::Ref(r, ns) => reference = Some((r, ns)),
-                        SecretInput::Found(s) => primary = Some(s),
-                        SecretInput::Fallback(s) => fallback = Some(s),
+                    if let SecretInput::Ref(r, ns) = i {
+                        refs.push(r);
+                        class_ns = ns;
                     }
                 }
-                let Some((r, ns)) = reference else { return };
+                let Some(r) = views::pick_ref(class_ns, &refs) else { return };
+                let ns = class_ns;
+                let (mut primary, mut fallback) = (None, None);
+                for (i, _) in input {
+                    match i {
+                        SecretInput::Found(s) if s.namespace == r.namespace && s.name == r.name => primary = Some(s),
+                        SecretInput::Fallback(s)
+                            if s.namespace == r.namespace && Some(s.name.as_str()) == r.ca_fallback() =>
+                        {
+                            fallback = Some(s)
+                        }
+                        _ => {}
+                    }
+                }
                 match views::class_secret(ns, r, primary, fallback) {
                     Ok(body) => output.push((Ok(body), 1isize)),
                     Err(d) => output.push((Err(d), 1)),

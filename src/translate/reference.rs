@@ -226,7 +226,12 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         for (ty, name, body) in result.resources {
             out.insert((scope.clone(), ty, name), body);
         }
+        let mut by_sds_name: BTreeMap<&str, Vec<&gateway::SecretRef>> = BTreeMap::new();
         for r in &result.secrets {
+            by_sds_name.entry(r.sds_name.as_str()).or_default().push(r);
+        }
+        for refs in by_sds_name.values() {
+            let Some(r) = views::pick_ref(&class.namespace, refs) else { continue };
             let primary = secrets.get(&(r.namespace.as_str(), r.name.as_str())).copied();
             let fallback = r.ca_fallback().and_then(|n| secrets.get(&(r.namespace.as_str(), n)).copied());
             if let Ok(body) = views::class_secret(&class.namespace, r, primary, fallback) {

@@ -25,6 +25,13 @@ pub fn gateway_selects(gw: &Gateway, labels: &Labels) -> bool {
     gw.spec.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// Of the references a class's Gateways make under one SDS name (Gateways of several
+/// namespaces may name the same `credentialName`), the one in the class's own namespace, else
+/// the first: that is the one served, or refused.
+pub fn pick_ref<'a>(class_namespace: &str, refs: &[&'a SecretRef]) -> Option<&'a SecretRef> {
+    refs.iter().find(|r| r.namespace == class_namespace).or(refs.first()).copied()
+}
+
 /// The SDS resource a class gets for one secret its listeners name: the Secret (`primary`)
 /// or, for a CA whose `<name>-cacert` Secret does not exist, the Secret without the suffix
 /// (`fallback`), as istiod's SDS server reads them. A proxy only ever gets Secrets of its own
