@@ -112,12 +112,19 @@ impl Verifier {
                 .unwrap_or(0),
         };
         if outcome.mismatches.is_empty() {
-            tracing::info!(resources = outcome.resources, seconds = outcome.seconds, "verify: served configuration equals the reference translation");
+            tracing::info!(
+                resources = outcome.resources,
+                seconds = outcome.seconds,
+                "verify: served configuration equals the reference translation"
+            );
         } else {
             for m in outcome.mismatches.iter().take(20) {
                 tracing::error!(resource_type = %m.ty, name = %m.name, "verify mismatch: {}", m.what);
             }
-            tracing::error!(mismatches = outcome.mismatches.len(), "verify: served configuration differs from the reference translation");
+            tracing::error!(
+                mismatches = outcome.mismatches.len(),
+                "verify: served configuration differs from the reference translation"
+            );
         }
         self.mismatches.store(outcome.mismatches.len() as u64, Ordering::Relaxed);
         self.runs.fetch_add(1, Ordering::Relaxed);

@@ -391,11 +391,8 @@ impl World {
 
     /// A random live service id (`routed` restricts to services with subsets).
     pub fn pick_service(&mut self, routed: bool) -> Option<usize> {
-        let ids: Vec<usize> = if routed {
-            self.services.values().filter(|s| s.routed).map(|s| s.id).collect()
-        } else {
-            Vec::new()
-        };
+        let ids: Vec<usize> =
+            if routed { self.services.values().filter(|s| s.routed).map(|s| s.id).collect() } else { Vec::new() };
         if routed {
             if ids.is_empty() {
                 return None;
@@ -428,7 +425,10 @@ impl World {
         self.rng = rng;
         self.services.insert(id, svc);
         let svc = &self.services[&id];
-        vec![InputEvent::apply(to_object(Self::pod_doc(svc, svc.pods.last().expect("just added")))), self.slice_event(id)]
+        vec![
+            InputEvent::apply(to_object(Self::pod_doc(svc, svc.pods.last().expect("just added")))),
+            self.slice_event(id),
+        ]
     }
 
     /// Removes the service's pod at `index` (mod its pod count), and updates its slice.
@@ -516,7 +516,11 @@ impl World {
             for p in &svc.pods {
                 steps.push(vec![InputEvent::delete(ObjectKey::new(Kind::Pod, &nsn, &p.name))]);
             }
-            steps.push(vec![InputEvent::delete(ObjectKey::new(Kind::EndpointSlice, &nsn, format!("{}-slice", svc.name())))]);
+            steps.push(vec![InputEvent::delete(ObjectKey::new(
+                Kind::EndpointSlice,
+                &nsn,
+                format!("{}-slice", svc.name()),
+            ))]);
             steps.push(vec![InputEvent::delete(ObjectKey::new(Kind::Service, &nsn, svc.name()))]);
             if svc.routed {
                 steps.push(vec![InputEvent::delete(ObjectKey::new(Kind::VirtualService, &nsn, svc.name()))]);

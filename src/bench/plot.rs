@@ -105,14 +105,24 @@ pub fn latency_over_time(title: &str, series: &[(&str, &Samples)]) -> String {
     let pw = W - LEFT - RIGHT;
     for k in 0..=4 {
         let t = t_max * k as f64 / 4.0;
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{}" text-anchor="middle">{t:.1}</text>"#, LEFT + pw * k as f64 / 4.0, H - BOTTOM + 14.0);
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{t:.1}</text>"#,
+            LEFT + pw * k as f64 / 4.0,
+            H - BOTTOM + 14.0
+        );
     }
     for (i, (_, samples)) in series.iter().enumerate() {
         // Thin out to at most ~4,000 points per series.
         let step = (samples.points.len() / 4000).max(1);
         let _ = write!(s, r#"<g fill="{}" fill-opacity="0.6">"#, COLORS[i % COLORS.len()]);
         for (t, v) in samples.points.iter().step_by(step) {
-            let _ = write!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="1.5"/>"#, LEFT + t / t_max * pw, to_y(*v as f64 / 1000.0));
+            let _ = write!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="1.5"/>"#,
+                LEFT + t / t_max * pw,
+                to_y(*v as f64 / 1000.0)
+            );
         }
         s.push_str("</g>\n");
     }

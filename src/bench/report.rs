@@ -252,13 +252,21 @@ pub fn table(report: &Report) -> String {
             s.scenario,
             events,
             i(&|x| format!("{:.0}", x.events_per_s)),
-            i(&|x| if s.scenario == "initial-sync" { format!("{:.0} ms", x.initial_sync_ms) } else { fmt_ms(&x.output_batch_ms) }),
+            i(&|x| if s.scenario == "initial-sync" {
+                format!("{:.0} ms", x.initial_sync_ms)
+            } else {
+                fmt_ms(&x.output_batch_ms)
+            }),
             i(&|x| fmt_ms(&x.first_frame_ms)),
             i(&|x| fmt_ms(&x.last_client_ms)),
             i(&|x| format!("{:.1}", x.per_event.resources)),
             i(&|x| format!("{:.0}", x.per_event.bytes)),
             i(&|x| format!("{:.0}", x.engine_cpu_us_per_event)),
-            b(&|x| if s.scenario == "initial-sync" { format!("{:.0} ms", x.initial_sync_ms) } else { fmt_ms(&x.latency_ms) }),
+            b(&|x| if s.scenario == "initial-sync" {
+                format!("{:.0} ms", x.initial_sync_ms)
+            } else {
+                fmt_ms(&x.latency_ms)
+            }),
             b(&|x| format!("{:.0}", x.cpu_us_per_event)),
             b(&|x| format!("{:.0}", x.per_event.bytes)),
             fmt_opt(s.ratio.cpu_per_event),

@@ -244,8 +244,11 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
                 progress = (responses, Instant::now());
             }
             let tracks = tracker.batches.lock().unwrap_or_else(|e| e.into_inner());
-            let track = tracks.get(&first.batch);
-            if let Some(last) = track.and_then(|t| t.last) {
+            // The initial input may have come out in more than one batch.
+            let initial: Vec<_> = tracks.iter().filter(|(b, _)| **b <= first.batch).map(|(_, t)| t).collect();
+            let track = initial.iter().max_by_key(|t| t.expected).copied();
+            if !initial.is_empty() && initial.iter().all(|t| t.last.is_some()) {
+                let last = initial.iter().filter_map(|t| t.last).max().expect("non-empty");
                 inc.clients_initial_sync_ms = Some((last - connected).as_secs_f64() * 1000.0);
                 break;
             }
@@ -382,10 +385,8 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     inc.last_client_ms = report.last_samples.summary();
     let per = |v: u64, d: u64| if d > 0 { v as f64 / d as f64 } else { 0.0 };
     inc.per_event = PerEvent { resources: per(inc.resources_pushed, n), bytes: per(inc.bytes_pushed, n) };
-    inc.per_client = PerEvent {
-        resources: per(inc.resources_pushed, clients as u64),
-        bytes: per(inc.bytes_pushed, clients as u64),
-    };
+    inc.per_client =
+        PerEvent { resources: per(inc.resources_pushed, clients as u64), bytes: per(inc.bytes_pushed, clients as u64) };
 
     // Verify: the cache against the reference translation of the same input.
     if args.verify {
@@ -536,7 +537,9 @@ pub fn full(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioReport) -
         let now = Instant::now();
         let quiet_until = batch.last().map(|l| *l + args.debounce);
         let ready = !batch.is_empty()
-            && (quiet_until.is_some_and(|q| now >= q) || now >= batch[0] + DEBOUNCE_MAX || (exhausted && args.debounce.is_zero()));
+            && (quiet_until.is_some_and(|q| now >= q)
+                || now >= batch[0] + DEBOUNCE_MAX
+                || (exhausted && args.debounce.is_zero()));
         if ready || (exhausted && !batch.is_empty() && quiet_until.is_some_and(|q| now >= q)) {
             let c0 = sys::thread_cpu_seconds();
             let next = reference::translate_all(live.values());
