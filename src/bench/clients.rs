@@ -51,11 +51,14 @@ impl BatchTrack {
     }
 }
 
+/// A resource's latest version (`None`: removed) and the batch that made it.
+type Latest = (Option<String>, u64);
+
 /// Matches what clients receive to the engine batches that produced it.
 #[derive(Default)]
 pub struct Tracker {
     /// The latest version of each resource (`None`: removed) and the batch that made it.
-    latest: Mutex<HashMap<(ResourceType, String), (Option<String>, u64)>>,
+    latest: Mutex<HashMap<(ResourceType, String), Latest>>,
     pub batches: Mutex<HashMap<u64, BatchTrack>>,
     pub clients: usize,
     pub resources: AtomicU64,

@@ -162,7 +162,7 @@ impl World {
         let pods_per_service = (preset.pods / preset.services.max(1)).max(1);
         // Every `stride`-th service is routed (VirtualService + DestinationRule).
         let routed = preset.virtual_services.min(preset.destination_rules);
-        let stride = if routed == 0 { usize::MAX } else { (preset.services / routed).max(1) };
+        let stride = preset.services.checked_div(routed).map_or(usize::MAX, |s| s.max(1));
         for i in 0..preset.services {
             let ns = i % preset.namespaces;
             let ports = rng.random_range(1..=3);

@@ -155,11 +155,8 @@ impl Steps {
         // The version being rolled out: the one after the oldest pod's.
         let target = (svc.pods.first()?.version + 1) % 3;
         let old = svc.pods.iter().position(|p| p.version != target);
-        let index = match old {
-            Some(i) => i,
-            // Everything is at one version: the next rollout replaces from the front again.
-            None => 0,
-        };
+        // Everything at one version: the next rollout replaces from the front again.
+        let index = old.unwrap_or_default();
         let version = if old.is_some() { target } else { (target + 1) % 3 };
         Some(Step { label: "pod-replaced", events: world.pod_replace(id, index, version) })
     }
