@@ -27,11 +27,12 @@ async fn ready(State(AdminState { cache, .. }): State<AdminState>) -> (StatusCod
     }
 }
 
-/// `GET /debug/resources`: every served resource's type, name and version, one per line.
+/// `GET /debug/resources`: every served resource's type, name, version and scope (`all`,
+/// `sidecars` or a proxy class), one per line.
 async fn resources(State(AdminState { cache, .. }): State<AdminState>) -> String {
     let mut out = String::new();
-    for ((ty, name), r) in cache.snapshot() {
-        out.push_str(&format!("{} {} {}\n", ty.short(), name, r.version));
+    for ((scope, ty, name), r) in cache.snapshot() {
+        out.push_str(&format!("{} {} {} {}\n", ty.short(), name, r.version, scope));
     }
     out
 }

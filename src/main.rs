@@ -13,6 +13,11 @@ use meshflow::engine::Engine;
 use meshflow::source;
 use meshflow::source::kube::KubeOptions;
 use meshflow::verify::{InputTap, Verifier};
+use meshflow::xds::classes::ClassRegistry;
+
+/// How long a proxy class stays computed after its last proxy disconnected, so a proxy that
+/// reconnects finds it ready.
+const CLASS_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Parser)]
 #[command(
@@ -83,6 +88,13 @@ enum Command {
         /// Envoy's admin port, on 127.0.0.1.
         #[arg(long, default_value_t = 15000)]
         admin_port: u16,
+        /// A label of the proxy, `key=value` (repeatable), sent as node metadata LABELS: what
+        /// a Gateway's `selector` matches.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// The proxy's namespace, sent as node metadata NAMESPACE (must match the node id).
+        #[arg(long)]
+        namespace: Option<String>,
     },
 }
 
@@ -108,9 +120,14 @@ fn main() -> ExitCode {
             let kube = kubernetes.then_some(KubeOptions { kubeconfig, namespaces: watch_namespaces });
             serve(config_dir, kube, xds_addr, admin_addr, verify)
         }
-        Command::Bootstrap { node_id, xds_addr, bind_address, admin_port } => {
-            let config = BootstrapConfig { node_id, xds_addr, bind_address, admin_port };
-            bootstrap::render(&config).map(|yaml| print!("{yaml}")).map_err(anyhow::Error::msg)
+        Command::Bootstrap { node_id, xds_addr, bind_address, admin_port, labels, namespace } => {
+            bootstrap::hand_metadata(&node_id, &labels, namespace.as_deref())
+                .and_then(|meta| {
+                    let config = BootstrapConfig { node_id, xds_addr, bind_address, admin_port };
+                    bootstrap::render_with_metadata(&config, &meta)
+                })
+                .map(|yaml| print!("{yaml}"))
+                .map_err(anyhow::Error::msg)
         }
     };
     match result {
@@ -179,7 +196,9 @@ fn serve(
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let xds = tokio::spawn(meshflow::xds::serve(cache.clone(), xds_addr, stopped(stop_rx.clone())));
+        // Classes of connected proxies are input too: through the tap, so a verify sees them.
+        let classes = ClassRegistry::new(input.clone(), CLASS_GRACE);
+        let xds = tokio::spawn(meshflow::xds::serve(cache.clone(), Some(classes), xds_addr, stopped(stop_rx.clone())));
         let admin =
             tokio::spawn(meshflow::admin::serve_with_verify(cache.clone(), verifier, admin_addr, stopped(stop_rx)));
         tokio::select! {

@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::cache::{Cache, Resource, content_version};
 use crate::engine::{Command, EngineOutput};
 use crate::model::{Object, ObjectKey};
-use crate::translate::{ResourceType, reference};
+use crate::translate::{ResourceType, Scope, reference};
 
 /// Prefix of the engine `Synced` markers that verification sends through the engine.
 pub const MARKER_PREFIX: &str = "meshflow-verify:";
@@ -41,14 +41,24 @@ impl std::fmt::Display for Mismatch {
 /// Compares what the cache serves with the reference translation of the same input.
 pub fn compare(
     expected: &reference::Resources,
-    served: &BTreeMap<(ResourceType, String), Arc<Resource>>,
+    served: &BTreeMap<(Scope, ResourceType, String), Arc<Resource>>,
 ) -> Vec<Mismatch> {
     let mut out = Vec::new();
-    let m = |ty: &ResourceType, name: &str, what: String| Mismatch { ty: ty.short().into(), name: name.into(), what };
-    for ((ty, name), body) in expected {
-        match served.get(&(*ty, name.clone())) {
-            None => out.push(m(ty, name, "missing".into())),
+    // Resources of one proxy class are named with the class after `@`.
+    let m = |scope: &Scope, ty: &ResourceType, name: &str, what: String| Mismatch {
+        ty: ty.short().into(),
+        name: match scope {
+            Scope::Class(class) => format!("{name} @{class}"),
+            _ => name.into(),
+        },
+        what,
+    };
+    for (key, body) in expected {
+        let (scope, ty, name) = key;
+        match served.get(key) {
+            None => out.push(m(scope, ty, name, "missing".into())),
             Some(r) if r.body[..] != body[..] => out.push(m(
+                scope,
                 ty,
                 name,
                 format!("differs: served version {}, reference version {}", r.version, content_version(body)),
@@ -56,9 +66,10 @@ pub fn compare(
             Some(_) => {}
         }
     }
-    for (ty, name) in served.keys() {
-        if !expected.contains_key(&(*ty, name.clone())) {
-            out.push(m(ty, name, "unexpected".into()));
+    for key in served.keys() {
+        if !expected.contains_key(key) {
+            let (scope, ty, name) = key;
+            out.push(m(scope, ty, name, "unexpected".into()));
         }
     }
     out
@@ -98,7 +109,7 @@ impl Verifier {
     }
 
     /// Translates `input` from scratch and compares with `served`; records and logs the result.
-    pub fn verify(&self, input: &[Object], served: &BTreeMap<(ResourceType, String), Arc<Resource>>) -> Outcome {
+    pub fn verify(&self, input: &[Object], served: &BTreeMap<(Scope, ResourceType, String), Arc<Resource>>) -> Outcome {
         let started = Instant::now();
         let expected = reference::translate_all(input);
         let mismatches = compare(&expected, served);
@@ -156,7 +167,7 @@ impl InputTap {
         let (tx, rx) = crossbeam_channel::unbounded::<Command>();
         let (engine_tx, engine_rx) = crossbeam_channel::bounded::<Sender<Command>>(1);
         let pending: Arc<Mutex<HashMap<u64, PendingCheck>>> = Arc::default();
-        type Check = (Vec<Object>, BTreeMap<(ResourceType, String), Arc<Resource>>);
+        type Check = (Vec<Object>, BTreeMap<(Scope, ResourceType, String), Arc<Resource>>);
         let (check_tx, check_rx) = crossbeam_channel::unbounded::<Check>();
         let sink_pending = pending.clone();
         let sink_cache = cache.clone();

@@ -138,7 +138,7 @@ fn every_istio_document_in_the_corpus_decodes_unless_it_is_meant_to_be_invalid()
 fn every_corpus_file_loads_through_the_config_dir_loader_and_translates() {
     use meshflow::model::Object;
     use meshflow::source::file::load_file;
-    use meshflow::translate::{ResourceType, reference};
+    use meshflow::translate::{ResourceType, Scope, reference};
 
     let mut files: Vec<PathBuf> = std::fs::read_dir(CORPUS)
         .unwrap_or_else(|e| panic!("the shared corpus is expected at {CORPUS}: {e}"))
@@ -181,17 +181,43 @@ fn every_corpus_file_loads_through_the_config_dir_loader_and_translates() {
     for path in files.iter().filter(|p| !p.file_name().unwrap().to_str().unwrap().starts_with("invalid-")) {
         use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment};
         use envoy_types::pb::envoy::config::{listener::v3::Listener, route::v3::RouteConfiguration};
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
         use prost::Message;
         let (objects, _) = load_file(path, &std::fs::read_to_string(path).unwrap());
         let resources = reference::translate_all(base.iter().chain(objects.values()));
-        for ((ty, name), body) in &resources {
+        for ((_, ty, name), body) in &resources {
             let decoded = match ty {
                 ResourceType::Cluster => Cluster::decode(&body[..]).map(|_| ()),
                 ResourceType::ClusterLoadAssignment => ClusterLoadAssignment::decode(&body[..]).map(|_| ()),
                 ResourceType::Listener => Listener::decode(&body[..]).map(|_| ()),
                 ResourceType::RouteConfiguration => RouteConfiguration::decode(&body[..]).map(|_| ()),
+                ResourceType::Secret => Secret::decode(&body[..]).map(|_| ()),
             };
             decoded.unwrap_or_else(|e| panic!("{}: {ty:?} {name} does not decode: {e}", path.display()));
+        }
+        // Every host × port of the file's ServiceEntries has its cluster (`outbound|<n>||<host>`),
+        // unless a Bookinfo Service owns the host, or the entry is DYNAMIC_DNS or the port UDP
+        // (reported as untranslated / not proxied).
+        for o in objects.values() {
+            let Object::ServiceEntry(se) = o else { continue };
+            if se.spec.effective_resolution() == istio::Resolution::DynamicDns {
+                continue;
+            }
+            for host in se.spec.hosts.iter().filter(|h| !h.ends_with(".default.svc.cluster.local")) {
+                for port in se
+                    .spec
+                    .ports
+                    .iter()
+                    .filter(|p| !p.protocol.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("udp")))
+                {
+                    let cluster = format!("outbound|{}||{host}", port.number);
+                    assert!(
+                        resources.contains_key(&(Scope::All, ResourceType::Cluster, cluster.clone())),
+                        "{}: {cluster} missing",
+                        path.display()
+                    );
+                }
+            }
         }
     }
 
@@ -201,9 +227,9 @@ fn every_corpus_file_loads_through_the_config_dir_loader_and_translates() {
     for s in &services {
         for p in s.ports.iter().filter(|p| p.protocol == meshflow::model::k8s::Protocol::Tcp) {
             let cluster = format!("outbound|{}||{}.{}.svc.cluster.local", p.port, s.name, s.namespace);
-            assert!(resources.contains_key(&(ResourceType::Cluster, cluster.clone())), "{cluster} missing");
+            assert!(resources.contains_key(&(Scope::All, ResourceType::Cluster, cluster.clone())), "{cluster} missing");
             assert!(
-                resources.contains_key(&(ResourceType::ClusterLoadAssignment, cluster.clone())),
+                resources.contains_key(&(Scope::All, ResourceType::ClusterLoadAssignment, cluster.clone())),
                 "{cluster} EDS missing"
             );
         }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use meshflow::engine::{Command, Engine, EngineOutput};
 use meshflow::model::InputEvent;
 use meshflow::source::file::load_file;
-use meshflow::translate::ResourceType;
+use meshflow::translate::{ResourceType, Scope};
 use serde_json::Value;
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
@@ -32,6 +32,7 @@ fn full_name(ty: ResourceType) -> &'static str {
         ResourceType::ClusterLoadAssignment => "envoy.config.endpoint.v3.ClusterLoadAssignment",
         ResourceType::Listener => "envoy.config.listener.v3.Listener",
         ResourceType::RouteConfiguration => "envoy.config.route.v3.RouteConfiguration",
+        ResourceType::Secret => "envoy.extensions.transport_sockets.tls.v3.Secret",
     }
 }
 
@@ -53,7 +54,13 @@ fn translate(input: &Path) -> BTreeMap<String, Value> {
         .into_iter()
         .map(|c| {
             let body = c.body.expect("a first translation only adds");
-            (format!("{} {}", c.ty.short(), c.name), support::json::to_json(full_name(c.ty), &body))
+            // Resources of every proxy or every sidecar by type and name; a proxy class's
+            // resources with the class after `@`.
+            let key = match &c.scope {
+                Scope::All | Scope::Sidecars => format!("{} {}", c.ty.short(), c.name),
+                Scope::Class(class) => format!("{} {} @{class}", c.ty.short(), c.name),
+            };
+            (key, support::json::to_json(full_name(c.ty), &body))
         })
         .collect()
 }

@@ -7,7 +7,9 @@
 //! move between services, pods start and stop matching selectors, a service falls back from
 //! slices to Endpoints to its selector and back; VirtualServices and DestinationRules claim
 //! hosts exactly and by wildcard, are retargeted, compete by specificity, namespace and age,
-//! route to subsets that exist or not; pods move in and out of subsets as their labels change.
+//! route to subsets that exist or not; pods move in and out of subsets as their labels change;
+//! ServiceEntries of every resolution claim external hosts and a Service's host (which the
+//! Service keeps), compete by age, gain and lose endpoints, VIPs and selected pods.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,8 +20,10 @@ use meshflow::model::istio;
 use meshflow::model::k8s::{
     ContainerPort, EndpointAddress, EndpointSubset, Labels, Protocol, ServicePort, SliceEndpoint, SlicePort, TargetPort,
 };
-use meshflow::model::{EndpointSlice, Endpoints, InputEvent, Kind, Object, ObjectKey, Pod, Service};
-use meshflow::translate::{ResourceType, outbound, reference};
+use meshflow::model::proxy::{ClassLabels, ProxyClass, ProxyKind};
+use meshflow::model::secret::SecretBytes;
+use meshflow::model::{EndpointSlice, Endpoints, InputEvent, Kind, Object, ObjectKey, Pod, Secret, Service};
+use meshflow::translate::{ResourceType, Scope, outbound, reference};
 use proptest::prelude::*;
 
 const NAMESPACES: [&str; 2] = ["default", "shop"];
@@ -28,7 +32,7 @@ const IPS: [&str; 5] = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "fd00::5
 const APPS: [&str; 2] = ["reviews", "web"];
 const PODS: [&str; 4] = ["p-1", "p-2", "p-3", "p-4"];
 /// Hosts as VirtualServices and DestinationRules write them: short names, FQDNs, wildcards.
-const HOSTS: [&str; 7] = [
+const HOSTS: [&str; 9] = [
     "reviews",
     "ratings",
     "web.default.svc.cluster.local",
@@ -36,7 +40,12 @@ const HOSTS: [&str; 7] = [
     "*.default.svc.cluster.local",
     "*.svc.cluster.local",
     "*",
+    "ext.example.com",
+    "*.example.com",
 ];
+/// ServiceEntry hosts: external names, and a Kubernetes service's FQDN (the Service wins it).
+const ENTRY_HOSTS: [&str; 4] =
+    ["ext.example.com", "api.example.com", "reviews.default.svc.cluster.local", "*.example.com"];
 const GATEWAYS: &[&[&str]] = &[&[], &["mesh"], &["default/gw"]];
 const CREATED: [Option<&str>; 3] = [None, Some("2024-01-01T00:00:00Z"), Some("2025-06-01T12:00:00Z")];
 /// Cluster IPs: shared between services on purpose (two listeners named alike), and headless.
@@ -217,7 +226,7 @@ fn istio_object(
 
 fn destination() -> impl Strategy<Value = serde_json::Value> {
     (
-        prop::sample::select(&HOSTS[..3]),
+        prop::sample::select(&["reviews", "ratings", "web.default.svc.cluster.local", "ext.example.com"][..]),
         prop::option::of(prop::sample::select(&["v1", "v2", "missing"][..])),
         prop::option::of(prop::sample::select(&[80u32, 9080][..])),
     )
@@ -400,6 +409,149 @@ fn destination_rule() -> impl Strategy<Value = Object> {
         )
 }
 
+/// Gateways in `default` (where the generated VirtualServices bind to `default/gw`) and
+/// `istio-system`, selecting gateway proxies by label (or all of them), with HTTP, HTTPS (a
+/// `credentialName` in the gateway's namespace) and TLS passthrough servers.
+fn gateway() -> impl Strategy<Value = Object> {
+    let server = prop_oneof![
+        (prop::sample::select(&[80u32, 8080][..]), prop::sample::select(&["*", "reviews", "*.svc.cluster.local"][..]))
+            .prop_map(|(port, host)| serde_json::json!({
+                "port": {"number": port, "name": format!("http-{port}"), "protocol": "HTTP"},
+                "hosts": [host],
+            })),
+        (prop::sample::select(&["SIMPLE", "MUTUAL"][..]), any::<bool>()).prop_map(|(mode, redirect)| {
+            let mut s = serde_json::json!({
+                "port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+                "hosts": ["*"],
+                "tls": {"mode": mode, "credentialName": "cert"},
+            });
+            if redirect {
+                s["port"] = serde_json::json!({"number": 8443, "name": "https-8443", "protocol": "HTTPS"});
+            }
+            s
+        }),
+        Just(serde_json::json!({
+            "port": {"number": 15443, "name": "tls", "protocol": "TLS"},
+            "hosts": ["*"],
+            "tls": {"mode": "PASSTHROUGH"},
+        })),
+    ];
+    (
+        prop::sample::select(&["default", "istio-system"][..]),
+        prop::sample::select(&["gw", "gw2"][..]),
+        prop::sample::select(&CREATED[..]),
+        prop::sample::select(&[None, Some(("istio", "ingressgateway")), Some(("app", "web"))][..]),
+        prop::collection::vec(server, 1..3),
+    )
+        .prop_filter_map("valid Gateway", |(namespace, name, created, selector, servers)| {
+            let selector = match selector {
+                Some((k, v)) => serde_json::json!({ k: v }),
+                None => serde_json::json!({}),
+            };
+            let spec = serde_json::json!({ "selector": selector, "servers": servers });
+            istio_object(Kind::Gateway, namespace, name, created, spec)
+        })
+}
+
+/// Classes of connected proxies: gateways by their labels or their pod, and sidecars.
+fn proxy_class() -> impl Strategy<Value = Object> {
+    let labels = prop_oneof![
+        Just(ClassLabels::Given(Labels::from([("istio".to_string(), "ingressgateway".to_string())]))),
+        Just(ClassLabels::Given(Labels::from([("app".to_string(), "web".to_string())]))),
+        prop::sample::select(&PODS[..]).prop_map(|p| ClassLabels::OfPod(p.to_string())),
+    ];
+    (prop::sample::select(&["default", "istio-system"][..]), labels, prop::bool::weighted(0.2)).prop_map(
+        |(namespace, labels, sidecar)| {
+            let kind = if sidecar { ProxyKind::Sidecar } else { ProxyKind::Router };
+            let labels = if sidecar { ClassLabels::Ignored } else { labels };
+            Object::ProxyClass(ProxyClass { kind, namespace: namespace.into(), labels })
+        },
+    )
+}
+
+/// Secrets the HTTPS servers name (`cert`, its CA `cert-cacert`), some without the keys.
+fn secret() -> impl Strategy<Value = Object> {
+    (
+        prop::sample::select(&["default", "istio-system"][..]),
+        prop::sample::select(&["cert", "cert-cacert"][..]),
+        prop::sample::select(&[0u8, 1, 2][..]),
+        prop::sample::select(&["tls.crt", "cacert", "other"][..]),
+    )
+        .prop_map(|(namespace, name, version, key)| {
+            let mut data = std::collections::BTreeMap::new();
+            data.insert(key.to_string(), SecretBytes(vec![b'c', version]));
+            data.insert("tls.key".to_string(), SecretBytes(vec![b'k', version]));
+            Object::Secret(Box::new(Secret {
+                namespace: namespace.into(),
+                name: name.into(),
+                r#type: "kubernetes.io/tls".into(),
+                data,
+            }))
+        })
+}
+
+fn service_entry() -> impl Strategy<Value = Object> {
+    let endpoint = (ip(), prop::option::of(prop::sample::select(&["v1", "v2"][..])), prop::option::of(1u32..4))
+        .prop_map(|(ip, version, weight)| {
+            let mut e = serde_json::json!({ "address": ip });
+            if let Some(v) = version {
+                e["labels"] = serde_json::json!({ "version": v });
+            }
+            if let Some(w) = weight {
+                e["weight"] = w.into();
+            }
+            e
+        });
+    (
+        ns(),
+        prop::sample::select(&["se-a", "se-b"][..]),
+        prop::sample::select(&CREATED[..]),
+        prop::collection::btree_set(prop::sample::select(&ENTRY_HOSTS[..]), 1..3),
+        prop::sample::select(&["STATIC", "DNS", "DNS_ROUND_ROBIN", "NONE"][..]),
+        prop::collection::btree_set(prop::sample::select(&[(80u32, "HTTP"), (9080, "HTTP"), (15000, "TCP"), (443, "TLS")][..]), 1..3),
+        prop::option::of(prop::sample::select(&["240.0.0.1", "240.0.0.0/16"][..])),
+        prop::collection::vec(endpoint, 0..3),
+        prop::bool::weighted(0.3),
+    )
+        .prop_filter_map(
+            "valid ServiceEntry",
+            |(namespace, name, created, hosts, resolution, ports, address, endpoints, selector)| {
+                let ports: Vec<_> = ports
+                    .into_iter()
+                    .map(|(n, p)| serde_json::json!({"number": n, "protocol": p, "name": format!("{}-{n}", p.to_lowercase())}))
+                    .collect();
+                let mut spec = serde_json::json!({ "hosts": hosts, "resolution": resolution, "ports": ports });
+                if let Some(a) = address {
+                    spec["addresses"] = serde_json::json!([a]);
+                }
+                if selector && resolution == "STATIC" {
+                    spec["workloadSelector"] = serde_json::json!({"labels": {"app": "web"}});
+                } else if resolution != "NONE" {
+                    spec["endpoints"] = endpoints.into();
+                }
+                istio_object(Kind::ServiceEntry, &namespace, name, created, spec)
+            },
+        )
+}
+
+/// The ServiceEntry strategy yields valid entries of every translated resolution, with and
+/// without a workloadSelector (so the property test above really meets them).
+#[test]
+fn the_service_entry_strategy_yields_every_resolution() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = service_entry();
+    let (mut resolutions, mut selectors, mut endpoints) = (std::collections::BTreeSet::new(), 0, 0);
+    for _ in 0..300 {
+        let Object::ServiceEntry(se) = strategy.new_tree(&mut runner).unwrap().current() else { panic!() };
+        resolutions.insert(se.spec.effective_resolution().as_str());
+        selectors += usize::from(se.spec.workload_selector.is_some());
+        endpoints += usize::from(!se.spec.endpoints.is_empty());
+    }
+    assert_eq!(resolutions.len(), 4, "{resolutions:?}");
+    assert!(selectors > 10 && endpoints > 30, "selectors {selectors}, with endpoints {endpoints}");
+}
+
 fn object() -> impl Strategy<Value = Object> {
     prop_oneof![
         3 => service(),
@@ -408,6 +560,10 @@ fn object() -> impl Strategy<Value = Object> {
         3 => pod(),
         2 => virtual_service(),
         2 => destination_rule(),
+        1 => gateway(),
+        1 => proxy_class(),
+        1 => secret(),
+        2 => service_entry(),
     ]
 }
 
@@ -433,7 +589,7 @@ struct Harness {
     engine: Engine,
     out: crossbeam_channel::Receiver<ResourceDelta>,
     live: BTreeMap<ObjectKey, Object>,
-    materialized: BTreeMap<(ResourceType, String), Arc<[u8]>>,
+    materialized: BTreeMap<(Scope, ResourceType, String), Arc<[u8]>>,
 }
 
 impl Harness {
@@ -457,7 +613,7 @@ impl Harness {
         self.engine.send(Command::Events(events));
         let delta = self.out.recv_timeout(Duration::from_secs(30)).expect("engine answers every command");
         for change in delta.changes {
-            let key = (change.ty, change.name.clone());
+            let key = (change.scope.clone(), change.ty, change.name.clone());
             let before = self.materialized.get(&key).cloned();
             prop_assert!(
                 before.as_deref() != change.body.as_deref(),
@@ -473,7 +629,7 @@ impl Harness {
         let expected = reference::translate_all(self.live.values());
         let got: BTreeMap<_, Vec<u8>> = self.materialized.iter().map(|(k, v)| (k.clone(), v.to_vec())).collect();
         if got != expected {
-            let names = |m: &BTreeMap<(ResourceType, String), Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
+            let names = |m: &BTreeMap<(Scope, ResourceType, String), Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
             let differing: Vec<_> =
                 expected.iter().filter(|(k, v)| got.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
             return Err(TestCaseError::fail(format!(
@@ -564,7 +720,7 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
     let cla = |h: &Harness| {
         use prost::Message;
         let body = &h.materialized
-            [&(ResourceType::ClusterLoadAssignment, "outbound|80||web.default.svc.cluster.local".into())];
+            [&(Scope::All, ResourceType::ClusterLoadAssignment, "outbound|80||web.default.svc.cluster.local".into())];
         let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(&body[..]).unwrap();
         cla.endpoints
             .iter()

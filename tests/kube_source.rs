@@ -327,8 +327,18 @@ fn apiserver_down_at_start_keeps_meshflow_not_ready_then_it_converges() {
         assert!(Instant::now() < deadline, "still pending: {:?}", cache.pending_sources());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(cache.get(ResourceType::Cluster, "outbound|80||web.default.svc.cluster.local").is_some());
-    let cla = cache.get(ResourceType::ClusterLoadAssignment, "outbound|80||web.default.svc.cluster.local").unwrap();
+    assert!(
+        cache
+            .get(&meshflow::cache::View::sidecar(), ResourceType::Cluster, "outbound|80||web.default.svc.cluster.local")
+            .is_some()
+    );
+    let cla = cache
+        .get(
+            &meshflow::cache::View::sidecar(),
+            ResourceType::ClusterLoadAssignment,
+            "outbound|80||web.default.svc.cluster.local",
+        )
+        .unwrap();
     assert!(cla.body.windows(8).any(|w| w == b"10.0.0.1"), "the slice's endpoint is served");
 }
 
@@ -371,4 +381,34 @@ fn serve_kubernetes_with_a_kubeconfig_file_becomes_ready_and_serves_the_cluster(
         "{resources}\n{}",
         std::fs::read_to_string(dir.path().join("meshflow.log")).unwrap_or_default()
     );
+}
+
+#[test]
+fn tls_and_opaque_secrets_are_read_other_types_are_left_out_and_a_rotation_arrives() {
+    let server = ApiServer::start();
+    cluster_state(&server);
+    let secret = |name: &str, t: &str, data: Value| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "istio-system"},
+            "type": t, "data": data})
+    };
+    // base64 of "CERT1", "KEY1", "CA1"
+    server.apply(secret("gw-cert", "kubernetes.io/tls", json!({"tls.crt": "Q0VSVDE=", "tls.key": "S0VZMQ=="})));
+    server.apply(secret("gw-cert-cacert", "Opaque", json!({"cacert": "Q0Ex"})));
+    server.apply(secret("token", "kubernetes.io/service-account-token", json!({"token": "dG9r"})));
+    let rt = runtime();
+    let mut o = start_source(&server, &rt, KubeOptions::default());
+    assert!(o.has(Kind::Secret, "istio-system", "gw-cert"));
+    assert!(o.has(Kind::Secret, "istio-system", "gw-cert-cacert"));
+    assert!(!o.has(Kind::Secret, "istio-system", "token"), "only kubernetes.io/tls and Opaque are read");
+    assert!(server.events().iter().all(|e| !e.to_string().contains("token")), "a skipped type is not an error");
+    let cert = |o: &Observed| match o.objects.get(&ObjectKey::new(Kind::Secret, "istio-system", "gw-cert")) {
+        Some(Object::Secret(s)) => s.get("tls.crt").map(<[u8]>::to_vec),
+        _ => None,
+    };
+    assert_eq!(cert(&o).as_deref(), Some(&b"CERT1"[..]));
+    // base64 of "CERT2"
+    server.apply(secret("gw-cert", "kubernetes.io/tls", json!({"tls.crt": "Q0VSVDI=", "tls.key": "S0VZMQ=="})));
+    o.until("the rotated certificate", |o| cert(o).as_deref() == Some(&b"CERT2"[..]));
+    assert!(server.delete("v1", "Secret", Some("istio-system"), "gw-cert"));
+    o.until("the deleted Secret to go", |o| !o.has(Kind::Secret, "istio-system", "gw-cert"));
 }

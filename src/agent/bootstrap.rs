@@ -85,6 +85,31 @@ pub fn render_with_metadata(config: &BootstrapConfig, extra: &Map<String, Value>
     serde_yaml_ng::to_string(&bootstrap).map_err(|e| e.to_string())
 }
 
+/// Node metadata for a proxy started by hand (`meshflow bootstrap --label k=v --namespace ns`):
+/// `LABELS` from the `k=v` pairs (a later pair overrides an earlier key), so that a Gateway's
+/// `selector` can pick it, and `NAMESPACE`, which must agree with the node id.
+pub fn hand_metadata(node_id: &str, labels: &[String], namespace: Option<&str>) -> Result<Map<String, Value>, String> {
+    let node = NodeId::parse(node_id)?;
+    let mut out = Map::new();
+    if let Some(ns) = namespace {
+        if ns != node.namespace {
+            return Err(format!("--namespace {ns:?} contradicts the node id's namespace {:?}", node.namespace));
+        }
+        out.insert("NAMESPACE".into(), json!(ns));
+    }
+    if !labels.is_empty() {
+        let mut map = Map::new();
+        for pair in labels {
+            let Some((k, v)) = pair.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+                return Err(format!("--label {pair:?} is not of the form key=value"));
+            };
+            map.insert(k.to_string(), json!(v));
+        }
+        out.insert("LABELS".into(), Value::Object(map));
+    }
+    Ok(out)
+}
+
 fn split_host_port(addr: &str) -> Result<(String, u16), String> {
     if let Ok(sa) = addr.parse::<SocketAddr>() {
         return Ok((sa.ip().to_string(), sa.port()));
@@ -108,6 +133,21 @@ mod tests {
             bind_address: Some("127.0.0.5".parse().unwrap()),
             admin_port: 15000,
         }
+    }
+
+    #[test]
+    fn hand_labels_and_namespace_become_node_metadata() {
+        let id = "router~127.0.0.9~gw-1.istio-system~istio-system.svc.cluster.local";
+        let labels = ["istio=ingressgateway".to_string(), "app=gw".to_string(), "app=edge".to_string()];
+        let meta = hand_metadata(id, &labels, Some("istio-system")).unwrap();
+        let config = BootstrapConfig { node_id: id.into(), ..config() };
+        let yaml: serde_json::Value = serde_yaml_ng::from_str(&render_with_metadata(&config, &meta).unwrap()).unwrap();
+        let metadata = &yaml["node"]["metadata"];
+        assert_eq!(metadata["LABELS"], json!({"istio": "ingressgateway", "app": "edge"}));
+        assert_eq!(metadata["NAMESPACE"], "istio-system");
+        assert!(hand_metadata(id, &[], Some("default")).unwrap_err().contains("contradicts"));
+        assert!(hand_metadata(id, &["novalue".to_string()], None).unwrap_err().contains("key=value"));
+        assert!(hand_metadata(id, &[], None).unwrap().is_empty());
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn sink(
             let mut changes: Vec<(ResourceType, String, Option<String>)> = Vec::new();
             for c in &delta.changes {
                 let version = c.body.as_ref().map(|b| content_version(b));
-                let current = cache.get(c.ty, &c.name).map(|r| r.version.clone());
+                let current = cache.get_scoped(&c.scope, c.ty, &c.name).map(|r| r.version.clone());
                 if current != version {
                     changes.push((c.ty, c.name.clone(), version));
                 }
@@ -213,7 +213,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     if clients > 0 {
         let addr = free_port()?;
         let mut server_stop = stop_rx.clone();
-        server_rt.spawn(crate::xds::serve(cache.clone(), addr, async move {
+        server_rt.spawn(crate::xds::serve(cache.clone(), None, addr, async move {
             let _ = server_stop.wait_for(|s| *s).await;
         }));
         let connected = Instant::now();
@@ -466,12 +466,12 @@ fn changed_types(before: &reference::Resources, after: &reference::Resources) ->
     let mut types = HashSet::new();
     for (k, v) in after {
         if before.get(k) != Some(v) {
-            types.insert(k.0);
+            types.insert(k.1);
         }
     }
     for k in before.keys() {
         if !after.contains_key(k) {
-            types.insert(k.0);
+            types.insert(k.1);
         }
     }
     types
@@ -547,7 +547,7 @@ pub fn full(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioReport) -
             for ty in &types {
                 let (count, bytes) = next
                     .iter()
-                    .filter(|(k, _)| k.0 == *ty)
+                    .filter(|(k, _)| k.1 == *ty)
                     .fold((0u64, 0u64), |(c, b), (_, v)| (c + 1, b + v.len() as u64));
                 f.resources_pushed += count * clients;
                 f.bytes_pushed += bytes * clients;

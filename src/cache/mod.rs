@@ -6,15 +6,19 @@
 //! really differs. Each applied delta gets a sequence number; streams remember the last one
 //! they handled and ask for the names changed since, so a push costs what changed, not the
 //! size of the mesh. A stream that fell behind the bounded log does one full comparison.
+//!
+//! Resources live in scopes ([`Scope`]): shared by every proxy, by every sidecar, or by one
+//! proxy class. A stream reads through its [`View`], so a gateway never sees sidecar
+//! listeners and a class's resources exist once however many proxies share the class.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
 use crate::engine::{EngineOutput, ResourceDelta};
-use crate::translate::Diagnostic;
-use crate::translate::ResourceType;
+use crate::model::proxy::ProxyKind;
+use crate::translate::{Diagnostic, ResourceType, Scope};
 
 /// One resource as served: its encoded body and content version.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,15 +35,53 @@ pub fn content_version(body: &[u8]) -> String {
 /// How many (sequence, type, name) entries the change log keeps.
 const LOG_CAPACITY: usize = 1 << 20;
 
+/// What one proxy sees of the cache: its class's resources, then (for sidecars) the
+/// sidecars' ones, then the shared ones. A name found in an earlier scope hides the same name
+/// in a later one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    scopes: Vec<Scope>,
+}
+
+impl View {
+    /// The view of a proxy of `kind` in class `class` (None: a proxy not registered as a
+    /// class, which sees what every proxy of its kind sees).
+    pub fn new(kind: ProxyKind, class: Option<String>) -> View {
+        let mut scopes: Vec<Scope> = class.into_iter().map(Scope::Class).collect();
+        if kind == ProxyKind::Sidecar {
+            scopes.push(Scope::Sidecars);
+        }
+        scopes.push(Scope::All);
+        View { scopes }
+    }
+
+    /// What a sidecar without a class sees.
+    pub fn sidecar() -> View {
+        View::new(ProxyKind::Sidecar, None)
+    }
+
+    pub fn sees(&self, scope: &Scope) -> bool {
+        self.scopes.contains(scope)
+    }
+}
+
+type Slots = [BTreeMap<String, Arc<Resource>>; ResourceType::ALL.len()];
+
 #[derive(Default)]
 struct State {
-    resources: [BTreeMap<String, Arc<Resource>>; 4],
+    resources: HashMap<Scope, Slots>,
     seq: u64,
-    log: VecDeque<(u64, ResourceType, String)>,
+    log: VecDeque<(u64, Scope, ResourceType, String)>,
     /// Changes with a sequence number above this are all in `log`.
     log_floor: u64,
     pending_sources: BTreeSet<String>,
     diagnostics: BTreeSet<Diagnostic>,
+}
+
+impl State {
+    fn get(&self, view: &View, ty: ResourceType, name: &str) -> Option<&Arc<Resource>> {
+        view.scopes.iter().find_map(|scope| self.resources.get(scope)?[slot(ty)].get(name))
+    }
 }
 
 fn slot(ty: ResourceType) -> usize {
@@ -87,9 +129,9 @@ impl Cache {
             }
         }
         for change in &delta.changes {
-            let map = &mut state.resources[slot(change.ty)];
             let changed = match &change.body {
                 Some(body) => {
+                    let map = &mut state.resources.entry(change.scope.clone()).or_default()[slot(change.ty)];
                     let version = content_version(body);
                     if map.get(&change.name).is_some_and(|r| r.version == version) {
                         false
@@ -99,17 +141,24 @@ impl Cache {
                         true
                     }
                 }
-                None => map.remove(&change.name).is_some(),
+                None => {
+                    let Some(slots) = state.resources.get_mut(&change.scope) else { continue };
+                    let removed = slots[slot(change.ty)].remove(&change.name).is_some();
+                    if slots.iter().all(BTreeMap::is_empty) {
+                        state.resources.remove(&change.scope);
+                    }
+                    removed
+                }
             };
             if changed {
-                state.log.push_back((seq, change.ty, change.name.clone()));
+                state.log.push_back((seq, change.scope.clone(), change.ty, change.name.clone()));
                 applied += 1;
             }
         }
         if applied > 0 {
             state.seq = seq;
             while state.log.len() > LOG_CAPACITY {
-                if let Some((s, _, _)) = state.log.pop_front() {
+                if let Some((s, _, _, _)) = state.log.pop_front() {
                     state.log_floor = s;
                 }
             }
@@ -168,35 +217,67 @@ impl Cache {
         self.read().seq
     }
 
-    pub fn get(&self, ty: ResourceType, name: &str) -> Option<Arc<Resource>> {
-        self.read().resources[slot(ty)].get(name).cloned()
+    /// The resource of this type and name as a proxy with `view` sees it.
+    pub fn get(&self, view: &View, ty: ResourceType, name: &str) -> Option<Arc<Resource>> {
+        self.read().get(view, ty, name).cloned()
     }
 
-    pub fn names(&self, ty: ResourceType) -> Vec<String> {
-        self.read().resources[slot(ty)].keys().cloned().collect()
+    /// The resource of one scope.
+    pub fn get_scoped(&self, scope: &Scope, ty: ResourceType, name: &str) -> Option<Arc<Resource>> {
+        self.read().resources.get(scope)?[slot(ty)].get(name).cloned()
     }
 
-    pub fn len(&self, ty: ResourceType) -> usize {
-        self.read().resources[slot(ty)].len()
-    }
-
-    /// Every resource, for debugging and tests.
-    pub fn snapshot(&self) -> BTreeMap<(ResourceType, String), Arc<Resource>> {
+    /// The names of a type a proxy with `view` sees.
+    pub fn names(&self, view: &View, ty: ResourceType) -> Vec<String> {
         let state = self.read();
-        ResourceType::ALL
-            .into_iter()
-            .flat_map(|ty| state.resources[slot(ty)].iter().map(move |(n, r)| ((ty, n.clone()), r.clone())))
-            .collect()
+        let mut names: BTreeSet<&String> = BTreeSet::new();
+        for scope in &view.scopes {
+            if let Some(slots) = state.resources.get(scope) {
+                names.extend(slots[slot(ty)].keys());
+            }
+        }
+        names.into_iter().cloned().collect()
     }
 
-    /// The current sequence number and the names changed after `since`.
-    pub fn changed_since(&self, since: u64) -> (u64, Changed) {
+    /// How many resources of a type are held, over every scope.
+    pub fn len(&self, ty: ResourceType) -> usize {
+        self.read().resources.values().map(|slots| slots[slot(ty)].len()).sum()
+    }
+
+    /// The scopes that hold resources.
+    pub fn scopes(&self) -> Vec<Scope> {
+        let mut scopes: Vec<Scope> = self.read().resources.keys().cloned().collect();
+        scopes.sort();
+        scopes
+    }
+
+    /// Every resource by scope, for debugging and tests.
+    pub fn snapshot(&self) -> BTreeMap<(Scope, ResourceType, String), Arc<Resource>> {
+        let state = self.read();
+        let mut out = BTreeMap::new();
+        for (scope, slots) in &state.resources {
+            for ty in ResourceType::ALL {
+                for (name, r) in &slots[slot(ty)] {
+                    out.insert((scope.clone(), ty, name.clone()), r.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// The current sequence number and the names changed after `since` that `view` sees.
+    pub fn changed_since(&self, since: u64, view: &View) -> (u64, Changed) {
         let state = self.read();
         if since < state.log_floor {
             return (state.seq, None);
         }
-        let start = state.log.partition_point(|(s, _, _)| *s <= since);
-        let names = state.log.range(start..).map(|(_, ty, name)| (*ty, name.clone())).collect();
+        let start = state.log.partition_point(|(s, _, _, _)| *s <= since);
+        let names = state
+            .log
+            .range(start..)
+            .filter(|(_, scope, _, _)| view.sees(scope))
+            .map(|(_, _, ty, name)| (*ty, name.clone()))
+            .collect();
         (state.seq, Some(names))
     }
 }
@@ -212,7 +293,12 @@ mod tests {
             time: 0,
             changes: changes
                 .iter()
-                .map(|(ty, name, body)| ResourceChange { ty: *ty, name: name.to_string(), body: body.map(Arc::from) })
+                .map(|(ty, name, body)| ResourceChange {
+                    scope: Scope::All,
+                    ty: *ty,
+                    name: name.to_string(),
+                    body: body.map(Arc::from),
+                })
                 .collect(),
         }
     }
@@ -224,7 +310,7 @@ mod tests {
         let seq = cache.seq();
         assert_eq!(cache.apply(&delta(&[(ResourceType::Cluster, "a", Some(b"x"))])), 0);
         assert_eq!(cache.seq(), seq);
-        assert_eq!(cache.changed_since(seq), (seq, Some(vec![])));
+        assert_eq!(cache.changed_since(seq, &View::sidecar()), (seq, Some(vec![])));
     }
 
     #[test]
@@ -233,13 +319,13 @@ mod tests {
         cache.apply(&delta(&[(ResourceType::Cluster, "a", Some(b"1"))]));
         let after_first = cache.seq();
         cache.apply(&delta(&[(ResourceType::Listener, "l", Some(b"2")), (ResourceType::Cluster, "a", None)]));
-        let (seq, changed) = cache.changed_since(after_first);
+        let (seq, changed) = cache.changed_since(after_first, &View::sidecar());
         assert_eq!(seq, after_first + 1);
         assert_eq!(
             changed.unwrap(),
             vec![(ResourceType::Listener, "l".to_string()), (ResourceType::Cluster, "a".to_string())]
         );
-        assert!(cache.get(ResourceType::Cluster, "a").is_none());
+        assert!(cache.get(&View::sidecar(), ResourceType::Cluster, "a").is_none());
     }
 
     #[test]
@@ -248,8 +334,8 @@ mod tests {
         a.apply(&delta(&[(ResourceType::Cluster, "c", Some(b"same"))]));
         b.apply(&delta(&[(ResourceType::Cluster, "c", Some(b"same"))]));
         assert_eq!(
-            a.get(ResourceType::Cluster, "c").unwrap().version,
-            b.get(ResourceType::Cluster, "c").unwrap().version
+            a.get_scoped(&Scope::All, ResourceType::Cluster, "c").unwrap().version,
+            b.get_scoped(&Scope::All, ResourceType::Cluster, "c").unwrap().version
         );
     }
 
@@ -262,5 +348,52 @@ mod tests {
         assert_eq!(cache.pending_sources(), vec!["kubernetes".to_string()]);
         cache.source_synced("kubernetes");
         assert!(cache.is_ready());
+    }
+
+    #[test]
+    fn a_view_sees_its_class_then_its_kind_then_the_shared_scope() {
+        let cache = Cache::new([]);
+        let class = Scope::Class("router/istio-system/istio=ingressgateway".into());
+        let change = |scope: &Scope, ty, name: &str, body: Option<&[u8]>| ResourceChange {
+            scope: scope.clone(),
+            ty,
+            name: name.to_string(),
+            body: body.map(Arc::from),
+        };
+        let before = cache.seq();
+        cache.apply(&ResourceDelta {
+            time: 0,
+            diagnostics: vec![],
+            changes: vec![
+                change(&Scope::All, ResourceType::Cluster, "c", Some(b"c")),
+                change(&Scope::Sidecars, ResourceType::Listener, "0.0.0.0_9080", Some(b"sidecar")),
+                change(&class, ResourceType::Listener, "0.0.0.0_8080", Some(b"gateway")),
+                change(&class, ResourceType::Cluster, "c", Some(b"class c")),
+            ],
+        });
+        let sidecar = View::sidecar();
+        let gateway = View::new(ProxyKind::Router, Some("router/istio-system/istio=ingressgateway".into()));
+        let other_gateway = View::new(ProxyKind::Router, Some("router/other/istio=egress".into()));
+        assert_eq!(cache.names(&sidecar, ResourceType::Listener), ["0.0.0.0_9080"]);
+        assert_eq!(cache.names(&gateway, ResourceType::Listener), ["0.0.0.0_8080"]);
+        assert!(cache.names(&other_gateway, ResourceType::Listener).is_empty());
+        // The class's resource hides the shared one of the same name, for that class only.
+        assert_eq!(&*cache.get(&gateway, ResourceType::Cluster, "c").unwrap().body, b"class c");
+        assert_eq!(&*cache.get(&sidecar, ResourceType::Cluster, "c").unwrap().body, b"c");
+        let (_, changed) = cache.changed_since(before, &other_gateway);
+        assert_eq!(changed.unwrap(), vec![(ResourceType::Cluster, "c".to_string())]);
+        let (_, changed) = cache.changed_since(before, &gateway);
+        assert_eq!(changed.unwrap().len(), 3);
+        // A scope that empties goes away.
+        cache.apply(&ResourceDelta {
+            time: 1,
+            diagnostics: vec![],
+            changes: vec![
+                change(&class, ResourceType::Listener, "0.0.0.0_8080", None),
+                change(&class, ResourceType::Cluster, "c", None),
+            ],
+        });
+        assert_eq!(cache.scopes(), [Scope::All, Scope::Sidecars]);
+        assert_eq!(&*cache.get(&gateway, ResourceType::Cluster, "c").unwrap().body, b"c");
     }
 }

@@ -2,49 +2,63 @@
 //!
 //! Keys decide the cost of a change. Every arrow below keeps work local to its key: a pod or
 //! slice change touches its services' load assignments (and the subsets of those services); a
-//! service change touches its host; a DestinationRule or VirtualService change touches the
-//! hosts its host pattern matches and the VirtualServices that route to them.
+//! service or ServiceEntry change touches its hosts; a DestinationRule or VirtualService change
+//! touches the hosts its host pattern matches and the VirtualServices that route to them.
 //!
 //! ```text
-//! services ─flat_map─▶ service_ports ─▶ by host (fqdn) ─┬─────────────────────────────────────────┐
-//!                                    host patterns(fqdn) ┤ (fqdn, *.suffix…, *)                    │
-//! destination rules ─by pattern───────────join──────────┴─reduce: select/merge─▶ rule by host ─┐  │
-//!                                   per host reduce (rows ⊎ rule) ─▶ clusters (+ subsets), host info
-//! virtual services ─by pattern──join(host patterns)──reduce: most specific, oldest─▶ VS by host
-//!                  ─by destination host──join(host info)──reduce per VS─▶ (VS, destination map)
-//!                                   per host reduce (rows ⊎ host info ⊎ chosen VS) ─▶ virtual hosts
+//! services ─flat_map─▶ service ports ─┐
+//! service entries ─flat_map─▶ host × port rows (resolution, VIPs, inline DNS endpoints) ─┤
+//!                 by host (fqdn) ─reduce: settle (Service > oldest entry, merge compatible)─▶ host rows ─┬──────┐
+//!                   host patterns (fqdn, ns) ┤ (fqdn, *.suffix…, *)                                    │      │
+//! destination rules ─by pattern──────join────┴─reduce per (fqdn, ns): select/merge─▶ rule by host ─┐  │      │
+//!                                   per host reduce (rows ⊎ rule) ─▶ clusters (+ subsets), host info ◀──┘      │
+//! virtual services ─by pattern──join(host patterns)──reduce: most specific, oldest─▶ VS by host              │
+//!                  ─by destination host──join(host info)──reduce per VS─▶ (VS, destination map)              │
+//!                                   per host reduce (rows ⊎ host info ⊎ chosen VS) ─▶ virtual hosts ◀───────┘
 //!                                                                     └▶ route configs (assembled outside)
 //!                          distinct HTTP ports ────────────────────────────────────────────▶ listeners
-//!                                   per host reduce (TCP rows ⊎ chosen VS) ─▶ TCP listener candidates
+//!                                   per host reduce (TCP rows ⊎ chosen VS) ─▶ TCP listener candidates (one per VIP)
 //!                  per port reduce (candidates ⊎ HTTP port marker) ─▶ the port's TCP listener, losers as diagnostics
 //! slices ─flat_map─▶ ready addresses by (ns, svc, port name, proto) ──join(ports by name)┐
 //! endpoints ─antijoin(services with slices)─▶ ...same key ─────────────────────────────join┤
-//! pods ─by label─▶ join(selector services without slices/endpoints, by one selector pair) ┴▶ (cluster, addr, pod)
-//!   (cluster, addr, pod) ─semijoin(clusters with subsets)─join(pod labels)─join(subsets)─▶ (subset cluster, addr)
-//!                                        cluster names ⊎ addresses ─reduce─▶ load assignments
+//! pods ─by label─▶ join(selector services without slices/endpoints, by one selector pair) ┤▶ (cluster, addr, pod)
+//! service entries ─STATIC endpoints (labels)──────────────┐                               │
+//! pods ─by label─▶ join(entry workloadSelectors) ──────────┴▶ (cluster, entry ns)          │
+//!        ─semijoin(EDS clusters of hosts an entry of that ns won)────────────────────────┘
+//!   (cluster, addr, pod|labels) ─semijoin(clusters with subsets)─join(pod labels, else its own)
+//!                                ─join(subsets)─▶ (subset cluster, addr)
+//!                                    EDS cluster names ⊎ addresses ─reduce─▶ load assignments
+//!   (DNS entry clusters carry their endpoints inline, NONE entries are ORIGINAL_DST: no assignment)
 //! ```
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::Scope;
+use timely::dataflow::Scope as Graph;
 
-use crate::model::istio::{DestinationRule, DestinationRuleSpec, VirtualService};
+use crate::model::Secret;
+use crate::model::istio::{DestinationRule, DestinationRuleSpec, Gateway, ServiceEntry, VirtualService};
 use crate::model::k8s::Labels;
+use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind};
 use crate::model::{EndpointSlice, Endpoints, Pod, Service};
 use crate::translate::endpoint::{
     EndpointRow, PortKey, SelectorService, endpoints_addresses, pod_addresses, service_port_rows, slice_addresses,
 };
+use crate::translate::gateway::{self, SecretRef};
 use crate::translate::outbound::{
     self, ClusterRow, ConfigKey, DestinationMap, HostInfo, SubsetRef, TcpListenerRow, VsRank, host_patterns,
 };
-use crate::translate::{self, Diagnostic, EndpointAddr, ResourceType, ServicePortRow, VirtualHostPart};
+use crate::translate::views;
+use crate::translate::{
+    self, Diagnostic, EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart, service_entry,
+};
 
 /// What leaves the dataflow: finished resources, and virtual hosts that are assembled into
 /// route configs outside it (see [`super::output`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum OutputRow {
     Resource {
+        scope: Scope,
         ty: ResourceType,
         name: String,
         body: Vec<u8>,
@@ -66,6 +80,10 @@ pub struct Inputs {
     pub pods: InputSession<u64, Pod, isize>,
     pub virtual_services: InputSession<u64, VirtualService, isize>,
     pub destination_rules: InputSession<u64, DestinationRule, isize>,
+    pub gateways: InputSession<u64, Gateway, isize>,
+    pub classes: InputSession<u64, ProxyClass, isize>,
+    pub secrets: InputSession<u64, Secret, isize>,
+    pub service_entries: InputSession<u64, ServiceEntry, isize>,
 }
 
 impl Inputs {
@@ -76,6 +94,10 @@ impl Inputs {
         self.pods.advance_to(t);
         self.virtual_services.advance_to(t);
         self.destination_rules.advance_to(t);
+        self.gateways.advance_to(t);
+        self.classes.advance_to(t);
+        self.secrets.advance_to(t);
+        self.service_entries.advance_to(t);
     }
 
     pub fn flush(&mut self) {
@@ -85,6 +107,10 @@ impl Inputs {
         self.pods.flush();
         self.virtual_services.flush();
         self.destination_rules.flush();
+        self.gateways.flush();
+        self.classes.flush();
+        self.secrets.flush();
+        self.service_entries.flush();
     }
 }
 
@@ -122,6 +148,30 @@ enum PortClaim {
     Tcp(TcpListenerRow),
 }
 
+/// What meets per gateway proxy class to make its listeners and route configs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum ClassInput {
+    Gateway(Gateway),
+    Routes(VirtualService, DestinationMap),
+}
+
+/// What a gateway proxy class's reduce produces.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum ClassOutput {
+    Resource(ResourceType, String, Vec<u8>),
+    Secret(SecretRef),
+    Diagnostic(Diagnostic),
+}
+
+/// What meets per (class, SDS name): the reference and the Secrets it may read.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum SecretInput {
+    /// The reference, and the namespace of the class that holds it.
+    Ref(SecretRef, String),
+    Found(Secret),
+    Fallback(Secret),
+}
+
 /// What meets per host to make its virtual hosts (and its TCP listeners).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum VhostInput {
@@ -131,24 +181,41 @@ enum VhostInput {
 }
 
 /// Builds the graph. Returns the input handles and the output collection.
-pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, OutputRow>) {
+pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, OutputRow>) {
     let (services_in, services) = scope.new_collection::<Service, isize>();
     let (slices_in, slices) = scope.new_collection::<EndpointSlice, isize>();
     let (endpoints_in, endpoints) = scope.new_collection::<Endpoints, isize>();
     let (pods_in, pods) = scope.new_collection::<Pod, isize>();
     let (vs_in, virtual_services) = scope.new_collection::<VirtualService, isize>();
     let (dr_in, destination_rules) = scope.new_collection::<DestinationRule, isize>();
+    let (gateways_in, gateways) = scope.new_collection::<Gateway, isize>();
+    let (classes_in, classes) = scope.new_collection::<ProxyClass, isize>();
+    let (secrets_in, secrets) = scope.new_collection::<Secret, isize>();
+    let (se_in, service_entries) = scope.new_collection::<ServiceEntry, isize>();
 
     let service_ports = services.clone().flat_map(|s: Service| service_port_rows(&s));
-    let ports_by_host = service_ports.clone().map(|row| (row.fqdn(), row));
-
-    // Host patterns: every service host under each pattern that can match it, so rules and
-    // VirtualServices (keyed by their own pattern) meet exactly the hosts they match.
-    let patterns = ports_by_host
+    // Every host's rows, Services' and ServiceEntries', settled per host as istiod settles a
+    // hostname defined more than once: what follows sees only the rows that make the host.
+    let ports_by_host = service_ports
         .clone()
-        .map(|(fqdn, _)| fqdn)
-        .distinct()
-        .flat_map(|fqdn: String| host_patterns(&fqdn).into_iter().map(move |p| (p, fqdn.clone())));
+        .concat(service_entries.clone().flat_map(|se: ServiceEntry| service_entry::port_rows(&se)))
+        .map(|row| (row.fqdn(), row))
+        .reduce_named("settle: host rows", |_fqdn: &String, input: &[(&ServicePortRow, isize)], output| {
+            let rows: Vec<&ServicePortRow> = input.iter().map(|(r, _)| *r).collect();
+            for row in service_entry::host_rows(&rows) {
+                output.push((row.clone(), 1isize));
+            }
+        });
+    let host_ports = ports_by_host.clone().map(|(_, row)| row);
+
+    // Host patterns: every host under each pattern that can match it, so rules and
+    // VirtualServices (keyed by their own pattern) meet exactly the hosts they match. A host
+    // carries its namespace (the Service's, or the winning ServiceEntry's): rules are looked
+    // up there first.
+    let hosts = ports_by_host.clone().map(|(fqdn, row)| (fqdn, row.namespace)).distinct();
+    let patterns = hosts.flat_map(|(fqdn, ns): (String, String)| {
+        host_patterns(&fqdn).into_iter().map(move |p| (p, (fqdn.clone(), ns.clone())))
+    });
 
     // === DestinationRules → the rule of each host ===
     let rules_by_pattern = destination_rules
@@ -156,18 +223,19 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .flat_map(|dr: DestinationRule| outbound::destination_rule_pattern(&dr).map(|p| (p, dr)));
     let rule_by_host = patterns
         .clone()
-        .join_map(rules_by_pattern, |pattern, fqdn: &String, dr: &DestinationRule| {
-            (fqdn.clone(), (pattern.clone(), dr.clone()))
+        .join_map(rules_by_pattern, |pattern, host: &(String, String), dr: &DestinationRule| {
+            (host.clone(), (pattern.clone(), dr.clone()))
         })
         .reduce_named(
             "select: DestinationRule",
-            |fqdn: &String, input: &[(&(String, DestinationRule), isize)], output| {
+            |(_, ns): &(String, String), input: &[(&(String, DestinationRule), isize)], output| {
                 let candidates = input.iter().map(|((p, dr), _)| (p.as_str(), dr));
-                if let Some(rule) = outbound::select_rule(outbound::fqdn_namespace(fqdn), candidates) {
+                if let Some(rule) = outbound::select_rule(ns, candidates) {
                     output.push((rule, 1isize));
                 }
             },
-        );
+        )
+        .map(|((fqdn, _), rule)| (fqdn, rule));
 
     // === per host: clusters (with subsets and policy), and what routes toward it need ===
     let host_outputs = ports_by_host
@@ -192,6 +260,7 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         host_outputs.flat_map(|(fqdn, out)| if let HostOutput::Info(i) = out { Some((fqdn, i)) } else { None });
 
     let clusters = cluster_rows.clone().map(|c: ClusterRow| OutputRow::Resource {
+        scope: Scope::All,
         ty: ResourceType::Cluster,
         name: c.name(),
         body: c.encode(),
@@ -211,24 +280,32 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                 .into_iter()
                 .map(move |f| Diagnostic::field(dr.object_key(), f))
                 .collect::<Vec<_>>()
+        }))
+        .concat(service_entries.clone().flat_map(|se: ServiceEntry| {
+            service_entry::untranslated(&se)
+                .into_iter()
+                .map(move |f| Diagnostic::field(se.object_key(), f))
+                .collect::<Vec<_>>()
         }));
 
     // === VirtualServices → the VirtualService of each host, with its destinations ===
-    let mesh_vs = virtual_services.filter(outbound::applies_to_mesh);
+    let mesh_vs = virtual_services.clone().filter(outbound::applies_to_mesh);
     let vs_by_pattern = mesh_vs.clone().flat_map(|vs: VirtualService| {
         outbound::virtual_service_patterns(&vs).into_iter().map(move |p| (p, vs.clone())).collect::<Vec<_>>()
     });
     let vs_by_host = patterns
+        .map(|(p, (fqdn, _))| (p, fqdn))
         .join_map(vs_by_pattern, |pattern, fqdn: &String, vs: &VirtualService| (fqdn.clone(), VsRank::new(pattern, vs)))
         .reduce_named("select: VirtualService", |_fqdn: &String, input: &[(&VsRank, isize)], output| {
             // Values arrive sorted: the first is the best rank.
             output.push((input[0].0.key(), 1isize));
         });
-    let vs_destinations = mesh_vs.clone().flat_map(|vs: VirtualService| {
+    let vs_destinations = virtual_services.clone().flat_map(|vs: VirtualService| {
         let key: ConfigKey = (vs.namespace.clone(), vs.name.clone());
         outbound::virtual_service_destinations(&vs).into_iter().map(move |d| (d, key.clone())).collect::<Vec<_>>()
     });
-    let vs_context = mesh_vs
+    let vs_context = virtual_services
+        .clone()
         .map(|vs: VirtualService| ((vs.namespace.clone(), vs.name.clone()), VsInput::Object(vs)))
         .concat(vs_destinations.join_map(host_info.clone(), |dest, key: &ConfigKey, info: &HostInfo| {
             (key.clone(), VsInput::Destination(dest.clone(), info.clone()))
@@ -250,15 +327,15 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         });
     let missing = vs_context.clone().flat_map(|(_, (vs, dest))| outbound::missing_destinations(&vs, &dest));
     let routes_by_host = vs_by_host.map(|(fqdn, key)| (key, fqdn)).join_map(
-        vs_context,
+        vs_context.clone(),
         |_key, fqdn: &String, (vs, dest): &(VirtualService, DestinationMap)| {
             (fqdn.clone(), VhostInput::Routes(vs.clone(), dest.clone()))
         },
     );
 
     // === per host: virtual hosts ===
-    let http_ports = service_ports.clone().filter(|row| row.protocol().is_http());
-    let tcp_ports = service_ports.clone().filter(|row| row.protocol() == translate::PortProtocol::Tcp);
+    let http_ports = host_ports.clone().filter(|row| row.protocol().is_http());
+    let tcp_ports = host_ports.filter(|row| row.protocol() == translate::PortProtocol::Tcp);
     let tcp_routes = routes_by_host.clone();
     let virtual_hosts = http_ports
         .clone()
@@ -283,6 +360,7 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .map(|(_, (route, vhost))| OutputRow::VirtualHost { route, vhost });
     let http_port_numbers = http_ports.map(|row| row.port.port).distinct();
     let listeners = http_port_numbers.clone().map(|port| OutputRow::Resource {
+        scope: Scope::Sidecars,
         ty: ResourceType::Listener,
         name: translate::listener_name(port),
         body: translate::listener(port, None),
@@ -319,8 +397,12 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             let candidates = input.iter().filter_map(|(c, _)| if let PortClaim::Tcp(l) = c { Some(l) } else { None });
             let (winner, diagnostics) = outbound::settle_port(*port, http, candidates);
             if let Some(w) = winner {
-                let row =
-                    OutputRow::Resource { ty: ResourceType::Listener, name: w.name.clone(), body: w.body.clone() };
+                let row = OutputRow::Resource {
+                    scope: Scope::Sidecars,
+                    ty: ResourceType::Listener,
+                    name: w.name.clone(),
+                    body: w.body.clone(),
+                };
                 output.push((row, 1isize));
             }
             for d in diagnostics {
@@ -368,6 +450,7 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                 selector,
                 ports,
                 publish_not_ready: s.publish_not_ready_addresses,
+                hosts: Vec::new(),
             };
             (s.external_name.is_none()).then(|| ((s.namespace.clone(), s.name.clone()), row))
         })
@@ -382,13 +465,40 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     });
     let pods_by_name = live_pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p));
     let from_pods = selector_services
+        .join_map(pod_labels.clone(), |(ns, _, _), svc: &SelectorService, pod: &String| {
+            ((ns.clone(), pod.clone()), svc.clone())
+        })
+        .join(pods_by_name.clone())
+        .flat_map(|((ns, _), (svc, pod))| pod_addresses(&ns, &svc, &pod));
+
+    // ServiceEntry endpoints: STATIC `endpoints`, and the pods a `workloadSelector` selects
+    // (through the same label index). Keyed by (cluster, entry namespace), they count for the
+    // clusters of hosts that an entry of that namespace won, as istiod keys endpoints by host
+    // and namespace.
+    let entry_selectors = service_entries.clone().flat_map(|se: ServiceEntry| {
+        let row = service_entry::selector(&se)?;
+        let (k, v) = row.selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
+        Some(((se.namespace.clone(), k, v), row))
+    });
+    let from_entry_pods = entry_selectors
         .join_map(pod_labels, |(ns, _, _), svc: &SelectorService, pod: &String| {
             ((ns.clone(), pod.clone()), svc.clone())
         })
         .join(pods_by_name)
-        .flat_map(|((ns, _), (svc, pod))| pod_addresses(&ns, &svc, &pod));
+        .flat_map(|((ns, _), (svc, pod))| {
+            pod_addresses(&ns, &svc, &pod).into_iter().map(move |(c, ep)| ((c, ns.clone()), ep)).collect::<Vec<_>>()
+        });
+    let entry_owners = cluster_rows
+        .clone()
+        .filter(|c: &ClusterRow| c.subset.is_none() && c.row.entry.is_some() && c.is_eds())
+        .map(|c| (c.name(), c.row.namespace.clone()));
+    let from_entries = service_entries
+        .flat_map(|se: ServiceEntry| service_entry::static_endpoints(&se))
+        .concat(from_entry_pods)
+        .semijoin(entry_owners)
+        .map(|((cluster, _), ep)| (cluster, ep));
 
-    let base_endpoints = from_slices.concat(from_endpoints).concat(from_pods);
+    let base_endpoints = from_slices.concat(from_endpoints).concat(from_pods).concat(from_entries);
 
     // === endpoints of subset clusters ===
     // Only the endpoints of clusters that have subsets meet pod labels: a pod's labels decide
@@ -407,8 +517,8 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .join_map(labels_by_pod.clone(), |_pod, (cluster, addr): &(String, EndpointAddr), labels: &Labels| {
             (cluster.clone(), (addr.clone(), labels.clone()))
         })
-        .concat(by_pod.antijoin(labels_by_pod.map(|(k, _)| k)).map(|(_, (c, a))| (c, (a, Labels::new()))))
-        .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then(|| (c, (ep.addr, Labels::new())))));
+        .concat(by_pod.antijoin(labels_by_pod.clone().map(|(k, _)| k)).map(|(_, (c, a))| (c, (a, Labels::new()))))
+        .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then_some((c, (ep.addr, ep.labels)))));
     let from_subsets = labelled.join_map(
         subsets_by_base,
         |_base, (addr, labels): &(EndpointAddr, Labels), (cluster, subset): &(String, SubsetRef)| {
@@ -420,6 +530,7 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
     // cluster warming (and its own initialization waiting) until one arrives.
     let assignments = cluster_rows
+        .filter(|c: &ClusterRow| c.is_eds())
         .map(|c: ClusterRow| (c.name(), None))
         .concat(addresses.map(|(cluster, addr)| (cluster, Some(addr))))
         .reduce_named(
@@ -433,11 +544,154 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                 output.push((translate::load_assignment(cluster, &addrs), 1isize));
             },
         )
-        .map(|(name, body)| OutputRow::Resource { ty: ResourceType::ClusterLoadAssignment, name, body });
+        .map(|(name, body)| OutputRow::Resource {
+            scope: Scope::All,
+            ty: ResourceType::ClusterLoadAssignment,
+            name,
+            body,
+        });
 
-    let diagnostics = untranslated.concat(missing).map(OutputRow::Diagnostic);
-    let output =
-        clusters.concat(assignments).concat(listeners).concat(tcp_listeners).concat(virtual_hosts).concat(diagnostics);
+    // === proxy classes: the Gateways that select each router class, and what binds to them ===
+    // Gateways meet classes through a label index, as selector services meet pods: a Gateway
+    // keyed by one pair of its selector (the empty pair for an empty selector), a class by
+    // each of its labels and the empty pair; the full selector is checked where they meet.
+    let router_classes = classes.filter(|c: &ProxyClass| c.kind == ProxyKind::Router);
+    let given_labels = router_classes.clone().flat_map(|c: ProxyClass| match &c.labels {
+        ClassLabels::Given(l) => Some((c.id(), (c.namespace.clone(), l.clone()))),
+        _ => None,
+    });
+    let of_pod = router_classes.flat_map(|c: ProxyClass| match &c.labels {
+        ClassLabels::OfPod(pod) => Some(((c.namespace.clone(), pod.clone()), c.id())),
+        _ => None,
+    });
+    let pod_labels_found = of_pod.clone().join_map(labels_by_pod.clone(), |(ns, _), id: &String, labels: &Labels| {
+        (id.clone(), (ns.clone(), labels.clone()))
+    });
+    let pod_missing = of_pod.antijoin(labels_by_pod.map(|(k, _)| k)).map(|((ns, _), id)| (id, (ns, Labels::new())));
+    let class_labels = given_labels.concat(pod_labels_found).concat(pod_missing);
+    let class_by_pair = class_labels.clone().flat_map(|(id, (_, labels))| {
+        views::class_index_keys(&labels).into_iter().map(move |k| (k, (id.clone(), labels.clone()))).collect::<Vec<_>>()
+    });
+    let class_gateways = class_by_pair
+        .join_map(
+            gateways.map(|gw: Gateway| (views::gateway_index_key(&gw), gw)),
+            |_, (id, labels): &(String, Labels), gw: &Gateway| {
+                views::gateway_selects(gw, labels).then(|| (id.clone(), gw.clone()))
+            },
+        )
+        .flat_map(|x| x);
+    let vs_by_gateway = virtual_services.flat_map(|vs: VirtualService| {
+        let key: ConfigKey = (vs.namespace.clone(), vs.name.clone());
+        gateway::bound_gateways(&vs).into_iter().map(move |g| (g, key.clone())).collect::<Vec<_>>()
+    });
+    let class_vs = class_gateways
+        .clone()
+        .map(|(id, gw)| (format!("{}/{}", gw.namespace, gw.name), id))
+        .join_map(vs_by_gateway, |_, id: &String, key: &ConfigKey| (key.clone(), id.clone()))
+        .distinct();
+    let class_routes =
+        class_vs.join_map(vs_context, |_, id: &String, (vs, dest): &(VirtualService, DestinationMap)| {
+            (id.clone(), ClassInput::Routes(vs.clone(), dest.clone()))
+        });
+    let class_outputs = class_gateways.map(|(id, gw)| (id, ClassInput::Gateway(gw))).concat(class_routes).reduce_named(
+        "translate: gateway class",
+        |_id: &String, input: &[(&ClassInput, isize)], output| {
+            let mut gws: Vec<&Gateway> = Vec::new();
+            let mut vss: Vec<(&VirtualService, &DestinationMap)> = Vec::new();
+            for (i, _) in input {
+                match i {
+                    ClassInput::Gateway(g) => gws.push(g),
+                    ClassInput::Routes(vs, dest) => vss.push((vs, dest)),
+                }
+            }
+            if gws.is_empty() {
+                return;
+            }
+            // istiod merges a proxy's Gateways oldest first (creation time, name, namespace).
+            gws.sort_by(|a, b| a.creation_order().cmp(&b.creation_order()));
+            let out = gateway::gateway_resources(&gws, &vss);
+            for (ty, name, body) in out.resources {
+                output.push((ClassOutput::Resource(ty, name, body), 1isize));
+            }
+            for s in out.secrets {
+                output.push((ClassOutput::Secret(s), 1));
+            }
+            for d in out.diagnostics {
+                output.push((ClassOutput::Diagnostic(d), 1));
+            }
+        },
+    );
+    let class_resources = class_outputs.clone().flat_map(|(id, out)| match out {
+        ClassOutput::Resource(ty, name, body) => Some(OutputRow::Resource { scope: Scope::Class(id), ty, name, body }),
+        _ => None,
+    });
+    let class_diagnostics =
+        class_outputs.clone().flat_map(|(_, out)| if let ClassOutput::Diagnostic(d) = out { Some(d) } else { None });
+
+    // === per class: the Secrets its listeners name, read from its own namespace ===
+    let class_namespaces = class_labels.map(|(id, (ns, _))| (id, ns));
+    let secret_refs = class_outputs
+        .flat_map(|(id, out)| if let ClassOutput::Secret(s) = out { Some((id, s)) } else { None })
+        .join_map(class_namespaces, |id, r: &SecretRef, ns: &String| (id.clone(), r.clone(), ns.clone()));
+    let secrets_by_key = secrets.map(|s: Secret| ((s.namespace.clone(), s.name.clone()), s));
+    let found = secret_refs
+        .clone()
+        .map(|(id, r, _)| ((r.namespace.clone(), r.name.clone()), (id, r.sds_name.clone())))
+        .join_map(secrets_by_key.clone(), |_, key: &(String, String), s: &Secret| {
+            (key.clone(), SecretInput::Found(s.clone()))
+        });
+    let fallback = secret_refs
+        .clone()
+        .flat_map(|(id, r, _)| {
+            let name = r.ca_fallback()?.to_string();
+            Some(((r.namespace.clone(), name), (id, r.sds_name.clone())))
+        })
+        .join_map(secrets_by_key, |_, key: &(String, String), s: &Secret| {
+            (key.clone(), SecretInput::Fallback(s.clone()))
+        });
+    let class_secrets = secret_refs
+        .map(|(id, r, ns)| ((id, r.sds_name.clone()), SecretInput::Ref(r, ns)))
+        .concat(found)
+        .concat(fallback)
+        .reduce_named(
+            "translate: class secrets",
+            |_key: &(String, String), input: &[(&SecretInput, isize)], output| {
+                let (mut reference, mut primary, mut fallback) = (None, None, None);
+                for (i, _) in input {
+                    match i {
+                        SecretInput::Ref(r, ns) => reference = Some((r, ns)),
+                        SecretInput::Found(s) => primary = Some(s),
+                        SecretInput::Fallback(s) => fallback = Some(s),
+                    }
+                }
+                let Some((r, ns)) = reference else { return };
+                match views::class_secret(ns, r, primary, fallback) {
+                    Ok(body) => output.push((Ok(body), 1isize)),
+                    Err(d) => output.push((Err(d), 1)),
+                }
+            },
+        );
+    let secret_diagnostics = class_secrets.clone().flat_map(|(_, out): (_, Result<Vec<u8>, Diagnostic>)| out.err());
+    let class_secrets = class_secrets.flat_map(|((id, sds_name), out)| {
+        let body = out.ok()?;
+        Some(OutputRow::Resource { scope: Scope::Class(id), ty: ResourceType::Secret, name: sds_name, body })
+    });
+
+    // A diagnostic that several classes report is reported once.
+    let diagnostics = untranslated
+        .concat(missing)
+        .concat(class_diagnostics)
+        .concat(secret_diagnostics)
+        .distinct()
+        .map(OutputRow::Diagnostic);
+    let output = clusters
+        .concat(assignments)
+        .concat(listeners)
+        .concat(tcp_listeners)
+        .concat(virtual_hosts)
+        .concat(class_resources)
+        .concat(class_secrets)
+        .concat(diagnostics);
     let inputs = Inputs {
         services: services_in,
         slices: slices_in,
@@ -445,6 +699,10 @@ pub fn build<'s>(scope: Scope<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         pods: pods_in,
         virtual_services: vs_in,
         destination_rules: dr_in,
+        gateways: gateways_in,
+        classes: classes_in,
+        secrets: secrets_in,
+        service_entries: se_in,
     };
     (inputs, output)
 }

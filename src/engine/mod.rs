@@ -175,7 +175,11 @@ fn feed(inputs: &mut dataflow::Inputs, object: &Object, diff: isize) {
         Object::Pod(p) => inputs.pods.update(p.clone(), diff),
         Object::VirtualService(vs) => inputs.virtual_services.update((**vs).clone(), diff),
         Object::DestinationRule(dr) => inputs.destination_rules.update((**dr).clone(), diff),
+        Object::Gateway(gw) => inputs.gateways.update((**gw).clone(), diff),
+        Object::ProxyClass(c) => inputs.classes.update(c.clone(), diff),
+        Object::Secret(s) => inputs.secrets.update((**s).clone(), diff),
+        Object::ServiceEntry(se) => inputs.service_entries.update((**se).clone(), diff),
         // Held by the driver, not yet translated.
-        Object::Namespace(_) | Object::Node(_) | Object::Gateway(_) | Object::ServiceEntry(_) => {}
+        Object::Namespace(_) | Object::Node(_) => {}
     }
 }

@@ -11,11 +11,13 @@ use std::sync::Arc;
 
 use super::dataflow::OutputRow;
 pub use crate::translate::Diagnostic;
-use crate::translate::{self, ResourceType, VirtualHostPart};
+use crate::translate::{self, ResourceType, Scope, VirtualHostPart};
 
 /// A change to one resource: `body: None` removes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResourceChange {
+    /// Which proxies the resource is for.
+    pub scope: Scope,
     pub ty: ResourceType,
     pub name: String,
     /// The encoded resource (the message itself, not wrapped in `Any`).
@@ -32,7 +34,8 @@ pub struct ResourceDelta {
     pub diagnostics: Vec<(Diagnostic, bool)>,
 }
 
-/// Route configs assembled from virtual hosts, kept between times.
+/// Route configs assembled from virtual hosts (the sidecars' outbound route configs), kept
+/// between times.
 #[derive(Default)]
 pub struct Assembler {
     routes: BTreeMap<String, BTreeMap<String, VirtualHostPart>>,
@@ -50,15 +53,15 @@ impl Assembler {
         }
         // Per resource: the body that is added at this time, if any; a resource only retracted
         // is removed.
-        let mut resources: BTreeMap<(ResourceType, String), Option<Vec<u8>>> = BTreeMap::new();
+        let mut resources: BTreeMap<(Scope, ResourceType, String), Option<Vec<u8>>> = BTreeMap::new();
         let mut vhost_adds = Vec::new();
         let mut touched = BTreeSet::new();
         let mut diagnostics = Vec::new();
         for (row, diff) in net.into_iter().filter(|(_, d)| *d != 0) {
             match row {
                 OutputRow::Diagnostic(d) => diagnostics.push((d, diff > 0)),
-                OutputRow::Resource { ty, name, body } => {
-                    let slot = resources.entry((ty, name)).or_default();
+                OutputRow::Resource { scope, ty, name, body } => {
+                    let slot = resources.entry((scope, ty, name)).or_default();
                     if diff > 0 {
                         *slot = Some(body);
                     }
@@ -85,7 +88,7 @@ impl Assembler {
 
         let mut changes: Vec<ResourceChange> = resources
             .into_iter()
-            .map(|((ty, name), body)| ResourceChange { ty, name, body: body.map(Arc::from) })
+            .map(|((scope, ty, name), body)| ResourceChange { scope, ty, name, body: body.map(Arc::from) })
             .collect();
         for route in touched {
             let hosts = self.routes.get(&route).filter(|h| !h.is_empty());
@@ -93,7 +96,12 @@ impl Assembler {
                 None => {
                     self.routes.remove(&route);
                     if self.emitted.remove(&route).is_some() {
-                        changes.push(ResourceChange { ty: ResourceType::RouteConfiguration, name: route, body: None });
+                        changes.push(ResourceChange {
+                            scope: Scope::Sidecars,
+                            ty: ResourceType::RouteConfiguration,
+                            name: route,
+                            body: None,
+                        });
                     }
                 }
                 Some(hosts) => {
@@ -101,6 +109,7 @@ impl Assembler {
                     let hash = xxhash_rust::xxh3::xxh3_64(&body);
                     if self.emitted.insert(route.clone(), hash) != Some(hash) {
                         changes.push(ResourceChange {
+                            scope: Scope::Sidecars,
                             ty: ResourceType::RouteConfiguration,
                             name: route,
                             body: Some(Arc::from(body)),

@@ -10,6 +10,8 @@ pub mod crds;
 pub mod istio;
 pub mod k8s;
 mod parse;
+pub mod proxy;
+pub mod secret;
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -20,6 +22,7 @@ pub use k8s::{
     EndpointAddress, EndpointSlice, Endpoints, Namespace, Node, Pod, Service, ServicePort, SliceEndpoint, SlicePort,
 };
 pub use parse::{ParseOutcome, parse_document};
+pub use secret::Secret;
 
 /// Kinds meshflow reads. Anything else is skipped at intake with one log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -34,10 +37,15 @@ pub enum Kind {
     VirtualService,
     DestinationRule,
     ServiceEntry,
+    Secret,
+    /// A class of connected proxies ([`proxy::ProxyClass`]): an input from the xDS server,
+    /// never from files or the cluster.
+    ProxyClass,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    /// The kinds read from files and the cluster.
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Service,
@@ -48,6 +56,7 @@ impl Kind {
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
+        Kind::Secret,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,12 +71,14 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
+            Kind::ProxyClass => "ProxyClass",
+            Kind::Secret => "Secret",
         }
     }
 
     /// Cluster-scoped kinds have an empty namespace in their [`ObjectKey`].
     pub fn is_namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(self, Kind::Namespace | Kind::Node | Kind::ProxyClass)
     }
 }
 
@@ -115,6 +126,9 @@ pub enum Object {
     VirtualService(Box<istio::VirtualService>),
     DestinationRule(Box<istio::DestinationRule>),
     ServiceEntry(Box<istio::ServiceEntry>),
+    ProxyClass(proxy::ProxyClass),
+    /// Boxed like the Istio kinds: few, and larger than most objects.
+    Secret(Box<Secret>),
 }
 
 impl Object {
@@ -130,6 +144,8 @@ impl Object {
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::ServiceEntry(_) => Kind::ServiceEntry,
+            Object::ProxyClass(_) => Kind::ProxyClass,
+            Object::Secret(_) => Kind::Secret,
         }
     }
 
@@ -145,6 +161,8 @@ impl Object {
             Object::VirtualService(o) => (o.namespace.as_str(), o.name.as_str()),
             Object::DestinationRule(o) => (o.namespace.as_str(), o.name.as_str()),
             Object::ServiceEntry(o) => (o.namespace.as_str(), o.name.as_str()),
+            Object::ProxyClass(c) => return ObjectKey::new(Kind::ProxyClass, "", c.id()),
+            Object::Secret(o) => (o.namespace.as_str(), o.name.as_str()),
         };
         ObjectKey::new(self.kind(), ns, name)
     }

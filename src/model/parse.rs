@@ -36,6 +36,7 @@ fn known_kind(api_version: &str, kind: &str) -> Option<Result<Kind, String>> {
         "VirtualService" => (Kind::VirtualService, &ISTIO_VERSIONS),
         "DestinationRule" => (Kind::DestinationRule, &ISTIO_VERSIONS),
         "ServiceEntry" => (Kind::ServiceEntry, &ISTIO_VERSIONS),
+        "Secret" => (Kind::Secret, &["v1"]),
         _ => return None,
     };
     Some(if expected.contains(&api_version) {
@@ -51,6 +52,7 @@ fn allowed_top_level(kind: Kind) -> &'static [&'static str] {
     match kind {
         Kind::EndpointSlice => &["apiVersion", "kind", "metadata", "addressType", "endpoints", "ports"],
         Kind::Endpoints => &["apiVersion", "kind", "metadata", "subsets"],
+        Kind::Secret => &["apiVersion", "kind", "metadata", "type", "data", "stringData", "immutable"],
         _ => &["apiVersion", "kind", "metadata", "spec", "status"],
     }
 }
@@ -133,6 +135,14 @@ fn parse_object(doc: Value, default_namespace: &str) -> ParseOutcome {
         return reject(what, errors);
     }
 
+    if kind == Kind::Secret {
+        return match super::secret::secret_from_value(&namespace, &name, &doc) {
+            Ok(Some(secret)) => ParseOutcome::Object(Object::Secret(Box::new(secret))),
+            // A type meshflow does not read (service account tokens, docker configs).
+            Ok(None) => ParseOutcome::Skipped { api_version, kind: kind_name },
+            Err(errors) => reject(what, errors),
+        };
+    }
     let decoded = match kind {
         Kind::Service => from_value(doc).and_then(|s| k8s::service_from(&namespace, &name, &s)).map(Object::Service),
         Kind::EndpointSlice => {
@@ -144,6 +154,9 @@ fn parse_object(doc: Value, default_namespace: &str) -> ParseOutcome {
         Kind::Pod => from_value(doc).and_then(|p| k8s::pod_from(&namespace, &name, &p)).map(Object::Pod),
         Kind::Node => from_value(doc).map(|n| Object::Node(k8s::node_from(&name, &n))),
         Kind::Namespace => from_value(doc).map(|n| Object::Namespace(k8s::namespace_from(&name, &n))),
+        // Proxy classes come from connected proxies, never from a document.
+        Kind::ProxyClass => Err(vec![FieldError::new("kind", "ProxyClass is not a kind of document")]),
+        Kind::Secret => Err(vec![FieldError::new("", "a Secret is decoded by secret_from_value")]),
         Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
             let spec = doc.get("spec").cloned().unwrap_or(Value::Null);
             match doc.pointer("/metadata/creationTimestamp") {

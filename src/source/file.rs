@@ -417,6 +417,28 @@ mod tests {
     }
 
     #[test]
+    fn secrets_load_with_data_and_string_data_and_a_bad_one_is_reported_without_its_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: gw-cert, namespace: istio-system}\n\
+                    type: kubernetes.io/tls\ndata: {tls.crt: Q0VSVA==}\nstringData: {tls.key: KEYTEXT}\n---\n\
+                    apiVersion: v1\nkind: Secret\nmetadata: {name: broken}\ntype: kubernetes.io/tls\n\
+                    data: {tls.crt: 'TOPSECRET!', tls.key: a2V5}\n---\n\
+                    apiVersion: v1\nkind: Secret\nmetadata: {name: token}\ntype: kubernetes.io/service-account-token\n";
+        std::fs::write(tmp.path().join("s.yaml"), text).unwrap();
+        let mut dir = ConfigDir::new(tmp.path());
+        let events = dir.scan_all();
+        assert_eq!(keys(&events), vec![("Secret istio-system/gw-cert".to_string(), true)]);
+        let Some(Object::Secret(secret)) = &events[0].object else { panic!("{:?}", events[0]) };
+        assert_eq!(secret.get("tls.crt"), Some(&b"CERT"[..]));
+        assert_eq!(secret.get("tls.key"), Some(&b"KEYTEXT"[..]));
+        let errors = dir.errors();
+        assert_eq!(errors.len(), 1, "the token Secret is skipped, not an error: {errors:?}");
+        let message = errors[0].to_string();
+        assert!(message.contains("Secret default/broken") && message.contains("data.tls.crt"), "{message}");
+        assert!(!message.contains("TOPSECRET"), "{message}");
+    }
+
+    #[test]
     fn a_yaml_syntax_error_names_the_file_and_document() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("b.yaml"), format!("{SVC}---\nkind: [unclosed\n")).unwrap();

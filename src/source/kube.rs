@@ -62,7 +62,7 @@ pub async fn client(options: &KubeOptions) -> anyhow::Result<Client> {
 }
 
 /// The kinds watched, in the order their watchers start.
-const WATCHED: [Kind; 9] = [
+const WATCHED: [Kind; 10] = [
     Kind::Namespace,
     Kind::Node,
     Kind::Service,
@@ -72,6 +72,9 @@ const WATCHED: [Kind; 9] = [
     Kind::VirtualService,
     Kind::DestinationRule,
     Kind::ServiceEntry,
+    // Gateway certificates (`credentialName`): only types kubernetes.io/tls and Opaque are
+    // delivered; their bytes are never logged.
+    Kind::Secret,
 ];
 
 fn watch_name(kind: Kind, namespace: Option<&str>) -> String {
@@ -230,6 +233,12 @@ fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, watch
         Kind::Pod => tokio::spawn(
             watch.run(api::<core::Pod>(&c, ns), |p| k8s::pod_from(&namespace(p), &p.name_any(), p).map(Object::Pod)),
         ),
+        // Not a cluster object: connected proxies report their classes.
+        Kind::ProxyClass => return,
+        Kind::Secret => tokio::spawn(watch.run_opt(api::<core::Secret>(&c, ns), |s| {
+            crate::model::secret::secret_from(&namespace(s), &s.name_any(), s)
+                .map(|o| o.map(|s| Object::Secret(Box::new(s))))
+        })),
         Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
             let Some(version) = apis.istio_version else {
                 // Nothing to watch: synced, and empty.
@@ -292,11 +301,22 @@ fn object_hash(o: &Object) -> u64 {
 }
 
 impl Watch {
-    async fn run<K, F>(mut self, api: Api<K>, convert: F)
+    async fn run<K, F>(self, api: Api<K>, convert: F)
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
         K::DynamicType: Clone + Eq + Hash,
         F: Fn(&K) -> Result<Object, Vec<FieldError>> + Send + 'static,
+    {
+        self.run_opt(api, move |k| convert(k).map(Some)).await
+    }
+
+    /// [`Watch::run`] for kinds of which some objects are not read (`Ok(None)`: a Secret of
+    /// another type): those are left out without a warning.
+    async fn run_opt<K, F>(mut self, api: Api<K>, convert: F)
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+        K::DynamicType: Clone + Eq + Hash,
+        F: Fn(&K) -> Result<Option<Object>, Vec<FieldError>> + Send + 'static,
     {
         let stream = watcher(api, watcher::Config::default()).default_backoff();
         futures_util::pin_mut!(stream);
@@ -354,10 +374,10 @@ impl Watch {
     async fn convert<K, F>(&self, object: &K, convert: &F) -> Option<Object>
     where
         K: Resource,
-        F: Fn(&K) -> Result<Object, Vec<FieldError>>,
+        F: Fn(&K) -> Result<Option<Object>, Vec<FieldError>>,
     {
         match convert(object) {
-            Ok(o) => Some(o),
+            Ok(o) => o,
             Err(errors) => {
                 let what = format!("{}/{}", namespace(object), object.meta().name.clone().unwrap_or_default());
                 let note: Vec<String> = errors.iter().map(|e| e.to_string()).collect();

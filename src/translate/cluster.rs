@@ -46,6 +46,19 @@ pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// (Envoy's own defaults of 1024 are a hidden limit users of a mesh do not expect), HTTP/2 upstream
 /// for gRPC and HTTP/2 ports, the downstream protocol for ports of unknown protocol.
 pub fn cluster(row: &ServicePortRow, subset: Option<&str>, policy: Option<&TrafficPolicy>) -> Vec<u8> {
+    let inline = super::service_entry::inline_endpoints(row, None);
+    cluster_with(row, subset, policy, inline.as_deref())
+}
+
+/// [`cluster`] with the endpoints a DNS cluster of a ServiceEntry port carries inline (already
+/// chosen for the subset): the discovery type follows the entry's resolution
+/// ([`super::service_entry::apply_resolution`]) before the policy applies, as in istiod.
+pub fn cluster_with(
+    row: &ServicePortRow,
+    subset: Option<&str>,
+    policy: Option<&TrafficPolicy>,
+    inline: Option<&[super::EndpointAddr]>,
+) -> Vec<u8> {
     let name = outbound_cluster_name(row.port.port, subset.unwrap_or_default(), &row.fqdn());
     let mut c = cluster::Cluster {
         name: name.clone(),
@@ -61,6 +74,7 @@ pub fn cluster(row: &ServicePortRow, subset: Option<&str>, policy: Option<&Traff
         lb_policy: cluster::cluster::LbPolicy::LeastRequest as i32,
         ..Default::default()
     };
+    super::service_entry::apply_resolution(&mut c, row, inline);
     let protocol = row.protocol();
     // istiod's setUpstreamProtocol (buildCluster), before any policy is applied.
     let mut http: Option<upstream_http::HttpProtocolOptions> = match protocol {
@@ -88,6 +102,12 @@ pub fn cluster(row: &ServicePortRow, subset: Option<&str>, policy: Option<&Traff
         }
     }
     apply_load_balancer(&mut c, policy.and_then(|p| p.load_balancer.as_ref()));
+    // istiod's applyTrafficPolicy ends so for every ORIGINAL_DST cluster (a NONE entry's too).
+    if c.cluster_discovery_type
+        == Some(cluster::cluster::ClusterDiscoveryType::Type(cluster::cluster::DiscoveryType::OriginalDst as i32))
+    {
+        c.lb_policy = cluster::cluster::LbPolicy::ClusterProvided as i32;
+    }
     if let Some(settings) = policy.and_then(|p| p.tls.as_ref()) {
         apply_tls(&mut c, &mut http, settings);
     }
@@ -355,6 +375,8 @@ fn apply_load_balancer(c: &mut cluster::Cluster, lb: Option<&LoadBalancerSetting
             c.cluster_discovery_type =
                 Some(cluster::cluster::ClusterDiscoveryType::Type(cluster::cluster::DiscoveryType::OriginalDst as i32));
             c.eds_cluster_config = None;
+            // A DNS entry's inline endpoints go too (istiod wipes the LoadAssignment).
+            c.load_assignment = None;
             return;
         }
         // LEAST_REQUEST, the deprecated LEAST_CONN, and istiod's default.

@@ -18,6 +18,9 @@ pub type PodKey = (String, String);
 pub struct EndpointRow {
     pub addr: EndpointAddr,
     pub pod: Option<PodKey>,
+    /// The endpoint's own labels (a ServiceEntry endpoint's); an endpoint with a pod is
+    /// selected by its pod's labels instead.
+    pub labels: Labels,
 }
 
 /// The part of a selector Service that the pod join needs.
@@ -27,6 +30,8 @@ pub struct SelectorService {
     pub selector: Labels,
     pub ports: Vec<ServicePort>,
     pub publish_not_ready: bool,
+    /// The hosts of a ServiceEntry with a `workloadSelector`; empty for a Service (its FQDN).
+    pub hosts: Vec<String>,
 }
 
 /// The proxied ports of a Service (none for ExternalName services, which resolve by DNS).
@@ -44,6 +49,7 @@ pub fn service_port_rows(s: &Service) -> Vec<ServicePortRow> {
             service: s.name.clone(),
             port: p.clone(),
             cluster_ip,
+            entry: None,
         })
         .collect()
 }
@@ -58,7 +64,10 @@ pub fn slice_addresses(s: &EndpointSlice) -> Vec<(PortKey, EndpointRow)> {
             for ip in &ep.addresses {
                 let key = (s.namespace.clone(), svc.clone(), port.name.clone(), port.protocol);
                 let pod = ep.pod.clone().map(|p| (s.namespace.clone(), p));
-                out.push((key, EndpointRow { addr: EndpointAddr { ip: ip.clone(), port: number }, pod }));
+                out.push((
+                    key,
+                    EndpointRow { addr: EndpointAddr::new(ip.clone(), number), pod, labels: Labels::new() },
+                ));
             }
         }
     }
@@ -74,7 +83,10 @@ pub fn endpoints_addresses(e: &Endpoints) -> Vec<(PortKey, EndpointRow)> {
             for a in &subset.ready {
                 let key = (e.namespace.clone(), e.name.clone(), port.name.clone(), port.protocol);
                 let pod = a.pod.clone().map(|p| (e.namespace.clone(), p));
-                out.push((key, EndpointRow { addr: EndpointAddr { ip: a.ip.clone(), port: number }, pod }));
+                out.push((
+                    key,
+                    EndpointRow { addr: EndpointAddr::new(a.ip.clone(), number), pod, labels: Labels::new() },
+                ));
             }
         }
     }
@@ -86,18 +98,20 @@ pub fn pod_addresses(ns: &str, svc: &SelectorService, pod: &Pod) -> Vec<(String,
     if !selector_matches(&svc.selector, &pod.labels) || !pod.serves(svc.publish_not_ready) {
         return Vec::new();
     }
-    let fqdn = super::service_fqdn(ns, &svc.name);
-    svc.ports
-        .iter()
-        .filter_map(|p| {
-            let target = pod.resolve_target_port(&p.target_port, p.protocol)?;
+    let hosts = if svc.hosts.is_empty() { vec![super::service_fqdn(ns, &svc.name)] } else { svc.hosts.clone() };
+    let mut out = Vec::new();
+    for p in &svc.ports {
+        let Some(target) = pod.resolve_target_port(&p.target_port, p.protocol) else { continue };
+        for fqdn in &hosts {
             let row = EndpointRow {
-                addr: EndpointAddr { ip: ip.clone(), port: target },
+                addr: EndpointAddr::new(ip.clone(), target),
                 pod: Some((pod.namespace.clone(), pod.name.clone())),
+                labels: Labels::new(),
             };
-            Some((super::outbound_cluster_name(p.port, "", &fqdn), row))
-        })
-        .collect()
+            out.push((super::outbound_cluster_name(p.port, "", fqdn), row));
+        }
+    }
+    out
 }
 
 /// Endpoints a selector Service derives from one pod, for the reference translator.
@@ -111,6 +125,7 @@ pub fn selector_pod_addresses(s: &Service, pod: &Pod) -> Vec<(String, EndpointRo
         selector: selector.clone(),
         ports: s.ports.iter().filter(|p| super::PortProtocol::of(p).is_proxied()).cloned().collect(),
         publish_not_ready: s.publish_not_ready_addresses,
+        hosts: Vec::new(),
     };
     pod_addresses(&s.namespace, &svc, pod)
 }

@@ -352,11 +352,11 @@ fn outbound_listener(name: &str, bind: IpAddr, port: u16) -> listener::Listener 
 }
 
 /// istiod sets PILOT_GATEWAY_TRANSPORT_SOCKET_CONNECT_TIMEOUT (15 s) on every outbound chain.
-fn transport_socket_connect_timeout() -> Duration {
+pub(crate) fn transport_socket_connect_timeout() -> Duration {
     Duration { seconds: 15, nanos: 0 }
 }
 
-fn tls_inspector() -> listener::ListenerFilter {
+pub(crate) fn tls_inspector() -> listener::ListenerFilter {
     listener::ListenerFilter {
         name: TLS_INSPECTOR.to_string(),
         config_type: Some(listener::listener_filter::ConfigType::TypedConfig(pack_any(TlsInspector {
@@ -377,7 +377,7 @@ fn tcp_chain(target: &TcpTarget, filter_chain_match: Option<listener::FilterChai
     }
 }
 
-fn tcp_proxy(target: &TcpTarget) -> listener::Filter {
+pub(crate) fn tcp_proxy(target: &TcpTarget) -> listener::Filter {
     use tcp::tcp_proxy::{ClusterSpecifier, WeightedCluster, weighted_cluster::ClusterWeight};
     let (stat_prefix, specifier) = match target {
         TcpTarget::Cluster(cluster) => (cluster.clone(), ClusterSpecifier::Cluster(cluster.clone())),
@@ -417,7 +417,7 @@ fn static_match(
 
 /// Where a route's connections go; None only for a route without destinations (validation
 /// rejects those, and istiod skips them).
-fn route_target(
+pub(crate) fn route_target(
     vs: &VirtualService,
     routes: &[RouteDestination],
     port: u16,

@@ -9,10 +9,14 @@
 
 pub mod cluster;
 pub mod endpoint;
+pub mod gateway;
 pub mod listener;
 pub mod outbound;
 pub mod reference;
 pub mod route;
+pub mod secret;
+pub mod service_entry;
+pub mod views;
 
 pub use cluster::cluster;
 pub use listener::{
@@ -65,11 +69,13 @@ impl std::fmt::Display for Diagnostic {
 /// The cluster's DNS domain, as in istiod's default `cluster.local`.
 pub const DOMAIN_SUFFIX: &str = "cluster.local";
 
-/// The four xDS resource types meshflow serves.
+/// The xDS resource types meshflow serves, in dependency order (see [`ResourceType::ALL`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ResourceType {
     Cluster,
     ClusterLoadAssignment,
+    /// SDS: certificates and keys, named as istiod names them (`kubernetes://<secret>`).
+    Secret,
     Listener,
     RouteConfiguration,
 }
@@ -78,14 +84,16 @@ pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Clus
 pub const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 impl ResourceType {
     /// In dependency order: what a resource refers to comes before it (a listener's route
-    /// config after the clusters its routes name). Additions are pushed in this order,
-    /// removals in the reverse.
-    pub const ALL: [ResourceType; 4] = [
+    /// config after the clusters its routes name, a listener after the secrets its TLS
+    /// contexts name). Additions are pushed in this order, removals in the reverse.
+    pub const ALL: [ResourceType; 5] = [
         ResourceType::Cluster,
         ResourceType::ClusterLoadAssignment,
+        ResourceType::Secret,
         ResourceType::Listener,
         ResourceType::RouteConfiguration,
     ];
@@ -94,6 +102,7 @@ impl ResourceType {
         match self {
             ResourceType::Cluster => CLUSTER_TYPE,
             ResourceType::ClusterLoadAssignment => ENDPOINT_TYPE,
+            ResourceType::Secret => SECRET_TYPE,
             ResourceType::Listener => LISTENER_TYPE,
             ResourceType::RouteConfiguration => ROUTE_TYPE,
         }
@@ -108,6 +117,7 @@ impl ResourceType {
         match self {
             ResourceType::Cluster => "CDS",
             ResourceType::ClusterLoadAssignment => "EDS",
+            ResourceType::Secret => "SDS",
             ResourceType::Listener => "LDS",
             ResourceType::RouteConfiguration => "RDS",
         }
@@ -116,6 +126,30 @@ impl ResourceType {
     /// Wildcard types: a client that subscribes to nothing in particular gets all of them.
     pub fn is_wildcard_type(self) -> bool {
         matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+}
+
+/// Which proxies a resource is served to. Most output is the same for every proxy; what
+/// depends on who asks (a gateway's listeners, its certificates) is computed once per proxy
+/// class that is connected, and a proxy sees its class's resources, then its kind's, then the
+/// shared ones (see [`crate::cache::View`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    /// Every proxy: clusters and their load assignments.
+    All,
+    /// Every sidecar: the outbound listeners and their route configs. Gateways do not get them.
+    Sidecars,
+    /// The proxies of one class, by [`crate::model::proxy::ProxyClass::id`].
+    Class(String),
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::All => f.write_str("all"),
+            Scope::Sidecars => f.write_str("sidecars"),
+            Scope::Class(id) => f.write_str(id),
+        }
     }
 }
 
@@ -191,11 +225,18 @@ pub struct ServicePortRow {
     /// The Service's cluster IP; None for headless services (`None`) and services without one.
     /// It names the service's TCP listener (`<clusterIP>_<port>`) and decides its subnet matches.
     pub cluster_ip: Option<IpAddr>,
+    /// Set for the port of a ServiceEntry host (then `service` is the ServiceEntry's name and
+    /// `port` its port as a Kubernetes port): see [`service_entry`].
+    pub entry: Option<Box<service_entry::EntryPort>>,
 }
 
 impl ServicePortRow {
+    /// The host: the Service's FQDN, or the ServiceEntry host as written.
     pub fn fqdn(&self) -> String {
-        service_fqdn(&self.namespace, &self.service)
+        match &self.entry {
+            Some(e) => e.host.clone(),
+            None => service_fqdn(&self.namespace, &self.service),
+        }
     }
 
     pub fn cluster_name(&self) -> String {
@@ -203,7 +244,15 @@ impl ServicePortRow {
     }
 
     pub fn protocol(&self) -> PortProtocol {
-        PortProtocol::of(&self.port)
+        match &self.entry {
+            Some(e) => e.protocol,
+            None => PortProtocol::of(&self.port),
+        }
+    }
+
+    /// The kind of object that defines this port (what diagnostics about it name).
+    pub fn kind(&self) -> crate::model::Kind {
+        if self.entry.is_some() { crate::model::Kind::ServiceEntry } else { crate::model::Kind::Service }
     }
 }
 
@@ -219,40 +268,75 @@ fn seconds(s: i64) -> Duration {
     Duration { seconds: s, nanos: 0 }
 }
 
-/// One endpoint of a cluster: an IP and the resolved target port.
+/// One endpoint of a cluster: an IP (or, in a DNS cluster, a host name) and the resolved target
+/// port, with its load balancing weight and locality (`region/zone/subzone`, empty: none).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EndpointAddr {
     pub ip: String,
     pub port: u16,
+    /// istiod's `LbWeight`, 1 unless a ServiceEntry endpoint sets `weight`.
+    pub weight: u32,
+    pub locality: String,
+}
+
+impl EndpointAddr {
+    /// An endpoint of weight 1 without locality (every Kubernetes endpoint, today).
+    pub fn new(ip: impl Into<String>, port: u16) -> EndpointAddr {
+        EndpointAddr { ip: ip.into(), port, weight: 1, locality: String::new() }
+    }
 }
 
 /// The ClusterLoadAssignment of a cluster. `endpoints` must be sorted and free of duplicates
 /// (the callers hand over an ordered set), so equal inputs give equal bytes.
 pub fn load_assignment(cluster_name: &str, endpoints: &[&EndpointAddr]) -> Vec<u8> {
-    let lb_endpoints: Vec<envoy_endpoint::LbEndpoint> = endpoints
-        .iter()
-        .map(|e| envoy_endpoint::LbEndpoint {
-            host_identifier: Some(envoy_endpoint::lb_endpoint::HostIdentifier::Endpoint(envoy_endpoint::Endpoint {
-                address: Some(socket_address(&e.ip, e.port)),
+    load_assignment_message(cluster_name, endpoints).encode_to_vec()
+}
+
+/// [`load_assignment`] as a message (DNS clusters carry it inline). Endpoints are grouped by
+/// locality, as istiod's EndpointBuilder groups them: each `LbEndpoint` weighs its endpoint's
+/// weight, each `LocalityLbEndpoints` the sum of its endpoints'.
+pub fn load_assignment_message(
+    cluster_name: &str,
+    endpoints: &[&EndpointAddr],
+) -> envoy_endpoint::ClusterLoadAssignment {
+    let mut by_locality: std::collections::BTreeMap<&str, Vec<&EndpointAddr>> = std::collections::BTreeMap::new();
+    for e in endpoints {
+        by_locality.entry(e.locality.as_str()).or_default().push(e);
+    }
+    let endpoints = by_locality
+        .into_iter()
+        .map(|(locality, eps)| {
+            let lb_endpoints: Vec<envoy_endpoint::LbEndpoint> = eps
+                .iter()
+                .map(|e| envoy_endpoint::LbEndpoint {
+                    host_identifier: Some(envoy_endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        envoy_endpoint::Endpoint { address: Some(socket_address(&e.ip, e.port)), ..Default::default() },
+                    )),
+                    health_status: core::HealthStatus::Healthy as i32,
+                    load_balancing_weight: Some(UInt32Value { value: e.weight.max(1) }),
+                    ..Default::default()
+                })
+                .collect();
+            let weight = eps.iter().fold(0u32, |sum, e| sum.saturating_add(e.weight.max(1)));
+            envoy_endpoint::LocalityLbEndpoints {
+                locality: parse_locality(locality),
+                lb_endpoints,
+                load_balancing_weight: Some(UInt32Value { value: weight }),
                 ..Default::default()
-            })),
-            health_status: core::HealthStatus::Healthy as i32,
-            load_balancing_weight: Some(UInt32Value { value: 1 }),
-            ..Default::default()
+            }
         })
         .collect();
-    let endpoints = if lb_endpoints.is_empty() {
-        Vec::new()
-    } else {
-        let weight = u32::try_from(lb_endpoints.len()).unwrap_or(u32::MAX);
-        vec![envoy_endpoint::LocalityLbEndpoints {
-            lb_endpoints,
-            load_balancing_weight: Some(UInt32Value { value: weight }),
-            ..Default::default()
-        }]
-    };
     envoy_endpoint::ClusterLoadAssignment { cluster_name: cluster_name.to_string(), endpoints, ..Default::default() }
-        .encode_to_vec()
+}
+
+/// A locality as Istio writes it, `region/zone/subzone` (trailing parts optional); None for "".
+fn parse_locality(locality: &str) -> Option<core::Locality> {
+    if locality.is_empty() {
+        return None;
+    }
+    let mut parts = locality.splitn(3, '/');
+    let mut next = || parts.next().unwrap_or_default().to_string();
+    Some(core::Locality { region: next(), zone: next(), sub_zone: next() })
 }
 
 fn socket_address(ip: &str, port: u16) -> core::Address {
@@ -284,13 +368,18 @@ pub struct VirtualHostPart {
 pub fn virtual_host(row: &ServicePortRow, routes: Vec<envoy_route::Route>) -> VirtualHostPart {
     let fqdn = row.fqdn();
     let port = row.port.port;
-    let names = [
-        row.service.clone(),
-        format!("{}.{}", row.service, row.namespace),
-        format!("{}.{}.svc", row.service, row.namespace),
-        fqdn.clone(),
-    ];
-    let domains = names.iter().flat_map(|n| [n.clone(), format!("{n}:{port}")]).collect();
+    let domains = match &row.entry {
+        Some(entry) => entry.domains(port),
+        None => {
+            let names = [
+                row.service.clone(),
+                format!("{}.{}", row.service, row.namespace),
+                format!("{}.{}.svc", row.service, row.namespace),
+                fqdn.clone(),
+            ];
+            names.iter().flat_map(|n| [n.clone(), format!("{n}:{port}")]).collect()
+        }
+    };
     let name = format!("{fqdn}:{port}");
     let mut body =
         envoy_route::VirtualHost { name: name.clone(), include_request_attempt_count: true, ..Default::default() }
@@ -472,6 +561,7 @@ pub(crate) mod tests {
                 app_protocol: None,
             },
             cluster_ip: None,
+            entry: None,
         }
     }
 
@@ -570,8 +660,8 @@ pub(crate) mod tests {
 
     #[test]
     fn load_assignment_lists_each_endpoint_once_as_healthy() {
-        let a = EndpointAddr { ip: "10.0.0.1".into(), port: 8080 };
-        let b = EndpointAddr { ip: "10.0.0.2".into(), port: 8080 };
+        let a = EndpointAddr::new("10.0.0.1", 8080);
+        let b = EndpointAddr::new("10.0.0.2", 8080);
         let cla = envoy_endpoint::ClusterLoadAssignment::decode(&load_assignment("c", &[&a, &b])[..]).unwrap();
         assert_eq!(cla.cluster_name, "c");
         assert_eq!(cla.endpoints.len(), 1);

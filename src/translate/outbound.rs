@@ -312,7 +312,19 @@ impl ClusterRow {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        super::cluster(&self.row, self.subset_name(), self.policy.as_deref())
+        let inline = super::service_entry::inline_endpoints(&self.row, self.subset.as_ref());
+        super::cluster::cluster_with(&self.row, self.subset_name(), self.policy.as_deref(), inline.as_deref())
+    }
+
+    /// Whether the cluster takes its endpoints from EDS (then it gets a ClusterLoadAssignment).
+    pub fn is_eds(&self) -> bool {
+        super::service_entry::is_eds(&self.row)
+    }
+
+    /// Whether istiod builds this cluster at all: a DNS cluster without endpoints (none of the
+    /// entry's endpoints in the subset) is left out (`buildCluster` returns nil).
+    fn exists(&self) -> bool {
+        super::service_entry::inline_endpoints(&self.row, self.subset.as_ref()).is_none_or(|e| !e.is_empty())
     }
 }
 
@@ -338,6 +350,7 @@ pub fn clusters_for_host(rows: &[&ServicePortRow], rule: Option<&DestinationRule
             out.push(ClusterRow { row: (*row).clone(), subset: Some(subset_ref(subset)), policy });
         }
     }
+    out.retain(ClusterRow::exists);
     out
 }
 
@@ -370,6 +383,8 @@ pub struct TcpListenerRow {
     pub fqdn: String,
     pub namespace: String,
     pub service: String,
+    /// Service, or ServiceEntry: the object a lost port is reported on.
+    pub kind: Kind,
     /// istiod's name: `<clusterIP>_<port>`, or `0.0.0.0_<port>` without cluster IP.
     pub name: String,
     pub body: Vec<u8>,
@@ -392,39 +407,55 @@ pub fn tcp_listeners_for_host(
     rows: &[&ServicePortRow],
     vs: Option<(&VirtualService, &DestinationMap)>,
 ) -> Vec<TcpListenerRow> {
+    let mut out = Vec::new();
+    for row in rows.iter().filter(|r| r.protocol() == super::PortProtocol::Tcp) {
+        // A Service has one address (its cluster IP); a ServiceEntry host one listener per VIP.
+        let addresses = match &row.entry {
+            Some(e) => e.listener_addresses(),
+            None => vec![row.cluster_ip],
+        };
+        for address in addresses {
+            out.push(tcp_listener_for(row, address, vs));
+        }
+    }
+    out
+}
+
+fn tcp_listener_for(
+    row: &ServicePortRow,
+    address: Option<std::net::IpAddr>,
+    vs: Option<(&VirtualService, &DestinationMap)>,
+) -> TcpListenerRow {
     use super::listener::{
         TcpTarget, is_tls_port, tcp_listener, tcp_listener_name, tcp_target, tls_chains, tls_listener,
     };
-    let mut out = Vec::new();
-    for row in rows.iter().filter(|r| r.protocol() == super::PortProtocol::Tcp) {
-        let port = row.port.port;
-        let name = tcp_listener_name(row.cluster_ip, port);
-        let own = TcpTarget::Cluster(row.cluster_name());
-        let body = match vs {
-            Some((vs, dest)) => {
-                let ports_of = |fqdn: &str| dest.ports(fqdn);
-                if is_tls_port(&row.port) {
-                    match tls_chains(vs, port, row.cluster_ip, &ports_of) {
-                        Some(chains) => tls_listener(&name, ANY_V4, port, &chains, &own),
-                        None => tcp_listener(&name, ANY_V4, port, &own),
-                    }
-                } else {
-                    let target = tcp_target(vs, port, row.cluster_ip, &ports_of).unwrap_or(own);
-                    tcp_listener(&name, ANY_V4, port, &target)
+    let port = row.port.port;
+    let name = tcp_listener_name(address, port);
+    let own = TcpTarget::Cluster(row.cluster_name());
+    let body = match vs {
+        Some((vs, dest)) => {
+            let ports_of = |fqdn: &str| dest.ports(fqdn);
+            if is_tls_port(&row.port) {
+                match tls_chains(vs, port, address, &ports_of) {
+                    Some(chains) => tls_listener(&name, ANY_V4, port, &chains, &own),
+                    None => tcp_listener(&name, ANY_V4, port, &own),
                 }
+            } else {
+                let target = tcp_target(vs, port, address, &ports_of).unwrap_or(own);
+                tcp_listener(&name, ANY_V4, port, &target)
             }
-            None => tcp_listener(&name, ANY_V4, port, &own),
-        };
-        out.push(TcpListenerRow {
-            port,
-            fqdn: row.fqdn(),
-            namespace: row.namespace.clone(),
-            service: row.service.clone(),
-            name,
-            body,
-        });
+        }
+        None => tcp_listener(&name, ANY_V4, port, &own),
+    };
+    TcpListenerRow {
+        port,
+        fqdn: row.fqdn(),
+        namespace: row.namespace.clone(),
+        service: row.service.clone(),
+        kind: row.kind(),
+        name,
+        body,
     }
-    out
 }
 
 /// Settles one port number among the listeners that want it: meshflow's listeners bind their
@@ -467,7 +498,7 @@ pub fn settle_port<'a>(
                 ),
             };
             Diagnostic {
-                object: ObjectKey::new(Kind::Service, c.namespace.clone(), c.service.clone()),
+                object: ObjectKey::new(c.kind, c.namespace.clone(), c.service.clone()),
                 field: format!("spec.ports[port={port}]"),
                 message,
             }
@@ -499,6 +530,7 @@ mod tests {
                 app_protocol: None,
             },
             cluster_ip: cluster_ip.map(|ip| ip.parse().unwrap()),
+            entry: None,
         }
     }
 

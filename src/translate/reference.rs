@@ -6,17 +6,21 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::endpoint::{EndpointRow, endpoints_addresses, selector_pod_addresses, service_port_rows, slice_addresses};
 use super::outbound::{self, DestinationMap, HostInfo, TcpListenerRow, VsRank};
-use super::{EndpointAddr, ResourceType, ServicePortRow, VirtualHostPart};
+use super::{EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart, service_entry};
+use super::{gateway, views};
 use crate::model::Object;
+use crate::model::istio::{Gateway, VirtualService};
 use crate::model::k8s::Labels;
+use crate::model::proxy::{ClassLabels, ProxyKind};
 use crate::translate;
 
-/// Resources by (type, name), each as encoded bytes.
-pub type Resources = BTreeMap<(ResourceType, String), Vec<u8>>;
+/// Resources by (scope, type, name), each as encoded bytes.
+pub type Resources = BTreeMap<(Scope, ResourceType, String), Vec<u8>>;
 
 pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resources {
     let (mut services, mut slices, mut endpoints, mut pods) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut virtual_services, mut rules) = (Vec::new(), Vec::new());
+    let (mut virtual_services, mut rules, mut entries) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut gateways, mut classes, mut secrets) = (Vec::new(), Vec::new(), HashMap::new());
     for o in objects {
         match o {
             Object::Service(s) => services.push(s),
@@ -25,6 +29,12 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             Object::Pod(p) => pods.push(p),
             Object::VirtualService(vs) => virtual_services.push(&**vs),
             Object::DestinationRule(dr) => rules.push(&**dr),
+            Object::Gateway(gw) => gateways.push(&**gw),
+            Object::ProxyClass(c) => classes.push(c),
+            Object::Secret(s) => {
+                secrets.insert((s.namespace.as_str(), s.name.as_str()), &**s);
+            }
+            Object::ServiceEntry(se) => entries.push(&**se),
             _ => {}
         }
     }
@@ -35,13 +45,19 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     let pod_labels: HashMap<(&str, &str), &Labels> =
         pods.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), &p.labels)).collect();
 
-    // Every service port by host.
-    let mut hosts: BTreeMap<String, Vec<ServicePortRow>> = BTreeMap::new();
-    for svc in &services {
-        for row in service_port_rows(svc) {
-            hosts.entry(row.fqdn()).or_default().push(row);
-        }
+    // Every service and ServiceEntry port by host, then the rows that make each host.
+    let mut all_rows: BTreeMap<String, Vec<ServicePortRow>> = BTreeMap::new();
+    let entry_rows = entries.iter().flat_map(|se| service_entry::port_rows(se));
+    for row in services.iter().flat_map(|svc| service_port_rows(svc)).chain(entry_rows) {
+        all_rows.entry(row.fqdn()).or_default().push(row);
     }
+    let hosts: BTreeMap<String, Vec<ServicePortRow>> = all_rows
+        .iter()
+        .map(|(fqdn, rows)| {
+            let rows: Vec<&ServicePortRow> = rows.iter().collect();
+            (fqdn.clone(), service_entry::host_rows(&rows).into_iter().cloned().collect())
+        })
+        .collect();
 
     // Endpoints of each cluster without subset, with their pods.
     let mut base_endpoints: BTreeMap<String, BTreeSet<EndpointRow>> = BTreeMap::new();
@@ -69,6 +85,25 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         }
     }
 
+    // Endpoints of the EDS clusters of ServiceEntry hosts: those of the entries of the
+    // namespace of the entry that won the host.
+    for rows in hosts.values() {
+        for row in rows.iter().filter(|r| r.entry.is_some() && service_entry::is_eds(r)) {
+            let cluster = row.cluster_name();
+            let eps = base_endpoints.entry(cluster.clone()).or_default();
+            for se in entries.iter().filter(|se| se.namespace == row.namespace) {
+                let statics = service_entry::static_endpoints(se).into_iter().map(|((c, _), ep)| (c, ep));
+                let selected = service_entry::selector(se).into_iter().flat_map(|svc| {
+                    pods.iter()
+                        .filter(|p| p.namespace == se.namespace && p.ip.is_some() && !p.terminal)
+                        .flat_map(move |p| super::endpoint::pod_addresses(&se.namespace, &svc, p))
+                        .collect::<Vec<_>>()
+                });
+                eps.extend(statics.chain(selected).filter(|(c, _)| *c == cluster).map(|(_, ep)| ep));
+            }
+        }
+    }
+
     // The rule of each host, and what routes toward it need.
     let mut infos: BTreeMap<String, HostInfo> = BTreeMap::new();
     for (fqdn, rows) in &hosts {
@@ -77,11 +112,18 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             outbound::pattern_matches(&pattern, fqdn).then_some((pattern, *dr))
         });
         let candidates: Vec<_> = candidates.collect();
-        let rule =
-            outbound::select_rule(outbound::fqdn_namespace(fqdn), candidates.iter().map(|(p, dr)| (p.as_str(), *dr)));
+        let namespace = rows.first().map(|r| r.namespace.as_str()).unwrap_or_default();
+        let rule = outbound::select_rule(namespace, candidates.iter().map(|(p, dr)| (p.as_str(), *dr)));
         let rows: Vec<&ServicePortRow> = rows.iter().collect();
         infos.insert(fqdn.clone(), HostInfo::new(&rows, rule));
     }
+
+    let destinations_of = |vs: &VirtualService| -> DestinationMap {
+        outbound::virtual_service_destinations(vs)
+            .into_iter()
+            .filter_map(|d| infos.get(&d).map(|i| (d, i.clone())))
+            .collect()
+    };
 
     let mut out = Resources::new();
     let mut routes: BTreeMap<String, Vec<VirtualHostPart>> = BTreeMap::new();
@@ -105,15 +147,18 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
                             .pod
                             .as_ref()
                             .and_then(|(ns, pod)| pod_labels.get(&(ns.as_str(), pod.as_str())).copied())
-                            .unwrap_or(&empty);
+                            .unwrap_or(if e.pod.is_none() { &e.labels } else { &empty });
                         outbound::subset_selects(subset, labels)
                     })
                     .map(|e| &e.addr)
                     .collect(),
             };
             let addrs: Vec<&EndpointAddr> = addrs.into_iter().collect();
-            out.insert((ResourceType::ClusterLoadAssignment, name.clone()), translate::load_assignment(&name, &addrs));
-            out.insert((ResourceType::Cluster, name), cluster.encode());
+            if cluster.is_eds() {
+                let cla = translate::load_assignment(&name, &addrs);
+                out.insert((Scope::All, ResourceType::ClusterLoadAssignment, name.clone()), cla);
+            }
+            out.insert((Scope::All, ResourceType::Cluster, name), cluster.encode());
         }
 
         let chosen = virtual_services
@@ -126,12 +171,7 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             })
             .min_by(|a, b| a.0.cmp(&b.0))
             .map(|(_, vs)| vs);
-        let destinations: Option<DestinationMap> = chosen.map(|vs| {
-            outbound::virtual_service_destinations(vs)
-                .into_iter()
-                .filter_map(|d| infos.get(&d).map(|i| (d, i.clone())))
-                .collect()
-        });
+        let destinations: Option<DestinationMap> = chosen.map(&destinations_of);
         let vs = chosen.zip(destinations.as_ref());
         for (route, vhost) in outbound::virtual_hosts_for_host(&rows, info, vs) {
             routes.entry(route).or_default().push(vhost);
@@ -142,19 +182,57 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         for row in rows.iter().filter(|r| r.protocol().is_http()) {
             let port = row.port.port;
             http_ports.insert(port);
-            out.insert((ResourceType::Listener, translate::listener_name(port)), translate::listener(port, None));
+            let name = translate::listener_name(port);
+            out.insert((Scope::Sidecars, ResourceType::Listener, name), translate::listener(port, None));
         }
     }
     // Each port's TCP listener, unless HTTP services or an earlier host hold the port.
     for (port, candidates) in &tcp_listeners {
         let http = http_ports.contains(port);
         if let (Some(winner), _) = outbound::settle_port(*port, http, candidates) {
-            out.insert((ResourceType::Listener, winner.name.clone()), winner.body.clone());
+            out.insert((Scope::Sidecars, ResourceType::Listener, winner.name.clone()), winner.body.clone());
         }
     }
     for (name, vhosts) in routes {
         let body = translate::route_configuration(&name, &vhosts);
-        out.insert((ResourceType::RouteConfiguration, name), body);
+        out.insert((Scope::Sidecars, ResourceType::RouteConfiguration, name), body);
+    }
+
+    // Each gateway proxy class: the Gateways that select it, the VirtualServices bound to
+    // them, the Secrets its listeners name.
+    for class in classes.iter().filter(|c| c.kind == ProxyKind::Router) {
+        let labels = match &class.labels {
+            ClassLabels::Given(l) => l.clone(),
+            ClassLabels::OfPod(pod) => {
+                pod_labels.get(&(class.namespace.as_str(), pod.as_str())).map(|l| (*l).clone()).unwrap_or_default()
+            }
+            ClassLabels::Ignored => Labels::new(),
+        };
+        let mut selected: Vec<&Gateway> =
+            gateways.iter().filter(|g| views::gateway_selects(g, &labels)).copied().collect();
+        if selected.is_empty() {
+            continue;
+        }
+        selected.sort_by(|a, b| a.creation_order().cmp(&b.creation_order()));
+        let keys: BTreeSet<String> = selected.iter().map(|g| format!("{}/{}", g.namespace, g.name)).collect();
+        let bound: Vec<(&VirtualService, DestinationMap)> = virtual_services
+            .iter()
+            .filter(|vs| gateway::bound_gateways(vs).iter().any(|g| keys.contains(g)))
+            .map(|vs| (*vs, destinations_of(vs)))
+            .collect();
+        let bound: Vec<(&VirtualService, &DestinationMap)> = bound.iter().map(|(vs, d)| (*vs, d)).collect();
+        let result = gateway::gateway_resources(&selected, &bound);
+        let scope = Scope::Class(class.id());
+        for (ty, name, body) in result.resources {
+            out.insert((scope.clone(), ty, name), body);
+        }
+        for r in &result.secrets {
+            let primary = secrets.get(&(r.namespace.as_str(), r.name.as_str())).copied();
+            let fallback = r.ca_fallback().and_then(|n| secrets.get(&(r.namespace.as_str(), n)).copied());
+            if let Ok(body) = views::class_secret(&class.namespace, r, primary, fallback) {
+                out.insert((scope.clone(), ResourceType::Secret, r.sds_name.clone()), body);
+            }
+        }
     }
     out
 }

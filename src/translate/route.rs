@@ -81,6 +81,31 @@ pub fn http_routes(vs: &VirtualService, port: u16, dest: &dyn Destinations) -> V
     if !applies_to_mesh(&vs.spec.gateways) {
         return Vec::new();
     }
+    http_routes_in(vs, port, dest, RouteScope::Mesh)
+}
+
+/// Whom routes are built for: istiod's `gatewayNames` and `RouteOptions.IsTLS` of
+/// `BuildHTTPRoutesForVirtualService`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteScope<'a> {
+    /// Sidecars: the `mesh` gateway.
+    Mesh,
+    /// One server of a gateway: the gateway's `namespace/name`, and whether the server has `tls`
+    /// settings (a redirect's default scheme is then `https`).
+    Gateway { name: &'a str, tls: bool },
+}
+
+/// The routes a VirtualService gives a listener port in `scope`, as [`http_routes`] does for
+/// sidecars. For a gateway, the caller has decided that the VirtualService is bound to it;
+/// match blocks are kept when their `gateways` (resolved in the VirtualService's namespace)
+/// name the gateway, or when they have none and no `sourceLabels`/`sourceNamespace` (the
+/// gateway proxy's labels are not known here: such blocks are left out, as for sidecars).
+pub fn http_routes_in(
+    vs: &VirtualService,
+    port: u16,
+    dest: &dyn Destinations,
+    scope: RouteScope<'_>,
+) -> Vec<envoy_route::Route> {
     let mut out = Vec::new();
     for http in &vs.spec.http {
         if http.delegate.is_some() {
@@ -90,11 +115,11 @@ pub fn http_routes(vs: &VirtualService, port: u16, dest: &dyn Destinations) -> V
         }
         let mut catch_all = false;
         if http.r#match.is_empty() {
-            out.extend(translate_route(vs, http, None, port, dest));
+            out.extend(translate_route(vs, http, None, port, dest, scope));
             catch_all = true;
         } else {
             for m in &http.r#match {
-                if let Some(r) = translate_route(vs, http, Some(m), port, dest) {
+                if let Some(r) = translate_route(vs, http, Some(m), port, dest, scope) {
                     catch_all = is_catch_all(&r);
                     out.push(r);
                     if catch_all {
@@ -240,9 +265,10 @@ fn non_empty(s: &Option<String>) -> Option<&str> {
     s.as_deref().filter(|s| !s.is_empty())
 }
 
-/// Whether a match block applies to a sidecar that has none of the block's source labels and
-/// namespaces (istiod's `sourceMatchHTTP` for gateway `mesh`), and carries no JWT claim.
-fn block_applies(m: &HttpMatchRequest, port: u16) -> bool {
+/// Whether a match block applies to a proxy that has none of the block's source labels and
+/// namespaces (istiod's `sourceMatchHTTP` for gateway `mesh`, or for the scope's gateway), and
+/// carries no JWT claim.
+fn block_applies(m: &HttpMatchRequest, port: u16, namespace: &str, scope: RouteScope<'_>) -> bool {
     if m.port.is_some_and(|p| p != 0 && p != u32::from(port)) {
         return false;
     }
@@ -252,7 +278,13 @@ fn block_applies(m: &HttpMatchRequest, port: u16) -> bool {
         return false;
     }
     if !m.gateways.is_empty() {
-        return m.gateways.iter().any(|g| g == MESH_GATEWAY);
+        return match scope {
+            RouteScope::Mesh => m.gateways.iter().any(|g| g == MESH_GATEWAY),
+            RouteScope::Gateway { name, .. } => m
+                .gateways
+                .iter()
+                .any(|g| g != MESH_GATEWAY && super::gateway::resolve_gateway_name(g, namespace) == name),
+        };
     }
     m.source_labels.is_empty() && non_empty(&m.source_namespace).is_none()
 }
@@ -263,9 +295,10 @@ fn translate_route(
     m: Option<&HttpMatchRequest>,
     port: u16,
     dest: &dyn Destinations,
+    scope: RouteScope<'_>,
 ) -> Option<envoy_route::Route> {
     if let Some(m) = m
-        && !block_applies(m, port)
+        && !block_applies(m, port, &vs.namespace, scope)
     {
         return None;
     }
@@ -292,7 +325,11 @@ fn translate_route(
     // The cluster the route sends everything to (fqdn, port), for the decorator.
     let mut single = None;
     if let Some(redirect) = &http.redirect {
-        out.action = Some(envoy_route::route::Action::Redirect(translate_redirect(redirect, port)?));
+        out.action = Some(envoy_route::route::Action::Redirect(translate_redirect(
+            redirect,
+            port,
+            matches!(scope, RouteScope::Gateway { tls: true, .. }),
+        )?));
     } else if let Some(direct) = &http.direct_response {
         out.action = Some(envoy_route::route::Action::DirectResponse(translate_direct_response(direct)));
     } else {
@@ -327,7 +364,7 @@ fn config_metadata(vs: &VirtualService) -> core::Metadata {
 }
 
 /// A catch-all route: `/` prefix (or `.*` regex) and no header, query or metadata condition.
-fn is_catch_all(r: &envoy_route::Route) -> bool {
+pub(crate) fn is_catch_all(r: &envoy_route::Route) -> bool {
     let Some(m) = &r.r#match else { return false };
     let path = match &m.path_specifier {
         Some(envoy_route::route_match::PathSpecifier::Prefix(p)) => p == "/",
@@ -719,9 +756,10 @@ fn redirect_code(redirect: &HttpRedirect) -> Option<envoy_route::redirect_action
     }
 }
 
-/// istiod's `ApplyRedirect` on a plain-text (sidecar) listener. None for a redirect code
-/// istiod does not support.
-fn translate_redirect(redirect: &HttpRedirect, port: u16) -> Option<envoy_route::RedirectAction> {
+/// istiod's `ApplyRedirect`; `tls`: the route serves a gateway server with TLS settings (the
+/// default scheme for eliding the port is then https). None for a redirect code istiod does
+/// not support.
+fn translate_redirect(redirect: &HttpRedirect, port: u16, tls: bool) -> Option<envoy_route::RedirectAction> {
     use envoy_route::redirect_action::{PathRewriteSpecifier, SchemeRewriteSpecifier};
     let mut out = envoy_route::RedirectAction {
         host_redirect: redirect.authority.clone().unwrap_or_default(),
@@ -743,8 +781,8 @@ fn translate_redirect(redirect: &HttpRedirect, port: u16) -> Option<envoy_route:
             (None, Some(RedirectPortSelection::FromRequestPort)) => u32::from(port),
             _ => 0,
         };
-        // No explicit :80 for http (a sidecar listener is never TLS), nor :443 for https.
-        let scheme = scheme.unwrap_or("http");
+        // No explicit :80 for http, nor :443 for https.
+        let scheme = scheme.unwrap_or(if tls { "https" } else { "http" });
         if (out.port_redirect == 80 && scheme == "http") || (out.port_redirect == 443 && scheme == "https") {
             out.port_redirect = 0;
         }
@@ -1582,6 +1620,7 @@ mod tests {
                 app_protocol: None,
             },
             cluster_ip: None,
+            entry: None,
         };
         let r = default_route(&row, vec![header_hash("x-user")]);
         assert_eq!(r.name, "default");

@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::protobuf::Any;
 
-use crate::cache::{Cache, Resource, content_version};
+use crate::cache::{Cache, Resource, View, content_version};
 use crate::translate::{self, ResourceType};
 
 /// What became of a response the client answered.
@@ -70,7 +70,9 @@ pub struct DeltaStream {
     pub node: String,
     /// Listeners bind here instead of 0.0.0.0 (node metadata `MESHFLOW_BIND_ADDRESS`).
     bind: Option<IpAddr>,
-    types: [TypeState; 4],
+    /// What this proxy sees of the cache (its class, its kind, the shared resources).
+    view: View,
+    types: [TypeState; ResourceType::ALL.len()],
     pending: HashMap<String, Pending>,
     next_nonce: u64,
     /// The cache sequence number this stream has caught up with.
@@ -80,10 +82,11 @@ pub struct DeltaStream {
 }
 
 impl DeltaStream {
-    pub fn new(node: String, bind: Option<IpAddr>) -> DeltaStream {
+    pub fn new(node: String, bind: Option<IpAddr>, view: View) -> DeltaStream {
         DeltaStream {
             node,
             bind,
+            view,
             types: Default::default(),
             pending: HashMap::new(),
             next_nonce: 0,
@@ -150,8 +153,8 @@ impl DeltaStream {
         }
         let all = first && self.state(ty).wildcard || touched.contains("*");
         let candidates: Vec<String> = if all {
+            let mut names: HashSet<String> = cache.names(&self.view, ty).into_iter().collect();
             let st = self.state(ty);
-            let mut names: HashSet<String> = cache.names(ty).into_iter().collect();
             names.extend(st.known.keys().cloned());
             names.into_iter().collect()
         } else {
@@ -189,7 +192,7 @@ impl DeltaStream {
         if !cache.is_ready() {
             return Vec::new();
         }
-        let (seq, changed) = cache.changed_since(self.seen);
+        let (seq, changed) = cache.changed_since(self.seen, &self.view);
         let mut by_type: Vec<(ResourceType, Vec<String>)> =
             ResourceType::ALL.iter().map(|t| (*t, Vec::new())).collect();
         match changed {
@@ -208,7 +211,7 @@ impl DeltaStream {
     fn all_candidates(&self, cache: &Cache, by_type: &mut [(ResourceType, Vec<String>)]) {
         for (ty, names) in by_type.iter_mut() {
             let st = &self.types[*ty as usize];
-            let mut all: HashSet<String> = cache.names(*ty).into_iter().collect();
+            let mut all: HashSet<String> = cache.names(&self.view, *ty).into_iter().collect();
             all.extend(st.known.keys().cloned());
             names.extend(all);
         }
@@ -236,11 +239,9 @@ impl DeltaStream {
                 if !st.wants(name) {
                     continue;
                 }
-                let rendered = match cache.get(ty, name) {
-                    Some(r) => self.render(cache, ty, &r),
-                    None => None,
-                };
-                if rendered.is_none() && cache.get(ty, name).is_some() && self.dropped.insert(name.clone()) {
+                let current = cache.get(&self.view, ty, name);
+                let rendered = current.as_ref().and_then(|r| self.render(cache, ty, r));
+                if rendered.is_none() && current.is_some() && self.dropped.insert(name.clone()) {
                     tracing::warn!(
                         node = %self.node, listener = %name,
                         "listener binds the same address and port as another one for this proxy: not sent"
@@ -321,7 +322,7 @@ impl DeltaStream {
             (ResourceType::Listener, Some(ip)) => match translate::rebind_listener(&r.body, ip) {
                 Some((port, body)) => {
                     let shared = translate::listener_name(port);
-                    if r.name != shared && cache.get(ResourceType::Listener, &shared).is_some() {
+                    if r.name != shared && cache.get(&self.view, ResourceType::Listener, &shared).is_some() {
                         return None;
                     }
                     Arc::from(body)
@@ -351,12 +352,18 @@ impl DeltaStream {
 mod tests {
     use super::*;
     use crate::engine::{ResourceChange, ResourceDelta};
+    use crate::translate::Scope;
     use envoy_types::pb::google::rpc::Status as RpcStatus;
 
     fn put(cache: &Cache, changes: &[(ResourceType, &str, Option<&[u8]>)]) {
         let changes = changes
             .iter()
-            .map(|(ty, name, body)| ResourceChange { ty: *ty, name: name.to_string(), body: body.map(Arc::from) })
+            .map(|(ty, name, body)| ResourceChange {
+                scope: Scope::All,
+                ty: *ty,
+                name: name.to_string(),
+                body: body.map(Arc::from),
+            })
             .collect();
         cache.apply(&ResourceDelta { time: 0, changes, diagnostics: Vec::new() });
     }
@@ -382,7 +389,7 @@ mod tests {
     #[test]
     fn nothing_is_served_before_the_cache_is_ready() {
         let cache = ready_cache();
-        let mut s = DeltaStream::new("n".into(), None);
+        let mut s = DeltaStream::new("n".into(), None, View::sidecar());
         let (_, out) = s.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
         assert!(out.is_empty());
         assert!(s.on_cache_change(&cache).is_empty());
@@ -403,7 +410,7 @@ mod tests {
                 (ResourceType::ClusterLoadAssignment, "b", Some(b"e2")),
             ],
         );
-        let mut s = DeltaStream::new("n".into(), None);
+        let mut s = DeltaStream::new("n".into(), None, View::sidecar());
         let (_, out) = s.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
         assert_eq!(names(&out[0]), ["a", "b"]);
         let (_, out) = s.on_request(&req(ResourceType::ClusterLoadAssignment, &["b"]), &cache).unwrap();
@@ -417,8 +424,8 @@ mod tests {
     fn initial_resource_versions_that_match_are_not_resent_and_stale_ones_are_removed() {
         let cache = ready_cache();
         cache.source_synced("files");
-        let version_a = cache.get(ResourceType::Cluster, "a").unwrap().version.clone();
-        let mut s = DeltaStream::new("n".into(), None);
+        let version_a = cache.get(&View::sidecar(), ResourceType::Cluster, "a").unwrap().version.clone();
+        let mut s = DeltaStream::new("n".into(), None, View::sidecar());
         let mut r = req(ResourceType::Cluster, &[]);
         r.initial_resource_versions.insert("a".into(), version_a);
         r.initial_resource_versions.insert("gone".into(), "x".into());
@@ -432,7 +439,7 @@ mod tests {
     fn a_nacked_version_is_not_resent_until_the_resource_changes() {
         let cache = ready_cache();
         cache.source_synced("files");
-        let mut s = DeltaStream::new("n".into(), None);
+        let mut s = DeltaStream::new("n".into(), None, View::sidecar());
         let (_, out) = s.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
         let mut nack = req(ResourceType::Cluster, &[]);
         nack.response_nonce = out[0].nonce.clone();
@@ -467,7 +474,7 @@ mod tests {
     fn additions_go_out_in_dependency_order_and_removals_after_in_reverse() {
         let cache = Cache::new([]);
         put(&cache, &[(ResourceType::Listener, "l", Some(b"l")), (ResourceType::RouteConfiguration, "r", Some(b"r"))]);
-        let mut s = DeltaStream::new("n".into(), None);
+        let mut s = DeltaStream::new("n".into(), None, View::sidecar());
         for (ty, sub) in [
             (ResourceType::Cluster, vec![]),
             (ResourceType::Listener, vec![]),
@@ -499,11 +506,11 @@ mod tests {
         let cache = Cache::new([]);
         let body = translate::listener(9080, None);
         put(&cache, &[(ResourceType::Listener, "0.0.0.0_9080", Some(&body))]);
-        let mut s = DeltaStream::new("n".into(), Some("127.0.0.9".parse().unwrap()));
+        let mut s = DeltaStream::new("n".into(), Some("127.0.0.9".parse().unwrap()), View::sidecar());
         let (_, out) = s.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
         let r = &out[0].resources[0];
         assert_eq!(r.resource.as_ref().unwrap().value, translate::listener(9080, Some("127.0.0.9".parse().unwrap())));
-        assert_ne!(r.version, cache.get(ResourceType::Listener, "0.0.0.0_9080").unwrap().version);
+        assert_ne!(r.version, cache.get(&View::sidecar(), ResourceType::Listener, "0.0.0.0_9080").unwrap().version);
     }
 
     #[test]
@@ -526,7 +533,7 @@ mod tests {
                 (ResourceType::Listener, "10.96.0.8_9080", Some(&clash)),
             ],
         );
-        let mut s = DeltaStream::new("n".into(), Some("127.0.0.9".parse().unwrap()));
+        let mut s = DeltaStream::new("n".into(), Some("127.0.0.9".parse().unwrap()), View::sidecar());
         let (_, out) = s.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
         assert_eq!(names(&out[0]), ["0.0.0.0_9080", "10.96.0.7_9000"]);
         for r in &out[0].resources {
@@ -535,7 +542,7 @@ mod tests {
             assert_eq!(a.address, "127.0.0.9", "{}", r.name);
         }
         // Without a bind address every listener is sent as the engine made it.
-        let mut s = DeltaStream::new("n".into(), None);
+        let mut s = DeltaStream::new("n".into(), None, View::sidecar());
         let (_, out) = s.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
         assert_eq!(out[0].resources.len(), 3);
         assert_eq!(out[0].resources[1].resource.as_ref().unwrap().value, tcp);
@@ -546,7 +553,7 @@ mod tests {
         let cache = ready_cache();
         cache.source_synced("files");
         put(&cache, &[(ResourceType::ClusterLoadAssignment, "a", Some(b"e1"))]);
-        let mut s = DeltaStream::new("n".into(), None);
+        let mut s = DeltaStream::new("n".into(), None, View::sidecar());
         s.on_request(&req(ResourceType::ClusterLoadAssignment, &["a"]), &cache).unwrap();
         let mut unsub = req(ResourceType::ClusterLoadAssignment, &[]);
         unsub.resource_names_unsubscribe = vec!["a".into()];
@@ -555,5 +562,51 @@ mod tests {
         assert!(s.known(ResourceType::ClusterLoadAssignment).is_empty());
         let (_, out) = s.on_request(&req(ResourceType::ClusterLoadAssignment, &["a"]), &cache).unwrap();
         assert_eq!(names(&out[0]), ["a"]);
+    }
+
+    #[test]
+    fn a_gateway_gets_its_class_listeners_and_the_shared_clusters_but_no_sidecar_listeners() {
+        use crate::model::proxy::ProxyKind;
+        let cache = Cache::new([]);
+        let class = "router/istio-system/istio=ingressgateway".to_string();
+        let change = |scope: Scope, ty, name: &str, body: &[u8]| ResourceChange {
+            scope,
+            ty,
+            name: name.to_string(),
+            body: Some(Arc::from(body)),
+        };
+        cache.apply(&ResourceDelta {
+            time: 0,
+            diagnostics: vec![],
+            changes: vec![
+                change(Scope::All, ResourceType::Cluster, "c", b"c"),
+                change(Scope::Sidecars, ResourceType::Listener, "0.0.0.0_9080", b"sidecar"),
+                change(Scope::Class(class.clone()), ResourceType::Listener, "0.0.0.0_8080", b"gateway"),
+            ],
+        });
+        let mut gw = DeltaStream::new("gw".into(), None, View::new(ProxyKind::Router, Some(class.clone())));
+        let (_, out) = gw.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
+        assert_eq!(names(&out[0]), ["0.0.0.0_8080"]);
+        let (_, out) = gw.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
+        assert_eq!(names(&out[0]), ["c"]);
+        let mut sidecar = DeltaStream::new("s".into(), None, View::sidecar());
+        let (_, out) = sidecar.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
+        assert_eq!(names(&out[0]), ["0.0.0.0_9080"]);
+        // The class's listener goes away: the gateway is told, the sidecar hears nothing.
+        cache.apply(&ResourceDelta {
+            time: 1,
+            diagnostics: vec![],
+            changes: vec![ResourceChange {
+                scope: Scope::Class(class),
+                ty: ResourceType::Listener,
+                name: "0.0.0.0_8080".into(),
+                body: None,
+            }],
+        });
+        let out = gw.on_cache_change(&cache);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].removed_resources, ["0.0.0.0_8080"]);
+        sidecar.on_cache_change(&cache);
+        assert!(sidecar.on_cache_change(&cache).is_empty());
     }
 }

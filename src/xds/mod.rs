@@ -5,6 +5,7 @@
 //! client holds it full, the task stops reading the cache's change log and later catches up
 //! with the latest versions in one go, so a slow stream never grows an unbounded queue.
 
+pub mod classes;
 pub mod delta;
 pub mod node;
 
@@ -24,7 +25,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, View};
+use classes::ClassRegistry;
 use delta::{Answer, DeltaStream};
 use node::{BIND_ADDRESS_KEY, NodeId};
 
@@ -36,11 +38,14 @@ const MAX_ERROR_LOG: usize = 2048;
 
 pub struct AdsServer {
     cache: Arc<Cache>,
+    /// Where streams register their proxy's class. Without one, a proxy sees what every
+    /// proxy of its kind sees (no gateway listeners).
+    classes: Option<Arc<ClassRegistry>>,
 }
 
 impl AdsServer {
-    pub fn new(cache: Arc<Cache>) -> AdsServer {
-        AdsServer { cache }
+    pub fn new(cache: Arc<Cache>, classes: Option<Arc<ClassRegistry>>) -> AdsServer {
+        AdsServer { cache, classes }
     }
 
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
@@ -50,9 +55,11 @@ impl AdsServer {
     }
 }
 
-/// Serves ADS on `addr` until `shutdown` resolves.
+/// Serves ADS on `addr` until `shutdown` resolves; streams register their proxy's class with
+/// `classes`.
 pub async fn serve(
     cache: Arc<Cache>,
+    classes: Option<Arc<ClassRegistry>>,
     addr: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -61,7 +68,7 @@ pub async fn serve(
     tracing::info!(%addr, "serving delta ADS");
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(AdsServer::new(cache).into_service())
+        .add_service(AdsServer::new(cache, classes).into_service())
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
@@ -100,8 +107,9 @@ impl AggregatedDiscoveryService for AdsServer {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<DeltaDiscoveryResponse, Status>>(16);
         let cache = self.cache.clone();
+        let classes = self.classes.clone();
         tokio::spawn(async move {
-            if let Err(status) = run_delta_stream(&cache, &mut inbound, &tx).await {
+            if let Err(status) = run_delta_stream(&cache, classes.as_ref(), &mut inbound, &tx).await {
                 tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing delta stream");
                 let _ = tx.send(Err(status)).await;
             }
@@ -112,6 +120,7 @@ impl AggregatedDiscoveryService for AdsServer {
 
 async fn run_delta_stream(
     cache: &Cache,
+    classes: Option<&Arc<ClassRegistry>>,
     inbound: &mut Streaming<DeltaDiscoveryRequest>,
     tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) -> Result<(), Status> {
@@ -123,8 +132,12 @@ async fn run_delta_stream(
         .ok_or_else(|| Status::invalid_argument("the first request of a stream must carry the node"))?;
     let id = NodeId::parse(&node.id).map_err(Status::invalid_argument)?;
     let bind = bind_address(node)?;
-    tracing::info!(node = %id, ?bind, "delta stream opened");
-    let mut stream = DeltaStream::new(id.to_string(), bind);
+    let class = classes::proxy_class(node, &id).map_err(Status::invalid_argument)?;
+    tracing::info!(node = %id, ?bind, class = %class, "delta stream opened");
+    let view = View::new(id.proxy_type, classes.is_some().then(|| class.id()));
+    // Held for the stream's life: the class stays computed while a proxy of it is connected.
+    let _membership = classes.map(|registry| registry.join(class));
+    let mut stream = DeltaStream::new(id.to_string(), bind, view);
     let mut changes = cache.subscribe();
     changes.mark_changed();
 

@@ -7,11 +7,9 @@ use std::net::IpAddr;
 /// traffic interception (meshflow's own key; Istio has no equivalent).
 pub const BIND_ADDRESS_KEY: &str = "MESHFLOW_BIND_ADDRESS";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProxyType {
-    Sidecar,
-    Router,
-}
+/// The proxy kind of a node id (`sidecar`, `router`): the model's [`ProxyKind`], under the
+/// name Istio gives it.
+pub use crate::model::proxy::ProxyKind as ProxyType;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeId {
@@ -51,10 +49,7 @@ impl NodeId {
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ty = match self.proxy_type {
-            ProxyType::Sidecar => "sidecar",
-            ProxyType::Router => "router",
-        };
+        let ty = self.proxy_type.as_str();
         write!(f, "{ty}~{}~{}.{}~{}", self.ip, self.pod, self.namespace, self.domain)
     }
 }

@@ -14,7 +14,7 @@
 //! lists use for consistent snapshots (pagination, `resourceVersionMatch=Exact`), until
 //! [`ApiServer::compact`] forgets it.
 //!
-//! Served resources: core/v1 services, endpoints, pods, events, namespaces and nodes
+//! Served resources: core/v1 services, endpoints, pods, events, namespaces, nodes and secrets
 //! (cluster-scoped); discovery.k8s.io/v1 endpointslices; events.k8s.io/v1 events;
 //! networking.istio.io v1, v1beta1 and v1alpha3 gateways, virtualservices, destinationrules,
 //! serviceentries. More can be added with [`ApiServer::add_resource`].
@@ -481,6 +481,7 @@ impl State {
             ("events", "Event", true, false, "ev"),
             ("namespaces", "Namespace", false, true, "ns"),
             ("nodes", "Node", false, true, "no"),
+            ("secrets", "Secret", true, false, ""),
         ] {
             st.add_builtin("", "v1", plural, kind, namespaced, has_status, short);
         }

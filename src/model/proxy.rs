@@ -1,0 +1,108 @@
+//! Connected proxies as an input: what a proxy's configuration depends on, its **class**.
+//!
+//! istiod recomputes configuration per proxy. meshflow groups the connected proxies into
+//! classes (what their output depends on) and makes the set of classes an input collection of
+//! the dataflow: class-dependent resources are computed once per class that exists, and a
+//! proxy joining an existing class costs nothing.
+//!
+//! What a class holds today: the proxy kind, its namespace and, for gateways (routers), the
+//! labels that Gateway `selector`s match. Sidecar output does not depend on labels yet
+//! (`sourceLabels`, `workloadSelector` are reported as untranslated), so sidecar classes leave
+//! them out: every sidecar of a namespace shares one class.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::k8s::Labels;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ProxyKind {
+    Sidecar,
+    Router,
+}
+
+impl ProxyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyKind::Sidecar => "sidecar",
+            ProxyKind::Router => "router",
+        }
+    }
+}
+
+/// Where a class's labels come from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ClassLabels {
+    /// Not part of the class (sidecars, for now).
+    Ignored,
+    /// The proxy said (node metadata `LABELS`).
+    Given(Labels),
+    /// The labels of the Pod of this name in the class's namespace, as the cluster has them
+    /// (the node id names the pod; its labels follow the Pod as it changes).
+    OfPod(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProxyClass {
+    pub kind: ProxyKind,
+    pub namespace: String,
+    pub labels: ClassLabels,
+}
+
+impl ProxyClass {
+    /// The class of a proxy from what it tells about itself: its kind and namespace (node id,
+    /// or node metadata `NAMESPACE`), its labels (node metadata `LABELS`), else its pod.
+    pub fn of_proxy(kind: ProxyKind, namespace: &str, pod: &str, labels: Option<Labels>) -> ProxyClass {
+        let labels = match (kind, labels) {
+            (ProxyKind::Sidecar, _) => ClassLabels::Ignored,
+            (ProxyKind::Router, Some(l)) => ClassLabels::Given(l),
+            (ProxyKind::Router, None) => ClassLabels::OfPod(pod.to_string()),
+        };
+        ProxyClass { kind, namespace: namespace.to_string(), labels }
+    }
+
+    /// A stable, readable identity: `sidecar/<ns>`, `router/<ns>/<k>=<v>,…`,
+    /// `router/<ns>/pod:<name>`. Class-scoped resources are keyed by it.
+    pub fn id(&self) -> String {
+        let mut id = format!("{}/{}", self.kind.as_str(), self.namespace);
+        match &self.labels {
+            ClassLabels::Ignored => {}
+            ClassLabels::Given(labels) => {
+                id.push('/');
+                let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                id.push_str(&pairs.join(","));
+            }
+            ClassLabels::OfPod(pod) => {
+                id.push_str("/pod:");
+                id.push_str(pod);
+            }
+        }
+        id
+    }
+}
+
+impl fmt::Display for ProxyClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecars_of_a_namespace_share_a_class_and_routers_are_told_apart_by_labels() {
+        let l = |v: &str| Labels::from([("istio".to_string(), v.to_string())]);
+        let a = ProxyClass::of_proxy(ProxyKind::Sidecar, "default", "a-1", Some(l("x")));
+        let b = ProxyClass::of_proxy(ProxyKind::Sidecar, "default", "b-2", None);
+        assert_eq!(a, b);
+        assert_eq!(a.id(), "sidecar/default");
+        let g = ProxyClass::of_proxy(ProxyKind::Router, "istio-system", "gw-1", Some(l("ingressgateway")));
+        assert_eq!(g.id(), "router/istio-system/istio=ingressgateway");
+        let p = ProxyClass::of_proxy(ProxyKind::Router, "istio-system", "gw-1", None);
+        assert_eq!(p.id(), "router/istio-system/pod:gw-1");
+        assert_ne!(g.id(), ProxyClass::of_proxy(ProxyKind::Router, "istio-system", "gw-2", Some(l("egress"))).id());
+    }
+}

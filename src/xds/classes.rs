@@ -1,0 +1,206 @@
+//! The classes of connected proxies, fed to the engine as an input collection.
+//!
+//! Each stream joins the class of its proxy when it opens and leaves it when it closes. The
+//! first proxy of a class adds the class to the engine, which then computes the class's
+//! resources (a gateway's listeners, route configs and certificates); the last one leaving
+//! removes it after a grace period, so a proxy that reconnects (an Envoy restart, a hot
+//! restart, a load balancer moving streams) finds its class still computed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::value::Kind as ValueKind;
+
+use crate::engine::Command;
+use crate::model::k8s::Labels;
+use crate::model::proxy::ProxyClass;
+use crate::model::{InputEvent, Object};
+
+use super::node::NodeId;
+
+/// Node metadata keys, as Istio's proxies send them.
+pub const LABELS_KEY: &str = "LABELS";
+pub const NAMESPACE_KEY: &str = "NAMESPACE";
+
+/// The class of a proxy: kind from the node id, namespace from metadata `NAMESPACE` (else the
+/// node id), labels from metadata `LABELS` (else, for gateways, its pod's labels).
+pub fn proxy_class(node: &Node, id: &NodeId) -> Result<ProxyClass, String> {
+    let fields = node.metadata.as_ref().map(|m| &m.fields);
+    let string = |key: &str| -> Result<Option<String>, String> {
+        match fields.and_then(|f| f.get(key)).and_then(|v| v.kind.as_ref()) {
+            None | Some(ValueKind::NullValue(_)) => Ok(None),
+            Some(ValueKind::StringValue(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("node metadata {key} must be a string")),
+        }
+    };
+    let namespace = string(NAMESPACE_KEY)?.filter(|s| !s.is_empty()).unwrap_or_else(|| id.namespace.clone());
+    let labels = match fields.and_then(|f| f.get(LABELS_KEY)).and_then(|v| v.kind.as_ref()) {
+        None | Some(ValueKind::NullValue(_)) => None,
+        Some(ValueKind::StructValue(s)) => {
+            let mut labels = BTreeMap::new();
+            for (k, v) in &s.fields {
+                match &v.kind {
+                    Some(ValueKind::StringValue(value)) => {
+                        labels.insert(k.clone(), value.clone());
+                    }
+                    _ => return Err(format!("node metadata {LABELS_KEY}.{k} must be a string")),
+                }
+            }
+            Some(Labels::from(labels))
+        }
+        Some(_) => return Err(format!("node metadata {LABELS_KEY} must be a map of strings")),
+    };
+    Ok(ProxyClass::of_proxy(id.proxy_type, &namespace, &id.pod, labels))
+}
+
+struct Entry {
+    class: ProxyClass,
+    streams: usize,
+    /// Bumped whenever the count drops to zero, so a stale removal timer does nothing.
+    generation: u64,
+}
+
+pub struct ClassRegistry {
+    engine: Sender<Command>,
+    grace: Duration,
+    classes: Mutex<HashMap<String, Entry>>,
+}
+
+/// A stream's membership in its class; leaving happens on drop.
+pub struct ClassGuard {
+    registry: Arc<ClassRegistry>,
+    id: String,
+}
+
+impl Drop for ClassGuard {
+    fn drop(&mut self) {
+        self.registry.leave(&self.id);
+    }
+}
+
+impl ClassRegistry {
+    pub fn new(engine: Sender<Command>, grace: Duration) -> Arc<ClassRegistry> {
+        Arc::new(ClassRegistry { engine, grace, classes: Mutex::default() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.classes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers one more proxy of `class`; the first one adds the class to the engine.
+    pub fn join(self: &Arc<Self>, class: ProxyClass) -> ClassGuard {
+        let id = class.id();
+        let mut classes = self.lock();
+        let entry = classes.entry(id.clone()).or_insert_with(|| {
+            tracing::info!(class = %id, "new proxy class");
+            let _ = self.engine.send(Command::Events(vec![InputEvent::apply(Object::ProxyClass(class.clone()))]));
+            Entry { class, streams: 0, generation: 0 }
+        });
+        entry.streams += 1;
+        ClassGuard { registry: self.clone(), id }
+    }
+
+    fn leave(self: &Arc<Self>, id: &str) {
+        let mut classes = self.lock();
+        let Some(entry) = classes.get_mut(id) else { return };
+        entry.streams = entry.streams.saturating_sub(1);
+        if entry.streams > 0 {
+            return;
+        }
+        entry.generation += 1;
+        let generation = entry.generation;
+        drop(classes);
+        let registry = self.clone();
+        let id = id.to_string();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(registry.grace).await;
+                    registry.remove_if_unused(&id, generation);
+                });
+            }
+            Err(_) => registry.remove_if_unused(&id, generation),
+        }
+    }
+
+    fn remove_if_unused(&self, id: &str, generation: u64) {
+        let mut classes = self.lock();
+        let unused = classes.get(id).is_some_and(|e| e.streams == 0 && e.generation == generation);
+        if unused && let Some(entry) = classes.remove(id) {
+            tracing::info!(class = %id, "proxy class left: no proxy of it is connected");
+            let key = Object::ProxyClass(entry.class).key();
+            let _ = self.engine.send(Command::Events(vec![InputEvent::delete(key)]));
+        }
+    }
+
+    /// The classes with the number of streams of each, for `/debug/classes`.
+    pub fn classes(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self.lock().iter().map(|(id, e)| (id.clone(), e.streams)).collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::{Struct, Value};
+
+    fn node(metadata: &[(&str, Value)]) -> Node {
+        Node {
+            id: "router~10.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local".into(),
+            metadata: Some(Struct { fields: metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() }),
+            ..Default::default()
+        }
+    }
+
+    fn string(s: &str) -> Value {
+        Value { kind: Some(ValueKind::StringValue(s.into())) }
+    }
+
+    #[test]
+    fn class_from_node_metadata_labels_else_the_pod_of_the_node_id() {
+        let labels = Value {
+            kind: Some(ValueKind::StructValue(Struct {
+                fields: [("istio".to_string(), string("ingressgateway"))].into_iter().collect(),
+            })),
+        };
+        let n = node(&[(LABELS_KEY, labels)]);
+        let id = NodeId::parse(&n.id).unwrap();
+        assert_eq!(proxy_class(&n, &id).unwrap().id(), "router/istio-system/istio=ingressgateway");
+        let n = node(&[(NAMESPACE_KEY, string("edge"))]);
+        assert_eq!(proxy_class(&n, &id).unwrap().id(), "router/edge/pod:gw-1");
+        let n = node(&[(LABELS_KEY, string("istio=x"))]);
+        assert!(proxy_class(&n, &id).unwrap_err().contains("LABELS must be a map"));
+    }
+
+    #[test]
+    fn the_first_proxy_adds_its_class_and_the_last_one_leaving_removes_it() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let registry = ClassRegistry::new(tx, Duration::ZERO);
+        let class = |pod: &str| ProxyClass::of_proxy(crate::model::proxy::ProxyKind::Router, "ns", pod, None);
+        let a = registry.join(class("gw-1"));
+        let b = registry.join(class("gw-1"));
+        let c = registry.join(class("gw-2"));
+        let added: Vec<_> = rx.try_iter().collect();
+        assert_eq!(added.len(), 2, "one add per class: {added:?}");
+        assert_eq!(registry.classes(), [("router/ns/pod:gw-1".to_string(), 2), ("router/ns/pod:gw-2".to_string(), 1)]);
+        drop(a);
+        assert!(rx.try_recv().is_err(), "another proxy of the class is still connected");
+        drop(b);
+        match rx.try_recv() {
+            Ok(Command::Events(events)) => {
+                assert_eq!(events.len(), 1);
+                assert!(events[0].object.is_none());
+                assert_eq!(events[0].key.name, "router/ns/pod:gw-1");
+            }
+            other => panic!("expected the class's removal, got {other:?}"),
+        }
+        drop(c);
+        assert_eq!(rx.try_iter().count(), 1);
+        assert!(registry.classes().is_empty());
+    }
+}
