@@ -8,10 +8,12 @@
 
 pub mod admin;
 pub mod agent;
+pub mod bench;
 pub mod cache;
 pub mod engine;
 pub mod model;
 pub mod source;
 pub mod translate;
 pub mod validate;
+pub mod verify;
 pub mod xds;

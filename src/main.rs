@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -11,6 +12,7 @@ use meshflow::cache::Cache;
 use meshflow::engine::Engine;
 use meshflow::source;
 use meshflow::source::kube::KubeOptions;
+use meshflow::verify::{InputTap, Verifier};
 use meshflow::xds::classes::ClassRegistry;
 
 /// How long a proxy class stays computed after its last proxy disconnected, so a proxy that
@@ -52,6 +54,11 @@ enum Command {
         /// Address of the admin HTTP server (/ready, /stats, /debug/resources).
         #[arg(long, default_value = "127.0.0.1:15014")]
         admin_addr: SocketAddr,
+        /// Every INTERVAL (e.g. 60s), recompute everything from scratch with the reference
+        /// translator on the engine's current input and compare with what is served: log
+        /// lines, metric meshflow_verify_mismatches, /debug/verify.
+        #[arg(long, value_parser = meshflow::bench::parse_duration)]
+        verify: Option<std::time::Duration>,
     },
     /// Run Envoy beside a workload: bootstrap, supervise, drain on SIGTERM (like pilot-agent).
     Agent(meshflow::agent::AgentArgs),
@@ -62,6 +69,9 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Benchmark convergence under churn: a seeded synthetic cluster, scenarios, simulated
+    /// delta-xDS proxies, and a full-recompute baseline measured in the same run.
+    Bench(meshflow::bench::BenchArgs),
     /// Print the CustomResourceDefinitions of the Istio networking kinds meshflow reads.
     Crds,
     /// Print an Envoy bootstrap (YAML) that takes its configuration from meshflow.
@@ -89,23 +99,26 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The bench feeds the server tens of thousands of objects: only errors by default.
+    let default_filter = if matches!(cli.command, Command::Bench(_)) { "meshflow=error" } else { "meshflow=info" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "meshflow=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent(args) => return meshflow::agent::run(args),
+        Command::Bench(args) => meshflow::bench::run(&args).map(|_| ()),
         Command::Crds => {
             print!("{}", meshflow::model::crds::render_yaml());
             Ok(())
         }
         Command::Validate { paths } => return validate(&paths),
-        Command::Serve { config_dir, kubernetes, kubeconfig, watch_namespaces, xds_addr, admin_addr } => {
+        Command::Serve { config_dir, kubernetes, kubeconfig, watch_namespaces, xds_addr, admin_addr, verify } => {
             let kube = kubernetes.then_some(KubeOptions { kubeconfig, namespaces: watch_namespaces });
-            serve(config_dir, kube, xds_addr, admin_addr)
+            serve(config_dir, kube, xds_addr, admin_addr, verify)
         }
         Command::Bootstrap { node_id, xds_addr, bind_address, admin_port, labels, namespace } => {
             bootstrap::hand_metadata(&node_id, &labels, namespace.as_deref())
@@ -146,6 +159,7 @@ fn serve(
     kube: Option<KubeOptions>,
     xds_addr: SocketAddr,
     admin_addr: SocketAddr,
+    verify: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?;
     runtime.block_on(async move {
@@ -157,23 +171,36 @@ fn serve(
             sources.extend(source::kube::source_names(kube));
         }
         let cache = Cache::new(sources);
-        let engine = Engine::start(cache.engine_sink());
+        // With --verify, sources feed the engine through a tap that keeps their input.
+        let verifier = verify.map(|_| Arc::new(Verifier::default()));
+        let (engine, tap) = match &verifier {
+            None => (Engine::start(cache.engine_sink()), None),
+            Some(verifier) => {
+                let (tap, sink) = InputTap::start(cache.clone(), verifier.clone(), verify);
+                let engine = Engine::start(sink);
+                tap.connect(engine.sender());
+                (engine, Some(tap))
+            }
+        };
+        let input = tap.as_ref().map(InputTap::sender).unwrap_or_else(|| engine.sender());
         let _watch = match config_dir {
-            Some(dir) => Some(source::file::spawn(dir, engine.sender())?),
+            Some(dir) => Some(source::file::spawn(dir, input.clone())?),
             None => None,
         };
         if let Some(kube) = kube {
             let client = source::kube::client(&kube).await?;
-            source::kube::spawn(client, kube, engine.sender());
+            source::kube::spawn(client, kube, input.clone());
         }
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let classes = ClassRegistry::new(engine.sender(), CLASS_GRACE);
+        // Classes of connected proxies are input too: through the tap, so a verify sees them.
+        let classes = ClassRegistry::new(input.clone(), CLASS_GRACE);
         let xds = tokio::spawn(meshflow::xds::serve(cache.clone(), Some(classes), xds_addr, stopped(stop_rx.clone())));
-        let admin = tokio::spawn(meshflow::admin::serve(cache.clone(), admin_addr, stopped(stop_rx)));
+        let admin =
+            tokio::spawn(meshflow::admin::serve_with_verify(cache.clone(), verifier, admin_addr, stopped(stop_rx)));
         tokio::select! {
             r = xds => r??,
             r = admin => r??,

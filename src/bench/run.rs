@@ -1,0 +1,585 @@
+//! Running one scenario: incremental (the engine, the cache, the real xDS server and K delta
+//! clients) and the full-recompute baseline, on the same seeded steps.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::clients::{self, Tracker};
+use super::generate::{World, write_docs};
+use super::report::{Cpu, Full, Incremental, PerEvent, ScenarioReport, Verify};
+use super::scenario::{Scenario, Step, Steps};
+use super::{BenchArgs, SourceKind, sys};
+use crate::cache::{Cache, content_version};
+use crate::engine::{Command, Engine, EngineOutput};
+use crate::model::{InputEvent, Object, ObjectKey};
+use crate::translate::{ResourceType, reference};
+
+/// Markers sent through the engine behind each step: `Synced("<prefix><step>")`.
+const STEP_MARKER: &str = "meshflow-bench-step:";
+
+/// One engine output batch as the sink saw it.
+#[derive(Clone, Copy, Debug)]
+struct Batch {
+    at: Instant,
+    /// Changes that changed the cache.
+    changes: usize,
+}
+
+/// What the sink wrapper tells the runner: step `n`'s output is batch `b`.
+struct Marker {
+    step: u64,
+    batch: u64,
+}
+
+struct Probe {
+    batches: Mutex<Vec<Batch>>,
+}
+
+/// The engine sink for the bench: registers each batch's changes with the client tracker,
+/// applies it to the cache, and turns step markers into [`Marker`]s.
+fn sink(
+    cache: Arc<Cache>,
+    probe: Arc<Probe>,
+    tracker: Arc<Tracker>,
+    markers: crossbeam_channel::Sender<Marker>,
+) -> impl FnMut(EngineOutput) + Send + 'static {
+    move |output| match output {
+        EngineOutput::Delta(delta) => {
+            let at = Instant::now();
+            let mut changes: Vec<(ResourceType, String, Option<String>)> = Vec::new();
+            for c in &delta.changes {
+                let version = c.body.as_ref().map(|b| content_version(b));
+                let current = cache.get_scoped(&c.scope, c.ty, &c.name).map(|r| r.version.clone());
+                if current != version {
+                    changes.push((c.ty, c.name.clone(), version));
+                }
+            }
+            let mut batches = probe.batches.lock().unwrap_or_else(|e| e.into_inner());
+            let index = batches.len() as u64;
+            batches.push(Batch { at, changes: changes.len() });
+            drop(batches);
+            tracker.register(index, &changes);
+            cache.apply(&delta);
+        }
+        EngineOutput::Synced(name) if name.starts_with(STEP_MARKER) => {
+            let step = name[STEP_MARKER.len()..].parse().unwrap_or(u64::MAX);
+            let batch = probe.batches.lock().unwrap_or_else(|e| e.into_inner()).len().saturating_sub(1) as u64;
+            let _ = markers.send(Marker { step, batch });
+        }
+        EngineOutput::Synced(source) => cache.source_synced(&source),
+    }
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
+}
+
+fn apply_live(live: &mut BTreeMap<ObjectKey, Object>, events: &[InputEvent]) {
+    for e in events {
+        match &e.object {
+            Some(o) => live.insert(e.key.clone(), o.clone()),
+            None => live.remove(&e.key),
+        };
+    }
+}
+
+/// A scratch directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> anyhow::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!("meshflow-bench-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Paces steps: the n-th step is due `n / rate` seconds after the start.
+struct Pacer {
+    start: Instant,
+    rate: f64,
+    end: Instant,
+}
+
+impl Pacer {
+    fn due(&self, n: u64) -> Option<Instant> {
+        let at = self.start + Duration::from_secs_f64(n as f64 / self.rate.max(1e-3));
+        (at < self.end).then_some(at)
+    }
+}
+
+fn sleep_until(at: Instant) {
+    let now = Instant::now();
+    if at > now {
+        std::thread::sleep(at - now);
+    }
+}
+
+/// Writes the files a step's events live in, for the directory source.
+fn write_step_files(world: &World, root: &Path, events: &[InputEvent]) -> anyhow::Result<()> {
+    let files: HashSet<PathBuf> = events.iter().map(|e| World::file_of(&e.key)).collect();
+    for rel in files {
+        let path = root.join(&rel);
+        match world.docs_of_file(&rel) {
+            Some(docs) => write_docs(&path, &docs)?,
+            None => match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+    Ok(())
+}
+
+/// Runs the scenario against the engine (or the directory source), the xDS server and the
+/// clients.
+pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioReport) -> anyhow::Result<()> {
+    let preset = args.preset()?;
+    let mut world = World::new(preset, args.seed);
+    let mut steps = Steps::new(scenario);
+    let clients = args.clients;
+
+    let cache = Cache::new([]);
+    let probe = Arc::new(Probe { batches: Mutex::new(Vec::new()) });
+    let tracker = Arc::new(Tracker::new(clients));
+    let (marker_tx, markers) = crossbeam_channel::unbounded();
+    let engine = Engine::start(sink(cache.clone(), probe.clone(), tracker.clone(), marker_tx));
+
+    // Initial sync.
+    let objects = world.objects();
+    let mut live: BTreeMap<ObjectKey, Object> = objects.iter().map(|o| (o.key(), o.clone())).collect();
+    let dir = match args.source {
+        SourceKind::Engine => None,
+        SourceKind::Dir => {
+            let dir = TempDir::new(scenario.name())?;
+            world.export(dir.path())?;
+            Some(dir)
+        }
+    };
+    let started = Instant::now();
+    let _watch = match &dir {
+        None => {
+            engine.send(Command::Events(objects.into_iter().map(InputEvent::apply).collect()));
+            None
+        }
+        Some(dir) => {
+            drop(objects);
+            Some(crate::source::file::spawn(dir.path().to_path_buf(), engine.sender())?)
+        }
+    };
+    engine.send(Command::Synced(format!("{STEP_MARKER}0")));
+    let first = markers.recv_timeout(Duration::from_secs(1800))?;
+    let initial_batch_at = probe.batches.lock().unwrap_or_else(|e| e.into_inner())[first.batch as usize].at;
+    let mut inc = Incremental {
+        initial_sync_ms: (initial_batch_at - started).as_secs_f64() * 1000.0,
+        initial_resources: cache.snapshot().len(),
+        ..Default::default()
+    };
+
+    // The xDS server and the clients.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("meshflow-xds")
+        .enable_all()
+        .build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut client_tasks = Vec::new();
+    if clients > 0 {
+        let addr = free_port()?;
+        let mut server_stop = stop_rx.clone();
+        server_rt.spawn(crate::xds::serve(cache.clone(), None, addr, async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        }));
+        let connected = Instant::now();
+        for i in 0..clients {
+            let (tracker, stop) = (tracker.clone(), stop_rx.clone());
+            let endpoint = format!("http://{addr}");
+            client_tasks.push(client_rt.spawn(async move {
+                // The server may take a moment to bind.
+                let mut tries = 0;
+                loop {
+                    match clients::run_client(i, endpoint.clone(), tracker.clone(), stop.clone()).await {
+                        Err(e) if tries < 50 && e.to_string().contains("transport") => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        other => return other,
+                    }
+                }
+            }));
+        }
+        // Wait for every client to hold the initial configuration (or for them to stop
+        // receiving anything for a few seconds).
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        let mut progress = (u64::MAX, Instant::now());
+        loop {
+            let responses = tracker.responses.load(Ordering::Relaxed);
+            if responses != progress.0 {
+                progress = (responses, Instant::now());
+            }
+            let tracks = tracker.batches.lock().unwrap_or_else(|e| e.into_inner());
+            // The initial input may have come out in more than one batch.
+            let initial: Vec<_> = tracks.iter().filter(|(b, _)| **b <= first.batch).map(|(_, t)| t).collect();
+            let track = initial.iter().max_by_key(|t| t.expected).copied();
+            if !initial.is_empty() && initial.iter().all(|t| t.last.is_some()) {
+                let last = initial.iter().filter_map(|t| t.last).max().expect("non-empty");
+                inc.clients_initial_sync_ms = Some((last - connected).as_secs_f64() * 1000.0);
+                break;
+            }
+            if Instant::now() > deadline
+                || progress.1.elapsed() > Duration::from_secs(5)
+                || client_tasks.iter().all(|t| t.is_finished())
+            {
+                eprintln!(
+                    "warning: {} of {clients} clients received the whole initial configuration ({} resources; {:?} still to receive)",
+                    track.map(|t| t.done_clients).unwrap_or(0),
+                    track.map(|t| t.expected).unwrap_or(0),
+                    track.map(|t| t.remaining_counts()),
+                );
+                break;
+            }
+            drop(tracks);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    // The steps.
+    let cpu_before = sys::cpu_by_thread_name();
+    let process_before = sys::process_cpu_seconds();
+    let (pushed_before, bytes_before) =
+        (tracker.resources.load(Ordering::Relaxed), tracker.bytes.load(Ordering::Relaxed));
+    let pacer = Pacer { start: Instant::now(), rate: args.rate, end: Instant::now() + args.duration };
+    let mut sent: Vec<Instant> = Vec::new();
+    let mut n = 0u64;
+    let step_limit = args.max_steps.unwrap_or(u64::MAX);
+    while scenario != Scenario::InitialSync && n < step_limit {
+        let Some(due) = pacer.due(n) else { break };
+        let Some(Step { label, events }) = steps.next(&mut world) else { break };
+        *report.step_labels.entry(label.to_string()).or_default() += 1;
+        inc.input_objects += events.len() as u64;
+        apply_live(&mut live, &events);
+        sleep_until(due);
+        // An event is due when scheduled, or when the generator had it ready if later.
+        let at = due.max(Instant::now());
+        match &dir {
+            None => {
+                sent.push(at);
+                engine.send(Command::Events(events));
+                engine.send(Command::Synced(format!("{STEP_MARKER}{}", n + 1)));
+            }
+            Some(dir) => {
+                let at = Instant::now();
+                write_step_files(&world, dir.path(), &events)?;
+                sent.push(at);
+            }
+        }
+        n += 1;
+        if n.is_multiple_of(1000) {
+            eprint!("\r  {}: {n} events, {:.1} s   ", scenario.name(), pacer.start.elapsed().as_secs_f64());
+        }
+    }
+    let steps_wall = pacer.start.elapsed();
+    inc.events = n;
+    inc.wall_s = steps_wall.as_secs_f64();
+    inc.events_per_s = if inc.wall_s > 0.0 { n as f64 / inc.wall_s } else { 0.0 };
+
+    // Every step's output batch.
+    let mut step_batch: Vec<Option<u64>> = vec![None; n as usize];
+    match &dir {
+        None => {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            let mut got = 0;
+            while got < n {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Ok(m) = markers.recv_timeout(left) else { break };
+                if m.step >= 1 && m.step <= n {
+                    step_batch[(m.step - 1) as usize] = Some(m.batch);
+                    got += 1;
+                }
+            }
+        }
+        Some(_) => {
+            // The directory source sends no markers: a step's batch is the first batch after
+            // it was written that changed something (steps are paced apart).
+            settle(&probe, Duration::from_millis(500), Duration::from_secs(60));
+            let batches = probe.batches.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for (i, at) in sent.iter().enumerate() {
+                step_batch[i] = batches
+                    .iter()
+                    .enumerate()
+                    .skip(first.batch as usize + 1)
+                    .find(|(_, b)| b.at >= *at && b.changes > 0)
+                    .map(|(k, _)| k as u64);
+            }
+        }
+    }
+    // Let the clients catch up with the last batch.
+    if clients > 0 {
+        wait_clients(&tracker, &probe, Duration::from_secs(120));
+    }
+    let cpu_after = sys::cpu_by_thread_name();
+    inc.cpu = Cpu {
+        engine_s: sys::cpu_delta(&cpu_before, &cpu_after, "meshflow-engine"),
+        xds_s: sys::cpu_delta(&cpu_before, &cpu_after, "meshflow-xds"),
+        clients_s: sys::cpu_delta(&cpu_before, &cpu_after, "bench-client"),
+        process_s: sys::process_cpu_seconds() - process_before,
+    };
+    inc.engine_cpu_us_per_event = if n > 0 { inc.cpu.engine_s * 1e6 / n as f64 } else { 0.0 };
+    inc.resources_pushed = tracker.resources.load(Ordering::Relaxed) - pushed_before;
+    inc.bytes_pushed = tracker.bytes.load(Ordering::Relaxed) - bytes_before;
+
+    // Latencies.
+    let batches = probe.batches.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let tracks = tracker.batches.lock().unwrap_or_else(|e| e.into_inner());
+    let mut used_batches = HashSet::new();
+    for (i, at) in sent.iter().enumerate() {
+        let t = (*at - pacer.start).as_secs_f64();
+        let Some(b) = step_batch[i] else { continue };
+        used_batches.insert(b);
+        let batch = batches[b as usize];
+        report.batch_samples.push(t, micros(batch.at.saturating_duration_since(*at)));
+        let track = tracks.get(&b);
+        match track.and_then(|t| t.first) {
+            Some(first) => report.frame_samples.push(t, micros(first.saturating_duration_since(*at))),
+            None => inc.steps_without_frames += 1,
+        }
+        if let Some(last) = track.and_then(|t| t.last) {
+            report.last_samples.push(t, micros(last.saturating_duration_since(*at)));
+        }
+    }
+    drop(tracks);
+    inc.batches = used_batches.len() as u64;
+    inc.resources_changed = used_batches.iter().map(|b| batches[*b as usize].changes as u64).sum();
+    if scenario == Scenario::InitialSync {
+        report.batch_samples.push(0.0, micros(initial_batch_at - started));
+        inc.resources_changed = batches[first.batch as usize].changes as u64;
+    }
+    inc.output_batch_ms = report.batch_samples.summary();
+    inc.first_frame_ms = report.frame_samples.summary();
+    inc.last_client_ms = report.last_samples.summary();
+    let per = |v: u64, d: u64| if d > 0 { v as f64 / d as f64 } else { 0.0 };
+    inc.per_event = PerEvent { resources: per(inc.resources_pushed, n), bytes: per(inc.bytes_pushed, n) };
+    inc.per_client =
+        PerEvent { resources: per(inc.resources_pushed, clients as u64), bytes: per(inc.bytes_pushed, clients as u64) };
+
+    // Verify: the cache against the reference translation of the same input.
+    if args.verify {
+        let served = cache.snapshot();
+        let input: Vec<Object> = match &_watch {
+            None => live.values().cloned().collect(),
+            // The directory source's view: what the files hold now.
+            Some(_) => {
+                let mut d = crate::source::file::ConfigDir::new(dir.as_ref().expect("dir source").path());
+                d.scan_all();
+                d.objects()
+            }
+        };
+        let verifier = crate::verify::Verifier::default();
+        let outcome = verifier.verify(&input, &served);
+        inc.verify = Verify {
+            resources: outcome.resources,
+            mismatches: outcome.mismatches.len(),
+            examples: outcome.mismatches.iter().take(10).map(|m| m.to_string()).collect(),
+            seconds: outcome.seconds,
+        };
+    }
+
+    let _ = stop_tx.send(true);
+    for task in client_tasks {
+        match client_rt.block_on(task) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("bench client: {e:#}"),
+            Err(e) => tracing::warn!("bench client task: {e}"),
+        }
+    }
+    inc.per_client.resources = per(inc.resources_pushed, clients as u64);
+    client_rt.shutdown_timeout(Duration::from_secs(2));
+    server_rt.shutdown_timeout(Duration::from_secs(2));
+    drop(engine);
+    report.incremental = Some(inc);
+    Ok(())
+}
+
+/// Waits until no batch arrived for `quiet` (at most `max`).
+fn settle(probe: &Probe, quiet: Duration, max: Duration) {
+    let deadline = Instant::now() + max;
+    loop {
+        let last = probe.batches.lock().unwrap_or_else(|e| e.into_inner()).last().map(|b| b.at);
+        let idle = last.map(|l| l.elapsed()).unwrap_or(quiet);
+        if idle >= quiet || Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(quiet - idle.min(quiet) + Duration::from_millis(1));
+    }
+}
+
+/// Waits until every client received every batch that is still the latest for all its
+/// resources, or until no client makes progress for a second.
+fn wait_clients(tracker: &Tracker, probe: &Probe, max: Duration) {
+    let deadline = Instant::now() + max;
+    let mut last_progress = (tracker.responses.load(Ordering::Relaxed), Instant::now());
+    loop {
+        let total = probe.batches.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+        let pending = {
+            let tracks = tracker.batches.lock().unwrap_or_else(|e| e.into_inner());
+            tracks.iter().filter(|(b, t)| **b + 1 >= total.saturating_sub(1) && t.last.is_none()).count()
+        };
+        let responses = tracker.responses.load(Ordering::Relaxed);
+        if responses != last_progress.0 {
+            last_progress = (responses, Instant::now());
+        }
+        if pending == 0 || Instant::now() > deadline || last_progress.1.elapsed() > Duration::from_secs(1) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sizes of every resource by type, and the set of types that differ between two translations.
+fn changed_types(before: &reference::Resources, after: &reference::Resources) -> HashSet<ResourceType> {
+    let mut types = HashSet::new();
+    for (k, v) in after {
+        if before.get(k) != Some(v) {
+            types.insert(k.1);
+        }
+    }
+    for k in before.keys() {
+        if !after.contains_key(k) {
+            types.insert(k.1);
+        }
+    }
+    types
+}
+
+/// The baseline: the same steps, every batch recomputed from scratch by the reference
+/// translator, pushed as a state-of-the-world server would. Steps are gathered istiod-style:
+/// a batch starts when `debounce` passed without a new step (or 10 s after the first).
+pub fn full(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioReport) -> anyhow::Result<()> {
+    let preset = args.preset()?;
+    let mut world = World::new(preset, args.seed);
+    let mut steps = Steps::new(scenario);
+    let clients = args.clients.max(1) as u64;
+    let mut live: BTreeMap<ObjectKey, Object> = world.objects().into_iter().map(|o| (o.key(), o)).collect();
+    let cpu0 = sys::thread_cpu_seconds();
+    let started = Instant::now();
+    let mut current = reference::translate_all(live.values());
+    let mut f = Full {
+        debounce_ms: args.debounce.as_secs_f64() * 1000.0,
+        initial_sync_ms: started.elapsed().as_secs_f64() * 1000.0,
+        ..Default::default()
+    };
+    let initial_cpu = sys::thread_cpu_seconds() - cpu0;
+    if scenario == Scenario::InitialSync {
+        f.cpu_s = initial_cpu;
+        report.full_samples.push(0.0, micros(started.elapsed()));
+        f.latency_ms = report.full_samples.summary();
+        report.full = Some(f);
+        return Ok(());
+    }
+    const DEBOUNCE_MAX: Duration = Duration::from_secs(10);
+    let pacer = Pacer { start: Instant::now(), rate: args.rate, end: Instant::now() + args.duration };
+    // Past this the baseline stops (it has fallen behind); what is left is reported.
+    let budget_end = pacer.end + args.duration.max(Duration::from_secs(5)) * 2;
+    let step_limit = args.max_steps.unwrap_or(u64::MAX);
+    let mut n = 0u64;
+    let mut exhausted = false;
+    let mut batch: Vec<Instant> = Vec::new();
+    let mut scheduled = 0u64;
+    loop {
+        let now = Instant::now();
+        // Take every step that is due.
+        while !exhausted && n < step_limit {
+            let Some(due) = pacer.due(n) else {
+                exhausted = true;
+                break;
+            };
+            if due > now {
+                break;
+            }
+            let Some(step) = steps.next(&mut world) else {
+                exhausted = true;
+                break;
+            };
+            apply_live(&mut live, &step.events);
+            batch.push(due);
+            n += 1;
+            scheduled += 1;
+        }
+        if n >= step_limit {
+            exhausted = true;
+        }
+        let now = Instant::now();
+        let quiet_until = batch.last().map(|l| *l + args.debounce);
+        let ready = !batch.is_empty()
+            && (quiet_until.is_some_and(|q| now >= q)
+                || now >= batch[0] + DEBOUNCE_MAX
+                || (exhausted && args.debounce.is_zero()));
+        if ready || (exhausted && !batch.is_empty() && quiet_until.is_some_and(|q| now >= q)) {
+            let c0 = sys::thread_cpu_seconds();
+            let next = reference::translate_all(live.values());
+            let types = changed_types(&current, &next);
+            for ty in &types {
+                let (count, bytes) = next
+                    .iter()
+                    .filter(|(k, _)| k.1 == *ty)
+                    .fold((0u64, 0u64), |(c, b), (_, v)| (c + 1, b + v.len() as u64));
+                f.resources_pushed += count * clients;
+                f.bytes_pushed += bytes * clients;
+            }
+            current = next;
+            f.cpu_s += sys::thread_cpu_seconds() - c0;
+            let done = Instant::now();
+            for at in batch.drain(..) {
+                report.full_samples.push((at - pacer.start).as_secs_f64(), micros(done - at));
+                f.events += 1;
+            }
+            f.batches += 1;
+            continue;
+        }
+        if exhausted && batch.is_empty() {
+            break;
+        }
+        if Instant::now() > budget_end {
+            break;
+        }
+        // Sleep until the next step is due or the batch is quiet.
+        let mut wake = quiet_until.unwrap_or(now + Duration::from_millis(50));
+        if !exhausted && let Some(due) = pacer.due(n) {
+            wake = wake.min(due);
+        }
+        sleep_until(wake.min(now + Duration::from_millis(50)));
+    }
+    f.events_unprocessed = scheduled - f.events;
+    f.latency_ms = report.full_samples.summary();
+    f.cpu_us_per_event = if f.events > 0 { f.cpu_s * 1e6 / f.events as f64 } else { 0.0 };
+    let per = |v: u64, d: u64| if d > 0 { v as f64 / d as f64 } else { 0.0 };
+    f.per_event = PerEvent { resources: per(f.resources_pushed, f.events), bytes: per(f.bytes_pushed, f.events) };
+    report.full = Some(f);
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! Proof in production that the incremental output equals the from-scratch answer: the
+//! reference translator run on the engine's current input, compared resource by resource with
+//! what the cache serves.
+//!
+//! [`InputTap`] sits between the sources and the engine: it keeps the current input objects
+//! and, to verify, takes a copy of them and sends a marker through the engine behind every
+//! change already sent; when the marker comes out of the engine's sink, the cache holds exactly
+//! the output of that input, and [`Verifier`] compares the two.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::cache::{Cache, Resource, content_version};
+use crate::engine::{Command, EngineOutput};
+use crate::model::{Object, ObjectKey};
+use crate::translate::{ResourceType, Scope, reference};
+
+/// Prefix of the engine `Synced` markers that verification sends through the engine.
+pub const MARKER_PREFIX: &str = "meshflow-verify:";
+
+/// One resource where the cache and the reference disagree.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Mismatch {
+    pub ty: String,
+    pub name: String,
+    /// `missing`: the reference has it, the cache does not; `unexpected`: the other way;
+    /// `differs`: both have it with different bytes (versions given).
+    pub what: String,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.ty, self.name, self.what)
+    }
+}
+
+/// Compares what the cache serves with the reference translation of the same input.
+pub fn compare(
+    expected: &reference::Resources,
+    served: &BTreeMap<(Scope, ResourceType, String), Arc<Resource>>,
+) -> Vec<Mismatch> {
+    let mut out = Vec::new();
+    // Resources of one proxy class are named with the class after `@`.
+    let m = |scope: &Scope, ty: &ResourceType, name: &str, what: String| Mismatch {
+        ty: ty.short().into(),
+        name: match scope {
+            Scope::Class(class) => format!("{name} @{class}"),
+            _ => name.into(),
+        },
+        what,
+    };
+    for (key, body) in expected {
+        let (scope, ty, name) = key;
+        match served.get(key) {
+            None => out.push(m(scope, ty, name, "missing".into())),
+            Some(r) if r.body[..] != body[..] => out.push(m(
+                scope,
+                ty,
+                name,
+                format!("differs: served version {}, reference version {}", r.version, content_version(body)),
+            )),
+            Some(_) => {}
+        }
+    }
+    for key in served.keys() {
+        if !expected.contains_key(key) {
+            let (scope, ty, name) = key;
+            out.push(m(scope, ty, name, "unexpected".into()));
+        }
+    }
+    out
+}
+
+/// The result of one verification.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Outcome {
+    pub resources: usize,
+    pub mismatches: Vec<Mismatch>,
+    /// Time to translate from scratch and compare.
+    pub seconds: f64,
+    /// Seconds since the Unix epoch when it finished.
+    pub finished_at: u64,
+}
+
+/// Verification state shared with the admin server.
+#[derive(Default)]
+pub struct Verifier {
+    last: Mutex<Option<Outcome>>,
+    runs: AtomicU64,
+    mismatches: AtomicU64,
+}
+
+impl Verifier {
+    pub fn last(&self) -> Option<Outcome> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Mismatches found by the last verification (the `meshflow_verify_mismatches` gauge).
+    pub fn mismatches(&self) -> u64 {
+        self.mismatches.load(Ordering::Relaxed)
+    }
+
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
+    /// Translates `input` from scratch and compares with `served`; records and logs the result.
+    pub fn verify(&self, input: &[Object], served: &BTreeMap<(Scope, ResourceType, String), Arc<Resource>>) -> Outcome {
+        let started = Instant::now();
+        let expected = reference::translate_all(input);
+        let mismatches = compare(&expected, served);
+        let outcome = Outcome {
+            resources: expected.len(),
+            mismatches,
+            seconds: started.elapsed().as_secs_f64(),
+            finished_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        if outcome.mismatches.is_empty() {
+            tracing::info!(
+                resources = outcome.resources,
+                seconds = outcome.seconds,
+                "verify: served configuration equals the reference translation"
+            );
+        } else {
+            for m in outcome.mismatches.iter().take(20) {
+                tracing::error!(resource_type = %m.ty, name = %m.name, "verify mismatch: {}", m.what);
+            }
+            tracing::error!(
+                mismatches = outcome.mismatches.len(),
+                "verify: served configuration differs from the reference translation"
+            );
+        }
+        self.mismatches.store(outcome.mismatches.len() as u64, Ordering::Relaxed);
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome.clone());
+        outcome
+    }
+}
+
+/// A verification waiting for its marker to come out of the engine.
+struct PendingCheck {
+    input: Vec<Object>,
+}
+
+/// Between the sources and the engine: keeps the current input, and runs verifications.
+pub struct InputTap {
+    tx: Sender<Command>,
+    engine: Sender<Sender<Command>>,
+}
+
+impl InputTap {
+    /// Starts the tap. Returns the tap, whose [`sender`](Self::sender) the sources use, and
+    /// the sink to start the engine with (it wraps `cache`'s sink); then hand the engine's
+    /// sender to [`connect`](Self::connect). With `interval`, a verification runs that often.
+    pub fn start(
+        cache: Arc<Cache>,
+        verifier: Arc<Verifier>,
+        interval: Option<Duration>,
+    ) -> (InputTap, impl FnMut(EngineOutput) + Send + 'static) {
+        let (tx, rx) = crossbeam_channel::unbounded::<Command>();
+        let (engine_tx, engine_rx) = crossbeam_channel::bounded::<Sender<Command>>(1);
+        let pending: Arc<Mutex<HashMap<u64, PendingCheck>>> = Arc::default();
+        type Check = (Vec<Object>, BTreeMap<(Scope, ResourceType, String), Arc<Resource>>);
+        let (check_tx, check_rx) = crossbeam_channel::unbounded::<Check>();
+        let sink_pending = pending.clone();
+        let sink_cache = cache.clone();
+        let sink = move |output: EngineOutput| match output {
+            EngineOutput::Synced(name) if name.starts_with(MARKER_PREFIX) => {
+                let id = name[MARKER_PREFIX.len()..].parse::<u64>().unwrap_or(0);
+                if let Some(check) = sink_pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+                    // The cache now holds the output of exactly `check.input`.
+                    let _ = check_tx.send((check.input, sink_cache.snapshot()));
+                }
+            }
+            EngineOutput::Synced(source) => sink_cache.source_synced(&source),
+            EngineOutput::Delta(delta) => {
+                sink_cache.apply(&delta);
+            }
+        };
+        std::thread::Builder::new()
+            .name("meshflow-verify".into())
+            .spawn(move || {
+                while let Ok((input, served)) = check_rx.recv() {
+                    verifier.verify(&input, &served);
+                }
+            })
+            .expect("spawning the verify thread");
+        std::thread::Builder::new()
+            .name("meshflow-input".into())
+            .spawn(move || {
+                if let Ok(engine) = engine_rx.recv() {
+                    forward(rx, engine, pending, interval);
+                }
+            })
+            .expect("spawning the input tap thread");
+        (InputTap { tx, engine: engine_tx }, sink)
+    }
+
+    /// Connects the tap to the engine it feeds.
+    pub fn connect(&self, engine: Sender<Command>) {
+        let _ = self.engine.send(engine);
+    }
+
+    pub fn sender(&self) -> Sender<Command> {
+        self.tx.clone()
+    }
+
+    /// Asks for a verification now (after every change sent so far).
+    pub fn request(&self) {
+        let _ = self.tx.send(Command::Synced(format!("{MARKER_PREFIX}request")));
+    }
+}
+
+fn forward(
+    rx: Receiver<Command>,
+    engine: Sender<Command>,
+    pending: Arc<Mutex<HashMap<u64, PendingCheck>>>,
+    interval: Option<Duration>,
+) {
+    let mut current: BTreeMap<ObjectKey, Object> = BTreeMap::new();
+    let mut next_id = 0u64;
+    let mut next_due = interval.map(|i| Instant::now() + i);
+    loop {
+        let command = match next_due {
+            Some(due) => match rx.recv_deadline(due) {
+                Ok(c) => Some(c),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            },
+            None => match rx.recv() {
+                Ok(c) => Some(c),
+                Err(_) => return,
+            },
+        };
+        let verify_now = match command {
+            Some(Command::Events(events)) => {
+                for e in &events {
+                    match &e.object {
+                        Some(o) => current.insert(e.key.clone(), o.clone()),
+                        None => current.remove(&e.key),
+                    };
+                }
+                if engine.send(Command::Events(events)).is_err() {
+                    return;
+                }
+                false
+            }
+            Some(Command::Synced(name)) if name.starts_with(MARKER_PREFIX) => true,
+            Some(other) => {
+                if engine.send(other).is_err() {
+                    return;
+                }
+                false
+            }
+            None => true,
+        };
+        if verify_now {
+            if let (Some(due), Some(interval)) = (next_due, interval)
+                && Instant::now() >= due
+            {
+                next_due = Some(Instant::now() + interval);
+            }
+            next_id += 1;
+            let check = PendingCheck { input: current.values().cloned().collect() };
+            pending.lock().unwrap_or_else(|e| e.into_inner()).insert(next_id, check);
+            if engine.send(Command::Synced(format!("{MARKER_PREFIX}{next_id}"))).is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! `meshflow bench` end to end at `small`: every scenario for about a second, with delta ADS
+//! clients and the full-recompute baseline. Checks correctness, not speed: the report is
+//! complete and its counts add up, and at the end of every scenario the served configuration
+//! equals the reference translation of the same input.
+
+use std::time::Duration;
+
+use meshflow::bench::{BenchArgs, Mode, SourceKind, run};
+
+fn args(out: &std::path::Path) -> BenchArgs {
+    BenchArgs {
+        preset: "small".into(),
+        scenario: "all".into(),
+        duration: Duration::from_millis(800),
+        rate: 200.0,
+        clients: 2,
+        mode: Mode::Both,
+        debounce: Duration::from_millis(100),
+        source: SourceKind::Engine,
+        seed: 7,
+        out: out.to_path_buf(),
+        export: None,
+        max_steps: None,
+        verify: true,
+    }
+}
+
+#[test]
+fn every_scenario_at_small_reports_consistent_counts_and_ends_equal_to_the_reference() {
+    let out = tempfile::tempdir().unwrap();
+    let report = run(&args(out.path())).expect("bench run");
+    assert_eq!(report.scenarios.len(), 10, "every scenario ran");
+
+    // report.json carries the top-level fields.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
+    for field in ["events", "cpu_seconds", "latency_ms", "resources_pushed", "bytes_pushed", "peak_rss_bytes"] {
+        assert!(json.get(field).is_some(), "report.json lacks {field}");
+    }
+    for q in ["p50", "p90", "p99", "max"] {
+        assert!(json["latency_ms"][q].as_f64().is_some(), "latency_ms.{q}");
+    }
+    assert!(json["peak_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(json["cpu_seconds"].as_f64().unwrap() > 0.0);
+
+    let mut events = 0;
+    let mut pushed = 0;
+    for s in &report.scenarios {
+        let name = &s.scenario;
+        let inc = s.incremental.as_ref().unwrap_or_else(|| panic!("{name}: no incremental result"));
+        let full = s.full.as_ref().unwrap_or_else(|| panic!("{name}: no baseline"));
+        // The end state equals the from-scratch translation.
+        assert!(inc.verify.resources > 100, "{name}: verified {} resources", inc.verify.resources);
+        assert_eq!(inc.verify.mismatches, 0, "{name}: engine != reference: {:?}", inc.verify.examples);
+        assert!(inc.initial_resources > 100, "{name}");
+        assert!(inc.clients_initial_sync_ms.is_some(), "{name}: both clients received the initial configuration");
+        events += inc.events;
+        pushed += inc.resources_pushed;
+        if name == "initial-sync" {
+            assert_eq!(inc.events, 0);
+            assert_eq!(inc.output_batch_ms.count, 1);
+            continue;
+        }
+        assert!(inc.events > 0, "{name}: no steps");
+        assert_eq!(s.step_labels.values().sum::<u64>(), inc.events, "{name}: step labels add up to the events");
+        // Every step got its output batch, and every step either reached a client or is counted
+        // as not having done so.
+        assert_eq!(inc.output_batch_ms.count, inc.events, "{name}: a batch for every step");
+        assert_eq!(
+            inc.first_frame_ms.count + inc.steps_without_frames,
+            inc.events,
+            "{name}: steps with and without xDS frames add up"
+        );
+        assert!(inc.last_client_ms.count <= inc.first_frame_ms.count, "{name}");
+        assert!(inc.batches >= 1 && inc.batches <= inc.events, "{name}: {} batches", inc.batches);
+        let l = &inc.output_batch_ms;
+        assert!(l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.max, "{name}: percentiles ordered: {l:?}");
+        // First frame after the batch it carries, last client after the first.
+        if inc.first_frame_ms.count > 0 {
+            assert!(inc.first_frame_ms.max >= inc.first_frame_ms.p50);
+        }
+        let per_event = inc.resources_pushed as f64 / inc.events as f64;
+        assert!((inc.per_event.resources - per_event).abs() < 1e-9, "{name}: per-event resources");
+        // The baseline was given the same steps (it may fall behind and leave some).
+        assert_eq!(full.events + full.events_unprocessed, inc.events, "{name}: baseline got the same steps");
+        assert!(full.events > 0, "{name}: baseline processed nothing");
+        assert_eq!(full.latency_ms.count, full.events, "{name}");
+        assert!(full.batches >= 1 && full.batches <= full.events, "{name}");
+        // Plots written.
+        for plot in ["latency-over-time", "latency-cdf"] {
+            let svg = std::fs::read_to_string(out.path().join(format!("{name}-{plot}.svg"))).unwrap();
+            assert!(svg.starts_with("<svg") && svg.contains("circle") | svg.contains("polyline"), "{name}-{plot}");
+        }
+    }
+    assert_eq!(report.events, events, "top-level events is the sum over scenarios");
+    assert_eq!(report.resources_pushed, pushed);
+}
+
+#[test]
+fn the_pod_churn_baseline_pushes_more_than_meshflow_per_event() {
+    let out = tempfile::tempdir().unwrap();
+    let mut a = args(out.path());
+    a.scenario = "pod-churn".into();
+    a.debounce = Duration::ZERO;
+    let report = run(&a).expect("bench run");
+    let s = &report.scenarios[0];
+    let (inc, full) = (s.incremental.as_ref().unwrap(), s.full.as_ref().unwrap());
+    // One pod changes one service's endpoints: delta xDS sends its assignments only, a
+    // state-of-the-world server every assignment to every client.
+    assert!(inc.per_event.resources > 0.0, "{inc:?}");
+    assert!(inc.per_event.resources * 10.0 < full.per_event.resources, "{inc:?}\n{full:?}");
+    assert!(full.per_event.resources >= 100.0 * a.clients as f64, "{full:?}");
+    assert!(s.ratio.bytes_per_event.unwrap() > 10.0, "{:?}", s.ratio);
+}
