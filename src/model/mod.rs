@@ -206,6 +206,36 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// Decodes base64 (padding optional): the standard alphabet, and with `url_safe` also the
+/// URL-safe one (`-`, `_`), as protobuf JSON reads `bytes`. None for anything else.
+pub(crate) fn decode_base64(s: &str, url_safe: bool) -> Option<Vec<u8>> {
+    let digit = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'-' if url_safe => 62,
+            b'_' if url_safe => 63,
+            _ => return None,
+        } as u32)
+    };
+    let data = s.trim_end_matches('=').as_bytes();
+    if data.len() % 4 == 1 || s.len() - data.len() > 2 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(data.len() * 3 / 4);
+    for chunk in data.chunks(4) {
+        let mut acc = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= digit(*c)? << (18 - 6 * i);
+        }
+        out.extend_from_slice(&acc.to_be_bytes()[1..chunk.len()]);
+    }
+    Some(out)
+}
+
 /// A 64-bit float with a total order, so specs that carry a double (fault percentages,
 /// mirror percentages) can live in dataflow collections, which need `Ord + Hash`.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]

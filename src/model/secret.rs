@@ -66,32 +66,11 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Decodes base64 as the apiserver writes `data` (standard alphabet, padded; unpadded accepted).
+/// Decodes base64 as the apiserver writes `data` (standard alphabet, padded; unpadded and
+/// line breaks accepted).
 fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let digit = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
     let s: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    let data = s.trim_end_matches('=').as_bytes();
-    if data.len() % 4 == 1 || s.len() - data.len() > 2 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(data.len() * 3 / 4);
-    for chunk in data.chunks(4) {
-        let mut acc = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            acc |= digit(*c)? << (18 - 6 * i);
-        }
-        out.extend_from_slice(&acc.to_be_bytes()[1..chunk.len()]);
-    }
-    Some(out)
+    super::decode_base64(&s, false)
 }
 
 /// A Secret from its manifest (`type`, `data` in base64, `stringData`). Errors name the field

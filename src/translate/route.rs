@@ -805,30 +805,7 @@ fn translate_direct_response(direct: &HttpDirectResponse) -> envoy_route::Direct
 
 /// Decodes base64 as protobuf JSON reads `bytes`: standard or URL-safe alphabet, padding optional.
 fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let digit = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let data = s.trim_end_matches('=').as_bytes();
-    if data.len() % 4 == 1 || s.len() - data.len() > 2 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(data.len() * 3 / 4);
-    for chunk in data.chunks(4) {
-        let mut acc = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            acc |= digit(*c)? << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
+    crate::model::decode_base64(s, true)
 }
 
 fn million(p: &Percent) -> FractionalPercent {
