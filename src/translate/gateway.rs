@@ -493,10 +493,12 @@ pub fn gateway_resources(
     for m in &merged.ports {
         let chains = chains_by_port.entry(m.port).or_default();
         if proto(&m.protocol) == Proto::Http {
+            // istiod (`MutableGatewayListener.build`): a chain without a stat prefix of its own
+            // gets `<traffic direction>_<listener name>`, `outbound_0.0.0.0_<port>`.
             chains.push(Chain {
                 sni: Vec::new(),
                 tls: None,
-                filter: http_manager(&super::listener_name(m.port), &m.route_name),
+                filter: http_manager(&format!("outbound_{}", super::listener_name(m.port)), &m.route_name),
             });
             continue;
         }
@@ -1273,6 +1275,7 @@ mod tests {
         assert_eq!(l.filter_chains.len(), 1, "one HTTP chain for every HTTP server of the port");
         assert!(l.filter_chains[0].filter_chain_match.is_none() && l.filter_chains[0].transport_socket.is_none());
         assert!(l.listener_filters.is_empty(), "no TLS inspector without SNI");
+        assert_eq!(manager(&l.filter_chains[0]).stat_prefix, "outbound_0.0.0.0_80", "istiod's default stat prefix");
         assert_eq!(rds(&l.filter_chains[0]), "http.80");
         let m = manager(&l.filter_chains[0]);
         assert_eq!(m.use_remote_address, Some(BoolValue { value: true }), "a gateway is the edge");
