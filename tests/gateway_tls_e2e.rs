@@ -467,6 +467,8 @@ fn https_simple_serves_the_credential_secret_and_a_rotation_reaches_envoy_withou
     let resp = r.response.as_ref().unwrap();
     assert_eq!(resp.header("x-backend"), Some("v1"));
     assert_eq!(resp.header("x-echo-path"), Some("/reviews/1"));
+    // istiod's gateways overwrite the `server` header with `istio-envoy`.
+    assert_eq!(resp.header("server"), Some("istio-envoy"));
     // A name the server's SNI chain does not cover: no chain, no certificate.
     let other = tls_get(gw, "other.example.com", &cafile, "/reviews/1", None);
     assert!(other.error.is_some() && other.response.is_none(), "{other:?}");

@@ -47,6 +47,8 @@ pub const SDS_CA_SUFFIX: &str = "-cacert";
 const ALPN_HTTP: [&str; 2] = ["h2", "http/1.1"];
 /// istiod's `DefaultMaxDirectResponseBodySizeBytes`.
 const MAX_DIRECT_RESPONSE_BODY: u32 = 1024 * 1024;
+/// The `server` header a gateway writes (istiod's `EnvoyServerName`).
+const GATEWAY_SERVER_NAME: &str = "istio-envoy";
 const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
 const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 
@@ -885,6 +887,9 @@ fn http_manager(stat_prefix: &str, route_name: &str) -> listener::Filter {
             filter("envoy.filters.http.router", pack_any(Router::default())),
         ],
         use_remote_address: Some(BoolValue { value: true }),
+        // istiod's `GetProxyHeadersFromProxyConfig` for the gateway class: `istio-envoy`, with
+        // the default OVERWRITE transformation (only sidecar outbound keeps Envoy's `envoy`).
+        server_name: GATEWAY_SERVER_NAME.to_string(),
         forward_client_cert_details: h::ForwardClientCertDetails::SanitizeSet as i32,
         set_current_client_cert_details: Some(h::SetCurrentClientCertDetails {
             subject: Some(BoolValue { value: true }),
@@ -1276,6 +1281,7 @@ mod tests {
         assert!(l.filter_chains[0].filter_chain_match.is_none() && l.filter_chains[0].transport_socket.is_none());
         assert!(l.listener_filters.is_empty(), "no TLS inspector without SNI");
         assert_eq!(manager(&l.filter_chains[0]).stat_prefix, "outbound_0.0.0.0_80", "istiod's default stat prefix");
+        assert_eq!(manager(&l.filter_chains[0]).server_name, "istio-envoy", "istiod's gateway server header");
         assert_eq!(rds(&l.filter_chains[0]), "http.80");
         let m = manager(&l.filter_chains[0]);
         assert_eq!(m.use_remote_address, Some(BoolValue { value: true }), "a gateway is the edge");
@@ -1409,6 +1415,7 @@ mod tests {
         assert_eq!(chain.filter_chain_match.as_ref().unwrap().server_names, ["a.example.com", "b.example.com"]);
         assert_eq!(rds(chain), route_name);
         assert_eq!(manager(chain).stat_prefix, "bookinfo-server", "istiod uses the server name");
+        assert_eq!(manager(chain).server_name, "istio-envoy");
         let ctx = downstream(chain);
         assert_eq!(ctx.require_client_certificate, Some(BoolValue { value: false }));
         let common = ctx.common_tls_context.unwrap();
