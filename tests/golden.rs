@@ -9,6 +9,9 @@
 //! `MESHFLOW_REGENERATE_GOLDEN=1 cargo test --test golden` rewrites them, and the diff is
 //! reviewed like code.
 //!
+//! A case may add `proxies.yaml`: the classes of connected proxies (see [`proxy_classes`]), for
+//! output that exists per class (a gateway's listeners, route configs and Secrets).
+//!
 //! The translation is the engine's (the dataflow, fed the case's objects), which the
 //! incremental test holds equal to the reference translator.
 
@@ -19,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshflow::engine::{Command, Engine, EngineOutput};
-use meshflow::model::InputEvent;
+use meshflow::model::k8s::Labels;
+use meshflow::model::proxy::{ProxyClass, ProxyKind};
+use meshflow::model::{InputEvent, Object};
 use meshflow::source::file::load_file;
 use meshflow::translate::{ResourceType, Scope};
 use serde_json::Value;
@@ -41,13 +46,15 @@ fn translate(input: &Path) -> BTreeMap<String, Value> {
     let text = std::fs::read_to_string(input).unwrap_or_else(|e| panic!("read {}: {e}", input.display()));
     let (objects, errors) = load_file(input, &text);
     assert!(errors.is_empty(), "{}: {errors:?}", input.display());
+    let mut events: Vec<InputEvent> = objects.into_values().map(InputEvent::apply).collect();
+    events.extend(proxy_classes(&input.with_file_name("proxies.yaml")).into_iter().map(InputEvent::apply));
     let (tx, rx) = crossbeam_channel::unbounded();
     let engine = Engine::start(move |o| {
         if let EngineOutput::Delta(d) = o {
             let _ = tx.send(d);
         }
     });
-    engine.send(Command::Events(objects.into_values().map(InputEvent::apply).collect()));
+    engine.send(Command::Events(events));
     let delta = rx.recv_timeout(Duration::from_secs(60)).expect("the engine answers");
     delta
         .changes
@@ -61,6 +68,33 @@ fn translate(input: &Path) -> BTreeMap<String, Value> {
                 Scope::Class(class) => format!("{} {} @{class}", c.ty.short(), c.name),
             };
             (key, support::json::to_json(full_name(c.ty), &body))
+        })
+        .collect()
+}
+
+/// The connected proxies of a case, from its optional `proxies.yaml`: a list of
+/// `{kind: sidecar|router, namespace: NS, labels: {k: v}}`, each the class of a proxy that
+/// gave those labels in its node metadata (class-scoped output exists only for classes of
+/// connected proxies).
+fn proxy_classes(path: &Path) -> Vec<Object> {
+    #[derive(serde::Deserialize)]
+    struct Proxy {
+        kind: String,
+        namespace: String,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+    }
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let proxies: Vec<Proxy> = serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    proxies
+        .into_iter()
+        .map(|p| {
+            let kind = match p.kind.as_str() {
+                "sidecar" => ProxyKind::Sidecar,
+                "router" => ProxyKind::Router,
+                other => panic!("{}: kind {other:?} is neither sidecar nor router", path.display()),
+            };
+            Object::ProxyClass(ProxyClass::of_proxy(kind, &p.namespace, "", Some(Labels::from(p.labels))))
         })
         .collect()
 }
