@@ -99,8 +99,13 @@ fn base64(bytes: &[u8]) -> String {
 
 /// A `kubernetes.io/tls` Secret with base64 `data`.
 fn tls_secret_yaml(namespace: &str, name: &str, data: &[(&str, &str)]) -> String {
+    secret_yaml("kubernetes.io/tls", namespace, name, data)
+}
+
+/// A Secret of `type` with base64 `data`.
+fn secret_yaml(r#type: &str, namespace: &str, name: &str, data: &[(&str, &str)]) -> String {
     let mut yaml = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\ntype: kubernetes.io/tls\ndata:\n"
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\ntype: {type}\ndata:\n"
     );
     for (k, v) in data {
         yaml.push_str(&format!("  {k}: {}\n", base64(v.as_bytes())));
@@ -543,6 +548,23 @@ fn mutual_tls_requires_a_client_certificate_signed_by_the_secrets_ca() {
     let refused = tls_get(gw, HOST, &cafile, "/reviews/1", Some((&s_crt, &s_key)));
     assert!(refused.status().is_none() && refused.error.is_some(), "{refused:?}");
     assert_eq!(setup.backend.hits(), hits, "no request without an accepted client certificate reached the backend");
+
+    // A Secret `<name>-cacert` takes precedence over `ca.crt` of the Secret itself (istiod's
+    // `GetCaCert`): once it exists, clients of its CA get in and those of the old one do not,
+    // without a restart.
+    let (n_crt, n_key) = stranger.issue("meshflow new client", 0x7777, false);
+    let (n_crt, n_key) = (setup.write_pem("n.pem", &n_crt), setup.write_pem("n-key.pem", &n_key));
+    replace_file(
+        &setup.config.path().join("cacert.yaml"),
+        &secret_yaml("Opaque", "istio-system", "bookinfo-mtls-cacert", &[("ca.crt", &stranger.pem)]),
+    );
+    let r = eventually("the -cacert Secret's CA in force", CONVERGE, || {
+        Some(tls_get(gw, HOST, &cafile, "/reviews/3", Some((&n_crt, &n_key)))).filter(|r| r.status() == Some(200))
+    });
+    let xfcc = r.response.as_ref().unwrap().header("x-echo-h-x-forwarded-client-cert").unwrap_or_default().to_string();
+    assert!(xfcc.contains("Subject=\"CN=meshflow new client\""), "{xfcc:?}");
+    let old = tls_get(gw, HOST, &cafile, "/reviews/1", Some((&client_crt, &client_key)));
+    assert!(old.status().is_none() && old.error.is_some(), "{old:?}");
 }
 
 #[test]
