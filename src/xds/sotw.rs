@@ -229,8 +229,10 @@ impl SotwStream {
         if st.nacked.as_ref() == Some(&version) || (!force && st.version.as_ref() == Some(&version)) {
             return None;
         }
-        if resources.is_empty() && !ty.is_wildcard_type() && st.sent.is_empty() && st.version.is_none() {
-            // Nothing of a by-name type exists yet, and the client holds nothing: nothing to say.
+        if resources.is_empty() && !st.wildcard && st.sent.is_empty() && st.version.is_none() {
+            // Nothing the client named exists yet, and it holds nothing: nothing to say (an empty
+            // LDS or CDS set would tell it the names it asked for do not exist, and gRPC fails
+            // its channel on that, while a proxyless client's resources are being computed).
             return None;
         }
         let adds = sent.iter().any(|(n, v)| st.sent.get(n) != Some(v)) || (force && !sent.is_empty());
@@ -450,6 +452,18 @@ mod tests {
         r.version_info = "something-else".into();
         let (_, out) = SotwStream::new("n".into(), None, View::sidecar()).on_request(&r, &cache).unwrap();
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn a_name_that_does_not_exist_yet_gets_no_empty_answer_and_its_arrival_is_pushed() {
+        let cache = ready(&[(ResourceType::Listener, "other", Some(b"o"))]);
+        let mut s = SotwStream::new("n".into(), None, View::sidecar());
+        let (_, out) =
+            s.on_request(&req(ResourceType::Listener, &["a.default.svc.cluster.local:80"], ""), &cache).unwrap();
+        assert!(out.is_empty(), "{out:?}");
+        put(&cache, &[(ResourceType::Listener, "a.default.svc.cluster.local:80", Some(b"api"))]);
+        let out = s.on_cache_change(&cache);
+        assert_eq!(bodies(&out[0]), [b"api"]);
     }
 
     #[test]
