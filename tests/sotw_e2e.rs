@@ -276,8 +276,8 @@ impl GrpcBackend {
             .spawn()
             .expect("spawn python gRPC server");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).ok()?;
-        if line.trim() == "ready" {
+        let read = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+        if read.is_ok() && line.trim() == "ready" {
             Some(GrpcBackend(child))
         } else {
             let _ = child.kill();
