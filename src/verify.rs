@@ -49,6 +49,7 @@ pub fn compare(
         ty: ty.short().into(),
         name: match scope {
             Scope::Class(class) => format!("{name} @{class}"),
+            Scope::Proxyless => format!("{name} @proxyless"),
             _ => name.into(),
         },
         what,

@@ -66,6 +66,7 @@ fn translate(input: &Path) -> BTreeMap<String, Value> {
             let key = match &c.scope {
                 Scope::All | Scope::Sidecars => format!("{} {}", c.ty.short(), c.name),
                 Scope::Class(class) => format!("{} {} @{class}", c.ty.short(), c.name),
+                Scope::Proxyless => format!("{} {} @proxyless", c.ty.short(), c.name),
             };
             (key, support::json::to_json(full_name(c.ty), &body))
         })

@@ -453,20 +453,20 @@ fn gateway() -> impl Strategy<Value = Object> {
         })
 }
 
-/// Classes of connected proxies: gateways by their labels or their pod, and sidecars.
+/// Classes of connected proxies: gateways by their labels or their pod, sidecars, and
+/// proxyless gRPC clients (whose presence turns on the proxyless resources).
 fn proxy_class() -> impl Strategy<Value = Object> {
     let labels = prop_oneof![
         Just(ClassLabels::Given(Labels::from([("istio".to_string(), "ingressgateway".to_string())]))),
         Just(ClassLabels::Given(Labels::from([("app".to_string(), "web".to_string())]))),
         prop::sample::select(&PODS[..]).prop_map(|p| ClassLabels::OfPod(p.to_string())),
     ];
-    (prop::sample::select(&["default", "istio-system"][..]), labels, prop::bool::weighted(0.2)).prop_map(
-        |(namespace, labels, sidecar)| {
-            let kind = if sidecar { ProxyKind::Sidecar } else { ProxyKind::Router };
-            let labels = if sidecar { ClassLabels::Ignored } else { labels };
-            Object::ProxyClass(ProxyClass { kind, namespace: namespace.into(), labels })
-        },
-    )
+    let kind =
+        prop::sample::select(&[ProxyKind::Router, ProxyKind::Router, ProxyKind::Sidecar, ProxyKind::Proxyless][..]);
+    (prop::sample::select(&["default", "istio-system"][..]), labels, kind).prop_map(|(namespace, labels, kind)| {
+        let labels = if kind == ProxyKind::Router { labels } else { ClassLabels::Ignored };
+        Object::ProxyClass(ProxyClass { kind, namespace: namespace.into(), labels })
+    })
 }
 
 /// Secrets the HTTPS servers name (`cert`, its CA `cert-cacert`), some without the keys.

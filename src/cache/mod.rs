@@ -35,8 +35,8 @@ pub fn content_version(body: &[u8]) -> String {
 /// How many (sequence, type, name) entries the change log keeps.
 const LOG_CAPACITY: usize = 1 << 20;
 
-/// What one proxy sees of the cache: its class's resources, then (for sidecars) the
-/// sidecars' ones, then the shared ones. A name found in an earlier scope hides the same name
+/// What one proxy sees of the cache: its class's resources, then its kind's (the sidecars'
+/// ones for sidecars, the proxyless ones for proxyless gRPC clients), then the shared ones. A name found in an earlier scope hides the same name
 /// in a later one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct View {
@@ -48,11 +48,18 @@ impl View {
     /// class, which sees what every proxy of its kind sees).
     pub fn new(kind: ProxyKind, class: Option<String>) -> View {
         let mut scopes: Vec<Scope> = class.into_iter().map(Scope::Class).collect();
-        if kind == ProxyKind::Sidecar {
-            scopes.push(Scope::Sidecars);
+        match kind {
+            ProxyKind::Sidecar => scopes.push(Scope::Sidecars),
+            ProxyKind::Proxyless => scopes.push(Scope::Proxyless),
+            ProxyKind::Router => {}
         }
         scopes.push(Scope::All);
         View { scopes }
+    }
+
+    /// The scopes this view reads, first match wins.
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
     }
 
     /// What a sidecar without a class sees.

@@ -29,6 +29,8 @@
 //!                                ─join(subsets)─▶ (subset cluster, addr)
 //!                                    EDS cluster names ⊎ addresses ─reduce─▶ load assignments
 //!   (DNS entry clusters carry their endpoints inline, NONE entries are ORIGINAL_DST: no assignment)
+//! proxy classes ─filter(proxyless)─▶ () ─semijoin⋉ cluster rows, HTTP host rows, virtual hosts
+//!                                     ─▶ proxyless clusters, API listeners, route configs (proxyless.rs)
 //! ```
 
 use differential_dataflow::VecCollection;
@@ -337,7 +339,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let http_ports = host_ports.clone().filter(|row| row.protocol().is_http());
     let tcp_ports = host_ports.filter(|row| row.protocol() == translate::PortProtocol::Tcp);
     let tcp_routes = routes_by_host.clone();
-    let virtual_hosts = http_ports
+    let host_vhosts = http_ports
         .clone()
         .map(|row| (row.fqdn(), VhostInput::Port(row)))
         .concat(host_info.map(|(fqdn, info)| (fqdn, VhostInput::Info(info))))
@@ -356,9 +358,9 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             for vhost in outbound::virtual_hosts_for_host(&rows, info, routes) {
                 output.push((vhost, 1isize));
             }
-        })
-        .map(|(_, (route, vhost))| OutputRow::VirtualHost { route, vhost });
-    let http_port_numbers = http_ports.map(|row| row.port.port).distinct();
+        });
+    let virtual_hosts = host_vhosts.clone().map(|(_, (route, vhost))| OutputRow::VirtualHost { route, vhost });
+    let http_port_numbers = http_ports.clone().map(|row| row.port.port).distinct();
     let listeners = http_port_numbers.clone().map(|port| OutputRow::Resource {
         scope: Scope::Sidecars,
         ty: ResourceType::Listener,
@@ -530,6 +532,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
     // cluster warming (and its own initialization waiting) until one arrives.
     let assignments = cluster_rows
+        .clone()
         .filter(|c: &ClusterRow| c.is_eds())
         .map(|c: ClusterRow| (c.name(), None))
         .concat(addresses.map(|(cluster, addr)| (cluster, Some(addr))))
@@ -555,7 +558,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     // Gateways meet classes through a label index, as selector services meet pods: a Gateway
     // keyed by one pair of its selector (the empty pair for an empty selector), a class by
     // each of its labels and the empty pair; the full selector is checked where they meet.
-    let router_classes = classes.filter(|c: &ProxyClass| c.kind == ProxyKind::Router);
+    let router_classes = classes.clone().filter(|c: &ProxyClass| c.kind == ProxyKind::Router);
     let given_labels = router_classes.clone().flat_map(|c: ProxyClass| match &c.labels {
         ClassLabels::Given(l) => Some((c.id(), (c.namespace.clone(), l.clone()))),
         _ => None,
@@ -697,6 +700,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .concat(secret_diagnostics)
         .distinct()
         .map(OutputRow::Diagnostic);
+    // === proxyless gRPC clients: API listeners, route configs, clusters (see proxyless.rs) ===
+    let proxyless = super::proxyless::proxyless(classes, cluster_rows, http_ports, host_vhosts);
     let output = clusters
         .concat(assignments)
         .concat(listeners)
@@ -704,6 +709,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .concat(virtual_hosts)
         .concat(class_resources)
         .concat(class_secrets)
+        .concat(proxyless)
         .concat(diagnostics);
     let inputs = Inputs {
         services: services_in,

@@ -8,6 +8,7 @@
 
 mod dataflow;
 pub mod output;
+mod proxyless;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

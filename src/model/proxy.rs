@@ -20,6 +20,9 @@ use super::k8s::Labels;
 pub enum ProxyKind {
     Sidecar,
     Router,
+    /// A proxyless gRPC application (istiod's `GENERATOR=grpc` node metadata, or a node id of
+    /// type `proxyless`): served API listeners, route configs and EDS clusters per service.
+    Proxyless,
 }
 
 impl ProxyKind {
@@ -27,6 +30,7 @@ impl ProxyKind {
         match self {
             ProxyKind::Sidecar => "sidecar",
             ProxyKind::Router => "router",
+            ProxyKind::Proxyless => "proxyless",
         }
     }
 }
@@ -55,7 +59,7 @@ impl ProxyClass {
     /// or node metadata `NAMESPACE`), its labels (node metadata `LABELS`), else its pod.
     pub fn of_proxy(kind: ProxyKind, namespace: &str, pod: &str, labels: Option<Labels>) -> ProxyClass {
         let labels = match (kind, labels) {
-            (ProxyKind::Sidecar, _) => ClassLabels::Ignored,
+            (ProxyKind::Sidecar | ProxyKind::Proxyless, _) => ClassLabels::Ignored,
             (ProxyKind::Router, Some(l)) => ClassLabels::Given(l),
             (ProxyKind::Router, None) => ClassLabels::OfPod(pod.to_string()),
         };

@@ -356,7 +356,7 @@ fn error_code_matcher(codes: &[u32]) -> upstream_http::http_protocol_options::Ou
 }
 
 /// istiod's applyLoadBalancer (locality and zone-aware settings aside: reported as untranslated).
-fn apply_load_balancer(c: &mut cluster::Cluster, lb: Option<&LoadBalancerSettings>) {
+pub(crate) fn apply_load_balancer(c: &mut cluster::Cluster, lb: Option<&LoadBalancerSettings>) {
     use cluster::cluster::{LbConfig, LbPolicy};
     match lb.and_then(|lb| lb.simple) {
         Some(SimpleLb::Random) => c.lb_policy = LbPolicy::Random as i32,

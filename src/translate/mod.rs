@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod endpoint;
 pub mod gateway;
+pub mod grpc;
 pub mod listener;
 pub mod outbound;
 pub mod reference;
@@ -141,6 +142,9 @@ pub enum Scope {
     Sidecars,
     /// The proxies of one class, by [`crate::model::proxy::ProxyClass::id`].
     Class(String),
+    /// Every proxyless gRPC client: API listeners `<fqdn>:<port>`, their route configs, and
+    /// clusters as gRPC takes them (they hide the shared clusters of the same name).
+    Proxyless,
 }
 
 impl std::fmt::Display for Scope {
@@ -149,6 +153,7 @@ impl std::fmt::Display for Scope {
             Scope::All => f.write_str("all"),
             Scope::Sidecars => f.write_str("sidecars"),
             Scope::Class(id) => f.write_str(id),
+            Scope::Proxyless => f.write_str("proxyless"),
         }
     }
 }
@@ -329,10 +334,12 @@ pub fn load_assignment_message(
     envoy_endpoint::ClusterLoadAssignment { cluster_name: cluster_name.to_string(), endpoints, ..Default::default() }
 }
 
-/// A locality as Istio writes it, `region/zone/subzone` (trailing parts optional); None for "".
+/// A locality as Istio writes it, `region/zone/subzone` (trailing parts optional); an empty
+/// one for "", as istiod's `ConvertLocality` gives it (gRPC rejects a LocalityLbEndpoints
+/// without a locality; for Envoy an empty one is no locality).
 fn parse_locality(locality: &str) -> Option<core::Locality> {
     if locality.is_empty() {
-        return None;
+        return Some(core::Locality::default());
     }
     let mut parts = locality.splitn(3, '/');
     let mut next = || parts.next().unwrap_or_default().to_string();
@@ -666,6 +673,9 @@ pub(crate) mod tests {
         assert_eq!(cla.cluster_name, "c");
         assert_eq!(cla.endpoints.len(), 1);
         assert_eq!(cla.endpoints[0].lb_endpoints.len(), 2);
+        // gRPC demands a locality message and a non-zero weight on every LocalityLbEndpoints.
+        assert_eq!(cla.endpoints[0].locality, Some(core::Locality::default()));
+        assert_eq!(cla.endpoints[0].load_balancing_weight, Some(UInt32Value { value: 2 }));
         assert!(cla.endpoints[0].lb_endpoints.iter().all(|e| e.health_status == core::HealthStatus::Healthy as i32));
         let empty = envoy_endpoint::ClusterLoadAssignment::decode(&load_assignment("c", &[])[..]).unwrap();
         assert!(empty.endpoints.is_empty());

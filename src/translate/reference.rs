@@ -129,6 +129,8 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     let mut routes: BTreeMap<String, Vec<VirtualHostPart>> = BTreeMap::new();
     let mut tcp_listeners: BTreeMap<u16, Vec<TcpListenerRow>> = BTreeMap::new();
     let mut http_ports: BTreeSet<u16> = BTreeSet::new();
+    // What proxyless gRPC clients get (translate::grpc), served while one is connected.
+    let mut proxyless: Vec<(ResourceType, String, Vec<u8>)> = Vec::new();
     for (fqdn, rows) in &hosts {
         let rows: Vec<&ServicePortRow> = rows.iter().collect();
         let info = &infos[fqdn];
@@ -154,6 +156,9 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
                     .collect(),
             };
             let addrs: Vec<&EndpointAddr> = addrs.into_iter().collect();
+            if let Some(body) = translate::grpc::cluster(&cluster) {
+                proxyless.push((ResourceType::Cluster, name.clone(), body));
+            }
             if cluster.is_eds() {
                 let cla = translate::load_assignment(&name, &addrs);
                 out.insert((Scope::All, ResourceType::ClusterLoadAssignment, name.clone()), cla);
@@ -174,6 +179,11 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         let destinations: Option<DestinationMap> = chosen.map(&destinations_of);
         let vs = chosen.zip(destinations.as_ref());
         for (route, vhost) in outbound::virtual_hosts_for_host(&rows, info, vs) {
+            if let Ok(port) = route.parse::<u16>() {
+                let name = translate::grpc::route_config_name(fqdn, port);
+                let body = translate::grpc::route_configuration(&name, &vhost);
+                proxyless.push((ResourceType::RouteConfiguration, name, body));
+            }
             routes.entry(route).or_default().push(vhost);
         }
         for l in outbound::tcp_listeners_for_host(&rows, vs) {
@@ -184,6 +194,8 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             http_ports.insert(port);
             let name = translate::listener_name(port);
             out.insert((Scope::Sidecars, ResourceType::Listener, name), translate::listener(port, None));
+            let name = translate::grpc::listener_name(fqdn, port);
+            proxyless.push((ResourceType::Listener, name, translate::grpc::api_listener(row)));
         }
     }
     // Each port's TCP listener, unless HTTP services or an earlier host hold the port.
@@ -196,6 +208,12 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     for (name, vhosts) in routes {
         let body = translate::route_configuration(&name, &vhosts);
         out.insert((Scope::Sidecars, ResourceType::RouteConfiguration, name), body);
+    }
+
+    if classes.iter().any(|c| c.kind == ProxyKind::Proxyless) {
+        for (ty, name, body) in proxyless {
+            out.insert((Scope::Proxyless, ty, name), body);
+        }
     }
 
     // Each gateway proxy class: the Gateways that select it, the VirtualServices bound to

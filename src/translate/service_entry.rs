@@ -494,7 +494,7 @@ mod tests {
         let addrs: Vec<&EndpointAddr> = eps[..2].iter().map(|(_, ep)| &ep.addr).collect();
         let cla = super::super::load_assignment_message("c", &addrs);
         assert_eq!(cla.endpoints.len(), 2);
-        assert_eq!(cla.endpoints[0].locality, None);
+        assert_eq!(cla.endpoints[0].locality, Some(Default::default()), "no locality: an empty one, as istiod's");
         assert_eq!(cla.endpoints[0].load_balancing_weight, Some(UInt32Value { value: 1 }));
         let zoned = &cla.endpoints[1];
         let l = zoned.locality.as_ref().unwrap();

@@ -310,29 +310,8 @@ impl DeltaStream {
         out
     }
 
-    /// The resource as this proxy gets it: listeners bind to the proxy's own address when it
-    /// has one; everything else is shared as is.
-    ///
-    /// Every listener of a port binds the same `<bind-ip>:<port>` for such a proxy. The engine
-    /// serves one listener per port; should another one share the port of a `0.0.0.0_<port>`
-    /// listener (the port's HTTP listener), the `0.0.0.0_<port>` one is kept and the other is
-    /// not sent to this proxy (None: it is handled as absent).
     fn render(&self, cache: &Cache, ty: ResourceType, r: &Arc<Resource>) -> Option<(String, Any)> {
-        let body = match (ty, self.bind) {
-            (ResourceType::Listener, Some(ip)) => match translate::rebind_listener(&r.body, ip) {
-                Some((port, body)) => {
-                    let shared = translate::listener_name(port);
-                    if r.name != shared && cache.get(&self.view, ResourceType::Listener, &shared).is_some() {
-                        return None;
-                    }
-                    Arc::from(body)
-                }
-                None => r.body.clone(),
-            },
-            _ => r.body.clone(),
-        };
-        let version = if Arc::ptr_eq(&body, &r.body) { r.version.clone() } else { content_version(&body) };
-        Some((version, Any { type_url: ty.type_url().to_string(), value: body.to_vec() }))
+        render(cache, &self.view, self.bind, ty, r)
     }
 
     fn nonce(&mut self) -> String {
@@ -346,6 +325,37 @@ impl DeltaStream {
         v.sort();
         v
     }
+}
+
+/// The resource as a proxy gets it: listeners bind to the proxy's own address when it has one;
+/// everything else is shared as is. Shared by the delta and the state-of-the-world streams.
+///
+/// Every listener of a port binds the same `<bind-ip>:<port>` for such a proxy. The engine
+/// serves one listener per port; should another one share the port of a `0.0.0.0_<port>`
+/// listener (the port's HTTP listener), the `0.0.0.0_<port>` one is kept and the other is
+/// not sent to this proxy (None: it is handled as absent).
+pub(crate) fn render(
+    cache: &Cache,
+    view: &View,
+    bind: Option<IpAddr>,
+    ty: ResourceType,
+    r: &Arc<Resource>,
+) -> Option<(String, Any)> {
+    let body = match (ty, bind) {
+        (ResourceType::Listener, Some(ip)) => match translate::rebind_listener(&r.body, ip) {
+            Some((port, body)) => {
+                let shared = translate::listener_name(port);
+                if r.name != shared && cache.get(view, ResourceType::Listener, &shared).is_some() {
+                    return None;
+                }
+                Arc::from(body)
+            }
+            None => r.body.clone(),
+        },
+        _ => r.body.clone(),
+    };
+    let version = if Arc::ptr_eq(&body, &r.body) { r.version.clone() } else { content_version(&body) };
+    Some((version, Any { type_url: ty.type_url().to_string(), value: body.to_vec() }))
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
-//! The Aggregated Discovery Service (delta) over gRPC.
+//! The Aggregated Discovery Service over gRPC: delta (`DeltaAggregatedResources`) and state of
+//! the world (`StreamAggregatedResources`).
 //!
 //! One task per stream: it reads requests and watches the cache, and drives a
-//! [`delta::DeltaStream`]. Responses go out through a small bounded channel; while a slow
+//! [`delta::DeltaStream`] or a [`sotw::SotwStream`]. Responses go out through a small bounded channel; while a slow
 //! client holds it full, the task stops reading the cache's change log and later catches up
 //! with the latest versions in one go, so a slow stream never grows an unbounded queue.
 
 pub mod classes;
 pub mod delta;
 pub mod node;
+pub mod sotw;
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -28,7 +30,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::cache::{Cache, View};
 use classes::ClassRegistry;
 use delta::{Answer, DeltaStream};
-use node::{BIND_ADDRESS_KEY, NodeId};
+use node::BIND_ADDRESS_KEY;
+use sotw::SotwStream;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -65,7 +68,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding xDS address {addr}: {e}"))?;
-    tracing::info!(%addr, "serving delta ADS");
+    tracing::info!(%addr, "serving ADS (delta and state of the world)");
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(AdsServer::new(cache, classes).into_service())
@@ -94,9 +97,20 @@ impl AggregatedDiscoveryService for AdsServer {
 
     async fn stream_aggregated_resources(
         &self,
-        _request: Request<Streaming<DiscoveryRequest>>,
+        request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("state-of-the-world ADS is not served yet: configure api_type DELTA_GRPC"))
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<DiscoveryResponse, Status>>(16);
+        let cache = self.cache.clone();
+        let classes = self.classes.clone();
+        tokio::spawn(async move {
+            if let Err(status) = run_sotw_stream(&cache, classes.as_ref(), &mut inbound, &tx).await {
+                tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing SotW stream");
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn delta_aggregated_resources(
@@ -130,7 +144,7 @@ async fn run_delta_stream(
         .node
         .as_ref()
         .ok_or_else(|| Status::invalid_argument("the first request of a stream must carry the node"))?;
-    let id = NodeId::parse(&node.id).map_err(Status::invalid_argument)?;
+    let id = node::node_identity(node).map_err(Status::invalid_argument)?;
     let bind = bind_address(node)?;
     let class = classes::proxy_class(node, &id).map_err(Status::invalid_argument)?;
     tracing::info!(node = %id, ?bind, class = %class, "delta stream opened");
@@ -183,6 +197,77 @@ async fn run_delta_stream(
         }
     }
     tracing::info!(node = %stream.node, "delta stream closed");
+    Ok(())
+}
+
+/// One state-of-the-world stream, as [`run_delta_stream`] runs a delta one: the same node
+/// identity, class membership and view, the same coalescing of cache changes while the client
+/// does not read.
+async fn run_sotw_stream(
+    cache: &Cache,
+    classes: Option<&Arc<ClassRegistry>>,
+    inbound: &mut Streaming<DiscoveryRequest>,
+    tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) -> Result<(), Status> {
+    let Some(first) = inbound.next().await else { return Ok(()) };
+    let first = first?;
+    let node = first
+        .node
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument("the first request of a stream must carry the node"))?;
+    let id = node::node_identity(node).map_err(Status::invalid_argument)?;
+    let bind = bind_address(node)?;
+    let class = classes::proxy_class(node, &id).map_err(Status::invalid_argument)?;
+    tracing::info!(node = %id, ?bind, class = %class, "SotW stream opened");
+    let view = View::new(id.proxy_type, classes.is_some().then(|| class.id()));
+    // Held for the stream's life: the class stays computed while a proxy of it is connected.
+    let _membership = classes.map(|registry| registry.join(class));
+    let mut stream = SotwStream::new(id.to_string(), bind, view);
+    let mut changes = cache.subscribe();
+    changes.mark_changed();
+
+    let mut next = Some(first);
+    loop {
+        let responses = if let Some(req) = next.take() {
+            let (answer, responses) = stream.on_request(&req, cache)?;
+            log_answer(&stream.node, answer);
+            responses
+        } else {
+            tokio::select! {
+                req = inbound.next() => match req {
+                    None => break,
+                    Some(Err(status)) => {
+                        tracing::debug!(node = %stream.node, %status, "stream ended by client");
+                        break;
+                    }
+                    Some(Ok(req)) => {
+                        next = Some(req);
+                        continue;
+                    }
+                },
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    stream.on_cache_change(cache)
+                }
+            }
+        };
+        for response in responses {
+            tracing::debug!(
+                node = %stream.node,
+                type_url = %response.type_url,
+                version = %response.version_info,
+                nonce = %response.nonce,
+                resources = response.resources.len(),
+                "push"
+            );
+            if tx.send(Ok(response)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    tracing::info!(node = %stream.node, "SotW stream closed");
     Ok(())
 }
 
