@@ -47,6 +47,7 @@ fn service(i: usize) -> Object {
         cluster_ip: None,
         external_name: None,
         publish_not_ready_addresses: false,
+        export_to: Vec::new(),
     })
 }
 

@@ -48,8 +48,7 @@ pub fn compare(
     let m = |scope: &Scope, ty: &ResourceType, name: &str, what: String| Mismatch {
         ty: ty.short().into(),
         name: match scope {
-            Scope::Class(class) => format!("{name} @{class}"),
-            Scope::Proxyless => format!("{name} @proxyless"),
+            Scope::Class(_) | Scope::Namespace(_) | Scope::Proxyless => format!("{name} @{scope}"),
             _ => name.into(),
         },
         what,

@@ -65,8 +65,9 @@ fn translate(input: &Path) -> BTreeMap<String, Value> {
             // resources with the class after `@`.
             let key = match &c.scope {
                 Scope::All | Scope::Sidecars => format!("{} {}", c.ty.short(), c.name),
-                Scope::Class(class) => format!("{} {} @{class}", c.ty.short(), c.name),
-                Scope::Proxyless => format!("{} {} @proxyless", c.ty.short(), c.name),
+                Scope::Class(_) | Scope::Namespace(_) | Scope::Proxyless => {
+                    format!("{} {} @{}", c.ty.short(), c.name, c.scope)
+                }
             };
             (key, support::json::to_json(full_name(c.ty), &body))
         })

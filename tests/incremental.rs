@@ -22,7 +22,7 @@ use meshflow::model::k8s::{
 };
 use meshflow::model::proxy::{ClassLabels, ProxyClass, ProxyKind};
 use meshflow::model::secret::SecretBytes;
-use meshflow::model::{EndpointSlice, Endpoints, InputEvent, Kind, Object, ObjectKey, Pod, Secret, Service};
+use meshflow::model::{EndpointSlice, Endpoints, InputEvent, Kind, Node, Object, ObjectKey, Pod, Secret, Service};
 use meshflow::translate::{ResourceType, Scope, outbound, reference};
 use proptest::prelude::*;
 
@@ -31,6 +31,7 @@ const SERVICES: [&str; 3] = ["reviews", "ratings", "web"];
 const IPS: [&str; 5] = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "fd00::5"];
 const APPS: [&str; 2] = ["reviews", "web"];
 const PODS: [&str; 4] = ["p-1", "p-2", "p-3", "p-4"];
+const NODES: [&str; 2] = ["node-a", "node-b"];
 /// Hosts as VirtualServices and DestinationRules write them: short names, FQDNs, wildcards.
 const HOSTS: [&str; 9] = [
     "reviews",
@@ -51,6 +52,8 @@ const CREATED: [Option<&str>; 3] = [None, Some("2024-01-01T00:00:00Z"), Some("20
 /// Cluster IPs: shared between services on purpose (two listeners named alike), and headless.
 const CLUSTER_IPS: [&str; 3] = ["10.96.0.1", "10.96.0.2", "None"];
 const PORTS: [u16; 4] = [80, 9080, 15000, 443];
+/// `exportTo` values: absent, private, public, other namespaces by name.
+const EXPORT_TO: [&[&str]; 5] = [&[], &["."], &["*"], &["shop"], &["default", "istio-system"]];
 
 fn ns() -> impl Strategy<Value = String> {
     prop::sample::select(&NAMESPACES[..]).prop_map(String::from)
@@ -116,6 +119,7 @@ fn service() -> impl Strategy<Value = Object> {
                 cluster_ip: cluster_ip.map(String::from),
                 external_name: external.then(|| "example.com".to_string()),
                 publish_not_ready_addresses: publish,
+                export_to: Vec::new(),
             })
         })
 }
@@ -193,14 +197,23 @@ fn pod() -> impl Strategy<Value = Object> {
         any::<bool>(),
         prop::bool::weighted(0.15),
         prop::sample::select(&[8080u16, 8081][..]),
+        prop::option::of(prop::sample::select(&NODES[..])),
+        prop::bool::weighted(0.1),
     )
-        .prop_map(|(namespace, name, labels, ip, ready, terminal, http_port)| {
+        .prop_map(|(namespace, name, mut labels, ip, ready, terminal, http_port, node, own_locality)| {
+            if own_locality {
+                labels = labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .chain([("istio-locality".to_string(), "r9.z9".to_string())])
+                    .collect();
+            }
             Object::Pod(Pod {
                 namespace,
                 name: name.into(),
                 labels,
                 ip,
-                node_name: None,
+                node_name: node.map(String::from),
                 ready,
                 terminal,
                 ports: vec![
@@ -323,8 +336,9 @@ fn virtual_service() -> impl Strategy<Value = Object> {
         prop::collection::vec(http_route(), 0..3),
         prop::collection::vec(tcp_route(), 0..3),
         any::<bool>(),
+        prop::sample::select(&EXPORT_TO[..]),
     )
-        .prop_flat_map(|(namespace, name, created, hosts, gateways, http, tcp, with_tls)| {
+        .prop_flat_map(|(namespace, name, created, hosts, gateways, http, tcp, with_tls, export_to)| {
             // Validation rejects `*` bound to the mesh and hosts that overlap: keep the first
             // of overlapping hosts.
             let mesh = gateways.is_empty() || gateways.contains(&"mesh");
@@ -349,9 +363,12 @@ fn virtual_service() -> impl Strategy<Value = Object> {
                 if http.is_empty() && tcp.is_empty() && tls.is_empty() {
                     http.push(serde_json::json!({"route": [{"destination": {"host": "reviews"}}]}));
                 }
-                let spec = serde_json::json!({
+                let mut spec = serde_json::json!({
                     "hosts": hosts, "gateways": gateways, "http": http, "tcp": tcp, "tls": tls,
                 });
+                if !export_to.is_empty() {
+                    spec["exportTo"] = serde_json::json!(export_to);
+                }
                 istio_object(Kind::VirtualService, &namespace, name, created, spec)
             })
         })
@@ -378,10 +395,11 @@ fn destination_rule() -> impl Strategy<Value = Object> {
         prop::collection::btree_set(prop::sample::select(&["v1", "v2", "web"][..]), 0..3),
         prop::option::of(traffic_policy()),
         prop::bool::weighted(0.1),
+        prop::sample::select(&EXPORT_TO[..]),
     )
         .prop_filter_map(
             "valid DestinationRule",
-            |(namespace, name, created, host, policy, subsets, subset_policy, selector)| {
+            |(namespace, name, created, host, policy, subsets, subset_policy, selector, export_to)| {
                 let subsets: Vec<_> = subsets
                     .into_iter()
                     .map(|s| {
@@ -403,6 +421,9 @@ fn destination_rule() -> impl Strategy<Value = Object> {
                 }
                 if selector {
                     spec["workloadSelector"] = serde_json::json!({"matchLabels": {"app": "web"}});
+                }
+                if !export_to.is_empty() {
+                    spec["exportTo"] = serde_json::json!(export_to);
                 }
                 istio_object(Kind::DestinationRule, namespace, name, created, spec)
             },
@@ -463,10 +484,12 @@ fn proxy_class() -> impl Strategy<Value = Object> {
     ];
     let kind =
         prop::sample::select(&[ProxyKind::Router, ProxyKind::Router, ProxyKind::Sidecar, ProxyKind::Proxyless][..]);
-    (prop::sample::select(&["default", "istio-system"][..]), labels, kind).prop_map(|(namespace, labels, kind)| {
-        let labels = if kind == ProxyKind::Router { labels } else { ClassLabels::Ignored };
-        Object::ProxyClass(ProxyClass { kind, namespace: namespace.into(), labels })
-    })
+    (prop::sample::select(&["default", "shop", "istio-system"][..]), labels, kind).prop_map(
+        |(namespace, labels, kind)| {
+            let labels = if kind == ProxyKind::Router { labels } else { ClassLabels::Ignored };
+            Object::ProxyClass(ProxyClass { kind, namespace: namespace.into(), labels })
+        },
+    )
 }
 
 /// Secrets the HTTPS servers name (`cert`, its CA `cert-cacert`), some without the keys.
@@ -552,8 +575,26 @@ fn the_service_entry_strategy_yields_every_resolution() {
     assert!(selectors > 10 && endpoints > 30, "selectors {selectors}, with endpoints {endpoints}");
 }
 
+/// Nodes with topology labels (GA or beta), or none: their pods' endpoints take the locality.
+fn node() -> impl Strategy<Value = Object> {
+    (
+        prop::sample::select(&NODES[..]),
+        prop::sample::select(&["topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone", "x"][..]),
+        prop::sample::select(&["z1", "z2"][..]),
+    )
+        .prop_map(|(name, key, zone)| {
+            let labels = Labels::from_iter([
+                ("topology.kubernetes.io/region".to_string(), "r1".to_string()),
+                (key.to_string(), zone.to_string()),
+            ]);
+            let labels = if key == "x" { Labels::new() } else { labels };
+            Object::Node(Node { name: name.into(), labels })
+        })
+}
+
 fn object() -> impl Strategy<Value = Object> {
     prop_oneof![
+        1 => node(),
         3 => service(),
         3 => slice(),
         1 => endpoints(),
@@ -689,6 +730,7 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
         cluster_ip: None,
         external_name: None,
         publish_not_ready_addresses: false,
+        export_to: Vec::new(),
     });
     let pod = Object::Pod(Pod {
         namespace: "default".into(),
@@ -746,4 +788,84 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
     h.step(vec![InputEvent::delete(slice.key()), InputEvent::delete(eps.key())], 3).unwrap();
     assert_eq!(cla(&h), vec!["10.0.0.9"], "back to the selector");
     assert_eq!(h.live.keys().filter(|k| k.kind == Kind::Pod).count(), 1);
+}
+
+/// A pod's endpoints sit in its Node's locality (region/zone from the topology labels), and
+/// move when the Node is relabelled or the pod carries its own locality label.
+#[test]
+fn endpoints_are_grouped_by_the_locality_of_their_pods_node() {
+    use prost::Message;
+    let svc = Object::Service(Service {
+        namespace: "default".into(),
+        name: "web".into(),
+        ports: vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            target_port: TargetPort::Number(8080),
+            app_protocol: None,
+        }],
+        selector: Some(Labels::from([("app".to_string(), "web".to_string())])),
+        cluster_ip: None,
+        external_name: None,
+        publish_not_ready_addresses: false,
+        export_to: Vec::new(),
+    });
+    let pod = |name: &str, ip: &str, node: &str, extra: &[(&str, &str)]| {
+        let mut labels = vec![("app".to_string(), "web".to_string())];
+        labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Object::Pod(Pod {
+            namespace: "default".into(),
+            name: name.into(),
+            labels: labels.into_iter().collect(),
+            ip: Some(ip.into()),
+            node_name: Some(node.into()),
+            ready: true,
+            terminal: false,
+            ports: vec![],
+        })
+    };
+    let node = |name: &str, region: &str, zone: &str| {
+        Object::Node(Node {
+            name: name.into(),
+            labels: Labels::from([
+                ("topology.kubernetes.io/region".to_string(), region.to_string()),
+                ("topology.kubernetes.io/zone".to_string(), zone.to_string()),
+            ]),
+        })
+    };
+    // (region, zone, sub_zone, weight, [addresses]) per LocalityLbEndpoints.
+    let localities = |h: &Harness| {
+        let body = &h.materialized
+            [&(Scope::All, ResourceType::ClusterLoadAssignment, "outbound|80||web.default.svc.cluster.local".into())];
+        let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(&body[..]).unwrap();
+        cla.endpoints
+            .iter()
+            .map(|l| {
+                let loc = l.locality.clone().unwrap_or_default();
+                let weight = l.load_balancing_weight.map(|w| w.value).unwrap_or_default();
+                (format!("{}/{}/{}", loc.region, loc.zone, loc.sub_zone), weight, l.lb_endpoints.len())
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut h = Harness::new();
+    h.step(
+        vec![
+            InputEvent::apply(svc),
+            InputEvent::apply(pod("web-1", "10.0.0.1", "node-a", &[])),
+            InputEvent::apply(pod("web-2", "10.0.0.2", "node-b", &[])),
+            InputEvent::apply(pod("web-3", "10.0.0.3", "node-b", &[])),
+            InputEvent::apply(node("node-a", "us-east1", "us-east1-b")),
+            InputEvent::apply(node("node-b", "us-east1", "us-east1-c")),
+        ],
+        0,
+    )
+    .unwrap();
+    assert_eq!(localities(&h), [("us-east1/us-east1-b/".into(), 1, 1), ("us-east1/us-east1-c/".into(), 2, 2)]);
+    // The Node moves zone: its pods' endpoints follow.
+    h.step(vec![InputEvent::apply(node("node-b", "us-east1", "us-east1-b"))], 1).unwrap();
+    assert_eq!(localities(&h), [("us-east1/us-east1-b/".to_string(), 3, 3)]);
+    // A pod's own locality label wins over its Node's.
+    h.step(vec![InputEvent::apply(pod("web-3", "10.0.0.3", "node-b", &[("istio-locality", "eu.z1")]))], 2).unwrap();
+    assert_eq!(localities(&h), [("eu/z1/".to_string(), 1, 1), ("us-east1/us-east1-b/".to_string(), 2, 2)]);
 }

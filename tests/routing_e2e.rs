@@ -1024,3 +1024,108 @@ fn without_a_virtual_service_requests_reach_every_endpoint() {
     }
     assert_eq!(who.iter().filter(|w| !w.starts_with('v')).count(), 0, "answers from no backend: {who:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// exportTo and the proxy's namespace: two sidecars, in `default` and in `shop`
+// ---------------------------------------------------------------------------------------
+
+/// Two VirtualServices for reviews: the older exported to its own namespace only (→ v2), the
+/// newer to everyone (→ v1). A proxy in `default` sees both and takes the older; a proxy in
+/// `shop` sees only the public one.
+const VS_PRIVATE_AND_PUBLIC: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews-private
+  namespace: default
+  creationTimestamp: "2024-01-01T00:00:00Z"
+spec:
+  hosts:
+  - reviews
+  exportTo:
+  - "."
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v2
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews-public
+  namespace: default
+  creationTimestamp: "2025-01-01T00:00:00Z"
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+"#;
+
+/// A DestinationRule in `shop` for reviews of `default`, with the subsets swapped: for proxies
+/// in `shop` it wins over the rule of reviews' own namespace.
+const DR_SHOP_SWAPPED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews-swapped
+  namespace: shop
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets:
+  - name: v1
+    labels:
+      version: v2
+  - name: v2
+    labels:
+      version: v1
+"#;
+
+#[test]
+fn export_to_hides_a_virtual_service_from_another_namespace_and_a_rule_in_the_proxy_namespace_wins() {
+    let mesh = Mesh::start(&[ok(), ok()], DR_REVIEWS, VS_PRIVATE_AND_PUBLIC);
+    // A second sidecar, in namespace `shop`, on its own address and the same port.
+    let shop_ip = loopback_ip();
+    let shop_admin = free_port(Ipv4Addr::LOCALHOST);
+    let node_id = format!("sidecar~{shop_ip}~ratings-v1-1.shop~shop.svc.cluster.local");
+    let shop = Envoy::start(&mesh.meshflow.bootstrap(&node_id, shop_ip, shop_admin));
+    let shop_proxy = SocketAddr::from((shop_ip, mesh.port));
+    let fqdn = "reviews.default.svc.cluster.local";
+    let shop_who = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| http_request(shop_proxy, "GET", fqdn, "/", &[]).map(|r| answered_by(&r)).unwrap_or_default())
+            .collect()
+    };
+    let all = |who: &[String], name: &str| who.iter().all(|w| w == name);
+
+    // default: the private VirtualService (older) → v2; shop: only the public one → v1.
+    eventually("the default proxy to route by the private VirtualService", CONVERGE, || {
+        all(&mesh.who(10, &[]), "v2").then_some(())
+    });
+    eventually("the shop proxy to route by the public VirtualService", CONVERGE, || {
+        all(&shop_who(10), "v1").then_some(())
+    });
+    let (default_who, shop_now) = (mesh.who(40, &[]), shop_who(40));
+    assert!(all(&default_who, "v2"), "default proxy: {default_who:?}\nroutes: {}", mesh.routes());
+    assert!(all(&shop_now, "v1"), "shop proxy: {shop_now:?}");
+
+    // A rule in shop's own namespace wins there: subset v1 is now version v2 for shop only.
+    fs::write(mesh.config.path().join("dr-shop.yaml"), DR_SHOP_SWAPPED).unwrap();
+    eventually("the shop proxy to use its own namespace's DestinationRule", CONVERGE, || {
+        all(&shop_who(10), "v2").then_some(())
+    });
+    let (default_who, shop_now) = (mesh.who(40, &[]), shop_who(40));
+    assert!(all(&shop_now, "v2"), "shop proxy with its own rule: {shop_now:?}");
+    assert!(all(&default_who, "v2"), "default proxy must keep default's rule (v2 = version v2): {default_who:?}");
+
+    // The rule gone, shop is back on the host namespace's rule.
+    fs::remove_file(mesh.config.path().join("dr-shop.yaml")).unwrap();
+    eventually("the shop proxy to fall back to the rule of reviews' namespace", CONVERGE, || {
+        all(&shop_who(10), "v1").then_some(())
+    });
+    drop(shop);
+}

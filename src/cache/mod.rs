@@ -35,8 +35,9 @@ pub fn content_version(body: &[u8]) -> String {
 /// How many (sequence, type, name) entries the change log keeps.
 const LOG_CAPACITY: usize = 1 << 20;
 
-/// What one proxy sees of the cache: its class's resources, then its kind's (the sidecars'
-/// ones for sidecars, the proxyless ones for proxyless gRPC clients), then the shared ones. A name found in an earlier scope hides the same name
+/// What one proxy sees of the cache: its class's resources, then its namespace's, then its
+/// kind's (the sidecars' ones for sidecars, the proxyless ones for proxyless gRPC clients), then
+/// the shared ones. A name found in an earlier scope hides the same name
 /// in a later one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct View {
@@ -60,6 +61,19 @@ impl View {
     /// The scopes this view reads, first match wins.
     pub fn scopes(&self) -> &[Scope] {
         &self.scopes
+    }
+
+    /// The same view for a proxy of namespace `namespace`: that namespace's resources hide the
+    /// same names in the sidecars' and the shared ones (a class's still hide them all).
+    /// Proxyless gRPC clients are served the default context (their clusters are built for
+    /// gRPC, and a namespace's sidecar clusters must not hide them).
+    pub fn in_namespace(mut self, namespace: &str) -> View {
+        if self.scopes.contains(&Scope::Proxyless) {
+            return self;
+        }
+        let at = self.scopes.iter().take_while(|s| matches!(s, Scope::Class(_))).count();
+        self.scopes.insert(at, Scope::Namespace(namespace.to_string()));
+        self
     }
 
     /// What a sidecar without a class sees.
@@ -402,5 +416,34 @@ mod tests {
         });
         assert_eq!(cache.scopes(), [Scope::All, Scope::Sidecars]);
         assert_eq!(&*cache.get(&gateway, ResourceType::Cluster, "c").unwrap().body, b"c");
+    }
+
+    #[test]
+    fn a_namespace_scope_hides_the_shared_names_for_its_proxies_only() {
+        let cache = Cache::new([]);
+        let shop = Scope::Namespace("shop".into());
+        let change = |scope: &Scope, name: &str, body: Option<&[u8]>| ResourceChange {
+            scope: scope.clone(),
+            ty: ResourceType::RouteConfiguration,
+            name: name.to_string(),
+            body: body.map(Arc::from),
+        };
+        let apply = |changes| cache.apply(&ResourceDelta { time: 0, diagnostics: vec![], changes });
+        apply(vec![change(&Scope::Sidecars, "9080", Some(b"shared")), change(&shop, "9080", Some(b"shop's"))]);
+        let in_shop = View::sidecar().in_namespace("shop");
+        let elsewhere = View::sidecar().in_namespace("default");
+        let gateway_in_shop = View::new(ProxyKind::Router, Some("router/shop/app=gw".into())).in_namespace("shop");
+        let body = |view: &View| cache.get(view, ResourceType::RouteConfiguration, "9080").map(|r| r.body.to_vec());
+        assert_eq!(body(&in_shop).as_deref(), Some(&b"shop's"[..]));
+        assert_eq!(body(&elsewhere).as_deref(), Some(&b"shared"[..]));
+        // A namespace's resources are its gateways' too (the clusters of its own rules apply to them).
+        assert_eq!(body(&gateway_in_shop).as_deref(), Some(&b"shop's"[..]));
+        // Gone from the namespace, the shared one shows through again, and it is a change there.
+        let before = cache.seq();
+        apply(vec![change(&shop, "9080", None)]);
+        assert_eq!(body(&in_shop).as_deref(), Some(&b"shared"[..]));
+        let (_, changed) = cache.changed_since(before, &in_shop);
+        assert_eq!(changed.unwrap(), [(ResourceType::RouteConfiguration, "9080".to_string())]);
+        assert_eq!(cache.changed_since(before, &elsewhere).1.unwrap(), []);
     }
 }

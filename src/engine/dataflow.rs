@@ -10,12 +10,14 @@
 //! service entries ─flat_map─▶ host × port rows (resolution, VIPs, inline DNS endpoints) ─┤
 //!                 by host (fqdn) ─reduce: settle (Service > oldest entry, merge compatible)─▶ host rows ─┬──────┐
 //!                   host patterns (fqdn, ns) ┤ (fqdn, *.suffix…, *)                                    │      │
-//! destination rules ─by pattern──────join────┴─reduce per (fqdn, ns): select/merge─▶ rule by host ─┐  │      │
-//!                                   per host reduce (rows ⊎ rule) ─▶ clusters (+ subsets), host info ◀──┘      │
-//! virtual services ─by pattern──join(host patterns)──reduce: most specific, oldest─▶ VS by host              │
+//! destination rules ─by pattern──────join────┴─reduce per (fqdn, ns) ⊎ namespaces of connected proxies that
+//!        a candidate names (own, exportTo, root): rule per context ─▶ rule by host ─┐                  │      │
+//!                      per host reduce (rows ⊎ rule per context) ─▶ clusters (+ subsets), host info ◀──┘      │
+//!                                   (default context → Scope::All; a namespace that differs → its Scope)      │
+//! virtual services ─by pattern──join(host patterns)──reduce ⊎ exportTo namespaces: VS per context─▶ by host   │
 //!                  ─by destination host──join(host info)──reduce per VS─▶ (VS, destination map)              │
-//!                                   per host reduce (rows ⊎ host info ⊎ chosen VS) ─▶ virtual hosts ◀───────┘
-//!                                                                     └▶ route configs (assembled outside)
+//!                   per host reduce (rows ⊎ host info ⊎ chosen VS, per context) ─▶ virtual hosts ◀───────┘
+//!                        └▶ route configs (assembled outside; a namespace's = sidecars' with its own in place)
 //!                          distinct HTTP ports ────────────────────────────────────────────▶ listeners
 //!                                   per host reduce (TCP rows ⊎ chosen VS) ─▶ TCP listener candidates (one per VIP)
 //!                  per port reduce (candidates ⊎ HTTP port marker) ─▶ the port's TCP listener, losers as diagnostics
@@ -25,13 +27,18 @@
 //! service entries ─STATIC endpoints (labels)──────────────┐                               │
 //! pods ─by label─▶ join(entry workloadSelectors) ──────────┴▶ (cluster, entry ns)          │
 //!        ─semijoin(EDS clusters of hosts an entry of that ns won)────────────────────────┘
+//!   (cluster, addr, pod) ─join(pod → its `topology.istio.io/locality` label, else its Node's topology labels)
+//!                        ─▶ the endpoint's locality (LocalityLbEndpoints group by it)
 //!   (cluster, addr, pod|labels) ─semijoin(clusters with subsets)─join(pod labels, else its own)
 //!                                ─join(subsets)─▶ (subset cluster, addr)
-//!                                    EDS cluster names ⊎ addresses ─reduce─▶ load assignments
+//!                     EDS cluster names ⊎ addresses ─reduce per (scope, cluster)─▶ load assignments
+//!                     (a namespace's subset clusters get their own; its others share the default's)
 //!   (DNS entry clusters carry their endpoints inline, NONE entries are ORIGINAL_DST: no assignment)
 //! proxy classes ─filter(proxyless)─▶ () ─semijoin⋉ cluster rows, HTTP host rows, virtual hosts
 //!                                     ─▶ proxyless clusters, API listeners, route configs (proxyless.rs)
 //! ```
+
+use std::collections::BTreeMap;
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
@@ -42,13 +49,14 @@ use crate::model::Secret;
 use crate::model::istio::{DestinationRule, DestinationRuleSpec, Gateway, ServiceEntry, VirtualService};
 use crate::model::k8s::Labels;
 use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind};
-use crate::model::{EndpointSlice, Endpoints, Pod, Service};
+use crate::model::{EndpointSlice, Endpoints, Node, Pod, Service};
 use crate::translate::endpoint::{
-    EndpointRow, PortKey, SelectorService, endpoints_addresses, pod_addresses, service_port_rows, slice_addresses,
+    EndpointRow, PortKey, SelectorService, endpoints_addresses, node_locality, pod_addresses, pod_locality_label,
+    service_port_rows, slice_addresses,
 };
 use crate::translate::gateway::{self, SecretRef};
 use crate::translate::outbound::{
-    self, ClusterRow, ConfigKey, DestinationMap, HostInfo, SubsetRef, TcpListenerRow, VsRank, host_patterns,
+    self, ClusterRow, ConfigKey, Context, DestinationMap, HostInfo, SubsetRef, TcpListenerRow, VsRank, host_patterns,
 };
 use crate::translate::views;
 use crate::translate::{
@@ -66,6 +74,9 @@ pub enum OutputRow {
         body: Vec<u8>,
     },
     VirtualHost {
+        /// `Sidecars`, or the namespace whose proxies see this virtual host instead of the
+        /// sidecars' one of the same name.
+        scope: Scope,
         route: String,
         vhost: VirtualHostPart,
     },
@@ -80,6 +91,7 @@ pub struct Inputs {
     pub slices: InputSession<u64, EndpointSlice, isize>,
     pub endpoints: InputSession<u64, Endpoints, isize>,
     pub pods: InputSession<u64, Pod, isize>,
+    pub nodes: InputSession<u64, Node, isize>,
     pub virtual_services: InputSession<u64, VirtualService, isize>,
     pub destination_rules: InputSession<u64, DestinationRule, isize>,
     pub gateways: InputSession<u64, Gateway, isize>,
@@ -94,6 +106,7 @@ impl Inputs {
         self.slices.advance_to(t);
         self.endpoints.advance_to(t);
         self.pods.advance_to(t);
+        self.nodes.advance_to(t);
         self.virtual_services.advance_to(t);
         self.destination_rules.advance_to(t);
         self.gateways.advance_to(t);
@@ -107,6 +120,7 @@ impl Inputs {
         self.slices.flush();
         self.endpoints.flush();
         self.pods.flush();
+        self.nodes.flush();
         self.virtual_services.flush();
         self.destination_rules.flush();
         self.gateways.flush();
@@ -121,18 +135,34 @@ type SvcKey = (String, String);
 /// (namespace, label key, label value): how selector services meet pods.
 type LabelKey = (String, String, String);
 
-/// What meets per host to make its clusters.
+/// What meets per host to pick its DestinationRule in each context: the rules whose host
+/// matched it, and the namespaces of connected proxies that one of them names.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum RuleInput {
+    Candidate(String, DestinationRule),
+    Namespace(String),
+}
+
+/// What meets per host to pick its VirtualService in each context.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum VsPick {
+    Candidate(VsRank),
+    Namespace(String),
+}
+
+/// What meets per host to make its clusters: its rows, and its rule in each context where it
+/// has one (`None`: in that namespace it has none, unlike the default).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum HostInput {
     Port(ServicePortRow),
-    Rule(DestinationRuleSpec),
+    Rule(Context, Option<DestinationRuleSpec>),
 }
 
-/// What a host's per-host reduce produces.
+/// What a host's per-host reduce produces, per context.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum HostOutput {
-    Cluster(Box<ClusterRow>),
-    Info(HostInfo),
+    Cluster(Context, Box<ClusterRow>),
+    Info(Context, HostInfo),
 }
 
 /// What meets per VirtualService: the object and what is known of each destination host.
@@ -174,12 +204,14 @@ enum SecretInput {
     Fallback(Secret),
 }
 
-/// What meets per host to make its virtual hosts (and its TCP listeners).
+/// What meets per host to make its virtual hosts (and its TCP listeners), per context.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum VhostInput {
     Port(ServicePortRow),
-    Info(HostInfo),
-    Routes(VirtualService, DestinationMap),
+    Info(Context, HostInfo),
+    Routes(Context, VirtualService, DestinationMap),
+    /// In this namespace no VirtualService applies to the host, unlike the default.
+    NoRoutes(String),
 }
 
 /// Builds the graph. Returns the input handles and the output collection.
@@ -188,6 +220,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let (slices_in, slices) = scope.new_collection::<EndpointSlice, isize>();
     let (endpoints_in, endpoints) = scope.new_collection::<Endpoints, isize>();
     let (pods_in, pods) = scope.new_collection::<Pod, isize>();
+    let (nodes_in, nodes) = scope.new_collection::<Node, isize>();
     let (vs_in, virtual_services) = scope.new_collection::<VirtualService, isize>();
     let (dr_in, destination_rules) = scope.new_collection::<DestinationRule, isize>();
     let (gateways_in, gateways) = scope.new_collection::<Gateway, isize>();
@@ -223,46 +256,75 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let rules_by_pattern = destination_rules
         .clone()
         .flat_map(|dr: DestinationRule| outbound::destination_rule_pattern(&dr).map(|p| (p, dr)));
-    let rule_by_host = patterns
-        .clone()
-        .join_map(rules_by_pattern, |pattern, host: &(String, String), dr: &DestinationRule| {
+    // A host's rule depends on the proxy's namespace (its own rules first, then the host's,
+    // then the root's, each as exported): it is picked for the default context and for each
+    // namespace of a connected proxy that a candidate names, where it differs.
+    let class_namespaces = classes.clone().map(|c: ProxyClass| (c.namespace, ())).distinct();
+    let rule_candidates =
+        patterns.clone().join_map(rules_by_pattern, |pattern, host: &(String, String), dr: &DestinationRule| {
             (host.clone(), (pattern.clone(), dr.clone()))
+        });
+    let rule_markers = rule_candidates
+        .clone()
+        .flat_map(|(host, (_, dr))| {
+            outbound::rule_namespaces(&dr).into_iter().map(move |ns| (ns, host.clone())).collect::<Vec<_>>()
         })
-        .reduce_named(
-            "select: DestinationRule",
-            |(_, ns): &(String, String), input: &[(&(String, DestinationRule), isize)], output| {
-                let candidates = input.iter().map(|((p, dr), _)| (p.as_str(), dr));
-                if let Some(rule) = outbound::select_rule(ns, candidates) {
-                    output.push((rule, 1isize));
+        .join_map(class_namespaces.clone(), |ns, host: &(String, String), _| (host.clone(), ns.clone()))
+        .distinct();
+    let rule_by_host = rule_candidates
+        .map(|(host, (p, dr))| (host, RuleInput::Candidate(p, dr)))
+        .concat(rule_markers.map(|(host, ns)| (host, RuleInput::Namespace(ns))))
+        .reduce_named("select: DestinationRule", |(_, ns): &(String, String), input: &[(&RuleInput, isize)], output| {
+            let mut candidates = Vec::new();
+            let mut namespaces = Vec::new();
+            for (i, _) in input {
+                match i {
+                    RuleInput::Candidate(p, dr) => candidates.push((p.as_str(), dr)),
+                    RuleInput::Namespace(n) => namespaces.push(n.as_str()),
                 }
-            },
-        )
-        .map(|((fqdn, _), rule)| (fqdn, rule));
+            }
+            for (ctx, rule) in outbound::rules_by_context(ns, &candidates, namespaces) {
+                output.push(((ctx, rule), 1isize));
+            }
+        })
+        .map(|((fqdn, _), (ctx, rule))| (fqdn, HostInput::Rule(ctx, rule)));
 
     // === per host: clusters (with subsets and policy), and what routes toward it need ===
     let host_outputs = ports_by_host
         .clone()
         .map(|(fqdn, row)| (fqdn, HostInput::Port(row)))
-        .concat(rule_by_host.map(|(fqdn, rule)| (fqdn, HostInput::Rule(rule))))
+        .concat(rule_by_host)
         .reduce_named("translate: host clusters", |_fqdn: &String, input: &[(&HostInput, isize)], output| {
             let rows: Vec<&ServicePortRow> =
                 input.iter().filter_map(|(i, _)| if let HostInput::Port(r) = i { Some(r) } else { None }).collect();
             if rows.is_empty() {
                 return;
             }
-            let rule = input.iter().find_map(|(i, _)| if let HostInput::Rule(r) = i { Some(r) } else { None });
-            for cluster in outbound::clusters_for_host(&rows, rule) {
-                output.push((HostOutput::Cluster(Box::new(cluster)), 1isize));
+            let mut rules: Vec<(&Context, Option<&DestinationRuleSpec>)> = input
+                .iter()
+                .filter_map(|(i, _)| if let HostInput::Rule(c, r) = i { Some((c, r.as_ref())) } else { None })
+                .collect();
+            if rules.first().is_none_or(|(c, _)| c.is_some()) {
+                rules.insert(0, (&None, None));
             }
-            output.push((HostOutput::Info(HostInfo::new(&rows, rule.cloned())), 1));
+            for (ctx, rule) in rules {
+                for cluster in outbound::clusters_for_host(&rows, rule) {
+                    output.push((HostOutput::Cluster(ctx.clone(), Box::new(cluster)), 1isize));
+                }
+                output.push((HostOutput::Info(ctx.clone(), HostInfo::new(&rows, rule.cloned())), 1));
+            }
         });
-    let cluster_rows =
-        host_outputs.clone().flat_map(|(_, out)| if let HostOutput::Cluster(c) = out { Some(*c) } else { None });
-    let host_info =
-        host_outputs.flat_map(|(fqdn, out)| if let HostOutput::Info(i) = out { Some((fqdn, i)) } else { None });
+    let context_clusters = host_outputs
+        .clone()
+        .flat_map(|(_, out)| if let HostOutput::Cluster(ctx, c) = out { Some((ctx, *c)) } else { None });
+    let cluster_rows = context_clusters.clone().flat_map(|(ctx, c)| ctx.is_none().then_some(c));
+    let context_info = host_outputs
+        .flat_map(|(fqdn, out)| if let HostOutput::Info(ctx, i) = out { Some((fqdn, ctx, i)) } else { None });
+    // Routes toward a host read what the default context knows of it.
+    let host_info = context_info.clone().flat_map(|(fqdn, ctx, info)| ctx.is_none().then_some((fqdn, info)));
 
-    let clusters = cluster_rows.clone().map(|c: ClusterRow| OutputRow::Resource {
-        scope: Scope::All,
+    let clusters = context_clusters.clone().map(|(ctx, c): (Context, ClusterRow)| OutputRow::Resource {
+        scope: translate::context_scope(&ctx, Scope::All),
         ty: ResourceType::Cluster,
         name: c.name(),
         body: c.encode(),
@@ -283,6 +345,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                 .map(move |f| Diagnostic::field(dr.object_key(), f))
                 .collect::<Vec<_>>()
         }))
+        .concat(services.clone().flat_map(|s: Service| translate::service_untranslated(&s)))
         .concat(service_entries.clone().flat_map(|se: ServiceEntry| {
             service_entry::untranslated(&se)
                 .into_iter()
@@ -295,12 +358,32 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let vs_by_pattern = mesh_vs.clone().flat_map(|vs: VirtualService| {
         outbound::virtual_service_patterns(&vs).into_iter().map(move |p| (p, vs.clone())).collect::<Vec<_>>()
     });
-    let vs_by_host = patterns
+    // As rules, a host's VirtualService depends on the proxy's namespace through `exportTo`.
+    let vs_candidates = patterns
         .map(|(p, (fqdn, _))| (p, fqdn))
-        .join_map(vs_by_pattern, |pattern, fqdn: &String, vs: &VirtualService| (fqdn.clone(), VsRank::new(pattern, vs)))
-        .reduce_named("select: VirtualService", |_fqdn: &String, input: &[(&VsRank, isize)], output| {
-            // Values arrive sorted: the first is the best rank.
-            output.push((input[0].0.key(), 1isize));
+        .join_map(vs_by_pattern, |pattern, fqdn: &String, vs: &VirtualService| {
+            (fqdn.clone(), VsRank::new(pattern, vs))
+        });
+    let vs_markers = vs_candidates
+        .clone()
+        .flat_map(|(fqdn, rank)| rank.namespaces().into_iter().map(move |ns| (ns, fqdn.clone())).collect::<Vec<_>>())
+        .join_map(class_namespaces, |ns, fqdn: &String, _| (fqdn.clone(), ns.clone()))
+        .distinct();
+    let vs_by_host = vs_candidates
+        .map(|(fqdn, rank)| (fqdn, VsPick::Candidate(rank)))
+        .concat(vs_markers.map(|(fqdn, ns)| (fqdn, VsPick::Namespace(ns))))
+        .reduce_named("select: VirtualService", |_fqdn: &String, input: &[(&VsPick, isize)], output| {
+            let mut ranks = Vec::new();
+            let mut namespaces = Vec::new();
+            for (i, _) in input {
+                match i {
+                    VsPick::Candidate(r) => ranks.push(r),
+                    VsPick::Namespace(n) => namespaces.push(n.as_str()),
+                }
+            }
+            for (ctx, key) in outbound::virtual_services_by_context(&ranks, namespaces) {
+                output.push(((ctx, key), 1isize));
+            }
         });
     let vs_destinations = virtual_services.clone().flat_map(|vs: VirtualService| {
         let key: ConfigKey = (vs.namespace.clone(), vs.name.clone());
@@ -328,38 +411,55 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             }
         });
     let missing = vs_context.clone().flat_map(|(_, (vs, dest))| outbound::missing_destinations(&vs, &dest));
-    let routes_by_host = vs_by_host.map(|(fqdn, key)| (key, fqdn)).join_map(
+    let no_routes =
+        vs_by_host.clone().flat_map(
+            |(fqdn, (ctx, key))| if key.is_none() { ctx.map(|ns| (fqdn, VhostInput::NoRoutes(ns))) } else { None },
+        );
+    let routes_by_host = vs_by_host.flat_map(|(fqdn, (ctx, key))| key.map(|k| (k, (fqdn, ctx)))).join_map(
         vs_context.clone(),
-        |_key, fqdn: &String, (vs, dest): &(VirtualService, DestinationMap)| {
-            (fqdn.clone(), VhostInput::Routes(vs.clone(), dest.clone()))
+        |_key, (fqdn, ctx): &(String, Context), (vs, dest): &(VirtualService, DestinationMap)| {
+            (fqdn.clone(), VhostInput::Routes(ctx.clone(), vs.clone(), dest.clone()))
         },
     );
 
     // === per host: virtual hosts ===
     let http_ports = host_ports.clone().filter(|row| row.protocol().is_http());
     let tcp_ports = host_ports.filter(|row| row.protocol() == translate::PortProtocol::Tcp);
-    let tcp_routes = routes_by_host.clone();
+    // TCP listeners are the default context's (not yet per namespace).
+    let tcp_routes = routes_by_host.clone().filter(|(_, i)| matches!(i, VhostInput::Routes(None, _, _)));
     let host_vhosts = http_ports
         .clone()
         .map(|row| (row.fqdn(), VhostInput::Port(row)))
-        .concat(host_info.map(|(fqdn, info)| (fqdn, VhostInput::Info(info))))
+        .concat(context_info.map(|(fqdn, ctx, info)| (fqdn, VhostInput::Info(ctx, info))))
         .concat(routes_by_host)
+        .concat(no_routes)
         .reduce_named("translate: virtual hosts", |_fqdn: &String, input: &[(&VhostInput, isize)], output| {
             let mut rows = Vec::new();
-            let (mut info, mut routes) = (None, None);
+            let mut infos = BTreeMap::new();
+            let mut routes = BTreeMap::new();
             for (i, _) in input {
                 match i {
                     VhostInput::Port(r) => rows.push(r),
-                    VhostInput::Info(h) => info = Some(h),
-                    VhostInput::Routes(vs, dest) => routes = Some((vs, dest)),
+                    VhostInput::Info(ctx, h) => {
+                        infos.insert(ctx.clone(), h);
+                    }
+                    VhostInput::Routes(ctx, vs, dest) => {
+                        routes.insert(ctx.clone(), Some((vs, dest)));
+                    }
+                    VhostInput::NoRoutes(ns) => {
+                        routes.insert(Some(ns.clone()), None);
+                    }
                 }
             }
-            let Some(info) = info else { return };
-            for vhost in outbound::virtual_hosts_for_host(&rows, info, routes) {
-                output.push((vhost, 1isize));
+            for (ctx, route, vhost) in outbound::virtual_hosts_by_context(&rows, &infos, &routes) {
+                output.push(((ctx, route, vhost), 1isize));
             }
         });
-    let virtual_hosts = host_vhosts.clone().map(|(_, (route, vhost))| OutputRow::VirtualHost { route, vhost });
+    let virtual_hosts = host_vhosts.clone().map(|(_, (ctx, route, vhost))| OutputRow::VirtualHost {
+        scope: translate::context_scope(&ctx, Scope::Sidecars),
+        route,
+        vhost,
+    });
     let http_port_numbers = http_ports.clone().map(|row| row.port.port).distinct();
     let listeners = http_port_numbers.clone().map(|port| OutputRow::Resource {
         scope: Scope::Sidecars,
@@ -378,8 +478,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             for (i, _) in input {
                 match i {
                     VhostInput::Port(r) => rows.push(r),
-                    VhostInput::Routes(vs, dest) => routes = Some((vs, dest)),
-                    VhostInput::Info(_) => {}
+                    VhostInput::Routes(_, vs, dest) => routes = Some((vs, dest)),
+                    VhostInput::Info(..) | VhostInput::NoRoutes(_) => {}
                 }
             }
             for l in outbound::tcp_listeners_for_host(&rows, routes) {
@@ -500,14 +600,43 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .semijoin(entry_owners)
         .map(|((cluster, _), ep)| (cluster, ep));
 
-    let base_endpoints = from_slices.concat(from_endpoints).concat(from_pods).concat(from_entries);
+    let unlocated = from_slices.concat(from_endpoints).concat(from_pods).concat(from_entries);
+
+    // === locality: a pod's endpoints are in its own (label) or its Node's locality ===
+    let pods_on_nodes = pods.clone().flat_map(|p: Pod| {
+        let on_node = pod_locality_label(&p.labels).is_none();
+        p.node_name.clone().filter(|_| on_node).map(|n| (n, (p.namespace.clone(), p.name.clone())))
+    });
+    let pod_locality = pods
+        .clone()
+        .flat_map(|p: Pod| pod_locality_label(&p.labels).map(|l| ((p.namespace.clone(), p.name.clone()), l)))
+        .concat(pods_on_nodes.join_map(nodes.map(|n: Node| (n.name, n.labels)), |_, pod, labels: &Labels| {
+            (pod.clone(), node_locality(labels))
+        }))
+        .filter(|(_, l): &(_, String)| !l.is_empty());
+    let by_pod = unlocated.clone().flat_map(|(c, ep): (String, EndpointRow)| ep.pod.clone().map(|p| (p, (c, ep))));
+    let located = by_pod.clone().join_map(pod_locality.clone(), |_, (c, ep): &(String, EndpointRow), l: &String| {
+        let mut ep = ep.clone();
+        if ep.addr.locality.is_empty() {
+            ep.addr.locality = l.clone();
+        }
+        (c.clone(), ep)
+    });
+    let base_endpoints = unlocated
+        .filter(|(_, ep)| ep.pod.is_none())
+        .concat(located)
+        .concat(by_pod.antijoin(pod_locality.map(|(k, _)| k)).map(|(_, ce)| ce));
 
     // === endpoints of subset clusters ===
     // Only the endpoints of clusters that have subsets meet pod labels: a pod's labels decide
     // which subsets its endpoints belong to, so a relabelled pod moves between subset
     // assignments at the cost of the subsets of its services.
-    let subsets_by_base =
-        cluster_rows.clone().flat_map(|c: ClusterRow| c.subset.clone().map(|s| (c.base_name(), (c.name(), s))));
+    // Subset clusters of a namespace's own rule get their own assignments in that namespace;
+    // its clusters without subset share the default's (same name, same endpoints).
+    let subsets_by_base = context_clusters.clone().flat_map(|(ctx, c): (Context, ClusterRow)| {
+        let scope = translate::context_scope(&ctx, Scope::All);
+        c.subset.clone().map(|s| (c.base_name(), ((scope, c.name()), s)))
+    });
     let with_subsets = subsets_by_base.clone().map(|(base, _)| base).distinct();
     let subset_candidates = base_endpoints.clone().semijoin(with_subsets);
     let labels_by_pod = pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p.labels));
@@ -523,22 +652,22 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then_some((c, (ep.addr, ep.labels)))));
     let from_subsets = labelled.join_map(
         subsets_by_base,
-        |_base, (addr, labels): &(EndpointAddr, Labels), (cluster, subset): &(String, SubsetRef)| {
+        |_base, (addr, labels): &(EndpointAddr, Labels), (cluster, subset): &((Scope, String), SubsetRef)| {
             outbound::subset_selects(subset, labels).then(|| (cluster.clone(), addr.clone()))
         },
     );
-    let addresses = base_endpoints.map(|(cluster, ep)| (cluster, ep.addr)).concat(from_subsets.flat_map(|x| x));
+    let addresses =
+        base_endpoints.map(|(cluster, ep)| ((Scope::All, cluster), ep.addr)).concat(from_subsets.flat_map(|x| x));
 
     // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
     // cluster warming (and its own initialization waiting) until one arrives.
-    let assignments = cluster_rows
-        .clone()
-        .filter(|c: &ClusterRow| c.is_eds())
-        .map(|c: ClusterRow| (c.name(), None))
+    let assignments = context_clusters
+        .filter(|(ctx, c): &(Context, ClusterRow)| c.is_eds() && (ctx.is_none() || c.subset.is_some()))
+        .map(|(ctx, c)| ((translate::context_scope(&ctx, Scope::All), c.name()), None))
         .concat(addresses.map(|(cluster, addr)| (cluster, Some(addr))))
         .reduce_named(
             "translate: ClusterLoadAssignment",
-            |cluster: &String, input: &[(&Option<EndpointAddr>, isize)], output| {
+            |(_, cluster): &(Scope, String), input: &[(&Option<EndpointAddr>, isize)], output| {
                 // Values arrive sorted: the `None` marker first, present only if the cluster exists.
                 if input[0].0.is_some() {
                     return;
@@ -547,8 +676,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                 output.push((translate::load_assignment(cluster, &addrs), 1isize));
             },
         )
-        .map(|(name, body)| OutputRow::Resource {
-            scope: Scope::All,
+        .map(|((scope, name), body)| OutputRow::Resource {
+            scope,
             ty: ResourceType::ClusterLoadAssignment,
             name,
             body,
@@ -572,33 +701,43 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     });
     let pod_missing = of_pod.antijoin(labels_by_pod.map(|(k, _)| k)).map(|((ns, _), id)| (id, (ns, Labels::new())));
     let class_labels = given_labels.concat(pod_labels_found).concat(pod_missing);
-    let class_by_pair = class_labels.clone().flat_map(|(id, (_, labels))| {
-        views::class_index_keys(&labels).into_iter().map(move |k| (k, (id.clone(), labels.clone()))).collect::<Vec<_>>()
+    let class_by_pair = class_labels.clone().flat_map(|(id, (ns, labels))| {
+        views::class_index_keys(&labels)
+            .into_iter()
+            .map(move |k| (k, (id.clone(), ns.clone(), labels.clone())))
+            .collect::<Vec<_>>()
     });
     let class_gateways = class_by_pair
         .join_map(
             gateways.map(|gw: Gateway| (views::gateway_index_key(&gw), gw)),
-            |_, (id, labels): &(String, Labels), gw: &Gateway| {
-                views::gateway_selects(gw, labels).then(|| (id.clone(), gw.clone()))
+            |_, (id, ns, labels): &(String, String, Labels), gw: &Gateway| {
+                views::gateway_selects(gw, labels).then(|| (id.clone(), (ns.clone(), gw.clone())))
             },
         )
         .flat_map(|x| x);
+    // A VirtualService binds to a gateway proxy's Gateways when it is exported to the proxy's
+    // namespace.
     let vs_by_gateway = virtual_services.flat_map(|vs: VirtualService| {
         let key: ConfigKey = (vs.namespace.clone(), vs.name.clone());
-        gateway::bound_gateways(&vs).into_iter().map(move |g| (g, key.clone())).collect::<Vec<_>>()
+        let export_to = vs.spec.export_to.clone();
+        gateway::bound_gateways(&vs).into_iter().map(move |g| (g, (key.clone(), export_to.clone()))).collect::<Vec<_>>()
     });
     let class_vs = class_gateways
         .clone()
-        .map(|(id, gw)| (format!("{}/{}", gw.namespace, gw.name), id))
-        .join_map(vs_by_gateway, |_, id: &String, key: &ConfigKey| (key.clone(), id.clone()))
+        .map(|(id, (ns, gw))| (format!("{}/{}", gw.namespace, gw.name), (id, ns)))
+        .join_map(vs_by_gateway, |_, (id, ns): &(String, String), (key, export_to): &(ConfigKey, Vec<String>)| {
+            outbound::exported_to(export_to, &key.0, Some(ns)).then(|| (key.clone(), id.clone()))
+        })
+        .flat_map(|x| x)
         .distinct();
     let class_routes =
         class_vs.join_map(vs_context, |_, id: &String, (vs, dest): &(VirtualService, DestinationMap)| {
             (id.clone(), ClassInput::Routes(vs.clone(), dest.clone()))
         });
-    let class_outputs = class_gateways.map(|(id, gw)| (id, ClassInput::Gateway(gw))).concat(class_routes).reduce_named(
-        "translate: gateway class",
-        |_id: &String, input: &[(&ClassInput, isize)], output| {
+    let class_outputs = class_gateways
+        .map(|(id, (_, gw))| (id, ClassInput::Gateway(gw)))
+        .concat(class_routes)
+        .reduce_named("translate: gateway class", |_id: &String, input: &[(&ClassInput, isize)], output| {
             let mut gws: Vec<&Gateway> = Vec::new();
             let mut vss: Vec<(&VirtualService, &DestinationMap)> = Vec::new();
             for (i, _) in input {
@@ -622,8 +761,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             for d in out.diagnostics {
                 output.push((ClassOutput::Diagnostic(d), 1));
             }
-        },
-    );
+        });
     let class_resources = class_outputs.clone().flat_map(|(id, out)| match out {
         ClassOutput::Resource(ty, name, body) => Some(OutputRow::Resource { scope: Scope::Class(id), ty, name, body }),
         _ => None,
@@ -701,7 +839,10 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .distinct()
         .map(OutputRow::Diagnostic);
     // === proxyless gRPC clients: API listeners, route configs, clusters (see proxyless.rs) ===
-    let proxyless = super::proxyless::proxyless(classes, cluster_rows, http_ports, host_vhosts);
+    // Proxyless clients are served the default context.
+    let default_vhosts =
+        host_vhosts.flat_map(|(fqdn, (ctx, route, vhost))| ctx.is_none().then_some((fqdn, (route, vhost))));
+    let proxyless = super::proxyless::proxyless(classes, cluster_rows, http_ports, default_vhosts);
     let output = clusters
         .concat(assignments)
         .concat(listeners)
@@ -716,6 +857,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         slices: slices_in,
         endpoints: endpoints_in,
         pods: pods_in,
+        nodes: nodes_in,
         virtual_services: vs_in,
         destination_rules: dr_in,
         gateways: gateways_in,

@@ -181,6 +181,7 @@ fn feed(inputs: &mut dataflow::Inputs, object: &Object, diff: isize) {
         Object::Secret(s) => inputs.secrets.update((**s).clone(), diff),
         Object::ServiceEntry(se) => inputs.service_entries.update((**se).clone(), diff),
         // Held by the driver, not yet translated.
-        Object::Namespace(_) | Object::Node(_) => {}
+        Object::Node(n) => inputs.nodes.update(n.clone(), diff),
+        Object::Namespace(_) => {}
     }
 }

@@ -35,12 +35,17 @@ pub struct ResourceDelta {
 }
 
 /// Route configs assembled from virtual hosts (the sidecars' outbound route configs), kept
-/// between times.
+/// between times. The sidecars' route config of a name holds the default context's virtual
+/// hosts; a namespace with virtual hosts of its own on that route gets its own copy, the
+/// sidecars' with its own in place of the same names.
 #[derive(Default)]
 pub struct Assembler {
-    routes: BTreeMap<String, BTreeMap<String, VirtualHostPart>>,
+    /// By (scope, route name): `Sidecars` for the default context, `Namespace` for overlays.
+    routes: BTreeMap<(Scope, String), BTreeMap<String, VirtualHostPart>>,
+    /// The namespaces with an overlay on each route: they follow its default changes.
+    overlays: BTreeMap<String, BTreeSet<String>>,
     /// Hash of each route config's last emitted bytes, so an unchanged one is not re-emitted.
-    emitted: HashMap<String, u64>,
+    emitted: HashMap<(Scope, String), u64>,
 }
 
 impl Assembler {
@@ -55,7 +60,7 @@ impl Assembler {
         // is removed.
         let mut resources: BTreeMap<(Scope, ResourceType, String), Option<Vec<u8>>> = BTreeMap::new();
         let mut vhost_adds = Vec::new();
-        let mut touched = BTreeSet::new();
+        let mut touched: BTreeSet<(Scope, String)> = BTreeSet::new();
         let mut diagnostics = Vec::new();
         for (row, diff) in net.into_iter().filter(|(_, d)| *d != 0) {
             match row {
@@ -66,50 +71,76 @@ impl Assembler {
                         *slot = Some(body);
                     }
                 }
-                OutputRow::VirtualHost { route, vhost } => {
+                OutputRow::VirtualHost { scope, route, vhost } => {
+                    let key = (scope, route);
                     if diff > 0 {
-                        vhost_adds.push((route, vhost));
+                        vhost_adds.push((key, vhost));
                     } else {
-                        if let Some(hosts) = self.routes.get_mut(&route) {
+                        if let Some(hosts) = self.routes.get_mut(&key) {
                             // Only remove the exact part retracted: the same name may be re-added below.
                             if hosts.get(&vhost.name) == Some(&vhost) {
                                 hosts.remove(&vhost.name);
                             }
                         }
-                        touched.insert(route);
+                        touched.insert(key);
                     }
                 }
             }
         }
-        for (route, vhost) in vhost_adds {
-            self.routes.entry(route.clone()).or_default().insert(vhost.name.clone(), vhost);
-            touched.insert(route);
+        for (key, vhost) in vhost_adds {
+            self.routes.entry(key.clone()).or_default().insert(vhost.name.clone(), vhost);
+            touched.insert(key);
         }
+        // Keep the overlay index, and let each overlay follow its route's default.
+        for (scope, route) in &touched {
+            if let Scope::Namespace(ns) = scope {
+                let live = self.routes.get(&(scope.clone(), route.clone())).is_some_and(|h| !h.is_empty());
+                let set = self.overlays.entry(route.clone()).or_default();
+                if live {
+                    set.insert(ns.clone());
+                } else {
+                    set.remove(ns);
+                }
+            }
+        }
+        let followers: Vec<(Scope, String)> = touched
+            .iter()
+            .filter(|(scope, _)| *scope == Scope::Sidecars)
+            .flat_map(|(_, route)| {
+                self.overlays.get(route).into_iter().flatten().map(|ns| (Scope::Namespace(ns.clone()), route.clone()))
+            })
+            .collect();
+        touched.extend(followers);
 
         let mut changes: Vec<ResourceChange> = resources
             .into_iter()
             .map(|((scope, ty, name), body)| ResourceChange { scope, ty, name, body: body.map(Arc::from) })
             .collect();
-        for route in touched {
-            let hosts = self.routes.get(&route).filter(|h| !h.is_empty());
-            match hosts {
+        for key in touched {
+            let body = self.assemble(&key);
+            let (scope, route) = key.clone();
+            match body {
                 None => {
-                    self.routes.remove(&route);
-                    if self.emitted.remove(&route).is_some() {
+                    if self.routes.get(&key).is_some_and(|h| h.is_empty()) {
+                        self.routes.remove(&key);
+                    }
+                    if self.overlays.get(&route).is_some_and(|s| s.is_empty()) {
+                        self.overlays.remove(&route);
+                    }
+                    if self.emitted.remove(&key).is_some() {
                         changes.push(ResourceChange {
-                            scope: Scope::Sidecars,
+                            scope,
                             ty: ResourceType::RouteConfiguration,
                             name: route,
                             body: None,
                         });
                     }
                 }
-                Some(hosts) => {
-                    let body = translate::route_configuration(&route, hosts.values());
+                Some(body) => {
                     let hash = xxhash_rust::xxh3::xxh3_64(&body);
-                    if self.emitted.insert(route.clone(), hash) != Some(hash) {
+                    if self.emitted.insert(key, hash) != Some(hash) {
                         changes.push(ResourceChange {
-                            scope: Scope::Sidecars,
+                            scope,
                             ty: ResourceType::RouteConfiguration,
                             name: route,
                             body: Some(Arc::from(body)),
@@ -120,5 +151,21 @@ impl Assembler {
         }
         diagnostics.sort();
         ResourceDelta { time, changes, diagnostics }
+    }
+
+    /// The route config of (scope, route) as it stands, None if it has no virtual host (a
+    /// namespace's copy exists only while it has virtual hosts of its own).
+    fn assemble(&self, key: &(Scope, String)) -> Option<Vec<u8>> {
+        let own = self.routes.get(key).filter(|h| !h.is_empty())?;
+        let (scope, route) = key;
+        if *scope == Scope::Sidecars {
+            return Some(translate::route_configuration(route, own.values()));
+        }
+        let mut merged: BTreeMap<&str, &VirtualHostPart> = BTreeMap::new();
+        if let Some(defaults) = self.routes.get(&(Scope::Sidecars, route.clone())) {
+            merged.extend(defaults.iter().map(|(n, v)| (n.as_str(), v)));
+        }
+        merged.extend(own.iter().map(|(n, v)| (n.as_str(), v)));
+        Some(translate::route_configuration(route, merged.into_values()))
     }
 }

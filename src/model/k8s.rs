@@ -125,6 +125,10 @@ pub struct Service {
     /// `ExternalName` services resolve by DNS and get no EDS cluster.
     pub external_name: Option<String>,
     pub publish_not_ready_addresses: bool,
+    /// Istio's `networking.istio.io/exportTo` annotation, split at commas (empty: every
+    /// namespace).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -263,6 +267,9 @@ impl Errors {
     }
 }
 
+/// The annotation by which a Service limits the namespaces that see it, as istiod reads it.
+pub const SERVICE_EXPORT_TO: &str = "networking.istio.io/exportTo";
+
 pub fn service_from(ns: &str, name: &str, svc: &core::Service) -> Result<Service, Vec<FieldError>> {
     let mut errors = Errors::default();
     let spec = svc.spec.clone().unwrap_or_default();
@@ -320,6 +327,13 @@ pub fn service_from(ns: &str, name: &str, svc: &core::Service) -> Result<Service
         cluster_ip,
         external_name,
         publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
+        export_to: svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SERVICE_EXPORT_TO))
+            .map(|v| v.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from).collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -495,6 +509,22 @@ mod tests {
             (json!({"kind": "Pod", "namespace": "shop"}), None),
             (Value::Null, None),
         ]
+    }
+
+    #[test]
+    fn the_export_to_annotation_is_read_and_reported_as_not_applied() {
+        let svc: core::Service = serde_json::from_value(json!({
+            "metadata": {"name": "reviews", "namespace": "default",
+                         "annotations": {SERVICE_EXPORT_TO: "., istio-system"}},
+            "spec": {"ports": [{"port": 9080}]}}))
+        .unwrap();
+        let converted = service_from("default", "reviews", &svc).unwrap();
+        assert_eq!(converted.export_to, [".", "istio-system"]);
+        let d = crate::translate::service_untranslated(&converted).expect("a diagnostic");
+        assert_eq!(d.field, "metadata.annotations[networking.istio.io/exportTo]");
+        assert_eq!(d.object, crate::model::ObjectKey::new(crate::model::Kind::Service, "default", "reviews"));
+        let public = Service { export_to: vec!["*".into()], ..converted };
+        assert!(crate::translate::service_untranslated(&public).is_none());
     }
 
     #[test]

@@ -639,14 +639,8 @@ pub fn untranslated(rule: &DestinationRule) -> Vec<FieldError> {
     if spec.workload_selector.is_some() {
         out.push(FieldError::new(
             "spec.workloadSelector",
-            "per-workload DestinationRules need per-proxy views, which meshflow does not have yet: the rule is \
-             applied to every proxy",
-        ));
-    }
-    if !spec.export_to.is_empty() {
-        out.push(FieldError::new(
-            "spec.exportTo",
-            "visibility needs per-namespace views, which meshflow does not have yet: the rule is visible everywhere",
+            "per-workload DestinationRules are not applied yet (sidecar classes do not carry workload labels): \
+             the rule is left out for every proxy",
         ));
     }
     out
@@ -1308,7 +1302,6 @@ subsets:
         assert_eq!(
             fields,
             [
-                "spec.exportTo",
                 "spec.subsets[0].trafficPolicy.loadBalancer.backendUtilization",
                 "spec.subsets[0].trafficPolicy.proxyProtocol",
                 "spec.subsets[0].trafficPolicy.tls.mode",

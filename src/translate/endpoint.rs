@@ -129,3 +129,67 @@ pub fn selector_pod_addresses(s: &Service, pod: &Pod) -> Vec<(String, EndpointRo
     };
     pod_addresses(&s.namespace, &svc, pod)
 }
+
+// === locality ===
+
+/// A Pod's locality when its labels give it (`topology.istio.io/locality`, else the older
+/// `istio-locality`), with `.` read as `/` unless the value has a `/`, as istiod's
+/// `GetLocalityLabel` and `SanitizeLocalityLabel`.
+pub fn pod_locality_label(labels: &Labels) -> Option<String> {
+    let value = labels.get("topology.istio.io/locality").or_else(|| labels.get("istio-locality"))?;
+    if value.is_empty() {
+        return None;
+    }
+    Some(if value.contains('/') { value.clone() } else { value.replace('.', "/") })
+}
+
+/// A Node's locality, `region/zone/subzone`, from its topology labels (the GA ones, else the
+/// beta `failure-domain` ones; subzone `topology.istio.io/subzone`), as istiod's
+/// `getPodLocality`; empty when it has none of them.
+pub fn node_locality(labels: &Labels) -> String {
+    let get = |ga: &str, beta: &str| labels.get(ga).or_else(|| labels.get(beta)).cloned().unwrap_or_default();
+    let region = get("topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region");
+    let zone = get("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone");
+    let subzone = get("topology.istio.io/subzone", "topology.istio.io/subzone");
+    if region.is_empty() && zone.is_empty() && subzone.is_empty() {
+        return String::new();
+    }
+    format!("{region}/{zone}/{subzone}")
+}
+
+/// The locality of a Pod's endpoints: its own label, else its Node's (`node`: the labels of
+/// the Node it runs on, when known).
+pub fn pod_locality(pod: &Pod, node: Option<&Labels>) -> String {
+    pod_locality_label(&pod.labels).or_else(|| node.map(node_locality)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod locality_tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_node_locality_is_region_zone_subzone_from_its_topology_labels() {
+        let node = labels(&[
+            ("topology.kubernetes.io/region", "us-east1"),
+            ("topology.kubernetes.io/zone", "us-east1-b"),
+            ("topology.istio.io/subzone", "rack7"),
+        ]);
+        assert_eq!(node_locality(&node), "us-east1/us-east1-b/rack7");
+        let beta = labels(&[("failure-domain.beta.kubernetes.io/zone", "z1")]);
+        assert_eq!(node_locality(&beta), "/z1/");
+        assert_eq!(node_locality(&labels(&[("kubernetes.io/hostname", "n1")])), "");
+    }
+
+    #[test]
+    fn a_pod_locality_label_wins_and_dots_become_slashes() {
+        let node = labels(&[("topology.kubernetes.io/region", "r")]);
+        assert_eq!(pod_locality_label(&labels(&[("istio-locality", "r1.z1.s1")])).as_deref(), Some("r1/z1/s1"));
+        let both = labels(&[("topology.istio.io/locality", "a/b"), ("istio-locality", "c.d")]);
+        assert_eq!(pod_locality_label(&both).as_deref(), Some("a/b"));
+        assert_eq!(node_locality(&node), "r//");
+    }
+}

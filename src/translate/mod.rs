@@ -145,6 +145,10 @@ pub enum Scope {
     /// Every proxyless gRPC client: API listeners `<fqdn>:<port>`, their route configs, and
     /// clusters as gRPC takes them (they hide the shared clusters of the same name).
     Proxyless,
+    /// The proxies of one namespace, where what they see differs from what every other
+    /// namespace sees (a DestinationRule of their own, a VirtualService exported to them only):
+    /// it hides the same names in `Sidecars` and `All`. See [`outbound::Context`].
+    Namespace(String),
 }
 
 impl std::fmt::Display for Scope {
@@ -154,7 +158,31 @@ impl std::fmt::Display for Scope {
             Scope::Sidecars => f.write_str("sidecars"),
             Scope::Class(id) => f.write_str(id),
             Scope::Proxyless => f.write_str("proxyless"),
+            Scope::Namespace(ns) => write!(f, "namespace/{ns}"),
         }
+    }
+}
+
+/// What of a Service meshflow reads but does not apply yet: its `exportTo` annotation (the
+/// Service stays visible to every namespace).
+pub fn service_untranslated(s: &crate::model::Service) -> Option<Diagnostic> {
+    if s.export_to.is_empty() || s.export_to.iter().all(|e| e == "*") {
+        return None;
+    }
+    Some(Diagnostic {
+        object: crate::model::ObjectKey::new(crate::model::Kind::Service, &s.namespace, &s.name),
+        field: format!("metadata.annotations[{}]", crate::model::k8s::SERVICE_EXPORT_TO),
+        message: "visibility per namespace is not applied to Services yet: the Service is visible to every proxy"
+            .into(),
+    })
+}
+
+/// Where output of a context goes: the default context's to `shared`, a namespace's to that
+/// namespace.
+pub fn context_scope(ctx: &outbound::Context, shared: Scope) -> Scope {
+    match ctx {
+        None => shared,
+        Some(ns) => Scope::Namespace(ns.clone()),
     }
 }
 

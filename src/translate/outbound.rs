@@ -11,13 +11,16 @@
 //!   those whose hosts match a service's FQDN (exactly, or as `*.suffix` / `*` wildcards), the
 //!   most specific host wins, then the oldest (creation time, then name, then namespace, as
 //!   istiod's `configCompareByCreationTime`).
-//! - A DestinationRule's host is matched the same way. istiod looks a rule up in the proxy's
-//!   namespace, then the service's, then the root namespace; meshflow has no per-proxy views
-//!   yet, so every proxy is served as if it were in the service's namespace: the service's
-//!   namespace first, then the root namespace (`istio-system`), then any other namespace; in
-//!   each, the most specific host. Rules for the same host in the same namespace are merged as
-//!   istiod merges them: the oldest rule's traffic policy (or the first one that has one),
-//!   subsets of every rule, a name defined twice kept from the older rule.
+//! - A DestinationRule's host is matched the same way. A proxy looks rules up as istiod's
+//!   `PushContext.destinationRule` does: the rules of its own namespace, then those of the
+//!   host's namespace exported to it, then those of the root namespace (`istio-system`)
+//!   exported to it; in each, the most specific host. Rules for the same host in the same
+//!   namespace are merged as istiod merges them: the oldest rule's traffic policy (or the first
+//!   one that has one), subsets of every rule, a name defined twice kept from the older rule.
+//! - `exportTo` (absent = `*`, `.`, namespaces) limits which proxies' namespaces see a
+//!   VirtualService or DestinationRule. What depends on the proxy's namespace is computed per
+//!   [`Context`]: once for the default (every namespace nobody names) and once for each
+//!   namespace of a connected proxy where the result differs.
 //!   Rules with a `workloadSelector` apply to selected workloads only: left out until views exist.
 
 use std::cmp::Reverse;
@@ -78,6 +81,36 @@ pub fn config_host(host: &str, namespace: &str) -> String {
     resolve_host(&host.to_ascii_lowercase(), namespace)
 }
 
+// === visibility: exportTo, and the proxy namespaces output depends on ===
+
+/// The proxy namespace a piece of output is computed for. `None` is the default context: every
+/// namespace that no object names in particular, whose proxies share one copy of the output;
+/// `Some(ns)` a namespace whose proxies see something else (a rule of their own, an object
+/// exported to them only), served to them in [`super::Scope::Namespace`].
+pub type Context = Option<String>;
+
+/// Whether an object of namespace `owner` with `exportTo` entries `export_to` is visible to
+/// proxies of namespace `client` (`None`: the default context, a namespace nobody names).
+/// No entries means `*`, as istiod's default `defaultExportTo`.
+pub fn exported_to(export_to: &[String], owner: &str, client: Option<&str>) -> bool {
+    export_to.is_empty()
+        || export_to.iter().any(|e| match e.as_str() {
+            "*" => true,
+            "~" => false,
+            "." => client == Some(owner),
+            ns => client == Some(ns),
+        })
+}
+
+/// The namespaces an `exportTo` names in particular (`.` is the owner's).
+pub fn named_namespaces(export_to: &[String], owner: &str) -> BTreeSet<String> {
+    export_to
+        .iter()
+        .filter(|e| !matches!(e.as_str(), "*" | "~"))
+        .map(|e| if e == "." { owner.to_string() } else { e.clone() })
+        .collect()
+}
+
 // === VirtualService selection ===
 
 /// Whether a VirtualService applies to sidecars.
@@ -101,6 +134,7 @@ pub struct VsRank {
     created: Option<String>,
     name: String,
     namespace: String,
+    export_to: Vec<String>,
 }
 
 impl VsRank {
@@ -110,12 +144,53 @@ impl VsRank {
             created: vs.creation_timestamp.clone(),
             name: vs.name.clone(),
             namespace: vs.namespace.clone(),
+            export_to: vs.spec.export_to.clone(),
         }
     }
 
     pub fn key(&self) -> ConfigKey {
         (self.namespace.clone(), self.name.clone())
     }
+
+    /// Whether proxies of namespace `client` see the VirtualService.
+    pub fn visible_to(&self, client: Option<&str>) -> bool {
+        exported_to(&self.export_to, &self.namespace, client)
+    }
+
+    /// The namespaces whose proxies may see the VirtualService differently from the default
+    /// context (those its `exportTo` names).
+    pub fn namespaces(&self) -> BTreeSet<String> {
+        named_namespaces(&self.export_to, &self.namespace)
+    }
+}
+
+/// The VirtualService that proxies of namespace `client` use for a host, from the candidates
+/// whose hosts matched it: the best ranked among those exported to them.
+pub fn choose_virtual_service<'a>(
+    client: Option<&str>,
+    candidates: impl IntoIterator<Item = &'a VsRank>,
+) -> Option<ConfigKey> {
+    candidates.into_iter().filter(|r| r.visible_to(client)).min().map(VsRank::key)
+}
+
+/// The VirtualService of a host in the default context (when there is one), and in each of
+/// `namespaces` where it differs.
+pub fn virtual_services_by_context<'a>(
+    candidates: &[&'a VsRank],
+    namespaces: impl IntoIterator<Item = &'a str>,
+) -> Vec<(Context, Option<ConfigKey>)> {
+    let default = choose_virtual_service(None, candidates.iter().copied());
+    let mut out: Vec<(Context, Option<ConfigKey>)> = Vec::new();
+    for ns in namespaces {
+        let chosen = choose_virtual_service(Some(ns), candidates.iter().copied());
+        if chosen != default {
+            out.push((Some(ns.to_string()), chosen));
+        }
+    }
+    if default.is_some() {
+        out.insert(0, (None, default));
+    }
+    out
 }
 
 /// The destination hosts (resolved FQDNs) a VirtualService's HTTP routes, mirrors and TCP/TLS
@@ -193,25 +268,15 @@ pub fn destination_rule_pattern(dr: &DestinationRule) -> Option<String> {
     Some(config_host(&dr.spec.host, &dr.namespace))
 }
 
-/// The DestinationRule that applies to `fqdn` (of a service in `namespace`), merged from the
-/// candidates whose host matched it: each given with the pattern it matched by.
-pub fn select_rule<'a>(
-    fqdn_namespace: &str,
-    candidates: impl IntoIterator<Item = (&'a str, &'a DestinationRule)>,
-) -> Option<DestinationRuleSpec> {
-    let namespace_rank = |ns: &str| {
-        if ns == fqdn_namespace {
-            0
-        } else if ns == ROOT_NAMESPACE {
-            1
-        } else {
-            2
-        }
-    };
+/// The best of the candidates matching one host, merged as istiod consolidates rules for the
+/// same host in one namespace: the most specific pattern, then the oldest rule's traffic policy
+/// (or the first one that has one), subsets of every rule, a name defined twice kept from the
+/// older rule. Candidates are given with the pattern they matched by.
+fn merge_best<'a>(candidates: impl IntoIterator<Item = (&'a str, &'a DestinationRule)>) -> Option<DestinationRuleSpec> {
     let mut ranked: Vec<_> = candidates
         .into_iter()
         .map(|(pattern, dr)| {
-            let group = (namespace_rank(&dr.namespace), Reverse(specificity(pattern)), dr.namespace.as_str());
+            let group = (Reverse(specificity(pattern)), dr.namespace.as_str());
             let age = (dr.creation_timestamp.as_deref(), dr.name.as_str());
             (group, age, dr)
         })
@@ -236,6 +301,71 @@ pub fn select_rule<'a>(
         }
     }
     merged
+}
+
+/// A rule exported to its own namespace only (`exportTo: ["."]` or its namespace's name):
+/// istiod keeps it out of the index other namespaces read.
+fn private_only(dr: &DestinationRule) -> bool {
+    matches!(dr.spec.export_to.as_slice(), [only] if only == "." || *only == dr.namespace)
+}
+
+/// The DestinationRule that proxies in namespace `proxy` use for `fqdn` (a host of namespace
+/// `host_namespace`), from the candidates whose host matched it, as istiod's
+/// `PushContext.destinationRule` looks it up:
+/// 1. the rules of the proxy's own namespace (for a proxy in the root namespace, its rules
+///    exported to itself only);
+/// 2. the rules of the host's namespace exported to the proxy's namespace;
+/// 3. the rules of the root namespace exported to the proxy's namespace.
+///
+/// `proxy: None` is the default context: a namespace that no candidate lives in or names, whose
+/// proxies get steps 2 and 3 with rules exported to every namespace.
+pub fn rule_for<'a>(
+    proxy: Option<&str>,
+    host_namespace: &str,
+    candidates: &[(&'a str, &'a DestinationRule)],
+) -> Option<DestinationRuleSpec> {
+    let pick =
+        |keep: &dyn Fn(&DestinationRule) -> bool| merge_best(candidates.iter().copied().filter(|(_, dr)| keep(dr)));
+    let local = match proxy {
+        Some(p) if p == ROOT_NAMESPACE => pick(&|dr| dr.namespace == p && private_only(dr)),
+        Some(p) => pick(&|dr| dr.namespace == p && exported_to(&dr.spec.export_to, &dr.namespace, Some(p))),
+        None => None,
+    };
+    let exported_from = |ns: &str| {
+        pick(&|dr| dr.namespace == ns && !private_only(dr) && exported_to(&dr.spec.export_to, &dr.namespace, proxy))
+    };
+    local.or_else(|| exported_from(host_namespace)).or_else(|| exported_from(ROOT_NAMESPACE))
+}
+
+/// The namespaces whose proxies may look a rule up differently from the default context: its
+/// own, the ones its `exportTo` names, and the root namespace (whose proxies read the root's
+/// private rules first).
+pub fn rule_namespaces(dr: &DestinationRule) -> BTreeSet<String> {
+    let mut out = named_namespaces(&dr.spec.export_to, &dr.namespace);
+    out.insert(dr.namespace.clone());
+    out.insert(ROOT_NAMESPACE.to_string());
+    out
+}
+
+/// The rule of `fqdn` in the default context (when there is one), and in each of `namespaces`
+/// where it differs from the default (`None` there: no rule at all).
+pub fn rules_by_context<'a>(
+    host_namespace: &str,
+    candidates: &[(&'a str, &'a DestinationRule)],
+    namespaces: impl IntoIterator<Item = &'a str>,
+) -> Vec<(Context, Option<DestinationRuleSpec>)> {
+    let default = rule_for(None, host_namespace, candidates);
+    let mut out: Vec<(Context, Option<DestinationRuleSpec>)> = Vec::new();
+    for ns in namespaces {
+        let rule = rule_for(Some(ns), host_namespace, candidates);
+        if rule != default {
+            out.push((Some(ns.to_string()), rule));
+        }
+    }
+    if default.is_some() {
+        out.insert(0, (None, default));
+    }
+    out
 }
 
 /// The namespace of a service FQDN `<name>.<namespace>.svc.<domain>`.
@@ -368,6 +498,37 @@ pub fn virtual_hosts_for_host(
         let routes = vs.map(|(vs, dest)| http_routes(vs, port, dest)).filter(|r| !r.is_empty());
         let routes = routes.unwrap_or_else(|| vec![default_route(row, own.hash_policy(port, ""))]);
         out.push((super::route_config_name(port), super::virtual_host(row, routes)));
+    }
+    out
+}
+
+/// What a VirtualService that applies in a context brings: the object and its destinations.
+pub type ContextRoutes<'a> = Option<(&'a VirtualService, &'a DestinationMap)>;
+
+/// A host's virtual hosts in every context it has: the default context's, then in each
+/// namespace where its rule or its VirtualService differ, the virtual hosts that differ from the
+/// default's (a namespace's route config is the default's with these in place of the same
+/// names). `infos` and `routes` hold the default (`None`) and the namespaces that differ;
+/// a namespace missing from one of them has the default's there.
+pub fn virtual_hosts_by_context<'a>(
+    rows: &[&ServicePortRow],
+    infos: &BTreeMap<Context, &'a HostInfo>,
+    routes: &BTreeMap<Context, ContextRoutes<'a>>,
+) -> Vec<(Context, String, VirtualHostPart)> {
+    let Some(default_info) = infos.get(&None).copied() else { return Vec::new() };
+    let default_routes = routes.get(&None).copied().flatten();
+    let defaults = virtual_hosts_for_host(rows, default_info, default_routes);
+    let mut out: Vec<(Context, String, VirtualHostPart)> =
+        defaults.iter().map(|(route, vhost)| (None, route.clone(), vhost.clone())).collect();
+    let namespaces: BTreeSet<&Context> = infos.keys().chain(routes.keys()).filter(|c| c.is_some()).collect();
+    for ctx in namespaces {
+        let info = infos.get(ctx).copied().unwrap_or(default_info);
+        let vs = routes.get(ctx).copied().unwrap_or(default_routes);
+        for (route, vhost) in virtual_hosts_for_host(rows, info, vs) {
+            if !defaults.iter().any(|(r, v)| *r == route && *v == vhost) {
+                out.push((ctx.clone(), route, vhost));
+            }
+        }
     }
     out
 }
@@ -641,5 +802,91 @@ mod tests {
         assert!(lost[0].message.contains("0.0.0.0_9000"), "{}", lost[0].message);
 
         assert_eq!(settle_port(9000, false, [a]), (Some(a), vec![]));
+    }
+
+    fn rule(namespace: &str, name: &str, host: &str, export_to: &[&str], subset: &str) -> DestinationRule {
+        let value = serde_json::json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"host": host, "exportTo": export_to, "subsets": [{"name": subset, "labels": {"v": subset}}]},
+        });
+        match parse_document(value, namespace).pop() {
+            Some(ParseOutcome::Object(Object::DestinationRule(dr))) => *dr,
+            other => panic!("invalid test DestinationRule: {other:?}"),
+        }
+    }
+
+    /// The subset name of the rule picked for `proxy`: each test rule has one, named after it.
+    fn picked(proxy: Option<&str>, rules: &[DestinationRule]) -> Option<String> {
+        let fqdn = "reviews.default.svc.cluster.local";
+        let patterns: Vec<String> = rules.iter().map(|r| destination_rule_pattern(r).unwrap()).collect();
+        let candidates: Vec<(&str, &DestinationRule)> =
+            patterns.iter().map(String::as_str).zip(rules).filter(|(p, _)| pattern_matches(p, fqdn)).collect();
+        rule_for(proxy, "default", &candidates).map(|r| r.subsets[0].name.clone())
+    }
+
+    #[test]
+    fn a_rule_in_the_proxy_namespace_wins_then_the_host_namespace_then_the_root() {
+        let rules = [
+            rule("default", "host-ns", "reviews", &[], "host"),
+            rule("shop", "proxy-ns", "reviews.default.svc.cluster.local", &[], "proxy"),
+            rule("istio-system", "root", "reviews.default.svc.cluster.local", &[], "root"),
+        ];
+        assert_eq!(picked(Some("shop"), &rules).as_deref(), Some("proxy"));
+        assert_eq!(picked(Some("default"), &rules).as_deref(), Some("host"));
+        assert_eq!(picked(Some("other"), &rules).as_deref(), Some("host"));
+        assert_eq!(picked(None, &rules).as_deref(), Some("host"));
+        // Without the host namespace's rule, the root's; a rule of a third namespace is that
+        // namespace's own business.
+        assert_eq!(picked(Some("other"), &rules[1..]).as_deref(), Some("root"));
+        assert_eq!(picked(Some("other"), &rules[1..2]), None);
+    }
+
+    #[test]
+    fn export_to_limits_who_gets_a_rule() {
+        let private = [rule("default", "private", "reviews", &["."], "private")];
+        assert_eq!(picked(Some("default"), &private).as_deref(), Some("private"));
+        assert_eq!(picked(Some("shop"), &private), None);
+        assert_eq!(picked(None, &private), None);
+        let to_shop = [rule("default", "to-shop", "reviews", &["shop"], "to-shop")];
+        assert_eq!(picked(Some("shop"), &to_shop).as_deref(), Some("to-shop"));
+        assert_eq!(picked(Some("other"), &to_shop), None);
+        // A root namespace rule exported to itself only is the root's proxies' (gateways') own.
+        let root_private = [rule("istio-system", "root", "reviews.default.svc.cluster.local", &["."], "root")];
+        assert_eq!(picked(Some("istio-system"), &root_private).as_deref(), Some("root"));
+        assert_eq!(picked(None, &root_private), None);
+    }
+
+    #[test]
+    fn rules_by_context_lists_only_the_namespaces_that_differ() {
+        let rules = [
+            rule("default", "host-ns", "reviews", &[], "host"),
+            rule("shop", "proxy-ns", "reviews.default.svc.cluster.local", &[], "proxy"),
+        ];
+        let candidates: Vec<(String, &DestinationRule)> =
+            rules.iter().map(|r| (destination_rule_pattern(r).unwrap(), r)).collect();
+        let candidates: Vec<(&str, &DestinationRule)> = candidates.iter().map(|(p, r)| (p.as_str(), *r)).collect();
+        let by = rules_by_context("default", &candidates, ["default", "shop", "istio-system"]);
+        let by: Vec<(Option<&str>, &str)> =
+            by.iter().map(|(c, r)| (c.as_deref(), r.as_ref().unwrap().subsets[0].name.as_str())).collect();
+        assert_eq!(by, [(None, "host"), (Some("shop"), "proxy")]);
+    }
+
+    #[test]
+    fn a_virtual_service_exported_to_its_namespace_only_is_chosen_there_only() {
+        let mut private = vs(serde_json::json!({"hosts": ["reviews"], "exportTo": ["."],
+            "http": [{"route": [{"destination": {"host": "reviews"}}]}]}));
+        private.name = "private".into();
+        let public = vs(serde_json::json!({"hosts": ["*.svc.cluster.local"],
+            "http": [{"route": [{"destination": {"host": "reviews"}}]}]}));
+        let ranks =
+            [VsRank::new("reviews.default.svc.cluster.local", &private), VsRank::new("*.svc.cluster.local", &public)];
+        let ranks: Vec<&VsRank> = ranks.iter().collect();
+        let by = virtual_services_by_context(&ranks, ["default", "shop"]);
+        let key = |n: &str| Some(("default".to_string(), n.to_string()));
+        assert_eq!(by, [(None, key("tcp-echo")), (Some("default".into()), key("private"))]);
+        assert!(exported_to(&["shop".into()], "default", Some("shop")));
+        assert!(!exported_to(&["shop".into()], "default", None));
+        assert!(!exported_to(&["~".into()], "default", Some("default")));
     }
 }

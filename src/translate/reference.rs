@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::endpoint::{EndpointRow, endpoints_addresses, selector_pod_addresses, service_port_rows, slice_addresses};
-use super::outbound::{self, DestinationMap, HostInfo, TcpListenerRow, VsRank};
+use super::outbound::{self, Context, DestinationMap, HostInfo, TcpListenerRow, VsRank};
 use super::{EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart, service_entry};
 use super::{gateway, views};
 use crate::model::Object;
-use crate::model::istio::{Gateway, VirtualService};
+use crate::model::istio::{DestinationRule, DestinationRuleSpec, Gateway, VirtualService};
 use crate::model::k8s::Labels;
 use crate::model::proxy::{ClassLabels, ProxyKind};
 use crate::translate;
@@ -21,12 +21,16 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     let (mut services, mut slices, mut endpoints, mut pods) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut virtual_services, mut rules, mut entries) = (Vec::new(), Vec::new(), Vec::new());
     let (mut gateways, mut classes, mut secrets) = (Vec::new(), Vec::new(), HashMap::new());
+    let mut nodes: HashMap<&str, &Labels> = HashMap::new();
     for o in objects {
         match o {
             Object::Service(s) => services.push(s),
             Object::EndpointSlice(s) => slices.push(s),
             Object::Endpoints(e) => endpoints.push(e),
             Object::Pod(p) => pods.push(p),
+            Object::Node(n) => {
+                nodes.insert(n.name.as_str(), &n.labels);
+            }
             Object::VirtualService(vs) => virtual_services.push(&**vs),
             Object::DestinationRule(dr) => rules.push(&**dr),
             Object::Gateway(gw) => gateways.push(&**gw),
@@ -104,19 +108,54 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         }
     }
 
-    // The rule of each host, and what routes toward it need.
+    // Output that depends on the proxy's namespace is computed for the namespaces of connected
+    // proxies only.
+    let class_namespaces: BTreeSet<&str> = classes.iter().map(|c| c.namespace.as_str()).collect();
+
+    // Each pod's endpoints in its locality: its own label's, else its Node's.
+    let pods_by_key: HashMap<(&str, &str), &crate::model::Pod> =
+        pods.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), *p)).collect();
+    for eps in base_endpoints.values_mut() {
+        *eps = std::mem::take(eps)
+            .into_iter()
+            .map(|mut e| {
+                let pod = e.pod.as_ref().and_then(|(ns, name)| pods_by_key.get(&(ns.as_str(), name.as_str())));
+                if let (Some(pod), true) = (pod, e.addr.locality.is_empty()) {
+                    let node = pod.node_name.as_deref().and_then(|n| nodes.get(n).copied());
+                    e.addr.locality = super::endpoint::pod_locality(pod, node);
+                }
+                e
+            })
+            .collect();
+    }
+
+    // The rule of each host in each context, and what routes toward it need (the default
+    // context's).
     let mut infos: BTreeMap<String, HostInfo> = BTreeMap::new();
+    let mut context_rules: BTreeMap<String, Vec<(Context, Option<DestinationRuleSpec>)>> = BTreeMap::new();
     for (fqdn, rows) in &hosts {
         let candidates = rules.iter().filter_map(|dr| {
             let pattern = outbound::destination_rule_pattern(dr)?;
             outbound::pattern_matches(&pattern, fqdn).then_some((pattern, *dr))
         });
         let candidates: Vec<_> = candidates.collect();
+        let candidates: Vec<(&str, &DestinationRule)> = candidates.iter().map(|(p, dr)| (p.as_str(), *dr)).collect();
+        let namespaces: BTreeSet<String> = candidates
+            .iter()
+            .flat_map(|(_, dr)| outbound::rule_namespaces(dr))
+            .filter(|ns| class_namespaces.contains(ns.as_str()))
+            .collect();
         let namespace = rows.first().map(|r| r.namespace.as_str()).unwrap_or_default();
-        let rule = outbound::select_rule(namespace, candidates.iter().map(|(p, dr)| (p.as_str(), *dr)));
+        let mut by_context = outbound::rules_by_context(namespace, &candidates, namespaces.iter().map(String::as_str));
+        if by_context.first().is_none_or(|(c, _)| c.is_some()) {
+            by_context.insert(0, (None, None));
+        }
         let rows: Vec<&ServicePortRow> = rows.iter().collect();
-        infos.insert(fqdn.clone(), HostInfo::new(&rows, rule));
+        infos.insert(fqdn.clone(), HostInfo::new(&rows, by_context[0].1.clone()));
+        context_rules.insert(fqdn.clone(), by_context);
     }
+    let vs_by_key: HashMap<(&str, &str), &VirtualService> =
+        virtual_services.iter().map(|vs| ((vs.namespace.as_str(), vs.name.as_str()), *vs)).collect();
 
     let destinations_of = |vs: &VirtualService| -> DestinationMap {
         outbound::virtual_service_destinations(vs)
@@ -126,66 +165,92 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     };
 
     let mut out = Resources::new();
-    let mut routes: BTreeMap<String, Vec<VirtualHostPart>> = BTreeMap::new();
+    let mut routes: BTreeMap<(Scope, String), BTreeMap<String, VirtualHostPart>> = BTreeMap::new();
     let mut tcp_listeners: BTreeMap<u16, Vec<TcpListenerRow>> = BTreeMap::new();
     let mut http_ports: BTreeSet<u16> = BTreeSet::new();
     // What proxyless gRPC clients get (translate::grpc), served while one is connected.
     let mut proxyless: Vec<(ResourceType, String, Vec<u8>)> = Vec::new();
     for (fqdn, rows) in &hosts {
         let rows: Vec<&ServicePortRow> = rows.iter().collect();
-        let info = &infos[fqdn];
+        let context_infos: Vec<(Context, HostInfo)> =
+            context_rules[fqdn].iter().map(|(ctx, rule)| (ctx.clone(), HostInfo::new(&rows, rule.clone()))).collect();
 
-        for cluster in outbound::clusters_for_host(&rows, info.rule.as_ref()) {
-            let name = cluster.name();
-            let base = base_endpoints.get(&cluster.base_name());
-            let addrs: BTreeSet<&EndpointAddr> = match &cluster.subset {
-                None => base.into_iter().flatten().map(|e| &e.addr).collect(),
-                Some(subset) => base
-                    .into_iter()
-                    .flatten()
-                    .filter(|e| {
-                        let empty = Labels::new();
-                        let labels = e
-                            .pod
-                            .as_ref()
-                            .and_then(|(ns, pod)| pod_labels.get(&(ns.as_str(), pod.as_str())).copied())
-                            .unwrap_or(if e.pod.is_none() { &e.labels } else { &empty });
-                        outbound::subset_selects(subset, labels)
-                    })
-                    .map(|e| &e.addr)
-                    .collect(),
-            };
-            let addrs: Vec<&EndpointAddr> = addrs.into_iter().collect();
-            if let Some(body) = translate::grpc::cluster(&cluster) {
-                proxyless.push((ResourceType::Cluster, name.clone(), body));
+        for (ctx, info) in &context_infos {
+            let scope = translate::context_scope(ctx, Scope::All);
+            for cluster in outbound::clusters_for_host(&rows, info.rule.as_ref()) {
+                let name = cluster.name();
+                let base = base_endpoints.get(&cluster.base_name());
+                let addrs: BTreeSet<&EndpointAddr> = match &cluster.subset {
+                    None => base.into_iter().flatten().map(|e| &e.addr).collect(),
+                    Some(subset) => base
+                        .into_iter()
+                        .flatten()
+                        .filter(|e| {
+                            let empty = Labels::new();
+                            let labels = e
+                                .pod
+                                .as_ref()
+                                .and_then(|(ns, pod)| pod_labels.get(&(ns.as_str(), pod.as_str())).copied())
+                                .unwrap_or(if e.pod.is_none() { &e.labels } else { &empty });
+                            outbound::subset_selects(subset, labels)
+                        })
+                        .map(|e| &e.addr)
+                        .collect(),
+                };
+                let addrs: Vec<&EndpointAddr> = addrs.into_iter().collect();
+                if ctx.is_none()
+                    && let Some(body) = translate::grpc::cluster(&cluster)
+                {
+                    proxyless.push((ResourceType::Cluster, name.clone(), body));
+                }
+                // A namespace's clusters without subset share the default's assignment.
+                if cluster.is_eds() && (ctx.is_none() || cluster.subset.is_some()) {
+                    let cla = translate::load_assignment(&name, &addrs);
+                    out.insert((scope.clone(), ResourceType::ClusterLoadAssignment, name.clone()), cla);
+                }
+                out.insert((scope.clone(), ResourceType::Cluster, name), cluster.encode());
             }
-            if cluster.is_eds() {
-                let cla = translate::load_assignment(&name, &addrs);
-                out.insert((Scope::All, ResourceType::ClusterLoadAssignment, name.clone()), cla);
-            }
-            out.insert((Scope::All, ResourceType::Cluster, name), cluster.encode());
         }
 
-        let chosen = virtual_services
+        let ranks: Vec<VsRank> = virtual_services
             .iter()
             .flat_map(|vs| {
                 outbound::virtual_service_patterns(vs)
                     .into_iter()
                     .filter(|p| outbound::pattern_matches(p, fqdn))
-                    .map(move |p| (VsRank::new(&p, vs), *vs))
+                    .map(move |p| VsRank::new(&p, vs))
             })
-            .min_by(|a, b| a.0.cmp(&b.0))
-            .map(|(_, vs)| vs);
-        let destinations: Option<DestinationMap> = chosen.map(&destinations_of);
-        let vs = chosen.zip(destinations.as_ref());
-        for (route, vhost) in outbound::virtual_hosts_for_host(&rows, info, vs) {
-            if let Ok(port) = route.parse::<u16>() {
+            .collect();
+        let ranks: Vec<&VsRank> = ranks.iter().collect();
+        let namespaces: BTreeSet<String> =
+            ranks.iter().flat_map(|r| r.namespaces()).filter(|ns| class_namespaces.contains(ns.as_str())).collect();
+        let chosen = outbound::virtual_services_by_context(&ranks, namespaces.iter().map(String::as_str));
+        let chosen: Vec<(Context, Option<(&VirtualService, DestinationMap)>)> = chosen
+            .into_iter()
+            .map(|(ctx, key)| {
+                let vs = key.map(|(ns, name)| vs_by_key[&(ns.as_str(), name.as_str())]);
+                (ctx, vs.map(|vs| (vs, destinations_of(vs))))
+            })
+            .collect();
+        let context_routes: BTreeMap<Context, outbound::ContextRoutes> =
+            chosen.iter().map(|(ctx, vs)| (ctx.clone(), vs.as_ref().map(|(vs, d)| (*vs, d)))).collect();
+        let info_refs: BTreeMap<Context, &HostInfo> = context_infos.iter().map(|(c, i)| (c.clone(), i)).collect();
+        for (ctx, route, vhost) in outbound::virtual_hosts_by_context(&rows, &info_refs, &context_routes) {
+            if ctx.is_none()
+                && let Ok(port) = route.parse::<u16>()
+            {
                 let name = translate::grpc::route_config_name(fqdn, port);
-                let body = translate::grpc::route_configuration(&name, &vhost);
-                proxyless.push((ResourceType::RouteConfiguration, name, body));
+                proxyless.push((
+                    ResourceType::RouteConfiguration,
+                    name,
+                    translate::grpc::route_configuration(&name, &vhost),
+                ));
             }
-            routes.entry(route).or_default().push(vhost);
+            let scope = translate::context_scope(&ctx, Scope::Sidecars);
+            routes.entry((scope, route)).or_default().insert(vhost.name.clone(), vhost);
         }
+        // TCP listeners are the default context's.
+        let vs = context_routes.get(&None).copied().flatten();
         for l in outbound::tcp_listeners_for_host(&rows, vs) {
             tcp_listeners.entry(l.port).or_default().push(l);
         }
@@ -205,9 +270,17 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             out.insert((Scope::Sidecars, ResourceType::Listener, winner.name.clone()), winner.body.clone());
         }
     }
-    for (name, vhosts) in routes {
-        let body = translate::route_configuration(&name, &vhosts);
-        out.insert((Scope::Sidecars, ResourceType::RouteConfiguration, name), body);
+    // A namespace's route config: the sidecars' with its own virtual hosts in place.
+    for ((scope, name), vhosts) in &routes {
+        let body = if *scope == Scope::Sidecars {
+            translate::route_configuration(name, vhosts.values())
+        } else {
+            let mut merged: BTreeMap<&String, &VirtualHostPart> =
+                routes.get(&(Scope::Sidecars, name.clone())).into_iter().flatten().collect();
+            merged.extend(vhosts.iter());
+            translate::route_configuration(name, merged.into_values())
+        };
+        out.insert((scope.clone(), ResourceType::RouteConfiguration, name.clone()), body);
     }
 
     if classes.iter().any(|c| c.kind == ProxyKind::Proxyless) {
@@ -236,6 +309,7 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         let bound: Vec<(&VirtualService, DestinationMap)> = virtual_services
             .iter()
             .filter(|vs| gateway::bound_gateways(vs).iter().any(|g| keys.contains(g)))
+            .filter(|vs| outbound::exported_to(&vs.spec.export_to, &vs.namespace, Some(&class.namespace)))
             .map(|vs| (*vs, destinations_of(vs)))
             .collect();
         let bound: Vec<(&VirtualService, &DestinationMap)> = bound.iter().map(|(vs, d)| (*vs, d)).collect();

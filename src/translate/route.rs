@@ -171,8 +171,14 @@ pub fn default_route(row: &ServicePortRow, hash_policy: Vec<HashPolicy>) -> envo
 pub fn untranslated(vs: &VirtualService) -> Vec<FieldError> {
     let mut out = Vec::new();
     let spec = &vs.spec;
-    if !spec.export_to.is_empty() {
-        out.push(FieldError::new("spec.exportTo", "visibility is not applied: the routes are served to every sidecar"));
+    // `exportTo` is applied to HTTP routes (per namespace, see `super::outbound::Context`);
+    // the TCP listeners a VirtualService's `tcp`/`tls` routes shape are still every sidecar's.
+    let public = spec.export_to.is_empty() || spec.export_to.iter().any(|e| e == "*");
+    if !public && (!spec.tcp.is_empty() || !spec.tls.is_empty()) {
+        out.push(FieldError::new(
+            "spec.exportTo",
+            "visibility is applied to HTTP routes only: the tcp and tls routes are served to every sidecar",
+        ));
     }
     // `tcp` and `tls` routes become the listeners of TCP-class service ports
     // (`super::listener`); only their source-dependent matches are left out.
@@ -1580,6 +1586,13 @@ mod tests {
         assert_eq!(cluster(&r[0]), "outbound|9080|v2|reviews.default.svc.cluster.local");
         let fields: Vec<_> = untranslated(&v).into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["spec.exportTo", "spec.tcp[0].match[0].sourceLabels", "spec.http[0].delegate",]);
+        // Without tcp or tls routes, exportTo is applied (per namespace) and not reported.
+        let http_only = vs(
+            "r",
+            json!({"hosts": ["reviews"], "exportTo": ["."],
+            "http": [{"route": [{"destination": {"host": "reviews"}}]}]}),
+        );
+        assert!(untranslated(&http_only).is_empty());
         assert!(untranslated(&one("bookinfo-virtual-service-reviews-jason-v2-v3.yaml")).is_empty());
     }
 

@@ -259,7 +259,7 @@ pub fn untranslated(se: &ServiceEntry) -> Vec<FieldError> {
     if !spec.export_to.is_empty() && spec.export_to.iter().any(|e| e != "*") {
         report(
             "spec.exportTo".into(),
-            "visibility per namespace needs per-proxy views, not implemented yet: the entry is visible to every proxy",
+            "visibility per namespace is not applied to ServiceEntries yet: the entry is visible to every proxy",
         );
     }
     if !spec.subject_alt_names.is_empty() {

@@ -148,7 +148,7 @@ async fn run_delta_stream(
     let bind = bind_address(node)?;
     let class = classes::proxy_class(node, &id).map_err(Status::invalid_argument)?;
     tracing::info!(node = %id, ?bind, class = %class, "delta stream opened");
-    let view = View::new(id.proxy_type, classes.is_some().then(|| class.id()));
+    let view = View::new(id.proxy_type, classes.is_some().then(|| class.id())).in_namespace(&class.namespace);
     // Held for the stream's life: the class stays computed while a proxy of it is connected.
     let _membership = classes.map(|registry| registry.join(class));
     let mut stream = DeltaStream::new(id.to_string(), bind, view);
