@@ -114,10 +114,8 @@ fn builders(c: &mut Criterion) {
         b.iter(|| translate::virtual_host(black_box(&r), route::http_routes(&vs, 8080, &destinations)))
     });
 
-    let vhosts: Vec<VirtualHostPart> = (0..1000)
-        .map(|i| row(i))
-        .map(|r| translate::virtual_host(&r, vec![route::default_route(&r, Vec::new())]))
-        .collect();
+    let vhosts: Vec<VirtualHostPart> =
+        (0..1000).map(row).map(|r| translate::virtual_host(&r, vec![route::default_route(&r, Vec::new())])).collect();
     group.bench_function("route/assemble_1k_vhosts", |b| {
         b.iter(|| translate::route_configuration(black_box("8080"), &vhosts))
     });
