@@ -5,14 +5,25 @@
 //! moves one endpoint of one slice to another IP and waits for the engine's ResourceDelta
 //! (which carries exactly one changed ClusterLoadAssignment).
 //!
-//! Run: `cargo bench --bench engine`
+//! `engine/step/*`: one step of the bench generator's cluster (`meshflow bench`'s presets:
+//! `medium` = 1,000 services and 10,000 pods, `large` = 10,000 services and 100,000 pods with
+//! their slices, VirtualServices, DestinationRules, gateways and ServiceEntries), from the
+//! command to its output batch:
+//! - `pod_update@1k_services`, `pod_update@10k_services`: one pod's readiness flips (the pod and
+//!   its service's EndpointSlice, as the pod-churn scenario sends them);
+//! - `service_create_delete@1k_services`: a new service with 3 pods appears (Service, pods,
+//!   slice in one step), then goes (a second step): the service-creation-storm step and its undo.
+//!
+//! Run: `cargo bench --bench engine` (`cargo bench --bench engine -- step/` for the steps only)
 
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use meshflow::bench::generate::{Preset, World};
 use meshflow::engine::{Command, Engine, EngineOutput, ResourceDelta};
 use meshflow::model::k8s::{Protocol, ServicePort, SliceEndpoint, SlicePort, TargetPort};
 use meshflow::model::{EndpointSlice, InputEvent, Object, Service};
+use meshflow::translate::ResourceType;
 
 fn service(i: usize) -> Object {
     Object::Service(Service {
@@ -85,5 +96,65 @@ fn endpoint_change(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, endpoint_change);
+/// An engine loaded with the generator's cluster at `preset`, and its receiver of batches.
+fn loaded(world: &World) -> (Engine, crossbeam_channel::Receiver<ResourceDelta>) {
+    let (tx, rx) = crossbeam_channel::unbounded::<ResourceDelta>();
+    let engine = Engine::start(move |o| {
+        if let EngineOutput::Delta(d) = o {
+            let _ = tx.send(d);
+        }
+    });
+    let started = std::time::Instant::now();
+    engine.send(Command::Events(world.objects().into_iter().map(InputEvent::apply).collect()));
+    let first = rx.recv_timeout(Duration::from_secs(600)).expect("initial load");
+    eprintln!(
+        "{}: initial translation of {} resources in {:?}",
+        world.preset.name,
+        first.changes.len(),
+        started.elapsed()
+    );
+    (engine, rx)
+}
+
+fn step(engine: &Engine, rx: &crossbeam_channel::Receiver<ResourceDelta>, events: Vec<InputEvent>) -> ResourceDelta {
+    engine.send(Command::Events(events));
+    rx.recv().expect("engine output")
+}
+
+fn pod_update(c: &mut Criterion, preset: &str, label: &str) {
+    let mut world = World::new(Preset::by_name(preset).expect("preset"), 1);
+    let (engine, rx) = loaded(&world);
+    let mut group = c.benchmark_group("engine");
+    group.measurement_time(Duration::from_secs(10));
+    let mut n = 0usize;
+    group.bench_function(format!("step/pod_update@{label}"), |b| {
+        b.iter(|| {
+            n += 1;
+            let id = world.pick_service(false).expect("a service");
+            let delta = step(&engine, &rx, world.pod_flip_ready(id, n));
+            // A readiness flip moves one endpoint in or out of its service's assignments.
+            assert!(delta.changes.iter().all(|c| c.ty == ResourceType::ClusterLoadAssignment), "{delta:?}");
+        })
+    });
+    if label == "1k_services" {
+        group.bench_function(format!("step/service_create_delete@{label}"), |b| {
+            b.iter(|| {
+                let created = world.service_create(3);
+                let keys: Vec<_> = created.iter().map(|e| e.key.clone()).collect();
+                let delta = step(&engine, &rx, created);
+                assert!(delta.changes.iter().any(|c| c.ty == ResourceType::Cluster), "{delta:?}");
+                let delta = step(&engine, &rx, keys.into_iter().map(InputEvent::delete).collect());
+                assert!(delta.changes.iter().any(|c| c.ty == ResourceType::Cluster), "{delta:?}");
+            })
+        });
+    }
+    group.finish();
+}
+
+fn steps(c: &mut Criterion) {
+    pod_update(c, "medium", "1k_services");
+    pod_update(c, "large", "10k_services");
+}
+
+criterion_group!(benches, endpoint_change, steps);
 criterion_main!(benches);

@@ -478,6 +478,31 @@ mod tests {
     }
 
     #[test]
+    fn a_rescan_reads_only_the_named_files() {
+        // One changed file costs O(changed files): a rescan of one path neither walks the
+        // directory nor re-reads the others (their on-disk changes wait for their own event).
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("sub")).unwrap();
+        for name in ["a", "b", "sub/c"] {
+            let text = SVC.replace("name: web", &format!("name: {}", name.replace("sub/", "")));
+            std::fs::write(tmp.path().join(format!("{name}.yaml")), text).unwrap();
+        }
+        let mut dir = ConfigDir::new(tmp.path());
+        assert_eq!(dir.scan_all().len(), 3);
+        for name in ["a", "b", "sub/c"] {
+            std::fs::write(tmp.path().join(format!("{name}.yaml")), SVC.replace("name: web", "name: moved")).unwrap();
+        }
+        std::fs::write(tmp.path().join("new.yaml"), SVC.replace("name: web", "name: new")).unwrap();
+        let events = dir.rescan([tmp.path().join("b.yaml")]);
+        assert_eq!(
+            keys(&events),
+            vec![("Service default/b".to_string(), false), ("Service default/moved".to_string(), true)]
+        );
+        let names: Vec<String> = dir.objects().iter().map(|o| o.key().to_string()).collect();
+        assert_eq!(names, ["Service default/a", "Service default/c", "Service default/moved"]);
+    }
+
+    #[test]
     fn json_lists_are_unpacked() {
         let tmp = tempfile::tempdir().unwrap();
         let list = r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"a"}}]}"#;

@@ -4,13 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::endpoint::{EndpointRow, endpoints_addresses, selector_pod_addresses, service_port_rows, slice_addresses};
+use super::endpoint::{
+    EndpointRow, PortKey, endpoints_addresses, selector_pod_addresses, service_port_rows, slice_addresses,
+};
 use super::outbound::{self, Context, DestinationMap, HostInfo, TcpListenerRow, VsRank};
 use super::{EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart, service_entry};
 use super::{gateway, views};
 use crate::model::Object;
 use crate::model::istio::{DestinationRule, DestinationRuleSpec, Gateway, VirtualService};
-use crate::model::k8s::Labels;
+use crate::model::k8s::{Labels, Pod};
 use crate::model::proxy::{ClassLabels, ProxyKind};
 use crate::translate;
 
@@ -49,6 +51,27 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     let pod_labels: HashMap<(&str, &str), &Labels> =
         pods.iter().map(|p| ((p.namespace.as_str(), p.name.as_str()), &p.labels)).collect();
 
+    // Indexes built once per call, so that each service reads only its own slices, Endpoints
+    // and candidate pods (linear in the mesh, not services × slices).
+    let mut slice_endpoints: HashMap<PortKey, Vec<EndpointRow>> = HashMap::new();
+    for (key, row) in slices.iter().flat_map(|s| slice_addresses(s)) {
+        slice_endpoints.entry(key).or_default().push(row);
+    }
+    let mut endpoints_endpoints: HashMap<PortKey, Vec<EndpointRow>> = HashMap::new();
+    for (key, row) in endpoints.iter().flat_map(|e| endpoints_addresses(e)) {
+        endpoints_endpoints.entry(key).or_default().push(row);
+    }
+    let mut pods_by_namespace: HashMap<String, Vec<&Pod>> = HashMap::new();
+    let mut pods_by_label: HashMap<(String, String, String), Vec<&Pod>> = HashMap::new();
+    for p in &pods {
+        pods_by_namespace.entry(p.namespace.clone()).or_default().push(p);
+        for (k, v) in p.labels.iter() {
+            pods_by_label.entry((p.namespace.clone(), k.clone(), v.clone())).or_default().push(p);
+        }
+    }
+    let index = PodIndex { by_namespace: pods_by_namespace, by_label: pods_by_label };
+    let candidate_pods = |namespace: &str, selector: &Labels| index.candidates(namespace, selector).to_vec();
+
     // Every service and ServiceEntry port by host, then the rows that make each host.
     let mut all_rows: BTreeMap<String, Vec<ServicePortRow>> = BTreeMap::new();
     let entry_rows = entries.iter().flat_map(|se| service_entry::port_rows(se));
@@ -67,43 +90,71 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     let mut base_endpoints: BTreeMap<String, BTreeSet<EndpointRow>> = BTreeMap::new();
     for svc in &services {
         let key = (svc.namespace.as_str(), svc.name.as_str());
+        let selected: Vec<(String, EndpointRow)> = if sliced.contains(&key) || with_endpoints.contains(&key) {
+            Vec::new()
+        } else {
+            let candidates = svc.selector.as_ref().map(|s| candidate_pods(&svc.namespace, s)).unwrap_or_default();
+            candidates.iter().flat_map(|p| selector_pod_addresses(svc, p)).collect()
+        };
         for row in service_port_rows(svc) {
             let cluster = row.cluster_name();
             let wanted = (row.namespace.clone(), row.service.clone(), row.port.name.clone(), row.port.protocol);
             let eps = base_endpoints.entry(cluster.clone()).or_default();
             if sliced.contains(&key) {
-                for s in &slices {
-                    eps.extend(slice_addresses(s).into_iter().filter(|(k, _)| *k == wanted).map(|(_, a)| a));
-                }
+                eps.extend(slice_endpoints.get(&wanted).into_iter().flatten().cloned());
             } else if with_endpoints.contains(&key) {
-                for e in &endpoints {
-                    eps.extend(endpoints_addresses(e).into_iter().filter(|(k, _)| *k == wanted).map(|(_, a)| a));
-                }
+                eps.extend(endpoints_endpoints.get(&wanted).into_iter().flatten().cloned());
             } else {
-                for p in &pods {
-                    eps.extend(
-                        selector_pod_addresses(svc, p).into_iter().filter(|(c, _)| *c == cluster).map(|(_, a)| a),
-                    );
-                }
+                eps.extend(selected.iter().filter(|(c, _)| *c == cluster).map(|(_, a)| a.clone()));
             }
         }
     }
 
     // Endpoints of the EDS clusters of ServiceEntry hosts: those of the entries of the
-    // namespace of the entry that won the host.
+    // namespace of the entry that won the host. Every entry's endpoints, by its namespace and
+    // cluster, computed once.
+    let mut entry_endpoints: HashMap<(&str, String), Vec<EndpointRow>> = HashMap::new();
+    for se in &entries {
+        let statics = service_entry::static_endpoints(se).into_iter().map(|((c, _), ep)| (c, ep));
+        let selected = service_entry::selector(se).into_iter().flat_map(|svc| {
+            candidate_pods(&se.namespace, &svc.selector)
+                .iter()
+                .filter(|p| p.ip.is_some() && !p.terminal)
+                .flat_map(|p| super::endpoint::pod_addresses(&se.namespace, &svc, p))
+                .collect::<Vec<_>>()
+        });
+        for (cluster, ep) in statics.chain(selected) {
+            entry_endpoints.entry((se.namespace.as_str(), cluster)).or_default().push(ep);
+        }
+    }
     for rows in hosts.values() {
         for row in rows.iter().filter(|r| r.entry.is_some() && service_entry::is_eds(r)) {
             let cluster = row.cluster_name();
-            let eps = base_endpoints.entry(cluster.clone()).or_default();
-            for se in entries.iter().filter(|se| se.namespace == row.namespace) {
-                let statics = service_entry::static_endpoints(se).into_iter().map(|((c, _), ep)| (c, ep));
-                let selected = service_entry::selector(se).into_iter().flat_map(|svc| {
-                    pods.iter()
-                        .filter(|p| p.namespace == se.namespace && p.ip.is_some() && !p.terminal)
-                        .flat_map(move |p| super::endpoint::pod_addresses(&se.namespace, &svc, p))
-                        .collect::<Vec<_>>()
-                });
-                eps.extend(statics.chain(selected).filter(|(c, _)| *c == cluster).map(|(_, ep)| ep));
+            let found = entry_endpoints.get(&(row.namespace.as_str(), cluster.clone()));
+            base_endpoints.entry(cluster).or_default().extend(found.into_iter().flatten().cloned());
+        }
+    }
+
+    // DestinationRule and VirtualService host patterns, exact ones by host (a wildcard is
+    // matched against every host, exact ones are looked up).
+    let mut exact_rules: HashMap<String, Vec<(String, &DestinationRule)>> = HashMap::new();
+    let mut wildcard_rules: Vec<(String, &DestinationRule)> = Vec::new();
+    for dr in &rules {
+        let Some(pattern) = outbound::destination_rule_pattern(dr) else { continue };
+        if pattern.starts_with('*') {
+            wildcard_rules.push((pattern, *dr));
+        } else {
+            exact_rules.entry(pattern.clone()).or_default().push((pattern, *dr));
+        }
+    }
+    let mut exact_vs: HashMap<String, Vec<&VirtualService>> = HashMap::new();
+    let mut wildcard_vs: Vec<(String, &VirtualService)> = Vec::new();
+    for vs in &virtual_services {
+        for pattern in outbound::virtual_service_patterns(vs) {
+            if pattern.starts_with('*') {
+                wildcard_vs.push((pattern, *vs));
+            } else {
+                exact_vs.entry(pattern).or_default().push(*vs);
             }
         }
     }
@@ -134,12 +185,10 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     let mut infos: BTreeMap<String, HostInfo> = BTreeMap::new();
     let mut context_rules: BTreeMap<String, Vec<(Context, Option<DestinationRuleSpec>)>> = BTreeMap::new();
     for (fqdn, rows) in &hosts {
-        let candidates = rules.iter().filter_map(|dr| {
-            let pattern = outbound::destination_rule_pattern(dr)?;
-            outbound::pattern_matches(&pattern, fqdn).then_some((pattern, *dr))
-        });
-        let candidates: Vec<_> = candidates.collect();
-        let candidates: Vec<(&str, &DestinationRule)> = candidates.iter().map(|(p, dr)| (p.as_str(), *dr)).collect();
+        let exact = exact_rules.get(fqdn).into_iter().flatten();
+        let wildcard = wildcard_rules.iter().filter(|(p, _)| outbound::pattern_matches(p, fqdn));
+        let candidates: Vec<(&str, &DestinationRule)> =
+            exact.chain(wildcard).map(|(p, dr)| (p.as_str(), *dr)).collect();
         let namespaces: BTreeSet<String> = candidates
             .iter()
             .flat_map(|(_, dr)| outbound::rule_namespaces(dr))
@@ -212,15 +261,10 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             }
         }
 
-        let ranks: Vec<VsRank> = virtual_services
-            .iter()
-            .flat_map(|vs| {
-                outbound::virtual_service_patterns(vs)
-                    .into_iter()
-                    .filter(|p| outbound::pattern_matches(p, fqdn))
-                    .map(move |p| VsRank::new(&p, vs))
-            })
-            .collect();
+        let exact = exact_vs.get(fqdn).into_iter().flatten().map(|vs| VsRank::new(fqdn, vs));
+        let wildcard =
+            wildcard_vs.iter().filter(|(p, _)| outbound::pattern_matches(p, fqdn)).map(|(p, vs)| VsRank::new(p, vs));
+        let ranks: Vec<VsRank> = exact.chain(wildcard).collect();
         let ranks: Vec<&VsRank> = ranks.iter().collect();
         let namespaces: BTreeSet<String> =
             ranks.iter().flat_map(|r| r.namespaces()).filter(|ns| class_namespaces.contains(ns.as_str())).collect();
@@ -240,11 +284,8 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
                 && let Ok(port) = route.parse::<u16>()
             {
                 let name = translate::grpc::route_config_name(fqdn, port);
-                proxyless.push((
-                    ResourceType::RouteConfiguration,
-                    name,
-                    translate::grpc::route_configuration(&name, &vhost),
-                ));
+                let body = translate::grpc::route_configuration(&name, &vhost);
+                proxyless.push((ResourceType::RouteConfiguration, name, body));
             }
             let scope = translate::context_scope(&ctx, Scope::Sidecars);
             routes.entry((scope, route)).or_default().insert(vhost.name.clone(), vhost);
@@ -332,4 +373,24 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         }
     }
     out
+}
+
+/// Pods by namespace and by (namespace, label key, label value), for the selectors of the
+/// reference translator.
+struct PodIndex<'a> {
+    by_namespace: HashMap<String, Vec<&'a Pod>>,
+    by_label: HashMap<(String, String, String), Vec<&'a Pod>>,
+}
+
+impl<'a> PodIndex<'a> {
+    /// The pods a selector may select in a namespace: those carrying its first label (the
+    /// caller still checks the whole selector per pod), or every pod of the namespace for an
+    /// empty selector.
+    fn candidates(&self, namespace: &str, selector: &Labels) -> &[&'a Pod] {
+        let found = match selector.iter().next() {
+            Some((k, v)) => self.by_label.get(&(namespace.to_string(), k.clone(), v.clone())),
+            None => self.by_namespace.get(namespace),
+        };
+        found.map(Vec::as_slice).unwrap_or_default()
+    }
 }
