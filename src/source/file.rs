@@ -29,6 +29,11 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// file in several steps (truncate, write, rename a swap file).
 const QUIET: Duration = Duration::from_millis(50);
 
+/// The longest a change waits for the directory to go quiet: under a steady stream of writes
+/// (a generator, a sync tool) the marked files are re-read at least this often, as istiod caps
+/// its debounce (`PILOT_DEBOUNCE_MAX`).
+const MAX_WAIT: Duration = Duration::from_millis(200);
+
 /// One problem found while loading a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadError {
@@ -347,8 +352,16 @@ pub fn spawn(root: PathBuf, engine: Sender<Command>) -> anyhow::Result<std::thre
                 }
             };
             note(first);
-            while let Ok(event) = rx.recv_timeout(QUIET) {
-                note(event);
+            let deadline = std::time::Instant::now() + MAX_WAIT;
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(QUIET.min(left)) {
+                    Ok(event) => note(event),
+                    Err(_) => break,
+                }
             }
             let events = if rescan_all { dir.scan_all() } else { dir.rescan(paths) };
             if !events.is_empty() {
