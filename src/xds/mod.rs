@@ -105,7 +105,7 @@ impl AggregatedDiscoveryService for AdsServer {
         let cache = self.cache.clone();
         let classes = self.classes.clone();
         tokio::spawn(async move {
-            if let Err(status) = run_sotw_stream(&cache, classes.as_ref(), &mut inbound, &tx).await {
+            if let Err(status) = run_stream::<SotwStream>(&cache, classes.as_ref(), &mut inbound, &tx).await {
                 tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing SotW stream");
                 let _ = tx.send(Err(status)).await;
             }
@@ -123,7 +123,7 @@ impl AggregatedDiscoveryService for AdsServer {
         let cache = self.cache.clone();
         let classes = self.classes.clone();
         tokio::spawn(async move {
-            if let Err(status) = run_delta_stream(&cache, classes.as_ref(), &mut inbound, &tx).await {
+            if let Err(status) = run_stream::<DeltaStream>(&cache, classes.as_ref(), &mut inbound, &tx).await {
                 tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing delta stream");
                 let _ = tx.send(Err(status)).await;
             }
@@ -132,26 +132,92 @@ impl AggregatedDiscoveryService for AdsServer {
     }
 }
 
-async fn run_delta_stream(
+/// What the stream loop needs of one protocol's per-stream state: [`DeltaStream`] for delta
+/// ADS, [`SotwStream`] for state of the world.
+trait AdsProtocol: Send {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: Send + 'static;
+    /// For logs: "delta" or "SotW".
+    const NAME: &'static str;
+    fn open(node: String, bind: Option<IpAddr>, view: View) -> Self;
+    fn node_of(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
+    fn node(&self) -> &str;
+    fn on_request(&mut self, req: &Self::Request, cache: &Cache) -> Result<(Answer, Vec<Self::Response>), Status>;
+    fn on_cache_change(&mut self, cache: &Cache) -> Vec<Self::Response>;
+    fn log_push(node: &str, response: &Self::Response);
+}
+
+impl AdsProtocol for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta";
+    fn open(node: String, bind: Option<IpAddr>, view: View) -> Self {
+        DeltaStream::new(node, bind, view)
+    }
+    fn node_of(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        req.node.as_ref()
+    }
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn on_request(&mut self, req: &Self::Request, cache: &Cache) -> Result<(Answer, Vec<Self::Response>), Status> {
+        DeltaStream::on_request(self, req, cache)
+    }
+    fn on_cache_change(&mut self, cache: &Cache) -> Vec<Self::Response> {
+        DeltaStream::on_cache_change(self, cache)
+    }
+    fn log_push(node: &str, r: &Self::Response) {
+        let (resources, removed) = (r.resources.len(), r.removed_resources.len());
+        tracing::debug!(node, type_url = %r.type_url, nonce = %r.nonce, resources, removed, "push");
+    }
+}
+
+impl AdsProtocol for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const NAME: &'static str = "SotW";
+    fn open(node: String, bind: Option<IpAddr>, view: View) -> Self {
+        SotwStream::new(node, bind, view)
+    }
+    fn node_of(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        req.node.as_ref()
+    }
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn on_request(&mut self, req: &Self::Request, cache: &Cache) -> Result<(Answer, Vec<Self::Response>), Status> {
+        SotwStream::on_request(self, req, cache)
+    }
+    fn on_cache_change(&mut self, cache: &Cache) -> Vec<Self::Response> {
+        SotwStream::on_cache_change(self, cache)
+    }
+    fn log_push(node: &str, r: &Self::Response) {
+        let resources = r.resources.len();
+        tracing::debug!(node, type_url = %r.type_url, version = %r.version_info, nonce = %r.nonce, resources, "push");
+    }
+}
+
+/// One stream, delta or state of the world: the node identity, class membership and view from
+/// the first request, then requests and cache changes as they come. Cache changes coalesce
+/// while the client does not read (the response channel is full).
+async fn run_stream<P: AdsProtocol>(
     cache: &Cache,
     classes: Option<&Arc<ClassRegistry>>,
-    inbound: &mut Streaming<DeltaDiscoveryRequest>,
-    tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    inbound: &mut Streaming<P::Request>,
+    tx: &mpsc::Sender<Result<P::Response, Status>>,
 ) -> Result<(), Status> {
     let Some(first) = inbound.next().await else { return Ok(()) };
     let first = first?;
-    let node = first
-        .node
-        .as_ref()
+    let node = P::node_of(&first)
         .ok_or_else(|| Status::invalid_argument("the first request of a stream must carry the node"))?;
     let id = node::node_identity(node).map_err(Status::invalid_argument)?;
     let bind = bind_address(node)?;
     let class = classes::proxy_class(node, &id).map_err(Status::invalid_argument)?;
-    tracing::info!(node = %id, ?bind, class = %class, "delta stream opened");
+    tracing::info!(node = %id, ?bind, class = %class, "{} stream opened", P::NAME);
     let view = View::new(id.proxy_type, classes.is_some().then(|| class.id())).in_namespace(&class.namespace);
     // Held for the stream's life: the class stays computed while a proxy of it is connected.
     let _membership = classes.map(|registry| registry.join(class));
-    let mut stream = DeltaStream::new(id.to_string(), bind, view);
+    let mut stream = P::open(id.to_string(), bind, view);
     let mut changes = cache.subscribe();
     changes.mark_changed();
 
@@ -159,14 +225,14 @@ async fn run_delta_stream(
     loop {
         let responses = if let Some(req) = next.take() {
             let (answer, responses) = stream.on_request(&req, cache)?;
-            log_answer(&stream.node, answer);
+            log_answer(stream.node(), answer);
             responses
         } else {
             tokio::select! {
                 req = inbound.next() => match req {
                     None => break,
                     Some(Err(status)) => {
-                        tracing::debug!(node = %stream.node, %status, "stream ended by client");
+                        tracing::debug!(node = %stream.node(), %status, "stream ended by client");
                         break;
                     }
                     Some(Ok(req)) => {
@@ -183,91 +249,13 @@ async fn run_delta_stream(
             }
         };
         for response in responses {
-            tracing::debug!(
-                node = %stream.node,
-                type_url = %response.type_url,
-                nonce = %response.nonce,
-                resources = response.resources.len(),
-                removed = response.removed_resources.len(),
-                "push"
-            );
+            P::log_push(stream.node(), &response);
             if tx.send(Ok(response)).await.is_err() {
                 return Ok(());
             }
         }
     }
-    tracing::info!(node = %stream.node, "delta stream closed");
-    Ok(())
-}
-
-/// One state-of-the-world stream, as [`run_delta_stream`] runs a delta one: the same node
-/// identity, class membership and view, the same coalescing of cache changes while the client
-/// does not read.
-async fn run_sotw_stream(
-    cache: &Cache,
-    classes: Option<&Arc<ClassRegistry>>,
-    inbound: &mut Streaming<DiscoveryRequest>,
-    tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
-) -> Result<(), Status> {
-    let Some(first) = inbound.next().await else { return Ok(()) };
-    let first = first?;
-    let node = first
-        .node
-        .as_ref()
-        .ok_or_else(|| Status::invalid_argument("the first request of a stream must carry the node"))?;
-    let id = node::node_identity(node).map_err(Status::invalid_argument)?;
-    let bind = bind_address(node)?;
-    let class = classes::proxy_class(node, &id).map_err(Status::invalid_argument)?;
-    tracing::info!(node = %id, ?bind, class = %class, "SotW stream opened");
-    let view = View::new(id.proxy_type, classes.is_some().then(|| class.id()));
-    // Held for the stream's life: the class stays computed while a proxy of it is connected.
-    let _membership = classes.map(|registry| registry.join(class));
-    let mut stream = SotwStream::new(id.to_string(), bind, view);
-    let mut changes = cache.subscribe();
-    changes.mark_changed();
-
-    let mut next = Some(first);
-    loop {
-        let responses = if let Some(req) = next.take() {
-            let (answer, responses) = stream.on_request(&req, cache)?;
-            log_answer(&stream.node, answer);
-            responses
-        } else {
-            tokio::select! {
-                req = inbound.next() => match req {
-                    None => break,
-                    Some(Err(status)) => {
-                        tracing::debug!(node = %stream.node, %status, "stream ended by client");
-                        break;
-                    }
-                    Some(Ok(req)) => {
-                        next = Some(req);
-                        continue;
-                    }
-                },
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    stream.on_cache_change(cache)
-                }
-            }
-        };
-        for response in responses {
-            tracing::debug!(
-                node = %stream.node,
-                type_url = %response.type_url,
-                version = %response.version_info,
-                nonce = %response.nonce,
-                resources = response.resources.len(),
-                "push"
-            );
-            if tx.send(Ok(response)).await.is_err() {
-                return Ok(());
-            }
-        }
-    }
-    tracing::info!(node = %stream.node, "SotW stream closed");
+    tracing::info!(node = %stream.node(), "{} stream closed", P::NAME);
     Ok(())
 }
 
