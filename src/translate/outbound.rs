@@ -102,6 +102,26 @@ pub fn exported_to(export_to: &[String], owner: &str, client: Option<&str>) -> b
         })
 }
 
+/// What `pick` gives the default context (when something), then what it gives each of
+/// `namespaces` where that differs from the default (`None` there: nothing, unlike the default).
+fn by_context<'a, T: PartialEq>(
+    namespaces: impl IntoIterator<Item = &'a str>,
+    pick: impl Fn(Option<&str>) -> Option<T>,
+) -> Vec<(Context, Option<T>)> {
+    let default = pick(None);
+    let mut out: Vec<(Context, Option<T>)> = Vec::new();
+    for ns in namespaces {
+        let picked = pick(Some(ns));
+        if picked != default {
+            out.push((Some(ns.to_string()), picked));
+        }
+    }
+    if default.is_some() {
+        out.insert(0, (None, default));
+    }
+    out
+}
+
 /// The namespaces an `exportTo` names in particular (`.` is the owner's).
 pub fn named_namespaces(export_to: &[String], owner: &str) -> BTreeSet<String> {
     export_to
@@ -179,18 +199,7 @@ pub fn virtual_services_by_context<'a>(
     candidates: &[&'a VsRank],
     namespaces: impl IntoIterator<Item = &'a str>,
 ) -> Vec<(Context, Option<ConfigKey>)> {
-    let default = choose_virtual_service(None, candidates.iter().copied());
-    let mut out: Vec<(Context, Option<ConfigKey>)> = Vec::new();
-    for ns in namespaces {
-        let chosen = choose_virtual_service(Some(ns), candidates.iter().copied());
-        if chosen != default {
-            out.push((Some(ns.to_string()), chosen));
-        }
-    }
-    if default.is_some() {
-        out.insert(0, (None, default));
-    }
-    out
+    by_context(namespaces, |ns| choose_virtual_service(ns, candidates.iter().copied()))
 }
 
 /// The destination hosts (resolved FQDNs) a VirtualService's HTTP routes, mirrors and TCP/TLS
@@ -354,18 +363,7 @@ pub fn rules_by_context<'a>(
     candidates: &[(&'a str, &'a DestinationRule)],
     namespaces: impl IntoIterator<Item = &'a str>,
 ) -> Vec<(Context, Option<DestinationRuleSpec>)> {
-    let default = rule_for(None, host_namespace, candidates);
-    let mut out: Vec<(Context, Option<DestinationRuleSpec>)> = Vec::new();
-    for ns in namespaces {
-        let rule = rule_for(Some(ns), host_namespace, candidates);
-        if rule != default {
-            out.push((Some(ns.to_string()), rule));
-        }
-    }
-    if default.is_some() {
-        out.insert(0, (None, default));
-    }
-    out
+    by_context(namespaces, |ns| rule_for(ns, host_namespace, candidates))
 }
 
 /// The namespace of a service FQDN `<name>.<namespace>.svc.<domain>`.
