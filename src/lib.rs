@@ -10,6 +10,7 @@ pub mod admin;
 pub mod agent;
 pub mod bench;
 pub mod cache;
+pub mod capture;
 pub mod engine;
 pub mod model;
 pub mod source;

@@ -62,6 +62,10 @@ enum Command {
     },
     /// Run Envoy beside a workload: bootstrap, supervise, drain on SIGTERM (like pilot-agent).
     Agent(meshflow::agent::AgentArgs),
+    /// Install traffic capture in this network namespace, as istio-init does: iptables rules
+    /// that send outbound TCP to Envoy's 15001 and inbound TCP to 15006, except Envoy's own
+    /// (UID/GID 1337). Needs root and `iptables-restore`.
+    Init(meshflow::capture::InitArgs),
     /// Check config files as `serve` would load them, with istiod's warnings; exit 1 if any
     /// object is invalid.
     Validate {
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Agent(args) => return meshflow::agent::run(args),
+        Command::Init(args) => return meshflow::capture::run_init(&args),
         Command::Bench(args) => meshflow::bench::run(&args).map(|_| ()),
         Command::Crds => {
             print!("{}", meshflow::model::crds::render_yaml());
