@@ -42,9 +42,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::capture::{CaptureArgs, CaptureConfig, INTERCEPTION_MODE_KEY, Installation, Iptables, REDIRECT};
 use crate::xds::node::ProxyType;
 use bootstrap::BootstrapConfig;
 use envoy::EnvoyCommand;
@@ -98,6 +100,15 @@ pub struct AgentArgs {
     /// Envoy's log level (Istio's default is warning).
     #[arg(long, value_enum, default_value_t = EnvoyLogLevel::Warning)]
     pub envoy_log_level: EnvoyLogLevel,
+    /// Capture the workload's traffic (needs root): install `meshflow init`'s iptables rules
+    /// in this network namespace (they stay after the agent exits, so a dead Envoy fails
+    /// closed), run Envoy as --proxy-uid/--proxy-gid, and send node metadata
+    /// INTERCEPTION_MODE: REDIRECT. Without it, ISTIO_META_INTERCEPTION_MODE=REDIRECT (rules
+    /// installed by `meshflow init`) also runs Envoy as the proxy user.
+    #[arg(long, conflicts_with = "bind_address")]
+    pub capture: bool,
+    #[command(flatten, next_help_heading = "Capture (--capture, or ISTIO_META_INTERCEPTION_MODE=REDIRECT)")]
+    pub capture_flags: CaptureArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,9 +184,20 @@ struct Agent {
 
 impl Agent {
     fn prepare(args: AgentArgs, env: &BTreeMap<String, String>) -> Result<Agent, String> {
-        let identity =
+        let mut identity =
             identity::resolve(args.node_id.as_deref(), args.proxy_type.into(), env).map_err(|e| e.to_string())?;
         let node_id = identity.node_id.to_string();
+        let redirect = interception(args.capture, args.bind_address.is_some(), &mut identity.metadata)?;
+        // Everything is checked before the rules go in: they are the last step.
+        let capture = if redirect {
+            let cfg = CaptureConfig::from_args(&args.capture_flags).map_err(|e| e.to_string())?;
+            let run_as = envoy_user(args.capture, cfg.proxy_user(), effective_ids())?;
+            let iptables = if args.capture { Some(Iptables::locate().map_err(|e| e.to_string())?) } else { None };
+            Some((cfg, run_as, iptables))
+        } else {
+            None
+        };
+        let run_as = capture.as_ref().and_then(|(_, run_as, _)| *run_as);
         let bin = envoy::locate(args.envoy_bin.as_deref())?;
         let config = BootstrapConfig {
             node_id: node_id.clone(),
@@ -187,6 +209,20 @@ impl Agent {
         let work_dir = WorkDir::create(args.work_dir.as_deref())?;
         let bootstrap = work_dir.path.join(BOOTSTRAP_FILE);
         std::fs::write(&bootstrap, yaml).map_err(|e| format!("cannot write {}: {e}", bootstrap.display()))?;
+        if let Some((uid, gid)) = run_as {
+            // Envoy, no longer root, must read its bootstrap (in a 0700 directory if temporary).
+            let owned: &[&Path] = if work_dir.remove { &[&work_dir.path, &bootstrap] } else { &[&bootstrap] };
+            for path in owned {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))?;
+            }
+        }
+        if let Some((cfg, _, Some(iptables))) = &capture {
+            match crate::capture::install(cfg, iptables).map_err(|e| format!("--capture: {e}"))? {
+                Installation::Installed => tracing::info!("capture rules installed"),
+                Installation::AlreadyInstalled => tracing::info!("capture rules were installed already"),
+            }
+        }
         let command = EnvoyCommand {
             bin,
             bootstrap,
@@ -194,6 +230,7 @@ impl Agent {
             base_id: u32::from(args.admin_port),
             log_level: args.envoy_log_level.as_str(),
             drain_seconds: args.drain_seconds,
+            run_as,
         };
         Ok(Agent { args, node_id, command, _work_dir: work_dir })
     }
@@ -261,6 +298,62 @@ impl Agent {
             Outcome::CannotStart(why) => fail(2, &why),
         }
     }
+}
+
+/// The interception mode, from `--capture` and `ISTIO_META_INTERCEPTION_MODE` (already in
+/// `metadata` as `INTERCEPTION_MODE`, as istiod reads it): `true` for REDIRECT, which
+/// `--capture` adds to the metadata when the environment does not say. istiod's modes are
+/// REDIRECT, TPROXY and NONE; meshflow does not do TPROXY.
+pub fn interception(capture: bool, bind_address: bool, metadata: &mut Map<String, Value>) -> Result<bool, String> {
+    let var = "ISTIO_META_INTERCEPTION_MODE";
+    let mode = match metadata.get(INTERCEPTION_MODE_KEY) {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => return Err(format!("{var}: {other} is not a string")),
+    };
+    match (capture, mode.as_deref()) {
+        (true, None) => {
+            metadata.insert(INTERCEPTION_MODE_KEY.into(), Value::String(REDIRECT.into()));
+            Ok(true)
+        }
+        (_, Some(REDIRECT)) if bind_address => {
+            Err(format!("{var}=REDIRECT contradicts --bind-address: a captured proxy listens on 0.0.0.0"))
+        }
+        (_, Some(REDIRECT)) => Ok(true),
+        (true, Some(other)) => Err(format!("{var}={other:?} contradicts --capture, which installs REDIRECT rules")),
+        (false, None | Some("NONE")) => Ok(false),
+        (false, Some("TPROXY")) => Err(format!("{var}=TPROXY: meshflow captures with REDIRECT only")),
+        (false, Some(other)) => Err(format!("{var}={other:?} is not an interception mode (REDIRECT, TPROXY, NONE)")),
+    }
+}
+
+/// The agent's effective UID and GID.
+fn effective_ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid cannot fail and touch no memory.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// Whom Envoy must run as for the capture rules to let its traffic pass: `Some` when the
+/// agent (root) must switch to the proxy user, `None` when it runs as that user already.
+pub fn envoy_user(capture: bool, proxy: (u32, u32), agent: (u32, u32)) -> Result<Option<(u32, u32)>, String> {
+    let (uid, gid) = proxy;
+    if agent.0 == 0 {
+        return Ok(Some(proxy));
+    }
+    if capture {
+        return Err(format!(
+            "--capture needs root: it installs iptables rules and runs Envoy as uid {uid} (the agent runs as uid {})",
+            agent.0
+        ));
+    }
+    if agent.0 == uid || agent.1 == gid {
+        return Ok(None);
+    }
+    Err(format!(
+        "with INTERCEPTION_MODE=REDIRECT, Envoy must run as uid {uid} or gid {gid} (--proxy-uid/--proxy-gid), or \
+         its own traffic would be captured again: run the agent as root or as that user (it runs as uid {}, gid {})",
+        agent.0, agent.1
+    ))
 }
 
 /// SIGTERM and SIGINT, each delivery one message.

@@ -91,6 +91,9 @@ pub struct EnvoyCommand {
     pub log_level: &'static str,
     /// Envoy's `--drain-time-s`: how long a graceful listener drain may take.
     pub drain_seconds: u64,
+    /// The UID and GID Envoy runs as (the agent must be root), so that the capture rules let
+    /// its traffic pass; `None`: the agent's own.
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl EnvoyCommand {
@@ -122,6 +125,11 @@ impl EnvoyCommand {
         // Its own process group: a Ctrl-C in a terminal reaches the agent only, which then
         // drains Envoy instead of Envoy exiting at once.
         cmd.process_group(0);
+        if let Some((uid, gid)) = self.run_as {
+            // Set before the pre_exec hook below runs (std orders it so), which matters: a
+            // change of credentials clears the parent-death signal.
+            cmd.uid(uid).gid(gid);
+        }
         die_with_parent(&mut cmd);
         cmd
     }
@@ -247,6 +255,7 @@ mod tests {
             base_id: 15000,
             log_level: "warning",
             drain_seconds: 5,
+            run_as: None,
         };
         let args = cmd.args().join(" ");
         assert_eq!(
