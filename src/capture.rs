@@ -557,8 +557,9 @@ pub fn installed(save: &str) -> Installed {
         let mut words = line.split_whitespace();
         match (words.next(), words.next()) {
             (Some(decl), _) if decl.starts_with(':') => {
-                if is_capture_chain(&decl[1..]) {
-                    out.chains.insert(decl[1..].to_string());
+                let chain = decl.trim_start_matches(':');
+                if is_capture_chain(chain) {
+                    out.chains.insert(chain.to_string());
                 }
             }
             (Some("-N"), Some(chain)) if is_capture_chain(chain) => {
