@@ -11,6 +11,7 @@ pub mod agent;
 pub mod bench;
 pub mod cache;
 pub mod engine;
+pub mod json;
 pub mod model;
 pub mod source;
 pub mod translate;
