@@ -12,6 +12,8 @@ pub mod bench;
 pub mod cache;
 pub mod capture;
 pub mod engine;
+pub mod json;
+pub mod metrics;
 pub mod model;
 pub mod source;
 pub mod translate;

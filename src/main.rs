@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use meshflow::admin::AdminConfig;
 use meshflow::agent::bootstrap::{self, BootstrapConfig};
 use meshflow::cache::Cache;
 use meshflow::engine::Engine;
@@ -14,6 +15,7 @@ use meshflow::source;
 use meshflow::source::kube::KubeOptions;
 use meshflow::verify::{InputTap, Verifier};
 use meshflow::xds::classes::ClassRegistry;
+use meshflow::xds::sync::Connections;
 
 /// How long a proxy class stays computed after its last proxy disconnected, so a proxy that
 /// reconnects finds it ready.
@@ -78,6 +80,11 @@ enum Command {
     Bench(meshflow::bench::BenchArgs),
     /// Print the CustomResourceDefinitions of the Istio networking kinds meshflow reads.
     Crds,
+    /// An xDS client: subscribe like Envoy, ACK, and print each resource received as one JSON
+    /// line (`{"event":"added|changed|removed","type":"cds","name":...,"version":...,
+    /// "resource":{...}}`, Envoy's field names). Without --watch it exits once the server has
+    /// been quiet for a second.
+    Xds(XdsArgs),
     /// Print an Envoy bootstrap (YAML) that takes its configuration from meshflow.
     Bootstrap {
         /// Istio node id: sidecar~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local
@@ -102,10 +109,64 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct XdsArgs {
+    /// The xDS server, host:port or http://host:port.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    server: String,
+    /// The node id to present, e.g. sidecar~10.0.0.1~app-1.default~default.svc.cluster.local
+    #[arg(long)]
+    node_id: String,
+    /// A type to subscribe to (repeatable): cds, eds, lds, rds, sds. Default: cds, eds (of the
+    /// clusters received), lds, rds (of the listeners received), like Envoy.
+    #[arg(long = "type", value_name = "TYPE", value_parser = meshflow::xds::client::parse_type)]
+    types: Vec<meshflow::translate::ResourceType>,
+    /// Subscribe to this resource name only (repeatable; for every type asked for).
+    #[arg(long = "resource", value_name = "NAME")]
+    resources: Vec<String>,
+    /// State-of-the-world ADS instead of delta.
+    #[arg(long)]
+    sotw: bool,
+    /// Keep printing changes until interrupted.
+    #[arg(long)]
+    watch: bool,
+    /// Without --watch: exit once no response came for this long (e.g. 500ms, 2s).
+    #[arg(long, default_value = "1s", value_parser = meshflow::bench::parse_duration)]
+    quiet: std::time::Duration,
+}
+
+fn xds_client(args: XdsArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = meshflow::xds::client::ClientOptions::new(args.server, args.node_id);
+    options.types = args.types;
+    options.resources = args.resources;
+    options.sotw = args.sotw;
+    options.watch = args.watch;
+    options.quiet = args.quiet;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let stdout = std::io::stdout();
+        let printed = meshflow::xds::client::run(&options, |event| {
+            let mut out = stdout.lock();
+            let line = serde_json::to_string(event).unwrap_or_default();
+            let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+        });
+        tokio::select! {
+            r = printed => r,
+            _ = shutdown_signal() => Ok(()),
+        }
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The bench feeds the server tens of thousands of objects: only errors by default.
-    let default_filter = if matches!(cli.command, Command::Bench(_)) { "meshflow=error" } else { "meshflow=info" };
+    // The xDS client prints JSON on stdout: only warnings on stderr by default.
+    let default_filter = match cli.command {
+        Command::Bench(_) => "meshflow=error",
+        Command::Xds(_) => "meshflow=warn",
+        _ => "meshflow=info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
@@ -116,6 +177,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => return meshflow::agent::run(args),
         Command::Init(args) => return meshflow::capture::run_init(&args),
         Command::Bench(args) => meshflow::bench::run(&args).map(|_| ()),
+        Command::Xds(args) => xds_client(args),
         Command::Crds => {
             print!("{}", meshflow::model::crds::render_yaml());
             Ok(())
@@ -203,9 +265,16 @@ fn serve(
         };
         // Classes of connected proxies are input too: through the tap, so a verify sees them.
         let classes = ClassRegistry::new(input.clone(), CLASS_GRACE);
-        let xds = tokio::spawn(meshflow::xds::serve(cache.clone(), Some(classes), xds_addr, stopped(stop_rx.clone())));
-        let admin =
-            tokio::spawn(meshflow::admin::serve_with_verify(cache.clone(), verifier, admin_addr, stopped(stop_rx)));
+        let connections = Connections::new();
+        let xds = tokio::spawn(meshflow::xds::serve_with_connections(
+            cache.clone(),
+            Some(classes),
+            connections.clone(),
+            xds_addr,
+            stopped(stop_rx.clone()),
+        ));
+        let admin_config = AdminConfig { cache: cache.clone(), verifier, connections };
+        let admin = tokio::spawn(meshflow::admin::serve_config(admin_config, admin_addr, stopped(stop_rx)));
         tokio::select! {
             r = xds => r??,
             r = admin => r??,

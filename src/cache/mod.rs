@@ -117,13 +117,15 @@ pub struct Cache {
     state: RwLock<State>,
     /// The sequence number of the last applied change; bumped on readiness too.
     notify: watch::Sender<u64>,
+    /// When the last change was applied (for `pilot_proxy_convergence_time`).
+    changed_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Cache {
     /// A cache that is not ready until each of `sources` has reported its initial sync.
     pub fn new(sources: impl IntoIterator<Item = String>) -> Arc<Cache> {
         let state = State { pending_sources: sources.into_iter().collect(), ..Default::default() };
-        Arc::new(Cache { state: RwLock::new(state), notify: watch::channel(0).0 })
+        Arc::new(Cache { state: RwLock::new(state), notify: watch::channel(0).0, changed_at: Default::default() })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -184,9 +186,15 @@ impl Cache {
                 }
             }
             drop(state);
+            *self.changed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
             self.notify.send_replace(seq);
         }
         applied
+    }
+
+    /// When the last change was applied; None before the first.
+    pub fn last_change(&self) -> Option<std::time::Instant> {
+        *self.changed_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// What is wrong with the current input, by object and field (see [`Diagnostic`]).
@@ -214,8 +222,27 @@ impl Cache {
         if state.pending_sources.remove(source) && state.pending_sources.is_empty() {
             state.seq += 1;
             let seq = state.seq;
+            let count = |ty: ResourceType| -> usize { state.resources.values().map(|s| s[slot(ty)].len()).sum() };
+            let (clusters, assignments, listeners, route_configs, secrets) = (
+                count(ResourceType::Cluster),
+                count(ResourceType::ClusterLoadAssignment),
+                count(ResourceType::Listener),
+                count(ResourceType::RouteConfiguration),
+                count(ResourceType::Secret),
+            );
+            let scopes = state.resources.len();
+            let diagnostics = state.diagnostics.len();
             drop(state);
-            tracing::info!("every source has synced: serving configuration");
+            tracing::info!(
+                clusters,
+                listeners,
+                route_configs,
+                assignments,
+                secrets,
+                scopes,
+                diagnostics,
+                "every source has synced: serving configuration"
+            );
             self.notify.send_replace(seq);
         }
     }

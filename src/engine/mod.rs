@@ -79,11 +79,17 @@ impl Engine {
                     let mut driver = Driver::default();
                     let mut assembler = output::Assembler::default();
                     let mut time = 0u64;
+                    let metrics = crate::metrics::global();
                     while let Some(commands) = next_commands(&rx) {
+                        let started = std::time::Instant::now();
                         let mut synced = Vec::new();
+                        let mut batch = 0usize;
                         for command in commands {
                             match command {
-                                Command::Events(events) => driver.apply(events, &mut inputs),
+                                Command::Events(events) => {
+                                    batch += events.len();
+                                    driver.apply(events, &mut inputs)
+                                }
                                 Command::Synced(source) => synced.push(source),
                             }
                         }
@@ -94,6 +100,8 @@ impl Engine {
                         let rows = std::mem::take(&mut *buffer.borrow_mut());
                         let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
                         sink(EngineOutput::Delta(assembler.finish(time - 1, rows)));
+                        metrics.engine_step.observe(started.elapsed().as_secs_f64());
+                        metrics.engine_batch.observe(batch as f64);
                         for source in synced {
                             sink(EngineOutput::Synced(source));
                         }
@@ -150,21 +158,40 @@ struct Driver {
 
 impl Driver {
     fn apply(&mut self, events: Vec<InputEvent>, inputs: &mut dataflow::Inputs) {
+        let metrics = crate::metrics::global();
         for event in events {
+            let kind = crate::metrics::kind_label(event.key.kind);
+            let op = if event.object.is_some() { "apply" } else { "delete" };
+            metrics.input_events.with_label_values(&[kind.as_str(), op]).inc();
             let old = match event.object {
                 Some(new) => {
                     if self.current.get(&event.key) == Some(&new) {
                         continue;
                     }
                     feed(inputs, &new, 1);
+                    count(&new, 1);
                     self.current.insert(event.key, new)
                 }
                 None => self.current.remove(&event.key),
             };
             if let Some(old) = old {
                 feed(inputs, &old, -1);
+                count(&old, -1);
             }
         }
+    }
+}
+
+/// Keeps the input gauges: objects by kind, `pilot_services` (Services and ServiceEntry
+/// hosts, as istiod counts services) and `pilot_virt_services`.
+fn count(object: &Object, diff: i64) {
+    let metrics = crate::metrics::global();
+    metrics.input_objects.with_label_values(&[crate::metrics::kind_label(object.kind()).as_str()]).add(diff);
+    match object {
+        Object::Service(_) => metrics.services.add(diff),
+        Object::ServiceEntry(se) => metrics.services.add(diff * se.spec.hosts.len() as i64),
+        Object::VirtualService(_) => metrics.virt_services.add(diff),
+        _ => {}
     }
 }
 

@@ -63,6 +63,8 @@ pub struct ConfigDir {
     owners: HashMap<ObjectKey, BTreeMap<PathBuf, Object>>,
     /// Problems found by the last load of each file.
     errors: BTreeMap<PathBuf, Vec<LoadError>>,
+    /// The kinds meshflow does not read, per file (`apiVersion/kind`, one per document).
+    skipped: BTreeMap<PathBuf, Vec<String>>,
 }
 
 fn is_config_file(path: &Path) -> bool {
@@ -118,8 +120,16 @@ pub fn parse_file(path: &Path, text: &str) -> Vec<DocumentOutcomes> {
 
 /// Parses one file's text into objects, with every problem found on the way.
 pub fn load_file(path: &Path, text: &str) -> (BTreeMap<ObjectKey, Object>, Vec<LoadError>) {
+    let (objects, errors, _) = load_file_with_skipped(path, text);
+    (objects, errors)
+}
+
+/// [`load_file`], with the kinds of the documents meshflow does not read (`apiVersion/kind`,
+/// one per document).
+pub fn load_file_with_skipped(path: &Path, text: &str) -> (BTreeMap<ObjectKey, Object>, Vec<LoadError>, Vec<String>) {
     let mut objects = BTreeMap::new();
     let mut errors = Vec::new();
+    let mut skipped = Vec::new();
     for (document, outcomes) in parse_file(path, text) {
         let err = |message: String| LoadError { path: path.to_path_buf(), document, message };
         let outcomes = match outcomes {
@@ -138,7 +148,8 @@ pub fn load_file(path: &Path, text: &str) -> (BTreeMap<ObjectKey, Object>, Vec<L
                     }
                 }
                 ParseOutcome::Skipped { api_version, kind } => {
-                    tracing::info!(file = %path.display(), document, %api_version, %kind, "skipping a kind meshflow does not read");
+                    tracing::debug!(file = %path.display(), document, %api_version, %kind, "skipping a kind meshflow does not read");
+                    skipped.push(format!("{api_version}/{kind}"));
                 }
                 ParseOutcome::Rejected { what, errors: fields } => {
                     let reasons: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
@@ -147,7 +158,7 @@ pub fn load_file(path: &Path, text: &str) -> (BTreeMap<ObjectKey, Object>, Vec<L
             }
         }
     }
-    (objects, errors)
+    (objects, errors, skipped)
 }
 
 /// How the loader reports a document that is not YAML/JSON.
@@ -175,7 +186,56 @@ pub fn config_files(path: &Path) -> Vec<PathBuf> {
 
 impl ConfigDir {
     pub fn new(root: impl Into<PathBuf>) -> ConfigDir {
-        ConfigDir { root: root.into(), files: BTreeMap::new(), owners: HashMap::new(), errors: BTreeMap::new() }
+        ConfigDir {
+            root: root.into(),
+            files: BTreeMap::new(),
+            owners: HashMap::new(),
+            errors: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+        }
+    }
+
+    /// Objects loaded, by kind (`Service=2 VirtualService=1`, kinds in the model's order).
+    pub fn counts_by_kind(&self) -> BTreeMap<crate::model::Kind, usize> {
+        let mut counts = BTreeMap::new();
+        for key in self.owners.keys() {
+            *counts.entry(key.kind).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Documents of kinds meshflow does not read, by `apiVersion/kind`.
+    pub fn skipped_kinds(&self) -> BTreeMap<&str, usize> {
+        let mut counts = BTreeMap::new();
+        for kind in self.skipped.values().flatten() {
+            *counts.entry(kind.as_str()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// The start-up lines: what was loaded, by kind, with the errors; the kinds not read
+    /// counted at info and listed at debug.
+    fn log_loaded(&self) {
+        let by_kind: Vec<String> = self.counts_by_kind().iter().map(|(k, n)| format!("{k:?}={n}")).collect();
+        tracing::info!(
+            source = SOURCE_NAME,
+            dir = %self.root.display(),
+            objects = self.owners.len(),
+            by_kind = %by_kind.join(" "),
+            errors = self.errors().len(),
+            "config directory loaded"
+        );
+        let skipped = self.skipped_kinds();
+        if !skipped.is_empty() {
+            let documents: usize = skipped.values().sum();
+            tracing::info!(
+                documents,
+                kinds = skipped.len(),
+                "skipped documents of kinds meshflow does not read (RUST_LOG=meshflow=debug lists them)"
+            );
+            let list: Vec<String> = skipped.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            tracing::debug!(kinds = %list.join(" "), "kinds meshflow does not read");
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -236,7 +296,12 @@ impl ConfigDir {
                     return;
                 }
                 let text = String::from_utf8_lossy(&bytes);
-                let (objects, errors) = load_file(path, &text);
+                let (objects, errors, skipped) = load_file_with_skipped(path, &text);
+                if skipped.is_empty() {
+                    self.skipped.remove(path);
+                } else {
+                    self.skipped.insert(path.to_path_buf(), skipped);
+                }
                 for e in &errors {
                     tracing::warn!(file = %e.path.display(), document = e.document, "{}", e.message);
                 }
@@ -252,6 +317,7 @@ impl ConfigDir {
             Some(state) => self.files.insert(path.to_path_buf(), state),
             None => {
                 self.errors.remove(path);
+                self.skipped.remove(path);
                 self.files.remove(path)
             }
         };
@@ -332,7 +398,7 @@ pub fn spawn(root: PathBuf, engine: Sender<Command>) -> anyhow::Result<std::thre
     watcher.watch(&root, RecursiveMode::Recursive)?;
     let mut dir = ConfigDir::new(root.clone());
     let events = dir.scan_all();
-    tracing::info!(dir = %root.display(), objects = dir.owners.len(), errors = dir.errors().len(), "config directory loaded");
+    dir.log_loaded();
     let initial_ok =
         engine.send(Command::Events(events)).is_ok() && engine.send(Command::Synced(SOURCE_NAME.into())).is_ok();
     let handle = std::thread::Builder::new().name("meshflow-config-dir".into()).spawn(move || {
@@ -385,6 +451,22 @@ mod tests {
 
     fn keys(events: &[InputEvent]) -> Vec<(String, bool)> {
         events.iter().map(|e| (e.key.to_string(), e.object.is_some())).collect()
+    }
+
+    #[test]
+    fn loaded_objects_are_counted_by_kind_and_unread_kinds_apart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n";
+        let deploy = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n";
+        std::fs::write(tmp.path().join("a.yaml"), format!("{SVC}---\n{cm}---\n{deploy}---\n{cm}")).unwrap();
+        std::fs::write(tmp.path().join("b.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n").unwrap();
+        let mut dir = ConfigDir::new(tmp.path());
+        dir.scan_all();
+        assert_eq!(dir.counts_by_kind(), [(Kind::Namespace, 1), (Kind::Service, 1)].into_iter().collect());
+        assert_eq!(dir.skipped_kinds(), [("apps/v1/Deployment", 1), ("v1/ConfigMap", 2)].into_iter().collect());
+        std::fs::remove_file(tmp.path().join("a.yaml")).unwrap();
+        dir.scan_all();
+        assert!(dir.skipped_kinds().is_empty(), "a removed file's skipped kinds are forgotten");
     }
 
     #[test]

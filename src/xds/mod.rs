@@ -7,9 +7,11 @@
 //! with the latest versions in one go, so a slow stream never grows an unbounded queue.
 
 pub mod classes;
+pub mod client;
 pub mod delta;
 pub mod node;
 pub mod sotw;
+pub mod sync;
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -28,10 +30,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::{Cache, View};
+use crate::translate::ResourceType;
 use classes::ClassRegistry;
 use delta::{Answer, DeltaStream};
 use node::BIND_ADDRESS_KEY;
 use sotw::SotwStream;
+use sync::{Connection, Connections, ProxyInfo};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -44,11 +48,19 @@ pub struct AdsServer {
     /// Where streams register their proxy's class. Without one, a proxy sees what every
     /// proxy of its kind sees (no gateway listeners).
     classes: Option<Arc<ClassRegistry>>,
+    /// The connected streams, for `/debug/syncz` and `/debug/config_dump`.
+    connections: Arc<Connections>,
 }
 
 impl AdsServer {
     pub fn new(cache: Arc<Cache>, classes: Option<Arc<ClassRegistry>>) -> AdsServer {
-        AdsServer { cache, classes }
+        AdsServer { cache, classes, connections: Connections::new() }
+    }
+
+    /// Streams register in `connections` (share it with the admin endpoint).
+    pub fn with_connections(mut self, connections: Arc<Connections>) -> AdsServer {
+        self.connections = connections;
+        self
     }
 
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
@@ -66,12 +78,23 @@ pub async fn serve(
     addr: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with_connections(cache, classes, Connections::new(), addr, shutdown).await
+}
+
+/// [`serve`], registering the streams in `connections`.
+pub async fn serve_with_connections(
+    cache: Arc<Cache>,
+    classes: Option<Arc<ClassRegistry>>,
+    connections: Arc<Connections>,
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding xDS address {addr}: {e}"))?;
     tracing::info!(%addr, "serving ADS (delta and state of the world)");
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(AdsServer::new(cache, classes).into_service())
+        .add_service(AdsServer::new(cache, classes).with_connections(connections).into_service())
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
@@ -104,8 +127,11 @@ impl AggregatedDiscoveryService for AdsServer {
         let (tx, rx) = mpsc::channel::<Result<DiscoveryResponse, Status>>(16);
         let cache = self.cache.clone();
         let classes = self.classes.clone();
+        let connections = self.connections.clone();
         tokio::spawn(async move {
-            if let Err(status) = run_stream::<SotwStream>(&cache, classes.as_ref(), &mut inbound, &tx).await {
+            if let Err(status) =
+                run_stream::<SotwStream>(&cache, classes.as_ref(), &connections, &mut inbound, &tx).await
+            {
                 tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing SotW stream");
                 let _ = tx.send(Err(status)).await;
             }
@@ -122,8 +148,11 @@ impl AggregatedDiscoveryService for AdsServer {
         let (tx, rx) = mpsc::channel::<Result<DeltaDiscoveryResponse, Status>>(16);
         let cache = self.cache.clone();
         let classes = self.classes.clone();
+        let connections = self.connections.clone();
         tokio::spawn(async move {
-            if let Err(status) = run_stream::<DeltaStream>(&cache, classes.as_ref(), &mut inbound, &tx).await {
+            if let Err(status) =
+                run_stream::<DeltaStream>(&cache, classes.as_ref(), &connections, &mut inbound, &tx).await
+            {
                 tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing delta stream");
                 let _ = tx.send(Err(status)).await;
             }
@@ -145,6 +174,10 @@ trait AdsProtocol: Send {
     fn on_request(&mut self, req: &Self::Request, cache: &Cache) -> Result<(Answer, Vec<Self::Response>), Status>;
     fn on_cache_change(&mut self, cache: &Cache) -> Vec<Self::Response>;
     fn log_push(node: &str, response: &Self::Response);
+    /// A response's type URL, nonce and `version_info` (None for delta).
+    fn response_meta(response: &Self::Response) -> (&str, &str, Option<&str>);
+    /// The gRPC code of a NACK's `error_detail`.
+    fn error_code(req: &Self::Request) -> i32;
 }
 
 impl AdsProtocol for DeltaStream {
@@ -169,6 +202,12 @@ impl AdsProtocol for DeltaStream {
     fn log_push(node: &str, r: &Self::Response) {
         let (resources, removed) = (r.resources.len(), r.removed_resources.len());
         tracing::debug!(node, type_url = %r.type_url, nonce = %r.nonce, resources, removed, "push");
+    }
+    fn response_meta(r: &Self::Response) -> (&str, &str, Option<&str>) {
+        (&r.type_url, &r.nonce, None)
+    }
+    fn error_code(req: &Self::Request) -> i32 {
+        req.error_detail.as_ref().map_or(0, |s| s.code)
     }
 }
 
@@ -195,6 +234,12 @@ impl AdsProtocol for SotwStream {
         let resources = r.resources.len();
         tracing::debug!(node, type_url = %r.type_url, version = %r.version_info, nonce = %r.nonce, resources, "push");
     }
+    fn response_meta(r: &Self::Response) -> (&str, &str, Option<&str>) {
+        (&r.type_url, &r.nonce, Some(&r.version_info))
+    }
+    fn error_code(req: &Self::Request) -> i32 {
+        req.error_detail.as_ref().map_or(0, |s| s.code)
+    }
 }
 
 /// One stream, delta or state of the world: the node identity, class membership and view from
@@ -203,6 +248,7 @@ impl AdsProtocol for SotwStream {
 async fn run_stream<P: AdsProtocol>(
     cache: &Cache,
     classes: Option<&Arc<ClassRegistry>>,
+    connections: &Arc<Connections>,
     inbound: &mut Streaming<P::Request>,
     tx: &mpsc::Sender<Result<P::Response, Status>>,
 ) -> Result<(), Status> {
@@ -215,17 +261,44 @@ async fn run_stream<P: AdsProtocol>(
     let class = classes::proxy_class(node, &id).map_err(Status::invalid_argument)?;
     tracing::info!(node = %id, ?bind, class = %class, "{} stream opened", P::NAME);
     let view = View::new(id.proxy_type, classes.is_some().then(|| class.id())).in_namespace(&class.namespace);
+    let metadata = |key: &str| {
+        use envoy_types::pb::google::protobuf::value::Kind;
+        match node.metadata.as_ref().and_then(|m| m.fields.get(key)).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(s)) => s.clone(),
+            _ => String::new(),
+        }
+    };
+    let istio_version = metadata("ISTIO_VERSION");
+    let registration = connections.register(ProxyInfo {
+        node: id.to_string(),
+        protocol: P::NAME,
+        proxy_type: id.proxy_type.as_str().to_string(),
+        class: class.id(),
+        cluster_id: metadata("CLUSTER_ID"),
+        istio_version: istio_version.clone(),
+        proxy_version: proxy_version(node),
+        namespace: class.namespace.clone(),
+        view: view.clone(),
+        bind,
+    });
+    let conn = registration.connection.clone();
+    let _connected = ConnectedGauge::new(istio_version);
     // Held for the stream's life: the class stays computed while a proxy of it is connected.
     let _membership = classes.map(|registry| registry.join(class));
     let mut stream = P::open(id.to_string(), bind, view);
     let mut changes = cache.subscribe();
     changes.mark_changed();
+    let metrics = crate::metrics::global();
 
     let mut next = Some(first);
     loop {
+        // When this round's work began (reset below once a cache change ends the wait).
+        let mut started = std::time::Instant::now();
+        let mut from_change = false;
         let responses = if let Some(req) = next.take() {
             let (answer, responses) = stream.on_request(&req, cache)?;
-            log_answer(stream.node(), answer);
+            let first_of_its_kind = record_answer(&conn, &answer, P::error_code(&req));
+            log_answer(stream.node(), answer, first_of_its_kind);
             responses
         } else {
             tokio::select! {
@@ -244,22 +317,86 @@ async fn run_stream<P: AdsProtocol>(
                     if changed.is_err() {
                         break;
                     }
+                    from_change = true;
+                    started = std::time::Instant::now();
                     stream.on_cache_change(cache)
                 }
             }
         };
+        let pushed = !responses.is_empty();
         for response in responses {
             P::log_push(stream.node(), &response);
+            let (type_url, nonce, version) = P::response_meta(&response);
+            let ty = ResourceType::from_type_url(type_url);
+            if let Some(ty) = ty {
+                conn.sent(ty, nonce, version);
+            }
             if tx.send(Ok(response)).await.is_err() {
                 return Ok(());
             }
+            if let Some(ty) = ty {
+                metrics.record_push(ty, started.elapsed());
+            }
+        }
+        if pushed
+            && from_change
+            && let Some(at) = cache.last_change()
+        {
+            metrics.convergence.observe(at.elapsed().as_secs_f64());
         }
     }
     tracing::info!(node = %stream.node(), "{} stream closed", P::NAME);
     Ok(())
 }
 
-fn log_answer(node: &str, answer: Answer) {
+/// `pilot_xds{version}` for one stream, for as long as it lives.
+struct ConnectedGauge(String);
+
+impl ConnectedGauge {
+    fn new(version: String) -> ConnectedGauge {
+        crate::metrics::global().xds_clients.with_label_values(&[version.as_str()]).inc();
+        ConnectedGauge(version)
+    }
+}
+
+impl Drop for ConnectedGauge {
+    fn drop(&mut self) {
+        crate::metrics::global().xds_clients.with_label_values(&[self.0.as_str()]).dec();
+    }
+}
+
+/// The proxy's build version as the node reports it (`user_agent_build_version`), else its
+/// `user_agent_version`.
+fn proxy_version(node: &envoy_types::pb::envoy::config::core::v3::Node) -> String {
+    use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+    match &node.user_agent_version_type {
+        Some(UserAgentVersionType::UserAgentBuildVersion(b)) => {
+            b.version.as_ref().map(|v| format!("{}.{}.{}", v.major_number, v.minor_number, v.patch)).unwrap_or_default()
+        }
+        Some(UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
+        None => String::new(),
+    }
+}
+
+/// Records the proxy's answer for `/debug/syncz` and the reject metrics. False for a NACK
+/// that repeats the error of the type's previous NACK on this stream (logged once).
+fn record_answer(conn: &Connection, answer: &Answer, code: i32) -> bool {
+    match answer {
+        Answer::Ack { ty, nonce } => {
+            conn.acked(*ty, nonce);
+            true
+        }
+        Answer::Nack { ty, nonce, message, .. } => {
+            crate::metrics::global().record_reject(*ty, &conn.node, code);
+            conn.nacked(*ty, nonce, message)
+        }
+        Answer::Stale { .. } | Answer::Subscription => true,
+    }
+}
+
+/// Logs an answer; a NACK at warn with Envoy's error, unless `new_error` is false (the same
+/// error as this stream's previous NACK of the type: at debug).
+fn log_answer(node: &str, answer: Answer, new_error: bool) {
     match answer {
         Answer::Ack { ty, nonce } => tracing::debug!(node, ty = ty.short(), nonce, "ACK"),
         Answer::Nack { ty, nonce, names, message } => {
@@ -272,7 +409,11 @@ fn log_answer(node: &str, answer: Answer) {
                 message.truncate(cut);
                 message.push('…');
             }
-            tracing::warn!(node, ty = ty.short(), nonce, resources = ?names, error = %message, "NACK: proxy rejected configuration; not resending these versions");
+            if !new_error {
+                tracing::debug!(node, ty = ty.short(), nonce, resources = ?names, "NACK again, with the same error");
+            } else {
+                tracing::warn!(node, ty = ty.short(), nonce, resources = ?names, error = %message, "NACK: proxy rejected configuration; not resending these versions");
+            }
         }
         Answer::Stale { nonce } => tracing::debug!(node, nonce, "answer to an unknown or superseded nonce"),
         Answer::Subscription => {}

@@ -1,0 +1,322 @@
+//! The connected proxies and where each one's xDS exchange stands: for `/debug/syncz` (istiod's
+//! `Syncz`, pilot/pkg/xds/debug.go) and `/debug/config_dump?proxy=ID`.
+//!
+//! Each stream registers a [`Connection`] when its first request names the node, updates it
+//! as it sends responses and the proxy answers them (a few string copies per response, never
+//! proportional to the mesh), and leaves when it closes.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde_json::{Map, Value, json};
+
+use crate::cache::View;
+use crate::translate::ResourceType;
+
+/// Where one type stands on one stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypeSync {
+    /// The nonce of the latest response of this type.
+    pub nonce_sent: Option<String>,
+    /// Its `version_info` (state of the world; delta responses carry versions per resource).
+    pub version_sent: Option<String>,
+    pub sent_at: Option<SystemTime>,
+    /// The nonce of the latest response the proxy ACKed, and its `version_info`.
+    pub nonce_acked: Option<String>,
+    pub version_acked: Option<String>,
+    /// The `error_detail` message of the latest NACK, and the nonce it rejected.
+    pub last_error: Option<String>,
+    pub nonce_rejected: Option<String>,
+}
+
+/// One connected xDS stream.
+#[derive(Debug)]
+pub struct Connection {
+    /// The node id.
+    pub node: String,
+    /// A number unique in this process: a node may have several streams (a reconnect overlaps
+    /// the old one's end).
+    pub id: u64,
+    /// "delta" or "SotW".
+    pub protocol: &'static str,
+    /// `sidecar`, `router` or `proxyless`.
+    pub proxy_type: String,
+    /// The proxy's class (see [`crate::model::proxy::ProxyClass`]).
+    pub class: String,
+    /// Node metadata `CLUSTER_ID`, `ISTIO_VERSION`; the node's `user_agent_build_version`.
+    pub cluster_id: String,
+    pub istio_version: String,
+    pub proxy_version: String,
+    pub namespace: String,
+    /// What the proxy sees of the cache, and the address its listeners bind.
+    pub view: View,
+    pub bind: Option<IpAddr>,
+    pub connected_at: SystemTime,
+    types: Mutex<[TypeSync; ResourceType::ALL.len()]>,
+}
+
+impl Connection {
+    fn lock(&self) -> MutexGuard<'_, [TypeSync; ResourceType::ALL.len()]> {
+        self.types.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn sent(&self, ty: ResourceType, nonce: &str, version: Option<&str>) {
+        let mut types = self.lock();
+        let t = &mut types[ty as usize];
+        t.nonce_sent = Some(nonce.to_string());
+        t.version_sent = version.map(str::to_string);
+        t.sent_at = Some(SystemTime::now());
+    }
+
+    pub fn acked(&self, ty: ResourceType, nonce: &str) {
+        let mut types = self.lock();
+        let t = &mut types[ty as usize];
+        if t.nonce_sent.as_deref() == Some(nonce) {
+            t.version_acked = t.version_sent.clone();
+        }
+        t.nonce_acked = Some(nonce.to_string());
+    }
+
+    /// Records a NACK; true when its error differs from the type's previous one (so that a
+    /// proxy repeating the same rejection is logged once).
+    pub fn nacked(&self, ty: ResourceType, nonce: &str, error: &str) -> bool {
+        let mut types = self.lock();
+        let t = &mut types[ty as usize];
+        t.nonce_rejected = Some(nonce.to_string());
+        let new = t.last_error.as_deref() != Some(error);
+        if new {
+            t.last_error = Some(error.to_string());
+        }
+        new
+    }
+
+    pub fn type_sync(&self, ty: ResourceType) -> TypeSync {
+        self.lock()[ty as usize].clone()
+    }
+
+    /// This connection as an entry of `/debug/syncz`: istiod's `SyncStatus` field names
+    /// (`proxy`, `proxy_type`, `cluster_sent`, `cluster_acked`, ..., `resources` by type URL
+    /// with `sent`, `acked`, `sentTime`, `lastError`), plus meshflow's `class`, `protocol` and,
+    /// per type, `sentVersion`/`ackedVersion` (state of the world's `version_info`).
+    pub fn syncz(&self) -> Value {
+        let types = self.lock().clone();
+        let mut out = Map::new();
+        let mut put = |k: &str, v: &str| {
+            if !v.is_empty() {
+                out.insert(k.to_string(), Value::String(v.to_string()));
+            }
+        };
+        put("cluster_id", &self.cluster_id);
+        put("proxy", &self.node);
+        put("proxy_type", &self.proxy_type);
+        put("proxy_version", &self.proxy_version);
+        put("istio_version", &self.istio_version);
+        put("class", &self.class);
+        put("protocol", self.protocol);
+        let short = |ty: ResourceType| match ty {
+            ResourceType::Cluster => "cluster",
+            ResourceType::Listener => "listener",
+            ResourceType::RouteConfiguration => "route",
+            ResourceType::ClusterLoadAssignment => "endpoint",
+            ResourceType::Secret => "secret",
+        };
+        let mut resources = Map::new();
+        for ty in ResourceType::ALL {
+            let t = &types[ty as usize];
+            if let Some(n) = &t.nonce_sent {
+                put(&format!("{}_sent", short(ty)), n);
+            }
+            if let Some(n) = &t.nonce_acked {
+                put(&format!("{}_acked", short(ty)), n);
+            }
+            if *t == TypeSync::default() {
+                continue;
+            }
+            let mut r = Map::new();
+            let mut field = |k: &str, v: &Option<String>| {
+                if let Some(v) = v {
+                    r.insert(k.to_string(), Value::String(v.clone()));
+                }
+            };
+            field("sent", &t.nonce_sent);
+            field("acked", &t.nonce_acked);
+            field("sentVersion", &t.version_sent);
+            field("ackedVersion", &t.version_acked);
+            field("lastError", &t.last_error);
+            field("rejected", &t.nonce_rejected);
+            if let Some(at) = t.sent_at {
+                r.insert("sentTime".into(), json!(rfc3339(at)));
+            }
+            resources.insert(ty.type_url().to_string(), Value::Object(r));
+        }
+        if !resources.is_empty() {
+            out.insert("resources".into(), Value::Object(resources));
+        }
+        Value::Object(out)
+    }
+}
+
+/// A time as RFC 3339 in UTC with milliseconds (`2026-12-01T13:20:00.123Z`).
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// What a stream knows of its proxy when it registers.
+pub struct ProxyInfo {
+    pub node: String,
+    pub protocol: &'static str,
+    pub proxy_type: String,
+    pub class: String,
+    pub cluster_id: String,
+    pub istio_version: String,
+    pub proxy_version: String,
+    pub namespace: String,
+    pub view: View,
+    pub bind: Option<IpAddr>,
+}
+
+/// The connected streams, by node id.
+#[derive(Default)]
+pub struct Connections {
+    next: AtomicU64,
+    streams: Mutex<BTreeMap<(String, u64), Arc<Connection>>>,
+}
+
+/// A stream's registration; dropping it removes the stream.
+pub struct Registration {
+    registry: Arc<Connections>,
+    pub connection: Arc<Connection>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let key = (self.connection.node.clone(), self.connection.id);
+        self.registry.lock().remove(&key);
+    }
+}
+
+impl Connections {
+    pub fn new() -> Arc<Connections> {
+        Arc::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<(String, u64), Arc<Connection>>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn register(self: &Arc<Self>, info: ProxyInfo) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let connection = Arc::new(Connection {
+            node: info.node,
+            id,
+            protocol: info.protocol,
+            proxy_type: info.proxy_type,
+            class: info.class,
+            cluster_id: info.cluster_id,
+            istio_version: info.istio_version,
+            proxy_version: info.proxy_version,
+            namespace: info.namespace,
+            view: info.view,
+            bind: info.bind,
+            connected_at: SystemTime::now(),
+            types: Mutex::default(),
+        });
+        self.lock().insert((connection.node.clone(), id), connection.clone());
+        Registration { registry: self.clone(), connection }
+    }
+
+    /// Every connected stream, by node id then age.
+    pub fn all(&self) -> Vec<Arc<Connection>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// The newest stream of a node id.
+    pub fn by_node(&self, node: &str) -> Option<Arc<Connection>> {
+        let streams = self.lock();
+        streams.range((node.to_string(), 0)..=(node.to_string(), u64::MAX)).next_back().map(|(_, c)| c.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(node: &str) -> ProxyInfo {
+        ProxyInfo {
+            node: node.into(),
+            protocol: "delta",
+            proxy_type: "sidecar".into(),
+            class: "sidecar/default".into(),
+            cluster_id: String::new(),
+            istio_version: "1.28.0".into(),
+            proxy_version: String::new(),
+            namespace: "default".into(),
+            view: View::sidecar(),
+            bind: None,
+        }
+    }
+
+    #[test]
+    fn syncz_entry_has_istiod_field_names_and_the_last_error() {
+        let registry = Connections::new();
+        let a = registry.register(info("sidecar~10.0.0.1~a.default~default.svc.cluster.local"));
+        let c = &a.connection;
+        c.sent(ResourceType::Cluster, "1", None);
+        c.acked(ResourceType::Cluster, "1");
+        c.sent(ResourceType::Listener, "2", Some("v1"));
+        assert!(c.nacked(ResourceType::Listener, "2", "bad listener"));
+        assert!(!c.nacked(ResourceType::Listener, "2", "bad listener"), "the same error again is not new");
+        let v = c.syncz();
+        assert_eq!(v["proxy"], "sidecar~10.0.0.1~a.default~default.svc.cluster.local");
+        assert_eq!(v["istio_version"], "1.28.0");
+        assert_eq!(v["cluster_sent"], "1");
+        assert_eq!(v["cluster_acked"], "1");
+        assert_eq!(v["listener_sent"], "2");
+        assert!(v.get("listener_acked").is_none());
+        assert!(v.get("cluster_id").is_none(), "empty fields are left out, as istiod's omitempty");
+        let lds = &v["resources"][ResourceType::Listener.type_url()];
+        assert_eq!(lds["lastError"], "bad listener");
+        assert_eq!(lds["sentVersion"], "v1");
+        assert!(lds["sentTime"].as_str().unwrap().ends_with('Z'));
+        assert!(registry.by_node("sidecar~10.0.0.1~a.default~default.svc.cluster.local").is_some());
+        drop(a);
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn rfc3339_of_known_instants() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_131_200_250);
+        assert_eq!(rfc3339(t), "2026-12-01T13:20:00.250Z");
+    }
+}
