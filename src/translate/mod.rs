@@ -8,6 +8,7 @@
 //! their cluster, route configs named by port (`"9080"`), listeners `0.0.0.0_<port>`.
 
 pub mod cluster;
+pub mod delegate;
 pub mod endpoint;
 pub mod gateway;
 pub mod grpc;

@@ -44,6 +44,23 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             _ => {}
         }
     }
+    // Delegate VirtualServices: each root merged with the delegates it names; delegates are
+    // never used on their own.
+    let delegates: HashMap<(String, String), &VirtualService> = virtual_services
+        .iter()
+        .filter(|vs| super::delegate::is_delegate(vs))
+        .map(|vs| ((vs.namespace.clone(), vs.name.clone()), *vs))
+        .collect();
+    let merged: Vec<VirtualService> = virtual_services
+        .iter()
+        .filter_map(|vs| {
+            let keys = super::delegate::delegate_keys(vs);
+            let children: Vec<&VirtualService> = keys.iter().filter_map(|k| delegates.get(k).copied()).collect();
+            super::delegate::merged_virtual_service(vs, &children).map(|(merged, _)| merged)
+        })
+        .collect();
+    let virtual_services: Vec<&VirtualService> = merged.iter().collect();
+
     let sliced: HashSet<(&str, &str)> =
         slices.iter().filter_map(|s| Some((s.namespace.as_str(), s.service_name.as_deref()?))).collect();
     let with_endpoints: HashSet<(&str, &str)> =
