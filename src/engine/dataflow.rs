@@ -21,8 +21,10 @@
 //!                  ─by destination host──join(host info)──reduce per VS─▶ (VS, destination map)              │
 //!                   per host reduce (rows ⊎ host info ⊎ chosen VS, per context) ─▶ virtual hosts ◀───────┘
 //!                        └▶ route configs (assembled outside; a namespace's = sidecars' with its own in place)
-//!                          distinct HTTP ports ────────────────────────────────────────────▶ listeners
-//!                                   per host reduce (TCP rows ⊎ chosen VS) ─▶ TCP listener candidates (one per VIP)
+//!                          (a sniffed port's also in `<fqdn>:<port>`, its own sniffing listener's)
+//!                          distinct HTTP ports (not sniffed) ──────────────────────────────▶ listeners
+//!                                   per host reduce (TCP + sniffed rows ⊎ chosen VS) ─▶ TCP and sniffing listener
+//!                                                                                     candidates (one per VIP)
 //!                  per port reduce (candidates ⊎ HTTP port marker) ─▶ the port's TCP listener, losers as diagnostics
 //! slices ─flat_map─▶ ready addresses by (ns, svc, port name, proto) ──join(ports by name)┐
 //! endpoints ─antijoin(services with slices)─▶ ...same key ─────────────────────────────join┤
@@ -482,7 +484,9 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
 
     // === per host: virtual hosts ===
     let http_ports = host_ports.clone().filter(|row| row.protocol().is_http());
-    let tcp_ports = host_ports.filter(|row| row.protocol() == translate::PortProtocol::Tcp);
+    // TCP-class ports and ports of unknown protocol (sniffed) get listeners of their own.
+    let tcp_ports =
+        host_ports.filter(|row| row.protocol() == translate::PortProtocol::Tcp || row.protocol().is_sniffed());
     // TCP listeners are the default context's (not yet per namespace).
     let tcp_routes = routes_by_host.clone().filter(|(_, i)| matches!(i, VhostInput::Routes(None, _, _)));
     let host_vhosts = http_ports
@@ -509,7 +513,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                     }
                 }
             }
-            for (ctx, route, vhost) in outbound::virtual_hosts_by_context(&rows, &infos, &routes) {
+            let vhosts = outbound::virtual_hosts_by_context(&rows, &infos, &routes);
+            for (ctx, route, vhost) in outbound::with_sniffed_routes(&rows, vhosts) {
                 output.push(((ctx, route, vhost), 1isize));
             }
         });
@@ -518,7 +523,9 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         route,
         vhost,
     });
-    let http_port_numbers = http_ports.clone().map(|row| row.port.port).distinct();
+    // Ports of unknown protocol have their own (sniffing) listeners: they claim no shared one.
+    let http_port_numbers =
+        http_ports.clone().filter(|row| !row.protocol().is_sniffed()).map(|row| row.port.port).distinct();
     let listeners = http_port_numbers.clone().map(|port| OutputRow::Resource {
         scope: Scope::Sidecars,
         ty: ResourceType::Listener,
