@@ -468,3 +468,187 @@ fn a_tcp_service_is_proxied_through_the_bind_address_and_a_tcp_route_picks_its_s
         (0..6).filter_map(|_| tcp_answer(proxy)).any(|a| a == "B").then_some(())
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Ports of unknown protocol: protocol sniffing
+// ---------------------------------------------------------------------------------------
+
+/// A backend for a port of unknown protocol: answers an HTTP request (`x-backend: <name>`, body
+/// `<name>`, then closes) and echoes anything else prefixed `<name>:` — one port, two protocols.
+fn start_dual_backend(ip: Ipv4Addr, port: u16, name: &'static str) -> std::io::Result<SocketAddr> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind((ip, port))?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut chunk) {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let http = [&b"GET "[..], b"POST ", b"HEAD ", b"PUT "].iter().any(|m| buf.starts_with(m));
+                    if http {
+                        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let answer = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-backend: {name}\r\nconnection: close\r\n\r\n{name}",
+                                name.len()
+                            );
+                            let _ = conn.write_all(answer.as_bytes());
+                            return;
+                        }
+                    } else if buf.len() >= 4 || buf.contains(&b'\n') {
+                        let mut echo = format!("{name}:").into_bytes();
+                        echo.extend_from_slice(&buf);
+                        buf.clear();
+                        if conn.write_all(&echo).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Service `echo` with a port named `web` (no known protocol prefix, no appProtocol: istiod
+/// sniffs it) on cluster IP 10.96.0.60, pods v1 and v2 in one slice, subsets by version, and a
+/// VirtualService sending `x-version: v2` to v2, everything else to v1.
+fn sniffed_echo_yaml(port: u16, target_port: u16, v1: Ipv4Addr, v2: Ipv4Addr) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: default}}
+spec:
+  clusterIP: 10.96.0.60
+  selector: {{app: echo}}
+  ports:
+  - {{name: web, protocol: TCP, port: {port}, targetPort: {target_port}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports:
+- {{name: web, protocol: TCP, port: {target_port}}}
+endpoints:
+- addresses: ["{v1}"]
+  conditions: {{ready: true}}
+  targetRef: {{kind: Pod, name: echo-v1}}
+- addresses: ["{v2}"]
+  conditions: {{ready: true}}
+  targetRef: {{kind: Pod, name: echo-v2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: echo-v1, namespace: default, labels: {{app: echo, version: v1}}}}
+spec: {{containers: [{{name: echo, image: echo}}]}}
+status: {{podIP: {v1}, conditions: [{{type: Ready, status: "True"}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: echo-v2, namespace: default, labels: {{app: echo, version: v2}}}}
+spec: {{containers: [{{name: echo, image: echo}}]}}
+status: {{podIP: {v2}, conditions: [{{type: Ready, status: "True"}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo, namespace: default}}
+spec:
+  host: echo
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: default}}
+spec:
+  hosts: [echo]
+  http:
+  - match:
+    - headers:
+        x-version: {{exact: v2}}
+    route:
+    - destination: {{host: echo, subset: v2}}
+  - route:
+    - destination: {{host: echo, subset: v1}}
+"#
+    )
+}
+
+/// One raw (non-HTTP) exchange on a new connection: what comes back for `line`.
+fn raw_exchange(proxy: SocketAddr, line: &str) -> Option<String> {
+    use std::io::Read;
+    let mut conn = support::connect(proxy).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    conn.write_all(line.as_bytes()).ok()?;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.ends_with(b"\n") {
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(got).ok()
+}
+
+#[test]
+fn a_port_of_unknown_protocol_carries_http_routed_by_a_virtual_service_and_raw_tcp() {
+    let (v1, v2) = eventually("two dual backends on one port", WAIT, || {
+        let (ip1, ip2) = (loopback_ip(), loopback_ip());
+        let port = free_port(ip1);
+        Some((start_dual_backend(ip1, port, "v1").ok()?, start_dual_backend(ip2, port, "v2").ok()?))
+    });
+    let ip = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => *v4.ip(),
+        SocketAddr::V6(_) => unreachable!("backends bind IPv4"),
+    };
+    let bind_ip = loopback_ip();
+    let port = free_port(bind_ip);
+    let config = tempfile::tempdir().expect("tempdir");
+    fs::write(config.path().join("echo.yaml"), sniffed_echo_yaml(port, v1.port(), ip(v1), ip(v2))).unwrap();
+    let meshflow = Meshflow::serve(config.path());
+    let admin_port = free_port(Ipv4Addr::LOCALHOST);
+    let bootstrap =
+        meshflow.bootstrap(&format!("sidecar~{bind_ip}~app-1.default~default.svc.cluster.local"), bind_ip, admin_port);
+    let envoy = Envoy::start(&bootstrap);
+    let proxy = SocketAddr::from((bind_ip, port));
+    let get = |headers: &[(&str, &str)]| -> Option<String> {
+        let r = support::http_request(proxy, "GET", "echo", "/", headers).ok()?;
+        r.header("x-backend").map(str::to_string)
+    };
+
+    // HTTP, told apart by the HTTP inspector, is routed by the VirtualService.
+    eventually("HTTP with x-version: v2 to reach v2", WAIT, || (get(&[("x-version", "v2")])? == "v2").then_some(()));
+    for _ in 0..10 {
+        assert_eq!(get(&[("x-version", "v2")]).as_deref(), Some("v2"), "the header match routes to subset v2");
+        assert_eq!(get(&[]).as_deref(), Some("v1"), "without the header, subset v1");
+    }
+    // Anything else goes through the TCP chain to the service's cluster (both endpoints).
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let line = format!("ping {i}\n");
+        let answer = raw_exchange(proxy, &line).expect("a raw TCP exchange through the sniffing listener");
+        let (who, echoed) = answer.split_once(':').unwrap_or_else(|| panic!("not an echo: {answer:?}"));
+        assert_eq!(echoed, line, "the backend echoes the raw bytes");
+        seen.insert(who.to_string());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["v1", "v2"], "raw TCP reaches the service's endpoints");
+
+    // The listener is istiod's: named by the cluster IP, no shared HTTP listener on the port.
+    let dump = envoy.config_dump();
+    let listeners = dynamic_listener_names(&dump);
+    assert!(listeners.contains(&format!("10.96.0.60_{port}")), "{listeners:?}");
+    assert!(!listeners.contains(&format!("0.0.0.0_{port}")), "{listeners:?}");
+}

@@ -8,6 +8,7 @@
 //! slices to Endpoints to its selector and back; VirtualServices and DestinationRules claim
 //! hosts exactly and by wildcard, are retargeted, compete by specificity, namespace and age,
 //! route to subsets that exist or not; pods move in and out of subsets as their labels change;
+//! root VirtualServices delegate to delegates that come, change, go and are or are not exported to them;
 //! ServiceEntries of every resolution claim external hosts and a Service's host (which the
 //! Service keeps), compete by age, gain and lose endpoints, VIPs and selected pods.
 
@@ -285,6 +286,53 @@ fn http_route() -> impl Strategy<Value = serde_json::Value> {
     )
 }
 
+/// A root's delegating route: to a delegate that the steps create, change and delete (or one
+/// that never exists), in the root's namespace or a named one, under a match or none.
+fn delegate_route() -> impl Strategy<Value = serde_json::Value> {
+    (
+        prop::sample::select(&["child-a", "child-b", "missing"][..]),
+        prop::option::of(ns()),
+        prop::option::of(prop_oneof![
+            Just(serde_json::json!({"uri": {"prefix": "/api"}, "ignoreUriCase": true})),
+            Just(serde_json::json!({"uri": {"prefix": "/api"}})),
+            Just(serde_json::json!({"headers": {"end-user": {"exact": "jason"}}})),
+        ]),
+        prop::option::of(Just("3s")),
+    )
+        .prop_map(|(name, namespace, m, timeout)| {
+            let mut d = serde_json::json!({ "name": name });
+            if let Some(ns) = namespace {
+                d["namespace"] = ns.into();
+            }
+            let mut r = serde_json::json!({ "delegate": d });
+            if let Some(m) = m {
+                r["match"] = serde_json::json!([m]);
+            }
+            if let Some(t) = timeout {
+                r["timeout"] = t.into();
+            }
+            r
+        })
+}
+
+/// A delegate VirtualService (no hosts): HTTP routes only, exported or not to its roots.
+fn delegate_virtual_service() -> impl Strategy<Value = Object> {
+    (
+        ns(),
+        prop::sample::select(&["child-a", "child-b"][..]),
+        prop::sample::select(&CREATED[..]),
+        prop::collection::vec(http_route(), 1..3),
+        prop::sample::select(&EXPORT_TO[..]),
+    )
+        .prop_filter_map("valid delegate VirtualService", |(namespace, name, created, http, export_to)| {
+            let mut spec = serde_json::json!({ "http": http });
+            if !export_to.is_empty() {
+                spec["exportTo"] = serde_json::json!(export_to);
+            }
+            istio_object(Kind::VirtualService, &namespace, name, created, spec)
+        })
+}
+
 /// The destinations of a `tcp` or `tls` route: one (weight ignored), or two weighted.
 fn l4_destinations() -> impl Strategy<Value = serde_json::Value> {
     (destination(), prop::option::of((destination(), 0u32..=100))).prop_map(|(first, second)| match second {
@@ -337,8 +385,9 @@ fn virtual_service() -> impl Strategy<Value = Object> {
         prop::collection::vec(tcp_route(), 0..3),
         any::<bool>(),
         prop::sample::select(&EXPORT_TO[..]),
+        prop::collection::vec(delegate_route(), 0..2),
     )
-        .prop_flat_map(|(namespace, name, created, hosts, gateways, http, tcp, with_tls, export_to)| {
+        .prop_flat_map(|(namespace, name, created, hosts, gateways, http, tcp, with_tls, export_to, delegates)| {
             // Validation rejects `*` bound to the mesh and hosts that overlap: keep the first
             // of overlapping hosts.
             let mesh = gateways.is_empty() || gateways.contains(&"mesh");
@@ -359,7 +408,7 @@ fn virtual_service() -> impl Strategy<Value = Object> {
             }
             let tls = prop::collection::vec(tls_route(hosts.clone()), if with_tls { 1..3 } else { 0..1 });
             tls.prop_filter_map("valid VirtualService", move |tls| {
-                let mut http = http.clone();
+                let mut http: Vec<serde_json::Value> = delegates.iter().chain(&http).cloned().collect();
                 if http.is_empty() && tcp.is_empty() && tls.is_empty() {
                     http.push(serde_json::json!({"route": [{"destination": {"host": "reviews"}}]}));
                 }
@@ -600,6 +649,7 @@ fn object() -> impl Strategy<Value = Object> {
         1 => endpoints(),
         3 => pod(),
         2 => virtual_service(),
+        1 => delegate_virtual_service(),
         2 => destination_rule(),
         1 => gateway(),
         1 => proxy_class(),
@@ -868,4 +918,83 @@ fn endpoints_are_grouped_by_the_locality_of_their_pods_node() {
     // A pod's own locality label wins over its Node's.
     h.step(vec![InputEvent::apply(pod("web-3", "10.0.0.3", "node-b", &[("istio-locality", "eu.z1")]))], 2).unwrap();
     assert_eq!(localities(&h), [("eu/z1/".to_string(), 1, 1), ("us-east1/us-east1-b/".to_string(), 2, 2)]);
+}
+
+/// A delegate that comes, changes, stops being exported to its root and goes: the root's
+/// routes follow at each step (engine == reference is checked by `step`), and the delegate's
+/// routes are never served on their own.
+#[test]
+fn a_root_follows_its_delegate_through_every_change() {
+    use prost::Message;
+    let svc = Object::Service(Service {
+        namespace: "default".into(),
+        name: "reviews".into(),
+        ports: vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            target_port: TargetPort::Number(8080),
+            app_protocol: None,
+        }],
+        selector: None,
+        cluster_ip: None,
+        external_name: None,
+        publish_not_ready_addresses: false,
+        export_to: Vec::new(),
+    });
+    let root = istio_object(
+        Kind::VirtualService,
+        "default",
+        "vs-a",
+        None,
+        serde_json::json!({"hosts": ["reviews"], "http": [
+            {"match": [{"uri": {"prefix": "/api"}}], "delegate": {"name": "child-a", "namespace": "shop"}},
+            {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]},
+        ]}),
+    )
+    .unwrap();
+    let child = |subset: &str, export_to: &[&str]| {
+        istio_object(
+            Kind::VirtualService,
+            "shop",
+            "child-a",
+            None,
+            serde_json::json!({"exportTo": export_to, "http": [
+                {"route": [{"destination": {"host": "reviews.default.svc.cluster.local", "subset": subset}}]},
+            ]}),
+        )
+        .unwrap()
+    };
+    // The clusters the routes of route config "80" name, in order.
+    let clusters = |h: &Harness| -> Vec<String> {
+        use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
+        let body = &h.materialized[&(Scope::Sidecars, ResourceType::RouteConfiguration, "80".into())];
+        let rc = RouteConfiguration::decode(&body[..]).unwrap();
+        rc.virtual_hosts[0]
+            .routes
+            .iter()
+            .map(|r| match &r.action {
+                Some(route::Action::Route(a)) => match &a.cluster_specifier {
+                    Some(route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let v = |s: &str| format!("outbound|80|{s}|reviews.default.svc.cluster.local");
+    let mut h = Harness::new();
+    h.step(vec![InputEvent::apply(svc), InputEvent::apply(root)], 0).unwrap();
+    assert_eq!(clusters(&h), [v("v1")], "no delegate yet: the delegating route is left out");
+    h.step(vec![InputEvent::apply(child("v2", &[]))], 1).unwrap();
+    assert_eq!(clusters(&h), [v("v2"), v("v1")], "the delegate's route in place of the delegating one");
+    h.step(vec![InputEvent::apply(child("v3", &[]))], 2).unwrap();
+    assert_eq!(clusters(&h), [v("v3"), v("v1")], "the delegate changed");
+    h.step(vec![InputEvent::apply(child("v3", &["."]))], 3).unwrap();
+    assert_eq!(clusters(&h), [v("v1")], "not exported to the root's namespace");
+    h.step(vec![InputEvent::apply(child("v2", &["default"]))], 4).unwrap();
+    assert_eq!(clusters(&h), [v("v2"), v("v1")], "exported to it by name");
+    let key = child("v2", &[]).key();
+    h.step(vec![InputEvent::delete(key)], 5).unwrap();
+    assert_eq!(clusters(&h), [v("v1")], "the delegate is gone");
 }

@@ -1129,3 +1129,97 @@ fn export_to_hides_a_virtual_service_from_another_namespace_and_a_rule_in_the_pr
     });
     drop(shop);
 }
+
+// ---------------------------------------------------------------------------------------
+// 13. Delegate VirtualServices
+// ---------------------------------------------------------------------------------------
+
+// Adapted from Istio's delegate example (istio.io, "Virtual Service delegation"): the root
+// owns the host and hands `/reviews` to a delegate without hosts.
+const VS_DELEGATE_ROOT: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - name: reviews-root
+    match:
+    - uri:
+        prefix: /reviews
+    delegate:
+      name: reviews-child
+  - route:
+    - destination:
+        host: reviews
+        subset: v3
+"#;
+
+/// The root, and the delegate `reviews-child` sending `end-user: jason` to `jason_subset`,
+/// everything else (under the root's `/reviews`) to v1.
+fn vs_delegate(jason_subset: &str) -> String {
+    format!(
+        r#"{VS_DELEGATE_ROOT}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews-child
+spec:
+  http:
+  - match:
+    - headers:
+        end-user:
+          exact: jason
+    route:
+    - destination:
+        host: reviews
+        subset: {jason_subset}
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+"#
+    )
+}
+
+#[test]
+fn a_delegate_routes_the_roots_prefix_by_its_header_match_and_follows_its_changes() {
+    let mesh = Mesh::start(&[ok(), ok(), ok()], DR_REVIEWS, &vs_delegate("v2"));
+    let who = |n: usize, path: &str, headers: &[(&str, &str)]| -> Vec<String> {
+        (0..n).map(|_| answered_by(&mesh.get(path, headers))).collect()
+    };
+    let all = |who: &[String], name: &str| who.iter().all(|w| w == name);
+    let jason = [("end-user", "jason")];
+
+    // Under /reviews the delegate decides: its header match → v2, else v1.
+    let j = who(20, "/reviews/1", &jason);
+    assert!(all(&j, "v2"), "jason under /reviews must reach v2: {j:?}\n{}", mesh.routes());
+    let m = who(20, "/reviews/1", &[("end-user", "mary")]);
+    assert!(all(&m, "v1"), "mary under /reviews must reach v1: {m:?}\n{}", mesh.routes());
+    // Outside /reviews the delegate's match does not apply: the root's own route → v3.
+    let o = who(20, "/ratings", &jason);
+    assert!(all(&o, "v3"), "jason outside /reviews must reach v3: {o:?}\n{}", mesh.routes());
+
+    // The delegate changes: its header match now goes to v3.
+    mesh.rewrite_and_wait_for_routes("vs.yaml", &vs_delegate("v3"));
+    let v2_before = mesh.backend("v2").received();
+    let j = who(20, "/reviews/1", &jason);
+    assert!(all(&j, "v3"), "jason under /reviews must follow the delegate to v3: {j:?}\n{}", mesh.routes());
+    assert_eq!(mesh.backend("v2").received(), v2_before, "v2 is in no route any more");
+
+    // The delegate is deleted: the delegating route is left out (as istiod does), everything
+    // falls to the root's own route, and the root's delegate is diagnosed.
+    mesh.rewrite_and_wait_for_routes("vs.yaml", VS_DELEGATE_ROOT);
+    let m = who(20, "/reviews/1", &[("end-user", "mary")]);
+    assert!(all(&m, "v3"), "without its delegate, /reviews must fall to the root's route: {m:?}\n{}", mesh.routes());
+    let (status, body) = mesh.meshflow.admin_get("/debug/diagnostics");
+    assert_eq!(status, 200, "/debug/diagnostics: {body}");
+    let line = body.lines().find(|l| l.contains("VirtualService") && l.contains("default/reviews "));
+    assert!(
+        line.is_some_and(|l| l.contains("spec.http[0].delegate") && l.contains("default/reviews-child not found")),
+        "/debug/diagnostics must name the root default/reviews, spec.http[0].delegate and the missing delegate:\n{body}"
+    );
+}

@@ -6,6 +6,9 @@
 //! touches the hosts its host pattern matches and the VirtualServices that route to them.
 //!
 //! ```text
+//! virtual services ─roots by each delegate they name──join(delegates: no hosts, by (ns, name))
+//!                  ─reduce per root: merge─▶ merged roots ⊎ VirtualServices that delegate nothing
+//!                  (= "virtual services" below; delegates never alone)
 //! services ─flat_map─▶ service ports ─┐
 //! service entries ─flat_map─▶ host × port rows (resolution, VIPs, inline DNS endpoints) ─┤
 //!                 by host (fqdn) ─reduce: settle (Service > oldest entry, merge compatible)─▶ host rows ─┬──────┐
@@ -18,8 +21,10 @@
 //!                  ─by destination host──join(host info)──reduce per VS─▶ (VS, destination map)              │
 //!                   per host reduce (rows ⊎ host info ⊎ chosen VS, per context) ─▶ virtual hosts ◀───────┘
 //!                        └▶ route configs (assembled outside; a namespace's = sidecars' with its own in place)
-//!                          distinct HTTP ports ────────────────────────────────────────────▶ listeners
-//!                                   per host reduce (TCP rows ⊎ chosen VS) ─▶ TCP listener candidates (one per VIP)
+//!                          (a sniffed port's also in `<fqdn>:<port>`, its own sniffing listener's)
+//!                          distinct HTTP ports (not sniffed) ──────────────────────────────▶ listeners
+//!                                   per host reduce (TCP + sniffed rows ⊎ chosen VS) ─▶ TCP and sniffing listener
+//!                                                                                     candidates (one per VIP)
 //!                  per port reduce (candidates ⊎ HTTP port marker) ─▶ the port's TCP listener, losers as diagnostics
 //! slices ─flat_map─▶ ready addresses by (ns, svc, port name, proto) ──join(ports by name)┐
 //! endpoints ─antijoin(services with slices)─▶ ...same key ─────────────────────────────join┤
@@ -58,10 +63,10 @@ use crate::translate::gateway::{self, SecretRef};
 use crate::translate::outbound::{
     self, ClusterRow, ConfigKey, Context, DestinationMap, HostInfo, SubsetRef, TcpListenerRow, VsRank, host_patterns,
 };
-use crate::translate::views;
 use crate::translate::{
     self, Diagnostic, EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart, service_entry,
 };
+use crate::translate::{delegate, views};
 
 /// What leaves the dataflow: finished resources, and virtual hosts that are assembled into
 /// route configs outside it (see [`super::output`]).
@@ -165,6 +170,13 @@ enum HostOutput {
     Info(Context, HostInfo),
 }
 
+/// What meets per root VirtualService to merge it with its delegates. `Root` sorts first.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum DelegateInput {
+    Root(VirtualService),
+    Child(VirtualService),
+}
+
 /// What meets per VirtualService: the object and what is known of each destination host.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum VsInput {
@@ -221,12 +233,60 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let (endpoints_in, endpoints) = scope.new_collection::<Endpoints, isize>();
     let (pods_in, pods) = scope.new_collection::<Pod, isize>();
     let (nodes_in, nodes) = scope.new_collection::<Node, isize>();
-    let (vs_in, virtual_services) = scope.new_collection::<VirtualService, isize>();
+    let (vs_in, raw_virtual_services) = scope.new_collection::<VirtualService, isize>();
     let (dr_in, destination_rules) = scope.new_collection::<DestinationRule, isize>();
     let (gateways_in, gateways) = scope.new_collection::<Gateway, isize>();
     let (classes_in, classes) = scope.new_collection::<ProxyClass, isize>();
     let (secrets_in, secrets) = scope.new_collection::<Secret, isize>();
     let (se_in, service_entries) = scope.new_collection::<ServiceEntry, isize>();
+
+    // === delegate VirtualServices: each root merged with the delegates it names ===
+    // A root is keyed by each delegate it names and meets the delegates (VirtualServices
+    // without hosts) there; one reduce per root merges them. A delegate's change costs only its
+    // roots. What follows reads the merged collection: roots merged, other VirtualServices
+    // unchanged, delegates never on their own.
+    let delegates = raw_virtual_services
+        .clone()
+        .filter(delegate::is_delegate)
+        .map(|vs: VirtualService| ((vs.namespace.clone(), vs.name.clone()), vs));
+    let roots = raw_virtual_services.clone().filter(delegate::is_root);
+    let root_children = roots
+        .clone()
+        .flat_map(|vs: VirtualService| {
+            let key: ConfigKey = (vs.namespace.clone(), vs.name.clone());
+            delegate::delegate_keys(&vs).into_iter().map(move |k| (k, key.clone())).collect::<Vec<_>>()
+        })
+        .join_map(delegates, |_, root: &ConfigKey, child: &VirtualService| {
+            (root.clone(), DelegateInput::Child(child.clone()))
+        });
+    let merged_roots = roots
+        .map(|vs: VirtualService| ((vs.namespace.clone(), vs.name.clone()), DelegateInput::Root(vs)))
+        .concat(root_children)
+        .reduce_named(
+            "merge: delegate VirtualServices",
+            |_key: &ConfigKey, input: &[(&DelegateInput, isize)], output| {
+                let mut root = None;
+                let mut children = Vec::new();
+                for (i, _) in input {
+                    match i {
+                        DelegateInput::Root(vs) => root = Some(vs),
+                        DelegateInput::Child(vs) => children.push(vs),
+                    }
+                }
+                let Some(root) = root else { return };
+                let (merged, diagnostics) = delegate::merge_delegates(root, &children);
+                output.push((Ok(merged), 1isize));
+                for d in diagnostics {
+                    output.push((Err(d), 1));
+                }
+            },
+        )
+        .map(|(_, out): (ConfigKey, Result<VirtualService, Diagnostic>)| out);
+    let delegate_diagnostics = merged_roots.clone().flat_map(Result::err);
+    let virtual_services = raw_virtual_services
+        .clone()
+        .filter(|vs: &VirtualService| !delegate::is_delegate(vs) && !delegate::is_root(vs))
+        .concat(merged_roots.flat_map(Result::ok));
 
     let service_ports = services.clone().flat_map(|s: Service| service_port_rows(&s));
     // Every host's rows, Services' and ServiceEntries', settled per host as istiod settles a
@@ -330,9 +390,9 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         body: c.encode(),
     });
 
-    // Valid Istio that meshflow does not translate yet: one diagnostic per object and field.
-    let untranslated = virtual_services
-        .clone()
+    // Valid Istio that meshflow does not translate yet: one diagnostic per object and field
+    // (each VirtualService as written, delegates included).
+    let untranslated = raw_virtual_services
         .flat_map(|vs: VirtualService| {
             translate::route::untranslated(&vs)
                 .into_iter()
@@ -424,7 +484,9 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
 
     // === per host: virtual hosts ===
     let http_ports = host_ports.clone().filter(|row| row.protocol().is_http());
-    let tcp_ports = host_ports.filter(|row| row.protocol() == translate::PortProtocol::Tcp);
+    // TCP-class ports and ports of unknown protocol (sniffed) get listeners of their own.
+    let tcp_ports =
+        host_ports.filter(|row| row.protocol() == translate::PortProtocol::Tcp || row.protocol().is_sniffed());
     // TCP listeners are the default context's (not yet per namespace).
     let tcp_routes = routes_by_host.clone().filter(|(_, i)| matches!(i, VhostInput::Routes(None, _, _)));
     let host_vhosts = http_ports
@@ -451,7 +513,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                     }
                 }
             }
-            for (ctx, route, vhost) in outbound::virtual_hosts_by_context(&rows, &infos, &routes) {
+            let vhosts = outbound::virtual_hosts_by_context(&rows, &infos, &routes);
+            for (ctx, route, vhost) in outbound::with_sniffed_routes(&rows, vhosts) {
                 output.push(((ctx, route, vhost), 1isize));
             }
         });
@@ -460,7 +523,9 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         route,
         vhost,
     });
-    let http_port_numbers = http_ports.clone().map(|row| row.port.port).distinct();
+    // Ports of unknown protocol have their own (sniffing) listeners: they claim no shared one.
+    let http_port_numbers =
+        http_ports.clone().filter(|row| !row.protocol().is_sniffed()).map(|row| row.port.port).distinct();
     let listeners = http_port_numbers.clone().map(|port| OutputRow::Resource {
         scope: Scope::Sidecars,
         ty: ResourceType::Listener,
@@ -833,6 +898,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
 
     // A diagnostic that several classes report is reported once.
     let diagnostics = untranslated
+        .concat(delegate_diagnostics)
         .concat(missing)
         .concat(class_diagnostics)
         .concat(secret_diagnostics)

@@ -8,6 +8,7 @@
 //! their cluster, route configs named by port (`"9080"`), listeners `0.0.0.0_<port>`.
 
 pub mod cluster;
+pub mod delegate;
 pub mod endpoint;
 pub mod gateway;
 pub mod grpc;
@@ -202,6 +203,13 @@ pub fn route_config_name(port: u16) -> String {
     port.to_string()
 }
 
+/// The route config of a port of unknown protocol on its own sniffing listener (the service has
+/// an address): `<fqdn>:<port>`, holding that service's virtual host only, as istiod's
+/// `buildSidecarOutboundHTTPListenerOpts` names it for `ListenerProtocolAuto` bound to a VIP.
+pub fn sniffed_route_config_name(fqdn: &str, port: u16) -> String {
+    format!("{fqdn}:{port}")
+}
+
 /// The application protocol of a service port, as istiod infers it: from `appProtocol`, else
 /// from the port name's prefix (`http-web`, `grpc`), else unknown (istiod sniffs those).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -209,8 +217,9 @@ pub enum PortProtocol {
     Http,
     Http2,
     Grpc,
-    /// Unknown: istiod sniffs it; meshflow routes it as HTTP and lets the upstream
-    /// connection follow the downstream protocol.
+    /// Unknown: sniffed, as istiod does: a listener with the HTTP inspector, an HTTP chain (its
+    /// virtual host, as an HTTP port's) and a TCP chain to the service's cluster
+    /// (`outbound::tcp_listeners_for_host`).
     Unknown,
     /// Opaque TCP (tcp, tls, https, mongo, mysql, redis): a cluster but no HTTP route.
     Tcp,
@@ -239,9 +248,16 @@ impl PortProtocol {
         named(prefix).unwrap_or(PortProtocol::Unknown)
     }
 
-    /// Ports whose traffic goes through the HTTP listener and route config of their number.
+    /// Ports that get a virtual host (in the route config of their number and, when sniffed, in
+    /// their own: see [`sniffed_route_config_name`]).
     pub fn is_http(self) -> bool {
         matches!(self, PortProtocol::Http | PortProtocol::Http2 | PortProtocol::Grpc | PortProtocol::Unknown)
+    }
+
+    /// Ports whose protocol is detected per connection (istiod's `Unsupported`, "auto"): their
+    /// own sniffing listener, not the shared HTTP listener of their number.
+    pub fn is_sniffed(self) -> bool {
+        self == PortProtocol::Unknown
     }
 
     pub fn is_proxied(self) -> bool {
@@ -485,12 +501,32 @@ pub fn route_configuration<'a>(name: &str, vhosts: impl IntoIterator<Item = &'a 
 pub fn listener(port: u16, bind: Option<IpAddr>) -> Vec<u8> {
     let name = listener_name(port);
     let bind = bind.map(|ip| ip.to_string()).unwrap_or_else(|| "0.0.0.0".to_string());
-    let manager = hcm::HttpConnectionManager {
-        stat_prefix: format!("outbound_{name}"),
+    let manager = http_connection_manager(&name, route_config_name(port));
+    envoy_listener::Listener {
+        name,
+        address: Some(socket_address(&bind, port)),
+        filter_chains: vec![envoy_listener::FilterChain {
+            filters: vec![envoy_listener::Filter {
+                name: "envoy.filters.network.http_connection_manager".to_string(),
+                config_type: Some(envoy_listener::filter::ConfigType::TypedConfig(pack_any(manager))),
+            }],
+            ..Default::default()
+        }],
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// The HTTP connection manager of the sidecar outbound listener `listener_name` (stats
+/// `outbound_<listener name>`, as istiod names them) on RDS `route_config_name`.
+pub fn http_connection_manager(listener_name: &str, route_config_name: String) -> hcm::HttpConnectionManager {
+    hcm::HttpConnectionManager {
+        stat_prefix: format!("outbound_{listener_name}"),
         codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
         route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
             config_source: Some(ads_config_source()),
-            route_config_name: route_config_name(port),
+            route_config_name,
         })),
         // The per-route fault and CORS configs of VirtualService routes need their filters in the
         // chain; istiod's sidecar HCM has fault, then CORS, and the router last.
@@ -512,21 +548,7 @@ pub fn listener(port: u16, bind: Option<IpAddr>) -> Vec<u8> {
             },
         ],
         ..Default::default()
-    };
-    envoy_listener::Listener {
-        name,
-        address: Some(socket_address(&bind, port)),
-        filter_chains: vec![envoy_listener::FilterChain {
-            filters: vec![envoy_listener::Filter {
-                name: "envoy.filters.network.http_connection_manager".to_string(),
-                config_type: Some(envoy_listener::filter::ConfigType::TypedConfig(pack_any(manager))),
-            }],
-            ..Default::default()
-        }],
-        traffic_direction: core::TrafficDirection::Outbound as i32,
-        ..Default::default()
     }
-    .encode_to_vec()
 }
 
 /// A listener as a proxy with a bind address (`MESHFLOW_BIND_ADDRESS`) gets it: the same

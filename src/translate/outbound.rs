@@ -531,6 +531,47 @@ pub fn virtual_hosts_by_context<'a>(
     out
 }
 
+/// The virtual hosts of a host (from [`virtual_hosts_by_context`]) plus, for each port of
+/// unknown protocol that has an address, a copy in its own route config
+/// ([`super::sniffed_route_config_name`]), the one its sniffing listener's HTTP chain reads. The
+/// copy in the route config of the port number stays, as istiod keeps every service of a port
+/// there: HTTP clients of the shared listener of that port still reach the service.
+pub fn with_sniffed_routes(
+    rows: &[&ServicePortRow],
+    vhosts: Vec<(Context, String, VirtualHostPart)>,
+) -> Vec<(Context, String, VirtualHostPart)> {
+    let sniffed: BTreeSet<String> = rows.iter().filter_map(|r| sniffed_route(r)).collect();
+    if sniffed.is_empty() {
+        return vhosts;
+    }
+    let copies: Vec<(Context, String, VirtualHostPart)> = vhosts
+        .iter()
+        .filter(|(_, _, v)| sniffed.contains(&v.name))
+        .map(|(ctx, _, v)| (ctx.clone(), v.name.clone(), v.clone()))
+        .collect();
+    vhosts.into_iter().chain(copies).collect()
+}
+
+/// The route config of a sniffed port's own listener: `<fqdn>:<port>` when the port is of
+/// unknown protocol and its host has an address to bind (istiod: a listener bound to the VIP);
+/// None otherwise (without an address istiod binds `0.0.0.0` and reads the port's shared route
+/// config).
+fn sniffed_route(row: &ServicePortRow) -> Option<String> {
+    if !row.protocol().is_sniffed() || listener_addresses(row).iter().all(Option::is_none) {
+        return None;
+    }
+    Some(super::sniffed_route_config_name(&row.fqdn(), row.port.port))
+}
+
+/// The addresses a host's port gets listeners for: a Service's cluster IP (None: headless),
+/// a ServiceEntry host's VIPs.
+fn listener_addresses(row: &ServicePortRow) -> Vec<Option<std::net::IpAddr>> {
+    match &row.entry {
+        Some(e) => e.listener_addresses(),
+        None => vec![row.cluster_ip],
+    }
+}
+
 // === TCP-class ports: listeners ===
 
 /// The listener a TCP-class service port asks for (istiod's per-service outbound listener),
@@ -547,6 +588,8 @@ pub struct TcpListenerRow {
     /// istiod's name: `<clusterIP>_<port>`, or `0.0.0.0_<port>` without cluster IP.
     pub name: String,
     pub body: Vec<u8>,
+    /// A sniffing listener (port of unknown protocol: HTTP chain and TCP chain), not a TCP one.
+    pub sniffed: bool,
 }
 
 /// The address every meshflow listener binds for proxies without a bind address; proxies with
@@ -567,13 +610,9 @@ pub fn tcp_listeners_for_host(
     vs: Option<(&VirtualService, &DestinationMap)>,
 ) -> Vec<TcpListenerRow> {
     let mut out = Vec::new();
-    for row in rows.iter().filter(|r| r.protocol() == super::PortProtocol::Tcp) {
+    for row in rows.iter().filter(|r| r.protocol() == super::PortProtocol::Tcp || r.protocol().is_sniffed()) {
         // A Service has one address (its cluster IP); a ServiceEntry host one listener per VIP.
-        let addresses = match &row.entry {
-            Some(e) => e.listener_addresses(),
-            None => vec![row.cluster_ip],
-        };
-        for address in addresses {
+        for address in listener_addresses(row) {
             out.push(tcp_listener_for(row, address, vs));
         }
     }
@@ -591,20 +630,33 @@ fn tcp_listener_for(
     let port = row.port.port;
     let name = tcp_listener_name(address, port);
     let own = TcpTarget::Cluster(row.cluster_name());
-    let body = match vs {
-        Some((vs, dest)) => {
-            let ports_of = |fqdn: &str| dest.ports(fqdn);
-            if is_tls_port(&row.port) {
-                match tls_chains(vs, port, address, &ports_of) {
-                    Some(chains) => tls_listener(&name, ANY_V4, port, &chains, &own),
-                    None => tcp_listener(&name, ANY_V4, port, &own),
+    let sniffed = row.protocol().is_sniffed();
+    let body = if sniffed {
+        // istiod's `ListenerProtocolAuto`: `tcp` routes for the TCP chain, the HTTP chain on the
+        // service's own route config when bound to its address, else the port's shared one.
+        let target = vs.and_then(|(vs, dest)| tcp_target(vs, port, address, &|fqdn: &str| dest.ports(fqdn)));
+        let route = match address {
+            Some(_) => super::sniffed_route_config_name(&row.fqdn(), port),
+            None => super::route_config_name(port),
+        };
+        let manager = envoy_types::util::pack_any(super::http_connection_manager(&name, route));
+        super::sniffing_listener(&name, ANY_V4, port, manager, &target.unwrap_or(own))
+    } else {
+        match vs {
+            Some((vs, dest)) => {
+                let ports_of = |fqdn: &str| dest.ports(fqdn);
+                if is_tls_port(&row.port) {
+                    match tls_chains(vs, port, address, &ports_of) {
+                        Some(chains) => tls_listener(&name, ANY_V4, port, &chains, &own),
+                        None => tcp_listener(&name, ANY_V4, port, &own),
+                    }
+                } else {
+                    let target = tcp_target(vs, port, address, &ports_of).unwrap_or(own);
+                    tcp_listener(&name, ANY_V4, port, &target)
                 }
-            } else {
-                let target = tcp_target(vs, port, address, &ports_of).unwrap_or(own);
-                tcp_listener(&name, ANY_V4, port, &target)
             }
+            None => tcp_listener(&name, ANY_V4, port, &own),
         }
-        None => tcp_listener(&name, ANY_V4, port, &own),
     };
     TcpListenerRow {
         port,
@@ -614,6 +666,7 @@ fn tcp_listener_for(
         kind: row.kind(),
         name,
         body,
+        sniffed,
     }
 }
 
@@ -645,6 +698,13 @@ pub fn settle_port<'a>(
         .skip(usize::from(winner.is_some()))
         .map(|c| {
             let message = match winner {
+                None if c.sniffed => format!(
+                    "port {port} also has HTTP services, whose listener {} binds it: the sniffing listener {} is \
+                     not served; HTTP requests for this service are still routed there (its virtual host is in \
+                     route config {port}), other TCP traffic to this port is not",
+                    super::listener_name(port),
+                    c.name
+                ),
                 None => format!(
                     "port {port} also has HTTP services, whose listener {} binds it: the TCP listener {} is \
                      not served and connections to this port are handled as HTTP",
@@ -886,5 +946,90 @@ mod tests {
         assert!(exported_to(&["shop".into()], "default", Some("shop")));
         assert!(!exported_to(&["shop".into()], "default", None));
         assert!(!exported_to(&["~".into()], "default", Some("default")));
+    }
+
+    /// The RDS route config name and stat prefix of a chain's HTTP connection manager.
+    fn rds_of(chain: &listener::FilterChain) -> (String, String) {
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+        assert_eq!(chain.filters[0].name, "envoy.filters.network.http_connection_manager");
+        let Some(listener::filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else { panic!() };
+        let m = hcm::HttpConnectionManager::decode(&any.value[..]).unwrap();
+        let Some(hcm::http_connection_manager::RouteSpecifier::Rds(rds)) = m.route_specifier else { panic!() };
+        (rds.route_config_name, m.stat_prefix)
+    }
+
+    #[test]
+    fn a_port_of_unknown_protocol_gets_a_sniffing_listener_reading_its_own_route_config() {
+        // istiod (`buildSidecarOutboundListener`, ListenerProtocolAuto): bound to the VIP, listener
+        // `<vip>_<port>`; the HTTP chain's RDS is `<host>:<port>` (`buildSidecarOutboundHTTPListenerOpts`).
+        let web = row("echo", "web", 7000, Some("10.96.0.60"));
+        let http = row("echo", "http", 80, Some("10.96.0.60"));
+        let out = tcp_listeners_for_host(&[&web, &http], None);
+        assert_eq!(out.len(), 1, "the HTTP port has the shared HTTP listener");
+        assert!(out[0].sniffed);
+        assert_eq!(out[0].name, "10.96.0.60_7000");
+        let l = decode(&out[0].body);
+        assert_eq!(l.name, "10.96.0.60_7000");
+        assert_eq!(bound(&l), ("0.0.0.0".to_string(), 7000));
+        let filters: Vec<&str> = l.listener_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(filters, ["envoy.filters.listener.http_inspector"]);
+        assert_eq!(l.filter_chains.len(), 1);
+        let m = l.filter_chains[0].filter_chain_match.as_ref().unwrap();
+        assert_eq!(m.application_protocols, ["http/1.1", "h2c"]);
+        assert_eq!(
+            rds_of(&l.filter_chains[0]),
+            ("echo.default.svc.cluster.local:7000".to_string(), "outbound_10.96.0.60_7000".to_string())
+        );
+        assert_eq!(
+            proxied_cluster(l.default_filter_chain.as_ref().unwrap()),
+            "outbound|7000||echo.default.svc.cluster.local"
+        );
+
+        // Headless: bound to the wildcard, istiod reads the port's shared route config.
+        let headless = row("echo", "web", 7000, None);
+        let out = tcp_listeners_for_host(&[&headless], None);
+        let l = decode(&out[0].body);
+        assert_eq!(l.name, "0.0.0.0_7000");
+        assert_eq!(rds_of(&l.filter_chains[0]).0, "7000");
+    }
+
+    #[test]
+    fn a_sniffed_port_with_an_address_has_its_virtual_host_in_its_own_route_config_too() {
+        let routes_of = |rows: &[&ServicePortRow]| -> Vec<(String, String)> {
+            let info = HostInfo::new(rows, None);
+            let infos: BTreeMap<Context, &HostInfo> = [(None, &info)].into();
+            let vhosts = virtual_hosts_by_context(rows, &infos, &BTreeMap::new());
+            let mut out: Vec<(String, String)> =
+                with_sniffed_routes(rows, vhosts).into_iter().map(|(_, r, v)| (r, v.name)).collect();
+            out.sort();
+            out
+        };
+        let host = "echo.default.svc.cluster.local";
+        let web = row("echo", "web", 7000, Some("10.96.0.60"));
+        let http = row("echo", "http", 80, Some("10.96.0.60"));
+        assert_eq!(
+            routes_of(&[&web, &http]),
+            [
+                ("7000".to_string(), format!("{host}:7000")),
+                ("80".to_string(), format!("{host}:80")),
+                (format!("{host}:7000"), format!("{host}:7000")),
+            ]
+        );
+        let headless = row("echo", "web", 7000, None);
+        assert_eq!(routes_of(&[&headless]), [("7000".to_string(), format!("{host}:7000"))]);
+    }
+
+    #[test]
+    fn a_sniffed_port_that_loses_to_http_services_is_reported_with_what_still_works() {
+        let web = row("echo", "web", 7000, Some("10.96.0.60"));
+        let out = tcp_listeners_for_host(&[&web], None);
+        let (winner, diagnostics) = settle_port(7000, true, &out);
+        assert!(winner.is_none());
+        assert_eq!(diagnostics.len(), 1);
+        assert_eq!(diagnostics[0].field, "spec.ports[port=7000]");
+        assert!(diagnostics[0].message.contains("sniffing listener 10.96.0.60_7000 is not served"));
+        let (winner, diagnostics) = settle_port(7000, false, &out);
+        assert_eq!(winner.map(|w| w.name.as_str()), Some("10.96.0.60_7000"));
+        assert!(diagnostics.is_empty());
     }
 }

@@ -44,6 +44,23 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             _ => {}
         }
     }
+    // Delegate VirtualServices: each root merged with the delegates it names; delegates are
+    // never used on their own.
+    let delegates: HashMap<(String, String), &VirtualService> = virtual_services
+        .iter()
+        .filter(|vs| super::delegate::is_delegate(vs))
+        .map(|vs| ((vs.namespace.clone(), vs.name.clone()), *vs))
+        .collect();
+    let merged: Vec<VirtualService> = virtual_services
+        .iter()
+        .filter_map(|vs| {
+            let keys = super::delegate::delegate_keys(vs);
+            let children: Vec<&VirtualService> = keys.iter().filter_map(|k| delegates.get(k).copied()).collect();
+            super::delegate::merged_virtual_service(vs, &children).map(|(merged, _)| merged)
+        })
+        .collect();
+    let virtual_services: Vec<&VirtualService> = merged.iter().collect();
+
     let sliced: HashSet<(&str, &str)> =
         slices.iter().filter_map(|s| Some((s.namespace.as_str(), s.service_name.as_deref()?))).collect();
     let with_endpoints: HashSet<(&str, &str)> =
@@ -279,7 +296,8 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         let context_routes: BTreeMap<Context, outbound::ContextRoutes> =
             chosen.iter().map(|(ctx, vs)| (ctx.clone(), vs.as_ref().map(|(vs, d)| (*vs, d)))).collect();
         let info_refs: BTreeMap<Context, &HostInfo> = context_infos.iter().map(|(c, i)| (c.clone(), i)).collect();
-        for (ctx, route, vhost) in outbound::virtual_hosts_by_context(&rows, &info_refs, &context_routes) {
+        let vhosts = outbound::virtual_hosts_by_context(&rows, &info_refs, &context_routes);
+        for (ctx, route, vhost) in outbound::with_sniffed_routes(&rows, vhosts) {
             if ctx.is_none()
                 && let Ok(port) = route.parse::<u16>()
             {
@@ -297,9 +315,12 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         }
         for row in rows.iter().filter(|r| r.protocol().is_http()) {
             let port = row.port.port;
-            http_ports.insert(port);
-            let name = translate::listener_name(port);
-            out.insert((Scope::Sidecars, ResourceType::Listener, name), translate::listener(port, None));
+            // Ports of unknown protocol have their own sniffing listeners (above).
+            if !row.protocol().is_sniffed() {
+                http_ports.insert(port);
+                let name = translate::listener_name(port);
+                out.insert((Scope::Sidecars, ResourceType::Listener, name), translate::listener(port, None));
+            }
             let name = translate::grpc::listener_name(fqdn, port);
             proxyless.push((ResourceType::Listener, name, translate::grpc::api_listener(row)));
         }
