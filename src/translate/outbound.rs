@@ -674,8 +674,10 @@ fn tcp_listener_for(
 /// port (no iptables redirect, no original destination), so every listener of a port binds the
 /// same socket (`0.0.0.0:<port>`, or the proxy's bind address) and only one can exist.
 ///
+/// Candidates are TCP listeners and the sniffing listeners of ports of unknown protocol.
 /// - When the port has HTTP services (`http`), their shared listener `0.0.0.0_<port>` keeps it
-///   and every TCP listener of the port loses: istiod would merge the two into a sniffing
+///   and every TCP (or sniffing) listener of the port loses (a sniffed service stays reachable
+///   over HTTP there: its virtual host is in the port's route config): istiod would merge the two into a sniffing
 ///   listener that tells them apart by destination VIP, which needs the original destination.
 /// - Otherwise the first candidate in host order wins (istiod orders services by creation time,
 ///   then host; meshflow's Service has no creation time, so host order decides). For two
@@ -712,8 +714,11 @@ pub fn settle_port<'a>(
                     c.name
                 ),
                 Some(w) => format!(
-                    "listener {} of {} binds port {port} first (host order): the TCP listener {} is not served",
-                    w.name, w.fqdn, c.name
+                    "listener {} of {} binds port {port} first (host order): the {} listener {} is not served",
+                    w.name,
+                    w.fqdn,
+                    if c.sniffed { "sniffing" } else { "TCP" },
+                    c.name
                 ),
             };
             Diagnostic {
@@ -1031,5 +1036,13 @@ mod tests {
         let (winner, diagnostics) = settle_port(7000, false, &out);
         assert_eq!(winner.map(|w| w.name.as_str()), Some("10.96.0.60_7000"));
         assert!(diagnostics.is_empty());
+        // Two sniffed services on one port: one socket, the first host binds it.
+        let other = row("echo2", "web", 7000, Some("10.96.0.61"));
+        let both: Vec<TcpListenerRow> = out.into_iter().chain(tcp_listeners_for_host(&[&other], None)).collect();
+        let (winner, diagnostics) = settle_port(7000, false, &both);
+        assert_eq!(winner.map(|w| w.name.as_str()), Some("10.96.0.60_7000"));
+        assert_eq!(diagnostics.len(), 1);
+        assert_eq!(diagnostics[0].object.name, "echo2");
+        assert!(diagnostics[0].message.contains("the sniffing listener 10.96.0.61_7000 is not served"));
     }
 }
