@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy;
 use serde::{Deserialize, Serialize};
 
-use super::route::{Destinations, default_route, http_routes, resolve_host};
-use super::{Diagnostic, ServicePortRow, VirtualHostPart};
+use super::route::{Destinations, Source, default_route, http_routes_for, resolve_host};
+use super::{Diagnostic, Scope, ServicePortRow, VirtualHostPart};
 use crate::model::istio::{Destination, DestinationRule, DestinationRuleSpec, Subset, TrafficPolicy, VirtualService};
 use crate::model::k8s::{Labels, selector_matches};
 use crate::model::{Kind, ObjectKey};
@@ -489,11 +489,12 @@ pub fn virtual_hosts_for_host(
     rows: &[&ServicePortRow],
     own: &HostInfo,
     vs: Option<(&VirtualService, &DestinationMap)>,
+    source: Source<'_>,
 ) -> Vec<(String, VirtualHostPart)> {
     let mut out = Vec::new();
     for row in rows.iter().filter(|r| r.protocol().is_http()) {
         let port = row.port.port;
-        let routes = vs.map(|(vs, dest)| http_routes(vs, port, dest)).filter(|r| !r.is_empty());
+        let routes = vs.map(|(vs, dest)| http_routes_for(vs, port, dest, source)).filter(|r| !r.is_empty());
         let routes = routes.unwrap_or_else(|| vec![default_route(row, own.hash_policy(port, ""))]);
         out.push((super::route_config_name(port), super::virtual_host(row, routes)));
     }
@@ -503,32 +504,72 @@ pub fn virtual_hosts_for_host(
 /// What a VirtualService that applies in a context brings: the object and its destinations.
 pub type ContextRoutes<'a> = Option<(&'a VirtualService, &'a DestinationMap)>;
 
-/// A host's virtual hosts in every context it has: the default context's, then in each
-/// namespace where its rule or its VirtualService differ, the virtual hosts that differ from the
-/// default's (a namespace's route config is the default's with these in place of the same
-/// names). `infos` and `routes` hold the default (`None`) and the namespaces that differ;
-/// a namespace missing from one of them has the default's there.
+/// A connected sidecar class that a `sourceLabels` of one of a host's VirtualServices selects:
+/// its routes to the host may differ from its namespace's.
+#[derive(Clone, Copy, Debug)]
+pub struct SourceClass<'a> {
+    pub id: &'a str,
+    pub namespace: &'a str,
+    pub labels: &'a Labels,
+}
+
+/// A host's virtual hosts in every context it has, with the scope that serves them:
+/// - `Sidecars`: the default context's, built for a proxy that no source-dependent match block
+///   selects;
+/// - `Namespace(ns)`, for each namespace where the host's rule or VirtualService differ
+///   (`infos`, `routes`) or that a `sourceNamespace` names (`source_namespaces`, connected
+///   ones only): its virtual hosts that differ from the default's (a namespace's route config is
+///   the default's with these in place of the same names);
+/// - `Class(id)`, for each class of `classes`: its virtual hosts built for its labels that
+///   differ from its namespace's (a class's route config is its namespace's with these in place).
+///
+/// `infos` and `routes` hold the default (`None`) and the namespaces that differ; a namespace
+/// missing from one of them has the default's there.
 pub fn virtual_hosts_by_context<'a>(
     rows: &[&ServicePortRow],
     infos: &BTreeMap<Context, &'a HostInfo>,
     routes: &BTreeMap<Context, ContextRoutes<'a>>,
-) -> Vec<(Context, String, VirtualHostPart)> {
+    source_namespaces: &BTreeSet<&str>,
+    classes: &[SourceClass<'_>],
+) -> Vec<(Scope, String, VirtualHostPart)> {
     let Some(default_info) = infos.get(&None).copied() else { return Vec::new() };
     let default_routes = routes.get(&None).copied().flatten();
-    let defaults = virtual_hosts_for_host(rows, default_info, default_routes);
-    let mut out: Vec<(Context, String, VirtualHostPart)> =
-        defaults.iter().map(|(route, vhost)| (None, route.clone(), vhost.clone())).collect();
-    let namespaces: BTreeSet<&Context> = infos.keys().chain(routes.keys()).filter(|c| c.is_some()).collect();
-    for ctx in namespaces {
-        let info = infos.get(ctx).copied().unwrap_or(default_info);
-        let vs = routes.get(ctx).copied().unwrap_or(default_routes);
-        for (route, vhost) in virtual_hosts_for_host(rows, info, vs) {
-            if !defaults.iter().any(|(r, v)| *r == route && *v == vhost) {
-                out.push((ctx.clone(), route, vhost));
-            }
-        }
+    let defaults = virtual_hosts_for_host(rows, default_info, default_routes, Source::default());
+    let mut out: Vec<(Scope, String, VirtualHostPart)> =
+        defaults.iter().map(|(route, vhost)| (Scope::Sidecars, route.clone(), vhost.clone())).collect();
+    let namespaces: BTreeSet<&str> = infos
+        .keys()
+        .chain(routes.keys())
+        .filter_map(|c| c.as_deref())
+        .chain(source_namespaces.iter().copied())
+        .collect();
+    let in_namespace = |ns: &str, labels: Option<&Labels>| {
+        let ctx = Some(ns.to_string());
+        let info = infos.get(&ctx).copied().unwrap_or(default_info);
+        let vs = routes.get(&ctx).copied().unwrap_or(default_routes);
+        virtual_hosts_for_host(rows, info, vs, Source { namespace: Some(ns), labels })
+    };
+    let differing = |own: Vec<(String, VirtualHostPart)>, base: &[(String, VirtualHostPart)], scope: &Scope| {
+        own.into_iter()
+            .filter(|(route, vhost)| !base.iter().any(|(r, v)| r == route && v == vhost))
+            .map(|(route, vhost)| (scope.clone(), route, vhost))
+            .collect::<Vec<_>>()
+    };
+    for ns in &namespaces {
+        out.extend(differing(in_namespace(ns, None), &defaults, &Scope::Namespace(ns.to_string())));
+    }
+    for class in classes {
+        let base = if namespaces.contains(class.namespace) { in_namespace(class.namespace, None) } else { defaults.clone() };
+        let own = in_namespace(class.namespace, Some(class.labels));
+        out.extend(differing(own, &base, &Scope::Class(class.id.to_string())));
     }
     out
+}
+
+/// Whether a sidecar class of `labels` may see a VirtualService's routes differently from its
+/// namespace: a `sourceLabels` of its sidecar match blocks is a subset of them.
+pub fn selects_class(vs: &VirtualService, labels: &Labels) -> bool {
+    super::route::source_label_sets(vs).iter().any(|set| set.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
 // === TCP-class ports: listeners ===
@@ -886,5 +927,60 @@ mod tests {
         assert!(exported_to(&["shop".into()], "default", Some("shop")));
         assert!(!exported_to(&["shop".into()], "default", None));
         assert!(!exported_to(&["~".into()], "default", Some("default")));
+    }
+
+    #[test]
+    fn source_dependent_routes_give_namespaces_and_classes_only_the_virtual_hosts_that_differ() {
+        let mut http = row("reviews", "http", 9080, Some("10.96.0.9"));
+        http.port.name = "http".into();
+        // A second port: the sourceNamespace block is restricted to 9080.
+        let mut metrics = row("reviews", "http-metrics", 9081, Some("10.96.0.9"));
+        metrics.port.name = "http-metrics".into();
+        let rows = [&http, &metrics];
+        let info = HostInfo::new(&rows, None);
+        let v = vs(serde_json::json!({"hosts": ["reviews"], "http": [
+            {"match": [{"sourceLabels": {"app": "web"}}], "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+            {"match": [{"sourceNamespace": "shop", "port": 9080}], "route": [{"destination": {"host": "reviews", "subset": "v3"}}]},
+            {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}]}));
+        let dest = DestinationMap::new();
+        let infos = BTreeMap::from([(None, &info)]);
+        let routes = BTreeMap::from([(None, Some((&v, &dest)))]);
+        let web = Labels::from([("app".to_string(), "web".to_string())]);
+        let plain = Labels::from([("app".to_string(), "plain".to_string())]);
+        assert!(selects_class(&v, &web) && !selects_class(&v, &plain));
+        let classes = [
+            SourceClass { id: "sidecar/shop/app=web", namespace: "shop", labels: &web },
+            SourceClass { id: "sidecar/default/app=web", namespace: "default", labels: &web },
+        ];
+        let out = virtual_hosts_by_context(&rows, &infos, &routes, &BTreeSet::from(["shop"]), &classes);
+        let first_cluster = |vhost: &VirtualHostPart| {
+            use envoy_types::pb::envoy::config::route::v3 as r;
+            let decoded = r::VirtualHost::decode(vhost.body.as_slice()).unwrap();
+            match decoded.routes[0].action.clone() {
+                Some(r::route::Action::Route(a)) => match a.cluster_specifier {
+                    Some(r::route_action::ClusterSpecifier::Cluster(c)) => c,
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            }
+        };
+        let got: Vec<(String, String, String)> =
+            out.iter().map(|(scope, route, v)| (scope.to_string(), route.clone(), first_cluster(v))).collect();
+        let reviews = |subset: &str| format!("outbound|9080|{subset}|reviews.default.svc.cluster.local");
+        assert_eq!(
+            got,
+            [
+                // Everyone: the v1 catch-all, on both ports (its cluster keeps the port).
+                ("sidecars".to_string(), "9080".to_string(), reviews("v1")),
+                ("sidecars".to_string(), "9081".to_string(), reviews("v1").replace("9080", "9081")),
+                // shop: its block (v3) on 9080 only; 9081 stays the default's.
+                ("namespace/shop".to_string(), "9080".to_string(), reviews("v3")),
+                // app=web, wherever: the first block (v2) on both ports, on top of its namespace's.
+                ("sidecar/shop/app=web".to_string(), "9080".to_string(), reviews("v2")),
+                ("sidecar/shop/app=web".to_string(), "9081".to_string(), reviews("v2").replace("9080", "9081")),
+                ("sidecar/default/app=web".to_string(), "9080".to_string(), reviews("v2")),
+                ("sidecar/default/app=web".to_string(), "9081".to_string(), reviews("v2").replace("9080", "9081")),
+            ]
+        );
     }
 }

@@ -615,7 +615,7 @@ mod tests {
         let rows = port_rows(&e);
         let refs: Vec<&ServicePortRow> = rows.iter().collect();
         let info = HostInfo::new(&refs, None);
-        let vhosts = virtual_hosts_for_host(&refs, &info, None);
+        let vhosts = virtual_hosts_for_host(&refs, &info, None, Default::default());
         assert_eq!(vhosts.len(), 1);
         assert_eq!(vhosts[0].0, "80");
         assert_eq!(vhosts[0].1.name, "ext.example.com:80");
