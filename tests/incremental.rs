@@ -307,6 +307,7 @@ fn tcp_route() -> impl Strategy<Value = serde_json::Value> {
             prop::sample::select(&PORTS[..]).prop_map(|p| serde_json::json!({"port": p})),
             Just(serde_json::json!({"destinationSubnets": ["10.96.0.0/31"]})),
             Just(serde_json::json!({"sourceLabels": {"app": "web"}})),
+            Just(serde_json::json!({"sourceNamespace": "shop"})),
         ],
         0..3,
     );

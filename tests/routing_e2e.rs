@@ -1177,13 +1177,16 @@ fn source_labels_and_source_namespace_route_each_proxy_by_who_it_is() {
     };
     // A proxy that says its labels: app=web.
     let web_ip = loopback_ip();
-    let web = start(format!("sidecar~{web_ip}~web-1.default~default.svc.cluster.local"), web_ip, &["--label", "app=web"]);
+    let web =
+        start(format!("sidecar~{web_ip}~web-1.default~default.svc.cluster.local"), web_ip, &["--label", "app=web"]);
     // A proxy in shop known by its pod, whose labels the cluster has.
     let shop_ip = loopback_ip();
     let shop = start(format!("sidecar~{shop_ip}~ratings-1.shop~shop.svc.cluster.local"), shop_ip, &[]);
     let who = |ip: Ipv4Addr, n: usize| -> Vec<String> {
         let proxy = SocketAddr::from((ip, mesh.port));
-        (0..n).map(|_| http_request(proxy, "GET", fqdn, "/", &[]).map(|r| answered_by(&r)).unwrap_or_default()).collect()
+        (0..n)
+            .map(|_| http_request(proxy, "GET", fqdn, "/", &[]).map(|r| answered_by(&r)).unwrap_or_default())
+            .collect()
     };
     let all = |who: &[String], name: &str| who.iter().all(|w| w == name);
 

@@ -176,12 +176,14 @@ enum VsInput {
     Destination(String, HostInfo),
 }
 
-/// What claims a port number: HTTP services (their shared listener), or one TCP listener.
+/// What claims a port number: HTTP services (their shared listener), or one TCP listener
+/// (the default context's; its variants for a namespace's sidecars or a class come along).
 /// `Http` sorts first.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum PortClaim {
     Http,
     Tcp(TcpListenerRow),
+    Variant(Scope, TcpListenerRow),
 }
 
 /// What meets per gateway proxy class to make its listeners and route configs.
@@ -251,10 +253,10 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         ClassLabels::OfPod(pod) => Some(((c.namespace.clone(), pod.clone()), (c.id(), c.kind))),
         _ => None,
     });
-    let pod_labels_found = of_pod.clone().join_map(
-        labels_by_pod.clone(),
-        |(ns, _), (id, kind): &(String, ProxyKind), labels: &Labels| (id.clone(), (*kind, ns.clone(), labels.clone())),
-    );
+    let pod_labels_found =
+        of_pod.clone().join_map(labels_by_pod.clone(), |(ns, _), (id, kind): &(String, ProxyKind), labels: &Labels| {
+            (id.clone(), (*kind, ns.clone(), labels.clone()))
+        });
     let pod_missing = of_pod
         .antijoin(labels_by_pod.clone().map(|(k, _)| k))
         .map(|((ns, _), (id, kind))| (id, (kind, ns, Labels::new())));
@@ -391,7 +393,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     });
     // As rules, a host's VirtualService depends on the proxy's namespace through `exportTo`.
     let host_by_pattern = patterns.map(|(p, (fqdn, _))| (p, fqdn));
-    let vs_candidates = host_by_pattern.clone().join_map(vs_by_pattern, |pattern, fqdn: &String, vs: &VirtualService| {
+    let vs_candidates =
+        host_by_pattern.clone().join_map(vs_by_pattern, |pattern, fqdn: &String, vs: &VirtualService| {
             (fqdn.clone(), VsRank::new(pattern, vs))
         });
     let vs_markers = vs_candidates
@@ -417,7 +420,11 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             (fqdn.clone(), VhostInput::SourceNamespace(ns.clone()))
         });
     let sidecar_classes_by_pair = class_labels.clone().flat_map(|(id, (kind, ns, labels))| {
-        let pairs: Vec<_> = if kind == ProxyKind::Sidecar { labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect() } else { Vec::new() };
+        let pairs: Vec<_> = if kind == ProxyKind::Sidecar {
+            labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        } else {
+            Vec::new()
+        };
         pairs.into_iter().map(move |pair| (pair, (id.clone(), ns.clone(), labels.clone()))).collect::<Vec<_>>()
     });
     let label_sets_by_pair = mesh_vs.clone().flat_map(|vs: VirtualService| {
@@ -498,15 +505,15 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     // === per host: virtual hosts ===
     let http_ports = host_ports.clone().filter(|row| row.protocol().is_http());
     let tcp_ports = host_ports.filter(|row| row.protocol() == translate::PortProtocol::Tcp);
-    // TCP listeners are the default context's (not yet per namespace).
-    let tcp_routes = routes_by_host.clone().filter(|(_, i)| matches!(i, VhostInput::Routes(None, _, _)));
+    let source_markers = source_namespaces.concat(source_classes).distinct();
+    let tcp_inputs = routes_by_host.clone().concat(no_routes.clone()).concat(source_markers.clone());
     let host_vhosts = http_ports
         .clone()
         .map(|row| (row.fqdn(), VhostInput::Port(row)))
         .concat(context_info.map(|(fqdn, ctx, info)| (fqdn, VhostInput::Info(ctx, info))))
         .concat(routes_by_host)
         .concat(no_routes)
-        .concat(source_namespaces.concat(source_classes).distinct())
+        .concat(source_markers)
         .reduce_named("translate: virtual hosts", |_fqdn: &String, input: &[(&VhostInput, isize)], output| {
             let mut rows = Vec::new();
             let mut infos = BTreeMap::new();
@@ -552,25 +559,42 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     // === per host: TCP listeners; per port: the one that binds it ===
     let tcp_candidates = tcp_ports
         .map(|row| (row.fqdn(), VhostInput::Port(row)))
-        .concat(tcp_routes)
+        .concat(tcp_inputs)
         .reduce_named("translate: tcp listeners", |_fqdn: &String, input: &[(&VhostInput, isize)], output| {
             let mut rows = Vec::new();
-            let mut routes = None;
+            let mut routes = BTreeMap::new();
+            let mut source_namespaces = BTreeSet::new();
+            let mut classes = Vec::new();
             for (i, _) in input {
                 match i {
                     VhostInput::Port(r) => rows.push(r),
-                    VhostInput::Routes(_, vs, dest) => routes = Some((vs, dest)),
-                    VhostInput::Info(..)
-                    | VhostInput::NoRoutes(_)
-                    | VhostInput::SourceNamespace(_)
-                    | VhostInput::Class(..) => {}
+                    VhostInput::Routes(ctx, vs, dest) => {
+                        routes.insert(ctx.clone(), Some((vs, dest)));
+                    }
+                    VhostInput::NoRoutes(ns) => {
+                        routes.insert(Some(ns.clone()), None);
+                    }
+                    VhostInput::SourceNamespace(ns) => {
+                        source_namespaces.insert(ns.as_str());
+                    }
+                    VhostInput::Class(id, namespace, labels) => {
+                        classes.push(outbound::SourceClass { id, namespace, labels });
+                    }
+                    VhostInput::Info(..) => {}
                 }
             }
-            for l in outbound::tcp_listeners_for_host(&rows, routes) {
-                output.push((l, 1isize));
+            if rows.is_empty() {
+                return;
+            }
+            for (scope, l) in outbound::tcp_listeners_by_context(&rows, &routes, &source_namespaces, &classes) {
+                output.push(((scope, l), 1isize));
             }
         })
-        .map(|(_, l)| (l.port, PortClaim::Tcp(l)));
+        .map(|(_, (scope, l))| {
+            let claim =
+                if scope == Scope::Sidecars { PortClaim::Tcp(l.clone()) } else { PortClaim::Variant(scope, l.clone()) };
+            (l.port, claim)
+        });
     let tcp_listeners = http_port_numbers
         .map(|port| (port, PortClaim::Http))
         .concat(tcp_candidates)
@@ -590,6 +614,21 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                     body: w.body.clone(),
                 };
                 output.push((row, 1isize));
+                // The winner's variants for a namespace's sidecars or a class.
+                for (c, _) in input {
+                    if let PortClaim::Variant(scope, l) = c
+                        && l.fqdn == w.fqdn
+                        && l.name == w.name
+                    {
+                        let row = OutputRow::Resource {
+                            scope: scope.clone(),
+                            ty: ResourceType::Listener,
+                            name: l.name.clone(),
+                            body: l.body.clone(),
+                        };
+                        output.push((row, 1isize));
+                    }
+                }
             }
             for d in diagnostics {
                 output.push((OutputRow::Diagnostic(d), 1));

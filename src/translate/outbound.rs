@@ -559,7 +559,8 @@ pub fn virtual_hosts_by_context<'a>(
         out.extend(differing(in_namespace(ns, None), &defaults, &Scope::Namespace(ns.to_string())));
     }
     for class in classes {
-        let base = if namespaces.contains(class.namespace) { in_namespace(class.namespace, None) } else { defaults.clone() };
+        let base =
+            if namespaces.contains(class.namespace) { in_namespace(class.namespace, None) } else { defaults.clone() };
         let own = in_namespace(class.namespace, Some(class.labels));
         out.extend(differing(own, &base, &Scope::Class(class.id.to_string())));
     }
@@ -606,6 +607,7 @@ const ANY_V4: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPEC
 pub fn tcp_listeners_for_host(
     rows: &[&ServicePortRow],
     vs: Option<(&VirtualService, &DestinationMap)>,
+    source: Source<'_>,
 ) -> Vec<TcpListenerRow> {
     let mut out = Vec::new();
     for row in rows.iter().filter(|r| r.protocol() == super::PortProtocol::Tcp) {
@@ -615,7 +617,7 @@ pub fn tcp_listeners_for_host(
             None => vec![row.cluster_ip],
         };
         for address in addresses {
-            out.push(tcp_listener_for(row, address, vs));
+            out.push(tcp_listener_for(row, address, vs, source));
         }
     }
     out
@@ -625,6 +627,7 @@ fn tcp_listener_for(
     row: &ServicePortRow,
     address: Option<std::net::IpAddr>,
     vs: Option<(&VirtualService, &DestinationMap)>,
+    source: Source<'_>,
 ) -> TcpListenerRow {
     use super::listener::{
         TcpTarget, is_tls_port, tcp_listener, tcp_listener_name, tcp_target, tls_chains, tls_listener,
@@ -636,12 +639,12 @@ fn tcp_listener_for(
         Some((vs, dest)) => {
             let ports_of = |fqdn: &str| dest.ports(fqdn);
             if is_tls_port(&row.port) {
-                match tls_chains(vs, port, address, &ports_of) {
+                match tls_chains(vs, port, address, &ports_of, source) {
                     Some(chains) => tls_listener(&name, ANY_V4, port, &chains, &own),
                     None => tcp_listener(&name, ANY_V4, port, &own),
                 }
             } else {
-                let target = tcp_target(vs, port, address, &ports_of).unwrap_or(own);
+                let target = tcp_target(vs, port, address, &ports_of, source).unwrap_or(own);
                 tcp_listener(&name, ANY_V4, port, &target)
             }
         }
@@ -656,6 +659,45 @@ fn tcp_listener_for(
         name,
         body,
     }
+}
+
+/// A host's TCP listener candidates in every context it has, as [`virtual_hosts_by_context`]
+/// gives its virtual hosts: the default context's (`Sidecars`), then the ones that differ for
+/// the sidecars of a namespace (`SidecarsIn`: its VirtualService by `exportTo`, or a
+/// `sourceNamespace` naming it) and for a class (`Class`: a `sourceLabels` selecting it, over
+/// its namespace's). Which candidate binds a port is settled on the default ones
+/// ([`settle_port`]); the winner's variants of the same name are served in their scopes.
+pub fn tcp_listeners_by_context<'a>(
+    rows: &[&ServicePortRow],
+    routes: &BTreeMap<Context, ContextRoutes<'a>>,
+    source_namespaces: &BTreeSet<&str>,
+    classes: &[SourceClass<'_>],
+) -> Vec<(Scope, TcpListenerRow)> {
+    let default_routes = routes.get(&None).copied().flatten();
+    let defaults = tcp_listeners_for_host(rows, default_routes, Source::default());
+    let mut out: Vec<(Scope, TcpListenerRow)> = defaults.iter().map(|l| (Scope::Sidecars, l.clone())).collect();
+    if defaults.is_empty() {
+        return out;
+    }
+    let namespaces: BTreeSet<&str> =
+        routes.keys().filter_map(|c| c.as_deref()).chain(source_namespaces.iter().copied()).collect();
+    let in_namespace = |ns: &str, labels: Option<&Labels>| {
+        let vs = routes.get(&Some(ns.to_string())).copied().unwrap_or(default_routes);
+        tcp_listeners_for_host(rows, vs, Source { namespace: Some(ns), labels })
+    };
+    let differing = |own: Vec<TcpListenerRow>, base: &[TcpListenerRow], scope: Scope| {
+        own.into_iter().filter(|l| !base.contains(l)).map(|l| (scope.clone(), l)).collect::<Vec<_>>()
+    };
+    for ns in &namespaces {
+        out.extend(differing(in_namespace(ns, None), &defaults, Scope::SidecarsIn(ns.to_string())));
+    }
+    for class in classes {
+        let base =
+            if namespaces.contains(class.namespace) { in_namespace(class.namespace, None) } else { defaults.clone() };
+        let own = in_namespace(class.namespace, Some(class.labels));
+        out.extend(differing(own, &base, Scope::Class(class.id.to_string())));
+    }
+    out
 }
 
 /// Settles one port number among the listeners that want it: meshflow's listeners bind their
@@ -773,7 +815,7 @@ mod tests {
     fn a_tcp_port_gets_a_listener_named_by_cluster_ip_to_its_own_cluster() {
         let tcp = row("tcp-echo", "tcp", 9000, Some("10.96.0.7"));
         let http = row("tcp-echo", "http", 80, Some("10.96.0.7"));
-        let out = tcp_listeners_for_host(&[&tcp, &http], None);
+        let out = tcp_listeners_for_host(&[&tcp, &http], None, Source::default());
         assert_eq!(out.len(), 1, "HTTP ports have the shared HTTP listener, not a TCP one");
         assert_eq!(out[0].name, "10.96.0.7_9000");
         let l = decode(&out[0].body);
@@ -783,7 +825,7 @@ mod tests {
         assert_eq!(proxied_cluster(&l.filter_chains[0]), format!("outbound|9000||{ECHO}"));
 
         let headless = row("tcp-echo", "tcp", 9000, None);
-        assert_eq!(tcp_listeners_for_host(&[&headless], None)[0].name, "0.0.0.0_9000");
+        assert_eq!(tcp_listeners_for_host(&[&headless], None, Source::default())[0].name, "0.0.0.0_9000");
     }
 
     #[test]
@@ -793,7 +835,7 @@ mod tests {
             "route": [{"destination": {"host": "tcp-echo", "port": {"number": 9000}, "subset": "v1"}}]}]}));
         let dest = DestinationMap::from([(ECHO.to_string(), HostInfo { ports: vec![9000, 9001], rule: None })]);
         let (p9000, p9001) = (row("tcp-echo", "tcp", 9000, Some("10.96.0.7")), row("tcp-echo", "tcp-b", 9001, None));
-        let out = tcp_listeners_for_host(&[&p9000, &p9001], Some((&v, &dest)));
+        let out = tcp_listeners_for_host(&[&p9000, &p9001], Some((&v, &dest)), Source::default());
         let clusters: Vec<String> = out.iter().map(|l| proxied_cluster(&decode(&l.body).filter_chains[0])).collect();
         assert_eq!(clusters, [format!("outbound|9000|v1|{ECHO}"), format!("outbound|9001||{ECHO}")], "match.port");
     }
@@ -806,7 +848,7 @@ mod tests {
         );
         let dest = DestinationMap::from([(ECHO.to_string(), HostInfo { ports: vec![443], rule: None })]);
         let tls = row("tcp-echo", "https", 443, Some("10.96.0.7"));
-        let l = decode(&tcp_listeners_for_host(&[&tls], Some((&v, &dest)))[0].body);
+        let l = decode(&tcp_listeners_for_host(&[&tls], Some((&v, &dest)), Source::default())[0].body);
         assert_eq!(l.filter_chains.len(), 1);
         assert_eq!(l.filter_chains[0].filter_chain_match.as_ref().unwrap().server_names, ["a.example.com"]);
         assert_eq!(proxied_cluster(&l.filter_chains[0]), format!("outbound|443|v1|{ECHO}"));
@@ -815,19 +857,19 @@ mod tests {
 
         // A plain TCP port ignores tls routes; a TLS port ignores tcp routes.
         let plain = row("tcp-echo", "tcp", 443, None);
-        let l = decode(&tcp_listeners_for_host(&[&plain], Some((&v, &dest)))[0].body);
+        let l = decode(&tcp_listeners_for_host(&[&plain], Some((&v, &dest)), Source::default())[0].body);
         assert!(l.default_filter_chain.is_none() && l.listener_filters.is_empty());
         assert_eq!(proxied_cluster(&l.filter_chains[0]), format!("outbound|443||{ECHO}"));
         let tcp_only = vs(serde_json::json!({"hosts": ["tcp-echo"],
             "tcp": [{"route": [{"destination": {"host": "tcp-echo", "subset": "v1"}}]}]}));
-        let l = decode(&tcp_listeners_for_host(&[&tls], Some((&tcp_only, &dest)))[0].body);
+        let l = decode(&tcp_listeners_for_host(&[&tls], Some((&tcp_only, &dest)), Source::default())[0].body);
         assert_eq!(proxied_cluster(&l.filter_chains[0]), format!("outbound|443||{ECHO}"));
     }
 
     #[test]
     fn a_port_goes_to_its_http_services_else_to_the_first_host() {
-        let a = &tcp_listeners_for_host(&[&row("a", "tcp", 9000, Some("10.96.0.1"))], None)[0];
-        let b = &tcp_listeners_for_host(&[&row("b", "tcp", 9000, None)], None)[0];
+        let a = &tcp_listeners_for_host(&[&row("a", "tcp", 9000, Some("10.96.0.1"))], None, Source::default())[0];
+        let b = &tcp_listeners_for_host(&[&row("b", "tcp", 9000, None)], None, Source::default())[0];
         let (winner, lost) = settle_port(9000, false, [b, a]);
         assert_eq!(winner.map(|w| w.name.as_str()), Some("10.96.0.1_9000"), "a.default sorts before b.default");
         assert_eq!(lost.len(), 1);

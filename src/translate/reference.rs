@@ -236,6 +236,7 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     let mut out = Resources::new();
     let mut routes: BTreeMap<(Scope, String), BTreeMap<String, VirtualHostPart>> = BTreeMap::new();
     let mut tcp_listeners: BTreeMap<u16, Vec<TcpListenerRow>> = BTreeMap::new();
+    let mut tcp_variants: BTreeMap<u16, Vec<(Scope, TcpListenerRow)>> = BTreeMap::new();
     let mut http_ports: BTreeSet<u16> = BTreeSet::new();
     // What proxyless gRPC clients get (translate::grpc), served while one is connected.
     let mut proxyless: Vec<(ResourceType, String, Vec<u8>)> = Vec::new();
@@ -282,7 +283,8 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         }
 
         let exact = exact_vs.get(fqdn).into_iter().flatten().map(|vs| (fqdn.as_str(), *vs));
-        let wildcard = wildcard_vs.iter().filter(|(p, _)| outbound::pattern_matches(p, fqdn)).map(|(p, vs)| (p.as_str(), *vs));
+        let wildcard =
+            wildcard_vs.iter().filter(|(p, _)| outbound::pattern_matches(p, fqdn)).map(|(p, vs)| (p.as_str(), *vs));
         let candidates: Vec<(&str, &VirtualService)> = exact.chain(wildcard).collect();
         let ranks: Vec<VsRank> = candidates.iter().map(|(p, vs)| VsRank::new(p, vs)).collect();
         // Routes that depend on the proxy's source: connected namespaces a `sourceNamespace`
@@ -312,13 +314,8 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         let context_routes: BTreeMap<Context, outbound::ContextRoutes> =
             chosen.iter().map(|(ctx, vs)| (ctx.clone(), vs.as_ref().map(|(vs, d)| (*vs, d)))).collect();
         let info_refs: BTreeMap<Context, &HostInfo> = context_infos.iter().map(|(c, i)| (c.clone(), i)).collect();
-        let vhosts = outbound::virtual_hosts_by_context(
-            &rows,
-            &info_refs,
-            &context_routes,
-            &source_namespaces,
-            &source_classes,
-        );
+        let vhosts =
+            outbound::virtual_hosts_by_context(&rows, &info_refs, &context_routes, &source_namespaces, &source_classes);
         for (scope, route, vhost) in vhosts {
             if scope == Scope::Sidecars
                 && let Ok(port) = route.parse::<u16>()
@@ -329,10 +326,13 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             }
             routes.entry((scope, route)).or_default().insert(vhost.name.clone(), vhost);
         }
-        // TCP listeners are the default context's.
-        let vs = context_routes.get(&None).copied().flatten();
-        for l in outbound::tcp_listeners_for_host(&rows, vs) {
-            tcp_listeners.entry(l.port).or_default().push(l);
+        let listeners = outbound::tcp_listeners_by_context(&rows, &context_routes, &source_namespaces, &source_classes);
+        for (scope, l) in listeners {
+            if scope == Scope::Sidecars {
+                tcp_listeners.entry(l.port).or_default().push(l);
+            } else {
+                tcp_variants.entry(l.port).or_default().push((scope, l));
+            }
         }
         for row in rows.iter().filter(|r| r.protocol().is_http()) {
             let port = row.port.port;
@@ -348,6 +348,10 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         let http = http_ports.contains(port);
         if let (Some(winner), _) = outbound::settle_port(*port, http, candidates) {
             out.insert((Scope::Sidecars, ResourceType::Listener, winner.name.clone()), winner.body.clone());
+            let variants = tcp_variants.get(port).into_iter().flatten();
+            for (scope, l) in variants.filter(|(_, l)| l.fqdn == winner.fqdn && l.name == winner.name) {
+                out.insert((scope.clone(), ResourceType::Listener, l.name.clone()), l.body.clone());
+            }
         }
     }
     // A namespace's route config: the sidecars' with its own virtual hosts in place; a

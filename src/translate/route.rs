@@ -29,12 +29,12 @@ use prost::Message;
 
 use super::{ServicePortRow, default_retry_policy, outbound_cluster_name};
 use crate::model::FieldError;
-use crate::model::k8s::Labels;
 use crate::model::istio::{
     CorsPolicy, Destination, FaultAbort, FaultDelay, HeaderOperations, Headers, HttpDirectResponse, HttpFaultInjection,
     HttpMatchRequest, HttpRedirect, HttpRetry, HttpRoute, Percent, RedirectPortSelection, StringMatch,
     UnmatchedPreflights, VirtualService, parse_duration,
 };
+use crate::model::k8s::Labels;
 
 pub use envoy_route::route_action::HashPolicy;
 
@@ -114,27 +114,35 @@ impl Source<'_> {
     }
 }
 
-/// Whether any match block of the VirtualService's sidecar HTTP routes has `sourceLabels`:
-/// then its routes depend on the labels of the proxy that asks.
+/// Whether any sidecar match block of the VirtualService (`http`, `tcp`, `tls`) has
+/// `sourceLabels`: then what it gives a sidecar depends on the labels of the proxy that asks.
 pub fn depends_on_labels(vs: &VirtualService) -> bool {
-    source_blocks(vs).any(|m| !m.source_labels.is_empty())
+    !source_label_sets(vs).is_empty()
 }
 
 /// The label sets of the sidecar match blocks that have `sourceLabels` (what proxy classes are
 /// matched against).
 pub fn source_label_sets(vs: &VirtualService) -> Vec<&BTreeMap<String, String>> {
-    source_blocks(vs).map(|m| &m.source_labels).filter(|l| !l.is_empty()).collect()
+    source_blocks(vs).map(|(labels, _)| labels).filter(|l| !l.is_empty()).collect()
 }
 
 /// The namespaces the sidecar match blocks name in `sourceNamespace`.
 pub fn source_namespaces(vs: &VirtualService) -> std::collections::BTreeSet<String> {
-    source_blocks(vs).filter_map(|m| non_empty(&m.source_namespace)).map(str::to_string).collect()
+    source_blocks(vs).filter_map(|(_, ns)| non_empty(ns)).map(str::to_string).collect()
 }
 
-/// The match blocks of the sidecar HTTP routes whose source decides (no `gateways` of their own).
-fn source_blocks(vs: &VirtualService) -> impl Iterator<Item = &HttpMatchRequest> {
+/// The (`sourceLabels`, `sourceNamespace`) of the match blocks of a sidecar VirtualService's
+/// `http`, `tcp` and `tls` routes that decide by source (no `gateways` of their own).
+fn source_blocks(vs: &VirtualService) -> impl Iterator<Item = (&BTreeMap<String, String>, &Option<String>)> {
     let mesh = applies_to_mesh(&vs.spec.gateways);
-    vs.spec.http.iter().filter(move |_| mesh).flat_map(|h| &h.r#match).filter(|m| m.gateways.is_empty())
+    let spec = &vs.spec;
+    let http = spec.http.iter().flat_map(|h| &h.r#match).filter(|m| m.gateways.is_empty());
+    let http = http.map(|m| (&m.source_labels, &m.source_namespace));
+    let tcp = spec.tcp.iter().flat_map(|r| &r.r#match).filter(|m| m.gateways.is_empty());
+    let tcp = tcp.map(|m| (&m.source_labels, &m.source_namespace));
+    let tls = spec.tls.iter().flat_map(|r| &r.r#match).filter(|m| m.gateways.is_empty());
+    let tls = tls.map(|m| (&m.source_labels, &m.source_namespace));
+    http.chain(tcp).chain(tls).filter(move |_| mesh)
 }
 
 /// Whom routes are built for: istiod's `gatewayNames` and `RouteOptions.IsTLS` of
@@ -224,17 +232,8 @@ pub fn default_route(row: &ServicePortRow, hash_policy: Vec<HashPolicy>) -> envo
 pub fn untranslated(vs: &VirtualService) -> Vec<FieldError> {
     let mut out = Vec::new();
     let spec = &vs.spec;
-    // `exportTo` is applied to HTTP routes (per namespace, see `super::outbound::Context`);
-    // the TCP listeners a VirtualService's `tcp`/`tls` routes shape are still every sidecar's.
-    let public = spec.export_to.is_empty() || spec.export_to.iter().any(|e| e == "*");
-    if !public && (!spec.tcp.is_empty() || !spec.tls.is_empty()) {
-        out.push(FieldError::new(
-            "spec.exportTo",
-            "visibility is applied to HTTP routes only: the tcp and tls routes are served to every sidecar",
-        ));
-    }
     // `tcp` and `tls` routes become the listeners of TCP-class service ports
-    // (`super::listener`); only their source-dependent matches are left out.
+    // (`super::listener`), per namespace and class as HTTP routes (`exportTo`, source matches).
     out.extend(super::listener::untranslated_tcp_tls(vs));
     let binds_gateways = spec.gateways.iter().any(|g| g != MESH_GATEWAY);
     for (i, http) in spec.http.iter().enumerate() {
@@ -1408,7 +1407,8 @@ mod tests {
             {"match": [{"sourceNamespace": "shop", "sourceLabels": {"app": "web"}}], "route": [{"destination": {"host": "reviews", "subset": "v1"}}]}]});
         let v = vs("r", spec);
         let web = Labels::from([("app".to_string(), "web".to_string())]);
-        let routes_for = |ns, labels| http_routes_for(&v, 9080, &destinations(), Source { namespace: Some(ns), labels });
+        let routes_for =
+            |ns, labels| http_routes_for(&v, 9080, &destinations(), Source { namespace: Some(ns), labels });
         assert_eq!(routes_for("shop", Some(&web)).len(), 1);
         assert!(routes_for("default", Some(&web)).is_empty());
         assert!(routes_for("shop", None).is_empty());
@@ -1663,7 +1663,7 @@ mod tests {
     }
 
     #[test]
-    fn delegates_tcp_and_export_to_are_reported_not_served() {
+    fn delegates_are_reported_and_tcp_sources_and_export_to_are_applied() {
         let spec = json!({"hosts": ["reviews"], "http": [
             {"match": [{"uri": {"prefix": "/d"}}], "delegate": {"name": "d", "namespace": "x"}},
             {"match": [{"uri": {"prefix": "/w"}}], "route": [{"destination": {"host": "reviews", "subset": "v2"}}]}],
@@ -1675,7 +1675,7 @@ mod tests {
         assert_eq!(path(&r[0]), &PathSpecifier::Prefix("/w".into()));
         assert_eq!(cluster(&r[0]), "outbound|9080|v2|reviews.default.svc.cluster.local");
         let fields: Vec<_> = untranslated(&v).into_iter().map(|e| e.field).collect();
-        assert_eq!(fields, ["spec.exportTo", "spec.tcp[0].match[0].sourceLabels", "spec.http[0].delegate",]);
+        assert_eq!(fields, ["spec.http[0].delegate"]);
         // Without tcp or tls routes, exportTo is applied (per namespace) and not reported.
         let http_only = vs(
             "r",
