@@ -48,7 +48,9 @@ pub fn compare(
     let m = |scope: &Scope, ty: &ResourceType, name: &str, what: String| Mismatch {
         ty: ty.short().into(),
         name: match scope {
-            Scope::Class(_) | Scope::Namespace(_) | Scope::Proxyless => format!("{name} @{scope}"),
+            Scope::Class(_) | Scope::Namespace(_) | Scope::SidecarsIn(_) | Scope::Proxyless => {
+                format!("{name} @{scope}")
+            }
             _ => name.into(),
         },
         what,

@@ -652,3 +652,63 @@ fn a_port_of_unknown_protocol_carries_http_routed_by_a_virtual_service_and_raw_t
     assert!(listeners.contains(&format!("10.96.0.60_{port}")), "{listeners:?}");
     assert!(!listeners.contains(&format!("0.0.0.0_{port}")), "{listeners:?}");
 }
+
+/// A tcp route by source: proxies labelled app=web go to v2, the others to v1.
+const TCP_ECHO_BY_SOURCE: &str = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo-destination, namespace: default}
+spec:
+  host: tcp-echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - match:
+    - sourceLabels: {app: web}
+    route:
+    - destination: {host: tcp-echo, subset: v2}
+  - route:
+    - destination: {host: tcp-echo, subset: v1}
+"#;
+
+#[test]
+fn a_tcp_route_with_source_labels_sends_only_the_labelled_proxy_elsewhere() {
+    let (v1, v2) = backends_on_one_port();
+    let target_port = v1.addr.port();
+    let (plain_ip, web_ip) = (loopback_ip(), loopback_ip());
+    let port = free_port(plain_ip);
+    let config = tempfile::tempdir().expect("tempdir");
+    fs::write(config.path().join("tcp-echo.yaml"), tcp_echo_yaml(port, target_port, ip_of(&v1), ip_of(&v2))).unwrap();
+    fs::write(config.path().join("tcp-echo-vs.yaml"), TCP_ECHO_BY_SOURCE).unwrap();
+
+    let meshflow = Meshflow::serve(config.path());
+    let start = |ip: Ipv4Addr, pod: &str, more: &[&str]| {
+        let node_id = format!("sidecar~{ip}~{pod}.default~default.svc.cluster.local");
+        Envoy::start(&meshflow.bootstrap_with(&node_id, ip, free_port(Ipv4Addr::LOCALHOST), more))
+    };
+    let plain = start(plain_ip, "app-1", &[]);
+    let web = start(web_ip, "web-1", &["--label", "app=web"]);
+    let ten_in_a_row = |proxy: SocketAddr, answer: &str| {
+        let mut in_a_row = 0;
+        eventually(&format!("ten connections in a row via {proxy} to reach {answer}"), WAIT, || {
+            match tcp_answer(proxy) {
+                Some(a) if a == answer => in_a_row += 1,
+                _ => in_a_row = 0,
+            }
+            (in_a_row >= 10).then_some(())
+        });
+    };
+    ten_in_a_row(SocketAddr::from((plain_ip, port)), "A");
+    ten_in_a_row(SocketAddr::from((web_ip, port)), "B");
+    for _ in 0..10 {
+        assert_eq!(tcp_answer(SocketAddr::from((plain_ip, port))).as_deref(), Some("A"), "unlabelled proxy: v1");
+        assert_eq!(tcp_answer(SocketAddr::from((web_ip, port))).as_deref(), Some("B"), "app=web proxy: v2");
+    }
+    drop((plain, web));
+}

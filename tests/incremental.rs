@@ -262,6 +262,11 @@ fn http_route() -> impl Strategy<Value = serde_json::Value> {
             Just(serde_json::json!({"headers": {"end-user": {"exact": "jason"}}})),
             Just(serde_json::json!({"port": 80})),
             Just(serde_json::json!({"uri": {"prefix": "/api"}, "ignoreUriCase": true})),
+            // Source-dependent blocks: served per namespace and per sidecar class.
+            Just(serde_json::json!({"sourceLabels": {"app": "web"}})),
+            Just(serde_json::json!({"sourceLabels": {"app": "web", "version": "v2"}, "uri": {"prefix": "/s"}})),
+            Just(serde_json::json!({"sourceNamespace": "shop"})),
+            Just(serde_json::json!({"sourceNamespace": "default", "sourceLabels": {"version": "v1"}})),
         ],
         0..3,
     );
@@ -350,6 +355,7 @@ fn tcp_route() -> impl Strategy<Value = serde_json::Value> {
             prop::sample::select(&PORTS[..]).prop_map(|p| serde_json::json!({"port": p})),
             Just(serde_json::json!({"destinationSubnets": ["10.96.0.0/31"]})),
             Just(serde_json::json!({"sourceLabels": {"app": "web"}})),
+            Just(serde_json::json!({"sourceNamespace": "shop"})),
         ],
         0..3,
     );
@@ -523,19 +529,24 @@ fn gateway() -> impl Strategy<Value = Object> {
         })
 }
 
-/// Classes of connected proxies: gateways by their labels or their pod, sidecars, and
-/// proxyless gRPC clients (whose presence turns on the proxyless resources).
+/// Classes of connected proxies: gateways and sidecars by their labels or their pod (whose
+/// labels the steps change), and proxyless gRPC clients (whose presence turns on the proxyless
+/// resources).
 fn proxy_class() -> impl Strategy<Value = Object> {
     let labels = prop_oneof![
         Just(ClassLabels::Given(Labels::from([("istio".to_string(), "ingressgateway".to_string())]))),
         Just(ClassLabels::Given(Labels::from([("app".to_string(), "web".to_string())]))),
+        Just(ClassLabels::Given(Labels::from([
+            ("app".to_string(), "web".to_string()),
+            ("version".to_string(), "v2".to_string())
+        ]))),
         prop::sample::select(&PODS[..]).prop_map(|p| ClassLabels::OfPod(p.to_string())),
     ];
     let kind =
         prop::sample::select(&[ProxyKind::Router, ProxyKind::Router, ProxyKind::Sidecar, ProxyKind::Proxyless][..]);
     (prop::sample::select(&["default", "shop", "istio-system"][..]), labels, kind).prop_map(
         |(namespace, labels, kind)| {
-            let labels = if kind == ProxyKind::Router { labels } else { ClassLabels::Ignored };
+            let labels = if kind == ProxyKind::Proxyless { ClassLabels::Ignored } else { labels };
             Object::ProxyClass(ProxyClass { kind, namespace: namespace.into(), labels })
         },
     )

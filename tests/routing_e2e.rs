@@ -1223,3 +1223,79 @@ fn a_delegate_routes_the_roots_prefix_by_its_header_match_and_follows_its_change
         "/debug/diagnostics must name the root default/reviews, spec.http[0].delegate and the missing delegate:\n{body}"
     );
 }
+
+/// Routes by the proxy that asks: `sourceLabels` against the labels a proxy sends (node
+/// metadata LABELS) or, without them, its Pod's; `sourceNamespace` against its namespace.
+const VS_BY_SOURCE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - match:
+    - sourceLabels:
+        app: web
+    route:
+    - destination:
+        host: reviews
+        subset: v2
+  - match:
+    - sourceNamespace: shop
+    route:
+    - destination:
+        host: reviews
+        subset: v3
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+"#;
+
+fn ratings_pod(app: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ratings-1\n  namespace: shop\n  labels:\n    app: {app}\n\
+         status:\n  phase: Running\n  podIP: 10.0.0.77\n"
+    )
+}
+
+#[test]
+fn source_labels_and_source_namespace_route_each_proxy_by_who_it_is() {
+    let mesh = Mesh::start(&[ok(), ok(), ok()], DR_REVIEWS, VS_BY_SOURCE);
+    fs::write(mesh.config.path().join("pod-ratings.yaml"), ratings_pod("ratings")).unwrap();
+    let fqdn = "reviews.default.svc.cluster.local";
+    let start = |node_id: String, ip: Ipv4Addr, more: &[&str]| {
+        Envoy::start(&mesh.meshflow.bootstrap_with(&node_id, ip, free_port(Ipv4Addr::LOCALHOST), more))
+    };
+    // A proxy that says its labels: app=web.
+    let web_ip = loopback_ip();
+    let web =
+        start(format!("sidecar~{web_ip}~web-1.default~default.svc.cluster.local"), web_ip, &["--label", "app=web"]);
+    // A proxy in shop known by its pod, whose labels the cluster has.
+    let shop_ip = loopback_ip();
+    let shop = start(format!("sidecar~{shop_ip}~ratings-1.shop~shop.svc.cluster.local"), shop_ip, &[]);
+    let who = |ip: Ipv4Addr, n: usize| -> Vec<String> {
+        let proxy = SocketAddr::from((ip, mesh.port));
+        (0..n)
+            .map(|_| http_request(proxy, "GET", fqdn, "/", &[]).map(|r| answered_by(&r)).unwrap_or_default())
+            .collect()
+    };
+    let all = |who: &[String], name: &str| who.iter().all(|w| w == name);
+
+    eventually("the app=web proxy to be routed to v2", CONVERGE, || all(&who(web_ip, 10), "v2").then_some(()));
+    eventually("the shop proxy to be routed to v3", CONVERGE, || all(&who(shop_ip, 10), "v3").then_some(()));
+    let (plain, web_now, shop_now) = (mesh.who(30, &[]), who(web_ip, 30), who(shop_ip, 30));
+    assert!(all(&plain, "v1"), "a proxy without labels in default: v1 only: {plain:?}\n{}", mesh.routes());
+    assert!(all(&web_now, "v2"), "app=web: v2 only: {web_now:?}");
+    assert!(all(&shop_now, "v3"), "namespace shop: v3 only: {shop_now:?}");
+
+    // The shop proxy's pod gains app=web: the first route now selects it.
+    replace_file(&mesh.config.path().join("pod-ratings.yaml"), &ratings_pod("web"));
+    eventually("the relabelled shop proxy to be routed to v2", CONVERGE, || all(&who(shop_ip, 10), "v2").then_some(()));
+    let (plain, web_now) = (mesh.who(20, &[]), who(web_ip, 20));
+    assert!(all(&plain, "v1"), "the unlabelled proxy keeps v1: {plain:?}");
+    assert!(all(&web_now, "v2"), "the web proxy keeps v2: {web_now:?}");
+    drop((web, shop));
+}

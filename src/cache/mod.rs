@@ -73,6 +73,9 @@ impl View {
         }
         let at = self.scopes.iter().take_while(|s| matches!(s, Scope::Class(_))).count();
         self.scopes.insert(at, Scope::Namespace(namespace.to_string()));
+        if self.scopes.contains(&Scope::Sidecars) {
+            self.scopes.insert(at, Scope::SidecarsIn(namespace.to_string()));
+        }
         self
     }
 

@@ -19,13 +19,17 @@
 //!                                   (default context → Scope::All; a namespace that differs → its Scope)      │
 //! virtual services ─by pattern──join(host patterns)──reduce ⊎ exportTo namespaces: VS per context─▶ by host   │
 //!                  ─by destination host──join(host info)──reduce per VS─▶ (VS, destination map)              │
-//!                   per host reduce (rows ⊎ host info ⊎ chosen VS, per context) ─▶ virtual hosts ◀───────┘
-//!                        └▶ route configs (assembled outside; a namespace's = sidecars' with its own in place)
+//!   mesh VS ─sourceNamespace ⋈ class namespaces, sourceLabels ⋈ sidecar class labels (label index)─┐
+//!                                                       ─⋈ host patterns─▶ source markers by host   │
+//!                   per host reduce (rows ⊎ host info ⊎ chosen VS, per context ⊎ markers) ─▶ virtual hosts ◀┘
+//!                        └▶ route configs (assembled outside; a namespace's = sidecars' with its own in
+//!                           place, a class's = its namespace's with its own in place)
 //!                          (a sniffed port's also in `<fqdn>:<port>`, its own sniffing listener's)
 //!                          distinct HTTP ports (not sniffed) ──────────────────────────────▶ listeners
-//!                                   per host reduce (TCP + sniffed rows ⊎ chosen VS) ─▶ TCP and sniffing listener
-//!                                                                                     candidates (one per VIP)
-//!                  per port reduce (candidates ⊎ HTTP port marker) ─▶ the port's TCP listener, losers as diagnostics
+//!                 per host reduce (TCP + sniffed rows ⊎ chosen VS per context ⊎ markers) ─▶ TCP and sniffing
+//!                                      listener candidates (one per VIP), and their variants per namespace/class
+//!                  per port reduce (candidates ⊎ HTTP port marker) ─▶ the port's TCP listener (+ the winner's
+//!                                                                     variants), losers as diagnostics
 //! slices ─flat_map─▶ ready addresses by (ns, svc, port name, proto) ──join(ports by name)┐
 //! endpoints ─antijoin(services with slices)─▶ ...same key ─────────────────────────────join┤
 //! pods ─by label─▶ join(selector services without slices/endpoints, by one selector pair) ┤▶ (cluster, addr, pod)
@@ -39,11 +43,12 @@
 //!                     EDS cluster names ⊎ addresses ─reduce per (scope, cluster)─▶ load assignments
 //!                     (a namespace's subset clusters get their own; its others share the default's)
 //!   (DNS entry clusters carry their endpoints inline, NONE entries are ORIGINAL_DST: no assignment)
+//! proxy classes (router, sidecar) ─labels given, else ⋈ their Pod's─▶ class labels
 //! proxy classes ─filter(proxyless)─▶ () ─semijoin⋉ cluster rows, HTTP host rows, virtual hosts
 //!                                     ─▶ proxyless clusters, API listeners, route configs (proxyless.rs)
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
@@ -184,12 +189,14 @@ enum VsInput {
     Destination(String, HostInfo),
 }
 
-/// What claims a port number: HTTP services (their shared listener), or one TCP listener.
+/// What claims a port number: HTTP services (their shared listener), or one TCP listener
+/// (the default context's; its variants for a namespace's sidecars or a class come along).
 /// `Http` sorts first.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum PortClaim {
     Http,
     Tcp(TcpListenerRow),
+    Variant(Scope, TcpListenerRow),
 }
 
 /// What meets per gateway proxy class to make its listeners and route configs.
@@ -224,6 +231,12 @@ enum VhostInput {
     Routes(Context, VirtualService, DestinationMap),
     /// In this namespace no VirtualService applies to the host, unlike the default.
     NoRoutes(String),
+    /// A namespace of connected proxies that a `sourceNamespace` of one of the host's
+    /// VirtualServices names.
+    SourceNamespace(String),
+    /// A connected sidecar class (id, namespace, labels) that a `sourceLabels` of one of the
+    /// host's VirtualServices selects.
+    Class(String, String, Labels),
 }
 
 /// Builds the graph. Returns the input handles and the output collection.
@@ -289,6 +302,27 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .concat(merged_roots.flat_map(Result::ok));
 
     let service_ports = services.clone().flat_map(|s: Service| service_port_rows(&s));
+    let labels_by_pod = pods.clone().map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p.labels));
+
+    // === proxy classes' labels: what the proxy said, else its Pod's (following the Pod) ===
+    let labelled_classes = classes.clone().filter(|c: &ProxyClass| c.kind != ProxyKind::Proxyless);
+    let given_labels = labelled_classes.clone().flat_map(|c: ProxyClass| match &c.labels {
+        ClassLabels::Given(l) => Some((c.id(), (c.kind, c.namespace.clone(), l.clone()))),
+        _ => None,
+    });
+    let of_pod = labelled_classes.flat_map(|c: ProxyClass| match &c.labels {
+        ClassLabels::OfPod(pod) => Some(((c.namespace.clone(), pod.clone()), (c.id(), c.kind))),
+        _ => None,
+    });
+    let pod_labels_found =
+        of_pod.clone().join_map(labels_by_pod.clone(), |(ns, _), (id, kind): &(String, ProxyKind), labels: &Labels| {
+            (id.clone(), (*kind, ns.clone(), labels.clone()))
+        });
+    let pod_missing = of_pod
+        .antijoin(labels_by_pod.clone().map(|(k, _)| k))
+        .map(|((ns, _), (id, kind))| (id, (kind, ns, Labels::new())));
+    let class_labels: VecCollection<'s, u64, (String, (ProxyKind, String, Labels))> =
+        given_labels.concat(pod_labels_found).concat(pod_missing);
     // Every host's rows, Services' and ServiceEntries', settled per host as istiod settles a
     // hostname defined more than once: what follows sees only the rows that make the host.
     let ports_by_host = service_ports
@@ -419,16 +453,63 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         outbound::virtual_service_patterns(&vs).into_iter().map(move |p| (p, vs.clone())).collect::<Vec<_>>()
     });
     // As rules, a host's VirtualService depends on the proxy's namespace through `exportTo`.
-    let vs_candidates = patterns
-        .map(|(p, (fqdn, _))| (p, fqdn))
-        .join_map(vs_by_pattern, |pattern, fqdn: &String, vs: &VirtualService| {
+    let host_by_pattern = patterns.map(|(p, (fqdn, _))| (p, fqdn));
+    let vs_candidates =
+        host_by_pattern.clone().join_map(vs_by_pattern, |pattern, fqdn: &String, vs: &VirtualService| {
             (fqdn.clone(), VsRank::new(pattern, vs))
         });
     let vs_markers = vs_candidates
         .clone()
         .flat_map(|(fqdn, rank)| rank.namespaces().into_iter().map(move |ns| (ns, fqdn.clone())).collect::<Vec<_>>())
-        .join_map(class_namespaces, |ns, fqdn: &String, _| (fqdn.clone(), ns.clone()))
+        .join_map(class_namespaces.clone(), |ns, fqdn: &String, _| (fqdn.clone(), ns.clone()))
         .distinct();
+    // Routes that depend on the proxy's source: the namespaces of connected proxies that a
+    // `sourceNamespace` names, and the sidecar classes whose labels a `sourceLabels` selects
+    // (through a label index: a label set keyed by its first pair, a class by each of its
+    // pairs), per host that the VirtualService's patterns match.
+    let source_namespaces = mesh_vs
+        .clone()
+        .flat_map(|vs: VirtualService| {
+            let patterns = outbound::virtual_service_patterns(&vs);
+            translate::route::source_namespaces(&vs)
+                .into_iter()
+                .flat_map(|ns| patterns.iter().map(move |p| (ns.clone(), p.clone())))
+                .collect::<Vec<_>>()
+        })
+        .join_map(class_namespaces, |ns, pattern: &String, _| (pattern.clone(), ns.clone()))
+        .join_map(host_by_pattern.clone(), |_, ns: &String, fqdn: &String| {
+            (fqdn.clone(), VhostInput::SourceNamespace(ns.clone()))
+        });
+    let sidecar_classes_by_pair = class_labels.clone().flat_map(|(id, (kind, ns, labels))| {
+        let pairs: Vec<_> = if kind == ProxyKind::Sidecar {
+            labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        } else {
+            Vec::new()
+        };
+        pairs.into_iter().map(move |pair| (pair, (id.clone(), ns.clone(), labels.clone()))).collect::<Vec<_>>()
+    });
+    let label_sets_by_pair = mesh_vs.clone().flat_map(|vs: VirtualService| {
+        let patterns: Vec<String> = outbound::virtual_service_patterns(&vs).into_iter().collect();
+        translate::route::source_label_sets(&vs)
+            .into_iter()
+            .filter_map(|set| {
+                let first = set.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
+                Some((first, (set.clone(), patterns.clone())))
+            })
+            .collect::<Vec<_>>()
+    });
+    let source_classes = label_sets_by_pair
+        .join_map(
+            sidecar_classes_by_pair,
+            |_, (set, patterns): &(BTreeMap<String, String>, Vec<String>), class: &(String, String, Labels)| {
+                let selected = set.iter().all(|(k, v)| class.2.get(k) == Some(v));
+                patterns.iter().filter(|_| selected).map(|p| (p.clone(), class.clone())).collect::<Vec<_>>()
+            },
+        )
+        .flat_map(|x| x)
+        .join_map(host_by_pattern, |_, (id, ns, labels): &(String, String, Labels), fqdn: &String| {
+            (fqdn.clone(), VhostInput::Class(id.clone(), ns.clone(), labels.clone()))
+        });
     let vs_by_host = vs_candidates
         .map(|(fqdn, rank)| (fqdn, VsPick::Candidate(rank)))
         .concat(vs_markers.map(|(fqdn, ns)| (fqdn, VsPick::Namespace(ns))))
@@ -487,21 +568,30 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     // TCP-class ports and ports of unknown protocol (sniffed) get listeners of their own.
     let tcp_ports =
         host_ports.filter(|row| row.protocol() == translate::PortProtocol::Tcp || row.protocol().is_sniffed());
-    // TCP listeners are the default context's (not yet per namespace).
-    let tcp_routes = routes_by_host.clone().filter(|(_, i)| matches!(i, VhostInput::Routes(None, _, _)));
+    let source_markers = source_namespaces.concat(source_classes).distinct();
+    let tcp_inputs = routes_by_host.clone().concat(no_routes.clone()).concat(source_markers.clone());
     let host_vhosts = http_ports
         .clone()
         .map(|row| (row.fqdn(), VhostInput::Port(row)))
         .concat(context_info.map(|(fqdn, ctx, info)| (fqdn, VhostInput::Info(ctx, info))))
         .concat(routes_by_host)
         .concat(no_routes)
+        .concat(source_markers)
         .reduce_named("translate: virtual hosts", |_fqdn: &String, input: &[(&VhostInput, isize)], output| {
             let mut rows = Vec::new();
             let mut infos = BTreeMap::new();
             let mut routes = BTreeMap::new();
+            let mut source_namespaces = BTreeSet::new();
+            let mut classes = Vec::new();
             for (i, _) in input {
                 match i {
                     VhostInput::Port(r) => rows.push(r),
+                    VhostInput::SourceNamespace(ns) => {
+                        source_namespaces.insert(ns.as_str());
+                    }
+                    VhostInput::Class(id, namespace, labels) => {
+                        classes.push(outbound::SourceClass { id, namespace, labels });
+                    }
                     VhostInput::Info(ctx, h) => {
                         infos.insert(ctx.clone(), h);
                     }
@@ -513,16 +603,13 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                     }
                 }
             }
-            let vhosts = outbound::virtual_hosts_by_context(&rows, &infos, &routes);
-            for (ctx, route, vhost) in outbound::with_sniffed_routes(&rows, vhosts) {
-                output.push(((ctx, route, vhost), 1isize));
+            let vhosts = outbound::virtual_hosts_by_context(&rows, &infos, &routes, &source_namespaces, &classes);
+            for (scope, route, vhost) in outbound::with_sniffed_routes(&rows, vhosts) {
+                output.push(((scope, route, vhost), 1isize));
             }
         });
-    let virtual_hosts = host_vhosts.clone().map(|(_, (ctx, route, vhost))| OutputRow::VirtualHost {
-        scope: translate::context_scope(&ctx, Scope::Sidecars),
-        route,
-        vhost,
-    });
+    let virtual_hosts =
+        host_vhosts.clone().map(|(_, (scope, route, vhost))| OutputRow::VirtualHost { scope, route, vhost });
     // Ports of unknown protocol have their own (sniffing) listeners: they claim no shared one.
     let http_port_numbers =
         http_ports.clone().filter(|row| !row.protocol().is_sniffed()).map(|row| row.port.port).distinct();
@@ -536,22 +623,42 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     // === per host: TCP listeners; per port: the one that binds it ===
     let tcp_candidates = tcp_ports
         .map(|row| (row.fqdn(), VhostInput::Port(row)))
-        .concat(tcp_routes)
+        .concat(tcp_inputs)
         .reduce_named("translate: tcp listeners", |_fqdn: &String, input: &[(&VhostInput, isize)], output| {
             let mut rows = Vec::new();
-            let mut routes = None;
+            let mut routes = BTreeMap::new();
+            let mut source_namespaces = BTreeSet::new();
+            let mut classes = Vec::new();
             for (i, _) in input {
                 match i {
                     VhostInput::Port(r) => rows.push(r),
-                    VhostInput::Routes(_, vs, dest) => routes = Some((vs, dest)),
-                    VhostInput::Info(..) | VhostInput::NoRoutes(_) => {}
+                    VhostInput::Routes(ctx, vs, dest) => {
+                        routes.insert(ctx.clone(), Some((vs, dest)));
+                    }
+                    VhostInput::NoRoutes(ns) => {
+                        routes.insert(Some(ns.clone()), None);
+                    }
+                    VhostInput::SourceNamespace(ns) => {
+                        source_namespaces.insert(ns.as_str());
+                    }
+                    VhostInput::Class(id, namespace, labels) => {
+                        classes.push(outbound::SourceClass { id, namespace, labels });
+                    }
+                    VhostInput::Info(..) => {}
                 }
             }
-            for l in outbound::tcp_listeners_for_host(&rows, routes) {
-                output.push((l, 1isize));
+            if rows.is_empty() {
+                return;
+            }
+            for (scope, l) in outbound::tcp_listeners_by_context(&rows, &routes, &source_namespaces, &classes) {
+                output.push(((scope, l), 1isize));
             }
         })
-        .map(|(_, l)| (l.port, PortClaim::Tcp(l)));
+        .map(|(_, (scope, l))| {
+            let claim =
+                if scope == Scope::Sidecars { PortClaim::Tcp(l.clone()) } else { PortClaim::Variant(scope, l.clone()) };
+            (l.port, claim)
+        });
     let tcp_listeners = http_port_numbers
         .map(|port| (port, PortClaim::Http))
         .concat(tcp_candidates)
@@ -571,6 +678,21 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                     body: w.body.clone(),
                 };
                 output.push((row, 1isize));
+                // The winner's variants for a namespace's sidecars or a class.
+                for (c, _) in input {
+                    if let PortClaim::Variant(scope, l) = c
+                        && l.fqdn == w.fqdn
+                        && l.name == w.name
+                    {
+                        let row = OutputRow::Resource {
+                            scope: scope.clone(),
+                            ty: ResourceType::Listener,
+                            name: l.name.clone(),
+                            body: l.body.clone(),
+                        };
+                        output.push((row, 1isize));
+                    }
+                }
             }
             for d in diagnostics {
                 output.push((OutputRow::Diagnostic(d), 1));
@@ -704,7 +826,6 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     });
     let with_subsets = subsets_by_base.clone().map(|(base, _)| base).distinct();
     let subset_candidates = base_endpoints.clone().semijoin(with_subsets);
-    let labels_by_pod = pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p.labels));
     let by_pod = subset_candidates
         .clone()
         .flat_map(|(cluster, ep): (String, EndpointRow)| ep.pod.clone().map(|pod| (pod, (cluster, ep.addr))));
@@ -752,21 +873,10 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     // Gateways meet classes through a label index, as selector services meet pods: a Gateway
     // keyed by one pair of its selector (the empty pair for an empty selector), a class by
     // each of its labels and the empty pair; the full selector is checked where they meet.
-    let router_classes = classes.clone().filter(|c: &ProxyClass| c.kind == ProxyKind::Router);
-    let given_labels = router_classes.clone().flat_map(|c: ProxyClass| match &c.labels {
-        ClassLabels::Given(l) => Some((c.id(), (c.namespace.clone(), l.clone()))),
-        _ => None,
-    });
-    let of_pod = router_classes.flat_map(|c: ProxyClass| match &c.labels {
-        ClassLabels::OfPod(pod) => Some(((c.namespace.clone(), pod.clone()), c.id())),
-        _ => None,
-    });
-    let pod_labels_found = of_pod.clone().join_map(labels_by_pod.clone(), |(ns, _), id: &String, labels: &Labels| {
-        (id.clone(), (ns.clone(), labels.clone()))
-    });
-    let pod_missing = of_pod.antijoin(labels_by_pod.map(|(k, _)| k)).map(|((ns, _), id)| (id, (ns, Labels::new())));
-    let class_labels = given_labels.concat(pod_labels_found).concat(pod_missing);
-    let class_by_pair = class_labels.clone().flat_map(|(id, (ns, labels))| {
+    let router_labels = class_labels
+        .clone()
+        .flat_map(|(id, (kind, ns, labels))| (kind == ProxyKind::Router).then_some((id, (ns, labels))));
+    let class_by_pair = router_labels.clone().flat_map(|(id, (ns, labels))| {
         views::class_index_keys(&labels)
             .into_iter()
             .map(move |k| (k, (id.clone(), ns.clone(), labels.clone())))
@@ -835,7 +945,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         class_outputs.clone().flat_map(|(_, out)| if let ClassOutput::Diagnostic(d) = out { Some(d) } else { None });
 
     // === per class: the Secrets its listeners name, read from its own namespace ===
-    let class_namespaces = class_labels.map(|(id, (ns, _))| (id, ns));
+    let class_namespaces = router_labels.map(|(id, (ns, _))| (id, ns));
     let secret_refs = class_outputs
         .flat_map(|(id, out)| if let ClassOutput::Secret(s) = out { Some((id, s)) } else { None })
         .join_map(class_namespaces, |id, r: &SecretRef, ns: &String| (id.clone(), r.clone(), ns.clone()));
@@ -906,8 +1016,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .map(OutputRow::Diagnostic);
     // === proxyless gRPC clients: API listeners, route configs, clusters (see proxyless.rs) ===
     // Proxyless clients are served the default context.
-    let default_vhosts =
-        host_vhosts.flat_map(|(fqdn, (ctx, route, vhost))| ctx.is_none().then_some((fqdn, (route, vhost))));
+    let default_vhosts = host_vhosts
+        .flat_map(|(fqdn, (scope, route, vhost))| (scope == Scope::Sidecars).then_some((fqdn, (route, vhost))));
     let proxyless = super::proxyless::proxyless(classes, cluster_rows, http_ports, default_vhosts);
     let output = clusters
         .concat(assignments)

@@ -37,13 +37,15 @@ pub struct ResourceDelta {
 /// Route configs assembled from virtual hosts (the sidecars' outbound route configs), kept
 /// between times. The sidecars' route config of a name holds the default context's virtual
 /// hosts; a namespace with virtual hosts of its own on that route gets its own copy, the
-/// sidecars' with its own in place of the same names.
+/// sidecars' with its own in place of the same names; a sidecar class with virtual hosts of
+/// its own (`sourceLabels`) gets its namespace's copy with its own in place.
 #[derive(Default)]
 pub struct Assembler {
-    /// By (scope, route name): `Sidecars` for the default context, `Namespace` for overlays.
+    /// By (scope, route name): `Sidecars` for the default context, `Namespace` and `Class`
+    /// for overlays.
     routes: BTreeMap<(Scope, String), BTreeMap<String, VirtualHostPart>>,
-    /// The namespaces with an overlay on each route: they follow its default changes.
-    overlays: BTreeMap<String, BTreeSet<String>>,
+    /// The overlays (`Namespace`, `Class` scopes) on each route: they follow what lies under them.
+    overlays: BTreeMap<String, BTreeSet<Scope>>,
     /// Hash of each route config's last emitted bytes, so an unchanged one is not re-emitted.
     emitted: HashMap<(Scope, String), u64>,
 }
@@ -91,23 +93,28 @@ impl Assembler {
             self.routes.entry(key.clone()).or_default().insert(vhost.name.clone(), vhost);
             touched.insert(key);
         }
-        // Keep the overlay index, and let each overlay follow its route's default.
+        // Keep the overlay index, and let each overlay follow what lies under it: every overlay
+        // the sidecars' route, a class's its namespace's.
         for (scope, route) in &touched {
-            if let Scope::Namespace(ns) = scope {
+            if matches!(scope, Scope::Namespace(_) | Scope::Class(_)) {
                 let live = self.routes.get(&(scope.clone(), route.clone())).is_some_and(|h| !h.is_empty());
                 let set = self.overlays.entry(route.clone()).or_default();
                 if live {
-                    set.insert(ns.clone());
+                    set.insert(scope.clone());
                 } else {
-                    set.remove(ns);
+                    set.remove(scope);
                 }
             }
         }
         let followers: Vec<(Scope, String)> = touched
             .iter()
-            .filter(|(scope, _)| *scope == Scope::Sidecars)
-            .flat_map(|(_, route)| {
-                self.overlays.get(route).into_iter().flatten().map(|ns| (Scope::Namespace(ns.clone()), route.clone()))
+            .flat_map(|(under, route)| {
+                self.overlays
+                    .get(route)
+                    .into_iter()
+                    .flatten()
+                    .filter(move |over| lies_under(under, over))
+                    .map(move |over| (over.clone(), route.clone()))
             })
             .collect();
         touched.extend(followers);
@@ -162,10 +169,29 @@ impl Assembler {
             return Some(translate::route_configuration(route, own.values()));
         }
         let mut merged: BTreeMap<&str, &VirtualHostPart> = BTreeMap::new();
-        if let Some(defaults) = self.routes.get(&(Scope::Sidecars, route.clone())) {
-            merged.extend(defaults.iter().map(|(n, v)| (n.as_str(), v)));
+        for under in [Some(Scope::Sidecars), class_namespace(scope)].into_iter().flatten() {
+            if let Some(hosts) = self.routes.get(&(under, route.clone())) {
+                merged.extend(hosts.iter().map(|(n, v)| (n.as_str(), v)));
+            }
         }
         merged.extend(own.iter().map(|(n, v)| (n.as_str(), v)));
         Some(translate::route_configuration(route, merged.into_values()))
+    }
+}
+
+/// The namespace scope a class overlay lies on (None for other scopes).
+pub fn class_namespace(scope: &Scope) -> Option<Scope> {
+    match scope {
+        Scope::Class(id) => crate::model::proxy::namespace_of_id(id).map(|ns| Scope::Namespace(ns.to_string())),
+        _ => None,
+    }
+}
+
+/// Whether overlay `over` is assembled on top of `under`.
+fn lies_under(under: &Scope, over: &Scope) -> bool {
+    match under {
+        Scope::Sidecars => true,
+        Scope::Namespace(_) => class_namespace(over).as_ref() == Some(under),
+        _ => false,
     }
 }

@@ -5,10 +5,12 @@
 //! the dataflow: class-dependent resources are computed once per class that exists, and a
 //! proxy joining an existing class costs nothing.
 //!
-//! What a class holds today: the proxy kind, its namespace and, for gateways (routers), the
-//! labels that Gateway `selector`s match. Sidecar output does not depend on labels yet
-//! (`sourceLabels`, `workloadSelector` are reported as untranslated), so sidecar classes leave
-//! them out: every sidecar of a namespace shares one class.
+//! What a class holds: the proxy kind, its namespace and, for gateways (routers) and sidecars,
+//! its labels: Gateway `selector`s match a router's, VirtualService `sourceLabels` a
+//! sidecar's. Proxyless gRPC clients are served the same whatever their labels: their classes
+//! leave them out. The replicas of a deployment carry the same labels (node metadata `LABELS`),
+//! so they share a class; a proxy known only by its pod is a class of its own, whose labels
+//! follow the Pod.
 
 use std::fmt;
 
@@ -38,7 +40,7 @@ impl ProxyKind {
 /// Where a class's labels come from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ClassLabels {
-    /// Not part of the class (sidecars, for now).
+    /// Not part of the class (proxyless gRPC clients).
     Ignored,
     /// The proxy said (node metadata `LABELS`).
     Given(Labels),
@@ -59,15 +61,16 @@ impl ProxyClass {
     /// or node metadata `NAMESPACE`), its labels (node metadata `LABELS`), else its pod.
     pub fn of_proxy(kind: ProxyKind, namespace: &str, pod: &str, labels: Option<Labels>) -> ProxyClass {
         let labels = match (kind, labels) {
-            (ProxyKind::Sidecar | ProxyKind::Proxyless, _) => ClassLabels::Ignored,
-            (ProxyKind::Router, Some(l)) => ClassLabels::Given(l),
-            (ProxyKind::Router, None) => ClassLabels::OfPod(pod.to_string()),
+            (ProxyKind::Proxyless, _) => ClassLabels::Ignored,
+            (ProxyKind::Router | ProxyKind::Sidecar, Some(l)) => ClassLabels::Given(l),
+            (ProxyKind::Router | ProxyKind::Sidecar, None) => ClassLabels::OfPod(pod.to_string()),
         };
         ProxyClass { kind, namespace: namespace.to_string(), labels }
     }
 
-    /// A stable, readable identity: `sidecar/<ns>`, `router/<ns>/<k>=<v>,…`,
-    /// `router/<ns>/pod:<name>`. Class-scoped resources are keyed by it.
+    /// A stable, readable identity: `<kind>/<ns>/<k>=<v>,…`, `<kind>/<ns>/pod:<name>`,
+    /// `proxyless/<ns>`. Class-scoped resources are keyed by it; [`namespace_of_id`] reads the
+    /// namespace back.
     pub fn id(&self) -> String {
         let mut id = format!("{}/{}", self.kind.as_str(), self.namespace);
         match &self.labels {
@@ -86,6 +89,12 @@ impl ProxyClass {
     }
 }
 
+/// The namespace a class id ([`ProxyClass::id`]) names: its second segment (a namespace never
+/// contains `/`).
+pub fn namespace_of_id(id: &str) -> Option<&str> {
+    id.split('/').nth(1)
+}
+
 impl fmt::Display for ProxyClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.id())
@@ -97,12 +106,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sidecars_of_a_namespace_share_a_class_and_routers_are_told_apart_by_labels() {
+    fn proxies_are_told_apart_by_labels_and_proxyless_ones_by_namespace_only() {
         let l = |v: &str| Labels::from([("istio".to_string(), v.to_string())]);
         let a = ProxyClass::of_proxy(ProxyKind::Sidecar, "default", "a-1", Some(l("x")));
-        let b = ProxyClass::of_proxy(ProxyKind::Sidecar, "default", "b-2", None);
-        assert_eq!(a, b);
-        assert_eq!(a.id(), "sidecar/default");
+        let b = ProxyClass::of_proxy(ProxyKind::Sidecar, "default", "b-2", Some(l("x")));
+        assert_eq!(a, b, "replicas with the same labels share a class");
+        assert_eq!(a.id(), "sidecar/default/istio=x");
+        let c = ProxyClass::of_proxy(ProxyKind::Sidecar, "default", "b-2", None);
+        assert_eq!(c.id(), "sidecar/default/pod:b-2");
+        assert_eq!(namespace_of_id(&c.id()), Some("default"));
+        let g1 = ProxyClass::of_proxy(ProxyKind::Proxyless, "shop", "a", Some(l("x")));
+        assert_eq!(g1, ProxyClass::of_proxy(ProxyKind::Proxyless, "shop", "b", None));
+        assert_eq!(g1.id(), "proxyless/shop");
         let g = ProxyClass::of_proxy(ProxyKind::Router, "istio-system", "gw-1", Some(l("ingressgateway")));
         assert_eq!(g.id(), "router/istio-system/istio=ingressgateway");
         let p = ProxyClass::of_proxy(ProxyKind::Router, "istio-system", "gw-1", None);

@@ -30,6 +30,7 @@ use envoy_types::util::pack_any;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use super::route::Source;
 use super::{DOMAIN_SUFFIX, outbound_cluster_name, socket_address};
 use crate::model::FieldError;
 use crate::model::istio::{Destination, RouteDestination, VirtualService};
@@ -100,8 +101,8 @@ pub fn tcp_listener(name: &str, bind: IpAddr, port: u16, target: &TcpTarget) -> 
 ///
 /// - A VirtualService whose `gateways` do not list `mesh` does not apply to sidecars; a match
 ///   block whose `gateways` do not list `mesh` is skipped.
-/// - A match block with `sourceLabels` or `sourceNamespace` is skipped: meshflow has no
-///   per-proxy views yet (reported by [`untranslated_tcp_tls`]).
+/// - A match block applies when its `sourceLabels` and `sourceNamespace` select `source` (the
+///   sidecar that asks), as istiod's `matchTCP`.
 /// - `match.port` must be unset (or 0) or equal `port`.
 /// - A route without match blocks, or with an applicable block without `destinationSubnets`,
 ///   is a catch-all: istiod stops there. Blocks with `destinationSubnets` become prefix-range
@@ -118,6 +119,7 @@ pub fn tcp_target(
     port: u16,
     cluster_ip: Option<IpAddr>,
     ports_of: &dyn Fn(&str) -> Option<Vec<u16>>,
+    source: Source<'_>,
 ) -> Option<TcpTarget> {
     if !bound_to_mesh(&vs.spec.gateways) {
         return None;
@@ -131,7 +133,7 @@ pub fn tcp_target(
         }
         let mut longest: Option<u8> = None;
         for m in &route.r#match {
-            if !static_match(&m.gateways, !m.source_labels.is_empty(), m.source_namespace.as_deref(), m.port, port) {
+            if !source_match(&m.gateways, &m.source_labels, m.source_namespace.as_deref(), m.port, port, source) {
                 continue;
             }
             if m.destination_subnets.is_empty() {
@@ -160,7 +162,7 @@ pub type TlsChain = (Vec<String>, TcpTarget);
 /// out by its subnets (istiod still leaves the own-cluster chain out then; build the listener
 /// with [`tls_listener`], whose fallthrough takes the connection).
 ///
-/// Static predicates as for [`tcp_target`] (mesh gateway, no sourceLabels/sourceNamespace, port).
+/// Predicates as for [`tcp_target`] (mesh gateway, the source's labels and namespace, port).
 /// Runtime predicates: istiod skips a block whose `sniHosts` and `destinationSubnets` repeat an
 /// earlier one; a block's subnets are also inherited by later blocks without subnets (istiod
 /// overwrites the chain CIDRs it carries from block to block). Subnets are evaluated against
@@ -172,6 +174,7 @@ pub fn tls_chains(
     port: u16,
     cluster_ip: Option<IpAddr>,
     ports_of: &dyn Fn(&str) -> Option<Vec<u16>>,
+    source: Source<'_>,
 ) -> Option<Vec<TlsChain>> {
     if !bound_to_mesh(&vs.spec.gateways) {
         return None;
@@ -184,7 +187,7 @@ pub fn tls_chains(
     for route in &vs.spec.tls {
         let Some(target) = route_target(vs, &route.route, port, ports_of) else { continue };
         for m in &route.r#match {
-            if !static_match(&m.gateways, !m.source_labels.is_empty(), m.source_namespace.as_deref(), m.port, port) {
+            if !source_match(&m.gateways, &m.source_labels, m.source_namespace.as_deref(), m.port, port, source) {
                 continue;
             }
             if !m.destination_subnets.is_empty() {
@@ -299,20 +302,27 @@ pub fn sniffing_listener(name: &str, bind: IpAddr, port: u16, http_manager: Any,
 /// Fields of the `tcp` and `tls` routes of a VirtualService that the builders above do not
 /// translate, each with the path from the object root and the reason.
 pub fn untranslated_tcp_tls(vs: &VirtualService) -> Vec<FieldError> {
-    const PER_PROXY: &str =
-        "source-dependent matches need per-proxy views, which meshflow does not have yet: the match block is ignored";
+    const GATEWAYS: &str = "applied to sidecars only: gateway proxies are served as proxies that the block does not \
+                            select";
+    let binds_gateways = vs.spec.gateways.iter().any(|g| g != MESH_GATEWAY);
     let mut out = Vec::new();
+    let mut source = |p: &str, gateways: &[String], labels: bool, namespace: Option<&str>| {
+        if binds_gateways && gateways.is_empty() {
+            if labels {
+                out.push(FieldError::new(format!("{p}.sourceLabels"), GATEWAYS));
+            }
+            if namespace.is_some_and(|s| !s.is_empty()) {
+                out.push(FieldError::new(format!("{p}.sourceNamespace"), GATEWAYS));
+            }
+        }
+    };
+    let mut subnets = Vec::new();
     for (i, route) in vs.spec.tcp.iter().enumerate() {
         for (j, m) in route.r#match.iter().enumerate() {
             let p = format!("spec.tcp[{i}].match[{j}]");
-            if !m.source_labels.is_empty() {
-                out.push(FieldError::new(format!("{p}.sourceLabels"), PER_PROXY));
-            }
-            if m.source_namespace.as_deref().is_some_and(|s| !s.is_empty()) {
-                out.push(FieldError::new(format!("{p}.sourceNamespace"), PER_PROXY));
-            }
+            source(&p, &m.gateways, !m.source_labels.is_empty(), m.source_namespace.as_deref());
             if m.source_subnet.as_deref().is_some_and(|s| !s.is_empty()) {
-                out.push(FieldError::new(
+                subnets.push(FieldError::new(
                     format!("{p}.sourceSubnet"),
                     "not translated (istiod ignores it for sidecars too): the match does not depend on the source",
                 ));
@@ -322,14 +332,10 @@ pub fn untranslated_tcp_tls(vs: &VirtualService) -> Vec<FieldError> {
     for (i, route) in vs.spec.tls.iter().enumerate() {
         for (j, m) in route.r#match.iter().enumerate() {
             let p = format!("spec.tls[{i}].match[{j}]");
-            if !m.source_labels.is_empty() {
-                out.push(FieldError::new(format!("{p}.sourceLabels"), PER_PROXY));
-            }
-            if m.source_namespace.as_deref().is_some_and(|s| !s.is_empty()) {
-                out.push(FieldError::new(format!("{p}.sourceNamespace"), PER_PROXY));
-            }
+            source(&p, &m.gateways, !m.source_labels.is_empty(), m.source_namespace.as_deref());
         }
     }
+    out.extend(subnets);
     out
 }
 
@@ -401,18 +407,19 @@ fn bound_to_mesh(gateways: &[String]) -> bool {
     gateways.is_empty() || gateways.iter().any(|g| g == MESH_GATEWAY)
 }
 
-/// istiod's static predicates (`matchTCP`, `matchTLS`) for a sidecar with no per-proxy view.
-fn static_match(
+/// istiod's predicates (`matchTCP`, `matchTLS`) for the sidecar of `source`: a block with
+/// `gateways` applies when they name `mesh` (source labels are then not looked at, as in
+/// istiod), one without when its `sourceLabels` and `sourceNamespace` select the source.
+fn source_match(
     gateways: &[String],
-    source_labels: bool,
+    source_labels: &std::collections::BTreeMap<String, String>,
     source_namespace: Option<&str>,
     m_port: Option<u32>,
     port: u16,
+    source: Source<'_>,
 ) -> bool {
-    bound_to_mesh(gateways)
-        && !source_labels
-        && source_namespace.is_none_or(str::is_empty)
-        && m_port.is_none_or(|p| p == 0 || p == u32::from(port))
+    let by_source = if gateways.is_empty() { source.selects(source_labels, source_namespace) } else { true };
+    bound_to_mesh(gateways) && by_source && m_port.is_none_or(|p| p == 0 || p == u32::from(port))
 }
 
 /// Where a route's connections go; None only for a route without destinations (validation
@@ -702,28 +709,32 @@ mod tests {
     fn corpus_tcp_port_route_goes_to_the_backup_on_the_matching_port_only() {
         let vs = corpus_vs("api-vs-tcp-port-route.yaml", "bookinfo-mongo");
         assert_eq!(
-            tcp_target(&vs, 27017, Some(ip("10.96.0.9")), &no_ports),
+            tcp_target(&vs, 27017, Some(ip("10.96.0.9")), &no_ports, Source::default()),
             Some(cluster("outbound|5555||mongo.backup.svc.cluster.local"))
         );
-        assert_eq!(tcp_target(&vs, 27018, Some(ip("10.96.0.9")), &no_ports), None, "match.port differs");
+        assert_eq!(
+            tcp_target(&vs, 27018, Some(ip("10.96.0.9")), &no_ports, Source::default()),
+            None,
+            "match.port differs"
+        );
         assert!(untranslated_tcp_tls(&vs).is_empty());
     }
 
     #[test]
     fn corpus_tcp_echo_routes_are_for_the_gateway_and_resolve_short_names_when_bound_to_mesh() {
         let mut all_v1 = corpus_vs("tcp-echo-all-v1.yaml", "tcp-echo");
-        assert_eq!(tcp_target(&all_v1, 31400, None, &no_ports), None, "gateways lack `mesh`");
+        assert_eq!(tcp_target(&all_v1, 31400, None, &no_ports, Source::default()), None, "gateways lack `mesh`");
         all_v1.spec.gateways = vec!["tcp-echo-gateway".into(), "mesh".into()];
         assert_eq!(
-            tcp_target(&all_v1, 31400, None, &no_ports),
+            tcp_target(&all_v1, 31400, None, &no_ports, Source::default()),
             Some(cluster("outbound|9000|v1|tcp-echo.default.svc.cluster.local"))
         );
 
         let mut shift = corpus_vs("tcp-echo-20-v2.yaml", "tcp-echo");
-        assert_eq!(tcp_target(&shift, 31400, None, &no_ports), None);
+        assert_eq!(tcp_target(&shift, 31400, None, &no_ports, Source::default()), None);
         shift.spec.gateways.clear();
         assert_eq!(
-            tcp_target(&shift, 31400, None, &no_ports),
+            tcp_target(&shift, 31400, None, &no_ports, Source::default()),
             Some(TcpTarget::Weighted {
                 stat_prefix: "tcp-echo.default".into(),
                 clusters: vec![
@@ -743,29 +754,57 @@ mod tests {
         let vs = tcp_vs(serde_json::json!([{"route": [{"destination": {"host": "db"}, "weight": 100}]}]));
         let one = |h: &str| (h == "db.shop.svc.cluster.local").then(|| vec![5432]);
         let two = |_: &str| Some(vec![5432, 5433]);
-        assert_eq!(tcp_target(&vs, 9000, None, &one), Some(cluster("outbound|5432||db.shop.svc.cluster.local")));
-        assert_eq!(tcp_target(&vs, 9000, None, &two), Some(cluster("outbound|9000||db.shop.svc.cluster.local")));
         assert_eq!(
-            tcp_target(&vs, 9000, None, &no_ports),
+            tcp_target(&vs, 9000, None, &one, Source::default()),
+            Some(cluster("outbound|5432||db.shop.svc.cluster.local"))
+        );
+        assert_eq!(
+            tcp_target(&vs, 9000, None, &two, Source::default()),
+            Some(cluster("outbound|9000||db.shop.svc.cluster.local"))
+        );
+        assert_eq!(
+            tcp_target(&vs, 9000, None, &no_ports, Source::default()),
             Some(cluster("outbound|9000||db.shop.svc.cluster.local")),
             "a single destination is one cluster whatever its weight"
         );
         let fqdn =
             tcp_vs(serde_json::json!([{"route": [{"destination": {"host": "db.other", "port": {"number": 1}}}]}]));
-        assert_eq!(tcp_target(&fqdn, 9000, None, &one), Some(cluster("outbound|1||db.other")), "dotted hosts stay");
+        assert_eq!(
+            tcp_target(&fqdn, 9000, None, &one, Source::default()),
+            Some(cluster("outbound|1||db.other")),
+            "dotted hosts stay"
+        );
     }
 
     #[test]
-    fn match_blocks_for_gateways_or_sources_are_skipped_and_reported() {
+    fn match_blocks_apply_by_gateway_and_by_the_source_that_asks() {
         let vs = tcp_vs(serde_json::json!([
             {"match": [{"gateways": ["ingress"]}], "route": [{"destination": {"host": "gw"}}]},
             {"match": [{"sourceLabels": {"app": "x"}}], "route": [{"destination": {"host": "labels"}}]},
             {"match": [{"sourceNamespace": "x", "sourceSubnet": "10.0.0.0/8"}], "route": [{"destination": {"host": "ns"}}]},
             {"match": [{"gateways": ["mesh"]}], "route": [{"destination": {"host": "mesh"}}]},
         ]));
-        assert_eq!(tcp_target(&vs, 9000, None, &no_ports), Some(cluster("outbound|9000||mesh.shop.svc.cluster.local")));
+        let mesh = cluster("outbound|9000||mesh.shop.svc.cluster.local");
+        assert_eq!(tcp_target(&vs, 9000, None, &no_ports, Source::default()), Some(mesh.clone()));
+        // istiod's matchTCP: sourceLabels a subset of the proxy's, sourceNamespace its namespace.
+        let x = crate::model::k8s::Labels::from([("app".to_string(), "x".to_string())]);
+        let labelled = Source { namespace: Some("shop"), labels: Some(&x) };
+        let labels_target = cluster("outbound|9000||labels.shop.svc.cluster.local");
+        assert_eq!(tcp_target(&vs, 9000, None, &no_ports, labelled), Some(labels_target));
+        let in_x = Source { namespace: Some("x"), labels: None };
+        assert_eq!(
+            tcp_target(&vs, 9000, None, &no_ports, in_x),
+            Some(cluster("outbound|9000||ns.shop.svc.cluster.local"))
+        );
+        let elsewhere = Source { namespace: Some("y"), labels: None };
+        assert_eq!(tcp_target(&vs, 9000, None, &no_ports, elsewhere), Some(mesh));
         let untranslated = untranslated_tcp_tls(&vs);
         let fields: Vec<&str> = untranslated.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.tcp[2].match[0].sourceSubnet"], "sources apply to sidecars");
+        // Bound to a gateway as well: gateway proxies do not get source blocks (reported).
+        let mut both = vs.clone();
+        both.spec.gateways = vec!["mesh".into(), "ingress".into()];
+        let fields: Vec<String> = untranslated_tcp_tls(&both).into_iter().map(|e| e.field).collect();
         assert_eq!(
             fields,
             [
@@ -784,10 +823,11 @@ mod tests {
             {"route": [{"destination": {"host": "rest"}}]},
             {"match": [{"destinationSubnets": ["10.96.0.7"]}], "route": [{"destination": {"host": "after-catch-all"}}]},
         ]));
-        let target = |cluster_ip: Option<&str>| match tcp_target(&vs, 9000, cluster_ip.map(ip), &no_ports) {
-            Some(TcpTarget::Cluster(c)) => c,
-            other => panic!("{other:?}"),
-        };
+        let target =
+            |cluster_ip: Option<&str>| match tcp_target(&vs, 9000, cluster_ip.map(ip), &no_ports, Source::default()) {
+                Some(TcpTarget::Cluster(c)) => c,
+                other => panic!("{other:?}"),
+            };
         assert_eq!(target(Some("10.96.0.7")), "outbound|9000||narrow.shop.svc.cluster.local");
         assert_eq!(target(Some("10.1.0.7")), "outbound|9000||wide.shop.svc.cluster.local");
         assert_eq!(target(Some("172.16.0.1")), "outbound|9000||rest.shop.svc.cluster.local");
@@ -796,15 +836,15 @@ mod tests {
         let only_subnets = tcp_vs(serde_json::json!([
             {"match": [{"destinationSubnets": ["10.0.0.0/8"]}], "route": [{"destination": {"host": "wide"}}]}
         ]));
-        assert_eq!(tcp_target(&only_subnets, 9000, Some(ip("172.16.0.1")), &no_ports), None);
+        assert_eq!(tcp_target(&only_subnets, 9000, Some(ip("172.16.0.1")), &no_ports, Source::default()), None);
         let v6 = tcp_vs(serde_json::json!([
             {"match": [{"destinationSubnets": ["fd00::/8"]}], "route": [{"destination": {"host": "v6"}}]}
         ]));
         assert_eq!(
-            tcp_target(&v6, 9000, Some(ip("fd00::1")), &no_ports),
+            tcp_target(&v6, 9000, Some(ip("fd00::1")), &no_ports, Source::default()),
             Some(cluster("outbound|9000||v6.shop.svc.cluster.local"))
         );
-        assert_eq!(tcp_target(&v6, 9000, Some(ip("10.0.0.1")), &no_ports), None);
+        assert_eq!(tcp_target(&v6, 9000, Some(ip("10.0.0.1")), &no_ports, Source::default()), None);
     }
 
     #[test]
@@ -823,9 +863,9 @@ mod tests {
     #[test]
     fn corpus_cnn_tls_passthrough_is_one_sni_chain_on_port_443() {
         let vs = corpus_vs("egress-cnn-serviceentry-tls-passthrough.yaml", "edition-cnn-com");
-        let chains = tls_chains(&vs, 443, None, &no_ports).unwrap();
+        let chains = tls_chains(&vs, 443, None, &no_ports, Source::default()).unwrap();
         assert_eq!(chains, [(vec!["edition.cnn.com".to_string()], cluster("outbound|443||edition.cnn.com"))]);
-        assert_eq!(tls_chains(&vs, 80, None, &no_ports), None, "match.port 443 only");
+        assert_eq!(tls_chains(&vs, 80, None, &no_ports, Source::default()), None, "match.port 443 only");
         let l = decode(&tls_listener(
             "0.0.0.0_443",
             ip("0.0.0.0"),
@@ -841,7 +881,7 @@ mod tests {
     fn corpus_wikipedia_tls_route_keeps_wildcard_server_names() {
         let vs = corpus_vs("api-se-none-wildcard-tls-routing.yaml", "tls-routing");
         let firewall = |h: &str| (h == "internal-egress-firewall.ns1.svc.cluster.local").then(|| vec![8443]);
-        let chains = tls_chains(&vs, 443, None, &firewall).unwrap();
+        let chains = tls_chains(&vs, 443, None, &firewall, Source::default()).unwrap();
         assert_eq!(
             chains,
             [(
@@ -865,9 +905,13 @@ mod tests {
             {"match": [{"sniHosts": ["b.example.com"], "sourceLabels": {"app": "x"}}],
              "route": [{"destination": {"host": "labels"}}]},
         ]));
-        let chains = tls_chains(&vs, 443, Some(ip("10.0.0.1")), &no_ports).unwrap();
+        let chains = tls_chains(&vs, 443, Some(ip("10.0.0.1")), &no_ports, Source::default()).unwrap();
         assert_eq!(chains, [(vec!["a.example.com".to_string()], cluster("outbound|443||a.shop.svc.cluster.local"))]);
-        assert_eq!(untranslated_tcp_tls(&vs)[0].field, "spec.tls[1].match[0].sourceLabels");
+        assert!(untranslated_tcp_tls(&vs).is_empty());
+        let x = crate::model::k8s::Labels::from([("app".to_string(), "x".to_string())]);
+        let labelled = Source { namespace: None, labels: Some(&x) };
+        let chains = tls_chains(&vs, 443, Some(ip("10.0.0.1")), &no_ports, labelled).unwrap();
+        assert_eq!(chains.len(), 2, "app=x also gets the b.example.com chain: {chains:?}");
 
         // A block's subnets carry over to later blocks without subnets (istiod's CIDR variable).
         let subnets = tls_vs(serde_json::json!([
@@ -875,7 +919,8 @@ mod tests {
                        {"sniHosts": ["b.example.com"]}],
              "route": [{"destination": {"host": "ab"}}]},
         ]));
-        let chains = |cluster_ip: &str| tls_chains(&subnets, 443, Some(ip(cluster_ip)), &no_ports).unwrap();
+        let chains =
+            |cluster_ip: &str| tls_chains(&subnets, 443, Some(ip(cluster_ip)), &no_ports, Source::default()).unwrap();
         assert_eq!(chains("10.1.0.5").len(), 2);
         assert_eq!(chains("10.2.0.5"), [], "a match applied, so istiod adds no own-cluster chain");
 
@@ -885,7 +930,7 @@ mod tests {
             {"match": [{"sniHosts": ["b.example.com"], "destinationSubnets": ["10.0.0.0/8"]}], "route": [{"destination": {"host": "wide"}}]},
         ]));
         let hosts = |cluster_ip: &str| -> Vec<String> {
-            tls_chains(&nested, 443, Some(ip(cluster_ip)), &no_ports)
+            tls_chains(&nested, 443, Some(ip(cluster_ip)), &no_ports, Source::default())
                 .unwrap()
                 .into_iter()
                 .map(|(sni, _)| sni[0].clone())
@@ -899,11 +944,15 @@ mod tests {
     fn tls_routes_of_a_gateway_only_virtual_service_do_not_apply() {
         let mut vs = corpus_vs("egress-cnn-serviceentry-tls-passthrough.yaml", "edition-cnn-com");
         vs.spec.gateways = vec!["istio-egressgateway".into()];
-        assert_eq!(tls_chains(&vs, 443, None, &no_ports), None);
+        assert_eq!(tls_chains(&vs, 443, None, &no_ports, Source::default()), None);
         vs.spec.tls[0].r#match[0].gateways = vec!["mesh".into()];
-        assert_eq!(tls_chains(&vs, 443, None, &no_ports), None, "the VirtualService itself is not for sidecars");
+        assert_eq!(
+            tls_chains(&vs, 443, None, &no_ports, Source::default()),
+            None,
+            "the VirtualService itself is not for sidecars"
+        );
         vs.spec.gateways.clear();
-        assert!(tls_chains(&vs, 443, None, &no_ports).is_some());
+        assert!(tls_chains(&vs, 443, None, &no_ports, Source::default()).is_some());
     }
 
     /// Envoy itself accepts what these builders produce: a static bootstrap holding one listener

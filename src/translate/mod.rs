@@ -150,6 +150,9 @@ pub enum Scope {
     /// namespace sees (a DestinationRule of their own, a VirtualService exported to them only):
     /// it hides the same names in `Sidecars` and `All`. See [`outbound::Context`].
     Namespace(String),
+    /// The sidecars of one namespace: listeners that differ there (a `tcp` route exported to
+    /// it, or naming it in `sourceNamespace`). Gateway proxies of the namespace do not see them.
+    SidecarsIn(String),
 }
 
 impl std::fmt::Display for Scope {
@@ -160,6 +163,7 @@ impl std::fmt::Display for Scope {
             Scope::Class(id) => f.write_str(id),
             Scope::Proxyless => f.write_str("proxyless"),
             Scope::Namespace(ns) => write!(f, "namespace/{ns}"),
+            Scope::SidecarsIn(ns) => write!(f, "sidecars/{ns}"),
         }
     }
 }

@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy;
 use serde::{Deserialize, Serialize};
 
-use super::route::{Destinations, default_route, http_routes, resolve_host};
-use super::{Diagnostic, ServicePortRow, VirtualHostPart};
+use super::route::{Destinations, Source, default_route, http_routes_for, resolve_host};
+use super::{Diagnostic, Scope, ServicePortRow, VirtualHostPart};
 use crate::model::istio::{Destination, DestinationRule, DestinationRuleSpec, Subset, TrafficPolicy, VirtualService};
 use crate::model::k8s::{Labels, selector_matches};
 use crate::model::{Kind, ObjectKey};
@@ -489,11 +489,12 @@ pub fn virtual_hosts_for_host(
     rows: &[&ServicePortRow],
     own: &HostInfo,
     vs: Option<(&VirtualService, &DestinationMap)>,
+    source: Source<'_>,
 ) -> Vec<(String, VirtualHostPart)> {
     let mut out = Vec::new();
     for row in rows.iter().filter(|r| r.protocol().is_http()) {
         let port = row.port.port;
-        let routes = vs.map(|(vs, dest)| http_routes(vs, port, dest)).filter(|r| !r.is_empty());
+        let routes = vs.map(|(vs, dest)| http_routes_for(vs, port, dest, source)).filter(|r| !r.is_empty());
         let routes = routes.unwrap_or_else(|| vec![default_route(row, own.hash_policy(port, ""))]);
         out.push((super::route_config_name(port), super::virtual_host(row, routes)));
     }
@@ -503,30 +504,65 @@ pub fn virtual_hosts_for_host(
 /// What a VirtualService that applies in a context brings: the object and its destinations.
 pub type ContextRoutes<'a> = Option<(&'a VirtualService, &'a DestinationMap)>;
 
-/// A host's virtual hosts in every context it has: the default context's, then in each
-/// namespace where its rule or its VirtualService differ, the virtual hosts that differ from the
-/// default's (a namespace's route config is the default's with these in place of the same
-/// names). `infos` and `routes` hold the default (`None`) and the namespaces that differ;
-/// a namespace missing from one of them has the default's there.
+/// A connected sidecar class that a `sourceLabels` of one of a host's VirtualServices selects:
+/// its routes to the host may differ from its namespace's.
+#[derive(Clone, Copy, Debug)]
+pub struct SourceClass<'a> {
+    pub id: &'a str,
+    pub namespace: &'a str,
+    pub labels: &'a Labels,
+}
+
+/// A host's virtual hosts in every context it has, with the scope that serves them:
+/// - `Sidecars`: the default context's, built for a proxy that no source-dependent match block
+///   selects;
+/// - `Namespace(ns)`, for each namespace where the host's rule or VirtualService differ
+///   (`infos`, `routes`) or that a `sourceNamespace` names (`source_namespaces`, connected
+///   ones only): its virtual hosts that differ from the default's (a namespace's route config is
+///   the default's with these in place of the same names);
+/// - `Class(id)`, for each class of `classes`: its virtual hosts built for its labels that
+///   differ from its namespace's (a class's route config is its namespace's with these in place).
+///
+/// `infos` and `routes` hold the default (`None`) and the namespaces that differ; a namespace
+/// missing from one of them has the default's there.
 pub fn virtual_hosts_by_context<'a>(
     rows: &[&ServicePortRow],
     infos: &BTreeMap<Context, &'a HostInfo>,
     routes: &BTreeMap<Context, ContextRoutes<'a>>,
-) -> Vec<(Context, String, VirtualHostPart)> {
+    source_namespaces: &BTreeSet<&str>,
+    classes: &[SourceClass<'_>],
+) -> Vec<(Scope, String, VirtualHostPart)> {
     let Some(default_info) = infos.get(&None).copied() else { return Vec::new() };
     let default_routes = routes.get(&None).copied().flatten();
-    let defaults = virtual_hosts_for_host(rows, default_info, default_routes);
-    let mut out: Vec<(Context, String, VirtualHostPart)> =
-        defaults.iter().map(|(route, vhost)| (None, route.clone(), vhost.clone())).collect();
-    let namespaces: BTreeSet<&Context> = infos.keys().chain(routes.keys()).filter(|c| c.is_some()).collect();
-    for ctx in namespaces {
-        let info = infos.get(ctx).copied().unwrap_or(default_info);
-        let vs = routes.get(ctx).copied().unwrap_or(default_routes);
-        for (route, vhost) in virtual_hosts_for_host(rows, info, vs) {
-            if !defaults.iter().any(|(r, v)| *r == route && *v == vhost) {
-                out.push((ctx.clone(), route, vhost));
-            }
-        }
+    let defaults = virtual_hosts_for_host(rows, default_info, default_routes, Source::default());
+    let mut out: Vec<(Scope, String, VirtualHostPart)> =
+        defaults.iter().map(|(route, vhost)| (Scope::Sidecars, route.clone(), vhost.clone())).collect();
+    let namespaces: BTreeSet<&str> = infos
+        .keys()
+        .chain(routes.keys())
+        .filter_map(|c| c.as_deref())
+        .chain(source_namespaces.iter().copied())
+        .collect();
+    let in_namespace = |ns: &str, labels: Option<&Labels>| {
+        let ctx = Some(ns.to_string());
+        let info = infos.get(&ctx).copied().unwrap_or(default_info);
+        let vs = routes.get(&ctx).copied().unwrap_or(default_routes);
+        virtual_hosts_for_host(rows, info, vs, Source { namespace: Some(ns), labels })
+    };
+    let differing = |own: Vec<(String, VirtualHostPart)>, base: &[(String, VirtualHostPart)], scope: &Scope| {
+        own.into_iter()
+            .filter(|(route, vhost)| !base.iter().any(|(r, v)| r == route && v == vhost))
+            .map(|(route, vhost)| (scope.clone(), route, vhost))
+            .collect::<Vec<_>>()
+    };
+    for ns in &namespaces {
+        out.extend(differing(in_namespace(ns, None), &defaults, &Scope::Namespace(ns.to_string())));
+    }
+    for class in classes {
+        let base =
+            if namespaces.contains(class.namespace) { in_namespace(class.namespace, None) } else { defaults.clone() };
+        let own = in_namespace(class.namespace, Some(class.labels));
+        out.extend(differing(own, &base, &Scope::Class(class.id.to_string())));
     }
     out
 }
@@ -538,13 +574,13 @@ pub fn virtual_hosts_by_context<'a>(
 /// there: HTTP clients of the shared listener of that port still reach the service.
 pub fn with_sniffed_routes(
     rows: &[&ServicePortRow],
-    vhosts: Vec<(Context, String, VirtualHostPart)>,
-) -> Vec<(Context, String, VirtualHostPart)> {
+    vhosts: Vec<(Scope, String, VirtualHostPart)>,
+) -> Vec<(Scope, String, VirtualHostPart)> {
     let sniffed: BTreeSet<String> = rows.iter().filter_map(|r| sniffed_route(r)).collect();
     if sniffed.is_empty() {
         return vhosts;
     }
-    let copies: Vec<(Context, String, VirtualHostPart)> = vhosts
+    let copies: Vec<(Scope, String, VirtualHostPart)> = vhosts
         .iter()
         .filter(|(_, _, v)| sniffed.contains(&v.name))
         .map(|(ctx, _, v)| (ctx.clone(), v.name.clone(), v.clone()))
@@ -570,6 +606,12 @@ fn listener_addresses(row: &ServicePortRow) -> Vec<Option<std::net::IpAddr>> {
         Some(e) => e.listener_addresses(),
         None => vec![row.cluster_ip],
     }
+}
+
+/// Whether a sidecar class of `labels` may see a VirtualService's routes differently from its
+/// namespace: a `sourceLabels` of its sidecar match blocks is a subset of them.
+pub fn selects_class(vs: &VirtualService, labels: &Labels) -> bool {
+    super::route::source_label_sets(vs).iter().any(|set| set.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
 // === TCP-class ports: listeners ===
@@ -608,12 +650,13 @@ const ANY_V4: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPEC
 pub fn tcp_listeners_for_host(
     rows: &[&ServicePortRow],
     vs: Option<(&VirtualService, &DestinationMap)>,
+    source: Source<'_>,
 ) -> Vec<TcpListenerRow> {
     let mut out = Vec::new();
     for row in rows.iter().filter(|r| r.protocol() == super::PortProtocol::Tcp || r.protocol().is_sniffed()) {
         // A Service has one address (its cluster IP); a ServiceEntry host one listener per VIP.
         for address in listener_addresses(row) {
-            out.push(tcp_listener_for(row, address, vs));
+            out.push(tcp_listener_for(row, address, vs, source));
         }
     }
     out
@@ -623,6 +666,7 @@ fn tcp_listener_for(
     row: &ServicePortRow,
     address: Option<std::net::IpAddr>,
     vs: Option<(&VirtualService, &DestinationMap)>,
+    source: Source<'_>,
 ) -> TcpListenerRow {
     use super::listener::{
         TcpTarget, is_tls_port, tcp_listener, tcp_listener_name, tcp_target, tls_chains, tls_listener,
@@ -634,7 +678,7 @@ fn tcp_listener_for(
     let body = if sniffed {
         // istiod's `ListenerProtocolAuto`: `tcp` routes for the TCP chain, the HTTP chain on the
         // service's own route config when bound to its address, else the port's shared one.
-        let target = vs.and_then(|(vs, dest)| tcp_target(vs, port, address, &|fqdn: &str| dest.ports(fqdn)));
+        let target = vs.and_then(|(vs, dest)| tcp_target(vs, port, address, &|fqdn: &str| dest.ports(fqdn), source));
         let route = match address {
             Some(_) => super::sniffed_route_config_name(&row.fqdn(), port),
             None => super::route_config_name(port),
@@ -646,12 +690,12 @@ fn tcp_listener_for(
             Some((vs, dest)) => {
                 let ports_of = |fqdn: &str| dest.ports(fqdn);
                 if is_tls_port(&row.port) {
-                    match tls_chains(vs, port, address, &ports_of) {
+                    match tls_chains(vs, port, address, &ports_of, source) {
                         Some(chains) => tls_listener(&name, ANY_V4, port, &chains, &own),
                         None => tcp_listener(&name, ANY_V4, port, &own),
                     }
                 } else {
-                    let target = tcp_target(vs, port, address, &ports_of).unwrap_or(own);
+                    let target = tcp_target(vs, port, address, &ports_of, source).unwrap_or(own);
                     tcp_listener(&name, ANY_V4, port, &target)
                 }
             }
@@ -668,6 +712,45 @@ fn tcp_listener_for(
         body,
         sniffed,
     }
+}
+
+/// A host's TCP listener candidates in every context it has, as [`virtual_hosts_by_context`]
+/// gives its virtual hosts: the default context's (`Sidecars`), then the ones that differ for
+/// the sidecars of a namespace (`SidecarsIn`: its VirtualService by `exportTo`, or a
+/// `sourceNamespace` naming it) and for a class (`Class`: a `sourceLabels` selecting it, over
+/// its namespace's). Which candidate binds a port is settled on the default ones
+/// ([`settle_port`]); the winner's variants of the same name are served in their scopes.
+pub fn tcp_listeners_by_context<'a>(
+    rows: &[&ServicePortRow],
+    routes: &BTreeMap<Context, ContextRoutes<'a>>,
+    source_namespaces: &BTreeSet<&str>,
+    classes: &[SourceClass<'_>],
+) -> Vec<(Scope, TcpListenerRow)> {
+    let default_routes = routes.get(&None).copied().flatten();
+    let defaults = tcp_listeners_for_host(rows, default_routes, Source::default());
+    let mut out: Vec<(Scope, TcpListenerRow)> = defaults.iter().map(|l| (Scope::Sidecars, l.clone())).collect();
+    if defaults.is_empty() {
+        return out;
+    }
+    let namespaces: BTreeSet<&str> =
+        routes.keys().filter_map(|c| c.as_deref()).chain(source_namespaces.iter().copied()).collect();
+    let in_namespace = |ns: &str, labels: Option<&Labels>| {
+        let vs = routes.get(&Some(ns.to_string())).copied().unwrap_or(default_routes);
+        tcp_listeners_for_host(rows, vs, Source { namespace: Some(ns), labels })
+    };
+    let differing = |own: Vec<TcpListenerRow>, base: &[TcpListenerRow], scope: Scope| {
+        own.into_iter().filter(|l| !base.contains(l)).map(|l| (scope.clone(), l)).collect::<Vec<_>>()
+    };
+    for ns in &namespaces {
+        out.extend(differing(in_namespace(ns, None), &defaults, Scope::SidecarsIn(ns.to_string())));
+    }
+    for class in classes {
+        let base =
+            if namespaces.contains(class.namespace) { in_namespace(class.namespace, None) } else { defaults.clone() };
+        let own = in_namespace(class.namespace, Some(class.labels));
+        out.extend(differing(own, &base, Scope::Class(class.id.to_string())));
+    }
+    out
 }
 
 /// Settles one port number among the listeners that want it: meshflow's listeners bind their
@@ -797,7 +880,7 @@ mod tests {
     fn a_tcp_port_gets_a_listener_named_by_cluster_ip_to_its_own_cluster() {
         let tcp = row("tcp-echo", "tcp", 9000, Some("10.96.0.7"));
         let http = row("tcp-echo", "http", 80, Some("10.96.0.7"));
-        let out = tcp_listeners_for_host(&[&tcp, &http], None);
+        let out = tcp_listeners_for_host(&[&tcp, &http], None, Source::default());
         assert_eq!(out.len(), 1, "HTTP ports have the shared HTTP listener, not a TCP one");
         assert_eq!(out[0].name, "10.96.0.7_9000");
         let l = decode(&out[0].body);
@@ -807,7 +890,7 @@ mod tests {
         assert_eq!(proxied_cluster(&l.filter_chains[0]), format!("outbound|9000||{ECHO}"));
 
         let headless = row("tcp-echo", "tcp", 9000, None);
-        assert_eq!(tcp_listeners_for_host(&[&headless], None)[0].name, "0.0.0.0_9000");
+        assert_eq!(tcp_listeners_for_host(&[&headless], None, Source::default())[0].name, "0.0.0.0_9000");
     }
 
     #[test]
@@ -817,7 +900,7 @@ mod tests {
             "route": [{"destination": {"host": "tcp-echo", "port": {"number": 9000}, "subset": "v1"}}]}]}));
         let dest = DestinationMap::from([(ECHO.to_string(), HostInfo { ports: vec![9000, 9001], rule: None })]);
         let (p9000, p9001) = (row("tcp-echo", "tcp", 9000, Some("10.96.0.7")), row("tcp-echo", "tcp-b", 9001, None));
-        let out = tcp_listeners_for_host(&[&p9000, &p9001], Some((&v, &dest)));
+        let out = tcp_listeners_for_host(&[&p9000, &p9001], Some((&v, &dest)), Source::default());
         let clusters: Vec<String> = out.iter().map(|l| proxied_cluster(&decode(&l.body).filter_chains[0])).collect();
         assert_eq!(clusters, [format!("outbound|9000|v1|{ECHO}"), format!("outbound|9001||{ECHO}")], "match.port");
     }
@@ -830,7 +913,7 @@ mod tests {
         );
         let dest = DestinationMap::from([(ECHO.to_string(), HostInfo { ports: vec![443], rule: None })]);
         let tls = row("tcp-echo", "https", 443, Some("10.96.0.7"));
-        let l = decode(&tcp_listeners_for_host(&[&tls], Some((&v, &dest)))[0].body);
+        let l = decode(&tcp_listeners_for_host(&[&tls], Some((&v, &dest)), Source::default())[0].body);
         assert_eq!(l.filter_chains.len(), 1);
         assert_eq!(l.filter_chains[0].filter_chain_match.as_ref().unwrap().server_names, ["a.example.com"]);
         assert_eq!(proxied_cluster(&l.filter_chains[0]), format!("outbound|443|v1|{ECHO}"));
@@ -839,19 +922,19 @@ mod tests {
 
         // A plain TCP port ignores tls routes; a TLS port ignores tcp routes.
         let plain = row("tcp-echo", "tcp", 443, None);
-        let l = decode(&tcp_listeners_for_host(&[&plain], Some((&v, &dest)))[0].body);
+        let l = decode(&tcp_listeners_for_host(&[&plain], Some((&v, &dest)), Source::default())[0].body);
         assert!(l.default_filter_chain.is_none() && l.listener_filters.is_empty());
         assert_eq!(proxied_cluster(&l.filter_chains[0]), format!("outbound|443||{ECHO}"));
         let tcp_only = vs(serde_json::json!({"hosts": ["tcp-echo"],
             "tcp": [{"route": [{"destination": {"host": "tcp-echo", "subset": "v1"}}]}]}));
-        let l = decode(&tcp_listeners_for_host(&[&tls], Some((&tcp_only, &dest)))[0].body);
+        let l = decode(&tcp_listeners_for_host(&[&tls], Some((&tcp_only, &dest)), Source::default())[0].body);
         assert_eq!(proxied_cluster(&l.filter_chains[0]), format!("outbound|443||{ECHO}"));
     }
 
     #[test]
     fn a_port_goes_to_its_http_services_else_to_the_first_host() {
-        let a = &tcp_listeners_for_host(&[&row("a", "tcp", 9000, Some("10.96.0.1"))], None)[0];
-        let b = &tcp_listeners_for_host(&[&row("b", "tcp", 9000, None)], None)[0];
+        let a = &tcp_listeners_for_host(&[&row("a", "tcp", 9000, Some("10.96.0.1"))], None, Source::default())[0];
+        let b = &tcp_listeners_for_host(&[&row("b", "tcp", 9000, None)], None, Source::default())[0];
         let (winner, lost) = settle_port(9000, false, [b, a]);
         assert_eq!(winner.map(|w| w.name.as_str()), Some("10.96.0.1_9000"), "a.default sorts before b.default");
         assert_eq!(lost.len(), 1);
@@ -969,7 +1052,7 @@ mod tests {
         // `<vip>_<port>`; the HTTP chain's RDS is `<host>:<port>` (`buildSidecarOutboundHTTPListenerOpts`).
         let web = row("echo", "web", 7000, Some("10.96.0.60"));
         let http = row("echo", "http", 80, Some("10.96.0.60"));
-        let out = tcp_listeners_for_host(&[&web, &http], None);
+        let out = tcp_listeners_for_host(&[&web, &http], None, Source::default());
         assert_eq!(out.len(), 1, "the HTTP port has the shared HTTP listener");
         assert!(out[0].sniffed);
         assert_eq!(out[0].name, "10.96.0.60_7000");
@@ -992,7 +1075,7 @@ mod tests {
 
         // Headless: bound to the wildcard, istiod reads the port's shared route config.
         let headless = row("echo", "web", 7000, None);
-        let out = tcp_listeners_for_host(&[&headless], None);
+        let out = tcp_listeners_for_host(&[&headless], None, Source::default());
         let l = decode(&out[0].body);
         assert_eq!(l.name, "0.0.0.0_7000");
         assert_eq!(rds_of(&l.filter_chains[0]).0, "7000");
@@ -1003,7 +1086,7 @@ mod tests {
         let routes_of = |rows: &[&ServicePortRow]| -> Vec<(String, String)> {
             let info = HostInfo::new(rows, None);
             let infos: BTreeMap<Context, &HostInfo> = [(None, &info)].into();
-            let vhosts = virtual_hosts_by_context(rows, &infos, &BTreeMap::new());
+            let vhosts = virtual_hosts_by_context(rows, &infos, &BTreeMap::new(), &BTreeSet::new(), &[]);
             let mut out: Vec<(String, String)> =
                 with_sniffed_routes(rows, vhosts).into_iter().map(|(_, r, v)| (r, v.name)).collect();
             out.sort();
@@ -1027,7 +1110,7 @@ mod tests {
     #[test]
     fn a_sniffed_port_that_loses_to_http_services_is_reported_with_what_still_works() {
         let web = row("echo", "web", 7000, Some("10.96.0.60"));
-        let out = tcp_listeners_for_host(&[&web], None);
+        let out = tcp_listeners_for_host(&[&web], None, Source::default());
         let (winner, diagnostics) = settle_port(7000, true, &out);
         assert!(winner.is_none());
         assert_eq!(diagnostics.len(), 1);
@@ -1038,11 +1121,64 @@ mod tests {
         assert!(diagnostics.is_empty());
         // Two sniffed services on one port: one socket, the first host binds it.
         let other = row("echo2", "web", 7000, Some("10.96.0.61"));
-        let both: Vec<TcpListenerRow> = out.into_iter().chain(tcp_listeners_for_host(&[&other], None)).collect();
+        let both: Vec<TcpListenerRow> = out.into_iter().chain(tcp_listeners_for_host(&[&other], None, Source::default())).collect();
         let (winner, diagnostics) = settle_port(7000, false, &both);
         assert_eq!(winner.map(|w| w.name.as_str()), Some("10.96.0.60_7000"));
         assert_eq!(diagnostics.len(), 1);
         assert_eq!(diagnostics[0].object.name, "echo2");
         assert!(diagnostics[0].message.contains("the sniffing listener 10.96.0.61_7000 is not served"));
+    #[test]
+    fn source_dependent_routes_give_namespaces_and_classes_only_the_virtual_hosts_that_differ() {
+        let mut http = row("reviews", "http", 9080, Some("10.96.0.9"));
+        http.port.name = "http".into();
+        // A second port: the sourceNamespace block is restricted to 9080.
+        let mut metrics = row("reviews", "http-metrics", 9081, Some("10.96.0.9"));
+        metrics.port.name = "http-metrics".into();
+        let rows = [&http, &metrics];
+        let info = HostInfo::new(&rows, None);
+        let v = vs(serde_json::json!({"hosts": ["reviews"], "http": [
+            {"match": [{"sourceLabels": {"app": "web"}}], "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+            {"match": [{"sourceNamespace": "shop", "port": 9080}], "route": [{"destination": {"host": "reviews", "subset": "v3"}}]},
+            {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}]}));
+        let dest = DestinationMap::new();
+        let infos = BTreeMap::from([(None, &info)]);
+        let routes = BTreeMap::from([(None, Some((&v, &dest)))]);
+        let web = Labels::from([("app".to_string(), "web".to_string())]);
+        let plain = Labels::from([("app".to_string(), "plain".to_string())]);
+        assert!(selects_class(&v, &web) && !selects_class(&v, &plain));
+        let classes = [
+            SourceClass { id: "sidecar/shop/app=web", namespace: "shop", labels: &web },
+            SourceClass { id: "sidecar/default/app=web", namespace: "default", labels: &web },
+        ];
+        let out = virtual_hosts_by_context(&rows, &infos, &routes, &BTreeSet::from(["shop"]), &classes);
+        let first_cluster = |vhost: &VirtualHostPart| {
+            use envoy_types::pb::envoy::config::route::v3 as r;
+            let decoded = r::VirtualHost::decode(vhost.body.as_slice()).unwrap();
+            match decoded.routes[0].action.clone() {
+                Some(r::route::Action::Route(a)) => match a.cluster_specifier {
+                    Some(r::route_action::ClusterSpecifier::Cluster(c)) => c,
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            }
+        };
+        let got: Vec<(String, String, String)> =
+            out.iter().map(|(scope, route, v)| (scope.to_string(), route.clone(), first_cluster(v))).collect();
+        let reviews = |subset: &str| format!("outbound|9080|{subset}|reviews.default.svc.cluster.local");
+        assert_eq!(
+            got,
+            [
+                // Everyone: the v1 catch-all, on both ports (its cluster keeps the port).
+                ("sidecars".to_string(), "9080".to_string(), reviews("v1")),
+                ("sidecars".to_string(), "9081".to_string(), reviews("v1").replace("9080", "9081")),
+                // shop: its block (v3) on 9080 only; 9081 stays the default's.
+                ("namespace/shop".to_string(), "9080".to_string(), reviews("v3")),
+                // app=web, wherever: the first block (v2) on both ports, on top of its namespace's.
+                ("sidecar/shop/app=web".to_string(), "9080".to_string(), reviews("v2")),
+                ("sidecar/shop/app=web".to_string(), "9081".to_string(), reviews("v2").replace("9080", "9081")),
+                ("sidecar/default/app=web".to_string(), "9080".to_string(), reviews("v2")),
+                ("sidecar/default/app=web".to_string(), "9081".to_string(), reviews("v2").replace("9080", "9081")),
+            ]
+        );
     }
 }

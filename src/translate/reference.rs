@@ -179,6 +179,26 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     // Output that depends on the proxy's namespace is computed for the namespaces of connected
     // proxies only.
     let class_namespaces: BTreeSet<&str> = classes.iter().map(|c| c.namespace.as_str()).collect();
+    // Every router and sidecar class with its labels: given, or its Pod's.
+    let class_labels: Vec<(&crate::model::proxy::ProxyClass, Labels)> = classes
+        .iter()
+        .filter(|c| c.kind != ProxyKind::Proxyless)
+        .map(|c| {
+            let labels = match &c.labels {
+                ClassLabels::Given(l) => l.clone(),
+                ClassLabels::OfPod(pod) => {
+                    pod_labels.get(&(c.namespace.as_str(), pod.as_str())).map(|l| (*l).clone()).unwrap_or_default()
+                }
+                ClassLabels::Ignored => Labels::new(),
+            };
+            (*c, labels)
+        })
+        .collect();
+    let sidecar_classes: Vec<(String, &str, &Labels)> = class_labels
+        .iter()
+        .filter(|(c, _)| c.kind == ProxyKind::Sidecar)
+        .map(|(c, l)| (c.id(), c.namespace.as_str(), l))
+        .collect();
 
     // Each pod's endpoints in its locality: its own label's, else its Node's.
     let pods_by_key: HashMap<(&str, &str), &crate::model::Pod> =
@@ -233,6 +253,7 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     let mut out = Resources::new();
     let mut routes: BTreeMap<(Scope, String), BTreeMap<String, VirtualHostPart>> = BTreeMap::new();
     let mut tcp_listeners: BTreeMap<u16, Vec<TcpListenerRow>> = BTreeMap::new();
+    let mut tcp_variants: BTreeMap<u16, Vec<(Scope, TcpListenerRow)>> = BTreeMap::new();
     let mut http_ports: BTreeSet<u16> = BTreeSet::new();
     // What proxyless gRPC clients get (translate::grpc), served while one is connected.
     let mut proxyless: Vec<(ResourceType, String, Vec<u8>)> = Vec::new();
@@ -278,10 +299,24 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             }
         }
 
-        let exact = exact_vs.get(fqdn).into_iter().flatten().map(|vs| VsRank::new(fqdn, vs));
+        let exact = exact_vs.get(fqdn).into_iter().flatten().map(|vs| (fqdn.as_str(), *vs));
         let wildcard =
-            wildcard_vs.iter().filter(|(p, _)| outbound::pattern_matches(p, fqdn)).map(|(p, vs)| VsRank::new(p, vs));
-        let ranks: Vec<VsRank> = exact.chain(wildcard).collect();
+            wildcard_vs.iter().filter(|(p, _)| outbound::pattern_matches(p, fqdn)).map(|(p, vs)| (p.as_str(), *vs));
+        let candidates: Vec<(&str, &VirtualService)> = exact.chain(wildcard).collect();
+        let ranks: Vec<VsRank> = candidates.iter().map(|(p, vs)| VsRank::new(p, vs)).collect();
+        // Routes that depend on the proxy's source: connected namespaces a `sourceNamespace`
+        // names, sidecar classes a `sourceLabels` selects.
+        let source_namespaces: BTreeSet<String> = candidates
+            .iter()
+            .flat_map(|(_, vs)| translate::route::source_namespaces(vs))
+            .filter(|ns| class_namespaces.contains(ns.as_str()))
+            .collect();
+        let source_namespaces: BTreeSet<&str> = source_namespaces.iter().map(String::as_str).collect();
+        let source_classes: Vec<outbound::SourceClass> = sidecar_classes
+            .iter()
+            .filter(|(_, _, labels)| candidates.iter().any(|(_, vs)| outbound::selects_class(vs, labels)))
+            .map(|(id, namespace, labels)| outbound::SourceClass { id, namespace, labels })
+            .collect();
         let ranks: Vec<&VsRank> = ranks.iter().collect();
         let namespaces: BTreeSet<String> =
             ranks.iter().flat_map(|r| r.namespaces()).filter(|ns| class_namespaces.contains(ns.as_str())).collect();
@@ -296,22 +331,25 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         let context_routes: BTreeMap<Context, outbound::ContextRoutes> =
             chosen.iter().map(|(ctx, vs)| (ctx.clone(), vs.as_ref().map(|(vs, d)| (*vs, d)))).collect();
         let info_refs: BTreeMap<Context, &HostInfo> = context_infos.iter().map(|(c, i)| (c.clone(), i)).collect();
-        let vhosts = outbound::virtual_hosts_by_context(&rows, &info_refs, &context_routes);
-        for (ctx, route, vhost) in outbound::with_sniffed_routes(&rows, vhosts) {
-            if ctx.is_none()
+        let vhosts =
+            outbound::virtual_hosts_by_context(&rows, &info_refs, &context_routes, &source_namespaces, &source_classes);
+        for (scope, route, vhost) in outbound::with_sniffed_routes(&rows, vhosts) {
+            if scope == Scope::Sidecars
                 && let Ok(port) = route.parse::<u16>()
             {
                 let name = translate::grpc::route_config_name(fqdn, port);
                 let body = translate::grpc::route_configuration(&name, &vhost);
                 proxyless.push((ResourceType::RouteConfiguration, name, body));
             }
-            let scope = translate::context_scope(&ctx, Scope::Sidecars);
             routes.entry((scope, route)).or_default().insert(vhost.name.clone(), vhost);
         }
-        // TCP listeners are the default context's.
-        let vs = context_routes.get(&None).copied().flatten();
-        for l in outbound::tcp_listeners_for_host(&rows, vs) {
-            tcp_listeners.entry(l.port).or_default().push(l);
+        let listeners = outbound::tcp_listeners_by_context(&rows, &context_routes, &source_namespaces, &source_classes);
+        for (scope, l) in listeners {
+            if scope == Scope::Sidecars {
+                tcp_listeners.entry(l.port).or_default().push(l);
+            } else {
+                tcp_variants.entry(l.port).or_default().push((scope, l));
+            }
         }
         for row in rows.iter().filter(|r| r.protocol().is_http()) {
             let port = row.port.port;
@@ -330,15 +368,25 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         let http = http_ports.contains(port);
         if let (Some(winner), _) = outbound::settle_port(*port, http, candidates) {
             out.insert((Scope::Sidecars, ResourceType::Listener, winner.name.clone()), winner.body.clone());
+            let variants = tcp_variants.get(port).into_iter().flatten();
+            for (scope, l) in variants.filter(|(_, l)| l.fqdn == winner.fqdn && l.name == winner.name) {
+                out.insert((scope.clone(), ResourceType::Listener, l.name.clone()), l.body.clone());
+            }
         }
     }
-    // A namespace's route config: the sidecars' with its own virtual hosts in place.
+    // A namespace's route config: the sidecars' with its own virtual hosts in place; a
+    // class's: its namespace's with its own in place.
     for ((scope, name), vhosts) in &routes {
         let body = if *scope == Scope::Sidecars {
             translate::route_configuration(name, vhosts.values())
         } else {
             let mut merged: BTreeMap<&String, &VirtualHostPart> =
                 routes.get(&(Scope::Sidecars, name.clone())).into_iter().flatten().collect();
+            if let Scope::Class(id) = scope
+                && let Some(ns) = crate::model::proxy::namespace_of_id(id)
+            {
+                merged.extend(routes.get(&(Scope::Namespace(ns.to_string()), name.clone())).into_iter().flatten());
+            }
             merged.extend(vhosts.iter());
             translate::route_configuration(name, merged.into_values())
         };
@@ -353,16 +401,9 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
 
     // Each gateway proxy class: the Gateways that select it, the VirtualServices bound to
     // them, the Secrets its listeners name.
-    for class in classes.iter().filter(|c| c.kind == ProxyKind::Router) {
-        let labels = match &class.labels {
-            ClassLabels::Given(l) => l.clone(),
-            ClassLabels::OfPod(pod) => {
-                pod_labels.get(&(class.namespace.as_str(), pod.as_str())).map(|l| (*l).clone()).unwrap_or_default()
-            }
-            ClassLabels::Ignored => Labels::new(),
-        };
+    for (class, labels) in class_labels.iter().filter(|(c, _)| c.kind == ProxyKind::Router) {
         let mut selected: Vec<&Gateway> =
-            gateways.iter().filter(|g| views::gateway_selects(g, &labels)).copied().collect();
+            gateways.iter().filter(|g| views::gateway_selects(g, labels)).copied().collect();
         if selected.is_empty() {
             continue;
         }

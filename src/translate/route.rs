@@ -6,9 +6,10 @@
 //! meets which service port is decided elsewhere (the dataflow); these functions decide what the
 //! routes become.
 //!
-//! meshflow has no per-proxy views yet: routes are built as istiod builds them for a proxy that
-//! carries none of the `sourceLabels` and is in none of the `sourceNamespace`s of a match block.
-//! Such blocks are left out and reported by [`untranslated`].
+//! Routes depend on the proxy through `sourceLabels` and `sourceNamespace` (istiod's
+//! `sourceMatchHTTP`): the builders take the proxy's [`Source`]. The shared route configs are
+//! built for a proxy without labels in a namespace no block names; where a proxy's namespace or
+//! labels select a block, the dataflow builds that namespace's or class's virtual hosts too.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -33,6 +34,7 @@ use crate::model::istio::{
     HttpMatchRequest, HttpRedirect, HttpRetry, HttpRoute, Percent, RedirectPortSelection, StringMatch,
     UnmatchedPreflights, VirtualService, parse_duration,
 };
+use crate::model::k8s::Labels;
 
 pub use envoy_route::route_action::HashPolicy;
 
@@ -78,18 +80,77 @@ pub trait Destinations {
 /// VirtualService on this port and the service keeps its default virtual host: the caller
 /// should serve [`default_route`] (with the service's hash policy) in that case.
 pub fn http_routes(vs: &VirtualService, port: u16, dest: &dyn Destinations) -> Vec<envoy_route::Route> {
+    http_routes_for(vs, port, dest, Source::default())
+}
+
+/// [`http_routes`] for a sidecar proxy of `source` (its namespace and labels).
+pub fn http_routes_for(
+    vs: &VirtualService,
+    port: u16,
+    dest: &dyn Destinations,
+    source: Source<'_>,
+) -> Vec<envoy_route::Route> {
     if !applies_to_mesh(&vs.spec.gateways) {
         return Vec::new();
     }
-    http_routes_in(vs, port, dest, RouteScope::Mesh)
+    http_routes_in(vs, port, dest, RouteScope::Mesh(source))
+}
+
+/// Who asks, as far as match blocks care (`sourceNamespace`, `sourceLabels`). The default,
+/// no namespace and no labels, is a proxy that no such block selects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Source<'a> {
+    pub namespace: Option<&'a str>,
+    pub labels: Option<&'a Labels>,
+}
+
+impl Source<'_> {
+    /// istiod's `sourceMatchHTTP` for a block without `gateways`: its `sourceLabels` are a
+    /// subset of the proxy's labels, and its `sourceNamespace`, if any, is the proxy's.
+    pub fn selects(&self, source_labels: &BTreeMap<String, String>, source_namespace: Option<&str>) -> bool {
+        let labels_match = source_labels.is_empty()
+            || self.labels.is_some_and(|l| source_labels.iter().all(|(k, v)| l.get(k) == Some(v)));
+        labels_match && source_namespace.is_none_or(|ns| ns.is_empty() || Some(ns) == self.namespace)
+    }
+}
+
+/// Whether any sidecar match block of the VirtualService (`http`, `tcp`, `tls`) has
+/// `sourceLabels`: then what it gives a sidecar depends on the labels of the proxy that asks.
+pub fn depends_on_labels(vs: &VirtualService) -> bool {
+    !source_label_sets(vs).is_empty()
+}
+
+/// The label sets of the sidecar match blocks that have `sourceLabels` (what proxy classes are
+/// matched against).
+pub fn source_label_sets(vs: &VirtualService) -> Vec<&BTreeMap<String, String>> {
+    source_blocks(vs).map(|(labels, _)| labels).filter(|l| !l.is_empty()).collect()
+}
+
+/// The namespaces the sidecar match blocks name in `sourceNamespace`.
+pub fn source_namespaces(vs: &VirtualService) -> std::collections::BTreeSet<String> {
+    source_blocks(vs).filter_map(|(_, ns)| non_empty(ns)).map(str::to_string).collect()
+}
+
+/// The (`sourceLabels`, `sourceNamespace`) of the match blocks of a sidecar VirtualService's
+/// `http`, `tcp` and `tls` routes that decide by source (no `gateways` of their own).
+fn source_blocks(vs: &VirtualService) -> impl Iterator<Item = (&BTreeMap<String, String>, &Option<String>)> {
+    let mesh = applies_to_mesh(&vs.spec.gateways);
+    let spec = &vs.spec;
+    let http = spec.http.iter().flat_map(|h| &h.r#match).filter(|m| m.gateways.is_empty());
+    let http = http.map(|m| (&m.source_labels, &m.source_namespace));
+    let tcp = spec.tcp.iter().flat_map(|r| &r.r#match).filter(|m| m.gateways.is_empty());
+    let tcp = tcp.map(|m| (&m.source_labels, &m.source_namespace));
+    let tls = spec.tls.iter().flat_map(|r| &r.r#match).filter(|m| m.gateways.is_empty());
+    let tls = tls.map(|m| (&m.source_labels, &m.source_namespace));
+    http.chain(tcp).chain(tls).filter(move |_| mesh)
 }
 
 /// Whom routes are built for: istiod's `gatewayNames` and `RouteOptions.IsTLS` of
 /// `BuildHTTPRoutesForVirtualService`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteScope<'a> {
-    /// Sidecars: the `mesh` gateway.
-    Mesh,
+    /// Sidecars (the `mesh` gateway), for a proxy of this source.
+    Mesh(Source<'a>),
     /// One server of a gateway: the gateway's `namespace/name`, and whether the server has `tls`
     /// settings (a redirect's default scheme is then `https`).
     Gateway { name: &'a str, tls: bool },
@@ -171,36 +232,29 @@ pub fn default_route(row: &ServicePortRow, hash_policy: Vec<HashPolicy>) -> envo
 pub fn untranslated(vs: &VirtualService) -> Vec<FieldError> {
     let mut out = Vec::new();
     let spec = &vs.spec;
-    // `exportTo` is applied to HTTP routes (per namespace, see `super::outbound::Context`);
-    // the TCP listeners a VirtualService's `tcp`/`tls` routes shape are still every sidecar's.
-    let public = spec.export_to.is_empty() || spec.export_to.iter().any(|e| e == "*");
-    if !public && (!spec.tcp.is_empty() || !spec.tls.is_empty()) {
-        out.push(FieldError::new(
-            "spec.exportTo",
-            "visibility is applied to HTTP routes only: the tcp and tls routes are served to every sidecar",
-        ));
-    }
     // `tcp` and `tls` routes become the listeners of TCP-class service ports
-    // (`super::listener`); only their source-dependent matches are left out.
+    // (`super::listener`), per namespace and class as HTTP routes (`exportTo`, source matches).
     out.extend(super::listener::untranslated_tcp_tls(vs));
+    let binds_gateways = spec.gateways.iter().any(|g| g != MESH_GATEWAY);
     for (i, http) in spec.http.iter().enumerate() {
         let p = format!("spec.http[{i}]");
         for (j, m) in http.r#match.iter().enumerate() {
             let mp = format!("{p}.match[{j}]");
-            // With `gateways` set, istiod decides on the gateway names alone.
-            if m.gateways.is_empty() {
+            // With `gateways` set, istiod decides on the gateway names alone. Sidecars get the
+            // block by their source; gateway proxies do not yet.
+            if m.gateways.is_empty() && binds_gateways {
                 if !m.source_labels.is_empty() {
                     out.push(FieldError::new(
                         format!("{mp}.sourceLabels"),
-                        "no per-proxy routes yet: served as to a proxy without these labels (the match block is \
-                         left out)",
+                        "applied to sidecars only: gateway proxies are served as proxies without these labels \
+                         (the match block is left out for them)",
                     ));
                 }
                 if non_empty(&m.source_namespace).is_some() {
                     out.push(FieldError::new(
                         format!("{mp}.sourceNamespace"),
-                        "no per-proxy routes yet: served as to a proxy in another namespace (the match block is \
-                         left out)",
+                        "applied to sidecars only: gateway proxies are served as proxies of another namespace \
+                         (the match block is left out for them)",
                     ));
                 }
             }
@@ -264,9 +318,8 @@ fn non_empty(s: &Option<String>) -> Option<&str> {
     s.as_deref().filter(|s| !s.is_empty())
 }
 
-/// Whether a match block applies to a proxy that has none of the block's source labels and
-/// namespaces (istiod's `sourceMatchHTTP` for gateway `mesh`, or for the scope's gateway), and
-/// carries no JWT claim.
+/// Whether a match block applies to the scope's proxy (istiod's `sourceMatchHTTP` for gateway
+/// `mesh` and the proxy's source, or for the scope's gateway), and carries no JWT claim.
 fn block_applies(m: &HttpMatchRequest, port: u16, namespace: &str, scope: RouteScope<'_>) -> bool {
     if m.port.is_some_and(|p| p != 0 && p != u32::from(port)) {
         return false;
@@ -278,14 +331,18 @@ fn block_applies(m: &HttpMatchRequest, port: u16, namespace: &str, scope: RouteS
     }
     if !m.gateways.is_empty() {
         return match scope {
-            RouteScope::Mesh => m.gateways.iter().any(|g| g == MESH_GATEWAY),
+            RouteScope::Mesh(_) => m.gateways.iter().any(|g| g == MESH_GATEWAY),
             RouteScope::Gateway { name, .. } => m
                 .gateways
                 .iter()
                 .any(|g| g != MESH_GATEWAY && super::gateway::resolve_gateway_name(g, namespace) == name),
         };
     }
-    m.source_labels.is_empty() && non_empty(&m.source_namespace).is_none()
+    match scope {
+        RouteScope::Mesh(source) => source.selects(&m.source_labels, non_empty(&m.source_namespace)),
+        // A gateway proxy's labels are not known to the gateway builders.
+        RouteScope::Gateway { .. } => m.source_labels.is_empty() && non_empty(&m.source_namespace).is_none(),
+    }
 }
 
 fn translate_route(
@@ -1307,20 +1364,53 @@ mod tests {
     }
 
     #[test]
-    fn source_label_blocks_are_served_as_to_a_proxy_without_those_labels() {
-        // api-vs-fault-delay-sourcelabels: the only block needs env=prod → no routes (default route).
+    fn source_blocks_are_served_to_the_proxies_they_select() {
+        // api-vs-fault-delay-sourcelabels: the only block needs env=prod → no routes (default
+        // route) for a proxy without it; a proxy with env=prod (and more) gets the delayed route.
         let v = one("api-vs-fault-delay-sourcelabels.yaml");
         assert!(routes(&v, 9080).is_empty());
-        let report = untranslated(&v);
-        assert_eq!(report.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["spec.http[0].match[0].sourceLabels"]);
+        assert!(untranslated(&v).is_empty(), "a sidecar-only VirtualService: all applied");
+        assert!(depends_on_labels(&v));
+        let prod = Labels::from([("env".to_string(), "prod".to_string()), ("app".to_string(), "web".to_string())]);
+        let source = Source { namespace: Some("default"), labels: Some(&prod) };
+        let r = http_routes_for(&v, 9080, &destinations(), source);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].typed_per_filter_config.contains_key(FAULT_FILTER), "the delay applies to env=prod");
+        let dev = Labels::from([("env".to_string(), "dev".to_string())]);
+        let source = Source { namespace: Some("default"), labels: Some(&dev) };
+        assert!(http_routes_for(&v, 9080, &destinations(), source).is_empty(), "env=dev: not selected");
+
+        // sourceNamespace: only proxies of that namespace get the block.
         let spec = json!({"hosts": ["reviews"], "http": [
             {"match": [{"sourceNamespace": "shop"}, {"uri": {"prefix": "/x"}}], "route": [{"destination": {"host": "reviews", "subset": "v1"}}]},
             {"route": [{"destination": {"host": "reviews", "subset": "v2"}}]}]});
         let v = vs("r", spec);
+        assert!(!depends_on_labels(&v));
+        assert_eq!(source_namespaces(&v).into_iter().collect::<Vec<_>>(), ["shop"]);
         let r = routes(&v, 9080);
         assert_eq!(r.len(), 2);
         assert_eq!(path(&r[0]), &PathSpecifier::Prefix("/x".into()));
-        assert_eq!(untranslated(&v)[0].field, "spec.http[0].match[0].sourceNamespace");
+        let shop = Source { namespace: Some("shop"), labels: None };
+        let r = http_routes_for(&v, 9080, &destinations(), shop);
+        assert_eq!(r.len(), 1, "the shop block is a catch-all: istiod stops there");
+        assert_eq!(cluster(&r[0]), "outbound|9080|v1|reviews.default.svc.cluster.local");
+
+        // Both in one block: both must hold.
+        let spec = json!({"hosts": ["reviews"], "http": [
+            {"match": [{"sourceNamespace": "shop", "sourceLabels": {"app": "web"}}], "route": [{"destination": {"host": "reviews", "subset": "v1"}}]}]});
+        let v = vs("r", spec);
+        let web = Labels::from([("app".to_string(), "web".to_string())]);
+        let routes_for =
+            |ns, labels| http_routes_for(&v, 9080, &destinations(), Source { namespace: Some(ns), labels });
+        assert_eq!(routes_for("shop", Some(&web)).len(), 1);
+        assert!(routes_for("default", Some(&web)).is_empty());
+        assert!(routes_for("shop", None).is_empty());
+
+        // Bound to a gateway too: the gateway proxies do not get source blocks yet (reported).
+        let spec = json!({"hosts": ["reviews"], "gateways": ["mesh", "gw"], "http": [
+            {"match": [{"sourceLabels": {"app": "web"}}], "route": [{"destination": {"host": "reviews", "subset": "v1"}}]}]});
+        let fields: Vec<String> = untranslated(&vs("r", spec)).into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["spec.http[0].match[0].sourceLabels"]);
     }
 
     #[test]
@@ -1566,7 +1656,7 @@ mod tests {
     }
 
     #[test]
-    fn delegates_tcp_and_export_to_are_reported_not_served() {
+    fn delegates_tcp_sources_and_export_to_are_applied_not_reported() {
         let spec = json!({"hosts": ["reviews"], "http": [
             {"match": [{"uri": {"prefix": "/d"}}], "delegate": {"name": "d", "namespace": "x"}},
             {"match": [{"uri": {"prefix": "/w"}}], "route": [{"destination": {"host": "reviews", "subset": "v2"}}]}],
@@ -1578,8 +1668,9 @@ mod tests {
         assert_eq!(path(&r[0]), &PathSpecifier::Prefix("/w".into()));
         assert_eq!(cluster(&r[0]), "outbound|9080|v2|reviews.default.svc.cluster.local");
         let fields: Vec<_> = untranslated(&v).into_iter().map(|e| e.field).collect();
-        // A delegating route is merged before translation (`super::super::delegate`), not reported here.
-        assert_eq!(fields, ["spec.exportTo", "spec.tcp[0].match[0].sourceLabels"]);
+        // A delegating route is merged before translation (`super::super::delegate`), tcp
+        // source matches and exportTo are applied per namespace and class: nothing to report.
+        assert!(fields.is_empty(), "{fields:?}");
         // Without tcp or tls routes, exportTo is applied (per namespace) and not reported.
         let http_only = vs(
             "r",

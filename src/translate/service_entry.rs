@@ -615,7 +615,7 @@ mod tests {
         let rows = port_rows(&e);
         let refs: Vec<&ServicePortRow> = rows.iter().collect();
         let info = HostInfo::new(&refs, None);
-        let vhosts = virtual_hosts_for_host(&refs, &info, None);
+        let vhosts = virtual_hosts_for_host(&refs, &info, None, Default::default());
         assert_eq!(vhosts.len(), 1);
         assert_eq!(vhosts[0].0, "80");
         assert_eq!(vhosts[0].1.name, "ext.example.com:80");
@@ -624,7 +624,7 @@ mod tests {
             ["ext.example.com", "ext.example.com:80", "240.0.0.1", "240.0.0.1:80", "240.0.0.2", "240.0.0.2:80"],
             "no short names for a non-Kubernetes host; a CIDR wider than one address is not a domain"
         );
-        let listeners = tcp_listeners_for_host(&refs, None);
+        let listeners = tcp_listeners_for_host(&refs, None, Default::default());
         let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["0.0.0.0_9000", "240.0.0.1_9000", "240.0.0.2_9000"]);
         assert!(listeners.iter().all(|l| l.kind == crate::model::Kind::ServiceEntry));

@@ -691,8 +691,14 @@ impl Meshflow {
 
     /// Envoy bootstrap YAML from `meshflow bootstrap` for a proxy of this server.
     pub fn bootstrap(&self, node_id: &str, bind: Ipv4Addr, admin_port: u16) -> String {
+        self.bootstrap_with(node_id, bind, admin_port, &[])
+    }
+
+    /// [`Self::bootstrap`] with more arguments of `meshflow bootstrap` (`--label k=v`, …).
+    pub fn bootstrap_with(&self, node_id: &str, bind: Ipv4Addr, admin_port: u16, more: &[&str]) -> String {
         let out = Command::new(Self::bin())
             .arg("bootstrap")
+            .args(more)
             .arg("--node-id")
             .arg(node_id)
             .arg("--xds-addr")
