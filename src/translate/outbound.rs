@@ -1121,12 +1121,15 @@ mod tests {
         assert!(diagnostics.is_empty());
         // Two sniffed services on one port: one socket, the first host binds it.
         let other = row("echo2", "web", 7000, Some("10.96.0.61"));
-        let both: Vec<TcpListenerRow> = out.into_iter().chain(tcp_listeners_for_host(&[&other], None, Source::default())).collect();
+        let both: Vec<TcpListenerRow> =
+            out.into_iter().chain(tcp_listeners_for_host(&[&other], None, Source::default())).collect();
         let (winner, diagnostics) = settle_port(7000, false, &both);
         assert_eq!(winner.map(|w| w.name.as_str()), Some("10.96.0.60_7000"));
         assert_eq!(diagnostics.len(), 1);
         assert_eq!(diagnostics[0].object.name, "echo2");
         assert!(diagnostics[0].message.contains("the sniffing listener 10.96.0.61_7000 is not served"));
+    }
+
     #[test]
     fn source_dependent_routes_give_namespaces_and_classes_only_the_virtual_hosts_that_differ() {
         let mut http = row("reviews", "http", 9080, Some("10.96.0.9"));
