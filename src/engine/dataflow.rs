@@ -502,7 +502,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .join_map(
             sidecar_classes_by_pair,
             |_, (set, patterns): &(BTreeMap<String, String>, Vec<String>), class: &(String, String, Labels)| {
-                let selected = set.iter().all(|(k, v)| class.2.get(k) == Some(v));
+                let selected = translate::route::Source { namespace: None, labels: Some(&class.2) }.selects(set, None);
                 patterns.iter().filter(|_| selected).map(|p| (p.clone(), class.clone())).collect::<Vec<_>>()
             },
         )

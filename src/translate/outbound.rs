@@ -534,37 +534,56 @@ pub fn virtual_hosts_by_context<'a>(
 ) -> Vec<(Scope, String, VirtualHostPart)> {
     let Some(default_info) = infos.get(&None).copied() else { return Vec::new() };
     let default_routes = routes.get(&None).copied().flatten();
-    let defaults = virtual_hosts_for_host(rows, default_info, default_routes, Source::default());
-    let mut out: Vec<(Scope, String, VirtualHostPart)> =
-        defaults.iter().map(|(route, vhost)| (Scope::Sidecars, route.clone(), vhost.clone())).collect();
     let namespaces: BTreeSet<&str> = infos
         .keys()
         .chain(routes.keys())
         .filter_map(|c| c.as_deref())
         .chain(source_namespaces.iter().copied())
         .collect();
-    let in_namespace = |ns: &str, labels: Option<&Labels>| {
-        let ctx = Some(ns.to_string());
+    let build = |ns: Option<&str>, labels: Option<&Labels>| {
+        let ctx = ns.map(str::to_string);
         let info = infos.get(&ctx).copied().unwrap_or(default_info);
         let vs = routes.get(&ctx).copied().unwrap_or(default_routes);
-        virtual_hosts_for_host(rows, info, vs, Source { namespace: Some(ns), labels })
+        virtual_hosts_for_host(rows, info, vs, Source { namespace: ns, labels })
     };
-    let differing = |own: Vec<(String, VirtualHostPart)>, base: &[(String, VirtualHostPart)], scope: &Scope| {
-        own.into_iter()
-            .filter(|(route, vhost)| !base.iter().any(|(r, v)| r == route && v == vhost))
-            .map(|(route, vhost)| (scope.clone(), route, vhost))
-            .collect::<Vec<_>>()
+    let layers = layered(&namespaces, classes, Scope::Namespace, build);
+    layers.into_iter().map(|(scope, (route, vhost))| (scope, route, vhost)).collect()
+}
+
+/// What [`virtual_hosts_by_context`] and [`tcp_listeners_by_context`] share: `build(None, None)`
+/// is the default (`Sidecars`); each of `namespaces` gets, in `namespace_scope(ns)`, what
+/// `build(Some(ns), None)` gives that the default does not; each class gets, in `Class(id)`, what
+/// `build(Some(ns), Some(labels))` gives that its namespace does not.
+fn layered<T: PartialEq + Clone>(
+    namespaces: &BTreeSet<&str>,
+    classes: &[SourceClass<'_>],
+    namespace_scope: fn(String) -> Scope,
+    build: impl Fn(Option<&str>, Option<&Labels>) -> Vec<T>,
+) -> Vec<(Scope, T)> {
+    let defaults = build(None, None);
+    let mut out: Vec<(Scope, T)> = defaults.iter().map(|t| (Scope::Sidecars, t.clone())).collect();
+    if defaults.is_empty() {
+        return out;
+    }
+    let differing = |own: Vec<T>, base: &[T], scope: Scope| {
+        own.into_iter().filter(|t| !base.contains(t)).map(|t| (scope.clone(), t)).collect::<Vec<_>>()
     };
-    for ns in &namespaces {
-        out.extend(differing(in_namespace(ns, None), &defaults, &Scope::Namespace(ns.to_string())));
+    for ns in namespaces {
+        out.extend(differing(build(Some(ns), None), &defaults, namespace_scope(ns.to_string())));
     }
     for class in classes {
-        let base =
-            if namespaces.contains(class.namespace) { in_namespace(class.namespace, None) } else { defaults.clone() };
-        let own = in_namespace(class.namespace, Some(class.labels));
-        out.extend(differing(own, &base, &Scope::Class(class.id.to_string())));
+        let ns = Some(class.namespace);
+        let base = if namespaces.contains(class.namespace) { build(ns, None) } else { defaults.clone() };
+        out.extend(differing(build(ns, Some(class.labels)), &base, Scope::Class(class.id.to_string())));
     }
     out
+}
+
+/// Whether a sidecar class of `labels` may see a VirtualService's routes differently from its
+/// namespace: a `sourceLabels` of its sidecar match blocks is a subset of them.
+pub fn selects_class(vs: &VirtualService, labels: &Labels) -> bool {
+    let source = Source { namespace: None, labels: Some(labels) };
+    super::route::source_label_sets(vs).iter().any(|set| source.selects(set, None))
 }
 
 /// The virtual hosts of a host (from [`virtual_hosts_by_context`]) plus, for each port of
@@ -606,12 +625,6 @@ fn listener_addresses(row: &ServicePortRow) -> Vec<Option<std::net::IpAddr>> {
         Some(e) => e.listener_addresses(),
         None => vec![row.cluster_ip],
     }
-}
-
-/// Whether a sidecar class of `labels` may see a VirtualService's routes differently from its
-/// namespace: a `sourceLabels` of its sidecar match blocks is a subset of them.
-pub fn selects_class(vs: &VirtualService, labels: &Labels) -> bool {
-    super::route::source_label_sets(vs).iter().any(|set| set.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
 // === TCP-class ports: listeners ===
@@ -727,30 +740,13 @@ pub fn tcp_listeners_by_context<'a>(
     classes: &[SourceClass<'_>],
 ) -> Vec<(Scope, TcpListenerRow)> {
     let default_routes = routes.get(&None).copied().flatten();
-    let defaults = tcp_listeners_for_host(rows, default_routes, Source::default());
-    let mut out: Vec<(Scope, TcpListenerRow)> = defaults.iter().map(|l| (Scope::Sidecars, l.clone())).collect();
-    if defaults.is_empty() {
-        return out;
-    }
     let namespaces: BTreeSet<&str> =
         routes.keys().filter_map(|c| c.as_deref()).chain(source_namespaces.iter().copied()).collect();
-    let in_namespace = |ns: &str, labels: Option<&Labels>| {
-        let vs = routes.get(&Some(ns.to_string())).copied().unwrap_or(default_routes);
-        tcp_listeners_for_host(rows, vs, Source { namespace: Some(ns), labels })
+    let build = |ns: Option<&str>, labels: Option<&Labels>| {
+        let vs = ns.and_then(|ns| routes.get(&Some(ns.to_string())).copied()).unwrap_or(default_routes);
+        tcp_listeners_for_host(rows, vs, Source { namespace: ns, labels })
     };
-    let differing = |own: Vec<TcpListenerRow>, base: &[TcpListenerRow], scope: Scope| {
-        own.into_iter().filter(|l| !base.contains(l)).map(|l| (scope.clone(), l)).collect::<Vec<_>>()
-    };
-    for ns in &namespaces {
-        out.extend(differing(in_namespace(ns, None), &defaults, Scope::SidecarsIn(ns.to_string())));
-    }
-    for class in classes {
-        let base =
-            if namespaces.contains(class.namespace) { in_namespace(class.namespace, None) } else { defaults.clone() };
-        let own = in_namespace(class.namespace, Some(class.labels));
-        out.extend(differing(own, &base, Scope::Class(class.id.to_string())));
-    }
-    out
+    layered(&namespaces, classes, Scope::SidecarsIn, build)
 }
 
 /// Settles one port number among the listeners that want it: meshflow's listeners bind their
