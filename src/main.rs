@@ -13,6 +13,7 @@ use meshflow::cache::Cache;
 use meshflow::engine::Engine;
 use meshflow::source;
 use meshflow::source::kube::KubeOptions;
+use meshflow::translate::capture::OutboundTrafficPolicy;
 use meshflow::verify::{InputTap, Verifier};
 use meshflow::xds::classes::ClassRegistry;
 use meshflow::xds::sync::Connections;
@@ -61,6 +62,11 @@ enum Command {
         /// lines, metric meshflow_verify_mismatches, /debug/verify.
         #[arg(long, value_parser = meshflow::bench::parse_duration)]
         verify: Option<std::time::Duration>,
+        /// Mesh config outboundTrafficPolicy.mode: where a captured proxy sends a connection
+        /// that no service claims (allow-any: to its original destination through
+        /// PassthroughCluster; registry-only: nowhere, BlackHoleCluster).
+        #[arg(long, value_enum, default_value_t = OutboundTrafficPolicy::AllowAny)]
+        outbound_traffic_policy: OutboundTrafficPolicy,
     },
     /// Run Envoy beside a workload: bootstrap, supervise, drain on SIGTERM (like pilot-agent).
     Agent(meshflow::agent::AgentArgs),
@@ -183,9 +189,18 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Validate { paths } => return validate(&paths),
-        Command::Serve { config_dir, kubernetes, kubeconfig, watch_namespaces, xds_addr, admin_addr, verify } => {
+        Command::Serve {
+            config_dir,
+            kubernetes,
+            kubeconfig,
+            watch_namespaces,
+            xds_addr,
+            admin_addr,
+            verify,
+            outbound_traffic_policy,
+        } => {
             let kube = kubernetes.then_some(KubeOptions { kubeconfig, namespaces: watch_namespaces });
-            serve(config_dir, kube, xds_addr, admin_addr, verify)
+            serve(config_dir, kube, xds_addr, admin_addr, verify, outbound_traffic_policy)
         }
         Command::Bootstrap { node_id, xds_addr, bind_address, admin_port, labels, namespace } => {
             bootstrap::hand_metadata(&node_id, &labels, namespace.as_deref())
@@ -227,6 +242,7 @@ fn serve(
     xds_addr: SocketAddr,
     admin_addr: SocketAddr,
     verify: Option<std::time::Duration>,
+    policy: OutboundTrafficPolicy,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?;
     runtime.block_on(async move {
@@ -238,6 +254,17 @@ fn serve(
             sources.extend(source::kube::source_names(kube));
         }
         let cache = Cache::new(sources);
+        // What every captured proxy gets whatever the input: set once, before any stream.
+        let changes = meshflow::translate::capture::static_resources(policy)
+            .into_iter()
+            .map(|(scope, ty, name, body)| meshflow::engine::ResourceChange {
+                scope,
+                ty,
+                name,
+                body: Some(body.into()),
+            })
+            .collect();
+        cache.apply(&meshflow::engine::ResourceDelta { time: 0, changes, diagnostics: Vec::new() });
         // With --verify, sources feed the engine through a tap that keeps their input.
         let verifier = verify.map(|_| Arc::new(Verifier::default()));
         let (engine, tap) = match &verifier {

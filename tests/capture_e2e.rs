@@ -515,3 +515,260 @@ fn agent_capture_installs_the_rules_and_runs_envoy_as_the_proxy_user() {
     });
     assert_eq!(refused, std::io::ErrorKind::ConnectionRefused);
 }
+
+// === xDS for captured proxies, end to end ===
+
+/// The mesh of the routing test: a "hub" namespace with a bridge (10.249.0.1, where
+/// `meshflow serve` and a server outside the mesh run) and one namespace per workload, each
+/// joined to the bridge by a veth pair, with a default route through the hub (so a service VIP
+/// is routable before capture, as in a cluster).
+fn mesh_topology(workloads: &[(&str, Ipv4Addr)]) -> (Netns, Vec<Netns>) {
+    let hub = Netns::new("hub");
+    hub.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+    hub.exec(&["ip", "addr", "add", &format!("{HUB_IP}/24"), "dev", "br0"]);
+    hub.exec(&["ip", "link", "set", "br0", "up"]);
+    let mut out = Vec::new();
+    for (i, (role, ip)) in workloads.iter().enumerate() {
+        let ns = Netns::new(role);
+        let host_end = format!("h{i}");
+        hub.exec(&["ip", "link", "add", &host_end, "type", "veth", "peer", "name", "e0", "netns", &ns.name]);
+        hub.exec(&["ip", "link", "set", &host_end, "master", "br0"]);
+        hub.exec(&["ip", "link", "set", &host_end, "up"]);
+        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "e0"]);
+        ns.exec(&["ip", "link", "set", "e0", "up"]);
+        ns.exec(&["ip", "route", "add", "default", "via", &HUB_IP.to_string()]);
+        out.push(ns);
+    }
+    (hub, out)
+}
+
+const HUB_IP: Ipv4Addr = Ipv4Addr::new(10, 249, 0, 1);
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 249, 0, 2);
+const V1_IP: Ipv4Addr = Ipv4Addr::new(10, 249, 0, 3);
+const V2_IP: Ipv4Addr = Ipv4Addr::new(10, 249, 0, 4);
+/// The cluster IP of `reviews`: nothing has it; only the client's Envoy knows where it leads.
+const REVIEWS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
+
+/// The mesh's config: `reviews` (v1, v2) and a client pod; `end-user: jason` to v2, the rest
+/// to v1 (Bookinfo's reviews VirtualService and DestinationRule, trimmed).
+fn mesh_config() -> String {
+    let pod = |name: &str, ip: Ipv4Addr, labels: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{{labels}}}}}\n\
+             spec: {{containers: [{{name: app, image: app}}]}}\n\
+             status: {{podIP: {ip}, conditions: [{{type: Ready, status: \"True\"}}]}}\n---\n"
+        )
+    };
+    let mut s = String::new();
+    s += &pod("client-1", CLIENT_IP, "app: client");
+    s += &pod("reviews-v1", V1_IP, "app: reviews, version: v1");
+    s += &pod("reviews-v2", V2_IP, "app: reviews, version: v2");
+    s += &format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: reviews, namespace: default}}\n\
+         spec: {{clusterIP: {REVIEWS_VIP}, selector: {{app: reviews}}, ports: [{{name: http, port: 9080}}]}}\n---\n"
+    );
+    s += "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\n\
+          spec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n---\n";
+    s += "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\n\
+          spec:\n  hosts: [reviews]\n  http:\n  - match: [{headers: {end-user: {exact: jason}}}]\n    \
+          route: [{destination: {host: reviews, subset: v2}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n";
+    s
+}
+
+/// `meshflow serve` in the hub, xDS on the bridge address.
+fn serve_mesh(hub: &Netns, config: &std::path::Path, policy: &str) -> Child {
+    let child = hub
+        .command(&[MESHFLOW, "serve", "--config-dir", config.to_str().unwrap()])
+        .args(["--xds-addr", &format!("{HUB_IP}:15010"), "--admin-addr", "127.0.0.1:15014"])
+        .args(["--outbound-traffic-policy", policy])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn meshflow serve");
+    Child(child)
+}
+
+/// `meshflow agent --capture` for the pod `pod` with `labels` (JSON), Envoy's admin on
+/// 127.0.0.1:`admin`.
+fn captured_agent(ns: &Netns, envoy: &str, ip: Ipv4Addr, pod: &str, labels: &str, admin: u16) -> Child {
+    let node_id = format!("sidecar~{ip}~{pod}.default~default.svc.cluster.local");
+    let child = ns
+        .command(&["env", &format!("ISTIO_METAJSON_LABELS={labels}"), MESHFLOW, "agent", "--capture"])
+        .args(["--xds-addr", &format!("{HUB_IP}:15010"), "--node-id", &node_id, "--envoy-bin", envoy])
+        .args(["--admin-port", &admin.to_string(), "--status-addr", "127.0.0.1:15021", "--drain-seconds", "1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn the agent");
+    Child(child)
+}
+
+/// An HTTP server on 0.0.0.0:`port` answering `<name> <the peer address it sees>`.
+fn http_app(ns: &Netns, port: u16, name: &str) -> Server {
+    let listener = ns.within(None, || {
+        let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+            .unwrap_or_else(|e| panic!("bind {port}: {e}"));
+        l.set_nonblocking(true).unwrap();
+        l
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let name = name.to_string();
+    let handle = std::thread::spawn({
+        let stop = stop.clone();
+        let hits = hits.clone();
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, peer)) => {
+                        hits.fetch_add(1, Ordering::Relaxed);
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                        // Read the request head; the answer does not depend on it.
+                        let mut head = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") && matches!(stream.read(&mut byte), Ok(1)) {
+                            head.push(byte[0]);
+                        }
+                        let body = format!("{name} {}", peer.ip());
+                        let _ = stream.write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        );
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("accept on {port}: {e}"),
+                }
+            }
+        }
+    });
+    Server { stop, hits, handle: Some(handle) }
+}
+
+/// What a plain HTTP/1.1 client (as an application, uid 1000) gets for `GET /` from `dst`
+/// with `Host: <dst>` and `headers`: the body of a 200, else why not.
+fn app_get(ns: &Netns, dst: SocketAddrV4, headers: &str) -> Result<String, String> {
+    ns.within(Some(APP_USER), || {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::V4(dst), Duration::from_secs(2))
+            .map_err(|e| format!("connect {dst}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: {dst}\r\n{headers}Connection: close\r\n\r\n").as_bytes())
+            .map_err(|e| format!("write to {dst}: {e}"))?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).map_err(|e| format!("read from {dst}: {e}"))?;
+        let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP answer from {dst}: {raw:?}"))?;
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(format!("{dst}: {}", head.lines().next().unwrap_or_default()));
+        }
+        Ok(body.to_string())
+    })
+}
+
+fn wait_long<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A counter of Envoy's admin `/stats` in `ns` (admin on `admin`); 0 when absent.
+fn envoy_stat(ns: &Netns, admin: u16, name: &str) -> u64 {
+    let stats = http_get(ns, admin, "/stats").unwrap_or_default();
+    stats.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Unchanged applications in captured network namespaces: the client calls the `reviews` VIP
+/// with a plain HTTP client; its Envoy (virtualOutbound → the port's listener, not bound)
+/// routes by the VirtualService to v1 or v2; their Envoys take the connection on
+/// virtualInbound (HTTP stats) and hand it to the application from 127.0.0.6. Then: an
+/// address outside the mesh passes through (ALLOW_ANY); the client's Envoy killed, calls fail
+/// rather than bypass it, until the agent's restart; under REGISTRY_ONLY the outside address
+/// is refused while the mesh still works.
+#[test]
+fn captured_applications_are_routed_through_their_proxies() {
+    require_netns!();
+    let envoy = envoy_bin();
+    let (hub, workloads) = mesh_topology(&[("client", CLIENT_IP), ("v1", V1_IP), ("v2", V2_IP)]);
+    let [client, v1, v2] = &workloads[..] else { unreachable!() };
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(config.path().join("mesh.yaml"), mesh_config()).unwrap();
+    let mut serve = serve_mesh(&hub, config.path(), "allow-any");
+
+    let _apps = [http_app(v1, 9080, "reviews-v1"), http_app(v2, 9080, "reviews-v2")];
+    let outside = http_app(&hub, 8000, "outside");
+    let (client_admin, v1_admin, v2_admin) = (15000, 15100, 15200);
+    let client_agent = captured_agent(client, &envoy, CLIENT_IP, "client-1", r#"{"app":"client"}"#, client_admin);
+    let _v1_agent = captured_agent(v1, &envoy, V1_IP, "reviews-v1", r#"{"app":"reviews","version":"v1"}"#, v1_admin);
+    let _v2_agent = captured_agent(v2, &envoy, V2_IP, "reviews-v2", r#"{"app":"reviews","version":"v2"}"#, v2_admin);
+
+    let vip = at(REVIEWS_VIP, 9080);
+    let jason = "end-user: jason\r\n";
+    // Every proxy configured: the client reaches both versions through the mesh.
+    wait_long("the client's call to reach reviews v1", 90, || app_get(client, vip, "").ok());
+    wait_long("the client's call as jason to reach reviews v2", 60, || {
+        app_get(client, vip, jason).ok().filter(|b| b.starts_with("reviews-v2"))
+    });
+
+    // Routing through capture: the application sees the request come from the local proxy.
+    for _ in 0..5 {
+        assert_eq!(app_get(client, vip, "").unwrap(), "reviews-v1 127.0.0.6");
+        assert_eq!(app_get(client, vip, jason).unwrap(), "reviews-v2 127.0.0.6");
+    }
+    // The client's Envoy handled them on its 9080 listener (the VIP's virtual host)...
+    assert!(envoy_stat(client, client_admin, "http.outbound_0.0.0.0_9080.downstream_rq_total") >= 10);
+    assert!(
+        envoy_stat(
+            client,
+            client_admin,
+            "cluster.outbound|9080|v1|reviews.default.svc.cluster.local.upstream_rq_total"
+        ) >= 5
+    );
+    // ...and each server's Envoy took them on virtualInbound's HTTP chain for 9080.
+    for (ns, admin) in [(v1, v1_admin), (v2, v2_admin)] {
+        assert!(envoy_stat(ns, admin, "http.inbound_0.0.0.0_9080.downstream_rq_total") >= 5, "{}", ns.name);
+        assert!(envoy_stat(ns, admin, "cluster.inbound|9080||.upstream_rq_total") >= 5, "{}", ns.name);
+    }
+
+    // ALLOW_ANY: an address outside the mesh passes through the client's Envoy.
+    let outside_addr = at(HUB_IP, 8000);
+    assert_eq!(app_get(client, outside_addr, "").unwrap(), format!("outside {CLIENT_IP}"));
+    assert!(envoy_stat(client, client_admin, "cluster.PassthroughCluster.upstream_cx_total") >= 1);
+
+    // The client's Envoy dies: the application's calls fail (the rules stay), they do not
+    // bypass the proxy; the agent restarts Envoy and they work again.
+    let agent_pid = client_agent.0.id();
+    let envoy_pid = children(agent_pid).first().copied().expect("the client's Envoy");
+    // SAFETY: a signal to the Envoy our agent started.
+    assert_eq!(unsafe { libc::kill(envoy_pid as libc::pid_t, libc::SIGKILL) }, 0);
+    wait_long("the client's Envoy to exit", 10, || (!children(agent_pid).contains(&envoy_pid)).then_some(()));
+    let hits_before = outside.hits.load(Ordering::Relaxed);
+    let failed = app_get(client, vip, "");
+    assert!(failed.is_err(), "a call without the proxy must fail, got {failed:?}");
+    assert!(app_get(client, outside_addr, "").is_err());
+    assert_eq!(outside.hits.load(Ordering::Relaxed), hits_before, "the call bypassed the proxy");
+    wait_long("the agent to restart Envoy and the call to work again", 60, || app_get(client, vip, "").ok());
+    assert_ne!(children(agent_pid).first().copied(), Some(envoy_pid));
+
+    // REGISTRY_ONLY (the server restarted with it): the outside address is refused, the mesh
+    // still works.
+    serve.0.kill().unwrap();
+    serve.0.wait().unwrap();
+    let _serve = serve_mesh(&hub, config.path(), "registry-only");
+    wait_long("the outside address to be refused", 60, || app_get(client, outside_addr, "").err());
+    let hits_before = outside.hits.load(Ordering::Relaxed);
+    assert!(app_get(client, outside_addr, "").is_err());
+    assert_eq!(outside.hits.load(Ordering::Relaxed), hits_before);
+    assert_eq!(app_get(client, vip, jason).unwrap(), "reviews-v2 127.0.0.6");
+    assert_eq!(app_get(client, vip, "").unwrap(), "reviews-v1 127.0.0.6");
+}

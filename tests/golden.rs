@@ -64,7 +64,7 @@ fn translate(input: &Path) -> BTreeMap<String, Value> {
             // Resources of every proxy or every sidecar by type and name; a proxy class's
             // resources with the class after `@`.
             let key = match &c.scope {
-                Scope::All | Scope::Sidecars => format!("{} {}", c.ty.short(), c.name),
+                Scope::All | Scope::Sidecars | Scope::Captured => format!("{} {}", c.ty.short(), c.name),
                 Scope::Class(_) | Scope::Namespace(_) | Scope::SidecarsIn(_) | Scope::Proxyless => {
                     format!("{} {} @{}", c.ty.short(), c.name, c.scope)
                 }

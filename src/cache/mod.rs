@@ -79,6 +79,20 @@ impl View {
         self
     }
 
+    /// The same view for a sidecar whose traffic is captured: it also sees [`Scope::Captured`]
+    /// (whose names no other scope uses).
+    pub fn captured(mut self) -> View {
+        if self.scopes.contains(&Scope::Sidecars) && !self.scopes.contains(&Scope::Captured) {
+            self.scopes.insert(0, Scope::Captured);
+        }
+        self
+    }
+
+    /// Whether this view is a captured sidecar's.
+    pub fn is_captured(&self) -> bool {
+        self.scopes.contains(&Scope::Captured)
+    }
+
     /// What a sidecar without a class sees.
     pub fn sidecar() -> View {
         View::new(ProxyKind::Sidecar, None)

@@ -44,6 +44,9 @@
 //!                     (a namespace's subset clusters get their own; its others share the default's)
 //!   (DNS entry clusters carry their endpoints inline, NONE entries are ORIGINAL_DST: no assignment)
 //! proxy classes (router, sidecar) ─labels given, else ⋈ their Pod's─▶ class labels
+//! sidecar class labels ─by (ns, each label)─⋈ services with a selector, by (ns, one selector pair)
+//!                      ─selector ⊆ labels, ⊎ every sidecar class─reduce per class─▶ virtualInbound,
+//!                      inbound|<port>|| clusters (Scope::Class; only captured proxies get the listener)
 //! proxy classes ─filter(proxyless)─▶ () ─semijoin⋉ cluster rows, HTTP host rows, virtual hosts
 //!                                     ─▶ proxyless clusters, API listeners, route configs (proxyless.rs)
 //! ```
@@ -323,6 +326,34 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .map(|((ns, _), (id, kind))| (id, (kind, ns, Labels::new())));
     let class_labels: VecCollection<'s, u64, (String, (ProxyKind, String, Labels))> =
         given_labels.concat(pod_labels_found).concat(pod_missing);
+
+    // === sidecar classes' inbound side (for captured proxies): virtualInbound, inbound|<port>|| ===
+    // A Service with a selector is keyed by (namespace, one of its pairs), a sidecar class by
+    // (namespace, each of its labels): they meet once per class the Service may select, and
+    // the whole selector is checked there. Every sidecar class gets its listener, even one that
+    // no Service selects (passthrough only).
+    let selector_services = services.clone().flat_map(|s: Service| {
+        let first = s.selector.as_ref().and_then(|sel| sel.iter().next().map(|(k, v)| (k.clone(), v.clone())));
+        first.map(|(k, v)| ((s.namespace.clone(), k, v), s))
+    });
+    let sidecar_classes = class_labels.clone().filter(|(_, (kind, _, _))| *kind == ProxyKind::Sidecar);
+    let sidecar_classes_by_label = sidecar_classes.clone().flat_map(|(id, (_, ns, labels))| {
+        let pairs: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        pairs.into_iter().map(move |(k, v)| ((ns.clone(), k, v), (id.clone(), labels.clone()))).collect::<Vec<_>>()
+    });
+    let class_inbound = selector_services
+        .join_map(sidecar_classes_by_label, |_, s: &Service, (id, labels): &(String, Labels)| {
+            translate::capture::service_selects(s, labels).then(|| (id.clone(), Some(s.clone())))
+        })
+        .flat_map(|x| x)
+        .concat(sidecar_classes.map(|(id, _)| (id, None)))
+        .reduce_named("translate: class inbound", |_id: &String, input: &[(&Option<Service>, isize)], output| {
+            let services = input.iter().filter_map(|(s, _)| s.as_ref());
+            for (ty, name, body) in translate::capture::class_inbound(services) {
+                output.push(((ty, name, body), 1isize));
+            }
+        })
+        .map(|(id, (ty, name, body))| OutputRow::Resource { scope: Scope::Class(id), ty, name, body });
     // Every host's rows, Services' and ServiceEntries', settled per host as istiod settles a
     // hostname defined more than once: what follows sees only the rows that make the host.
     let ports_by_host = service_ports
@@ -1026,6 +1057,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .concat(virtual_hosts)
         .concat(class_resources)
         .concat(class_secrets)
+        .concat(class_inbound)
         .concat(proxyless)
         .concat(diagnostics);
     let inputs = Inputs {

@@ -7,6 +7,7 @@
 //! Names follow istiod: clusters `outbound|<port>|<subset>|<fqdn>`, EDS resources named as
 //! their cluster, route configs named by port (`"9080"`), listeners `0.0.0.0_<port>`.
 
+pub mod capture;
 pub mod cluster;
 pub mod delegate;
 pub mod endpoint;
@@ -153,6 +154,10 @@ pub enum Scope {
     /// The sidecars of one namespace: listeners that differ there (a `tcp` route exported to
     /// it, or naming it in `sourceNamespace`). Gateway proxies of the namespace do not see them.
     SidecarsIn(String),
+    /// Every sidecar whose traffic is captured (node metadata `INTERCEPTION_MODE: REDIRECT`):
+    /// `virtualOutbound` and the passthrough clusters ([`capture::static_resources`]). Not
+    /// made by the engine: `serve` puts them in the cache once.
+    Captured,
 }
 
 impl std::fmt::Display for Scope {
@@ -164,6 +169,7 @@ impl std::fmt::Display for Scope {
             Scope::Proxyless => f.write_str("proxyless"),
             Scope::Namespace(ns) => write!(f, "namespace/{ns}"),
             Scope::SidecarsIn(ns) => write!(f, "sidecars/{ns}"),
+            Scope::Captured => f.write_str("captured"),
         }
     }
 }
@@ -417,8 +423,8 @@ pub struct VirtualHostPart {
 }
 
 /// The virtual host of a service port in the route config of its port number: the domains
-/// istiod gives it (short name, `name.ns`, `name.ns.svc`, the FQDN, each also with `:port`)
-/// and `routes`, first match wins: the routes of the service's VirtualService
+/// istiod gives it (short name, `name.ns`, `name.ns.svc`, the FQDN, the cluster IP, each also
+/// with `:port`) and `routes`, first match wins: the routes of the service's VirtualService
 /// ([`route::http_routes`]) or, without one, its default route ([`route::default_route`]).
 pub fn virtual_host(row: &ServicePortRow, routes: Vec<envoy_route::Route>) -> VirtualHostPart {
     let fqdn = row.fqdn();
@@ -432,7 +438,19 @@ pub fn virtual_host(row: &ServicePortRow, routes: Vec<envoy_route::Route>) -> Vi
                 format!("{}.{}.svc", row.service, row.namespace),
                 fqdn.clone(),
             ];
-            names.iter().flat_map(|n| [n.clone(), format!("{n}:{port}")]).collect()
+            let mut domains: Vec<String> = names.iter().flat_map(|n| [n.clone(), format!("{n}:{port}")]).collect();
+            // istiod's generateVirtualHostDomains ends with the service's address and
+            // address:port (IPv6 in brackets), so a captured application that calls the VIP
+            // (`Host: 10.96.0.10:9080`) finds its virtual host.
+            if let Some(ip) = row.cluster_ip {
+                let ip = match ip {
+                    IpAddr::V4(v4) => v4.to_string(),
+                    IpAddr::V6(v6) => format!("[{v6}]"),
+                };
+                domains.push(format!("{ip}:{port}"));
+                domains.insert(domains.len() - 1, ip);
+            }
+            domains
         }
     };
     let name = format!("{fqdn}:{port}");

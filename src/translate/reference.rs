@@ -434,6 +434,17 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             }
         }
     }
+
+    // Each sidecar class's inbound side: the Services of its namespace that select it.
+    for (class, labels) in class_labels.iter().filter(|(c, _)| c.kind == ProxyKind::Sidecar) {
+        let selecting = services
+            .iter()
+            .filter(|s| s.namespace == class.namespace && super::capture::service_selects(s, labels))
+            .copied();
+        for (ty, name, body) in super::capture::class_inbound(selecting) {
+            out.insert((Scope::Class(class.id()), ty, name), body);
+        }
+    }
     out
 }
 

@@ -241,7 +241,11 @@ impl DeltaStream {
                 }
                 let current = cache.get(&self.view, ty, name);
                 let rendered = current.as_ref().and_then(|r| self.render(cache, ty, r));
-                if rendered.is_none() && current.is_some() && self.dropped.insert(name.clone()) {
+                if rendered.is_none()
+                    && current.is_some()
+                    && !translate::capture::is_virtual_listener(name)
+                    && self.dropped.insert(name.clone())
+                {
                     tracing::warn!(
                         node = %self.node, listener = %name,
                         "listener binds the same address and port as another one for this proxy: not sent"
@@ -328,12 +332,16 @@ impl DeltaStream {
 }
 
 /// The resource as a proxy gets it: listeners bind to the proxy's own address when it has one;
-/// everything else is shared as is. Shared by the delta and the state-of-the-world streams.
+/// a captured proxy's ([`View::is_captured`]) do not bind at all (`bind_to_port: false`, see
+/// [`translate::capture::captured_listener`]: the same bytes for every captured proxy), and
+/// only captured proxies get `virtualOutbound`/`virtualInbound` (None for the others: handled
+/// as absent). Everything else is shared as is. Shared by the delta and the state-of-the-world
+/// streams.
 ///
-/// Every listener of a port binds the same `<bind-ip>:<port>` for such a proxy. The engine
-/// serves one listener per port; should another one share the port of a `0.0.0.0_<port>`
-/// listener (the port's HTTP listener), the `0.0.0.0_<port>` one is kept and the other is
-/// not sent to this proxy (None: it is handled as absent).
+/// Every listener of a port binds the same `<bind-ip>:<port>` for a proxy with a bind address.
+/// The engine serves one listener per port; should another one share the port of a
+/// `0.0.0.0_<port>` listener (the port's HTTP listener), the `0.0.0.0_<port>` one is kept and
+/// the other is not sent to this proxy (None: it is handled as absent).
 pub(crate) fn render(
     cache: &Cache,
     view: &View,
@@ -341,7 +349,15 @@ pub(crate) fn render(
     ty: ResourceType,
     r: &Arc<Resource>,
 ) -> Option<(String, Any)> {
+    let captured = view.is_captured();
     let body = match (ty, bind) {
+        (ResourceType::Listener, _) if translate::capture::is_virtual_listener(&r.name) => {
+            if !captured {
+                return None;
+            }
+            r.body.clone()
+        }
+        (ResourceType::Listener, _) if captured => Arc::from(translate::capture::captured_listener(&r.body)),
         (ResourceType::Listener, Some(ip)) => match translate::rebind_listener(&r.body, ip) {
             Some((port, body)) => {
                 let shared = translate::listener_name(port);

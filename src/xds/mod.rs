@@ -113,6 +113,29 @@ fn bind_address(node: &envoy_types::pb::envoy::config::core::v3::Node) -> Result
     }
 }
 
+/// Whether a proxy's traffic is captured (istiod's `GetInterceptionMode`): metadata
+/// `INTERCEPTION_MODE: REDIRECT`, and no bind address (a proxy that binds its own address
+/// is not captured, whatever it says). TPROXY is not served: such a proxy is served as an
+/// uncaptured one, and the log says so.
+fn captured(mode: &str, bind: Option<IpAddr>, node: &str) -> bool {
+    match mode {
+        "REDIRECT" if bind.is_none() => true,
+        "REDIRECT" => {
+            tracing::warn!(node, "INTERCEPTION_MODE REDIRECT with a bind address: served without capture listeners");
+            false
+        }
+        "" | "NONE" => false,
+        other => {
+            tracing::warn!(
+                node,
+                mode = other,
+                "INTERCEPTION_MODE not supported (REDIRECT and NONE are): served as NONE"
+            );
+            false
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsServer {
     type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
@@ -260,7 +283,6 @@ async fn run_stream<P: AdsProtocol>(
     let bind = bind_address(node)?;
     let class = classes::proxy_class(node, &id).map_err(Status::invalid_argument)?;
     tracing::info!(node = %id, ?bind, class = %class, "{} stream opened", P::NAME);
-    let view = View::new(id.proxy_type, classes.is_some().then(|| class.id())).in_namespace(&class.namespace);
     let metadata = |key: &str| {
         use envoy_types::pb::google::protobuf::value::Kind;
         match node.metadata.as_ref().and_then(|m| m.fields.get(key)).and_then(|v| v.kind.as_ref()) {
@@ -268,6 +290,10 @@ async fn run_stream<P: AdsProtocol>(
             _ => String::new(),
         }
     };
+    let mut view = View::new(id.proxy_type, classes.is_some().then(|| class.id())).in_namespace(&class.namespace);
+    if captured(&metadata(crate::capture::INTERCEPTION_MODE_KEY), bind, &id.to_string()) {
+        view = view.captured();
+    }
     let istio_version = metadata("ISTIO_VERSION");
     let registration = connections.register(ProxyInfo {
         node: id.to_string(),

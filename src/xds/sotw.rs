@@ -215,7 +215,7 @@ impl SotwStream {
                     resources.push(any);
                 }
                 None => {
-                    if self.dropped.insert(name.clone()) {
+                    if !crate::translate::capture::is_virtual_listener(&name) && self.dropped.insert(name.clone()) {
                         tracing::warn!(
                             node = %self.node, listener = %name,
                             "listener binds the same address and port as another one for this proxy: not sent"
