@@ -747,16 +747,25 @@ fn captured_applications_are_routed_through_their_proxies() {
 
     // The client's Envoy dies: the application's calls fail (the rules stay), they do not
     // bypass the proxy; the agent restarts Envoy and they work again.
+    // The agent is paused meanwhile (SIGSTOP), so that its restart (after 100 ms) cannot race
+    // the check; the dead Envoy stays a zombie until the agent reaps it, its sockets closed.
     let agent_pid = client_agent.0.id();
     let envoy_pid = children(agent_pid).first().copied().expect("the client's Envoy");
-    // SAFETY: a signal to the Envoy our agent started.
+    // SAFETY: signals to the agent we spawned and the Envoy it started.
+    assert_eq!(unsafe { libc::kill(agent_pid as libc::pid_t, libc::SIGSTOP) }, 0);
     assert_eq!(unsafe { libc::kill(envoy_pid as libc::pid_t, libc::SIGKILL) }, 0);
-    wait_long("the client's Envoy to exit", 10, || (!children(agent_pid).contains(&envoy_pid)).then_some(()));
+    wait_long("the client's Envoy to die", 10, || {
+        let stat = std::fs::read_to_string(format!("/proc/{envoy_pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string));
+        matches!(state.as_deref(), None | Some("Z")).then_some(())
+    });
     let hits_before = outside.hits.load(Ordering::Relaxed);
     let failed = app_get(client, vip, "");
     assert!(failed.is_err(), "a call without the proxy must fail, got {failed:?}");
     assert!(app_get(client, outside_addr, "").is_err());
     assert_eq!(outside.hits.load(Ordering::Relaxed), hits_before, "the call bypassed the proxy");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(agent_pid as libc::pid_t, libc::SIGCONT) }, 0);
     wait_long("the agent to restart Envoy and the call to work again", 60, || app_get(client, vip, "").ok());
     assert_ne!(children(agent_pid).first().copied(), Some(envoy_pid));
 

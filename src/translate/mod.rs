@@ -661,6 +661,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn virtual_host_domains_end_with_the_cluster_ip_as_istiod_s() {
+        let mut r = row("default", "reviews", "http", 9080);
+        r.cluster_ip = Some("10.96.0.10".parse().unwrap());
+        let v = virtual_host(&r, vec![]);
+        assert_eq!(&v.domains[v.domains.len() - 2..], ["10.96.0.10", "10.96.0.10:9080"]);
+        assert!(v.domains.contains(&"reviews".to_string()));
+        r.cluster_ip = Some("fd00::a".parse().unwrap());
+        let v = virtual_host(&r, vec![]);
+        assert_eq!(&v.domains[v.domains.len() - 2..], ["[fd00::a]", "[fd00::a]:9080"], "IPv6 in brackets");
+        r.cluster_ip = None;
+        assert_eq!(virtual_host(&r, vec![]).domains.len(), 8, "headless: names only");
+    }
+
+    #[test]
     fn assembled_route_config_decodes_with_every_virtual_host_and_no_ambiguous_domain() {
         let (ra, rb) = (row("default", "reviews", "http", 9080), row("shop", "reviews", "http", 9080));
         let a = virtual_host(&ra, vec![route::default_route(&ra, vec![])]);

@@ -575,6 +575,54 @@ mod tests {
     }
 
     #[test]
+    fn a_captured_sidecar_gets_unbound_listeners_and_the_capture_resources_and_others_do_not() {
+        use crate::model::proxy::ProxyKind;
+        use crate::translate::capture::{self, OutboundTrafficPolicy};
+        use envoy_types::pb::envoy::config::listener::v3::Listener;
+        use prost::Message;
+        let cache = Cache::new([]);
+        let class = "sidecar/default/app=reviews".to_string();
+        let http = translate::listener(9080, None);
+        let inbound = capture::virtual_inbound_listener(&[]);
+        let mut changes: Vec<ResourceChange> = capture::static_resources(OutboundTrafficPolicy::AllowAny)
+            .into_iter()
+            .map(|(scope, ty, name, body)| ResourceChange { scope, ty, name, body: Some(Arc::from(body)) })
+            .collect();
+        changes.push(ResourceChange {
+            scope: Scope::Sidecars,
+            ty: ResourceType::Listener,
+            name: "0.0.0.0_9080".into(),
+            body: Some(Arc::from(&http[..])),
+        });
+        changes.push(ResourceChange {
+            scope: Scope::Class(class.clone()),
+            ty: ResourceType::Listener,
+            name: "virtualInbound".into(),
+            body: Some(Arc::from(&inbound[..])),
+        });
+        cache.apply(&ResourceDelta { time: 0, diagnostics: vec![], changes });
+        let view = View::new(ProxyKind::Sidecar, Some(class)).in_namespace("default");
+        let mut captured = DeltaStream::new("c".into(), None, view.clone().captured());
+        let (_, out) = captured.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
+        assert_eq!(names(&out[0]), ["0.0.0.0_9080", "virtualInbound", "virtualOutbound"]);
+        for r in &out[0].resources {
+            let l = Listener::decode(&r.resource.as_ref().unwrap().value[..]).unwrap();
+            let expected =
+                (r.name == "0.0.0.0_9080").then_some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+            assert_eq!(l.bind_to_port, expected, "{}", r.name);
+        }
+        let (_, out) = captured.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
+        assert_eq!(names(&out[0]), ["BlackHoleCluster", "InboundPassthroughCluster", "PassthroughCluster"]);
+        // Not captured: the listeners as the engine made them, no capture listener or cluster.
+        let mut plain = DeltaStream::new("p".into(), None, view);
+        let (_, out) = plain.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
+        assert_eq!(names(&out[0]), ["0.0.0.0_9080"]);
+        assert_eq!(out[0].resources[0].resource.as_ref().unwrap().value, http);
+        let (_, out) = plain.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
     fn unsubscribing_forgets_and_resubscribing_resends() {
         let cache = ready_cache();
         cache.source_synced("files");

@@ -445,3 +445,18 @@ fn log_answer(node: &str, answer: Answer, new_error: bool) {
         Answer::Subscription => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::captured;
+
+    #[test]
+    fn only_redirect_without_a_bind_address_is_captured() {
+        let ip = Some("127.0.0.2".parse().unwrap());
+        assert!(captured("REDIRECT", None, "n"));
+        assert!(!captured("REDIRECT", ip, "n"), "a bound proxy is not captured");
+        assert!(!captured("", None, "n"));
+        assert!(!captured("NONE", None, "n"));
+        assert!(!captured("TPROXY", None, "n"), "not served as captured");
+    }
+}
