@@ -100,10 +100,17 @@ pub fn is_virtual_listener(name: &str) -> bool {
 
 /// An outbound listener as a captured proxy gets it: the same listener with `bind_to_port:
 /// false` (istiod's `getBindToPort` for REDIRECT), so `virtualOutbound` hands it the
-/// connections to its address. The field is appended to the encoded listener (the last
-/// occurrence of a field wins), so the engine's bytes are not decoded; every captured proxy
-/// gets the same bytes.
+/// connections to its address. The field is appended to the encoded listener, so the engine's
+/// bytes are not decoded and every captured proxy gets the same bytes. A repeated message field
+/// *merges* into an earlier occurrence, and an empty `BoolValue` would leave an earlier `true`
+/// standing: this relies on the engine never setting `bind_to_port` (it binds every listener),
+/// which the debug assertion checks.
 pub fn captured_listener(body: &[u8]) -> Vec<u8> {
+    debug_assert!(
+        <envoy_types::pb::envoy::config::listener::v3::Listener as prost::Message>::decode(body)
+            .is_ok_and(|l| l.bind_to_port.is_none()),
+        "the engine's listeners leave bind_to_port unset"
+    );
     let mut out = Vec::with_capacity(body.len() + 2);
     out.extend_from_slice(body);
     // Listener.bind_to_port (field 26): a BoolValue whose `value` is false, i.e. empty.
