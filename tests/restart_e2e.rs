@@ -200,5 +200,5 @@ fn envoy_keeps_serving_while_meshflow_restarts_and_gets_only_what_changed() {
     let failures = traffic.failures();
     eprintln!("requests: {total} succeeded ({while_down} while meshflow was down), {} failed", failures.len());
     assert!(failures.is_empty(), "requests failed: {:?}", &failures[..failures.len().min(10)]);
-    assert!(envoy.admin_get("/ready").0 == 200);
+    assert_eq!(envoy.admin_get("/ready").0, 200, "Envoy is still ready");
 }

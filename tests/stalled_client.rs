@@ -73,7 +73,7 @@ fn step_of(bytes: &[u8]) -> Option<u64> {
     let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &lb.host_identifier else { return None };
     let Some(core::address::Address::SocketAddress(a)) = e.address.as_ref()?.address.as_ref() else { return None };
     let parts: Vec<u64> = a.address.split('.').filter_map(|p| p.parse().ok()).collect();
-    (parts.len() == 4 && parts[1] == 9).then(|| parts[2] << 8 | parts[3])
+    (parts.len() == 4 && parts[1] == 9).then(|| (parts[2] << 8) | parts[3])
 }
 
 fn put(cache: &Cache, time: u64, ty: ResourceType, body: Vec<u8>) {
