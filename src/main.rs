@@ -116,13 +116,16 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct XdsArgs {
+    #[command(subcommand)]
+    action: Option<XdsAction>,
     /// The xDS server, host:port or http://host:port.
     #[arg(long, default_value = "127.0.0.1:15010")]
     server: String,
     /// The node id to present, e.g. sidecar~10.0.0.1~app-1.default~default.svc.cluster.local
-    #[arg(long)]
-    node_id: String,
+    #[arg(long, required = true)]
+    node_id: Option<String>,
     /// A type to subscribe to (repeatable): cds, eds, lds, rds, sds. Default: cds, eds (of the
     /// clusters received), lds, rds (of the listeners received), like Envoy.
     #[arg(long = "type", value_name = "TYPE", value_parser = meshflow::xds::client::parse_type)]
@@ -141,9 +144,65 @@ struct XdsArgs {
     quiet: std::time::Duration,
 }
 
+#[derive(Subcommand)]
+enum XdsAction {
+    /// Run the delta-ADS conformance suite against a server: one check per protocol rule,
+    /// a table of rules held and broken (exit 1 if any is broken). The served resources are
+    /// changed through CONTROL, run as `CONTROL <verb> <args>…` (see README, "xDS
+    /// conformance"); for meshflow: `meshflow xds control --config-dir DIR`.
+    Conformance {
+        /// The xDS server, host:port or http://host:port.
+        #[arg(long)]
+        server: String,
+        /// The control adapter command (may carry its own arguments; run by `sh -c`).
+        #[arg(long)]
+        control: String,
+        /// The node id the suite's streams present.
+        #[arg(long, default_value = "sidecar~10.0.0.1~conformance.default~default.svc.cluster.local")]
+        node_id: String,
+        /// Only this rule (repeatable); default: every rule.
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+        /// Print the outcomes as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// meshflow's control adapter for the conformance suite: changes `conformance-*.yaml`
+    /// files in a config directory that `meshflow serve --config-dir` watches. Verbs: reset,
+    /// add-service NAME, remove-service NAME, set-endpoint NAME IP:PORT, change-cluster NAME,
+    /// names NAME.
+    Control {
+        #[arg(long)]
+        config_dir: PathBuf,
+        verb: String,
+        args: Vec<String>,
+    },
+}
+
+fn xds_conformance(
+    server: String,
+    control: String,
+    node_id: String,
+    rules: Vec<String>,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut control = meshflow::xds::conformance::CommandControl { cmd: control };
+    let outcomes = runtime
+        .block_on(meshflow::xds::conformance::run(&server, &node_id, &mut control, &rules))
+        .map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcomes)?);
+    } else {
+        print!("{}", meshflow::xds::conformance::table(&outcomes));
+    }
+    Ok(outcomes.iter().all(|o| o.held))
+}
+
 fn xds_client(args: XdsArgs) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut options = meshflow::xds::client::ClientOptions::new(args.server, args.node_id);
+    let node_id = args.node_id.ok_or_else(|| anyhow::anyhow!("--node-id is required"))?;
+    let mut options = meshflow::xds::client::ClientOptions::new(args.server, node_id);
     options.types = args.types;
     options.resources = args.resources;
     options.sotw = args.sotw;
@@ -183,6 +242,24 @@ fn main() -> ExitCode {
         Command::Agent(args) => return meshflow::agent::run(args),
         Command::Init(args) => return meshflow::capture::run_init(&args),
         Command::Bench(args) => meshflow::bench::run(&args).map(|_| ()),
+        Command::Xds(XdsArgs {
+            action: Some(XdsAction::Conformance { server, control, node_id, rules, json }),
+            ..
+        }) => {
+            return match xds_conformance(server, control, node_id, rules, json) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("meshflow: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Xds(XdsArgs { action: Some(XdsAction::Control { config_dir, verb, args }), .. }) => {
+            meshflow::xds::conformance::meshflow_control(&config_dir, &verb, &args)
+                .map(|out| print!("{out}"))
+                .map_err(anyhow::Error::msg)
+        }
         Command::Xds(args) => xds_client(args),
         Command::Crds => {
             print!("{}", meshflow::model::crds::render_yaml());

@@ -51,6 +51,10 @@ struct TypeState {
     known: HashMap<String, String>,
     /// Versions the client rejected: never sent again until the resource changes.
     nacked: HashMap<String, String>,
+    /// Names subscribed by name and not yet answered: one that does not exist is sent in
+    /// `removed_resources`, so the client stops waiting for it (the protocol's "knowing when
+    /// a requested resource does not exist", incremental variant).
+    unanswered: HashSet<String>,
 }
 
 impl TypeState {
@@ -133,6 +137,7 @@ impl DeltaStream {
                     st.wildcard = true;
                 } else {
                     st.names.insert(name.clone());
+                    st.unanswered.insert(name.clone());
                 }
                 touched.insert(name.clone());
             }
@@ -141,6 +146,7 @@ impl DeltaStream {
                     st.wildcard = false;
                 } else {
                     st.names.remove(name);
+                    st.unanswered.remove(name);
                     // The client forgets what it unsubscribed from.
                     if !st.wildcard {
                         st.known.remove(name);
@@ -156,6 +162,7 @@ impl DeltaStream {
             let mut names: HashSet<String> = cache.names(&self.view, ty).into_iter().collect();
             let st = self.state(ty);
             names.extend(st.known.keys().cloned());
+            names.extend(st.unanswered.iter().cloned());
             names.into_iter().collect()
         } else {
             touched.into_iter().filter(|n| n != "*").collect()
@@ -213,6 +220,7 @@ impl DeltaStream {
             let st = &self.types[*ty as usize];
             let mut all: HashSet<String> = cache.names(&self.view, *ty).into_iter().collect();
             all.extend(st.known.keys().cloned());
+            all.extend(st.unanswered.iter().cloned());
             names.extend(all);
         }
     }
@@ -222,8 +230,14 @@ impl DeltaStream {
     fn respond(&mut self, cache: &Cache, candidates: &[(ResourceType, Vec<String>)]) -> Vec<DeltaDiscoveryResponse> {
         let mut additions = Vec::new();
         let mut removals = Vec::new();
+        // Assignments to resend because their Cluster is sent: Envoy keeps a changed EDS
+        // cluster warming until it gets the assignment again, changed or not.
+        let mut forced: Vec<String> = Vec::new();
         for ty in ResourceType::ALL {
-            let names: Vec<&String> = candidates.iter().filter(|(t, _)| *t == ty).flat_map(|(_, n)| n).collect();
+            let mut names: Vec<&String> = candidates.iter().filter(|(t, _)| *t == ty).flat_map(|(_, n)| n).collect();
+            if ty == ResourceType::ClusterLoadAssignment {
+                names.extend(forced.iter());
+            }
             if names.is_empty() || !self.types[ty as usize].started {
                 continue;
             }
@@ -251,10 +265,11 @@ impl DeltaStream {
                         "listener binds the same address and port as another one for this proxy: not sent"
                     );
                 }
+                let force = ty == ResourceType::ClusterLoadAssignment && forced.contains(name);
                 match rendered {
                     Some((version, any)) => {
                         let st = &self.types[ty as usize];
-                        if st.known.get(name) == Some(&version) || st.nacked.get(name) == Some(&version) {
+                        if st.known.get(name) == Some(&version) && !force || st.nacked.get(name) == Some(&version) {
                             continue;
                         }
                         sent.push((name.clone(), version.clone(), st.known.get(name).cloned()));
@@ -266,11 +281,20 @@ impl DeltaStream {
                         });
                     }
                     None => {
-                        if self.types[ty as usize].known.contains_key(name) {
+                        let st = &self.types[ty as usize];
+                        if st.known.contains_key(name) || st.unanswered.contains(name) {
                             removed.push(name.clone());
                         }
                     }
                 }
+            }
+            let st = &mut self.types[ty as usize];
+            for name in &seen {
+                st.unanswered.remove(*name);
+            }
+            if ty == ResourceType::Cluster {
+                let eds = &self.types[ResourceType::ClusterLoadAssignment as usize];
+                forced = sent.iter().map(|(n, _, _)| n).filter(|n| eds.known.contains_key(*n)).cloned().collect();
             }
             let st = &mut self.types[ty as usize];
             for (name, version, _) in &sent {
@@ -620,6 +644,51 @@ mod tests {
         assert_eq!(out[0].resources[0].resource.as_ref().unwrap().value, http);
         let (_, out) = plain.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
         assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_subscribed_name_that_does_not_exist_comes_back_removed_once() {
+        let cache = ready_cache();
+        cache.source_synced("files");
+        let mut s = DeltaStream::new("n".into(), None, View::sidecar());
+        let (_, out) = s.on_request(&req(ResourceType::ClusterLoadAssignment, &["ghost"]), &cache).unwrap();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].resources.is_empty());
+        assert_eq!(out[0].removed_resources, ["ghost"]);
+        // Told once: an unrelated change does not repeat it.
+        put(&cache, &[(ResourceType::Cluster, "c", Some(b"3"))]);
+        assert!(s.on_cache_change(&cache).is_empty());
+        // It appears later: it is sent.
+        put(&cache, &[(ResourceType::ClusterLoadAssignment, "ghost", Some(b"e"))]);
+        let out = s.on_cache_change(&cache);
+        assert_eq!(names(&out[0]), ["ghost"]);
+        // With `*` and a missing name: everything, and the missing name removed.
+        let mut s = DeltaStream::new("n".into(), None, View::sidecar());
+        let (_, out) = s.on_request(&req(ResourceType::Cluster, &["*", "nope"]), &cache).unwrap();
+        assert_eq!(names(&out[0]), ["a", "b", "c"]);
+        assert_eq!(out[1].removed_resources, ["nope"]);
+    }
+
+    #[test]
+    fn a_changed_cluster_is_followed_by_its_assignment_even_when_unchanged() {
+        let cache = ready_cache();
+        cache.source_synced("files");
+        put(&cache, &[(ResourceType::ClusterLoadAssignment, "a", Some(b"e1"))]);
+        let mut s = DeltaStream::new("n".into(), None, View::sidecar());
+        s.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
+        let (_, out) = s.on_request(&req(ResourceType::ClusterLoadAssignment, &["a"]), &cache).unwrap();
+        let eds_version = out[0].resources[0].version.clone();
+        put(&cache, &[(ResourceType::Cluster, "a", Some(b"1-changed"))]);
+        let out = s.on_cache_change(&cache);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!((out[0].type_url.as_str(), names(&out[0])), (ResourceType::Cluster.type_url(), vec!["a"]));
+        assert_eq!(out[1].type_url, ResourceType::ClusterLoadAssignment.type_url());
+        assert_eq!(names(&out[1]), ["a"]);
+        assert_eq!(out[1].resources[0].version, eds_version, "the same assignment, resent");
+        // A cluster whose assignment the client does not hold brings no assignment.
+        put(&cache, &[(ResourceType::Cluster, "b", Some(b"2-changed"))]);
+        let out = s.on_cache_change(&cache);
+        assert_eq!(out.len(), 1, "{out:?}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod classes;
 pub mod client;
+pub mod conformance;
 pub mod delta;
 pub mod node;
 pub mod sotw;
@@ -42,6 +43,15 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// Longest part of an Envoy error detail that goes into a log line: Envoy starts its NACK
 /// message with a text dump of the rejected resource.
 const MAX_ERROR_LOG: usize = 2048;
+
+/// Responses a stream holds for a client that does not read, in its channel to the transport.
+/// While the channel is full the stream stops following the cache and catches up later with
+/// the latest version of each resource.
+pub const RESPONSE_QUEUE: usize = 16;
+
+/// The most responses one stream ever holds: a full channel plus one batch (at most an
+/// addition and a removal response per type). `queuedMax` in `/debug/syncz` stays under it.
+pub const STREAM_QUEUE_BOUND: usize = RESPONSE_QUEUE + 2 * ResourceType::ALL.len();
 
 pub struct AdsServer {
     cache: Arc<Cache>,
@@ -147,7 +157,7 @@ impl AggregatedDiscoveryService for AdsServer {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Result<DiscoveryResponse, Status>>(16);
+        let (tx, rx) = mpsc::channel::<Result<DiscoveryResponse, Status>>(RESPONSE_QUEUE);
         let cache = self.cache.clone();
         let classes = self.classes.clone();
         let connections = self.connections.clone();
@@ -168,7 +178,7 @@ impl AggregatedDiscoveryService for AdsServer {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Result<DeltaDiscoveryResponse, Status>>(16);
+        let (tx, rx) = mpsc::channel::<Result<DeltaDiscoveryResponse, Status>>(RESPONSE_QUEUE);
         let cache = self.cache.clone();
         let classes = self.classes.clone();
         let connections = self.connections.clone();
@@ -199,6 +209,8 @@ trait AdsProtocol: Send {
     fn log_push(node: &str, response: &Self::Response);
     /// A response's type URL, nonce and `version_info` (None for delta).
     fn response_meta(response: &Self::Response) -> (&str, &str, Option<&str>);
+    /// A response's resources and removed names.
+    fn counts(response: &Self::Response) -> (usize, usize);
     /// The gRPC code of a NACK's `error_detail`.
     fn error_code(req: &Self::Request) -> i32;
 }
@@ -228,6 +240,9 @@ impl AdsProtocol for DeltaStream {
     }
     fn response_meta(r: &Self::Response) -> (&str, &str, Option<&str>) {
         (&r.type_url, &r.nonce, None)
+    }
+    fn counts(r: &Self::Response) -> (usize, usize) {
+        (r.resources.len(), r.removed_resources.len())
     }
     fn error_code(req: &Self::Request) -> i32 {
         req.error_detail.as_ref().map_or(0, |s| s.code)
@@ -259,6 +274,9 @@ impl AdsProtocol for SotwStream {
     }
     fn response_meta(r: &Self::Response) -> (&str, &str, Option<&str>) {
         (&r.type_url, &r.nonce, Some(&r.version_info))
+    }
+    fn counts(r: &Self::Response) -> (usize, usize) {
+        (r.resources.len(), 0)
     }
     fn error_code(req: &Self::Request) -> i32 {
         req.error_detail.as_ref().map_or(0, |s| s.code)
@@ -350,12 +368,18 @@ async fn run_stream<P: AdsProtocol>(
             }
         };
         let pushed = !responses.is_empty();
+        let mut left = responses.len();
         for response in responses {
+            // What waits for the transport: the channel's content and the rest of this batch.
+            conn.set_queued(tx.max_capacity() - tx.capacity() + left);
+            left -= 1;
             P::log_push(stream.node(), &response);
             let (type_url, nonce, version) = P::response_meta(&response);
             let ty = ResourceType::from_type_url(type_url);
             if let Some(ty) = ty {
                 conn.sent(ty, nonce, version);
+                let (resources, removed) = P::counts(&response);
+                conn.counted(ty, resources, removed);
             }
             if tx.send(Ok(response)).await.is_err() {
                 return Ok(());
@@ -364,6 +388,7 @@ async fn run_stream<P: AdsProtocol>(
                 metrics.record_push(ty, started.elapsed());
             }
         }
+        conn.set_queued(tx.max_capacity() - tx.capacity());
         if pushed
             && from_change
             && let Some(at) = cache.last_change()

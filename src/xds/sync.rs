@@ -56,6 +56,13 @@ pub struct Connection {
     pub bind: Option<IpAddr>,
     pub connected_at: SystemTime,
     types: Mutex<[TypeSync; ResourceType::ALL.len()]>,
+    /// Responses made and not yet taken by the transport (the bounded response channel plus
+    /// the rest of the batch being sent), now and at most so far: a stalled client's queue.
+    queued: AtomicU64,
+    queued_max: AtomicU64,
+    /// Resources (added or changed) and removed names sent on this stream, per type.
+    resources_sent: [AtomicU64; ResourceType::ALL.len()],
+    removed_sent: [AtomicU64; ResourceType::ALL.len()],
 }
 
 impl Connection {
@@ -91,6 +98,31 @@ impl Connection {
             t.last_error = Some(error.to_string());
         }
         new
+    }
+
+    /// Records how many responses wait for the transport on this stream.
+    pub fn set_queued(&self, n: usize) {
+        self.queued.store(n as u64, Ordering::Relaxed);
+        self.queued_max.fetch_max(n as u64, Ordering::Relaxed);
+    }
+
+    /// Responses waiting for the transport now, and the most there ever were.
+    pub fn queued(&self) -> (u64, u64) {
+        (self.queued.load(Ordering::Relaxed), self.queued_max.load(Ordering::Relaxed))
+    }
+
+    /// Counts one response's resources and removed names.
+    pub fn counted(&self, ty: ResourceType, resources: usize, removed: usize) {
+        self.resources_sent[ty as usize].fetch_add(resources as u64, Ordering::Relaxed);
+        self.removed_sent[ty as usize].fetch_add(removed as u64, Ordering::Relaxed);
+    }
+
+    /// Resources and removed names sent on this stream so far, of one type.
+    pub fn sent_counts(&self, ty: ResourceType) -> (u64, u64) {
+        (
+            self.resources_sent[ty as usize].load(Ordering::Relaxed),
+            self.removed_sent[ty as usize].load(Ordering::Relaxed),
+        )
     }
 
     pub fn type_sync(&self, ty: ResourceType) -> TypeSync {
@@ -136,6 +168,9 @@ impl Connection {
                 continue;
             }
             let mut r = Map::new();
+            let (sent, removed) = self.sent_counts(ty);
+            r.insert("resourcesSent".into(), json!(sent));
+            r.insert("removedSent".into(), json!(removed));
             let mut field = |k: &str, v: &Option<String>| {
                 if let Some(v) = v {
                     r.insert(k.to_string(), Value::String(v.clone()));
@@ -155,6 +190,10 @@ impl Connection {
         if !resources.is_empty() {
             out.insert("resources".into(), Value::Object(resources));
         }
+        let (queued, queued_max) = self.queued();
+        out.insert("queued".into(), json!(queued));
+        out.insert("queuedMax".into(), json!(queued_max));
+        out.insert("connectionId".into(), json!(self.id));
         Value::Object(out)
     }
 }
@@ -242,6 +281,10 @@ impl Connections {
             bind: info.bind,
             connected_at: SystemTime::now(),
             types: Mutex::default(),
+            queued: AtomicU64::new(0),
+            queued_max: AtomicU64::new(0),
+            resources_sent: Default::default(),
+            removed_sent: Default::default(),
         });
         self.lock().insert((connection.node.clone(), id), connection.clone());
         Registration { registry: self.clone(), connection }

@@ -1,0 +1,344 @@
+//! The delta-ADS conformance tool (`meshflow xds conformance`):
+//! - against a real `meshflow serve`, driven through meshflow's own control adapter
+//!   (`meshflow xds control --config-dir DIR`): every rule holds;
+//! - against a small in-process toy delta server, right and then deliberately broken (one
+//!   that resends NACKed versions, one that ignores unsubscribe): the rules those bugs break
+//!   are reported broken, and hold on the right toy. So each of those checks can fail.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use futures_util::Stream;
+use meshflow::xds::conformance::{self, Control, Outcome};
+use prost::Message;
+use serde_json::Value;
+use support::{Meshflow, free_port};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+#[test]
+fn meshflow_holds_every_rule_of_the_conformance_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let control = format!("{} xds control --config-dir {}", Meshflow::bin(), dir.path().display());
+    // The adapter prepares the directory before the server starts.
+    let status = Command::new("sh").arg("-c").arg(format!("{control} reset")).status().expect("run control");
+    assert!(status.success(), "control reset: {status}");
+    let mesh = Meshflow::serve(dir.path());
+    let out = Command::new(Meshflow::bin())
+        .args(["xds", "conformance", "--json", "--server", &mesh.xds_addr.to_string(), "--control", &control])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run meshflow xds conformance");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let outcomes: Vec<Value> = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("conformance JSON: {e}\nstdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr))
+    });
+    let rules: BTreeSet<&str> = outcomes.iter().filter_map(|o| o["rule"].as_str()).collect();
+    assert_eq!(rules.len(), conformance::RULES.len(), "every rule ran once: {rules:?}");
+    let broken: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o["held"] != Value::Bool(true))
+        .map(|o| format!("{}: {}", o["rule"], o["detail"]))
+        .collect();
+    assert!(broken.is_empty(), "rules broken by meshflow:\n{}", broken.join("\n"));
+    assert!(out.status.success(), "exit status {} with every rule held", out.status);
+    for o in &outcomes {
+        eprintln!("{:28} held in {} ms", o["rule"].as_str().unwrap_or("?"), o["millis"]);
+    }
+    // The table form names every rule and the count.
+    let out = Command::new(Meshflow::bin())
+        .args(["xds", "conformance", "--rule", "absent-name", "--server", &mesh.xds_addr.to_string()])
+        .args(["--control", &control])
+        .output()
+        .expect("run meshflow xds conformance");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("absent-name") && table.contains("held") && table.contains("1 of 1 rules held"), "{table}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A toy delta ADS server, with switches for bugs
+// ---------------------------------------------------------------------------------------
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+#[derive(Clone, Copy, Default)]
+struct Bugs {
+    /// Forget NACKs: the rejected version goes out again with the next change.
+    resend_nacked: bool,
+    /// Keep sending changes of names the client unsubscribed from.
+    ignore_unsubscribe: bool,
+}
+
+/// Services: name → (cluster connect-timeout millis, endpoint).
+#[derive(Default)]
+struct Store {
+    services: BTreeMap<String, (u64, String)>,
+}
+
+impl Store {
+    /// type URL → name → (version, bytes).
+    fn resources(&self, type_url: &str) -> BTreeMap<String, (String, Vec<u8>)> {
+        let mut out = BTreeMap::new();
+        for (name, (timeout, endpoint)) in &self.services {
+            let cluster = format!("toy-{name}");
+            let bytes = if type_url == CDS {
+                Cluster {
+                    name: cluster.clone(),
+                    connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                        seconds: 0,
+                        nanos: (*timeout as i32) * 1_000_000,
+                    }),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            } else {
+                ClusterLoadAssignment { cluster_name: format!("{cluster} {endpoint}"), ..Default::default() }
+                    .encode_to_vec()
+            };
+            let version = format!("{:x}", xxhash(&bytes));
+            out.insert(cluster, (version, bytes));
+        }
+        out
+    }
+}
+
+fn xxhash(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf29ce484222325u64, |h, x| (h ^ *x as u64).wrapping_mul(0x100000001b3))
+}
+
+#[derive(Clone)]
+struct Toy {
+    store: Arc<Mutex<Store>>,
+    changed: Arc<watch::Sender<u64>>,
+    bugs: Bugs,
+}
+
+impl Control for Toy {
+    fn run(&mut self, verb: &str, args: &[&str]) -> Result<String, String> {
+        let mut store = self.store.lock().unwrap();
+        match (verb, args) {
+            ("names", [name]) => return Ok(format!("cds toy-{name}\neds toy-{name}\n")),
+            ("reset", []) => {
+                store.services.clear();
+                store.services.insert("alpha".into(), (100, "10.0.0.1:80".into()));
+                store.services.insert("beta".into(), (100, "10.0.0.2:80".into()));
+            }
+            ("add-service", [name]) => {
+                store.services.insert(name.to_string(), (100, "10.0.0.3:80".into()));
+            }
+            ("remove-service", [name]) => {
+                store.services.remove(*name);
+            }
+            ("set-endpoint", [name, ep]) => store.services.get_mut(*name).ok_or("no such service")?.1 = ep.to_string(),
+            ("change-cluster", [name]) => store.services.get_mut(*name).ok_or("no such service")?.0 += 1,
+            _ => return Err(format!("toy control: {verb} {args:?}")),
+        }
+        self.changed.send_modify(|n| *n += 1);
+        Ok(String::new())
+    }
+}
+
+#[derive(Default)]
+struct TypeState {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    known: HashMap<String, String>,
+    nacked: HashMap<String, String>,
+}
+
+struct ToyStream {
+    types: HashMap<String, TypeState>,
+    /// nonce → (type, [(name, version sent, version held before)]).
+    pending: HashMap<String, (String, Vec<(String, String, Option<String>)>)>,
+    nonce: u64,
+}
+
+impl ToyStream {
+    fn diff(&mut self, store: &Store, type_url: &str) -> Option<DeltaDiscoveryResponse> {
+        let current = store.resources(type_url);
+        let st = self.types.get_mut(type_url)?;
+        let mut resources = Vec::new();
+        let mut sent = Vec::new();
+        for (name, (version, bytes)) in &current {
+            if !(st.wildcard || st.names.contains(name))
+                || st.known.get(name) == Some(version)
+                || st.nacked.get(name) == Some(version)
+            {
+                continue;
+            }
+            sent.push((name.clone(), version.clone(), st.known.insert(name.clone(), version.clone())));
+            resources.push(Resource {
+                name: name.clone(),
+                version: version.clone(),
+                resource: Some(Any { type_url: type_url.into(), value: bytes.clone() }),
+                ..Default::default()
+            });
+        }
+        let removed: Vec<String> = st.known.keys().filter(|n| !current.contains_key(*n)).cloned().collect();
+        for n in &removed {
+            st.known.remove(n);
+        }
+        if resources.is_empty() && removed.is_empty() {
+            return None;
+        }
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        self.pending.insert(nonce.clone(), (type_url.to_string(), sent));
+        Some(DeltaDiscoveryResponse {
+            type_url: type_url.into(),
+            resources,
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        })
+    }
+
+    fn on_request(&mut self, req: &DeltaDiscoveryRequest, bugs: Bugs) {
+        if let Some((ty, sent)) = self.pending.remove(&req.response_nonce)
+            && req.error_detail.is_some()
+        {
+            let st = self.types.entry(ty).or_default();
+            for (name, version, before) in sent {
+                match before {
+                    Some(v) => st.known.insert(name.clone(), v),
+                    None => st.known.remove(&name),
+                };
+                if !bugs.resend_nacked {
+                    st.nacked.insert(name, version);
+                }
+            }
+        }
+        let st = self.types.entry(req.type_url.clone()).or_default();
+        for (n, v) in &req.initial_resource_versions {
+            st.known.insert(n.clone(), v.clone());
+        }
+        for n in &req.resource_names_subscribe {
+            if n == "*" {
+                st.wildcard = true;
+            } else {
+                st.names.insert(n.clone());
+            }
+        }
+        if !bugs.ignore_unsubscribe {
+            for n in &req.resource_names_unsubscribe {
+                if n == "*" {
+                    st.wildcard = false;
+                } else {
+                    st.names.remove(n);
+                    st.known.remove(n);
+                }
+            }
+        }
+    }
+}
+
+type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Toy {
+    type StreamAggregatedResourcesStream = Out<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Out<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        _: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented("toy serves delta only"))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let toy = self.clone();
+        tokio::spawn(async move {
+            let mut changes = toy.changed.subscribe();
+            let mut s = ToyStream { types: HashMap::new(), pending: HashMap::new(), nonce: 0 };
+            loop {
+                let types: Vec<String> = tokio::select! {
+                    req = inbound.next() => match req {
+                        Some(Ok(req)) => {
+                            s.on_request(&req, toy.bugs);
+                            vec![req.type_url.clone()]
+                        }
+                        _ => return,
+                    },
+                    r = changes.changed() => {
+                        if r.is_err() { return; }
+                        vec![CDS.to_string(), EDS.to_string()]
+                    }
+                };
+                let responses: Vec<_> = {
+                    let store = toy.store.lock().unwrap();
+                    types.iter().filter_map(|t| s.diff(&store, t)).collect()
+                };
+                for r in responses {
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn start_toy(bugs: Bugs) -> (Toy, SocketAddr) {
+    let toy = Toy { store: Arc::default(), changed: Arc::new(watch::channel(0).0), bugs };
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind toy server");
+    let service = AggregatedDiscoveryServiceServer::new(toy.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (toy, addr)
+}
+
+async fn run_on_toy(bugs: Bugs, rules: &[&str]) -> BTreeMap<&'static str, Outcome> {
+    let (mut toy, addr) = start_toy(bugs).await;
+    let rules: Vec<String> = rules.iter().map(|s| s.to_string()).collect();
+    let outcomes = conformance::run(&addr.to_string(), "toy", &mut toy, &rules).await.expect("the suite runs");
+    eprintln!("{}", conformance::table(&outcomes));
+    outcomes.into_iter().map(|o| (o.rule, o)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nack_and_unsubscribe_checks_fail_on_a_server_with_those_bugs() {
+    let rules = ["nack", "unsubscribe", "explicit"];
+    // The right toy holds them: the checks do not fail for reasons of their own.
+    let right = run_on_toy(Bugs::default(), &rules).await;
+    for rule in rules {
+        assert!(right[rule].held, "{rule} on the right toy: {}", right[rule].detail);
+    }
+
+    let resends = run_on_toy(Bugs { resend_nacked: true, ..Default::default() }, &rules).await;
+    assert!(!resends["nack"].held, "a server that resends NACKed versions passed the nack check");
+    assert!(resends["nack"].detail.contains("NACKed version"), "{}", resends["nack"].detail);
+    assert!(resends["unsubscribe"].held, "{}", resends["unsubscribe"].detail);
+
+    let sticky = run_on_toy(Bugs { ignore_unsubscribe: true, ..Default::default() }, &rules).await;
+    assert!(!sticky["unsubscribe"].held, "a server that ignores unsubscribe passed the unsubscribe check");
+    assert!(sticky["unsubscribe"].detail.contains("unsubscribed from toy-alpha"), "{}", sticky["unsubscribe"].detail);
+    assert!(sticky["nack"].held, "{}", sticky["nack"].detail);
+}
