@@ -61,6 +61,10 @@ enum Command {
         /// lines, metric meshflow_verify_mismatches, /debug/verify.
         #[arg(long, value_parser = meshflow::bench::parse_duration)]
         verify: Option<std::time::Duration>,
+        /// istiod's `meshConfig.rootNamespace`: its DestinationRules (exported to a proxy's
+        /// namespace) apply after the proxy's own namespace's and the host's.
+        #[arg(long, default_value = meshflow::translate::outbound::ROOT_NAMESPACE)]
+        root_namespace: String,
     },
     /// Run Envoy beside a workload: bootstrap, supervise, drain on SIGTERM (like pilot-agent).
     Agent(meshflow::agent::AgentArgs),
@@ -183,9 +187,19 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Validate { paths } => return validate(&paths),
-        Command::Serve { config_dir, kubernetes, kubeconfig, watch_namespaces, xds_addr, admin_addr, verify } => {
+        Command::Serve {
+            config_dir,
+            kubernetes,
+            kubeconfig,
+            watch_namespaces,
+            xds_addr,
+            admin_addr,
+            verify,
+            root_namespace,
+        } => {
             let kube = kubernetes.then_some(KubeOptions { kubeconfig, namespaces: watch_namespaces });
-            serve(config_dir, kube, xds_addr, admin_addr, verify)
+            let mesh = meshflow::translate::MeshConfig { root_namespace };
+            serve(config_dir, kube, xds_addr, admin_addr, verify, mesh)
         }
         Command::Bootstrap { node_id, xds_addr, bind_address, admin_port, labels, namespace } => {
             bootstrap::hand_metadata(&node_id, &labels, namespace.as_deref())
@@ -227,6 +241,7 @@ fn serve(
     xds_addr: SocketAddr,
     admin_addr: SocketAddr,
     verify: Option<std::time::Duration>,
+    mesh: meshflow::translate::MeshConfig,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?;
     runtime.block_on(async move {
@@ -239,12 +254,12 @@ fn serve(
         }
         let cache = Cache::new(sources);
         // With --verify, sources feed the engine through a tap that keeps their input.
-        let verifier = verify.map(|_| Arc::new(Verifier::default()));
+        let verifier = verify.map(|_| Arc::new(Verifier::new(mesh.clone())));
         let (engine, tap) = match &verifier {
-            None => (Engine::start(cache.engine_sink()), None),
+            None => (Engine::start_with(mesh, cache.engine_sink()), None),
             Some(verifier) => {
                 let (tap, sink) = InputTap::start(cache.clone(), verifier.clone(), verify);
-                let engine = Engine::start(sink);
+                let engine = Engine::start_with(mesh, sink);
                 tap.connect(engine.sender());
                 (engine, Some(tap))
             }

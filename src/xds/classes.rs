@@ -53,7 +53,7 @@ pub fn proxy_class(node: &Node, id: &NodeId) -> Result<ProxyClass, String> {
         }
         Some(_) => return Err(format!("node metadata {LABELS_KEY} must be a map of strings")),
     };
-    Ok(ProxyClass::of_proxy(id.proxy_type, &namespace, &id.pod, labels))
+    Ok(ProxyClass::of_proxy(id.proxy_type, &namespace, &id.pod, labels).at_ip(&id.ip.to_string()))
 }
 
 struct Entry {
