@@ -337,9 +337,8 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     );
     // No Pod of that name: the Pod with the proxy's IP (keyed by IP, so a Pod's change costs the
     // classes at its IP), else no labels.
-    let pod_missing = of_pod
-        .antijoin(labels_by_pod.clone().map(|(k, _)| k))
-        .map(|((ns, _), (id, kind, ip))| (id, (kind, ns, ip)));
+    let pod_missing =
+        of_pod.antijoin(labels_by_pod.clone().map(|(k, _)| k)).map(|((ns, _), (id, kind, ip))| (id, (kind, ns, ip)));
     let pods_by_ip = pods.clone().flat_map(|p: Pod| {
         let ip = p.ip.clone().filter(|_| !p.terminal)?;
         Some((ip, (p.namespace, p.labels)))
@@ -407,14 +406,16 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     let rule_markers = rule_candidates
         .clone()
         .flat_map(move |(host, (_, dr))| {
-            outbound::rule_namespaces(&dr, &marker_root).into_iter().map(move |ns| (ns, host.clone())).collect::<Vec<_>>()
+            let namespaces = outbound::rule_namespaces(&dr, &marker_root);
+            namespaces.into_iter().map(move |ns| (ns, host.clone())).collect::<Vec<_>>()
         })
         .join_map(class_namespaces.clone(), |ns, host: &(String, String), _| (host.clone(), ns.clone()))
         .distinct();
     let rule_by_host = rule_candidates
         .map(|(host, (p, dr))| (host, RuleInput::Candidate(p, dr)))
         .concat(rule_markers.map(|(host, ns)| (host, RuleInput::Namespace(ns))))
-        .reduce_named("select: DestinationRule", move |(_, ns): &(String, String), input: &[(&RuleInput, isize)], output| {
+        .reduce_named("select: DestinationRule", move |k: &(String, String), input: &[(&RuleInput, isize)], output| {
+            let ns = &k.1;
             let mut candidates = Vec::new();
             let mut namespaces = Vec::new();
             for (i, _) in input {
@@ -676,14 +677,11 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
         .filter(|row| !row.protocol().is_sniffed())
         .map(|row| (row.port.port, outbound::host_visibility(&[&row])))
         .distinct()
-        .reduce_named(
-            "scope: HTTP listeners",
-            |_port: &u16, input: &[(&Option<BTreeSet<String>>, isize)], output| {
-                for scope in outbound::http_listener_scopes(input.iter().map(|(v, _)| *v)) {
-                    output.push((scope, 1isize));
-                }
-            },
-        )
+        .reduce_named("scope: HTTP listeners", |_port: &u16, input: &[(&Option<BTreeSet<String>>, isize)], output| {
+            for scope in outbound::http_listener_scopes(input.iter().map(|(v, _)| *v)) {
+                output.push((scope, 1isize));
+            }
+        })
         .map(|(port, scope)| OutputRow::Resource {
             scope,
             ty: ResourceType::Listener,
@@ -918,9 +916,8 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
             outbound::subset_selects(subset, labels).then(|| (cluster.clone(), addr.clone()))
         },
     );
-    let scoped_addresses = base_endpoints
-        .clone()
-        .join_map(scoped_bases.clone(), |cluster, ep: &EndpointRow, scope: &Scope| {
+    let scoped_addresses =
+        base_endpoints.clone().join_map(scoped_bases.clone(), |cluster, ep: &EndpointRow, scope: &Scope| {
             ((scope.clone(), cluster.clone()), ep.addr.clone())
         });
     let addresses = base_endpoints

@@ -155,9 +155,9 @@ pub fn host_visibility(rows: &[&ServicePortRow]) -> Option<BTreeSet<String>> {
 /// host visible everywhere: exactly `rules`. A host exported to some namespaces only: one
 /// context per namespace it is exported to (its rule there, else the default's), and none
 /// for the default, so proxies of other namespaces (sidecars and gateways) get no cluster.
-pub fn cluster_contexts<'r, 'a>(
+pub fn cluster_contexts<'a>(
     visible: Option<&BTreeSet<String>>,
-    rules: &'r [(&'a Context, Option<&'a DestinationRuleSpec>)],
+    rules: &[(&'a Context, Option<&'a DestinationRuleSpec>)],
 ) -> Vec<(Context, Option<&'a DestinationRuleSpec>)> {
     let Some(visible) = visible else { return rules.iter().map(|(c, r)| ((*c).clone(), *r)).collect() };
     let default = rules.iter().find(|(c, _)| c.is_none()).and_then(|(_, r)| *r);

@@ -248,7 +248,8 @@ pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mes
             .filter(|ns| class_namespaces.contains(ns.as_str()))
             .collect();
         let namespace = rows.first().map(|r| r.namespace.as_str()).unwrap_or_default();
-        let mut by_context = outbound::rules_by_context(namespace, &candidates, namespaces.iter().map(String::as_str), root);
+        let mut by_context =
+            outbound::rules_by_context(namespace, &candidates, namespaces.iter().map(String::as_str), root);
         if by_context.first().is_none_or(|(c, _)| c.is_some()) {
             by_context.insert(0, (None, None));
         }
@@ -392,7 +393,10 @@ pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mes
     // Each HTTP port's listener, for the sidecars that see a host of it.
     for (port, visibilities) in &http_visibility {
         for scope in outbound::http_listener_scopes(visibilities) {
-            out.insert((scope, ResourceType::Listener, translate::listener_name(*port)), translate::listener(*port, None));
+            out.insert(
+                (scope, ResourceType::Listener, translate::listener_name(*port)),
+                translate::listener(*port, None),
+            );
         }
     }
     // Each port's TCP listener, unless HTTP services or an earlier host hold the port.
