@@ -182,11 +182,12 @@ enum HostOutput {
 }
 
 /// What meets per proxy class whose named Pod does not exist: the class (kind, namespace) and
-/// the live Pods (namespace, labels) at the proxy's IP. `Class` sorts first.
+/// the live Pods (namespace, name, labels) at the proxy's IP (named: two Pods alike are two).
+/// `Class` sorts first.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum PodAtIp {
     Class(ProxyKind, String),
-    Candidate(String, Labels),
+    Candidate(String, String, Labels),
 }
 
 /// What meets per root VirtualService to merge it with its delegates. `Root` sorts first.
@@ -341,14 +342,14 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
         of_pod.antijoin(labels_by_pod.clone().map(|(k, _)| k)).map(|((ns, _), (id, kind, ip))| (id, (kind, ns, ip)));
     let pods_by_ip = pods.clone().flat_map(|p: Pod| {
         let ip = p.ip.clone().filter(|_| !p.terminal)?;
-        Some((ip, (p.namespace, p.labels)))
+        Some((ip, (p.namespace, p.name, p.labels)))
     });
-    let ip_candidates = pod_missing
-        .clone()
-        .flat_map(|(id, (_, _, ip))| ip.map(|ip| (ip, id)))
-        .join_map(pods_by_ip, |_, id: &String, (ns, labels): &(String, Labels)| {
-            (id.clone(), PodAtIp::Candidate(ns.clone(), labels.clone()))
-        });
+    let ip_candidates = pod_missing.clone().flat_map(|(id, (_, _, ip))| ip.map(|ip| (ip, id))).join_map(
+        pods_by_ip,
+        |_, id: &String, (ns, name, labels): &(String, String, Labels)| {
+            (id.clone(), PodAtIp::Candidate(ns.clone(), name.clone(), labels.clone()))
+        },
+    );
     let pod_at_ip = pod_missing
         .map(|(id, (kind, ns, _))| (id, PodAtIp::Class(kind, ns)))
         .concat(ip_candidates)
@@ -358,7 +359,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
             for (i, _) in input {
                 match i {
                     PodAtIp::Class(kind, ns) => class = Some((*kind, ns)),
-                    PodAtIp::Candidate(ns, labels) => candidates.push((ns.as_str(), labels)),
+                    PodAtIp::Candidate(ns, _, labels) => candidates.push((ns.as_str(), labels)),
                 }
             }
             let Some((kind, ns)) = class else { return };
