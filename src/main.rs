@@ -67,6 +67,10 @@ enum Command {
         /// PassthroughCluster; registry-only: nowhere, BlackHoleCluster).
         #[arg(long, value_enum, default_value_t = OutboundTrafficPolicy::AllowAny)]
         outbound_traffic_policy: OutboundTrafficPolicy,
+        /// istiod's `meshConfig.rootNamespace`: its DestinationRules (exported to a proxy's
+        /// namespace) apply after the proxy's own namespace's and the host's.
+        #[arg(long, default_value = meshflow::translate::outbound::ROOT_NAMESPACE)]
+        root_namespace: String,
     },
     /// Run Envoy beside a workload: bootstrap, supervise, drain on SIGTERM (like pilot-agent).
     Agent(meshflow::agent::AgentArgs),
@@ -275,9 +279,11 @@ fn main() -> ExitCode {
             admin_addr,
             verify,
             outbound_traffic_policy,
+            root_namespace,
         } => {
             let kube = kubernetes.then_some(KubeOptions { kubeconfig, namespaces: watch_namespaces });
-            serve(config_dir, kube, xds_addr, admin_addr, verify, outbound_traffic_policy)
+            let mesh = meshflow::translate::MeshConfig { root_namespace };
+            serve(config_dir, kube, xds_addr, admin_addr, verify, outbound_traffic_policy, mesh)
         }
         Command::Bootstrap { node_id, xds_addr, bind_address, admin_port, labels, namespace } => {
             bootstrap::hand_metadata(&node_id, &labels, namespace.as_deref())
@@ -320,6 +326,7 @@ fn serve(
     admin_addr: SocketAddr,
     verify: Option<std::time::Duration>,
     policy: OutboundTrafficPolicy,
+    mesh: meshflow::translate::MeshConfig,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?;
     runtime.block_on(async move {
@@ -343,12 +350,12 @@ fn serve(
             .collect();
         cache.apply(&meshflow::engine::ResourceDelta { time: 0, changes, diagnostics: Vec::new() });
         // With --verify, sources feed the engine through a tap that keeps their input.
-        let verifier = verify.map(|_| Arc::new(Verifier::default()));
+        let verifier = verify.map(|_| Arc::new(Verifier::new(mesh.clone())));
         let (engine, tap) = match &verifier {
-            None => (Engine::start(cache.engine_sink()), None),
+            None => (Engine::start_with(mesh, cache.engine_sink()), None),
             Some(verifier) => {
                 let (tap, sink) = InputTap::start(cache.clone(), verifier.clone(), verify);
-                let engine = Engine::start(sink);
+                let engine = Engine::start_with(mesh, sink);
                 tap.connect(engine.sender());
                 (engine, Some(tap))
             }

@@ -92,12 +92,19 @@ pub struct Outcome {
 /// Verification state shared with the admin server.
 #[derive(Default)]
 pub struct Verifier {
+    /// The mesh config the engine was started with: the reference translates with it too.
+    mesh: crate::translate::MeshConfig,
     last: Mutex<Option<Outcome>>,
     runs: AtomicU64,
     mismatches: AtomicU64,
 }
 
 impl Verifier {
+    /// A verifier for an engine started with `mesh`.
+    pub fn new(mesh: crate::translate::MeshConfig) -> Verifier {
+        Verifier { mesh, ..Verifier::default() }
+    }
+
     pub fn last(&self) -> Option<Outcome> {
         self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -114,7 +121,7 @@ impl Verifier {
     /// Translates `input` from scratch and compares with `served`; records and logs the result.
     pub fn verify(&self, input: &[Object], served: &BTreeMap<(Scope, ResourceType, String), Arc<Resource>>) -> Outcome {
         let started = Instant::now();
-        let expected = reference::translate_all(input);
+        let expected = reference::translate_all_with(input, &self.mesh);
         let mismatches = compare(&expected, served);
         let outcome = Outcome {
             resources: expected.len(),

@@ -24,7 +24,7 @@ use meshflow::model::k8s::{
 use meshflow::model::proxy::{ClassLabels, ProxyClass, ProxyKind};
 use meshflow::model::secret::SecretBytes;
 use meshflow::model::{EndpointSlice, Endpoints, InputEvent, Kind, Node, Object, ObjectKey, Pod, Secret, Service};
-use meshflow::translate::{ResourceType, Scope, outbound, reference};
+use meshflow::translate::{MeshConfig, ResourceType, Scope, outbound, reference};
 use proptest::prelude::*;
 
 const NAMESPACES: [&str; 2] = ["default", "shop"];
@@ -55,6 +55,12 @@ const CLUSTER_IPS: [&str; 3] = ["10.96.0.1", "10.96.0.2", "None"];
 const PORTS: [u16; 4] = [80, 9080, 15000, 443];
 /// `exportTo` values: absent, private, public, other namespaces by name.
 const EXPORT_TO: [&[&str]; 5] = [&[], &["."], &["*"], &["shop"], &["default", "istio-system"]];
+/// Service annotation and ServiceEntry `exportTo`: mostly absent, and `~` (nobody).
+const HOST_EXPORT_TO: [&[&str]; 8] = [&[], &[], &[], &["."], &["*"], &["shop"], &["default", "istio-system"], &["~"]];
+
+fn host_export_to() -> impl Strategy<Value = Vec<String>> {
+    prop::sample::select(&HOST_EXPORT_TO[..]).prop_map(|e| e.iter().map(|s| s.to_string()).collect())
+}
 
 fn ns() -> impl Strategy<Value = String> {
     prop::sample::select(&NAMESPACES[..]).prop_map(String::from)
@@ -107,8 +113,9 @@ fn service() -> impl Strategy<Value = Object> {
         any::<bool>(),
         prop::bool::weighted(0.1),
         prop::option::of(prop::sample::select(&CLUSTER_IPS[..])),
+        host_export_to(),
     )
-        .prop_map(|(namespace, name, mut ports, app, publish, external, cluster_ip)| {
+        .prop_map(|(namespace, name, mut ports, app, publish, external, cluster_ip, export_to)| {
             // Port numbers are unique per protocol within a Service (validated at intake).
             ports.sort_by_key(|p| (p.port, p.protocol));
             ports.dedup_by_key(|p| (p.port, p.protocol));
@@ -120,7 +127,7 @@ fn service() -> impl Strategy<Value = Object> {
                 cluster_ip: cluster_ip.map(String::from),
                 external_name: external.then(|| "example.com".to_string()),
                 publish_not_ready_addresses: publish,
-                export_to: Vec::new(),
+                export_to,
             })
         })
 }
@@ -540,7 +547,10 @@ fn proxy_class() -> impl Strategy<Value = Object> {
             ("app".to_string(), "web".to_string()),
             ("version".to_string(), "v2".to_string())
         ]))),
-        prop::sample::select(&PODS[..]).prop_map(|p| ClassLabels::OfPod(p.to_string())),
+        // A pod that may not exist (`gone`, or one of another namespace): its labels then come
+        // from the Pod at the proxy's IP, if exactly one (or one of the class's namespace) is.
+        (prop::sample::select(&["p-1", "p-2", "p-3", "p-4", "gone"][..]), prop::option::of(ip()))
+            .prop_map(|(p, ip)| ClassLabels::OfPod { pod: p.to_string(), ip }),
     ];
     let kind =
         prop::sample::select(&[ProxyKind::Router, ProxyKind::Router, ProxyKind::Sidecar, ProxyKind::Proxyless][..]);
@@ -595,15 +605,19 @@ fn service_entry() -> impl Strategy<Value = Object> {
         prop::option::of(prop::sample::select(&["240.0.0.1", "240.0.0.0/16"][..])),
         prop::collection::vec(endpoint, 0..3),
         prop::bool::weighted(0.3),
+        host_export_to(),
     )
         .prop_filter_map(
             "valid ServiceEntry",
-            |(namespace, name, created, hosts, resolution, ports, address, endpoints, selector)| {
+            |(namespace, name, created, hosts, resolution, ports, address, endpoints, selector, export_to)| {
                 let ports: Vec<_> = ports
                     .into_iter()
                     .map(|(n, p)| serde_json::json!({"number": n, "protocol": p, "name": format!("{}-{n}", p.to_lowercase())}))
                     .collect();
                 let mut spec = serde_json::json!({ "hosts": hosts, "resolution": resolution, "ports": ports });
+                if !export_to.is_empty() {
+                    spec["exportTo"] = serde_json::json!(export_to);
+                }
                 if let Some(a) = address {
                     spec["addresses"] = serde_json::json!([a]);
                 }
@@ -692,17 +706,22 @@ struct Harness {
     out: crossbeam_channel::Receiver<ResourceDelta>,
     live: BTreeMap<ObjectKey, Object>,
     materialized: BTreeMap<(Scope, ResourceType, String), Arc<[u8]>>,
+    mesh: MeshConfig,
 }
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_mesh(MeshConfig::default())
+    }
+
+    fn with_mesh(mesh: MeshConfig) -> Harness {
         let (tx, out) = crossbeam_channel::unbounded();
-        let engine = Engine::start(move |o| {
+        let engine = Engine::start_with(mesh.clone(), move |o| {
             if let EngineOutput::Delta(d) = o {
                 let _ = tx.send(d);
             }
         });
-        Harness { engine, out, live: BTreeMap::new(), materialized: BTreeMap::new() }
+        Harness { engine, out, live: BTreeMap::new(), materialized: BTreeMap::new(), mesh }
     }
 
     fn step(&mut self, events: Vec<InputEvent>, step: usize) -> Result<(), TestCaseError> {
@@ -728,7 +747,7 @@ impl Harness {
                 None => self.materialized.remove(&key),
             };
         }
-        let expected = reference::translate_all(self.live.values());
+        let expected = reference::translate_all_with(self.live.values(), &self.mesh);
         let got: BTreeMap<_, Vec<u8>> = self.materialized.iter().map(|(k, v)| (k.clone(), v.to_vec())).collect();
         if got != expected {
             let names = |m: &BTreeMap<(Scope, ResourceType, String), Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
@@ -744,8 +763,8 @@ impl Harness {
     }
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut h = Harness::new();
+fn run(ops: Vec<Op>, root: &str) -> Result<(), TestCaseError> {
+    let mut h = Harness::with_mesh(MeshConfig { root_namespace: root.to_string() });
     for (step, op) in ops.into_iter().enumerate() {
         let events = match op {
             Op::Apply(objects) => objects.into_iter().map(InputEvent::apply).collect(),
@@ -769,8 +788,12 @@ proptest! {
     })]
 
     #[test]
-    fn engine_equals_reference_after_every_step(ops in prop::collection::vec(op(), 1..250)) {
-        run(ops)?;
+    fn engine_equals_reference_after_every_step(
+        ops in prop::collection::vec(op(), 1..250),
+        // meshConfig.rootNamespace: istio-system, or a namespace with services and rules.
+        root in prop::sample::select(&["istio-system", "istio-system", "shop"][..]),
+    ) {
+        run(ops, root)?;
     }
 }
 
@@ -1008,4 +1031,240 @@ fn a_root_follows_its_delegate_through_every_change() {
     let key = child("v2", &[]).key();
     h.step(vec![InputEvent::delete(key)], 5).unwrap();
     assert_eq!(clusters(&h), [v("v1")], "the delegate is gone");
+}
+
+fn http_service(namespace: &str, name: &str, export_to: &[&str]) -> Object {
+    Object::Service(Service {
+        namespace: namespace.into(),
+        name: name.into(),
+        ports: vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            target_port: TargetPort::Number(8080),
+            app_protocol: None,
+        }],
+        selector: None,
+        cluster_ip: None,
+        external_name: None,
+        publish_not_ready_addresses: false,
+        export_to: export_to.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+/// meshConfig.rootNamespace (`serve --root-namespace`): a DestinationRule of the configured root
+/// namespace applies to a host of another namespace (its subset clusters exist for every
+/// proxy), one of `istio-system` then does not; with the default root, the reverse.
+#[test]
+fn destination_rules_of_the_configured_root_namespace_apply_everywhere() {
+    let rule = |namespace: &str, subset: &str| {
+        istio_object(
+            Kind::DestinationRule,
+            namespace,
+            "reviews",
+            None,
+            serde_json::json!({"host": "reviews.default.svc.cluster.local",
+                "subsets": [{"name": subset, "labels": {"version": subset}}]}),
+        )
+        .unwrap()
+    };
+    let class = Object::ProxyClass(ProxyClass {
+        kind: ProxyKind::Sidecar,
+        namespace: "shop".into(),
+        labels: ClassLabels::Given(Labels::new()),
+    });
+    let subset_clusters = |h: &Harness| -> Vec<String> {
+        h.materialized
+            .keys()
+            .filter(|(scope, ty, name)| {
+                *scope == Scope::All && *ty == ResourceType::Cluster && name.starts_with("outbound|80|v")
+            })
+            .map(|(_, _, name)| name.clone())
+            .collect()
+    };
+    let inputs = || {
+        vec![
+            InputEvent::apply(http_service("default", "reviews", &[])),
+            InputEvent::apply(class.clone()),
+            InputEvent::apply(rule("mesh-root", "v1")),
+            InputEvent::apply(rule("istio-system", "v2")),
+        ]
+    };
+    let mut custom = Harness::with_mesh(MeshConfig { root_namespace: "mesh-root".into() });
+    custom.step(inputs(), 0).unwrap();
+    assert_eq!(subset_clusters(&custom), ["outbound|80|v1|reviews.default.svc.cluster.local"]);
+    let mut default = Harness::new();
+    default.step(inputs(), 0).unwrap();
+    assert_eq!(subset_clusters(&default), ["outbound|80|v2|reviews.default.svc.cluster.local"]);
+    // The rule of the host's own namespace still comes before the root's.
+    custom.step(vec![InputEvent::apply(rule("default", "v3"))], 1).unwrap();
+    assert_eq!(subset_clusters(&custom), ["outbound|80|v3|reviews.default.svc.cluster.local"]);
+}
+
+/// A gateway proxy whose node id names no existing Pod takes the labels of the Pod with its IP
+/// (istiod's `getPodByProxy` fallback): the Gateway selecting that Pod's labels gives it its
+/// listener, which follows the Pod's relabelling; of two Pods at the IP, the one of the proxy's
+/// namespace counts.
+#[test]
+fn a_proxy_without_its_named_pod_is_classed_by_the_pod_at_its_ip() {
+    let pod = |namespace: &str, name: &str, app: &str| {
+        Object::Pod(Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            labels: Labels::from([("istio".to_string(), app.to_string())]),
+            ip: Some("10.0.0.9".into()),
+            node_name: None,
+            ready: true,
+            terminal: false,
+            ports: vec![],
+        })
+    };
+    let gw = istio_object(
+        Kind::Gateway,
+        "istio-system",
+        "gw",
+        None,
+        serde_json::json!({"selector": {"istio": "ingressgateway"}, "servers": [
+            {"port": {"number": 8080, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}),
+    )
+    .unwrap();
+    let class = ProxyClass::of_proxy(ProxyKind::Router, "istio-system", "gone-1", None).at_ip("10.0.0.9");
+    let listener = (Scope::Class(class.id()), ResourceType::Listener, "0.0.0.0_8080".to_string());
+    let mut h = Harness::new();
+    h.step(vec![InputEvent::apply(gw), InputEvent::apply(Object::ProxyClass(class.clone()))], 0).unwrap();
+    assert!(!h.materialized.contains_key(&listener), "no Pod at the IP yet: no labels, no Gateway");
+    h.step(vec![InputEvent::apply(pod("istio-system", "ingress-1", "ingressgateway"))], 1).unwrap();
+    let body = h.materialized.get(&listener).expect("the Pod at the IP is selected: the class gets the listener");
+    {
+        use prost::Message;
+        let l = envoy_types::pb::envoy::config::listener::v3::Listener::decode(&body[..]).unwrap();
+        assert_eq!(l.name, "0.0.0.0_8080");
+    }
+    h.step(vec![InputEvent::apply(pod("istio-system", "ingress-1", "other"))], 2).unwrap();
+    assert!(!h.materialized.contains_key(&listener), "relabelled: the Gateway no longer selects it");
+    // Two Pods at the IP: the one of the proxy's namespace.
+    h.step(vec![InputEvent::apply(pod("shop", "x-1", "ingressgateway"))], 3).unwrap();
+    assert!(!h.materialized.contains_key(&listener), "the shop Pod is not the proxy's");
+    h.step(vec![InputEvent::apply(pod("istio-system", "ingress-1", "ingressgateway"))], 4).unwrap();
+    assert!(h.materialized.contains_key(&listener), "relabelled back");
+    // The named Pod appears: its labels win over the Pod at the IP.
+    h.step(vec![InputEvent::apply(pod("istio-system", "gone-1", "other"))], 5).unwrap();
+    assert!(!h.materialized.contains_key(&listener), "the named Pod counts first");
+}
+
+/// What a sidecar of namespace `ns` sees of a resource: its namespace's sidecar scope, its
+/// namespace's, the sidecars', the shared one (as `cache::View::in_namespace`).
+fn seen<'a>(h: &'a Harness, ns: &str, ty: ResourceType, name: &str) -> Option<&'a Arc<[u8]>> {
+    [Scope::SidecarsIn(ns.into()), Scope::Namespace(ns.into()), Scope::Sidecars, Scope::All]
+        .into_iter()
+        .find_map(|scope| h.materialized.get(&(scope, ty, name.to_string())))
+}
+
+/// The virtual host names of route config `name` as a sidecar of `ns` sees it.
+fn vhosts_seen(h: &Harness, ns: &str, name: &str) -> Vec<String> {
+    use prost::Message;
+    let Some(body) = seen(h, ns, ResourceType::RouteConfiguration, name) else { return Vec::new() };
+    let rc = envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(&body[..]).unwrap();
+    rc.virtual_hosts.into_iter().map(|v| v.name).collect()
+}
+
+/// Service `networking.istio.io/exportTo` and ServiceEntry `exportTo`: a host exported to some
+/// namespaces only has its cluster, assignment, virtual host and TCP listener in those
+/// namespaces' views, nowhere else; a VirtualService for it contributes nothing elsewhere; a
+/// change of one host's exportTo touches that host's resources only.
+#[test]
+fn export_to_hides_a_host_from_other_namespaces() {
+    let tcp_service = |export_to: &[&str]| {
+        Object::Service(Service {
+            namespace: "default".into(),
+            name: "db".into(),
+            ports: vec![ServicePort {
+                name: "tcp".into(),
+                port: 15000,
+                protocol: Protocol::Tcp,
+                target_port: TargetPort::Number(15000),
+                app_protocol: None,
+            }],
+            selector: None,
+            cluster_ip: Some("10.96.0.5".into()),
+            external_name: None,
+            publish_not_ready_addresses: false,
+            export_to: export_to.iter().map(|s| s.to_string()).collect(),
+        })
+    };
+    let entry = |export_to: &[&str]| {
+        istio_object(
+            Kind::ServiceEntry,
+            "shop",
+            "ext",
+            None,
+            serde_json::json!({"hosts": ["api.example.com"], "resolution": "STATIC", "exportTo": export_to,
+                "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                "endpoints": [{"address": "10.1.0.1"}]}),
+        )
+        .unwrap()
+    };
+    let vs = istio_object(
+        Kind::VirtualService,
+        "default",
+        "reviews",
+        None,
+        serde_json::json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "ratings"}}]}]}),
+    )
+    .unwrap();
+    let reviews = "outbound|80||reviews.default.svc.cluster.local";
+    let ratings = "outbound|80||ratings.default.svc.cluster.local";
+    let api = "outbound|80||api.example.com";
+    let mut h = Harness::new();
+    h.step(
+        vec![
+            InputEvent::apply(http_service("default", "reviews", &["."])),
+            InputEvent::apply(http_service("default", "ratings", &[])),
+            InputEvent::apply(tcp_service(&["."])),
+            InputEvent::apply(entry(&["."])),
+            InputEvent::apply(vs),
+        ],
+        0,
+    )
+    .unwrap();
+    for ty in [ResourceType::Cluster, ResourceType::ClusterLoadAssignment] {
+        assert!(seen(&h, "default", ty, reviews).is_some(), "{ty:?}: reviews is default's");
+        assert!(seen(&h, "shop", ty, reviews).is_none(), "{ty:?}: reviews is hidden from shop");
+        assert!(seen(&h, "shop", ty, ratings).is_some() && seen(&h, "default", ty, ratings).is_some());
+        assert!(seen(&h, "shop", ty, api).is_some(), "{ty:?}: the entry is shop's");
+        assert!(seen(&h, "default", ty, api).is_none(), "{ty:?}: the entry is hidden from default");
+    }
+    assert!(!h.materialized.contains_key(&(Scope::All, ResourceType::Cluster, reviews.into())));
+    {
+        use prost::Message;
+        let body = seen(&h, "shop", ResourceType::ClusterLoadAssignment, api).unwrap();
+        let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(&body[..]).unwrap();
+        assert_eq!(cla.cluster_name, api);
+        assert_eq!(cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>(), 1, "the entry's endpoint");
+    }
+    assert_eq!(
+        vhosts_seen(&h, "default", "80"),
+        ["ratings.default.svc.cluster.local:80", "reviews.default.svc.cluster.local:80"]
+    );
+    assert_eq!(vhosts_seen(&h, "shop", "80"), ["api.example.com:80", "ratings.default.svc.cluster.local:80"]);
+    assert!(seen(&h, "default", ResourceType::Listener, "10.96.0.5_15000").is_some(), "db's listener");
+    assert!(seen(&h, "shop", ResourceType::Listener, "10.96.0.5_15000").is_none(), "no listener for hidden db");
+    // Exported to shop by name instead: the views swap.
+    h.step(vec![InputEvent::apply(http_service("default", "reviews", &["shop"]))], 1).unwrap();
+    assert!(seen(&h, "default", ResourceType::Cluster, reviews).is_none());
+    assert!(seen(&h, "shop", ResourceType::Cluster, reviews).is_some());
+    assert_eq!(
+        vhosts_seen(&h, "shop", "80"),
+        ["api.example.com:80", "ratings.default.svc.cluster.local:80", "reviews.default.svc.cluster.local:80"]
+    );
+    assert_eq!(vhosts_seen(&h, "default", "80"), ["ratings.default.svc.cluster.local:80"]);
+    // `~`: nobody; `*`: everybody, in the shared scopes again.
+    h.step(vec![InputEvent::apply(http_service("default", "reviews", &["~"]))], 2).unwrap();
+    assert!(seen(&h, "default", ResourceType::Cluster, reviews).is_none());
+    assert!(seen(&h, "shop", ResourceType::Cluster, reviews).is_none());
+    h.step(vec![InputEvent::apply(http_service("default", "reviews", &["*"])), InputEvent::apply(tcp_service(&[]))], 3)
+        .unwrap();
+    assert!(h.materialized.contains_key(&(Scope::All, ResourceType::Cluster, reviews.into())));
+    assert!(h.materialized.contains_key(&(Scope::Sidecars, ResourceType::Listener, "10.96.0.5_15000".into())));
+    assert_eq!(vhosts_seen(&h, "default", "80"), vhosts_seen(&h, "shop", "80")[1..]);
 }

@@ -1299,3 +1299,73 @@ fn source_labels_and_source_namespace_route_each_proxy_by_who_it_is() {
     assert!(all(&web_now, "v2"), "the web proxy keeps v2: {web_now:?}");
     drop((web, shop));
 }
+
+// ---------------------------------------------------------------------------------------
+// Service exportTo (the `networking.istio.io/exportTo` annotation)
+// ---------------------------------------------------------------------------------------
+
+/// The fixture's Service with `networking.istio.io/exportTo: "<export_to>"`.
+fn service_yaml_exported(port: u16, target_port: u16, export_to: &str) -> String {
+    service_yaml(port, target_port).replacen(
+        "  labels:\n",
+        &format!("  annotations:\n    networking.istio.io/exportTo: \"{export_to}\"\n  labels:\n"),
+        1,
+    )
+}
+
+/// The names of the clusters an Envoy has accepted.
+fn active_clusters(envoy: &Envoy) -> Vec<String> {
+    let dump = envoy.config_dump();
+    dump_section(&dump, "ClustersConfigDump")
+        .and_then(|s| s["dynamic_active_clusters"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["cluster"]["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// A Service exported to its own namespace only (`.`): the sidecar of its namespace reaches
+/// it; a sidecar of namespace `shop` loses its cluster, and its requests reach no backend.
+/// Exported to `shop` by name, shop reaches it again; the change follows live.
+#[test]
+fn a_service_exported_to_its_namespace_only_is_unreachable_from_another_namespace() {
+    let mesh = Mesh::start(&[ok()], "", "");
+    let target_port = mesh.backends[0].addr.port();
+    let shop_ip = loopback_ip();
+    let shop_admin = free_port(Ipv4Addr::LOCALHOST);
+    let node_id = format!("sidecar~{shop_ip}~ratings-v1-1.shop~shop.svc.cluster.local");
+    let shop = Envoy::start(&mesh.meshflow.bootstrap(&node_id, shop_ip, shop_admin));
+    let shop_proxy = SocketAddr::from((shop_ip, mesh.port));
+    let fqdn = "reviews.default.svc.cluster.local";
+    let cluster = format!("outbound|{}||{fqdn}", mesh.port);
+    // The backend's name, or the status, or the transport error.
+    let shop_get = || -> String {
+        match http_request(shop_proxy, "GET", fqdn, "/", &[]) {
+            Ok(r) => answered_by(&r),
+            Err(e) => format!("error: {e}"),
+        }
+    };
+    eventually("the shop proxy to reach the public reviews", CONVERGE, || (shop_get() == "v1").then_some(()));
+
+    replace_file(&mesh.config.path().join("svc.yaml"), &service_yaml_exported(mesh.port, target_port, "."));
+    eventually("the shop proxy to lose the cluster of reviews", CONVERGE, || {
+        (!active_clusters(&shop).contains(&cluster)).then_some(())
+    });
+    thread::sleep(Duration::from_millis(300));
+    for _ in 0..10 {
+        let got = shop_get();
+        assert_ne!(got, "v1", "shop must not reach a Service exported to default only");
+    }
+    assert!(active_clusters(&mesh.envoy).contains(&cluster), "default keeps its cluster");
+    let default_who = mesh.who(10, &[]);
+    assert!(default_who.iter().all(|w| w == "v1"), "the default proxy still reaches it: {default_who:?}");
+
+    replace_file(&mesh.config.path().join("svc.yaml"), &service_yaml_exported(mesh.port, target_port, "shop"));
+    eventually("the shop proxy to reach reviews exported to it by name", CONVERGE, || {
+        (shop_get() == "v1").then_some(())
+    });
+    eventually("the default proxy to lose the cluster of reviews", CONVERGE, || {
+        (!active_clusters(&mesh.envoy).contains(&cluster)).then_some(())
+    });
+    drop(shop);
+}

@@ -17,6 +17,7 @@
 //!        a candidate names (own, exportTo, root): rule per context ─▶ rule by host ─┐                  │      │
 //!                      per host reduce (rows ⊎ rule per context) ─▶ clusters (+ subsets), host info ◀──┘      │
 //!                                   (default context → Scope::All; a namespace that differs → its Scope)      │
+//!                                   (exportTo not `*`: each namespace it is exported to, no default)          │
 //! virtual services ─by pattern──join(host patterns)──reduce ⊎ exportTo namespaces: VS per context─▶ by host   │
 //!                  ─by destination host──join(host info)──reduce per VS─▶ (VS, destination map)              │
 //!   mesh VS ─sourceNamespace ⋈ class namespaces, sourceLabels ⋈ sidecar class labels (label index)─┐
@@ -25,7 +26,8 @@
 //!                        └▶ route configs (assembled outside; a namespace's = sidecars' with its own in
 //!                           place, a class's = its namespace's with its own in place)
 //!                          (a sniffed port's also in `<fqdn>:<port>`, its own sniffing listener's)
-//!                          distinct HTTP ports (not sniffed) ──────────────────────────────▶ listeners
+//!                          HTTP ports (not sniffed) × visibility ─reduce per port─▶ listeners
+//!                                    (Sidecars, or SidecarsIn each namespace it is exported to)
 //!                 per host reduce (TCP + sniffed rows ⊎ chosen VS per context ⊎ markers) ─▶ TCP and sniffing
 //!                                      listener candidates (one per VIP), and their variants per namespace/class
 //!                  per port reduce (candidates ⊎ HTTP port marker) ─▶ the port's TCP listener (+ the winner's
@@ -42,7 +44,10 @@
 //!                                ─join(subsets)─▶ (subset cluster, addr)
 //!                     EDS cluster names ⊎ addresses ─reduce per (scope, cluster)─▶ load assignments
 //!                     (a namespace's subset clusters get their own; its others share the default's)
+//!                     (a host whose exportTo is not `*`: base endpoints ⋈ each namespace's cluster: its own)
 //!   (DNS entry clusters carry their endpoints inline, NONE entries are ORIGINAL_DST: no assignment)
+//! proxy classes (router, sidecar) ─labels given, else ⋈ their Pod's (by name), else
+//!                                  ⋈ live pods by IP ─reduce per class: the Pod at its IP─▶ class labels
 //! proxy classes (router, sidecar) ─labels given, else ⋈ their Pod's─▶ class labels
 //! sidecar class labels ─by (ns, each label)─⋈ services with a selector, by (ns, one selector pair)
 //!                      ─selector ⊆ labels, ⊎ every sidecar class─reduce per class─▶ virtualInbound,
@@ -72,7 +77,7 @@ use crate::translate::outbound::{
     self, ClusterRow, ConfigKey, Context, DestinationMap, HostInfo, SubsetRef, TcpListenerRow, VsRank, host_patterns,
 };
 use crate::translate::{
-    self, Diagnostic, EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart, service_entry,
+    self, Diagnostic, EndpointAddr, MeshConfig, ResourceType, Scope, ServicePortRow, VirtualHostPart, service_entry,
 };
 use crate::translate::{delegate, views};
 
@@ -174,8 +179,19 @@ enum HostInput {
 /// What a host's per-host reduce produces, per context.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum HostOutput {
-    Cluster(Context, Box<ClusterRow>),
+    /// A cluster in a context; `true`: a cluster without subset that has no copy in the
+    /// default context (its host is not exported everywhere), so it gets its own assignment.
+    Cluster(Context, Box<ClusterRow>, bool),
     Info(Context, HostInfo),
+}
+
+/// What meets per proxy class whose named Pod does not exist: the class (kind, namespace) and
+/// the live Pods (namespace, name, labels) at the proxy's IP (named: two Pods alike are two).
+/// `Class` sorts first.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum PodAtIp {
+    Class(ProxyKind, String),
+    Candidate(String, String, Labels),
 }
 
 /// What meets per root VirtualService to merge it with its delegates. `Root` sorts first.
@@ -243,7 +259,8 @@ enum VhostInput {
 }
 
 /// Builds the graph. Returns the input handles and the output collection.
-pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, OutputRow>) {
+pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollection<'s, u64, OutputRow>) {
+    let root = mesh.root_namespace.clone();
     let (services_in, services) = scope.new_collection::<Service, isize>();
     let (slices_in, slices) = scope.new_collection::<EndpointSlice, isize>();
     let (endpoints_in, endpoints) = scope.new_collection::<Endpoints, isize>();
@@ -314,18 +331,47 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         _ => None,
     });
     let of_pod = labelled_classes.flat_map(|c: ProxyClass| match &c.labels {
-        ClassLabels::OfPod(pod) => Some(((c.namespace.clone(), pod.clone()), (c.id(), c.kind))),
+        ClassLabels::OfPod { pod, ip } => Some(((c.namespace.clone(), pod.clone()), (c.id(), c.kind, ip.clone()))),
         _ => None,
     });
-    let pod_labels_found =
-        of_pod.clone().join_map(labels_by_pod.clone(), |(ns, _), (id, kind): &(String, ProxyKind), labels: &Labels| {
+    let pod_labels_found = of_pod.clone().join_map(
+        labels_by_pod.clone(),
+        |(ns, _), (id, kind, _): &(String, ProxyKind, Option<String>), labels: &Labels| {
             (id.clone(), (*kind, ns.clone(), labels.clone()))
+        },
+    );
+    // No Pod of that name: the Pod with the proxy's IP (keyed by IP, so a Pod's change costs the
+    // classes at its IP), else no labels.
+    let pod_missing =
+        of_pod.antijoin(labels_by_pod.clone().map(|(k, _)| k)).map(|((ns, _), (id, kind, ip))| (id, (kind, ns, ip)));
+    let pods_by_ip = pods.clone().flat_map(|p: Pod| {
+        let ip = p.ip.clone().filter(|_| !p.terminal)?;
+        Some((ip, (p.namespace, p.name, p.labels)))
+    });
+    let ip_candidates = pod_missing.clone().flat_map(|(id, (_, _, ip))| ip.map(|ip| (ip, id))).join_map(
+        pods_by_ip,
+        |_, id: &String, (ns, name, labels): &(String, String, Labels)| {
+            (id.clone(), PodAtIp::Candidate(ns.clone(), name.clone(), labels.clone()))
+        },
+    );
+    let pod_at_ip = pod_missing
+        .map(|(id, (kind, ns, _))| (id, PodAtIp::Class(kind, ns)))
+        .concat(ip_candidates)
+        .reduce_named("select: pod at the proxy's IP", |_id: &String, input: &[(&PodAtIp, isize)], output| {
+            let mut class = None;
+            let mut candidates = Vec::new();
+            for (i, _) in input {
+                match i {
+                    PodAtIp::Class(kind, ns) => class = Some((*kind, ns)),
+                    PodAtIp::Candidate(ns, _, labels) => candidates.push((ns.as_str(), labels)),
+                }
+            }
+            let Some((kind, ns)) = class else { return };
+            let labels = views::pod_by_ip(ns, &candidates).cloned().unwrap_or_default();
+            output.push(((kind, ns.clone(), labels), 1isize));
         });
-    let pod_missing = of_pod
-        .antijoin(labels_by_pod.clone().map(|(k, _)| k))
-        .map(|((ns, _), (id, kind))| (id, (kind, ns, Labels::new())));
     let class_labels: VecCollection<'s, u64, (String, (ProxyKind, String, Labels))> =
-        given_labels.concat(pod_labels_found).concat(pod_missing);
+        given_labels.concat(pod_labels_found).concat(pod_at_ip);
 
     // === sidecar classes' inbound side (for captured proxies): virtualInbound, inbound|<port>|| ===
     // A Service with a selector is keyed by (namespace, one of its pairs), a sidecar class by
@@ -389,17 +435,20 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         patterns.clone().join_map(rules_by_pattern, |pattern, host: &(String, String), dr: &DestinationRule| {
             (host.clone(), (pattern.clone(), dr.clone()))
         });
+    let marker_root = root.clone();
     let rule_markers = rule_candidates
         .clone()
-        .flat_map(|(host, (_, dr))| {
-            outbound::rule_namespaces(&dr).into_iter().map(move |ns| (ns, host.clone())).collect::<Vec<_>>()
+        .flat_map(move |(host, (_, dr))| {
+            let namespaces = outbound::rule_namespaces(&dr, &marker_root);
+            namespaces.into_iter().map(move |ns| (ns, host.clone())).collect::<Vec<_>>()
         })
         .join_map(class_namespaces.clone(), |ns, host: &(String, String), _| (host.clone(), ns.clone()))
         .distinct();
     let rule_by_host = rule_candidates
         .map(|(host, (p, dr))| (host, RuleInput::Candidate(p, dr)))
         .concat(rule_markers.map(|(host, ns)| (host, RuleInput::Namespace(ns))))
-        .reduce_named("select: DestinationRule", |(_, ns): &(String, String), input: &[(&RuleInput, isize)], output| {
+        .reduce_named("select: DestinationRule", move |k: &(String, String), input: &[(&RuleInput, isize)], output| {
+            let ns = &k.1;
             let mut candidates = Vec::new();
             let mut namespaces = Vec::new();
             for (i, _) in input {
@@ -408,7 +457,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                     RuleInput::Namespace(n) => namespaces.push(n.as_str()),
                 }
             }
-            for (ctx, rule) in outbound::rules_by_context(ns, &candidates, namespaces) {
+            for (ctx, rule) in outbound::rules_by_context(ns, &candidates, namespaces, &root) {
                 output.push(((ctx, rule), 1isize));
             }
         })
@@ -432,16 +481,28 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             if rules.first().is_none_or(|(c, _)| c.is_some()) {
                 rules.insert(0, (&None, None));
             }
-            for (ctx, rule) in rules {
+            // exportTo: a host exported to some namespaces only has its clusters there alone;
+            // what routes toward it need is known in every context.
+            let visible = outbound::host_visibility(&rows);
+            for (ctx, rule) in outbound::cluster_contexts(visible.as_ref(), &rules) {
                 for cluster in outbound::clusters_for_host(&rows, rule) {
-                    output.push((HostOutput::Cluster(ctx.clone(), Box::new(cluster)), 1isize));
+                    let own = visible.is_some() && cluster.subset.is_none();
+                    output.push((HostOutput::Cluster(ctx.clone(), Box::new(cluster), own), 1isize));
                 }
+            }
+            for (ctx, rule) in rules {
                 output.push((HostOutput::Info(ctx.clone(), HostInfo::new(&rows, rule.cloned())), 1));
             }
         });
     let context_clusters = host_outputs
         .clone()
-        .flat_map(|(_, out)| if let HostOutput::Cluster(ctx, c) = out { Some((ctx, *c)) } else { None });
+        .flat_map(|(_, out)| if let HostOutput::Cluster(ctx, c, _) = out { Some((ctx, *c)) } else { None });
+    // Clusters without subset of hosts exported to some namespaces only: each namespace's copy
+    // has its own assignment (there is no default one to share).
+    let scoped_bases = host_outputs.clone().flat_map(|(_, out)| match out {
+        HostOutput::Cluster(ctx, c, true) if c.is_eds() => Some((c.name(), translate::context_scope(&ctx, Scope::All))),
+        _ => None,
+    });
     let cluster_rows = context_clusters.clone().flat_map(|(ctx, c)| ctx.is_none().then_some(c));
     let context_info = host_outputs
         .flat_map(|(fqdn, out)| if let HostOutput::Info(ctx, i) = out { Some((fqdn, ctx, i)) } else { None });
@@ -470,7 +531,6 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                 .map(move |f| Diagnostic::field(dr.object_key(), f))
                 .collect::<Vec<_>>()
         }))
-        .concat(services.clone().flat_map(|s: Service| translate::service_untranslated(&s)))
         .concat(service_entries.clone().flat_map(|se: ServiceEntry| {
             service_entry::untranslated(&se)
                 .into_iter()
@@ -644,12 +704,23 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     // Ports of unknown protocol have their own (sniffing) listeners: they claim no shared one.
     let http_port_numbers =
         http_ports.clone().filter(|row| !row.protocol().is_sniffed()).map(|row| row.port.port).distinct();
-    let listeners = http_port_numbers.clone().map(|port| OutputRow::Resource {
-        scope: Scope::Sidecars,
-        ty: ResourceType::Listener,
-        name: translate::listener_name(port),
-        body: translate::listener(port, None),
-    });
+    // Each port's listener for the sidecars that see a host of it (exportTo).
+    let listeners = http_ports
+        .clone()
+        .filter(|row| !row.protocol().is_sniffed())
+        .map(|row| (row.port.port, outbound::host_visibility(&[&row])))
+        .distinct()
+        .reduce_named("scope: HTTP listeners", |_port: &u16, input: &[(&Option<BTreeSet<String>>, isize)], output| {
+            for scope in outbound::http_listener_scopes(input.iter().map(|(v, _)| *v)) {
+                output.push((scope, 1isize));
+            }
+        })
+        .map(|(port, scope)| OutputRow::Resource {
+            scope,
+            ty: ResourceType::Listener,
+            name: translate::listener_name(port),
+            body: translate::listener(port, None),
+        });
 
     // === per host: TCP listeners; per port: the one that binds it ===
     let tcp_candidates = tcp_ports
@@ -702,13 +773,16 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             let candidates = input.iter().filter_map(|(c, _)| if let PortClaim::Tcp(l) = c { Some(l) } else { None });
             let (winner, diagnostics) = outbound::settle_port(*port, http, candidates);
             if let Some(w) = winner {
-                let row = OutputRow::Resource {
-                    scope: Scope::Sidecars,
-                    ty: ResourceType::Listener,
-                    name: w.name.clone(),
-                    body: w.body.clone(),
-                };
-                output.push((row, 1isize));
+                // A host not exported everywhere claims the port but serves only its variants.
+                if !w.hidden {
+                    let row = OutputRow::Resource {
+                        scope: Scope::Sidecars,
+                        ty: ResourceType::Listener,
+                        name: w.name.clone(),
+                        body: w.body.clone(),
+                    };
+                    output.push((row, 1isize));
+                }
                 // The winner's variants for a namespace's sidecars or a class.
                 for (c, _) in input {
                     if let PortClaim::Variant(scope, l) = c
@@ -808,10 +882,12 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .flat_map(|((ns, _), (svc, pod))| {
             pod_addresses(&ns, &svc, &pod).into_iter().map(move |(c, ep)| ((c, ns.clone()), ep)).collect::<Vec<_>>()
         });
-    let entry_owners = cluster_rows
+    // (Every context's clusters: an entry exported to some namespaces only has no default one.)
+    let entry_owners = context_clusters
         .clone()
-        .filter(|c: &ClusterRow| c.subset.is_none() && c.row.entry.is_some() && c.is_eds())
-        .map(|c| (c.name(), c.row.namespace.clone()));
+        .filter(|(_, c): &(Context, ClusterRow)| c.subset.is_none() && c.row.entry.is_some() && c.is_eds())
+        .map(|(_, c)| (c.name(), c.row.namespace.clone()))
+        .distinct();
     let from_entries = service_entries
         .flat_map(|se: ServiceEntry| service_entry::static_endpoints(&se))
         .concat(from_entry_pods)
@@ -873,14 +949,21 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             outbound::subset_selects(subset, labels).then(|| (cluster.clone(), addr.clone()))
         },
     );
-    let addresses =
-        base_endpoints.map(|(cluster, ep)| ((Scope::All, cluster), ep.addr)).concat(from_subsets.flat_map(|x| x));
+    let scoped_addresses =
+        base_endpoints.clone().join_map(scoped_bases.clone(), |cluster, ep: &EndpointRow, scope: &Scope| {
+            ((scope.clone(), cluster.clone()), ep.addr.clone())
+        });
+    let addresses = base_endpoints
+        .map(|(cluster, ep)| ((Scope::All, cluster), ep.addr))
+        .concat(from_subsets.flat_map(|x| x))
+        .concat(scoped_addresses);
 
     // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
     // cluster warming (and its own initialization waiting) until one arrives.
     let assignments = context_clusters
         .filter(|(ctx, c): &(Context, ClusterRow)| c.is_eds() && (ctx.is_none() || c.subset.is_some()))
         .map(|(ctx, c)| ((translate::context_scope(&ctx, Scope::All), c.name()), None))
+        .concat(scoped_bases.map(|(name, scope)| ((scope, name), None)))
         .concat(addresses.map(|(cluster, addr)| (cluster, Some(addr))))
         .reduce_named(
             "translate: ClusterLoadAssignment",
@@ -1049,7 +1132,9 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     // Proxyless clients are served the default context.
     let default_vhosts = host_vhosts
         .flat_map(|(fqdn, (scope, route, vhost))| (scope == Scope::Sidecars).then_some((fqdn, (route, vhost))));
-    let proxyless = super::proxyless::proxyless(classes, cluster_rows, http_ports, default_vhosts);
+    // Proxyless clients are served hosts visible everywhere only.
+    let public_http = http_ports.filter(|row| outbound::host_visibility(&[row]).is_none());
+    let proxyless = super::proxyless::proxyless(classes, cluster_rows, public_http, default_vhosts);
     let output = clusters
         .concat(assignments)
         .concat(listeners)

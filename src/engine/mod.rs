@@ -55,6 +55,11 @@ const MAX_COMMANDS_PER_TIME: usize = 4096;
 impl Engine {
     /// Starts the worker thread. `sink` receives every output, in order, on that thread.
     pub fn start(sink: impl FnMut(EngineOutput) + Send + 'static) -> Engine {
+        Engine::start_with(crate::translate::MeshConfig::default(), sink)
+    }
+
+    /// [`Engine::start`] with a mesh config other than istiod's default.
+    pub fn start_with(mesh: crate::translate::MeshConfig, sink: impl FnMut(EngineOutput) + Send + 'static) -> Engine {
         // timely wants a `Sync` closure; the sink is only ever called from the worker thread.
         let sink = std::sync::Mutex::new(sink);
         let (tx, rx) = crossbeam_channel::unbounded::<Command>();
@@ -66,7 +71,7 @@ impl Engine {
                     let probe = ProbeHandle::new();
                     let sink_buffer = buffer.clone();
                     let mut inputs = worker.dataflow::<u64, _, _>(|scope| {
-                        let (inputs, output) = dataflow::build(scope);
+                        let (inputs, output) = dataflow::build(scope, &mesh);
                         output
                             .inspect_batch(move |_, updates| {
                                 sink_buffer

@@ -512,7 +512,7 @@ mod tests {
     }
 
     #[test]
-    fn the_export_to_annotation_is_read_and_reported_as_not_applied() {
+    fn the_export_to_annotation_is_read_onto_the_service_rows() {
         let svc: core::Service = serde_json::from_value(json!({
             "metadata": {"name": "reviews", "namespace": "default",
                          "annotations": {SERVICE_EXPORT_TO: "., istio-system"}},
@@ -520,11 +520,8 @@ mod tests {
         .unwrap();
         let converted = service_from("default", "reviews", &svc).unwrap();
         assert_eq!(converted.export_to, [".", "istio-system"]);
-        let d = crate::translate::service_untranslated(&converted).expect("a diagnostic");
-        assert_eq!(d.field, "metadata.annotations[networking.istio.io/exportTo]");
-        assert_eq!(d.object, crate::model::ObjectKey::new(crate::model::Kind::Service, "default", "reviews"));
-        let public = Service { export_to: vec!["*".into()], ..converted };
-        assert!(crate::translate::service_untranslated(&public).is_none());
+        let rows = crate::translate::endpoint::service_port_rows(&converted);
+        assert_eq!(rows[0].export_to, [".", "istio-system"], "the rows carry it to translation");
     }
 
     #[test]

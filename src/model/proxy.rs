@@ -44,9 +44,11 @@ pub enum ClassLabels {
     Ignored,
     /// The proxy said (node metadata `LABELS`).
     Given(Labels),
-    /// The labels of the Pod of this name in the class's namespace, as the cluster has them
-    /// (the node id names the pod; its labels follow the Pod as it changes).
-    OfPod(String),
+    /// The labels of the Pod `pod` in the class's namespace, as the cluster has them (the node
+    /// id names the pod; its labels follow the Pod as it changes); when no such Pod exists, the
+    /// labels of the Pod whose IP is `ip` (the IP of the node id `<type>~<ip>~…`), as istiod's
+    /// `PodCache.getPodByProxy` falls back (see [`crate::translate::views::pod_by_ip`]).
+    OfPod { pod: String, ip: Option<String> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -63,13 +65,22 @@ impl ProxyClass {
         let labels = match (kind, labels) {
             (ProxyKind::Proxyless, _) => ClassLabels::Ignored,
             (ProxyKind::Router | ProxyKind::Sidecar, Some(l)) => ClassLabels::Given(l),
-            (ProxyKind::Router | ProxyKind::Sidecar, None) => ClassLabels::OfPod(pod.to_string()),
+            (ProxyKind::Router | ProxyKind::Sidecar, None) => ClassLabels::OfPod { pod: pod.to_string(), ip: None },
         };
         ProxyClass { kind, namespace: namespace.to_string(), labels }
     }
 
-    /// A stable, readable identity: `<kind>/<ns>/<k>=<v>,…`, `<kind>/<ns>/pod:<name>`,
-    /// `proxyless/<ns>`. Class-scoped resources are keyed by it; [`namespace_of_id`] reads the
+    /// The same class for a proxy at `ip` (its node id's IP): a class known by its pod falls
+    /// back to the Pod with that IP when the named Pod does not exist.
+    pub fn at_ip(mut self, ip: &str) -> ProxyClass {
+        if let ClassLabels::OfPod { ip: at, .. } = &mut self.labels {
+            *at = Some(ip.to_string());
+        }
+        self
+    }
+
+    /// A stable, readable identity: `<kind>/<ns>/<k>=<v>,…`, `<kind>/<ns>/pod:<name>` (with
+    /// `@<ip>` when the proxy's IP is known), `proxyless/<ns>`. Class-scoped resources are keyed by it; [`namespace_of_id`] reads the
     /// namespace back.
     pub fn id(&self) -> String {
         let mut id = format!("{}/{}", self.kind.as_str(), self.namespace);
@@ -80,9 +91,13 @@ impl ProxyClass {
                 let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 id.push_str(&pairs.join(","));
             }
-            ClassLabels::OfPod(pod) => {
+            ClassLabels::OfPod { pod, ip } => {
                 id.push_str("/pod:");
                 id.push_str(pod);
+                if let Some(ip) = ip {
+                    id.push('@');
+                    id.push_str(ip);
+                }
             }
         }
         id
@@ -123,5 +138,10 @@ mod tests {
         let p = ProxyClass::of_proxy(ProxyKind::Router, "istio-system", "gw-1", None);
         assert_eq!(p.id(), "router/istio-system/pod:gw-1");
         assert_ne!(g.id(), ProxyClass::of_proxy(ProxyKind::Router, "istio-system", "gw-2", Some(l("egress"))).id());
+        // A proxy known by its pod carries its IP (the fallback when the pod does not exist);
+        // one with labels does not need it.
+        assert_eq!(p.clone().at_ip("10.0.0.7").id(), "router/istio-system/pod:gw-1@10.0.0.7");
+        assert_eq!(namespace_of_id(&p.at_ip("10.0.0.7").id()), Some("istio-system"));
+        assert_eq!(g.clone().at_ip("10.0.0.7"), g);
     }
 }

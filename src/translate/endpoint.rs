@@ -50,6 +50,7 @@ pub fn service_port_rows(s: &Service) -> Vec<ServicePortRow> {
             port: p.clone(),
             cluster_ip,
             entry: None,
+            export_to: s.export_to.clone(),
         })
         .collect()
 }

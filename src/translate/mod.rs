@@ -69,6 +69,21 @@ impl std::fmt::Display for Diagnostic {
     }
 }
 
+/// What translation reads of istiod's mesh config (`meshConfig`): fixed for the life of an
+/// engine (`meshflow serve` flags), the same for the engine and the reference translator.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MeshConfig {
+    /// `meshConfig.rootNamespace`: its DestinationRules apply to every namespace after the
+    /// proxy's own and the host's (default `istio-system`).
+    pub root_namespace: String,
+}
+
+impl Default for MeshConfig {
+    fn default() -> MeshConfig {
+        MeshConfig { root_namespace: outbound::ROOT_NAMESPACE.to_string() }
+    }
+}
+
 /// The cluster's DNS domain, as in istiod's default `cluster.local`.
 pub const DOMAIN_SUFFIX: &str = "cluster.local";
 
@@ -174,20 +189,6 @@ impl std::fmt::Display for Scope {
     }
 }
 
-/// What of a Service meshflow reads but does not apply yet: its `exportTo` annotation (the
-/// Service stays visible to every namespace).
-pub fn service_untranslated(s: &crate::model::Service) -> Option<Diagnostic> {
-    if s.export_to.is_empty() || s.export_to.iter().all(|e| e == "*") {
-        return None;
-    }
-    Some(Diagnostic {
-        object: crate::model::ObjectKey::new(crate::model::Kind::Service, &s.namespace, &s.name),
-        field: format!("metadata.annotations[{}]", crate::model::k8s::SERVICE_EXPORT_TO),
-        message: "visibility per namespace is not applied to Services yet: the Service is visible to every proxy"
-            .into(),
-    })
-}
-
 /// Where output of a context goes: the default context's to `shared`, a namespace's to that
 /// namespace.
 pub fn context_scope(ctx: &outbound::Context, shared: Scope) -> Scope {
@@ -287,6 +288,9 @@ pub struct ServicePortRow {
     /// Set for the port of a ServiceEntry host (then `service` is the ServiceEntry's name and
     /// `port` its port as a Kubernetes port): see [`service_entry`].
     pub entry: Option<Box<service_entry::EntryPort>>,
+    /// Who sees the host: the Service's `networking.istio.io/exportTo` annotation, the
+    /// ServiceEntry's `exportTo` (empty: every namespace). See [`outbound::host_visibility`].
+    pub export_to: Vec<String>,
 }
 
 impl ServicePortRow {
@@ -641,6 +645,7 @@ pub(crate) mod tests {
             },
             cluster_ip: None,
             entry: None,
+            export_to: Vec::new(),
         }
     }
 

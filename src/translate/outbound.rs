@@ -35,7 +35,8 @@ use crate::model::istio::{Destination, DestinationRule, DestinationRuleSpec, Sub
 use crate::model::k8s::{Labels, selector_matches};
 use crate::model::{Kind, ObjectKey};
 
-/// The root namespace, as in istiod's default mesh config.
+/// The root namespace of istiod's default mesh config (`meshConfig.rootNamespace`); `meshflow
+/// serve --root-namespace` sets another ([`super::MeshConfig`]).
 pub const ROOT_NAMESPACE: &str = "istio-system";
 
 /// The name a VirtualService or DestinationRule is known by in the dataflow: (namespace, name).
@@ -129,6 +130,60 @@ pub fn named_namespaces(export_to: &[String], owner: &str) -> BTreeSet<String> {
         .filter(|e| !matches!(e.as_str(), "*" | "~"))
         .map(|e| if e == "." { owner.to_string() } else { e.clone() })
         .collect()
+}
+
+/// Which namespaces see a host, from its rows' `exportTo` (a Service's
+/// `networking.istio.io/exportTo` annotation, a ServiceEntry's `exportTo`), as istiod's
+/// `PushContext.IsServiceVisible` decides for a proxy's namespace (and so for its
+/// `DefaultSidecarScopeForNamespace`, sidecars and gateways alike): `None` when every namespace
+/// does (no entry: meshConfig's default `*`; or `*`); else the namespaces named (`.`: the
+/// host's own; `~` alone: none). A host's rows come from one Service or from ServiceEntries merged
+/// only when their `exportTo` agree; should they differ, the host is visible where any is.
+pub fn host_visibility(rows: &[&ServicePortRow]) -> Option<BTreeSet<String>> {
+    let mut visible = BTreeSet::new();
+    for row in rows {
+        if row.export_to.is_empty() || row.export_to.iter().any(|e| e == "*") {
+            return None;
+        }
+        visible.extend(named_namespaces(&row.export_to, &row.namespace));
+    }
+    Some(visible)
+}
+
+/// The contexts a host's clusters are served in, with the rule of each, from its rules by
+/// context (`rules`: the default context's first, then the namespaces whose rule differs). A
+/// host visible everywhere: exactly `rules`. A host exported to some namespaces only: one
+/// context per namespace it is exported to (its rule there, else the default's), and none
+/// for the default, so proxies of other namespaces (sidecars and gateways) get no cluster.
+pub fn cluster_contexts<'a>(
+    visible: Option<&BTreeSet<String>>,
+    rules: &[(&'a Context, Option<&'a DestinationRuleSpec>)],
+) -> Vec<(Context, Option<&'a DestinationRuleSpec>)> {
+    let Some(visible) = visible else { return rules.iter().map(|(c, r)| ((*c).clone(), *r)).collect() };
+    let default = rules.iter().find(|(c, _)| c.is_none()).and_then(|(_, r)| *r);
+    visible
+        .iter()
+        .map(|ns| {
+            let ctx = Some(ns.clone());
+            let rule = rules.iter().find(|(c, _)| **c == ctx).map_or(default, |(_, r)| *r);
+            (ctx, rule)
+        })
+        .collect()
+}
+
+/// The scopes a port's shared HTTP listener (`0.0.0.0_<port>`) is served in, from the
+/// visibility of each HTTP row of the port ([`host_visibility`] of the row alone): every
+/// sidecar's when a host visible everywhere has the port; else the sidecars of each namespace
+/// some host of the port is exported to (no listener whose route config nobody may see).
+pub fn http_listener_scopes<'a>(visibilities: impl IntoIterator<Item = &'a Option<BTreeSet<String>>>) -> Vec<Scope> {
+    let mut namespaces = BTreeSet::new();
+    for v in visibilities {
+        match v {
+            None => return vec![Scope::Sidecars],
+            Some(set) => namespaces.extend(set.iter().cloned()),
+        }
+    }
+    namespaces.into_iter().map(Scope::SidecarsIn).collect()
 }
 
 // === VirtualService selection ===
@@ -324,7 +379,8 @@ fn private_only(dr: &DestinationRule) -> bool {
 /// 1. the rules of the proxy's own namespace (for a proxy in the root namespace, its rules
 ///    exported to itself only);
 /// 2. the rules of the host's namespace exported to the proxy's namespace;
-/// 3. the rules of the root namespace exported to the proxy's namespace.
+/// 3. the rules of the root namespace (`root`, meshConfig `rootNamespace`) exported to the
+///    proxy's namespace.
 ///
 /// `proxy: None` is the default context: a namespace that no candidate lives in or names, whose
 /// proxies get steps 2 and 3 with rules exported to every namespace.
@@ -332,27 +388,28 @@ pub fn rule_for<'a>(
     proxy: Option<&str>,
     host_namespace: &str,
     candidates: &[(&'a str, &'a DestinationRule)],
+    root: &str,
 ) -> Option<DestinationRuleSpec> {
     let pick =
         |keep: &dyn Fn(&DestinationRule) -> bool| merge_best(candidates.iter().copied().filter(|(_, dr)| keep(dr)));
     let local = match proxy {
-        Some(p) if p == ROOT_NAMESPACE => pick(&|dr| dr.namespace == p && private_only(dr)),
+        Some(p) if p == root => pick(&|dr| dr.namespace == p && private_only(dr)),
         Some(p) => pick(&|dr| dr.namespace == p && exported_to(&dr.spec.export_to, &dr.namespace, Some(p))),
         None => None,
     };
     let exported_from = |ns: &str| {
         pick(&|dr| dr.namespace == ns && !private_only(dr) && exported_to(&dr.spec.export_to, &dr.namespace, proxy))
     };
-    local.or_else(|| exported_from(host_namespace)).or_else(|| exported_from(ROOT_NAMESPACE))
+    local.or_else(|| exported_from(host_namespace)).or_else(|| exported_from(root))
 }
 
 /// The namespaces whose proxies may look a rule up differently from the default context: its
 /// own, the ones its `exportTo` names, and the root namespace (whose proxies read the root's
 /// private rules first).
-pub fn rule_namespaces(dr: &DestinationRule) -> BTreeSet<String> {
+pub fn rule_namespaces(dr: &DestinationRule, root: &str) -> BTreeSet<String> {
     let mut out = named_namespaces(&dr.spec.export_to, &dr.namespace);
     out.insert(dr.namespace.clone());
-    out.insert(ROOT_NAMESPACE.to_string());
+    out.insert(root.to_string());
     out
 }
 
@@ -362,8 +419,9 @@ pub fn rules_by_context<'a>(
     host_namespace: &str,
     candidates: &[(&'a str, &'a DestinationRule)],
     namespaces: impl IntoIterator<Item = &'a str>,
+    root: &str,
 ) -> Vec<(Context, Option<DestinationRuleSpec>)> {
-    by_context(namespaces, |ns| rule_for(ns, host_namespace, candidates))
+    by_context(namespaces, |ns| rule_for(ns, host_namespace, candidates, root))
 }
 
 /// The namespace of a service FQDN `<name>.<namespace>.svc.<domain>`.
@@ -546,18 +604,27 @@ pub fn virtual_hosts_by_context<'a>(
         let vs = routes.get(&ctx).copied().unwrap_or(default_routes);
         virtual_hosts_for_host(rows, info, vs, Source { namespace: ns, labels })
     };
-    let layers = layered(&namespaces, classes, Scope::Namespace, build);
-    layers.into_iter().map(|(scope, (route, vhost))| (scope, route, vhost)).collect()
+    let visible = host_visibility(rows);
+    let layers = layered(&namespaces, classes, Scope::Namespace, visible.as_ref(), build);
+    // A host not exported everywhere has no virtual host in the sidecars' route configs.
+    let layers = layers.into_iter().filter(|(scope, _)| visible.is_none() || *scope != Scope::Sidecars);
+    layers.map(|(scope, (route, vhost))| (scope, route, vhost)).collect()
 }
 
 /// What [`virtual_hosts_by_context`] and [`tcp_listeners_by_context`] share: `build(None, None)`
 /// is the default (`Sidecars`); each of `namespaces` gets, in `namespace_scope(ns)`, what
 /// `build(Some(ns), None)` gives that the default does not; each class gets, in `Class(id)`, what
 /// `build(Some(ns), Some(labels))` gives that its namespace does not.
+///
+/// For a host exported to some namespaces only (`visible`), each of those gets all of
+/// `build(Some(ns), None)` in `namespace_scope(ns)` (nothing lies under it), its classes what
+/// differs from that, and no other namespace or class anything; the default's are still listed
+/// (`Sidecars`) for the caller to drop or mark.
 fn layered<T: PartialEq + Clone>(
     namespaces: &BTreeSet<&str>,
     classes: &[SourceClass<'_>],
     namespace_scope: fn(String) -> Scope,
+    visible: Option<&BTreeSet<String>>,
     build: impl Fn(Option<&str>, Option<&Labels>) -> Vec<T>,
 ) -> Vec<(Scope, T)> {
     let defaults = build(None, None);
@@ -568,6 +635,16 @@ fn layered<T: PartialEq + Clone>(
     let differing = |own: Vec<T>, base: &[T], scope: Scope| {
         own.into_iter().filter(|t| !base.contains(t)).map(|t| (scope.clone(), t)).collect::<Vec<_>>()
     };
+    if let Some(visible) = visible {
+        for ns in visible {
+            out.extend(build(Some(ns), None).into_iter().map(|t| (namespace_scope(ns.clone()), t)));
+        }
+        for class in classes.iter().filter(|c| visible.contains(c.namespace)) {
+            let ns = Some(class.namespace);
+            out.extend(differing(build(ns, Some(class.labels)), &build(ns, None), Scope::Class(class.id.to_string())));
+        }
+        return out;
+    }
     for ns in namespaces {
         out.extend(differing(build(Some(ns), None), &defaults, namespace_scope(ns.to_string())));
     }
@@ -645,6 +722,10 @@ pub struct TcpListenerRow {
     pub body: Vec<u8>,
     /// A sniffing listener (port of unknown protocol: HTTP chain and TCP chain), not a TCP one.
     pub sniffed: bool,
+    /// The default context's listener of a host not exported everywhere
+    /// ([`host_visibility`]): it claims its port ([`settle_port`]) but is not served to every
+    /// sidecar; its variants (`SidecarsIn` the namespaces it is exported to) are.
+    pub hidden: bool,
 }
 
 /// The address every meshflow listener binds for proxies without a bind address; proxies with
@@ -724,6 +805,7 @@ fn tcp_listener_for(
         name,
         body,
         sniffed,
+        hidden: false,
     }
 }
 
@@ -746,7 +828,14 @@ pub fn tcp_listeners_by_context<'a>(
         let vs = ns.and_then(|ns| routes.get(&Some(ns.to_string())).copied()).unwrap_or(default_routes);
         tcp_listeners_for_host(rows, vs, Source { namespace: ns, labels })
     };
-    layered(&namespaces, classes, Scope::SidecarsIn, build)
+    let visible = host_visibility(rows);
+    let mut out = layered(&namespaces, classes, Scope::SidecarsIn, visible.as_ref(), build);
+    if visible.is_some() {
+        for (_, l) in out.iter_mut().filter(|(scope, _)| *scope == Scope::Sidecars) {
+            l.hidden = true;
+        }
+    }
+    out
 }
 
 /// Settles one port number among the listeners that want it: meshflow's listeners bind their
@@ -834,6 +923,7 @@ mod tests {
             },
             cluster_ip: cluster_ip.map(|ip| ip.parse().unwrap()),
             entry: None,
+            export_to: Vec::new(),
         }
     }
 
@@ -964,7 +1054,7 @@ mod tests {
         let patterns: Vec<String> = rules.iter().map(|r| destination_rule_pattern(r).unwrap()).collect();
         let candidates: Vec<(&str, &DestinationRule)> =
             patterns.iter().map(String::as_str).zip(rules).filter(|(p, _)| pattern_matches(p, fqdn)).collect();
-        rule_for(proxy, "default", &candidates).map(|r| r.subsets[0].name.clone())
+        rule_for(proxy, "default", &candidates, ROOT_NAMESPACE).map(|r| r.subsets[0].name.clone())
     }
 
     #[test]
@@ -982,6 +1072,30 @@ mod tests {
         // namespace's own business.
         assert_eq!(picked(Some("other"), &rules[1..]).as_deref(), Some("root"));
         assert_eq!(picked(Some("other"), &rules[1..2]), None);
+    }
+
+    #[test]
+    fn the_root_namespace_is_the_configured_one() {
+        let candidates_of = |rules: &[DestinationRule]| -> Vec<(String, DestinationRule)> {
+            rules.iter().map(|r| (destination_rule_pattern(r).unwrap(), r.clone())).collect()
+        };
+        let rules = [
+            rule("mesh-root", "custom", "reviews.default.svc.cluster.local", &[], "custom"),
+            rule("istio-system", "default-root", "reviews.default.svc.cluster.local", &[], "istio"),
+        ];
+        let owned = candidates_of(&rules);
+        let candidates: Vec<(&str, &DestinationRule)> = owned.iter().map(|(p, r)| (p.as_str(), r)).collect();
+        let picked = |proxy: Option<&str>, root: &str| {
+            rule_for(proxy, "default", &candidates, root).map(|r| r.subsets[0].name.clone())
+        };
+        assert_eq!(picked(Some("shop"), "mesh-root").as_deref(), Some("custom"));
+        assert_eq!(picked(None, "mesh-root").as_deref(), Some("custom"));
+        assert_eq!(picked(None, ROOT_NAMESPACE).as_deref(), Some("istio"));
+        // The configured root's proxies may pick a rule differently (they read the root's
+        // private rules first): it is among every rule's namespaces, istio-system is not.
+        let host_rule = rule("default", "host", "reviews", &[], "host");
+        assert!(rule_namespaces(&host_rule, "mesh-root").contains("mesh-root"));
+        assert!(!rule_namespaces(&host_rule, "mesh-root").contains(ROOT_NAMESPACE));
     }
 
     #[test]
@@ -1008,7 +1122,7 @@ mod tests {
         let candidates: Vec<(String, &DestinationRule)> =
             rules.iter().map(|r| (destination_rule_pattern(r).unwrap(), r)).collect();
         let candidates: Vec<(&str, &DestinationRule)> = candidates.iter().map(|(p, r)| (p.as_str(), *r)).collect();
-        let by = rules_by_context("default", &candidates, ["default", "shop", "istio-system"]);
+        let by = rules_by_context("default", &candidates, ["default", "shop", "istio-system"], ROOT_NAMESPACE);
         let by: Vec<(Option<&str>, &str)> =
             by.iter().map(|(c, r)| (c.as_deref(), r.as_ref().unwrap().subsets[0].name.as_str())).collect();
         assert_eq!(by, [(None, "host"), (Some("shop"), "proxy")]);
@@ -1177,6 +1291,78 @@ mod tests {
                 ("sidecar/shop/app=web".to_string(), "9081".to_string(), reviews("v2").replace("9080", "9081")),
                 ("sidecar/default/app=web".to_string(), "9080".to_string(), reviews("v2")),
                 ("sidecar/default/app=web".to_string(), "9081".to_string(), reviews("v2").replace("9080", "9081")),
+            ]
+        );
+    }
+
+    #[test]
+    fn export_to_gives_the_namespaces_that_see_a_host() {
+        let with = |export_to: &[&str]| {
+            let mut r = row("reviews", "http", 9080, Some("10.96.0.9"));
+            r.export_to = export_to.iter().map(|s| s.to_string()).collect();
+            r
+        };
+        let set = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>());
+        assert_eq!(host_visibility(&[&with(&[])]), None, "absent: meshConfig's default *");
+        assert_eq!(host_visibility(&[&with(&["*"])]), None);
+        assert_eq!(host_visibility(&[&with(&[".", "*"])]), None, "* with others is still everyone");
+        assert_eq!(host_visibility(&[&with(&["."])]), set(&["default"]), ". is the host's namespace");
+        assert_eq!(host_visibility(&[&with(&["shop", "."])]), set(&["default", "shop"]));
+        assert_eq!(host_visibility(&[&with(&["~"])]), set(&[]), "~: nobody");
+        assert_eq!(host_visibility(&[&with(&["."]), &with(&[])]), None, "rows disagreeing: visible where any is");
+        // Listeners: every sidecar's when one host of the port is public, else the namespaces'.
+        assert_eq!(http_listener_scopes(&[None, set(&["shop"])]), [Scope::Sidecars]);
+        assert_eq!(
+            http_listener_scopes(&[set(&["shop"]), set(&["default"]), set(&[])]),
+            [Scope::SidecarsIn("default".into()), Scope::SidecarsIn("shop".into())]
+        );
+    }
+
+    #[test]
+    fn a_host_exported_to_some_namespaces_has_clusters_and_virtual_hosts_there_only() {
+        let mut http = row("reviews", "http", 9080, Some("10.96.0.9"));
+        http.export_to = vec![".".into(), "shop".into()];
+        let mut tcp = row("reviews", "tcp", 9000, Some("10.96.0.9"));
+        tcp.export_to = http.export_to.clone();
+        let rows = [&http, &tcp];
+        let visible = host_visibility(&rows);
+        // Clusters: one context per namespace exported to, with its own rule where it has one.
+        let own = rule("shop", "own", "reviews.default.svc.cluster.local", &[], "own").spec;
+        let host = rule("default", "host", "reviews", &[], "host").spec;
+        let (none, shop, other): (Context, Context, Context) = (None, Some("shop".into()), Some("other".into()));
+        let rules = [(&none, Some(&host)), (&shop, Some(&own)), (&other, None)];
+        let contexts: Vec<(Option<String>, Option<&str>)> = cluster_contexts(visible.as_ref(), &rules)
+            .into_iter()
+            .map(|(c, r)| (c, r.map(|r| r.subsets[0].name.as_str())))
+            .collect();
+        assert_eq!(contexts, [(Some("default".into()), Some("host")), (Some("shop".into()), Some("own"))]);
+        assert_eq!(cluster_contexts(None, &rules).len(), 3, "a public host: its rules' contexts");
+        // Virtual hosts: none for every sidecar, all of them for each namespace exported to.
+        let info = HostInfo::new(&rows, None);
+        let infos = BTreeMap::from([(None, &info)]);
+        let web = Labels::from([("app".to_string(), "web".to_string())]);
+        let classes = [SourceClass { id: "sidecar/other/app=web", namespace: "other", labels: &web }];
+        let out = virtual_hosts_by_context(&rows, &infos, &BTreeMap::new(), &BTreeSet::from(["other"]), &classes);
+        let got: Vec<(String, String, String)> =
+            out.into_iter().map(|(scope, route, v)| (scope.to_string(), route, v.name)).collect();
+        let name = "reviews.default.svc.cluster.local:9080".to_string();
+        assert_eq!(
+            got,
+            [
+                ("namespace/default".to_string(), "9080".to_string(), name.clone()),
+                ("namespace/shop".to_string(), "9080".to_string(), name),
+            ]
+        );
+        // TCP listeners: the default's claims its port, hidden; each namespace's is served.
+        let out = tcp_listeners_by_context(&rows, &BTreeMap::new(), &BTreeSet::new(), &[]);
+        let got: Vec<(String, &str, bool)> =
+            out.iter().map(|(scope, l)| (scope.to_string(), l.name.as_str(), l.hidden)).collect();
+        assert_eq!(
+            got,
+            [
+                ("sidecars".to_string(), "10.96.0.9_9000", true),
+                ("sidecars/default".to_string(), "10.96.0.9_9000", false),
+                ("sidecars/shop".to_string(), "10.96.0.9_9000", false),
             ]
         );
     }

@@ -19,7 +19,13 @@ use crate::translate;
 /// Resources by (scope, type, name), each as encoded bytes.
 pub type Resources = BTreeMap<(Scope, ResourceType, String), Vec<u8>>;
 
+/// [`translate_all_with`] istiod's default mesh config.
 pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resources {
+    translate_all_with(objects, &super::MeshConfig::default())
+}
+
+pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mesh: &super::MeshConfig) -> Resources {
+    let root = mesh.root_namespace.as_str();
     let (mut services, mut slices, mut endpoints, mut pods) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut virtual_services, mut rules, mut entries) = (Vec::new(), Vec::new(), Vec::new());
     let (mut gateways, mut classes, mut secrets) = (Vec::new(), Vec::new(), HashMap::new());
@@ -186,8 +192,18 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
         .map(|c| {
             let labels = match &c.labels {
                 ClassLabels::Given(l) => l.clone(),
-                ClassLabels::OfPod(pod) => {
-                    pod_labels.get(&(c.namespace.as_str(), pod.as_str())).map(|l| (*l).clone()).unwrap_or_default()
+                ClassLabels::OfPod { pod, ip } => {
+                    let named = pod_labels.get(&(c.namespace.as_str(), pod.as_str())).copied();
+                    let at_ip = || {
+                        let ip = ip.as_deref()?;
+                        let candidates: Vec<(&str, &Labels)> = pods
+                            .iter()
+                            .filter(|p| !p.terminal && p.ip.as_deref() == Some(ip))
+                            .map(|p| (p.namespace.as_str(), &p.labels))
+                            .collect();
+                        views::pod_by_ip(&c.namespace, &candidates)
+                    };
+                    named.or_else(at_ip).cloned().unwrap_or_default()
                 }
                 ClassLabels::Ignored => Labels::new(),
             };
@@ -228,11 +244,12 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             exact.chain(wildcard).map(|(p, dr)| (p.as_str(), *dr)).collect();
         let namespaces: BTreeSet<String> = candidates
             .iter()
-            .flat_map(|(_, dr)| outbound::rule_namespaces(dr))
+            .flat_map(|(_, dr)| outbound::rule_namespaces(dr, root))
             .filter(|ns| class_namespaces.contains(ns.as_str()))
             .collect();
         let namespace = rows.first().map(|r| r.namespace.as_str()).unwrap_or_default();
-        let mut by_context = outbound::rules_by_context(namespace, &candidates, namespaces.iter().map(String::as_str));
+        let mut by_context =
+            outbound::rules_by_context(namespace, &candidates, namespaces.iter().map(String::as_str), root);
         if by_context.first().is_none_or(|(c, _)| c.is_some()) {
             by_context.insert(0, (None, None));
         }
@@ -255,16 +272,23 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
     let mut tcp_listeners: BTreeMap<u16, Vec<TcpListenerRow>> = BTreeMap::new();
     let mut tcp_variants: BTreeMap<u16, Vec<(Scope, TcpListenerRow)>> = BTreeMap::new();
     let mut http_ports: BTreeSet<u16> = BTreeSet::new();
+    let mut http_visibility: BTreeMap<u16, BTreeSet<Option<BTreeSet<String>>>> = BTreeMap::new();
     // What proxyless gRPC clients get (translate::grpc), served while one is connected.
     let mut proxyless: Vec<(ResourceType, String, Vec<u8>)> = Vec::new();
     for (fqdn, rows) in &hosts {
         let rows: Vec<&ServicePortRow> = rows.iter().collect();
         let context_infos: Vec<(Context, HostInfo)> =
             context_rules[fqdn].iter().map(|(ctx, rule)| (ctx.clone(), HostInfo::new(&rows, rule.clone()))).collect();
+        // exportTo: a host exported to some namespaces only has clusters there alone, each with
+        // its own assignments.
+        let visible = outbound::host_visibility(&rows);
+        let rules: Vec<(&Context, Option<&DestinationRuleSpec>)> =
+            context_rules[fqdn].iter().map(|(ctx, rule)| (ctx, rule.as_ref())).collect();
 
-        for (ctx, info) in &context_infos {
+        for (ctx, rule) in outbound::cluster_contexts(visible.as_ref(), &rules) {
+            let ctx = &ctx;
             let scope = translate::context_scope(ctx, Scope::All);
-            for cluster in outbound::clusters_for_host(&rows, info.rule.as_ref()) {
+            for cluster in outbound::clusters_for_host(&rows, rule) {
                 let name = cluster.name();
                 let base = base_endpoints.get(&cluster.base_name());
                 let addrs: BTreeSet<&EndpointAddr> = match &cluster.subset {
@@ -290,8 +314,9 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
                 {
                     proxyless.push((ResourceType::Cluster, name.clone(), body));
                 }
-                // A namespace's clusters without subset share the default's assignment.
-                if cluster.is_eds() && (ctx.is_none() || cluster.subset.is_some()) {
+                // A namespace's clusters without subset share the default's assignment (when
+                // there is one).
+                if cluster.is_eds() && (ctx.is_none() || cluster.subset.is_some() || visible.is_some()) {
                     let cla = translate::load_assignment(&name, &addrs);
                     out.insert((scope.clone(), ResourceType::ClusterLoadAssignment, name.clone()), cla);
                 }
@@ -356,18 +381,32 @@ pub fn translate_all<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Resou
             // Ports of unknown protocol have their own sniffing listeners (above).
             if !row.protocol().is_sniffed() {
                 http_ports.insert(port);
-                let name = translate::listener_name(port);
-                out.insert((Scope::Sidecars, ResourceType::Listener, name), translate::listener(port, None));
+                http_visibility.entry(port).or_default().insert(outbound::host_visibility(&[*row]));
             }
-            let name = translate::grpc::listener_name(fqdn, port);
-            proxyless.push((ResourceType::Listener, name, translate::grpc::api_listener(row)));
+            // Proxyless clients are served hosts visible everywhere only.
+            if outbound::host_visibility(&[*row]).is_none() {
+                let name = translate::grpc::listener_name(fqdn, port);
+                proxyless.push((ResourceType::Listener, name, translate::grpc::api_listener(row)));
+            }
+        }
+    }
+    // Each HTTP port's listener, for the sidecars that see a host of it.
+    for (port, visibilities) in &http_visibility {
+        for scope in outbound::http_listener_scopes(visibilities) {
+            out.insert(
+                (scope, ResourceType::Listener, translate::listener_name(*port)),
+                translate::listener(*port, None),
+            );
         }
     }
     // Each port's TCP listener, unless HTTP services or an earlier host hold the port.
     for (port, candidates) in &tcp_listeners {
         let http = http_ports.contains(port);
         if let (Some(winner), _) = outbound::settle_port(*port, http, candidates) {
-            out.insert((Scope::Sidecars, ResourceType::Listener, winner.name.clone()), winner.body.clone());
+            // A host not exported everywhere claims the port but serves only its variants.
+            if !winner.hidden {
+                out.insert((Scope::Sidecars, ResourceType::Listener, winner.name.clone()), winner.body.clone());
+            }
             let variants = tcp_variants.get(port).into_iter().flatten();
             for (scope, l) in variants.filter(|(_, l)| l.fqdn == winner.fqdn && l.name == winner.name) {
                 out.insert((scope.clone(), ResourceType::Listener, l.name.clone()), l.body.clone());

@@ -1696,6 +1696,7 @@ mod tests {
             },
             cluster_ip: None,
             entry: None,
+            export_to: Vec::new(),
         };
         let r = default_route(&row, vec![header_hash("x-user")]);
         assert_eq!(r.name, "default");

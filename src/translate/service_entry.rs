@@ -184,6 +184,7 @@ pub fn port_rows(se: &ServiceEntry) -> Vec<ServicePortRow> {
                 port,
                 cluster_ip: None,
                 entry: Some(Box::new(entry)),
+                export_to: spec.export_to.clone(),
             });
         }
     }
@@ -254,12 +255,6 @@ pub fn untranslated(se: &ServiceEntry) -> Vec<FieldError> {
         report(
             "spec.resolution".into(),
             "DYNAMIC_DNS (dynamic forward proxy clusters) is not translated yet: the entry is not served",
-        );
-    }
-    if !spec.export_to.is_empty() && spec.export_to.iter().any(|e| e != "*") {
-        report(
-            "spec.exportTo".into(),
-            "visibility per namespace is not applied to ServiceEntries yet: the entry is visible to every proxy",
         );
     }
     if !spec.subject_alt_names.is_empty() {
@@ -687,10 +682,7 @@ mod tests {
             "endpoints": [{"address": "10.0.0.1", "network": "n1", "serviceAccount": "sa"}]}),
         );
         let fields: Vec<String> = untranslated(&e).into_iter().map(|f| f.field).collect();
-        assert_eq!(
-            fields,
-            ["spec.exportTo", "spec.subjectAltNames", "spec.endpoints[0].network", "spec.endpoints[0].serviceAccount"]
-        );
+        assert_eq!(fields, ["spec.subjectAltNames", "spec.endpoints[0].network", "spec.endpoints[0].serviceAccount"]);
         let everyone = se(
             "y",
             "",

@@ -20,6 +20,19 @@ pub fn class_index_keys(labels: &Labels) -> Vec<(String, String)> {
     std::iter::once((String::new(), String::new())).chain(labels.iter().map(|(k, v)| (k.clone(), v.clone()))).collect()
 }
 
+/// The labels of "the Pod with that IP", for a proxy whose node id names no existing Pod, as
+/// istiod's `PodCache.getPodByProxy` picks it among the (live) Pods with the proxy's IP
+/// (`candidates`: namespace and labels of each): the only one; of several (host-network
+/// Pods), one in the proxy's namespace (`class_namespace`; meshflow takes the least, so the
+/// pick does not depend on order); else none.
+pub fn pod_by_ip<'a>(class_namespace: &str, candidates: &[(&str, &'a Labels)]) -> Option<&'a Labels> {
+    match candidates {
+        [] => None,
+        [(_, labels)] => Some(*labels),
+        _ => candidates.iter().filter(|(ns, _)| *ns == class_namespace).min().map(|(_, l)| *l),
+    }
+}
+
 /// Whether a Gateway applies to proxies with `labels`: its selector is a subset of them.
 pub fn gateway_selects(gw: &Gateway, labels: &Labels) -> bool {
     gw.spec.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -63,4 +76,20 @@ pub fn class_secret(
         });
     };
     sds_secret(&r.sds_name, secret).map_err(|e| Diagnostic::field(key, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_at_an_ip_is_the_only_one_else_one_of_the_proxys_namespace() {
+        let a = Labels::from([("app".to_string(), "a".to_string())]);
+        let b = Labels::from([("app".to_string(), "b".to_string())]);
+        assert_eq!(pod_by_ip("shop", &[]), None);
+        assert_eq!(pod_by_ip("shop", &[("default", &a)]), Some(&a), "the only Pod, whatever its namespace");
+        assert_eq!(pod_by_ip("shop", &[("default", &a), ("shop", &b)]), Some(&b));
+        assert_eq!(pod_by_ip("shop", &[("shop", &b), ("default", &a)]), Some(&b), "order does not matter");
+        assert_eq!(pod_by_ip("other", &[("default", &a), ("shop", &b)]), None);
+    }
 }

@@ -53,7 +53,7 @@ pub fn proxy_class(node: &Node, id: &NodeId) -> Result<ProxyClass, String> {
         }
         Some(_) => return Err(format!("node metadata {LABELS_KEY} must be a map of strings")),
     };
-    Ok(ProxyClass::of_proxy(id.proxy_type, &namespace, &id.pod, labels))
+    Ok(ProxyClass::of_proxy(id.proxy_type, &namespace, &id.pod, labels).at_ip(&id.ip.to_string()))
 }
 
 struct Entry {
@@ -172,7 +172,9 @@ mod tests {
         let id = NodeId::parse(&n.id).unwrap();
         assert_eq!(proxy_class(&n, &id).unwrap().id(), "router/istio-system/istio=ingressgateway");
         let n = node(&[(NAMESPACE_KEY, string("edge"))]);
-        assert_eq!(proxy_class(&n, &id).unwrap().id(), "router/edge/pod:gw-1");
+        // Known by its pod, the class carries the node id's IP: the Pod at that IP is the
+        // fallback when the named Pod does not exist.
+        assert_eq!(proxy_class(&n, &id).unwrap().id(), "router/edge/pod:gw-1@10.0.0.1");
         let n = node(&[(LABELS_KEY, string("istio=x"))]);
         assert!(proxy_class(&n, &id).unwrap_err().contains("LABELS must be a map"));
     }
