@@ -163,10 +163,13 @@ struct TypeState {
     nacked: HashMap<String, String>,
 }
 
+/// What one response sent: (name, version sent, version the client held before).
+type Sent = Vec<(String, String, Option<String>)>;
+
 struct ToyStream {
     types: HashMap<String, TypeState>,
-    /// nonce → (type, [(name, version sent, version held before)]).
-    pending: HashMap<String, (String, Vec<(String, String, Option<String>)>)>,
+    /// nonce → (type, what it sent).
+    pending: HashMap<String, (String, Sent)>,
     nonce: u64,
 }
 
