@@ -211,11 +211,26 @@ fn every_corpus_file_loads_through_the_config_dir_loader_and_translates() {
                     .filter(|p| !p.protocol.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("udp")))
                 {
                     let cluster = format!("outbound|{}||{host}", port.number);
-                    assert!(
-                        resources.contains_key(&(Scope::All, ResourceType::Cluster, cluster.clone())),
-                        "{}: {cluster} missing",
-                        path.display()
-                    );
+                    // Exported everywhere: one cluster for all; else one per namespace it is
+                    // exported to (istiod's IsServiceVisible), and none for all.
+                    let exported = &se.spec.export_to;
+                    let scopes: Vec<Scope> = if exported.is_empty() || exported.iter().any(|n| n == "*") {
+                        vec![Scope::All]
+                    } else {
+                        let own = se.namespace.clone();
+                        exported
+                            .iter()
+                            .filter(|n| *n != "~")
+                            .map(|n| Scope::Namespace(if n == "." { own.clone() } else { n.clone() }))
+                            .collect()
+                    };
+                    for scope in scopes {
+                        assert!(
+                            resources.contains_key(&(scope.clone(), ResourceType::Cluster, cluster.clone())),
+                            "{}: {cluster} missing in {scope}",
+                            path.display()
+                        );
+                    }
                 }
             }
         }
