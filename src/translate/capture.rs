@@ -124,20 +124,12 @@ fn original_dst_type() -> Option<cluster::cluster::ClusterDiscoveryType> {
 
 /// istiod's `passthroughHttpProtocolOptions`: the downstream's protocol, 5 minutes idle.
 fn passthrough_http_options() -> upstream_http::HttpProtocolOptions {
-    use upstream_http::http_protocol_options::{UpstreamProtocolOptions, UseDownstreamHttpConfig};
     upstream_http::HttpProtocolOptions {
         common_http_protocol_options: Some(core::HttpProtocolOptions {
             idle_timeout: Some(seconds(300)),
             ..Default::default()
         }),
-        upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
-            UseDownstreamHttpConfig {
-                http_protocol_options: Some(Default::default()),
-                http2_protocol_options: Some(Default::default()),
-                ..Default::default()
-            },
-        )),
-        ..Default::default()
+        ..super::cluster::downstream_protocol_options()
     }
 }
 

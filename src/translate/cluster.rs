@@ -133,7 +133,7 @@ fn h2_options() -> upstream_http::HttpProtocolOptions {
     }
 }
 
-fn downstream_protocol_options() -> upstream_http::HttpProtocolOptions {
+pub(super) fn downstream_protocol_options() -> upstream_http::HttpProtocolOptions {
     upstream_http::HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
             UseDownstreamHttpConfig {
