@@ -550,7 +550,8 @@ const V2_IP: Ipv4Addr = Ipv4Addr::new(10, 249, 0, 4);
 const REVIEWS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
 
 /// The mesh's config: `reviews` (v1, v2) and a client pod; `end-user: jason` to v2, the rest
-/// to v1 (Bookinfo's reviews VirtualService and DestinationRule, trimmed).
+/// to v1 (Bookinfo's reviews VirtualService and DestinationRule, trimmed); and `reviews-hl`, a
+/// headless Service over the same pods (as a StatefulSet's, addressed pod by pod).
 fn mesh_config() -> String {
     let pod = |name: &str, ip: Ipv4Addr, labels: &str| {
         format!(
@@ -567,6 +568,8 @@ fn mesh_config() -> String {
         "apiVersion: v1\nkind: Service\nmetadata: {{name: reviews, namespace: default}}\n\
          spec: {{clusterIP: {REVIEWS_VIP}, selector: {{app: reviews}}, ports: [{{name: http, port: 9080}}]}}\n---\n"
     );
+    s += "apiVersion: v1\nkind: Service\nmetadata: {name: reviews-hl, namespace: default}\n\
+          spec: {clusterIP: None, selector: {app: reviews}, ports: [{name: http, port: 9080}]}\n---\n";
     s += "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\n\
           spec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n---\n";
     s += "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\n\
@@ -655,11 +658,16 @@ fn http_app(ns: &Netns, port: u16, name: &str) -> Server {
 /// What a plain HTTP/1.1 client (as an application, uid 1000) gets for `GET /` from `dst`
 /// with `Host: <dst>` and `headers`: the body of a 200, else why not.
 fn app_get(ns: &Netns, dst: SocketAddrV4, headers: &str) -> Result<String, String> {
+    app_get_host(ns, dst, &dst.to_string(), headers)
+}
+
+/// [`app_get`] with `Host: <host>`: what an application sends after resolving `host` to `dst`.
+fn app_get_host(ns: &Netns, dst: SocketAddrV4, host: &str, headers: &str) -> Result<String, String> {
     ns.within(Some(APP_USER), || {
         let mut s = TcpStream::connect_timeout(&SocketAddr::V4(dst), Duration::from_secs(2))
             .map_err(|e| format!("connect {dst}: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
-        s.write_all(format!("GET / HTTP/1.1\r\nHost: {dst}\r\n{headers}Connection: close\r\n\r\n").as_bytes())
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n").as_bytes())
             .map_err(|e| format!("write to {dst}: {e}"))?;
         let mut raw = String::new();
         s.read_to_string(&mut raw).map_err(|e| format!("read from {dst}: {e}"))?;
@@ -739,6 +747,17 @@ fn captured_applications_are_routed_through_their_proxies() {
         assert!(envoy_stat(ns, admin, "http.inbound_0.0.0.0_9080.downstream_rq_total") >= 5, "{}", ns.name);
         assert!(envoy_stat(ns, admin, "cluster.inbound|9080||.upstream_rq_total") >= 5, "{}", ns.name);
     }
+
+    // A headless Service: the application resolved `reviews-hl` to one pod and called it; the
+    // call reaches that pod, never the other one (an ORIGINAL_DST cluster, as istiod's: an EDS
+    // cluster would balance over both pods).
+    let hl = "reviews-hl.default.svc.cluster.local";
+    for _ in 0..8 {
+        assert_eq!(app_get_host(client, at(V2_IP, 9080), hl, "").unwrap(), "reviews-v2 127.0.0.6");
+        assert_eq!(app_get_host(client, at(V1_IP, 9080), "reviews-hl:9080", "").unwrap(), "reviews-v1 127.0.0.6");
+    }
+    let hl_cluster = format!("cluster.outbound|9080||{hl}");
+    assert!(envoy_stat(client, client_admin, &format!("{hl_cluster}.upstream_rq_total")) >= 16);
 
     // ALLOW_ANY: an address outside the mesh passes through the client's Envoy.
     let outside_addr = at(HUB_IP, 8000);

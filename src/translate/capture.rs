@@ -118,6 +118,47 @@ pub fn captured_listener(body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The metadata namespace that marks the cluster of a headless Service (`clusterIP: None`):
+/// `{"meshflow": {"headless": true}}`.
+/// Such a cluster is EDS for every proxy but a captured sidecar, which gets [`captured_cluster`].
+pub const HEADLESS_METADATA: &str = "meshflow";
+
+/// The marker [`super::cluster::cluster`] puts on a headless Service's clusters.
+pub(super) fn headless_metadata() -> core::Metadata {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value};
+    let headless = Value { kind: Some(value::Kind::BoolValue(true)) };
+    let marker = Struct { fields: [("headless".to_string(), headless)].into() };
+    core::Metadata { filter_metadata: [(HEADLESS_METADATA.to_string(), marker)].into(), ..Default::default() }
+}
+
+/// A headless Service's cluster (marked with [`HEADLESS_METADATA`]) as a captured sidecar gets
+/// it: ORIGINAL_DST with CLUSTER_PROVIDED balancing, no EDS, everything else (the
+/// DestinationRule's TLS, connection pool, outlier detection) as the proxy would otherwise get
+/// it. This is istiod's cluster for a headless service at every sidecar (`convertResolution`:
+/// `Passthrough` → ORIGINAL_DST; `applyTrafficPolicy` → CLUSTER_PROVIDED): the application
+/// resolved the name to one pod and connected to it, and the connection goes to that pod. A
+/// proxy that is not captured connects to its own listener address, so it keeps the EDS
+/// cluster (as do gateways, for which istiod falls back to EDS too). None for every other
+/// cluster, and for bytes that are not a cluster.
+pub fn captured_cluster(body: &[u8]) -> Option<Vec<u8>> {
+    // Cheap test first: most clusters are not headless, and this runs per captured stream.
+    let key = HEADLESS_METADATA.as_bytes();
+    if !body.windows(key.len()).any(|w| w == key) {
+        return None;
+    }
+    let mut c = cluster::Cluster::decode(body).ok()?;
+    if !c.metadata.as_ref().is_some_and(|m| m.filter_metadata.contains_key(HEADLESS_METADATA)) {
+        return None;
+    }
+    c.cluster_discovery_type = original_dst_type();
+    c.eds_cluster_config = None;
+    c.load_assignment = None;
+    c.lb_policy = cluster::cluster::LbPolicy::ClusterProvided as i32;
+    // A ring hash or least-request configuration means nothing to the original destination.
+    c.lb_config = None;
+    Some(c.encode_to_vec())
+}
+
 fn original_dst_type() -> Option<cluster::cluster::ClusterDiscoveryType> {
     Some(cluster::cluster::ClusterDiscoveryType::Type(cluster::cluster::DiscoveryType::OriginalDst as i32))
 }
@@ -500,6 +541,52 @@ mod tests {
             publish_not_ready_addresses: false,
             export_to: vec![],
         }
+    }
+
+    #[test]
+    fn a_headless_services_clusters_become_original_dst_for_captured_sidecars_keeping_their_policy() {
+        use crate::model::istio::TrafficPolicy;
+        use crate::translate::endpoint::service_port_rows;
+        let mut svc = service("db", &[("app", "db")], &[("tcp-db", 5432, 5432)]);
+        let vip = service_port_rows(&svc).pop().unwrap();
+        assert!(!vip.headless);
+        svc.cluster_ip = Some("None".into());
+        let row = service_port_rows(&svc).pop().unwrap();
+        assert!(row.headless, "clusterIP: None is headless (istiod's Passthrough resolution)");
+        let policy: TrafficPolicy = serde_yaml_ng::from_str(
+            "loadBalancer: {consistentHash: {ringHash: {minimumRingSize: 1024}, useSourceIp: true}}\n\
+             outlierDetection: {consecutive5xxErrors: 3, interval: 5s}\n\
+             connectionPool: {tcp: {maxConnections: 7}}",
+        )
+        .unwrap();
+        for subset in [None, Some("v1")] {
+            let eds =
+                cluster::Cluster::decode(&super::super::cluster::cluster(&row, subset, Some(&policy))[..]).unwrap();
+            // What every proxy but a captured sidecar gets: EDS, marked.
+            assert_eq!(
+                eds.cluster_discovery_type,
+                Some(cluster::cluster::ClusterDiscoveryType::Type(cluster::cluster::DiscoveryType::Eds as i32))
+            );
+            assert_eq!(eds.metadata.as_ref().unwrap().filter_metadata[HEADLESS_METADATA].fields.len(), 1);
+            let c = cluster::Cluster::decode(&captured_cluster(&eds.encode_to_vec()).unwrap()[..]).unwrap();
+            assert_eq!(c.name, eds.name);
+            assert_eq!(c.cluster_discovery_type, original_dst_type());
+            assert_eq!(c.lb_policy, cluster::cluster::LbPolicy::ClusterProvided as i32, "istiod's applyTrafficPolicy");
+            assert_eq!(c.lb_config, None, "no ring for the original destination");
+            assert_eq!(c.eds_cluster_config, None);
+            assert_eq!(c.load_assignment, None);
+            // The rest of the DestinationRule stands.
+            assert!(c.outlier_detection.is_some());
+            assert_eq!(c.outlier_detection, eds.outlier_detection);
+            assert_eq!(c.circuit_breakers, eds.circuit_breakers);
+            assert_eq!(c.connect_timeout, eds.connect_timeout);
+        }
+        // A service with a VIP: not marked, not rewritten.
+        let plain = super::super::cluster::cluster(&vip, None, Some(&policy));
+        assert_eq!(cluster::Cluster::decode(&plain[..]).unwrap().metadata, None);
+        assert_eq!(captured_cluster(&plain), None);
+        // Not a cluster at all: None, no panic.
+        assert_eq!(captured_cluster(b"\xffmeshflow\x00"), None);
     }
 
     #[test]

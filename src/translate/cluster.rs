@@ -111,6 +111,9 @@ pub fn cluster_with(
     if let Some(settings) = policy.and_then(|p| p.tls.as_ref()) {
         apply_tls(&mut c, &mut http, settings);
     }
+    if row.headless {
+        c.metadata = Some(super::capture::headless_metadata());
+    }
 
     if let Some(mut options) = http {
         // Envoy requires one upstream protocol: istiod's clusterWrapper.build() falls back to HTTP/1.

@@ -49,6 +49,7 @@ pub fn service_port_rows(s: &Service) -> Vec<ServicePortRow> {
             service: s.name.clone(),
             port: p.clone(),
             cluster_ip,
+            headless: s.cluster_ip.as_deref() == Some("None"),
             entry: None,
             export_to: s.export_to.clone(),
         })

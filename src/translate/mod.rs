@@ -285,6 +285,10 @@ pub struct ServicePortRow {
     /// The Service's cluster IP; None for headless services (`None`) and services without one.
     /// It names the service's TCP listener (`<clusterIP>_<port>`) and decides its subnet matches.
     pub cluster_ip: Option<IpAddr>,
+    /// A headless Service (`clusterIP: None`, istiod's `Passthrough` resolution): its cluster
+    /// is ORIGINAL_DST for captured sidecars ([`capture::captured_cluster`]).
+    #[serde(default)]
+    pub headless: bool,
     /// Set for the port of a ServiceEntry host (then `service` is the ServiceEntry's name and
     /// `port` its port as a Kubernetes port): see [`service_entry`].
     pub entry: Option<Box<service_entry::EntryPort>>,
@@ -644,6 +648,7 @@ pub(crate) mod tests {
                 app_protocol: None,
             },
             cluster_ip: None,
+            headless: false,
             entry: None,
             export_to: Vec::new(),
         }

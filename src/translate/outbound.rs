@@ -922,6 +922,7 @@ mod tests {
                 app_protocol: None,
             },
             cluster_ip: cluster_ip.map(|ip| ip.parse().unwrap()),
+            headless: false,
             entry: None,
             export_to: Vec::new(),
         }

@@ -1695,6 +1695,7 @@ mod tests {
                 app_protocol: None,
             },
             cluster_ip: None,
+            headless: false,
             entry: None,
             export_to: Vec::new(),
         };

@@ -183,6 +183,7 @@ pub fn port_rows(se: &ServiceEntry) -> Vec<ServicePortRow> {
                 service: se.name.clone(),
                 port,
                 cluster_ip: None,
+                headless: false,
                 entry: Some(Box::new(entry)),
                 export_to: spec.export_to.clone(),
             });

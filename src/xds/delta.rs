@@ -359,7 +359,8 @@ impl DeltaStream {
 /// a captured proxy's ([`View::is_captured`]) do not bind at all (`bind_to_port: false`, see
 /// [`translate::capture::captured_listener`]: the same bytes for every captured proxy), and
 /// only captured proxies get `virtualOutbound`/`virtualInbound` (None for the others: handled
-/// as absent). Everything else is shared as is. Shared by the delta and the state-of-the-world
+/// as absent), and a captured proxy gets a headless Service's cluster as ORIGINAL_DST
+/// ([`translate::capture::captured_cluster`]). Everything else is shared as is. Shared by the delta and the state-of-the-world
 /// streams.
 ///
 /// Every listener of a port binds the same `<bind-ip>:<port>` for a proxy with a bind address.
@@ -382,6 +383,10 @@ pub(crate) fn render(
             r.body.clone()
         }
         (ResourceType::Listener, _) if captured => Arc::from(translate::capture::captured_listener(&r.body)),
+        (ResourceType::Cluster, _) if captured => match translate::capture::captured_cluster(&r.body) {
+            Some(body) => Arc::from(body),
+            None => r.body.clone(),
+        },
         (ResourceType::Listener, Some(ip)) => match translate::rebind_listener(&r.body, ip) {
             Some((port, body)) => {
                 let shared = translate::listener_name(port);
@@ -644,6 +649,70 @@ mod tests {
         assert_eq!(out[0].resources[0].resource.as_ref().unwrap().value, http);
         let (_, out) = plain.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
         assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_captured_sidecar_gets_a_headless_services_cluster_as_original_dst_and_others_as_eds() {
+        use crate::model::k8s::{Protocol, ServicePort, TargetPort};
+        use crate::translate::ServicePortRow;
+        use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+        use prost::Message;
+        let row = |service: &str, headless: bool| ServicePortRow {
+            namespace: "default".into(),
+            service: service.into(),
+            port: ServicePort {
+                name: "http".into(),
+                port: 9080,
+                protocol: Protocol::Tcp,
+                target_port: TargetPort::Number(9080),
+                app_protocol: None,
+            },
+            cluster_ip: None,
+            headless,
+            entry: None,
+            export_to: Vec::new(),
+        };
+        let cache = Cache::new([]);
+        let headless = translate::cluster::cluster(&row("db", true), None, None);
+        let plain = translate::cluster::cluster(&row("web", false), None, None);
+        let db = "outbound|9080||db.default.svc.cluster.local";
+        let web = "outbound|9080||web.default.svc.cluster.local";
+        put(&cache, &[(ResourceType::Cluster, db, Some(&headless)), (ResourceType::Cluster, web, Some(&plain))]);
+        let clusters = |view: View| {
+            let mut s = DeltaStream::new("n".into(), None, view);
+            let (_, out) = s.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
+            out[0]
+                .resources
+                .iter()
+                .map(|r| {
+                    (
+                        r.name.clone(),
+                        r.version.clone(),
+                        Cluster::decode(&r.resource.as_ref().unwrap().value[..]).unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let ty = |c: &Cluster| match c.cluster_discovery_type {
+            Some(cluster::ClusterDiscoveryType::Type(t)) => cluster::DiscoveryType::try_from(t).unwrap(),
+            ref other => panic!("{other:?}"),
+        };
+        let captured = clusters(View::sidecar().captured());
+        let uncaptured = clusters(View::sidecar());
+        for (name, _, c) in uncaptured.iter().chain(&captured[1..]) {
+            assert_eq!(ty(c), cluster::DiscoveryType::Eds, "{name}");
+            assert_eq!(c.eds_cluster_config.as_ref().unwrap().service_name, *name);
+        }
+        let (name, version, c) = &captured[0];
+        assert_eq!(name, db);
+        assert_eq!(ty(c), cluster::DiscoveryType::OriginalDst);
+        assert_eq!(c.lb_policy, cluster::LbPolicy::ClusterProvided as i32);
+        assert_eq!(c.eds_cluster_config, None);
+        assert_eq!(c.connect_timeout, Cluster::decode(&headless[..]).unwrap().connect_timeout);
+        // Its own version: a client that held the EDS form must take the new one.
+        assert_ne!(version, &uncaptured[0].1);
+        assert_eq!(captured[1].2, uncaptured[1].2, "a cluster with a VIP is the same for both");
+        assert_eq!(captured[1].1, uncaptured[1].1);
     }
 
     #[test]
