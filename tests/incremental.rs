@@ -731,6 +731,8 @@ struct Harness {
     live: BTreeMap<ObjectKey, Object>,
     materialized: BTreeMap<(Scope, ResourceType, String), Arc<[u8]>>,
     mesh: MeshConfig,
+    /// What the last step changed.
+    last: Vec<(Scope, ResourceType, String)>,
 }
 
 impl Harness {
@@ -745,7 +747,7 @@ impl Harness {
                 let _ = tx.send(d);
             }
         });
-        Harness { engine, out, live: BTreeMap::new(), materialized: BTreeMap::new(), mesh }
+        Harness { engine, out, live: BTreeMap::new(), materialized: BTreeMap::new(), mesh, last: Vec::new() }
     }
 
     fn step(&mut self, events: Vec<InputEvent>, step: usize) -> Result<(), TestCaseError> {
@@ -757,6 +759,7 @@ impl Harness {
         }
         self.engine.send(Command::Events(events));
         let delta = self.out.recv_timeout(Duration::from_secs(30)).expect("engine answers every command");
+        self.last = delta.changes.iter().map(|c| (c.scope.clone(), c.ty, c.name.clone())).collect();
         for change in delta.changes {
             let key = (change.scope.clone(), change.ty, change.name.clone());
             let before = self.materialized.get(&key).cloned();
@@ -1408,8 +1411,13 @@ fn located_assignments_follow_proxy_localities_and_the_rule() {
     };
     assert_eq!(seen(View::sidecar().in_namespace("shop").located("r1/z2")), [0, 0]);
     assert_eq!(seen(View::sidecar().in_namespace("default").located("r1/z2")), [1, 0]);
-    // shop's rule with outlier detection too: its own located assignment.
-    h.step(vec![InputEvent::apply(rule("shop", od.clone()))], 4).unwrap();
+    // shop's rule with (other) outlier detection: its own located assignment. (The same rule
+    // as the default's would make no context of its own.)
+    h.step(
+        vec![InputEvent::apply(rule("shop", serde_json::json!({"outlierDetection": {"consecutive5xxErrors": 2}})))],
+        4,
+    )
+    .unwrap();
     assert_eq!(priorities(&h, Scope::LocalityIn("r1/z2".into(), "shop".into())), Some(vec![z("z1", 1), z("z2", 0)]));
     assert_eq!(priorities(&h, Scope::Namespace("shop".into())), None, "shares the default's again");
     // Outlier detection gone from the default rule: no located assignment for it.
@@ -1426,4 +1434,90 @@ fn located_assignments_follow_proxy_localities_and_the_rule() {
     )
     .unwrap();
     assert!(!h.materialized.keys().any(|(s, _, _)| matches!(s, Scope::Locality(_) | Scope::LocalityIn(..))));
+}
+
+/// The cost of locality load balancing is per (locality of connected proxies) × (cluster whose
+/// rule needs it): a new locality adds one assignment per such cluster and nothing else; an
+/// endpoint change of such a cluster re-encodes its assignment once per locality (plus the
+/// shared one); one of a cluster without outlier detection costs its shared assignment only.
+#[test]
+fn located_work_is_per_locality_and_affected_cluster() {
+    let services = 40;
+    let pod = |svc: usize, i: usize| {
+        Object::Pod(Pod {
+            namespace: "default".into(),
+            name: format!("s{svc}-{i}"),
+            labels: Labels::from([("app".to_string(), format!("s{svc}"))]),
+            ip: Some(format!("10.1.{svc}.{i}")),
+            node_name: Some(NODES[i % 2].into()),
+            ready: true,
+            terminal: false,
+            ports: vec![],
+        })
+    };
+    let mut events = Vec::new();
+    for (n, zone) in NODES.iter().zip(["z1", "z2"]) {
+        events.push(InputEvent::apply(Object::Node(Node {
+            name: n.to_string(),
+            labels: Labels::from([
+                ("topology.kubernetes.io/region".to_string(), "r1".to_string()),
+                ("topology.kubernetes.io/zone".to_string(), zone.to_string()),
+            ]),
+        })));
+    }
+    for svc in 0..services {
+        let Object::Service(mut s) = http_service("default", &format!("s{svc}"), &[]) else { unreachable!() };
+        s.selector = Some(Labels::from([("app".to_string(), format!("s{svc}"))]));
+        events.push(InputEvent::apply(Object::Service(s)));
+        events.extend((0..3).map(|i| InputEvent::apply(pod(svc, i))));
+        // Half of the services have outlier detection.
+        if svc % 2 == 0 {
+            let dr = istio_object(
+                Kind::DestinationRule,
+                "default",
+                &format!("s{svc}"),
+                None,
+                serde_json::json!({"host": format!("s{svc}.default.svc.cluster.local"),
+                    "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 1}}}),
+            )
+            .unwrap();
+            events.push(InputEvent::apply(dr));
+        }
+    }
+    let mut h = Harness::new();
+    h.step(events, 0).unwrap();
+    let located = |l: &str| Object::ProxyLocality(ProxyLocality { namespace: "default".into(), locality: l.into() });
+    let mut step = 1;
+    for l in ["r1/z1", "r1/z2", "r2/z1"] {
+        let t = std::time::Instant::now();
+        h.step(vec![InputEvent::apply(located(l))], step).unwrap();
+        step += 1;
+        eprintln!("locality {l} added: {} changes in {:?} (engine and reference)", h.last.len(), t.elapsed());
+        assert_eq!(h.last.len(), services / 2, "one assignment per cluster with outlier detection");
+        assert!(
+            h.last
+                .iter()
+                .all(|(s, ty, _)| *s == Scope::Locality(l.to_string()) && *ty == ResourceType::ClusterLoadAssignment)
+        );
+        // A second proxy of a known locality (another namespace) adds nothing.
+        h.step(
+            vec![InputEvent::apply(Object::ProxyLocality(ProxyLocality {
+                namespace: "shop".into(),
+                locality: l.to_string(),
+            }))],
+            step,
+        )
+        .unwrap();
+        step += 1;
+        assert!(h.last.is_empty(), "a known locality costs nothing: {:?}", h.last);
+    }
+    // An endpoint of a cluster with outlier detection: its shared assignment and one per locality.
+    let Object::Pod(mut p) = pod(0, 1) else { unreachable!() };
+    p.ready = false;
+    h.step(vec![InputEvent::apply(Object::Pod(p))], step).unwrap();
+    assert_eq!(h.last.len(), 1 + 3, "{:?}", h.last);
+    let Object::Pod(mut p) = pod(1, 1) else { unreachable!() };
+    p.ready = false;
+    h.step(vec![InputEvent::apply(Object::Pod(p))], step + 1).unwrap();
+    assert_eq!(h.last.len(), 1, "a cluster without outlier detection: {:?}", h.last);
 }

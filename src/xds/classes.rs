@@ -225,6 +225,32 @@ mod tests {
     }
 
     #[test]
+    fn a_proxys_locality_comes_from_its_topology_labels_else_from_node_locality() {
+        use envoy_types::pb::envoy::config::core::v3::Locality;
+        let labels = |pairs: &[(&str, &str)]| Value {
+            kind: Some(ValueKind::StructValue(Struct {
+                fields: pairs.iter().map(|(k, v)| (k.to_string(), string(v))).collect(),
+            })),
+        };
+        let mut n = node(&[]);
+        n.locality = Some(Locality { region: "r1".into(), zone: "z1".into(), sub_zone: String::new() });
+        let id = NodeId::parse(&n.id).unwrap();
+        let of = |n: &Node| proxy_locality(n, &proxy_class(n, &id).unwrap()).unwrap();
+        assert_eq!(of(&n), ProxyLocality { namespace: "istio-system".into(), locality: "r1/z1".into() });
+        // istiod's localityFromProxyLabels: the topology labels win over what Envoy reports.
+        let with = |pairs: &[(&str, &str)]| {
+            let mut m = node(&[(LABELS_KEY, labels(pairs))]);
+            m.locality = n.locality.clone();
+            m
+        };
+        let topo = with(&[("topology.kubernetes.io/region", "r2"), ("topology.kubernetes.io/zone", "z9")]);
+        assert_eq!(of(&topo).locality, "r2/z9");
+        assert_eq!(of(&with(&[("topology.istio.io/locality", "r3.z3.s3")])).locality, "r3/z3/s3");
+        assert_eq!(of(&with(&[("app", "x")])).locality, "r1/z1");
+        assert_eq!(of(&node(&[])).locality, "", "no locality at all");
+    }
+
+    #[test]
     fn the_first_proxy_adds_its_class_and_the_last_one_leaving_removes_it() {
         let (tx, rx) = crossbeam_channel::unbounded();
         let registry = ClassRegistry::new(tx, Duration::ZERO);
