@@ -1421,7 +1421,8 @@ fn located_assignments_follow_proxy_localities_and_the_rule() {
     assert_eq!(priorities(&h, Scope::LocalityIn("r1/z2".into(), "shop".into())), Some(vec![z("z1", 1), z("z2", 0)]));
     assert_eq!(priorities(&h, Scope::Namespace("shop".into())), None, "shares the default's again");
     // Outlier detection gone from the default rule: no located assignment for it.
-    h.step(vec![InputEvent::apply(rule("default", serde_json::json!({})))], 5).unwrap();
+    h.step(vec![InputEvent::apply(rule("default", serde_json::json!({"loadBalancer": {"simple": "RANDOM"}})))], 5)
+        .unwrap();
     assert_eq!(priorities(&h, Scope::Locality("r1/z2".into())), None);
     // `enabled: false` turns it off.
     h.step(
