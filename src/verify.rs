@@ -48,7 +48,12 @@ pub fn compare(
     let m = |scope: &Scope, ty: &ResourceType, name: &str, what: String| Mismatch {
         ty: ty.short().into(),
         name: match scope {
-            Scope::Class(_) | Scope::Namespace(_) | Scope::SidecarsIn(_) | Scope::Proxyless => {
+            Scope::Class(_)
+            | Scope::Namespace(_)
+            | Scope::SidecarsIn(_)
+            | Scope::Proxyless
+            | Scope::Locality(_)
+            | Scope::LocalityIn(..) => {
                 format!("{name} @{scope}")
             }
             _ => name.into(),

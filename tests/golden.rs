@@ -65,7 +65,12 @@ fn translate(input: &Path) -> BTreeMap<String, Value> {
             // resources with the class after `@`.
             let key = match &c.scope {
                 Scope::All | Scope::Sidecars | Scope::Captured => format!("{} {}", c.ty.short(), c.name),
-                Scope::Class(_) | Scope::Namespace(_) | Scope::SidecarsIn(_) | Scope::Proxyless => {
+                Scope::Class(_)
+                | Scope::Namespace(_)
+                | Scope::SidecarsIn(_)
+                | Scope::Proxyless
+                | Scope::Locality(_)
+                | Scope::LocalityIn(..) => {
                     format!("{} {} @{}", c.ty.short(), c.name, c.scope)
                 }
             };

@@ -21,7 +21,7 @@ use meshflow::model::istio;
 use meshflow::model::k8s::{
     ContainerPort, EndpointAddress, EndpointSubset, Labels, Protocol, ServicePort, SliceEndpoint, SlicePort, TargetPort,
 };
-use meshflow::model::proxy::{ClassLabels, ProxyClass, ProxyKind};
+use meshflow::model::proxy::{ClassLabels, ProxyClass, ProxyKind, ProxyLocality};
 use meshflow::model::secret::SecretBytes;
 use meshflow::model::{EndpointSlice, Endpoints, InputEvent, Kind, Node, Object, ObjectKey, Pod, Secret, Service};
 use meshflow::translate::{MeshConfig, ResourceType, Scope, outbound, reference};
@@ -444,7 +444,30 @@ fn traffic_policy() -> impl Strategy<Value = serde_json::Value> {
         Just(
             serde_json::json!({"portLevelSettings": [{"port": {"number": 80}, "loadBalancer": {"simple": "RANDOM"}}]})
         ),
+        // Locality load balancing: assignments relative to the proxy's locality.
+        Just(serde_json::json!({"outlierDetection": {"consecutive5xxErrors": 3}})),
+        Just(serde_json::json!({"outlierDetection": {"consecutive5xxErrors": 3},
+            "loadBalancer": {"localityLbSetting": {"failover": [{"from": "r1", "to": "r2"}]}}})),
+        Just(serde_json::json!({"loadBalancer": {"localityLbSetting": {"distribute": [
+            {"from": "r1/z1/*", "to": {"r1/z1/*": 70, "r1/z2/*": 30}}]}}})),
+        Just(serde_json::json!({"outlierDetection": {"consecutive5xxErrors": 3},
+            "loadBalancer": {"localityLbSetting": {"enabled": false}}})),
+        Just(serde_json::json!({"outlierDetection": {"consecutive5xxErrors": 3},
+            "loadBalancer": {"localityLbSetting": {"failoverPriority": ["topology.kubernetes.io/zone"]}}})),
+        Just(serde_json::json!({"portLevelSettings": [{"port": {"number": 9080},
+            "outlierDetection": {"consecutive5xxErrors": 1}}]})),
     ]
+}
+
+/// The (namespace, locality) of connected proxies, as the xDS server registers them.
+fn proxy_locality() -> impl Strategy<Value = Object> {
+    (
+        prop::sample::select(&["default", "shop", "istio-system"][..]),
+        prop::sample::select(&["", "r1/z1", "r1/z2", "r2", "r1/z1/s1"][..]),
+    )
+        .prop_map(|(namespace, locality)| {
+            Object::ProxyLocality(ProxyLocality { namespace: namespace.into(), locality: locality.into() })
+        })
 }
 
 fn destination_rule() -> impl Strategy<Value = Object> {
@@ -678,6 +701,7 @@ fn object() -> impl Strategy<Value = Object> {
         2 => destination_rule(),
         1 => gateway(),
         1 => proxy_class(),
+        1 => proxy_locality(),
         1 => secret(),
         2 => service_entry(),
     ]
@@ -707,6 +731,8 @@ struct Harness {
     live: BTreeMap<ObjectKey, Object>,
     materialized: BTreeMap<(Scope, ResourceType, String), Arc<[u8]>>,
     mesh: MeshConfig,
+    /// What the last step changed.
+    last: Vec<(Scope, ResourceType, String)>,
 }
 
 impl Harness {
@@ -721,7 +747,7 @@ impl Harness {
                 let _ = tx.send(d);
             }
         });
-        Harness { engine, out, live: BTreeMap::new(), materialized: BTreeMap::new(), mesh }
+        Harness { engine, out, live: BTreeMap::new(), materialized: BTreeMap::new(), mesh, last: Vec::new() }
     }
 
     fn step(&mut self, events: Vec<InputEvent>, step: usize) -> Result<(), TestCaseError> {
@@ -733,6 +759,7 @@ impl Harness {
         }
         self.engine.send(Command::Events(events));
         let delta = self.out.recv_timeout(Duration::from_secs(30)).expect("engine answers every command");
+        self.last = delta.changes.iter().map(|c| (c.scope.clone(), c.ty, c.name.clone())).collect();
         for change in delta.changes {
             let key = (change.scope.clone(), change.ty, change.name.clone());
             let before = self.materialized.get(&key).cloned();
@@ -1267,4 +1294,231 @@ fn export_to_hides_a_host_from_other_namespaces() {
     assert!(h.materialized.contains_key(&(Scope::All, ResourceType::Cluster, reviews.into())));
     assert!(h.materialized.contains_key(&(Scope::Sidecars, ResourceType::Listener, "10.96.0.5_15000".into())));
     assert_eq!(vhosts_seen(&h, "default", "80"), vhosts_seen(&h, "shop", "80")[1..]);
+}
+
+/// Locality load balancing: with outlier detection, a cluster's assignment is computed per
+/// locality of the connected proxies (istiod's `applyLocalityFailover`: same zone P0, same
+/// region P1 here); it comes and goes with the proxies of that locality and with the rule's
+/// outlier detection; a namespace whose own rule has none gets an assignment of its own, which
+/// hides the located one for its proxies.
+#[test]
+fn located_assignments_follow_proxy_localities_and_the_rule() {
+    use meshflow::cache::View;
+    use prost::Message;
+    let svc = Object::Service(Service {
+        selector: Some(Labels::from([("app".to_string(), "web".to_string())])),
+        ..match http_service("default", "web", &[]) {
+            Object::Service(s) => s,
+            _ => unreachable!(),
+        }
+    });
+    let pod = |name: &str, ip: &str, node: &str| {
+        Object::Pod(Pod {
+            namespace: "default".into(),
+            name: name.into(),
+            labels: Labels::from([("app".to_string(), "web".to_string())]),
+            ip: Some(ip.into()),
+            node_name: Some(node.into()),
+            ready: true,
+            terminal: false,
+            ports: vec![],
+        })
+    };
+    let node = |name: &str, zone: &str| {
+        Object::Node(Node {
+            name: name.into(),
+            labels: Labels::from([
+                ("topology.kubernetes.io/region".to_string(), "r1".to_string()),
+                ("topology.kubernetes.io/zone".to_string(), zone.to_string()),
+            ]),
+        })
+    };
+    let rule = |namespace: &str, policy: serde_json::Value| {
+        istio_object(
+            Kind::DestinationRule,
+            namespace,
+            "web",
+            None,
+            serde_json::json!({"host": "web.default.svc.cluster.local", "trafficPolicy": policy}),
+        )
+        .unwrap()
+    };
+    let located = |namespace: &str, locality: &str| {
+        Object::ProxyLocality(ProxyLocality { namespace: namespace.into(), locality: locality.into() })
+    };
+    const NAME: &str = "outbound|80||web.default.svc.cluster.local";
+    // (zone, priority) per LocalityLbEndpoints of the assignment in `scope`, if any.
+    let priorities = |h: &Harness, scope: Scope| -> Option<Vec<(String, u32)>> {
+        let body = h.materialized.get(&(scope, ResourceType::ClusterLoadAssignment, NAME.into()))?;
+        let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(&body[..]).unwrap();
+        Some(cla.endpoints.iter().map(|l| (l.locality.clone().unwrap_or_default().zone, l.priority)).collect())
+    };
+    let z = |zone: &str, p: u32| (zone.to_string(), p);
+    let od = serde_json::json!({"outlierDetection": {"consecutive5xxErrors": 1}});
+    let mut h = Harness::new();
+    h.step(
+        vec![
+            InputEvent::apply(svc),
+            InputEvent::apply(pod("web-1", "10.0.0.1", "node-a")),
+            InputEvent::apply(pod("web-2", "10.0.0.2", "node-b")),
+            InputEvent::apply(node("node-a", "z1")),
+            InputEvent::apply(node("node-b", "z2")),
+            InputEvent::apply(rule("default", od.clone())),
+            InputEvent::apply(located("default", "r1/z1")),
+        ],
+        0,
+    )
+    .unwrap();
+    assert_eq!(priorities(&h, Scope::Locality("r1/z1".into())), Some(vec![z("z1", 0), z("z2", 1)]));
+    assert_eq!(priorities(&h, Scope::All), Some(vec![z("z1", 0), z("z2", 0)]), "the shared one stays flat");
+    h.step(vec![InputEvent::apply(located("shop", "r1/z2"))], 1).unwrap();
+    assert_eq!(priorities(&h, Scope::Locality("r1/z2".into())), Some(vec![z("z1", 1), z("z2", 0)]));
+    // The last proxy of a locality gone, so is its assignment.
+    h.step(vec![InputEvent::delete(located("default", "r1/z1").key())], 2).unwrap();
+    assert_eq!(priorities(&h, Scope::Locality("r1/z1".into())), None);
+    // shop's own rule without outlier detection: shop's proxies get a flat assignment that
+    // hides the default context's located one.
+    let class = Object::ProxyClass(ProxyClass {
+        kind: ProxyKind::Sidecar,
+        namespace: "shop".into(),
+        labels: ClassLabels::Given(Labels::new()),
+    });
+    h.step(
+        vec![
+            InputEvent::apply(class),
+            InputEvent::apply(rule("shop", serde_json::json!({"loadBalancer": {"simple": "RANDOM"}}))),
+        ],
+        3,
+    )
+    .unwrap();
+    assert_eq!(priorities(&h, Scope::Namespace("shop".into())), Some(vec![z("z1", 0), z("z2", 0)]));
+    let cache = meshflow::cache::Cache::new([]);
+    let changes = h
+        .materialized
+        .iter()
+        .map(|((scope, ty, name), body)| meshflow::engine::ResourceChange {
+            scope: scope.clone(),
+            ty: *ty,
+            name: name.clone(),
+            body: Some(body.clone()),
+        })
+        .collect();
+    cache.apply(&ResourceDelta { time: 0, diagnostics: vec![], changes });
+    let seen = |view: View| {
+        let body = cache.get(&view, ResourceType::ClusterLoadAssignment, NAME).unwrap().body.clone();
+        let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(&body[..]).unwrap();
+        cla.endpoints.iter().map(|l| l.priority).collect::<Vec<_>>()
+    };
+    assert_eq!(seen(View::sidecar().in_namespace("shop").located("r1/z2")), [0, 0]);
+    assert_eq!(seen(View::sidecar().in_namespace("default").located("r1/z2")), [1, 0]);
+    // shop's rule with (other) outlier detection: its own located assignment. (The same rule
+    // as the default's would make no context of its own.)
+    h.step(
+        vec![InputEvent::apply(rule("shop", serde_json::json!({"outlierDetection": {"consecutive5xxErrors": 2}})))],
+        4,
+    )
+    .unwrap();
+    assert_eq!(priorities(&h, Scope::LocalityIn("r1/z2".into(), "shop".into())), Some(vec![z("z1", 1), z("z2", 0)]));
+    assert_eq!(priorities(&h, Scope::Namespace("shop".into())), None, "shares the default's again");
+    // Outlier detection gone from the default rule: no located assignment for it.
+    h.step(vec![InputEvent::apply(rule("default", serde_json::json!({"loadBalancer": {"simple": "RANDOM"}})))], 5)
+        .unwrap();
+    assert_eq!(priorities(&h, Scope::Locality("r1/z2".into())), None);
+    // `enabled: false` turns it off.
+    h.step(
+        vec![InputEvent::apply(rule(
+            "shop",
+            serde_json::json!({"outlierDetection": {"consecutive5xxErrors": 1},
+                "loadBalancer": {"localityLbSetting": {"enabled": false}}}),
+        ))],
+        6,
+    )
+    .unwrap();
+    assert!(!h.materialized.keys().any(|(s, _, _)| matches!(s, Scope::Locality(_) | Scope::LocalityIn(..))));
+}
+
+/// The cost of locality load balancing is per (locality of connected proxies) × (cluster whose
+/// rule needs it): a new locality adds one assignment per such cluster and nothing else; an
+/// endpoint change of such a cluster re-encodes its assignment once per locality (plus the
+/// shared one); one of a cluster without outlier detection costs its shared assignment only.
+#[test]
+fn located_work_is_per_locality_and_affected_cluster() {
+    let services = 40;
+    let pod = |svc: usize, i: usize| {
+        Object::Pod(Pod {
+            namespace: "default".into(),
+            name: format!("s{svc}-{i}"),
+            labels: Labels::from([("app".to_string(), format!("s{svc}"))]),
+            ip: Some(format!("10.1.{svc}.{i}")),
+            node_name: Some(NODES[i % 2].into()),
+            ready: true,
+            terminal: false,
+            ports: vec![],
+        })
+    };
+    let mut events = Vec::new();
+    for (n, zone) in NODES.iter().zip(["z1", "z2"]) {
+        events.push(InputEvent::apply(Object::Node(Node {
+            name: n.to_string(),
+            labels: Labels::from([
+                ("topology.kubernetes.io/region".to_string(), "r1".to_string()),
+                ("topology.kubernetes.io/zone".to_string(), zone.to_string()),
+            ]),
+        })));
+    }
+    for svc in 0..services {
+        let Object::Service(mut s) = http_service("default", &format!("s{svc}"), &[]) else { unreachable!() };
+        s.selector = Some(Labels::from([("app".to_string(), format!("s{svc}"))]));
+        events.push(InputEvent::apply(Object::Service(s)));
+        events.extend((0..3).map(|i| InputEvent::apply(pod(svc, i))));
+        // Half of the services have outlier detection.
+        if svc % 2 == 0 {
+            let dr = istio_object(
+                Kind::DestinationRule,
+                "default",
+                &format!("s{svc}"),
+                None,
+                serde_json::json!({"host": format!("s{svc}.default.svc.cluster.local"),
+                    "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 1}}}),
+            )
+            .unwrap();
+            events.push(InputEvent::apply(dr));
+        }
+    }
+    let mut h = Harness::new();
+    h.step(events, 0).unwrap();
+    let located = |l: &str| Object::ProxyLocality(ProxyLocality { namespace: "default".into(), locality: l.into() });
+    let mut step = 1;
+    for l in ["r1/z1", "r1/z2", "r2/z1"] {
+        let t = std::time::Instant::now();
+        h.step(vec![InputEvent::apply(located(l))], step).unwrap();
+        step += 1;
+        eprintln!("locality {l} added: {} changes in {:?} (engine and reference)", h.last.len(), t.elapsed());
+        assert_eq!(h.last.len(), services / 2, "one assignment per cluster with outlier detection");
+        assert!(
+            h.last
+                .iter()
+                .all(|(s, ty, _)| *s == Scope::Locality(l.to_string()) && *ty == ResourceType::ClusterLoadAssignment)
+        );
+        // A second proxy of a known locality (another namespace) adds nothing.
+        h.step(
+            vec![InputEvent::apply(Object::ProxyLocality(ProxyLocality {
+                namespace: "shop".into(),
+                locality: l.to_string(),
+            }))],
+            step,
+        )
+        .unwrap();
+        step += 1;
+        assert!(h.last.is_empty(), "a known locality costs nothing: {:?}", h.last);
+    }
+    // An endpoint of a cluster with outlier detection: its shared assignment and one per locality.
+    let Object::Pod(mut p) = pod(0, 1) else { unreachable!() };
+    p.ready = false;
+    h.step(vec![InputEvent::apply(Object::Pod(p))], step).unwrap();
+    assert_eq!(h.last.len(), 1 + 3, "{:?}", h.last);
+    let Object::Pod(mut p) = pod(1, 1) else { unreachable!() };
+    p.ready = false;
+    h.step(vec![InputEvent::apply(Object::Pod(p))], step + 1).unwrap();
+    assert_eq!(h.last.len(), 1, "a cluster without outlier detection: {:?}", h.last);
 }

@@ -79,6 +79,26 @@ impl View {
         self
     }
 
+    /// The same view for a proxy in `locality` (`region/zone/subzone`, "" for none): the
+    /// assignments computed for that locality ([`Scope::Locality`]) hide the shared ones, and
+    /// those of its namespace's own rules ([`Scope::LocalityIn`]) hide its namespace's. So the
+    /// order is: class, (locality, namespace), namespace, kind, locality, shared. Call it after
+    /// [`View::in_namespace`]. Proxyless gRPC clients are served the default context.
+    pub fn located(mut self, locality: &str) -> View {
+        if self.scopes.contains(&Scope::Proxyless) {
+            return self;
+        }
+        let namespace =
+            self.scopes.iter().find_map(|s| if let Scope::Namespace(ns) = s { Some(ns.clone()) } else { None });
+        if let Some(ns) = namespace {
+            let at = self.scopes.iter().position(|s| matches!(s, Scope::Namespace(_) | Scope::SidecarsIn(_)));
+            self.scopes.insert(at.unwrap_or(0), Scope::LocalityIn(locality.to_string(), ns));
+        }
+        let at = self.scopes.iter().position(|s| *s == Scope::All).unwrap_or(self.scopes.len());
+        self.scopes.insert(at, Scope::Locality(locality.to_string()));
+        self
+    }
+
     /// The same view for a sidecar whose traffic is captured: it also sees [`Scope::Captured`]
     /// (whose names no other scope uses).
     pub fn captured(mut self) -> View {
@@ -489,5 +509,42 @@ mod tests {
         let (_, changed) = cache.changed_since(before, &in_shop);
         assert_eq!(changed.unwrap(), [(ResourceType::RouteConfiguration, "9080".to_string())]);
         assert_eq!(cache.changed_since(before, &elsewhere).1.unwrap(), []);
+    }
+
+    #[test]
+    fn a_located_view_reads_its_localitys_assignments_before_the_shared_ones() {
+        let view = View::new(ProxyKind::Sidecar, Some("sidecar/shop/app=a".into())).in_namespace("shop").located("r/z");
+        assert_eq!(
+            view.scopes(),
+            [
+                Scope::Class("sidecar/shop/app=a".into()),
+                Scope::LocalityIn("r/z".into(), "shop".into()),
+                Scope::SidecarsIn("shop".into()),
+                Scope::Namespace("shop".into()),
+                Scope::Sidecars,
+                Scope::Locality("r/z".into()),
+                Scope::All,
+            ]
+        );
+        let cache = Cache::new([]);
+        let change = |scope: Scope, body: Option<&[u8]>| ResourceChange {
+            scope,
+            ty: ResourceType::ClusterLoadAssignment,
+            name: "c".into(),
+            body: body.map(Arc::from),
+        };
+        let apply = |changes| cache.apply(&ResourceDelta { time: 0, diagnostics: vec![], changes });
+        apply(vec![change(Scope::All, Some(b"shared")), change(Scope::Locality("r/z".into()), Some(b"located"))]);
+        let body = |view: &View| cache.get(view, ResourceType::ClusterLoadAssignment, "c").map(|r| r.body.to_vec());
+        assert_eq!(body(&view).as_deref(), Some(&b"located"[..]));
+        assert_eq!(body(&View::sidecar().in_namespace("shop").located("r/y")).as_deref(), Some(&b"shared"[..]));
+        // A namespace's own (unlocated) assignment hides the default context's located one.
+        apply(vec![change(Scope::Namespace("shop".into()), Some(b"shop's"))]);
+        assert_eq!(body(&view).as_deref(), Some(&b"shop's"[..]));
+        apply(vec![change(Scope::LocalityIn("r/z".into(), "shop".into()), Some(b"shop's located"))]);
+        assert_eq!(body(&view).as_deref(), Some(&b"shop's located"[..]));
+        // Proxyless clients are served the default context.
+        let grpc = View::new(ProxyKind::Proxyless, None).in_namespace("shop").located("r/z");
+        assert_eq!(grpc.scopes(), [Scope::Proxyless, Scope::All]);
     }
 }

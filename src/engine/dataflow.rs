@@ -46,6 +46,10 @@
 //!                     (a namespace's subset clusters get their own; its others share the default's)
 //!                     (a host whose exportTo is not `*`: base endpoints ⋈ each namespace's cluster: its own)
 //!   (DNS entry clusters carry their endpoints inline, NONE entries are ORIGINAL_DST: no assignment)
+//!   clusters whose policy makes balancing depend on the proxy's locality (outlier detection or
+//!   `distribute`, not disabled) ─join(their addresses)─reduce per (context, cluster)─▶ address list
+//!        ─⋈ localities of connected proxies (default context; by namespace for a namespace's own rule)
+//!        ─▶ located assignments (Scope::Locality, Scope::LocalityIn: priorities/weights per locality)
 //! proxy classes (router, sidecar) ─labels given, else ⋈ their Pod's (by name), else
 //!                                  ⋈ live pods by IP ─reduce per class: the Pod at its IP─▶ class labels
 //! proxy classes (router, sidecar) ─labels given, else ⋈ their Pod's─▶ class labels
@@ -66,7 +70,7 @@ use timely::dataflow::Scope as Graph;
 use crate::model::Secret;
 use crate::model::istio::{DestinationRule, DestinationRuleSpec, Gateway, ServiceEntry, VirtualService};
 use crate::model::k8s::Labels;
-use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind};
+use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind, ProxyLocality};
 use crate::model::{EndpointSlice, Endpoints, Node, Pod, Service};
 use crate::translate::endpoint::{
     EndpointRow, PortKey, SelectorService, endpoints_addresses, node_locality, pod_addresses, pod_locality_label,
@@ -114,6 +118,7 @@ pub struct Inputs {
     pub destination_rules: InputSession<u64, DestinationRule, isize>,
     pub gateways: InputSession<u64, Gateway, isize>,
     pub classes: InputSession<u64, ProxyClass, isize>,
+    pub localities: InputSession<u64, ProxyLocality, isize>,
     pub secrets: InputSession<u64, Secret, isize>,
     pub service_entries: InputSession<u64, ServiceEntry, isize>,
 }
@@ -129,6 +134,7 @@ impl Inputs {
         self.destination_rules.advance_to(t);
         self.gateways.advance_to(t);
         self.classes.advance_to(t);
+        self.localities.advance_to(t);
         self.secrets.advance_to(t);
         self.service_entries.advance_to(t);
     }
@@ -143,6 +149,7 @@ impl Inputs {
         self.destination_rules.flush();
         self.gateways.flush();
         self.classes.flush();
+        self.localities.flush();
         self.secrets.flush();
         self.service_entries.flush();
     }
@@ -270,6 +277,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     let (dr_in, destination_rules) = scope.new_collection::<DestinationRule, isize>();
     let (gateways_in, gateways) = scope.new_collection::<Gateway, isize>();
     let (classes_in, classes) = scope.new_collection::<ProxyClass, isize>();
+    let (localities_in, proxy_localities) = scope.new_collection::<ProxyLocality, isize>();
     let (secrets_in, secrets) = scope.new_collection::<Secret, isize>();
     let (se_in, service_entries) = scope.new_collection::<ServiceEntry, isize>();
 
@@ -484,11 +492,8 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
             // exportTo: a host exported to some namespaces only has its clusters there alone;
             // what routes toward it need is known in every context.
             let visible = outbound::host_visibility(&rows);
-            for (ctx, rule) in outbound::cluster_contexts(visible.as_ref(), &rules) {
-                for cluster in outbound::clusters_for_host(&rows, rule) {
-                    let own = visible.is_some() && cluster.subset.is_none();
-                    output.push((HostOutput::Cluster(ctx.clone(), Box::new(cluster), own), 1isize));
-                }
+            for (ctx, cluster, own) in outbound::host_clusters(&rows, visible.as_ref(), &rules) {
+                output.push((HostOutput::Cluster(ctx, Box::new(cluster), own), 1isize));
             }
             for (ctx, rule) in rules {
                 output.push((HostOutput::Info(ctx.clone(), HostInfo::new(&rows, rule.cloned())), 1));
@@ -501,6 +506,17 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     // has its own assignment (there is no default one to share).
     let scoped_bases = host_outputs.clone().flat_map(|(_, out)| match out {
         HostOutput::Cluster(ctx, c, true) if c.is_eds() => Some((c.name(), translate::context_scope(&ctx, Scope::All))),
+        _ => None,
+    });
+    // Clusters whose assignment depends on the proxy's locality, keyed by where their
+    // addresses are (their own context's scope, else the shared one), with their context.
+    let located_clusters = host_outputs.clone().flat_map(|(_, out)| match out {
+        HostOutput::Cluster(ctx, c, own) => {
+            let lb = c.locality_lb()?;
+            let scope = translate::context_scope(&ctx, Scope::All);
+            let at = if c.subset.is_some() || own { scope } else { Scope::All };
+            Some(((at, c.name()), (ctx, lb)))
+        }
         _ => None,
     });
     let cluster_rows = context_clusters.clone().flat_map(|(ctx, c)| ctx.is_none().then_some(c));
@@ -958,6 +974,59 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
         .concat(from_subsets.flat_map(|x| x))
         .concat(scoped_addresses);
 
+    // === locality: assignments relative to the proxy's locality ===
+    // Only for clusters whose policy makes them depend on it (outlier detection or
+    // `distribute`, locality LB not disabled), and only for the localities of connected
+    // proxies: each such cluster's addresses are gathered once, then encoded once per
+    // locality (the default context's) or per (locality, namespace) of connected proxies (a
+    // namespace's own rule's).
+    let located_inputs = addresses
+        .clone()
+        .join_map(
+            located_clusters.clone(),
+            |(_, name), addr: &EndpointAddr, (ctx, lb): &(Context, translate::locality::LocalityLb)| {
+                ((ctx.clone(), name.clone(), lb.clone()), Some(addr.clone()))
+            },
+        )
+        .concat(located_clusters.map(|((_, name), (ctx, lb))| ((ctx, name, lb), None)))
+        .reduce_named(
+            "gather: located assignment endpoints",
+            |_key, input: &[(&Option<EndpointAddr>, isize)], output| {
+                if input[0].0.is_some() {
+                    return;
+                }
+                let addrs: Vec<EndpointAddr> = input[1..].iter().filter_map(|(a, _)| (*a).clone()).collect();
+                output.push((addrs, 1isize));
+            },
+        );
+    let encode_located = |scope: Scope,
+                          name: &String,
+                          lb: &translate::locality::LocalityLb,
+                          addrs: &Vec<EndpointAddr>,
+                          locality: &str| {
+        let refs: Vec<&EndpointAddr> = addrs.iter().collect();
+        OutputRow::Resource {
+            scope,
+            ty: ResourceType::ClusterLoadAssignment,
+            name: name.clone(),
+            body: translate::locality::located_load_assignment(name, &refs, locality, lb),
+        }
+    };
+    let localities = proxy_localities.clone().map(|l: ProxyLocality| ((), l.locality)).distinct();
+    let located_default = located_inputs
+        .clone()
+        .flat_map(|((ctx, name, lb), addrs)| ctx.is_none().then_some(((), (name, lb, addrs))))
+        .join_map(localities, move |_, (name, lb, addrs), locality: &String| {
+            encode_located(Scope::Locality(locality.clone()), name, lb, addrs, locality)
+        });
+    let namespace_localities = proxy_localities.map(|l: ProxyLocality| (l.namespace, l.locality)).distinct();
+    let located_namespaced = located_inputs
+        .flat_map(|((ctx, name, lb), addrs)| ctx.map(|ns| (ns, (name, lb, addrs))))
+        .join_map(namespace_localities, move |ns, (name, lb, addrs), locality: &String| {
+            encode_located(Scope::LocalityIn(locality.clone(), ns.clone()), name, lb, addrs, locality)
+        });
+    let located_assignments = located_default.concat(located_namespaced);
+
     // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
     // cluster warming (and its own initialization waiting) until one arrives.
     let assignments = context_clusters
@@ -1137,6 +1206,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     let proxyless = super::proxyless::proxyless(classes, cluster_rows, public_http, default_vhosts);
     let output = clusters
         .concat(assignments)
+        .concat(located_assignments)
         .concat(listeners)
         .concat(tcp_listeners)
         .concat(virtual_hosts)
@@ -1155,6 +1225,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
         destination_rules: dr_in,
         gateways: gateways_in,
         classes: classes_in,
+        localities: localities_in,
         secrets: secrets_in,
         service_entries: se_in,
     };

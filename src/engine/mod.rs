@@ -210,6 +210,7 @@ fn feed(inputs: &mut dataflow::Inputs, object: &Object, diff: isize) {
         Object::DestinationRule(dr) => inputs.destination_rules.update((**dr).clone(), diff),
         Object::Gateway(gw) => inputs.gateways.update((**gw).clone(), diff),
         Object::ProxyClass(c) => inputs.classes.update(c.clone(), diff),
+        Object::ProxyLocality(l) => inputs.localities.update(l.clone(), diff),
         Object::Secret(s) => inputs.secrets.update((**s).clone(), diff),
         Object::ServiceEntry(se) => inputs.service_entries.update((**se).clone(), diff),
         // Held by the driver, not yet translated.

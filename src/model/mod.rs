@@ -41,6 +41,9 @@ pub enum Kind {
     /// A class of connected proxies ([`proxy::ProxyClass`]): an input from the xDS server,
     /// never from files or the cluster.
     ProxyClass,
+    /// A (namespace, locality) of connected proxies ([`proxy::ProxyLocality`]): an input from
+    /// the xDS server, never from files or the cluster.
+    ProxyLocality,
 }
 
 impl Kind {
@@ -72,6 +75,7 @@ impl Kind {
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
             Kind::ProxyClass => "ProxyClass",
+            Kind::ProxyLocality => "ProxyLocality",
             Kind::Secret => "Secret",
         }
     }
@@ -127,6 +131,7 @@ pub enum Object {
     DestinationRule(Box<istio::DestinationRule>),
     ServiceEntry(Box<istio::ServiceEntry>),
     ProxyClass(proxy::ProxyClass),
+    ProxyLocality(proxy::ProxyLocality),
     /// Boxed like the Istio kinds: few, and larger than most objects.
     Secret(Box<Secret>),
 }
@@ -145,6 +150,7 @@ impl Object {
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::ServiceEntry(_) => Kind::ServiceEntry,
             Object::ProxyClass(_) => Kind::ProxyClass,
+            Object::ProxyLocality(_) => Kind::ProxyLocality,
             Object::Secret(_) => Kind::Secret,
         }
     }
@@ -162,6 +168,7 @@ impl Object {
             Object::DestinationRule(o) => (o.namespace.as_str(), o.name.as_str()),
             Object::ServiceEntry(o) => (o.namespace.as_str(), o.name.as_str()),
             Object::ProxyClass(c) => return ObjectKey::new(Kind::ProxyClass, "", c.id()),
+            Object::ProxyLocality(l) => (l.namespace.as_str(), l.locality.as_str()),
             Object::Secret(o) => (o.namespace.as_str(), o.name.as_str()),
         };
         ObjectKey::new(self.kind(), ns, name)

@@ -156,6 +156,7 @@ fn parse_object(doc: Value, default_namespace: &str) -> ParseOutcome {
         Kind::Namespace => from_value(doc).map(|n| Object::Namespace(k8s::namespace_from(&name, &n))),
         // Proxy classes come from connected proxies, never from a document.
         Kind::ProxyClass => Err(vec![FieldError::new("kind", "ProxyClass is not a kind of document")]),
+        Kind::ProxyLocality => Err(vec![FieldError::new("kind", "ProxyLocality is not a kind of document")]),
         Kind::Secret => Err(vec![FieldError::new("", "a Secret is decoded by secret_from_value")]),
         Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
             let spec = doc.get("spec").cloned().unwrap_or(Value::Null);

@@ -234,7 +234,7 @@ fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, watch
             watch.run(api::<core::Pod>(&c, ns), |p| k8s::pod_from(&namespace(p), &p.name_any(), p).map(Object::Pod)),
         ),
         // Not a cluster object: connected proxies report their classes.
-        Kind::ProxyClass => return,
+        Kind::ProxyClass | Kind::ProxyLocality => return,
         Kind::Secret => tokio::spawn(watch.run_opt(api::<core::Secret>(&c, ns), |s| {
             crate::model::secret::secret_from(&namespace(s), &s.name_any(), s)
                 .map(|o| o.map(|s| Object::Secret(Box::new(s))))

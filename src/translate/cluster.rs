@@ -102,6 +102,13 @@ pub fn cluster_with(
         }
     }
     apply_load_balancer(&mut c, policy.and_then(|p| p.load_balancer.as_ref()));
+    // istiod's LocalityLBSettings.ApplyToCluster (the priorities and weights themselves are in
+    // the assignments served per proxy locality: super::locality).
+    if super::locality::locality_weighted(policy) {
+        c.common_lb_config.get_or_insert_with(Default::default).locality_config_specifier = Some(
+            cluster::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(Default::default()),
+        );
+    }
     // istiod's applyTrafficPolicy ends so for every ORIGINAL_DST cluster (a NONE entry's too).
     if c.cluster_discovery_type
         == Some(cluster::cluster::ClusterDiscoveryType::Type(cluster::cluster::DiscoveryType::OriginalDst as i32))
@@ -679,17 +686,22 @@ fn parts_gaps(
 ) {
     let mut gap = |field: &str, reason: &str| out.push(FieldError::new(format!("{path}.{field}"), reason));
     if let Some(lb) = lb {
-        if lb.locality_lb_setting.is_some() {
+        if let Some(locality) = &lb.locality_lb_setting
+            && !locality.failover_priority.is_empty()
+            && locality.enabled != Some(false)
+            && locality.distribute.is_empty()
+        {
             gap(
-                "loadBalancer.localityLbSetting",
-                "locality load balancing needs the proxy's locality (per-proxy views), which meshflow does not have \
-                 yet: endpoints are not prioritised by locality",
+                "loadBalancer.localityLbSetting.failoverPriority",
+                "failover by the proxy's labels is not translated yet: endpoints are not prioritised by these \
+                 labels nor by locality",
             );
         }
         if lb.zone_aware_lb_setting.is_some() {
             gap(
                 "loadBalancer.zoneAwareLbSetting",
-                "zone-aware load balancing needs the proxy's locality, which meshflow does not have yet: it is left off",
+                "zone-aware load balancing (Envoy's zone-aware routing, fed by a self-discovery local cluster) is not \
+                 translated yet: it is left off",
             );
         }
         if lb.backend_utilization.is_some() {
@@ -1269,6 +1281,31 @@ subsets:
         assert!(hash_policy(None).is_empty());
     }
 
+    /// istiod's LocalityLBSettings.ApplyToCluster: `locality_weighted_lb_config` with
+    /// `distribute`, or with `failover` and outlier detection; not for the default failover
+    /// nor when locality LB is disabled.
+    #[test]
+    fn locality_weighted_lb_config_as_istiod_sets_it() {
+        use cluster::cluster::common_lb_config::LocalityConfigSpecifier;
+        let weighted = |c: cluster::Cluster| {
+            matches!(
+                c.common_lb_config.and_then(|l| l.locality_config_specifier),
+                Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+            )
+        };
+        let od = "outlierDetection: {consecutive5xxErrors: 2}";
+        assert!(!weighted(with(od)), "default failover: priorities only");
+        assert!(weighted(with(&format!(
+            "{{{od}, loadBalancer: {{localityLbSetting: {{failover: [{{from: us-east, to: eu-west}}]}}}}}}"
+        ))));
+        assert!(!weighted(with("loadBalancer: {localityLbSetting: {failover: [{from: us-east, to: eu-west}]}}")));
+        let distribute = "loadBalancer: {localityLbSetting: {distribute: [{from: 'a/*', to: {'a/*': 100}}]}}";
+        assert!(weighted(with(distribute)), "distribute, with or without outlier detection");
+        assert!(!weighted(with(
+            "loadBalancer: {localityLbSetting: {enabled: false, distribute: [{from: 'a/*', to: {'a/*': 100}}]}}"
+        )));
+    }
+
     // --- untranslated ----------------------------------------------------------------------------
 
     #[test]
@@ -1283,7 +1320,7 @@ host: ratings.prod.svc.cluster.local
 exportTo: ["."]
 workloadSelector: {matchLabels: {app: ratings}}
 trafficPolicy:
-  loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: true}}
+  loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: true, failoverPriority: [topology.kubernetes.io/zone]}}
   tunnel: {targetHost: example.com, targetPort: 443}
   retryBudget: {percent: 10}
   outlierDetection: {consecutiveErrors: 3}
@@ -1296,7 +1333,7 @@ subsets:
   trafficPolicy:
     proxyProtocol: {version: V2}
     tls: {mode: ISTIO_MUTUAL}
-    loadBalancer: {backendUtilization: {}}
+    loadBalancer: {backendUtilization: {}, localityLbSetting: {failover: [{from: us-east, to: eu-west}]}}
 "#,
             ),
         };
@@ -1308,7 +1345,7 @@ subsets:
                 "spec.subsets[0].trafficPolicy.loadBalancer.backendUtilization",
                 "spec.subsets[0].trafficPolicy.proxyProtocol",
                 "spec.subsets[0].trafficPolicy.tls.mode",
-                "spec.trafficPolicy.loadBalancer.localityLbSetting",
+                "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority",
                 "spec.trafficPolicy.outlierDetection.consecutiveErrors",
                 "spec.trafficPolicy.portLevelSettings[0].loadBalancer.zoneAwareLbSetting",
                 "spec.trafficPolicy.portLevelSettings[0].tls.credentialName",

@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod gateway;
 pub mod grpc;
 pub mod listener;
+pub mod locality;
 pub mod outbound;
 pub mod reference;
 pub mod route;
@@ -173,6 +174,14 @@ pub enum Scope {
     /// `virtualOutbound` and the passthrough clusters ([`capture::static_resources`]). Not
     /// made by the engine: `serve` puts them in the cache once.
     Captured,
+    /// The proxies of one locality (`region/zone/subzone` as [`locality::locality_string`]
+    /// writes it, "" for none): the assignments of the default context's clusters whose load
+    /// balancing depends on the proxy's locality ([`locality::locality_lb`]). They hide the
+    /// shared ones of the same name.
+    Locality(String),
+    /// The proxies of one namespace in one locality (locality, namespace): the same, for the
+    /// clusters of a namespace whose rule differs ([`Scope::Namespace`]).
+    LocalityIn(String, String),
 }
 
 impl std::fmt::Display for Scope {
@@ -185,6 +194,8 @@ impl std::fmt::Display for Scope {
             Scope::Namespace(ns) => write!(f, "namespace/{ns}"),
             Scope::SidecarsIn(ns) => write!(f, "sidecars/{ns}"),
             Scope::Captured => f.write_str("captured"),
+            Scope::Locality(l) => write!(f, "locality/{l}"),
+            Scope::LocalityIn(l, ns) => write!(f, "locality/{l}/namespace/{ns}"),
         }
     }
 }

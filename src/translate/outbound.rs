@@ -171,6 +171,34 @@ pub fn cluster_contexts<'a>(
         .collect()
 }
 
+/// The clusters of a host in each context ([`cluster_contexts`]), each with whether its
+/// context's scope holds an assignment of its own for it (a subset cluster always does; the
+/// default context's clusters are the shared ones). A namespace's cluster without subset shares
+/// the default's assignment, except: when the host is exported to some namespaces only (there is
+/// no default one); and when the default's depends on the proxy's locality
+/// ([`super::locality::locality_lb`], served in [`super::Scope::Locality`]) and the namespace's
+/// rule makes it the same for every proxy (its own hides the located one for its proxies).
+pub fn host_clusters(
+    rows: &[&ServicePortRow],
+    visible: Option<&BTreeSet<String>>,
+    rules: &[(&Context, Option<&DestinationRuleSpec>)],
+) -> Vec<(Context, ClusterRow, bool)> {
+    let mut out: Vec<(Context, ClusterRow, bool)> = Vec::new();
+    let mut located_by_default: BTreeSet<String> = BTreeSet::new();
+    for (ctx, rule) in cluster_contexts(visible, rules) {
+        for cluster in clusters_for_host(rows, rule) {
+            let located = cluster.locality_lb().is_some();
+            let own = cluster.subset.is_none()
+                && (visible.is_some() || (ctx.is_some() && !located && located_by_default.contains(&cluster.name())));
+            if ctx.is_none() && located {
+                located_by_default.insert(cluster.name());
+            }
+            out.push((ctx.clone(), cluster, own));
+        }
+    }
+    out
+}
+
 /// The scopes a port's shared HTTP listener (`0.0.0.0_<port>`) is served in, from the
 /// visibility of each HTTP row of the port ([`host_visibility`] of the row alone): every
 /// sidecar's when a host visible everywhere has the port; else the sidecars of each namespace
@@ -486,6 +514,14 @@ pub struct SubsetRef {
 impl ClusterRow {
     pub fn name(&self) -> String {
         super::outbound_cluster_name(self.row.port.port, self.subset_name().unwrap_or(""), &self.row.fqdn())
+    }
+
+    /// Whether (and how) this cluster's load assignment depends on the proxy's locality.
+    pub fn locality_lb(&self) -> Option<super::locality::LocalityLb> {
+        if !self.is_eds() {
+            return None;
+        }
+        super::locality::locality_lb(self.policy.as_deref())
     }
 
     pub fn subset_name(&self) -> Option<&str> {

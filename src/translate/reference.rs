@@ -29,6 +29,7 @@ pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mes
     let (mut services, mut slices, mut endpoints, mut pods) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut virtual_services, mut rules, mut entries) = (Vec::new(), Vec::new(), Vec::new());
     let (mut gateways, mut classes, mut secrets) = (Vec::new(), Vec::new(), HashMap::new());
+    let mut proxy_localities = Vec::new();
     let mut nodes: HashMap<&str, &Labels> = HashMap::new();
     for o in objects {
         match o {
@@ -43,6 +44,7 @@ pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mes
             Object::DestinationRule(dr) => rules.push(&**dr),
             Object::Gateway(gw) => gateways.push(&**gw),
             Object::ProxyClass(c) => classes.push(c),
+            Object::ProxyLocality(l) => proxy_localities.push(l),
             Object::Secret(s) => {
                 secrets.insert((s.namespace.as_str(), s.name.as_str()), &**s);
             }
@@ -285,10 +287,10 @@ pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mes
         let rules: Vec<(&Context, Option<&DestinationRuleSpec>)> =
             context_rules[fqdn].iter().map(|(ctx, rule)| (ctx, rule.as_ref())).collect();
 
-        for (ctx, rule) in outbound::cluster_contexts(visible.as_ref(), &rules) {
-            let ctx = &ctx;
-            let scope = translate::context_scope(ctx, Scope::All);
-            for cluster in outbound::clusters_for_host(&rows, rule) {
+        {
+            for (ctx, cluster, own) in outbound::host_clusters(&rows, visible.as_ref(), &rules) {
+                let ctx = &ctx;
+                let scope = translate::context_scope(ctx, Scope::All);
                 let name = cluster.name();
                 let base = base_endpoints.get(&cluster.base_name());
                 let addrs: BTreeSet<&EndpointAddr> = match &cluster.subset {
@@ -315,10 +317,23 @@ pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mes
                     proxyless.push((ResourceType::Cluster, name.clone(), body));
                 }
                 // A namespace's clusters without subset share the default's assignment (when
-                // there is one).
-                if cluster.is_eds() && (ctx.is_none() || cluster.subset.is_some() || visible.is_some()) {
+                // there is one and it is the same for every proxy).
+                if cluster.is_eds() && (ctx.is_none() || cluster.subset.is_some() || own) {
                     let cla = translate::load_assignment(&name, &addrs);
                     out.insert((scope.clone(), ResourceType::ClusterLoadAssignment, name.clone()), cla);
+                }
+                // Where it depends on the proxy's locality: one per locality of the connected
+                // proxies (of the context's namespace).
+                if let Some(lb) = cluster.locality_lb() {
+                    for l in &proxy_localities {
+                        let located = match ctx {
+                            None => Scope::Locality(l.locality.clone()),
+                            Some(ns) if *ns == l.namespace => Scope::LocalityIn(l.locality.clone(), ns.clone()),
+                            Some(_) => continue,
+                        };
+                        let cla = translate::locality::located_load_assignment(&name, &addrs, &l.locality, &lb);
+                        out.insert((located, ResourceType::ClusterLoadAssignment, name.clone()), cla);
+                    }
                 }
                 out.insert((scope.clone(), ResourceType::Cluster, name), cluster.encode());
             }

@@ -16,7 +16,12 @@ use envoy_types::pb::google::protobuf::value::Kind as ValueKind;
 
 use crate::engine::Command;
 use crate::model::k8s::Labels;
-use crate::model::proxy::ProxyClass;
+use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind, ProxyLocality};
+use crate::translate::endpoint::{node_locality, pod_locality_label};
+use crate::translate::locality::locality_string;
+
+/// How the registry names a locality entry (class ids never start so).
+const LOCALITY_PREFIX: &str = "locality:";
 use crate::model::{InputEvent, Object};
 
 use super::node::NodeId;
@@ -56,8 +61,37 @@ pub fn proxy_class(node: &Node, id: &NodeId) -> Result<ProxyClass, String> {
     Ok(ProxyClass::of_proxy(id.proxy_type, &namespace, &id.pod, labels).at_ip(&id.ip.to_string()))
 }
 
+/// The locality of a proxy, as istiod's `setTopologyLabels` finds it: from its labels (node
+/// metadata `LABELS`: the topology region/zone/subzone labels, else `topology.istio.io/locality`),
+/// else from `Node.locality`. `None` for proxyless gRPC clients (served the default context).
+/// (istiod also reads the labels of the proxy's Pod and Node from the registry; for a proxy that
+/// sends no labels meshflow reads `Node.locality` only.)
+pub fn proxy_locality(node: &Node, class: &ProxyClass) -> Option<ProxyLocality> {
+    if class.kind == ProxyKind::Proxyless {
+        return None;
+    }
+    let normalized = |l: String| {
+        let mut parts = l.splitn(3, '/');
+        let mut next = || parts.next().unwrap_or_default();
+        locality_string(next(), next(), next())
+    };
+    let from_labels = match &class.labels {
+        ClassLabels::Given(labels) => {
+            let topology = node_locality(labels);
+            if topology.is_empty() { pod_locality_label(labels).map(normalized) } else { Some(normalized(topology)) }
+        }
+        _ => None,
+    };
+    let locality = from_labels.unwrap_or_else(|| {
+        let l = node.locality.clone().unwrap_or_default();
+        locality_string(&l.region, &l.zone, &l.sub_zone)
+    });
+    Some(ProxyLocality { namespace: class.namespace.clone(), locality })
+}
+
 struct Entry {
-    class: ProxyClass,
+    /// The input the first proxy added: its class, or its (namespace, locality).
+    object: Object,
     streams: usize,
     /// Bumped whenever the count drops to zero, so a stale removal timer does nothing.
     generation: u64,
@@ -92,12 +126,22 @@ impl ClassRegistry {
 
     /// Registers one more proxy of `class`; the first one adds the class to the engine.
     pub fn join(self: &Arc<Self>, class: ProxyClass) -> ClassGuard {
-        let id = class.id();
+        self.join_object(class.id(), Object::ProxyClass(class))
+    }
+
+    /// Registers one more proxy in `locality` (of its namespace); the first one adds it to the
+    /// engine, which computes the assignments that depend on the proxy's locality for it.
+    pub fn join_locality(self: &Arc<Self>, locality: ProxyLocality) -> ClassGuard {
+        let id = format!("{LOCALITY_PREFIX}{}/{}", locality.namespace, locality.locality);
+        self.join_object(id, Object::ProxyLocality(locality))
+    }
+
+    fn join_object(self: &Arc<Self>, id: String, object: Object) -> ClassGuard {
         let mut classes = self.lock();
         let entry = classes.entry(id.clone()).or_insert_with(|| {
             tracing::info!(class = %id, "new proxy class");
-            let _ = self.engine.send(Command::Events(vec![InputEvent::apply(Object::ProxyClass(class.clone()))]));
-            Entry { class, streams: 0, generation: 0 }
+            let _ = self.engine.send(Command::Events(vec![InputEvent::apply(object.clone())]));
+            Entry { object, streams: 0, generation: 0 }
         });
         entry.streams += 1;
         ClassGuard { registry: self.clone(), id }
@@ -131,12 +175,13 @@ impl ClassRegistry {
         let unused = classes.get(id).is_some_and(|e| e.streams == 0 && e.generation == generation);
         if unused && let Some(entry) = classes.remove(id) {
             tracing::info!(class = %id, "proxy class left: no proxy of it is connected");
-            let key = Object::ProxyClass(entry.class).key();
+            let key = entry.object.key();
             let _ = self.engine.send(Command::Events(vec![InputEvent::delete(key)]));
         }
     }
 
-    /// The classes with the number of streams of each, for `/debug/classes`.
+    /// The classes (and `locality:<namespace>/<locality>` entries) with the number of streams
+    /// of each, for `/debug/classes`.
     pub fn classes(&self) -> Vec<(String, usize)> {
         let mut v: Vec<(String, usize)> = self.lock().iter().map(|(id, e)| (id.clone(), e.streams)).collect();
         v.sort();
@@ -177,6 +222,32 @@ mod tests {
         assert_eq!(proxy_class(&n, &id).unwrap().id(), "router/edge/pod:gw-1@10.0.0.1");
         let n = node(&[(LABELS_KEY, string("istio=x"))]);
         assert!(proxy_class(&n, &id).unwrap_err().contains("LABELS must be a map"));
+    }
+
+    #[test]
+    fn a_proxys_locality_comes_from_its_topology_labels_else_from_node_locality() {
+        use envoy_types::pb::envoy::config::core::v3::Locality;
+        let labels = |pairs: &[(&str, &str)]| Value {
+            kind: Some(ValueKind::StructValue(Struct {
+                fields: pairs.iter().map(|(k, v)| (k.to_string(), string(v))).collect(),
+            })),
+        };
+        let mut n = node(&[]);
+        n.locality = Some(Locality { region: "r1".into(), zone: "z1".into(), sub_zone: String::new() });
+        let id = NodeId::parse(&n.id).unwrap();
+        let of = |n: &Node| proxy_locality(n, &proxy_class(n, &id).unwrap()).unwrap();
+        assert_eq!(of(&n), ProxyLocality { namespace: "istio-system".into(), locality: "r1/z1".into() });
+        // istiod's localityFromProxyLabels: the topology labels win over what Envoy reports.
+        let with = |pairs: &[(&str, &str)]| {
+            let mut m = node(&[(LABELS_KEY, labels(pairs))]);
+            m.locality = n.locality.clone();
+            m
+        };
+        let topo = with(&[("topology.kubernetes.io/region", "r2"), ("topology.kubernetes.io/zone", "z9")]);
+        assert_eq!(of(&topo).locality, "r2/z9");
+        assert_eq!(of(&with(&[("topology.istio.io/locality", "r3.z3.s3")])).locality, "r3/z3/s3");
+        assert_eq!(of(&with(&[("app", "x")])).locality, "r1/z1");
+        assert_eq!(of(&node(&[])).locality, "", "no locality at all");
     }
 
     #[test]

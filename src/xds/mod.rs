@@ -309,6 +309,11 @@ async fn run_stream<P: AdsProtocol>(
         }
     };
     let mut view = View::new(id.proxy_type, classes.is_some().then(|| class.id())).in_namespace(&class.namespace);
+    // The assignments that depend on the proxy's locality exist for registered localities only.
+    let locality = classes.and_then(|_| classes::proxy_locality(node, &class));
+    if let Some(l) = &locality {
+        view = view.located(&l.locality);
+    }
     if captured(&metadata(crate::capture::INTERCEPTION_MODE_KEY), bind, &id.to_string()) {
         view = view.captured();
     }
@@ -329,6 +334,7 @@ async fn run_stream<P: AdsProtocol>(
     let _connected = ConnectedGauge::new(istio_version);
     // Held for the stream's life: the class stays computed while a proxy of it is connected.
     let _membership = classes.map(|registry| registry.join(class));
+    let _located = classes.zip(locality).map(|(registry, l)| registry.join_locality(l));
     let mut stream = P::open(id.to_string(), bind, view);
     let mut changes = cache.subscribe();
     changes.mark_changed();

@@ -1,0 +1,402 @@
+//! Locality load balancing relative to the proxy's locality, as istiod's
+//! `loadbalancer.ApplyLocalityLoadBalancer` computes it (pilot/pkg/networking/core/loadbalancer).
+//!
+//! A ClusterLoadAssignment depends on the locality of the proxy that reads it only when the
+//! cluster's effective DestinationRule policy (subset and port merged, as istiod's
+//! `getSubsetTrafficPolicy`) enables it: `localityLbSetting.enabled` is not `false` (the mesh
+//! default enables it), and either `distribute` is set (weights per locality, applied with or
+//! without outlier detection) or outlier detection is set (failover priorities: Envoy only
+//! drops to a lower priority when hosts are ejected). Those assignments are computed once per
+//! (locality that a connected proxy has) × (such cluster); every other assignment is shared.
+//!
+//! Left out (reported): `failoverPriority` (ranks endpoints by the proxy's labels, which
+//! would make the assignment depend on the proxy's class as well) and `zoneAwareLbSetting`.
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as envoy_endpoint;
+use envoy_types::pb::google::protobuf::UInt32Value;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use super::EndpointAddr;
+use crate::model::istio::{LocalityLbSetting, TrafficPolicy};
+
+/// What a located assignment is computed from, besides its endpoints and the proxy's locality.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LocalityLb {
+    /// `distribute`: from (a proxy locality pattern) → [(to pattern, weight)], in order. When
+    /// set, weights replace failover (istiod applies one or the other).
+    pub distribute: Vec<(String, Vec<(String, u32)>)>,
+    /// `failover`: from region → to region.
+    pub failover: Vec<(String, String)>,
+    /// Whether outlier detection is set: failover priorities apply only then.
+    pub outlier_detection: bool,
+}
+
+/// The effective locality setting of a policy: the DestinationRule's, else the mesh default
+/// (`localityLbSetting: {enabled: true}`, as istiod's default mesh config).
+fn effective_setting(policy: Option<&TrafficPolicy>) -> Option<LocalityLbSetting> {
+    let lb = policy.and_then(|p| p.load_balancer.as_ref());
+    if lb.is_some_and(|lb| lb.zone_aware_lb_setting.is_some()) {
+        // istiod's GetEffectiveLbSetting prefers zone-aware settings; not translated (reported).
+        return None;
+    }
+    match lb.and_then(|lb| lb.locality_lb_setting.as_ref()) {
+        Some(s) if s.enabled == Some(false) => None,
+        Some(s) => Some(s.clone()),
+        None => Some(LocalityLbSetting { enabled: Some(true), ..Default::default() }),
+    }
+}
+
+/// Whether (and how) a cluster's load assignment depends on the proxy's locality, from the
+/// cluster's merged policy. `None`: the assignment is the same for every proxy.
+pub fn locality_lb(policy: Option<&TrafficPolicy>) -> Option<LocalityLb> {
+    let setting = effective_setting(policy)?;
+    let outlier_detection = policy.is_some_and(|p| p.outlier_detection.is_some());
+    let distribute: Vec<(String, Vec<(String, u32)>)> = setting
+        .distribute
+        .iter()
+        .map(|d| (d.from.clone().unwrap_or_default(), d.to.iter().map(|(k, v)| (k.clone(), *v)).collect()))
+        .collect();
+    if distribute.is_empty() && (!outlier_detection || !setting.failover_priority.is_empty()) {
+        // No weights; no failover without outlier detection; failoverPriority not translated.
+        return None;
+    }
+    let failover = setting
+        .failover
+        .iter()
+        .map(|f| (f.from.clone().unwrap_or_default(), f.to.clone().unwrap_or_default()))
+        .collect();
+    Some(LocalityLb { distribute, failover, outlier_detection })
+}
+
+/// Whether the cluster gets `common_lb_config.locality_weighted_lb_config`, as istiod's
+/// `LocalityLBSettings.ApplyToCluster` sets it: locality LB enabled and either `distribute`
+/// set, or outlier detection with `failover` or `failoverPriority` set.
+pub fn locality_weighted(policy: Option<&TrafficPolicy>) -> bool {
+    let Some(setting) = effective_setting(policy) else { return false };
+    let outlier_detection = policy.is_some_and(|p| p.outlier_detection.is_some());
+    !setting.distribute.is_empty()
+        || (outlier_detection && (!setting.failover.is_empty() || !setting.failover_priority.is_empty()))
+}
+
+/// A locality as istiod's `LocalityToString` writes it: `region[/zone[/subzone]]`, trailing
+/// empty parts left off ("" for none).
+pub fn locality_string(region: &str, zone: &str, sub_zone: &str) -> String {
+    let mut s = region.to_string();
+    if zone.is_empty() {
+        return s;
+    }
+    s.push('/');
+    s.push_str(zone);
+    if sub_zone.is_empty() {
+        return s;
+    }
+    s.push('/');
+    s.push_str(sub_zone);
+    s
+}
+
+fn split(locality: &str) -> (&str, &str, &str) {
+    let mut parts = locality.splitn(3, '/');
+    (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
+}
+
+fn parts(l: Option<&core::Locality>) -> (&str, &str, &str) {
+    l.map(|l| (l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str())).unwrap_or_default()
+}
+
+/// istiod's `util.LocalityMatch`: whether `locality` matches a rule's `region/zone/subzone`
+/// pattern (`*` matches anything; a missing zone or subzone too).
+fn locality_match(locality: (&str, &str, &str), rule: &str) -> bool {
+    let (region, zone, subzone) = split(rule);
+    (region == "*" || locality.0 == region)
+        && (zone == "*" || zone.is_empty() || locality.1 == zone)
+        && (subzone == "*" || subzone.is_empty() || locality.2 == subzone)
+}
+
+/// istiod's `util.LbPriority`: 0 same region, zone and subzone; 1 same region and zone; 2 same
+/// region; 3 otherwise.
+fn lb_priority(proxy: (&str, &str, &str), endpoints: (&str, &str, &str)) -> u32 {
+    match (proxy.0 == endpoints.0, proxy.1 == endpoints.1, proxy.2 == endpoints.2) {
+        (true, true, true) => 0,
+        (true, true, false) => 1,
+        (true, false, _) => 2,
+        (false, _, _) => 3,
+    }
+}
+
+/// istiod's `ApplyLocalityLoadBalancer` on an assignment, for a proxy in `proxy_locality`
+/// (`region/zone/subzone`, possibly empty).
+pub fn apply(cla: &mut envoy_endpoint::ClusterLoadAssignment, proxy_locality: &str, lb: &LocalityLb) {
+    let proxy = split(proxy_locality);
+    if !lb.distribute.is_empty() {
+        apply_weights(cla, proxy, &lb.distribute);
+    } else if lb.outlier_detection {
+        apply_failover(cla, proxy, &lb.failover);
+    }
+}
+
+/// istiod's `applyLocalityWeights`: the first `distribute` entry whose `from` matches the
+/// proxy spreads the load over the localities of its `to` (a pattern matching several
+/// localities shares its weight among them by their own weights); localities no `to`
+/// matches keep their entry, emptied of endpoints.
+fn apply_weights(
+    cla: &mut envoy_endpoint::ClusterLoadAssignment,
+    proxy: (&str, &str, &str),
+    distribute: &[(String, Vec<(String, u32)>)],
+) {
+    let Some((_, to)) = distribute.iter().find(|(from, _)| locality_match(proxy, from)) else { return };
+    let mut unmatched: Vec<bool> = vec![true; cla.endpoints.len()];
+    for (pattern, weight) in to {
+        let mut matched: Vec<(usize, u64)> = Vec::new();
+        for (i, ep) in cla.endpoints.iter().enumerate() {
+            if unmatched[i] && locality_match(parts(ep.locality.as_ref()), pattern) {
+                unmatched[i] = false;
+                matched.push((i, ep.load_balancing_weight.as_ref().map_or(1, |w| u64::from(w.value))));
+            }
+        }
+        let total: u64 = matched.iter().map(|(_, w)| w).sum();
+        for (i, original) in matched {
+            if total == 0 {
+                continue;
+            }
+            // ceil(original × weight / total), as istiod's float division and math.Ceil.
+            let value = (original * u64::from(*weight)).div_ceil(total);
+            if value > 0 {
+                cla.endpoints[i].load_balancing_weight =
+                    Some(UInt32Value { value: value.min(u64::from(u32::MAX)) as u32 });
+            }
+        }
+    }
+    for (ep, unmatched) in cla.endpoints.iter_mut().zip(unmatched) {
+        if unmatched {
+            ep.lb_endpoints.clear();
+        }
+    }
+}
+
+/// istiod's `applyLocalityFailover`: each locality's priority relative to the proxy's
+/// ([`lb_priority`]); a locality of another region is priority 4 instead of 3 when a
+/// `failover` entry from the proxy's region names another region as the one to fail over to;
+/// then the priorities are renumbered 0..N without gaps, in order.
+fn apply_failover(
+    cla: &mut envoy_endpoint::ClusterLoadAssignment,
+    proxy: (&str, &str, &str),
+    failover: &[(String, String)],
+) {
+    for ep in cla.endpoints.iter_mut() {
+        let locality = parts(ep.locality.as_ref());
+        let mut priority = lb_priority(proxy, locality);
+        if priority == 3
+            && let Some((_, to)) = failover.iter().find(|(from, _)| from == proxy.0)
+            && locality.0 != to
+        {
+            priority = 4;
+        }
+        ep.priority = ep.priority * 5 + priority;
+    }
+    let mut used: Vec<u32> = cla.endpoints.iter().map(|ep| ep.priority).collect();
+    used.sort_unstable();
+    used.dedup();
+    for ep in cla.endpoints.iter_mut() {
+        ep.priority = used.binary_search(&ep.priority).unwrap_or_default() as u32;
+    }
+}
+
+/// The assignment of a cluster whose load balancing depends on the proxy's locality, for
+/// proxies in `proxy_locality`. `endpoints` sorted and free of duplicates, as for
+/// [`super::load_assignment`].
+pub fn located_load_assignment(
+    cluster_name: &str,
+    endpoints: &[&EndpointAddr],
+    proxy_locality: &str,
+    lb: &LocalityLb,
+) -> Vec<u8> {
+    let mut cla = super::load_assignment_message(cluster_name, endpoints);
+    apply(&mut cla, proxy_locality, lb);
+    cla.encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::istio::DestinationRuleSpec;
+
+    fn policy(json: serde_json::Value) -> TrafficPolicy {
+        let spec: DestinationRuleSpec =
+            serde_json::from_value(serde_json::json!({"host": "h", "trafficPolicy": json})).unwrap();
+        *spec.traffic_policy.unwrap()
+    }
+
+    fn addr(ip: &str, locality: &str) -> EndpointAddr {
+        EndpointAddr { locality: locality.into(), ..EndpointAddr::new(ip, 80) }
+    }
+
+    /// (locality, priority, weight, endpoint count) of each LocalityLbEndpoints, decoded.
+    fn decoded(body: &[u8]) -> Vec<(String, u32, u32, usize)> {
+        let cla = envoy_endpoint::ClusterLoadAssignment::decode(body).unwrap();
+        cla.endpoints
+            .iter()
+            .map(|e| {
+                let l = e.locality.clone().unwrap_or_default();
+                (
+                    locality_string(&l.region, &l.zone, &l.sub_zone),
+                    e.priority,
+                    e.load_balancing_weight.as_ref().map_or(0, |w| w.value),
+                    e.lb_endpoints.len(),
+                )
+            })
+            .collect()
+    }
+
+    const OUTLIER: &str = r#"{"consecutive5xxErrors": 1, "interval": "1s", "baseEjectionTime": "1m"}"#;
+
+    fn with_outlier(extra: serde_json::Value) -> TrafficPolicy {
+        let mut p = extra;
+        p["outlierDetection"] = serde_json::from_str(OUTLIER).unwrap();
+        policy(p)
+    }
+
+    #[test]
+    fn only_outlier_detection_or_distribute_make_the_assignment_depend_on_the_proxy() {
+        assert_eq!(locality_lb(None), None, "no rule: the same for every proxy");
+        assert_eq!(locality_lb(Some(&policy(serde_json::json!({})))), None);
+        // The mesh default enables locality LB: outlier detection alone turns failover on.
+        let od = with_outlier(serde_json::json!({}));
+        assert_eq!(
+            locality_lb(Some(&od)),
+            Some(LocalityLb { distribute: vec![], failover: vec![], outlier_detection: true })
+        );
+        // `enabled: false` turns it off, outlier detection or not.
+        let off = with_outlier(serde_json::json!({"loadBalancer": {"localityLbSetting": {"enabled": false}}}));
+        assert_eq!(locality_lb(Some(&off)), None);
+        assert!(!locality_weighted(Some(&off)));
+        // Failover without outlier detection: nothing (Envoy would never fail over).
+        let no_od = policy(serde_json::json!({"loadBalancer": {"localityLbSetting": {
+            "failover": [{"from": "us-east", "to": "eu-west"}]}}}));
+        assert_eq!(locality_lb(Some(&no_od)), None);
+        assert!(!locality_weighted(Some(&no_od)));
+        // distribute applies without outlier detection.
+        let weights = policy(serde_json::json!({"loadBalancer": {"localityLbSetting": {
+            "distribute": [{"from": "us-west/zone1/*", "to": {"us-west/zone1/*": 80, "us-west/zone2/*": 20}}]}}}));
+        assert!(locality_lb(Some(&weights)).is_some());
+        assert!(locality_weighted(Some(&weights)));
+        // failoverPriority is not translated: left unprioritised (and reported elsewhere).
+        let by_labels = with_outlier(serde_json::json!({"loadBalancer": {"localityLbSetting": {
+            "failoverPriority": ["topology.kubernetes.io/zone"]}}}));
+        assert_eq!(locality_lb(Some(&by_labels)), None);
+        // istiod sets locality_weighted_lb_config for failover with outlier detection only,
+        // not for the default failover.
+        assert!(!locality_weighted(Some(&od)));
+        let failover = with_outlier(serde_json::json!({"loadBalancer": {"localityLbSetting": {
+            "failover": [{"from": "us-east", "to": "eu-west"}]}}}));
+        assert!(locality_weighted(Some(&failover)));
+    }
+
+    /// istio.io "Locality failover": a proxy in region1/zone1/sub_zone1 sends to its own
+    /// locality first, then its zone, then its region, then other regions.
+    #[test]
+    fn default_failover_ranks_by_subzone_zone_region() {
+        let lb = locality_lb(Some(&with_outlier(serde_json::json!({})))).unwrap();
+        let eps = [
+            addr("10.0.0.1", "region1/zone1/subzone1"),
+            addr("10.0.0.2", "region1/zone1/subzone2"),
+            addr("10.0.0.3", "region1/zone2/subzone1"),
+            addr("10.0.0.4", "region2/zone1/subzone1"),
+        ];
+        let refs: Vec<&EndpointAddr> = eps.iter().collect();
+        let body = located_load_assignment("c", &refs, "region1/zone1/subzone1", &lb);
+        assert_eq!(
+            decoded(&body),
+            [
+                ("region1/zone1/subzone1".into(), 0, 1, 1),
+                ("region1/zone1/subzone2".into(), 1, 1, 1),
+                ("region1/zone2/subzone1".into(), 2, 1, 1),
+                ("region2/zone1/subzone1".into(), 3, 1, 1),
+            ]
+        );
+        // Priorities have no gaps: a proxy in region2 sees its region first, all of region1 next.
+        let body = located_load_assignment("c", &refs, "region2/zone9", &lb);
+        let p: Vec<u32> = decoded(&body).iter().map(|d| d.1).collect();
+        assert_eq!(p, [1, 1, 1, 0]);
+        // A proxy without locality: only endpoints without locality would be its own; here
+        // every endpoint is of another region, all priority 0.
+        let body = located_load_assignment("c", &refs, "", &lb);
+        assert!(decoded(&body).iter().all(|d| d.1 == 0));
+    }
+
+    /// `failover: [{from: us-east, to: eu-west}]`: from us-east, eu-west comes before every
+    /// other region.
+    #[test]
+    fn failover_names_the_region_to_fail_over_to() {
+        let lb = locality_lb(Some(&with_outlier(serde_json::json!({"loadBalancer": {"localityLbSetting": {
+            "failover": [{"from": "us-east", "to": "eu-west"}]}}}))))
+        .unwrap();
+        let eps = [
+            addr("10.0.0.1", "ap-south/z/s"),
+            addr("10.0.0.2", "eu-west/z/s"),
+            addr("10.0.0.3", "us-east/a/s"),
+            addr("10.0.0.4", "us-east/b/s"),
+        ];
+        let refs: Vec<&EndpointAddr> = eps.iter().collect();
+        let p: Vec<u32> =
+            decoded(&located_load_assignment("c", &refs, "us-east/a/s", &lb)).iter().map(|d| d.1).collect();
+        // us-east/a/s P0; us-east/b P2 → 1; eu-west P3 → 2; ap-south P4 → 3.
+        assert_eq!(p, [3, 2, 0, 1]);
+        // The rule is for proxies in us-east only: from eu-west, the other regions tie.
+        let p: Vec<u32> =
+            decoded(&located_load_assignment("c", &refs, "eu-west/z/s", &lb)).iter().map(|d| d.1).collect();
+        assert_eq!(p, [1, 0, 1, 1]);
+    }
+
+    /// istio.io "Locality weighted distribution": from region1/zone1 80% stays in zone1, 20%
+    /// goes to zone2; localities the rule does not name get no traffic.
+    #[test]
+    fn distribute_sets_locality_weights_and_empties_the_rest() {
+        let lb = locality_lb(Some(&policy(serde_json::json!({"loadBalancer": {"localityLbSetting": {
+        "distribute": [
+            {"from": "region1/zone1/*", "to": {"region1/zone1/*": 80, "region1/zone2/*": 20}},
+            {"from": "region1/zone2/*", "to": {"region1/zone2/*": 100}}
+        ]}}}))))
+        .unwrap();
+        let eps = [
+            addr("10.0.0.1", "region1/zone1/a"),
+            addr("10.0.0.2", "region1/zone1/a"),
+            addr("10.0.0.3", "region1/zone1/b"),
+            addr("10.0.0.4", "region1/zone2/a"),
+            addr("10.0.0.5", "region2/zone1/a"),
+        ];
+        let refs: Vec<&EndpointAddr> = eps.iter().collect();
+        let d = decoded(&located_load_assignment("c", &refs, "region1/zone1/a", &lb));
+        // zone1's 80 shared by its two localities by their own weights (2 and 1): ceil(2×80/3)
+        // = 54, ceil(80/3) = 27; zone2 all 20; region2 emptied (weight kept, no endpoints).
+        assert_eq!(
+            d,
+            [
+                ("region1/zone1/a".into(), 0, 54, 2),
+                ("region1/zone1/b".into(), 0, 27, 1),
+                ("region1/zone2/a".into(), 0, 20, 1),
+                ("region2/zone1/a".into(), 0, 1, 0),
+            ]
+        );
+        // The first matching `from` wins; a proxy no `from` matches gets the plain assignment.
+        let d = decoded(&located_load_assignment("c", &refs, "region1/zone2/x", &lb));
+        assert_eq!(d.iter().map(|e| e.3).collect::<Vec<_>>(), [0, 0, 1, 0]);
+        assert_eq!(d[2].2, 100);
+        let plain = decoded(&super::super::load_assignment("c", &refs));
+        assert_eq!(decoded(&located_load_assignment("c", &refs, "region3/z/s", &lb)), plain);
+    }
+
+    #[test]
+    fn localities_are_written_as_istiod_writes_them() {
+        assert_eq!(locality_string("r", "z", "s"), "r/z/s");
+        assert_eq!(locality_string("r", "z", ""), "r/z");
+        assert_eq!(locality_string("r", "", "s"), "r");
+        assert_eq!(locality_string("", "", ""), "");
+        assert!(locality_match(("r", "z", "s"), "r/*"));
+        assert!(locality_match(("r", "z", "s"), "r"));
+        assert!(!locality_match(("r", "z", "s"), "r/y/*"));
+        assert!(locality_match(("x", "z", "s"), "*"));
+    }
+}

@@ -1,0 +1,169 @@
+//! Locality load balancing end to end: `meshflow serve` and two real Envoys whose bootstrap
+//! nodes sit in two zones of one region, real HTTP.
+//!
+//! Fixture: Service `reviews` in `default` with two endpoints, `z1` and `z2`, each a
+//! [`Backend`] on its own loopback IP with a Pod whose `topology.istio.io/locality` label puts
+//! it in `r1/z1` or `r1/z2`; a DestinationRule with outlier detection (so locality failover
+//! applies, the mesh default enabling locality LB). As istio.io's "Locality failover" task:
+//! each proxy sends every request to its own zone; when its zone's endpoint fails (ejected
+//! by outlier detection), traffic fails over to the other zone.
+
+mod support;
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Backend, Envoy, Meshflow, WAIT, dump_section, eventually, free_port, http_request, loopback_ip};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+fn fixture(port: u16, backends: &[(&Backend, &str)]) -> String {
+    let target = backends[0].0.addr.port();
+    let mut out = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: reviews, namespace: default}}
+spec:
+  selector: {{app: reviews}}
+  ports:
+  - {{name: http, protocol: TCP, port: {port}, targetPort: {target}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 1
+      interval: 1s
+      baseEjectionTime: 1m
+      maxEjectionPercent: 100
+"#
+    );
+    for (b, zone) in backends {
+        out.push_str(&format!(
+            r#"---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-{zone}
+  namespace: default
+  labels: {{app: reviews, topology.istio.io/locality: r1.{zone}}}
+spec:
+  containers:
+  - {{name: reviews, image: reviews, ports: [{{containerPort: {target}}}]}}
+status:
+  phase: Running
+  podIP: "{ip}"
+  conditions: [{{type: Ready, status: "True"}}]
+"#,
+            ip = b.ip()
+        ));
+    }
+    out
+}
+
+/// An Envoy for a sidecar in `r1/<zone>`: `meshflow bootstrap`, with `node.locality` set as
+/// Envoy reports it to its xDS server.
+fn envoy_in(meshflow: &Meshflow, zone: &str, bind: Ipv4Addr) -> Envoy {
+    let admin_port = free_port(Ipv4Addr::LOCALHOST);
+    let node_id = format!("sidecar~{bind}~productpage-{zone}.default~default.svc.cluster.local");
+    let yaml = meshflow.bootstrap(&node_id, bind, admin_port);
+    let mut bootstrap: Value = serde_yaml_ng::from_str(&yaml).expect("bootstrap YAML");
+    bootstrap["node"]["locality"] = serde_json::json!({"region": "r1", "zone": zone});
+    Envoy::start(&serde_json::to_string(&bootstrap).unwrap())
+}
+
+/// (zone, priority, addresses) per LocalityLbEndpoints of the cluster's assignment in Envoy.
+fn priorities(envoy: &Envoy, cluster: &str) -> Vec<(String, u64, usize)> {
+    let dump = envoy.config_dump();
+    let Some(eds) = dump_section(&dump, "EndpointsConfigDump") else { return Vec::new() };
+    let mut out = Vec::new();
+    for cfg in eds["dynamic_endpoint_configs"].as_array().into_iter().flatten() {
+        let cla = &cfg["endpoint_config"];
+        if cla["cluster_name"].as_str() != Some(cluster) {
+            continue;
+        }
+        for le in cla["endpoints"].as_array().into_iter().flatten() {
+            let zone = le["locality"]["zone"].as_str().unwrap_or_default().to_string();
+            let n = le["lb_endpoints"].as_array().map_or(0, Vec::len);
+            out.push((zone, le["priority"].as_u64().unwrap_or(0), n));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn who(proxy: SocketAddr, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let r = http_request(proxy, "GET", "reviews", "/", &[]).expect("an HTTP answer from Envoy");
+            format!("{}:{}", r.header("x-backend").unwrap_or("-"), r.status)
+        })
+        .collect()
+}
+
+#[test]
+fn each_proxy_prefers_its_zone_and_fails_over_when_its_endpoint_is_ejected() {
+    let (z1, z2) = eventually("two backends on one port", WAIT, || {
+        let a = loopback_ip();
+        let port = free_port(a);
+        Some((Backend::start(a, port, "z1").ok()?, Backend::start(loopback_ip(), port, "z2").ok()?))
+    });
+    let (bind1, bind2) = (loopback_ip(), loopback_ip());
+    let port = free_port(bind1);
+    let config = tempfile::tempdir().expect("tempdir");
+    fs::write(config.path().join("reviews.yaml"), fixture(port, &[(&z1, "z1"), (&z2, "z2")])).unwrap();
+    let meshflow = Meshflow::serve(config.path());
+    let in_z1 = envoy_in(&meshflow, "z1", bind1);
+    let in_z2 = envoy_in(&meshflow, "z2", bind2);
+    let cluster = format!("outbound|{port}||reviews.default.svc.cluster.local");
+    // Each proxy's assignment ranks its own zone first (priority 0), the other zone of its
+    // region next (1), as istiod's applyLocalityFailover.
+    for (envoy, own, other) in [(&in_z1, "z1", "z2"), (&in_z2, "z2", "z1")] {
+        let want = {
+            let mut w = vec![(own.to_string(), 0, 1), (other.to_string(), 1, 1)];
+            w.sort();
+            w
+        };
+        eventually(&format!("the proxy in {own} to rank its zone first"), CONVERGE, || {
+            (priorities(envoy, &cluster) == want).then_some(())
+        });
+    }
+    for bind in [bind1, bind2] {
+        eventually("the proxy to answer", CONVERGE, || {
+            http_request(SocketAddr::from((bind, port)), "GET", "reviews", "/", &[]).ok().filter(|r| r.status == 200)
+        });
+    }
+    // Without locality balancing, least-request would spread 20 requests over both zones.
+    let from_z1 = who(SocketAddr::from((bind1, port)), 20);
+    assert!(from_z1.iter().all(|w| w == "z1:200"), "the proxy in z1 sends to z1: {from_z1:?}");
+    let from_z2 = who(SocketAddr::from((bind2, port)), 20);
+    assert!(from_z2.iter().all(|w| w == "z2:200"), "the proxy in z2 sends to z2: {from_z2:?}");
+
+    // z1's endpoint fails: outlier detection ejects it after its first 5xx, and the proxy in
+    // z1 fails over to z2 (priority 1); the proxy in z2 is not affected.
+    z1.set_status(503);
+    eventually("the proxy in z1 to fail over to z2", CONVERGE, || {
+        let w = who(SocketAddr::from((bind1, port)), 5);
+        w.iter().all(|w| w == "z2:200").then_some(())
+    });
+    let failed_over = who(SocketAddr::from((bind1, port)), 20);
+    assert!(failed_over.iter().all(|w| w == "z2:200"), "z1 ejected, all to z2: {failed_over:?}");
+    assert!(z1.received() > 0, "z1 never got a request: the failover proves nothing");
+
+    // z2's endpoint removed: the proxy in z2 fails over to z1 (which answers 200 again).
+    z1.set_status(200);
+    // Replaced as editors do (a temporary file renamed over), so the source never reads half of it.
+    let tmp = config.path().join(".reviews.yaml.tmp");
+    fs::write(&tmp, fixture(port, &[(&z1, "z1")])).unwrap();
+    fs::rename(&tmp, config.path().join("reviews.yaml")).unwrap();
+    eventually("the proxy in z2 to send to z1 once z2's endpoint is gone", CONVERGE, || {
+        let w = who(SocketAddr::from((bind2, port)), 5);
+        w.iter().all(|w| w == "z1:200").then_some(())
+    });
+    assert_eq!(priorities(&in_z2, &cluster), [("z1".to_string(), 0, 1)], "one locality left: priority 0");
+}
