@@ -171,6 +171,19 @@ enum XdsAction {
         #[arg(long)]
         json: bool,
     },
+    /// Load: K delta-ADS streams to a server, each behaving as the bench's simulated proxies
+    /// (wildcard CDS and LDS, EDS and RDS for what they name, ACK everything). Prints when
+    /// every stream holds the configuration, then keeps them open and idle for --hold (to
+    /// measure the server's memory per idle stream from another shell).
+    Load {
+        /// The xDS server, host:port or http://host:port.
+        #[arg(long)]
+        server: String,
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value = "30s", value_parser = meshflow::bench::parse_duration)]
+        hold: std::time::Duration,
+    },
     /// meshflow's control adapter for the conformance suite: changes `conformance-*.yaml`
     /// files in a config directory that `meshflow serve --config-dir` watches. Verbs: reset,
     /// add-service NAME, remove-service NAME, set-endpoint NAME IP:PORT, change-cluster NAME,
@@ -246,6 +259,9 @@ fn main() -> ExitCode {
         Command::Agent(args) => return meshflow::agent::run(args),
         Command::Init(args) => return meshflow::capture::run_init(&args),
         Command::Bench(args) => meshflow::bench::run(&args).map(|_| ()),
+        Command::Xds(XdsArgs { action: Some(XdsAction::Load { server, clients, hold }), .. }) => {
+            meshflow::bench::clients::load(&server, clients, hold)
+        }
         Command::Xds(XdsArgs {
             action: Some(XdsAction::Conformance { server, control, node_id, rules, json }),
             ..

@@ -249,3 +249,51 @@ fn route_config_of(listener: Listener) -> Option<String> {
         }
     })
 }
+
+/// `meshflow xds load`: `clients` simulated proxies on delta streams to `server`. Returns once
+/// they have held the configuration idle for `hold` (or when every stream ended).
+pub fn load(server: &str, clients: usize, hold: std::time::Duration) -> anyhow::Result<()> {
+    use std::time::Duration;
+    let endpoint = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()?;
+    let tracker = Arc::new(Tracker::new(0));
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let tasks: Vec<_> =
+        (0..clients).map(|i| runtime.spawn(run_client(i, endpoint.clone(), tracker.clone(), stop.clone()))).collect();
+    // Synced: no response for two seconds after the first ones.
+    let mut last = (0, Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let responses = tracker.responses.load(Ordering::Relaxed);
+        if responses != last.0 {
+            last = (responses, Instant::now());
+        } else if responses > 0 && last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        if tasks.iter().all(|t| t.is_finished()) {
+            let failed = tasks.into_iter().map(|t| runtime.block_on(t)).find_map(|r| match r {
+                Ok(Err(e)) => Some(e),
+                Err(e) => Some(anyhow::anyhow!("client task: {e}")),
+                Ok(Ok(_)) => None,
+            });
+            return Err(failed.unwrap_or_else(|| anyhow::anyhow!("every stream ended")));
+        }
+    }
+    let running = tasks.iter().filter(|t| !t.is_finished()).count();
+    eprintln!(
+        "{running} of {clients} streams hold the configuration ({} responses, {} resources, {} bytes) after {:.1} s; idle for {:?}",
+        tracker.responses.load(Ordering::Relaxed),
+        tracker.resources.load(Ordering::Relaxed),
+        tracker.bytes.load(Ordering::Relaxed),
+        (last.1 - started).as_secs_f64(),
+        hold,
+    );
+    std::thread::sleep(hold);
+    runtime.shutdown_background();
+    Ok(())
+}

@@ -12,7 +12,7 @@
 //! listeners and a class's resources exist once however many proxies share the class.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use tokio::sync::watch;
 
@@ -20,12 +20,137 @@ use crate::engine::{EngineOutput, ResourceDelta};
 use crate::model::proxy::ProxyKind;
 use crate::translate::{Diagnostic, ResourceType, Scope};
 
-/// One resource as served: its encoded body and content version.
-#[derive(Debug, PartialEq, Eq)]
+/// One resource as served: its encoded body and content version, and the forms proxies get it
+/// in ([`Resource::rendering`]), each encoded once and shared by every stream that sends it.
 pub struct Resource {
     pub name: String,
     pub version: String,
     pub body: Arc<[u8]>,
+    /// The as-is form, made on first use.
+    as_is: OnceLock<Arc<Rendered>>,
+    /// The other forms, by variant, made on first use. A changed resource is a new
+    /// `Resource`, so these never outlive the body they were made from.
+    variants: Mutex<HashMap<Variant, Arc<Rendered>>>,
+}
+
+impl Resource {
+    pub fn new(name: String, version: String, body: Arc<[u8]>) -> Resource {
+        Resource { name, version, body, as_is: OnceLock::new(), variants: Mutex::new(HashMap::new()) }
+    }
+
+    /// The resource in the form `variant` (see [`Variant`]), encoded as an xDS `Resource`
+    /// message once: the first stream to ask makes it with `make`, every other one shares it.
+    /// `make` gets the body and returns the variant's body and its port (for a listener
+    /// rebound to a proxy's address), or None when the variant is the body as is.
+    pub fn rendering(
+        &self,
+        ty: ResourceType,
+        variant: Variant,
+        make: impl FnOnce(&[u8]) -> Option<(Vec<u8>, Option<u16>)>,
+    ) -> Arc<Rendered> {
+        if variant == Variant::AsIs {
+            return self.as_is(ty).clone();
+        }
+        let mut variants = self.variants.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = variants.get(&variant) {
+            return r.clone();
+        }
+        let rendered = match make(&self.body) {
+            Some((body, port)) => Arc::new(Rendered::new(ty, &self.name, content_version(&body), &body, port)),
+            None => self.as_is(ty).clone(),
+        };
+        variants.insert(variant, rendered.clone());
+        rendered
+    }
+
+    fn as_is(&self, ty: ResourceType) -> &Arc<Rendered> {
+        self.as_is.get_or_init(|| Arc::new(Rendered::new(ty, &self.name, self.version.clone(), &self.body, None)))
+    }
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Resource) -> bool {
+        self.name == other.name && self.version == other.version && self.body == other.body
+    }
+}
+
+impl Eq for Resource {}
+
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resource")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("body", &format_args!("{} bytes", self.body.len()))
+            .finish()
+    }
+}
+
+/// The form a proxy gets a resource in. Most proxies get it as the engine made it; a
+/// captured sidecar gets listeners that do not bind (`bind_to_port: false`, the same bytes for
+/// every captured proxy); a proxy with a bind address gets listeners bound to it (the same
+/// bytes for every proxy with that address). A new per-proxy form of a resource is a new
+/// variant here and a case in `xds::delta::render`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    AsIs,
+    Captured,
+    Bound(std::net::IpAddr),
+}
+
+/// One form of a resource, encoded once as the xDS `Resource` message (name, version, the
+/// body in an `Any`) and shared by every stream that sends it: a response is the
+/// concatenation of these (see `xds::wire`), so no stream copies or re-encodes a resource.
+pub struct Rendered {
+    pub name: String,
+    pub version: String,
+    /// The encoded `envoy.service.discovery.v3.Resource` message.
+    pub wire: bytes::Bytes,
+    /// Where the body (the `Any`'s value) starts in `wire`: it runs to the end.
+    body_at: usize,
+    /// For a listener rebound to a proxy's address: its port.
+    pub port: Option<u16>,
+}
+
+impl Rendered {
+    fn new(ty: ResourceType, name: &str, version: String, body: &[u8], port: Option<u16>) -> Rendered {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+        let type_url = ty.type_url();
+        let field = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
+        // Any { type_url = 1, value = 2 }
+        let any_len = field(1, type_url.len()) + field(2, body.len());
+        // Resource { version = 1, resource = 2, name = 3 }: the body last, so it is a suffix.
+        let len = field(3, name.len()) + field(1, version.len()) + field(2, any_len);
+        let mut buf = bytes::BytesMut::with_capacity(len);
+        let bytes_field = |tag: u32, value: &[u8], buf: &mut bytes::BytesMut| {
+            encode_key(tag, WireType::LengthDelimited, buf);
+            encode_varint(value.len() as u64, buf);
+            buf.extend_from_slice(value);
+        };
+        bytes_field(3, name.as_bytes(), &mut buf);
+        bytes_field(1, version.as_bytes(), &mut buf);
+        encode_key(2, WireType::LengthDelimited, &mut buf);
+        encode_varint(any_len as u64, &mut buf);
+        bytes_field(1, type_url.as_bytes(), &mut buf);
+        bytes_field(2, body, &mut buf);
+        debug_assert_eq!(buf.len(), len);
+        Rendered { name: name.to_string(), version, body_at: len - body.len(), wire: buf.freeze(), port }
+    }
+
+    /// The resource's body (what the `Any` carries).
+    pub fn body(&self) -> &[u8] {
+        &self.wire[self.body_at..]
+    }
+}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rendered")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("body", &format_args!("{} bytes", self.wire.len() - self.body_at))
+            .finish()
+    }
 }
 
 pub fn content_version(body: &[u8]) -> String {
@@ -196,7 +321,7 @@ impl Cache {
                     if map.get(&change.name).is_some_and(|r| r.version == version) {
                         false
                     } else {
-                        let r = Resource { name: change.name.clone(), version, body: body.clone() };
+                        let r = Resource::new(change.name.clone(), version, body.clone());
                         map.insert(change.name.clone(), Arc::new(r));
                         true
                     }

@@ -12,12 +12,11 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as XdsResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::protobuf::Any;
 
-use crate::cache::{Cache, Resource, View, content_version};
+use super::wire::DeltaResponse;
+use crate::cache::{Cache, Rendered, Resource, Variant, View};
 use crate::translate::{self, ResourceType};
 
 /// What became of a response the client answered.
@@ -109,7 +108,7 @@ impl DeltaStream {
         &mut self,
         req: &DeltaDiscoveryRequest,
         cache: &Cache,
-    ) -> Result<(Answer, Vec<DeltaDiscoveryResponse>), tonic::Status> {
+    ) -> Result<(Answer, Vec<DeltaResponse>), tonic::Status> {
         let ty = ResourceType::from_type_url(&req.type_url)
             .ok_or_else(|| tonic::Status::invalid_argument(format!("unsupported type_url {:?}", req.type_url)))?;
         let answer = if req.response_nonce.is_empty() {
@@ -195,7 +194,7 @@ impl DeltaStream {
 
     /// Catches up with the cache: responses for everything that changed since the last call
     /// among what the client subscribed to. Nothing before the cache is ready.
-    pub fn on_cache_change(&mut self, cache: &Cache) -> Vec<DeltaDiscoveryResponse> {
+    pub fn on_cache_change(&mut self, cache: &Cache) -> Vec<DeltaResponse> {
         if !cache.is_ready() {
             return Vec::new();
         }
@@ -227,7 +226,7 @@ impl DeltaStream {
 
     /// Builds the responses for candidate names per type: additions in dependency order,
     /// then removals in reverse order.
-    fn respond(&mut self, cache: &Cache, candidates: &[(ResourceType, Vec<String>)]) -> Vec<DeltaDiscoveryResponse> {
+    fn respond(&mut self, cache: &Cache, candidates: &[(ResourceType, Vec<String>)]) -> Vec<DeltaResponse> {
         let mut additions = Vec::new();
         let mut removals = Vec::new();
         // Assignments to resend because their Cluster is sent: Envoy keeps a changed EDS
@@ -254,7 +253,7 @@ impl DeltaStream {
                     continue;
                 }
                 let current = cache.get(&self.view, ty, name);
-                let rendered = current.as_ref().and_then(|r| self.render(cache, ty, r));
+                let rendered = current.as_ref().and_then(|r| render_shared(cache, &self.view, self.bind, ty, r));
                 if rendered.is_none()
                     && current.is_some()
                     && !translate::capture::is_virtual_listener(name)
@@ -267,18 +266,14 @@ impl DeltaStream {
                 }
                 let force = ty == ResourceType::ClusterLoadAssignment && forced.contains(name);
                 match rendered {
-                    Some((version, any)) => {
+                    Some(rendered) => {
                         let st = &self.types[ty as usize];
-                        if st.known.get(name) == Some(&version) && !force || st.nacked.get(name) == Some(&version) {
+                        let version = &rendered.version;
+                        if st.known.get(name) == Some(version) && !force || st.nacked.get(name) == Some(version) {
                             continue;
                         }
                         sent.push((name.clone(), version.clone(), st.known.get(name).cloned()));
-                        resources.push(XdsResource {
-                            name: name.clone(),
-                            version,
-                            resource: Some(any),
-                            ..Default::default()
-                        });
+                        resources.push(rendered);
                     }
                     None => {
                         let st = &self.types[ty as usize];
@@ -318,17 +313,12 @@ impl DeltaStream {
         for (ty, resources, sent) in additions {
             let nonce = self.nonce();
             self.pending.insert(nonce.clone(), Pending { ty, sent });
-            out.push(DeltaDiscoveryResponse {
-                type_url: ty.type_url().to_string(),
-                resources,
-                nonce,
-                ..Default::default()
-            });
+            out.push(DeltaResponse { type_url: ty.type_url().to_string(), resources, nonce, ..Default::default() });
         }
         for (ty, removed) in removals.into_iter().rev() {
             let nonce = self.nonce();
             self.pending.insert(nonce.clone(), Pending { ty, sent: Vec::new() });
-            out.push(DeltaDiscoveryResponse {
+            out.push(DeltaResponse {
                 type_url: ty.type_url().to_string(),
                 removed_resources: removed,
                 nonce,
@@ -336,10 +326,6 @@ impl DeltaStream {
             });
         }
         out
-    }
-
-    fn render(&self, cache: &Cache, ty: ResourceType, r: &Arc<Resource>) -> Option<(String, Any)> {
-        render(cache, &self.view, self.bind, ty, r)
     }
 
     fn nonce(&mut self) -> String {
@@ -360,8 +346,8 @@ impl DeltaStream {
 /// [`translate::capture::captured_listener`]: the same bytes for every captured proxy), and
 /// only captured proxies get `virtualOutbound`/`virtualInbound` (None for the others: handled
 /// as absent), and a captured proxy gets a headless Service's cluster as ORIGINAL_DST
-/// ([`translate::capture::captured_cluster`]). Everything else is shared as is. Shared by the delta and the state-of-the-world
-/// streams.
+/// ([`translate::capture::captured_cluster`]). Everything else is shared as is. Shared by the
+/// delta and the state-of-the-world streams.
 ///
 /// Every listener of a port binds the same `<bind-ip>:<port>` for a proxy with a bind address.
 /// The engine serves one listener per port; should another one share the port of a
@@ -374,33 +360,50 @@ pub(crate) fn render(
     ty: ResourceType,
     r: &Arc<Resource>,
 ) -> Option<(String, Any)> {
+    let rendered = render_shared(cache, view, bind, ty, r)?;
+    Some((rendered.version.clone(), Any { type_url: ty.type_url().to_string(), value: rendered.body().to_vec() }))
+}
+
+/// [`render`] as the shared encoding a delta response is made of: the form this proxy gets
+/// ([`Variant`]) is made once per resource, by the first stream that needs it, and shared by
+/// every stream that sends the same form (every captured proxy, every proxy with the same
+/// bind address), so a change costs one encoding and one hash per form, not per stream.
+pub(crate) fn render_shared(
+    cache: &Cache,
+    view: &View,
+    bind: Option<IpAddr>,
+    ty: ResourceType,
+    r: &Arc<Resource>,
+) -> Option<Arc<Rendered>> {
     let captured = view.is_captured();
-    let body = match (ty, bind) {
+    let rendered = match (ty, bind) {
         (ResourceType::Listener, _) if translate::capture::is_virtual_listener(&r.name) => {
             if !captured {
                 return None;
             }
-            r.body.clone()
+            r.rendering(ty, Variant::AsIs, |_| None)
         }
-        (ResourceType::Listener, _) if captured => Arc::from(translate::capture::captured_listener(&r.body)),
-        (ResourceType::Cluster, _) if captured => match translate::capture::captured_cluster(&r.body) {
-            Some(body) => Arc::from(body),
-            None => r.body.clone(),
-        },
-        (ResourceType::Listener, Some(ip)) => match translate::rebind_listener(&r.body, ip) {
-            Some((port, body)) => {
+        (ResourceType::Listener, _) if captured => {
+            r.rendering(ty, Variant::Captured, |body| Some((translate::capture::captured_listener(body), None)))
+        }
+        (ResourceType::Cluster, _) if captured => r.rendering(ty, Variant::Captured, |body| {
+            translate::capture::captured_cluster(body).map(|body| (body, None))
+        }),
+        (ResourceType::Listener, Some(ip)) => {
+            let rendered = r.rendering(ty, Variant::Bound(ip), |body| {
+                translate::rebind_listener(body, ip).map(|(port, body)| (body, Some(port)))
+            });
+            if let Some(port) = rendered.port {
                 let shared = translate::listener_name(port);
                 if r.name != shared && cache.get(view, ResourceType::Listener, &shared).is_some() {
                     return None;
                 }
-                Arc::from(body)
             }
-            None => r.body.clone(),
-        },
-        _ => r.body.clone(),
+            rendered
+        }
+        _ => r.rendering(ty, Variant::AsIs, |_| None),
     };
-    let version = if Arc::ptr_eq(&body, &r.body) { r.version.clone() } else { content_version(&body) };
-    Some((version, Any { type_url: ty.type_url().to_string(), value: body.to_vec() }))
+    Some(rendered)
 }
 
 #[cfg(test)]
@@ -431,7 +434,7 @@ mod tests {
         }
     }
 
-    fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+    fn names(r: &DeltaResponse) -> Vec<&str> {
         r.resources.iter().map(|r| r.name.as_str()).collect()
     }
 
@@ -564,7 +567,7 @@ mod tests {
         let mut s = DeltaStream::new("n".into(), Some("127.0.0.9".parse().unwrap()), View::sidecar());
         let (_, out) = s.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
         let r = &out[0].resources[0];
-        assert_eq!(r.resource.as_ref().unwrap().value, translate::listener(9080, Some("127.0.0.9".parse().unwrap())));
+        assert_eq!(r.body(), translate::listener(9080, Some("127.0.0.9".parse().unwrap())));
         assert_ne!(r.version, cache.get(&View::sidecar(), ResourceType::Listener, "0.0.0.0_9080").unwrap().version);
     }
 
@@ -592,7 +595,7 @@ mod tests {
         let (_, out) = s.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
         assert_eq!(names(&out[0]), ["0.0.0.0_9080", "10.96.0.7_9000"]);
         for r in &out[0].resources {
-            let l = Listener::decode(&r.resource.as_ref().unwrap().value[..]).unwrap();
+            let l = Listener::decode(r.body()).unwrap();
             let Some(core::address::Address::SocketAddress(a)) = l.address.unwrap().address else { panic!() };
             assert_eq!(a.address, "127.0.0.9", "{}", r.name);
         }
@@ -600,7 +603,7 @@ mod tests {
         let mut s = DeltaStream::new("n".into(), None, View::sidecar());
         let (_, out) = s.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
         assert_eq!(out[0].resources.len(), 3);
-        assert_eq!(out[0].resources[1].resource.as_ref().unwrap().value, tcp);
+        assert_eq!(out[0].resources[1].body(), tcp);
     }
 
     #[test]
@@ -635,7 +638,7 @@ mod tests {
         let (_, out) = captured.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
         assert_eq!(names(&out[0]), ["0.0.0.0_9080", "virtualInbound", "virtualOutbound"]);
         for r in &out[0].resources {
-            let l = Listener::decode(&r.resource.as_ref().unwrap().value[..]).unwrap();
+            let l = Listener::decode(r.body()).unwrap();
             let expected =
                 (r.name == "0.0.0.0_9080").then_some(envoy_types::pb::google::protobuf::BoolValue { value: false });
             assert_eq!(l.bind_to_port, expected, "{}", r.name);
@@ -646,7 +649,7 @@ mod tests {
         let mut plain = DeltaStream::new("p".into(), None, view);
         let (_, out) = plain.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
         assert_eq!(names(&out[0]), ["0.0.0.0_9080"]);
-        assert_eq!(out[0].resources[0].resource.as_ref().unwrap().value, http);
+        assert_eq!(out[0].resources[0].body(), http);
         let (_, out) = plain.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
         assert!(out.is_empty(), "{out:?}");
     }
@@ -684,13 +687,7 @@ mod tests {
             out[0]
                 .resources
                 .iter()
-                .map(|r| {
-                    (
-                        r.name.clone(),
-                        r.version.clone(),
-                        Cluster::decode(&r.resource.as_ref().unwrap().value[..]).unwrap(),
-                    )
-                })
+                .map(|r| (r.name.clone(), r.version.clone(), Cluster::decode(r.body()).unwrap()))
                 .collect::<Vec<_>>()
         };
         let ty = |c: &Cluster| match c.cluster_discovery_type {
@@ -713,6 +710,47 @@ mod tests {
         assert_ne!(version, &uncaptured[0].1);
         assert_eq!(captured[1].2, uncaptured[1].2, "a cluster with a VIP is the same for both");
         assert_eq!(captured[1].1, uncaptured[1].1);
+    }
+
+    #[test]
+    fn streams_share_one_encoding_per_form_of_a_resource() {
+        use crate::model::proxy::ProxyKind;
+        let cache = Cache::new([]);
+        let http = translate::listener(9080, None);
+        put(&cache, &[(ResourceType::Listener, "0.0.0.0_9080", Some(&http)), (ResourceType::Cluster, "c", Some(b"c"))]);
+        let captured = View::new(ProxyKind::Sidecar, None).captured();
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let mut streams = [
+            DeltaStream::new("p1".into(), None, View::sidecar()),
+            DeltaStream::new("p2".into(), None, View::sidecar()),
+            DeltaStream::new("c1".into(), None, captured.clone()),
+            DeltaStream::new("c2".into(), None, captured),
+            DeltaStream::new("b1".into(), Some(ip), View::sidecar()),
+            DeltaStream::new("b2".into(), Some(ip), View::sidecar()),
+        ];
+        let mut got = Vec::new();
+        for s in &mut streams {
+            let (_, out) = s.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
+            let listener = out[0].resources.iter().find(|r| r.name == "0.0.0.0_9080").unwrap().clone();
+            let (_, out) = s.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
+            got.push((listener, out[0].resources[0].clone()));
+        }
+        // Every stream sends the one encoding of the cluster.
+        assert!(got.iter().all(|(_, c)| Arc::ptr_eq(c, &got[0].1)));
+        // One encoding per form of the listener: as is, captured, bound to 127.0.0.9.
+        for pair in got.chunks(2) {
+            assert!(Arc::ptr_eq(&pair[0].0, &pair[1].0), "{}", pair[0].0.name);
+        }
+        assert!(!Arc::ptr_eq(&got[0].0, &got[2].0) && !Arc::ptr_eq(&got[0].0, &got[4].0));
+        // What goes on the wire is the protocol message with each form's body and version.
+        let (_, out) = DeltaStream::new("b3".into(), Some(ip), View::sidecar())
+            .on_request(&req(ResourceType::Listener, &[]), &cache)
+            .unwrap();
+        let decoded = out[0].to_proto();
+        assert_eq!(decoded.type_url, ResourceType::Listener.type_url());
+        assert_eq!(decoded.resources[0].name, "0.0.0.0_9080");
+        assert_eq!(decoded.resources[0].version, crate::cache::content_version(&translate::listener(9080, Some(ip))));
+        assert_eq!(decoded.resources[0].resource.as_ref().unwrap().value, translate::listener(9080, Some(ip)));
     }
 
     #[test]

@@ -13,14 +13,13 @@ pub mod delta;
 pub mod node;
 pub mod sotw;
 pub mod sync;
+pub mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -37,6 +36,10 @@ use delta::{Answer, DeltaStream};
 use node::BIND_ADDRESS_KEY;
 use sotw::SotwStream;
 use sync::{Connection, Connections, ProxyInfo};
+
+/// Largest request a client may send, and largest response meshflow sends.
+const MAX_DECODING: usize = 64 << 20;
+const MAX_ENCODING: usize = 256 << 20;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -73,10 +76,31 @@ impl AdsServer {
         self
     }
 
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(256 << 20)
+    /// The gRPC service: delta responses written from shared encodings ([`wire::AdsService`]).
+    pub fn into_service(self) -> wire::AdsService {
+        wire::AdsService::new(self)
+    }
+
+    /// `DeltaAggregatedResources` (routed here by [`wire::AdsService`]).
+    async fn delta(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream<wire::DeltaResponse>>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<wire::DeltaResponse, Status>>(RESPONSE_QUEUE);
+        let cache = self.cache.clone();
+        let classes = self.classes.clone();
+        let connections = self.connections.clone();
+        tokio::spawn(async move {
+            if let Err(status) =
+                run_stream::<DeltaStream>(&cache, classes.as_ref(), &connections, &mut inbound, &tx).await
+            {
+                tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing delta stream");
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
@@ -172,25 +196,13 @@ impl AggregatedDiscoveryService for AdsServer {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// Never called: [`wire::AdsService`] serves the delta method with shared encodings
+    /// ([`AdsServer::delta`]) before the generated server sees the request.
     async fn delta_aggregated_resources(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Result<DeltaDiscoveryResponse, Status>>(RESPONSE_QUEUE);
-        let cache = self.cache.clone();
-        let classes = self.classes.clone();
-        let connections = self.connections.clone();
-        tokio::spawn(async move {
-            if let Err(status) =
-                run_stream::<DeltaStream>(&cache, classes.as_ref(), &connections, &mut inbound, &tx).await
-            {
-                tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing delta stream");
-                let _ = tx.send(Err(status)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Err(Status::unimplemented("delta ADS is served by xds::wire::AdsService"))
     }
 }
 
@@ -217,7 +229,7 @@ trait AdsProtocol: Send {
 
 impl AdsProtocol for DeltaStream {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = wire::DeltaResponse;
     const NAME: &'static str = "delta";
     fn open(node: String, bind: Option<IpAddr>, view: View) -> Self {
         DeltaStream::new(node, bind, view)
