@@ -15,7 +15,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Backend, Envoy, Meshflow, WAIT, dump_section, eventually, free_port, http_request, loopback_ip};
+use support::{
+    Backend, Envoy, Meshflow, WAIT, dynamic_locality_endpoints, eventually, free_port, http_request, loopback_ip,
+};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 
@@ -80,19 +82,14 @@ fn envoy_in(meshflow: &Meshflow, zone: &str, bind: Ipv4Addr) -> Envoy {
 /// (zone, priority, addresses) per LocalityLbEndpoints of the cluster's assignment in Envoy.
 fn priorities(envoy: &Envoy, cluster: &str) -> Vec<(String, u64, usize)> {
     let dump = envoy.config_dump();
-    let Some(eds) = dump_section(&dump, "EndpointsConfigDump") else { return Vec::new() };
-    let mut out = Vec::new();
-    for cfg in eds["dynamic_endpoint_configs"].as_array().into_iter().flatten() {
-        let cla = &cfg["endpoint_config"];
-        if cla["cluster_name"].as_str() != Some(cluster) {
-            continue;
-        }
-        for le in cla["endpoints"].as_array().into_iter().flatten() {
+    let mut out: Vec<_> = dynamic_locality_endpoints(&dump, cluster)
+        .into_iter()
+        .map(|le| {
             let zone = le["locality"]["zone"].as_str().unwrap_or_default().to_string();
             let n = le["lb_endpoints"].as_array().map_or(0, Vec::len);
-            out.push((zone, le["priority"].as_u64().unwrap_or(0), n));
-        }
-    }
+            (zone, le["priority"].as_u64().unwrap_or(0), n)
+        })
+        .collect();
     out.sort();
     out
 }

@@ -656,24 +656,12 @@ mod tests {
 
     #[test]
     fn a_captured_sidecar_gets_a_headless_services_cluster_as_original_dst_and_others_as_eds() {
-        use crate::model::k8s::{Protocol, ServicePort, TargetPort};
         use crate::translate::ServicePortRow;
         use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
         use prost::Message;
         let row = |service: &str, headless: bool| ServicePortRow {
-            namespace: "default".into(),
-            service: service.into(),
-            port: ServicePort {
-                name: "http".into(),
-                port: 9080,
-                protocol: Protocol::Tcp,
-                target_port: TargetPort::Number(9080),
-                app_protocol: None,
-            },
-            cluster_ip: None,
             headless,
-            entry: None,
-            export_to: Vec::new(),
+            ..crate::translate::tests::row("default", service, "http", 9080)
         };
         let cache = Cache::new([]);
         let headless = translate::cluster::cluster(&row("db", true), None, None);

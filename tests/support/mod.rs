@@ -1083,23 +1083,29 @@ pub fn dynamic_route_config_names(dump: &Value) -> Vec<String> {
     names(dump_section(dump, "RoutesConfigDump"), "dynamic_route_configs", |r| r["route_config"]["name"].as_str())
 }
 
-/// Endpoint addresses (`ip:port`) of a cluster in the EDS section of the dump.
-pub fn dynamic_endpoints(dump: &Value, cluster: &str) -> Vec<String> {
+/// The `LocalityLbEndpoints` of a cluster's assignment in the EDS section of the dump.
+pub fn dynamic_locality_endpoints<'a>(dump: &'a Value, cluster: &str) -> Vec<&'a Value> {
     let Some(eds) = dump_section(dump, "EndpointsConfigDump") else {
         return Vec::new();
     };
+    eds["dynamic_endpoint_configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|cfg| &cfg["endpoint_config"])
+        .filter(|cla| cla["cluster_name"].as_str() == Some(cluster))
+        .flat_map(|cla| cla["endpoints"].as_array().into_iter().flatten())
+        .collect()
+}
+
+/// Endpoint addresses (`ip:port`) of a cluster in the EDS section of the dump.
+pub fn dynamic_endpoints(dump: &Value, cluster: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for cfg in eds["dynamic_endpoint_configs"].as_array().into_iter().flatten() {
-        let cla = &cfg["endpoint_config"];
-        if cla["cluster_name"].as_str() != Some(cluster) {
-            continue;
-        }
-        for le in cla["endpoints"].as_array().into_iter().flatten() {
-            for lb in le["lb_endpoints"].as_array().into_iter().flatten() {
-                let sa = &lb["endpoint"]["address"]["socket_address"];
-                if let (Some(a), Some(p)) = (sa["address"].as_str(), sa["port_value"].as_u64()) {
-                    out.push(format!("{a}:{p}"));
-                }
+    for le in dynamic_locality_endpoints(dump, cluster) {
+        for lb in le["lb_endpoints"].as_array().into_iter().flatten() {
+            let sa = &lb["endpoint"]["address"]["socket_address"];
+            if let (Some(a), Some(p)) = (sa["address"].as_str(), sa["port_value"].as_u64()) {
+                out.push(format!("{a}:{p}"));
             }
         }
     }
