@@ -177,9 +177,11 @@ pub fn run(dir: &Path, verb: &str, args: &[String]) -> Result<String, String> {
             let c = cluster_name(n);
             return Ok(format!("cds {c}\neds {c}\nlds {LISTENER_NAME}\nrds {ROUTE_NAME}\n"));
         }
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "control: unknown verb {other:?} (reset, add-service, remove-service, set-endpoint, change-cluster, names)"
-        )),
+        ))
+        }
     }
     Ok(String::new())
 }
