@@ -65,6 +65,66 @@ pub struct Tracker {
     pub bytes: AtomicU64,
     pub responses: AtomicU64,
     pub nacks: AtomicU64,
+    /// `meshflow xds load --control`: which clients got the endpoint change under way.
+    pub fanout: Option<Fanout>,
+}
+
+/// One endpoint change watched across every client (`meshflow xds load --changes`): the
+/// clients that received the service's ClusterLoadAssignment with the new endpoint, and when
+/// the first and the last of them did.
+pub struct Fanout {
+    /// The ClusterLoadAssignment to watch (the control adapter's `eds` name).
+    pub eds_name: String,
+    state: Mutex<FanoutState>,
+}
+
+#[derive(Default)]
+struct FanoutState {
+    /// The endpoint address the change under way introduces.
+    needle: Option<String>,
+    got: HashSet<usize>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Fanout {
+    pub fn new(eds_name: String) -> Fanout {
+        Fanout { eds_name, state: Mutex::new(FanoutState::default()) }
+    }
+
+    /// Starts watching for assignments that carry `address`.
+    pub fn arm(&self, address: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *st = FanoutState { needle: Some(address.to_string()), ..Default::default() };
+    }
+
+    /// How many clients received the change, and when the first and the last did.
+    pub fn progress(&self) -> (usize, Option<Instant>, Option<Instant>) {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (st.got.len(), st.first, st.last)
+    }
+
+    fn saw(&self, client: usize, assignment: &[u8], at: Instant) {
+        use envoy_types::pb::envoy::config::core::v3::address::Address as Kind;
+        use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+        use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(needle) = &st.needle else { return };
+        if st.got.contains(&client) {
+            return;
+        }
+        let Ok(cla) = ClusterLoadAssignment::decode(assignment) else { return };
+        let carries = cla.endpoints.iter().flat_map(|l| &l.lb_endpoints).any(|e| {
+            let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else { return false };
+            matches!(ep.address.as_ref().and_then(|a| a.address.as_ref()),
+                Some(Kind::SocketAddress(sa)) if sa.address == *needle)
+        });
+        if carries {
+            st.got.insert(client);
+            st.first.get_or_insert(at);
+            st.last = Some(at);
+        }
+    }
 }
 
 impl Tracker {
@@ -132,9 +192,42 @@ pub fn node_id(i: usize) -> String {
     format!("sidecar~127.0.0.1~bench-{i}.default~default.svc.cluster.local")
 }
 
+/// Who the simulated proxies say they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    /// 0: every proxy names its own (absent) pod, so each is a class of its own; else the
+    /// proxies send node metadata `LABELS` that fall into this many classes.
+    pub classes: usize,
+    /// Gateways (`router~` node ids labelled `istio: ingressgateway`) instead of sidecars.
+    pub router: bool,
+}
+
+/// The node of simulated proxy `i`.
+pub fn node(i: usize, shape: Shape) -> Node {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let string = |s: &str| Value { kind: Some(Kind::StringValue(s.to_string())) };
+    let (id, mut labels) = if shape.router {
+        (
+            format!("router~127.0.0.1~bench-gw-{i}.istio-system~istio-system.svc.cluster.local"),
+            vec![("istio", "ingressgateway".to_string())],
+        )
+    } else {
+        (node_id(i), vec![])
+    };
+    let mut metadata = None;
+    if shape.classes > 0 {
+        labels.push(("bench-class", format!("c{}", i % shape.classes)));
+        let labels = Struct { fields: labels.into_iter().map(|(k, v)| (k.to_string(), string(&v))).collect() };
+        let fields = [(crate::xds::classes::LABELS_KEY.to_string(), Value { kind: Some(Kind::StructValue(labels)) })];
+        metadata = Some(Struct { fields: fields.into_iter().collect() });
+    }
+    Node { id, cluster: "bench".into(), metadata, ..Default::default() }
+}
+
 /// Runs one client until the server closes the stream or `stop` fires.
 pub async fn run_client(
     i: usize,
+    node: Node,
     endpoint: String,
     tracker: Arc<Tracker>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -144,7 +237,6 @@ pub async fn run_client(
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
-    let node = Node { id: node_id(i), cluster: "bench".into(), ..Default::default() };
     for (k, ty) in [ResourceType::Cluster, ResourceType::Listener].into_iter().enumerate() {
         tx.send(DeltaDiscoveryRequest {
             node: (k == 0).then(|| node.clone()),
@@ -182,6 +274,15 @@ pub async fn run_client(
             response.resources.iter().map(|r| (r.name.clone(), Some(r.version.clone()))).collect();
         items.extend(response.removed_resources.iter().map(|n| (n.clone(), None)));
         tracker.received(i, ty, &items, at);
+        if let Some(fanout) = &tracker.fanout
+            && ty == ResourceType::ClusterLoadAssignment
+        {
+            for r in response.resources.iter().filter(|r| r.name == fanout.eds_name) {
+                if let Some(any) = &r.resource {
+                    fanout.saw(i, &any.value, at);
+                }
+            }
+        }
 
         // Follow-up subscriptions, as Envoy makes them.
         let mut subscribe = Vec::new();
@@ -250,21 +351,62 @@ fn route_config_of(listener: Listener) -> Option<String> {
     })
 }
 
+/// What `meshflow xds load` does after the streams hold the configuration.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub clients: usize,
+    /// Keep the streams open and idle this long (to read the server's memory per stream).
+    pub hold: std::time::Duration,
+    /// A conformance control adapter (`sh -c 'CMD "$@"'`): with it, `changes` endpoint changes
+    /// of `service` are made one after the other and each is timed to the last client.
+    pub control: Option<String>,
+    pub service: String,
+    pub changes: usize,
+    /// Pause between two changes.
+    pub interval: std::time::Duration,
+    pub shape: Shape,
+}
+
+/// How one endpoint change reached the clients.
+#[derive(Debug, Clone, Copy)]
+pub struct FanoutSample {
+    pub reached: usize,
+    /// From the first client receiving the new assignment to the last.
+    pub spread: std::time::Duration,
+    /// From the control adapter's exit (the server told) to the last client.
+    pub from_control: std::time::Duration,
+}
+
 /// `meshflow xds load`: `clients` simulated proxies on delta streams to `server`. Returns once
-/// they have held the configuration idle for `hold` (or when every stream ended).
-pub fn load(server: &str, clients: usize, hold: std::time::Duration) -> anyhow::Result<()> {
+/// they have held the configuration idle for `hold` (or when every stream ended), after the
+/// endpoint changes when a control adapter is given.
+pub fn load(server: &str, opts: &LoadOptions) -> anyhow::Result<Vec<FanoutSample>> {
     use std::time::Duration;
+
+    use crate::xds::conformance::{CommandControl, Control};
+    let clients = opts.clients;
     let endpoint = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
+    let mut control = opts.control.clone().map(|cmd| CommandControl { cmd });
+    let mut tracker = Tracker::new(0);
+    if let Some(control) = &mut control {
+        let names = control.run("names", &[&opts.service]).map_err(anyhow::Error::msg)?;
+        let eds = names
+            .lines()
+            .find_map(|l| l.strip_prefix("eds "))
+            .ok_or_else(|| anyhow::anyhow!("control adapter `names {}` printed no `eds` line", opts.service))?;
+        tracker.fanout = Some(Fanout::new(eds.trim().to_string()));
+    }
+    let tracker = Arc::new(tracker);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("bench-client")
         .enable_all()
         .build()?;
-    let tracker = Arc::new(Tracker::new(0));
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let started = Instant::now();
-    let tasks: Vec<_> =
-        (0..clients).map(|i| runtime.spawn(run_client(i, endpoint.clone(), tracker.clone(), stop.clone()))).collect();
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| runtime.spawn(run_client(i, node(i, opts.shape), endpoint.clone(), tracker.clone(), stop.clone())))
+        .collect();
     // Synced: no response for two seconds after the first ones.
     let mut last = (0, Instant::now());
     loop {
@@ -276,24 +418,81 @@ pub fn load(server: &str, clients: usize, hold: std::time::Duration) -> anyhow::
             break;
         }
         if tasks.iter().all(|t| t.is_finished()) {
-            let failed = tasks.into_iter().map(|t| runtime.block_on(t)).find_map(|r| match r {
-                Ok(Err(e)) => Some(e),
-                Err(e) => Some(anyhow::anyhow!("client task: {e}")),
-                Ok(Ok(_)) => None,
-            });
-            return Err(failed.unwrap_or_else(|| anyhow::anyhow!("every stream ended")));
+            break;
         }
     }
-    let running = tasks.iter().filter(|t| !t.is_finished()).count();
+    // Streams that ended already: say why (the first reason and how many).
+    let (ended, running): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| t.is_finished());
+    let mut failures = ended.into_iter().map(|t| match runtime.block_on(t) {
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(e) => format!("client task: {e}"),
+        Ok(Ok(_)) => "the server closed the stream".to_string(),
+    });
+    if let Some(first) = failures.next() {
+        eprintln!("{} of {clients} streams ended: {first}", 1 + failures.count());
+    }
+    if running.is_empty() {
+        anyhow::bail!("every stream ended");
+    }
     eprintln!(
-        "{running} of {clients} streams hold the configuration ({} responses, {} resources, {} bytes) after {:.1} s; idle for {:?}",
+        "{} of {clients} streams hold the configuration ({} responses, {} resources, {} bytes) after {:.1} s",
+        running.len(),
         tracker.responses.load(Ordering::Relaxed),
         tracker.resources.load(Ordering::Relaxed),
         tracker.bytes.load(Ordering::Relaxed),
         (last.1 - started).as_secs_f64(),
-        hold,
     );
-    std::thread::sleep(hold);
+    let mut samples = Vec::new();
+    if let (Some(control), Some(fanout)) = (&mut control, &tracker.fanout) {
+        for k in 0..opts.changes {
+            let address = format!("10.251.{}.{}", k / 250, 1 + k % 250);
+            fanout.arm(&address);
+            let endpoint = format!("{address}:8080");
+            control.run("set-endpoint", &[&opts.service, &endpoint]).map_err(anyhow::Error::msg)?;
+            let told = Instant::now();
+            let deadline = told + Duration::from_secs(10);
+            let (reached, first, last) = loop {
+                let (reached, first, last) = fanout.progress();
+                if reached >= running.len() || Instant::now() > deadline {
+                    break (reached, first, last);
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            };
+            let (Some(first), Some(last)) = (first, last) else {
+                eprintln!("change {k}: no client received {endpoint} within 10 s");
+                continue;
+            };
+            samples.push(FanoutSample {
+                reached,
+                spread: last - first,
+                from_control: last.saturating_duration_since(told),
+            });
+            std::thread::sleep(opts.interval);
+        }
+        print_fanout(&samples, running.len());
+    }
+    eprintln!("idle for {:?}", opts.hold);
+    std::thread::sleep(opts.hold);
     runtime.shutdown_background();
-    Ok(())
+    Ok(samples)
+}
+
+fn print_fanout(samples: &[FanoutSample], streams: usize) {
+    if samples.is_empty() {
+        return;
+    }
+    let complete = samples.iter().filter(|s| s.reached >= streams).count();
+    let quantiles = |mut v: Vec<std::time::Duration>| {
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+        format!("{:.2} / {:.2} / {:.2} / {:.2}", at(0.5), at(0.9), at(0.99), at(1.0))
+    };
+    println!("{} endpoint changes; {complete} reached all {streams} streams", samples.len());
+    println!("| measure | p50 / p90 / p99 / max ms |");
+    println!("| --- | --- |");
+    println!("| first → last client | {} |", quantiles(samples.iter().map(|s| s.spread).collect()));
+    println!(
+        "| control adapter's exit → last client | {} |",
+        quantiles(samples.iter().map(|s| s.from_control).collect())
+    );
 }

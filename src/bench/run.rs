@@ -224,7 +224,15 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
                 // The server may take a moment to bind.
                 let mut tries = 0;
                 loop {
-                    match clients::run_client(i, endpoint.clone(), tracker.clone(), stop.clone()).await {
+                    match clients::run_client(
+                        i,
+                        clients::node(i, clients::Shape::default()),
+                        endpoint.clone(),
+                        tracker.clone(),
+                        stop.clone(),
+                    )
+                    .await
+                    {
                         Err(e) if tries < 50 && e.to_string().contains("transport") => {
                             tries += 1;
                             tokio::time::sleep(Duration::from_millis(20)).await;
