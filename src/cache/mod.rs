@@ -23,7 +23,8 @@ use crate::translate::{Diagnostic, ResourceType, Scope};
 /// One resource as served: its encoded body and content version, and the forms proxies get it
 /// in ([`Resource::rendering`]), each encoded once and shared by every stream that sends it.
 pub struct Resource {
-    pub name: String,
+    /// Shared with the resource's encodings and the streams that hold it.
+    pub name: Arc<str>,
     pub version: String,
     pub body: Arc<[u8]>,
     /// The as-is form, made on first use.
@@ -34,7 +35,7 @@ pub struct Resource {
 }
 
 impl Resource {
-    pub fn new(name: String, version: String, body: Arc<[u8]>) -> Resource {
+    pub fn new(name: Arc<str>, version: String, body: Arc<[u8]>) -> Resource {
         Resource { name, version, body, as_is: OnceLock::new(), variants: Mutex::new(HashMap::new()) }
     }
 
@@ -102,8 +103,10 @@ pub enum Variant {
 /// body in an `Any`) and shared by every stream that sends it: a response is the
 /// concatenation of these (see `xds::wire`), so no stream copies or re-encodes a resource.
 pub struct Rendered {
-    pub name: String,
+    pub name: Arc<str>,
     pub version: String,
+    /// [`version_tag`] of `version`: what streams compare and keep.
+    pub tag: u64,
     /// The encoded `envoy.service.discovery.v3.Resource` message.
     pub wire: bytes::Bytes,
     /// Where the body (the `Any`'s value) starts in `wire`: it runs to the end.
@@ -113,7 +116,7 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    fn new(ty: ResourceType, name: &str, version: String, body: &[u8], port: Option<u16>) -> Rendered {
+    fn new(ty: ResourceType, name: &Arc<str>, version: String, body: &[u8], port: Option<u16>) -> Rendered {
         use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
         let type_url = ty.type_url();
         let field = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
@@ -134,7 +137,14 @@ impl Rendered {
         bytes_field(1, type_url.as_bytes(), &mut buf);
         bytes_field(2, body, &mut buf);
         debug_assert_eq!(buf.len(), len);
-        Rendered { name: name.to_string(), version, body_at: len - body.len(), wire: buf.freeze(), port }
+        Rendered {
+            name: name.clone(),
+            tag: version_tag(&version),
+            version,
+            body_at: len - body.len(),
+            wire: buf.freeze(),
+            port,
+        }
     }
 
     /// The resource's body (what the `Any` carries).
@@ -151,6 +161,12 @@ impl std::fmt::Debug for Rendered {
             .field("body", &format_args!("{} bytes", self.wire.len() - self.body_at))
             .finish()
     }
+}
+
+/// A version as streams keep it: 8 bytes instead of the string. Equal tags mean equal
+/// versions but for a 64-bit hash collision (2^-64 per comparison).
+pub fn version_tag(version: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(version.as_bytes())
 }
 
 pub fn content_version(body: &[u8]) -> String {
@@ -321,7 +337,7 @@ impl Cache {
                     if map.get(&change.name).is_some_and(|r| r.version == version) {
                         false
                     } else {
-                        let r = Resource::new(change.name.clone(), version, body.clone());
+                        let r = Resource::new(change.name.as_str().into(), version, body.clone());
                         map.insert(change.name.clone(), Arc::new(r));
                         true
                     }

@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::protobuf::Any;
 
 use super::wire::DeltaResponse;
-use crate::cache::{Cache, Rendered, Resource, Variant, View};
+use crate::cache::{Cache, Rendered, Resource, Variant, View, version_tag};
 use crate::translate::{self, ResourceType};
 
 /// What became of a response the client answered.
@@ -45,11 +45,12 @@ struct TypeState {
     /// The client has sent at least one request for this type.
     started: bool,
     wildcard: bool,
-    names: HashSet<String>,
-    /// Versions the client holds, as far as this stream knows.
-    known: HashMap<String, String>,
+    /// Names subscribed to (besides the wildcard), sharing the cache's name allocations.
+    names: Names,
+    /// Versions the client holds, as far as this stream knows (by [`version_tag`]).
+    known: Held,
     /// Versions the client rejected: never sent again until the resource changes.
-    nacked: HashMap<String, String>,
+    nacked: Held,
     /// Names subscribed by name and not yet answered: one that does not exist is sent in
     /// `removed_resources`, so the client stops waiting for it (the protocol's "knowing when
     /// a requested resource does not exist", incremental variant).
@@ -62,10 +63,84 @@ impl TypeState {
     }
 }
 
-/// A response awaiting ACK: which versions it carried, and what the client held before.
+/// Name → version tag, a sorted vector: what a stream keeps per resource the client holds is
+/// 24 bytes, the name's bytes being shared with the cache's encoding of the resource
+/// ([`Rendered::name`]). A stream keeps one entry for every resource its client holds, so
+/// this is most of an idle stream's memory; hash maps of owned strings took ~5x as much.
+#[derive(Default)]
+struct Held(Vec<(Arc<str>, u64)>);
+
+impl Held {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| (**n).cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<u64> {
+        self.find(name).ok().map(|i| self.0[i].1)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    fn insert(&mut self, name: &Arc<str>, tag: u64) {
+        match self.find(name) {
+            Ok(i) => self.0[i].1 = tag,
+            Err(i) => self.0.insert(i, (name.clone(), tag)),
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.find(name) {
+            self.0.remove(i);
+        }
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| &**n)
+    }
+
+    /// Gives back what growth left unused once it is a good part of the whole.
+    fn trim(&mut self) {
+        if self.0.capacity() > self.0.len() + self.0.len() / 4 + 16 {
+            self.0.shrink_to_fit();
+        }
+    }
+}
+
+/// A set of names, sorted, sharing allocations with the cache where it has the name.
+#[derive(Default)]
+struct Names(Vec<Arc<str>>);
+
+impl Names {
+    fn contains(&self, name: &str) -> bool {
+        self.0.binary_search_by(|n| (**n).cmp(name)).is_ok()
+    }
+
+    fn insert(&mut self, name: Arc<str>) {
+        if let Err(i) = self.0.binary_search_by(|n| (**n).cmp(&name)) {
+            self.0.insert(i, name);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.0.binary_search_by(|n| (**n).cmp(name)) {
+            self.0.remove(i);
+        }
+    }
+
+    fn trim(&mut self) {
+        if self.0.capacity() > self.0.len() + self.0.len() / 4 + 16 {
+            self.0.shrink_to_fit();
+        }
+    }
+}
+
+/// A response awaiting ACK: which versions it carried (name, tag, and the tag the client held
+/// before, if any).
 struct Pending {
     ty: ResourceType,
-    sent: Vec<(String, String, Option<String>)>,
+    sent: Vec<(Arc<str>, u64, Option<u64>)>,
 }
 
 pub struct DeltaStream {
@@ -120,14 +195,14 @@ impl DeltaStream {
         let first = !self.state(ty).started;
         let mut touched: HashSet<String> = HashSet::new();
         {
-            let st = self.state(ty);
+            let st = &mut self.types[ty as usize];
             st.started = true;
             if first {
                 // Envoy's first request for a wildcard type subscribes to nothing in particular
                 // (legacy wildcard); `*` is the explicit form.
                 st.wildcard = ty.is_wildcard_type() && req.resource_names_subscribe.is_empty();
                 for (name, version) in &req.initial_resource_versions {
-                    st.known.insert(name.clone(), version.clone());
+                    st.known.insert(&intern(cache, &self.view, ty, name), version_tag(version));
                     touched.insert(name.clone());
                 }
             }
@@ -135,7 +210,7 @@ impl DeltaStream {
                 if name == "*" {
                     st.wildcard = true;
                 } else {
-                    st.names.insert(name.clone());
+                    st.names.insert(intern(cache, &self.view, ty, name));
                     st.unanswered.insert(name.clone());
                 }
                 touched.insert(name.clone());
@@ -160,7 +235,7 @@ impl DeltaStream {
         let candidates: Vec<String> = if all {
             let mut names: HashSet<String> = cache.names(&self.view, ty).into_iter().collect();
             let st = self.state(ty);
-            names.extend(st.known.keys().cloned());
+            names.extend(st.known.names().map(str::to_string));
             names.extend(st.unanswered.iter().cloned());
             names.into_iter().collect()
         } else {
@@ -179,14 +254,14 @@ impl DeltaStream {
         };
         let st = self.state(ty);
         let mut names = Vec::new();
-        for (name, version, before) in pending.sent {
+        for (name, tag, before) in pending.sent {
             // The client kept what it had before this response.
             match before {
-                Some(v) => st.known.insert(name.clone(), v),
+                Some(before) => st.known.insert(&name, before),
                 None => st.known.remove(&name),
             };
-            st.nacked.insert(name.clone(), version);
-            names.push(name);
+            st.nacked.insert(&name, tag);
+            names.push(name.to_string());
         }
         names.sort();
         Answer::Nack { ty, nonce: nonce.to_string(), names, message }
@@ -218,7 +293,7 @@ impl DeltaStream {
         for (ty, names) in by_type.iter_mut() {
             let st = &self.types[*ty as usize];
             let mut all: HashSet<String> = cache.names(&self.view, *ty).into_iter().collect();
-            all.extend(st.known.keys().cloned());
+            all.extend(st.known.names().map(str::to_string));
             all.extend(st.unanswered.iter().cloned());
             names.extend(all);
         }
@@ -268,16 +343,17 @@ impl DeltaStream {
                 match rendered {
                     Some(rendered) => {
                         let st = &self.types[ty as usize];
-                        let version = &rendered.version;
-                        if st.known.get(name) == Some(version) && !force || st.nacked.get(name) == Some(version) {
+                        let tag = rendered.tag;
+                        let held = st.known.get(name);
+                        if held == Some(tag) && !force || st.nacked.get(name) == Some(tag) {
                             continue;
                         }
-                        sent.push((name.clone(), version.clone(), st.known.get(name).cloned()));
+                        sent.push((rendered.name.clone(), tag, held));
                         resources.push(rendered);
                     }
                     None => {
                         let st = &self.types[ty as usize];
-                        if st.known.contains_key(name) || st.unanswered.contains(name) {
+                        if st.known.contains(name) || st.unanswered.contains(name) {
                             removed.push(name.clone());
                         }
                     }
@@ -287,19 +363,26 @@ impl DeltaStream {
             for name in &seen {
                 st.unanswered.remove(*name);
             }
+            if st.unanswered.is_empty() {
+                // Its capacity would stay at the largest subscription for the stream's life.
+                st.unanswered = HashSet::new();
+            }
+            st.names.trim();
             if ty == ResourceType::Cluster {
                 let eds = &self.types[ResourceType::ClusterLoadAssignment as usize];
-                forced = sent.iter().map(|(n, _, _)| n).filter(|n| eds.known.contains_key(*n)).cloned().collect();
+                forced =
+                    sent.iter().map(|(n, _, _)| n).filter(|n| eds.known.contains(n)).map(|n| n.to_string()).collect();
             }
             let st = &mut self.types[ty as usize];
-            for (name, version, _) in &sent {
-                st.known.insert(name.clone(), version.clone());
+            for (name, tag, _) in &sent {
+                st.known.insert(name, *tag);
                 st.nacked.remove(name);
             }
             for name in &removed {
                 st.known.remove(name);
                 st.nacked.remove(name);
             }
+            st.known.trim();
             if !resources.is_empty() {
                 resources.sort_by(|a, b| a.name.cmp(&b.name));
                 additions.push((ty, resources, sent));
@@ -334,11 +417,15 @@ impl DeltaStream {
     }
 
     /// Names the client holds of a type, as far as the stream knows (for tests and debugging).
-    pub fn known(&self, ty: ResourceType) -> Vec<(String, String)> {
-        let mut v: Vec<_> = self.types[ty as usize].known.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
-        v.sort();
-        v
+    pub fn known(&self, ty: ResourceType) -> Vec<String> {
+        self.types[ty as usize].known.names().map(str::to_string).collect()
     }
+}
+
+/// The name as the cache holds it (shared with its encodings) when the proxy's view has such a
+/// resource, else a new allocation.
+fn intern(cache: &Cache, view: &View, ty: ResourceType, name: &str) -> Arc<str> {
+    cache.get(view, ty, name).map(|r| r.name.clone()).unwrap_or_else(|| Arc::from(name))
 }
 
 /// The resource as a proxy gets it: listeners bind to the proxy's own address when it has one;
@@ -395,7 +482,7 @@ pub(crate) fn render_shared(
             });
             if let Some(port) = rendered.port {
                 let shared = translate::listener_name(port);
-                if r.name != shared && cache.get(view, ResourceType::Listener, &shared).is_some() {
+                if *r.name != *shared && cache.get(view, ResourceType::Listener, &shared).is_some() {
                     return None;
                 }
             }
@@ -435,7 +522,7 @@ mod tests {
     }
 
     fn names(r: &DeltaResponse) -> Vec<&str> {
-        r.resources.iter().map(|r| r.name.as_str()).collect()
+        r.resources.iter().map(|r| &*r.name).collect()
     }
 
     fn ready_cache() -> Arc<Cache> {
@@ -640,7 +727,7 @@ mod tests {
         for r in &out[0].resources {
             let l = Listener::decode(r.body()).unwrap();
             let expected =
-                (r.name == "0.0.0.0_9080").then_some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+                (&*r.name == "0.0.0.0_9080").then_some(envoy_types::pb::google::protobuf::BoolValue { value: false });
             assert_eq!(l.bind_to_port, expected, "{}", r.name);
         }
         let (_, out) = captured.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
@@ -686,10 +773,10 @@ mod tests {
         let uncaptured = clusters(View::sidecar());
         for (name, _, c) in uncaptured.iter().chain(&captured[1..]) {
             assert_eq!(ty(c), cluster::DiscoveryType::Eds, "{name}");
-            assert_eq!(c.eds_cluster_config.as_ref().unwrap().service_name, *name);
+            assert_eq!(c.eds_cluster_config.as_ref().unwrap().service_name, **name);
         }
         let (name, version, c) = &captured[0];
-        assert_eq!(name, db);
+        assert_eq!(&**name, db);
         assert_eq!(ty(c), cluster::DiscoveryType::OriginalDst);
         assert_eq!(c.lb_policy, cluster::LbPolicy::ClusterProvided as i32);
         assert_eq!(c.eds_cluster_config, None);
@@ -719,7 +806,7 @@ mod tests {
         let mut got = Vec::new();
         for s in &mut streams {
             let (_, out) = s.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
-            let listener = out[0].resources.iter().find(|r| r.name == "0.0.0.0_9080").unwrap().clone();
+            let listener = out[0].resources.iter().find(|r| &*r.name == "0.0.0.0_9080").unwrap().clone();
             let (_, out) = s.on_request(&req(ResourceType::Cluster, &[]), &cache).unwrap();
             got.push((listener, out[0].resources[0].clone()));
         }

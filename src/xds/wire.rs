@@ -9,17 +9,26 @@
 //! gRPC frame.
 //!
 //! tonic's generated ADS server fixes the delta response type to prost's
-//! `DeltaDiscoveryResponse`, so [`AdsService`] routes the delta method itself (tonic's
-//! `server::Grpc` with a prost codec over [`DeltaResponse`]) and hands every other method to
-//! the generated server.
+//! `DeltaDiscoveryResponse`, so [`AdsService`] routes the delta method itself and hands every
+//! other method to the generated server. Requests are decoded by tonic (`Streaming`); the
+//! response body is [`DeltaBody`], which frames each response by hand: small fields and small
+//! resources are copied into chunks of at most [`CHUNK`] bytes, and a resource encoding of
+//! [`SHARE_AT`] bytes or more is handed to HTTP/2 as the shared `Bytes` itself (h2 chains
+//! such payloads into its DATA frames without copying them). Nothing of a response outlives
+//! its write: an idle stream holds no encode buffer. (tonic's own encoder keeps, per stream,
+//! the buffer its largest message grew: ~400 KB per idle sidecar stream at `--preset small`.)
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
+
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryServiceServer, SERVICE_NAME,
 };
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError, http};
@@ -133,19 +142,6 @@ impl tonic::server::NamedService for AdsService {
     const NAME: &'static str = SERVICE_NAME;
 }
 
-struct DeltaMethod(Arc<super::AdsServer>);
-
-impl tonic::server::StreamingService<DeltaDiscoveryRequest> for DeltaMethod {
-    type Response = DeltaResponse;
-    type ResponseStream = super::ResponseStream<DeltaResponse>;
-    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
-
-    fn call(&mut self, request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let server = self.0.clone();
-        Box::pin(async move { server.delta(request).await })
-    }
-}
-
 impl<B> Service<http::Request<B>> for AdsService
 where
     B: tonic::codegen::Body + Send + 'static,
@@ -163,13 +159,257 @@ where
         if req.uri().path() != DELTA_PATH {
             return self.generated.call(req);
         }
-        let method = DeltaMethod(self.server.clone());
+        let server = self.server.clone();
         Box::pin(async move {
-            let codec = tonic_prost::ProstCodec::<DeltaResponse, DeltaDiscoveryRequest>::default();
-            let mut grpc = tonic::server::Grpc::new(codec)
-                .apply_max_message_size_config(Some(super::MAX_DECODING), Some(super::MAX_ENCODING));
-            Ok(grpc.streaming(method, req).await)
+            if let Some(encoding) = req.headers().get("grpc-encoding")
+                && encoding != "identity"
+            {
+                return Ok(tonic::Status::unimplemented(format!(
+                    "compressed requests ({encoding:?}) are not supported; send them uncompressed"
+                ))
+                .into_http());
+            }
+            let (parts, body) = req.into_parts();
+            let inbound = Requests::new(body, super::MAX_DECODING);
+            let request = tonic::Request::from_http(http::Request::from_parts(parts, inbound));
+            match server.delta(request).await {
+                Ok(response) => {
+                    let (metadata, responses, _) = response.into_parts();
+                    let mut http = http::Response::new(tonic::body::Body::new(DeltaBody::new(responses)));
+                    *http.headers_mut() = metadata.into_headers();
+                    http.headers_mut()
+                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+                    Ok(http)
+                }
+                Err(status) => Ok(status.into_http()),
+            }
         })
+    }
+}
+
+/// The requests of one delta stream, decoded from its HTTP/2 body. tonic's `Streaming` keeps
+/// the buffer its largest request grew (an EDS subscription to every cluster: ~32 KB per
+/// stream for as long as the stream lives); this one frees its buffer whenever it holds no
+/// partial message, so an idle stream keeps none.
+pub struct Requests<M> {
+    body: Pin<Box<dyn http_body::Body<Data = Bytes, Error = StdError> + Send>>,
+    buf: BytesMut,
+    max: usize,
+    done: bool,
+    _message: std::marker::PhantomData<fn() -> M>,
+}
+
+impl<M: prost::Message + Default> Requests<M> {
+    pub fn new<B>(body: B, max: usize) -> Requests<M>
+    where
+        B: tonic::codegen::Body + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
+    {
+        // Bodies yield any `Buf`: made `Bytes` here (requests are small; their bytes are
+        // copied into `buf` anyway).
+        struct Copied<B>(Pin<Box<B>>);
+        impl<B> http_body::Body for Copied<B>
+        where
+            B: tonic::codegen::Body,
+            B::Error: Into<StdError>,
+        {
+            type Data = Bytes;
+            type Error = StdError;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<http_body::Frame<Bytes>, StdError>>> {
+                self.0.as_mut().poll_frame(cx).map(|f| {
+                    f.map(|f| f.map_err(Into::into).map(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining()))))
+                })
+            }
+        }
+        Requests {
+            body: Box::pin(Copied(Box::pin(body))),
+            buf: BytesMut::new(),
+            max,
+            done: false,
+            _message: std::marker::PhantomData,
+        }
+    }
+
+    /// The next whole message in `buf`, if there is one.
+    fn next_message(&mut self) -> Option<Result<M, tonic::Status>> {
+        if self.buf.len() < 5 {
+            return None;
+        }
+        if self.buf[0] != 0 {
+            return Some(Err(tonic::Status::unimplemented("compressed messages are not supported")));
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > self.max {
+            return Some(Err(tonic::Status::resource_exhausted(format!(
+                "request of {len} bytes, more than the limit of {} bytes",
+                self.max
+            ))));
+        }
+        if self.buf.len() < 5 + len {
+            self.buf.reserve(5 + len - self.buf.len());
+            return None;
+        }
+        let message =
+            M::decode(&self.buf[5..5 + len]).map_err(|e| tonic::Status::internal(format!("undecodable request: {e}")));
+        self.buf.advance(5 + len);
+        if self.buf.is_empty() {
+            // Give the allocation back: an idle stream holds no buffer.
+            self.buf = BytesMut::new();
+        }
+        Some(message)
+    }
+}
+
+impl<M: prost::Message + Default> tokio_stream::Stream for Requests<M> {
+    type Item = Result<M, tonic::Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(message) = this.next_message() {
+                if message.is_err() {
+                    this.done = true;
+                    this.buf = BytesMut::new();
+                }
+                return Poll::Ready(Some(message));
+            }
+            if this.done {
+                if this.buf.is_empty() {
+                    return Poll::Ready(None);
+                }
+                this.buf = BytesMut::new();
+                return Poll::Ready(Some(Err(tonic::Status::internal("the request stream ended inside a message"))));
+            }
+            match this.body.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.buf.extend_from_slice(&data);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    this.buf = BytesMut::new();
+                    return Poll::Ready(Some(Err(tonic::Status::from_error(e))));
+                }
+                Poll::Ready(None) => this.done = true,
+            }
+        }
+    }
+}
+
+/// The most bytes [`DeltaBody`] copies into one chunk (small resources and fields).
+pub const CHUNK: usize = 64 * 1024;
+/// A resource encoding at least this long is written as the shared bytes, not copied.
+pub const SHARE_AT: usize = 16 * 1024;
+
+/// The HTTP/2 body of one delta stream: its responses as gRPC messages (a zero byte, the
+/// length as big-endian u32, the message), then the trailers with the stream's status.
+pub struct DeltaBody {
+    responses: super::ResponseStream<DeltaResponse>,
+    /// The rest of the response being written.
+    chunks: VecDeque<Bytes>,
+    done: bool,
+}
+
+impl DeltaBody {
+    pub fn new(responses: super::ResponseStream<DeltaResponse>) -> DeltaBody {
+        DeltaBody { responses, chunks: VecDeque::new(), done: false }
+    }
+}
+
+/// A response as the chunks of its gRPC message: the framing and small parts copied, large
+/// resource encodings shared. The chunks concatenate to exactly `[0, len as u32 BE] ++
+/// response.encode_to_vec()`.
+pub fn frame(response: &DeltaResponse) -> VecDeque<Bytes> {
+    use prost::Message;
+    let len = response.encoded_len();
+    let mut chunks = VecDeque::new();
+    let fresh = |left: usize| BytesMut::with_capacity(left.min(CHUNK));
+    let mut left = len + 5;
+    let mut buf = fresh(left);
+    let flush = |buf: &mut BytesMut, chunks: &mut VecDeque<Bytes>, left: usize| {
+        if !buf.is_empty() {
+            chunks.push_back(std::mem::replace(buf, fresh(left)).freeze());
+        }
+    };
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    left -= 5;
+    for r in &response.resources {
+        let head = key_len(RESOURCES) + encoded_len_varint(r.wire.len() as u64);
+        encode_key(RESOURCES, WireType::LengthDelimited, &mut buf);
+        encode_varint(r.wire.len() as u64, &mut buf);
+        left -= head;
+        if r.wire.len() >= SHARE_AT {
+            flush(&mut buf, &mut chunks, left);
+            chunks.push_back(r.wire.clone());
+        } else {
+            if buf.len() + r.wire.len() > CHUNK {
+                flush(&mut buf, &mut chunks, left);
+            }
+            buf.extend_from_slice(&r.wire);
+        }
+        left -= r.wire.len();
+    }
+    if !response.type_url.is_empty() {
+        put_bytes_field(TYPE_URL, response.type_url.as_bytes(), &mut buf);
+    }
+    if !response.nonce.is_empty() {
+        put_bytes_field(NONCE, response.nonce.as_bytes(), &mut buf);
+    }
+    for name in &response.removed_resources {
+        put_bytes_field(REMOVED_RESOURCES, name.as_bytes(), &mut buf);
+    }
+    if !buf.is_empty() {
+        chunks.push_back(buf.freeze());
+    }
+    chunks
+}
+
+impl http_body::Body for DeltaBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        let this = &mut *self;
+        if let Some(chunk) = this.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(chunk))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let status = match tokio_stream::Stream::poll_next(this.responses.as_mut(), cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Ok(response))) => {
+                this.chunks = frame(&response);
+                return match this.chunks.pop_front() {
+                    Some(chunk) => Poll::Ready(Some(Ok(http_body::Frame::data(chunk)))),
+                    None => {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                };
+            }
+            Poll::Ready(Some(Err(status))) => status,
+            Poll::Ready(None) => tonic::Status::ok(""),
+        };
+        this.done = true;
+        let mut trailers = http::HeaderMap::new();
+        if status.add_header(&mut trailers).is_err() {
+            trailers.insert("grpc-status", http::HeaderValue::from_static("13"));
+        }
+        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.chunks.is_empty()
     }
 }
 
@@ -179,6 +419,7 @@ mod tests {
     use crate::cache::{Resource, Variant};
     use crate::translate::ResourceType;
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
     use prost::Message;
 
     #[test]
@@ -188,7 +429,7 @@ mod tests {
             ..Default::default()
         };
         let body = cla.encode_to_vec();
-        let r = Resource::new(cla.cluster_name.clone(), "v1".into(), Arc::from(&body[..]));
+        let r = Resource::new(cla.cluster_name.as_str().into(), "v1".into(), Arc::from(&body[..]));
         let rendered = r.rendering(ResourceType::ClusterLoadAssignment, Variant::AsIs, |_| None);
         let response = DeltaResponse {
             type_url: ResourceType::ClusterLoadAssignment.type_url().into(),
@@ -210,6 +451,111 @@ mod tests {
             assert_eq!(any.type_url, "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment");
             assert_eq!(ClusterLoadAssignment::decode(&any.value[..]).unwrap(), cla);
         }
+    }
+
+    #[test]
+    fn a_framed_response_is_the_grpc_message_and_shares_large_resources() {
+        let small = Resource::new("s".into(), "v1".into(), Arc::from(&b"tiny"[..]));
+        let large_body = vec![7u8; SHARE_AT * 2];
+        let large = Resource::new("l".into(), "v2".into(), Arc::from(&large_body[..]));
+        let many: Vec<_> = (0..(CHUNK / 100 + 5))
+            .map(|i| Resource::new(format!("m{i}").into(), "v".into(), Arc::from(&[1u8; 90][..])))
+            .collect();
+        let ty = ResourceType::Cluster;
+        let large = large.rendering(ty, Variant::AsIs, |_| None);
+        let mut resources = vec![small.rendering(ty, Variant::AsIs, |_| None), large.clone()];
+        resources.extend(many.iter().map(|r| r.rendering(ty, Variant::AsIs, |_| None)));
+        let response = DeltaResponse {
+            type_url: ty.type_url().into(),
+            resources,
+            removed_resources: vec!["gone".into()],
+            nonce: "3".into(),
+        };
+        let chunks = frame(&response);
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let message = response.encode_to_vec();
+        assert_eq!(joined[0], 0, "not compressed");
+        assert_eq!(u32::from_be_bytes(joined[1..5].try_into().unwrap()) as usize, message.len());
+        assert_eq!(&joined[5..], &message[..]);
+        let decoded = DeltaDiscoveryResponse::decode(&joined[5..]).unwrap();
+        assert_eq!(decoded.resources.len(), response.resources.len());
+        assert_eq!(decoded.removed_resources, ["gone"]);
+        // The large encoding is the shared bytes themselves; no chunk outgrows CHUNK.
+        assert!(chunks.iter().any(|c| c.as_ptr() == large.wire.as_ptr() && c.len() == large.wire.len()));
+        assert!(chunks.iter().all(|c| c.len() <= CHUNK || c.as_ptr() == large.wire.as_ptr()));
+        assert!(chunks.len() >= 4, "the small resources span more than one chunk: {}", chunks.len());
+    }
+
+    /// A request body delivered in the given pieces.
+    struct Pieces(VecDeque<Bytes>);
+
+    impl http_body::Body for Pieces {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    fn grpc_message(m: &impl Message) -> Vec<u8> {
+        let body = m.encode_to_vec();
+        let mut out = vec![0];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn requests(bytes: &[u8], cuts: &[usize], max: usize) -> Requests<DeltaDiscoveryRequest> {
+        let mut pieces = VecDeque::new();
+        let mut at = 0;
+        for &cut in cuts.iter().chain([bytes.len()].iter()) {
+            pieces.push_back(Bytes::copy_from_slice(&bytes[at..cut]));
+            at = cut;
+        }
+        Requests::new(Pieces(pieces), max)
+    }
+
+    #[tokio::test]
+    async fn requests_split_anywhere_decode_and_leave_no_buffer() {
+        use tokio_stream::StreamExt;
+        let a = DeltaDiscoveryRequest {
+            type_url: "a".into(),
+            resource_names_subscribe: vec!["x".repeat(3000)],
+            ..Default::default()
+        };
+        let b = DeltaDiscoveryRequest { type_url: "b".into(), response_nonce: "7".into(), ..Default::default() };
+        let mut bytes = grpc_message(&a);
+        bytes.extend(grpc_message(&b));
+        // Cut inside the first header, inside the first body, and across the boundary.
+        for cuts in [vec![], vec![2], vec![2, 100, 3004], vec![3010], vec![1, 2, 3, 4, 5, 6]] {
+            let mut stream = requests(&bytes, &cuts, 1 << 20);
+            assert_eq!(stream.next().await.unwrap().unwrap(), a, "cuts {cuts:?}");
+            assert_eq!(stream.next().await.unwrap().unwrap(), b, "cuts {cuts:?}");
+            assert_eq!(stream.buf.capacity(), 0, "no buffer held between messages");
+            assert!(stream.next().await.is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_requests_end_the_stream_with_a_status() {
+        use tokio_stream::StreamExt;
+        let m = grpc_message(&DeltaDiscoveryRequest { type_url: "t".repeat(100), ..Default::default() });
+        let status = requests(&m, &[], 50).next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        let mut compressed = m.clone();
+        compressed[0] = 1;
+        let status = requests(&compressed, &[], 1 << 20).next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+        let status = requests(&m[..m.len() - 1], &[], 1 << 20).next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal, "truncated: {status:?}");
+        let mut garbage = m.clone();
+        garbage[5] = 0xff;
+        garbage[6] = 0xff;
+        let status = requests(&garbage, &[], 1 << 20).next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal, "undecodable: {status:?}");
     }
 
     #[test]
