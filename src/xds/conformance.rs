@@ -182,7 +182,7 @@ impl Ctx<'_> {
     async fn reset(&mut self) -> Result<(), String> {
         self.control("reset", &[])?;
         let mut c = self.connect().await?;
-        c.subscribe(ResourceType::Cluster, &["*"], &[]).await?;
+        c.subscribe(ResourceType::Cluster, LEGACY_WILDCARD, &[]).await?;
         let want = [self.alpha.cluster().to_string(), self.beta.cluster().to_string()];
         let gone = self.gamma.cluster().to_string();
         c.until(EXPECT * 2, |held, _| {
@@ -193,12 +193,18 @@ impl Ctx<'_> {
         .map_err(|seen| format!("after `reset` the server did not settle on alpha and beta: {seen}"))?;
         // Until the server is quiet: a change of the reset that is served late would
         // otherwise land in the next check.
-        c.subscribe(ResourceType::ClusterLoadAssignment, &["*"], &[]).await?;
+        c.subscribe(ResourceType::ClusterLoadAssignment, &[self.alpha.assignment(), self.beta.assignment()], &[])
+            .await?;
         let deadline = Instant::now() + EXPECT;
         while Instant::now() < deadline && !c.drain(QUIET / 2).await?.is_empty() {}
         Ok(())
     }
 }
+
+/// The first request of a stream for CDS or LDS that names nothing: Envoy's (legacy) wildcard.
+/// Checks that are not about `*` subscribe so, and to assignments by name, so that a server
+/// that does not know `*` is still checked on each rule (the `wildcard` checks cover `*`).
+const LEGACY_WILDCARD: &[&str] = &[];
 
 /// Held resources per type: name → version.
 type Held = [BTreeMap<String, String>; ResourceType::ALL.len()];
@@ -520,7 +526,7 @@ async fn check(ctx: &mut Ctx<'_>, id: &str) -> Result<(), String> {
         "disappears" => {
             ctx.control("add-service", &["gamma"])?;
             let mut c = ctx.connect().await?;
-            c.subscribe(CDS, &["*"], &[]).await?;
+            c.subscribe(CDS, LEGACY_WILDCARD, &[]).await?;
             c.subscribe(EDS, &[gamma.assignment()], &[]).await?;
             c.until(EXPECT, |held, _| {
                 held[CDS as usize].contains_key(gamma.cluster()) && held[EDS as usize].contains_key(gamma.assignment())
@@ -540,8 +546,8 @@ async fn check(ctx: &mut Ctx<'_>, id: &str) -> Result<(), String> {
         }
         "ack-nonce" => {
             let mut c = ctx.connect().await?;
-            c.subscribe(CDS, &["*"], &[]).await?;
-            c.subscribe(EDS, &["*"], &[]).await?;
+            c.subscribe(CDS, LEGACY_WILDCARD, &[]).await?;
+            c.subscribe(EDS, &[alpha.assignment(), beta.assignment()], &[]).await?;
             let mut got = c.until(EXPECT, |held, _| held[EDS as usize].contains_key(alpha.assignment())).await?;
             got.extend(c.drain(QUIET).await?);
             // A stale nonce (already ACKed) and a nonce never sent must not bring anything.
@@ -577,7 +583,7 @@ async fn check(ctx: &mut Ctx<'_>, id: &str) -> Result<(), String> {
         }
         "nack" => {
             let mut c = ctx.connect().await?;
-            c.subscribe(CDS, &["*"], &[]).await?;
+            c.subscribe(CDS, LEGACY_WILDCARD, &[]).await?;
             c.until(EXPECT, |held, _| held[CDS as usize].contains_key(alpha.cluster())).await?;
             c.drain(QUIET / 2).await?;
             ctx.control("change-cluster", &["alpha"])?;
@@ -619,7 +625,7 @@ async fn check(ctx: &mut Ctx<'_>, id: &str) -> Result<(), String> {
         }
         "initial-versions" => {
             let mut c = ctx.connect().await?;
-            c.subscribe(CDS, &["*"], &[]).await?;
+            c.subscribe(CDS, LEGACY_WILDCARD, &[]).await?;
             c.until(EXPECT, |held, _| {
                 held[CDS as usize].contains_key(alpha.cluster()) && held[CDS as usize].contains_key(beta.cluster())
             })
@@ -635,7 +641,7 @@ async fn check(ctx: &mut Ctx<'_>, id: &str) -> Result<(), String> {
             let mut c = ctx.connect().await?;
             c.send(DeltaDiscoveryRequest {
                 type_url: CDS.type_url().to_string(),
-                resource_names_subscribe: vec!["*".to_string()],
+                resource_names_subscribe: Vec::new(),
                 initial_resource_versions: initial,
                 ..Default::default()
             })
@@ -695,7 +701,7 @@ async fn check(ctx: &mut Ctx<'_>, id: &str) -> Result<(), String> {
         }
         "cluster-then-assignment" => {
             let mut c = ctx.connect().await?;
-            c.subscribe(CDS, &["*"], &[]).await?;
+            c.subscribe(CDS, LEGACY_WILDCARD, &[]).await?;
             c.subscribe(EDS, &[alpha.assignment()], &[]).await?;
             c.until(EXPECT, |held, _| held[EDS as usize].contains_key(alpha.assignment())).await?;
             c.drain(QUIET / 2).await?;
