@@ -228,7 +228,12 @@ impl ToyStream {
                 }
             }
         }
+        let first = !self.types.contains_key(&req.type_url);
         let st = self.types.entry(req.type_url.clone()).or_default();
+        // Envoy's legacy wildcard: a first CDS request that names nothing.
+        if first && req.type_url == CDS && req.resource_names_subscribe.is_empty() {
+            st.wildcard = true;
+        }
         for (n, v) in &req.initial_resource_versions {
             st.known.insert(n.clone(), v.clone());
         }
