@@ -109,6 +109,9 @@ pub struct Rendered {
     pub tag: u64,
     /// The encoded `envoy.service.discovery.v3.Resource` message.
     pub wire: bytes::Bytes,
+    /// The encoded `Any` inside it (a suffix of `wire`, sharing its allocation): what a
+    /// state-of-the-world response carries.
+    pub any: bytes::Bytes,
     /// Where the body (the `Any`'s value) starts in `wire`: it runs to the end.
     body_at: usize,
     /// For a listener rebound to a proxy's address: its port.
@@ -137,12 +140,14 @@ impl Rendered {
         bytes_field(1, type_url.as_bytes(), &mut buf);
         bytes_field(2, body, &mut buf);
         debug_assert_eq!(buf.len(), len);
+        let wire = buf.freeze();
         Rendered {
             name: name.clone(),
             tag: version_tag(&version),
             version,
             body_at: len - body.len(),
-            wire: buf.freeze(),
+            any: wire.slice(len - any_len..),
+            wire,
             port,
         }
     }

@@ -81,6 +81,28 @@ impl AdsServer {
         wire::AdsService::new(self)
     }
 
+    /// `StreamAggregatedResources` (routed here by [`wire::AdsService`]).
+    async fn sotw(
+        &self,
+        request: Request<wire::Requests<DiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream<wire::SotwResponse>>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<wire::SotwResponse, Status>>(RESPONSE_QUEUE);
+        let cache = self.cache.clone();
+        let classes = self.classes.clone();
+        let connections = self.connections.clone();
+        tokio::spawn(async move {
+            if let Err(status) =
+                run_stream::<SotwStream>(&cache, classes.as_ref(), &connections, &mut inbound, &tx).await
+            {
+                tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing SotW stream");
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     /// `DeltaAggregatedResources` (routed here by [`wire::AdsService`]).
     async fn delta(
         &self,
@@ -188,25 +210,13 @@ impl AggregatedDiscoveryService for AdsServer {
     type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
     type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
 
+    /// Never called: [`wire::AdsService`] serves state of the world with shared encodings
+    /// ([`AdsServer::sotw`]) before the generated server sees the request.
     async fn stream_aggregated_resources(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
+        _request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Result<DiscoveryResponse, Status>>(RESPONSE_QUEUE);
-        let cache = self.cache.clone();
-        let classes = self.classes.clone();
-        let connections = self.connections.clone();
-        tokio::spawn(async move {
-            if let Err(status) =
-                run_stream::<SotwStream>(&cache, classes.as_ref(), &connections, &mut inbound, &tx).await
-            {
-                tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing SotW stream");
-                let _ = tx.send(Err(status)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Err(Status::unimplemented("state of the world ADS is served by xds::wire::AdsService"))
     }
 
     /// Never called: [`wire::AdsService`] serves the delta method with shared encodings
@@ -276,7 +286,7 @@ impl AdsProtocol for DeltaStream {
 
 impl AdsProtocol for SotwStream {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = wire::SotwResponse;
     const NAME: &'static str = "SotW";
     fn open(node: String, bind: Option<IpAddr>, view: View) -> Self {
         SotwStream::new(node, bind, view)

@@ -23,9 +23,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
-use super::delta::{Answer, render};
+use super::delta::{Answer, render_shared};
+use super::wire::SotwResponse;
 use crate::cache::{Cache, View};
 use crate::translate::ResourceType;
 
@@ -70,7 +71,7 @@ pub struct SotwStream {
 /// A response built for one type, before it is ordered with the others.
 struct Built {
     ty: ResourceType,
-    response: DiscoveryResponse,
+    response: SotwResponse,
     /// Some resource is new or changed (else the response only removes resources).
     adds: bool,
     /// Clusters the client held that this response changes.
@@ -100,7 +101,7 @@ impl SotwStream {
         &mut self,
         req: &DiscoveryRequest,
         cache: &Cache,
-    ) -> Result<(Answer, Vec<DiscoveryResponse>), tonic::Status> {
+    ) -> Result<(Answer, Vec<SotwResponse>), tonic::Status> {
         let ty = ResourceType::from_type_url(&req.type_url)
             .ok_or_else(|| tonic::Status::invalid_argument(format!("unsupported type_url {:?}", req.type_url)))?;
         let st = &mut self.types[ty as usize];
@@ -142,7 +143,7 @@ impl SotwStream {
 
     /// Catches up with the cache: the full set of every type in which a subscribed resource
     /// changed since the last call. Nothing before the cache is ready.
-    pub fn on_cache_change(&mut self, cache: &Cache) -> Vec<DiscoveryResponse> {
+    pub fn on_cache_change(&mut self, cache: &Cache) -> Vec<SotwResponse> {
         if !cache.is_ready() {
             return Vec::new();
         }
@@ -172,7 +173,7 @@ impl SotwStream {
 
     /// Responses for `types` (in dependency order), each the full subscribed set when it
     /// differs from the one sent: additions and changes first, then pure removals in reverse.
-    fn respond(&mut self, cache: &Cache, types: &[ResourceType]) -> Vec<DiscoveryResponse> {
+    fn respond(&mut self, cache: &Cache, types: &[ResourceType]) -> Vec<SotwResponse> {
         let mut built: Vec<Built> = Vec::new();
         for ty in ResourceType::ALL {
             let mut force = false;
@@ -209,10 +210,10 @@ impl SotwStream {
         let mut sent = BTreeMap::new();
         for name in names {
             let Some(current) = cache.get(&self.view, ty, &name) else { continue };
-            match render(cache, &self.view, self.bind, ty, &current) {
-                Some((version, any)) => {
-                    sent.insert(name, version);
-                    resources.push(any);
+            match render_shared(cache, &self.view, self.bind, ty, &current) {
+                Some(rendered) => {
+                    sent.insert(name, rendered.version.clone());
+                    resources.push(rendered);
                 }
                 None => {
                     if !crate::translate::capture::is_virtual_listener(&name) && self.dropped.insert(name.clone()) {
@@ -247,13 +248,7 @@ impl SotwStream {
         st.nonce = Some(nonce.clone());
         st.version = Some(version.clone());
         st.sent = sent;
-        let response = DiscoveryResponse {
-            version_info: version,
-            resources,
-            type_url: ty.type_url().to_string(),
-            nonce,
-            ..Default::default()
-        };
+        let response = SotwResponse { version_info: version, resources, type_url: ty.type_url().to_string(), nonce };
         Some(Built { ty, response, adds, changed })
     }
 
@@ -298,8 +293,8 @@ mod tests {
     }
 
     /// The resources of a response, as (name-bearing) bodies: the test cache holds raw bytes.
-    fn bodies(r: &DiscoveryResponse) -> Vec<&[u8]> {
-        r.resources.iter().map(|a| a.value.as_slice()).collect()
+    fn bodies(r: &SotwResponse) -> Vec<&[u8]> {
+        r.resources.iter().map(|a| a.body()).collect()
     }
 
     fn ready(changes: &[(ResourceType, &str, Option<&[u8]>)]) -> std::sync::Arc<Cache> {

@@ -25,10 +25,10 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryServiceServer, SERVICE_NAME,
 };
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError, http};
@@ -70,20 +70,138 @@ impl DeltaResponse {
     }
 }
 
-impl prost::Message for DeltaResponse {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        for r in &self.resources {
-            put_bytes_field(RESOURCES, &r.wire, buf);
-        }
-        if !self.type_url.is_empty() {
-            put_bytes_field(TYPE_URL, self.type_url.as_bytes(), buf);
-        }
-        if !self.nonce.is_empty() {
-            put_bytes_field(NONCE, self.nonce.as_bytes(), buf);
-        }
+/// A response made of shared resource encodings (one repeated field) and a few small fields:
+/// [`DeltaResponse`] and [`SotwResponse`]. [`frame`] writes one as a gRPC message.
+pub trait Framed: prost::Message + Send + 'static {
+    /// The field number of the shared encodings.
+    const SHARED: u32;
+    /// The renderings whose encodings this message carries, in order.
+    fn renderings(&self) -> &[Arc<Rendered>];
+    /// What of a rendering the message carries: the whole `Resource` (delta) or its `Any`.
+    fn piece(r: &Rendered) -> &Bytes;
+    /// Every other field.
+    fn encode_rest(&self, buf: &mut impl BufMut);
+    /// The encoded length of every other field.
+    fn rest_len(&self) -> usize;
+
+    fn shared_len(&self) -> usize {
+        self.renderings()
+            .iter()
+            .map(|r| {
+                let n = Self::piece(r).len();
+                key_len(Self::SHARED) + encoded_len_varint(n as u64) + n
+            })
+            .sum()
+    }
+}
+
+fn opt_len(tag: u32, s: &str) -> usize {
+    if s.is_empty() { 0 } else { string_field_len(tag, s) }
+}
+
+fn put_opt(tag: u32, s: &str, buf: &mut impl BufMut) {
+    if !s.is_empty() {
+        put_bytes_field(tag, s.as_bytes(), buf);
+    }
+}
+
+impl Framed for DeltaResponse {
+    const SHARED: u32 = RESOURCES;
+    fn renderings(&self) -> &[Arc<Rendered>] {
+        &self.resources
+    }
+    fn piece(r: &Rendered) -> &Bytes {
+        &r.wire
+    }
+    fn encode_rest(&self, buf: &mut impl BufMut) {
+        put_opt(TYPE_URL, &self.type_url, buf);
+        put_opt(NONCE, &self.nonce, buf);
         for name in &self.removed_resources {
             put_bytes_field(REMOVED_RESOURCES, name.as_bytes(), buf);
         }
+    }
+    fn rest_len(&self) -> usize {
+        let removed: usize = self.removed_resources.iter().map(|n| string_field_len(REMOVED_RESOURCES, n)).sum();
+        removed + opt_len(TYPE_URL, &self.type_url) + opt_len(NONCE, &self.nonce)
+    }
+}
+
+/// A state-of-the-world `DiscoveryResponse` (same fields, same tags) whose resources are the
+/// `Any` parts of shared encodings ([`Rendered::any`]): a full set per type costs each stream
+/// the write into its frames, not a copy and an encoding of every resource.
+#[derive(Default, Debug, Clone)]
+pub struct SotwResponse {
+    pub version_info: String,
+    pub resources: Vec<Arc<Rendered>>,
+    pub type_url: String,
+    pub nonce: String,
+}
+
+// DiscoveryResponse's field numbers.
+const SOTW_VERSION_INFO: u32 = 1;
+const SOTW_RESOURCES: u32 = 2;
+const SOTW_TYPE_URL: u32 = 4;
+const SOTW_NONCE: u32 = 5;
+
+impl Framed for SotwResponse {
+    const SHARED: u32 = SOTW_RESOURCES;
+    fn renderings(&self) -> &[Arc<Rendered>] {
+        &self.resources
+    }
+    fn piece(r: &Rendered) -> &Bytes {
+        &r.any
+    }
+    fn encode_rest(&self, buf: &mut impl BufMut) {
+        put_opt(SOTW_VERSION_INFO, &self.version_info, buf);
+        put_opt(SOTW_TYPE_URL, &self.type_url, buf);
+        put_opt(SOTW_NONCE, &self.nonce, buf);
+    }
+    fn rest_len(&self) -> usize {
+        opt_len(SOTW_VERSION_INFO, &self.version_info)
+            + opt_len(SOTW_TYPE_URL, &self.type_url)
+            + opt_len(SOTW_NONCE, &self.nonce)
+    }
+}
+
+impl SotwResponse {
+    /// The response as prost's message (for tests and debugging).
+    pub fn to_proto(&self) -> DiscoveryResponse {
+        use prost::Message;
+        DiscoveryResponse::decode(&self.encode_to_vec()[..]).expect("a SotwResponse encodes a valid message")
+    }
+}
+
+impl prost::Message for SotwResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        encode_framed(self, buf);
+    }
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+    fn encoded_len(&self) -> usize {
+        self.shared_len() + self.rest_len()
+    }
+    fn clear(&mut self) {
+        *self = SotwResponse::default();
+    }
+}
+
+fn encode_framed<M: Framed>(m: &M, buf: &mut impl BufMut) {
+    for r in m.renderings() {
+        put_bytes_field(M::SHARED, M::piece(r), buf);
+    }
+    m.encode_rest(buf);
+}
+
+impl prost::Message for DeltaResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        encode_framed(self, buf);
     }
 
     fn merge_field(
@@ -98,14 +216,7 @@ impl prost::Message for DeltaResponse {
     }
 
     fn encoded_len(&self) -> usize {
-        let resources: usize = self
-            .resources
-            .iter()
-            .map(|r| key_len(RESOURCES) + encoded_len_varint(r.wire.len() as u64) + r.wire.len())
-            .sum();
-        let removed: usize = self.removed_resources.iter().map(|n| string_field_len(REMOVED_RESOURCES, n)).sum();
-        let opt = |tag: u32, s: &str| if s.is_empty() { 0 } else { string_field_len(tag, s) };
-        resources + removed + opt(TYPE_URL, &self.type_url) + opt(NONCE, &self.nonce)
+        self.shared_len() + self.rest_len()
     }
 
     fn clear(&mut self) {
@@ -114,6 +225,7 @@ impl prost::Message for DeltaResponse {
 }
 
 const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 
 /// The ADS gRPC service: the delta method written from shared encodings ([`DeltaResponse`]),
 /// every other path served by the generated server over the same [`super::AdsServer`].
@@ -156,34 +268,57 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != DELTA_PATH {
-            return self.generated.call(req);
-        }
         let server = self.server.clone();
-        Box::pin(async move {
-            if let Some(encoding) = req.headers().get("grpc-encoding")
-                && encoding != "identity"
-            {
-                return Ok(tonic::Status::unimplemented(format!(
-                    "compressed requests ({encoding:?}) are not supported; send them uncompressed"
-                ))
-                .into_http());
-            }
-            let (parts, body) = req.into_parts();
-            let inbound = Requests::new(body, super::MAX_DECODING);
-            let request = tonic::Request::from_http(http::Request::from_parts(parts, inbound));
-            match server.delta(request).await {
-                Ok(response) => {
-                    let (metadata, responses, _) = response.into_parts();
-                    let mut http = http::Response::new(tonic::body::Body::new(DeltaBody::new(responses)));
-                    *http.headers_mut() = metadata.into_headers();
-                    http.headers_mut()
-                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
-                    Ok(http)
-                }
-                Err(status) => Ok(status.into_http()),
-            }
-        })
+        match req.uri().path() {
+            DELTA_PATH => Box::pin(async move {
+                Ok(match requests(req) {
+                    Ok(request) => respond(server.delta(request).await),
+                    Err(status) => status.into_http(),
+                })
+            }),
+            SOTW_PATH => Box::pin(async move {
+                Ok(match requests(req) {
+                    Ok(request) => respond(server.sotw(request).await),
+                    Err(status) => status.into_http(),
+                })
+            }),
+            _ => self.generated.call(req),
+        }
+    }
+}
+
+/// The request of a streaming method, its messages decoded by [`Requests`].
+fn requests<B, M>(req: http::Request<B>) -> Result<tonic::Request<Requests<M>>, tonic::Status>
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+    M: prost::Message + Default,
+{
+    if let Some(encoding) = req.headers().get("grpc-encoding")
+        && encoding != "identity"
+    {
+        return Err(tonic::Status::unimplemented(format!(
+            "compressed requests ({encoding:?}) are not supported; send them uncompressed"
+        )));
+    }
+    let (parts, body) = req.into_parts();
+    let inbound = Requests::new(body, super::MAX_DECODING);
+    Ok(tonic::Request::from_http(http::Request::from_parts(parts, inbound)))
+}
+
+/// The HTTP response of a streaming method: its responses framed by [`DeltaBody`].
+fn respond<M: Framed>(
+    result: Result<tonic::Response<super::ResponseStream<M>>, tonic::Status>,
+) -> http::Response<tonic::body::Body> {
+    match result {
+        Ok(response) => {
+            let (metadata, responses, _) = response.into_parts();
+            let mut http = http::Response::new(tonic::body::Body::new(DeltaBody::new(responses)));
+            *http.headers_mut() = metadata.into_headers();
+            http.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+            http
+        }
+        Err(status) => status.into_http(),
     }
 }
 
@@ -306,17 +441,18 @@ pub const CHUNK: usize = 64 * 1024;
 /// A resource encoding at least this long is written as the shared bytes, not copied.
 pub const SHARE_AT: usize = 16 * 1024;
 
-/// The HTTP/2 body of one delta stream: its responses as gRPC messages (a zero byte, the
-/// length as big-endian u32, the message), then the trailers with the stream's status.
-pub struct DeltaBody {
-    responses: super::ResponseStream<DeltaResponse>,
+/// The HTTP/2 body of one stream (delta or state of the world): its responses as gRPC messages
+/// (a zero byte, the length as big-endian u32, the message), then the trailers with the
+/// stream's status.
+pub struct DeltaBody<M> {
+    responses: super::ResponseStream<M>,
     /// The rest of the response being written.
     chunks: VecDeque<Bytes>,
     done: bool,
 }
 
-impl DeltaBody {
-    pub fn new(responses: super::ResponseStream<DeltaResponse>) -> DeltaBody {
+impl<M: Framed> DeltaBody<M> {
+    pub fn new(responses: super::ResponseStream<M>) -> DeltaBody<M> {
         DeltaBody { responses, chunks: VecDeque::new(), done: false }
     }
 }
@@ -324,8 +460,7 @@ impl DeltaBody {
 /// A response as the chunks of its gRPC message: the framing and small parts copied, large
 /// resource encodings shared. The chunks concatenate to exactly `[0, len as u32 BE] ++
 /// response.encode_to_vec()`.
-pub fn frame(response: &DeltaResponse) -> VecDeque<Bytes> {
-    use prost::Message;
+pub fn frame<M: Framed>(response: &M) -> VecDeque<Bytes> {
     let len = response.encoded_len();
     let mut chunks = VecDeque::new();
     let fresh = |left: usize| BytesMut::with_capacity(left.min(CHUNK));
@@ -339,38 +474,31 @@ pub fn frame(response: &DeltaResponse) -> VecDeque<Bytes> {
     buf.put_u8(0);
     buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
     left -= 5;
-    for r in &response.resources {
-        let head = key_len(RESOURCES) + encoded_len_varint(r.wire.len() as u64);
-        encode_key(RESOURCES, WireType::LengthDelimited, &mut buf);
-        encode_varint(r.wire.len() as u64, &mut buf);
+    for r in response.renderings() {
+        let piece = M::piece(r);
+        let head = key_len(M::SHARED) + encoded_len_varint(piece.len() as u64);
+        encode_key(M::SHARED, WireType::LengthDelimited, &mut buf);
+        encode_varint(piece.len() as u64, &mut buf);
         left -= head;
-        if r.wire.len() >= SHARE_AT {
+        if piece.len() >= SHARE_AT {
             flush(&mut buf, &mut chunks, left);
-            chunks.push_back(r.wire.clone());
+            chunks.push_back(piece.clone());
         } else {
-            if buf.len() + r.wire.len() > CHUNK {
+            if buf.len() + piece.len() > CHUNK {
                 flush(&mut buf, &mut chunks, left);
             }
-            buf.extend_from_slice(&r.wire);
+            buf.extend_from_slice(piece);
         }
-        left -= r.wire.len();
+        left -= piece.len();
     }
-    if !response.type_url.is_empty() {
-        put_bytes_field(TYPE_URL, response.type_url.as_bytes(), &mut buf);
-    }
-    if !response.nonce.is_empty() {
-        put_bytes_field(NONCE, response.nonce.as_bytes(), &mut buf);
-    }
-    for name in &response.removed_resources {
-        put_bytes_field(REMOVED_RESOURCES, name.as_bytes(), &mut buf);
-    }
+    response.encode_rest(&mut buf);
     if !buf.is_empty() {
         chunks.push_back(buf.freeze());
     }
     chunks
 }
 
-impl http_body::Body for DeltaBody {
+impl<M: Framed> http_body::Body for DeltaBody<M> {
     type Data = Bytes;
     type Error = tonic::Status;
 
@@ -484,6 +612,38 @@ mod tests {
         assert!(chunks.iter().any(|c| c.as_ptr() == large.wire.as_ptr() && c.len() == large.wire.len()));
         assert!(chunks.iter().all(|c| c.len() <= CHUNK || c.as_ptr() == large.wire.as_ptr()));
         assert!(chunks.len() >= 4, "the small resources span more than one chunk: {}", chunks.len());
+    }
+
+    #[test]
+    fn a_state_of_the_world_response_carries_the_shared_any_of_each_rendering() {
+        let cla = ClusterLoadAssignment { cluster_name: "c".into(), ..Default::default() };
+        let small = Resource::new("c".into(), "v1".into(), Arc::from(&cla.encode_to_vec()[..]));
+        let large = Resource::new("big".into(), "v2".into(), Arc::from(&vec![9u8; SHARE_AT + 1][..]));
+        let ty = ResourceType::ClusterLoadAssignment;
+        let (small, large) =
+            (small.rendering(ty, Variant::AsIs, |_| None), large.rendering(ty, Variant::AsIs, |_| None));
+        let response = SotwResponse {
+            version_info: "set-1".into(),
+            resources: vec![small.clone(), large.clone()],
+            type_url: ty.type_url().into(),
+            nonce: "4".into(),
+        };
+        let chunks = frame(&response);
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(u32::from_be_bytes(joined[1..5].try_into().unwrap()) as usize, joined.len() - 5);
+        let decoded = DiscoveryResponse::decode(&joined[5..]).unwrap();
+        assert_eq!(decoded, response.to_proto());
+        assert_eq!((decoded.version_info.as_str(), decoded.nonce.as_str()), ("set-1", "4"));
+        assert_eq!(decoded.type_url, ty.type_url());
+        assert_eq!(decoded.resources.len(), 2);
+        for any in &decoded.resources {
+            assert_eq!(any.type_url, ty.type_url());
+        }
+        assert_eq!(ClusterLoadAssignment::decode(&decoded.resources[0].value[..]).unwrap(), cla);
+        assert_eq!(decoded.resources[1].value, vec![9u8; SHARE_AT + 1]);
+        // The large Any is the rendering's own bytes, a suffix of its delta encoding.
+        assert!(chunks.iter().any(|c| c.as_ptr() == large.any.as_ptr() && c.len() == large.any.len()));
+        assert_eq!(large.any.as_ptr(), large.wire[large.wire.len() - large.any.len()..].as_ptr());
     }
 
     /// A request body delivered in the given pieces.
