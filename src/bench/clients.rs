@@ -108,19 +108,22 @@ impl Fanout {
         use envoy_types::pb::envoy::config::core::v3::address::Address as Kind;
         use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
         use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(needle) = &st.needle else { return };
-        if st.got.contains(&client) {
-            return;
-        }
+        let needle = {
+            let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            match &st.needle {
+                Some(needle) if !st.got.contains(&client) => needle.clone(),
+                _ => return,
+            }
+        };
+        // Decoded outside the lock: every client decodes its own copy at the same moment.
         let Ok(cla) = ClusterLoadAssignment::decode(assignment) else { return };
         let carries = cla.endpoints.iter().flat_map(|l| &l.lb_endpoints).any(|e| {
             let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else { return false };
             matches!(ep.address.as_ref().and_then(|a| a.address.as_ref()),
-                Some(Kind::SocketAddress(sa)) if sa.address == *needle)
+                Some(Kind::SocketAddress(sa)) if sa.address == needle)
         });
-        if carries {
-            st.got.insert(client);
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if carries && st.needle.as_deref() == Some(needle.as_str()) && st.got.insert(client) {
             st.first.get_or_insert(at);
             st.last = Some(at);
         }
@@ -190,6 +193,11 @@ pub struct ClientStats {
 
 pub fn node_id(i: usize) -> String {
     format!("sidecar~127.0.0.1~bench-{i}.default~default.svc.cluster.local")
+}
+
+/// The runtime the simulated proxies run on.
+pub fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("bench-client").enable_all().build()
 }
 
 /// Who the simulated proxies say they are.
@@ -397,11 +405,7 @@ pub fn load(server: &str, opts: &LoadOptions) -> anyhow::Result<Vec<FanoutSample
         tracker.fanout = Some(Fanout::new(eds.trim().to_string()));
     }
     let tracker = Arc::new(tracker);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("bench-client")
-        .enable_all()
-        .build()?;
+    let runtime = client_runtime()?;
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)

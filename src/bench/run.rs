@@ -203,11 +203,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
         .thread_name("meshflow-xds")
         .enable_all()
         .build()?;
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("bench-client")
-        .enable_all()
-        .build()?;
+    let client_rt = clients::client_runtime()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut client_tasks = Vec::new();
     if clients > 0 {

@@ -86,21 +86,7 @@ impl AdsServer {
         &self,
         request: Request<wire::Requests<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream<wire::SotwResponse>>, Status> {
-        let peer = request.remote_addr();
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Result<wire::SotwResponse, Status>>(RESPONSE_QUEUE);
-        let cache = self.cache.clone();
-        let classes = self.classes.clone();
-        let connections = self.connections.clone();
-        tokio::spawn(async move {
-            if let Err(status) =
-                run_stream::<SotwStream>(&cache, classes.as_ref(), &connections, &mut inbound, &tx).await
-            {
-                tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing SotW stream");
-                let _ = tx.send(Err(status)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(self.open::<SotwStream>(request))
     }
 
     /// `DeltaAggregatedResources` (routed here by [`wire::AdsService`]).
@@ -108,21 +94,27 @@ impl AdsServer {
         &self,
         request: Request<wire::Requests<DeltaDiscoveryRequest>>,
     ) -> Result<Response<ResponseStream<wire::DeltaResponse>>, Status> {
+        Ok(self.open::<DeltaStream>(request))
+    }
+
+    /// Runs one stream of protocol `P` on its own task; its responses are the returned stream.
+    fn open<P: AdsProtocol>(
+        &self,
+        request: Request<wire::Requests<P::Request>>,
+    ) -> Response<ResponseStream<P::Response>> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Result<wire::DeltaResponse, Status>>(RESPONSE_QUEUE);
+        let (tx, rx) = mpsc::channel::<Result<P::Response, Status>>(RESPONSE_QUEUE);
         let cache = self.cache.clone();
         let classes = self.classes.clone();
         let connections = self.connections.clone();
         tokio::spawn(async move {
-            if let Err(status) =
-                run_stream::<DeltaStream>(&cache, classes.as_ref(), &connections, &mut inbound, &tx).await
-            {
-                tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing delta stream");
+            if let Err(status) = run_stream::<P>(&cache, classes.as_ref(), &connections, &mut inbound, &tx).await {
+                tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing {} stream", P::NAME);
                 let _ = tx.send(Err(status)).await;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Response::new(Box::pin(ReceiverStream::new(rx)))
     }
 }
 

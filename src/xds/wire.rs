@@ -62,14 +62,6 @@ fn put_bytes_field(tag: u32, value: &[u8], buf: &mut impl BufMut) {
     buf.put_slice(value);
 }
 
-impl DeltaResponse {
-    /// The response as prost's type (decoded from this one's encoding): for tests and tools.
-    pub fn to_proto(&self) -> DeltaDiscoveryResponse {
-        use prost::Message;
-        DeltaDiscoveryResponse::decode(&self.encode_to_vec()[..]).expect("a DeltaResponse encodes a valid message")
-    }
-}
-
 /// A response made of shared resource encodings (one repeated field) and a few small fields:
 /// [`DeltaResponse`] and [`SotwResponse`]. [`frame`] writes one as a gRPC message.
 pub trait Framed: prost::Message + Send + 'static {
@@ -163,35 +155,6 @@ impl Framed for SotwResponse {
     }
 }
 
-impl SotwResponse {
-    /// The response as prost's message (for tests and debugging).
-    pub fn to_proto(&self) -> DiscoveryResponse {
-        use prost::Message;
-        DiscoveryResponse::decode(&self.encode_to_vec()[..]).expect("a SotwResponse encodes a valid message")
-    }
-}
-
-impl prost::Message for SotwResponse {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        encode_framed(self, buf);
-    }
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-    fn encoded_len(&self) -> usize {
-        self.shared_len() + self.rest_len()
-    }
-    fn clear(&mut self) {
-        *self = SotwResponse::default();
-    }
-}
-
 fn encode_framed<M: Framed>(m: &M, buf: &mut impl BufMut) {
     for r in m.renderings() {
         put_bytes_field(M::SHARED, M::piece(r), buf);
@@ -199,30 +162,46 @@ fn encode_framed<M: Framed>(m: &M, buf: &mut impl BufMut) {
     m.encode_rest(buf);
 }
 
-impl prost::Message for DeltaResponse {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        encode_framed(self, buf);
-    }
+/// A [`Framed`] response as a prost message (encode-only: meshflow never decodes one; a client
+/// decodes the bytes as prost's type, `$proto`), and `to_proto` for tests and tools.
+macro_rules! framed_message {
+    ($ty:ident, $proto:ty) => {
+        impl prost::Message for $ty {
+            fn encode_raw(&self, buf: &mut impl BufMut) {
+                encode_framed(self, buf);
+            }
 
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        // Never decoded by meshflow: skip everything (a decoder reads prost's type instead).
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
+            fn merge_field(
+                &mut self,
+                tag: u32,
+                wire_type: WireType,
+                buf: &mut impl Buf,
+                ctx: DecodeContext,
+            ) -> Result<(), prost::DecodeError> {
+                prost::encoding::skip_field(wire_type, tag, buf, ctx)
+            }
 
-    fn encoded_len(&self) -> usize {
-        self.shared_len() + self.rest_len()
-    }
+            fn encoded_len(&self) -> usize {
+                self.shared_len() + self.rest_len()
+            }
 
-    fn clear(&mut self) {
-        *self = DeltaResponse::default();
-    }
+            fn clear(&mut self) {
+                *self = $ty::default();
+            }
+        }
+
+        impl $ty {
+            /// The response as prost's type (decoded from this one's encoding).
+            pub fn to_proto(&self) -> $proto {
+                use prost::Message;
+                <$proto>::decode(&self.encode_to_vec()[..]).expect("a framed response encodes a valid message")
+            }
+        }
+    };
 }
+
+framed_message!(DeltaResponse, DeltaDiscoveryResponse);
+framed_message!(SotwResponse, DiscoveryResponse);
 
 const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
