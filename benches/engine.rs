@@ -12,7 +12,10 @@
 //! - `pod_update@1k_services`, `pod_update@10k_services`: one pod's readiness flips (the pod and
 //!   its service's EndpointSlice, as the pod-churn scenario sends them);
 //! - `service_create_delete@1k_services`: a new service with 3 pods appears (Service, pods,
-//!   slice in one step), then goes (a second step): the service-creation-storm step and its undo.
+//!   slice in one step), then goes (a second step): the service-creation-storm step and its undo;
+//! - `empty@1k_services`: a step with no input change: the fixed cost of one logical time
+//!   (every operator scheduled, every arrangement sealing a batch), which a one-event batch
+//!   pays on top of its own work.
 //!
 //! Run: `cargo bench --bench engine` (`cargo bench --bench engine -- step/` for the steps only)
 
@@ -137,6 +140,12 @@ fn pod_update(c: &mut Criterion, preset: &str, label: &str) {
         })
     });
     if label == "1k_services" {
+        group.bench_function(format!("step/empty@{label}"), |b| {
+            b.iter(|| {
+                let delta = step(&engine, &rx, Vec::new());
+                assert!(delta.changes.is_empty(), "{delta:?}");
+            })
+        });
         group.bench_function(format!("step/service_create_delete@{label}"), |b| {
             b.iter(|| {
                 let created = world.service_create(3);

@@ -29,7 +29,7 @@ fn args(out: &std::path::Path) -> BenchArgs {
 fn every_scenario_at_small_reports_consistent_counts_and_ends_equal_to_the_reference() {
     let out = tempfile::tempdir().unwrap();
     let report = run(&args(out.path())).expect("bench run");
-    assert_eq!(report.scenarios.len(), 10, "every scenario ran");
+    assert_eq!(report.scenarios.len(), 11, "every scenario ran");
 
     // report.json carries the top-level fields.
     let json: serde_json::Value =
@@ -78,6 +78,17 @@ fn every_scenario_at_small_reports_consistent_counts_and_ends_equal_to_the_refer
         // First frame after the batch it carries, last client after the first.
         if inc.first_frame_ms.count > 0 {
             assert!(inc.first_frame_ms.max >= inc.first_frame_ms.p50);
+        }
+        if name == "gateway-change" {
+            // A Gateway's server on its own port: that port's listener and route config of the
+            // ingress gateway's class change, added or removed, and nothing the sidecars hold.
+            let types: Vec<&str> = inc.changed_by_type.keys().map(String::as_str).collect();
+            assert_eq!(types, ["LDS", "RDS"], "{name}: {:?}", inc.changed_by_type);
+            assert_eq!(inc.changed_by_type["LDS"], inc.changed_by_type["RDS"], "{name}");
+            assert!(inc.resources_changed <= 2 * inc.events, "{name}: {} changes", inc.resources_changed);
+            assert!(inc.changed_bytes > 0, "{name}");
+            assert_eq!(inc.resources_pushed, 0, "{name}: the sidecar clients receive nothing");
+            assert_eq!(inc.steps_without_frames, inc.events, "{name}");
         }
         let per_event = inc.resources_pushed as f64 / inc.events as f64;
         assert!((inc.per_event.resources - per_event).abs() < 1e-9, "{name}: per-event resources");

@@ -7,13 +7,14 @@
 //! an [`Object`] by the same parser the sources use, so what the engine is fed, what
 //! `--export` writes and what `meshflow serve --config-dir` reads are one thing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
+use crate::model::proxy::{ProxyClass, ProxyKind};
 use crate::model::{InputEvent, Kind, Object, ObjectKey, ParseOutcome, parse_document};
 
 /// Size of a generated cluster.
@@ -122,6 +123,9 @@ pub struct World {
     pub services: BTreeMap<usize, ServiceSpec>,
     /// Gateways and ServiceEntries by (namespace index, id).
     pub gateways: Vec<(usize, usize)>,
+    /// Gateways that have a second server, on a port of their own (the gateway-change
+    /// scenario adds and removes it), by Gateway id.
+    pub gateway_extra: BTreeSet<usize>,
     pub service_entries: Vec<(usize, usize)>,
     next_service: usize,
     next_ip: u32,
@@ -154,6 +158,7 @@ impl World {
             nodes: preset.nodes,
             services: BTreeMap::new(),
             gateways: Vec::new(),
+            gateway_extra: BTreeSet::new(),
             service_entries: Vec::new(),
             next_service: 0,
             next_ip: 1 << 16,
@@ -293,12 +298,23 @@ impl World {
                         "subsets": subsets}})
     }
 
-    pub fn gateway_doc(ns: usize, id: usize) -> Value {
+    /// Gateway `gw-<id>`: an HTTP server on port 80 for `gw-<id>.example.com`, and with
+    /// `extra` a second one on port `8000 + id`.
+    pub fn gateway_doc(ns: usize, id: usize, extra: bool) -> Value {
+        let host = format!("gw-{id}.example.com");
+        let mut servers = vec![json!({"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": [host]})];
+        if extra {
+            let port = 8000 + id % 1000;
+            servers.push(json!({"port": {"number": port, "name": format!("http-{port}"), "protocol": "HTTP"},
+                                "hosts": [host]}));
+        }
         json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
                "metadata": {"name": format!("gw-{id}"), "namespace": ns_name(ns)},
-               "spec": {"selector": {"istio": "ingressgateway"},
-                        "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"},
-                                     "hosts": [format!("gw-{id}.example.com")]}]}})
+               "spec": {"selector": {"istio": "ingressgateway"}, "servers": servers}})
+    }
+
+    fn gateway_docs(&self, ns: usize, id: usize) -> Vec<Value> {
+        vec![Self::gateway_doc(ns, id, self.gateway_extra.contains(&id))]
     }
 
     pub fn service_entry_doc(ns: usize, id: usize) -> Value {
@@ -332,7 +348,7 @@ impl World {
             files.push((self.service_file(svc.id).expect("listed service"), Self::service_docs(svc)));
         }
         for (ns, id) in &self.gateways {
-            files.push((PathBuf::from(format!("{}/gw-{id}.yaml", ns_name(*ns))), vec![Self::gateway_doc(*ns, *id)]));
+            files.push((PathBuf::from(format!("{}/gw-{id}.yaml", ns_name(*ns))), self.gateway_docs(*ns, *id)));
         }
         for (ns, id) in &self.service_entries {
             files.push((
@@ -352,9 +368,25 @@ impl World {
         Some(PathBuf::from(format!("{}/{}.yaml", ns_name(svc.ns), svc.name())))
     }
 
-    /// Every current object, as the engine is fed it at initial sync.
+    /// Every current object of the cluster (what the export files hold).
     pub fn objects(&self) -> Vec<Object> {
         self.files().into_iter().flat_map(|(_, docs)| docs).map(to_object).collect()
+    }
+
+    /// The class an `istio-ingressgateway` proxy of `istio-system` brings when it connects
+    /// (router, labelled `istio: ingressgateway`), as the xDS server feeds it to the engine.
+    /// The bench adds it to [`World::objects`] at initial sync, so the Gateways are translated
+    /// as in a cluster with an ingress gateway running; its simulated proxies are sidecars and
+    /// do not receive the class's resources.
+    pub fn ingress_class() -> Object {
+        let labels =
+            crate::model::k8s::Labels::from(BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]));
+        Object::ProxyClass(ProxyClass::of_proxy(
+            ProxyKind::Router,
+            "istio-system",
+            "istio-ingressgateway",
+            Some(labels),
+        ))
     }
 
     /// Counts of generated objects by kind (translated or not).
@@ -487,6 +519,17 @@ impl World {
         vec![InputEvent::apply(to_object(Self::virtual_service_doc(svc)))]
     }
 
+    /// A random live Gateway gains a server on a port of its own, or loses the one it gained
+    /// (a port opened on the ingress, then closed).
+    pub fn gateway_change(&mut self) -> Option<Vec<InputEvent>> {
+        let (ns, id) = *self.gateways.get(self.rng.random_range(0..self.gateways.len().max(1)))?;
+        if !self.gateway_extra.remove(&id) {
+            self.gateway_extra.insert(id);
+        }
+        let docs = self.gateway_docs(ns, id);
+        Some(docs.into_iter().map(|d| InputEvent::apply(to_object(d))).collect())
+    }
+
     /// The (service, pod name) of every pod on a node.
     pub fn pods_on_node(&self, node: usize) -> Vec<(usize, String)> {
         self.services
@@ -606,7 +649,7 @@ impl World {
             return self.services.get(&id).map(Self::service_docs);
         }
         if let Some(id) = stem.strip_prefix("gw-").and_then(|i| i.parse::<usize>().ok()) {
-            return self.gateways.contains(&(ns_idx, id)).then(|| vec![Self::gateway_doc(ns_idx, id)]);
+            return self.gateways.contains(&(ns_idx, id)).then(|| self.gateway_docs(ns_idx, id));
         }
         if let Some(id) = stem.strip_prefix("ext-").and_then(|i| i.parse::<usize>().ok()) {
             return self.service_entries.contains(&(ns_idx, id)).then(|| vec![Self::service_entry_doc(ns_idx, id)]);

@@ -89,8 +89,12 @@ pub struct Incremental {
     /// Steps whose output no client received in full (a later change superseded a resource
     /// before it was sent: delta xDS sends only the latest version) or that changed nothing.
     pub steps_without_frames: u64,
-    /// Resources the engine emitted that changed the cache.
+    /// Resources the engine emitted that changed the cache (the ingress gateway's class
+    /// included), by type (`CDS`, `EDS`, `LDS`, `RDS`, `SDS`), and the bytes of their new
+    /// encodings: what the steps made meshflow re-encode.
     pub resources_changed: u64,
+    pub changed_by_type: BTreeMap<String, u64>,
+    pub changed_bytes: u64,
     /// Resources (and removals) and bytes pushed to all clients during the steps.
     pub resources_pushed: u64,
     pub bytes_pushed: u64,
@@ -229,6 +233,23 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map(|v| if v >= 100.0 { format!("{v:.0}×") } else { format!("{v:.1}×") }).unwrap_or_else(|| "-".into())
 }
 
+/// Resources re-encoded per step and their bytes, e.g. `1.0 RDS (2,345 B)`; the types
+/// named when at most two changed.
+fn changed_per_event(x: &Incremental) -> String {
+    if x.events == 0 {
+        return "-".into();
+    }
+    let n = x.events as f64;
+    let types = if x.changed_by_type.is_empty() {
+        "0".to_string()
+    } else if x.changed_by_type.len() <= 2 {
+        x.changed_by_type.iter().map(|(t, c)| format!(" {:.1} {t}", *c as f64 / n)).collect::<String>()
+    } else {
+        format!(" {:.1}", x.resources_changed as f64 / n)
+    };
+    format!("{} ({:.0} B)", types.trim_start(), x.changed_bytes as f64 / n)
+}
+
 /// The table printed at the end of a run.
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
@@ -236,8 +257,8 @@ pub fn table(report: &Report) -> String {
         "preset {} (seed {}), {} clients, rate {}/s, duration {:.0}s, source {}; latencies p50/p99/max ms\n",
         report.preset.name, report.seed, report.clients, report.rate, report.duration_s, report.source
     ));
-    out.push_str("| scenario | events | ev/s | → batch | → 1st frame | → last client | res/ev | bytes/ev | engine µs/ev | full → batch | full µs/ev | full bytes/ev | CPU ratio | bytes ratio |\n");
-    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    out.push_str("| scenario | events | ev/s | → batch | → 1st frame | → last client | changed/ev | res/ev | bytes/ev | engine µs/ev | full → batch | full µs/ev | full bytes/ev | CPU ratio | bytes ratio |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for s in &report.scenarios {
         let (inc, full) = (s.incremental.as_ref(), s.full.as_ref());
         let i = |f: &dyn Fn(&Incremental) -> String| inc.map(f).unwrap_or_else(|| "-".into());
@@ -248,7 +269,7 @@ pub fn table(report: &Report) -> String {
             _ => 0,
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             s.scenario,
             events,
             i(&|x| format!("{:.0}", x.events_per_s)),
@@ -259,6 +280,7 @@ pub fn table(report: &Report) -> String {
             }),
             i(&|x| fmt_ms(&x.first_frame_ms)),
             i(&|x| fmt_ms(&x.last_client_ms)),
+            i(&|x| changed_per_event(x)),
             i(&|x| format!("{:.1}", x.per_event.resources)),
             i(&|x| format!("{:.0}", x.per_event.bytes)),
             i(&|x| format!("{:.0}", x.engine_cpu_us_per_event)),

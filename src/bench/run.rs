@@ -16,7 +16,7 @@ use super::{BenchArgs, SourceKind, sys};
 use crate::cache::{Cache, content_version};
 use crate::engine::{Command, Engine, EngineOutput};
 use crate::model::{InputEvent, Object, ObjectKey};
-use crate::translate::{ResourceType, reference};
+use crate::translate::{ResourceType, Scope, reference};
 
 /// Markers sent through the engine behind each step: `Synced("<prefix><step>")`.
 const STEP_MARKER: &str = "meshflow-bench-step:";
@@ -27,6 +27,9 @@ struct Batch {
     at: Instant,
     /// Changes that changed the cache.
     changes: usize,
+    /// The same by type ([`ResourceType::ALL`] order), and the bytes of the new encodings.
+    by_type: [u64; ResourceType::ALL.len()],
+    bytes: u64,
 }
 
 /// What the sink wrapper tells the runner: step `n`'s output is batch `b`.
@@ -47,20 +50,31 @@ fn sink(
     tracker: Arc<Tracker>,
     markers: crossbeam_channel::Sender<Marker>,
 ) -> impl FnMut(EngineOutput) + Send + 'static {
+    // The ingress gateway's resources are not for the simulated proxies (sidecars).
+    let ingress = match World::ingress_class() {
+        Object::ProxyClass(c) => Scope::Class(c.id()),
+        _ => unreachable!("the ingress class is a ProxyClass"),
+    };
     move |output| match output {
         EngineOutput::Delta(delta) => {
             let at = Instant::now();
             let mut changes: Vec<(ResourceType, String, Option<String>)> = Vec::new();
+            let (mut count, mut by_type, mut bytes) = (0, [0u64; ResourceType::ALL.len()], 0u64);
             for c in &delta.changes {
                 let version = c.body.as_ref().map(|b| content_version(b));
                 let current = cache.get_scoped(&c.scope, c.ty, &c.name).map(|r| r.version.clone());
                 if current != version {
-                    changes.push((c.ty, c.name.clone(), version));
+                    count += 1;
+                    by_type[ResourceType::ALL.iter().position(|t| *t == c.ty).unwrap_or_default()] += 1;
+                    bytes += c.body.as_ref().map_or(0, |b| b.len() as u64);
+                    if c.scope != ingress {
+                        changes.push((c.ty, c.name.clone(), version));
+                    }
                 }
             }
             let mut batches = probe.batches.lock().unwrap_or_else(|e| e.into_inner());
             let index = batches.len() as u64;
-            batches.push(Batch { at, changes: changes.len() });
+            batches.push(Batch { at, changes: count, by_type, bytes });
             drop(batches);
             tracker.register(index, &changes);
             cache.apply(&delta);
@@ -167,7 +181,8 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     let engine = Engine::start(sink(cache.clone(), probe.clone(), tracker.clone(), marker_tx));
 
     // Initial sync.
-    let objects = world.objects();
+    let mut objects = world.objects();
+    objects.push(World::ingress_class());
     let mut live: BTreeMap<ObjectKey, Object> = objects.iter().map(|o| (o.key(), o.clone())).collect();
     let dir = match args.source {
         SourceKind::Engine => None,
@@ -185,6 +200,8 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
         }
         Some(dir) => {
             drop(objects);
+            // Classes come from the xDS server, not from files.
+            engine.send(Command::Events(vec![InputEvent::apply(World::ingress_class())]));
             Some(crate::source::file::spawn(dir.path().to_path_buf(), engine.sender())?)
         }
     };
@@ -380,6 +397,15 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     drop(tracks);
     inc.batches = used_batches.len() as u64;
     inc.resources_changed = used_batches.iter().map(|b| batches[*b as usize].changes as u64).sum();
+    for b in &used_batches {
+        let batch = &batches[*b as usize];
+        for (ty, n) in ResourceType::ALL.iter().zip(batch.by_type) {
+            if n > 0 {
+                *inc.changed_by_type.entry(ty.short().to_string()).or_default() += n;
+            }
+        }
+        inc.changed_bytes += batch.bytes;
+    }
     if scenario == Scenario::InitialSync {
         report.batch_samples.push(0.0, micros(initial_batch_at - started));
         inc.resources_changed = batches[first.batch as usize].changes as u64;
@@ -401,7 +427,9 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
             Some(_) => {
                 let mut d = crate::source::file::ConfigDir::new(dir.as_ref().expect("dir source").path());
                 d.scan_all();
-                d.objects()
+                let mut objects = d.objects();
+                objects.push(World::ingress_class());
+                objects
             }
         };
         let verifier = crate::verify::Verifier::default();
@@ -489,7 +517,8 @@ pub fn full(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioReport) -
     let mut world = World::new(preset, args.seed);
     let mut steps = Steps::new(scenario);
     let clients = args.clients.max(1) as u64;
-    let mut live: BTreeMap<ObjectKey, Object> = world.objects().into_iter().map(|o| (o.key(), o)).collect();
+    let mut live: BTreeMap<ObjectKey, Object> =
+        world.objects().into_iter().chain([World::ingress_class()]).map(|o| (o.key(), o)).collect();
     let cpu0 = sys::thread_cpu_seconds();
     let started = Instant::now();
     let mut current = reference::translate_all(live.values());

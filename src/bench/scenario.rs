@@ -32,10 +32,14 @@ pub enum Scenario {
     ServiceCreationStorm,
     /// Churn with some relabels, weight shifts, scaling and new services.
     Mixed,
+    /// A Gateway gains a server on a port of its own or loses it, Gateway after Gateway: what
+    /// the ingress gateway's class is served changes (that port's listener and route config),
+    /// and nothing a sidecar holds.
+    GatewayChange,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::InitialSync,
         Scenario::PodChurn,
         Scenario::RollingUpdate,
@@ -46,6 +50,7 @@ impl Scenario {
         Scenario::NamespaceDelete,
         Scenario::ServiceCreationStorm,
         Scenario::Mixed,
+        Scenario::GatewayChange,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +65,7 @@ impl Scenario {
             Scenario::NamespaceDelete => "namespace-delete",
             Scenario::ServiceCreationStorm => "service-creation-storm",
             Scenario::Mixed => "mixed",
+            Scenario::GatewayChange => "gateway-change",
         }
     }
 }
@@ -117,6 +123,9 @@ impl Steps {
                     self.queue.push_back(Step { label: "namespace-object-deleted", events });
                 }
                 self.queue.pop_front()
+            }
+            Scenario::GatewayChange => {
+                world.gateway_change().map(|events| Step { label: "gateway-server-toggled", events })
             }
             Scenario::ServiceCreationStorm => {
                 let pods = (world.preset.pods / world.preset.services.max(1)).max(1);
