@@ -53,7 +53,9 @@ pub fn compare(
             | Scope::SidecarsIn(_)
             | Scope::Proxyless
             | Scope::Locality(_)
-            | Scope::LocalityIn(..) => {
+            | Scope::LocalityIn(..)
+            | Scope::Prioritized(..)
+            | Scope::PrioritizedIn(..) => {
                 format!("{name} @{scope}")
             }
             _ => name.into(),

@@ -70,7 +70,9 @@ fn translate(input: &Path) -> BTreeMap<String, Value> {
                 | Scope::SidecarsIn(_)
                 | Scope::Proxyless
                 | Scope::Locality(_)
-                | Scope::LocalityIn(..) => {
+                | Scope::LocalityIn(..)
+                | Scope::Prioritized(..)
+                | Scope::PrioritizedIn(..) => {
                     format!("{} {} @{}", c.ty.short(), c.name, c.scope)
                 }
             };

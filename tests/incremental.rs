@@ -454,19 +454,34 @@ fn traffic_policy() -> impl Strategy<Value = serde_json::Value> {
             "loadBalancer": {"localityLbSetting": {"enabled": false}}})),
         Just(serde_json::json!({"outlierDetection": {"consecutive5xxErrors": 3},
             "loadBalancer": {"localityLbSetting": {"failoverPriority": ["topology.kubernetes.io/zone"]}}})),
+        // failoverPriority by a pod label (assignments per the proxy's labels), with region
+        // failover on top, and with an override.
+        Just(serde_json::json!({"outlierDetection": {"consecutive5xxErrors": 3},
+            "loadBalancer": {"localityLbSetting": {"failoverPriority": ["version", "topology.kubernetes.io/region"]}}})),
+        Just(serde_json::json!({"outlierDetection": {"consecutive5xxErrors": 3},
+            "loadBalancer": {"localityLbSetting": {"failoverPriority": ["version"],
+                "failover": [{"from": "r1", "to": "r2"}]}}})),
+        Just(serde_json::json!({"outlierDetection": {"consecutive5xxErrors": 3},
+            "loadBalancer": {"localityLbSetting": {"failoverPriority": ["app=web"]}}})),
         Just(serde_json::json!({"portLevelSettings": [{"port": {"number": 9080},
             "outlierDetection": {"consecutive5xxErrors": 1}}]})),
     ]
 }
 
-/// The (namespace, locality) of connected proxies, as the xDS server registers them.
+/// The (namespace, locality, labels) of connected proxies, as the xDS server registers them.
 fn proxy_locality() -> impl Strategy<Value = Object> {
     (
         prop::sample::select(&["default", "shop", "istio-system"][..]),
         prop::sample::select(&["", "r1/z1", "r1/z2", "r2", "r1/z1/s1"][..]),
+        prop::sample::select(&["", "v1", "v2"][..]),
     )
-        .prop_map(|(namespace, locality)| {
-            Object::ProxyLocality(ProxyLocality { namespace: namespace.into(), locality: locality.into() })
+        .prop_map(|(namespace, locality, version)| {
+            let labels = if version.is_empty() {
+                Labels::new()
+            } else {
+                Labels::from([("app".to_string(), "web".to_string()), ("version".to_string(), version.to_string())])
+            };
+            Object::ProxyLocality(ProxyLocality { namespace: namespace.into(), locality: locality.into(), labels })
         })
 }
 
@@ -1344,7 +1359,11 @@ fn located_assignments_follow_proxy_localities_and_the_rule() {
         .unwrap()
     };
     let located = |namespace: &str, locality: &str| {
-        Object::ProxyLocality(ProxyLocality { namespace: namespace.into(), locality: locality.into() })
+        Object::ProxyLocality(ProxyLocality {
+            namespace: namespace.into(),
+            locality: locality.into(),
+            labels: Labels::new(),
+        })
     };
     const NAME: &str = "outbound|80||web.default.svc.cluster.local";
     // (zone, priority) per LocalityLbEndpoints of the assignment in `scope`, if any.
@@ -1409,8 +1428,9 @@ fn located_assignments_follow_proxy_localities_and_the_rule() {
         let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(&body[..]).unwrap();
         cla.endpoints.iter().map(|l| l.priority).collect::<Vec<_>>()
     };
-    assert_eq!(seen(View::sidecar().in_namespace("shop").located("r1/z2")), [0, 0]);
-    assert_eq!(seen(View::sidecar().in_namespace("default").located("r1/z2")), [1, 0]);
+    let none = Labels::new();
+    assert_eq!(seen(View::sidecar().in_namespace("shop").located("r1/z2", &none)), [0, 0]);
+    assert_eq!(seen(View::sidecar().in_namespace("default").located("r1/z2", &none)), [1, 0]);
     // shop's rule with (other) outlier detection: its own located assignment. (The same rule
     // as the default's would make no context of its own.)
     h.step(
@@ -1435,6 +1455,111 @@ fn located_assignments_follow_proxy_localities_and_the_rule() {
     )
     .unwrap();
     assert!(!h.materialized.keys().any(|(s, _, _)| matches!(s, Scope::Locality(_) | Scope::LocalityIn(..))));
+}
+
+/// `failoverPriority`: the assignment is computed per (locality, labels) of the connected
+/// proxies, ranks each pod's endpoint by the labels it shares with the proxy, and follows pod
+/// relabels and proxies coming and going.
+#[test]
+fn prioritized_assignments_follow_proxy_labels_and_pod_labels() {
+    use prost::Message;
+    let svc = Object::Service(Service {
+        selector: Some(Labels::from([("app".to_string(), "web".to_string())])),
+        ..match http_service("default", "web", &[]) {
+            Object::Service(s) => s,
+            _ => unreachable!(),
+        }
+    });
+    let pod = |name: &str, ip: &str, version: &str| {
+        Object::Pod(Pod {
+            namespace: "default".into(),
+            name: name.into(),
+            labels: Labels::from([
+                ("app".to_string(), "web".to_string()),
+                ("version".to_string(), version.to_string()),
+                ("topology.istio.io/locality".to_string(), "r1.z1".to_string()),
+            ]),
+            ip: Some(ip.into()),
+            node_name: None,
+            ready: true,
+            terminal: false,
+            ports: vec![],
+        })
+    };
+    let rule = istio_object(
+        Kind::DestinationRule,
+        "default",
+        "web",
+        None,
+        serde_json::json!({"host": "web.default.svc.cluster.local", "trafficPolicy": {
+            "outlierDetection": {"consecutive5xxErrors": 1},
+            "loadBalancer": {"localityLbSetting": {"failoverPriority": ["version"]}}}}),
+    )
+    .unwrap();
+    let proxy = |version: &str| {
+        Object::ProxyLocality(ProxyLocality {
+            namespace: "default".into(),
+            locality: "r1/z1".into(),
+            labels: Labels::from([("version".to_string(), version.to_string())]),
+        })
+    };
+    const NAME: &str = "outbound|80||web.default.svc.cluster.local";
+    // (priority, endpoint IPs) per LocalityLbEndpoints of the assignment in `scope`, if any.
+    let ranked = |h: &Harness, scope: Scope| -> Option<Vec<(u32, Vec<String>)>> {
+        use envoy_types::pb::envoy::config::core::v3::address::Address;
+        use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+        let body = h.materialized.get(&(scope, ResourceType::ClusterLoadAssignment, NAME.into()))?;
+        let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(&body[..]).unwrap();
+        Some(
+            cla.endpoints
+                .iter()
+                .map(|l| {
+                    let ips = l
+                        .lb_endpoints
+                        .iter()
+                        .filter_map(|e| match &e.host_identifier {
+                            Some(HostIdentifier::Endpoint(ep)) => match ep.address.as_ref()?.address.as_ref()? {
+                                Address::SocketAddress(s) => Some(s.address.clone()),
+                                _ => None,
+                            },
+                            _ => None,
+                        })
+                        .collect();
+                    (l.priority, ips)
+                })
+                .collect(),
+        )
+    };
+    let at = |version: &str| Scope::Prioritized("r1/z1".into(), format!("version={version}"));
+    let ips = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut h = Harness::new();
+    h.step(
+        vec![
+            InputEvent::apply(svc),
+            InputEvent::apply(pod("web-1", "10.0.0.1", "v1")),
+            InputEvent::apply(pod("web-2", "10.0.0.2", "v2")),
+            InputEvent::apply(pod("web-3", "10.0.0.3", "v1")),
+            InputEvent::apply(rule),
+            InputEvent::apply(proxy("v1")),
+        ],
+        0,
+    )
+    .unwrap();
+    assert_eq!(ranked(&h, at("v1")), Some(vec![(0, ips(&["10.0.0.1", "10.0.0.3"])), (1, ips(&["10.0.0.2"]))]));
+    assert_eq!(ranked(&h, Scope::Locality("r1/z1".into())), None, "not per locality alone");
+    h.step(vec![InputEvent::apply(proxy("v2"))], 1).unwrap();
+    assert_eq!(ranked(&h, at("v2")), Some(vec![(0, ips(&["10.0.0.2"])), (1, ips(&["10.0.0.1", "10.0.0.3"]))]));
+    // web-3 relabelled v2: both assignments change, and nothing else.
+    h.step(vec![InputEvent::apply(pod("web-3", "10.0.0.3", "v2"))], 2).unwrap();
+    assert_eq!(ranked(&h, at("v1")), Some(vec![(0, ips(&["10.0.0.1"])), (1, ips(&["10.0.0.2", "10.0.0.3"]))]));
+    assert_eq!(ranked(&h, at("v2")), Some(vec![(0, ips(&["10.0.0.2", "10.0.0.3"])), (1, ips(&["10.0.0.1"]))]));
+    let mut changed: Vec<Scope> = h.last.iter().map(|(s, _, _)| s.clone()).collect();
+    changed.sort();
+    assert_eq!(changed, [at("v1"), at("v2")]);
+    // The last proxy labelled v1 gone, so is its assignment.
+    h.step(vec![InputEvent::delete(proxy("v1").key())], 3).unwrap();
+    assert_eq!(ranked(&h, at("v1")), None);
+    assert!(ranked(&h, at("v2")).is_some());
 }
 
 /// The cost of locality load balancing is per (locality of connected proxies) × (cluster whose
@@ -1487,7 +1612,9 @@ fn located_work_is_per_locality_and_affected_cluster() {
     }
     let mut h = Harness::new();
     h.step(events, 0).unwrap();
-    let located = |l: &str| Object::ProxyLocality(ProxyLocality { namespace: "default".into(), locality: l.into() });
+    let located = |l: &str| {
+        Object::ProxyLocality(ProxyLocality { namespace: "default".into(), locality: l.into(), labels: Labels::new() })
+    };
     let mut step = 1;
     for l in ["r1/z1", "r1/z2", "r2/z1"] {
         let t = std::time::Instant::now();
@@ -1505,6 +1632,7 @@ fn located_work_is_per_locality_and_affected_cluster() {
             vec![InputEvent::apply(Object::ProxyLocality(ProxyLocality {
                 namespace: "shop".into(),
                 locality: l.to_string(),
+                labels: Labels::from([("app".to_string(), "other".to_string())]),
             }))],
             step,
         )

@@ -7,6 +7,9 @@
 //! applies, the mesh default enabling locality LB). As istio.io's "Locality failover" task:
 //! each proxy sends every request to its own zone; when its zone's endpoint fails (ejected
 //! by outlier detection), traffic fails over to the other zone.
+//!
+//! And `failoverPriority`: two versions in one zone, each proxy sends to the version its own
+//! labels (node metadata `LABELS`) name, and fails over to the other.
 
 mod support;
 
@@ -22,7 +25,18 @@ use support::{
 const CONVERGE: Duration = Duration::from_secs(20);
 
 fn fixture(port: u16, backends: &[(&Backend, &str)]) -> String {
-    let target = backends[0].0.addr.port();
+    let pods: Vec<(&Backend, String, String)> = backends
+        .iter()
+        .map(|(b, zone)| (*b, format!("reviews-{zone}"), format!("topology.istio.io/locality: r1.{zone}")))
+        .collect();
+    with_rule(port, &pods, "{}")
+}
+
+/// Service `reviews`, a DestinationRule with outlier detection and `locality_lb` as its
+/// `localityLbSetting` (a YAML flow map), and one Pod per (backend, name, labels besides
+/// `app: reviews`, as flow-map entries).
+fn with_rule(port: u16, pods: &[(&Backend, String, String)], locality_lb: &str) -> String {
+    let target = pods[0].0.addr.port();
     let mut out = format!(
         r#"apiVersion: v1
 kind: Service
@@ -43,17 +57,19 @@ spec:
       interval: 1s
       baseEjectionTime: 1m
       maxEjectionPercent: 100
+    loadBalancer:
+      localityLbSetting: {locality_lb}
 "#
     );
-    for (b, zone) in backends {
+    for (b, name, labels) in pods {
         out.push_str(&format!(
             r#"---
 apiVersion: v1
 kind: Pod
 metadata:
-  name: reviews-{zone}
+  name: {name}
   namespace: default
-  labels: {{app: reviews, topology.istio.io/locality: r1.{zone}}}
+  labels: {{app: reviews, {labels}}}
 spec:
   containers:
   - {{name: reviews, image: reviews, ports: [{{containerPort: {target}}}]}}
@@ -71,11 +87,19 @@ status:
 /// An Envoy for a sidecar in `r1/<zone>`: `meshflow bootstrap`, with `node.locality` set as
 /// Envoy reports it to its xDS server.
 fn envoy_in(meshflow: &Meshflow, zone: &str, bind: Ipv4Addr) -> Envoy {
+    envoy_with(meshflow, zone, bind, None)
+}
+
+/// The same, with node metadata `LABELS` (as istio-agent sends the pod's labels).
+fn envoy_with(meshflow: &Meshflow, zone: &str, bind: Ipv4Addr, labels: Option<Value>) -> Envoy {
     let admin_port = free_port(Ipv4Addr::LOCALHOST);
-    let node_id = format!("sidecar~{bind}~productpage-{zone}.default~default.svc.cluster.local");
+    let node_id = format!("sidecar~{bind}~productpage-{zone}-{}.default~default.svc.cluster.local", bind.octets()[3]);
     let yaml = meshflow.bootstrap(&node_id, bind, admin_port);
     let mut bootstrap: Value = serde_yaml_ng::from_str(&yaml).expect("bootstrap YAML");
     bootstrap["node"]["locality"] = serde_json::json!({"region": "r1", "zone": zone});
+    if let Some(labels) = labels {
+        bootstrap["node"]["metadata"]["LABELS"] = labels;
+    }
     Envoy::start(&serde_json::to_string(&bootstrap).unwrap())
 }
 
@@ -163,4 +187,51 @@ fn each_proxy_prefers_its_zone_and_fails_over_when_its_endpoint_is_ejected() {
         w.iter().all(|w| w == "z1:200").then_some(())
     });
     assert_eq!(priorities(&in_z2, &cluster), [("z1".to_string(), 0, 1)], "one locality left: priority 0");
+}
+
+/// `failoverPriority: [version]`: two endpoints of one zone, versions v1 and v2; a proxy whose
+/// labels say `version: v1` sends only to v1 (priority 0), one with `version: v2` only to v2,
+/// and each fails over to the other version when its own is ejected (istiod's
+/// `applyFailoverPriorities`; without it, least-request would spread over both).
+#[test]
+fn failover_priority_prefers_endpoints_that_share_the_proxys_labels() {
+    let (v1, v2) = eventually("two backends on one port", WAIT, || {
+        let a = loopback_ip();
+        let port = free_port(a);
+        Some((Backend::start(a, port, "v1").ok()?, Backend::start(loopback_ip(), port, "v2").ok()?))
+    });
+    let (bind1, bind2) = (loopback_ip(), loopback_ip());
+    let port = free_port(bind1);
+    let config = tempfile::tempdir().expect("tempdir");
+    let pods: Vec<(&Backend, String, String)> = [(&v1, "v1"), (&v2, "v2")]
+        .into_iter()
+        .map(|(b, v)| (b, format!("reviews-{v}"), format!("topology.istio.io/locality: r1.z1, version: {v}")))
+        .collect();
+    fs::write(config.path().join("reviews.yaml"), with_rule(port, &pods, "{failoverPriority: [version]}")).unwrap();
+    let meshflow = Meshflow::serve(config.path());
+    let labels = |v: &str| Some(serde_json::json!({"app": "productpage", "version": v}));
+    let wants_v1 = envoy_with(&meshflow, "z1", bind1, labels("v1"));
+    let wants_v2 = envoy_with(&meshflow, "z1", bind2, labels("v2"));
+    let cluster = format!("outbound|{port}||reviews.default.svc.cluster.local");
+    // One locality split in two by version: (zone, priority, endpoints).
+    for envoy in [&wants_v1, &wants_v2] {
+        eventually("the assignment split by version", CONVERGE, || {
+            (priorities(envoy, &cluster) == [("z1".to_string(), 0, 1), ("z1".to_string(), 1, 1)]).then_some(())
+        });
+    }
+    for (bind, own, other) in [(bind1, "v1", "v2"), (bind2, "v2", "v1")] {
+        eventually("the proxy to answer", CONVERGE, || {
+            http_request(SocketAddr::from((bind, port)), "GET", "reviews", "/", &[]).ok().filter(|r| r.status == 200)
+        });
+        let got = who(SocketAddr::from((bind, port)), 20);
+        assert!(got.iter().all(|w| *w == format!("{own}:200")), "the proxy labelled {own} sends to {own}: {got:?}");
+        assert!(!got.iter().any(|w| w.starts_with(other)));
+    }
+    // v1 fails: the v1 proxy fails over to v2; the v2 proxy is not affected.
+    v1.set_status(503);
+    eventually("the v1 proxy to fail over to v2", CONVERGE, || {
+        who(SocketAddr::from((bind1, port)), 5).iter().all(|w| w == "v2:200").then_some(())
+    });
+    let from_v2 = who(SocketAddr::from((bind2, port)), 10);
+    assert!(from_v2.iter().all(|w| w == "v2:200"), "{from_v2:?}");
 }

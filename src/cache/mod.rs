@@ -225,23 +225,27 @@ impl View {
         self
     }
 
-    /// The same view for a proxy in `locality` (`region/zone/subzone`, "" for none): the
-    /// assignments computed for that locality ([`Scope::Locality`]) hide the shared ones, and
-    /// those of its namespace's own rules ([`Scope::LocalityIn`]) hide its namespace's. So the
-    /// order is: class, (locality, namespace), namespace, kind, locality, shared. Call it after
-    /// [`View::in_namespace`]. Proxyless gRPC clients are served the default context.
-    pub fn located(mut self, locality: &str) -> View {
-        if self.scopes.contains(&Scope::Proxyless) {
-            return self;
-        }
+    /// The same view for a proxy in `locality` (`region/zone/subzone`, "" for none) with
+    /// `labels`: the assignments computed for that locality ([`Scope::Locality`]) or that
+    /// locality and labels ([`Scope::Prioritized`]) hide the shared ones, and those of its
+    /// namespace's own rules ([`Scope::LocalityIn`], [`Scope::PrioritizedIn`]) hide its
+    /// namespace's. So the order is: class, (locality, labels, namespace), (locality,
+    /// namespace), namespace, kind, (locality, labels), locality, shared. A cluster's
+    /// assignment is in one of the two forms in any one context, so their order does not
+    /// matter. Call it after [`View::in_namespace`]. Proxyless gRPC clients are served the
+    /// default context: its located assignments, none of a namespace's.
+    pub fn located(mut self, locality: &str, labels: &crate::model::k8s::Labels) -> View {
+        let labels = crate::translate::locality::labels_id(labels);
         let namespace =
             self.scopes.iter().find_map(|s| if let Scope::Namespace(ns) = s { Some(ns.clone()) } else { None });
         if let Some(ns) = namespace {
             let at = self.scopes.iter().position(|s| matches!(s, Scope::Namespace(_) | Scope::SidecarsIn(_)));
-            self.scopes.insert(at.unwrap_or(0), Scope::LocalityIn(locality.to_string(), ns));
+            self.scopes.insert(at.unwrap_or(0), Scope::LocalityIn(locality.to_string(), ns.clone()));
+            self.scopes.insert(at.unwrap_or(0), Scope::PrioritizedIn(locality.to_string(), labels.clone(), ns));
         }
         let at = self.scopes.iter().position(|s| *s == Scope::All).unwrap_or(self.scopes.len());
         self.scopes.insert(at, Scope::Locality(locality.to_string()));
+        self.scopes.insert(at, Scope::Prioritized(locality.to_string(), labels));
         self
     }
 
@@ -659,15 +663,20 @@ mod tests {
 
     #[test]
     fn a_located_view_reads_its_localitys_assignments_before_the_shared_ones() {
-        let view = View::new(ProxyKind::Sidecar, Some("sidecar/shop/app=a".into())).in_namespace("shop").located("r/z");
+        let app = crate::model::k8s::Labels::from([("app".to_string(), "a".to_string())]);
+        let none = crate::model::k8s::Labels::new();
+        let view =
+            View::new(ProxyKind::Sidecar, Some("sidecar/shop/app=a".into())).in_namespace("shop").located("r/z", &app);
         assert_eq!(
             view.scopes(),
             [
                 Scope::Class("sidecar/shop/app=a".into()),
+                Scope::PrioritizedIn("r/z".into(), "app=a".into(), "shop".into()),
                 Scope::LocalityIn("r/z".into(), "shop".into()),
                 Scope::SidecarsIn("shop".into()),
                 Scope::Namespace("shop".into()),
                 Scope::Sidecars,
+                Scope::Prioritized("r/z".into(), "app=a".into()),
                 Scope::Locality("r/z".into()),
                 Scope::All,
             ]
@@ -683,14 +692,29 @@ mod tests {
         apply(vec![change(Scope::All, Some(b"shared")), change(Scope::Locality("r/z".into()), Some(b"located"))]);
         let body = |view: &View| cache.get(view, ResourceType::ClusterLoadAssignment, "c").map(|r| r.body.to_vec());
         assert_eq!(body(&view).as_deref(), Some(&b"located"[..]));
-        assert_eq!(body(&View::sidecar().in_namespace("shop").located("r/y")).as_deref(), Some(&b"shared"[..]));
+        assert_eq!(body(&View::sidecar().in_namespace("shop").located("r/y", &none)).as_deref(), Some(&b"shared"[..]));
         // A namespace's own (unlocated) assignment hides the default context's located one.
         apply(vec![change(Scope::Namespace("shop".into()), Some(b"shop's"))]);
         assert_eq!(body(&view).as_deref(), Some(&b"shop's"[..]));
         apply(vec![change(Scope::LocalityIn("r/z".into(), "shop".into()), Some(b"shop's located"))]);
         assert_eq!(body(&view).as_deref(), Some(&b"shop's located"[..]));
-        // Proxyless clients are served the default context.
-        let grpc = View::new(ProxyKind::Proxyless, None).in_namespace("shop").located("r/z");
-        assert_eq!(grpc.scopes(), [Scope::Proxyless, Scope::All]);
+        // failoverPriority assignments: per (locality, labels); another label set does not see
+        // them.
+        apply(vec![change(Scope::PrioritizedIn("r/z".into(), "app=a".into(), "shop".into()), Some(b"by labels"))]);
+        assert_eq!(body(&view).as_deref(), Some(&b"by labels"[..]));
+        let other = View::sidecar().in_namespace("shop").located("r/z", &none);
+        assert_eq!(body(&other).as_deref(), Some(&b"shop's located"[..]));
+        // Proxyless clients are served the default context, relative to their locality.
+        let grpc = View::new(ProxyKind::Proxyless, None).in_namespace("shop").located("r/z", &none);
+        assert_eq!(
+            grpc.scopes(),
+            [
+                Scope::Proxyless,
+                Scope::Prioritized("r/z".into(), String::new()),
+                Scope::Locality("r/z".into()),
+                Scope::All
+            ]
+        );
+        assert_eq!(body(&grpc).as_deref(), Some(&b"located"[..]));
     }
 }

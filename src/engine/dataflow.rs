@@ -40,8 +40,9 @@
 //!        ─semijoin(EDS clusters of hosts an entry of that ns won)────────────────────────┘
 //!   (cluster, addr, pod) ─join(pod → its `topology.istio.io/locality` label, else its Node's topology labels)
 //!                        ─▶ the endpoint's locality (LocalityLbEndpoints group by it)
-//!   (cluster, addr, pod|labels) ─semijoin(clusters with subsets)─join(pod labels, else its own)
+//!   (cluster, addr, pod|labels) ─semijoin(clusters with subsets or failoverPriority)─join(pod labels, else its own)
 //!                                ─join(subsets)─▶ (subset cluster, addr)
+//!                                ─▶ (cluster, addr) → labels, for failoverPriority
 //!                     EDS cluster names ⊎ addresses ─reduce per (scope, cluster)─▶ load assignments
 //!                     (a namespace's subset clusters get their own; its others share the default's)
 //!                     (a host whose exportTo is not `*`: base endpoints ⋈ each namespace's cluster: its own)
@@ -50,6 +51,8 @@
 //!   `distribute`, not disabled) ─join(their addresses)─reduce per (context, cluster)─▶ address list
 //!        ─⋈ localities of connected proxies (default context; by namespace for a namespace's own rule)
 //!        ─▶ located assignments (Scope::Locality, Scope::LocalityIn: priorities/weights per locality)
+//!   with failoverPriority: addresses ⋈ their labels ─reduce─⋈ (locality, labels) of connected proxies
+//!        ─▶ Scope::Prioritized, Scope::PrioritizedIn
 //! proxy classes (router, sidecar) ─labels given, else ⋈ their Pod's (by name), else
 //!                                  ⋈ live pods by IP ─reduce per class: the Pod at its IP─▶ class labels
 //! proxy classes (router, sidecar) ─labels given, else ⋈ their Pod's─▶ class labels
@@ -77,6 +80,7 @@ use crate::translate::endpoint::{
     service_port_rows, slice_addresses,
 };
 use crate::translate::gateway::{self, SecretRef};
+use crate::translate::locality::LocalityLb;
 use crate::translate::outbound::{
     self, ClusterRow, ConfigKey, Context, DestinationMap, HostInfo, SubsetRef, TcpListenerRow, VsRank, host_patterns,
 };
@@ -510,15 +514,18 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     });
     // Clusters whose assignment depends on the proxy's locality, keyed by where their
     // addresses are (their own context's scope, else the shared one), with their context.
+    // (With `failoverPriority`, their base cluster's name: where their endpoints' labels are.)
     let located_clusters = host_outputs.clone().flat_map(|(_, out)| match out {
         HostOutput::Cluster(ctx, c, own) => {
             let lb = c.locality_lb()?;
             let scope = translate::context_scope(&ctx, Scope::All);
             let at = if c.subset.is_some() || own { scope } else { Scope::All };
-            Some(((at, c.name()), (ctx, lb)))
+            let base = lb.by_labels().then(|| c.base_name());
+            Some(((at, c.name()), (ctx, lb, base)))
         }
         _ => None,
     });
+    let prioritized_bases = located_clusters.clone().flat_map(|(_, (_, _, base))| base).distinct();
     let cluster_rows = context_clusters.clone().flat_map(|(ctx, c)| ctx.is_none().then_some(c));
     let context_info = host_outputs
         .flat_map(|(fqdn, out)| if let HostOutput::Info(ctx, i) = out { Some((fqdn, ctx, i)) } else { None });
@@ -948,7 +955,8 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
         c.subset.clone().map(|s| (c.base_name(), ((scope, c.name()), s)))
     });
     let with_subsets = subsets_by_base.clone().map(|(base, _)| base).distinct();
-    let subset_candidates = base_endpoints.clone().semijoin(with_subsets);
+    // (The endpoints of clusters whose `failoverPriority` compares labels meet them too.)
+    let subset_candidates = base_endpoints.clone().semijoin(with_subsets.concat(prioritized_bases.clone()).distinct());
     let by_pod = subset_candidates
         .clone()
         .flat_map(|(cluster, ep): (String, EndpointRow)| ep.pod.clone().map(|pod| (pod, (cluster, ep.addr))));
@@ -959,6 +967,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
         })
         .concat(by_pod.antijoin(labels_by_pod.clone().map(|(k, _)| k)).map(|(_, (c, a))| (c, (a, Labels::new()))))
         .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then_some((c, (ep.addr, ep.labels)))));
+    let endpoint_labels = labelled.clone().semijoin(prioritized_bases).map(|(c, (a, l))| ((c, a), l));
     let from_subsets = labelled.join_map(
         subsets_by_base,
         |_base, (addr, labels): &(EndpointAddr, Labels), (cluster, subset): &((Scope, String), SubsetRef)| {
@@ -980,52 +989,84 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     // proxies: each such cluster's addresses are gathered once, then encoded once per
     // locality (the default context's) or per (locality, namespace) of connected proxies (a
     // namespace's own rule's).
-    let located_inputs = addresses
+    // With `failoverPriority`, each endpoint goes with its labels (its base cluster's).
+    let located_addresses = addresses.clone().join_map(
+        located_clusters.clone(),
+        |(_, name), addr: &EndpointAddr, (ctx, lb, base): &(Context, LocalityLb, Option<String>)| {
+            ((ctx.clone(), name.clone(), lb.clone()), base.clone(), addr.clone())
+        },
+    );
+    let prioritized_addresses = located_addresses
         .clone()
-        .join_map(
-            located_clusters.clone(),
-            |(_, name), addr: &EndpointAddr, (ctx, lb): &(Context, translate::locality::LocalityLb)| {
-                ((ctx.clone(), name.clone(), lb.clone()), Some(addr.clone()))
-            },
-        )
-        .concat(located_clusters.map(|((_, name), (ctx, lb))| ((ctx, name, lb), None)))
+        .flat_map(|(key, base, addr)| base.map(|base| ((base, addr), key)))
+        .join_map(endpoint_labels, |(_, addr), key, labels: &Labels| {
+            (key.clone(), Some((addr.clone(), labels.clone())))
+        });
+    let located_inputs = located_addresses
+        .flat_map(|(key, base, addr)| base.is_none().then_some((key, Some((addr, Labels::new())))))
+        .concat(prioritized_addresses)
+        .concat(located_clusters.map(|((_, name), (ctx, lb, _))| ((ctx, name, lb), None)))
         .reduce_named(
             "gather: located assignment endpoints",
-            |_key, input: &[(&Option<EndpointAddr>, isize)], output| {
+            |_key, input: &[(&Option<(EndpointAddr, Labels)>, isize)], output| {
                 if input[0].0.is_some() {
                     return;
                 }
-                let addrs: Vec<EndpointAddr> = input[1..].iter().filter_map(|(a, _)| (*a).clone()).collect();
-                output.push((addrs, 1isize));
+                let eps: Vec<(EndpointAddr, Labels)> = input[1..].iter().filter_map(|(a, _)| (*a).clone()).collect();
+                output.push((eps, 1isize));
             },
         );
     let encode_located = |scope: Scope,
                           name: &String,
-                          lb: &translate::locality::LocalityLb,
-                          addrs: &Vec<EndpointAddr>,
-                          locality: &str| {
-        let refs: Vec<&EndpointAddr> = addrs.iter().collect();
+                          lb: &LocalityLb,
+                          eps: &Vec<(EndpointAddr, Labels)>,
+                          proxy: translate::locality::ProxyLabels<'_>| {
+        let refs: Vec<(&EndpointAddr, &Labels)> = eps.iter().map(|(a, l)| (a, l)).collect();
         OutputRow::Resource {
             scope,
             ty: ResourceType::ClusterLoadAssignment,
             name: name.clone(),
-            body: translate::locality::located_load_assignment(name, &refs, locality, lb),
+            body: translate::locality::located_load_assignment(name, &refs, proxy, lb),
         }
     };
+    let no_labels = Labels::new();
+    let plain_inputs = located_inputs.clone().filter(|((_, _, lb), _)| !lb.by_labels());
     let localities = proxy_localities.clone().map(|l: ProxyLocality| ((), l.locality)).distinct();
-    let located_default = located_inputs
+    let located_default = plain_inputs
         .clone()
-        .flat_map(|((ctx, name, lb), addrs)| ctx.is_none().then_some(((), (name, lb, addrs))))
-        .join_map(localities, move |_, (name, lb, addrs), locality: &String| {
-            encode_located(Scope::Locality(locality.clone()), name, lb, addrs, locality)
+        .flat_map(|((ctx, name, lb), eps)| ctx.is_none().then_some(((), (name, lb, eps))))
+        .join_map(localities, move |_, (name, lb, eps), locality: &String| {
+            let proxy = translate::locality::ProxyLabels { locality, labels: &no_labels };
+            encode_located(Scope::Locality(locality.clone()), name, lb, eps, proxy)
         });
-    let namespace_localities = proxy_localities.map(|l: ProxyLocality| (l.namespace, l.locality)).distinct();
-    let located_namespaced = located_inputs
-        .flat_map(|((ctx, name, lb), addrs)| ctx.map(|ns| (ns, (name, lb, addrs))))
-        .join_map(namespace_localities, move |ns, (name, lb, addrs), locality: &String| {
-            encode_located(Scope::LocalityIn(locality.clone(), ns.clone()), name, lb, addrs, locality)
+    let no_labels = Labels::new();
+    let namespace_localities = proxy_localities.clone().map(|l: ProxyLocality| (l.namespace, l.locality)).distinct();
+    let located_namespaced = plain_inputs
+        .flat_map(|((ctx, name, lb), eps)| ctx.map(|ns| (ns, (name, lb, eps))))
+        .join_map(namespace_localities, move |ns, (name, lb, eps), locality: &String| {
+            let proxy = translate::locality::ProxyLabels { locality, labels: &no_labels };
+            encode_located(Scope::LocalityIn(locality.clone(), ns.clone()), name, lb, eps, proxy)
         });
-    let located_assignments = located_default.concat(located_namespaced);
+    // `failoverPriority`: per (locality, labels) of connected proxies.
+    let prioritized_inputs = located_inputs.filter(|((_, _, lb), _)| lb.by_labels());
+    let labelled_localities = proxy_localities.clone().map(|l: ProxyLocality| ((), (l.locality, l.labels))).distinct();
+    let prioritized_default = prioritized_inputs
+        .clone()
+        .flat_map(|((ctx, name, lb), eps)| ctx.is_none().then_some(((), (name, lb, eps))))
+        .join_map(labelled_localities, move |_, (name, lb, eps), (locality, labels): &(String, Labels)| {
+            let scope = Scope::Prioritized(locality.clone(), translate::locality::labels_id(labels));
+            encode_located(scope, name, lb, eps, translate::locality::ProxyLabels { locality, labels })
+        });
+    let namespace_labelled_localities =
+        proxy_localities.map(|l: ProxyLocality| (l.namespace, (l.locality, l.labels))).distinct();
+    let prioritized_namespaced = prioritized_inputs
+        .flat_map(|((ctx, name, lb), eps)| ctx.map(|ns| (ns, (name, lb, eps))))
+        .join_map(namespace_labelled_localities, move |ns, (name, lb, eps), (locality, labels): &(String, Labels)| {
+            let scope = Scope::PrioritizedIn(locality.clone(), translate::locality::labels_id(labels), ns.clone());
+            encode_located(scope, name, lb, eps, translate::locality::ProxyLabels { locality, labels })
+        });
+    let located_assignments =
+        located_default.concat(located_namespaced).concat(prioritized_default).concat(prioritized_namespaced);
 
     // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
     // cluster warming (and its own initialization waiting) until one arrives.

@@ -168,7 +168,12 @@ impl Object {
             Object::DestinationRule(o) => (o.namespace.as_str(), o.name.as_str()),
             Object::ServiceEntry(o) => (o.namespace.as_str(), o.name.as_str()),
             Object::ProxyClass(c) => return ObjectKey::new(Kind::ProxyClass, "", c.id()),
-            Object::ProxyLocality(l) => (l.namespace.as_str(), l.locality.as_str()),
+            // One per (namespace, locality, labels): `<locality>#<k=v,…>` (the labels after the
+            // last `#`, so distinct triples have distinct keys).
+            Object::ProxyLocality(l) => {
+                let name = format!("{}#{}", l.locality, crate::translate::locality::labels_id(&l.labels));
+                return ObjectKey::new(Kind::ProxyLocality, l.namespace.as_str(), name);
+            }
             Object::Secret(o) => (o.namespace.as_str(), o.name.as_str()),
         };
         ObjectKey::new(self.kind(), ns, name)

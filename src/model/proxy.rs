@@ -104,16 +104,19 @@ impl ProxyClass {
     }
 }
 
-/// The namespace and locality of connected proxies: what the assignments of clusters whose
-/// load balancing depends on the proxy's locality are computed for
-/// ([`crate::translate::locality`]). Kept apart from [`ProxyClass`], so that a class's
-/// resources are not computed once per locality, nor located assignments once per class.
+/// The namespace, locality and labels of connected proxies: what the assignments of clusters
+/// whose load balancing depends on the proxy's locality are computed for
+/// ([`crate::translate::locality`]; the labels only for `failoverPriority`). Kept apart from
+/// [`ProxyClass`], so that a class's resources are not computed once per locality, nor
+/// located assignments once per class.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ProxyLocality {
     pub namespace: String,
     /// `region/zone/subzone` as [`crate::translate::locality::locality_string`] writes it; ""
     /// for a proxy that has none.
     pub locality: String,
+    /// The labels the proxy sent (node metadata `LABELS`; none for a proxy known by its pod).
+    pub labels: Labels,
 }
 
 /// The namespace a class id ([`ProxyClass::id`]) names: its second segment (a namespace never

@@ -686,17 +686,6 @@ fn parts_gaps(
 ) {
     let mut gap = |field: &str, reason: &str| out.push(FieldError::new(format!("{path}.{field}"), reason));
     if let Some(lb) = lb {
-        if let Some(locality) = &lb.locality_lb_setting
-            && !locality.failover_priority.is_empty()
-            && locality.enabled != Some(false)
-            && locality.distribute.is_empty()
-        {
-            gap(
-                "loadBalancer.localityLbSetting.failoverPriority",
-                "failover by the proxy's labels is not translated yet: endpoints are not prioritised by these \
-                 labels nor by locality",
-            );
-        }
         if lb.zone_aware_lb_setting.is_some() {
             gap(
                 "loadBalancer.zoneAwareLbSetting",
@@ -1345,7 +1334,6 @@ subsets:
                 "spec.subsets[0].trafficPolicy.loadBalancer.backendUtilization",
                 "spec.subsets[0].trafficPolicy.proxyProtocol",
                 "spec.subsets[0].trafficPolicy.tls.mode",
-                "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority",
                 "spec.trafficPolicy.outlierDetection.consecutiveErrors",
                 "spec.trafficPolicy.portLevelSettings[0].loadBalancer.zoneAwareLbSetting",
                 "spec.trafficPolicy.portLevelSettings[0].tls.credentialName",

@@ -9,8 +9,16 @@
 //! drops to a lower priority when hosts are ejected). Those assignments are computed once per
 //! (locality that a connected proxy has) × (such cluster); every other assignment is shared.
 //!
-//! Left out (reported): `failoverPriority` (ranks endpoints by the proxy's labels, which
-//! would make the assignment depend on the proxy's class as well) and `zoneAwareLbSetting`.
+//! With `failoverPriority` (and outlier detection, no `distribute`), istiod's
+//! `applyFailoverPriorities` ranks each endpoint by how many of the listed labels it shares
+//! with the proxy, so the assignment depends on the proxy's labels as well: those are computed
+//! once per (locality, labels) that a connected proxy has ([`crate::translate::Scope::Prioritized`]).
+//! Labels are compared as istiod augments them (`AugmentLabels`): the endpoint's and the proxy's
+//! own, with `topology.kubernetes.io/region`, `topology.kubernetes.io/zone` and
+//! `topology.istio.io/subzone` from their localities and `topology.istio.io/cluster` the one
+//! cluster meshflow serves. Left out: `kubernetes.io/hostname` and `topology.istio.io/network`
+//! are only compared where the labels carry them (meshflow knows no networks, and does not
+//! read the proxy's Node); `zoneAwareLbSetting` (reported).
 
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as envoy_endpoint;
@@ -20,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::EndpointAddr;
 use crate::model::istio::{LocalityLbSetting, TrafficPolicy};
+use crate::model::k8s::Labels;
 
 /// What a located assignment is computed from, besides its endpoints and the proxy's locality.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -29,6 +38,9 @@ pub struct LocalityLb {
     pub distribute: Vec<(String, Vec<(String, u32)>)>,
     /// `failover`: from region → to region.
     pub failover: Vec<(String, String)>,
+    /// `failoverPriority`: label names, each optionally `name=value` (the value to compare
+    /// with instead of the proxy's), in order of importance.
+    pub failover_priority: Vec<String>,
     /// Whether outlier detection is set: failover priorities apply only then.
     pub outlier_detection: bool,
 }
@@ -58,8 +70,8 @@ pub fn locality_lb(policy: Option<&TrafficPolicy>) -> Option<LocalityLb> {
         .iter()
         .map(|d| (d.from.clone().unwrap_or_default(), d.to.iter().map(|(k, v)| (k.clone(), *v)).collect()))
         .collect();
-    if distribute.is_empty() && (!outlier_detection || !setting.failover_priority.is_empty()) {
-        // No weights; no failover without outlier detection; failoverPriority not translated.
+    if distribute.is_empty() && !outlier_detection {
+        // No weights, and no failover without outlier detection.
         return None;
     }
     let failover = setting
@@ -67,7 +79,52 @@ pub fn locality_lb(policy: Option<&TrafficPolicy>) -> Option<LocalityLb> {
         .iter()
         .map(|f| (f.from.clone().unwrap_or_default(), f.to.clone().unwrap_or_default()))
         .collect();
-    Some(LocalityLb { distribute, failover, outlier_detection })
+    let failover_priority = setting.failover_priority.clone();
+    Some(LocalityLb { distribute, failover, failover_priority, outlier_detection })
+}
+
+impl LocalityLb {
+    /// Whether the assignment depends on the proxy's labels too (istiod's
+    /// `FailoverPriorityLabels`: `failoverPriority` set and no `distribute`; applied only
+    /// with outlier detection).
+    pub fn by_labels(&self) -> bool {
+        self.distribute.is_empty() && self.outlier_detection && !self.failover_priority.is_empty()
+    }
+
+    /// The label names `failoverPriority` compares (an entry's `=value` override left off).
+    pub fn priority_labels(&self) -> impl Iterator<Item = &str> {
+        self.failover_priority.iter().map(|p| p.split('=').next().unwrap_or_default())
+    }
+}
+
+/// The cluster id istiod adds to every label set (`topology.istio.io/cluster`): meshflow serves
+/// one cluster, istiod's default id.
+pub const CLUSTER_ID: &str = "Kubernetes";
+
+/// A label's value as istiod's `AugmentLabels` sees it: the topology labels of a locality
+/// (where that part is set) and the cluster id over the object's own labels; "" when absent
+/// (a Go map's zero value).
+fn augmented<'a>(labels: &'a Labels, locality: (&'a str, &'a str, &'a str), key: &str) -> &'a str {
+    match key {
+        "topology.kubernetes.io/region" if !locality.0.is_empty() => locality.0,
+        "topology.kubernetes.io/zone" if !locality.1.is_empty() => locality.1,
+        "topology.istio.io/subzone" if !locality.2.is_empty() => locality.2,
+        "topology.istio.io/cluster" => CLUSTER_ID,
+        _ => labels.get(key).map_or("", String::as_str),
+    }
+}
+
+/// A label set as [`crate::translate::Scope::Prioritized`] keys it: `k=v,k=v`, sorted by key.
+pub fn labels_id(labels: &Labels) -> String {
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(",")
+}
+
+/// The labels of the proxy that asks, as far as failover priorities read them.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyLabels<'a> {
+    pub locality: &'a str,
+    pub labels: &'a Labels,
 }
 
 /// Whether the cluster gets `common_lb_config.locality_weighted_lb_config`, as istiod's
@@ -126,15 +183,102 @@ fn lb_priority(proxy: (&str, &str, &str), endpoints: (&str, &str, &str)) -> u32 
     }
 }
 
-/// istiod's `ApplyLocalityLoadBalancer` on an assignment, for a proxy in `proxy_locality`
-/// (`region/zone/subzone`, possibly empty).
-pub fn apply(cla: &mut envoy_endpoint::ClusterLoadAssignment, proxy_locality: &str, lb: &LocalityLb) {
-    let proxy = split(proxy_locality);
+/// istiod's `ApplyLocalityLoadBalancer` on an assignment, for a proxy in `proxy.locality`
+/// (`region/zone/subzone`, possibly empty) with `proxy.labels`. `endpoint_labels[i][j]` are
+/// the labels of `cla.endpoints[i].lb_endpoints[j]` (read only with `failoverPriority`).
+fn apply(
+    cla: &mut envoy_endpoint::ClusterLoadAssignment,
+    endpoint_labels: &[Vec<&Labels>],
+    proxy: ProxyLabels<'_>,
+    lb: &LocalityLb,
+) {
+    let at = split(proxy.locality);
     if !lb.distribute.is_empty() {
-        apply_weights(cla, proxy, &lb.distribute);
+        apply_weights(cla, at, &lb.distribute);
     } else if lb.outlier_detection {
-        apply_failover(cla, proxy, &lb.failover);
+        if lb.failover_priority.is_empty() {
+            apply_failover(cla, at, &lb.failover);
+        } else {
+            apply_failover_priorities(cla, endpoint_labels, proxy, &lb.failover_priority);
+            // Region failover on top only when it is configured as well.
+            if !lb.failover.is_empty() {
+                apply_failover(cla, at, &lb.failover);
+            }
+        }
     }
+}
+
+/// istiod's `applyFailoverPriorities`: each endpoint's priority is 0 when it agrees with the
+/// proxy on every listed label, else `n - j` for the first label `j` it disagrees on (a
+/// disagreement on a leading `topology.istio.io/network` only adds `n`, the rest still
+/// ranks); each LocalityLbEndpoints splits into one per priority present (weight: the sum of
+/// its endpoints'), and the priorities are renumbered 0..N without gaps.
+fn apply_failover_priorities(
+    cla: &mut envoy_endpoint::ClusterLoadAssignment,
+    endpoint_labels: &[Vec<&Labels>],
+    proxy: ProxyLabels<'_>,
+    failover_priority: &[String],
+) {
+    if cla.endpoints.is_empty() {
+        return;
+    }
+    let n = failover_priority.len() as u32;
+    let includes_network = failover_priority.first().is_some_and(|l| l == "topology.istio.io/network");
+    // (label, the value the proxy has for it: its own, or the entry's override)
+    let proxy_at = split(proxy.locality);
+    let wanted: Vec<(&str, &str)> = failover_priority
+        .iter()
+        .map(|entry| {
+            let mut parts = entry.split('=');
+            let label = parts.next().unwrap_or_default();
+            let value = match (parts.next(), parts.next()) {
+                (Some(v), None) => v,
+                _ => augmented(proxy.labels, proxy_at, label),
+            };
+            (label, value)
+        })
+        .collect();
+    let no_labels = Vec::new();
+    let mut split_up = Vec::with_capacity(cla.endpoints.len());
+    for (i, group) in std::mem::take(&mut cla.endpoints).into_iter().enumerate() {
+        let labels = endpoint_labels.get(i).unwrap_or(&no_labels);
+        let at = parts(group.locality.as_ref());
+        let mut by_priority: std::collections::BTreeMap<u32, Vec<envoy_endpoint::LbEndpoint>> = Default::default();
+        for (j, ep) in group.lb_endpoints.iter().enumerate() {
+            let empty = Labels::new();
+            let own = labels.get(j).copied().unwrap_or(&empty);
+            let (mut priority, mut adjust) = (0, 0);
+            for (k, (label, value)) in wanted.iter().enumerate() {
+                if augmented(own, at, label) != *value {
+                    if k == 0 && includes_network {
+                        adjust = n;
+                        continue;
+                    }
+                    priority = n - k as u32;
+                    break;
+                }
+            }
+            by_priority.entry(priority + adjust).or_default().push(ep.clone());
+        }
+        for (priority, lb_endpoints) in by_priority {
+            let weight = lb_endpoints
+                .iter()
+                .fold(0u32, |sum, e| sum.saturating_add(e.load_balancing_weight.as_ref().map_or(0, |w| w.value)));
+            split_up.push(envoy_endpoint::LocalityLbEndpoints {
+                lb_endpoints,
+                priority,
+                load_balancing_weight: Some(UInt32Value { value: weight }),
+                ..group.clone()
+            });
+        }
+    }
+    let mut used: Vec<u32> = split_up.iter().map(|ep| ep.priority).collect();
+    used.sort_unstable();
+    used.dedup();
+    for ep in split_up.iter_mut() {
+        ep.priority = used.binary_search(&ep.priority).unwrap_or_default() as u32;
+    }
+    cla.endpoints = split_up;
 }
 
 /// istiod's `applyLocalityWeights`: the first `distribute` entry whose `from` matches the
@@ -205,16 +349,25 @@ fn apply_failover(
 }
 
 /// The assignment of a cluster whose load balancing depends on the proxy's locality, for
-/// proxies in `proxy_locality`. `endpoints` sorted and free of duplicates, as for
-/// [`super::load_assignment`].
+/// proxies in `proxy.locality` (with `proxy.labels`, read with `failoverPriority` only).
+/// `endpoints` sorted and free of duplicates, as for [`super::load_assignment`], each with its
+/// own labels (its Pod's; only read with `failoverPriority`).
 pub fn located_load_assignment(
     cluster_name: &str,
-    endpoints: &[&EndpointAddr],
-    proxy_locality: &str,
+    endpoints: &[(&EndpointAddr, &Labels)],
+    proxy: ProxyLabels<'_>,
     lb: &LocalityLb,
 ) -> Vec<u8> {
-    let mut cla = super::load_assignment_message(cluster_name, endpoints);
-    apply(&mut cla, proxy_locality, lb);
+    let addrs: Vec<&EndpointAddr> = endpoints.iter().map(|(a, _)| *a).collect();
+    let mut cla = super::load_assignment_message(cluster_name, &addrs);
+    // The labels in the order load_assignment_message groups the endpoints: by locality, in
+    // their order within each.
+    let mut by_locality: std::collections::BTreeMap<&str, Vec<&Labels>> = Default::default();
+    for (a, l) in endpoints {
+        by_locality.entry(a.locality.as_str()).or_default().push(*l);
+    }
+    let labels: Vec<Vec<&Labels>> = by_locality.into_values().collect();
+    apply(&mut cla, &labels, proxy, lb);
     cla.encode_to_vec()
 }
 
@@ -227,6 +380,14 @@ mod tests {
         let spec: DestinationRuleSpec =
             serde_json::from_value(serde_json::json!({"host": "h", "trafficPolicy": json})).unwrap();
         *spec.traffic_policy.unwrap()
+    }
+
+    /// The located assignment for a proxy in `locality` without labels, of endpoints without
+    /// labels.
+    fn located(refs: &[&EndpointAddr], locality: &str, lb: &LocalityLb) -> Vec<u8> {
+        let none = Labels::new();
+        let eps: Vec<(&EndpointAddr, &Labels)> = refs.iter().map(|a| (*a, &none)).collect();
+        located_load_assignment("c", &eps, ProxyLabels { locality, labels: &none }, lb)
     }
 
     fn addr(ip: &str, locality: &str) -> EndpointAddr {
@@ -266,7 +427,12 @@ mod tests {
         let od = with_outlier(serde_json::json!({}));
         assert_eq!(
             locality_lb(Some(&od)),
-            Some(LocalityLb { distribute: vec![], failover: vec![], outlier_detection: true })
+            Some(LocalityLb {
+                distribute: vec![],
+                failover: vec![],
+                failover_priority: vec![],
+                outlier_detection: true
+            })
         );
         // `enabled: false` turns it off, outlier detection or not.
         let off = with_outlier(serde_json::json!({"loadBalancer": {"localityLbSetting": {"enabled": false}}}));
@@ -282,10 +448,19 @@ mod tests {
             "distribute": [{"from": "us-west/zone1/*", "to": {"us-west/zone1/*": 80, "us-west/zone2/*": 20}}]}}}));
         assert!(locality_lb(Some(&weights)).is_some());
         assert!(locality_weighted(Some(&weights)));
-        // failoverPriority is not translated: left unprioritised (and reported elsewhere).
+        // failoverPriority with outlier detection: by the proxy's labels as well; without
+        // outlier detection nothing; with distribute, weights only.
         let by_labels = with_outlier(serde_json::json!({"loadBalancer": {"localityLbSetting": {
             "failoverPriority": ["topology.kubernetes.io/zone"]}}}));
-        assert_eq!(locality_lb(Some(&by_labels)), None);
+        assert!(locality_lb(Some(&by_labels)).is_some_and(|lb| lb.by_labels()));
+        assert!(locality_weighted(Some(&by_labels)));
+        let no_od = policy(serde_json::json!({"loadBalancer": {"localityLbSetting": {
+            "failoverPriority": ["topology.kubernetes.io/zone"]}}}));
+        assert_eq!(locality_lb(Some(&no_od)), None);
+        let both = policy(serde_json::json!({"loadBalancer": {"localityLbSetting": {
+            "failoverPriority": ["version"],
+            "distribute": [{"from": "r/*", "to": {"r/*": 100}}]}}}));
+        assert!(locality_lb(Some(&both)).is_some_and(|lb| !lb.by_labels()));
         // istiod sets locality_weighted_lb_config for failover with outlier detection only,
         // not for the default failover.
         assert!(!locality_weighted(Some(&od)));
@@ -306,7 +481,7 @@ mod tests {
             addr("10.0.0.4", "region2/zone1/subzone1"),
         ];
         let refs: Vec<&EndpointAddr> = eps.iter().collect();
-        let body = located_load_assignment("c", &refs, "region1/zone1/subzone1", &lb);
+        let body = located(&refs, "region1/zone1/subzone1", &lb);
         assert_eq!(
             decoded(&body),
             [
@@ -317,12 +492,12 @@ mod tests {
             ]
         );
         // Priorities have no gaps: a proxy in region2 sees its region first, all of region1 next.
-        let body = located_load_assignment("c", &refs, "region2/zone9", &lb);
+        let body = located(&refs, "region2/zone9", &lb);
         let p: Vec<u32> = decoded(&body).iter().map(|d| d.1).collect();
         assert_eq!(p, [1, 1, 1, 0]);
         // A proxy without locality: only endpoints without locality would be its own; here
         // every endpoint is of another region, all priority 0.
-        let body = located_load_assignment("c", &refs, "", &lb);
+        let body = located(&refs, "", &lb);
         assert!(decoded(&body).iter().all(|d| d.1 == 0));
     }
 
@@ -340,13 +515,11 @@ mod tests {
             addr("10.0.0.4", "us-east/b/s"),
         ];
         let refs: Vec<&EndpointAddr> = eps.iter().collect();
-        let p: Vec<u32> =
-            decoded(&located_load_assignment("c", &refs, "us-east/a/s", &lb)).iter().map(|d| d.1).collect();
+        let p: Vec<u32> = decoded(&located(&refs, "us-east/a/s", &lb)).iter().map(|d| d.1).collect();
         // us-east/a/s P0; us-east/b P2 → 1; eu-west P3 → 2; ap-south P4 → 3.
         assert_eq!(p, [3, 2, 0, 1]);
         // The rule is for proxies in us-east only: from eu-west, the other regions tie.
-        let p: Vec<u32> =
-            decoded(&located_load_assignment("c", &refs, "eu-west/z/s", &lb)).iter().map(|d| d.1).collect();
+        let p: Vec<u32> = decoded(&located(&refs, "eu-west/z/s", &lb)).iter().map(|d| d.1).collect();
         assert_eq!(p, [1, 0, 1, 1]);
     }
 
@@ -368,7 +541,7 @@ mod tests {
             addr("10.0.0.5", "region2/zone1/a"),
         ];
         let refs: Vec<&EndpointAddr> = eps.iter().collect();
-        let d = decoded(&located_load_assignment("c", &refs, "region1/zone1/a", &lb));
+        let d = decoded(&located(&refs, "region1/zone1/a", &lb));
         // zone1's 80 shared by its two localities by their own weights (2 and 1): ceil(2×80/3)
         // = 54, ceil(80/3) = 27; zone2 all 20; region2 emptied (weight kept, no endpoints).
         assert_eq!(
@@ -381,11 +554,192 @@ mod tests {
             ]
         );
         // The first matching `from` wins; a proxy no `from` matches gets the plain assignment.
-        let d = decoded(&located_load_assignment("c", &refs, "region1/zone2/x", &lb));
+        let d = decoded(&located(&refs, "region1/zone2/x", &lb));
         assert_eq!(d.iter().map(|e| e.3).collect::<Vec<_>>(), [0, 0, 1, 0]);
         assert_eq!(d[2].2, 100);
         let plain = decoded(&super::super::load_assignment("c", &refs));
-        assert_eq!(decoded(&located_load_assignment("c", &refs, "region3/z/s", &lb)), plain);
+        assert_eq!(decoded(&located(&refs, "region3/z/s", &lb)), plain);
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// (locality, priority, weight, the endpoints' IPs) of each LocalityLbEndpoints, decoded.
+    fn ranked(body: &[u8]) -> Vec<(String, u32, u32, Vec<String>)> {
+        let cla = envoy_endpoint::ClusterLoadAssignment::decode(body).unwrap();
+        cla.endpoints
+            .iter()
+            .map(|e| {
+                let l = e.locality.clone().unwrap_or_default();
+                let ips = e
+                    .lb_endpoints
+                    .iter()
+                    .map(|lb| match &lb.host_identifier {
+                        Some(envoy_endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) => {
+                            match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
+                                Some(core::address::Address::SocketAddress(s)) => s.address.clone(),
+                                _ => String::new(),
+                            }
+                        }
+                        _ => String::new(),
+                    })
+                    .collect();
+                (
+                    locality_string(&l.region, &l.zone, &l.sub_zone),
+                    e.priority,
+                    e.load_balancing_weight.as_ref().map_or(0, |w| w.value),
+                    ips,
+                )
+            })
+            .collect()
+    }
+
+    fn prioritized(
+        eps: &[(EndpointAddr, Labels)],
+        proxy_locality: &str,
+        proxy_labels: &Labels,
+        setting: serde_json::Value,
+    ) -> Vec<(String, u32, u32, Vec<String>)> {
+        let lb = locality_lb(Some(&with_outlier(serde_json::json!({"loadBalancer": {"localityLbSetting": setting}}))))
+            .unwrap();
+        assert!(lb.by_labels());
+        let refs: Vec<(&EndpointAddr, &Labels)> = eps.iter().map(|(a, l)| (a, l)).collect();
+        ranked(&located_load_assignment(
+            "c",
+            &refs,
+            ProxyLabels { locality: proxy_locality, labels: proxy_labels },
+            &lb,
+        ))
+    }
+
+    fn four_endpoints() -> Vec<(EndpointAddr, Labels)> {
+        const NET: &str = "topology.istio.io/network";
+        vec![
+            (addr("1.1.1.1", "r1/z1/s1"), labels(&[(NET, "n1")])),
+            (addr("2.2.2.2", "r1/z1/s1"), labels(&[("key", "value"), (NET, "n2")])),
+            (addr("3.3.3.3", "r2/z2/s2"), labels(&[("key", "value"), (NET, "n1")])),
+            (addr("4.4.4.4", "r2/z2/s2"), labels(&[("key", "value"), (NET, "n2")])),
+        ]
+    }
+
+    fn row(l: &str, p: u32, w: u32, ips: &[&str]) -> (String, u32, u32, Vec<String>) {
+        (l.into(), p, w, ips.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// istiod's `applyFailoverPriorityPerLocality`: priority 0 for an endpoint that agrees on
+    /// every label, `n - j` for the first label `j` it disagrees on; each locality splits into
+    /// one LocalityLbEndpoints per priority, weighing its endpoints.
+    #[test]
+    fn failover_priority_ranks_endpoints_by_the_labels_they_share_with_the_proxy() {
+        let proxy = labels(&[("key", "value"), ("topology.istio.io/network", "n1")]);
+        let d = prioritized(
+            &four_endpoints(),
+            "r1/z1/s1",
+            &proxy,
+            serde_json::json!({"failoverPriority": ["key", "topology.istio.io/network"]}),
+        );
+        // 1.1.1.1 lacks `key` (j=0: 2); 2.2.2.2 and 4.4.4.4 differ on the network (j=1: 1);
+        // 3.3.3.3 agrees on both (0). Locality (r1 ahead of r2) plays no part.
+        assert_eq!(
+            d,
+            [
+                row("r1/z1/s1", 1, 1, &["2.2.2.2"]),
+                row("r1/z1/s1", 2, 1, &["1.1.1.1"]),
+                row("r2/z2/s2", 0, 1, &["3.3.3.3"]),
+                row("r2/z2/s2", 1, 1, &["4.4.4.4"]),
+            ]
+        );
+        // A leading network label that differs adds n and lets the other labels still rank.
+        let d = prioritized(
+            &four_endpoints(),
+            "r1/z1/s1",
+            &proxy,
+            serde_json::json!({"failoverPriority": ["topology.istio.io/network", "key"]}),
+        );
+        assert_eq!(
+            d,
+            [
+                row("r1/z1/s1", 1, 1, &["1.1.1.1"]),
+                row("r1/z1/s1", 2, 1, &["2.2.2.2"]),
+                row("r2/z2/s2", 0, 1, &["3.3.3.3"]),
+                row("r2/z2/s2", 2, 1, &["4.4.4.4"]),
+            ]
+        );
+        // `label=value` compares with that value instead of the proxy's.
+        let d = prioritized(
+            &four_endpoints(),
+            "r1/z1/s1",
+            &proxy,
+            serde_json::json!({"failoverPriority": ["topology.istio.io/network=n2"]}),
+        );
+        assert_eq!(
+            d,
+            [
+                row("r1/z1/s1", 0, 1, &["2.2.2.2"]),
+                row("r1/z1/s1", 1, 1, &["1.1.1.1"]),
+                row("r2/z2/s2", 0, 1, &["4.4.4.4"]),
+                row("r2/z2/s2", 1, 1, &["3.3.3.3"]),
+            ]
+        );
+    }
+
+    /// The topology labels come from the localities (istiod's `AugmentLabels`), for the proxy
+    /// and for each endpoint; priorities are renumbered without gaps.
+    #[test]
+    fn failover_priority_reads_topology_labels_from_localities() {
+        let none = Labels::new();
+        let eps = vec![
+            (addr("10.0.0.1", "r1/z1/s1"), none.clone()),
+            (addr("10.0.0.2", "r1/z1/s1"), none.clone()),
+            (addr("10.0.0.3", "r1/z2/s9"), none.clone()),
+            (addr("10.0.0.4", "r2/z2"), none.clone()),
+        ];
+        let d = prioritized(
+            &eps,
+            "r1/z2",
+            &none,
+            serde_json::json!({"failoverPriority": ["topology.kubernetes.io/region", "topology.kubernetes.io/zone"]}),
+        );
+        assert_eq!(
+            d,
+            [
+                row("r1/z1/s1", 1, 2, &["10.0.0.1", "10.0.0.2"]),
+                row("r1/z2/s9", 0, 1, &["10.0.0.3"]),
+                row("r2/z2", 2, 1, &["10.0.0.4"]),
+            ]
+        );
+        // The cluster label is the same on both sides: it never splits.
+        let d =
+            prioritized(&eps, "r1/z2", &none, serde_json::json!({"failoverPriority": ["topology.istio.io/cluster"]}));
+        assert!(d.iter().all(|r| r.1 == 0), "{d:?}");
+    }
+
+    /// With `failover` as well, region failover ranks within the label priorities
+    /// (priority × 5 + the locality's), as istiod's `ApplyLocalityLoadBalancer`.
+    #[test]
+    fn failover_priority_then_region_failover() {
+        let v = |x: &str| labels(&[("version", x)]);
+        let eps = vec![
+            (addr("10.0.0.1", "r1/z1/s1"), v("v2")),
+            (addr("10.0.0.2", "r2/z/s"), v("v1")),
+            (addr("10.0.0.3", "r3/z/s"), v("v1")),
+        ];
+        let d = prioritized(
+            &eps,
+            "r1/z1/s1",
+            &v("v1"),
+            serde_json::json!({"failoverPriority": ["version"], "failover": [{"from": "r1", "to": "r3"}]}),
+        );
+        // v1 first (r3, the failover region, ahead of r2), the proxy's own locality last.
+        assert_eq!(
+            d,
+            [
+                row("r1/z1/s1", 2, 1, &["10.0.0.1"]),
+                row("r2/z/s", 1, 1, &["10.0.0.2"]),
+                row("r3/z/s", 0, 1, &["10.0.0.3"]),
+            ]
+        );
     }
 
     #[test]

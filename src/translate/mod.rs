@@ -182,6 +182,14 @@ pub enum Scope {
     /// The proxies of one namespace in one locality (locality, namespace): the same, for the
     /// clusters of a namespace whose rule differs ([`Scope::Namespace`]).
     LocalityIn(String, String),
+    /// The proxies of one locality with one label set (locality, labels as
+    /// [`locality::labels_id`] writes them): the assignments of the default context's clusters
+    /// whose `failoverPriority` ranks endpoints by the labels they share with the proxy
+    /// ([`locality::LocalityLb::by_labels`]). They hide the shared ones of the same name.
+    Prioritized(String, String),
+    /// The same, for the clusters of a namespace whose rule differs (locality, labels,
+    /// namespace).
+    PrioritizedIn(String, String, String),
 }
 
 impl std::fmt::Display for Scope {
@@ -196,6 +204,8 @@ impl std::fmt::Display for Scope {
             Scope::Captured => f.write_str("captured"),
             Scope::Locality(l) => write!(f, "locality/{l}"),
             Scope::LocalityIn(l, ns) => write!(f, "locality/{l}/namespace/{ns}"),
+            Scope::Prioritized(l, labels) => write!(f, "locality/{l}/labels/{labels}"),
+            Scope::PrioritizedIn(l, labels, ns) => write!(f, "locality/{l}/labels/{labels}/namespace/{ns}"),
         }
     }
 }

@@ -293,23 +293,21 @@ pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mes
                 let scope = translate::context_scope(ctx, Scope::All);
                 let name = cluster.name();
                 let base = base_endpoints.get(&cluster.base_name());
-                let addrs: BTreeSet<&EndpointAddr> = match &cluster.subset {
-                    None => base.into_iter().flatten().map(|e| &e.addr).collect(),
-                    Some(subset) => base
-                        .into_iter()
-                        .flatten()
-                        .filter(|e| {
-                            let empty = Labels::new();
-                            let labels = e
-                                .pod
-                                .as_ref()
-                                .and_then(|(ns, pod)| pod_labels.get(&(ns.as_str(), pod.as_str())).copied())
-                                .unwrap_or(if e.pod.is_none() { &e.labels } else { &empty });
-                            outbound::subset_selects(subset, labels)
-                        })
-                        .map(|e| &e.addr)
-                        .collect(),
-                };
+                // Each endpoint with its labels (its pod's, else its own; subsets select by them).
+                let empty = Labels::new();
+                let labelled: BTreeSet<(&EndpointAddr, &Labels)> = base
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        let labels = match &e.pod {
+                            Some((ns, pod)) => pod_labels.get(&(ns.as_str(), pod.as_str())).copied().unwrap_or(&empty),
+                            None => &e.labels,
+                        };
+                        (&e.addr, labels)
+                    })
+                    .filter(|(_, labels)| cluster.subset.as_ref().is_none_or(|s| outbound::subset_selects(s, labels)))
+                    .collect();
+                let addrs: BTreeSet<&EndpointAddr> = labelled.iter().map(|(a, _)| *a).collect();
                 let addrs: Vec<&EndpointAddr> = addrs.into_iter().collect();
                 if ctx.is_none()
                     && let Some(body) = translate::grpc::cluster(&cluster)
@@ -324,14 +322,30 @@ pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mes
                 }
                 // Where it depends on the proxy's locality: one per locality of the connected
                 // proxies (of the context's namespace).
+                // With failoverPriority: one per (locality, labels), its endpoints with their labels.
                 if let Some(lb) = cluster.locality_lb() {
+                    let by_labels = lb.by_labels();
+                    let unlabelled: Vec<(&EndpointAddr, &Labels)> = addrs.iter().map(|a| (*a, &empty)).collect();
+                    let labelled: Vec<(&EndpointAddr, &Labels)> = labelled.iter().copied().collect();
                     for l in &proxy_localities {
-                        let located = match ctx {
-                            None => Scope::Locality(l.locality.clone()),
-                            Some(ns) if *ns == l.namespace => Scope::LocalityIn(l.locality.clone(), ns.clone()),
-                            Some(_) => continue,
+                        let id = || translate::locality::labels_id(&l.labels);
+                        let located = match (ctx, by_labels) {
+                            (None, false) => Scope::Locality(l.locality.clone()),
+                            (None, true) => Scope::Prioritized(l.locality.clone(), id()),
+                            (Some(ns), false) if *ns == l.namespace => {
+                                Scope::LocalityIn(l.locality.clone(), ns.clone())
+                            }
+                            (Some(ns), true) if *ns == l.namespace => {
+                                Scope::PrioritizedIn(l.locality.clone(), id(), ns.clone())
+                            }
+                            (Some(_), _) => continue,
                         };
-                        let cla = translate::locality::located_load_assignment(&name, &addrs, &l.locality, &lb);
+                        let proxy = translate::locality::ProxyLabels {
+                            locality: &l.locality,
+                            labels: if by_labels { &l.labels } else { &empty },
+                        };
+                        let eps = if by_labels { &labelled } else { &unlabelled };
+                        let cla = translate::locality::located_load_assignment(&name, eps, proxy, &lb);
                         out.insert((located, ResourceType::ClusterLoadAssignment, name.clone()), cla);
                     }
                 }

@@ -16,7 +16,7 @@ use envoy_types::pb::google::protobuf::value::Kind as ValueKind;
 
 use crate::engine::Command;
 use crate::model::k8s::Labels;
-use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind, ProxyLocality};
+use crate::model::proxy::{ClassLabels, ProxyClass, ProxyLocality};
 use crate::translate::endpoint::{node_locality, pod_locality_label};
 use crate::translate::locality::locality_string;
 
@@ -63,17 +63,20 @@ pub fn proxy_class(node: &Node, id: &NodeId) -> Result<ProxyClass, String> {
 
 /// The locality of a proxy, as istiod's `setTopologyLabels` finds it: from its labels (node
 /// metadata `LABELS`: the topology region/zone/subzone labels, else `topology.istio.io/locality`),
-/// else from `Node.locality`. `None` for proxyless gRPC clients (served the default context).
-/// (istiod also reads the labels of the proxy's Pod and Node from the registry; for a proxy that
-/// sends no labels meshflow reads `Node.locality` only.)
+/// else from `Node.locality`; with the labels it sent (for `failoverPriority`). A proxyless
+/// gRPC client's is its `Node.locality` (its labels are not read: istiod serves it the same
+/// EDS as a sidecar, relative to its locality). (istiod also reads the labels of the proxy's
+/// Pod and Node from the registry; for a proxy that sends no labels meshflow reads
+/// `Node.locality` only, and compares no labels of its own.)
 pub fn proxy_locality(node: &Node, class: &ProxyClass) -> Option<ProxyLocality> {
-    if class.kind == ProxyKind::Proxyless {
-        return None;
-    }
     let normalized = |l: String| {
         let mut parts = l.splitn(3, '/');
         let mut next = || parts.next().unwrap_or_default();
         locality_string(next(), next(), next())
+    };
+    let given = match &class.labels {
+        ClassLabels::Given(labels) => labels.clone(),
+        _ => Labels::new(),
     };
     let from_labels = match &class.labels {
         ClassLabels::Given(labels) => {
@@ -86,7 +89,7 @@ pub fn proxy_locality(node: &Node, class: &ProxyClass) -> Option<ProxyLocality> 
         let l = node.locality.clone().unwrap_or_default();
         locality_string(&l.region, &l.zone, &l.sub_zone)
     });
-    Some(ProxyLocality { namespace: class.namespace.clone(), locality })
+    Some(ProxyLocality { namespace: class.namespace.clone(), locality, labels: given })
 }
 
 struct Entry {
@@ -132,7 +135,12 @@ impl ClassRegistry {
     /// Registers one more proxy in `locality` (of its namespace); the first one adds it to the
     /// engine, which computes the assignments that depend on the proxy's locality for it.
     pub fn join_locality(self: &Arc<Self>, locality: ProxyLocality) -> ClassGuard {
-        let id = format!("{LOCALITY_PREFIX}{}/{}", locality.namespace, locality.locality);
+        let id = format!(
+            "{LOCALITY_PREFIX}{}/{}/{}",
+            locality.namespace,
+            locality.locality,
+            crate::translate::locality::labels_id(&locality.labels)
+        );
         self.join_object(id, Object::ProxyLocality(locality))
     }
 
@@ -236,7 +244,10 @@ mod tests {
         n.locality = Some(Locality { region: "r1".into(), zone: "z1".into(), sub_zone: String::new() });
         let id = NodeId::parse(&n.id).unwrap();
         let of = |n: &Node| proxy_locality(n, &proxy_class(n, &id).unwrap()).unwrap();
-        assert_eq!(of(&n), ProxyLocality { namespace: "istio-system".into(), locality: "r1/z1".into() });
+        assert_eq!(
+            of(&n),
+            ProxyLocality { namespace: "istio-system".into(), locality: "r1/z1".into(), labels: Labels::new() }
+        );
         // istiod's localityFromProxyLabels: the topology labels win over what Envoy reports.
         let with = |pairs: &[(&str, &str)]| {
             let mut m = node(&[(LABELS_KEY, labels(pairs))]);
@@ -247,7 +258,15 @@ mod tests {
         assert_eq!(of(&topo).locality, "r2/z9");
         assert_eq!(of(&with(&[("topology.istio.io/locality", "r3.z3.s3")])).locality, "r3/z3/s3");
         assert_eq!(of(&with(&[("app", "x")])).locality, "r1/z1");
+        // The labels it sent go along (failoverPriority compares them).
+        assert_eq!(of(&with(&[("app", "x")])).labels, Labels::from([("app".to_string(), "x".to_string())]));
         assert_eq!(of(&node(&[])).locality, "", "no locality at all");
+        // A proxyless gRPC client: its Node.locality, none of its labels.
+        let mut grpc = with(&[("app", "x"), ("topology.kubernetes.io/region", "r2")]);
+        grpc.id = "proxyless~10.0.0.2~app-1.shop~shop.svc.cluster.local".into();
+        let grpc_id = NodeId::parse(&grpc.id).unwrap();
+        let l = proxy_locality(&grpc, &proxy_class(&grpc, &grpc_id).unwrap()).unwrap();
+        assert_eq!(l, ProxyLocality { namespace: "shop".into(), locality: "r1/z1".into(), labels: Labels::new() });
     }
 
     #[test]

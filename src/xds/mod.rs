@@ -339,7 +339,7 @@ async fn run_stream<P: AdsProtocol>(
     // The assignments that depend on the proxy's locality exist for registered localities only.
     let locality = classes.and_then(|_| classes::proxy_locality(node, &class));
     if let Some(l) = &locality {
-        view = view.located(&l.locality);
+        view = view.located(&l.locality, &l.labels);
     }
     if captured(&metadata(crate::capture::INTERCEPTION_MODE_KEY), bind, &id.to_string()) {
         view = view.captured();
