@@ -41,8 +41,8 @@ enum Command {
         /// Directory of Kubernetes and Istio YAML/JSON, watched for changes.
         #[arg(long, required_unless_present = "kubernetes")]
         config_dir: Option<PathBuf>,
-        /// Watch a Kubernetes cluster (Services, EndpointSlices, Pods, Nodes, Namespaces and
-        /// the Istio networking CRDs).
+        /// Watch a Kubernetes cluster (Services, EndpointSlices, Pods, Nodes, Namespaces, the
+        /// Istio networking CRDs, and the Secrets of gateway namespaces).
         #[arg(long)]
         kubernetes: bool,
         /// Kubeconfig file; default: KUBECONFIG, ~/.kube/config, or the in-cluster service account.
@@ -51,6 +51,12 @@ enum Command {
         /// Watch only this namespace for namespaced kinds (repeatable); default: all.
         #[arg(long = "watch-namespace", requires = "kubernetes")]
         watch_namespaces: Vec<String>,
+        /// Read the Secrets (gateway certificates) that match this label selector, e.g.
+        /// `meshflow.io/gateway-cert=true`, cluster-wide or in the --watch-namespace ones.
+        /// Default: only Secrets of the namespaces that hold an Istio Gateway or a connected
+        /// gateway proxy, never the cluster's other Secrets.
+        #[arg(long, value_name = "SELECTOR", requires = "kubernetes")]
+        secret_selector: Option<String>,
         /// Address of the xDS (ADS) gRPC server.
         #[arg(long, default_value = "127.0.0.1:15010")]
         xds_addr: SocketAddr,
@@ -316,13 +322,19 @@ fn main() -> ExitCode {
             kubernetes,
             kubeconfig,
             watch_namespaces,
+            secret_selector,
             xds_addr,
             admin_addr,
             verify,
             outbound_traffic_policy,
             root_namespace,
         } => {
-            let kube = kubernetes.then_some(KubeOptions { kubeconfig, namespaces: watch_namespaces });
+            let kube = kubernetes.then(|| KubeOptions {
+                kubeconfig,
+                namespaces: watch_namespaces,
+                secret_selector,
+                secret_interest: Default::default(),
+            });
             let mesh = meshflow::translate::MeshConfig { root_namespace };
             serve(config_dir, kube, xds_addr, admin_addr, verify, outbound_traffic_policy, mesh)
         }
@@ -406,6 +418,8 @@ fn serve(
             Some(dir) => Some(source::file::spawn(dir, input.clone())?),
             None => None,
         };
+        // Gateway proxies that connect make the Kubernetes source read their namespace's Secrets.
+        let secret_interest = kube.as_ref().filter(|k| k.secret_selector.is_none()).map(|k| k.secret_interest.clone());
         if let Some(kube) = kube {
             let client = source::kube::client(&kube).await?;
             source::kube::spawn(client, kube, input.clone());
@@ -416,7 +430,7 @@ fn serve(
             let _ = rx.wait_for(|s| *s).await;
         };
         // Classes of connected proxies are input too: through the tap, so a verify sees them.
-        let classes = ClassRegistry::new(input.clone(), CLASS_GRACE);
+        let classes = ClassRegistry::with_secret_interest(input.clone(), CLASS_GRACE, secret_interest);
         let connections = Connections::new();
         let xds = tokio::spawn(meshflow::xds::serve_with_connections(
             cache.clone(),

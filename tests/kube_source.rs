@@ -25,6 +25,8 @@ struct Observed {
     synced: BTreeSet<String>,
     /// Every (key, is_apply) in order.
     log: Vec<(ObjectKey, bool)>,
+    /// Per readiness name, the length of `log` when it was reported synced.
+    synced_at: BTreeMap<String, usize>,
 }
 
 impl Observed {
@@ -41,6 +43,7 @@ impl Observed {
                 true
             }
             Ok(Command::Synced(name)) => {
+                self.synced_at.entry(name.clone()).or_insert(self.log.len());
                 self.synced.insert(name);
                 true
             }
@@ -77,7 +80,8 @@ fn start_source(server: &ApiServer, rt: &tokio::runtime::Runtime, options: KubeO
         let client = server.kube_client();
         kube::spawn(client, options, tx);
     });
-    let mut o = Observed { rx, objects: BTreeMap::new(), synced: BTreeSet::new(), log: Vec::new() };
+    let mut o =
+        Observed { rx, objects: BTreeMap::new(), synced: BTreeSet::new(), log: Vec::new(), synced_at: BTreeMap::new() };
     o.until("every watch to sync", |o| names.iter().all(|n| o.synced.contains(n)));
     o
 }
@@ -294,7 +298,7 @@ fn watch_namespace_limits_namespaced_kinds_only() {
     other["metadata"]["namespace"] = json!("elsewhere");
     server.apply(other);
     let rt = runtime();
-    let o = start_source(&server, &rt, KubeOptions { kubeconfig: None, namespaces: vec!["default".into()] });
+    let o = start_source(&server, &rt, KubeOptions { namespaces: vec!["default".into()], ..Default::default() });
     assert!(o.has(Kind::Service, "default", "web"));
     assert!(!o.has(Kind::Service, "elsewhere", "other"));
     assert!(o.has(Kind::Node, "", "node-a"), "cluster-scoped kinds are still watched");
@@ -391,6 +395,8 @@ fn tls_and_opaque_secrets_are_read_other_types_are_left_out_and_a_rotation_arriv
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "istio-system"},
             "type": t, "data": data})
     };
+    // Secrets are read where gateways live.
+    server.apply(gateway("istio-system", "ingress"));
     // base64 of "CERT1", "KEY1", "CA1"
     server.apply(secret("gw-cert", "kubernetes.io/tls", json!({"tls.crt": "Q0VSVDE=", "tls.key": "S0VZMQ=="})));
     server.apply(secret("gw-cert-cacert", "Opaque", json!({"cacert": "Q0Ex"})));
@@ -411,4 +417,171 @@ fn tls_and_opaque_secrets_are_read_other_types_are_left_out_and_a_rotation_arriv
     o.until("the rotated certificate", |o| cert(o).as_deref() == Some(&b"CERT2"[..]));
     assert!(server.delete("v1", "Secret", Some("istio-system"), "gw-cert"));
     o.until("the deleted Secret to go", |o| !o.has(Kind::Secret, "istio-system", "gw-cert"));
+}
+
+fn gateway(ns: &str, name: &str) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": name, "namespace": ns},
+        "spec": {"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+            "hosts": ["*"], "tls": {"mode": "SIMPLE", "credentialName": "gw-cert"}}]}})
+}
+
+/// A kubernetes.io/tls Secret (certificate "CERT", key "KEY").
+fn tls_secret(ns: &str, name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+        "type": "kubernetes.io/tls", "data": {"tls.crt": "Q0VSVA==", "tls.key": "S0VZ"}})
+}
+
+/// The requests for Secrets so far (list or watch, any scope), query decoded.
+fn secret_requests(server: &ApiServer) -> Vec<String> {
+    let decode = |r: String| r.replace("%2F", "/").replace("%2f", "/").replace("%3D", "=").replace("%3d", "=");
+    server.requests().into_iter().filter(|r| r.contains("/secrets")).map(decode).collect()
+}
+
+fn has_request(requests: &[String], path: &str) -> bool {
+    requests.iter().any(|r| r.starts_with(&format!("GET {path}?")) || *r == format!("GET {path}"))
+}
+
+#[test]
+fn secrets_are_not_read_at_all_while_no_gateway_exists() {
+    let server = ApiServer::start();
+    cluster_state(&server);
+    assert!(server.delete("networking.istio.io/v1", "Gateway", Some("default"), "gw"));
+    server.apply(tls_secret("istio-system", "gw-cert"));
+    server.apply(tls_secret("default", "app-cert"));
+    let rt = runtime();
+    let mut o = start_source(&server, &rt, KubeOptions::default());
+    assert!(o.synced.contains("kubernetes/secret"), "nothing to read is synced");
+    o.settle(Duration::from_millis(500));
+    assert!(!o.log.iter().any(|(k, _)| k.kind == Kind::Secret), "{:?}", o.log);
+    assert_eq!(secret_requests(&server), Vec::<String>::new(), "neither cluster-wide nor in any namespace");
+}
+
+#[test]
+fn a_gateway_namespace_gets_a_secret_watch_until_its_last_gateway_is_deleted() {
+    let server = ApiServer::start();
+    cluster_state(&server);
+    server.apply(tls_secret("istio-system", "gw-cert"));
+    server.apply(tls_secret("shop", "shop-cert"));
+    let rt = runtime();
+    let mut o = start_source(&server, &rt, KubeOptions::default());
+    assert!(!o.has(Kind::Secret, "istio-system", "gw-cert"));
+    assert!(!has_request(&secret_requests(&server), "/api/v1/namespaces/istio-system/secrets"));
+
+    server.apply(gateway("istio-system", "ingress"));
+    server.apply(gateway("istio-system", "ingress-2"));
+    o.until("the Secret of the new gateway namespace", |o| o.has(Kind::Secret, "istio-system", "gw-cert"));
+    let Some(Object::Secret(cert)) = o.objects.get(&ObjectKey::new(Kind::Secret, "istio-system", "gw-cert")) else {
+        panic!()
+    };
+    assert_eq!(cert.get("tls.crt"), Some(&b"CERT"[..]));
+    let requests = secret_requests(&server);
+    assert!(has_request(&requests, "/api/v1/namespaces/istio-system/secrets"), "{requests:?}");
+    assert!(has_request(&requests, "/api/v1/namespaces/default/secrets"), "the Gateway in default: {requests:?}");
+    assert!(!has_request(&requests, "/api/v1/secrets"), "never cluster-wide: {requests:?}");
+    assert!(!requests.iter().any(|r| r.contains("/namespaces/shop/")), "{requests:?}");
+    o.settle(Duration::from_millis(300));
+    assert!(!o.has(Kind::Secret, "shop", "shop-cert"), "no gateway in shop");
+
+    // One of its two Gateways goes: the namespace is still watched.
+    assert!(server.delete("networking.istio.io/v1", "Gateway", Some("istio-system"), "ingress"));
+    o.settle(Duration::from_millis(500));
+    assert!(o.has(Kind::Secret, "istio-system", "gw-cert"));
+    // The last one goes: its Secrets are deleted from the engine, and later ones not read.
+    let before = o.log.len();
+    assert!(server.delete("networking.istio.io/v1", "Gateway", Some("istio-system"), "ingress-2"));
+    o.until("the Secret to be deleted", |o| !o.has(Kind::Secret, "istio-system", "gw-cert"));
+    let key = ObjectKey::new(Kind::Secret, "istio-system", "gw-cert");
+    assert!(o.log[before..].contains(&(key, false)), "a delete event: {:?}", &o.log[before..]);
+    server.apply(tls_secret("istio-system", "later"));
+    o.settle(Duration::from_millis(500));
+    assert!(!o.has(Kind::Secret, "istio-system", "later"), "the namespace's watch is stopped");
+}
+
+#[test]
+fn kubernetes_secret_is_synced_after_the_secrets_of_the_gateway_namespaces_known_at_start() {
+    let server = ApiServer::start();
+    cluster_state(&server);
+    server.apply(gateway("istio-system", "ingress"));
+    server.apply(tls_secret("istio-system", "gw-cert"));
+    let rt = runtime();
+    let mut o = start_source(&server, &rt, KubeOptions::default());
+    o.until("the Secret", |o| o.has(Kind::Secret, "istio-system", "gw-cert"));
+    let key = ObjectKey::new(Kind::Secret, "istio-system", "gw-cert");
+    let delivered = o.log.iter().position(|e| *e == (key.clone(), true)).unwrap();
+    let synced = o.synced_at["kubernetes/secret"];
+    assert!(delivered < synced, "the Secret (log entry {delivered}) before kubernetes/secret is synced (at {synced})");
+}
+
+#[test]
+fn a_connected_gateway_proxy_alone_makes_its_namespace_s_secrets_read() {
+    use meshflow::model::proxy::{ProxyClass, ProxyKind};
+    use meshflow::source::interest::SecretInterest;
+    use meshflow::xds::classes::ClassRegistry;
+
+    let server = ApiServer::start();
+    cluster_state(&server);
+    server.apply(tls_secret("edge", "edge-cert"));
+    let interest = SecretInterest::new();
+    let rt = runtime();
+    let options = KubeOptions { secret_interest: interest.clone(), ..Default::default() };
+    let mut o = start_source(&server, &rt, options);
+    assert!(!o.has(Kind::Secret, "edge", "edge-cert"));
+
+    // The class registry of the xDS server, as a gateway proxy of namespace edge connects.
+    let (classes_tx, _classes_rx) = crossbeam_channel::unbounded();
+    let registry = ClassRegistry::with_secret_interest(classes_tx, Duration::ZERO, Some(interest));
+    let sidecar = registry.join(ProxyClass::of_proxy(ProxyKind::Sidecar, "edge", "app-1", None));
+    o.settle(Duration::from_millis(300));
+    assert!(!has_request(&secret_requests(&server), "/api/v1/namespaces/edge/secrets"), "a sidecar is no gateway");
+    let proxy = registry.join(ProxyClass::of_proxy(ProxyKind::Router, "edge", "gw-1", None));
+    o.until("the Secret of the proxy's namespace", |o| o.has(Kind::Secret, "edge", "edge-cert"));
+    assert!(has_request(&secret_requests(&server), "/api/v1/namespaces/edge/secrets"));
+    // The proxy's class leaves (no runtime here: at once, no grace period).
+    drop(proxy);
+    o.until("the Secret to be deleted", |o| !o.has(Kind::Secret, "edge", "edge-cert"));
+    drop(sidecar);
+}
+
+#[test]
+fn watch_namespace_bounds_the_gateway_namespaces_whose_secrets_are_read() {
+    use meshflow::source::interest::SecretInterest;
+
+    let server = ApiServer::start();
+    cluster_state(&server);
+    server.apply(tls_secret("edge", "edge-cert"));
+    server.apply(tls_secret("default", "default-cert"));
+    let interest = SecretInterest::new();
+    interest.add("edge");
+    let rt = runtime();
+    let options =
+        KubeOptions { namespaces: vec!["default".into()], secret_interest: interest.clone(), ..Default::default() };
+    let mut o = start_source(&server, &rt, options);
+    assert!(o.has(Kind::Secret, "default", "default-cert"), "the Gateway's namespace, within --watch-namespace");
+    o.settle(Duration::from_millis(300));
+    assert!(!o.has(Kind::Secret, "edge", "edge-cert"));
+    let requests = secret_requests(&server);
+    assert!(!requests.iter().any(|r| r.contains("/namespaces/edge/")), "{requests:?}");
+}
+
+#[test]
+fn secret_selector_reads_labelled_secrets_through_the_apiservers_filter() {
+    let server = ApiServer::start();
+    cluster_state(&server);
+    let mut labelled = tls_secret("anywhere", "labelled");
+    labelled["metadata"]["labels"] = json!({"meshflow.io/gateway-cert": "true"});
+    server.apply(labelled);
+    server.apply(tls_secret("anywhere", "unlabelled"));
+    let rt = runtime();
+    let selector = "meshflow.io/gateway-cert=true";
+    let options = KubeOptions { secret_selector: Some(selector.into()), ..Default::default() };
+    assert!(kube::source_names(&options).contains(&"kubernetes/secret".to_string()));
+    let mut o = start_source(&server, &rt, options);
+    assert!(o.has(Kind::Secret, "anywhere", "labelled"), "cluster-wide, no gateway needed");
+    o.settle(Duration::from_millis(300));
+    assert!(!o.has(Kind::Secret, "anywhere", "unlabelled"));
+    let requests = secret_requests(&server);
+    let list = requests.iter().find(|r| r.starts_with("GET /api/v1/secrets?")).expect("a cluster-wide list");
+    assert!(list.contains(&format!("labelSelector={selector}")), "{list}");
+    assert!(requests.iter().all(|r| r.contains(&format!("labelSelector={selector}"))), "{requests:?}");
+    assert!(!requests.iter().any(|r| r.contains("/namespaces/")), "one static watch: {requests:?}");
 }

@@ -1,7 +1,7 @@
 //! The Kubernetes source: kube-rs watchers over the cluster and the Istio CRDs.
 //!
-//! One watcher per kind (and per namespace with `--watch-namespace`). Each keeps, per object
-//! it delivered, only a hash of the translated object, so that:
+//! One watcher per kind (and per namespace with `--watch-namespace`), except Secrets (below).
+//! Each keeps, per object it delivered, only a hash of the translated object, so that:
 //! - the initial list becomes one batch of events, and the watch's sync is reported after it;
 //! - a relist (after a dropped watch or 410 Gone: kube's `Init … InitApply* … InitDone`) is
 //!   diffed against what was delivered: objects that are unchanged produce nothing, changed
@@ -13,8 +13,25 @@
 //! Istio object that fails validation is logged, reported as a Kubernetes Event on the object,
 //! and left out (deleted if an earlier version was delivered). Errors back off and retry
 //! (kube's default backoff) and are logged once per distinct cause.
+//!
+//! **Secrets** are read only where gateway certificates can be, never cluster-wide: a
+//! cluster's Secrets are mostly service-account tokens and application credentials that
+//! meshflow must not hold. meshflow serves a gateway proxy the Secrets of its own namespace
+//! only (`credentialName` resolves in the Gateway's namespace and is refused unless that is
+//! the proxy's, [`crate::translate::views::class_secret`]). So by default one Secret watch runs
+//! per namespace in the union of the namespaces that hold a delivered Istio Gateway and those
+//! of connected gateway proxies ([`SecretInterest`], fed by the xDS class registry), within
+//! `--watch-namespace` if given. A namespace that gains interest gets a watch; one that loses
+//! it has its watch aborted and every Secret that watch delivered deleted, in one batch. The
+//! readiness name `kubernetes/secret` is reported once the Gateway watches have synced and
+//! then the Secret watches of the namespaces known at that moment.
+//!
+//! With `--secret-selector` (a label selector) there is instead one static Secret watch
+//! (cluster-wide, or per `--watch-namespace`), filtered by the apiserver on those labels.
+//! Only Secrets of type kubernetes.io/tls and Opaque are delivered; their bytes are never
+//! logged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -31,9 +48,11 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher::watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
 
 use crate::engine::Command;
 use crate::model::{FieldError, InputEvent, Kind, Object, ObjectKey, istio, k8s};
+use crate::source::interest::SecretInterest;
 
 /// The Istio networking API group and the versions meshflow reads, most preferred first.
 pub const ISTIO_GROUP: &str = "networking.istio.io";
@@ -46,6 +65,15 @@ pub struct KubeOptions {
     pub kubeconfig: Option<PathBuf>,
     /// Namespaces to watch for namespaced kinds; empty means all.
     pub namespaces: Vec<String>,
+    /// `--secret-selector`: read the Secrets with these labels (a Kubernetes label selector,
+    /// e.g. `meshflow.io/gateway-cert=true`) through one static watch, cluster-wide or per
+    /// namespace of `namespaces`. `None`: read Secrets only in the namespaces where gateways
+    /// live (see the module doc).
+    pub secret_selector: Option<String>,
+    /// The namespaces of connected gateway proxies, whose Secrets are read (without
+    /// `secret_selector`): the xDS class registry adds to it; the namespaces holding Gateways
+    /// are added by the source itself.
+    pub secret_interest: SecretInterest,
 }
 
 /// Builds a client from the options.
@@ -73,7 +101,8 @@ const WATCHED: [Kind; 10] = [
     Kind::DestinationRule,
     Kind::ServiceEntry,
     // Gateway certificates (`credentialName`): only types kubernetes.io/tls and Opaque are
-    // delivered; their bytes are never logged.
+    // delivered; their bytes are never logged. Watched per gateway namespace, or by label
+    // selector: see the module doc.
     Kind::Secret,
 ];
 
@@ -91,7 +120,8 @@ fn watch_name(kind: Kind, namespace: Option<&str>) -> String {
 pub fn source_names(options: &KubeOptions) -> Vec<String> {
     let mut names = Vec::new();
     for kind in WATCHED {
-        if !kind.is_namespaced() || options.namespaces.is_empty() {
+        let per_gateway_namespace = kind == Kind::Secret && options.secret_selector.is_none();
+        if !kind.is_namespaced() || options.namespaces.is_empty() || per_gateway_namespace {
             names.push(watch_name(kind, None));
         } else {
             names.extend(options.namespaces.iter().map(|ns| watch_name(kind, Some(ns))));
@@ -101,7 +131,8 @@ pub fn source_names(options: &KubeOptions) -> Vec<String> {
 }
 
 /// Starts the source on the current tokio runtime: API discovery (retried until the
-/// apiserver answers), then one watcher task per kind and namespace.
+/// apiserver answers), then one watcher task per kind and namespace, and (without
+/// `--secret-selector`) the task that keeps one Secret watch per gateway namespace.
 pub fn spawn(client: Client, options: KubeOptions, engine: Sender<Command>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let apis = discover(&client).await;
@@ -114,20 +145,43 @@ pub fn spawn(client: Client, options: KubeOptions, engine: Sender<Command>) -> t
         } else {
             options.namespaces.iter().cloned().map(Some).collect()
         };
+        let per_gateway_namespace = options.secret_selector.is_none();
+        let (scopes_tx, scopes_rx) = mpsc::unbounded_channel();
+        let mut gateway_watches = 0;
         for kind in WATCHED {
+            if kind == Kind::Secret && per_gateway_namespace {
+                continue;
+            }
             let namespaces: Vec<Option<String>> = if kind.is_namespaced() { scopes.clone() } else { vec![None] };
             for ns in namespaces {
-                let watch = Watch {
-                    name: watch_name(kind, ns.as_deref()),
-                    kind: watched_kind(kind, &apis),
-                    api_version: api_version(kind, &apis),
-                    engine: engine.clone(),
-                    recorder: recorder.clone(),
-                    delivered: HashMap::new(),
-                    last_error: None,
-                };
-                spawn_watch(&client, &apis, kind, ns.as_deref(), watch);
+                let mut watch = Watch::new(watch_name(kind, ns.as_deref()), kind, &apis, &engine, &recorder);
+                if kind == Kind::Gateway && per_gateway_namespace {
+                    gateway_watches += 1;
+                    watch.role = Role::Gateways {
+                        interest: options.secret_interest.clone(),
+                        namespaces: BTreeSet::new(),
+                        scopes: scopes_tx.clone(),
+                    };
+                }
+                spawn_watch(&client, &apis, kind, ns.as_deref(), options.secret_selector.as_deref(), watch);
             }
+        }
+        if per_gateway_namespace {
+            let secrets = SecretScopes {
+                client: client.clone(),
+                recorder,
+                engine,
+                allowed: options.namespaces.iter().cloned().collect(),
+                interest: options.secret_interest,
+                tx: scopes_tx,
+                running: BTreeMap::new(),
+                refused: BTreeSet::new(),
+                next_generation: 0,
+                gateways_pending: gateway_watches,
+                awaiting: None,
+                reported: false,
+            };
+            tokio::spawn(secrets.run(scopes_rx));
         }
     })
 }
@@ -210,7 +264,7 @@ where
     }
 }
 
-fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, watch: Watch) {
+fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, selector: Option<&str>, mut watch: Watch) {
     let c = client.clone();
     match kind {
         Kind::Namespace => tokio::spawn(
@@ -235,14 +289,17 @@ fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, watch
         ),
         // Not a cluster object: connected proxies report their classes.
         Kind::ProxyClass | Kind::ProxyLocality => return,
-        Kind::Secret => tokio::spawn(watch.run_opt(api::<core::Secret>(&c, ns), |s| {
-            crate::model::secret::secret_from(&namespace(s), &s.name_any(), s)
-                .map(|o| o.map(|s| Object::Secret(Box::new(s))))
-        })),
+        Kind::Secret => {
+            let config = match selector {
+                Some(selector) => watcher::Config::default().labels(selector),
+                None => watcher::Config::default(),
+            };
+            tokio::spawn(secret_watch(api::<core::Secret>(&c, ns), config, watch))
+        }
         Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
             let Some(version) = apis.istio_version else {
                 // Nothing to watch: synced, and empty.
-                let _ = watch.engine.send(Command::Synced(watch.name));
+                watch.report_synced();
                 return;
             };
             let ar = ApiResource {
@@ -266,6 +323,15 @@ fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, watch
             }))
         }
     };
+}
+
+/// A Secret watch: only types kubernetes.io/tls and Opaque are delivered.
+async fn secret_watch(api: Api<core::Secret>, config: watcher::Config, watch: Watch) {
+    let convert = |s: &core::Secret| {
+        crate::model::secret::secret_from(&namespace(s), &s.name_any(), s)
+            .map(|o| o.map(|s| Object::Secret(Box::new(s))))
+    };
+    watch.run_opt(api, config, convert).await
 }
 
 fn istio_plural(kind: Kind) -> &'static str {
@@ -292,6 +358,33 @@ struct Watch {
     /// Per delivered object, the hash of what was delivered.
     delivered: HashMap<ObjectKey, u64>,
     last_error: Option<String>,
+    role: Role,
+}
+
+/// What a watch does besides delivering objects.
+enum Role {
+    /// Reports its sync to the engine under its name.
+    Plain,
+    /// A Gateway watch while Secrets are read per gateway namespace: keeps `interest` told of
+    /// the namespaces that hold a delivered Gateway (`namespaces`, one interest each), and
+    /// tells the [`SecretScopes`] when its initial list is delivered (after updating the
+    /// interest, so the namespaces known then include its Gateways').
+    Gateways { interest: SecretInterest, namespaces: BTreeSet<String>, scopes: mpsc::UnboundedSender<ScopeMsg> },
+    /// The Secret watch of one namespace, run by [`SecretScopes`]: reports its sync to them,
+    /// not to the engine, and when dropped (aborted) deletes every Secret it delivered.
+    NamespaceSecrets { namespace: String, generation: u64, scopes: mpsc::UnboundedSender<ScopeMsg> },
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Role::NamespaceSecrets { namespace, .. } = &self.role {
+            let deletes: Vec<InputEvent> = self.delivered.drain().map(|(key, _)| InputEvent::delete(key)).collect();
+            tracing::debug!(namespace = %namespace, secrets = deletes.len(), "Secrets of the namespace removed");
+            if !deletes.is_empty() {
+                let _ = self.engine.send(Command::Events(deletes));
+            }
+        }
+    }
 }
 
 fn object_hash(o: &Object) -> u64 {
@@ -301,24 +394,38 @@ fn object_hash(o: &Object) -> u64 {
 }
 
 impl Watch {
+    fn new(name: String, kind: Kind, apis: &Apis, engine: &Sender<Command>, recorder: &Arc<Recorder>) -> Watch {
+        Watch {
+            name,
+            kind: watched_kind(kind, apis),
+            api_version: api_version(kind, apis),
+            engine: engine.clone(),
+            recorder: recorder.clone(),
+            delivered: HashMap::new(),
+            last_error: None,
+            role: Role::Plain,
+        }
+    }
+
     async fn run<K, F>(self, api: Api<K>, convert: F)
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
         K::DynamicType: Clone + Eq + Hash,
         F: Fn(&K) -> Result<Object, Vec<FieldError>> + Send + 'static,
     {
-        self.run_opt(api, move |k| convert(k).map(Some)).await
+        self.run_opt(api, watcher::Config::default(), move |k| convert(k).map(Some)).await
     }
 
     /// [`Watch::run`] for kinds of which some objects are not read (`Ok(None)`: a Secret of
-    /// another type): those are left out without a warning.
-    async fn run_opt<K, F>(mut self, api: Api<K>, convert: F)
+    /// another type): those are left out without a warning. `config` may ask the apiserver to
+    /// filter (a label selector).
+    async fn run_opt<K, F>(mut self, api: Api<K>, config: watcher::Config, convert: F)
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
         K::DynamicType: Clone + Eq + Hash,
         F: Fn(&K) -> Result<Option<Object>, Vec<FieldError>> + Send + 'static,
     {
-        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        let stream = watcher(api, config).default_backoff();
         futures_util::pin_mut!(stream);
         let mut listing: Option<HashMap<ObjectKey, Object>> = None;
         let mut synced = false;
@@ -357,15 +464,49 @@ impl Watch {
                 },
                 Event::Delete(object) => self.deleted(&self.key_of(&object)).into_iter().collect(),
             };
-            if !events.is_empty() && self.engine.send(Command::Events(events)).is_err() {
-                return;
+            if !events.is_empty() {
+                if self.engine.send(Command::Events(events)).is_err() {
+                    return;
+                }
+                self.delivered_changed();
             }
             if !synced && listing.is_none() {
                 synced = true;
                 tracing::info!(watch = %self.name, objects = self.delivered.len(), "initial list synced");
-                if self.engine.send(Command::Synced(self.name.clone())).is_err() {
+                if !self.report_synced() {
                     return;
                 }
+            }
+        }
+    }
+
+    /// After a batch: a Gateway watch updates the Secret interest of the namespaces holding
+    /// Gateways (a handful of objects: recounted, not tracked per event).
+    fn delivered_changed(&mut self) {
+        if let Role::Gateways { interest, namespaces, .. } = &mut self.role {
+            let now: BTreeSet<String> = self.delivered.keys().map(|k| k.namespace.clone()).collect();
+            for gained in now.difference(namespaces) {
+                interest.add(gained);
+            }
+            for lost in namespaces.difference(&now) {
+                interest.remove(lost);
+            }
+            *namespaces = now;
+        }
+    }
+
+    /// Reports the initial list delivered; false when the engine is gone.
+    fn report_synced(&mut self) -> bool {
+        match &self.role {
+            Role::Plain => self.engine.send(Command::Synced(self.name.clone())).is_ok(),
+            Role::Gateways { scopes, .. } => {
+                let _ = scopes.send(ScopeMsg::GatewaysSynced);
+                self.engine.send(Command::Synced(self.name.clone())).is_ok()
+            }
+            Role::NamespaceSecrets { namespace, generation, scopes } => {
+                let synced = ScopeMsg::NamespaceSynced { namespace: namespace.clone(), generation: *generation };
+                let _ = scopes.send(synced);
+                true
             }
         }
     }
@@ -450,4 +591,148 @@ fn truncate(mut s: String, max: usize) -> String {
         s.truncate(cut);
     }
     s
+}
+
+// === impl SecretScopes ===
+
+/// What the per-namespace watches tell [`SecretScopes`].
+enum ScopeMsg {
+    /// A Gateway watch delivered its initial list.
+    GatewaysSynced,
+    /// The Secret watch of `namespace` (started as `generation`) delivered its initial list.
+    NamespaceSynced { namespace: String, generation: u64 },
+}
+
+/// The Secret watches of the namespaces where gateways live: one per namespace with
+/// [`SecretInterest`] (within `--watch-namespace`), started when the namespace gains interest
+/// and aborted when it loses it (the aborted [`Watch`] deletes what it delivered). Reports
+/// `kubernetes/secret` synced once the Gateway watches synced and then the Secret watches of
+/// the namespaces known at that moment.
+struct SecretScopes {
+    client: Client,
+    recorder: Arc<Recorder>,
+    engine: Sender<Command>,
+    /// `--watch-namespace`: when not empty, the only namespaces that may be watched.
+    allowed: BTreeSet<String>,
+    interest: SecretInterest,
+    /// Given to each watch, to report to `run`.
+    tx: mpsc::UnboundedSender<ScopeMsg>,
+    running: BTreeMap<String, NamespaceWatch>,
+    /// Namespaces with interest outside `allowed`, logged once.
+    refused: BTreeSet<String>,
+    next_generation: u64,
+    /// Gateway watches that have not delivered their initial list yet.
+    gateways_pending: usize,
+    /// Once the Gateway watches synced: the namespaces whose initial Secret list is awaited.
+    awaiting: Option<BTreeSet<String>>,
+    /// `kubernetes/secret` was reported synced.
+    reported: bool,
+}
+
+struct NamespaceWatch {
+    task: tokio::task::JoinHandle<()>,
+    /// Tells a sync report of this watch from one of an earlier, aborted watch.
+    generation: u64,
+    synced: bool,
+}
+
+impl SecretScopes {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ScopeMsg>) {
+        let mut wanted = self.interest.subscribe();
+        loop {
+            let namespaces: BTreeSet<String> = wanted.borrow_and_update().keys().cloned().collect();
+            self.reconcile(namespaces).await;
+            if !self.check_synced() {
+                return;
+            }
+            tokio::select! {
+                changed = wanted.changed() => if changed.is_err() { return },
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: ScopeMsg) {
+        match msg {
+            ScopeMsg::GatewaysSynced => self.gateways_pending = self.gateways_pending.saturating_sub(1),
+            ScopeMsg::NamespaceSynced { namespace, generation } => {
+                if let Some(w) = self.running.get_mut(&namespace)
+                    && w.generation == generation
+                {
+                    w.synced = true;
+                    if let Some(awaiting) = &mut self.awaiting {
+                        awaiting.remove(&namespace);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts and stops watches so that exactly the wanted (and allowed) namespaces have one.
+    async fn reconcile(&mut self, wanted: BTreeSet<String>) {
+        let wanted: BTreeSet<String> = wanted
+            .into_iter()
+            .filter(|ns| {
+                let allowed = self.allowed.is_empty() || self.allowed.contains(ns);
+                if !allowed && self.refused.insert(ns.clone()) {
+                    tracing::info!(namespace = %ns, "gateway namespace outside --watch-namespace: its Secrets are not read");
+                }
+                allowed
+            })
+            .collect();
+        let gone: Vec<String> = self.running.keys().filter(|ns| !wanted.contains(*ns)).cloned().collect();
+        for ns in gone {
+            let Some(w) = self.running.remove(&ns) else { continue };
+            w.task.abort();
+            // Once the task is gone its Watch has been dropped and has sent its deletes, so a
+            // watch started again for the namespace delivers after them.
+            let _ = w.task.await;
+            if let Some(awaiting) = &mut self.awaiting {
+                awaiting.remove(&ns);
+            }
+            tracing::info!(namespace = %ns, "Secret watch stopped: no gateway in the namespace");
+        }
+        for ns in wanted {
+            if self.running.contains_key(&ns) {
+                continue;
+            }
+            self.next_generation += 1;
+            let generation = self.next_generation;
+            let kind = Kind::Secret;
+            let watch = Watch {
+                name: watch_name(kind, Some(&ns)),
+                kind,
+                api_version: "v1".into(),
+                engine: self.engine.clone(),
+                recorder: self.recorder.clone(),
+                delivered: HashMap::new(),
+                last_error: None,
+                role: Role::NamespaceSecrets { namespace: ns.clone(), generation, scopes: self.tx.clone() },
+            };
+            let api = Api::<core::Secret>::namespaced(self.client.clone(), &ns);
+            let task = tokio::spawn(secret_watch(api, watcher::Config::default(), watch));
+            tracing::info!(namespace = %ns, "Secret watch started: a gateway is in the namespace");
+            self.running.insert(ns, NamespaceWatch { task, generation, synced: false });
+        }
+    }
+
+    /// Reports `kubernetes/secret` once it is due; false when the engine is gone.
+    fn check_synced(&mut self) -> bool {
+        if self.reported || self.gateways_pending > 0 {
+            return true;
+        }
+        let awaiting = self
+            .awaiting
+            .get_or_insert_with(|| self.running.iter().filter(|(_, w)| !w.synced).map(|(ns, _)| ns.clone()).collect());
+        if !awaiting.is_empty() {
+            return true;
+        }
+        self.reported = true;
+        self.awaiting = None;
+        tracing::info!(namespaces = self.running.len(), "Secrets of the gateway namespaces synced");
+        self.engine.send(Command::Synced(watch_name(Kind::Secret, None))).is_ok()
+    }
 }

@@ -16,7 +16,8 @@ use envoy_types::pb::google::protobuf::value::Kind as ValueKind;
 
 use crate::engine::Command;
 use crate::model::k8s::Labels;
-use crate::model::proxy::{ClassLabels, ProxyClass, ProxyLocality};
+use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind, ProxyLocality};
+use crate::source::interest::SecretInterest;
 use crate::translate::endpoint::{node_locality, pod_locality_label};
 use crate::translate::locality::locality_string;
 
@@ -104,6 +105,9 @@ pub struct ClassRegistry {
     engine: Sender<Command>,
     grace: Duration,
     classes: Mutex<HashMap<String, Entry>>,
+    /// Told the namespace of each gateway (router) class while the engine has it: a gateway
+    /// proxy is served the Secrets of its own namespace, so the Kubernetes source watches them.
+    secret_interest: Option<SecretInterest>,
 }
 
 /// A stream's membership in its class; leaving happens on drop.
@@ -120,7 +124,25 @@ impl Drop for ClassGuard {
 
 impl ClassRegistry {
     pub fn new(engine: Sender<Command>, grace: Duration) -> Arc<ClassRegistry> {
-        Arc::new(ClassRegistry { engine, grace, classes: Mutex::default() })
+        ClassRegistry::with_secret_interest(engine, grace, None)
+    }
+
+    /// [`ClassRegistry::new`] that also adds the namespace of a gateway class to `interest`
+    /// when the class is added to the engine, and removes it when the class is removed.
+    pub fn with_secret_interest(
+        engine: Sender<Command>,
+        grace: Duration,
+        interest: Option<SecretInterest>,
+    ) -> Arc<ClassRegistry> {
+        Arc::new(ClassRegistry { engine, grace, classes: Mutex::default(), secret_interest: interest })
+    }
+
+    /// The interest handle and namespace a class entry counts for: gateway classes only.
+    fn secret_namespace<'a>(&'a self, object: &'a Object) -> Option<(&'a SecretInterest, &'a str)> {
+        match (&self.secret_interest, object) {
+            (Some(interest), Object::ProxyClass(c)) if c.kind == ProxyKind::Router => Some((interest, &c.namespace)),
+            _ => None,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -149,6 +171,9 @@ impl ClassRegistry {
         let entry = classes.entry(id.clone()).or_insert_with(|| {
             tracing::info!(class = %id, "new proxy class");
             let _ = self.engine.send(Command::Events(vec![InputEvent::apply(object.clone())]));
+            if let Some((interest, namespace)) = self.secret_namespace(&object) {
+                interest.add(namespace);
+            }
             Entry { object, streams: 0, generation: 0 }
         });
         entry.streams += 1;
@@ -185,6 +210,9 @@ impl ClassRegistry {
             tracing::info!(class = %id, "proxy class left: no proxy of it is connected");
             let key = entry.object.key();
             let _ = self.engine.send(Command::Events(vec![InputEvent::delete(key)]));
+            if let Some((interest, namespace)) = self.secret_namespace(&entry.object) {
+                interest.remove(namespace);
+            }
         }
     }
 
@@ -294,5 +322,24 @@ mod tests {
         drop(c);
         assert_eq!(rx.try_iter().count(), 1);
         assert!(registry.classes().is_empty());
+    }
+
+    #[test]
+    fn a_gateway_class_wants_the_secrets_of_its_namespace_while_the_engine_has_it() {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let interest = SecretInterest::new();
+        let registry = ClassRegistry::with_secret_interest(tx, Duration::ZERO, Some(interest.clone()));
+        let class = |kind, ns: &str, pod: &str| ProxyClass::of_proxy(kind, ns, pod, None);
+        let sidecar = registry.join(class(ProxyKind::Sidecar, "default", "app-1"));
+        assert!(interest.namespaces().is_empty(), "a sidecar reads no gateway Secrets");
+        let a = registry.join(class(ProxyKind::Router, "istio-system", "gw-1"));
+        let b = registry.join(class(ProxyKind::Router, "istio-system", "gw-1"));
+        let c = registry.join(class(ProxyKind::Router, "istio-system", "gw-2"));
+        assert_eq!(*interest.subscribe().borrow(), BTreeMap::from([("istio-system".to_string(), 2)]), "one per class");
+        drop((a, b));
+        assert_eq!(*interest.subscribe().borrow(), BTreeMap::from([("istio-system".to_string(), 1)]));
+        drop(c);
+        assert!(interest.namespaces().is_empty(), "the last gateway class of the namespace left");
+        drop(sidecar);
     }
 }
