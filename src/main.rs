@@ -401,7 +401,12 @@ fn serve(
                 body: Some(body.into()),
             })
             .collect();
-        cache.apply(&meshflow::engine::ResourceDelta { time: 0, changes, diagnostics: Vec::new() });
+        cache.apply(&meshflow::engine::ResourceDelta {
+            time: 0,
+            changes,
+            diagnostics: Vec::new(),
+            pod_localities: Vec::new(),
+        });
         // With --verify, sources feed the engine through a tap that keeps their input.
         let verifier = verify.map(|_| Arc::new(Verifier::new(mesh.clone())));
         let (engine, tap) = match &verifier {

@@ -1422,7 +1422,7 @@ fn located_assignments_follow_proxy_localities_and_the_rule() {
             body: Some(body.clone()),
         })
         .collect();
-    cache.apply(&ResourceDelta { time: 0, diagnostics: vec![], changes });
+    cache.apply(&ResourceDelta { time: 0, diagnostics: vec![], changes, pod_localities: vec![] });
     let seen = |view: View| {
         let body = cache.get(&view, ResourceType::ClusterLoadAssignment, NAME).unwrap().body.clone();
         let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(&body[..]).unwrap();

@@ -235,3 +235,62 @@ fn failover_priority_prefers_endpoints_that_share_the_proxys_labels() {
     let from_v2 = who(SocketAddr::from((bind2, port)), 10);
     assert!(from_v2.iter().all(|w| w == "v2:200"), "{from_v2:?}");
 }
+
+/// A proxy that tells no locality (no `Node.locality`, no topology labels, as a sidecar whose
+/// agent sends only its pod's labels) is placed by its Pod's Node, as istiod reads the
+/// registry: the Pod named in its node id runs on a Node in `r1/z2`, so its assignment ranks
+/// z2 first and its requests go there.
+#[test]
+fn a_proxy_without_locality_is_placed_by_its_pods_node() {
+    let (z1, z2) = eventually("two backends on one port", WAIT, || {
+        let a = loopback_ip();
+        let port = free_port(a);
+        Some((Backend::start(a, port, "z1").ok()?, Backend::start(loopback_ip(), port, "z2").ok()?))
+    });
+    let bind = loopback_ip();
+    let port = free_port(bind);
+    let config = tempfile::tempdir().expect("tempdir");
+    let mut yaml = fixture(port, &[(&z1, "z1"), (&z2, "z2")]);
+    yaml.push_str(&format!(
+        r#"---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-b
+  labels: {{topology.kubernetes.io/region: r1, topology.kubernetes.io/zone: z2}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: productpage-1
+  namespace: default
+  labels: {{app: productpage}}
+spec:
+  nodeName: node-b
+  containers:
+  - {{name: productpage, image: productpage}}
+status:
+  phase: Running
+  podIP: "{bind}"
+  conditions: [{{type: Ready, status: "True"}}]
+"#
+    ));
+    fs::write(config.path().join("reviews.yaml"), yaml).unwrap();
+    let meshflow = Meshflow::serve(config.path());
+    let admin_port = free_port(Ipv4Addr::LOCALHOST);
+    let node_id = format!("sidecar~{bind}~productpage-1.default~default.svc.cluster.local");
+    let bootstrap_yaml = meshflow.bootstrap(&node_id, bind, admin_port);
+    let mut bootstrap: Value = serde_yaml_ng::from_str(&bootstrap_yaml).expect("bootstrap YAML");
+    assert!(bootstrap["node"].get("locality").is_none_or(Value::is_null), "the bootstrap tells no locality");
+    bootstrap["node"]["metadata"]["LABELS"] = serde_json::json!({"app": "productpage"});
+    let envoy = Envoy::start(&serde_json::to_string(&bootstrap).unwrap());
+    let cluster = format!("outbound|{port}||reviews.default.svc.cluster.local");
+    eventually("the proxy on node-b to rank z2 first", CONVERGE, || {
+        (priorities(&envoy, &cluster) == [("z1".to_string(), 1, 1), ("z2".to_string(), 0, 1)]).then_some(())
+    });
+    eventually("the proxy to answer", CONVERGE, || {
+        http_request(SocketAddr::from((bind, port)), "GET", "reviews", "/", &[]).ok().filter(|r| r.status == 200)
+    });
+    let got = who(SocketAddr::from((bind, port)), 20);
+    assert!(got.iter().all(|w| w == "z2:200"), "the proxy in z2 (by its Pod's Node) sends to z2: {got:?}");
+}

@@ -81,6 +81,7 @@ fn put(cache: &Cache, time: u64, ty: ResourceType, body: Vec<u8>) {
         time,
         changes: vec![ResourceChange { scope: Scope::All, ty, name: CLUSTER.into(), body: Some(Arc::from(body)) }],
         diagnostics: Vec::new(),
+        pod_localities: Vec::new(),
     });
 }
 

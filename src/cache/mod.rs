@@ -306,13 +306,29 @@ pub struct Cache {
     notify: watch::Sender<u64>,
     /// When the last change was applied (for `pilot_proxy_convergence_time`).
     changed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Each Pod's locality ((namespace, name) → `region/zone/subzone`), as the engine last
+    /// computed it: where a connecting proxy of that Pod that tells no locality is placed.
+    pod_localities: RwLock<HashMap<(String, String), String>>,
 }
 
 impl Cache {
     /// A cache that is not ready until each of `sources` has reported its initial sync.
     pub fn new(sources: impl IntoIterator<Item = String>) -> Arc<Cache> {
         let state = State { pending_sources: sources.into_iter().collect(), ..Default::default() };
-        Arc::new(Cache { state: RwLock::new(state), notify: watch::channel(0).0, changed_at: Default::default() })
+        Arc::new(Cache {
+            state: RwLock::new(state),
+            notify: watch::channel(0).0,
+            changed_at: Default::default(),
+            pod_localities: Default::default(),
+        })
+    }
+
+    /// The locality of the Pod `namespace/name` (its `topology.istio.io/locality` label, else
+    /// its Node's topology labels), if the engine knows one: istiod places a proxy by its
+    /// Pod's registry labels before what the proxy reports.
+    pub fn pod_locality(&self, namespace: &str, name: &str) -> Option<String> {
+        let map = self.pod_localities.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&(namespace.to_string(), name.to_string())).cloned()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -326,6 +342,15 @@ impl Cache {
     /// Applies one logical time's changes atomically. Changes that leave a resource's content
     /// as it was are dropped.
     pub fn apply(&self, delta: &ResourceDelta) -> usize {
+        if !delta.pod_localities.is_empty() {
+            let mut map = self.pod_localities.write().unwrap_or_else(|e| e.into_inner());
+            for (pod, locality) in &delta.pod_localities {
+                match locality {
+                    Some(l) => map.insert(pod.clone(), l.clone()),
+                    None => map.remove(pod),
+                };
+            }
+        }
         let mut state = self.write();
         let seq = state.seq + 1;
         let mut applied = 0;
@@ -525,6 +550,7 @@ mod tests {
     fn delta(changes: &[(ResourceType, &str, Option<&[u8]>)]) -> ResourceDelta {
         ResourceDelta {
             diagnostics: Vec::new(),
+            pod_localities: Vec::new(),
             time: 0,
             changes: changes
                 .iter()
@@ -599,6 +625,7 @@ mod tests {
         cache.apply(&ResourceDelta {
             time: 0,
             diagnostics: vec![],
+            pod_localities: Vec::new(),
             changes: vec![
                 change(&Scope::All, ResourceType::Cluster, "c", Some(b"c")),
                 change(&Scope::Sidecars, ResourceType::Listener, "0.0.0.0_9080", Some(b"sidecar")),
@@ -623,6 +650,7 @@ mod tests {
         cache.apply(&ResourceDelta {
             time: 1,
             diagnostics: vec![],
+            pod_localities: Vec::new(),
             changes: vec![
                 change(&class, ResourceType::Listener, "0.0.0.0_8080", None),
                 change(&class, ResourceType::Cluster, "c", None),
@@ -642,7 +670,8 @@ mod tests {
             name: name.to_string(),
             body: body.map(Arc::from),
         };
-        let apply = |changes| cache.apply(&ResourceDelta { time: 0, diagnostics: vec![], changes });
+        let apply =
+            |changes| cache.apply(&ResourceDelta { time: 0, diagnostics: vec![], changes, pod_localities: vec![] });
         apply(vec![change(&Scope::Sidecars, "9080", Some(b"shared")), change(&shop, "9080", Some(b"shop's"))]);
         let in_shop = View::sidecar().in_namespace("shop");
         let elsewhere = View::sidecar().in_namespace("default");
@@ -688,7 +717,8 @@ mod tests {
             name: "c".into(),
             body: body.map(Arc::from),
         };
-        let apply = |changes| cache.apply(&ResourceDelta { time: 0, diagnostics: vec![], changes });
+        let apply =
+            |changes| cache.apply(&ResourceDelta { time: 0, diagnostics: vec![], changes, pod_localities: vec![] });
         apply(vec![change(Scope::All, Some(b"shared")), change(Scope::Locality("r/z".into()), Some(b"located"))]);
         let body = |view: &View| cache.get(view, ResourceType::ClusterLoadAssignment, "c").map(|r| r.body.to_vec());
         assert_eq!(body(&view).as_deref(), Some(&b"located"[..]));

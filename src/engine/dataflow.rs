@@ -109,6 +109,12 @@ pub enum OutputRow {
     /// A problem with an input object that does not stop it from being served: a field meshflow
     /// does not translate yet, a route to a host or subset that does not exist.
     Diagnostic(Diagnostic),
+    /// A Pod's locality (its own label, else its Node's): not a resource, but what a proxy of
+    /// that Pod that does not tell its locality is placed in when it connects.
+    PodLocality {
+        pod: (String, String),
+        locality: String,
+    },
 }
 
 /// The input collections, one per kind that translation reads.
@@ -931,6 +937,8 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
             (pod.clone(), node_locality(labels))
         }))
         .filter(|(_, l): &(_, String)| !l.is_empty());
+    // (Also an output: the xDS server places a proxy that tells no locality by its Pod's.)
+    let pod_localities = pod_locality.clone().map(|(pod, locality)| OutputRow::PodLocality { pod, locality });
     let by_pod = unlocated.clone().flat_map(|(c, ep): (String, EndpointRow)| ep.pod.clone().map(|p| (p, (c, ep))));
     let located = by_pod.clone().join_map(pod_locality.clone(), |_, (c, ep): &(String, EndpointRow), l: &String| {
         let mut ep = ep.clone();
@@ -1248,6 +1256,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     let output = clusters
         .concat(assignments)
         .concat(located_assignments)
+        .concat(pod_localities)
         .concat(listeners)
         .concat(tcp_listeners)
         .concat(virtual_hosts)

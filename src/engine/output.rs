@@ -32,6 +32,10 @@ pub struct ResourceDelta {
     pub changes: Vec<ResourceChange>,
     /// Diagnostics that appeared (`true`) or went away (`false`) at this time.
     pub diagnostics: Vec<(Diagnostic, bool)>,
+    /// Pods whose locality changed at this time ((namespace, name) → its locality, `None`
+    /// once it has none or is gone): what the xDS server reads a connecting proxy's locality
+    /// from when the proxy does not tell it (see [`crate::cache::Cache::pod_locality`]).
+    pub pod_localities: Vec<((String, String), Option<String>)>,
 }
 
 /// Route configs assembled from virtual hosts (the sidecars' outbound route configs), kept
@@ -64,9 +68,16 @@ impl Assembler {
         let mut vhost_adds = Vec::new();
         let mut touched: BTreeSet<(Scope, String)> = BTreeSet::new();
         let mut diagnostics = Vec::new();
+        let mut pod_localities: BTreeMap<(String, String), Option<String>> = BTreeMap::new();
         for (row, diff) in net.into_iter().filter(|(_, d)| *d != 0) {
             match row {
                 OutputRow::Diagnostic(d) => diagnostics.push((d, diff > 0)),
+                OutputRow::PodLocality { pod, locality } => {
+                    let slot = pod_localities.entry(pod).or_default();
+                    if diff > 0 {
+                        *slot = Some(locality);
+                    }
+                }
                 OutputRow::Resource { scope, ty, name, body } => {
                     let slot = resources.entry((scope, ty, name)).or_default();
                     if diff > 0 {
@@ -157,7 +168,7 @@ impl Assembler {
             }
         }
         diagnostics.sort();
-        ResourceDelta { time, changes, diagnostics }
+        ResourceDelta { time, changes, diagnostics, pod_localities: pod_localities.into_iter().collect() }
     }
 
     /// The route config of (scope, route) as it stands, None if it has no virtual host (a

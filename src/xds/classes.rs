@@ -64,12 +64,12 @@ pub fn proxy_class(node: &Node, id: &NodeId) -> Result<ProxyClass, String> {
 
 /// The locality of a proxy, as istiod's `setTopologyLabels` finds it: from its labels (node
 /// metadata `LABELS`: the topology region/zone/subzone labels, else `topology.istio.io/locality`),
-/// else from `Node.locality`; with the labels it sent (for `failoverPriority`). A proxyless
-/// gRPC client's is its `Node.locality` (its labels are not read: istiod serves it the same
-/// EDS as a sidecar, relative to its locality). (istiod also reads the labels of the proxy's
-/// Pod and Node from the registry; for a proxy that sends no labels meshflow reads
-/// `Node.locality` only, and compares no labels of its own.)
-pub fn proxy_locality(node: &Node, class: &ProxyClass) -> Option<ProxyLocality> {
+/// else from its Pod's as the registry knows it (`pod`: the Pod of its node id, its own
+/// locality label else its Node's topology labels; istiod augments the proxy's labels from the
+/// registry), else from `Node.locality`; with the labels it sent (for `failoverPriority`). A
+/// proxyless gRPC client's is its `Node.locality` (its labels are not read: istiod serves it
+/// the same EDS as a sidecar, relative to its locality).
+pub fn proxy_locality(node: &Node, class: &ProxyClass, pod: Option<String>) -> Option<ProxyLocality> {
     let normalized = |l: String| {
         let mut parts = l.splitn(3, '/');
         let mut next = || parts.next().unwrap_or_default();
@@ -86,7 +86,8 @@ pub fn proxy_locality(node: &Node, class: &ProxyClass) -> Option<ProxyLocality> 
         }
         _ => None,
     };
-    let locality = from_labels.unwrap_or_else(|| {
+    let of_pod = || pod.filter(|_| class.kind != ProxyKind::Proxyless).map(normalized);
+    let locality = from_labels.or_else(of_pod).unwrap_or_else(|| {
         let l = node.locality.clone().unwrap_or_default();
         locality_string(&l.region, &l.zone, &l.sub_zone)
     });
@@ -271,7 +272,7 @@ mod tests {
         let mut n = node(&[]);
         n.locality = Some(Locality { region: "r1".into(), zone: "z1".into(), sub_zone: String::new() });
         let id = NodeId::parse(&n.id).unwrap();
-        let of = |n: &Node| proxy_locality(n, &proxy_class(n, &id).unwrap()).unwrap();
+        let of = |n: &Node| proxy_locality(n, &proxy_class(n, &id).unwrap(), None).unwrap();
         assert_eq!(
             of(&n),
             ProxyLocality { namespace: "istio-system".into(), locality: "r1/z1".into(), labels: Labels::new() }
@@ -293,8 +294,14 @@ mod tests {
         let mut grpc = with(&[("app", "x"), ("topology.kubernetes.io/region", "r2")]);
         grpc.id = "proxyless~10.0.0.2~app-1.shop~shop.svc.cluster.local".into();
         let grpc_id = NodeId::parse(&grpc.id).unwrap();
-        let l = proxy_locality(&grpc, &proxy_class(&grpc, &grpc_id).unwrap()).unwrap();
+        let l = proxy_locality(&grpc, &proxy_class(&grpc, &grpc_id).unwrap(), Some("r4/z4/".into())).unwrap();
         assert_eq!(l, ProxyLocality { namespace: "shop".into(), locality: "r1/z1".into(), labels: Labels::new() });
+        // Its Pod's locality (the registry's) before what Envoy reports; the topology labels
+        // it sent before both.
+        let of_pod = |n: &Node, pod: &str| proxy_locality(n, &proxy_class(n, &id).unwrap(), Some(pod.into())).unwrap();
+        assert_eq!(of_pod(&with(&[("app", "x")]), "r4/z4/").locality, "r4/z4");
+        assert_eq!(of_pod(&n, "r4/z4/s4").locality, "r4/z4/s4");
+        assert_eq!(of_pod(&topo, "r4/z4/s4").locality, "r2/z9");
     }
 
     #[test]

@@ -510,7 +510,7 @@ mod tests {
                 body: body.map(Arc::from),
             })
             .collect();
-        cache.apply(&ResourceDelta { time: 0, changes, diagnostics: Vec::new() });
+        cache.apply(&ResourceDelta { time: 0, changes, diagnostics: Vec::new(), pod_localities: Vec::new() });
     }
 
     fn req(ty: ResourceType, subscribe: &[&str]) -> DeltaDiscoveryRequest {
@@ -719,7 +719,7 @@ mod tests {
             name: "virtualInbound".into(),
             body: Some(Arc::from(&inbound[..])),
         });
-        cache.apply(&ResourceDelta { time: 0, diagnostics: vec![], changes });
+        cache.apply(&ResourceDelta { time: 0, diagnostics: vec![], changes, pod_localities: vec![] });
         let view = View::new(ProxyKind::Sidecar, Some(class)).in_namespace("default");
         let mut captured = DeltaStream::new("c".into(), None, view.clone().captured());
         let (_, out) = captured.on_request(&req(ResourceType::Listener, &[]), &cache).unwrap();
@@ -903,6 +903,7 @@ mod tests {
         cache.apply(&ResourceDelta {
             time: 0,
             diagnostics: vec![],
+            pod_localities: Vec::new(),
             changes: vec![
                 change(Scope::All, ResourceType::Cluster, "c", b"c"),
                 change(Scope::Sidecars, ResourceType::Listener, "0.0.0.0_9080", b"sidecar"),
@@ -921,6 +922,7 @@ mod tests {
         cache.apply(&ResourceDelta {
             time: 1,
             diagnostics: vec![],
+            pod_localities: Vec::new(),
             changes: vec![ResourceChange {
                 scope: Scope::Class(class),
                 ty: ResourceType::Listener,

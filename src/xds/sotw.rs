@@ -280,7 +280,7 @@ mod tests {
                 body: body.map(std::sync::Arc::from),
             })
             .collect();
-        cache.apply(&ResourceDelta { time: 0, changes, diagnostics: Vec::new() });
+        cache.apply(&ResourceDelta { time: 0, changes, diagnostics: Vec::new(), pod_localities: Vec::new() });
     }
 
     fn req(ty: ResourceType, names: &[&str], nonce: &str) -> DiscoveryRequest {
