@@ -622,14 +622,24 @@ fn secret() -> impl Strategy<Value = Object> {
 }
 
 fn service_entry() -> impl Strategy<Value = Object> {
-    let endpoint = (ip(), prop::option::of(prop::sample::select(&["v1", "v2"][..])), prop::option::of(1u32..4))
-        .prop_map(|(ip, version, weight)| {
+    let endpoint = (
+        ip(),
+        prop::option::of(prop::sample::select(&["v1", "v2"][..])),
+        prop::option::of(1u32..4),
+        prop::option::of(prop::sample::select(&["r1/z1", "r2/z1/s1"][..])),
+    )
+        .prop_map(|(ip, version, weight, locality)| {
             let mut e = serde_json::json!({ "address": ip });
             if let Some(v) = version {
                 e["labels"] = serde_json::json!({ "version": v });
             }
             if let Some(w) = weight {
                 e["weight"] = w.into();
+            }
+            // Locality: STATIC endpoints' assignments and DNS clusters' inline ones are
+            // placed relative to the proxy's.
+            if let Some(l) = locality {
+                e["locality"] = l.into();
             }
             e
         });

@@ -53,6 +53,8 @@
 //!        ─▶ located assignments (Scope::Locality, Scope::LocalityIn: priorities/weights per locality)
 //!   with failoverPriority: addresses ⋈ their labels ─reduce─⋈ (locality, labels) of connected proxies
 //!        ─▶ Scope::Prioritized, Scope::PrioritizedIn
+//!   DNS clusters with such a policy ─⋈ the same localities─▶ the Cluster itself per locality
+//!        (its inline assignment placed relative to the proxy)
 //! proxy classes (router, sidecar) ─labels given, else ⋈ their Pod's (by name), else
 //!                                  ⋈ live pods by IP ─reduce per class: the Pod at its IP─▶ class labels
 //! proxy classes (router, sidecar) ─labels given, else ⋈ their Pod's─▶ class labels
@@ -532,6 +534,15 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
         _ => None,
     });
     let prioritized_bases = located_clusters.clone().flat_map(|(_, (_, _, base))| base).distinct();
+    // DNS clusters whose inline endpoints depend on the proxy's locality (the cluster itself
+    // is then computed per locality of connected proxies, below).
+    let dns_located = host_outputs.clone().flat_map(|(_, out)| match out {
+        HostOutput::Cluster(ctx, c, _) => {
+            let lb = c.inline_locality_lb()?;
+            Some((ctx, (*c, lb)))
+        }
+        _ => None,
+    });
     let cluster_rows = context_clusters.clone().flat_map(|(ctx, c)| ctx.is_none().then_some(c));
     let context_info = host_outputs
         .flat_map(|(fqdn, out)| if let HostOutput::Info(ctx, i) = out { Some((fqdn, ctx, i)) } else { None });
@@ -1043,7 +1054,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     let located_default = plain_inputs
         .clone()
         .flat_map(|((ctx, name, lb), eps)| ctx.is_none().then_some(((), (name, lb, eps))))
-        .join_map(localities, move |_, (name, lb, eps), locality: &String| {
+        .join_map(localities.clone(), move |_, (name, lb, eps), locality: &String| {
             let proxy = translate::locality::ProxyLabels { locality, labels: &no_labels };
             encode_located(Scope::Locality(locality.clone()), name, lb, eps, proxy)
         });
@@ -1051,7 +1062,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     let namespace_localities = proxy_localities.clone().map(|l: ProxyLocality| (l.namespace, l.locality)).distinct();
     let located_namespaced = plain_inputs
         .flat_map(|((ctx, name, lb), eps)| ctx.map(|ns| (ns, (name, lb, eps))))
-        .join_map(namespace_localities, move |ns, (name, lb, eps), locality: &String| {
+        .join_map(namespace_localities.clone(), move |ns, (name, lb, eps), locality: &String| {
             let proxy = translate::locality::ProxyLabels { locality, labels: &no_labels };
             encode_located(Scope::LocalityIn(locality.clone(), ns.clone()), name, lb, eps, proxy)
         });
@@ -1061,20 +1072,62 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     let prioritized_default = prioritized_inputs
         .clone()
         .flat_map(|((ctx, name, lb), eps)| ctx.is_none().then_some(((), (name, lb, eps))))
-        .join_map(labelled_localities, move |_, (name, lb, eps), (locality, labels): &(String, Labels)| {
+        .join_map(labelled_localities.clone(), move |_, (name, lb, eps), (locality, labels): &(String, Labels)| {
             let scope = Scope::Prioritized(locality.clone(), translate::locality::labels_id(labels));
             encode_located(scope, name, lb, eps, translate::locality::ProxyLabels { locality, labels })
         });
     let namespace_labelled_localities =
         proxy_localities.map(|l: ProxyLocality| (l.namespace, (l.locality, l.labels))).distinct();
-    let prioritized_namespaced = prioritized_inputs
-        .flat_map(|((ctx, name, lb), eps)| ctx.map(|ns| (ns, (name, lb, eps))))
-        .join_map(namespace_labelled_localities, move |ns, (name, lb, eps), (locality, labels): &(String, Labels)| {
+    let prioritized_namespaced =
+        prioritized_inputs.flat_map(|((ctx, name, lb), eps)| ctx.map(|ns| (ns, (name, lb, eps)))).join_map(
+            namespace_labelled_localities.clone(),
+            move |ns, (name, lb, eps), (locality, labels): &(String, Labels)| {
+                let scope = Scope::PrioritizedIn(locality.clone(), translate::locality::labels_id(labels), ns.clone());
+                encode_located(scope, name, lb, eps, translate::locality::ProxyLabels { locality, labels })
+            },
+        );
+    // DNS clusters placed relative to the proxy: the Cluster per locality (and labels).
+    let encode_dns = |scope: Scope, c: &ClusterRow, lb: &LocalityLb, proxy: translate::locality::ProxyLabels<'_>| {
+        OutputRow::Resource { scope, ty: ResourceType::Cluster, name: c.name(), body: c.encode_located(proxy, lb) }
+    };
+    let dns_plain = dns_located.clone().filter(|(_, (_, lb))| !lb.by_labels());
+    let dns_by_labels = dns_located.filter(|(_, (_, lb))| lb.by_labels());
+    let dns_default = dns_plain.clone().flat_map(|(ctx, v)| ctx.is_none().then_some(((), v))).join_map(
+        localities,
+        move |_, (c, lb), locality: &String| {
+            let proxy = translate::locality::ProxyLabels { locality, labels: &Labels::new() };
+            encode_dns(Scope::Locality(locality.clone()), c, lb, proxy)
+        },
+    );
+    let dns_namespaced = dns_plain.flat_map(|(ctx, v)| ctx.map(|ns| (ns, v))).join_map(
+        namespace_localities,
+        move |ns, (c, lb), locality: &String| {
+            let proxy = translate::locality::ProxyLabels { locality, labels: &Labels::new() };
+            encode_dns(Scope::LocalityIn(locality.clone(), ns.clone()), c, lb, proxy)
+        },
+    );
+    let dns_prioritized_default = dns_by_labels.clone().flat_map(|(ctx, v)| ctx.is_none().then_some(((), v))).join_map(
+        labelled_localities,
+        move |_, (c, lb), (locality, labels): &(String, Labels)| {
+            let scope = Scope::Prioritized(locality.clone(), translate::locality::labels_id(labels));
+            encode_dns(scope, c, lb, translate::locality::ProxyLabels { locality, labels })
+        },
+    );
+    let dns_prioritized_namespaced = dns_by_labels.flat_map(|(ctx, v)| ctx.map(|ns| (ns, v))).join_map(
+        namespace_labelled_localities,
+        move |ns, (c, lb), (locality, labels): &(String, Labels)| {
             let scope = Scope::PrioritizedIn(locality.clone(), translate::locality::labels_id(labels), ns.clone());
-            encode_located(scope, name, lb, eps, translate::locality::ProxyLabels { locality, labels })
-        });
-    let located_assignments =
-        located_default.concat(located_namespaced).concat(prioritized_default).concat(prioritized_namespaced);
+            encode_dns(scope, c, lb, translate::locality::ProxyLabels { locality, labels })
+        },
+    );
+    let located_assignments = located_default
+        .concat(located_namespaced)
+        .concat(prioritized_default)
+        .concat(prioritized_namespaced)
+        .concat(dns_default)
+        .concat(dns_namespaced)
+        .concat(dns_prioritized_default)
+        .concat(dns_prioritized_namespaced);
 
     // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
     // cluster warming (and its own initialization waiting) until one arrives.

@@ -59,6 +59,17 @@ pub fn cluster_with(
     policy: Option<&TrafficPolicy>,
     inline: Option<&[super::EndpointAddr]>,
 ) -> Vec<u8> {
+    cluster_message(row, subset, policy, inline).encode_to_vec()
+}
+
+/// [`cluster_with`] as a message (a DNS cluster's inline assignment is then placed relative to
+/// the proxy's locality: [`super::outbound::ClusterRow::encode_located`]).
+pub fn cluster_message(
+    row: &ServicePortRow,
+    subset: Option<&str>,
+    policy: Option<&TrafficPolicy>,
+    inline: Option<&[super::EndpointAddr]>,
+) -> cluster::Cluster {
     let name = outbound_cluster_name(row.port.port, subset.unwrap_or_default(), &row.fqdn());
     let mut c = cluster::Cluster {
         name: name.clone(),
@@ -131,7 +142,7 @@ pub fn cluster_with(
         }
         c.typed_extension_protocol_options.insert(upstream_http::HttpProtocolOptions::full_name(), pack_any(options));
     }
-    c.encode_to_vec()
+    c
 }
 
 fn h2_options() -> upstream_http::HttpProtocolOptions {

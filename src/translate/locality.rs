@@ -360,6 +360,19 @@ pub fn located_load_assignment(
 ) -> Vec<u8> {
     let addrs: Vec<&EndpointAddr> = endpoints.iter().map(|(a, _)| *a).collect();
     let mut cla = super::load_assignment_message(cluster_name, &addrs);
+    apply_to(&mut cla, endpoints, proxy, lb);
+    cla.encode_to_vec()
+}
+
+/// istiod's `ApplyLocalityLoadBalancer` on an assignment built by
+/// [`super::load_assignment_message`] from `endpoints` (in that order), for `proxy`: a DNS
+/// cluster's inline assignment, or an EDS one.
+pub fn apply_to(
+    cla: &mut envoy_endpoint::ClusterLoadAssignment,
+    endpoints: &[(&EndpointAddr, &Labels)],
+    proxy: ProxyLabels<'_>,
+    lb: &LocalityLb,
+) {
     // The labels in the order load_assignment_message groups the endpoints: by locality, in
     // their order within each.
     let mut by_locality: std::collections::BTreeMap<&str, Vec<&Labels>> = Default::default();
@@ -367,8 +380,7 @@ pub fn located_load_assignment(
         by_locality.entry(a.locality.as_str()).or_default().push(*l);
     }
     let labels: Vec<Vec<&Labels>> = by_locality.into_values().collect();
-    apply(&mut cla, &labels, proxy, lb);
-    cla.encode_to_vec()
+    apply(cla, &labels, proxy, lb);
 }
 
 #[cfg(test)]

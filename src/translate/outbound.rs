@@ -30,7 +30,7 @@ use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy;
 use serde::{Deserialize, Serialize};
 
 use super::route::{Destinations, Source, default_route, http_routes_for, resolve_host};
-use super::{Diagnostic, Scope, ServicePortRow, VirtualHostPart};
+use super::{Diagnostic, EndpointAddr, Scope, ServicePortRow, VirtualHostPart};
 use crate::model::istio::{Destination, DestinationRule, DestinationRuleSpec, Subset, TrafficPolicy, VirtualService};
 use crate::model::k8s::{Labels, selector_matches};
 use crate::model::{Kind, ObjectKey};
@@ -536,6 +536,41 @@ impl ClusterRow {
     pub fn encode(&self) -> Vec<u8> {
         let inline = super::service_entry::inline_endpoints(&self.row, self.subset.as_ref());
         super::cluster::cluster_with(&self.row, self.subset_name(), self.policy.as_deref(), inline.as_deref())
+    }
+
+    /// Whether (and how) the endpoints a DNS cluster carries inline depend on the proxy's
+    /// locality: istiod's `ApplyToCluster` places a cluster's own load assignment relative to
+    /// the proxy, as EDS does. The cluster itself then differs per locality.
+    pub fn inline_locality_lb(&self) -> Option<super::locality::LocalityLb> {
+        let inline = super::service_entry::inline_endpoints(&self.row, self.subset.as_ref())?;
+        if inline.is_empty() {
+            return None;
+        }
+        super::locality::locality_lb(self.policy.as_deref())
+    }
+
+    /// The cluster for a proxy at `proxy` ([`ClusterRow::inline_locality_lb`]): its inline
+    /// assignment with the priorities or weights `lb` gives it there.
+    pub fn encode_located(&self, proxy: super::locality::ProxyLabels<'_>, lb: &super::locality::LocalityLb) -> Vec<u8> {
+        let inline = super::service_entry::inline_endpoints(&self.row, self.subset.as_ref());
+        let mut c =
+            super::cluster::cluster_message(&self.row, self.subset_name(), self.policy.as_deref(), inline.as_deref());
+        if let Some(cla) = c.load_assignment.as_mut() {
+            let labelled =
+                super::service_entry::labelled_inline_endpoints(&self.row, self.subset.as_ref()).unwrap_or_default();
+            let (empty, by_labels) = (Labels::new(), lb.by_labels());
+            // The endpoints as the assignment was built (each address once), each with its
+            // labels when failoverPriority reads them.
+            let mut eps: Vec<(&EndpointAddr, &Labels)> = Vec::new();
+            for (a, l) in &labelled {
+                if eps.last().is_some_and(|(last, _)| *last == a) {
+                    continue;
+                }
+                eps.push((a, if by_labels { l } else { &empty }));
+            }
+            super::locality::apply_to(cla, &eps, proxy, lb);
+        }
+        prost::Message::encode_to_vec(&c)
     }
 
     /// Whether the cluster takes its endpoints from EDS (then it gets a ClusterLoadAssignment).

@@ -13,7 +13,7 @@ use super::{gateway, views};
 use crate::model::Object;
 use crate::model::istio::{DestinationRule, DestinationRuleSpec, Gateway, VirtualService};
 use crate::model::k8s::{Labels, Pod};
-use crate::model::proxy::{ClassLabels, ProxyKind};
+use crate::model::proxy::{ClassLabels, ProxyKind, ProxyLocality};
 use crate::translate;
 
 /// Resources by (scope, type, name), each as encoded bytes.
@@ -328,18 +328,7 @@ pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mes
                     let unlabelled: Vec<(&EndpointAddr, &Labels)> = addrs.iter().map(|a| (*a, &empty)).collect();
                     let labelled: Vec<(&EndpointAddr, &Labels)> = labelled.iter().copied().collect();
                     for l in &proxy_localities {
-                        let id = || translate::locality::labels_id(&l.labels);
-                        let located = match (ctx, by_labels) {
-                            (None, false) => Scope::Locality(l.locality.clone()),
-                            (None, true) => Scope::Prioritized(l.locality.clone(), id()),
-                            (Some(ns), false) if *ns == l.namespace => {
-                                Scope::LocalityIn(l.locality.clone(), ns.clone())
-                            }
-                            (Some(ns), true) if *ns == l.namespace => {
-                                Scope::PrioritizedIn(l.locality.clone(), id(), ns.clone())
-                            }
-                            (Some(_), _) => continue,
-                        };
+                        let Some(located) = located_scope(ctx, by_labels, l) else { continue };
                         let proxy = translate::locality::ProxyLabels {
                             locality: &l.locality,
                             labels: if by_labels { &l.labels } else { &empty },
@@ -347,6 +336,19 @@ pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mes
                         let eps = if by_labels { &labelled } else { &unlabelled };
                         let cla = translate::locality::located_load_assignment(&name, eps, proxy, &lb);
                         out.insert((located, ResourceType::ClusterLoadAssignment, name.clone()), cla);
+                    }
+                }
+                // A DNS cluster whose inline endpoints depend on the proxy's locality: the
+                // cluster itself per locality (and labels) of the connected proxies.
+                if let Some(lb) = cluster.inline_locality_lb() {
+                    let by_labels = lb.by_labels();
+                    for l in &proxy_localities {
+                        let Some(located) = located_scope(ctx, by_labels, l) else { continue };
+                        let proxy = translate::locality::ProxyLabels {
+                            locality: &l.locality,
+                            labels: if by_labels { &l.labels } else { &empty },
+                        };
+                        out.insert((located, ResourceType::Cluster, name.clone()), cluster.encode_located(proxy, &lb));
                     }
                 }
                 out.insert((scope.clone(), ResourceType::Cluster, name), cluster.encode());
@@ -534,4 +536,18 @@ impl<'a> PodIndex<'a> {
         };
         found.map(Vec::as_slice).unwrap_or_default()
     }
+}
+
+/// Where a located resource of context `ctx` is served for proxies of `l`: per locality (and
+/// labels, `by_labels`) in the default context, per namespace as well in a namespace's own;
+/// `None` for a proxy of another namespace than the context's.
+fn located_scope(ctx: &Context, by_labels: bool, l: &ProxyLocality) -> Option<Scope> {
+    let id = || translate::locality::labels_id(&l.labels);
+    Some(match (ctx, by_labels) {
+        (None, false) => Scope::Locality(l.locality.clone()),
+        (None, true) => Scope::Prioritized(l.locality.clone(), id()),
+        (Some(ns), false) if *ns == l.namespace => Scope::LocalityIn(l.locality.clone(), ns.clone()),
+        (Some(ns), true) if *ns == l.namespace => Scope::PrioritizedIn(l.locality.clone(), id(), ns.clone()),
+        (Some(_), _) => return None,
+    })
 }

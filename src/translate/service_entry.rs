@@ -332,12 +332,23 @@ pub fn host_rows<'a>(rows: &[&'a ServicePortRow]) -> Vec<&'a ServicePortRow> {
 /// or None for clusters that take theirs from EDS or from the connection (ORIGINAL_DST).
 /// istiod leaves out a DNS cluster whose list is empty (`buildCluster` returns nil).
 pub fn inline_endpoints(row: &ServicePortRow, subset: Option<&SubsetRef>) -> Option<Vec<EndpointAddr>> {
+    let mut out: Vec<EndpointAddr> = labelled_inline_endpoints(row, subset)?.into_iter().map(|(a, _)| a).collect();
+    out.dedup();
+    Some(out)
+}
+
+/// [`inline_endpoints`] with their labels (`failoverPriority` compares them), sorted, each
+/// (address, labels) once.
+pub fn labelled_inline_endpoints(
+    row: &ServicePortRow,
+    subset: Option<&SubsetRef>,
+) -> Option<Vec<(EndpointAddr, Labels)>> {
     let entry = row.entry.as_deref().filter(|e| e.is_dns())?;
-    let mut out: Vec<EndpointAddr> = entry
+    let mut out: Vec<(EndpointAddr, Labels)> = entry
         .dns_endpoints
         .iter()
         .filter(|(_, labels)| subset.is_none_or(|s| selector_matches(&s.labels, labels)))
-        .map(|(a, _)| a.clone())
+        .cloned()
         .collect();
     out.sort();
     out.dedup();
@@ -574,6 +585,67 @@ mod tests {
         let c = decode(&clusters_for_host(&rows.iter().collect::<Vec<_>>(), None)[0]);
         assert_eq!(ty(&c), Some(ClusterDiscoveryType::Type(DiscoveryType::LogicalDns as i32)));
         assert_eq!(socket(&c.load_assignment.unwrap().endpoints[0].lb_endpoints[0]), ("c.example.com".into(), 443));
+    }
+
+    /// istiod's `ApplyToCluster` places a DNS cluster's own assignment relative to the proxy:
+    /// with outlier detection, the endpoints of the proxy's zone first (the shared cluster
+    /// stays flat); with `failoverPriority`, by the labels the endpoints share with the proxy.
+    #[test]
+    fn a_dns_clusters_inline_endpoints_are_placed_relative_to_the_proxy() {
+        use crate::model::k8s::Labels;
+        use crate::translate::locality::ProxyLabels;
+        let e = se(
+            "zoned",
+            "",
+            serde_json::json!({
+            "hosts": ["api.example.com"], "resolution": "DNS",
+            "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+            "endpoints": [{"address": "a.example.com", "locality": "r1/z1", "labels": {"v": "1"}},
+                          {"address": "b.example.com", "locality": "r1/z2", "labels": {"v": "2"}}]}),
+        );
+        let rows = port_rows(&e);
+        let refs: Vec<&ServicePortRow> = rows.iter().collect();
+        let priorities = |c: cluster::Cluster| -> Vec<(String, u32)> {
+            let cla = c.load_assignment.unwrap();
+            cla.endpoints.iter().map(|l| (socket(&l.lb_endpoints[0]).0, l.priority)).collect()
+        };
+        assert_eq!(clusters_for_host(&refs, None)[0].inline_locality_lb(), None, "no rule: the same everywhere");
+        let rule = |policy: serde_json::Value| -> DestinationRuleSpec {
+            serde_json::from_value(serde_json::json!({"host": "api.example.com", "trafficPolicy": policy})).unwrap()
+        };
+        let od = serde_json::json!({"consecutive5xxErrors": 1});
+        let with_od = rule(serde_json::json!({"outlierDetection": od}));
+        let c = &clusters_for_host(&refs, Some(&with_od))[0];
+        let lb = c.inline_locality_lb().expect("outlier detection: located");
+        let none = Labels::new();
+        let at = |locality: &str| {
+            let body = c.encode_located(ProxyLabels { locality, labels: &none }, &lb);
+            priorities(cluster::Cluster::decode(&body[..]).unwrap())
+        };
+        assert_eq!(at("r1/z2"), [("a.example.com".into(), 1), ("b.example.com".into(), 0)]);
+        assert_eq!(at("r1/z1"), [("a.example.com".into(), 0), ("b.example.com".into(), 1)]);
+        assert_eq!(priorities(decode(c)), [("a.example.com".into(), 0), ("b.example.com".into(), 0)]);
+        // Everything else of the cluster is as shared.
+        let mut located =
+            cluster::Cluster::decode(&c.encode_located(ProxyLabels { locality: "r1/z2", labels: &none }, &lb)[..])
+                .unwrap();
+        let mut shared = decode(c);
+        located.load_assignment = None;
+        shared.load_assignment = None;
+        assert_eq!(located, shared);
+
+        let by_labels = rule(serde_json::json!({"outlierDetection": od,
+            "loadBalancer": {"localityLbSetting": {"failoverPriority": ["v"]}}}));
+        let c = &clusters_for_host(&refs, Some(&by_labels))[0];
+        let lb = c.inline_locality_lb().unwrap();
+        assert!(lb.by_labels());
+        let v2 = Labels::from([("v".to_string(), "2".to_string())]);
+        let body = c.encode_located(ProxyLabels { locality: "r1/z1", labels: &v2 }, &lb);
+        assert_eq!(
+            priorities(cluster::Cluster::decode(&body[..]).unwrap()),
+            [("a.example.com".into(), 1), ("b.example.com".into(), 0)],
+            "v=2 first, whatever the zone"
+        );
     }
 
     #[test]
