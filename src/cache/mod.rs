@@ -235,7 +235,7 @@ impl View {
     /// matter. Call it after [`View::in_namespace`]. Proxyless gRPC clients are served the
     /// default context: its located assignments, none of a namespace's.
     pub fn located(mut self, locality: &str, labels: &crate::model::k8s::Labels) -> View {
-        let labels = crate::translate::locality::labels_id(labels);
+        let labels = labels.id();
         let namespace =
             self.scopes.iter().find_map(|s| if let Scope::Namespace(ns) = s { Some(ns.clone()) } else { None });
         if let Some(ns) = namespace {

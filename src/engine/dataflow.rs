@@ -1073,7 +1073,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
         .clone()
         .flat_map(|((ctx, name, lb), eps)| ctx.is_none().then_some(((), (name, lb, eps))))
         .join_map(labelled_localities.clone(), move |_, (name, lb, eps), (locality, labels): &(String, Labels)| {
-            let scope = Scope::Prioritized(locality.clone(), translate::locality::labels_id(labels));
+            let scope = Scope::Prioritized(locality.clone(), labels.id());
             encode_located(scope, name, lb, eps, translate::locality::ProxyLabels { locality, labels })
         });
     let namespace_labelled_localities =
@@ -1082,7 +1082,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
         prioritized_inputs.flat_map(|((ctx, name, lb), eps)| ctx.map(|ns| (ns, (name, lb, eps)))).join_map(
             namespace_labelled_localities.clone(),
             move |ns, (name, lb, eps), (locality, labels): &(String, Labels)| {
-                let scope = Scope::PrioritizedIn(locality.clone(), translate::locality::labels_id(labels), ns.clone());
+                let scope = Scope::PrioritizedIn(locality.clone(), labels.id(), ns.clone());
                 encode_located(scope, name, lb, eps, translate::locality::ProxyLabels { locality, labels })
             },
         );
@@ -1109,14 +1109,14 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     let dns_prioritized_default = dns_by_labels.clone().flat_map(|(ctx, v)| ctx.is_none().then_some(((), v))).join_map(
         labelled_localities,
         move |_, (c, lb), (locality, labels): &(String, Labels)| {
-            let scope = Scope::Prioritized(locality.clone(), translate::locality::labels_id(labels));
+            let scope = Scope::Prioritized(locality.clone(), labels.id());
             encode_dns(scope, c, lb, translate::locality::ProxyLabels { locality, labels })
         },
     );
     let dns_prioritized_namespaced = dns_by_labels.flat_map(|(ctx, v)| ctx.map(|ns| (ns, v))).join_map(
         namespace_labelled_localities,
         move |ns, (c, lb), (locality, labels): &(String, Labels)| {
-            let scope = Scope::PrioritizedIn(locality.clone(), translate::locality::labels_id(labels), ns.clone());
+            let scope = Scope::PrioritizedIn(locality.clone(), labels.id(), ns.clone());
             encode_dns(scope, c, lb, translate::locality::ProxyLabels { locality, labels })
         },
     );

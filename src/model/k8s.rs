@@ -44,6 +44,13 @@ impl Labels {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The label set as one string, `k=v,k=v` sorted by key: how located scopes and the
+    /// registry of connected proxies key a proxy's labels.
+    pub fn id(&self) -> String {
+        let pairs: Vec<String> = self.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.join(",")
+    }
 }
 
 impl From<BTreeMap<String, String>> for Labels {

@@ -171,7 +171,7 @@ impl Object {
             // One per (namespace, locality, labels): `<locality>#<k=v,…>` (the labels after the
             // last `#`, so distinct triples have distinct keys).
             Object::ProxyLocality(l) => {
-                let name = format!("{}#{}", l.locality, crate::translate::locality::labels_id(&l.labels));
+                let name = format!("{}#{}", l.locality, l.labels.id());
                 return ObjectKey::new(Kind::ProxyLocality, l.namespace.as_str(), name);
             }
             Object::Secret(o) => (o.namespace.as_str(), o.name.as_str()),

@@ -88,8 +88,7 @@ impl ProxyClass {
             ClassLabels::Ignored => {}
             ClassLabels::Given(labels) => {
                 id.push('/');
-                let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                id.push_str(&pairs.join(","));
+                id.push_str(&labels.id());
             }
             ClassLabels::OfPod { pod, ip } => {
                 id.push_str("/pod:");

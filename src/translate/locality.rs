@@ -114,12 +114,6 @@ fn augmented<'a>(labels: &'a Labels, locality: (&'a str, &'a str, &'a str), key:
     }
 }
 
-/// A label set as [`crate::translate::Scope::Prioritized`] keys it: `k=v,k=v`, sorted by key.
-pub fn labels_id(labels: &Labels) -> String {
-    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    pairs.join(",")
-}
-
 /// The labels of the proxy that asks, as far as failover priorities read them.
 #[derive(Clone, Copy, Debug)]
 pub struct ProxyLabels<'a> {

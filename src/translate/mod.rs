@@ -183,7 +183,7 @@ pub enum Scope {
     /// clusters of a namespace whose rule differs ([`Scope::Namespace`]).
     LocalityIn(String, String),
     /// The proxies of one locality with one label set (locality, labels as
-    /// [`locality::labels_id`] writes them): the assignments of the default context's clusters
+    /// [`crate::model::k8s::Labels::id`] writes them): the assignments of the default context's clusters
     /// whose `failoverPriority` ranks endpoints by the labels they share with the proxy
     /// ([`locality::LocalityLb::by_labels`]). They hide the shared ones of the same name.
     Prioritized(String, String),

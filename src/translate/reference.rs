@@ -542,7 +542,7 @@ impl<'a> PodIndex<'a> {
 /// labels, `by_labels`) in the default context, per namespace as well in a namespace's own;
 /// `None` for a proxy of another namespace than the context's.
 fn located_scope(ctx: &Context, by_labels: bool, l: &ProxyLocality) -> Option<Scope> {
-    let id = || translate::locality::labels_id(&l.labels);
+    let id = || l.labels.id();
     Some(match (ctx, by_labels) {
         (None, false) => Scope::Locality(l.locality.clone()),
         (None, true) => Scope::Prioritized(l.locality.clone(), id()),

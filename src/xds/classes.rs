@@ -158,12 +158,7 @@ impl ClassRegistry {
     /// Registers one more proxy in `locality` (of its namespace); the first one adds it to the
     /// engine, which computes the assignments that depend on the proxy's locality for it.
     pub fn join_locality(self: &Arc<Self>, locality: ProxyLocality) -> ClassGuard {
-        let id = format!(
-            "{LOCALITY_PREFIX}{}/{}/{}",
-            locality.namespace,
-            locality.locality,
-            crate::translate::locality::labels_id(&locality.labels)
-        );
+        let id = format!("{LOCALITY_PREFIX}{}/{}/{}", locality.namespace, locality.locality, locality.labels.id());
         self.join_object(id, Object::ProxyLocality(locality))
     }
 
