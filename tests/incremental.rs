@@ -1570,6 +1570,30 @@ fn prioritized_assignments_follow_proxy_labels_and_pod_labels() {
     h.step(vec![InputEvent::delete(proxy("v1").key())], 3).unwrap();
     assert_eq!(ranked(&h, at("v1")), None);
     assert!(ranked(&h, at("v2")).is_some());
+    // Two pods at one IP, v1 and v2, and subsets: the v1 subset's endpoint at that IP goes with
+    // the v1 pod's labels only (the step checks the engine against the reference).
+    let with_subsets = istio_object(
+        Kind::DestinationRule,
+        "default",
+        "web",
+        None,
+        serde_json::json!({"host": "web.default.svc.cluster.local", "trafficPolicy": {
+            "outlierDetection": {"consecutive5xxErrors": 1},
+            "loadBalancer": {"localityLbSetting": {"failoverPriority": ["version"]}}},
+            "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}),
+    )
+    .unwrap();
+    h.step(vec![InputEvent::apply(pod("web-4", "10.0.0.1", "v2")), InputEvent::apply(with_subsets)], 4).unwrap();
+    let subset = |name: &str| {
+        let key = (
+            at("v2"),
+            ResourceType::ClusterLoadAssignment,
+            format!("outbound|80|{name}|web.default.svc.cluster.local"),
+        );
+        assert!(h.materialized.contains_key(&key), "{key:?}");
+    };
+    subset("v1");
+    subset("v2");
 }
 
 /// The cost of locality load balancing is per (locality of connected proxies) × (cluster whose

@@ -528,12 +528,12 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
             let lb = c.locality_lb()?;
             let scope = translate::context_scope(&ctx, Scope::All);
             let at = if c.subset.is_some() || own { scope } else { Scope::All };
-            let base = lb.by_labels().then(|| c.base_name());
+            let base = lb.by_labels().then(|| (c.base_name(), c.subset.clone()));
             Some(((at, c.name()), (ctx, lb, base)))
         }
         _ => None,
     });
-    let prioritized_bases = located_clusters.clone().flat_map(|(_, (_, _, base))| base).distinct();
+    let prioritized_bases = located_clusters.clone().flat_map(|(_, (_, _, base))| base.map(|(b, _)| b)).distinct();
     // DNS clusters whose inline endpoints depend on the proxy's locality (the cluster itself
     // is then computed per locality of connected proxies, below).
     let dns_located = host_outputs.clone().flat_map(|(_, out)| match out {
@@ -1008,19 +1008,24 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     // proxies: each such cluster's addresses are gathered once, then encoded once per
     // locality (the default context's) or per (locality, namespace) of connected proxies (a
     // namespace's own rule's).
-    // With `failoverPriority`, each endpoint goes with its labels (its base cluster's).
+    // With `failoverPriority`, each endpoint goes with its labels (its base cluster's; for a
+    // subset cluster those the subset selects: one address may carry several label sets, from
+    // several endpoints).
+    type Base = Option<(String, Option<SubsetRef>)>;
     let located_addresses = addresses.clone().join_map(
         located_clusters.clone(),
-        |(_, name), addr: &EndpointAddr, (ctx, lb, base): &(Context, LocalityLb, Option<String>)| {
+        |(_, name), addr: &EndpointAddr, (ctx, lb, base): &(Context, LocalityLb, Base)| {
             ((ctx.clone(), name.clone(), lb.clone()), base.clone(), addr.clone())
         },
     );
     let prioritized_addresses = located_addresses
         .clone()
-        .flat_map(|(key, base, addr)| base.map(|base| ((base, addr), key)))
-        .join_map(endpoint_labels, |(_, addr), key, labels: &Labels| {
-            (key.clone(), Some((addr.clone(), labels.clone())))
-        });
+        .flat_map(|(key, base, addr)| base.map(|(base, subset)| ((base, addr), (key, subset))))
+        .join_map(endpoint_labels, |(_, addr), (key, subset), labels: &Labels| {
+            let selected = subset.as_ref().is_none_or(|s| outbound::subset_selects(s, labels));
+            selected.then(|| (key.clone(), Some((addr.clone(), labels.clone()))))
+        })
+        .flat_map(|x| x);
     let located_inputs = located_addresses
         .flat_map(|(key, base, addr)| base.is_none().then_some((key, Some((addr, Labels::new())))))
         .concat(prioritized_addresses)
