@@ -1040,99 +1040,49 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
                 output.push((eps, 1isize));
             },
         );
-    let encode_located = |scope: Scope,
-                          name: &String,
-                          lb: &LocalityLb,
-                          eps: &Vec<(EndpointAddr, Labels)>,
-                          proxy: translate::locality::ProxyLabels<'_>| {
-        let refs: Vec<(&EndpointAddr, &Labels)> = eps.iter().map(|(a, l)| (a, l)).collect();
-        OutputRow::Resource {
-            scope,
-            ty: ResourceType::ClusterLoadAssignment,
-            name: name.clone(),
-            body: translate::locality::located_load_assignment(name, &refs, proxy, lb),
-        }
-    };
-    let no_labels = Labels::new();
-    let plain_inputs = located_inputs.clone().filter(|((_, _, lb), _)| !lb.by_labels());
-    let localities = proxy_localities.clone().map(|l: ProxyLocality| ((), l.locality)).distinct();
-    let located_default = plain_inputs
-        .clone()
-        .flat_map(|((ctx, name, lb), eps)| ctx.is_none().then_some(((), (name, lb, eps))))
-        .join_map(localities.clone(), move |_, (name, lb, eps), locality: &String| {
-            let proxy = translate::locality::ProxyLabels { locality, labels: &no_labels };
-            encode_located(Scope::Locality(locality.clone()), name, lb, eps, proxy)
-        });
-    let no_labels = Labels::new();
-    let namespace_localities = proxy_localities.clone().map(|l: ProxyLocality| (l.namespace, l.locality)).distinct();
-    let located_namespaced = plain_inputs
-        .flat_map(|((ctx, name, lb), eps)| ctx.map(|ns| (ns, (name, lb, eps))))
-        .join_map(namespace_localities.clone(), move |ns, (name, lb, eps), locality: &String| {
-            let proxy = translate::locality::ProxyLabels { locality, labels: &no_labels };
-            encode_located(Scope::LocalityIn(locality.clone(), ns.clone()), name, lb, eps, proxy)
-        });
-    // `failoverPriority`: per (locality, labels) of connected proxies.
-    let prioritized_inputs = located_inputs.filter(|((_, _, lb), _)| lb.by_labels());
-    let labelled_localities = proxy_localities.clone().map(|l: ProxyLocality| ((), (l.locality, l.labels))).distinct();
-    let prioritized_default = prioritized_inputs
-        .clone()
-        .flat_map(|((ctx, name, lb), eps)| ctx.is_none().then_some(((), (name, lb, eps))))
-        .join_map(labelled_localities.clone(), move |_, (name, lb, eps), (locality, labels): &(String, Labels)| {
-            let scope = Scope::Prioritized(locality.clone(), labels.id());
-            encode_located(scope, name, lb, eps, translate::locality::ProxyLabels { locality, labels })
-        });
-    let namespace_labelled_localities =
-        proxy_localities.map(|l: ProxyLocality| (l.namespace, (l.locality, l.labels))).distinct();
-    let prioritized_namespaced =
-        prioritized_inputs.flat_map(|((ctx, name, lb), eps)| ctx.map(|ns| (ns, (name, lb, eps)))).join_map(
-            namespace_labelled_localities.clone(),
-            move |ns, (name, lb, eps), (locality, labels): &(String, Labels)| {
-                let scope = Scope::PrioritizedIn(locality.clone(), labels.id(), ns.clone());
-                encode_located(scope, name, lb, eps, translate::locality::ProxyLabels { locality, labels })
+    // Where placed resources go, per (context, whether failoverPriority reads the labels): the
+    // (locality, labels) of connected proxies (labels left out where nothing reads them, so
+    // those are computed once per locality).
+    let places = proxy_localities
+        .flat_map(|l: ProxyLocality| {
+            let plain = (l.locality.clone(), Labels::new());
+            let labelled = (l.locality, l.labels);
+            let ns = Some(l.namespace);
+            [
+                ((None, false), plain.clone()),
+                ((ns.clone(), false), plain),
+                ((None, true), labelled.clone()),
+                ((ns, true), labelled),
+            ]
+        })
+        .distinct();
+    let located_assignments = located_inputs
+        .map(|((ctx, name, lb), eps)| ((ctx, lb.by_labels()), (name, lb, eps)))
+        .join_map(places.clone(), |(ctx, by_labels), (name, lb, eps), (locality, labels): &(String, Labels)| {
+            let scope = translate::locality::located_scope(ctx.as_deref(), *by_labels, locality, labels);
+            let refs: Vec<(&EndpointAddr, &Labels)> = eps.iter().map(|(a, l)| (a, l)).collect();
+            let proxy = translate::locality::ProxyLabels { locality, labels };
+            OutputRow::Resource {
+                scope,
+                ty: ResourceType::ClusterLoadAssignment,
+                name: name.clone(),
+                body: translate::locality::located_load_assignment(name, &refs, proxy, lb),
+            }
+        })
+        // DNS clusters placed relative to the proxy: the Cluster itself.
+        .concat(dns_located.map(|(ctx, (c, lb))| ((ctx, lb.by_labels()), (c, lb))).join_map(
+            places,
+            |(ctx, by_labels), (c, lb), (locality, labels): &(String, Labels)| {
+                let scope = translate::locality::located_scope(ctx.as_deref(), *by_labels, locality, labels);
+                let proxy = translate::locality::ProxyLabels { locality, labels };
+                OutputRow::Resource {
+                    scope,
+                    ty: ResourceType::Cluster,
+                    name: c.name(),
+                    body: c.encode_located(proxy, lb),
+                }
             },
-        );
-    // DNS clusters placed relative to the proxy: the Cluster per locality (and labels).
-    let encode_dns = |scope: Scope, c: &ClusterRow, lb: &LocalityLb, proxy: translate::locality::ProxyLabels<'_>| {
-        OutputRow::Resource { scope, ty: ResourceType::Cluster, name: c.name(), body: c.encode_located(proxy, lb) }
-    };
-    let dns_plain = dns_located.clone().filter(|(_, (_, lb))| !lb.by_labels());
-    let dns_by_labels = dns_located.filter(|(_, (_, lb))| lb.by_labels());
-    let dns_default = dns_plain.clone().flat_map(|(ctx, v)| ctx.is_none().then_some(((), v))).join_map(
-        localities,
-        move |_, (c, lb), locality: &String| {
-            let proxy = translate::locality::ProxyLabels { locality, labels: &Labels::new() };
-            encode_dns(Scope::Locality(locality.clone()), c, lb, proxy)
-        },
-    );
-    let dns_namespaced = dns_plain.flat_map(|(ctx, v)| ctx.map(|ns| (ns, v))).join_map(
-        namespace_localities,
-        move |ns, (c, lb), locality: &String| {
-            let proxy = translate::locality::ProxyLabels { locality, labels: &Labels::new() };
-            encode_dns(Scope::LocalityIn(locality.clone(), ns.clone()), c, lb, proxy)
-        },
-    );
-    let dns_prioritized_default = dns_by_labels.clone().flat_map(|(ctx, v)| ctx.is_none().then_some(((), v))).join_map(
-        labelled_localities,
-        move |_, (c, lb), (locality, labels): &(String, Labels)| {
-            let scope = Scope::Prioritized(locality.clone(), labels.id());
-            encode_dns(scope, c, lb, translate::locality::ProxyLabels { locality, labels })
-        },
-    );
-    let dns_prioritized_namespaced = dns_by_labels.flat_map(|(ctx, v)| ctx.map(|ns| (ns, v))).join_map(
-        namespace_labelled_localities,
-        move |ns, (c, lb), (locality, labels): &(String, Labels)| {
-            let scope = Scope::PrioritizedIn(locality.clone(), labels.id(), ns.clone());
-            encode_dns(scope, c, lb, translate::locality::ProxyLabels { locality, labels })
-        },
-    );
-    let located_assignments = located_default
-        .concat(located_namespaced)
-        .concat(prioritized_default)
-        .concat(prioritized_namespaced)
-        .concat(dns_default)
-        .concat(dns_namespaced)
-        .concat(dns_prioritized_default)
-        .concat(dns_prioritized_namespaced);
+        ));
 
     // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
     // cluster warming (and its own initialization waiting) until one arrives.

@@ -26,7 +26,7 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use super::EndpointAddr;
+use super::{EndpointAddr, Scope};
 use crate::model::istio::{LocalityLbSetting, TrafficPolicy};
 use crate::model::k8s::Labels;
 
@@ -111,6 +111,19 @@ fn augmented<'a>(labels: &'a Labels, locality: (&'a str, &'a str, &'a str), key:
         "topology.istio.io/subzone" if !locality.2.is_empty() => locality.2,
         "topology.istio.io/cluster" => CLUSTER_ID,
         _ => labels.get(key).map_or("", String::as_str),
+    }
+}
+
+/// Where a resource placed for proxies in `locality` with `labels` is served: per locality in
+/// the default context (`namespace: None`), per (locality, namespace) for a namespace's own
+/// rule; with the labels too where `failoverPriority` reads them (`by_labels`).
+pub fn located_scope(namespace: Option<&str>, by_labels: bool, locality: &str, labels: &Labels) -> Scope {
+    let locality = locality.to_string();
+    match (namespace, by_labels) {
+        (None, false) => Scope::Locality(locality),
+        (None, true) => Scope::Prioritized(locality, labels.id()),
+        (Some(ns), false) => Scope::LocalityIn(locality, ns.to_string()),
+        (Some(ns), true) => Scope::PrioritizedIn(locality, labels.id(), ns.to_string()),
     }
 }
 

@@ -558,16 +558,10 @@ impl ClusterRow {
         if let Some(cla) = c.load_assignment.as_mut() {
             let labelled =
                 super::service_entry::labelled_inline_endpoints(&self.row, self.subset.as_ref()).unwrap_or_default();
-            let (empty, by_labels) = (Labels::new(), lb.by_labels());
-            // The endpoints as the assignment was built (each address once), each with its
-            // labels when failoverPriority reads them.
-            let mut eps: Vec<(&EndpointAddr, &Labels)> = Vec::new();
-            for (a, l) in &labelled {
-                if eps.last().is_some_and(|(last, _)| *last == a) {
-                    continue;
-                }
-                eps.push((a, if by_labels { l } else { &empty }));
-            }
+            // The endpoints as the assignment was built (sorted, each address once), with
+            // their labels (read only by failoverPriority).
+            let mut eps: Vec<(&EndpointAddr, &Labels)> = labelled.iter().map(|(a, l)| (a, l)).collect();
+            eps.dedup_by(|next, kept| next.0 == kept.0);
             super::locality::apply_to(cla, &eps, proxy, lb);
         }
         prost::Message::encode_to_vec(&c)

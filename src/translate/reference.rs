@@ -538,16 +538,12 @@ impl<'a> PodIndex<'a> {
     }
 }
 
-/// Where a located resource of context `ctx` is served for proxies of `l`: per locality (and
-/// labels, `by_labels`) in the default context, per namespace as well in a namespace's own;
-/// `None` for a proxy of another namespace than the context's.
+/// Where a located resource of context `ctx` is served for proxies of `l`
+/// ([`translate::locality::located_scope`]); `None` for a proxy of another namespace than the
+/// context's.
 fn located_scope(ctx: &Context, by_labels: bool, l: &ProxyLocality) -> Option<Scope> {
-    let id = || l.labels.id();
-    Some(match (ctx, by_labels) {
-        (None, false) => Scope::Locality(l.locality.clone()),
-        (None, true) => Scope::Prioritized(l.locality.clone(), id()),
-        (Some(ns), false) if *ns == l.namespace => Scope::LocalityIn(l.locality.clone(), ns.clone()),
-        (Some(ns), true) if *ns == l.namespace => Scope::PrioritizedIn(l.locality.clone(), id(), ns.clone()),
-        (Some(_), _) => return None,
-    })
+    if ctx.as_ref().is_some_and(|ns| *ns != l.namespace) {
+        return None;
+    }
+    Some(translate::locality::located_scope(ctx.as_deref(), by_labels, &l.locality, &l.labels))
 }

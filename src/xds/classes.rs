@@ -69,7 +69,7 @@ pub fn proxy_class(node: &Node, id: &NodeId) -> Result<ProxyClass, String> {
 /// registry), else from `Node.locality`; with the labels it sent (for `failoverPriority`). A
 /// proxyless gRPC client's is its `Node.locality` (its labels are not read: istiod serves it
 /// the same EDS as a sidecar, relative to its locality).
-pub fn proxy_locality(node: &Node, class: &ProxyClass, pod: Option<String>) -> Option<ProxyLocality> {
+pub fn proxy_locality(node: &Node, class: &ProxyClass, pod: Option<String>) -> ProxyLocality {
     let normalized = |l: String| {
         let mut parts = l.splitn(3, '/');
         let mut next = || parts.next().unwrap_or_default();
@@ -91,7 +91,7 @@ pub fn proxy_locality(node: &Node, class: &ProxyClass, pod: Option<String>) -> O
         let l = node.locality.clone().unwrap_or_default();
         locality_string(&l.region, &l.zone, &l.sub_zone)
     });
-    Some(ProxyLocality { namespace: class.namespace.clone(), locality, labels: given })
+    ProxyLocality { namespace: class.namespace.clone(), locality, labels: given }
 }
 
 struct Entry {
@@ -158,8 +158,9 @@ impl ClassRegistry {
     /// Registers one more proxy in `locality` (of its namespace); the first one adds it to the
     /// engine, which computes the assignments that depend on the proxy's locality for it.
     pub fn join_locality(self: &Arc<Self>, locality: ProxyLocality) -> ClassGuard {
-        let id = format!("{LOCALITY_PREFIX}{}/{}/{}", locality.namespace, locality.locality, locality.labels.id());
-        self.join_object(id, Object::ProxyLocality(locality))
+        let object = Object::ProxyLocality(locality);
+        let key = object.key();
+        self.join_object(format!("{LOCALITY_PREFIX}{}/{}", key.namespace, key.name), object)
     }
 
     fn join_object(self: &Arc<Self>, id: String, object: Object) -> ClassGuard {
@@ -267,7 +268,7 @@ mod tests {
         let mut n = node(&[]);
         n.locality = Some(Locality { region: "r1".into(), zone: "z1".into(), sub_zone: String::new() });
         let id = NodeId::parse(&n.id).unwrap();
-        let of = |n: &Node| proxy_locality(n, &proxy_class(n, &id).unwrap(), None).unwrap();
+        let of = |n: &Node| proxy_locality(n, &proxy_class(n, &id).unwrap(), None);
         assert_eq!(
             of(&n),
             ProxyLocality { namespace: "istio-system".into(), locality: "r1/z1".into(), labels: Labels::new() }
@@ -289,11 +290,11 @@ mod tests {
         let mut grpc = with(&[("app", "x"), ("topology.kubernetes.io/region", "r2")]);
         grpc.id = "proxyless~10.0.0.2~app-1.shop~shop.svc.cluster.local".into();
         let grpc_id = NodeId::parse(&grpc.id).unwrap();
-        let l = proxy_locality(&grpc, &proxy_class(&grpc, &grpc_id).unwrap(), Some("r4/z4/".into())).unwrap();
+        let l = proxy_locality(&grpc, &proxy_class(&grpc, &grpc_id).unwrap(), Some("r4/z4/".into()));
         assert_eq!(l, ProxyLocality { namespace: "shop".into(), locality: "r1/z1".into(), labels: Labels::new() });
         // Its Pod's locality (the registry's) before what Envoy reports; the topology labels
         // it sent before both.
-        let of_pod = |n: &Node, pod: &str| proxy_locality(n, &proxy_class(n, &id).unwrap(), Some(pod.into())).unwrap();
+        let of_pod = |n: &Node, pod: &str| proxy_locality(n, &proxy_class(n, &id).unwrap(), Some(pod.into()));
         assert_eq!(of_pod(&with(&[("app", "x")]), "r4/z4/").locality, "r4/z4");
         assert_eq!(of_pod(&n, "r4/z4/s4").locality, "r4/z4/s4");
         assert_eq!(of_pod(&topo, "r4/z4/s4").locality, "r2/z9");

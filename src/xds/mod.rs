@@ -337,8 +337,7 @@ async fn run_stream<P: AdsProtocol>(
     };
     let mut view = View::new(id.proxy_type, classes.is_some().then(|| class.id())).in_namespace(&class.namespace);
     // The assignments that depend on the proxy's locality exist for registered localities only.
-    let locality =
-        classes.and_then(|_| classes::proxy_locality(node, &class, cache.pod_locality(&id.namespace, &id.pod)));
+    let locality = classes.map(|_| classes::proxy_locality(node, &class, cache.pod_locality(&id.namespace, &id.pod)));
     if let Some(l) = &locality {
         view = view.located(&l.locality, &l.labels);
     }
