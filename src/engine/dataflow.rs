@@ -1,7 +1,8 @@
-//! The translation graph: input collections in, output rows out.
+//! The config graph: input collections in, output rows out. The second of the engine's three
+//! graphs (see [`super::graphs`]): it reads the proxy graph's class labels, and hands the
+//! endpoint graph (load assignments, [`super::endpoints`]) what it knows of clusters.
 //!
-//! Keys decide the cost of a change. Every arrow below keeps work local to its key: a pod or
-//! slice change touches its services' load assignments (and the subsets of those services); a
+//! Keys decide the cost of a change. Every arrow below keeps work local to its key: a
 //! service or ServiceEntry change touches its hosts; a DestinationRule or VirtualService change
 //! touches the hosts its host pattern matches and the VirtualServices that route to them.
 //!
@@ -32,32 +33,8 @@
 //!                                      listener candidates (one per VIP), and their variants per namespace/class
 //!                  per port reduce (candidates ⊎ HTTP port marker) ─▶ the port's TCP listener (+ the winner's
 //!                                                                     variants), losers as diagnostics
-//! slices ─flat_map─▶ ready addresses by (ns, svc, port name, proto) ──join(ports by name)┐
-//! endpoints ─antijoin(services with slices)─▶ ...same key ─────────────────────────────join┤
-//! pods ─by label─▶ join(selector services without slices/endpoints, by one selector pair) ┤▶ (cluster, addr, pod)
-//! service entries ─STATIC endpoints (labels)──────────────┐                               │
-//! pods ─by label─▶ join(entry workloadSelectors) ──────────┴▶ (cluster, entry ns)          │
-//!        ─semijoin(EDS clusters of hosts an entry of that ns won)────────────────────────┘
-//!   (cluster, addr, pod) ─join(pod → its `topology.istio.io/locality` label, else its Node's topology labels)
-//!                        ─▶ the endpoint's locality (LocalityLbEndpoints group by it)
-//!   (cluster, addr, pod|labels) ─semijoin(clusters with subsets or failoverPriority)─join(pod labels, else its own)
-//!                                ─join(subsets)─▶ (subset cluster, addr)
-//!                                ─▶ (cluster, addr) → labels, for failoverPriority
-//!                     EDS cluster names ⊎ addresses ─reduce per (scope, cluster)─▶ load assignments
-//!                     (a namespace's subset clusters get their own; its others share the default's)
-//!                     (a host whose exportTo is not `*`: base endpoints ⋈ each namespace's cluster: its own)
-//!   (DNS entry clusters carry their endpoints inline, NONE entries are ORIGINAL_DST: no assignment)
-//!   clusters whose policy makes balancing depend on the proxy's locality (outlier detection or
-//!   `distribute`, not disabled) ─join(their addresses)─reduce per (context, cluster)─▶ address list
-//!        ─⋈ localities of connected proxies (default context; by namespace for a namespace's own rule)
-//!        ─▶ located assignments (Scope::Locality, Scope::LocalityIn: priorities/weights per locality)
-//!   with failoverPriority: addresses ⋈ their labels ─reduce─⋈ (locality, labels) of connected proxies
-//!        ─▶ Scope::Prioritized, Scope::PrioritizedIn
-//!   DNS clusters with such a policy ─⋈ the same localities─▶ the Cluster itself per locality
-//!        (its inline assignment placed relative to the proxy)
-//! proxy classes (router, sidecar) ─labels given, else ⋈ their Pod's (by name), else
-//!                                  ⋈ live pods by IP ─reduce per class: the Pod at its IP─▶ class labels
-//! proxy classes (router, sidecar) ─labels given, else ⋈ their Pod's─▶ class labels
+//!   each cluster ─▶ ClusterFact (assigned, subsets, located, entry owners, DNS located) ─▶ endpoint graph
+//! class labels (proxy graph)
 //! sidecar class labels ─by (ns, each label)─⋈ services with a selector, by (ns, one selector pair)
 //!                      ─selector ⊆ labels, ⊎ every sidecar class─reduce per class─▶ virtualInbound,
 //!                      inbound|<port>|| clusters (Scope::Class; only captured proxies get the listener)
@@ -72,22 +49,20 @@ use differential_dataflow::input::{Input, InputSession};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope as Graph;
 
+use super::endpoints::ClusterFact;
+use super::proxies::ClassLabelRow;
 use crate::model::Secret;
+use crate::model::Service;
 use crate::model::istio::{DestinationRule, DestinationRuleSpec, Gateway, ServiceEntry, VirtualService};
 use crate::model::k8s::Labels;
-use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind, ProxyLocality};
-use crate::model::{EndpointSlice, Endpoints, Node, Pod, Service};
-use crate::translate::endpoint::{
-    EndpointRow, PortKey, SelectorService, endpoints_addresses, node_locality, pod_addresses, pod_locality_label,
-    service_port_rows, slice_addresses,
-};
+use crate::model::proxy::{ProxyClass, ProxyKind};
+use crate::translate::endpoint::service_port_rows;
 use crate::translate::gateway::{self, SecretRef};
-use crate::translate::locality::LocalityLb;
 use crate::translate::outbound::{
-    self, ClusterRow, ConfigKey, Context, DestinationMap, HostInfo, SubsetRef, TcpListenerRow, VsRank, host_patterns,
+    self, ClusterRow, ConfigKey, Context, DestinationMap, HostInfo, TcpListenerRow, VsRank, host_patterns,
 };
 use crate::translate::{
-    self, Diagnostic, EndpointAddr, MeshConfig, ResourceType, Scope, ServicePortRow, VirtualHostPart, service_entry,
+    self, Diagnostic, MeshConfig, ResourceType, Scope, ServicePortRow, VirtualHostPart, service_entry,
 };
 use crate::translate::{delegate, views};
 
@@ -122,55 +97,38 @@ pub enum OutputRow {
 /// The input collections, one per kind that translation reads.
 pub struct Inputs {
     pub services: InputSession<u64, Service, isize>,
-    pub slices: InputSession<u64, EndpointSlice, isize>,
-    pub endpoints: InputSession<u64, Endpoints, isize>,
-    pub pods: InputSession<u64, Pod, isize>,
-    pub nodes: InputSession<u64, Node, isize>,
     pub virtual_services: InputSession<u64, VirtualService, isize>,
     pub destination_rules: InputSession<u64, DestinationRule, isize>,
     pub gateways: InputSession<u64, Gateway, isize>,
     pub classes: InputSession<u64, ProxyClass, isize>,
-    pub localities: InputSession<u64, ProxyLocality, isize>,
     pub secrets: InputSession<u64, Secret, isize>,
+    pub class_labels: InputSession<u64, ClassLabelRow, isize>,
     pub service_entries: InputSession<u64, ServiceEntry, isize>,
 }
 
 impl Inputs {
     pub fn advance_to(&mut self, t: u64) {
         self.services.advance_to(t);
-        self.slices.advance_to(t);
-        self.endpoints.advance_to(t);
-        self.pods.advance_to(t);
-        self.nodes.advance_to(t);
         self.virtual_services.advance_to(t);
         self.destination_rules.advance_to(t);
         self.gateways.advance_to(t);
         self.classes.advance_to(t);
-        self.localities.advance_to(t);
         self.secrets.advance_to(t);
+        self.class_labels.advance_to(t);
         self.service_entries.advance_to(t);
     }
 
     pub fn flush(&mut self) {
         self.services.flush();
-        self.slices.flush();
-        self.endpoints.flush();
-        self.pods.flush();
-        self.nodes.flush();
         self.virtual_services.flush();
         self.destination_rules.flush();
         self.gateways.flush();
         self.classes.flush();
-        self.localities.flush();
         self.secrets.flush();
+        self.class_labels.flush();
         self.service_entries.flush();
     }
 }
-
-/// (namespace, service name)
-type SvcKey = (String, String);
-/// (namespace, label key, label value): how selector services meet pods.
-type LabelKey = (String, String, String);
 
 /// What meets per host to pick its DestinationRule in each context: the rules whose host
 /// matched it, and the namespaces of connected proxies that one of them names.
@@ -202,15 +160,6 @@ enum HostOutput {
     /// default context (its host is not exported everywhere), so it gets its own assignment.
     Cluster(Context, Box<ClusterRow>, bool),
     Info(Context, HostInfo),
-}
-
-/// What meets per proxy class whose named Pod does not exist: the class (kind, namespace) and
-/// the live Pods (namespace, name, labels) at the proxy's IP (named: two Pods alike are two).
-/// `Class` sorts first.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum PodAtIp {
-    Class(ProxyKind, String),
-    Candidate(String, String, Labels),
 }
 
 /// What meets per root VirtualService to merge it with its delegates. `Root` sorts first.
@@ -278,19 +227,15 @@ enum VhostInput {
 }
 
 /// Builds the graph. Returns the input handles and the output collection.
-pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollection<'s, u64, OutputRow>) {
+pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'s>) {
     let root = mesh.root_namespace.clone();
     let (services_in, services) = scope.new_collection::<Service, isize>();
-    let (slices_in, slices) = scope.new_collection::<EndpointSlice, isize>();
-    let (endpoints_in, endpoints) = scope.new_collection::<Endpoints, isize>();
-    let (pods_in, pods) = scope.new_collection::<Pod, isize>();
-    let (nodes_in, nodes) = scope.new_collection::<Node, isize>();
     let (vs_in, raw_virtual_services) = scope.new_collection::<VirtualService, isize>();
     let (dr_in, destination_rules) = scope.new_collection::<DestinationRule, isize>();
     let (gateways_in, gateways) = scope.new_collection::<Gateway, isize>();
     let (classes_in, classes) = scope.new_collection::<ProxyClass, isize>();
-    let (localities_in, proxy_localities) = scope.new_collection::<ProxyLocality, isize>();
     let (secrets_in, secrets) = scope.new_collection::<Secret, isize>();
+    let (class_labels_in, class_labels) = scope.new_collection::<ClassLabelRow, isize>();
     let (se_in, service_entries) = scope.new_collection::<ServiceEntry, isize>();
 
     // === delegate VirtualServices: each root merged with the delegates it names ===
@@ -342,56 +287,6 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
         .concat(merged_roots.flat_map(Result::ok));
 
     let service_ports = services.clone().flat_map(|s: Service| service_port_rows(&s));
-    let labels_by_pod = pods.clone().map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p.labels));
-
-    // === proxy classes' labels: what the proxy said, else its Pod's (following the Pod) ===
-    let labelled_classes = classes.clone().filter(|c: &ProxyClass| c.kind != ProxyKind::Proxyless);
-    let given_labels = labelled_classes.clone().flat_map(|c: ProxyClass| match &c.labels {
-        ClassLabels::Given(l) => Some((c.id(), (c.kind, c.namespace.clone(), l.clone()))),
-        _ => None,
-    });
-    let of_pod = labelled_classes.flat_map(|c: ProxyClass| match &c.labels {
-        ClassLabels::OfPod { pod, ip } => Some(((c.namespace.clone(), pod.clone()), (c.id(), c.kind, ip.clone()))),
-        _ => None,
-    });
-    let pod_labels_found = of_pod.clone().join_map(
-        labels_by_pod.clone(),
-        |(ns, _), (id, kind, _): &(String, ProxyKind, Option<String>), labels: &Labels| {
-            (id.clone(), (*kind, ns.clone(), labels.clone()))
-        },
-    );
-    // No Pod of that name: the Pod with the proxy's IP (keyed by IP, so a Pod's change costs the
-    // classes at its IP), else no labels.
-    let pod_missing =
-        of_pod.antijoin(labels_by_pod.clone().map(|(k, _)| k)).map(|((ns, _), (id, kind, ip))| (id, (kind, ns, ip)));
-    let pods_by_ip = pods.clone().flat_map(|p: Pod| {
-        let ip = p.ip.clone().filter(|_| !p.terminal)?;
-        Some((ip, (p.namespace, p.name, p.labels)))
-    });
-    let ip_candidates = pod_missing.clone().flat_map(|(id, (_, _, ip))| ip.map(|ip| (ip, id))).join_map(
-        pods_by_ip,
-        |_, id: &String, (ns, name, labels): &(String, String, Labels)| {
-            (id.clone(), PodAtIp::Candidate(ns.clone(), name.clone(), labels.clone()))
-        },
-    );
-    let pod_at_ip = pod_missing
-        .map(|(id, (kind, ns, _))| (id, PodAtIp::Class(kind, ns)))
-        .concat(ip_candidates)
-        .reduce_named("select: pod at the proxy's IP", |_id: &String, input: &[(&PodAtIp, isize)], output| {
-            let mut class = None;
-            let mut candidates = Vec::new();
-            for (i, _) in input {
-                match i {
-                    PodAtIp::Class(kind, ns) => class = Some((*kind, ns)),
-                    PodAtIp::Candidate(ns, _, labels) => candidates.push((ns.as_str(), labels)),
-                }
-            }
-            let Some((kind, ns)) = class else { return };
-            let labels = views::pod_by_ip(ns, &candidates).cloned().unwrap_or_default();
-            output.push(((kind, ns.clone(), labels), 1isize));
-        });
-    let class_labels: VecCollection<'s, u64, (String, (ProxyKind, String, Labels))> =
-        given_labels.concat(pod_labels_found).concat(pod_at_ip);
 
     // === sidecar classes' inbound side (for captured proxies): virtualInbound, inbound|<port>|| ===
     // A Service with a selector is keyed by (namespace, one of its pairs), a sidecar class by
@@ -514,34 +409,10 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     let context_clusters = host_outputs
         .clone()
         .flat_map(|(_, out)| if let HostOutput::Cluster(ctx, c, _) = out { Some((ctx, *c)) } else { None });
-    // Clusters without subset of hosts exported to some namespaces only: each namespace's copy
-    // has its own assignment (there is no default one to share).
-    let scoped_bases = host_outputs.clone().flat_map(|(_, out)| match out {
-        HostOutput::Cluster(ctx, c, true) if c.is_eds() => Some((c.name(), translate::context_scope(&ctx, Scope::All))),
-        _ => None,
-    });
-    // Clusters whose assignment depends on the proxy's locality, keyed by where their
-    // addresses are (their own context's scope, else the shared one), with their context.
-    // (With `failoverPriority`, their base cluster's name: where their endpoints' labels are.)
-    let located_clusters = host_outputs.clone().flat_map(|(_, out)| match out {
-        HostOutput::Cluster(ctx, c, own) => {
-            let lb = c.locality_lb()?;
-            let scope = translate::context_scope(&ctx, Scope::All);
-            let at = if c.subset.is_some() || own { scope } else { Scope::All };
-            let base = lb.by_labels().then(|| (c.base_name(), c.subset.clone()));
-            Some(((at, c.name()), (ctx, lb, base)))
-        }
-        _ => None,
-    });
-    let prioritized_bases = located_clusters.clone().flat_map(|(_, (_, _, base))| base.map(|(b, _)| b)).distinct();
-    // DNS clusters whose inline endpoints depend on the proxy's locality (the cluster itself
-    // is then computed per locality of connected proxies, below).
-    let dns_located = host_outputs.clone().flat_map(|(_, out)| match out {
-        HostOutput::Cluster(ctx, c, _) => {
-            let lb = c.inline_locality_lb()?;
-            Some((ctx, (*c, lb)))
-        }
-        _ => None,
+    // What the endpoint graph needs to know of the clusters (see [`ClusterFact`]).
+    let facts = host_outputs.clone().flat_map(|(_, out)| match out {
+        HostOutput::Cluster(ctx, c, own) => cluster_facts(ctx, *c, own),
+        HostOutput::Info(..) => Vec::new(),
     });
     let cluster_rows = context_clusters.clone().flat_map(|(ctx, c)| ctx.is_none().then_some(c));
     let context_info = host_outputs
@@ -845,270 +716,6 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
         })
         .map(|(_, row)| row);
 
-    // === endpoints of clusters without subset ===
-    // Service ports by the key endpoint ports carry: the slice port named as the service port
-    // gives the target port number.
-    let ports_by_name = service_ports.clone().map(|row| {
-        let key: PortKey = (row.namespace.clone(), row.service.clone(), row.port.name.clone(), row.port.protocol);
-        (key, row.cluster_name())
-    });
-
-    let slice_addresses = slices.clone().flat_map(|s: EndpointSlice| slice_addresses(&s));
-    let from_slices = ports_by_name
-        .clone()
-        .join_map(slice_addresses, |_key, cluster: &String, ep: &EndpointRow| (cluster.clone(), ep.clone()));
-
-    // Core/v1 Endpoints count only for services that have no EndpointSlice (as in a cluster
-    // where the EndpointSlice mirror is not running, or a hand-written config directory).
-    let sliced: VecCollection<'s, u64, SvcKey> =
-        slices.flat_map(|s: EndpointSlice| s.service_name.clone().map(|svc| (s.namespace.clone(), svc))).distinct();
-    let endpoints_by_svc = endpoints.map(|e: Endpoints| ((e.namespace.clone(), e.name.clone()), e));
-    let legacy = endpoints_by_svc.clone().antijoin(sliced.clone());
-    let legacy_addresses = legacy.flat_map(|(_, e)| endpoints_addresses(&e));
-    let from_endpoints = ports_by_name
-        .join_map(legacy_addresses, |_key, cluster: &String, ep: &EndpointRow| (cluster.clone(), ep.clone()));
-
-    // Selector services with neither: endpoints derived from the ready pods they select.
-    // Label selectors are not equi-joins, so the join goes through a label index: a selector
-    // service is keyed by one pair of its selector (the first in key order), a pod by each of
-    // its labels; the full selector is checked on the pairs that meet. A pod change then costs
-    // the services selecting on one of its labels, not every service of its namespace, and
-    // the initial load costs pods × labels, not pods × services.
-    let managed = sliced.concat(endpoints_by_svc.map(|(k, _)| k)).distinct();
-    let selector_services = services
-        .flat_map(|s: Service| {
-            let selector = s.selector.clone()?;
-            let ports = s.ports.iter().filter(|p| translate::PortProtocol::of(p).is_proxied()).cloned().collect();
-            let row = SelectorService {
-                name: s.name.clone(),
-                selector,
-                ports,
-                publish_not_ready: s.publish_not_ready_addresses,
-                hosts: Vec::new(),
-            };
-            (s.external_name.is_none()).then(|| ((s.namespace.clone(), s.name.clone()), row))
-        })
-        .antijoin(managed)
-        .flat_map(|((ns, _), row)| {
-            let (k, v) = row.selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
-            Some(((ns, k, v), row))
-        });
-    let live_pods = pods.clone().filter(|p: &Pod| p.ip.is_some() && !p.terminal);
-    let pod_labels: VecCollection<'s, u64, (LabelKey, String)> = live_pods.clone().flat_map(|p: Pod| {
-        p.labels.into_iter().map(move |(k, v)| ((p.namespace.clone(), k, v), p.name.clone())).collect::<Vec<_>>()
-    });
-    let pods_by_name = live_pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p));
-    let from_pods = selector_services
-        .join_map(pod_labels.clone(), |(ns, _, _), svc: &SelectorService, pod: &String| {
-            ((ns.clone(), pod.clone()), svc.clone())
-        })
-        .join(pods_by_name.clone())
-        .flat_map(|((ns, _), (svc, pod))| pod_addresses(&ns, &svc, &pod));
-
-    // ServiceEntry endpoints: STATIC `endpoints`, and the pods a `workloadSelector` selects
-    // (through the same label index). Keyed by (cluster, entry namespace), they count for the
-    // clusters of hosts that an entry of that namespace won, as istiod keys endpoints by host
-    // and namespace.
-    let entry_selectors = service_entries.clone().flat_map(|se: ServiceEntry| {
-        let row = service_entry::selector(&se)?;
-        let (k, v) = row.selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
-        Some(((se.namespace.clone(), k, v), row))
-    });
-    let from_entry_pods = entry_selectors
-        .join_map(pod_labels, |(ns, _, _), svc: &SelectorService, pod: &String| {
-            ((ns.clone(), pod.clone()), svc.clone())
-        })
-        .join(pods_by_name)
-        .flat_map(|((ns, _), (svc, pod))| {
-            pod_addresses(&ns, &svc, &pod).into_iter().map(move |(c, ep)| ((c, ns.clone()), ep)).collect::<Vec<_>>()
-        });
-    // (Every context's clusters: an entry exported to some namespaces only has no default one.)
-    let entry_owners = context_clusters
-        .clone()
-        .filter(|(_, c): &(Context, ClusterRow)| c.subset.is_none() && c.row.entry.is_some() && c.is_eds())
-        .map(|(_, c)| (c.name(), c.row.namespace.clone()))
-        .distinct();
-    let from_entries = service_entries
-        .flat_map(|se: ServiceEntry| service_entry::static_endpoints(&se))
-        .concat(from_entry_pods)
-        .semijoin(entry_owners)
-        .map(|((cluster, _), ep)| (cluster, ep));
-
-    let unlocated = from_slices.concat(from_endpoints).concat(from_pods).concat(from_entries);
-
-    // === locality: a pod's endpoints are in its own (label) or its Node's locality ===
-    let pods_on_nodes = pods.clone().flat_map(|p: Pod| {
-        let on_node = pod_locality_label(&p.labels).is_none();
-        p.node_name.clone().filter(|_| on_node).map(|n| (n, (p.namespace.clone(), p.name.clone())))
-    });
-    let pod_locality = pods
-        .clone()
-        .flat_map(|p: Pod| pod_locality_label(&p.labels).map(|l| ((p.namespace.clone(), p.name.clone()), l)))
-        .concat(pods_on_nodes.join_map(nodes.map(|n: Node| (n.name, n.labels)), |_, pod, labels: &Labels| {
-            (pod.clone(), node_locality(labels))
-        }))
-        .filter(|(_, l): &(_, String)| !l.is_empty());
-    // (Also an output: the xDS server places a proxy that tells no locality by its Pod's.)
-    let pod_localities = pod_locality.clone().map(|(pod, locality)| OutputRow::PodLocality { pod, locality });
-    let by_pod = unlocated.clone().flat_map(|(c, ep): (String, EndpointRow)| ep.pod.clone().map(|p| (p, (c, ep))));
-    let located = by_pod.clone().join_map(pod_locality.clone(), |_, (c, ep): &(String, EndpointRow), l: &String| {
-        let mut ep = ep.clone();
-        if ep.addr.locality.is_empty() {
-            ep.addr.locality = l.clone();
-        }
-        (c.clone(), ep)
-    });
-    let base_endpoints = unlocated
-        .filter(|(_, ep)| ep.pod.is_none())
-        .concat(located)
-        .concat(by_pod.antijoin(pod_locality.map(|(k, _)| k)).map(|(_, ce)| ce));
-
-    // === endpoints of subset clusters ===
-    // Only the endpoints of clusters that have subsets meet pod labels: a pod's labels decide
-    // which subsets its endpoints belong to, so a relabelled pod moves between subset
-    // assignments at the cost of the subsets of its services.
-    // Subset clusters of a namespace's own rule get their own assignments in that namespace;
-    // its clusters without subset share the default's (same name, same endpoints).
-    let subsets_by_base = context_clusters.clone().flat_map(|(ctx, c): (Context, ClusterRow)| {
-        let scope = translate::context_scope(&ctx, Scope::All);
-        c.subset.clone().map(|s| (c.base_name(), ((scope, c.name()), s)))
-    });
-    let with_subsets = subsets_by_base.clone().map(|(base, _)| base).distinct();
-    // (The endpoints of clusters whose `failoverPriority` compares labels meet them too.)
-    let subset_candidates = base_endpoints.clone().semijoin(with_subsets.concat(prioritized_bases.clone()).distinct());
-    let by_pod = subset_candidates
-        .clone()
-        .flat_map(|(cluster, ep): (String, EndpointRow)| ep.pod.clone().map(|pod| (pod, (cluster, ep.addr))));
-    let labelled = by_pod
-        .clone()
-        .join_map(labels_by_pod.clone(), |_pod, (cluster, addr): &(String, EndpointAddr), labels: &Labels| {
-            (cluster.clone(), (addr.clone(), labels.clone()))
-        })
-        .concat(by_pod.antijoin(labels_by_pod.clone().map(|(k, _)| k)).map(|(_, (c, a))| (c, (a, Labels::new()))))
-        .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then_some((c, (ep.addr, ep.labels)))));
-    let endpoint_labels = labelled.clone().semijoin(prioritized_bases).map(|(c, (a, l))| ((c, a), l));
-    let from_subsets = labelled.join_map(
-        subsets_by_base,
-        |_base, (addr, labels): &(EndpointAddr, Labels), (cluster, subset): &((Scope, String), SubsetRef)| {
-            outbound::subset_selects(subset, labels).then(|| (cluster.clone(), addr.clone()))
-        },
-    );
-    let scoped_addresses =
-        base_endpoints.clone().join_map(scoped_bases.clone(), |cluster, ep: &EndpointRow, scope: &Scope| {
-            ((scope.clone(), cluster.clone()), ep.addr.clone())
-        });
-    let addresses = base_endpoints
-        .map(|(cluster, ep)| ((Scope::All, cluster), ep.addr))
-        .concat(from_subsets.flat_map(|x| x))
-        .concat(scoped_addresses);
-
-    // === locality: assignments relative to the proxy's locality ===
-    // Only for clusters whose policy makes them depend on it (outlier detection or
-    // `distribute`, locality LB not disabled), and only for the localities of connected
-    // proxies: each such cluster's addresses are gathered once, then encoded once per
-    // locality (the default context's) or per (locality, namespace) of connected proxies (a
-    // namespace's own rule's).
-    // With `failoverPriority`, each endpoint goes with its labels (its base cluster's; for a
-    // subset cluster those the subset selects: one address may carry several label sets, from
-    // several endpoints).
-    type Base = Option<(String, Option<SubsetRef>)>;
-    let located_addresses = addresses.clone().join_map(
-        located_clusters.clone(),
-        |(_, name), addr: &EndpointAddr, (ctx, lb, base): &(Context, LocalityLb, Base)| {
-            ((ctx.clone(), name.clone(), lb.clone()), base.clone(), addr.clone())
-        },
-    );
-    let prioritized_addresses = located_addresses
-        .clone()
-        .flat_map(|(key, base, addr)| base.map(|(base, subset)| ((base, addr), (key, subset))))
-        .join_map(endpoint_labels, |(_, addr), (key, subset), labels: &Labels| {
-            let selected = subset.as_ref().is_none_or(|s| outbound::subset_selects(s, labels));
-            selected.then(|| (key.clone(), Some((addr.clone(), labels.clone()))))
-        })
-        .flat_map(|x| x);
-    let located_inputs = located_addresses
-        .flat_map(|(key, base, addr)| base.is_none().then_some((key, Some((addr, Labels::new())))))
-        .concat(prioritized_addresses)
-        .concat(located_clusters.map(|((_, name), (ctx, lb, _))| ((ctx, name, lb), None)))
-        .reduce_named(
-            "gather: located assignment endpoints",
-            |_key, input: &[(&Option<(EndpointAddr, Labels)>, isize)], output| {
-                if input[0].0.is_some() {
-                    return;
-                }
-                let eps: Vec<(EndpointAddr, Labels)> = input[1..].iter().filter_map(|(a, _)| (*a).clone()).collect();
-                output.push((eps, 1isize));
-            },
-        );
-    // Where placed resources go, per (context, whether failoverPriority reads the labels): the
-    // (locality, labels) of connected proxies (labels left out where nothing reads them, so
-    // those are computed once per locality).
-    let places = proxy_localities
-        .flat_map(|l: ProxyLocality| {
-            let plain = (l.locality.clone(), Labels::new());
-            let labelled = (l.locality, l.labels);
-            let ns = Some(l.namespace);
-            [
-                ((None, false), plain.clone()),
-                ((ns.clone(), false), plain),
-                ((None, true), labelled.clone()),
-                ((ns, true), labelled),
-            ]
-        })
-        .distinct();
-    let located_assignments = located_inputs
-        .map(|((ctx, name, lb), eps)| ((ctx, lb.by_labels()), (name, lb, eps)))
-        .join_map(places.clone(), |(ctx, by_labels), (name, lb, eps), (locality, labels): &(String, Labels)| {
-            let scope = translate::locality::located_scope(ctx.as_deref(), *by_labels, locality, labels);
-            let refs: Vec<(&EndpointAddr, &Labels)> = eps.iter().map(|(a, l)| (a, l)).collect();
-            let proxy = translate::locality::ProxyLabels { locality, labels };
-            OutputRow::Resource {
-                scope,
-                ty: ResourceType::ClusterLoadAssignment,
-                name: name.clone(),
-                body: translate::locality::located_load_assignment(name, &refs, proxy, lb),
-            }
-        })
-        // DNS clusters placed relative to the proxy: the Cluster itself.
-        .concat(dns_located.map(|(ctx, (c, lb))| ((ctx, lb.by_labels()), (c, lb))).join_map(
-            places,
-            |(ctx, by_labels), (c, lb), (locality, labels): &(String, Labels)| {
-                let scope = translate::locality::located_scope(ctx.as_deref(), *by_labels, locality, labels);
-                let proxy = translate::locality::ProxyLabels { locality, labels };
-                OutputRow::Resource {
-                    scope,
-                    ty: ResourceType::Cluster,
-                    name: c.name(),
-                    body: c.encode_located(proxy, lb),
-                }
-            },
-        ));
-
-    // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
-    // cluster warming (and its own initialization waiting) until one arrives.
-    let assignments = context_clusters
-        .filter(|(ctx, c): &(Context, ClusterRow)| c.is_eds() && (ctx.is_none() || c.subset.is_some()))
-        .map(|(ctx, c)| ((translate::context_scope(&ctx, Scope::All), c.name()), None))
-        .concat(scoped_bases.map(|(name, scope)| ((scope, name), None)))
-        .concat(addresses.map(|(cluster, addr)| (cluster, Some(addr))))
-        .reduce_named(
-            "translate: ClusterLoadAssignment",
-            |(_, cluster): &(Scope, String), input: &[(&Option<EndpointAddr>, isize)], output| {
-                // Values arrive sorted: the `None` marker first, present only if the cluster exists.
-                if input[0].0.is_some() {
-                    return;
-                }
-                let addrs: Vec<&EndpointAddr> = input[1..].iter().filter_map(|(a, _)| a.as_ref()).collect();
-                output.push((translate::load_assignment(cluster, &addrs), 1isize));
-            },
-        )
-        .map(|((scope, name), body)| OutputRow::Resource {
-            scope,
-            ty: ResourceType::ClusterLoadAssignment,
-            name,
-            body,
-        });
-
     // === proxy classes: the Gateways that select each router class, and what binds to them ===
     // Gateways meet classes through a label index, as selector services meet pods: a Gateway
     // keyed by one pair of its selector (the empty pair for an empty selector), a class by
@@ -1262,9 +869,6 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
     let public_http = http_ports.filter(|row| outbound::host_visibility(&[row]).is_none());
     let proxyless = super::proxyless::proxyless(classes, cluster_rows, public_http, default_vhosts);
     let output = clusters
-        .concat(assignments)
-        .concat(located_assignments)
-        .concat(pod_localities)
         .concat(listeners)
         .concat(tcp_listeners)
         .concat(virtual_hosts)
@@ -1275,17 +879,59 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, VecCollec
         .concat(diagnostics);
     let inputs = Inputs {
         services: services_in,
-        slices: slices_in,
-        endpoints: endpoints_in,
-        pods: pods_in,
-        nodes: nodes_in,
         virtual_services: vs_in,
         destination_rules: dr_in,
         gateways: gateways_in,
         classes: classes_in,
-        localities: localities_in,
         secrets: secrets_in,
+        class_labels: class_labels_in,
         service_entries: se_in,
     };
-    (inputs, output)
+    (inputs, Outputs { rows: output, facts })
+}
+
+/// What the config graph outputs: its resources, and what the endpoint graph needs to know of
+/// the clusters.
+pub struct Outputs<'s> {
+    pub rows: VecCollection<'s, u64, OutputRow>,
+    pub facts: VecCollection<'s, u64, ClusterFact>,
+}
+
+/// What the endpoint graph needs to know of one cluster in one context.
+fn cluster_facts(ctx: Context, c: ClusterRow, own: bool) -> Vec<ClusterFact> {
+    let mut facts = Vec::new();
+    let scope = translate::context_scope(&ctx, Scope::All);
+    if c.is_eds() {
+        // Every EDS cluster gets an assignment: the default context's and each subset's (a
+        // namespace's own subset clusters get their own; its others share the default's).
+        if ctx.is_none() || c.subset.is_some() {
+            facts.push(ClusterFact::Assignment(scope.clone(), c.name()));
+        }
+        // A cluster without subset of a host exported to some namespaces only: each
+        // namespace's copy has its own assignment (there is no default one to share).
+        if own {
+            facts.push(ClusterFact::Assignment(scope.clone(), c.name()));
+            facts.push(ClusterFact::ScopedBase(c.name(), scope.clone()));
+        }
+        // (Every context's: an entry exported to some namespaces only has no default one.)
+        if c.subset.is_none() && c.row.entry.is_some() {
+            facts.push(ClusterFact::EntryOwner(c.name(), c.row.namespace.clone()));
+        }
+    }
+    if let Some(s) = &c.subset {
+        facts.push(ClusterFact::Subset(c.base_name(), ((scope.clone(), c.name()), s.clone())));
+    }
+    // Its assignment depends on the proxy's locality: keyed by where its addresses are (its
+    // own context's scope, else the shared one). With `failoverPriority`, its base cluster's
+    // name: where its endpoints' labels are.
+    if let Some(lb) = c.locality_lb() {
+        let at = if c.subset.is_some() || own { scope } else { Scope::All };
+        let base = lb.by_labels().then(|| (c.base_name(), c.subset.clone()));
+        facts.push(ClusterFact::Located((at, c.name()), (ctx.clone(), lb, base)));
+    }
+    // A DNS cluster whose inline endpoints depend on the proxy's locality.
+    if let Some(lb) = c.inline_locality_lb() {
+        facts.push(ClusterFact::DnsLocated(ctx, Box::new(c), lb));
+    }
+    facts
 }

@@ -7,16 +7,16 @@
 //! thread; in `serve` it is the cache's `apply`, which is cheap and never blocks on a proxy.
 
 mod dataflow;
+mod endpoints;
+mod graphs;
 pub mod output;
+mod proxies;
 mod proxyless;
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
-use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
 pub use dataflow::OutputRow;
 pub use output::{ResourceChange, ResourceDelta};
@@ -67,20 +67,7 @@ impl Engine {
             .name("meshflow-engine".into())
             .spawn(move || {
                 timely::execute_directly(move |worker| {
-                    let buffer: Rc<RefCell<Vec<(OutputRow, isize)>>> = Rc::default();
-                    let probe = ProbeHandle::new();
-                    let sink_buffer = buffer.clone();
-                    let mut inputs = worker.dataflow::<u64, _, _>(|scope| {
-                        let (inputs, output) = dataflow::build(scope, &mesh);
-                        output
-                            .inspect_batch(move |_, updates| {
-                                sink_buffer
-                                    .borrow_mut()
-                                    .extend(updates.iter().map(|(row, _, diff)| (row.clone(), *diff)));
-                            })
-                            .probe_with(&probe);
-                        inputs
-                    });
+                    let mut graphs = graphs::Graphs::build(worker, &mesh);
                     let mut driver = Driver::default();
                     let mut assembler = output::Assembler::default();
                     let mut time = 0u64;
@@ -93,16 +80,13 @@ impl Engine {
                             match command {
                                 Command::Events(events) => {
                                     batch += events.len();
-                                    driver.apply(events, &mut inputs)
+                                    driver.apply(events, &mut graphs)
                                 }
                                 Command::Synced(source) => synced.push(source),
                             }
                         }
                         time += 1;
-                        inputs.advance_to(time);
-                        inputs.flush();
-                        worker.step_while(|| probe.less_than(&time));
-                        let rows = std::mem::take(&mut *buffer.borrow_mut());
+                        let rows = graphs.step(worker);
                         let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
                         sink(EngineOutput::Delta(assembler.finish(time - 1, rows)));
                         metrics.engine_step.observe(started.elapsed().as_secs_f64());
@@ -162,7 +146,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn apply(&mut self, events: Vec<InputEvent>, inputs: &mut dataflow::Inputs) {
+    fn apply(&mut self, events: Vec<InputEvent>, graphs: &mut graphs::Graphs) {
         let metrics = crate::metrics::global();
         for event in events {
             let kind = crate::metrics::kind_label(event.key.kind);
@@ -173,14 +157,14 @@ impl Driver {
                     if self.current.get(&event.key) == Some(&new) {
                         continue;
                     }
-                    feed(inputs, &new, 1);
+                    graphs.feed(&new, 1);
                     count(&new, 1);
                     self.current.insert(event.key, new)
                 }
                 None => self.current.remove(&event.key),
             };
             if let Some(old) = old {
-                feed(inputs, &old, -1);
+                graphs.feed(&old, -1);
                 count(&old, -1);
             }
         }
@@ -197,24 +181,5 @@ fn count(object: &Object, diff: i64) {
         Object::ServiceEntry(se) => metrics.services.add(diff * se.spec.hosts.len() as i64),
         Object::VirtualService(_) => metrics.virt_services.add(diff),
         _ => {}
-    }
-}
-
-fn feed(inputs: &mut dataflow::Inputs, object: &Object, diff: isize) {
-    match object {
-        Object::Service(s) => inputs.services.update(s.clone(), diff),
-        Object::EndpointSlice(s) => inputs.slices.update(s.clone(), diff),
-        Object::Endpoints(e) => inputs.endpoints.update(e.clone(), diff),
-        Object::Pod(p) => inputs.pods.update(p.clone(), diff),
-        Object::VirtualService(vs) => inputs.virtual_services.update((**vs).clone(), diff),
-        Object::DestinationRule(dr) => inputs.destination_rules.update((**dr).clone(), diff),
-        Object::Gateway(gw) => inputs.gateways.update((**gw).clone(), diff),
-        Object::ProxyClass(c) => inputs.classes.update(c.clone(), diff),
-        Object::ProxyLocality(l) => inputs.localities.update(l.clone(), diff),
-        Object::Secret(s) => inputs.secrets.update((**s).clone(), diff),
-        Object::ServiceEntry(se) => inputs.service_entries.update((**se).clone(), diff),
-        // Held by the driver, not yet translated.
-        Object::Node(n) => inputs.nodes.update(n.clone(), diff),
-        Object::Namespace(_) => {}
     }
 }

@@ -1,0 +1,406 @@
+//! The endpoint graph: load assignments, the last of the three graphs (see [`super::graphs`]).
+//!
+//! It reads Pods, EndpointSlices, Endpoints, Nodes and the proxies' localities, plus Services
+//! and ServiceEntries (for their ports and selectors) and what the config graph knows of
+//! clusters ([`ClusterFact`]). A Pod or slice change runs this graph (and the small proxy
+//! graph), never the config graph's routes and listeners.
+//!
+//! ```text
+//! slices ─flat_map─▶ ready addresses by (ns, svc, port name, proto) ──join(ports by name)┐
+//! endpoints ─antijoin(services with slices)─▶ ...same key ─────────────────────────────join┤
+//! pods ─by label─▶ join(selector services without slices/endpoints, by one selector pair) ┤▶ (cluster, addr, pod)
+//! service entries ─STATIC endpoints (labels)──────────────┐                               │
+//! pods ─by label─▶ join(entry workloadSelectors) ──────────┴▶ (cluster, entry ns)          │
+//!        ─semijoin(EDS clusters of hosts an entry of that ns won: ClusterFact::EntryOwner)┘
+//!   (cluster, addr, pod) ─join(pod → its `topology.istio.io/locality` label, else its Node's topology labels)
+//!                        ─▶ the endpoint's locality (LocalityLbEndpoints group by it)
+//!   (cluster, addr, pod|labels) ─semijoin(clusters with subsets or failoverPriority)─join(pod labels, else its own)
+//!                                ─join(subsets: ClusterFact::Subset)─▶ (subset cluster, addr)
+//!                                ─▶ (cluster, addr) → labels, for failoverPriority
+//!                     assigned clusters (ClusterFact::Assignment) ⊎ addresses ─reduce per (scope, cluster)
+//!                                ─▶ load assignments
+//!                     (a host whose exportTo is not `*`: base endpoints ⋈ ClusterFact::ScopedBase: its own)
+//!   located clusters (ClusterFact::Located) ─join(their addresses)─reduce per (context, cluster)─▶ address list
+//!        ─⋈ (locality, labels) of connected proxies ─▶ Scope::Locality, LocalityIn, Prioritized, PrioritizedIn
+//!   DNS clusters placed by locality (ClusterFact::DnsLocated) ─⋈ the same places─▶ the Cluster per place
+//! ```
+
+use differential_dataflow::VecCollection;
+use differential_dataflow::input::{Input, InputSession};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::Scope as Graph;
+
+use super::dataflow::OutputRow;
+use crate::model::istio::ServiceEntry;
+use crate::model::k8s::Labels;
+use crate::model::proxy::ProxyLocality;
+use crate::model::{EndpointSlice, Endpoints, Node, Pod, Service};
+use crate::translate::endpoint::{
+    EndpointRow, PortKey, SelectorService, endpoints_addresses, node_locality, pod_addresses, pod_locality_label,
+    service_port_rows, slice_addresses,
+};
+use crate::translate::locality::LocalityLb;
+use crate::translate::outbound::{self, ClusterRow, Context, SubsetRef};
+use crate::translate::{self, EndpointAddr, ResourceType, Scope, service_entry};
+
+/// (namespace, service name)
+type SvcKey = (String, String);
+/// (namespace, label key, label value): how selector services meet pods.
+type LabelKey = (String, String, String);
+/// With `failoverPriority`: the base cluster whose endpoints' labels are compared, and the
+/// subset whose labels select among them.
+pub type LocatedBase = Option<(String, Option<SubsetRef>)>;
+
+/// What the config graph knows of a cluster that the endpoint graph needs. The config graph
+/// outputs these beside its resources; they are fed into the endpoint graph's input, so that
+/// graph runs only when these, or endpoints, change.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ClusterFact {
+    /// An EDS cluster that gets a load assignment in this scope (empty if it has no endpoint:
+    /// Envoy keeps an EDS cluster warming until one arrives).
+    Assignment(Scope, String),
+    /// A cluster without subset of a host exported to some namespaces only: each namespace's
+    /// copy has its own assignment (there is no default one to share).
+    ScopedBase(String, Scope),
+    /// A cluster whose assignment depends on the proxy's locality, keyed by where its
+    /// addresses are (its own context's scope, else the shared one), with its context.
+    Located((Scope, String), (Context, LocalityLb, LocatedBase)),
+    /// A subset cluster (scope, name) of the base cluster named first.
+    Subset(String, ((Scope, String), SubsetRef)),
+    /// An EDS cluster of a host that a ServiceEntry of this namespace won.
+    EntryOwner(String, String),
+    /// A DNS cluster whose inline endpoints depend on the proxy's locality: the cluster itself
+    /// is computed per place of connected proxies.
+    DnsLocated(Context, Box<ClusterRow>, LocalityLb),
+}
+
+/// The endpoint graph's inputs.
+pub struct Inputs {
+    pub services: InputSession<u64, Service, isize>,
+    pub slices: InputSession<u64, EndpointSlice, isize>,
+    pub endpoints: InputSession<u64, Endpoints, isize>,
+    pub pods: InputSession<u64, Pod, isize>,
+    pub nodes: InputSession<u64, Node, isize>,
+    pub service_entries: InputSession<u64, ServiceEntry, isize>,
+    pub localities: InputSession<u64, ProxyLocality, isize>,
+    pub facts: InputSession<u64, ClusterFact, isize>,
+}
+
+impl Inputs {
+    pub fn advance_to(&mut self, t: u64) {
+        self.services.advance_to(t);
+        self.slices.advance_to(t);
+        self.endpoints.advance_to(t);
+        self.pods.advance_to(t);
+        self.nodes.advance_to(t);
+        self.service_entries.advance_to(t);
+        self.localities.advance_to(t);
+        self.facts.advance_to(t);
+    }
+
+    pub fn flush(&mut self) {
+        self.services.flush();
+        self.slices.flush();
+        self.endpoints.flush();
+        self.pods.flush();
+        self.nodes.flush();
+        self.service_entries.flush();
+        self.localities.flush();
+        self.facts.flush();
+    }
+}
+
+/// Builds the endpoint graph.
+pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, OutputRow>) {
+    let (services_in, services) = scope.new_collection::<Service, isize>();
+    let (slices_in, slices) = scope.new_collection::<EndpointSlice, isize>();
+    let (endpoints_in, endpoints) = scope.new_collection::<Endpoints, isize>();
+    let (pods_in, pods) = scope.new_collection::<Pod, isize>();
+    let (nodes_in, nodes) = scope.new_collection::<Node, isize>();
+    let (se_in, service_entries) = scope.new_collection::<ServiceEntry, isize>();
+    let (localities_in, proxy_localities) = scope.new_collection::<ProxyLocality, isize>();
+    let (facts_in, facts) = scope.new_collection::<ClusterFact, isize>();
+
+    let labels_by_pod = pods.clone().map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p.labels));
+    let scoped_bases = facts
+        .clone()
+        .flat_map(|f| if let ClusterFact::ScopedBase(name, scope) = f { Some((name, scope)) } else { None });
+    let located_clusters =
+        facts.clone().flat_map(|f| if let ClusterFact::Located(at, located) = f { Some((at, located)) } else { None });
+    let prioritized_bases = located_clusters.clone().flat_map(|(_, (_, _, base))| base.map(|(b, _)| b)).distinct();
+    let dns_located = facts
+        .clone()
+        .flat_map(|f| if let ClusterFact::DnsLocated(ctx, c, lb) = f { Some((ctx, *c, lb)) } else { None });
+
+    // === endpoints of clusters without subset ===
+    // Service ports by the key endpoint ports carry: the slice port named as the service port
+    // gives the target port number.
+    let ports_by_name = services.clone().flat_map(|s: Service| service_port_rows(&s)).map(|row| {
+        let key: PortKey = (row.namespace.clone(), row.service.clone(), row.port.name.clone(), row.port.protocol);
+        (key, row.cluster_name())
+    });
+
+    let slice_addresses = slices.clone().flat_map(|s: EndpointSlice| slice_addresses(&s));
+    let from_slices = ports_by_name
+        .clone()
+        .join_map(slice_addresses, |_key, cluster: &String, ep: &EndpointRow| (cluster.clone(), ep.clone()));
+
+    // Core/v1 Endpoints count only for services that have no EndpointSlice (as in a cluster
+    // where the EndpointSlice mirror is not running, or a hand-written config directory).
+    let sliced: VecCollection<'s, u64, SvcKey> =
+        slices.flat_map(|s: EndpointSlice| s.service_name.clone().map(|svc| (s.namespace.clone(), svc))).distinct();
+    let endpoints_by_svc = endpoints.map(|e: Endpoints| ((e.namespace.clone(), e.name.clone()), e));
+    let legacy = endpoints_by_svc.clone().antijoin(sliced.clone());
+    let legacy_addresses = legacy.flat_map(|(_, e)| endpoints_addresses(&e));
+    let from_endpoints = ports_by_name
+        .join_map(legacy_addresses, |_key, cluster: &String, ep: &EndpointRow| (cluster.clone(), ep.clone()));
+
+    // Selector services with neither: endpoints derived from the ready pods they select.
+    // Label selectors are not equi-joins, so the join goes through a label index: a selector
+    // service is keyed by one pair of its selector (the first in key order), a pod by each of
+    // its labels; the full selector is checked on the pairs that meet. A pod change then costs
+    // the services selecting on one of its labels, not every service of its namespace, and
+    // the initial load costs pods × labels, not pods × services.
+    let managed = sliced.concat(endpoints_by_svc.map(|(k, _)| k)).distinct();
+    let selector_services = services
+        .flat_map(|s: Service| {
+            let selector = s.selector.clone()?;
+            let ports = s.ports.iter().filter(|p| translate::PortProtocol::of(p).is_proxied()).cloned().collect();
+            let row = SelectorService {
+                name: s.name.clone(),
+                selector,
+                ports,
+                publish_not_ready: s.publish_not_ready_addresses,
+                hosts: Vec::new(),
+            };
+            (s.external_name.is_none()).then(|| ((s.namespace.clone(), s.name.clone()), row))
+        })
+        .antijoin(managed)
+        .flat_map(|((ns, _), row)| {
+            let (k, v) = row.selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
+            Some(((ns, k, v), row))
+        });
+    let live_pods = pods.clone().filter(|p: &Pod| p.ip.is_some() && !p.terminal);
+    let pod_labels: VecCollection<'s, u64, (LabelKey, String)> = live_pods.clone().flat_map(|p: Pod| {
+        p.labels.into_iter().map(move |(k, v)| ((p.namespace.clone(), k, v), p.name.clone())).collect::<Vec<_>>()
+    });
+    let pods_by_name = live_pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p));
+    let from_pods = selector_services
+        .join_map(pod_labels.clone(), |(ns, _, _), svc: &SelectorService, pod: &String| {
+            ((ns.clone(), pod.clone()), svc.clone())
+        })
+        .join(pods_by_name.clone())
+        .flat_map(|((ns, _), (svc, pod))| pod_addresses(&ns, &svc, &pod));
+
+    // ServiceEntry endpoints: STATIC `endpoints`, and the pods a `workloadSelector` selects
+    // (through the same label index). Keyed by (cluster, entry namespace), they count for the
+    // clusters of hosts that an entry of that namespace won, as istiod keys endpoints by host
+    // and namespace.
+    let entry_selectors = service_entries.clone().flat_map(|se: ServiceEntry| {
+        let row = service_entry::selector(&se)?;
+        let (k, v) = row.selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
+        Some(((se.namespace.clone(), k, v), row))
+    });
+    let from_entry_pods = entry_selectors
+        .join_map(pod_labels, |(ns, _, _), svc: &SelectorService, pod: &String| {
+            ((ns.clone(), pod.clone()), svc.clone())
+        })
+        .join(pods_by_name)
+        .flat_map(|((ns, _), (svc, pod))| {
+            pod_addresses(&ns, &svc, &pod).into_iter().map(move |(c, ep)| ((c, ns.clone()), ep)).collect::<Vec<_>>()
+        });
+    // (Every context's clusters: an entry exported to some namespaces only has no default one.)
+    let entry_owners = facts
+        .clone()
+        .flat_map(|f| if let ClusterFact::EntryOwner(cluster, ns) = f { Some((cluster, ns)) } else { None })
+        .distinct();
+    let from_entries = service_entries
+        .flat_map(|se: ServiceEntry| service_entry::static_endpoints(&se))
+        .concat(from_entry_pods)
+        .semijoin(entry_owners)
+        .map(|((cluster, _), ep)| (cluster, ep));
+
+    let unlocated = from_slices.concat(from_endpoints).concat(from_pods).concat(from_entries);
+
+    // === locality: a pod's endpoints are in its own (label) or its Node's locality ===
+    let pods_on_nodes = pods.clone().flat_map(|p: Pod| {
+        let on_node = pod_locality_label(&p.labels).is_none();
+        p.node_name.clone().filter(|_| on_node).map(|n| (n, (p.namespace.clone(), p.name.clone())))
+    });
+    let pod_locality = pods
+        .clone()
+        .flat_map(|p: Pod| pod_locality_label(&p.labels).map(|l| ((p.namespace.clone(), p.name.clone()), l)))
+        .concat(pods_on_nodes.join_map(nodes.map(|n: Node| (n.name, n.labels)), |_, pod, labels: &Labels| {
+            (pod.clone(), node_locality(labels))
+        }))
+        .filter(|(_, l): &(_, String)| !l.is_empty());
+    // (Also an output: the xDS server places a proxy that tells no locality by its Pod's.)
+    let pod_localities = pod_locality.clone().map(|(pod, locality)| OutputRow::PodLocality { pod, locality });
+    let by_pod = unlocated.clone().flat_map(|(c, ep): (String, EndpointRow)| ep.pod.clone().map(|p| (p, (c, ep))));
+    let located = by_pod.clone().join_map(pod_locality.clone(), |_, (c, ep): &(String, EndpointRow), l: &String| {
+        let mut ep = ep.clone();
+        if ep.addr.locality.is_empty() {
+            ep.addr.locality = l.clone();
+        }
+        (c.clone(), ep)
+    });
+    let base_endpoints = unlocated
+        .filter(|(_, ep)| ep.pod.is_none())
+        .concat(located)
+        .concat(by_pod.antijoin(pod_locality.map(|(k, _)| k)).map(|(_, ce)| ce));
+
+    // === endpoints of subset clusters ===
+    // Only the endpoints of clusters that have subsets meet pod labels: a pod's labels decide
+    // which subsets its endpoints belong to, so a relabelled pod moves between subset
+    // assignments at the cost of the subsets of its services.
+    // Subset clusters of a namespace's own rule get their own assignments in that namespace;
+    // its clusters without subset share the default's (same name, same endpoints).
+    let subsets_by_base =
+        facts.clone().flat_map(|f| if let ClusterFact::Subset(base, subset) = f { Some((base, subset)) } else { None });
+    let with_subsets = subsets_by_base.clone().map(|(base, _)| base).distinct();
+    // (The endpoints of clusters whose `failoverPriority` compares labels meet them too.)
+    let subset_candidates = base_endpoints.clone().semijoin(with_subsets.concat(prioritized_bases.clone()).distinct());
+    let by_pod = subset_candidates
+        .clone()
+        .flat_map(|(cluster, ep): (String, EndpointRow)| ep.pod.clone().map(|pod| (pod, (cluster, ep.addr))));
+    let labelled = by_pod
+        .clone()
+        .join_map(labels_by_pod.clone(), |_pod, (cluster, addr): &(String, EndpointAddr), labels: &Labels| {
+            (cluster.clone(), (addr.clone(), labels.clone()))
+        })
+        .concat(by_pod.antijoin(labels_by_pod.clone().map(|(k, _)| k)).map(|(_, (c, a))| (c, (a, Labels::new()))))
+        .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then_some((c, (ep.addr, ep.labels)))));
+    let endpoint_labels = labelled.clone().semijoin(prioritized_bases).map(|(c, (a, l))| ((c, a), l));
+    let from_subsets = labelled.join_map(
+        subsets_by_base,
+        |_base, (addr, labels): &(EndpointAddr, Labels), (cluster, subset): &((Scope, String), SubsetRef)| {
+            outbound::subset_selects(subset, labels).then(|| (cluster.clone(), addr.clone()))
+        },
+    );
+    let scoped_addresses =
+        base_endpoints.clone().join_map(scoped_bases.clone(), |cluster, ep: &EndpointRow, scope: &Scope| {
+            ((scope.clone(), cluster.clone()), ep.addr.clone())
+        });
+    let addresses = base_endpoints
+        .map(|(cluster, ep)| ((Scope::All, cluster), ep.addr))
+        .concat(from_subsets.flat_map(|x| x))
+        .concat(scoped_addresses);
+
+    // === locality: assignments relative to the proxy's locality ===
+    // Only for clusters whose policy makes them depend on it (outlier detection or
+    // `distribute`, locality LB not disabled), and only for the localities of connected
+    // proxies: each such cluster's addresses are gathered once, then encoded once per
+    // locality (the default context's) or per (locality, namespace) of connected proxies (a
+    // namespace's own rule's).
+    // With `failoverPriority`, each endpoint goes with its labels (its base cluster's; for a
+    // subset cluster those the subset selects: one address may carry several label sets, from
+    // several endpoints).
+    type Base = Option<(String, Option<SubsetRef>)>;
+    let located_addresses = addresses.clone().join_map(
+        located_clusters.clone(),
+        |(_, name), addr: &EndpointAddr, (ctx, lb, base): &(Context, LocalityLb, Base)| {
+            ((ctx.clone(), name.clone(), lb.clone()), base.clone(), addr.clone())
+        },
+    );
+    let prioritized_addresses = located_addresses
+        .clone()
+        .flat_map(|(key, base, addr)| base.map(|(base, subset)| ((base, addr), (key, subset))))
+        .join_map(endpoint_labels, |(_, addr), (key, subset), labels: &Labels| {
+            let selected = subset.as_ref().is_none_or(|s| outbound::subset_selects(s, labels));
+            selected.then(|| (key.clone(), Some((addr.clone(), labels.clone()))))
+        })
+        .flat_map(|x| x);
+    let located_inputs = located_addresses
+        .flat_map(|(key, base, addr)| base.is_none().then_some((key, Some((addr, Labels::new())))))
+        .concat(prioritized_addresses)
+        .concat(located_clusters.map(|((_, name), (ctx, lb, _))| ((ctx, name, lb), None)))
+        .reduce_named(
+            "gather: located assignment endpoints",
+            |_key, input: &[(&Option<(EndpointAddr, Labels)>, isize)], output| {
+                if input[0].0.is_some() {
+                    return;
+                }
+                let eps: Vec<(EndpointAddr, Labels)> = input[1..].iter().filter_map(|(a, _)| (*a).clone()).collect();
+                output.push((eps, 1isize));
+            },
+        );
+    // Where placed resources go, per (context, whether failoverPriority reads the labels): the
+    // (locality, labels) of connected proxies (labels left out where nothing reads them, so
+    // those are computed once per locality).
+    let places = proxy_localities
+        .flat_map(|l: ProxyLocality| {
+            let plain = (l.locality.clone(), Labels::new());
+            let labelled = (l.locality, l.labels);
+            let ns = Some(l.namespace);
+            [
+                ((None, false), plain.clone()),
+                ((ns.clone(), false), plain),
+                ((None, true), labelled.clone()),
+                ((ns, true), labelled),
+            ]
+        })
+        .distinct();
+    let located_assignments = located_inputs
+        .map(|((ctx, name, lb), eps)| ((ctx, lb.by_labels()), (name, lb, eps)))
+        .join_map(places.clone(), |(ctx, by_labels), (name, lb, eps), (locality, labels): &(String, Labels)| {
+            let scope = translate::locality::located_scope(ctx.as_deref(), *by_labels, locality, labels);
+            let refs: Vec<(&EndpointAddr, &Labels)> = eps.iter().map(|(a, l)| (a, l)).collect();
+            let proxy = translate::locality::ProxyLabels { locality, labels };
+            OutputRow::Resource {
+                scope,
+                ty: ResourceType::ClusterLoadAssignment,
+                name: name.clone(),
+                body: translate::locality::located_load_assignment(name, &refs, proxy, lb),
+            }
+        })
+        // DNS clusters placed relative to the proxy: the Cluster itself.
+        .concat(dns_located.map(|(ctx, c, lb)| ((ctx, lb.by_labels()), (c, lb))).join_map(
+            places,
+            |(ctx, by_labels), (c, lb), (locality, labels): &(String, Labels)| {
+                let scope = translate::locality::located_scope(ctx.as_deref(), *by_labels, locality, labels);
+                let proxy = translate::locality::ProxyLabels { locality, labels };
+                OutputRow::Resource {
+                    scope,
+                    ty: ResourceType::Cluster,
+                    name: c.name(),
+                    body: c.encode_located(proxy, lb),
+                }
+            },
+        ));
+
+    // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
+    // cluster warming (and its own initialization waiting) until one arrives.
+    let assignments = facts
+        .flat_map(|f| if let ClusterFact::Assignment(scope, name) = f { Some(((scope, name), None)) } else { None })
+        .concat(addresses.map(|(cluster, addr)| (cluster, Some(addr))))
+        .reduce_named(
+            "translate: ClusterLoadAssignment",
+            |(_, cluster): &(Scope, String), input: &[(&Option<EndpointAddr>, isize)], output| {
+                // Values arrive sorted: the `None` marker first, present only if the cluster exists.
+                if input[0].0.is_some() {
+                    return;
+                }
+                let addrs: Vec<&EndpointAddr> = input[1..].iter().filter_map(|(a, _)| a.as_ref()).collect();
+                output.push((translate::load_assignment(cluster, &addrs), 1isize));
+            },
+        )
+        .map(|((scope, name), body)| OutputRow::Resource {
+            scope,
+            ty: ResourceType::ClusterLoadAssignment,
+            name,
+            body,
+        });
+
+    let output = assignments.concat(located_assignments).concat(pod_localities);
+    let inputs = Inputs {
+        services: services_in,
+        slices: slices_in,
+        endpoints: endpoints_in,
+        pods: pods_in,
+        nodes: nodes_in,
+        service_entries: se_in,
+        localities: localities_in,
+        facts: facts_in,
+    };
+    (inputs, output)
+}
