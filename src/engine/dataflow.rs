@@ -345,7 +345,8 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
     // A host's rule depends on the proxy's namespace (its own rules first, then the host's,
     // then the root's, each as exported): it is picked for the default context and for each
     // namespace of a connected proxy that a candidate names, where it differs.
-    let class_namespaces = classes.clone().map(|c: ProxyClass| (c.namespace, ())).distinct();
+    // (Arranged once, read by three joins.)
+    let class_namespaces = classes.clone().map(|c: ProxyClass| (c.namespace, ())).distinct().arrange_by_key();
     let rule_candidates =
         patterns.clone().join_map(rules_by_pattern, |pattern, host: &(String, String), dr: &DestinationRule| {
             (host.clone(), (pattern.clone(), dr.clone()))
@@ -357,7 +358,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
             let namespaces = outbound::rule_namespaces(&dr, &marker_root);
             namespaces.into_iter().map(move |ns| (ns, host.clone())).collect::<Vec<_>>()
         })
-        .join_map(class_namespaces.clone(), |ns, host: &(String, String), _| (host.clone(), ns.clone()))
+        .join_core(class_namespaces.clone(), |ns, host: &(String, String), _| Some((host.clone(), ns.clone())))
         .distinct();
     let rule_by_host = rule_candidates
         .map(|(host, (p, dr))| (host, RuleInput::Candidate(p, dr)))
@@ -455,15 +456,16 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
         outbound::virtual_service_patterns(&vs).into_iter().map(move |p| (p, vs.clone())).collect::<Vec<_>>()
     });
     // As rules, a host's VirtualService depends on the proxy's namespace through `exportTo`.
-    let host_by_pattern = patterns.map(|(p, (fqdn, _))| (p, fqdn));
-    let vs_candidates =
-        host_by_pattern.clone().join_map(vs_by_pattern, |pattern, fqdn: &String, vs: &VirtualService| {
-            (fqdn.clone(), VsRank::new(pattern, vs))
+    // (Arranged once, read by three joins.)
+    let host_by_pattern = patterns.map(|(p, (fqdn, _))| (p, fqdn)).arrange_by_key();
+    let vs_candidates = vs_by_pattern
+        .join_core(host_by_pattern.clone(), |pattern, vs: &VirtualService, fqdn: &String| {
+            Some((fqdn.clone(), VsRank::new(pattern, vs)))
         });
     let vs_markers = vs_candidates
         .clone()
         .flat_map(|(fqdn, rank)| rank.namespaces().into_iter().map(move |ns| (ns, fqdn.clone())).collect::<Vec<_>>())
-        .join_map(class_namespaces.clone(), |ns, fqdn: &String, _| (fqdn.clone(), ns.clone()))
+        .join_core(class_namespaces.clone(), |ns, fqdn: &String, _| Some((fqdn.clone(), ns.clone())))
         .distinct();
     // Routes that depend on the proxy's source: the namespaces of connected proxies that a
     // `sourceNamespace` names, and the sidecar classes whose labels a `sourceLabels` selects
@@ -478,9 +480,9 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
                 .flat_map(|ns| patterns.iter().map(move |p| (ns.clone(), p.clone())))
                 .collect::<Vec<_>>()
         })
-        .join_map(class_namespaces, |ns, pattern: &String, _| (pattern.clone(), ns.clone()))
-        .join_map(host_by_pattern.clone(), |_, ns: &String, fqdn: &String| {
-            (fqdn.clone(), VhostInput::SourceNamespace(ns.clone()))
+        .join_core(class_namespaces, |ns, pattern: &String, _| Some((pattern.clone(), ns.clone())))
+        .join_core(host_by_pattern.clone(), |_, ns: &String, fqdn: &String| {
+            Some((fqdn.clone(), VhostInput::SourceNamespace(ns.clone())))
         });
     let sidecar_classes_by_pair = class_labels.clone().flat_map(|(id, (kind, ns, labels))| {
         let pairs: Vec<_> = if kind == ProxyKind::Sidecar {
@@ -509,8 +511,8 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
             },
         )
         .flat_map(|x| x)
-        .join_map(host_by_pattern, |_, (id, ns, labels): &(String, String, Labels), fqdn: &String| {
-            (fqdn.clone(), VhostInput::Class(id.clone(), ns.clone(), labels.clone()))
+        .join_core(host_by_pattern, |_, (id, ns, labels): &(String, String, Labels), fqdn: &String| {
+            Some((fqdn.clone(), VhostInput::Class(id.clone(), ns.clone(), labels.clone())))
         });
     let vs_by_host = vs_candidates
         .map(|(fqdn, rank)| (fqdn, VsPick::Candidate(rank)))
@@ -554,14 +556,16 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
             }
         });
     let missing = vs_context.clone().flat_map(|(_, (vs, dest))| outbound::missing_destinations(&vs, &dest));
+    // (Arranged once, read by the sidecars' routes and the gateways'.)
+    let vs_context = vs_context.arrange_by_key();
     let no_routes =
         vs_by_host.clone().flat_map(
             |(fqdn, (ctx, key))| if key.is_none() { ctx.map(|ns| (fqdn, VhostInput::NoRoutes(ns))) } else { None },
         );
-    let routes_by_host = vs_by_host.flat_map(|(fqdn, (ctx, key))| key.map(|k| (k, (fqdn, ctx)))).join_map(
+    let routes_by_host = vs_by_host.flat_map(|(fqdn, (ctx, key))| key.map(|k| (k, (fqdn, ctx)))).join_core(
         vs_context.clone(),
         |_key, (fqdn, ctx): &(String, Context), (vs, dest): &(VirtualService, DestinationMap)| {
-            (fqdn.clone(), VhostInput::Routes(ctx.clone(), vs.clone(), dest.clone()))
+            Some((fqdn.clone(), VhostInput::Routes(ctx.clone(), vs.clone(), dest.clone())))
         },
     );
 
@@ -753,8 +757,8 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
         .flat_map(|x| x)
         .distinct();
     let class_routes =
-        class_vs.join_map(vs_context, |_, id: &String, (vs, dest): &(VirtualService, DestinationMap)| {
-            (id.clone(), ClassInput::Routes(vs.clone(), dest.clone()))
+        class_vs.join_core(vs_context, |_, id: &String, (vs, dest): &(VirtualService, DestinationMap)| {
+            Some((id.clone(), ClassInput::Routes(vs.clone(), dest.clone())))
         });
     let class_outputs = class_gateways
         .map(|(id, (_, gw))| (id, ClassInput::Gateway(gw)))
@@ -796,12 +800,12 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
     let secret_refs = class_outputs
         .flat_map(|(id, out)| if let ClassOutput::Secret(s) = out { Some((id, s)) } else { None })
         .join_map(class_namespaces, |id, r: &SecretRef, ns: &String| (id.clone(), r.clone(), ns.clone()));
-    let secrets_by_key = secrets.map(|s: Secret| ((s.namespace.clone(), s.name.clone()), s));
+    let secrets_by_key = secrets.map(|s: Secret| ((s.namespace.clone(), s.name.clone()), s)).arrange_by_key();
     let found = secret_refs
         .clone()
         .map(|(id, r, _)| ((r.namespace.clone(), r.name.clone()), (id, r.sds_name.clone())))
-        .join_map(secrets_by_key.clone(), |_, key: &(String, String), s: &Secret| {
-            (key.clone(), SecretInput::Found(s.clone()))
+        .join_core(secrets_by_key.clone(), |_, key: &(String, String), s: &Secret| {
+            Some((key.clone(), SecretInput::Found(s.clone())))
         });
     let fallback = secret_refs
         .clone()
@@ -809,8 +813,8 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
             let name = r.ca_fallback()?.to_string();
             Some(((r.namespace.clone(), name), (id, r.sds_name.clone())))
         })
-        .join_map(secrets_by_key, |_, key: &(String, String), s: &Secret| {
-            (key.clone(), SecretInput::Fallback(s.clone()))
+        .join_core(secrets_by_key, |_, key: &(String, String), s: &Secret| {
+            Some((key.clone(), SecretInput::Fallback(s.clone())))
         });
     let class_secrets = secret_refs
         .map(|(id, r, ns)| ((id, r.sds_name.clone()), SecretInput::Ref(r, ns)))

@@ -135,15 +135,25 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     // === endpoints of clusters without subset ===
     // Service ports by the key endpoint ports carry: the slice port named as the service port
     // gives the target port number.
-    let ports_by_name = services.clone().flat_map(|s: Service| service_port_rows(&s)).map(|row| {
-        let key: PortKey = (row.namespace.clone(), row.service.clone(), row.port.name.clone(), row.port.protocol);
-        (key, row.cluster_name())
-    });
-
-    let slice_addresses = slices.clone().flat_map(|s: EndpointSlice| slice_addresses(&s));
-    let from_slices = ports_by_name
+    // (Arranged once, read by two joins.)
+    let ports_by_name = services
         .clone()
-        .join_map(slice_addresses, |_key, cluster: &String, ep: &EndpointRow| (cluster.clone(), ep.clone()));
+        .flat_map(|s: Service| {
+            let rows = service_port_rows(&s);
+            rows.into_iter().map(|row| {
+                let key: PortKey =
+                    (row.namespace.clone(), row.service.clone(), row.port.name.clone(), row.port.protocol);
+                (key, row.cluster_name())
+            })
+        })
+        .arrange_by_key();
+
+    let from_slices = slices
+        .clone()
+        .flat_map(|s: EndpointSlice| slice_addresses(&s))
+        .join_core(ports_by_name.clone(), |_key, ep: &EndpointRow, cluster: &String| {
+            Some((cluster.clone(), ep.clone()))
+        });
 
     // Core/v1 Endpoints count only for services that have no EndpointSlice (as in a cluster
     // where the EndpointSlice mirror is not running, or a hand-written config directory).
@@ -152,8 +162,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let endpoints_by_svc = endpoints.map(|e: Endpoints| ((e.namespace.clone(), e.name.clone()), e));
     let legacy = endpoints_by_svc.clone().antijoin(sliced.clone());
     let legacy_addresses = legacy.flat_map(|(_, e)| endpoints_addresses(&e));
-    let from_endpoints = ports_by_name
-        .join_map(legacy_addresses, |_key, cluster: &String, ep: &EndpointRow| (cluster.clone(), ep.clone()));
+    let from_endpoints = legacy_addresses
+        .join_core(ports_by_name, |_key, ep: &EndpointRow, cluster: &String| Some((cluster.clone(), ep.clone())));
 
     // Selector services with neither: endpoints derived from the ready pods they select.
     // Label selectors are not equi-joins, so the join goes through a label index: a selector
@@ -181,16 +191,21 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             Some(((ns, k, v), row))
         });
     let live_pods = pods.clone().filter(|p: &Pod| p.ip.is_some() && !p.terminal);
-    let pod_labels: VecCollection<'s, u64, (LabelKey, String)> = live_pods.clone().flat_map(|p: Pod| {
-        p.labels.into_iter().map(move |(k, v)| ((p.namespace.clone(), k, v), p.name.clone())).collect::<Vec<_>>()
-    });
-    let pods_by_name = live_pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p));
-    let from_pods = selector_services
-        .join_map(pod_labels.clone(), |(ns, _, _), svc: &SelectorService, pod: &String| {
-            ((ns.clone(), pod.clone()), svc.clone())
+    // (The label index and the pods by name are arranged once, for services and entries.)
+    let pod_labels = live_pods
+        .clone()
+        .flat_map(|p: Pod| {
+            p.labels.into_iter().map(move |(k, v)| ((p.namespace.clone(), k, v), p.name.clone())).collect::<Vec<_>>()
         })
-        .join(pods_by_name.clone())
-        .flat_map(|((ns, _), (svc, pod))| pod_addresses(&ns, &svc, &pod));
+        .arrange_by_key();
+    let pods_by_name = live_pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p)).arrange_by_key();
+    let from_pods = selector_services
+        .join_core(pod_labels.clone(), |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &String| {
+            Some(((ns.clone(), pod.clone()), svc.clone()))
+        })
+        .join_core(pods_by_name.clone(), |(ns, _): &SvcKey, svc: &SelectorService, pod: &Pod| {
+            pod_addresses(ns, svc, pod)
+        });
 
     // ServiceEntry endpoints: STATIC `endpoints`, and the pods a `workloadSelector` selects
     // (through the same label index). Keyed by (cluster, entry namespace), they count for the
@@ -202,12 +217,11 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         Some(((se.namespace.clone(), k, v), row))
     });
     let from_entry_pods = entry_selectors
-        .join_map(pod_labels, |(ns, _, _), svc: &SelectorService, pod: &String| {
-            ((ns.clone(), pod.clone()), svc.clone())
+        .join_core(pod_labels, |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &String| {
+            Some(((ns.clone(), pod.clone()), svc.clone()))
         })
-        .join(pods_by_name)
-        .flat_map(|((ns, _), (svc, pod))| {
-            pod_addresses(&ns, &svc, &pod).into_iter().map(move |(c, ep)| ((c, ns.clone()), ep)).collect::<Vec<_>>()
+        .join_core(pods_by_name, |(ns, _): &SvcKey, svc: &SelectorService, pod: &Pod| {
+            pod_addresses(ns, svc, pod).into_iter().map(|(c, ep)| ((c, ns.clone()), ep)).collect::<Vec<_>>()
         });
     // (Every context's clusters: an entry exported to some namespaces only has no default one.)
     let entry_owners = facts
@@ -339,32 +353,37 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                 ((ns, true), labelled),
             ]
         })
-        .distinct();
+        .distinct()
+        .arrange_by_key();
+    type Place = (Context, bool);
     let located_assignments = located_inputs
         .map(|((ctx, name, lb), eps)| ((ctx, lb.by_labels()), (name, lb, eps)))
-        .join_map(places.clone(), |(ctx, by_labels), (name, lb, eps), (locality, labels): &(String, Labels)| {
-            let scope = translate::locality::located_scope(ctx.as_deref(), *by_labels, locality, labels);
-            let refs: Vec<(&EndpointAddr, &Labels)> = eps.iter().map(|(a, l)| (a, l)).collect();
-            let proxy = translate::locality::ProxyLabels { locality, labels };
-            OutputRow::Resource {
-                scope,
-                ty: ResourceType::ClusterLoadAssignment,
-                name: name.clone(),
-                body: translate::locality::located_load_assignment(name, &refs, proxy, lb),
-            }
-        })
+        .join_core(
+            places.clone(),
+            |(ctx, by_labels): &Place, (name, lb, eps), (locality, labels): &(String, Labels)| {
+                let scope = translate::locality::located_scope(ctx.as_deref(), *by_labels, locality, labels);
+                let refs: Vec<(&EndpointAddr, &Labels)> = eps.iter().map(|(a, l)| (a, l)).collect();
+                let proxy = translate::locality::ProxyLabels { locality, labels };
+                Some(OutputRow::Resource {
+                    scope,
+                    ty: ResourceType::ClusterLoadAssignment,
+                    name: name.clone(),
+                    body: translate::locality::located_load_assignment(name, &refs, proxy, lb),
+                })
+            },
+        )
         // DNS clusters placed relative to the proxy: the Cluster itself.
-        .concat(dns_located.map(|(ctx, c, lb)| ((ctx, lb.by_labels()), (c, lb))).join_map(
+        .concat(dns_located.map(|(ctx, c, lb)| ((ctx, lb.by_labels()), (c, lb))).join_core(
             places,
-            |(ctx, by_labels), (c, lb), (locality, labels): &(String, Labels)| {
+            |(ctx, by_labels): &Place, (c, lb): &(ClusterRow, LocalityLb), (locality, labels): &(String, Labels)| {
                 let scope = translate::locality::located_scope(ctx.as_deref(), *by_labels, locality, labels);
                 let proxy = translate::locality::ProxyLabels { locality, labels };
-                OutputRow::Resource {
+                Some(OutputRow::Resource {
                     scope,
                     ty: ResourceType::Cluster,
                     name: c.name(),
                     body: c.encode_located(proxy, lb),
-                }
+                })
             },
         ));
 
