@@ -217,3 +217,85 @@ fn advance(clock: &mut Clock) -> u64 {
 fn run(worker: &mut Worker, clock: &Clock) {
     worker.step_while(|| clock.probe.less_than(&clock.time));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ParseOutcome, parse_document};
+
+    fn object(yaml: &str) -> Object {
+        let doc: serde_json::Value = serde_yaml_ng::from_str(yaml).expect("yaml");
+        match parse_document(doc, "default").pop() {
+            Some(ParseOutcome::Object(o)) => o,
+            other => panic!("not an object: {other:?}"),
+        }
+    }
+
+    fn times(g: &Graphs) -> [u64; 3] {
+        [g.clocks[PROXIES].time, g.clocks[CONFIG].time, g.clocks[ENDPOINTS].time]
+    }
+
+    /// Which graphs a change runs is what the split is for: a Pod runs the proxy and endpoint
+    /// graphs only, a VirtualService the config graph only (its clusters do not change), a
+    /// DestinationRule with subsets the config graph and then the endpoint graph (new facts).
+    #[test]
+    fn a_change_runs_only_the_graphs_that_read_it() {
+        timely::execute_directly(|worker| {
+            let mut g = Graphs::build(worker, &MeshConfig::default());
+            let service = object(
+                "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: default}\n\
+                 spec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}",
+            );
+            g.feed(&service, 1);
+            let rows = g.step(worker);
+            assert_eq!(times(&g), [0, 1, 1]);
+            assert!(rows.iter().any(|(r, _)| matches!(r, OutputRow::Resource { ty, .. }
+                if *ty == crate::translate::ResourceType::ClusterLoadAssignment)));
+
+            let pod = object(
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: reviews-1, namespace: default, labels: {app: reviews, version: v1}}\n\
+                 spec: {containers: [{name: app, image: x}]}\n\
+                 status: {podIP: 10.0.0.1, phase: Running, conditions: [{type: Ready, status: 'True'}]}",
+            );
+            g.feed(&pod, 1);
+            let rows = g.step(worker);
+            assert_eq!(times(&g), [1, 1, 2], "a Pod runs the proxy and endpoint graphs");
+            let assignment = rows.iter().find_map(|(r, d)| match r {
+                OutputRow::Resource { name, body, .. }
+                    if *d > 0 && name == "outbound|9080||reviews.default.svc.cluster.local" =>
+                {
+                    Some(body.clone())
+                }
+                _ => None,
+            });
+            assert!(assignment.is_some_and(|b| b.windows(8).any(|w| w == b"10.0.0.1")), "the pod's address: {rows:?}");
+
+            let vs = object(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\n\
+                 spec: {hosts: [reviews], http: [{timeout: 3s, route: [{destination: {host: reviews}}]}]}",
+            );
+            g.feed(&vs, 1);
+            g.step(worker);
+            assert_eq!(times(&g), [1, 2, 2], "a VirtualService runs the config graph alone");
+
+            let dr = object(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\n\
+                 spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}]}",
+            );
+            g.feed(&dr, 1);
+            let rows = g.step(worker);
+            assert_eq!(times(&g), [1, 3, 3], "new subset clusters run the endpoint graph after the config graph");
+            assert!(
+                rows.iter().any(|(r, d)| *d > 0
+                    && matches!(r, OutputRow::Resource { ty, name, .. }
+                        if *ty == crate::translate::ResourceType::ClusterLoadAssignment
+                            && name == "outbound|9080|v1|reviews.default.svc.cluster.local")),
+                "{rows:?}"
+            );
+
+            // Nothing changed: nothing runs.
+            g.step(worker);
+            assert_eq!(times(&g), [1, 3, 3]);
+        });
+    }
+}
