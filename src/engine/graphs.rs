@@ -31,7 +31,7 @@ use timely::worker::Worker;
 
 use super::dataflow::{self, OutputRow};
 use super::endpoints::{self, ClusterFact};
-use super::proxies::{self, ClassLabelRow};
+use super::proxies::{self, ClassLabelRow, PodIdentity};
 use crate::model::Object;
 use crate::translate::MeshConfig;
 
@@ -106,8 +106,34 @@ impl Graphs {
         Graphs { proxies, config, endpoints, clocks, class_labels, facts, rows }
     }
 
+    /// Replaces `old` by `new` (either may be absent) in the graphs that read them.
+    pub fn update(&mut self, old: Option<&Object>, new: Option<&Object>) {
+        // The proxy graph reads a Pod's identity only: a readiness flip does not run it.
+        if let (Some(Object::Pod(a)), Some(Object::Pod(b))) = (old, new) {
+            let (a, b) = (PodIdentity::of(a), PodIdentity::of(b));
+            if a != b {
+                self.proxies.pods.update(a, -1);
+                self.proxies.pods.update(b, 1);
+                self.clocks[PROXIES].dirty = true;
+            }
+            for (pod, diff) in [(old, -1), (new, 1)] {
+                if let Some(Object::Pod(p)) = pod {
+                    self.endpoints.pods.update(p.clone(), diff);
+                }
+            }
+            self.clocks[ENDPOINTS].dirty = true;
+            return;
+        }
+        if let Some(old) = old {
+            self.feed(old, -1);
+        }
+        if let Some(new) = new {
+            self.feed(new, 1);
+        }
+    }
+
     /// Feeds one object (added with `diff` 1, retracted with -1) to the graphs that read it.
-    pub fn feed(&mut self, object: &Object, diff: isize) {
+    fn feed(&mut self, object: &Object, diff: isize) {
         let [proxies, config, endpoints] = &mut self.clocks;
         match object {
             Object::Service(s) => {
@@ -123,7 +149,7 @@ impl Graphs {
                 endpoints.dirty = true;
             }
             Object::Pod(p) => {
-                self.proxies.pods.update(p.clone(), diff);
+                self.proxies.pods.update(PodIdentity::of(p), diff);
                 self.endpoints.pods.update(p.clone(), diff);
                 proxies.dirty = true;
                 endpoints.dirty = true;
@@ -236,8 +262,9 @@ mod tests {
     }
 
     /// Which graphs a change runs is what the split is for: a Pod runs the proxy and endpoint
-    /// graphs only, a VirtualService the config graph only (its clusters do not change), a
-    /// DestinationRule with subsets the config graph and then the endpoint graph (new facts).
+    /// graphs only (its readiness flip the endpoint graph only), a VirtualService the config
+    /// graph only (its clusters do not change), a DestinationRule with subsets the config graph
+    /// and then the endpoint graph (new facts).
     #[test]
     fn a_change_runs_only_the_graphs_that_read_it() {
         timely::execute_directly(|worker| {
@@ -246,7 +273,7 @@ mod tests {
                 "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: default}\n\
                  spec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}",
             );
-            g.feed(&service, 1);
+            g.update(None, Some(&service));
             let rows = g.step(worker);
             assert_eq!(times(&g), [0, 1, 1]);
             assert!(rows.iter().any(|(r, _)| matches!(r, OutputRow::Resource { ty, .. }
@@ -257,7 +284,7 @@ mod tests {
                  spec: {containers: [{name: app, image: x}]}\n\
                  status: {podIP: 10.0.0.1, phase: Running, conditions: [{type: Ready, status: 'True'}]}",
             );
-            g.feed(&pod, 1);
+            g.update(None, Some(&pod));
             let rows = g.step(worker);
             assert_eq!(times(&g), [1, 1, 2], "a Pod runs the proxy and endpoint graphs");
             let assignment = rows.iter().find_map(|(r, d)| match r {
@@ -274,7 +301,7 @@ mod tests {
                 "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\n\
                  spec: {hosts: [reviews], http: [{timeout: 3s, route: [{destination: {host: reviews}}]}]}",
             );
-            g.feed(&vs, 1);
+            g.update(None, Some(&vs));
             g.step(worker);
             assert_eq!(times(&g), [1, 2, 2], "a VirtualService runs the config graph alone");
 
@@ -282,7 +309,7 @@ mod tests {
                 "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\n\
                  spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}]}",
             );
-            g.feed(&dr, 1);
+            g.update(None, Some(&dr));
             let rows = g.step(worker);
             assert_eq!(times(&g), [1, 3, 3], "new subset clusters run the endpoint graph after the config graph");
             assert!(
@@ -293,9 +320,21 @@ mod tests {
                 "{rows:?}"
             );
 
+            // A readiness flip leaves the Pod's identity (name, labels, IP): the proxy graph
+            // does not run, the endpoint graph does.
+            let unready = object(
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: reviews-1, namespace: default, labels: {app: reviews, version: v1}}\n\
+                 spec: {containers: [{name: app, image: x}]}\n\
+                 status: {podIP: 10.0.0.1, phase: Running, conditions: [{type: Ready, status: 'False'}]}",
+            );
+            g.update(Some(&pod), Some(&unready));
+            let rows = g.step(worker);
+            assert_eq!(times(&g), [1, 3, 4], "a readiness flip runs the endpoint graph alone");
+            assert!(!rows.is_empty(), "the assignments lose the address");
+
             // Nothing changed: nothing runs.
             g.step(worker);
-            assert_eq!(times(&g), [1, 3, 3]);
+            assert_eq!(times(&g), [1, 3, 4]);
         });
     }
 }

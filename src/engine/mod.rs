@@ -152,20 +152,18 @@ impl Driver {
             let kind = crate::metrics::kind_label(event.key.kind);
             let op = if event.object.is_some() { "apply" } else { "delete" };
             metrics.input_events.with_label_values(&[kind.as_str(), op]).inc();
-            let old = match event.object {
-                Some(new) => {
-                    if self.current.get(&event.key) == Some(&new) {
-                        continue;
-                    }
-                    graphs.feed(&new, 1);
-                    count(&new, 1);
-                    self.current.insert(event.key, new)
-                }
-                None => self.current.remove(&event.key),
-            };
-            if let Some(old) = old {
-                graphs.feed(&old, -1);
-                count(&old, -1);
+            let new = event.object;
+            if new.is_some() && self.current.get(&event.key) == new.as_ref() {
+                continue;
+            }
+            let old = self.current.remove(&event.key);
+            graphs.update(old.as_ref(), new.as_ref());
+            if let Some(old) = &old {
+                count(old, -1);
+            }
+            if let Some(new) = new {
+                count(&new, 1);
+                self.current.insert(event.key, new);
             }
         }
     }

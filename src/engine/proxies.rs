@@ -20,6 +20,28 @@ use crate::model::k8s::Labels;
 use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind};
 use crate::translate::views;
 
+/// What the proxy graph reads of a Pod: its name, labels and live IP. A readiness flip or a
+/// container change leaves it equal, so the graph does not run for it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    /// The Pod's IP while it is not terminal.
+    pub ip: Option<String>,
+}
+
+impl PodIdentity {
+    pub fn of(p: &Pod) -> PodIdentity {
+        PodIdentity {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            labels: p.labels.clone(),
+            ip: p.ip.clone().filter(|_| !p.terminal),
+        }
+    }
+}
+
 /// A proxy class's labels: (class id, (kind, namespace, labels)).
 pub type ClassLabelRow = (String, (ProxyKind, String, Labels));
 
@@ -34,7 +56,7 @@ enum PodAtIp {
 
 /// The proxy graph's inputs.
 pub struct Inputs {
-    pub pods: InputSession<u64, Pod, isize>,
+    pub pods: InputSession<u64, PodIdentity, isize>,
     pub classes: InputSession<u64, ProxyClass, isize>,
 }
 
@@ -52,9 +74,9 @@ impl Inputs {
 
 /// Builds the proxy graph: what the proxy said its labels are, else its Pod's (following the Pod).
 pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, ClassLabelRow>) {
-    let (pods_in, pods) = scope.new_collection::<Pod, isize>();
+    let (pods_in, pods) = scope.new_collection::<PodIdentity, isize>();
     let (classes_in, classes) = scope.new_collection::<ProxyClass, isize>();
-    let labels_by_pod = pods.clone().map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p.labels));
+    let labels_by_pod = pods.clone().map(|p: PodIdentity| ((p.namespace.clone(), p.name.clone()), p.labels));
 
     let labelled_classes = classes.filter(|c: &ProxyClass| c.kind != ProxyKind::Proxyless);
     let given_labels = labelled_classes.clone().flat_map(|c: ProxyClass| match &c.labels {
@@ -75,10 +97,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Class
     // classes at its IP), else no labels.
     let pod_missing =
         of_pod.antijoin(labels_by_pod.clone().map(|(k, _)| k)).map(|((ns, _), (id, kind, ip))| (id, (kind, ns, ip)));
-    let pods_by_ip = pods.flat_map(|p: Pod| {
-        let ip = p.ip.clone().filter(|_| !p.terminal)?;
-        Some((ip, (p.namespace, p.name, p.labels)))
-    });
+    let pods_by_ip = pods.flat_map(|p: PodIdentity| Some((p.ip?, (p.namespace, p.name, p.labels))));
     let ip_candidates = pod_missing.clone().flat_map(|(id, (_, _, ip))| ip.map(|ip| (ip, id))).join_map(
         pods_by_ip,
         |_, id: &String, (ns, name, labels): &(String, String, Labels)| {
