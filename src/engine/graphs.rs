@@ -200,48 +200,57 @@ impl Graphs {
     /// Runs each graph that has changes, in order, feeding each one's output to the next, and
     /// returns every output row of this engine time (not consolidated).
     pub fn step(&mut self, worker: &mut Worker) -> Vec<(OutputRow, isize)> {
-        if self.clocks[PROXIES].dirty {
-            let t = advance(&mut self.clocks[PROXIES]);
-            self.proxies.advance_to(t);
-            self.proxies.flush();
-            run(worker, &self.clocks[PROXIES]);
+        if run(worker, &mut self.clocks[PROXIES], &mut self.proxies) {
             let labels = std::mem::take(&mut *self.class_labels.borrow_mut());
             for (row, diff) in labels {
                 self.config.class_labels.update(row, diff);
                 self.clocks[CONFIG].dirty = true;
             }
         }
-        if self.clocks[CONFIG].dirty {
-            let t = advance(&mut self.clocks[CONFIG]);
-            self.config.advance_to(t);
-            self.config.flush();
-            run(worker, &self.clocks[CONFIG]);
+        if run(worker, &mut self.clocks[CONFIG], &mut self.config) {
             let facts = std::mem::take(&mut *self.facts.borrow_mut());
             for (fact, diff) in facts {
                 self.endpoints.facts.update(fact, diff);
                 self.clocks[ENDPOINTS].dirty = true;
             }
         }
-        if self.clocks[ENDPOINTS].dirty {
-            let t = advance(&mut self.clocks[ENDPOINTS]);
-            self.endpoints.advance_to(t);
-            self.endpoints.flush();
-            run(worker, &self.clocks[ENDPOINTS]);
-        }
+        run(worker, &mut self.clocks[ENDPOINTS], &mut self.endpoints);
         std::mem::take(&mut *self.rows.borrow_mut())
     }
 }
 
-/// Moves a graph's clock past the time its changes were given at; returns the new time.
-fn advance(clock: &mut Clock) -> u64 {
-    clock.dirty = false;
-    clock.time += 1;
-    clock.time
+/// A graph's input sessions, moved on together.
+trait GraphInputs {
+    fn advance_to(&mut self, t: u64);
+    fn flush(&mut self);
 }
 
-/// Steps the worker until the graph's output for every time before its clock is complete.
-fn run(worker: &mut Worker, clock: &Clock) {
+macro_rules! graph_inputs {
+    ($($t:ty),*) => {$(
+        impl GraphInputs for $t {
+            fn advance_to(&mut self, t: u64) {
+                <$t>::advance_to(self, t)
+            }
+            fn flush(&mut self) {
+                <$t>::flush(self)
+            }
+        }
+    )*};
+}
+graph_inputs!(proxies::Inputs, dataflow::Inputs, endpoints::Inputs);
+
+/// If the graph has changes: moves its clock and inputs past the time they were given at and
+/// steps the worker until the graph's output for that time is complete. Returns whether it ran.
+fn run(worker: &mut Worker, clock: &mut Clock, inputs: &mut impl GraphInputs) -> bool {
+    if !clock.dirty {
+        return false;
+    }
+    clock.dirty = false;
+    clock.time += 1;
+    inputs.advance_to(clock.time);
+    inputs.flush();
     worker.step_while(|| clock.probe.less_than(&clock.time));
+    true
 }
 
 #[cfg(test)]
