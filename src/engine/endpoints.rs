@@ -1,9 +1,11 @@
-//! The endpoint graph: load assignments, the last of the three graphs (see [`super::graphs`]).
+//! The endpoint graph: load assignments, the third of the engine's graphs (see
+//! [`super::graphs`]).
 //!
-//! It reads Pods, EndpointSlices, Endpoints, Nodes and the proxies' localities, plus Services
-//! and ServiceEntries (for their ports and selectors) and what the config graph knows of
-//! clusters ([`ClusterFact`]). A Pod or slice change runs this graph (and the small proxy
-//! graph), never the config graph's routes and listeners.
+//! It reads Pods, EndpointSlices, Endpoints and Nodes, plus Services and ServiceEntries (for
+//! their ports and selectors) and what the config graph knows of clusters ([`ClusterFact`]). A
+//! Pod or slice change runs this graph (and the small proxy graph), never the config graph's
+//! routes and listeners. The addresses of clusters placed by locality go on to the located
+//! graph ([`super::located`]).
 //!
 //! ```text
 //! slices ─flat_map─▶ ready addresses by (ns, svc, port name, proto) ──join(ports by name)┐
@@ -20,9 +22,7 @@
 //!                     assigned clusters (ClusterFact::Assignment) ⊎ addresses ─reduce per (scope, cluster)
 //!                                ─▶ load assignments
 //!                     (a host whose exportTo is not `*`: base endpoints ⋈ ClusterFact::ScopedBase: its own)
-//!   located clusters (ClusterFact::Located) ─join(their addresses)─reduce per (context, cluster)─▶ address list
-//!        ─⋈ (locality, labels) of connected proxies ─▶ Scope::Locality, LocalityIn, Prioritized, PrioritizedIn
-//!   DNS clusters placed by locality (ClusterFact::DnsLocated) ─⋈ the same places─▶ the Cluster per place
+//!   located clusters (ClusterFact::Located) ─join(their addresses) ⊎ endpoint labels ─▶ located graph
 //! ```
 
 use differential_dataflow::VecCollection;
@@ -33,7 +33,6 @@ use timely::dataflow::Scope as Graph;
 use super::dataflow::OutputRow;
 use crate::model::istio::ServiceEntry;
 use crate::model::k8s::Labels;
-use crate::model::proxy::ProxyLocality;
 use crate::model::{EndpointSlice, Endpoints, Node, Pod, Service};
 use crate::translate::endpoint::{
     EndpointRow, PortKey, SelectorService, endpoints_addresses, node_locality, pod_addresses, pod_locality_label,
@@ -74,6 +73,12 @@ pub enum ClusterFact {
     DnsLocated(Context, Box<ClusterRow>, LocalityLb),
 }
 
+/// Whether the endpoint graph reads this fact (DNS clusters placed by locality go to the
+/// located graph only).
+pub fn reads(fact: &ClusterFact) -> bool {
+    !matches!(fact, ClusterFact::DnsLocated(..))
+}
+
 /// The endpoint graph's inputs.
 pub struct Inputs {
     pub services: InputSession<u64, Service, isize>,
@@ -82,7 +87,6 @@ pub struct Inputs {
     pub pods: InputSession<u64, Pod, isize>,
     pub nodes: InputSession<u64, Node, isize>,
     pub service_entries: InputSession<u64, ServiceEntry, isize>,
-    pub localities: InputSession<u64, ProxyLocality, isize>,
     pub facts: InputSession<u64, ClusterFact, isize>,
 }
 
@@ -94,7 +98,6 @@ impl Inputs {
         self.pods.advance_to(t);
         self.nodes.advance_to(t);
         self.service_entries.advance_to(t);
-        self.localities.advance_to(t);
         self.facts.advance_to(t);
     }
 
@@ -105,20 +108,18 @@ impl Inputs {
         self.pods.flush();
         self.nodes.flush();
         self.service_entries.flush();
-        self.localities.flush();
         self.facts.flush();
     }
 }
 
 /// Builds the endpoint graph.
-pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, OutputRow>) {
+pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let (services_in, services) = scope.new_collection::<Service, isize>();
     let (slices_in, slices) = scope.new_collection::<EndpointSlice, isize>();
     let (endpoints_in, endpoints) = scope.new_collection::<Endpoints, isize>();
     let (pods_in, pods) = scope.new_collection::<Pod, isize>();
     let (nodes_in, nodes) = scope.new_collection::<Node, isize>();
     let (se_in, service_entries) = scope.new_collection::<ServiceEntry, isize>();
-    let (localities_in, proxy_localities) = scope.new_collection::<ProxyLocality, isize>();
     let (facts_in, facts) = scope.new_collection::<ClusterFact, isize>();
 
     let labels_by_pod = pods.clone().map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p.labels));
@@ -128,9 +129,6 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
     let located_clusters =
         facts.clone().flat_map(|f| if let ClusterFact::Located(at, located) = f { Some((at, located)) } else { None });
     let prioritized_bases = located_clusters.clone().flat_map(|(_, (_, _, base))| base.map(|(b, _)| b)).distinct();
-    let dns_located = facts
-        .clone()
-        .flat_map(|f| if let ClusterFact::DnsLocated(ctx, c, lb) = f { Some((ctx, *c, lb)) } else { None });
 
     // === endpoints of clusters without subset ===
     // Service ports by the key endpoint ports carry: the slice port named as the service port
@@ -300,92 +298,18 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         .concat(from_subsets.flat_map(|x| x))
         .concat(scoped_addresses);
 
-    // === locality: assignments relative to the proxy's locality ===
-    // Only for clusters whose policy makes them depend on it (outlier detection or
-    // `distribute`, locality LB not disabled), and only for the localities of connected
-    // proxies: each such cluster's addresses are gathered once, then encoded once per
-    // locality (the default context's) or per (locality, namespace) of connected proxies (a
-    // namespace's own rule's).
-    // With `failoverPriority`, each endpoint goes with its labels (its base cluster's; for a
-    // subset cluster those the subset selects: one address may carry several label sets, from
-    // several endpoints).
-    type Base = Option<(String, Option<SubsetRef>)>;
-    let located_addresses = addresses.clone().join_map(
-        located_clusters.clone(),
-        |(_, name), addr: &EndpointAddr, (ctx, lb, base): &(Context, LocalityLb, Base)| {
-            ((ctx.clone(), name.clone(), lb.clone()), base.clone(), addr.clone())
-        },
-    );
-    let prioritized_addresses = located_addresses
+    // === locality: what the located graph needs (see [`super::located`]) ===
+    // The addresses of clusters whose assignment depends on the proxy's locality, with their
+    // context and policy; and, with `failoverPriority`, the labels of their endpoints.
+    let located = addresses
         .clone()
-        .flat_map(|(key, base, addr)| base.map(|(base, subset)| ((base, addr), (key, subset))))
-        .join_map(endpoint_labels, |(_, addr), (key, subset), labels: &Labels| {
-            let selected = subset.as_ref().is_none_or(|s| outbound::subset_selects(s, labels));
-            selected.then(|| (key.clone(), Some((addr.clone(), labels.clone()))))
-        })
-        .flat_map(|x| x);
-    let located_inputs = located_addresses
-        .flat_map(|(key, base, addr)| base.is_none().then_some((key, Some((addr, Labels::new())))))
-        .concat(prioritized_addresses)
-        .concat(located_clusters.map(|((_, name), (ctx, lb, _))| ((ctx, name, lb), None)))
-        .reduce_named(
-            "gather: located assignment endpoints",
-            |_key, input: &[(&Option<(EndpointAddr, Labels)>, isize)], output| {
-                if input[0].0.is_some() {
-                    return;
-                }
-                let eps: Vec<(EndpointAddr, Labels)> = input[1..].iter().filter_map(|(a, _)| (*a).clone()).collect();
-                output.push((eps, 1isize));
-            },
-        );
-    // Where placed resources go, per (context, whether failoverPriority reads the labels): the
-    // (locality, labels) of connected proxies (labels left out where nothing reads them, so
-    // those are computed once per locality).
-    let places = proxy_localities
-        .flat_map(|l: ProxyLocality| {
-            let plain = (l.locality.clone(), Labels::new());
-            let labelled = (l.locality, l.labels);
-            let ns = Some(l.namespace);
-            [
-                ((None, false), plain.clone()),
-                ((ns.clone(), false), plain),
-                ((None, true), labelled.clone()),
-                ((ns, true), labelled),
-            ]
-        })
-        .distinct()
-        .arrange_by_key();
-    type Place = (Context, bool);
-    let located_assignments = located_inputs
-        .map(|((ctx, name, lb), eps)| ((ctx, lb.by_labels()), (name, lb, eps)))
-        .join_core(
-            places.clone(),
-            |(ctx, by_labels): &Place, (name, lb, eps), (locality, labels): &(String, Labels)| {
-                let scope = translate::locality::located_scope(ctx.as_deref(), *by_labels, locality, labels);
-                let refs: Vec<(&EndpointAddr, &Labels)> = eps.iter().map(|(a, l)| (a, l)).collect();
-                let proxy = translate::locality::ProxyLabels { locality, labels };
-                Some(OutputRow::Resource {
-                    scope,
-                    ty: ResourceType::ClusterLoadAssignment,
-                    name: name.clone(),
-                    body: translate::locality::located_load_assignment(name, &refs, proxy, lb),
-                })
+        .join_map(
+            located_clusters,
+            |(_, name), addr: &EndpointAddr, (ctx, lb, base): &(Context, LocalityLb, LocatedBase)| {
+                LocatedInput::Address((ctx.clone(), name.clone(), lb.clone()), base.clone(), addr.clone())
             },
         )
-        // DNS clusters placed relative to the proxy: the Cluster itself.
-        .concat(dns_located.map(|(ctx, c, lb)| ((ctx, lb.by_labels()), (c, lb))).join_core(
-            places,
-            |(ctx, by_labels): &Place, (c, lb): &(ClusterRow, LocalityLb), (locality, labels): &(String, Labels)| {
-                let scope = translate::locality::located_scope(ctx.as_deref(), *by_labels, locality, labels);
-                let proxy = translate::locality::ProxyLabels { locality, labels };
-                Some(OutputRow::Resource {
-                    scope,
-                    ty: ResourceType::Cluster,
-                    name: c.name(),
-                    body: c.encode_located(proxy, lb),
-                })
-            },
-        ));
+        .concat(endpoint_labels.map(|(key, labels)| LocatedInput::Labels(key, labels)));
 
     // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
     // cluster warming (and its own initialization waiting) until one arrives.
@@ -410,7 +334,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
             body,
         });
 
-    let output = assignments.concat(located_assignments).concat(pod_localities);
+    let output = assignments.concat(pod_localities);
     let inputs = Inputs {
         services: services_in,
         slices: slices_in,
@@ -418,8 +342,23 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
         pods: pods_in,
         nodes: nodes_in,
         service_entries: se_in,
-        localities: localities_in,
         facts: facts_in,
     };
-    (inputs, output)
+    (inputs, Outputs { rows: output, located })
+}
+
+/// What the endpoint graph outputs: its resources, and what the located graph reads.
+pub struct Outputs<'s> {
+    pub rows: VecCollection<'s, u64, OutputRow>,
+    pub located: VecCollection<'s, u64, LocatedInput>,
+}
+
+/// What the endpoint graph hands the located graph ([`super::located`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LocatedInput {
+    /// An address of a cluster whose assignment depends on the proxy's locality: (context,
+    /// cluster, policy), the base whose endpoint labels `failoverPriority` compares, the address.
+    Address((Context, String, LocalityLb), LocatedBase, EndpointAddr),
+    /// With `failoverPriority`: the labels of an endpoint (base cluster, address).
+    Labels((String, EndpointAddr), Labels),
 }

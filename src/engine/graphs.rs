@@ -1,4 +1,4 @@
-//! The engine's three dataflow graphs, run one after the other at each logical time.
+//! The engine's four dataflow graphs, run one after the other at each logical time.
 //!
 //! ```text
 //! pods, proxy classes ──▶ proxy graph (proxies.rs) ── class labels ──┐
@@ -6,20 +6,25 @@
 //! proxy classes ───────────────────────────────────▶ config graph (dataflow.rs) ─▶ clusters, listeners,
 //!                                                                  │                route configs, secrets
 //!                                                                  └── cluster facts ──┐
-//! pods, slices, endpoints, nodes, services, entries, proxy localities ─────────────────▼
+//! pods, slices, endpoints, nodes, services, entries ───────────────────────────────────▼
 //!                                                    endpoint graph (endpoints.rs) ─▶ load assignments
+//!                                      addresses of clusters placed by locality ──┐
+//! proxy localities, located cluster facts ────────────────────────────────────────▼
+//!                                                    located graph (located.rs) ─▶ assignments per place
 //! ```
 //!
 //! Every operator of a timely dataflow runs at every logical time its inputs advance to, even
 //! with nothing to do: the seal of an empty batch in each arrangement, the progress of each
-//! port. That fixed cost grows with the graph, not with the change. Split in three, a graph
-//! advances only at the times something of its own changed: a Pod or EndpointSlice change runs
-//! the proxy and endpoint graphs, not the config graph (routes, listeners, gateways), and a
-//! VirtualService change runs the config graph alone unless what it knows of clusters changes.
+//! port. That fixed cost grows with the graph, not with the change. Split in four, a graph
+//! advances only at the times something of its own changed:
+//! - a Pod or EndpointSlice change runs the endpoint graph, not the config graph (routes,
+//!   listeners, gateways); the proxy graph only if the Pod's name, labels or IP changed; the
+//!   located graph only if the Pod serves a cluster placed by locality;
+//! - a VirtualService change runs the config graph alone unless what it knows of clusters
+//!   changes.
 //!
-//! Each graph keeps its own clock. Within one engine time the proxy graph runs first, its
-//! changed class labels are fed to the config graph, which runs next, and its changed cluster
-//! facts are fed to the endpoint graph, which runs last: after each engine time the three hold
+//! Each graph keeps its own clock. Within one engine time the graphs run in the order above,
+//! each one's changed output fed to the next as input: after each engine time the four hold
 //! what one graph over all inputs would.
 
 use std::cell::RefCell;
@@ -30,7 +35,8 @@ use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
 use super::dataflow::{self, OutputRow};
-use super::endpoints::{self, ClusterFact};
+use super::endpoints::{self, ClusterFact, LocatedInput};
+use super::located;
 use super::proxies::{self, ClassLabelRow, PodIdentity};
 use crate::model::Object;
 use crate::translate::MeshConfig;
@@ -51,20 +57,23 @@ impl Clock {
     }
 }
 
-/// The three graphs, their inputs and what they output.
+/// The four graphs, their inputs and what they output.
 pub struct Graphs {
     proxies: proxies::Inputs,
     config: dataflow::Inputs,
     endpoints: endpoints::Inputs,
-    clocks: [Clock; 3],
+    located: located::Inputs,
+    clocks: [Clock; 4],
     class_labels: Buffer<ClassLabelRow>,
     facts: Buffer<ClusterFact>,
+    located_inputs: Buffer<LocatedInput>,
     rows: Buffer<OutputRow>,
 }
 
 const PROXIES: usize = 0;
 const CONFIG: usize = 1;
 const ENDPOINTS: usize = 2;
+const LOCATED: usize = 3;
 
 /// Copies the updates of `collection` into `buffer` and has `probe` follow its progress.
 fn capture<'s, D: differential_dataflow::Data>(
@@ -83,10 +92,11 @@ fn capture<'s, D: differential_dataflow::Data>(
 impl Graphs {
     /// Builds the three graphs on `worker`.
     pub fn build(worker: &mut Worker, mesh: &MeshConfig) -> Graphs {
-        let clocks = [Clock::new(), Clock::new(), Clock::new()];
+        let clocks = [Clock::new(), Clock::new(), Clock::new(), Clock::new()];
         let class_labels: Buffer<ClassLabelRow> = Rc::default();
         let facts: Buffer<ClusterFact> = Rc::default();
         let rows: Buffer<OutputRow> = Rc::default();
+        let located_inputs: Buffer<LocatedInput> = Rc::default();
         let proxies = worker.dataflow::<u64, _, _>(|scope| {
             let (inputs, labels) = proxies::build(scope);
             capture(labels, &class_labels, &clocks[PROXIES].probe);
@@ -99,11 +109,17 @@ impl Graphs {
             inputs
         });
         let endpoints = worker.dataflow::<u64, _, _>(|scope| {
-            let (inputs, output) = endpoints::build(scope);
-            capture(output, &rows, &clocks[ENDPOINTS].probe);
+            let (inputs, outputs) = endpoints::build(scope);
+            capture(outputs.rows, &rows, &clocks[ENDPOINTS].probe);
+            capture(outputs.located, &located_inputs, &clocks[ENDPOINTS].probe);
             inputs
         });
-        Graphs { proxies, config, endpoints, clocks, class_labels, facts, rows }
+        let located = worker.dataflow::<u64, _, _>(|scope| {
+            let (inputs, output) = located::build(scope);
+            capture(output, &rows, &clocks[LOCATED].probe);
+            inputs
+        });
+        Graphs { proxies, config, endpoints, located, clocks, class_labels, facts, located_inputs, rows }
     }
 
     /// Replaces `old` by `new` (either may be absent) in the graphs that read them.
@@ -134,7 +150,7 @@ impl Graphs {
 
     /// Feeds one object (added with `diff` 1, retracted with -1) to the graphs that read it.
     fn feed(&mut self, object: &Object, diff: isize) {
-        let [proxies, config, endpoints] = &mut self.clocks;
+        let [proxies, config, endpoints, located] = &mut self.clocks;
         match object {
             Object::Service(s) => {
                 self.config.services.update(s.clone(), diff);
@@ -173,8 +189,8 @@ impl Graphs {
                 endpoints.dirty = true;
             }
             Object::ProxyLocality(l) => {
-                self.endpoints.localities.update(l.clone(), diff);
-                endpoints.dirty = true;
+                self.located.localities.update(l.clone(), diff);
+                located.dirty = true;
             }
             Object::VirtualService(vs) => {
                 self.config.virtual_services.update((**vs).clone(), diff);
@@ -210,11 +226,24 @@ impl Graphs {
         if run(worker, &mut self.clocks[CONFIG], &mut self.config) {
             let facts = std::mem::take(&mut *self.facts.borrow_mut());
             for (fact, diff) in facts {
-                self.endpoints.facts.update(fact, diff);
-                self.clocks[ENDPOINTS].dirty = true;
+                if located::reads(&fact) {
+                    self.located.facts.update(fact.clone(), diff);
+                    self.clocks[LOCATED].dirty = true;
+                }
+                if endpoints::reads(&fact) {
+                    self.endpoints.facts.update(fact, diff);
+                    self.clocks[ENDPOINTS].dirty = true;
+                }
             }
         }
-        run(worker, &mut self.clocks[ENDPOINTS], &mut self.endpoints);
+        if run(worker, &mut self.clocks[ENDPOINTS], &mut self.endpoints) {
+            let located = std::mem::take(&mut *self.located_inputs.borrow_mut());
+            for (input, diff) in located {
+                self.located.located.update(input, diff);
+                self.clocks[LOCATED].dirty = true;
+            }
+        }
+        run(worker, &mut self.clocks[LOCATED], &mut self.located);
         std::mem::take(&mut *self.rows.borrow_mut())
     }
 }
@@ -237,7 +266,7 @@ macro_rules! graph_inputs {
         }
     )*};
 }
-graph_inputs!(proxies::Inputs, dataflow::Inputs, endpoints::Inputs);
+graph_inputs!(proxies::Inputs, dataflow::Inputs, endpoints::Inputs, located::Inputs);
 
 /// If the graph has changes: moves its clock and inputs past the time they were given at and
 /// steps the worker until the graph's output for that time is complete. Returns whether it ran.
@@ -266,8 +295,8 @@ mod tests {
         }
     }
 
-    fn times(g: &Graphs) -> [u64; 3] {
-        [g.clocks[PROXIES].time, g.clocks[CONFIG].time, g.clocks[ENDPOINTS].time]
+    fn times(g: &Graphs) -> [u64; 4] {
+        [g.clocks[PROXIES].time, g.clocks[CONFIG].time, g.clocks[ENDPOINTS].time, g.clocks[LOCATED].time]
     }
 
     /// Which graphs a change runs is what the split is for: a Pod runs the proxy and endpoint
@@ -284,7 +313,7 @@ mod tests {
             );
             g.update(None, Some(&service));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [0, 1, 1]);
+            assert_eq!(times(&g), [0, 1, 1, 0]);
             assert!(rows.iter().any(|(r, _)| matches!(r, OutputRow::Resource { ty, .. }
                 if *ty == crate::translate::ResourceType::ClusterLoadAssignment)));
 
@@ -295,7 +324,7 @@ mod tests {
             );
             g.update(None, Some(&pod));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [1, 1, 2], "a Pod runs the proxy and endpoint graphs");
+            assert_eq!(times(&g), [1, 1, 2, 0], "a Pod runs the proxy and endpoint graphs");
             let assignment = rows.iter().find_map(|(r, d)| match r {
                 OutputRow::Resource { name, body, .. }
                     if *d > 0 && name == "outbound|9080||reviews.default.svc.cluster.local" =>
@@ -312,7 +341,7 @@ mod tests {
             );
             g.update(None, Some(&vs));
             g.step(worker);
-            assert_eq!(times(&g), [1, 2, 2], "a VirtualService runs the config graph alone");
+            assert_eq!(times(&g), [1, 2, 2, 0], "a VirtualService runs the config graph alone");
 
             let dr = object(
                 "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\n\
@@ -320,7 +349,7 @@ mod tests {
             );
             g.update(None, Some(&dr));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [1, 3, 3], "new subset clusters run the endpoint graph after the config graph");
+            assert_eq!(times(&g), [1, 3, 3, 0], "new subset clusters run the endpoint graph after the config graph");
             assert!(
                 rows.iter().any(|(r, d)| *d > 0
                     && matches!(r, OutputRow::Resource { ty, name, .. }
@@ -338,12 +367,47 @@ mod tests {
             );
             g.update(Some(&pod), Some(&unready));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [1, 3, 4], "a readiness flip runs the endpoint graph alone");
+            assert_eq!(times(&g), [1, 3, 4, 0], "a readiness flip runs the endpoint graph alone");
             assert!(!rows.is_empty(), "the assignments lose the address");
 
             // Nothing changed: nothing runs.
             g.step(worker);
-            assert_eq!(times(&g), [1, 3, 4]);
+            assert_eq!(times(&g), [1, 3, 4, 0]);
+
+            // A connected proxy's locality runs the located graph alone; with no cluster placed
+            // by locality it outputs nothing.
+            let place = Object::ProxyLocality(crate::model::proxy::ProxyLocality {
+                namespace: "default".into(),
+                locality: "r1/z1/".into(),
+                labels: Default::default(),
+            });
+            g.update(None, Some(&place));
+            let rows = g.step(worker);
+            assert_eq!(times(&g), [1, 3, 4, 1]);
+            assert!(rows.is_empty(), "{rows:?}");
+
+            // Outlier detection places the cluster by locality: the config graph runs, then the
+            // endpoint graph (new facts, its addresses to the located graph), then the located
+            // graph, which outputs the assignment for the proxy's place.
+            let placed = object(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\n\
+                 spec: {host: reviews, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 3}}, \
+                 subsets: [{name: v1, labels: {version: v1}}]}",
+            );
+            g.update(Some(&dr), Some(&placed));
+            let rows = g.step(worker);
+            assert_eq!(times(&g), [1, 4, 5, 2]);
+            assert!(
+                rows.iter().any(|(r, d)| *d > 0
+                    && matches!(r, OutputRow::Resource { scope: crate::translate::Scope::Locality(l), ty, .. }
+                        if l == "r1/z1/" && *ty == crate::translate::ResourceType::ClusterLoadAssignment)),
+                "{rows:?}"
+            );
+
+            // A readiness flip of a Pod of a placed cluster runs the endpoint and located graphs.
+            g.update(Some(&unready), Some(&pod));
+            g.step(worker);
+            assert_eq!(times(&g), [1, 4, 6, 3]);
         });
     }
 }
