@@ -1,4 +1,4 @@
-//! The config graph: input collections in, output rows out. The second of the engine's three
+//! The config graph: input collections in, output rows out. The second of the engine's four
 //! graphs (see [`super::graphs`]): it reads the proxy graph's class labels, and hands the
 //! endpoint graph (load assignments, [`super::endpoints`]) what it knows of clusters.
 //!
@@ -49,8 +49,7 @@ use differential_dataflow::input::{Input, InputSession};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope as Graph;
 
-use super::endpoints::ClusterFact;
-use super::proxies::ClassLabelRow;
+use super::rows::{ClassLabelRow, ClusterFact, OutputRow};
 use crate::model::Secret;
 use crate::model::Service;
 use crate::model::istio::{DestinationRule, DestinationRuleSpec, Gateway, ServiceEntry, VirtualService};
@@ -61,38 +60,8 @@ use crate::translate::gateway::{self, SecretRef};
 use crate::translate::outbound::{
     self, ClusterRow, ConfigKey, Context, DestinationMap, HostInfo, TcpListenerRow, VsRank, host_patterns,
 };
-use crate::translate::{
-    self, Diagnostic, MeshConfig, ResourceType, Scope, ServicePortRow, VirtualHostPart, service_entry,
-};
+use crate::translate::{self, Diagnostic, MeshConfig, ResourceType, Scope, ServicePortRow, service_entry};
 use crate::translate::{delegate, views};
-
-/// What leaves the dataflow: finished resources, and virtual hosts that are assembled into
-/// route configs outside it (see [`super::output`]).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum OutputRow {
-    Resource {
-        scope: Scope,
-        ty: ResourceType,
-        name: String,
-        body: Vec<u8>,
-    },
-    VirtualHost {
-        /// `Sidecars`, or the namespace whose proxies see this virtual host instead of the
-        /// sidecars' one of the same name.
-        scope: Scope,
-        route: String,
-        vhost: VirtualHostPart,
-    },
-    /// A problem with an input object that does not stop it from being served: a field meshflow
-    /// does not translate yet, a route to a host or subset that does not exist.
-    Diagnostic(Diagnostic),
-    /// A Pod's locality (its own label, else its Node's): not a resource, but what a proxy of
-    /// that Pod that does not tell its locality is placed in when it connects.
-    PodLocality {
-        pod: (String, String),
-        locality: String,
-    },
-}
 
 /// The input collections, one per kind that translation reads.
 pub struct Inputs {

@@ -27,10 +27,9 @@
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
-use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope as Graph;
 
-use super::dataflow::OutputRow;
+use super::rows::{ClusterFact, LocatedBase, LocatedInput, OutputRow};
 use crate::model::istio::ServiceEntry;
 use crate::model::k8s::Labels;
 use crate::model::{EndpointSlice, Endpoints, Node, Pod, Service};
@@ -39,40 +38,13 @@ use crate::translate::endpoint::{
     service_port_rows, slice_addresses,
 };
 use crate::translate::locality::LocalityLb;
-use crate::translate::outbound::{self, ClusterRow, Context, SubsetRef};
+use crate::translate::outbound::{self, Context, SubsetRef};
 use crate::translate::{self, EndpointAddr, ResourceType, Scope, service_entry};
 
 /// (namespace, service name)
 type SvcKey = (String, String);
 /// (namespace, label key, label value): how selector services meet pods.
 type LabelKey = (String, String, String);
-/// With `failoverPriority`: the base cluster whose endpoints' labels are compared, and the
-/// subset whose labels select among them.
-pub type LocatedBase = Option<(String, Option<SubsetRef>)>;
-
-/// What the config graph knows of a cluster that the endpoint graph needs. The config graph
-/// outputs these beside its resources; they are fed into the endpoint graph's input, so that
-/// graph runs only when these, or endpoints, change.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum ClusterFact {
-    /// An EDS cluster that gets a load assignment in this scope (empty if it has no endpoint:
-    /// Envoy keeps an EDS cluster warming until one arrives).
-    Assignment(Scope, String),
-    /// A cluster without subset of a host exported to some namespaces only: each namespace's
-    /// copy has its own assignment (there is no default one to share).
-    ScopedBase(String, Scope),
-    /// A cluster whose assignment depends on the proxy's locality, keyed by where its
-    /// addresses are (its own context's scope, else the shared one), with its context.
-    Located((Scope, String), (Context, LocalityLb, LocatedBase)),
-    /// A subset cluster (scope, name) of the base cluster named first.
-    Subset(String, ((Scope, String), SubsetRef)),
-    /// An EDS cluster of a host that a ServiceEntry of this namespace won.
-    EntryOwner(String, String),
-    /// A DNS cluster whose inline endpoints depend on the proxy's locality: the cluster itself
-    /// is computed per place of connected proxies.
-    DnsLocated(Context, Box<ClusterRow>, LocalityLb),
-}
-
 /// Whether the endpoint graph reads this fact (DNS clusters placed by locality go to the
 /// located graph only).
 pub fn reads(fact: &ClusterFact) -> bool {
@@ -351,14 +323,4 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
 pub struct Outputs<'s> {
     pub rows: VecCollection<'s, u64, OutputRow>,
     pub located: VecCollection<'s, u64, LocatedInput>,
-}
-
-/// What the endpoint graph hands the located graph ([`super::located`]).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum LocatedInput {
-    /// An address of a cluster whose assignment depends on the proxy's locality: (context,
-    /// cluster, policy), the base whose endpoint labels `failoverPriority` compares, the address.
-    Address((Context, String, LocalityLb), LocatedBase, EndpointAddr),
-    /// With `failoverPriority`: the labels of an endpoint (base cluster, address).
-    Labels((String, EndpointAddr), Labels),
 }

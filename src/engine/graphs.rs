@@ -34,10 +34,9 @@ use differential_dataflow::VecCollection;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
-use super::dataflow::{self, OutputRow};
-use super::endpoints::{self, ClusterFact, LocatedInput};
-use super::located;
-use super::proxies::{self, ClassLabelRow, PodIdentity};
+use super::proxies::{self, PodIdentity};
+use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, OutputRow};
+use super::{dataflow, endpoints, located};
 use crate::model::Object;
 use crate::translate::MeshConfig;
 
@@ -90,7 +89,7 @@ fn capture<'s, D: differential_dataflow::Data>(
 }
 
 impl Graphs {
-    /// Builds the three graphs on `worker`.
+    /// Builds the four graphs on `worker`.
     pub fn build(worker: &mut Worker, mesh: &MeshConfig) -> Graphs {
         let clocks = [Clock::new(), Clock::new(), Clock::new(), Clock::new()];
         let class_labels: Buffer<ClassLabelRow> = Rc::default();
@@ -125,18 +124,11 @@ impl Graphs {
     /// Replaces `old` by `new` (either may be absent) in the graphs that read them.
     pub fn update(&mut self, old: Option<&Object>, new: Option<&Object>) {
         // The proxy graph reads a Pod's identity only: a readiness flip does not run it.
-        if let (Some(Object::Pod(a)), Some(Object::Pod(b))) = (old, new) {
-            let (a, b) = (PodIdentity::of(a), PodIdentity::of(b));
-            if a != b {
-                self.proxies.pods.update(a, -1);
-                self.proxies.pods.update(b, 1);
-                self.clocks[PROXIES].dirty = true;
-            }
-            for (pod, diff) in [(old, -1), (new, 1)] {
-                if let Some(Object::Pod(p)) = pod {
-                    self.endpoints.pods.update(p.clone(), diff);
-                }
-            }
+        if let (Some(Object::Pod(a)), Some(Object::Pod(b))) = (old, new)
+            && PodIdentity::of(a) == PodIdentity::of(b)
+        {
+            self.endpoints.pods.update(a.clone(), -1);
+            self.endpoints.pods.update(b.clone(), 1);
             self.clocks[ENDPOINTS].dirty = true;
             return;
         }

@@ -17,8 +17,7 @@ use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::Scope as Graph;
 
-use super::dataflow::OutputRow;
-use super::endpoints::{ClusterFact, LocatedInput};
+use super::rows::{ClusterFact, LocatedInput, OutputRow};
 use crate::model::k8s::Labels;
 use crate::model::proxy::ProxyLocality;
 use crate::translate::locality::LocalityLb;

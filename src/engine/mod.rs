@@ -13,14 +13,15 @@ mod located;
 pub mod output;
 mod proxies;
 mod proxyless;
+mod rows;
 
 use std::collections::HashMap;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
-pub use dataflow::OutputRow;
 pub use output::{ResourceChange, ResourceDelta};
+pub use rows::OutputRow;
 
 use crate::model::{InputEvent, Object, ObjectKey};
 

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::dataflow::OutputRow;
+use super::rows::OutputRow;
 pub use crate::translate::Diagnostic;
 use crate::translate::{self, ResourceType, Scope, VirtualHostPart};
 

@@ -1,4 +1,4 @@
-//! The proxy graph: each connected proxy class's labels, the first of the three graphs (see
+//! The proxy graph: each connected proxy class's labels, the first of the four graphs (see
 //! [`super::graphs`]).
 //!
 //! ```text
@@ -15,6 +15,7 @@ use differential_dataflow::input::{Input, InputSession};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope as Graph;
 
+use super::rows::ClassLabelRow;
 use crate::model::Pod;
 use crate::model::k8s::Labels;
 use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind};
@@ -41,9 +42,6 @@ impl PodIdentity {
         }
     }
 }
-
-/// A proxy class's labels: (class id, (kind, namespace, labels)).
-pub type ClassLabelRow = (String, (ProxyKind, String, Labels));
 
 /// What meets per proxy class whose named Pod does not exist: the class (kind, namespace) and
 /// the live Pods (namespace, name, labels) at the proxy's IP (named: two Pods alike are two).

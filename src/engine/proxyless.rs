@@ -13,7 +13,7 @@
 
 use differential_dataflow::VecCollection;
 
-use super::dataflow::OutputRow;
+use super::rows::OutputRow;
 use crate::model::proxy::{ProxyClass, ProxyKind};
 use crate::translate::outbound::ClusterRow;
 use crate::translate::{ResourceType, Scope, ServicePortRow, VirtualHostPart, grpc};

@@ -1,0 +1,80 @@
+//! What flows out of the engine's graphs and between them (see [`super::graphs`]): the rows
+//! every graph outputs, and what each hands the next: class labels (proxy → config graph),
+//! cluster facts (config → endpoint and located graphs), located addresses (endpoint →
+//! located graph).
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::k8s::Labels;
+use crate::model::proxy::ProxyKind;
+use crate::translate::locality::LocalityLb;
+use crate::translate::outbound::{ClusterRow, Context, SubsetRef};
+use crate::translate::{Diagnostic, EndpointAddr, ResourceType, Scope, VirtualHostPart};
+
+/// What leaves the graphs: finished resources, and virtual hosts that are assembled into
+/// route configs outside it (see [`super::output`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum OutputRow {
+    Resource {
+        scope: Scope,
+        ty: ResourceType,
+        name: String,
+        body: Vec<u8>,
+    },
+    VirtualHost {
+        /// `Sidecars`, or the namespace whose proxies see this virtual host instead of the
+        /// sidecars' one of the same name.
+        scope: Scope,
+        route: String,
+        vhost: VirtualHostPart,
+    },
+    /// A problem with an input object that does not stop it from being served: a field meshflow
+    /// does not translate yet, a route to a host or subset that does not exist.
+    Diagnostic(Diagnostic),
+    /// A Pod's locality (its own label, else its Node's): not a resource, but what a proxy of
+    /// that Pod that does not tell its locality is placed in when it connects.
+    PodLocality {
+        pod: (String, String),
+        locality: String,
+    },
+}
+
+/// With `failoverPriority`: the base cluster whose endpoints' labels are compared, and the
+/// subset whose labels select among them.
+pub type LocatedBase = Option<(String, Option<SubsetRef>)>;
+
+/// What the config graph knows of a cluster that the endpoint graph needs. The config graph
+/// outputs these beside its resources; they are fed into the endpoint graph's input, so that
+/// graph runs only when these, or endpoints, change.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ClusterFact {
+    /// An EDS cluster that gets a load assignment in this scope (empty if it has no endpoint:
+    /// Envoy keeps an EDS cluster warming until one arrives).
+    Assignment(Scope, String),
+    /// A cluster without subset of a host exported to some namespaces only: each namespace's
+    /// copy has its own assignment (there is no default one to share).
+    ScopedBase(String, Scope),
+    /// A cluster whose assignment depends on the proxy's locality, keyed by where its
+    /// addresses are (its own context's scope, else the shared one), with its context.
+    Located((Scope, String), (Context, LocalityLb, LocatedBase)),
+    /// A subset cluster (scope, name) of the base cluster named first.
+    Subset(String, ((Scope, String), SubsetRef)),
+    /// An EDS cluster of a host that a ServiceEntry of this namespace won.
+    EntryOwner(String, String),
+    /// A DNS cluster whose inline endpoints depend on the proxy's locality: the cluster itself
+    /// is computed per place of connected proxies.
+    DnsLocated(Context, Box<ClusterRow>, LocalityLb),
+}
+
+/// A proxy class's labels: (class id, (kind, namespace, labels)).
+pub type ClassLabelRow = (String, (ProxyKind, String, Labels));
+
+/// What the endpoint graph hands the located graph ([`super::located`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LocatedInput {
+    /// An address of a cluster whose assignment depends on the proxy's locality: (context,
+    /// cluster, policy), the base whose endpoint labels `failoverPriority` compares, the address.
+    Address((Context, String, LocalityLb), LocatedBase, EndpointAddr),
+    /// With `failoverPriority`: the labels of an endpoint (base cluster, address).
+    Labels((String, EndpointAddr), Labels),
+}
