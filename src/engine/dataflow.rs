@@ -45,10 +45,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::input::Input;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope as Graph;
 
+use super::inputs::graph_inputs;
 use super::rows::{ClassLabelRow, ClusterFact, OutputRow};
 use crate::model::Secret;
 use crate::model::Service;
@@ -63,39 +64,17 @@ use crate::translate::outbound::{
 use crate::translate::{self, Diagnostic, MeshConfig, ResourceType, Scope, ServicePortRow, service_entry};
 use crate::translate::{delegate, views};
 
-/// The input collections, one per kind that translation reads.
-pub struct Inputs {
-    pub services: InputSession<u64, Service, isize>,
-    pub virtual_services: InputSession<u64, VirtualService, isize>,
-    pub destination_rules: InputSession<u64, DestinationRule, isize>,
-    pub gateways: InputSession<u64, Gateway, isize>,
-    pub classes: InputSession<u64, ProxyClass, isize>,
-    pub secrets: InputSession<u64, Secret, isize>,
-    pub class_labels: InputSession<u64, ClassLabelRow, isize>,
-    pub service_entries: InputSession<u64, ServiceEntry, isize>,
-}
-
-impl Inputs {
-    pub fn advance_to(&mut self, t: u64) {
-        self.services.advance_to(t);
-        self.virtual_services.advance_to(t);
-        self.destination_rules.advance_to(t);
-        self.gateways.advance_to(t);
-        self.classes.advance_to(t);
-        self.secrets.advance_to(t);
-        self.class_labels.advance_to(t);
-        self.service_entries.advance_to(t);
-    }
-
-    pub fn flush(&mut self) {
-        self.services.flush();
-        self.virtual_services.flush();
-        self.destination_rules.flush();
-        self.gateways.flush();
-        self.classes.flush();
-        self.secrets.flush();
-        self.class_labels.flush();
-        self.service_entries.flush();
+graph_inputs! {
+    /// The input collections, one per kind that translation reads.
+    pub struct Inputs {
+        pub services: Service,
+        pub virtual_services: VirtualService,
+        pub destination_rules: DestinationRule,
+        pub gateways: Gateway,
+        pub classes: ProxyClass,
+        pub secrets: Secret,
+        pub class_labels: ClassLabelRow,
+        pub service_entries: ServiceEntry,
     }
 }
 

@@ -26,9 +26,10 @@
 //! ```
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::input::Input;
 use timely::dataflow::Scope as Graph;
 
+use super::inputs::graph_inputs;
 use super::rows::{ClusterFact, LocatedBase, LocatedInput, OutputRow};
 use crate::model::istio::ServiceEntry;
 use crate::model::k8s::Labels;
@@ -51,36 +52,16 @@ pub fn reads(fact: &ClusterFact) -> bool {
     !matches!(fact, ClusterFact::DnsLocated(..))
 }
 
-/// The endpoint graph's inputs.
-pub struct Inputs {
-    pub services: InputSession<u64, Service, isize>,
-    pub slices: InputSession<u64, EndpointSlice, isize>,
-    pub endpoints: InputSession<u64, Endpoints, isize>,
-    pub pods: InputSession<u64, Pod, isize>,
-    pub nodes: InputSession<u64, Node, isize>,
-    pub service_entries: InputSession<u64, ServiceEntry, isize>,
-    pub facts: InputSession<u64, ClusterFact, isize>,
-}
-
-impl Inputs {
-    pub fn advance_to(&mut self, t: u64) {
-        self.services.advance_to(t);
-        self.slices.advance_to(t);
-        self.endpoints.advance_to(t);
-        self.pods.advance_to(t);
-        self.nodes.advance_to(t);
-        self.service_entries.advance_to(t);
-        self.facts.advance_to(t);
-    }
-
-    pub fn flush(&mut self) {
-        self.services.flush();
-        self.slices.flush();
-        self.endpoints.flush();
-        self.pods.flush();
-        self.nodes.flush();
-        self.service_entries.flush();
-        self.facts.flush();
+graph_inputs! {
+    /// The endpoint graph's inputs.
+    pub struct Inputs {
+        pub services: Service,
+        pub slices: EndpointSlice,
+        pub endpoints: Endpoints,
+        pub pods: Pod,
+        pub nodes: Node,
+        pub service_entries: ServiceEntry,
+        pub facts: ClusterFact,
     }
 }
 

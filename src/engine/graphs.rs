@@ -34,6 +34,7 @@ use differential_dataflow::VecCollection;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
+use super::inputs::GraphInputs;
 use super::proxies::{self, PodIdentity};
 use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, OutputRow};
 use super::{dataflow, endpoints, located};
@@ -239,26 +240,6 @@ impl Graphs {
         std::mem::take(&mut *self.rows.borrow_mut())
     }
 }
-
-/// A graph's input sessions, moved on together.
-trait GraphInputs {
-    fn advance_to(&mut self, t: u64);
-    fn flush(&mut self);
-}
-
-macro_rules! graph_inputs {
-    ($($t:ty),*) => {$(
-        impl GraphInputs for $t {
-            fn advance_to(&mut self, t: u64) {
-                <$t>::advance_to(self, t)
-            }
-            fn flush(&mut self) {
-                <$t>::flush(self)
-            }
-        }
-    )*};
-}
-graph_inputs!(proxies::Inputs, dataflow::Inputs, endpoints::Inputs, located::Inputs);
 
 /// If the graph has changes: moves its clock and inputs past the time they were given at and
 /// steps the worker until the graph's output for that time is complete. Returns whether it ran.

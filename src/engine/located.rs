@@ -14,9 +14,10 @@
 //! ```
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::input::Input;
 use timely::dataflow::Scope as Graph;
 
+use super::inputs::graph_inputs;
 use super::rows::{ClusterFact, LocatedInput, OutputRow};
 use crate::model::k8s::Labels;
 use crate::model::proxy::ProxyLocality;
@@ -24,25 +25,13 @@ use crate::translate::locality::LocalityLb;
 use crate::translate::outbound::{self, ClusterRow, Context};
 use crate::translate::{self, EndpointAddr, ResourceType};
 
-/// The located graph's inputs.
-pub struct Inputs {
-    pub located: InputSession<u64, LocatedInput, isize>,
-    /// The `Located` and `DnsLocated` facts of the config graph.
-    pub facts: InputSession<u64, ClusterFact, isize>,
-    pub localities: InputSession<u64, ProxyLocality, isize>,
-}
-
-impl Inputs {
-    pub fn advance_to(&mut self, t: u64) {
-        self.located.advance_to(t);
-        self.facts.advance_to(t);
-        self.localities.advance_to(t);
-    }
-
-    pub fn flush(&mut self) {
-        self.located.flush();
-        self.facts.flush();
-        self.localities.flush();
+graph_inputs! {
+    /// The located graph's inputs.
+    pub struct Inputs {
+        pub located: LocatedInput,
+        /// The `Located` and `DnsLocated` facts of the config graph.
+        pub facts: ClusterFact,
+        pub localities: ProxyLocality,
     }
 }
 

@@ -9,6 +9,7 @@
 mod dataflow;
 mod endpoints;
 mod graphs;
+mod inputs;
 mod located;
 pub mod output;
 mod proxies;

@@ -11,10 +11,11 @@
 //! class's labels change.
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::input::Input;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope as Graph;
 
+use super::inputs::graph_inputs;
 use super::rows::ClassLabelRow;
 use crate::model::Pod;
 use crate::model::k8s::Labels;
@@ -52,21 +53,11 @@ enum PodAtIp {
     Candidate(String, String, Labels),
 }
 
-/// The proxy graph's inputs.
-pub struct Inputs {
-    pub pods: InputSession<u64, PodIdentity, isize>,
-    pub classes: InputSession<u64, ProxyClass, isize>,
-}
-
-impl Inputs {
-    pub fn advance_to(&mut self, t: u64) {
-        self.pods.advance_to(t);
-        self.classes.advance_to(t);
-    }
-
-    pub fn flush(&mut self) {
-        self.pods.flush();
-        self.classes.flush();
+graph_inputs! {
+    /// The proxy graph's inputs.
+    pub struct Inputs {
+        pub pods: PodIdentity,
+        pub classes: ProxyClass,
     }
 }
 

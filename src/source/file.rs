@@ -285,11 +285,11 @@ impl ConfigDir {
                 files.insert(path);
             }
         }
-        let files: Vec<PathBuf> = files.into_iter().collect();
-        let known: Vec<Option<u64>> = files.iter().map(|p| self.files.get(p).map(|f| f.hash)).collect();
-        let reads = read_all(&files, &known);
+        let files: Vec<(PathBuf, Option<u64>)> =
+            files.into_iter().map(|p| (p.clone(), self.files.get(&p).map(|f| f.hash))).collect();
+        let reads = read_all(&files);
         let mut touched = BTreeSet::new();
-        for (path, read) in files.iter().zip(reads) {
+        for ((path, _), read) in files.iter().zip(reads) {
             self.apply(path, read, &mut touched);
         }
         self.events_for(touched)
@@ -420,22 +420,17 @@ fn read_file(path: &Path, known: Option<u64>) -> Read {
 /// YAML parse of a 10,000-file directory is seconds of CPU, before the engine can start).
 const FILES_PER_THREAD: usize = 256;
 
-/// [`read_file`] of every path, in order: on several threads when there are many.
-fn read_all(paths: &[PathBuf], known: &[Option<u64>]) -> Vec<Read> {
+/// [`read_file`] of every (path, hash held), in order: on several threads when there are many.
+fn read_all(files: &[(PathBuf, Option<u64>)]) -> Vec<Read> {
+    let read = |files: &[(PathBuf, Option<u64>)]| files.iter().map(|(p, k)| read_file(p, *k)).collect::<Vec<_>>();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = paths.len().div_ceil(FILES_PER_THREAD).clamp(1, cores);
+    let threads = files.len().div_ceil(FILES_PER_THREAD).clamp(1, cores);
     if threads == 1 {
-        return paths.iter().zip(known).map(|(p, k)| read_file(p, *k)).collect();
+        return read(files);
     }
-    let chunk = paths.len().div_ceil(threads);
     std::thread::scope(|scope| {
-        let workers: Vec<_> = paths
-            .chunks(chunk)
-            .zip(known.chunks(chunk))
-            .map(|(paths, known)| {
-                scope.spawn(move || paths.iter().zip(known).map(|(p, k)| read_file(p, *k)).collect::<Vec<_>>())
-            })
-            .collect();
+        let workers: Vec<_> =
+            files.chunks(files.len().div_ceil(threads)).map(|c| scope.spawn(move || read(c))).collect();
         workers
             .into_iter()
             .flat_map(|w| match w.join() {
