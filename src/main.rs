@@ -223,6 +223,11 @@ enum XdsAction {
         /// Gateway proxies (`router~…`, labelled istio=ingressgateway) instead of sidecars.
         #[arg(long)]
         router: bool,
+        /// Reconnect storms: this many times, every stream is closed at once, then every
+        /// client reconnects at once (with no versions held) and the time until all hold the
+        /// configuration again is printed.
+        #[arg(long, default_value_t = 0)]
+        storms: usize,
     },
     /// meshflow's control adapter for the conformance suite: changes `conformance-*.yaml`
     /// files in a config directory that `meshflow serve --config-dir` watches. Verbs: reset,
@@ -302,12 +307,31 @@ fn main() -> ExitCode {
         Command::Bench(args) => meshflow::bench::run(&args).map(|_| ()),
         Command::Xds(XdsArgs {
             action:
-                Some(XdsAction::Load { server, clients, hold, control, service, changes, interval, classes, router }),
+                Some(XdsAction::Load {
+                    server,
+                    clients,
+                    hold,
+                    control,
+                    service,
+                    changes,
+                    interval,
+                    classes,
+                    router,
+                    storms,
+                }),
             ..
         }) => {
             let shape = meshflow::bench::clients::Shape { classes, router };
-            let opts =
-                meshflow::bench::clients::LoadOptions { clients, hold, control, service, changes, interval, shape };
+            let opts = meshflow::bench::clients::LoadOptions {
+                clients,
+                hold,
+                control,
+                service,
+                changes,
+                interval,
+                shape,
+                storms,
+            };
             meshflow::bench::clients::load(&server, &opts).map(|_| ())
         }
         Command::Xds(XdsArgs {

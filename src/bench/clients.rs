@@ -373,6 +373,9 @@ pub struct LoadOptions {
     /// Pause between two changes.
     pub interval: std::time::Duration,
     pub shape: Shape,
+    /// Reconnect storms after the changes: every stream closed at once, then every client
+    /// reconnecting at once.
+    pub storms: usize,
 }
 
 /// How one endpoint change reached the clients.
@@ -392,7 +395,6 @@ pub fn load(server: &str, opts: &LoadOptions) -> anyhow::Result<Vec<FanoutSample
     use std::time::Duration;
 
     use crate::xds::conformance::{CommandControl, Control};
-    let clients = opts.clients;
     let endpoint = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
     let mut control = opts.control.clone().map(|cmd| CommandControl { cmd });
     let mut tracker = Tracker::new(0);
@@ -406,46 +408,7 @@ pub fn load(server: &str, opts: &LoadOptions) -> anyhow::Result<Vec<FanoutSample
     }
     let tracker = Arc::new(tracker);
     let runtime = client_runtime()?;
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|i| runtime.spawn(run_client(i, node(i, opts.shape), endpoint.clone(), tracker.clone(), stop.clone())))
-        .collect();
-    // Synced: no response for two seconds after the first ones.
-    let mut last = (0, Instant::now());
-    loop {
-        std::thread::sleep(Duration::from_millis(50));
-        let responses = tracker.responses.load(Ordering::Relaxed);
-        if responses != last.0 {
-            last = (responses, Instant::now());
-        } else if responses > 0 && last.1.elapsed() > Duration::from_secs(2) {
-            break;
-        }
-        if tasks.iter().all(|t| t.is_finished()) {
-            break;
-        }
-    }
-    // Streams that ended already: say why (the first reason and how many).
-    let (ended, running): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| t.is_finished());
-    let mut failures = ended.into_iter().map(|t| match runtime.block_on(t) {
-        Ok(Err(e)) => format!("{e:#}"),
-        Err(e) => format!("client task: {e}"),
-        Ok(Ok(_)) => "the server closed the stream".to_string(),
-    });
-    if let Some(first) = failures.next() {
-        eprintln!("{} of {clients} streams ended: {first}", 1 + failures.count());
-    }
-    if running.is_empty() {
-        anyhow::bail!("every stream ended");
-    }
-    eprintln!(
-        "{} of {clients} streams hold the configuration ({} responses, {} resources, {} bytes) after {:.1} s",
-        running.len(),
-        tracker.responses.load(Ordering::Relaxed),
-        tracker.resources.load(Ordering::Relaxed),
-        tracker.bytes.load(Ordering::Relaxed),
-        (last.1 - started).as_secs_f64(),
-    );
+    let (mut stop_tx, mut running) = connect_all(&runtime, endpoint.clone(), &tracker, opts)?;
     let mut samples = Vec::new();
     if let (Some(control), Some(fanout)) = (&mut control, &tracker.fanout) {
         for k in 0..opts.changes {
@@ -475,10 +438,77 @@ pub fn load(server: &str, opts: &LoadOptions) -> anyhow::Result<Vec<FanoutSample
         }
         print_fanout(&samples, running.len());
     }
+    for k in 0..opts.storms {
+        // Every stream closed at once (each client drops its connection)...
+        let closing = Instant::now();
+        stop_tx.send_replace(true);
+        let streams = running.len();
+        for task in running {
+            let _ = runtime.block_on(task);
+        }
+        eprintln!("storm {}: {streams} streams closed in {:.1} ms", k + 1, closing.elapsed().as_secs_f64() * 1e3);
+        // ...then every client reconnects at once, holding nothing.
+        (stop_tx, running) = connect_all(&runtime, endpoint.clone(), &tracker, opts)?;
+    }
     eprintln!("idle for {:?}", opts.hold);
     std::thread::sleep(opts.hold);
     runtime.shutdown_background();
     Ok(samples)
+}
+
+type Running = Vec<tokio::task::JoinHandle<anyhow::Result<ClientStats>>>;
+
+/// Starts every client of `load` at once and waits until they hold the configuration (no
+/// response for two seconds after the first ones). Returns the stop switch of the clients and
+/// the streams still open; fails if none is.
+fn connect_all(
+    runtime: &tokio::runtime::Runtime,
+    endpoint: String,
+    tracker: &Arc<Tracker>,
+    opts: &LoadOptions,
+) -> anyhow::Result<(tokio::sync::watch::Sender<bool>, Running)> {
+    use std::time::Duration;
+    let clients = opts.clients;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let before = (tracker.responses.load(Ordering::Relaxed), tracker.bytes.load(Ordering::Relaxed));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| runtime.spawn(run_client(i, node(i, opts.shape), endpoint.clone(), tracker.clone(), stop.clone())))
+        .collect();
+    let mut last = (before.0, Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let responses = tracker.responses.load(Ordering::Relaxed);
+        if responses != last.0 {
+            last = (responses, Instant::now());
+        } else if responses > before.0 && last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        if tasks.iter().all(|t| t.is_finished()) {
+            break;
+        }
+    }
+    // Streams that ended already: say why (the first reason and how many).
+    let (ended, running): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| t.is_finished());
+    let mut failures = ended.into_iter().map(|t| match runtime.block_on(t) {
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(e) => format!("client task: {e}"),
+        Ok(Ok(_)) => "the server closed the stream".to_string(),
+    });
+    if let Some(first) = failures.next() {
+        eprintln!("{} of {clients} streams ended: {first}", 1 + failures.count());
+    }
+    if running.is_empty() {
+        anyhow::bail!("every stream ended");
+    }
+    eprintln!(
+        "{} of {clients} streams hold the configuration ({} responses, {} bytes) after {:.1} s",
+        running.len(),
+        tracker.responses.load(Ordering::Relaxed) - before.0,
+        tracker.bytes.load(Ordering::Relaxed) - before.1,
+        (last.1 - started).as_secs_f64(),
+    );
+    Ok((stop_tx, running))
 }
 
 fn print_fanout(samples: &[FanoutSample], streams: usize) {
