@@ -18,7 +18,6 @@
 //! its write: an idle stream holds no encode buffer. (tonic's own encoder keeps, per stream,
 //! the buffer its largest message grew: ~400 KB per idle sidecar stream at `--preset small`.)
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -422,59 +421,107 @@ pub const SHARE_AT: usize = 16 * 1024;
 
 /// The HTTP/2 body of one stream (delta or state of the world): its responses as gRPC messages
 /// (a zero byte, the length as big-endian u32, the message), then the trailers with the
-/// stream's status.
+/// stream's status. A response is copied one chunk at a time, when HTTP/2 asks for the next:
+/// hyper asks only while the stream's send buffer holds less than its limit (400 KiB), so a
+/// stream holds that much of copies at most, however large its responses, whether its client
+/// reads slowly or every client reconnects at once. (Copying a whole response when it was
+/// queued took, at `--preset large`, a ~40 MB copy per sidecar stream.)
 pub struct DeltaBody<M> {
     responses: super::ResponseStream<M>,
-    /// The rest of the response being written.
-    chunks: VecDeque<Bytes>,
+    /// The response being written.
+    writing: Option<Framer<M>>,
     done: bool,
 }
 
 impl<M: Framed> DeltaBody<M> {
     pub fn new(responses: super::ResponseStream<M>) -> DeltaBody<M> {
-        DeltaBody { responses, chunks: VecDeque::new(), done: false }
+        DeltaBody { responses, writing: None, done: false }
     }
 }
 
-/// A response as the chunks of its gRPC message: the framing and small parts copied, large
-/// resource encodings shared. The chunks concatenate to exactly `[0, len as u32 BE] ++
-/// response.encode_to_vec()`.
-pub fn frame<M: Framed>(response: &M) -> VecDeque<Bytes> {
-    let len = response.encoded_len();
-    let mut chunks = VecDeque::new();
-    let fresh = |left: usize| BytesMut::with_capacity(left.min(CHUNK));
-    let mut left = len + 5;
-    let mut buf = fresh(left);
-    let flush = |buf: &mut BytesMut, chunks: &mut VecDeque<Bytes>, left: usize| {
-        if !buf.is_empty() {
-            chunks.push_back(std::mem::replace(buf, fresh(left)).freeze());
+// (No field is pinned: the responses are a boxed stream.)
+impl<M> Unpin for DeltaBody<M> {}
+
+/// A piece of a gRPC message: bytes copied for it, or a shared resource encoding.
+pub enum Chunk {
+    Copied(BytesMut),
+    Shared(Bytes),
+}
+
+impl Chunk {
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Chunk::Copied(b) => b.freeze(),
+            Chunk::Shared(b) => b,
         }
-    };
-    buf.put_u8(0);
-    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-    left -= 5;
-    for r in response.renderings() {
-        let piece = M::piece(r);
-        let head = key_len(M::SHARED) + encoded_len_varint(piece.len() as u64);
-        encode_key(M::SHARED, WireType::LengthDelimited, &mut buf);
-        encode_varint(piece.len() as u64, &mut buf);
-        left -= head;
-        if piece.len() >= SHARE_AT {
-            flush(&mut buf, &mut chunks, left);
-            chunks.push_back(piece.clone());
-        } else {
-            if buf.len() + piece.len() > CHUNK {
-                flush(&mut buf, &mut chunks, left);
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Copied(b) => b,
+            Chunk::Shared(b) => b,
+        }
+    }
+}
+
+/// A [`Framed`] response written as its gRPC message one chunk at a time, as HTTP/2 asks for
+/// the next: the framing and small parts copied into chunks of at most [`CHUNK`] bytes, a
+/// resource encoding of [`SHARE_AT`] bytes or more handed over as the shared bytes. The chunks
+/// concatenate to exactly `[0, len as u32 BE] ++ response.encode_to_vec()`.
+pub struct Framer<M> {
+    response: M,
+    /// The next rendering to write.
+    at: usize,
+    /// The bytes of the message not yet in a chunk (the capacity of the next one).
+    left: usize,
+    started: bool,
+    /// A large encoding to hand over next (its field's key and length ended the last chunk).
+    shared: Option<Bytes>,
+    done: bool,
+}
+
+impl<M: Framed> Framer<M> {
+    pub fn new(response: M) -> Framer<M> {
+        let left = response.encoded_len() + 5;
+        Framer { response, at: 0, left, started: false, shared: None, done: false }
+    }
+
+    pub fn next_chunk(&mut self) -> Option<Chunk> {
+        if let Some(shared) = self.shared.take() {
+            return Some(Chunk::Shared(shared));
+        }
+        if self.done {
+            return None;
+        }
+        let mut buf = BytesMut::with_capacity(self.left.min(CHUNK));
+        if !self.started {
+            self.started = true;
+            self.left -= 5;
+            buf.put_u8(0);
+            buf.put_u32(u32::try_from(self.left).unwrap_or(u32::MAX));
+        }
+        let renderings = self.response.renderings();
+        while let Some(r) = renderings.get(self.at) {
+            let piece = M::piece(r);
+            let head = key_len(M::SHARED) + encoded_len_varint(piece.len() as u64);
+            let shared = piece.len() >= SHARE_AT;
+            if !shared && !buf.is_empty() && buf.len() + head + piece.len() > CHUNK {
+                return Some(Chunk::Copied(buf));
+            }
+            encode_key(M::SHARED, WireType::LengthDelimited, &mut buf);
+            encode_varint(piece.len() as u64, &mut buf);
+            self.at += 1;
+            self.left -= head + piece.len();
+            if shared {
+                self.shared = Some(piece.clone());
+                return Some(Chunk::Copied(buf));
             }
             buf.extend_from_slice(piece);
         }
-        left -= piece.len();
+        self.response.encode_rest(&mut buf);
+        self.done = true;
+        (!buf.is_empty()).then_some(Chunk::Copied(buf))
     }
-    response.encode_rest(&mut buf);
-    if !buf.is_empty() {
-        chunks.push_back(buf.freeze());
-    }
-    chunks
 }
 
 impl<M: Framed> http_body::Body for DeltaBody<M> {
@@ -486,37 +533,36 @@ impl<M: Framed> http_body::Body for DeltaBody<M> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
         let this = &mut *self;
-        if let Some(chunk) = this.chunks.pop_front() {
-            return Poll::Ready(Some(Ok(http_body::Frame::data(chunk))));
-        }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        let status = match tokio_stream::Stream::poll_next(this.responses.as_mut(), cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(Ok(response))) => {
-                this.chunks = frame(&response);
-                return match this.chunks.pop_front() {
-                    Some(chunk) => Poll::Ready(Some(Ok(http_body::Frame::data(chunk)))),
-                    None => {
-                        cx.waker().wake_by_ref();
-                        Poll::Pending
-                    }
-                };
+        loop {
+            if let Some(writing) = &mut this.writing {
+                match writing.next_chunk() {
+                    Some(chunk) => return Poll::Ready(Some(Ok(http_body::Frame::data(chunk.into_bytes())))),
+                    None => this.writing = None,
+                }
             }
-            Poll::Ready(Some(Err(status))) => status,
-            Poll::Ready(None) => tonic::Status::ok(""),
-        };
-        this.done = true;
-        let mut trailers = http::HeaderMap::new();
-        if status.add_header(&mut trailers).is_err() {
-            trailers.insert("grpc-status", http::HeaderValue::from_static("13"));
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let status = match tokio_stream::Stream::poll_next(this.responses.as_mut(), cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(response))) => {
+                    this.writing = Some(Framer::new(response));
+                    continue;
+                }
+                Poll::Ready(Some(Err(status))) => status,
+                Poll::Ready(None) => tonic::Status::ok(""),
+            };
+            this.done = true;
+            let mut trailers = http::HeaderMap::new();
+            if status.add_header(&mut trailers).is_err() {
+                trailers.insert("grpc-status", http::HeaderValue::from_static("13"));
+            }
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
         }
-        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.chunks.is_empty()
+        self.done && self.writing.is_none()
     }
 }
 
@@ -528,6 +574,13 @@ mod tests {
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
     use prost::Message;
+    use std::collections::VecDeque;
+
+    /// Every chunk of a response's message.
+    fn frame<M: Framed>(response: M) -> Vec<Chunk> {
+        let mut framer = Framer::new(response);
+        std::iter::from_fn(|| framer.next_chunk()).collect()
+    }
 
     #[test]
     fn a_response_of_shared_encodings_decodes_as_the_protocol_message() {
@@ -578,8 +631,8 @@ mod tests {
             removed_resources: vec!["gone".into()],
             nonce: "3".into(),
         };
-        let chunks = frame(&response);
-        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let chunks = frame(response.clone());
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.bytes().iter().copied()).collect();
         let message = response.encode_to_vec();
         assert_eq!(joined[0], 0, "not compressed");
         assert_eq!(u32::from_be_bytes(joined[1..5].try_into().unwrap()) as usize, message.len());
@@ -588,9 +641,53 @@ mod tests {
         assert_eq!(decoded.resources.len(), response.resources.len());
         assert_eq!(decoded.removed_resources, ["gone"]);
         // The large encoding is the shared bytes themselves; no chunk outgrows CHUNK.
-        assert!(chunks.iter().any(|c| c.as_ptr() == large.wire.as_ptr() && c.len() == large.wire.len()));
-        assert!(chunks.iter().all(|c| c.len() <= CHUNK || c.as_ptr() == large.wire.as_ptr()));
+        assert!(chunks.iter().any(
+            |c| matches!(c, Chunk::Shared(b) if b.as_ptr() == large.wire.as_ptr() && b.len() == large.wire.len())
+        ));
+        assert!(chunks.iter().all(|c| c.bytes().len() <= CHUNK || c.bytes().as_ptr() == large.wire.as_ptr()));
         assert!(chunks.len() >= 4, "the small resources span more than one chunk: {}", chunks.len());
+    }
+
+    #[test]
+    fn a_response_is_copied_one_chunk_at_a_time_as_http2_asks_for_it() {
+        // One response of ~6 chunks of small resources, then a large shared one.
+        let ty = ResourceType::ClusterLoadAssignment;
+        let many: Vec<_> = (0..(6 * CHUNK / 1000))
+            .map(|i| Resource::new(format!("m{i}").into(), "v".into(), Arc::from(&[1u8; 990][..])))
+            .collect();
+        let large = Resource::new("l".into(), "v".into(), Arc::from(&vec![2u8; SHARE_AT][..]));
+        let mut resources: Vec<_> = many.iter().map(|r| r.rendering(ty, Variant::AsIs, |_| None)).collect();
+        resources.push(large.rendering(ty, Variant::AsIs, |_| None));
+        let total = resources.len();
+        let response =
+            DeltaResponse { type_url: ty.type_url().into(), resources, nonce: "1".into(), ..Default::default() };
+        let expected = response.encode_to_vec();
+        let responses: crate::xds::ResponseStream<DeltaResponse> = Box::pin(tokio_stream::iter([Ok(response)]));
+        let mut body = DeltaBody::new(responses);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut written = Vec::new();
+        let mut copied_at_once = Vec::new();
+        loop {
+            match http_body::Body::poll_frame(Pin::new(&mut body), &mut cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(chunk) => {
+                        // What the body has copied but not handed over: nothing, and the
+                        // renderings not yet reached are only referenced.
+                        let at = body.writing.as_ref().map_or(total, |w| w.at);
+                        copied_at_once.push(at);
+                        written.extend_from_slice(&chunk);
+                    }
+                    Err(_) => break, // the trailers
+                },
+                other => panic!("unexpected poll: {:?}", other.map(|f| f.map(|f| f.map(|f| f.is_data())))),
+            }
+        }
+        assert_eq!(&written[5..], &expected[..]);
+        // Each chunk reached ~CHUNK/1000 more renderings than the last, never the whole response.
+        assert!(copied_at_once.len() >= 6, "{copied_at_once:?}");
+        assert!(copied_at_once[0] < total / 4, "the first chunk copied {} of {total} renderings", copied_at_once[0]);
+        assert!(copied_at_once.windows(2).all(|w| w[1] - w[0] <= CHUNK / 1000 + 1), "{copied_at_once:?}");
     }
 
     #[test]
@@ -607,8 +704,8 @@ mod tests {
             type_url: ty.type_url().into(),
             nonce: "4".into(),
         };
-        let chunks = frame(&response);
-        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let chunks = frame(response.clone());
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.bytes().iter().copied()).collect();
         assert_eq!(u32::from_be_bytes(joined[1..5].try_into().unwrap()) as usize, joined.len() - 5);
         let decoded = DiscoveryResponse::decode(&joined[5..]).unwrap();
         assert_eq!(decoded, response.to_proto());
@@ -621,7 +718,11 @@ mod tests {
         assert_eq!(ClusterLoadAssignment::decode(&decoded.resources[0].value[..]).unwrap(), cla);
         assert_eq!(decoded.resources[1].value, vec![9u8; SHARE_AT + 1]);
         // The large Any is the rendering's own bytes, a suffix of its delta encoding.
-        assert!(chunks.iter().any(|c| c.as_ptr() == large.any.as_ptr() && c.len() == large.any.len()));
+        assert!(
+            chunks.iter().any(
+                |c| matches!(c, Chunk::Shared(b) if b.as_ptr() == large.any.as_ptr() && b.len() == large.any.len())
+            )
+        );
         assert_eq!(large.any.as_ptr(), large.wire[large.wire.len() - large.any.len()..].as_ptr());
     }
 
