@@ -52,6 +52,11 @@ const MAX_ERROR_LOG: usize = 2048;
 /// the latest version of each resource.
 pub const RESPONSE_QUEUE: usize = 16;
 
+/// A response in a stream's channel, boxed: tokio's channel keeps a block of 32 slots for the
+/// stream's life, and with a slot the size of the response (~100 bytes) that block was ~3 KB
+/// per idle stream; boxed, 256 bytes.
+type Queued<T> = Box<Result<T, Status>>;
+
 /// The most responses one stream ever holds: a full channel plus one batch (at most an
 /// addition and a removal response per type). `queuedMax` in `/debug/syncz` stays under it.
 pub const STREAM_QUEUE_BOUND: usize = RESPONSE_QUEUE + 2 * ResourceType::ALL.len();
@@ -104,17 +109,17 @@ impl AdsServer {
     ) -> Response<ResponseStream<P::Response>> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Result<P::Response, Status>>(RESPONSE_QUEUE);
+        let (tx, rx) = mpsc::channel::<Queued<P::Response>>(RESPONSE_QUEUE);
         let cache = self.cache.clone();
         let classes = self.classes.clone();
         let connections = self.connections.clone();
         tokio::spawn(async move {
             if let Err(status) = run_stream::<P>(&cache, classes.as_ref(), &connections, &mut inbound, &tx).await {
                 tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing {} stream", P::NAME);
-                let _ = tx.send(Err(status)).await;
+                let _ = tx.send(Box::new(Err(status))).await;
             }
         });
-        Response::new(Box::pin(ReceiverStream::new(rx)))
+        Response::new(Box::pin(ReceiverStream::new(rx).map(|queued| *queued)))
     }
 }
 
@@ -318,7 +323,7 @@ async fn run_stream<P: AdsProtocol>(
     classes: Option<&Arc<ClassRegistry>>,
     connections: &Arc<Connections>,
     inbound: &mut (impl tokio_stream::Stream<Item = Result<P::Request, Status>> + Unpin),
-    tx: &mpsc::Sender<Result<P::Response, Status>>,
+    tx: &mpsc::Sender<Queued<P::Response>>,
 ) -> Result<(), Status> {
     let Some(first) = inbound.next().await else { return Ok(()) };
     let first = first?;
@@ -414,7 +419,7 @@ async fn run_stream<P: AdsProtocol>(
                 let (resources, removed) = P::counts(&response);
                 conn.counted(ty, resources, removed);
             }
-            if tx.send(Ok(response)).await.is_err() {
+            if tx.send(Box::new(Ok(response))).await.is_err() {
                 return Ok(());
             }
             if let Some(ty) = ty {
