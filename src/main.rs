@@ -201,33 +201,8 @@ enum XdsAction {
         /// The xDS server, host:port or http://host:port.
         #[arg(long)]
         server: String,
-        #[arg(long, default_value_t = 1000)]
-        clients: usize,
-        #[arg(long, default_value = "30s", value_parser = meshflow::bench::parse_duration)]
-        hold: std::time::Duration,
-        /// A conformance control adapter (as for `xds conformance`): once every stream holds
-        /// the configuration, make --changes endpoint changes of --service through it and
-        /// time each from the first client that receives it to the last.
-        #[arg(long)]
-        control: Option<String>,
-        #[arg(long, default_value = "alpha")]
-        service: String,
-        #[arg(long, default_value_t = 20)]
-        changes: usize,
-        #[arg(long, default_value = "200ms", value_parser = meshflow::bench::parse_duration)]
-        interval: std::time::Duration,
-        /// The proxies send node metadata LABELS that fall into this many classes (0: none,
-        /// each proxy names its own pod, a class of its own).
-        #[arg(long, default_value_t = 0)]
-        classes: usize,
-        /// Gateway proxies (`router~…`, labelled istio=ingressgateway) instead of sidecars.
-        #[arg(long)]
-        router: bool,
-        /// Reconnect storms: this many times, every stream is closed at once, then every
-        /// client reconnects at once (with no versions held) and the time until all hold the
-        /// configuration again is printed.
-        #[arg(long, default_value_t = 0)]
-        storms: usize,
+        #[command(flatten)]
+        options: meshflow::bench::clients::LoadOptions,
     },
     /// meshflow's control adapter for the conformance suite: changes `conformance-*.yaml`
     /// files in a config directory that `meshflow serve --config-dir` watches. Verbs: reset,
@@ -305,34 +280,8 @@ fn main() -> ExitCode {
         Command::Agent(args) => return meshflow::agent::run(args),
         Command::Init(args) => return meshflow::capture::run_init(&args),
         Command::Bench(args) => meshflow::bench::run(&args).map(|_| ()),
-        Command::Xds(XdsArgs {
-            action:
-                Some(XdsAction::Load {
-                    server,
-                    clients,
-                    hold,
-                    control,
-                    service,
-                    changes,
-                    interval,
-                    classes,
-                    router,
-                    storms,
-                }),
-            ..
-        }) => {
-            let shape = meshflow::bench::clients::Shape { classes, router };
-            let opts = meshflow::bench::clients::LoadOptions {
-                clients,
-                hold,
-                control,
-                service,
-                changes,
-                interval,
-                shape,
-                storms,
-            };
-            meshflow::bench::clients::load(&server, &opts).map(|_| ())
+        Command::Xds(XdsArgs { action: Some(XdsAction::Load { server, options }), .. }) => {
+            meshflow::bench::clients::load(&server, &options).map(|_| ())
         }
         Command::Xds(XdsArgs {
             action: Some(XdsAction::Conformance { server, control, node_id, rules, json }),

@@ -4,7 +4,9 @@
 //! - `/debug/syncz` shows the client's nonces sent and ACKed per type and the NACK's error;
 //! - `/debug/config_dump?proxy=ID` is Envoy's config_dump JSON of what the proxy should hold;
 //! - the `meshflow xds` command prints the resources as JSON (delta and state of the world),
-//!   and with `--watch` the changes of the config directory.
+//!   and with `--watch` the changes of the config directory;
+//! - `meshflow xds load --storms N` syncs its streams again after every reconnect storm, and
+//!   the server counts none of them once they are gone.
 
 mod support;
 
@@ -406,4 +408,30 @@ fn the_xds_command_watches_changes_with_versions() {
     assert!(removed.get("resource").is_none());
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn the_load_command_syncs_its_streams_through_reconnect_storms_and_the_server_frees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    write_mesh(dir.path(), "10.1.0.7", true);
+    let meshflow = Meshflow::serve(dir.path());
+    let server = meshflow.xds_addr.to_string();
+    let out = Command::new(Meshflow::bin())
+        .args(["xds", "load", "--server", &server, "--clients", "12", "--hold", "0s", "--storms", "2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Synced three times: at the start and after each storm, every stream each time.
+    let synced: Vec<&str> = stderr.lines().filter(|l| l.contains("streams hold the configuration")).collect();
+    assert_eq!(synced.len(), 3, "{stderr}");
+    assert!(synced.iter().all(|l| l.starts_with("12 of 12 streams")), "{stderr}");
+    // Each sync received the same configuration (bytes and responses per sync are equal).
+    let amounts: Vec<&str> = synced.iter().map(|l| l.split(" after ").next().unwrap()).collect();
+    assert!(amounts.windows(2).all(|w| w[0] == w[1]), "{amounts:?}");
+    assert!(stderr.contains("storm 1: 12 streams closed") && stderr.contains("storm 2: 12 streams closed"), "{stderr}");
+    // Every stream of every storm ended on the server: none is counted as connected.
+    eventually("every load stream gone from pilot_xds", WAIT, || {
+        (metric(&meshflow, "pilot_xds{version=\"\"}") == Some(0.0)).then_some(())
+    });
 }

@@ -201,12 +201,14 @@ pub fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Who the simulated proxies say they are.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
 pub struct Shape {
-    /// 0: every proxy names its own (absent) pod, so each is a class of its own; else the
-    /// proxies send node metadata `LABELS` that fall into this many classes.
+    /// The proxies send node metadata LABELS that fall into this many classes (0: none, each
+    /// proxy names its own absent pod, a class of its own).
+    #[arg(long, default_value_t = 0)]
     pub classes: usize,
-    /// Gateways (`router~` node ids labelled `istio: ingressgateway`) instead of sidecars.
+    /// Gateway proxies (`router~…` node ids, labelled istio=ingressgateway) instead of sidecars.
+    #[arg(long)]
     pub router: bool,
 }
 
@@ -359,22 +361,34 @@ fn route_config_of(listener: Listener) -> Option<String> {
     })
 }
 
-/// What `meshflow xds load` does after the streams hold the configuration.
-#[derive(Debug, Clone)]
+/// What `meshflow xds load` does: how many streams, and what it does once they hold the
+/// configuration (also its command-line options).
+#[derive(clap::Args, Debug, Clone)]
 pub struct LoadOptions {
+    #[arg(long, default_value_t = 1000)]
     pub clients: usize,
     /// Keep the streams open and idle this long (to read the server's memory per stream).
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
     pub hold: std::time::Duration,
-    /// A conformance control adapter (`sh -c 'CMD "$@"'`): with it, `changes` endpoint changes
-    /// of `service` are made one after the other and each is timed to the last client.
+    /// A conformance control adapter (as for `xds conformance`; run as `sh -c 'CMD "$@"'`):
+    /// once every stream holds the configuration, make --changes endpoint changes of
+    /// --service through it, one after the other, and time each from the first client that
+    /// receives it to the last.
+    #[arg(long)]
     pub control: Option<String>,
+    #[arg(long, default_value = "alpha")]
     pub service: String,
+    #[arg(long, default_value_t = 20)]
     pub changes: usize,
     /// Pause between two changes.
+    #[arg(long, default_value = "200ms", value_parser = super::parse_duration)]
     pub interval: std::time::Duration,
+    #[command(flatten)]
     pub shape: Shape,
-    /// Reconnect storms after the changes: every stream closed at once, then every client
-    /// reconnecting at once.
+    /// Reconnect storms: this many times, after the changes, every stream is closed at once,
+    /// then every client reconnects at once (with no versions held) and the time until all
+    /// hold the configuration again is printed.
+    #[arg(long, default_value_t = 0)]
     pub storms: usize,
 }
 
