@@ -442,33 +442,11 @@ impl<M: Framed> DeltaBody<M> {
 // (No field is pinned: the responses are a boxed stream.)
 impl<M> Unpin for DeltaBody<M> {}
 
-/// A piece of a gRPC message: bytes copied for it, or a shared resource encoding.
-pub enum Chunk {
-    Copied(BytesMut),
-    Shared(Bytes),
-}
-
-impl Chunk {
-    fn into_bytes(self) -> Bytes {
-        match self {
-            Chunk::Copied(b) => b.freeze(),
-            Chunk::Shared(b) => b,
-        }
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            Chunk::Copied(b) => b,
-            Chunk::Shared(b) => b,
-        }
-    }
-}
-
 /// A [`Framed`] response written as its gRPC message one chunk at a time, as HTTP/2 asks for
 /// the next: the framing and small parts copied into chunks of at most [`CHUNK`] bytes, a
 /// resource encoding of [`SHARE_AT`] bytes or more handed over as the shared bytes. The chunks
 /// concatenate to exactly `[0, len as u32 BE] ++ response.encode_to_vec()`.
-pub struct Framer<M> {
+struct Framer<M> {
     response: M,
     /// The next rendering to write.
     at: usize,
@@ -481,14 +459,15 @@ pub struct Framer<M> {
 }
 
 impl<M: Framed> Framer<M> {
-    pub fn new(response: M) -> Framer<M> {
+    fn new(response: M) -> Framer<M> {
         let left = response.encoded_len() + 5;
         Framer { response, at: 0, left, started: false, shared: None, done: false }
     }
 
-    pub fn next_chunk(&mut self) -> Option<Chunk> {
+    /// The next chunk: copied bytes, or a shared encoding itself.
+    fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(shared) = self.shared.take() {
-            return Some(Chunk::Shared(shared));
+            return Some(shared);
         }
         if self.done {
             return None;
@@ -506,7 +485,7 @@ impl<M: Framed> Framer<M> {
             let head = key_len(M::SHARED) + encoded_len_varint(piece.len() as u64);
             let shared = piece.len() >= SHARE_AT;
             if !shared && !buf.is_empty() && buf.len() + head + piece.len() > CHUNK {
-                return Some(Chunk::Copied(buf));
+                return Some(buf.freeze());
             }
             encode_key(M::SHARED, WireType::LengthDelimited, &mut buf);
             encode_varint(piece.len() as u64, &mut buf);
@@ -514,13 +493,13 @@ impl<M: Framed> Framer<M> {
             self.left -= head + piece.len();
             if shared {
                 self.shared = Some(piece.clone());
-                return Some(Chunk::Copied(buf));
+                return Some(buf.freeze());
             }
             buf.extend_from_slice(piece);
         }
         self.response.encode_rest(&mut buf);
         self.done = true;
-        (!buf.is_empty()).then_some(Chunk::Copied(buf))
+        (!buf.is_empty()).then(|| buf.freeze())
     }
 }
 
@@ -536,7 +515,7 @@ impl<M: Framed> http_body::Body for DeltaBody<M> {
         loop {
             if let Some(writing) = &mut this.writing {
                 match writing.next_chunk() {
-                    Some(chunk) => return Poll::Ready(Some(Ok(http_body::Frame::data(chunk.into_bytes())))),
+                    Some(chunk) => return Poll::Ready(Some(Ok(http_body::Frame::data(chunk)))),
                     None => this.writing = None,
                 }
             }
@@ -577,7 +556,7 @@ mod tests {
     use std::collections::VecDeque;
 
     /// Every chunk of a response's message.
-    fn frame<M: Framed>(response: M) -> Vec<Chunk> {
+    fn frame<M: Framed>(response: M) -> Vec<Bytes> {
         let mut framer = Framer::new(response);
         std::iter::from_fn(|| framer.next_chunk()).collect()
     }
@@ -632,7 +611,7 @@ mod tests {
             nonce: "3".into(),
         };
         let chunks = frame(response.clone());
-        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.bytes().iter().copied()).collect();
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
         let message = response.encode_to_vec();
         assert_eq!(joined[0], 0, "not compressed");
         assert_eq!(u32::from_be_bytes(joined[1..5].try_into().unwrap()) as usize, message.len());
@@ -641,10 +620,8 @@ mod tests {
         assert_eq!(decoded.resources.len(), response.resources.len());
         assert_eq!(decoded.removed_resources, ["gone"]);
         // The large encoding is the shared bytes themselves; no chunk outgrows CHUNK.
-        assert!(chunks.iter().any(
-            |c| matches!(c, Chunk::Shared(b) if b.as_ptr() == large.wire.as_ptr() && b.len() == large.wire.len())
-        ));
-        assert!(chunks.iter().all(|c| c.bytes().len() <= CHUNK || c.bytes().as_ptr() == large.wire.as_ptr()));
+        assert!(chunks.iter().any(|c| c.as_ptr() == large.wire.as_ptr() && c.len() == large.wire.len()));
+        assert!(chunks.iter().all(|c| c.len() <= CHUNK || c.as_ptr() == large.wire.as_ptr()));
         assert!(chunks.len() >= 4, "the small resources span more than one chunk: {}", chunks.len());
     }
 
@@ -705,7 +682,7 @@ mod tests {
             nonce: "4".into(),
         };
         let chunks = frame(response.clone());
-        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.bytes().iter().copied()).collect();
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
         assert_eq!(u32::from_be_bytes(joined[1..5].try_into().unwrap()) as usize, joined.len() - 5);
         let decoded = DiscoveryResponse::decode(&joined[5..]).unwrap();
         assert_eq!(decoded, response.to_proto());
@@ -718,11 +695,7 @@ mod tests {
         assert_eq!(ClusterLoadAssignment::decode(&decoded.resources[0].value[..]).unwrap(), cla);
         assert_eq!(decoded.resources[1].value, vec![9u8; SHARE_AT + 1]);
         // The large Any is the rendering's own bytes, a suffix of its delta encoding.
-        assert!(
-            chunks.iter().any(
-                |c| matches!(c, Chunk::Shared(b) if b.as_ptr() == large.any.as_ptr() && b.len() == large.any.len())
-            )
-        );
+        assert!(chunks.iter().any(|c| c.as_ptr() == large.any.as_ptr() && c.len() == large.any.len()));
         assert_eq!(large.any.as_ptr(), large.wire[large.wire.len() - large.any.len()..].as_ptr());
     }
 
