@@ -435,3 +435,35 @@ fn the_load_command_syncs_its_streams_through_reconnect_storms_and_the_server_fr
         (metric(&meshflow, "pilot_xds{version=\"\"}") == Some(0.0)).then_some(())
     });
 }
+
+#[test]
+fn the_load_command_opens_streams_per_connection_as_asked_and_each_stream_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    write_mesh(dir.path(), "10.1.0.7", true);
+    let meshflow = Meshflow::serve(dir.path());
+    let server = meshflow.xds_addr.to_string();
+    let mut load = Command::new(Meshflow::bin())
+        .args(["xds", "load", "--server", &server, "--clients", "12", "--streams-per-connection", "4"])
+        .args(["--hold", "30s"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While the streams hold: 12 delta streams, from 3 client addresses (one per connection).
+    let addresses = eventually("12 streams in /debug/syncz", WAIT, || {
+        let (_, body) = meshflow.admin_get("/debug/syncz");
+        let entries: Vec<Value> = serde_json::from_str(&body).ok()?;
+        let synced = entries.iter().filter(|e| e["protocol"] == "delta" && e.get("endpoint_acked").is_some());
+        let addresses: Vec<String> = synced.map(|e| e["address"].as_str().unwrap_or("").to_string()).collect();
+        (addresses.len() == 12).then_some(addresses)
+    });
+    let _ = load.kill();
+    let out = load.wait_with_output().unwrap();
+    let mut distinct = addresses.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{addresses:?}\n{}", String::from_utf8_lossy(&out.stderr));
+    for a in &distinct {
+        assert!(a.parse::<SocketAddr>().is_ok(), "{a:?}");
+        assert_eq!(addresses.iter().filter(|b| *b == a).count(), 4, "{addresses:?}");
+    }
+}

@@ -25,6 +25,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 
 use crate::translate::ResourceType;
 
@@ -234,16 +235,22 @@ pub fn node(i: usize, shape: Shape) -> Node {
     Node { id, cluster: "bench".into(), metadata, ..Default::default() }
 }
 
-/// Runs one client until the server closes the stream or `stop` fires.
+/// One HTTP/2 connection to `endpoint` (`http://host:port`); clones of the channel open their
+/// streams on the same connection.
+pub async fn connect(endpoint: String) -> anyhow::Result<Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(endpoint)?.connect().await?)
+}
+
+/// Runs one client on its own stream of `channel` until the server closes the stream or
+/// `stop` fires.
 pub async fn run_client(
     i: usize,
     node: Node,
-    endpoint: String,
+    channel: Channel,
     tracker: Arc<Tracker>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<ClientStats> {
-    let mut client = AggregatedDiscoveryServiceClient::connect(endpoint)
-        .await?
+    let mut client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
@@ -385,6 +392,12 @@ pub struct LoadOptions {
     pub interval: std::time::Duration,
     #[command(flatten)]
     pub shape: Shape,
+    /// Streams opened on one HTTP/2 connection (1: each stream has a connection of its own, as
+    /// each Envoy has; more: the streams share connections, as proxyless gRPC clients of one
+    /// process share a channel). The server's per-connection costs (h2's buffers, a socket, a
+    /// write per change) are then shared too.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub streams_per_connection: u32,
     /// Reconnect storms: this many times, after the changes, every stream is closed at once,
     /// then every client reconnects at once (with no versions held) and the time until all
     /// hold the configuration again is printed.
@@ -486,8 +499,20 @@ fn connect_all(
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let before = (tracker.responses.load(Ordering::Relaxed), tracker.bytes.load(Ordering::Relaxed));
     let started = Instant::now();
+    // One connection per group of `streams_per_connection` clients, opened by the group's
+    // first client to get there.
+    let (per, shape) = (opts.streams_per_connection as usize, opts.shape);
+    let groups: Vec<Arc<tokio::sync::OnceCell<Channel>>> =
+        (0..clients.div_ceil(per)).map(|_| Default::default()).collect();
     let tasks: Vec<_> = (0..clients)
-        .map(|i| runtime.spawn(run_client(i, node(i, opts.shape), endpoint.clone(), tracker.clone(), stop.clone())))
+        .map(|i| {
+            let (group, endpoint, tracker, stop) =
+                (groups[i / per].clone(), endpoint.clone(), tracker.clone(), stop.clone());
+            runtime.spawn(async move {
+                let channel = group.get_or_try_init(|| connect(endpoint)).await?.clone();
+                run_client(i, node(i, shape), channel, tracker, stop).await
+            })
+        })
         .collect();
     let mut last = (before.0, Instant::now());
     loop {

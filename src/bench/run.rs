@@ -237,20 +237,16 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
                 // The server may take a moment to bind.
                 let mut tries = 0;
                 loop {
-                    match clients::run_client(
-                        i,
-                        clients::node(i, clients::Shape::default()),
-                        endpoint.clone(),
-                        tracker.clone(),
-                        stop.clone(),
-                    )
-                    .await
-                    {
-                        Err(e) if tries < 50 && e.to_string().contains("transport") => {
+                    match clients::connect(endpoint.clone()).await {
+                        Err(_) if tries < 50 => {
                             tries += 1;
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
-                        other => return other,
+                        Err(e) => return Err(e),
+                        Ok(channel) => {
+                            let node = clients::node(i, clients::Shape::default());
+                            return clients::run_client(i, node, channel, tracker.clone(), stop.clone()).await;
+                        }
                     }
                 }
             }));

@@ -114,7 +114,8 @@ impl AdsServer {
         let classes = self.classes.clone();
         let connections = self.connections.clone();
         tokio::spawn(async move {
-            if let Err(status) = run_stream::<P>(&cache, classes.as_ref(), &connections, &mut inbound, &tx).await {
+            if let Err(status) = run_stream::<P>(&cache, classes.as_ref(), &connections, peer, &mut inbound, &tx).await
+            {
                 tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing {} stream", P::NAME);
                 let _ = tx.send(Box::new(Err(status))).await;
             }
@@ -322,6 +323,7 @@ async fn run_stream<P: AdsProtocol>(
     cache: &Cache,
     classes: Option<&Arc<ClassRegistry>>,
     connections: &Arc<Connections>,
+    peer: Option<SocketAddr>,
     inbound: &mut (impl tokio_stream::Stream<Item = Result<P::Request, Status>> + Unpin),
     tx: &mpsc::Sender<Queued<P::Response>>,
 ) -> Result<(), Status> {
@@ -361,6 +363,7 @@ async fn run_stream<P: AdsProtocol>(
         namespace: class.namespace.clone(),
         view: view.clone(),
         bind,
+        peer,
     });
     let conn = registration.connection.clone();
     let _connected = ConnectedGauge::new(istio_version);

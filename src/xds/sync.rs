@@ -6,7 +6,7 @@
 //! proportional to the mesh), and leaves when it closes.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -54,6 +54,9 @@ pub struct Connection {
     /// What the proxy sees of the cache, and the address its listeners bind.
     pub view: View,
     pub bind: Option<IpAddr>,
+    /// The client's address (`ip:port`) of the connection the stream runs on: streams of one
+    /// HTTP/2 connection share it (istiod's `/debug/connections` calls it `address`).
+    pub peer: Option<SocketAddr>,
     pub connected_at: SystemTime,
     types: Mutex<[TypeSync; ResourceType::ALL.len()]>,
     /// Responses made and not yet taken by the transport (the bounded response channel plus
@@ -148,6 +151,7 @@ impl Connection {
         put("istio_version", &self.istio_version);
         put("class", &self.class);
         put("protocol", self.protocol);
+        put("address", &self.peer.map(|a| a.to_string()).unwrap_or_default());
         let short = |ty: ResourceType| match ty {
             ResourceType::Cluster => "cluster",
             ResourceType::Listener => "listener",
@@ -234,6 +238,7 @@ pub struct ProxyInfo {
     pub namespace: String,
     pub view: View,
     pub bind: Option<IpAddr>,
+    pub peer: Option<SocketAddr>,
 }
 
 /// The connected streams, by node id.
@@ -279,6 +284,7 @@ impl Connections {
             namespace: info.namespace,
             view: info.view,
             bind: info.bind,
+            peer: info.peer,
             connected_at: SystemTime::now(),
             types: Mutex::default(),
             queued: AtomicU64::new(0),
@@ -326,6 +332,7 @@ mod tests {
             namespace: "default".into(),
             view: View::sidecar(),
             bind: None,
+            peer: Some("127.0.0.1:40000".parse().unwrap()),
         }
     }
 
@@ -342,6 +349,7 @@ mod tests {
         let v = c.syncz();
         assert_eq!(v["proxy"], "sidecar~10.0.0.1~a.default~default.svc.cluster.local");
         assert_eq!(v["istio_version"], "1.28.0");
+        assert_eq!(v["address"], "127.0.0.1:40000", "the connection's peer address");
         assert_eq!(v["cluster_sent"], "1");
         assert_eq!(v["cluster_acked"], "1");
         assert_eq!(v["listener_sent"], "2");
