@@ -157,12 +157,10 @@ impl DeltaStream {
                 // Envoy's first request for a wildcard type subscribes to nothing in particular
                 // (legacy wildcard); `*` is the explicit form.
                 st.wildcard = ty.is_wildcard_type() && req.resource_names_subscribe.is_empty();
-                st.known.apply(
-                    req.initial_resource_versions
-                        .iter()
-                        .map(|(name, version)| (intern(cache, &self.view, ty, name), Some(version_tag(version)))),
-                );
-                touched.extend(req.initial_resource_versions.keys().cloned());
+                for (name, version) in &req.initial_resource_versions {
+                    st.known.insert(&intern(cache, &self.view, ty, name), version_tag(version));
+                    touched.insert(name.clone());
+                }
             }
             for name in &req.resource_names_subscribe {
                 if name == "*" {
@@ -212,10 +210,13 @@ impl DeltaStream {
         };
         let st = self.state(ty);
         let mut names = Vec::new();
-        // The client kept what it had before this response.
-        st.known.apply(pending.sent.iter().map(|(name, _, before)| (name.clone(), *before)));
-        st.nacked.apply(pending.sent.iter().map(|(name, tag, _)| (name.clone(), Some(*tag))));
-        for (name, _, _) in pending.sent {
+        for (name, tag, before) in pending.sent {
+            // The client kept what it had before this response.
+            match before {
+                Some(before) => st.known.insert(&name, before),
+                None => st.known.remove(&name),
+            };
+            st.nacked.insert(&name, tag);
             names.push(name.to_string());
         }
         names.sort();
@@ -329,12 +330,13 @@ impl DeltaStream {
                     sent.iter().map(|(n, _, _)| n).filter(|n| eds.known.contains(n)).map(|n| n.to_string()).collect();
             }
             let st = &mut self.types[ty as usize];
-            let removed_arcs: Vec<Arc<str>> = removed.iter().map(|n| Arc::from(n.as_str())).collect();
-            let updates = sent.iter().map(|(name, tag, _)| (name.clone(), Some(*tag)));
-            st.known.apply(updates.chain(removed_arcs.iter().map(|n| (n.clone(), None))));
-            if st.nacked.any() {
-                let gone = sent.iter().map(|(name, _, _)| name).chain(&removed_arcs);
-                st.nacked.apply(gone.map(|n| (n.clone(), None)));
+            for (name, tag, _) in &sent {
+                st.known.insert(name, *tag);
+                st.nacked.remove(name);
+            }
+            for name in &removed {
+                st.known.remove(name);
+                st.nacked.remove(name);
             }
             st.known.settle();
             if !resources.is_empty() {

@@ -31,7 +31,7 @@ impl std::ops::Deref for Entries {
     }
 }
 /// A change since the snapshot: the new tag, or `None` for a name the client no longer holds.
-pub(super) type Change = (Arc<str>, Option<u64>);
+type Change = (Arc<str>, Option<u64>);
 
 pub(super) struct Held {
     /// Sorted by name; shared, never changed in place.
@@ -80,8 +80,7 @@ impl Held {
         }
     }
 
-    #[cfg(test)]
-    fn insert(&mut self, name: &Arc<str>, tag: u64) {
+    pub(super) fn insert(&mut self, name: &Arc<str>, tag: u64) {
         self.set(name, Some(tag));
     }
 
@@ -96,36 +95,6 @@ impl Held {
             let name = self.base[i].0.clone();
             self.set(&name, None);
         }
-    }
-
-    /// Applies many changes at once, in O(k log k) for k changes (inserting them one by one
-    /// into the sorted overlay would move it k times: at `large` a sidecar's ~30,000
-    /// assignments took seconds). Changes are given in order: a later change of a name wins.
-    pub(super) fn apply(&mut self, changes: impl IntoIterator<Item = Change>) {
-        let mut all = std::mem::take(&mut self.overlay);
-        let older = all.len();
-        all.extend(changes);
-        if all.len() == older {
-            self.overlay = all;
-            return;
-        }
-        // Stable: equal names keep their order, so the last of each run is the latest change.
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut overlay: Vec<Change> = Vec::with_capacity(all.len());
-        for change in all {
-            match overlay.last_mut() {
-                Some(last) if last.0 == change.0 => *last = change,
-                _ => overlay.push(change),
-            }
-        }
-        // Where the client is back at the snapshot's version, nothing differs.
-        overlay.retain(|(name, tag)| self.base_tag(name) != *tag);
-        self.overlay = overlay;
-    }
-
-    /// Whether anything is held or changed (a cheap check before a bulk removal).
-    pub(super) fn any(&self) -> bool {
-        !self.base.is_empty() || !self.overlay.is_empty()
     }
 
     /// Every name held, sorted.
@@ -301,8 +270,6 @@ mod tests {
         Insert(u8, u64),
         Remove(u8),
         Settle,
-        /// Several changes at once (`None`: a removal).
-        Apply(Vec<(u8, Option<u64>)>),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -310,7 +277,6 @@ mod tests {
             4 => (0u8..24, 0u64..3).prop_map(|(n, t)| Op::Insert(n, t)),
             2 => (0u8..24).prop_map(Op::Remove),
             1 => Just(Op::Settle),
-            2 => proptest::collection::vec((0u8..24, proptest::option::of(0u64..3)), 0..12).prop_map(Op::Apply),
         ]
     }
 
@@ -329,15 +295,6 @@ mod tests {
                 model.remove(&*name(*n));
             }
             Op::Settle => held.settle(),
-            Op::Apply(changes) => {
-                held.apply(changes.iter().map(|(n, t)| (name(*n), *t)));
-                for (n, t) in changes {
-                    match t {
-                        Some(t) => model.insert(name(*n).to_string(), *t),
-                        None => model.remove(&*name(*n)),
-                    };
-                }
-            }
         }
     }
 
