@@ -19,17 +19,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 type Entry = (Arc<str>, u64);
-/// The entries sit in a box of their own, so that a transition's weak reference to a snapshot
-/// nobody holds keeps only the small shared header, not the entries.
-struct Entries(Box<[Entry]>);
-type Snapshot = Arc<Entries>;
-
-impl std::ops::Deref for Entries {
-    type Target = [Entry];
-    fn deref(&self) -> &[Entry] {
-        &self.0
-    }
-}
+type Snapshot = Arc<[Entry]>;
 /// A change since the snapshot: the new tag, or `None` for a name the client no longer holds.
 type Change = (Arc<str>, Option<u64>);
 
@@ -40,7 +30,7 @@ pub(super) struct Held {
     overlay: Vec<Change>,
 }
 
-static EMPTY: LazyLock<Snapshot> = LazyLock::new(|| Arc::new(Entries(Box::default())));
+static EMPTY: LazyLock<Snapshot> = LazyLock::new(|| Arc::from(Vec::new()));
 
 impl Default for Held {
     fn default() -> Held {
@@ -147,7 +137,7 @@ fn merge(base: &[Entry], changes: &[Change]) -> Snapshot {
             (None, None) => break,
         }
     }
-    Arc::new(Entries(out.into_boxed_slice()))
+    out.into()
 }
 
 /// Transitions between snapshots, so that streams making the same changes share the result.
@@ -163,20 +153,16 @@ struct TransitionMap {
     /// By (address of the starting snapshot, hash of the changes).
     map: HashMap<(usize, u64), Vec<Transition>>,
     len: usize,
-    /// Changes the transitions keep, in all.
-    changes: usize,
-    /// Transitions and changes left after the last sweep: the next sweep comes when either has
-    /// doubled (plus a little), so what dead transitions keep stays below what live ones do.
+    /// Transitions left after the last sweep: the next one comes when there are twice as many.
     swept_len: usize,
-    swept_changes: usize,
 }
 
 struct Transition {
     /// Holds the starting snapshot's allocation, so its address is not reused while this
     /// transition is kept.
-    from: Weak<Entries>,
+    from: Weak<[Entry]>,
     changes: Box<[Change]>,
-    to: Weak<Entries>,
+    to: Weak<[Entry]>,
 }
 
 fn changes_hash(changes: &[Change]) -> u64 {
@@ -187,7 +173,7 @@ fn changes_hash(changes: &[Change]) -> u64 {
 
 impl Transitions {
     fn apply(&self, from: &Snapshot, changes: Vec<Change>) -> Snapshot {
-        let key = (Arc::as_ptr(from) as usize, changes_hash(&changes));
+        let key = (Arc::as_ptr(from) as *const Entry as usize, changes_hash(&changes));
         let lock = || self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let found = lock().map.get(&key).and_then(|ts| {
             ts.iter()
@@ -220,11 +206,10 @@ impl Transitions {
                     to: Arc::downgrade(&built),
                 });
                 inner.len += 1;
-                inner.changes += bucket.last().map_or(0, |t| t.changes.len());
                 built
             }
         };
-        if inner.len > 2 * inner.swept_len + 64 || inner.changes > 2 * inner.swept_changes + 16_384 {
+        if inner.len > 2 * inner.swept_len + 64 {
             inner.sweep();
         }
         result
@@ -251,9 +236,7 @@ impl TransitionMap {
             !ts.is_empty()
         });
         self.len = self.map.values().map(Vec::len).sum();
-        self.changes = self.map.values().flatten().map(|t| t.changes.len()).sum();
         self.swept_len = self.len;
-        self.swept_changes = self.changes;
     }
 }
 
@@ -365,7 +348,7 @@ mod tests {
     #[test]
     fn transitions_no_stream_can_take_are_swept() {
         let t = Transitions::default();
-        let start: Snapshot = Arc::new(Entries(Box::new([(name(1), 1)])));
+        let start: Snapshot = Arc::from(vec![(name(1), 1)]);
         let kept = t.apply(&start, vec![(name(2), Some(2))]);
         let dropped = t.apply(&start, vec![(name(3), Some(3))]);
         assert_eq!(&kept[..], &[(name(1), 1), (name(2), 2)][..]);
@@ -378,18 +361,5 @@ mod tests {
         drop(start);
         t.sweep_now();
         assert_eq!(t.len(), 0, "nobody holds the start any more");
-    }
-
-    #[test]
-    fn a_kept_transition_does_not_keep_the_entries_of_snapshots_nobody_holds() {
-        let t = Transitions::default();
-        let only_in_start = name(1);
-        let start: Snapshot = Arc::new(Entries(Box::new([(only_in_start.clone(), 1)])));
-        let to = t.apply(&start, vec![(name(2), Some(2))]);
-        assert_eq!(Arc::strong_count(&only_in_start), 3, "here, in start and in its successor");
-        drop(to);
-        drop(start);
-        assert_eq!(t.len(), 1, "not swept yet");
-        assert_eq!(Arc::strong_count(&only_in_start), 1, "both snapshots' entries are freed");
     }
 }
