@@ -101,6 +101,15 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// `meshflow serve` on a config directory holding [`write_mesh`]'s services (endpoint
+/// 10.1.0.7); the directory lives as long as the returned guard.
+fn serve_mesh() -> (tempfile::TempDir, Meshflow) {
+    let dir = tempfile::tempdir().unwrap();
+    write_mesh(dir.path(), "10.1.0.7", true);
+    let meshflow = Meshflow::serve(dir.path());
+    (dir, meshflow)
+}
+
 fn metric(m: &Meshflow, series: &str) -> Option<f64> {
     let (status, body) = m.admin_get("/metrics");
     assert_eq!(status, 200, "{body}");
@@ -148,9 +157,7 @@ fn node() -> core::Node {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delta_client_moves_the_metrics_and_shows_in_syncz_and_config_dump() {
-    let dir = tempfile::tempdir().unwrap();
-    write_mesh(dir.path(), "10.1.0.7", true);
-    let meshflow = Meshflow::serve(dir.path());
+    let (_dir, meshflow) = serve_mesh();
 
     let mut d = Delta::open(meshflow.xds_addr).await;
     d.send(DeltaDiscoveryRequest { node: Some(node()), type_url: CDS.into(), ..Default::default() }).await;
@@ -315,9 +322,7 @@ fn endpoints_of(event: &Value) -> Vec<String> {
 
 #[test]
 fn the_xds_command_prints_what_it_receives_as_envoy_json() {
-    let dir = tempfile::tempdir().unwrap();
-    write_mesh(dir.path(), "10.1.0.7", true);
-    let meshflow = Meshflow::serve(dir.path());
+    let (_dir, meshflow) = serve_mesh();
 
     for mode in [&[][..], &["--sotw"][..]] {
         let events = xds_command(meshflow.xds_addr, mode);
@@ -361,9 +366,7 @@ fn the_xds_command_prints_what_it_receives_as_envoy_json() {
 
 #[test]
 fn the_xds_command_watches_changes_with_versions() {
-    let dir = tempfile::tempdir().unwrap();
-    write_mesh(dir.path(), "10.1.0.7", true);
-    let meshflow = Meshflow::serve(dir.path());
+    let (dir, meshflow) = serve_mesh();
     let mut child = Command::new(Meshflow::bin())
         .args(["xds", "--server", &meshflow.xds_addr.to_string(), "--node-id", NODE, "--watch"])
         .stdin(Stdio::null())
@@ -412,9 +415,7 @@ fn the_xds_command_watches_changes_with_versions() {
 
 #[test]
 fn the_load_command_syncs_its_streams_through_reconnect_storms_and_the_server_frees_them() {
-    let dir = tempfile::tempdir().unwrap();
-    write_mesh(dir.path(), "10.1.0.7", true);
-    let meshflow = Meshflow::serve(dir.path());
+    let (_dir, meshflow) = serve_mesh();
     let server = meshflow.xds_addr.to_string();
     let out = Command::new(Meshflow::bin())
         .args(["xds", "load", "--server", &server, "--clients", "12", "--hold", "0s", "--storms", "2"])
@@ -438,13 +439,10 @@ fn the_load_command_syncs_its_streams_through_reconnect_storms_and_the_server_fr
 
 #[test]
 fn the_load_command_opens_streams_per_connection_as_asked_and_each_stream_syncs() {
-    let dir = tempfile::tempdir().unwrap();
-    write_mesh(dir.path(), "10.1.0.7", true);
-    let meshflow = Meshflow::serve(dir.path());
+    let (_dir, meshflow) = serve_mesh();
     let server = meshflow.xds_addr.to_string();
     let mut load = Command::new(Meshflow::bin())
-        .args(["xds", "load", "--server", &server, "--clients", "12", "--streams-per-connection", "4"])
-        .args(["--hold", "30s"])
+        .args(["xds", "load", "--server", &server, "--clients", "12", "--streams-per-connection", "4", "--hold", "30s"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
