@@ -66,6 +66,10 @@ pub struct Tracker {
     pub bytes: AtomicU64,
     pub responses: AtomicU64,
     pub nacks: AtomicU64,
+    /// Clients that came to hold the configuration: a first Cluster and Listener response,
+    /// and an answer (the resource, or its removal) for every assignment and route
+    /// configuration they subscribed to. Counted once per stream.
+    pub synced: AtomicU64,
     /// `meshflow xds load --control`: which clients got the endpoint change under way.
     pub fanout: Option<Fanout>,
 }
@@ -266,6 +270,11 @@ pub async fn run_client(
     let mut stats = ClientStats::default();
     let mut eds: HashSet<String> = HashSet::new();
     let mut rds: HashSet<String> = HashSet::new();
+    // Until the stream holds the configuration: the types not answered yet, and the names
+    // subscribed to and not answered yet.
+    let mut unanswered_types: HashSet<ResourceType> = [ResourceType::Cluster, ResourceType::Listener].into();
+    let mut unanswered: HashSet<(ResourceType, String)> = HashSet::new();
+    let mut synced = false;
     loop {
         let response: DeltaDiscoveryResponse = tokio::select! {
             r = inbound.next() => match r {
@@ -291,6 +300,12 @@ pub async fn run_client(
             response.resources.iter().map(|r| (r.name.clone(), Some(r.version.clone()))).collect();
         items.extend(response.removed_resources.iter().map(|n| (n.clone(), None)));
         tracker.received(i, ty, &items, at);
+        if !synced {
+            unanswered_types.remove(&ty);
+            for (name, _) in &items {
+                unanswered.remove(&(ty, name.clone()));
+            }
+        }
         if let Some(fanout) = &tracker.fanout
             && ty == ResourceType::ClusterLoadAssignment
         {
@@ -322,15 +337,24 @@ pub async fn run_client(
             if let Some(name) = name
                 && wanted.insert(name.clone())
             {
+                if !synced {
+                    unanswered.insert((follow, name.clone()));
+                }
                 subscribe.push(name);
             }
         }
         if ty == ResourceType::Cluster {
             for name in &response.removed_resources {
                 if wanted.remove(name) {
+                    unanswered.remove(&(follow, name.clone()));
                     unsubscribe.push(name.clone());
                 }
             }
+        }
+        if !synced && unanswered_types.is_empty() && unanswered.is_empty() {
+            synced = true;
+            unanswered = HashSet::new();
+            tracker.synced.fetch_add(1, Ordering::Relaxed);
         }
         let ack = DeltaDiscoveryRequest {
             type_url: response.type_url.clone(),
@@ -485,8 +509,8 @@ pub fn load(server: &str, opts: &LoadOptions) -> anyhow::Result<Vec<FanoutSample
 
 type Running = Vec<tokio::task::JoinHandle<anyhow::Result<ClientStats>>>;
 
-/// Starts every client of `load` at once and waits until they hold the configuration (no
-/// response for two seconds after the first ones). Returns the stop switch of the clients and
+/// Starts every client of `load` at once and waits until each holds the configuration (see
+/// [`Tracker::synced`]). Returns the stop switch of the clients and
 /// the streams still open; fails if none is.
 fn connect_all(
     runtime: &tokio::runtime::Runtime,
@@ -514,16 +538,24 @@ fn connect_all(
             })
         })
         .collect();
+    // Done when every stream still open holds the configuration; a server that stops
+    // answering for a minute ends the wait too (the line below then says how many do).
+    let synced_before = tracker.synced.load(Ordering::Relaxed);
     let mut last = (before.0, Instant::now());
+    let mut synced_at = None;
     loop {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(10));
         let responses = tracker.responses.load(Ordering::Relaxed);
         if responses != last.0 {
             last = (responses, Instant::now());
-        } else if responses > before.0 && last.1.elapsed() > Duration::from_secs(2) {
+        }
+        let synced = (tracker.synced.load(Ordering::Relaxed) - synced_before) as usize;
+        let open = tasks.iter().filter(|t| !t.is_finished()).count();
+        if open == 0 || synced >= open {
+            synced_at = Some(Instant::now());
             break;
         }
-        if tasks.iter().all(|t| t.is_finished()) {
+        if last.1.elapsed() > Duration::from_secs(60) {
             break;
         }
     }
@@ -540,13 +572,22 @@ fn connect_all(
     if running.is_empty() {
         anyhow::bail!("every stream ended");
     }
-    eprintln!(
-        "{} of {clients} streams hold the configuration ({} responses, {} bytes) after {:.1} s",
-        running.len(),
-        tracker.responses.load(Ordering::Relaxed) - before.0,
-        tracker.bytes.load(Ordering::Relaxed) - before.1,
-        (last.1 - started).as_secs_f64(),
-    );
+    let synced = tracker.synced.load(Ordering::Relaxed) - synced_before;
+    match synced_at {
+        Some(at) => eprintln!(
+            "{} of {clients} streams hold the configuration ({} responses, {} bytes) after {:.1} s",
+            running.len(),
+            tracker.responses.load(Ordering::Relaxed) - before.0,
+            tracker.bytes.load(Ordering::Relaxed) - before.1,
+            (at - started).as_secs_f64(),
+        ),
+        None => eprintln!(
+            "{synced} of {} open streams hold the configuration; no response for 60 s ({} responses, {} bytes)",
+            running.len(),
+            tracker.responses.load(Ordering::Relaxed) - before.0,
+            tracker.bytes.load(Ordering::Relaxed) - before.1,
+        ),
+    }
     Ok((stop_tx, running))
 }
 
