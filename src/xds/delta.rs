@@ -15,6 +15,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::protobuf::Any;
 
+use super::held::Held;
 use super::wire::DeltaResponse;
 use crate::cache::{Cache, Rendered, Resource, Variant, View, version_tag};
 use crate::translate::{self, ResourceType};
@@ -60,51 +61,6 @@ struct TypeState {
 impl TypeState {
     fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
-    }
-}
-
-/// Name → version tag, a sorted vector: what a stream keeps per resource the client holds is
-/// 24 bytes, the name's bytes being shared with the cache's encoding of the resource
-/// ([`Rendered::name`]). A stream keeps one entry for every resource its client holds, so
-/// this is most of an idle stream's memory; hash maps of owned strings took ~5x as much.
-#[derive(Default)]
-struct Held(Vec<(Arc<str>, u64)>);
-
-impl Held {
-    fn find(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(n, _)| (**n).cmp(name))
-    }
-
-    fn get(&self, name: &str) -> Option<u64> {
-        self.find(name).ok().map(|i| self.0[i].1)
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.find(name).is_ok()
-    }
-
-    fn insert(&mut self, name: &Arc<str>, tag: u64) {
-        match self.find(name) {
-            Ok(i) => self.0[i].1 = tag,
-            Err(i) => self.0.insert(i, (name.clone(), tag)),
-        }
-    }
-
-    fn remove(&mut self, name: &str) {
-        if let Ok(i) = self.find(name) {
-            self.0.remove(i);
-        }
-    }
-
-    fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(n, _)| &**n)
-    }
-
-    /// Gives back what growth left unused once it is a good part of the whole.
-    fn trim(&mut self) {
-        if self.0.capacity() > self.0.len() + self.0.len() / 4 + 16 {
-            self.0.shrink_to_fit();
-        }
     }
 }
 
@@ -201,10 +157,12 @@ impl DeltaStream {
                 // Envoy's first request for a wildcard type subscribes to nothing in particular
                 // (legacy wildcard); `*` is the explicit form.
                 st.wildcard = ty.is_wildcard_type() && req.resource_names_subscribe.is_empty();
-                for (name, version) in &req.initial_resource_versions {
-                    st.known.insert(&intern(cache, &self.view, ty, name), version_tag(version));
-                    touched.insert(name.clone());
-                }
+                st.known.apply(
+                    req.initial_resource_versions
+                        .iter()
+                        .map(|(name, version)| (intern(cache, &self.view, ty, name), Some(version_tag(version)))),
+                );
+                touched.extend(req.initial_resource_versions.keys().cloned());
             }
             for name in &req.resource_names_subscribe {
                 if name == "*" {
@@ -254,13 +212,10 @@ impl DeltaStream {
         };
         let st = self.state(ty);
         let mut names = Vec::new();
-        for (name, tag, before) in pending.sent {
-            // The client kept what it had before this response.
-            match before {
-                Some(before) => st.known.insert(&name, before),
-                None => st.known.remove(&name),
-            };
-            st.nacked.insert(&name, tag);
+        // The client kept what it had before this response.
+        st.known.apply(pending.sent.iter().map(|(name, _, before)| (name.clone(), *before)));
+        st.nacked.apply(pending.sent.iter().map(|(name, tag, _)| (name.clone(), Some(*tag))));
+        for (name, _, _) in pending.sent {
             names.push(name.to_string());
         }
         names.sort();
@@ -374,15 +329,14 @@ impl DeltaStream {
                     sent.iter().map(|(n, _, _)| n).filter(|n| eds.known.contains(n)).map(|n| n.to_string()).collect();
             }
             let st = &mut self.types[ty as usize];
-            for (name, tag, _) in &sent {
-                st.known.insert(name, *tag);
-                st.nacked.remove(name);
+            let removed_arcs: Vec<Arc<str>> = removed.iter().map(|n| Arc::from(n.as_str())).collect();
+            let updates = sent.iter().map(|(name, tag, _)| (name.clone(), Some(*tag)));
+            st.known.apply(updates.chain(removed_arcs.iter().map(|n| (n.clone(), None))));
+            if st.nacked.any() {
+                let gone = sent.iter().map(|(name, _, _)| name).chain(&removed_arcs);
+                st.nacked.apply(gone.map(|n| (n.clone(), None)));
             }
-            for name in &removed {
-                st.known.remove(name);
-                st.nacked.remove(name);
-            }
-            st.known.trim();
+            st.known.settle();
             if !resources.is_empty() {
                 resources.sort_by(|a, b| a.name.cmp(&b.name));
                 additions.push((ty, resources, sent));

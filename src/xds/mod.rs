@@ -10,6 +10,7 @@ pub mod classes;
 pub mod client;
 pub mod conformance;
 pub mod delta;
+mod held;
 pub mod node;
 pub mod sotw;
 pub mod sync;
