@@ -9,9 +9,12 @@
 //! - that **route config**, holding the virtual host a sidecar has for the host and port
 //!   (VirtualService routes, weights, header matches as the sidecar gets them);
 //! - **EDS clusters** named as the sidecar's, reduced to what grpcgen sets: EDS over ADS,
-//!   `alt_stat_name` `<name>;`, ROUND_ROBIN unless the DestinationRule asks for LEAST_REQUEST
-//!   or a consistent hash (the sidecar default, LEAST_REQUEST, is not grpcgen's), and
-//!   `http2MaxRequests` as the circuit breaker's `max_requests`.
+//!   `alt_stat_name` `<name>;`, ROUND_ROBIN unless the DestinationRule asks for a consistent
+//!   hash (RING_HASH), and `http2MaxRequests` as the circuit breaker's `max_requests`. A
+//!   DestinationRule's `simple: LEAST_REQUEST` stays ROUND_ROBIN here: istiod's grpcgen passes
+//!   it on, but gRPC's C-core xDS client (Python's `grpcio`) rejects a Cluster with any
+//!   `lb_policy` but ROUND_ROBIN or RING_HASH, and one rejected Cluster fails the whole CDS
+//!   response for that client.
 //!
 //! Load assignments are the shared ones: every LocalityLbEndpoints carries a locality (empty
 //! when unknown) and a non-zero weight, which gRPC requires.
@@ -28,7 +31,6 @@ use prost::Message;
 
 use super::outbound::ClusterRow;
 use super::{ServicePortRow, VirtualHostPart, ads_config_source, outbound_cluster_name, socket_address};
-use crate::model::istio::SimpleLb;
 
 /// The API listener's name: what gRPC asks for when dialling `xds:///<fqdn>:<port>`.
 pub fn listener_name(fqdn: &str, port: u16) -> String {
@@ -114,8 +116,6 @@ pub fn cluster(c: &ClusterRow) -> Option<Vec<u8>> {
     if lb.is_some_and(|lb| lb.consistent_hash.is_some()) {
         // istiod's ApplyRingHashLoadBalancer, as the sidecar's cluster gets it.
         super::cluster::apply_load_balancer(&mut out, lb);
-    } else if lb.and_then(|lb| lb.simple) == Some(SimpleLb::LeastRequest) {
-        out.lb_policy = cluster::cluster::LbPolicy::LeastRequest as i32;
     }
     let max_requests = policy
         .and_then(|p| p.connection_pool.as_ref())
@@ -213,7 +213,7 @@ mod tests {
             cluster::Cluster::decode(&cluster(&row).unwrap()[..]).unwrap()
         };
         let lr = with("loadBalancer: {simple: LEAST_REQUEST}");
-        assert_eq!(lr.lb_policy, cluster::cluster::LbPolicy::LeastRequest as i32);
+        assert_eq!(lr.lb_policy, cluster::cluster::LbPolicy::RoundRobin as i32, "gRPC's C-core refuses LEAST_REQUEST");
         let rnd = with("loadBalancer: {simple: RANDOM}");
         assert_eq!(rnd.lb_policy, cluster::cluster::LbPolicy::RoundRobin as i32, "grpcgen ignores other policies");
         let hash = with("loadBalancer: {consistentHash: {httpHeaderName: x-user}}");
