@@ -13,7 +13,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::model::Kind;
@@ -55,6 +56,14 @@ pub struct Metrics {
     pub engine_batch: Histogram,
     /// `meshflow_resources{type}`: resources served (filled at scrape time from the cache).
     pub resources: IntGaugeVec,
+    /// `meshflow_verify_mismatches`: resources where the last verification (`serve --verify`)
+    /// found the served configuration differing from the reference translation.
+    pub verify_mismatches: IntGauge,
+    /// `meshflow_verify_runs`: verifications run (none without `--verify`).
+    pub verify_runs: IntCounter,
+    /// `meshflow_verify_seconds`: what one verification took (the reference translation of the
+    /// whole input and the comparison).
+    pub verify_seconds: Histogram,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -157,6 +166,23 @@ impl Metrics {
                 vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0],
             ),
             resources: gauge_vec(&r, "meshflow_resources", "Envoy resources served, by xDS type.", &["type"]),
+            verify_mismatches: gauge(
+                &r,
+                "meshflow_verify_mismatches",
+                "Resources where the last verification found the served configuration differing from the reference translation.",
+            ),
+            verify_runs: {
+                let c = IntCounter::new("meshflow_verify_runs", "Verifications run (serve --verify).")
+                    .expect("valid counter");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            verify_seconds: histogram(
+                &r,
+                "meshflow_verify_seconds",
+                "Time in seconds of one verification: the reference translation of the whole input and the comparison.",
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+            ),
             registry: r,
         }
     }

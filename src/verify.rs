@@ -156,6 +156,10 @@ impl Verifier {
         }
         self.mismatches.store(outcome.mismatches.len() as u64, Ordering::Relaxed);
         self.runs.fetch_add(1, Ordering::Relaxed);
+        let metrics = crate::metrics::global();
+        metrics.verify_mismatches.set(outcome.mismatches.len() as i64);
+        metrics.verify_runs.inc();
+        metrics.verify_seconds.observe(outcome.seconds);
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome.clone());
         outcome
     }

@@ -214,6 +214,9 @@ async fn a_delta_client_moves_the_metrics_and_shows_in_syncz_and_config_dump() {
     assert_eq!(entry["listener_sent"], lds.nonce.as_str(), "{entry}");
     assert!(entry.get("listener_acked").is_none(), "the listeners were NACKed: {entry}");
     assert_eq!(entry["resources"][LDS]["lastError"], error, "{entry}");
+    let mut listeners: Vec<&str> = lds.resources.iter().map(|r| r.name.as_str()).collect();
+    listeners.sort();
+    assert_eq!(entry["resources"][LDS]["rejectedResources"], serde_json::json!(listeners), "{entry}");
     assert!(entry["resources"][CDS].get("lastError").is_none(), "{entry}");
     assert_eq!(entry["proxy_type"], "sidecar");
     assert_eq!(entry["istio_version"], "1.28.0-tools");
@@ -464,4 +467,41 @@ fn the_load_command_opens_streams_per_connection_as_asked_and_each_stream_syncs(
         assert!(a.parse::<SocketAddr>().is_ok(), "{a:?}");
         assert_eq!(addresses.iter().filter(|b| *b == a).count(), 4, "{addresses:?}");
     }
+}
+
+#[test]
+fn serve_verify_compares_with_the_reference_on_a_schedule_and_reports_in_metrics_and_debug_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    write_mesh(dir.path(), "10.1.0.7", true);
+    let m = Meshflow::serve_with(dir.path(), &["--verify", "200ms"]);
+    let runs = |m: &Meshflow| metric(m, "meshflow_verify_runs").unwrap_or(0.0);
+    eventually("a first verification", WAIT, || (runs(&m) >= 1.0).then_some(()));
+    assert_eq!(metric(&m, "meshflow_verify_mismatches"), Some(0.0), "the engine equals the reference");
+    assert!(metric(&m, "meshflow_verify_seconds_count").unwrap_or(0.0) >= 1.0);
+    let (status, body) = m.admin_get("/debug/verify");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(" 0 mismatches"), "{body}");
+    let resources: usize = body.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(resources >= 6, "two clusters and assignments, a listener and its routes: {body}");
+
+    // After a change (a new endpoint, the ratings service gone), the next verifications
+    // translate the new input (fewer resources) and still find no difference.
+    write_mesh(dir.path(), "10.1.0.8", false);
+    eventually("the change served", WAIT, || {
+        let (_, dump) = m.admin_get("/debug/resources");
+        (!dump.contains("ratings")).then_some(())
+    });
+    let before = runs(&m);
+    eventually("two more verifications", WAIT, || (runs(&m) >= before + 2.0).then_some(()));
+    assert_eq!(metric(&m, "meshflow_verify_mismatches"), Some(0.0));
+    let (_, body) = m.admin_get("/debug/verify");
+    assert!(body.contains(" 0 mismatches"), "{body}");
+    let after: usize = body.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(after > 0 && after < resources, "ratings' cluster and assignment are gone: {body}");
+
+    // Without --verify the endpoint says how to turn it on.
+    let (_plain_dir, plain) = serve_mesh();
+    let (status, body) = plain.admin_get("/debug/verify");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("--verify"), "{body}");
 }

@@ -479,9 +479,9 @@ fn record_answer(conn: &Connection, answer: &Answer, code: i32) -> bool {
             conn.acked(*ty, nonce);
             true
         }
-        Answer::Nack { ty, nonce, message, .. } => {
+        Answer::Nack { ty, nonce, message, names } => {
             crate::metrics::global().record_reject(*ty, &conn.node, code);
-            conn.nacked(*ty, nonce, message)
+            conn.nacked(*ty, nonce, message, names)
         }
         Answer::Stale { .. } | Answer::Subscription => true,
     }

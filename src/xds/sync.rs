@@ -30,6 +30,9 @@ pub struct TypeSync {
     /// The `error_detail` message of the latest NACK, and the nonce it rejected.
     pub last_error: Option<String>,
     pub nonce_rejected: Option<String>,
+    /// The resources that NACK rejected (the names of the response it answered; a state of
+    /// the world NACK rejects the whole set, so every name of it).
+    pub rejected_resources: Vec<String>,
 }
 
 /// One connected xDS stream.
@@ -92,10 +95,11 @@ impl Connection {
 
     /// Records a NACK; true when its error differs from the type's previous one (so that a
     /// proxy repeating the same rejection is logged once).
-    pub fn nacked(&self, ty: ResourceType, nonce: &str, error: &str) -> bool {
+    pub fn nacked(&self, ty: ResourceType, nonce: &str, error: &str, resources: &[String]) -> bool {
         let mut types = self.lock();
         let t = &mut types[ty as usize];
         t.nonce_rejected = Some(nonce.to_string());
+        t.rejected_resources = resources.to_vec();
         let new = t.last_error.as_deref() != Some(error);
         if new {
             t.last_error = Some(error.to_string());
@@ -186,6 +190,9 @@ impl Connection {
             field("ackedVersion", &t.version_acked);
             field("lastError", &t.last_error);
             field("rejected", &t.nonce_rejected);
+            if !t.rejected_resources.is_empty() {
+                r.insert("rejectedResources".into(), json!(t.rejected_resources));
+            }
             if let Some(at) = t.sent_at {
                 r.insert("sentTime".into(), json!(rfc3339(at)));
             }
@@ -344,8 +351,9 @@ mod tests {
         c.sent(ResourceType::Cluster, "1", None);
         c.acked(ResourceType::Cluster, "1");
         c.sent(ResourceType::Listener, "2", Some("v1"));
-        assert!(c.nacked(ResourceType::Listener, "2", "bad listener"));
-        assert!(!c.nacked(ResourceType::Listener, "2", "bad listener"), "the same error again is not new");
+        let bad = ["0.0.0.0_9080".to_string()];
+        assert!(c.nacked(ResourceType::Listener, "2", "bad listener", &bad));
+        assert!(!c.nacked(ResourceType::Listener, "2", "bad listener", &bad), "the same error again is not new");
         let v = c.syncz();
         assert_eq!(v["proxy"], "sidecar~10.0.0.1~a.default~default.svc.cluster.local");
         assert_eq!(v["istio_version"], "1.28.0");
@@ -357,6 +365,7 @@ mod tests {
         assert!(v.get("cluster_id").is_none(), "empty fields are left out, as istiod's omitempty");
         let lds = &v["resources"][ResourceType::Listener.type_url()];
         assert_eq!(lds["lastError"], "bad listener");
+        assert_eq!(lds["rejectedResources"], json!(["0.0.0.0_9080"]), "which resources the NACK rejected");
         assert_eq!(lds["sentVersion"], "v1");
         assert!(lds["sentTime"].as_str().unwrap().ends_with('Z'));
         assert!(registry.by_node("sidecar~10.0.0.1~a.default~default.svc.cluster.local").is_some());

@@ -638,6 +638,11 @@ impl Meshflow {
     /// Spawns `meshflow serve --config-dir DIR …` and waits until its admin `/ready`
     /// answers 200 (at most 30 s).
     pub fn serve(config_dir: &Path) -> Meshflow {
+        Meshflow::serve_with(config_dir, &[])
+    }
+
+    /// [`Meshflow::serve`] with more arguments for `meshflow serve`.
+    pub fn serve_with(config_dir: &Path, args: &[&str]) -> Meshflow {
         let dir = tempfile::tempdir().expect("tempdir");
         let log_path = dir.path().join("meshflow.log");
         // The free ports may be taken between probing and binding: retry a few times.
@@ -654,6 +659,7 @@ impl Meshflow {
                 .arg(xds_addr.to_string())
                 .arg("--admin-addr")
                 .arg(admin_addr.to_string())
+                .args(args)
                 .env("RUST_LOG", "meshflow=debug")
                 .stdin(Stdio::null())
                 .stdout(out)
