@@ -14,6 +14,9 @@ fn args(out: &std::path::Path) -> BenchArgs {
         duration: Duration::from_millis(800),
         rate: 200.0,
         clients: 2,
+        nack_clients: 0,
+        slow_clients: 0,
+        slow_delay: Duration::from_millis(200),
         mode: Mode::Both,
         debounce: Duration::from_millis(100),
         source: SourceKind::Engine,
@@ -125,4 +128,45 @@ fn the_pod_churn_baseline_pushes_more_than_meshflow_per_event() {
     assert!(inc.per_event.resources > 0.0, "{inc:?}");
     assert!(inc_batch * 10.0 < full_batch, "{inc:?}\n{full:?}");
     assert!(full_batch >= 100.0 * a.clients as f64, "{full:?}");
+}
+
+#[test]
+fn nacking_and_slow_clients_neither_stop_the_others_nor_get_their_rejected_versions_again() {
+    let out = tempfile::tempdir().unwrap();
+    let mut a = args(out.path());
+    a.scenario = "pod-churn".into();
+    a.mode = Mode::Incremental;
+    a.clients = 4;
+    a.nack_clients = 1;
+    a.slow_clients = 1;
+    // Far above what a step takes to reach a reading client: were the slow client counted (or
+    // did it hold the others back), the latencies to the last client would be above it.
+    a.slow_delay = Duration::from_secs(3);
+    a.duration = Duration::from_millis(1500);
+    let report = run(&a).expect("bench run");
+    let inc = report.scenarios[0].incremental.as_ref().unwrap();
+    assert_eq!((inc.nacking_clients, inc.slow_clients), (1, 1));
+    assert!(inc.nacks_sent >= 2, "the NACKing client rejected its initial sync and the churn: {inc:?}");
+    assert_eq!(inc.verify.mismatches, 0, "{:?}", inc.verify.examples);
+    assert!(inc.clients_initial_sync_ms.is_some(), "the three counted clients synced");
+    assert!(inc.last_client_ms.count > 0, "steps reached every counted client: {inc:?}");
+    assert!(inc.last_client_ms.p50 < 3000.0, "the slow client is not waited for: {:?}", inc.last_client_ms);
+}
+
+#[test]
+fn the_directory_source_feeds_the_steps_through_written_files() {
+    let out = tempfile::tempdir().unwrap();
+    let mut a = args(out.path());
+    a.scenario = "pod-churn".into();
+    a.mode = Mode::Incremental;
+    a.source = SourceKind::Dir;
+    a.rate = 20.0;
+    a.duration = Duration::from_millis(1500);
+    let report = run(&a).expect("bench run");
+    assert_eq!(report.source, "dir");
+    let inc = report.scenarios[0].incremental.as_ref().unwrap();
+    assert!(inc.events > 0, "{inc:?}");
+    assert_eq!(inc.output_batch_ms.count, inc.events, "every written step came out of the engine");
+    assert!(inc.first_frame_ms.count > 0, "and reached the clients: {inc:?}");
+    assert_eq!(inc.verify.mismatches, 0, "{:?}", inc.verify.examples);
 }

@@ -189,6 +189,21 @@ impl Tracker {
     }
 }
 
+/// How a simulated proxy treats what it receives.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Behaviour {
+    /// Reads every response at once and ACKs it.
+    #[default]
+    Acking,
+    /// Rejects every response that carries resources (a NACK with an `error_detail`), as an
+    /// Envoy that cannot load them: the server must not resend those versions.
+    Nacking,
+    /// Waits this long before reading each response (a proxy on a starved node): the server
+    /// must coalesce what it sends it and not delay the others. Its deliveries are not
+    /// counted in the latencies to the last client.
+    Slow(std::time::Duration),
+}
+
 /// Per-client counters.
 #[derive(Default, Debug, Clone, Copy)]
 pub struct ClientStats {
@@ -253,6 +268,7 @@ pub async fn run_client(
     channel: Channel,
     tracker: Arc<Tracker>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    behaviour: Behaviour,
 ) -> anyhow::Result<ClientStats> {
     let mut client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(256 << 20)
@@ -284,6 +300,12 @@ pub async fn run_client(
             },
             _ = stop.wait_for(|s| *s) => break,
         };
+        if let Behaviour::Slow(delay) = behaviour {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
         let at = Instant::now();
         let Some(ty) = ResourceType::from_type_url(&response.type_url) else {
             anyhow::bail!("client {i}: response of unknown type {}", response.type_url);
@@ -299,7 +321,9 @@ pub async fn run_client(
         let mut items: Vec<(String, Option<String>)> =
             response.resources.iter().map(|r| (r.name.clone(), Some(r.version.clone()))).collect();
         items.extend(response.removed_resources.iter().map(|n| (n.clone(), None)));
-        tracker.received(i, ty, &items, at);
+        if !matches!(behaviour, Behaviour::Slow(_)) {
+            tracker.received(i, ty, &items, at);
+        }
         if !synced {
             unanswered_types.remove(&ty);
             for (name, _) in &items {
@@ -356,9 +380,18 @@ pub async fn run_client(
             unanswered = HashSet::new();
             tracker.synced.fetch_add(1, Ordering::Relaxed);
         }
+        let nack = behaviour == Behaviour::Nacking && !response.resources.is_empty();
+        if nack {
+            tracker.nacks.fetch_add(1, Ordering::Relaxed);
+        }
         let ack = DeltaDiscoveryRequest {
             type_url: response.type_url.clone(),
             response_nonce: response.nonce.clone(),
+            error_detail: nack.then(|| envoy_types::pb::google::rpc::Status {
+                code: 3, // INVALID_ARGUMENT, as Envoy sends it
+                message: format!("meshflow bench: client {i} rejects every resource"),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         if tx.send(ack).await.is_err() {
@@ -534,7 +567,7 @@ fn connect_all(
                 (groups[i / per].clone(), endpoint.clone(), tracker.clone(), stop.clone());
             runtime.spawn(async move {
                 let channel = group.get_or_try_init(|| connect(endpoint)).await?.clone();
-                run_client(i, node(i, shape), channel, tracker, stop).await
+                run_client(i, node(i, shape), channel, tracker, stop, Behaviour::Acking).await
             })
         })
         .collect();

@@ -78,6 +78,17 @@ pub struct BenchArgs {
     /// Simulated proxies on delta ADS streams (0: no xDS server).
     #[arg(long, default_value_t = 10)]
     pub clients: usize,
+    /// Of the clients, this many NACK every response that carries resources (their
+    /// deliveries still count in the latencies: the server sends them each change once).
+    #[arg(long, default_value_t = 0)]
+    pub nack_clients: usize,
+    /// Of the clients, this many wait --slow-delay before reading each response; the
+    /// latencies to the last client are over the others, so they show whether slow readers
+    /// hold the others back.
+    #[arg(long, default_value_t = 0)]
+    pub slow_clients: usize,
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub slow_delay: Duration,
     #[arg(long, value_enum, default_value = "both")]
     pub mode: Mode,
     /// The baseline's debounce (istiod's default PILOT_DEBOUNCE_AFTER is 100ms); 0 for none.

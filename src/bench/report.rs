@@ -98,6 +98,11 @@ pub struct Incremental {
     /// Resources (and removals) and bytes pushed to all clients during the steps.
     pub resources_pushed: u64,
     pub bytes_pushed: u64,
+    /// Clients that NACK what they receive, and the NACKs they sent (initial sync included).
+    pub nacking_clients: usize,
+    pub nacks_sent: u64,
+    /// Clients that read late (`--slow-clients`): not counted in `last_client_ms`.
+    pub slow_clients: usize,
     pub per_event: PerEvent,
     pub per_client: PerEvent,
     pub cpu: Cpu,

@@ -176,7 +176,24 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
 
     let cache = Cache::new([]);
     let probe = Arc::new(Probe { batches: Mutex::new(Vec::new()) });
-    let tracker = Arc::new(Tracker::new(clients));
+    if args.nack_clients + args.slow_clients > clients || args.slow_clients > 0 && args.slow_clients >= clients {
+        anyhow::bail!(
+            "--nack-clients {} and --slow-clients {} need more --clients than {clients} (one reading at once at least)",
+            args.nack_clients,
+            args.slow_clients
+        );
+    }
+    // Slow clients are not waited for: latencies are to the last of the others.
+    let tracker = Arc::new(Tracker::new(clients - args.slow_clients));
+    let behaviour = |i: usize| {
+        if i < args.nack_clients {
+            clients::Behaviour::Nacking
+        } else if i >= clients - args.slow_clients {
+            clients::Behaviour::Slow(args.slow_delay)
+        } else {
+            clients::Behaviour::Acking
+        }
+    };
     let (marker_tx, markers) = crossbeam_channel::unbounded();
     let engine = Engine::start(sink(cache.clone(), probe.clone(), tracker.clone(), marker_tx));
 
@@ -231,7 +248,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
         }));
         let connected = Instant::now();
         for i in 0..clients {
-            let (tracker, stop) = (tracker.clone(), stop_rx.clone());
+            let (tracker, stop, behaviour) = (tracker.clone(), stop_rx.clone(), behaviour(i));
             let endpoint = format!("http://{addr}");
             client_tasks.push(client_rt.spawn(async move {
                 // The server may take a moment to bind.
@@ -245,7 +262,8 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
                         Err(e) => return Err(e),
                         Ok(channel) => {
                             let node = clients::node(i, clients::Shape::default());
-                            return clients::run_client(i, node, channel, tracker.clone(), stop.clone()).await;
+                            return clients::run_client(i, node, channel, tracker.clone(), stop.clone(), behaviour)
+                                .await;
                         }
                     }
                 }
@@ -370,6 +388,9 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     inc.engine_cpu_us_per_event = if n > 0 { inc.cpu.engine_s * 1e6 / n as f64 } else { 0.0 };
     inc.resources_pushed = tracker.resources.load(Ordering::Relaxed) - pushed_before;
     inc.bytes_pushed = tracker.bytes.load(Ordering::Relaxed) - bytes_before;
+    inc.nacking_clients = args.nack_clients;
+    inc.slow_clients = args.slow_clients;
+    inc.nacks_sent = tracker.nacks.load(Ordering::Relaxed);
 
     // Latencies.
     let batches = probe.batches.lock().unwrap_or_else(|e| e.into_inner()).clone();
