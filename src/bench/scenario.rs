@@ -158,16 +158,24 @@ impl Steps {
         Some(id)
     }
 
+    /// One wave of a Deployment's rolling update (Kubernetes' default maxSurge and
+    /// maxUnavailable, 25%): a quarter of the pods (at least one) replaced by pods of the new
+    /// version in one step, so the service's EndpointSlice changes by a wave at a time.
     fn rolling(&mut self, world: &mut World) -> Option<Step> {
         let id = self.focused(world, true)?;
         let svc = &world.services[&id];
-        // The version being rolled out: the one after the oldest pod's.
-        let target = (svc.pods.first()?.version + 1) % 3;
-        let old = svc.pods.iter().position(|p| p.version != target);
-        // Everything at one version: the next rollout replaces from the front again.
-        let index = old.unwrap_or_default();
-        let version = if old.is_some() { target } else { (target + 1) % 3 };
-        Some(Step { label: "pod-replaced", events: world.pod_replace(id, index, version) })
+        // Everything at one version: the next rollout starts, to the version after it. Else a
+        // rollout is under way: keep rolling out the version of the newest pod.
+        let first = svc.pods.first()?.version;
+        let target =
+            if svc.pods.iter().all(|p| p.version == first) { (first + 1) % 3 } else { svc.pods.last()?.version };
+        let wave = svc.pods.len().div_ceil(4).max(1);
+        let mut events = Vec::new();
+        for _ in 0..wave {
+            let Some(index) = world.services[&id].pods.iter().position(|p| p.version != target) else { break };
+            events.extend(world.pod_replace(id, index, target));
+        }
+        Some(Step { label: "wave-replaced", events })
     }
 
     fn scale(&mut self, world: &mut World) -> Option<Step> {
@@ -215,4 +223,37 @@ fn relabel(world: &mut World) -> Option<Step> {
     let n = world.services[&id].pods.len();
     let index = world.rng.random_range(0..n.max(1));
     Some(Step { label: "pod-relabelled", events: world.pod_relabel(id, index) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::generate::Preset;
+    use crate::model::Kind;
+
+    #[test]
+    fn a_rolling_update_replaces_a_quarter_of_the_pods_per_step_until_all_run_the_new_version() {
+        let mut world = World::new(Preset::SMALL, 3);
+        let mut steps = Steps::new(Scenario::RollingUpdate);
+        let first = steps.next(&mut world).expect("a step");
+        let id = steps.focus.expect("a focused service");
+        let pods = world.services[&id].pods.len();
+        assert!(pods >= 4, "{pods} pods");
+        let deleted =
+            |step: &Step| step.events.iter().filter(|e| e.key.kind == Kind::Pod && e.object.is_none()).count();
+        assert_eq!(first.label, "wave-replaced");
+        assert_eq!(deleted(&first), pods.div_ceil(4), "one wave: a quarter of {pods} pods");
+        let target = world.services[&id].pods.last().unwrap().version;
+        let mut waves = 1;
+        while world.services[&id].pods.iter().any(|p| p.version != target) {
+            let step = steps.next(&mut world).unwrap();
+            assert!(deleted(&step) >= 1 && deleted(&step) <= pods.div_ceil(4));
+            assert_eq!(world.services[&id].pods.len(), pods, "a wave keeps the replica count");
+            waves += 1;
+            assert!(waves <= 4, "a rollout takes at most four waves");
+        }
+        // The next step starts the next rollout, to another version.
+        steps.next(&mut world).unwrap();
+        assert_ne!(world.services[&id].pods.last().unwrap().version, target);
+    }
 }
