@@ -2,8 +2,10 @@
 //! - against a real `meshflow serve`, driven through meshflow's own control adapter
 //!   (`meshflow xds control --config-dir DIR`): every rule holds;
 //! - against a small in-process toy delta server, right and then deliberately broken (one
-//!   that resends NACKed versions, one that ignores unsubscribe): the rules those bugs break
-//!   are reported broken, and hold on the right toy. So each of those checks can fail.
+//!   that resends NACKed versions, one that ignores unsubscribe, one that never removes, one
+//!   that leaves absent names unanswered, one that ignores initial_resource_versions, one that
+//!   sends assignments before clusters): the rules those bugs break are reported broken, and
+//!   hold on the right toy. So each of those checks can fail.
 
 mod support;
 
@@ -84,6 +86,14 @@ struct Bugs {
     resend_nacked: bool,
     /// Keep sending changes of names the client unsubscribed from.
     ignore_unsubscribe: bool,
+    /// Never send `removed_resources`: a resource that disappears stays with the client.
+    no_removals: bool,
+    /// Never answer a subscribed name that does not exist.
+    no_absent_removal: bool,
+    /// Ignore a reconnecting client's `initial_resource_versions`: resend everything.
+    ignore_initial_versions: bool,
+    /// On a change, send the assignments before the clusters.
+    eds_before_cds: bool,
 }
 
 /// Services: name → (cluster connect-timeout millis, endpoint).
@@ -161,6 +171,8 @@ struct TypeState {
     names: BTreeSet<String>,
     known: HashMap<String, String>,
     nacked: HashMap<String, String>,
+    /// Names subscribed by name and not answered yet.
+    unanswered: BTreeSet<String>,
 }
 
 /// What one response sent: (name, version sent, version the client held before).
@@ -174,7 +186,7 @@ struct ToyStream {
 }
 
 impl ToyStream {
-    fn diff(&mut self, store: &Store, type_url: &str) -> Option<DeltaDiscoveryResponse> {
+    fn diff(&mut self, store: &Store, type_url: &str, bugs: Bugs) -> Option<DeltaDiscoveryResponse> {
         let current = store.resources(type_url);
         let st = self.types.get_mut(type_url)?;
         let mut resources = Vec::new();
@@ -194,9 +206,18 @@ impl ToyStream {
                 ..Default::default()
             });
         }
-        let removed: Vec<String> = st.known.keys().filter(|n| !current.contains_key(*n)).cloned().collect();
+        let mut removed: Vec<String> = st.known.keys().filter(|n| !current.contains_key(*n)).cloned().collect();
         for n in &removed {
             st.known.remove(n);
+        }
+        let unanswered = std::mem::take(&mut st.unanswered);
+        if !bugs.no_absent_removal {
+            let absent: Vec<String> =
+                unanswered.into_iter().filter(|n| !current.contains_key(n) && !removed.contains(n)).collect();
+            removed.extend(absent);
+        }
+        if bugs.no_removals {
+            removed.clear();
         }
         if resources.is_empty() && removed.is_empty() {
             return None;
@@ -234,14 +255,17 @@ impl ToyStream {
         if first && req.type_url == CDS && req.resource_names_subscribe.is_empty() {
             st.wildcard = true;
         }
-        for (n, v) in &req.initial_resource_versions {
-            st.known.insert(n.clone(), v.clone());
+        if !bugs.ignore_initial_versions {
+            for (n, v) in &req.initial_resource_versions {
+                st.known.insert(n.clone(), v.clone());
+            }
         }
         for n in &req.resource_names_subscribe {
             if n == "*" {
                 st.wildcard = true;
             } else {
                 st.names.insert(n.clone());
+                st.unanswered.insert(n.clone());
             }
         }
         if !bugs.ignore_unsubscribe {
@@ -292,12 +316,16 @@ impl AggregatedDiscoveryService for Toy {
                     },
                     r = changes.changed() => {
                         if r.is_err() { return; }
-                        vec![CDS.to_string(), EDS.to_string()]
+                        if toy.bugs.eds_before_cds {
+                            vec![EDS.to_string(), CDS.to_string()]
+                        } else {
+                            vec![CDS.to_string(), EDS.to_string()]
+                        }
                     }
                 };
                 let responses: Vec<_> = {
                     let store = toy.store.lock().unwrap();
-                    types.iter().filter_map(|t| s.diff(&store, t)).collect()
+                    types.iter().filter_map(|t| s.diff(&store, t, toy.bugs)).collect()
                 };
                 for r in responses {
                     if tx.send(Ok(r)).await.is_err() {
@@ -349,4 +377,26 @@ async fn the_nack_and_unsubscribe_checks_fail_on_a_server_with_those_bugs() {
     assert!(!sticky["unsubscribe"].held, "a server that ignores unsubscribe passed the unsubscribe check");
     assert!(sticky["unsubscribe"].detail.contains("unsubscribed from toy-alpha"), "{}", sticky["unsubscribe"].detail);
     assert!(sticky["nack"].held, "{}", sticky["nack"].detail);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_removal_reconnect_and_order_checks_fail_on_servers_with_those_bugs() {
+    let rules = ["disappears", "absent-name", "initial-versions", "order"];
+    let right = run_on_toy(Bugs::default(), &rules).await;
+    for rule in rules {
+        assert!(right[rule].held, "{rule} on the right toy: {}", right[rule].detail);
+    }
+    // Each bug breaks its rule, and (where it should not matter) leaves the others holding.
+    let cases: [(Bugs, &str, &str); 4] = [
+        (Bugs { no_removals: true, ..Default::default() }, "disappears", "removed_resources"),
+        (Bugs { no_absent_removal: true, ..Default::default() }, "absent-name", "never came back"),
+        (Bugs { ignore_initial_versions: true, ..Default::default() }, "initial-versions", "yet resent"),
+        (Bugs { eds_before_cds: true, ..Default::default() }, "order", "out of order"),
+    ];
+    for (bugs, rule, says) in cases {
+        let got = run_on_toy(bugs, &[rule, "explicit"]).await;
+        assert!(!got[rule].held, "a server with the {rule} bug passed the {rule} check");
+        assert!(got[rule].detail.contains(says), "{rule}: {}", got[rule].detail);
+        assert!(got["explicit"].held, "{rule} bug: explicit: {}", got["explicit"].detail);
+    }
 }
