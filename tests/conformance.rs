@@ -4,8 +4,11 @@
 //! - against a small in-process toy delta server, right and then deliberately broken (one
 //!   that resends NACKed versions, one that ignores unsubscribe, one that never removes, one
 //!   that leaves absent names unanswered, one that ignores initial_resource_versions, one that
-//!   sends assignments before clusters): the rules those bugs break are reported broken, and
-//!   hold on the right toy. So each of those checks can fail.
+//!   sends assignments before clusters, one that ignores `*` for EDS, one that takes
+//!   names for a wildcard, one that drops the names with `*`, one with a constant nonce): the
+//!   rules those bugs break are reported broken, and hold on the right toy. So each of those
+//!   checks can fail (ten of the twelve; cluster-then-assignment and removal-after-referrers
+//!   need a server of routes and warming, which the toy is not).
 
 mod support;
 
@@ -94,6 +97,14 @@ struct Bugs {
     ignore_initial_versions: bool,
     /// On a change, send the assignments before the clusters.
     eds_before_cds: bool,
+    /// Ignore `*` in an EDS subscription.
+    no_eds_star: bool,
+    /// Take a subscription to any name as one to everything.
+    names_as_wildcard: bool,
+    /// Unsubscribing `*` drops the names subscribed explicitly too.
+    star_unsubscribe_drops_names: bool,
+    /// Every response carries the same nonce.
+    constant_nonce: bool,
 }
 
 /// Services: name → (cluster connect-timeout millis, endpoint).
@@ -222,7 +233,9 @@ impl ToyStream {
         if resources.is_empty() && removed.is_empty() {
             return None;
         }
-        self.nonce += 1;
+        if !bugs.constant_nonce {
+            self.nonce += 1;
+        }
         let nonce = self.nonce.to_string();
         self.pending.insert(nonce.clone(), (type_url.to_string(), sent));
         Some(DeltaDiscoveryResponse {
@@ -262,16 +275,20 @@ impl ToyStream {
         }
         for n in &req.resource_names_subscribe {
             if n == "*" {
-                st.wildcard = true;
+                st.wildcard |= !(bugs.no_eds_star && req.type_url == EDS);
             } else {
                 st.names.insert(n.clone());
                 st.unanswered.insert(n.clone());
+                st.wildcard |= bugs.names_as_wildcard;
             }
         }
         if !bugs.ignore_unsubscribe {
             for n in &req.resource_names_unsubscribe {
                 if n == "*" {
                     st.wildcard = false;
+                    if bugs.star_unsubscribe_drops_names {
+                        st.names.clear();
+                    }
                 } else {
                     st.names.remove(n);
                     st.known.remove(n);
@@ -386,17 +403,44 @@ async fn the_removal_reconnect_and_order_checks_fail_on_servers_with_those_bugs(
     for rule in rules {
         assert!(right[rule].held, "{rule} on the right toy: {}", right[rule].detail);
     }
-    // Each bug breaks its rule, and (where it should not matter) leaves the others holding.
-    let cases: [(Bugs, &str, &str); 4] = [
+    let cases = [
         (Bugs { no_removals: true, ..Default::default() }, "disappears", "removed_resources"),
         (Bugs { no_absent_removal: true, ..Default::default() }, "absent-name", "never came back"),
         (Bugs { ignore_initial_versions: true, ..Default::default() }, "initial-versions", "yet resent"),
         (Bugs { eds_before_cds: true, ..Default::default() }, "order", "out of order"),
     ];
+    each_bug_breaks_its_rule(&cases, "explicit").await;
+}
+
+/// Runs each broken toy on its rule and on `control`, a rule the bug should not touch: the
+/// rule is reported broken with a detail saying `says`, the control holds.
+async fn each_bug_breaks_its_rule(cases: &[(Bugs, &str, &str)], control: &str) {
     for (bugs, rule, says) in cases {
-        let got = run_on_toy(bugs, &[rule, "explicit"]).await;
+        let got = run_on_toy(*bugs, &[rule, control]).await;
         assert!(!got[rule].held, "a server with the {rule} bug passed the {rule} check");
         assert!(got[rule].detail.contains(says), "{rule}: {}", got[rule].detail);
-        assert!(got["explicit"].held, "{rule} bug: explicit: {}", got["explicit"].detail);
+        assert!(got[control].held, "{rule} bug: {control}: {}", got[control].detail);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_and_nonce_checks_fail_on_servers_with_those_bugs() {
+    let rules = ["wildcard", "explicit", "wildcard-and-names", "ack-nonce"];
+    let right = run_on_toy(Bugs::default(), &rules).await;
+    for rule in rules {
+        assert!(right[rule].held, "{rule} on the right toy: {}", right[rule].detail);
+    }
+    let cases = [
+        (Bugs { no_eds_star: true, ..Default::default() }, "wildcard", "not every resource came"),
+        (Bugs { star_unsubscribe_drops_names: true, ..Default::default() }, "wildcard-and-names", "no longer updated"),
+        (Bugs { constant_nonce: true, ..Default::default() }, "ack-nonce", "used twice"),
+    ];
+    each_bug_breaks_its_rule(&cases, "absent-name").await;
+    // Names taken for a wildcard break the explicit check; absent-name would pass or not by
+    // chance (everything comes, the absent name among the answers), so disappears controls it.
+    each_bug_breaks_its_rule(
+        &[(Bugs { names_as_wildcard: true, ..Default::default() }, "explicit", "only, holds")],
+        "disappears",
+    )
+    .await;
 }
