@@ -368,55 +368,50 @@ async fn start_toy(bugs: Bugs) -> (Toy, SocketAddr) {
     (toy, addr)
 }
 
-async fn run_on_toy(bugs: Bugs, rules: &[&str]) -> BTreeMap<&'static str, Outcome> {
+async fn run_on_toy(bugs: Bugs, rules: Vec<String>) -> BTreeMap<&'static str, Outcome> {
     let (mut toy, addr) = start_toy(bugs).await;
-    let rules: Vec<String> = rules.iter().map(|s| s.to_string()).collect();
     let outcomes = conformance::run(&addr.to_string(), "toy", &mut toy, &rules).await.expect("the suite runs");
     eprintln!("{}", conformance::table(&outcomes));
     outcomes.into_iter().map(|o| (o.rule, o)).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_nack_and_unsubscribe_checks_fail_on_a_server_with_those_bugs() {
-    let rules = ["nack", "unsubscribe", "explicit"];
-    // The right toy holds them: the checks do not fail for reasons of their own.
-    let right = run_on_toy(Bugs::default(), &rules).await;
+/// The right toy holds every rule of `rules`: the checks do not fail for reasons of their own.
+async fn the_right_toy_holds(rules: &[&str]) {
+    let right = run_on_toy(Bugs::default(), rules.iter().map(|r| r.to_string()).collect()).await;
     for rule in rules {
         assert!(right[rule].held, "{rule} on the right toy: {}", right[rule].detail);
     }
+}
 
-    let resends = run_on_toy(Bugs { resend_nacked: true, ..Default::default() }, &rules).await;
-    assert!(!resends["nack"].held, "a server that resends NACKed versions passed the nack check");
-    assert!(resends["nack"].detail.contains("NACKed version"), "{}", resends["nack"].detail);
-    assert!(resends["unsubscribe"].held, "{}", resends["unsubscribe"].detail);
-
-    let sticky = run_on_toy(Bugs { ignore_unsubscribe: true, ..Default::default() }, &rules).await;
-    assert!(!sticky["unsubscribe"].held, "a server that ignores unsubscribe passed the unsubscribe check");
-    assert!(sticky["unsubscribe"].detail.contains("unsubscribed from toy-alpha"), "{}", sticky["unsubscribe"].detail);
-    assert!(sticky["nack"].held, "{}", sticky["nack"].detail);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nack_and_unsubscribe_checks_fail_on_a_server_with_those_bugs() {
+    let cases = [
+        (Bugs { resend_nacked: true, ..Default::default() }, "nack", "NACKed version", "unsubscribe"),
+        (Bugs { ignore_unsubscribe: true, ..Default::default() }, "unsubscribe", "unsubscribed from toy-alpha", "nack"),
+    ];
+    tokio::join!(the_right_toy_holds(&["nack", "unsubscribe", "explicit"]), each_bug_breaks_its_rule(&cases));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_removal_reconnect_and_order_checks_fail_on_servers_with_those_bugs() {
-    let rules = ["disappears", "absent-name", "initial-versions", "order"];
-    let right = run_on_toy(Bugs::default(), &rules).await;
-    for rule in rules {
-        assert!(right[rule].held, "{rule} on the right toy: {}", right[rule].detail);
-    }
     let cases = [
-        (Bugs { no_removals: true, ..Default::default() }, "disappears", "removed_resources"),
-        (Bugs { no_absent_removal: true, ..Default::default() }, "absent-name", "never came back"),
-        (Bugs { ignore_initial_versions: true, ..Default::default() }, "initial-versions", "yet resent"),
-        (Bugs { eds_before_cds: true, ..Default::default() }, "order", "out of order"),
+        (Bugs { no_removals: true, ..Default::default() }, "disappears", "removed_resources", "explicit"),
+        (Bugs { no_absent_removal: true, ..Default::default() }, "absent-name", "never came back", "explicit"),
+        (Bugs { ignore_initial_versions: true, ..Default::default() }, "initial-versions", "yet resent", "explicit"),
+        (Bugs { eds_before_cds: true, ..Default::default() }, "order", "out of order", "explicit"),
     ];
-    each_bug_breaks_its_rule(&cases, "explicit").await;
+    let rules = ["disappears", "absent-name", "initial-versions", "order"];
+    tokio::join!(the_right_toy_holds(&rules), each_bug_breaks_its_rule(&cases));
 }
 
-/// Runs each broken toy on its rule and on `control`, a rule the bug should not touch: the
-/// rule is reported broken with a detail saying `says`, the control holds.
-async fn each_bug_breaks_its_rule(cases: &[(Bugs, &str, &str)], control: &str) {
-    for (bugs, rule, says) in cases {
-        let got = run_on_toy(*bugs, &[rule, control]).await;
+/// Runs each broken toy, all at once (each its own server: the suite mostly waits out its
+/// quiet windows, so one after another cost CI a minute and a half), on its rule and on a
+/// control rule the bug should not touch: the rule is reported broken with a detail saying
+/// `says`, the control holds.
+async fn each_bug_breaks_its_rule(cases: &[(Bugs, &str, &str, &str)]) {
+    let runs = cases.iter().map(|(bugs, rule, _, control)| run_on_toy(*bugs, vec![rule.to_string(), control.to_string()]));
+    let results = futures_util::future::join_all(runs).await;
+    for ((_, rule, says, control), got) in cases.iter().zip(results) {
         assert!(!got[rule].held, "a server with the {rule} bug passed the {rule} check");
         assert!(got[rule].detail.contains(says), "{rule}: {}", got[rule].detail);
         assert!(got[control].held, "{rule} bug: {control}: {}", got[control].detail);
@@ -425,22 +420,20 @@ async fn each_bug_breaks_its_rule(cases: &[(Bugs, &str, &str)], control: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_subscription_and_nonce_checks_fail_on_servers_with_those_bugs() {
-    let rules = ["wildcard", "explicit", "wildcard-and-names", "ack-nonce"];
-    let right = run_on_toy(Bugs::default(), &rules).await;
-    for rule in rules {
-        assert!(right[rule].held, "{rule} on the right toy: {}", right[rule].detail);
-    }
     let cases = [
-        (Bugs { no_eds_star: true, ..Default::default() }, "wildcard", "not every resource came"),
-        (Bugs { star_unsubscribe_drops_names: true, ..Default::default() }, "wildcard-and-names", "no longer updated"),
-        (Bugs { constant_nonce: true, ..Default::default() }, "ack-nonce", "used twice"),
+        (Bugs { no_eds_star: true, ..Default::default() }, "wildcard", "not every resource came", "absent-name"),
+        (
+            Bugs { star_unsubscribe_drops_names: true, ..Default::default() },
+            "wildcard-and-names",
+            "no longer updated",
+            "absent-name",
+        ),
+        (Bugs { constant_nonce: true, ..Default::default() }, "ack-nonce", "used twice", "absent-name"),
+        // Names taken for a wildcard break the explicit check; absent-name would pass or not
+        // by chance (everything comes, the absent name among the answers), so disappears
+        // controls it.
+        (Bugs { names_as_wildcard: true, ..Default::default() }, "explicit", "only, holds", "disappears"),
     ];
-    each_bug_breaks_its_rule(&cases, "absent-name").await;
-    // Names taken for a wildcard break the explicit check; absent-name would pass or not by
-    // chance (everything comes, the absent name among the answers), so disappears controls it.
-    each_bug_breaks_its_rule(
-        &[(Bugs { names_as_wildcard: true, ..Default::default() }, "explicit", "only, holds")],
-        "disappears",
-    )
-    .await;
+    let rules = ["wildcard", "explicit", "wildcard-and-names", "ack-nonce"];
+    tokio::join!(the_right_toy_holds(&rules), each_bug_breaks_its_rule(&cases));
 }
