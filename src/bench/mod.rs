@@ -10,6 +10,7 @@
 pub mod clients;
 pub mod generate;
 pub mod plot;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod scenario;
@@ -185,7 +186,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             all.points.extend(s.batch_samples.points.iter().copied());
         }
         write_plots(args, &s)?;
-        eprintln!("\r{}: done{}", scenario.name(), " ".repeat(30));
+        eprintln!("{}: done", scenario.name());
         report.scenarios.push(s);
     }
     report.latency_ms = all.summary();

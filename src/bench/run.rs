@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::clients::{self, Tracker};
+use super::progress::Progress;
 use super::generate::{World, write_docs};
 use super::report::{Cpu, Full, Incremental, PerEvent, ScenarioReport, Verify};
 use super::scenario::{Scenario, Step, Steps};
@@ -196,6 +197,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     };
     let (marker_tx, markers) = crossbeam_channel::unbounded();
     let engine = Engine::start(sink(cache.clone(), probe.clone(), tracker.clone(), marker_tx));
+    let mut progress = Progress::start(scenario.name(), "initial translation");
 
     // Initial sync.
     let mut objects = world.objects();
@@ -246,6 +248,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
         server_rt.spawn(crate::xds::serve(cache.clone(), None, addr, async move {
             let _ = server_stop.wait_for(|s| *s).await;
         }));
+        progress.phase(&format!("{clients} clients taking the initial configuration"));
         let connected = Instant::now();
         for i in 0..clients {
             let (tracker, stop, behaviour) = (tracker.clone(), stop_rx.clone(), behaviour(i));
@@ -272,11 +275,11 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
         // Wait for every client to hold the initial configuration (or for them to stop
         // receiving anything for a few seconds).
         let deadline = Instant::now() + Duration::from_secs(1800);
-        let mut progress = (u64::MAX, Instant::now());
+        let mut heard = (u64::MAX, Instant::now());
         loop {
             let responses = tracker.responses.load(Ordering::Relaxed);
-            if responses != progress.0 {
-                progress = (responses, Instant::now());
+            if responses != heard.0 {
+                heard = (responses, Instant::now());
             }
             let tracks = tracker.batches.lock().unwrap_or_else(|e| e.into_inner());
             // The initial input may have come out in more than one batch.
@@ -288,7 +291,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
                 break;
             }
             if Instant::now() > deadline
-                || progress.1.elapsed() > Duration::from_secs(5)
+                || heard.1.elapsed() > Duration::from_secs(5)
                 || client_tasks.iter().all(|t| t.is_finished())
             {
                 eprintln!(
@@ -313,6 +316,9 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     let mut sent: Vec<Instant> = Vec::new();
     let mut n = 0u64;
     let step_limit = args.max_steps.unwrap_or(u64::MAX);
+    if scenario != Scenario::InitialSync {
+        progress.steps(args.duration, args.max_steps);
+    }
     while scenario != Scenario::InitialSync && n < step_limit {
         let Some(due) = pacer.due(n) else { break };
         let Some(Step { label, events }) = steps.next(&mut world) else { break };
@@ -335,10 +341,9 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
             }
         }
         n += 1;
-        if n.is_multiple_of(1000) {
-            eprint!("\r  {}: {n} events, {:.1} s   ", scenario.name(), pacer.start.elapsed().as_secs_f64());
-        }
+        progress.step(n);
     }
+    progress.phase(&format!("waiting for the output of {n} events"));
     let steps_wall = pacer.start.elapsed();
     inc.events = n;
     inc.wall_s = steps_wall.as_secs_f64();
@@ -375,6 +380,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
         }
     }
     // Let the clients catch up with the last batch.
+    progress.phase("waiting for the clients");
     if clients > 0 {
         wait_clients(&tracker, &probe, Duration::from_secs(120));
     }
@@ -437,6 +443,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
 
     // Verify: the cache against the reference translation of the same input.
     if args.verify {
+        progress.phase("verifying against the reference translator");
         let served = cache.snapshot();
         let input: Vec<Object> = match &_watch {
             None => live.values().cloned().collect(),
@@ -471,6 +478,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     client_rt.shutdown_timeout(Duration::from_secs(2));
     server_rt.shutdown_timeout(Duration::from_secs(2));
     drop(engine);
+    progress.finish();
     report.incremental = Some(inc);
     Ok(())
 }
@@ -560,6 +568,8 @@ pub fn full(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioReport) -
     let mut n = 0u64;
     let mut exhausted = false;
     let mut batch: Vec<Instant> = Vec::new();
+    let mut progress = Progress::start(scenario.name(), "baseline");
+    progress.steps(args.duration, args.max_steps);
     let mut scheduled = 0u64;
     loop {
         let now = Instant::now();
@@ -580,6 +590,7 @@ pub fn full(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioReport) -
             batch.push(due);
             n += 1;
             scheduled += 1;
+            progress.step(n);
         }
         if n >= step_limit {
             exhausted = true;
@@ -625,6 +636,7 @@ pub fn full(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioReport) -
         }
         sleep_until(wake.min(now + Duration::from_millis(50)));
     }
+    progress.finish();
     f.events_unprocessed = scheduled - f.events;
     f.latency_ms = report.full_samples.summary();
     f.cpu_us_per_event = if f.events > 0 { f.cpu_s * 1e6 / f.events as f64 } else { 0.0 };
