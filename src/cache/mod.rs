@@ -277,7 +277,8 @@ type Slots = [BTreeMap<String, Arc<Resource>>; ResourceType::ALL.len()];
 
 #[derive(Default)]
 struct State {
-    resources: HashMap<Scope, Slots>,
+    /// foldhash: every delta stream looks its view's scopes up here for every name it sends.
+    resources: HashMap<Scope, Slots, foldhash::fast::RandomState>,
     seq: u64,
     log: VecDeque<(u64, Scope, ResourceType, String)>,
     /// Changes with a sequence number above this are all in `log`.

@@ -15,7 +15,7 @@
 //! exactly what the stream would have built.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 type Entry = (Arc<str>, u64);
@@ -192,7 +192,7 @@ pub(super) struct Transitions {
 #[derive(Default)]
 struct TransitionMap {
     /// By (address of the starting snapshot, hash of the changes).
-    map: HashMap<(usize, u64), Vec<Transition>>,
+    map: HashMap<(usize, u64), Vec<Transition>, foldhash::fast::RandomState>,
     len: usize,
     /// Changes the transitions keep, in all.
     changes: usize,
@@ -210,8 +210,11 @@ struct Transition {
     to: Weak<Entries>,
 }
 
+/// Hashes the changes with a fixed-seed foldhash (not SipHash: every stream hashes its
+/// changes once per response). Collisions cost only a comparison: a transition is taken when
+/// its changes are equal, entry by entry.
 fn changes_hash(changes: &[Change]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = foldhash::fast::FixedState::default().build_hasher();
     changes.hash(&mut h);
     h.finish()
 }
