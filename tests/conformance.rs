@@ -409,7 +409,8 @@ async fn the_removal_reconnect_and_order_checks_fail_on_servers_with_those_bugs(
 /// control rule the bug should not touch: the rule is reported broken with a detail saying
 /// `says`, the control holds.
 async fn each_bug_breaks_its_rule(cases: &[(Bugs, &str, &str, &str)]) {
-    let runs = cases.iter().map(|(bugs, rule, _, control)| run_on_toy(*bugs, vec![rule.to_string(), control.to_string()]));
+    let runs =
+        cases.iter().map(|(bugs, rule, _, control)| run_on_toy(*bugs, vec![rule.to_string(), control.to_string()]));
     let results = futures_util::future::join_all(runs).await;
     for ((_, rule, says, control), got) in cases.iter().zip(results) {
         assert!(!got[rule].held, "a server with the {rule} bug passed the {rule} check");

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::clients::{self, Tracker};
-use super::progress::Progress;
 use super::generate::{World, write_docs};
+use super::progress::Progress;
 use super::report::{Cpu, Full, Incremental, PerEvent, ScenarioReport, Verify};
 use super::scenario::{Scenario, Step, Steps};
 use super::{BenchArgs, SourceKind, sys};

@@ -15,7 +15,7 @@
 //! exactly what the stream would have built.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 type Entry = (Arc<str>, u64);
@@ -214,9 +214,7 @@ struct Transition {
 /// changes once per response). Collisions cost only a comparison: a transition is taken when
 /// its changes are equal, entry by entry.
 fn changes_hash(changes: &[Change]) -> u64 {
-    let mut h = foldhash::fast::FixedState::default().build_hasher();
-    changes.hash(&mut h);
-    h.finish()
+    foldhash::fast::FixedState::default().hash_one(changes)
 }
 
 impl Transitions {
