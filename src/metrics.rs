@@ -82,6 +82,12 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     g
 }
 
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid counter");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid gauge");
     registry.register(Box::new(g.clone())).expect("unique metric");
@@ -176,12 +182,7 @@ impl Metrics {
                 "meshflow_verify_mismatches",
                 "Resources where the last verification found the served configuration differing from the reference translation.",
             ),
-            verify_runs: {
-                let c = IntCounter::new("meshflow_verify_runs", "Verifications run (serve --verify).")
-                    .expect("valid counter");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            verify_runs: counter(&r, "meshflow_verify_runs", "Verifications run (serve --verify)."),
             verify_seconds: histogram(
                 &r,
                 "meshflow_verify_seconds",
