@@ -8,7 +8,7 @@
 //! subschema inlined) rewritten by [`structural`] into a Kubernetes *structural* schema; `status`
 //! is left to whoever writes it (`x-kubernetes-preserve-unknown-fields`).
 //!
-//! The checked-in copy is `crds/istio-networking.yaml` ([`render_yaml`]); `tests/crds.rs` keeps it
+//! The checked-in copy is `crds/istio-networking.yaml` ([`render_yaml`]); `tests/it/crds.rs` keeps it
 //! byte-identical to what this module renders.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -122,7 +122,7 @@ pub fn render_yaml() -> String {
     let mut out = String::from(
         "# CustomResourceDefinitions of the Istio networking kinds meshflow reads, generated from its Rust\n\
          # types (src/model/crds.rs). Do not edit: regenerate with `meshflow crds`, or with\n\
-         # `MESHFLOW_REGENERATE_CRDS=1 cargo test --test crds`.\n",
+         # `MESHFLOW_REGENERATE_CRDS=1 cargo test --test it crds::`.\n",
     );
     for crd in crds() {
         let mut value = serde_json::to_value(&crd).expect("a CustomResourceDefinition serializes to JSON");

@@ -1485,7 +1485,7 @@ mod tests {
         assert_eq!(a.timeout, secs(0, 500_000_000));
         // istiod bounds gRPC timeouts with the deprecated `max_grpc_timeout` on sidecars: with
         // `max_stream_duration` set instead, Envoy 1.40 no longer applies the route `timeout`
-        // (a 2 s backend answered 200 behind a 0.5 s timeout; tests/routing_e2e.rs).
+        // (a 2 s backend answered 200 behind a 0.5 s timeout; tests/it/routing_e2e.rs).
         assert_eq!(a.max_grpc_timeout, secs(0, 500_000_000));
         assert_eq!(a.max_stream_duration, None);
         assert_eq!(cluster(&r[0]), "outbound|9080|v2|reviews.default.svc.cluster.local");

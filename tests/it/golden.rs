@@ -6,7 +6,7 @@
 //! field names (as `/config_dump` writes them). Each expected file was checked field by field
 //! against Istio's and Envoy's documentation when it was written (the case's `README.md`
 //! says what was checked); it changes only on purpose:
-//! `MESHFLOW_REGENERATE_GOLDEN=1 cargo test --test golden` rewrites them, and the diff is
+//! `MESHFLOW_REGENERATE_GOLDEN=1 cargo test --test it golden::` rewrites them, and the diff is
 //! reviewed like code.
 //!
 //! A case may add `proxies.yaml`: the classes of connected proxies (see [`proxy_classes`]), for
@@ -15,7 +15,7 @@
 //! The translation is the engine's (the dataflow, fed the case's objects), which the
 //! incremental test holds equal to the reference translator.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //!   (STRICT_DNS) and reaches a backend on 127.0.0.1 at the entry's `targetPort`;
 //! - a VirtualService abort on the STATIC entry's host answers for it.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};

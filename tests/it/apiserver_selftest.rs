@@ -3,7 +3,7 @@
 //! relisting after 410 Gone, served API versions and discovery, Events through the
 //! runtime `Recorder`, and an apiserver that goes down and comes back.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;

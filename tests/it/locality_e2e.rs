@@ -11,7 +11,7 @@
 //! And `failoverPriority`: two versions in one zone, each proxy sends to the version its own
 //! labels (node metadata `LABELS`) name, and fails over to the other.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -5,7 +5,7 @@
 //!
 //! The first two tests guard the harness itself (backend, client, Envoy from the wheel).
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::io::{BufReader, Write};

@@ -3,7 +3,7 @@
 //! structural as Kubernetes defines it, and every valid Istio document of the shared corpus is
 //! admitted unchanged (valid against its version's schema, nothing pruned).
 //!
-//! `MESHFLOW_REGENERATE_CRDS=1 cargo test --test crds` rewrites the checked-in file.
+//! `MESHFLOW_REGENERATE_CRDS=1 cargo test --test it crds::` rewrites the checked-in file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -40,7 +40,7 @@ fn checked_in_crds_are_byte_identical_to_the_generated_ones() {
         let line = line.unwrap_or_else(|| checked_in.lines().count().min(generated.lines().count()));
         panic!(
             "{checked_in_path} is not what src/model/crds.rs generates (first difference at line {}: checked in {:?}, \
-             generated {:?}).\nRegenerate it with `{REGENERATE}=1 cargo test --test crds` (or `meshflow crds > \
+             generated {:?}).\nRegenerate it with `{REGENERATE}=1 cargo test --test it crds::` (or `meshflow crds > \
              crds/istio-networking.yaml`) and review the diff.",
             line + 1,
             checked_in.lines().nth(line).unwrap_or("<end of file>"),

@@ -6,7 +6,7 @@
 //! ClusterLoadAssignment and nothing else (counted per type on that stream by `/debug/syncz`'s
 //! `resourcesSent`/`removedSent`). No request fails at any point.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};

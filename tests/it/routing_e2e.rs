@@ -10,7 +10,7 @@
 //! Every test starts meshflow and Envoy once and checks one behaviour with as many requests
 //! as that behaviour needs. The first test guards the backend itself.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::io;

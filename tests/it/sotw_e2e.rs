@@ -7,7 +7,7 @@
 //!   backends on loopback, follows a VirtualService header match, and moves its calls when the
 //!   VirtualService's weights shift.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::io::{BufRead, BufReader};

@@ -2,9 +2,9 @@
 //! agent, real HTTP through it. Each test spawns its own meshflow, agent and backends on
 //! distinct loopback addresses and free ports, so the tests run in parallel.
 //!
-//! Run: `cargo test --release --test agent_e2e` (Envoy from `scripts/ensure-envoy`).
+//! Run: `cargo test --release --test it agent_e2e::` (Envoy from `scripts/ensure-envoy`).
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::io::{BufReader, Write};

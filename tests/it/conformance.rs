@@ -10,7 +10,7 @@
 //!   checks can fail (ten of the twelve; cluster-then-assignment and removal-after-referrers
 //!   need a server of routes and warming, which the toy is not).
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};

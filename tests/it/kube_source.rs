@@ -4,7 +4,7 @@
 //! Most tests watch the source's own output (the commands it sends the engine), where every
 //! add, update and delete is visible; one goes through the engine and cache to xDS resources.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

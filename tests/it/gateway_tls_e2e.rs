@@ -17,7 +17,7 @@
 //! `istio: ingressgateway`; the Gateway `bookinfo-gateway` in `istio-system` (servers per test)
 //! and the VirtualService `bookinfo` in `default` bound to it.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::io::{BufRead, BufReader};

@@ -8,7 +8,7 @@
 //! - `meshflow xds load --storms N` syncs its streams again after every reconnect storm, and
 //!   the server counts none of them once they are gone.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -8,7 +8,7 @@
 //! an HTTP server on port G for `bookinfo.example.com`), the VirtualService `bookinfo` bound to
 //! it, and a mesh-only VirtualService for `reviews` that answers 418 to sidecars.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
