@@ -8,6 +8,7 @@
 //! It prints a table, and writes `report.json` and SVG plots to `--out`.
 
 pub mod clients;
+pub mod envoy;
 pub mod generate;
 pub mod plot;
 pub mod progress;
@@ -90,6 +91,11 @@ pub struct BenchArgs {
     pub slow_clients: usize,
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub slow_delay: Duration,
+    /// One real Envoy (this binary) on the bench's xDS server beside the clients, on
+    /// meshflow's bootstrap: adds event → Envoy's ACK to the report (`envoy_ack_ms`).
+    /// `scripts/ensure-envoy` prints where one is.
+    #[arg(long, value_name = "PATH")]
+    pub envoy: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "both")]
     pub mode: Mode,
     /// The baseline's debounce (istiod's default PILOT_DEBOUNCE_AFTER is 100ms); 0 for none.
@@ -161,7 +167,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         ..Default::default()
     };
     drop(world);
-    let mut all = Samples::default();
+    let (mut all, mut envoy) = (Samples::default(), Samples::default());
     for scenario in scenarios {
         eprintln!("{}: running ({})", scenario.name(), report.mode);
         let mut s = ScenarioReport {
@@ -184,12 +190,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             report.resources_pushed += inc.resources_pushed;
             report.bytes_pushed += inc.bytes_pushed;
             all.points.extend(s.batch_samples.points.iter().copied());
+            envoy.points.extend(s.envoy_samples.points.iter().copied());
         }
         write_plots(args, &s)?;
         eprintln!("{}: done", scenario.name());
         report.scenarios.push(s);
     }
     report.latency_ms = all.summary();
+    report.envoy_ack_ms = envoy.summary();
     report.cpu_seconds = sys::process_cpu_seconds() - cpu0;
     report.peak_rss_bytes = sys::peak_rss_bytes();
     let json = serde_json::to_string_pretty(&report)?;
@@ -205,6 +213,7 @@ fn write_plots(args: &BenchArgs, s: &ScenarioReport) -> anyhow::Result<()> {
         ("meshflow: → output batch", &s.batch_samples),
         ("meshflow: → 1st xDS frame", &s.frame_samples),
         ("meshflow: → last client", &s.last_samples),
+        ("meshflow: → Envoy ACK", &s.envoy_samples),
         ("full recompute: → batch", &s.full_samples),
     ]
     .into_iter()

@@ -86,6 +86,14 @@ pub struct Incremental {
     pub first_frame_ms: Latency,
     /// Step → the last of K clients having received all of its output.
     pub last_client_ms: Latency,
+    /// Step → the bench's real Envoy (`--envoy`) ACKed the responses that carried its output
+    /// (over the steps that changed what sidecars see). None without `--envoy`.
+    pub envoy_ack_ms: Option<Latency>,
+    /// Steps that changed what sidecars see and that Envoy never ACKed (it NACKed, or a
+    /// response was still unanswered at the end).
+    pub envoy_steps_unacked: u64,
+    /// NACKs from the bench's Envoy (initial configuration included).
+    pub envoy_nacks: u64,
     /// Steps whose output no client received in full (a later change superseded a resource
     /// before it was sent: delta xDS sends only the latest version) or that changed nothing.
     pub steps_without_frames: u64,
@@ -170,6 +178,8 @@ pub struct ScenarioReport {
     #[serde(skip)]
     pub last_samples: Samples,
     #[serde(skip)]
+    pub envoy_samples: Samples,
+    #[serde(skip)]
     pub full_samples: Samples,
 }
 
@@ -193,6 +203,9 @@ pub struct Report {
     pub cpu_seconds: f64,
     /// Event → output batch, over every scenario's steps (incremental mode).
     pub latency_ms: Latency,
+    /// Event → the bench's real Envoy's ACK, over every scenario's steps (`--envoy`; count 0
+    /// without).
+    pub envoy_ack_ms: Latency,
     pub resources_pushed: u64,
     pub bytes_pushed: u64,
     pub peak_rss_bytes: u64,
@@ -262,8 +275,8 @@ pub fn table(report: &Report) -> String {
         "preset {} (seed {}), {} clients, rate {}/s, duration {:.0}s, source {}; latencies p50/p99/max ms\n",
         report.preset.name, report.seed, report.clients, report.rate, report.duration_s, report.source
     ));
-    out.push_str("| scenario | events | ev/s | → batch | → 1st frame | → last client | changed/ev | res/ev | bytes/ev | engine µs/ev | full → batch | full µs/ev | full bytes/ev | CPU ratio | bytes ratio |\n");
-    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    out.push_str("| scenario | events | ev/s | → batch | → 1st frame | → last client | → Envoy ACK | changed/ev | res/ev | bytes/ev | engine µs/ev | full → batch | full µs/ev | full bytes/ev | CPU ratio | bytes ratio |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for s in &report.scenarios {
         let (inc, full) = (s.incremental.as_ref(), s.full.as_ref());
         let i = |f: &dyn Fn(&Incremental) -> String| inc.map(f).unwrap_or_else(|| "-".into());
@@ -274,7 +287,7 @@ pub fn table(report: &Report) -> String {
             _ => 0,
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             s.scenario,
             events,
             i(&|x| format!("{:.0}", x.events_per_s)),
@@ -285,6 +298,7 @@ pub fn table(report: &Report) -> String {
             }),
             i(&|x| fmt_ms(&x.first_frame_ms)),
             i(&|x| fmt_ms(&x.last_client_ms)),
+            i(&|x| x.envoy_ack_ms.as_ref().map(fmt_ms).unwrap_or_else(|| "-".into())),
             i(&|x| changed_per_event(x)),
             i(&|x| format!("{:.1}", x.per_event.resources)),
             i(&|x| format!("{:.0}", x.per_event.bytes)),

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::clients::{self, Tracker};
+use super::envoy::BenchEnvoy;
 use super::generate::{World, write_docs};
 use super::progress::Progress;
 use super::report::{Cpu, Full, Incremental, PerEvent, ScenarioReport, Verify};
@@ -31,6 +32,10 @@ struct Batch {
     /// The same by type ([`ResourceType::ALL`] order), and the bytes of the new encodings.
     by_type: [u64; ResourceType::ALL.len()],
     bytes: u64,
+    /// Changes that the sidecars see (all but the ingress gateway's).
+    sidecar_changes: usize,
+    /// The cache's sequence number once the batch is applied.
+    seq: u64,
 }
 
 /// What the sink wrapper tells the runner: step `n`'s output is batch `b`.
@@ -75,10 +80,15 @@ fn sink(
             }
             let mut batches = probe.batches.lock().unwrap_or_else(|e| e.into_inner());
             let index = batches.len() as u64;
-            batches.push(Batch { at, changes: count, by_type, bytes });
+            batches.push(Batch { at, changes: count, by_type, bytes, sidecar_changes: changes.len(), seq: 0 });
             drop(batches);
             tracker.register(index, &changes);
             cache.apply(&delta);
+            // The bench's sink is the cache's only writer: this is the batch's sequence number.
+            let seq = cache.seq();
+            if let Some(b) = probe.batches.lock().unwrap_or_else(|e| e.into_inner()).get_mut(index as usize) {
+                b.seq = seq;
+            }
         }
         EngineOutput::Synced(name) if name.starts_with(STEP_MARKER) => {
             let step = name[STEP_MARKER.len()..].parse().unwrap_or(u64::MAX);
@@ -242,12 +252,26 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     let client_rt = clients::client_runtime()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut client_tasks = Vec::new();
-    if clients > 0 {
-        let addr = free_port()?;
+    let mut envoy = None;
+    let addr = free_port()?;
+    if clients > 0 || args.envoy.is_some() {
         let mut server_stop = stop_rx.clone();
-        server_rt.spawn(crate::xds::serve(cache.clone(), None, addr, async move {
-            let _ = server_stop.wait_for(|s| *s).await;
-        }));
+        let connections = crate::xds::sync::Connections::new();
+        server_rt.spawn(crate::xds::serve_with_connections(
+            cache.clone(),
+            None,
+            connections.clone(),
+            addr,
+            async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            },
+        ));
+        // Before any stream registers (streams take the answer tap when they do).
+        if let Some(path) = &args.envoy {
+            envoy = Some(BenchEnvoy::start(path, addr, &connections, &args.out, scenario.name())?);
+        }
+    }
+    if clients > 0 {
         progress.phase(&format!("{clients} clients taking the initial configuration"));
         let connected = Instant::now();
         for i in 0..clients {
@@ -305,6 +329,11 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
             drop(tracks);
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+    if let Some(envoy) = &mut envoy {
+        progress.phase("Envoy taking the initial configuration");
+        let seq = probe.batches.lock().unwrap_or_else(|e| e.into_inner())[first.batch as usize].seq;
+        envoy.wait_synced(seq, Duration::from_secs(600))?;
     }
 
     // The steps.
@@ -384,6 +413,11 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     if clients > 0 {
         wait_clients(&tracker, &probe, Duration::from_secs(120));
     }
+    if let Some(envoy) = &envoy {
+        progress.phase("waiting for Envoy");
+        let last = probe.batches.lock().unwrap_or_else(|e| e.into_inner()).last().map_or(0, |b| b.seq);
+        envoy.wait_caught_up(last, Duration::from_secs(60));
+    }
     let cpu_after = sys::cpu_by_thread_name();
     inc.cpu = Cpu {
         engine_s: sys::cpu_delta(&cpu_before, &cpu_after, "meshflow-engine"),
@@ -416,6 +450,14 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
         if let Some(last) = track.and_then(|t| t.last) {
             report.last_samples.push(t, micros(last.saturating_duration_since(*at)));
         }
+        if let Some(envoy) = &envoy
+            && batch.sidecar_changes > 0
+        {
+            match envoy.answers.held_at(batch.seq) {
+                Some(acked) => report.envoy_samples.push(t, micros(acked.saturating_duration_since(*at))),
+                None => inc.envoy_steps_unacked += 1,
+            }
+        }
     }
     drop(tracks);
     inc.batches = used_batches.len() as u64;
@@ -436,6 +478,10 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     inc.output_batch_ms = report.batch_samples.summary();
     inc.first_frame_ms = report.frame_samples.summary();
     inc.last_client_ms = report.last_samples.summary();
+    if let Some(envoy) = &envoy {
+        inc.envoy_ack_ms = Some(report.envoy_samples.summary());
+        inc.envoy_nacks = envoy.answers.nacks();
+    }
     let per = |v: u64, d: u64| if d > 0 { v as f64 / d as f64 } else { 0.0 };
     inc.per_event = PerEvent { resources: per(inc.resources_pushed, n), bytes: per(inc.bytes_pushed, n) };
     inc.per_client =

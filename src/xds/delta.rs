@@ -30,6 +30,9 @@ pub enum Answer {
     Ack {
         ty: ResourceType,
         nonce: String,
+        /// The cache sequence number the ACKed response was built at: the client now holds
+        /// every change up to it (of this type, in what it subscribed to).
+        seq: u64,
     },
     Nack {
         ty: ResourceType,
@@ -78,6 +81,8 @@ impl TypeState {
 struct Pending {
     ty: ResourceType,
     sent: Vec<(Arc<str>, u64, Option<u64>)>,
+    /// The cache sequence number the response was built at.
+    seq: u64,
 }
 
 pub struct DeltaStream {
@@ -185,7 +190,9 @@ impl DeltaStream {
         } else {
             touched.into_iter().filter(|n| n != "*").collect()
         };
-        let responses = self.respond(cache, &[(ty, candidates)]);
+        // Read before the resources: what is built holds at least every change up to it.
+        let seq = cache.seq();
+        let responses = self.respond(cache, seq, &[(ty, candidates)]);
         Ok((answer, responses))
     }
 
@@ -195,7 +202,7 @@ impl DeltaStream {
             return Answer::Stale { nonce: nonce.to_string() };
         };
         let Some(message) = error else {
-            return Answer::Ack { ty, nonce: nonce.to_string() };
+            return Answer::Ack { ty, nonce: nonce.to_string(), seq: pending.seq };
         };
         let st = self.state(ty);
         let mut names = Vec::new();
@@ -228,7 +235,7 @@ impl DeltaStream {
             _ => self.all_candidates(cache, &mut by_type),
         }
         self.seen = seq;
-        self.respond(cache, &by_type)
+        self.respond(cache, seq, &by_type)
     }
 
     fn all_candidates(&self, cache: &Cache, by_type: &mut [(ResourceType, Vec<String>)]) {
@@ -243,7 +250,7 @@ impl DeltaStream {
 
     /// Builds the responses for candidate names per type: additions in dependency order,
     /// then removals in reverse order.
-    fn respond(&mut self, cache: &Cache, candidates: &[(ResourceType, Vec<String>)]) -> Vec<DeltaResponse> {
+    fn respond(&mut self, cache: &Cache, seq: u64, candidates: &[(ResourceType, Vec<String>)]) -> Vec<DeltaResponse> {
         let mut additions = Vec::new();
         let mut removals = Vec::new();
         // Assignments to resend because their Cluster is sent: Envoy keeps a changed EDS
@@ -335,12 +342,12 @@ impl DeltaStream {
         let mut out = Vec::new();
         for (ty, resources, sent) in additions {
             let (n, nonce) = self.nonce();
-            self.pending.push_back((n, Pending { ty, sent }));
+            self.pending.push_back((n, Pending { ty, sent, seq }));
             out.push(DeltaResponse { type_url: ty.type_url().to_string(), resources, nonce, ..Default::default() });
         }
         for (ty, removed) in removals.into_iter().rev() {
             let (n, nonce) = self.nonce();
-            self.pending.push_back((n, Pending { ty, sent: Vec::new() }));
+            self.pending.push_back((n, Pending { ty, sent: Vec::new(), seq }));
             out.push(DeltaResponse {
                 type_url: ty.type_url().to_string(),
                 removed_resources: removed,

@@ -475,12 +475,14 @@ fn proxy_version(node: &envoy_types::pb::envoy::config::core::v3::Node) -> Strin
 /// that repeats the error of the type's previous NACK on this stream (logged once).
 fn record_answer(conn: &Connection, answer: &Answer, code: i32) -> bool {
     match answer {
-        Answer::Ack { ty, nonce } => {
+        Answer::Ack { ty, nonce, seq } => {
             conn.acked(*ty, nonce);
+            conn.answered(*ty, Some(*seq));
             true
         }
         Answer::Nack { ty, nonce, message, names } => {
             crate::metrics::global().record_reject(*ty, &conn.node, code);
+            conn.answered(*ty, None);
             conn.nacked(*ty, nonce, message, names)
         }
         Answer::Stale { .. } | Answer::Subscription => true,
@@ -491,7 +493,7 @@ fn record_answer(conn: &Connection, answer: &Answer, code: i32) -> bool {
 /// error as this stream's previous NACK of the type: at debug).
 fn log_answer(node: &str, answer: Answer, new_error: bool) {
     match answer {
-        Answer::Ack { ty, nonce } => tracing::debug!(node, ty = ty.short(), nonce, "ACK"),
+        Answer::Ack { ty, nonce, seq } => tracing::debug!(node, ty = ty.short(), nonce, seq, "ACK"),
         Answer::Nack { ty, nonce, names, message } => {
             let mut message = message;
             if message.len() > MAX_ERROR_LOG {

@@ -42,6 +42,8 @@ struct TypeState {
     nonce: Option<String>,
     version: Option<String>,
     sent: BTreeMap<String, String>,
+    /// The cache sequence number the latest response was built at.
+    seq: u64,
     /// The version the client rejected last: not sent again until the set changes.
     nacked: Option<String>,
     /// The version the client accepted last.
@@ -118,7 +120,7 @@ impl SotwStream {
             Answer::Nack { ty, nonce: req.response_nonce.clone(), names, message: error.message.clone() }
         } else {
             st.acked = st.version.clone();
-            Answer::Ack { ty, nonce: req.response_nonce.clone() }
+            Answer::Ack { ty, nonce: req.response_nonce.clone(), seq: st.seq }
         };
 
         st.started = true;
@@ -137,7 +139,7 @@ impl SotwStream {
         if !changed || !cache.is_ready() {
             return Ok((answer, Vec::new()));
         }
-        let responses = self.respond(cache, &[ty]);
+        let responses = self.respond(cache, cache.seq(), &[ty]);
         Ok((answer, responses))
     }
 
@@ -168,12 +170,12 @@ impl SotwStream {
         }
         self.seen = seq;
         let types: Vec<ResourceType> = ResourceType::ALL.into_iter().filter(|t| affected[*t as usize]).collect();
-        self.respond(cache, &types)
+        self.respond(cache, seq, &types)
     }
 
     /// Responses for `types` (in dependency order), each the full subscribed set when it
     /// differs from the one sent: additions and changes first, then pure removals in reverse.
-    fn respond(&mut self, cache: &Cache, types: &[ResourceType]) -> Vec<SotwResponse> {
+    fn respond(&mut self, cache: &Cache, seq: u64, types: &[ResourceType]) -> Vec<SotwResponse> {
         let mut built: Vec<Built> = Vec::new();
         for ty in ResourceType::ALL {
             let mut force = false;
@@ -189,7 +191,7 @@ impl SotwStream {
             if !types.contains(&ty) && !force {
                 continue;
             }
-            if let Some(b) = self.build(cache, ty, force) {
+            if let Some(b) = self.build(cache, seq, ty, force) {
                 built.push(b);
             }
         }
@@ -197,7 +199,9 @@ impl SotwStream {
         adds.into_iter().chain(removals.into_iter().rev()).map(|b| b.response).collect()
     }
 
-    fn build(&mut self, cache: &Cache, ty: ResourceType, force: bool) -> Option<Built> {
+    /// The response of one type, built at cache sequence number `seq` (read before the
+    /// resources), unless the client holds or rejected that set.
+    fn build(&mut self, cache: &Cache, seq: u64, ty: ResourceType, force: bool) -> Option<Built> {
         let st = &self.types[ty as usize];
         if !st.started {
             return None;
@@ -248,6 +252,7 @@ impl SotwStream {
         st.nonce = Some(nonce.clone());
         st.version = Some(version.clone());
         st.sent = sent;
+        st.seq = seq;
         let response = SotwResponse { version_info: version, resources, type_url: ty.type_url().to_string(), nonce };
         Some(Built { ty, response, adds, changed })
     }

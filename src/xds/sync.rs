@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
@@ -33,6 +33,22 @@ pub struct TypeSync {
     /// The resources that NACK rejected (the names of the response it answered; a state of
     /// the world NACK rejects the whole set, so every name of it).
     pub rejected_resources: Vec<String>,
+}
+
+/// Called with each answer a proxy gives: the type, and for an ACK the cache sequence number
+/// the response was built at (the proxy holds every change up to it), None for a NACK. For
+/// measuring (`meshflow bench --envoy` times a real Envoy's ACKs with it); see
+/// [`Connections::tap_answers`].
+pub type AnswerTap = Arc<dyn Fn(&Connection, ResourceType, Option<u64>) + Send + Sync>;
+
+/// An [`AnswerTap`] in a struct that derives `Debug`.
+#[derive(Clone)]
+struct Tap(AnswerTap);
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnswerTap")
+    }
 }
 
 /// One connected xDS stream.
@@ -69,6 +85,8 @@ pub struct Connection {
     /// Resources (added or changed) and removed names sent on this stream, per type.
     resources_sent: [AtomicU64; ResourceType::ALL.len()],
     removed_sent: [AtomicU64; ResourceType::ALL.len()],
+    /// The registry's answer tap when the stream registered.
+    tap: Option<Tap>,
 }
 
 impl Connection {
@@ -91,6 +109,14 @@ impl Connection {
             t.version_acked = t.version_sent.clone();
         }
         t.nonce_acked = Some(nonce.to_string());
+    }
+
+    /// Tells the registry's [`AnswerTap`], if any, of an answer: `Some(seq)` for an ACK of a
+    /// response built at cache sequence number `seq`, None for a NACK.
+    pub fn answered(&self, ty: ResourceType, acked: Option<u64>) {
+        if let Some(Tap(tap)) = &self.tap {
+            tap(self, ty, acked);
+        }
     }
 
     /// Records a NACK; true when its error differs from the type's previous one (so that a
@@ -253,6 +279,7 @@ pub struct ProxyInfo {
 pub struct Connections {
     next: AtomicU64,
     streams: Mutex<BTreeMap<(String, u64), Arc<Connection>>>,
+    tap: OnceLock<Tap>,
 }
 
 /// A stream's registration; dropping it removes the stream.
@@ -298,9 +325,16 @@ impl Connections {
             queued_max: AtomicU64::new(0),
             resources_sent: Default::default(),
             removed_sent: Default::default(),
+            tap: self.tap.get().cloned(),
         });
         self.lock().insert((connection.node.clone(), id), connection.clone());
         Registration { registry: self.clone(), connection }
+    }
+
+    /// Calls `tap` with every answer of the streams that register from now on. Set once; false
+    /// if a tap was set already.
+    pub fn tap_answers(&self, tap: AnswerTap) -> bool {
+        self.tap.set(Tap(tap)).is_ok()
     }
 
     /// Every connected stream, by node id then age.

@@ -1,11 +1,14 @@
 //! `meshflow bench` end to end at `small`: every scenario for about a second, with delta ADS
 //! clients and the full-recompute baseline. Checks correctness, not speed: the report is
 //! complete and its counts add up, and at the end of every scenario the served configuration
-//! equals the reference translation of the same input.
+//! equals the reference translation of the same input. With `--envoy`, a real Envoy among the
+//! clients: every step is timed to its ACK.
 
 use std::time::Duration;
 
 use meshflow::bench::{BenchArgs, Mode, SourceKind, run};
+
+use crate::support;
 
 fn args(out: &std::path::Path) -> BenchArgs {
     BenchArgs {
@@ -17,6 +20,7 @@ fn args(out: &std::path::Path) -> BenchArgs {
         nack_clients: 0,
         slow_clients: 0,
         slow_delay: Duration::from_millis(200),
+        envoy: None,
         mode: Mode::Both,
         debounce: Duration::from_millis(100),
         source: SourceKind::Engine,
@@ -169,4 +173,44 @@ fn the_directory_source_feeds_the_steps_through_written_files() {
     assert_eq!(inc.output_batch_ms.count, inc.events, "every written step came out of the engine");
     assert!(inc.first_frame_ms.count > 0, "and reached the clients: {inc:?}");
     assert_eq!(inc.verify.mismatches, 0, "{:?}", inc.verify.examples);
+}
+
+#[test]
+fn a_real_envoy_acks_the_churn_and_each_step_is_timed_to_its_ack() {
+    let out = tempfile::tempdir().unwrap();
+    let mut a = args(out.path());
+    a.scenario = "pod-churn".into();
+    a.mode = Mode::Incremental;
+    a.clients = 1;
+    a.rate = 20.0;
+    a.duration = Duration::from_millis(1500);
+    a.envoy = Some(support::envoy_bin());
+    let report = run(&a).expect("bench run with a real Envoy");
+    let s = &report.scenarios[0];
+    let inc = s.incremental.as_ref().unwrap();
+    let acked = inc.envoy_ack_ms.as_ref().expect("envoy_ack_ms is reported with --envoy");
+    assert!(inc.events > 0, "{inc:?}");
+    // Each step that changed what sidecars see is either timed to Envoy's ACK or counted as
+    // not ACKed; the steps that reached the simulated clients (sidecars too) are among them.
+    let timed = acked.count + inc.envoy_steps_unacked;
+    assert!(inc.first_frame_ms.count <= timed && timed <= inc.events, "{inc:?}");
+    if unsafe { libc::geteuid() } == 0 {
+        // As root Envoy can bind every listener (a ServiceEntry's on 443): nothing to reject.
+        assert_eq!(inc.envoy_nacks, 0, "see {}/pod-churn-envoy.log", out.path().display());
+        assert_eq!(inc.envoy_steps_unacked, 0, "{inc:?}");
+    }
+    assert!(acked.count > 0, "{inc:?}");
+    assert!(acked.p50 <= acked.p99 && acked.p99 <= acked.max, "{acked:?}");
+    // Step by step, Envoy's ACK comes after the step's output batch.
+    let batch: std::collections::HashMap<u64, u64> =
+        s.batch_samples.points.iter().map(|(t, us)| (t.to_bits(), *us)).collect();
+    for (t, us) in &s.envoy_samples.points {
+        let b = batch[&t.to_bits()];
+        assert!(*us >= b, "step at {t:.3}s: Envoy ACK after {us} µs, before its batch ({b} µs)");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["envoy_ack_ms"]["count"].as_u64(), Some(acked.count), "top level sums the scenarios");
+    let svg = std::fs::read_to_string(out.path().join("pod-churn-latency-cdf.svg")).unwrap();
+    assert!(svg.contains("Envoy ACK"), "the plot has the Envoy series");
 }
