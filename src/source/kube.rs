@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
 use futures_util::StreamExt;
@@ -148,6 +148,13 @@ pub fn spawn(client: Client, options: KubeOptions, engine: Sender<Command>) -> t
         let per_gateway_namespace = options.secret_selector.is_none();
         let (scopes_tx, scopes_rx) = mpsc::unbounded_channel();
         let mut gateway_watches = 0;
+        // One per watch the loop below starts.
+        let watches = WATCHED
+            .into_iter()
+            .filter(|kind| !(*kind == Kind::Secret && per_gateway_namespace))
+            .map(|kind| if kind.is_namespaced() { scopes.len() } else { 1 })
+            .sum();
+        let tally = Arc::new(Tally::new(watches));
         for kind in WATCHED {
             if kind == Kind::Secret && per_gateway_namespace {
                 continue;
@@ -155,6 +162,7 @@ pub fn spawn(client: Client, options: KubeOptions, engine: Sender<Command>) -> t
             let namespaces: Vec<Option<String>> = if kind.is_namespaced() { scopes.clone() } else { vec![None] };
             for ns in namespaces {
                 let mut watch = Watch::new(watch_name(kind, ns.as_deref()), kind, &apis, &engine, &recorder);
+                watch.tally = Some(tally.clone());
                 if kind == Kind::Gateway && per_gateway_namespace {
                     gateway_watches += 1;
                     watch.role = Role::Gateways {
@@ -299,7 +307,7 @@ fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, selec
         Kind::Gateway | Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
             let Some(version) = apis.istio_version else {
                 // Nothing to watch: synced, and empty.
-                watch.report_synced();
+                watch.initial_list_synced();
                 return;
             };
             let ar = ApiResource {
@@ -359,6 +367,37 @@ struct Watch {
     delivered: HashMap<ObjectKey, u64>,
     last_error: Option<String>,
     role: Role,
+    /// The source's start-up count, told once of this watch's initial list (the watches
+    /// started with the source; not the per-namespace Secret watches that come and go).
+    tally: Option<Arc<Tally>>,
+}
+
+/// The source's start-up line: once every watch started with it has delivered its initial
+/// list, one line at info with the objects by kind (each watch's own line is at debug).
+struct Tally {
+    /// Watches yet to deliver their initial list, and the objects delivered so far by kind.
+    state: Mutex<(usize, BTreeMap<Kind, usize>)>,
+}
+
+impl Tally {
+    fn new(watches: usize) -> Tally {
+        Tally { state: Mutex::new((watches, BTreeMap::new())) }
+    }
+
+    /// Counts one watch's initial list; when it was the last, returns the objects in all and
+    /// by kind (`Pod=3 Service=1`, every watched kind, empty ones too).
+    fn synced(&self, kind: Kind, objects: usize) -> Option<(usize, String)> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *state.1.entry(kind).or_default() += objects;
+        if state.0 == 0 {
+            return None;
+        }
+        state.0 -= 1;
+        (state.0 == 0).then(|| {
+            let by_kind: Vec<String> = state.1.iter().map(|(k, n)| format!("{k:?}={n}")).collect();
+            (state.1.values().sum(), by_kind.join(" "))
+        })
+    }
 }
 
 /// What a watch does besides delivering objects.
@@ -404,6 +443,7 @@ impl Watch {
             delivered: HashMap::new(),
             last_error: None,
             role: Role::Plain,
+            tally: None,
         }
     }
 
@@ -472,8 +512,8 @@ impl Watch {
             }
             if !synced && listing.is_none() {
                 synced = true;
-                tracing::info!(watch = %self.name, objects = self.delivered.len(), "initial list synced");
-                if !self.report_synced() {
+                tracing::debug!(watch = %self.name, objects = self.delivered.len(), "initial list synced");
+                if !self.initial_list_synced() {
                     return;
                 }
             }
@@ -493,6 +533,17 @@ impl Watch {
             }
             *namespaces = now;
         }
+    }
+
+    /// The initial list is delivered: counted in the source's start-up line, and reported;
+    /// false when the engine is gone.
+    fn initial_list_synced(&mut self) -> bool {
+        if let Some(tally) = self.tally.take()
+            && let Some((objects, by_kind)) = tally.synced(self.kind, self.delivered.len())
+        {
+            tracing::info!(source = "kubernetes", objects, by_kind = %by_kind, "initial lists synced");
+        }
+        self.report_synced()
     }
 
     /// Reports the initial list delivered; false when the engine is gone.
@@ -711,6 +762,7 @@ impl SecretScopes {
                 delivered: HashMap::new(),
                 last_error: None,
                 role: Role::NamespaceSecrets { namespace: ns.clone(), generation, scopes: self.tx.clone() },
+                tally: None,
             };
             let api = Api::<core::Secret>::namespaced(self.client.clone(), &ns);
             let task = tokio::spawn(secret_watch(api, watcher::Config::default(), watch));
@@ -734,5 +786,23 @@ impl SecretScopes {
         self.awaiting = None;
         tracing::info!(namespaces = self.running.len(), "Secrets of the gateway namespaces synced");
         self.engine.send(Command::Synced(watch_name(Kind::Secret, None))).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_up_line_comes_once_when_the_last_watch_has_listed() {
+        let tally = Tally::new(3);
+        assert_eq!(tally.synced(Kind::Service, 2), None);
+        assert_eq!(tally.synced(Kind::Pod, 5), None);
+        assert_eq!(
+            tally.synced(Kind::Pod, 1),
+            Some((8, "Service=2 Pod=6".to_string())),
+            "two namespaces' Pod watches add up; kinds in Kind order"
+        );
+        assert_eq!(tally.synced(Kind::Node, 1), None, "once only");
     }
 }
