@@ -343,12 +343,19 @@ impl DeltaStream {
         for (ty, resources, sent) in additions {
             let (n, nonce) = self.nonce();
             self.pending.push_back((n, Pending { ty, sent, seq }));
-            out.push(DeltaResponse { type_url: ty.type_url().to_string(), resources, nonce, ..Default::default() });
+            out.push(DeltaResponse {
+                system_version_info: seq.to_string(),
+                type_url: ty.type_url().to_string(),
+                resources,
+                nonce,
+                ..Default::default()
+            });
         }
         for (ty, removed) in removals.into_iter().rev() {
             let (n, nonce) = self.nonce();
             self.pending.push_back((n, Pending { ty, sent: Vec::new(), seq }));
             out.push(DeltaResponse {
+                system_version_info: seq.to_string(),
                 type_url: ty.type_url().to_string(),
                 removed_resources: removed,
                 nonce,

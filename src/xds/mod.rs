@@ -273,7 +273,7 @@ impl AdsProtocol for DeltaStream {
         tracing::debug!(node, type_url = %r.type_url, nonce = %r.nonce, resources, removed, "push");
     }
     fn response_meta(r: &Self::Response) -> (&str, &str, Option<&str>) {
-        (&r.type_url, &r.nonce, None)
+        (&r.type_url, &r.nonce, Some(&r.system_version_info).filter(|v| !v.is_empty()).map(|v| v.as_str()))
     }
     fn counts(r: &Self::Response) -> (usize, usize) {
         (r.resources.len(), r.removed_resources.len())

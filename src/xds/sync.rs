@@ -165,7 +165,8 @@ impl Connection {
     /// This connection as an entry of `/debug/syncz`: istiod's `SyncStatus` field names
     /// (`proxy`, `proxy_type`, `cluster_sent`, `cluster_acked`, ..., `resources` by type URL
     /// with `sent`, `acked`, `sentTime`, `lastError`), plus meshflow's `class`, `protocol` and,
-    /// per type, `sentVersion`/`ackedVersion` (state of the world's `version_info`).
+    /// per type, `sentVersion`/`ackedVersion` (state of the world's `version_info`; delta's
+    /// `system_version_info`, the cache's sequence number the response was built at).
     pub fn syncz(&self) -> Value {
         let types = self.lock().clone();
         let mut out = Map::new();

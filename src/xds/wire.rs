@@ -39,6 +39,9 @@ use crate::cache::Rendered;
 /// `DeltaDiscoveryResponse`).
 #[derive(Default, Debug, Clone)]
 pub struct DeltaResponse {
+    /// The cache's sequence number the response was built at (istiod sends its push version):
+    /// what `/debug/syncz` shows as the type's sent and ACKed version.
+    pub system_version_info: String,
     pub type_url: String,
     pub resources: Vec<Arc<Rendered>>,
     pub removed_resources: Vec<String>,
@@ -46,6 +49,7 @@ pub struct DeltaResponse {
 }
 
 // DeltaDiscoveryResponse's field numbers.
+const SYSTEM_VERSION_INFO: u32 = 1;
 const RESOURCES: u32 = 2;
 const TYPE_URL: u32 = 4;
 const NONCE: u32 = 5;
@@ -105,6 +109,7 @@ impl Framed for DeltaResponse {
         &r.wire
     }
     fn encode_rest(&self, buf: &mut impl BufMut) {
+        put_opt(SYSTEM_VERSION_INFO, &self.system_version_info, buf);
         put_opt(TYPE_URL, &self.type_url, buf);
         put_opt(NONCE, &self.nonce, buf);
         for name in &self.removed_resources {
@@ -113,7 +118,10 @@ impl Framed for DeltaResponse {
     }
     fn rest_len(&self) -> usize {
         let removed: usize = self.removed_resources.iter().map(|n| string_field_len(REMOVED_RESOURCES, n)).sum();
-        removed + opt_len(TYPE_URL, &self.type_url) + opt_len(NONCE, &self.nonce)
+        removed
+            + opt_len(SYSTEM_VERSION_INFO, &self.system_version_info)
+            + opt_len(TYPE_URL, &self.type_url)
+            + opt_len(NONCE, &self.nonce)
     }
 }
 
@@ -575,12 +583,14 @@ mod tests {
             resources: vec![rendered.clone(), rendered],
             removed_resources: vec!["gone".into()],
             nonce: "7".into(),
+            system_version_info: "42".into(),
         };
         let bytes = response.encode_to_vec();
         assert_eq!(bytes.len(), response.encoded_len());
         let decoded = DeltaDiscoveryResponse::decode(&bytes[..]).unwrap();
         assert_eq!(decoded.type_url, "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment");
         assert_eq!(decoded.nonce, "7");
+        assert_eq!(decoded.system_version_info, "42");
         assert_eq!(decoded.removed_resources, ["gone"]);
         assert_eq!(decoded.resources.len(), 2);
         for res in &decoded.resources {
@@ -609,6 +619,7 @@ mod tests {
             resources,
             removed_resources: vec!["gone".into()],
             nonce: "3".into(),
+            system_version_info: "9".into(),
         };
         let chunks = frame(response.clone());
         let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();

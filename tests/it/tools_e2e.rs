@@ -213,6 +213,12 @@ async fn a_delta_client_moves_the_metrics_and_shows_in_syncz_and_config_dump() {
     assert_eq!(entry["cluster_acked"], cds.nonce.as_str(), "{entry}");
     assert_eq!(entry["listener_sent"], lds.nonce.as_str(), "{entry}");
     assert!(entry.get("listener_acked").is_none(), "the listeners were NACKed: {entry}");
+    // Delta's versions: each response's system_version_info (the cache's sequence number).
+    assert!(!cds.system_version_info.is_empty(), "{cds:?}");
+    assert_eq!(entry["resources"][CDS]["sentVersion"], cds.system_version_info.as_str(), "{entry}");
+    assert_eq!(entry["resources"][CDS]["ackedVersion"], cds.system_version_info.as_str(), "{entry}");
+    assert_eq!(entry["resources"][LDS]["sentVersion"], lds.system_version_info.as_str(), "{entry}");
+    assert!(entry["resources"][LDS].get("ackedVersion").is_none(), "NACKed: {entry}");
     assert_eq!(entry["resources"][LDS]["lastError"], error, "{entry}");
     let mut listeners: Vec<&str> = lds.resources.iter().map(|r| r.name.as_str()).collect();
     listeners.sort();
