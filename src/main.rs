@@ -172,8 +172,9 @@ struct XdsArgs {
 
 #[derive(Subcommand)]
 enum XdsAction {
-    /// Run the delta-ADS conformance suite against a server: one check per protocol rule,
-    /// a table of rules held and broken (exit 1 if any is broken). The served resources are
+    /// Run the ADS conformance suite against a server (delta; the `sotw-*` rules over state of
+    /// the world): one check per protocol rule, a table of rules held and broken (exit 1 if
+    /// any is broken). The served resources are
     /// changed through CONTROL, run as `CONTROL <verb> <args>…` (see README, "xDS
     /// conformance"); for meshflow: `meshflow xds control --config-dir DIR`.
     Conformance {

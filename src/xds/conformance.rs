@@ -1,7 +1,8 @@
-//! `meshflow xds conformance`: a conformance suite for delta ADS servers, as a tool.
+//! `meshflow xds conformance`: a conformance suite for ADS servers, as a tool.
 //!
-//! It drives any server of `DeltaAggregatedResources` with a raw tonic client, one rule of the
-//! protocol per check (Envoy's "xDS REST and gRPC protocol", incremental variant), and reports
+//! It drives any server of `DeltaAggregatedResources` (and, for the `sotw-*` rules,
+//! `StreamAggregatedResources`) with a raw tonic client, one rule of the protocol per check
+//! (Envoy's "xDS REST and gRPC protocol", incremental and state-of-the-world variants), and reports
 //! which rules the server holds and which it breaks, with what it saw. The served resources
 //! are changed between steps through a **control adapter** ([`Control`]): for the command-line
 //! tool, a program run as `CMD <verb> <args>…` (see [`CommandControl`] and the README's
@@ -26,7 +27,9 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use prost::Message;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -149,6 +152,15 @@ pub const RULES: &[Rule] = &[
     Rule { id: "order", description: "within a batch, additions go out CDS → EDS → LDS → RDS" },
     Rule { id: "cluster-then-assignment", description: "a changed Cluster is followed by its ClusterLoadAssignment" },
     Rule { id: "removal-after-referrers", description: "a Cluster is removed only after the routes referring to it" },
+    Rule { id: "sotw-full-set", description: "state of the world: each response carries the type's whole set" },
+    Rule {
+        id: "sotw-names",
+        description: "state of the world: a request's resource_names is the whole subscription, only those come",
+    },
+    Rule {
+        id: "sotw-ack-nack",
+        description: "state of the world: an ACK causes no resend; a NACKed set is not resent until it changes",
+    },
 ];
 
 /// Everything a check needs.
@@ -176,6 +188,10 @@ impl Ctx<'_> {
 
     async fn connect(&self) -> Result<Conn, String> {
         Conn::open(&self.server, &self.node_id).await
+    }
+
+    async fn connect_sotw(&self) -> Result<SotwConn, String> {
+        SotwConn::open(&self.server, &self.node_id).await
     }
 
     /// `reset`, then waits until a wildcard client sees alpha and beta and not gamma.
@@ -401,6 +417,166 @@ impl Conn {
 
     fn has(&self, ty: ResourceType, name: &str) -> bool {
         self.held[ty as usize].contains_key(name)
+    }
+}
+
+/// One state-of-the-world ADS stream of the suite (`StreamAggregatedResources`).
+struct SotwConn {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: tonic::Streaming<DiscoveryResponse>,
+    node: Option<Node>,
+    /// Per type: the resource names of the latest response, and its version and nonce.
+    latest: HashMap<String, (BTreeSet<String>, String, String)>,
+    /// Per type: the version the client last accepted (what an ACK or NACK carries).
+    accepted: HashMap<String, String>,
+    log: Vec<String>,
+}
+
+/// The names of the resources of a state-of-the-world response (each an `Any` of the type).
+fn sotw_names(r: &DiscoveryResponse) -> BTreeSet<String> {
+    let ty = ResourceType::from_type_url(&r.type_url);
+    r.resources
+        .iter()
+        .map(|any| match ty {
+            Some(ResourceType::Cluster) => envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(&any.value[..])
+                .map(|c| c.name)
+                .unwrap_or_else(|e| format!("<undecodable: {e}>")),
+            Some(ResourceType::ClusterLoadAssignment) => {
+                envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(&any.value[..])
+                    .map(|c| c.cluster_name)
+                    .unwrap_or_else(|e| format!("<undecodable: {e}>"))
+            }
+            _ => format!("<{} bytes>", any.value.len()),
+        })
+        .collect()
+}
+
+fn describe_sotw(r: &DiscoveryResponse, names: &BTreeSet<String>) -> String {
+    let ty = ResourceType::from_type_url(&r.type_url).map(short).unwrap_or("?");
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    format!("{ty} version={} nonce={} [{}]", r.version_info, r.nonce, names.join(", "))
+}
+
+impl SotwConn {
+    async fn open(server: &str, node_id: &str) -> Result<SotwConn, String> {
+        let url = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
+        let mut grpc = tokio::time::timeout(EXPECT, AggregatedDiscoveryServiceClient::connect(url.clone()))
+            .await
+            .map_err(|_| format!("connecting to {url}: no answer in {EXPECT:?}"))?
+            .map_err(|e| format!("connecting to {url}: {e}"))?
+            .max_decoding_message_size(256 << 20);
+        let (tx, rx) = mpsc::channel(64);
+        let stream = tokio::time::timeout(EXPECT, grpc.stream_aggregated_resources(ReceiverStream::new(rx)))
+            .await
+            .map_err(|_| format!("opening a state-of-the-world stream on {url}: no answer in {EXPECT:?}"))?
+            .map_err(|e| format!("opening a state-of-the-world stream on {url}: {e}"))?
+            .into_inner();
+        Ok(SotwConn {
+            tx,
+            rx: stream,
+            node: Some(Node { id: node_id.to_string(), ..Default::default() }),
+            latest: HashMap::new(),
+            accepted: HashMap::new(),
+            log: Vec::new(),
+        })
+    }
+
+    /// A request for `ty` naming `names` (its whole subscription), answering the type's
+    /// latest response: an ACK, or with `nack` a NACK carrying that error.
+    async fn request(&mut self, ty: ResourceType, names: &[&str], nack: Option<&str>) -> Result<(), String> {
+        let url = ty.type_url();
+        let nonce = self.latest.get(url).map(|l| l.2.clone()).unwrap_or_default();
+        if nack.is_none()
+            && let Some((_, version, _)) = self.latest.get(url)
+        {
+            self.accepted.insert(url.to_string(), version.clone());
+        }
+        let req = DiscoveryRequest {
+            version_info: self.accepted.get(url).cloned().unwrap_or_default(),
+            node: self.node.take(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            type_url: url.to_string(),
+            response_nonce: nonce,
+            error_detail: nack.map(|message| envoy_types::pb::google::rpc::Status {
+                code: tonic::Code::InvalidArgument as i32,
+                message: message.to_string(),
+                details: vec![],
+            }),
+            ..Default::default()
+        };
+        self.tx.send(req).await.map_err(|_| "the server closed the stream".to_string())
+    }
+
+    /// The next response within `within` and its resource names; None on timeout. Not
+    /// answered: the caller ACKs or NACKs it ([`SotwConn::request`]).
+    async fn recv(&mut self, within: Duration) -> Result<Option<(DiscoveryResponse, BTreeSet<String>)>, String> {
+        let r = match tokio::time::timeout(within, self.rx.message()).await {
+            Err(_) => return Ok(None),
+            Ok(Err(status)) => {
+                return Err(format!("the server ended the stream: {:?}: {}", status.code(), status.message()));
+            }
+            Ok(Ok(None)) => return Err("the server closed the stream".to_string()),
+            Ok(Ok(Some(r))) => r,
+        };
+        let names = sotw_names(&r);
+        self.log.push(describe_sotw(&r, &names));
+        self.latest.insert(r.type_url.clone(), (names.clone(), r.version_info.clone(), r.nonce.clone()));
+        Ok(Some((r, names)))
+    }
+
+    /// Receives responses of `ty`, ACKing each with `names`, until `done` holds of one; Err
+    /// with what was seen when `within` passes.
+    async fn until(
+        &mut self,
+        ty: ResourceType,
+        names: &[&str],
+        within: Duration,
+        mut done: impl FnMut(&BTreeSet<String>) -> bool,
+    ) -> Result<BTreeSet<String>, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some((r, got)) = self.recv(left).await? else {
+                return Err(format!("waited {within:?}; saw {}", self.seen()));
+            };
+            let Some(rty) = ResourceType::from_type_url(&r.type_url) else { continue };
+            self.request(rty, if rty == ty { names } else { &[] }, None).await?;
+            if rty == ty && done(&got) {
+                return Ok(got);
+            }
+        }
+    }
+
+    /// The responses of `ty` within `window` (version and names), each ACKed with `names`.
+    async fn drain(
+        &mut self,
+        ty: ResourceType,
+        names: &[&str],
+        window: Duration,
+    ) -> Result<Vec<(String, BTreeSet<String>)>, String> {
+        let deadline = Instant::now() + window;
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(got);
+            }
+            let Some((r, set)) = self.recv(left).await? else { return Ok(got) };
+            let Some(rty) = ResourceType::from_type_url(&r.type_url) else { continue };
+            self.request(rty, if rty == ty { names } else { &[] }, None).await?;
+            if rty == ty {
+                got.push((r.version_info, set));
+            }
+        }
+    }
+
+    fn seen(&self) -> String {
+        if self.log.is_empty() {
+            "no response".to_string()
+        } else {
+            let tail = self.log.len().saturating_sub(8);
+            format!("{} response(s): {}", self.log.len(), self.log[tail..].join(" | "))
+        }
     }
 }
 
@@ -762,6 +938,108 @@ async fn check(ctx: &mut Ctx<'_>, id: &str) -> Result<(), String> {
                     }
                 }
             }
+            Ok(())
+        }
+        "sotw-full-set" => {
+            let mut c = ctx.connect_sotw().await?;
+            let (a, b, g) = (alpha.cluster(), beta.cluster(), gamma.cluster());
+            c.request(CDS, LEGACY_WILDCARD, None).await?;
+            c.until(CDS, LEGACY_WILDCARD, EXPECT, |set| set.contains(a) && set.contains(b))
+                .await
+                .map_err(|s| format!("a wildcard CDS request never got alpha and beta: {s}"))?;
+            c.drain(CDS, LEGACY_WILDCARD, QUIET / 2).await?;
+            ctx.control("add-service", &["gamma"])?;
+            let set = c
+                .until(CDS, LEGACY_WILDCARD, EXPECT, |set| set.contains(g))
+                .await
+                .map_err(|s| format!("`add-service gamma` never reached the client: {s}"))?;
+            if !(set.contains(a) && set.contains(b)) {
+                return Err(format!("the CDS response that added {g} left out alpha or beta: {}", c.seen()));
+            }
+            c.drain(CDS, LEGACY_WILDCARD, QUIET / 2).await?;
+            ctx.control("remove-service", &["gamma"])?;
+            let set = c
+                .until(CDS, LEGACY_WILDCARD, EXPECT, |set| !set.contains(g))
+                .await
+                .map_err(|s| format!("{g} was never left out of a CDS response after `remove-service gamma`: {s}"))?;
+            if !(set.contains(a) && set.contains(b)) {
+                return Err(format!("the CDS response without {g} left out alpha or beta too: {}", c.seen()));
+            }
+            Ok(())
+        }
+        "sotw-names" => {
+            let mut c = ctx.connect_sotw().await?;
+            let (a, b) = (alpha.assignment(), beta.assignment());
+            c.request(EDS, &[a], None).await?;
+            let set = c
+                .until(EDS, &[a], EXPECT, |set| set.contains(a))
+                .await
+                .map_err(|s| format!("an EDS request for {a} never got it: {s}"))?;
+            if set.len() != 1 {
+                return Err(format!("asked for {a} only, got {set:?}: {}", c.seen()));
+            }
+            c.drain(EDS, &[a], QUIET / 2).await?;
+            let ep = ctx.fresh_endpoint();
+            ctx.control("set-endpoint", &["beta", &ep])?;
+            let got = c.drain(EDS, &[a], QUIET * 2).await?;
+            if got.iter().any(|(_, set)| set.contains(b)) {
+                return Err(format!("{b}, never asked for, was sent when it changed: {}", c.seen()));
+            }
+            // The subscription grows: both come, in one set.
+            c.request(EDS, &[a, b], None).await?;
+            c.until(EDS, &[a, b], EXPECT, |set| set.contains(a) && set.contains(b))
+                .await
+                .map_err(|s| format!("asked for {a} and {b}; no response held both: {s}"))?;
+            // And shrinks: a change of the name left out is not sent.
+            c.request(EDS, &[b], None).await?;
+            c.drain(EDS, &[b], QUIET / 2).await?;
+            let ep = ctx.fresh_endpoint();
+            ctx.control("set-endpoint", &["alpha", &ep])?;
+            let got = c.drain(EDS, &[b], QUIET * 2).await?;
+            if got.iter().any(|(_, set)| set.contains(a)) {
+                return Err(format!("{a}, no longer asked for, was sent when it changed: {}", c.seen()));
+            }
+            Ok(())
+        }
+        "sotw-ack-nack" => {
+            let mut c = ctx.connect_sotw().await?;
+            let a = alpha.cluster();
+            c.request(CDS, LEGACY_WILDCARD, None).await?;
+            c.until(CDS, LEGACY_WILDCARD, EXPECT, |set| set.contains(a)).await?;
+            let acked = c.latest.get(CDS.type_url()).map(|l| l.1.clone()).unwrap_or_default();
+            let got = c.drain(CDS, LEGACY_WILDCARD, QUIET).await?;
+            if got.iter().any(|(version, _)| *version == acked) {
+                return Err(format!("the ACKed CDS set (version {acked}) was sent again: {}", c.seen()));
+            }
+            ctx.control("change-cluster", &["alpha"])?;
+            let before = c.latest.get(CDS.type_url()).map(|l| l.1.clone());
+            let deadline = Instant::now() + EXPECT;
+            let rejected = loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Some((r, _)) = c.recv(left).await? else {
+                    return Err(format!("`change-cluster alpha` never reached the client: {}", c.seen()));
+                };
+                if r.type_url == CDS.type_url() && Some(&r.version_info) != before.as_ref() {
+                    break r.version_info;
+                }
+                if let Some(ty) = ResourceType::from_type_url(&r.type_url) {
+                    c.request(ty, &[], None).await?;
+                }
+            };
+            c.request(CDS, LEGACY_WILDCARD, Some("conformance: rejected on purpose")).await?;
+            let deadline = Instant::now() + QUIET * 2;
+            while let Some((r, _)) = c.recv(deadline.saturating_duration_since(Instant::now())).await? {
+                if r.type_url == CDS.type_url() && r.version_info == rejected {
+                    return Err(format!("the NACKed CDS set (version {rejected}) was sent again: {}", c.seen()));
+                }
+                if let Some(ty) = ResourceType::from_type_url(&r.type_url) {
+                    c.request(ty, &[], None).await?;
+                }
+            }
+            ctx.control("change-cluster", &["alpha"])?;
+            c.until(CDS, LEGACY_WILDCARD, EXPECT, |set| set.contains(a))
+                .await
+                .map_err(|s| format!("after a NACK, a new change of {a} never came: {s}"))?;
             Ok(())
         }
         other => Err(format!("no rule {other:?}")),

@@ -1,14 +1,16 @@
-//! The delta-ADS conformance tool (`meshflow xds conformance`):
+//! The xDS conformance tool (`meshflow xds conformance`):
 //! - against a real `meshflow serve`, driven through meshflow's own control adapter
 //!   (`meshflow xds control --config-dir DIR`): every rule holds;
-//! - against a small in-process toy delta server, right and then deliberately broken (one
-//!   that resends NACKed versions, one that ignores unsubscribe, one that never removes, one
-//!   that leaves absent names unanswered, one that ignores initial_resource_versions, one that
-//!   sends assignments before clusters, one that ignores `*` for EDS, one that takes
-//!   names for a wildcard, one that drops the names with `*`, one with a constant nonce): the
-//!   rules those bugs break are reported broken, and hold on the right toy. So each of those
-//!   checks can fail (ten of the twelve; cluster-then-assignment and removal-after-referrers
-//!   need a server of routes and warming, which the toy is not).
+//! - against a small in-process toy server (delta and state of the world), right and then
+//!   deliberately broken (one that resends NACKed versions, one that ignores unsubscribe, one
+//!   that never removes, one that leaves absent names unanswered, one that ignores
+//!   initial_resource_versions, one that sends assignments before clusters, one that ignores
+//!   `*` for EDS, one that takes names for a wildcard, one that drops the names with `*`, one
+//!   with a constant nonce; over state of the world, one that sends only what changed, one
+//!   that ignores resource_names, one that resends a NACKed set): the rules those bugs break
+//!   are reported broken, and hold on the right toy. So each of those checks can fail
+//!   (thirteen of the fifteen; cluster-then-assignment and removal-after-referrers need a
+//!   server of routes and warming, which the toy is not).
 
 use crate::support;
 
@@ -19,7 +21,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -105,6 +109,12 @@ struct Bugs {
     star_unsubscribe_drops_names: bool,
     /// Every response carries the same nonce.
     constant_nonce: bool,
+    /// State of the world: send only the resources that changed, as if it were delta.
+    sotw_changed_only: bool,
+    /// State of the world: ignore `resource_names`, send every resource of the type.
+    sotw_ignore_names: bool,
+    /// State of the world: answer a NACK by sending the rejected set again.
+    sotw_resend_nacked: bool,
 }
 
 /// Services: name → (cluster connect-timeout millis, endpoint).
@@ -130,8 +140,19 @@ impl Store {
                 }
                 .encode_to_vec()
             } else {
-                ClusterLoadAssignment { cluster_name: format!("{cluster} {endpoint}"), ..Default::default() }
-                    .encode_to_vec()
+                let lb = LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        hostname: endpoint.clone(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                };
+                ClusterLoadAssignment {
+                    cluster_name: cluster.clone(),
+                    endpoints: vec![LocalityLbEndpoints { lb_endpoints: vec![lb], ..Default::default() }],
+                    ..Default::default()
+                }
+                .encode_to_vec()
             };
             let version = format!("{:x}", xxhash(&bytes));
             out.insert(cluster, (version, bytes));
@@ -298,6 +319,75 @@ impl ToyStream {
     }
 }
 
+/// One state-of-the-world stream of the toy: per type the subscription and what was sent.
+#[derive(Default)]
+struct ToySotw {
+    types: HashMap<String, SotwType>,
+    nonce: u64,
+}
+
+#[derive(Default)]
+struct SotwType {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// The latest response's version and nonce, and the version of each resource in it.
+    version: Option<String>,
+    nonce: String,
+    sent: BTreeMap<String, String>,
+    nacked: Option<String>,
+}
+
+impl ToySotw {
+    /// Takes a request; returns the type to respond for when the subscription changed.
+    fn on_request(&mut self, req: &DiscoveryRequest, bugs: Bugs) -> Option<String> {
+        let first = !self.types.contains_key(&req.type_url);
+        let st = self.types.entry(req.type_url.clone()).or_default();
+        if !first && req.response_nonce == st.nonce && req.error_detail.is_some() {
+            if bugs.sotw_resend_nacked {
+                st.version = None;
+                return Some(req.type_url.clone());
+            }
+            st.nacked = st.version.clone();
+        }
+        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        let wildcard = req.type_url == CDS && names.is_empty();
+        let changed = first || names != st.names || wildcard != st.wildcard;
+        st.names = names;
+        st.wildcard = wildcard;
+        changed.then(|| req.type_url.clone())
+    }
+
+    fn respond(&mut self, store: &Store, type_url: &str, bugs: Bugs) -> Option<DiscoveryResponse> {
+        let st = self.types.get_mut(type_url)?;
+        let current: BTreeMap<String, (String, Vec<u8>)> = store
+            .resources(type_url)
+            .into_iter()
+            .filter(|(name, _)| st.wildcard || bugs.sotw_ignore_names || st.names.contains(name))
+            .collect();
+        let pairs: Vec<u8> = current.iter().flat_map(|(n, (v, _))| format!("{n}={v};").into_bytes()).collect();
+        let version = format!("{:x}", xxhash(&pairs));
+        if st.version.as_ref() == Some(&version) || st.nacked.as_ref() == Some(&version) {
+            return None;
+        }
+        let resources = current
+            .iter()
+            .filter(|(n, (v, _))| !bugs.sotw_changed_only || st.sent.get(*n) != Some(v))
+            .map(|(_, (_, bytes))| Any { type_url: type_url.into(), value: bytes.clone() })
+            .collect();
+        self.nonce += 1;
+        st.nonce = self.nonce.to_string();
+        st.version = Some(version.clone());
+        st.sent = current.into_iter().map(|(n, (v, _))| (n, v)).collect();
+        Some(DiscoveryResponse {
+            version_info: version,
+            resources,
+            type_url: type_url.into(),
+            nonce: st.nonce.clone(),
+            ..Default::default()
+        })
+    }
+}
+
 type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -307,9 +397,37 @@ impl AggregatedDiscoveryService for Toy {
 
     async fn stream_aggregated_resources(
         &self,
-        _: Request<Streaming<DiscoveryRequest>>,
+        request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("toy serves delta only"))
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let toy = self.clone();
+        tokio::spawn(async move {
+            let mut changes = toy.changed.subscribe();
+            let mut s = ToySotw::default();
+            loop {
+                let types: Vec<String> = tokio::select! {
+                    req = inbound.next() => match req {
+                        Some(Ok(req)) => s.on_request(&req, toy.bugs).into_iter().collect(),
+                        _ => return,
+                    },
+                    r = changes.changed() => {
+                        if r.is_err() { return; }
+                        vec![CDS.to_string(), EDS.to_string()]
+                    }
+                };
+                let responses: Vec<_> = {
+                    let store = toy.store.lock().unwrap();
+                    types.iter().filter_map(|t| s.respond(&store, t, toy.bugs)).collect()
+                };
+                for r in responses {
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn delta_aggregated_resources(
@@ -401,6 +519,27 @@ async fn the_removal_reconnect_and_order_checks_fail_on_servers_with_those_bugs(
         (Bugs { eds_before_cds: true, ..Default::default() }, "order", "out of order", "explicit"),
     ];
     let rules = ["disappears", "absent-name", "initial-versions", "order"];
+    tokio::join!(the_right_toy_holds(&rules), each_bug_breaks_its_rule(&cases));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_of_the_world_checks_fail_on_servers_with_those_bugs() {
+    let cases = [
+        (
+            Bugs { sotw_changed_only: true, ..Default::default() },
+            "sotw-full-set",
+            "left out alpha or beta",
+            "sotw-ack-nack",
+        ),
+        (
+            Bugs { sotw_ignore_names: true, ..Default::default() },
+            "sotw-names",
+            "asked for toy-alpha only",
+            "sotw-full-set",
+        ),
+        (Bugs { sotw_resend_nacked: true, ..Default::default() }, "sotw-ack-nack", "NACKed CDS set", "sotw-names"),
+    ];
+    let rules = ["sotw-full-set", "sotw-names", "sotw-ack-nack"];
     tokio::join!(the_right_toy_holds(&rules), each_bug_breaks_its_rule(&cases));
 }
 
