@@ -131,27 +131,32 @@ impl BenchEnvoy {
         Ok(BenchEnvoy { child, node, answers, log })
     }
 
-    /// Waits until Envoy has ACKed clusters and listeners built at `seq` or later, and then
-    /// nothing more for a moment (it has asked for and taken the assignments and routes they
-    /// name).
-    pub fn wait_synced(&mut self, seq: u64, timeout: Duration) -> anyhow::Result<()> {
+    /// Waits until Envoy has ACKed clusters and listeners built at `seq` or later, and a
+    /// response of each of `types` (those the cache serves; a sidecar may hold none of some,
+    /// Secrets say), and then answered nothing more for a moment.
+    pub fn wait_synced(&mut self, seq: u64, types: &[ResourceType], timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let quiet = Duration::from_millis(500);
         loop {
             if let Some(status) = self.child.try_wait()? {
                 anyhow::bail!("Envoy exited ({status}) before it took the configuration; see {}", self.log.display());
             }
-            let types = self.answers.acked_types(seq);
-            let has = |t| types.contains(&t);
+            let acked = self.answers.acked_types(seq);
+            let has = |t| acked.contains(&t);
+            let others = types
+                .iter()
+                .filter(|t| !matches!(t, ResourceType::Cluster | ResourceType::Listener | ResourceType::Secret))
+                .all(|t| has(*t));
             if has(ResourceType::Cluster)
                 && has(ResourceType::Listener)
+                && others
                 && self.answers.last().is_some_and(|(_, _, at)| at.elapsed() > quiet)
             {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 anyhow::bail!(
-                    "Envoy did not take the configuration within {timeout:?} (ACKed {types:?}, {} NACKs); see {}",
+                    "Envoy did not take the configuration within {timeout:?} (ACKed {acked:?}, {} NACKs); see {}",
                     self.answers.nacks(),
                     self.log.display()
                 );

@@ -333,7 +333,10 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     if let Some(envoy) = &mut envoy {
         progress.phase("Envoy taking the initial configuration");
         let seq = probe.batches.lock().unwrap_or_else(|e| e.into_inner())[first.batch as usize].seq;
-        envoy.wait_synced(seq, Duration::from_secs(600))?;
+        // Every type there is to take: at `large` Envoy parses the route configurations for
+        // tens of seconds after it ACKed the listeners, and steps timed meanwhile wait on it.
+        let types: Vec<ResourceType> = ResourceType::ALL.into_iter().filter(|t| cache.len(*t) > 0).collect();
+        envoy.wait_synced(seq, &types, Duration::from_secs(600))?;
     }
 
     // The steps.
