@@ -269,14 +269,32 @@ fn route_clusters(bytes: &[u8]) -> BTreeSet<String> {
     out
 }
 
+/// An ADS client of `server` (host:port or a URL), and its URL for messages.
+async fn ads_client(
+    server: &str,
+) -> Result<(AggregatedDiscoveryServiceClient<tonic::transport::Channel>, String), String> {
+    let url = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
+    let grpc = tokio::time::timeout(EXPECT, AggregatedDiscoveryServiceClient::connect(url.clone()))
+        .await
+        .map_err(|_| format!("connecting to {url}: no answer in {EXPECT:?}"))?
+        .map_err(|e| format!("connecting to {url}: {e}"))?
+        .max_decoding_message_size(256 << 20);
+    Ok((grpc, url))
+}
+
+/// The last responses a stream logged, for a report.
+fn seen(log: &[String]) -> String {
+    if log.is_empty() {
+        "no response".to_string()
+    } else {
+        let tail = log.len().saturating_sub(8);
+        format!("{} response(s): {}", log.len(), log[tail..].join(" | "))
+    }
+}
+
 impl Conn {
     async fn open(server: &str, node_id: &str) -> Result<Conn, String> {
-        let url = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
-        let mut grpc = tokio::time::timeout(EXPECT, AggregatedDiscoveryServiceClient::connect(url.clone()))
-            .await
-            .map_err(|_| format!("connecting to {url}: no answer in {EXPECT:?}"))?
-            .map_err(|e| format!("connecting to {url}: {e}"))?
-            .max_decoding_message_size(256 << 20);
+        let (mut grpc, url) = ads_client(server).await?;
         let (tx, rx) = mpsc::channel(64);
         let stream = tokio::time::timeout(EXPECT, grpc.delta_aggregated_resources(ReceiverStream::new(rx)))
             .await
@@ -407,12 +425,7 @@ impl Conn {
     }
 
     fn seen(&self) -> String {
-        if self.log.is_empty() {
-            "no response".to_string()
-        } else {
-            let tail = self.log.len().saturating_sub(8);
-            format!("{} response(s): {}", self.log.len(), self.log[tail..].join(" | "))
-        }
+        seen(&self.log)
     }
 
     fn has(&self, ty: ResourceType, name: &str) -> bool {
@@ -459,12 +472,7 @@ fn describe_sotw(r: &DiscoveryResponse, names: &BTreeSet<String>) -> String {
 
 impl SotwConn {
     async fn open(server: &str, node_id: &str) -> Result<SotwConn, String> {
-        let url = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
-        let mut grpc = tokio::time::timeout(EXPECT, AggregatedDiscoveryServiceClient::connect(url.clone()))
-            .await
-            .map_err(|_| format!("connecting to {url}: no answer in {EXPECT:?}"))?
-            .map_err(|e| format!("connecting to {url}: {e}"))?
-            .max_decoding_message_size(256 << 20);
+        let (mut grpc, url) = ads_client(server).await?;
         let (tx, rx) = mpsc::channel(64);
         let stream = tokio::time::timeout(EXPECT, grpc.stream_aggregated_resources(ReceiverStream::new(rx)))
             .await
@@ -571,12 +579,7 @@ impl SotwConn {
     }
 
     fn seen(&self) -> String {
-        if self.log.is_empty() {
-            "no response".to_string()
-        } else {
-            let tail = self.log.len().saturating_sub(8);
-            format!("{} response(s): {}", self.log.len(), self.log[tail..].join(" | "))
-        }
+        seen(&self.log)
     }
 }
 

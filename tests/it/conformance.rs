@@ -35,7 +35,7 @@ use futures_util::Stream;
 use meshflow::xds::conformance::{self, Control, Outcome};
 use prost::Message;
 use serde_json::Value;
-use support::{Meshflow, free_port};
+use support::Meshflow;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -475,8 +475,9 @@ impl AggregatedDiscoveryService for Toy {
 
 async fn start_toy(bugs: Bugs) -> (Toy, SocketAddr) {
     let toy = Toy { store: Arc::default(), changed: Arc::new(watch::channel(0).0), bugs };
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind toy server");
+    // Port 0: the kernel picks a free one, with no window for another process to take it.
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind toy server");
+    let addr: SocketAddr = listener.local_addr().expect("toy server address");
     let service = AggregatedDiscoveryServiceServer::new(toy.clone());
     tokio::spawn(
         tonic::transport::Server::builder()
