@@ -1,0 +1,62 @@
+#!/bin/bash
+# One endpoint change to many delta streams, and the server's memory per idle stream (issue 10:
+# "one endpoint change reaches all 5,000 in < 50 ms; under 10 KiB of server memory per idle
+# stream beyond the shared resources").
+#
+# usage: benches/fanout.sh SERVER LOAD CONFIG_DIR [CLIENTS] [PER_CONNECTION] [CHANGES] [PORT]
+#
+# SERVER (`meshflow serve`) serves a copy of CONFIG_DIR plus the conformance suite's services
+# (alpha, beta); LOAD (a meshflow binary: `meshflow xds load`) opens CLIENTS delta streams,
+# PER_CONNECTION to an HTTP/2 connection, waits until each holds the configuration, then makes
+# CHANGES endpoint changes of alpha (each a file written into the watched directory) and times
+# each from the first client receiving it to the last, and the CPU time the server and the load
+# process spent during the changes (with their pauses: idle streams cost nothing). The server's VmRSS is read before any
+# stream and 3 s into the idle hold after the changes: their difference over CLIENTS is the
+# memory per idle stream. With PERF=FILE in the environment, `perf record -g` samples the
+# server during the changes into FILE.
+set -euo pipefail
+S=$1; L=$2; DIR=$3; N=${4:-5000}; PER=${5:-100}; K=${6:-20}; P=${7:-25930}
+WORK=$(mktemp -d /tmp/fanout.XXXX)
+cp -r "$DIR" "$WORK/dir"
+"$L" xds control --config-dir "$WORK/dir" reset >/dev/null
+"$S" serve --config-dir "$WORK/dir" --xds-addr "127.0.0.1:$P" --admin-addr "127.0.0.1:$((P + 4))" \
+    >"$WORK/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true; [[ -n "${PERFPID:-}" ]] && kill -INT $PERFPID 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do
+    sleep 0.2
+    curl -sf "127.0.0.1:$((P + 4))/ready" >/dev/null && break
+done
+sleep 2
+rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$SERVER/status"; }
+BEFORE=$(rss)
+"$L" xds load --server "127.0.0.1:$P" --clients "$N" --streams-per-connection "$PER" --hold 8s \
+    --control "$L xds control --config-dir $WORK/dir" --changes "$K" >"$WORK/load.out" 2>"$WORK/load.err" &
+LOAD=$!
+until grep -q "hold the configuration" "$WORK/load.err" 2>/dev/null || ! kill -0 $LOAD 2>/dev/null; do
+    sleep 0.1
+done
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+CPU0=$(cpu $SERVER); LCPU0=$(cpu $LOAD)
+if [[ -n "${PERF:-}" ]]; then
+    # PERF_OF=load samples the load process instead.
+    perf record -F 499 ${PERF_CALLS:--g} -o "$PERF" -p "$([[ "${PERF_OF:-}" == load ]] && echo $LOAD || echo $SERVER)" 2>/dev/null &
+    PERFPID=$!
+fi
+until grep -q "idle for" "$WORK/load.err" 2>/dev/null || ! kill -0 $LOAD 2>/dev/null; do
+    sleep 0.1
+done
+CPU1=$(cpu $SERVER); LCPU1=$(cpu $LOAD)
+if [[ -n "${PERFPID:-}" ]]; then
+    kill -INT $PERFPID
+    wait $PERFPID || true
+    PERFPID=
+fi
+sleep 3
+AFTER=$(rss)
+wait $LOAD
+cat "$WORK/load.err" "$WORK/load.out"
+TICK=$(getconf CLK_TCK)
+echo "CPU during the changes, per change: server $(((CPU1 - CPU0) * 1000 / TICK / K)) ms, load $(((LCPU1 - LCPU0) * 1000 / TICK / K)) ms"
+echo "server RSS: $BEFORE B with no stream, $AFTER B with $N idle streams: $(((AFTER - BEFORE) / N)) B per stream"
+rm -rf "$WORK"
