@@ -50,6 +50,10 @@ pub struct Metrics {
     pub services: IntGauge,
     /// `pilot_virt_services`: VirtualServices known.
     pub virt_services: IntGauge,
+    /// `meshflow_xds_change_batches{how}`: batches of responses delta streams made for a cache
+    /// change, `built` by the stream or `shared` (taken from a stream alike that built it).
+    pub batches_built: IntCounter,
+    pub batches_shared: IntCounter,
     /// `meshflow_input_events{kind,op}`: input events the engine received (op: apply, delete).
     pub input_events: IntCounterVec,
     /// `meshflow_input_objects{kind}`: objects the engine holds, by kind.
@@ -122,6 +126,12 @@ impl Metrics {
             )
         };
         let rejects = [reject("cds"), reject("eds"), reject("lds"), reject("rds")];
+        let batches = counter_vec(
+            &r,
+            "meshflow_xds_change_batches",
+            "Batches of responses delta streams made for a cache change: built by the stream, or shared from a stream in the same state.",
+            &["how"],
+        );
         Metrics {
             xds_clients: gauge_vec(
                 &r,
@@ -152,6 +162,8 @@ impl Metrics {
             rejects,
             services: gauge(&r, "pilot_services", "Total services known to pilot."),
             virt_services: gauge(&r, "pilot_virt_services", "Total virtual services known to pilot."),
+            batches_built: batches.with_label_values(&["built"]),
+            batches_shared: batches.with_label_values(&["shared"]),
             input_events: counter_vec(
                 &r,
                 "meshflow_input_events",

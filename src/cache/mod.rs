@@ -185,7 +185,7 @@ const LOG_CAPACITY: usize = 1 << 20;
 /// kind's (the sidecars' ones for sidecars, the proxyless ones for proxyless gRPC clients), then
 /// the shared ones. A name found in an earlier scope hides the same name
 /// in a later one.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct View {
     scopes: Vec<Scope>,
 }

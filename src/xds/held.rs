@@ -21,8 +21,8 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 type Entry = (Arc<str>, u64);
 /// The entries sit in a box of their own, so that a transition's weak reference to a snapshot
 /// nobody holds keeps only the small shared header, not the entries.
-struct Entries(Box<[Entry]>);
-type Snapshot = Arc<Entries>;
+pub(super) struct Entries(Box<[Entry]>);
+pub(super) type Snapshot = Arc<Entries>;
 
 impl std::ops::Deref for Entries {
     type Target = [Entry];
@@ -121,6 +121,18 @@ impl Held {
         // Where the client is back at the snapshot's version, nothing differs.
         overlay.retain(|(name, tag)| self.base_tag(name) != *tag);
         self.overlay = overlay;
+    }
+
+    /// The shared snapshot, when the store is settled (nothing differs from it): two settled
+    /// stores with the same snapshot (the same allocation) hold exactly the same.
+    pub(super) fn settled(&self) -> Option<&Snapshot> {
+        self.overlay.is_empty().then_some(&self.base)
+    }
+
+    /// Makes the store hold exactly `snapshot`.
+    pub(super) fn reset_to(&mut self, snapshot: Snapshot) {
+        self.base = snapshot;
+        self.overlay = Vec::new();
     }
 
     /// Whether anything is held or changed (a cheap check before a bulk removal).

@@ -1,10 +1,14 @@
 //! The Aggregated Discovery Service over gRPC: delta (`DeltaAggregatedResources`) and state of
 //! the world (`StreamAggregatedResources`).
 //!
-//! One task per stream: it reads requests and watches the cache, and drives a
-//! [`delta::DeltaStream`] or a [`sotw::SotwStream`]. Responses go out through a small bounded channel; while a slow
-//! client holds it full, the task stops reading the cache's change log and later catches up
-//! with the latest versions in one go, so a slow stream never grows an unbounded queue.
+//! No task of its own per stream: the stream's loop (it reads requests and watches the cache,
+//! and drives a [`delta::DeltaStream`] or a [`sotw::SotwStream`]) runs inside the stream's
+//! HTTP/2 response body ([`Driven`]), polled by the task hyper runs for the stream. A change
+//! wakes that one task, which builds the responses and writes them; there is no second task
+//! and no channel between them (on a fan-out to 5,000 streams, each hop was a wakeup per
+//! stream). HTTP/2 polls a body only while the stream's send buffer has room, so while a
+//! slow client leaves it full the loop stops reading the cache's change log and later
+//! catches up with the latest versions in one go: a slow stream never grows a queue.
 
 pub mod classes;
 pub mod client;
@@ -25,9 +29,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use futures_util::Stream;
-use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::{Cache, View};
@@ -48,18 +50,14 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// message with a text dump of the rejected resource.
 const MAX_ERROR_LOG: usize = 2048;
 
-/// Responses a stream holds for a client that does not read, in its channel to the transport.
-/// While the channel is full the stream stops following the cache and catches up later with
-/// the latest version of each resource.
-pub const RESPONSE_QUEUE: usize = 16;
+/// Responses a stream's loop may queue for its body before it waits for the body to take
+/// them. The body takes them as fast as HTTP/2 has room, and the loop runs only when the body
+/// is polled, so a stream's queue is one batch of a request or a change at most: one
+/// response per type and request, or an addition and a removal response per type.
+pub const RESPONSE_QUEUE: usize = 2 * ResourceType::ALL.len();
 
-/// A response in a stream's channel, boxed: tokio's channel keeps a block of 32 slots for the
-/// stream's life, and with a slot the size of the response (~100 bytes) that block was ~3 KB
-/// per idle stream; boxed, 256 bytes.
-type Queued<T> = Box<Result<T, Status>>;
-
-/// The most responses one stream ever holds: a full channel plus one batch (at most an
-/// addition and a removal response per type). `queuedMax` in `/debug/syncz` stays under it.
+/// The most responses one stream ever holds: a full queue plus what is left of the batch that
+/// filled it. `queuedMax` in `/debug/syncz` stays under it.
 pub const STREAM_QUEUE_BOUND: usize = RESPONSE_QUEUE + 2 * ResourceType::ALL.len();
 
 pub struct AdsServer {
@@ -69,11 +67,13 @@ pub struct AdsServer {
     classes: Option<Arc<ClassRegistry>>,
     /// The connected streams, for `/debug/syncz` and `/debug/config_dump`.
     connections: Arc<Connections>,
+    /// The batches delta streams build for a cache change, shared between streams alike.
+    memo: Arc<delta::ChangeMemo>,
 }
 
 impl AdsServer {
     pub fn new(cache: Arc<Cache>, classes: Option<Arc<ClassRegistry>>) -> AdsServer {
-        AdsServer { cache, classes, connections: Connections::new() }
+        AdsServer { cache, classes, connections: Connections::new(), memo: Default::default() }
     }
 
     /// Streams register in `connections` (share it with the admin endpoint).
@@ -110,18 +110,107 @@ impl AdsServer {
     ) -> Response<ResponseStream<P::Response>> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Queued<P::Response>>(RESPONSE_QUEUE);
-        let cache = self.cache.clone();
-        let classes = self.classes.clone();
-        let connections = self.connections.clone();
-        tokio::spawn(async move {
-            if let Err(status) = run_stream::<P>(&cache, classes.as_ref(), &connections, peer, &mut inbound, &tx).await
-            {
+        let outbox = Outbox::default();
+        let (cache, classes, connections) = (self.cache.clone(), self.classes.clone(), self.connections.clone());
+        let (out, memo) = (outbox.clone(), self.memo.clone());
+        let run = async move {
+            let shared = Shared { cache: &cache, classes: classes.as_ref(), connections: &connections, memo: &memo };
+            let result = run_stream::<P>(shared, peer, &mut inbound, &out).await;
+            if let Err(status) = &result {
                 tracing::warn!(?peer, code = ?status.code(), message = status.message(), "closing {} stream", P::NAME);
-                let _ = tx.send(Box::new(Err(status))).await;
             }
-        });
-        Response::new(Box::pin(ReceiverStream::new(rx).map(|queued| *queued)))
+            result
+        };
+        Response::new(Box::pin(Driven { run: Some(Box::pin(run)), outbox, end: None }))
+    }
+}
+
+/// The responses a stream's loop has made and its body has not taken yet. The loop and the
+/// body are polled by the same task, so neither ever waits on the other across tasks: the
+/// loop waits only for a full queue, and the body drains it before it polls the loop again.
+struct Outbox<T>(Arc<std::sync::Mutex<std::collections::VecDeque<T>>>);
+
+impl<T> Default for Outbox<T> {
+    fn default() -> Outbox<T> {
+        Outbox(Default::default())
+    }
+}
+
+impl<T> Clone for Outbox<T> {
+    fn clone(&self) -> Outbox<T> {
+        Outbox(self.0.clone())
+    }
+}
+
+impl<T> Outbox<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<T>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn pop(&self) -> Option<T> {
+        self.lock().pop_front()
+    }
+
+    /// Queues `item` once the queue holds fewer than [`RESPONSE_QUEUE`]. Waiting registers no
+    /// waker: the body that polls the loop drains the queue and polls the loop again.
+    async fn send(&self, item: T) {
+        let mut item = Some(item);
+        std::future::poll_fn(|_| {
+            let mut queue = self.lock();
+            if queue.len() >= RESPONSE_QUEUE {
+                return std::task::Poll::Pending;
+            }
+            queue.extend(item.take());
+            std::task::Poll::Ready(())
+        })
+        .await
+    }
+}
+
+type StreamLoop = Pin<Box<dyn std::future::Future<Output = Result<(), Status>> + Send>>;
+
+/// A stream's responses as its body reads them, made by the stream's loop ([`run_stream`])
+/// polled right here: queued responses first, then the loop, then its end (the error status
+/// it ended with, if any). Dropping it (the stream reset or finished) drops the loop and with
+/// it the stream's state and registrations.
+struct Driven<T> {
+    run: Option<StreamLoop>,
+    outbox: Outbox<T>,
+    end: Option<Status>,
+}
+
+impl<T> Stream for Driven<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Some(response) = this.outbox.pop() {
+            return Poll::Ready(Some(Ok(response)));
+        }
+        if let Some(run) = &mut this.run {
+            match run.as_mut().poll(cx) {
+                Poll::Ready(result) => {
+                    this.run = None;
+                    this.end = result.err();
+                }
+                Poll::Pending => {
+                    return match this.outbox.pop() {
+                        Some(response) => Poll::Ready(Some(Ok(response))),
+                        None => Poll::Pending,
+                    };
+                }
+            }
+        }
+        // The loop ended: what it queued last, then its status.
+        if let Some(response) = this.outbox.pop() {
+            return Poll::Ready(Some(Ok(response)));
+        }
+        Poll::Ready(this.end.take().map(Err))
     }
 }
 
@@ -235,7 +324,7 @@ trait AdsProtocol: Send {
     type Response: Send + 'static;
     /// For logs: "delta" or "SotW".
     const NAME: &'static str;
-    fn open(node: String, bind: Option<IpAddr>, view: View) -> Self;
+    fn open(node: String, bind: Option<IpAddr>, view: View, memo: &Arc<delta::ChangeMemo>) -> Self;
     fn node_of(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
     fn node(&self) -> &str;
     fn on_request(&mut self, req: &Self::Request, cache: &Cache) -> Result<(Answer, Vec<Self::Response>), Status>;
@@ -253,8 +342,8 @@ impl AdsProtocol for DeltaStream {
     type Request = DeltaDiscoveryRequest;
     type Response = wire::DeltaResponse;
     const NAME: &'static str = "delta";
-    fn open(node: String, bind: Option<IpAddr>, view: View) -> Self {
-        DeltaStream::new(node, bind, view)
+    fn open(node: String, bind: Option<IpAddr>, view: View, memo: &Arc<delta::ChangeMemo>) -> Self {
+        DeltaStream::new(node, bind, view).with_memo(memo.clone())
     }
     fn node_of(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
         req.node.as_ref()
@@ -287,7 +376,7 @@ impl AdsProtocol for SotwStream {
     type Request = DiscoveryRequest;
     type Response = wire::SotwResponse;
     const NAME: &'static str = "SotW";
-    fn open(node: String, bind: Option<IpAddr>, view: View) -> Self {
+    fn open(node: String, bind: Option<IpAddr>, view: View, _memo: &Arc<delta::ChangeMemo>) -> Self {
         SotwStream::new(node, bind, view)
     }
     fn node_of(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
@@ -317,17 +406,25 @@ impl AdsProtocol for SotwStream {
     }
 }
 
+/// What every stream of a server shares.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    cache: &'a Cache,
+    classes: Option<&'a Arc<ClassRegistry>>,
+    connections: &'a Arc<Connections>,
+    memo: &'a Arc<delta::ChangeMemo>,
+}
+
 /// One stream, delta or state of the world: the node identity, class membership and view from
 /// the first request, then requests and cache changes as they come. Cache changes coalesce
 /// while the client does not read (the response channel is full).
 async fn run_stream<P: AdsProtocol>(
-    cache: &Cache,
-    classes: Option<&Arc<ClassRegistry>>,
-    connections: &Arc<Connections>,
+    shared: Shared<'_>,
     peer: Option<SocketAddr>,
     inbound: &mut (impl tokio_stream::Stream<Item = Result<P::Request, Status>> + Unpin),
-    tx: &mpsc::Sender<Queued<P::Response>>,
+    outbox: &Outbox<P::Response>,
 ) -> Result<(), Status> {
+    let Shared { cache, classes, connections, .. } = shared;
     let Some(first) = inbound.next().await else { return Ok(()) };
     let first = first?;
     let node = P::node_of(&first)
@@ -371,7 +468,7 @@ async fn run_stream<P: AdsProtocol>(
     // Held for the stream's life: the class stays computed while a proxy of it is connected.
     let _membership = classes.map(|registry| registry.join(class));
     let _located = classes.zip(locality).map(|(registry, l)| registry.join_locality(l));
-    let mut stream = P::open(id.to_string(), bind, view);
+    let mut stream = P::open(id.to_string(), bind, view, shared.memo);
     let mut changes = cache.subscribe();
     changes.mark_changed();
     let metrics = crate::metrics::global();
@@ -413,7 +510,7 @@ async fn run_stream<P: AdsProtocol>(
         let mut left = responses.len();
         for response in responses {
             // What waits for the transport: the channel's content and the rest of this batch.
-            conn.set_queued(tx.max_capacity() - tx.capacity() + left);
+            conn.set_queued(outbox.len() + left);
             left -= 1;
             P::log_push(stream.node(), &response);
             let (type_url, nonce, version) = P::response_meta(&response);
@@ -423,14 +520,12 @@ async fn run_stream<P: AdsProtocol>(
                 let (resources, removed) = P::counts(&response);
                 conn.counted(ty, resources, removed);
             }
-            if tx.send(Box::new(Ok(response))).await.is_err() {
-                return Ok(());
-            }
+            outbox.send(response).await;
             if let Some(ty) = ty {
                 metrics.record_push(ty, started.elapsed());
             }
         }
-        conn.set_queued(tx.max_capacity() - tx.capacity());
+        conn.set_queued(outbox.len());
         if pushed
             && from_change
             && let Some(at) = cache.last_change()
