@@ -3,19 +3,23 @@
 # "one endpoint change reaches all 5,000 in < 50 ms; under 10 KiB of server memory per idle
 # stream beyond the shared resources").
 #
-# usage: benches/fanout.sh SERVER LOAD CONFIG_DIR [CLIENTS] [PER_CONNECTION] [CHANGES] [PORT]
+# usage: benches/fanout.sh SERVER LOAD CONFIG_DIR [CLIENTS] [PER_CONNECTION] [CHANGES] [CLASSES] [PORT]
 #
 # SERVER (`meshflow serve`) serves a copy of CONFIG_DIR plus the conformance suite's services
 # (alpha, beta); LOAD (a meshflow binary: `meshflow xds load`) opens CLIENTS delta streams,
 # PER_CONNECTION to an HTTP/2 connection, waits until each holds the configuration, then makes
 # CHANGES endpoint changes of alpha (each a file written into the watched directory) and times
-# each from the first client receiving it to the last, and the CPU time the server and the load
-# process spent during the changes (with their pauses: idle streams cost nothing). The server's VmRSS is read before any
-# stream and 3 s into the idle hold after the changes: their difference over CLIENTS is the
-# memory per idle stream. With PERF=FILE in the environment, `perf record -g` samples the
-# server during the changes into FILE.
+# each from the first client receiving it to the last. It prints the CPU time the server and
+# the load process spent during the changes, per change (pauses included: idle streams cost
+# nothing). With CLASSES > 0 the clients send pod labels (node metadata LABELS, as istio-agent
+# does) falling into that many classes, as the pods of that many Deployments; with 0 they send
+# none, and each proxy is a class of its own. The server's VmRSS is read before any stream and
+# 3 s into the idle hold after the changes: their difference over CLIENTS is the memory per
+# idle stream. With PERF=FILE in the environment, `perf record` samples the server (PERF_OF=load:
+# the load process) during the changes into FILE, with PERF_CALLS as its call-graph option
+# (default -g).
 set -euo pipefail
-S=$1; L=$2; DIR=$3; N=${4:-5000}; PER=${5:-100}; K=${6:-20}; P=${7:-25930}
+S=$1; L=$2; DIR=$3; N=${4:-5000}; PER=${5:-100}; K=${6:-20}; C=${7:-0}; P=${8:-25930}
 WORK=$(mktemp -d /tmp/fanout.XXXX)
 cp -r "$DIR" "$WORK/dir"
 "$L" xds control --config-dir "$WORK/dir" reset >/dev/null
@@ -30,7 +34,7 @@ done
 sleep 2
 rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$SERVER/status"; }
 BEFORE=$(rss)
-"$L" xds load --server "127.0.0.1:$P" --clients "$N" --streams-per-connection "$PER" --hold 8s \
+"$L" xds load --server "127.0.0.1:$P" --clients "$N" --streams-per-connection "$PER" --classes "$C" --hold 8s \
     --control "$L xds control --config-dir $WORK/dir" --changes "$K" >"$WORK/load.out" 2>"$WORK/load.err" &
 LOAD=$!
 until grep -q "hold the configuration" "$WORK/load.err" 2>/dev/null || ! kill -0 $LOAD 2>/dev/null; do
