@@ -20,18 +20,9 @@
 # (default -g).
 set -euo pipefail
 S=$1; L=$2; DIR=$3; N=${4:-5000}; PER=${5:-100}; K=${6:-20}; C=${7:-0}; P=${8:-25930}
-WORK=$(mktemp -d /tmp/fanout.XXXX)
-cp -r "$DIR" "$WORK/dir"
-"$L" xds control --config-dir "$WORK/dir" reset >/dev/null
-"$S" serve --config-dir "$WORK/dir" --xds-addr "127.0.0.1:$P" --admin-addr "127.0.0.1:$((P + 4))" \
-    >"$WORK/serve.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true; [[ -n "${PERFPID:-}" ]] && kill -INT $PERFPID 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do
-    sleep 0.2
-    curl -sf "127.0.0.1:$((P + 4))/ready" >/dev/null && break
-done
-sleep 2
+. "$(dirname "$0")/serve-copy.sh"
+trap 'kill ${SERVER:-} 2>/dev/null || true; [[ -n "${PERFPID:-}" ]] && kill -INT $PERFPID 2>/dev/null || true' EXIT
+serve_copy "$S" "$L" "$DIR" "$P" fanout
 rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$SERVER/status"; }
 BEFORE=$(rss)
 "$L" xds load --server "127.0.0.1:$P" --clients "$N" --streams-per-connection "$PER" --classes "$C" --hold 8s \

@@ -13,18 +13,9 @@
 # long each sync took, how many bytes).
 set -euo pipefail
 S=$1; L=$2; DIR=$3; N=$4; K=${5:-1}; P=${6:-25910}
-WORK=$(mktemp -d /tmp/storm.XXXX)
-cp -r "$DIR" "$WORK/dir"
-"$L" xds control --config-dir "$WORK/dir" reset >/dev/null
-"$S" serve --config-dir "$WORK/dir" --xds-addr "127.0.0.1:$P" --admin-addr "127.0.0.1:$((P + 4))" \
-    >"$WORK/serve.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do
-    sleep 0.2
-    curl -sf "127.0.0.1:$((P + 4))/ready" >/dev/null && break
-done
-sleep 2
+. "$(dirname "$0")/serve-copy.sh"
+trap 'kill ${SERVER:-} 2>/dev/null || true' EXIT
+serve_copy "$S" "$L" "$DIR" "$P" storm
 echo "$(date +%s.%N) start" >"$WORK/load.err"
 "$L" xds load --server "127.0.0.1:$P" --clients "$N" --hold 3s --storms "$K" >"$WORK/load.out" \
     2> >(while read -r l; do echo "$(date +%s.%N) $l"; done >>"$WORK/load.err") &
