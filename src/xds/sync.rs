@@ -97,8 +97,8 @@ impl Connection {
     pub fn sent(&self, ty: ResourceType, nonce: &str, version: Option<&str>) {
         let mut types = self.lock();
         let t = &mut types[ty as usize];
-        t.nonce_sent = Some(nonce.to_string());
-        t.version_sent = version.map(str::to_string);
+        set(&mut t.nonce_sent, Some(nonce));
+        set(&mut t.version_sent, version);
         t.sent_at = Some(SystemTime::now());
     }
 
@@ -106,9 +106,10 @@ impl Connection {
         let mut types = self.lock();
         let t = &mut types[ty as usize];
         if t.nonce_sent.as_deref() == Some(nonce) {
-            t.version_acked = t.version_sent.clone();
+            let TypeSync { version_sent, version_acked, .. } = t;
+            set(version_acked, version_sent.as_deref());
         }
-        t.nonce_acked = Some(nonce.to_string());
+        set(&mut t.nonce_acked, Some(nonce));
     }
 
     /// Tells the registry's [`AnswerTap`], if any, of an answer: `Some(seq)` for an ACK of a
@@ -237,6 +238,18 @@ impl Connection {
 }
 
 /// A time as RFC 3339 in UTC with milliseconds (`2026-12-01T13:20:00.123Z`).
+/// Sets `field` to `value`, reusing its allocation (every push and every ACK records a nonce
+/// and a version: on a fan-out to 5,000 streams, new `String`s for them showed in the profile).
+fn set(field: &mut Option<String>, value: Option<&str>) {
+    match (field.as_mut(), value) {
+        (Some(s), Some(v)) => {
+            s.clear();
+            s.push_str(v);
+        }
+        (_, v) => *field = v.map(str::to_string),
+    }
+}
+
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
