@@ -103,15 +103,14 @@ pub struct DeltaStream {
     seen: u64,
     /// Listeners left out for this proxy because another one binds their address (logged once).
     dropped: HashSet<String>,
-    /// Where streams of the same server share the batches they build for a cache change.
-    memo: Option<Arc<ChangeMemo>>,
-    /// The streams of the memo's server with this view (see [`ChangeMemo::join`]).
-    alike: Option<Arc<Alike>>,
+    /// Where streams of the same server share the batches they build for a cache change, and
+    /// this stream's view as the memo interned it (see [`ChangeMemo::join`]).
+    memo: Option<(Arc<ChangeMemo>, Arc<Alike>)>,
 }
 
 impl Drop for DeltaStream {
     fn drop(&mut self) {
-        if let (Some(memo), Some(alike)) = (&self.memo, self.alike.take()) {
+        if let Some((memo, alike)) = self.memo.take() {
             memo.leave(alike);
         }
     }
@@ -249,36 +248,40 @@ impl DeltaStream {
             seen: 0,
             dropped: HashSet::new(),
             memo: None,
-            alike: None,
         }
     }
 
     /// The same stream, sharing the batches it builds for cache changes through `memo` (one
     /// per server: the key's sequence numbers are its cache's).
     pub fn with_memo(mut self, memo: Arc<ChangeMemo>) -> DeltaStream {
-        self.alike = Some(memo.join(&self.view));
-        self.memo = Some(memo);
+        let alike = memo.join(&self.view);
+        self.memo = Some((memo, alike));
         self
     }
 
-    /// The memo key of this stream's state for a change up to `seq`, and the snapshots it
-    /// names; None when the state is not one streams share (see [`ChangeMemo`]).
-    fn memo_key(&self, seq: u64) -> Option<(MemoKey, Vec<Snapshot>)> {
-        let alike = self.alike.as_ref()?;
+    /// The memo key of this stream's state for a change up to `seq`; None when the state is
+    /// not one streams share (see [`ChangeMemo`]).
+    fn memo_key(&self, seq: u64) -> Option<MemoKey> {
+        let (_, alike) = self.memo.as_ref()?;
         if alike.streams.load(std::sync::atomic::Ordering::Relaxed) < 2 || self.bind.is_some() {
             return None;
         }
         let mut types = [(false, false, 0, 0); ResourceType::ALL.len()];
-        let mut pins = Vec::with_capacity(2 * types.len());
         for (st, key) in self.types.iter().zip(types.iter_mut()) {
             if st.nacked.any() || !st.unanswered.is_empty() {
                 return None;
             }
             let (names, known) = (st.names.settled()?, st.known.settled()?);
             *key = (st.started, st.wildcard, Arc::as_ptr(names) as usize, Arc::as_ptr(known) as usize);
-            pins.extend([names.clone(), known.clone()]);
         }
-        Some((MemoKey { seen: self.seen, seq, view: Arc::as_ptr(alike) as usize, types }, pins))
+        Some(MemoKey { seen: self.seen, seq, view: Arc::as_ptr(alike) as usize, types })
+    }
+
+    /// The snapshots a memo key names by address (see [`Outcome`]); taken only when the stream
+    /// stores a batch, not on every lookup.
+    fn memo_pins(&self) -> Vec<Snapshot> {
+        let settled = |h: &Held| h.settled().cloned();
+        self.types.iter().flat_map(|st| [settled(&st.names), settled(&st.known)]).flatten().collect()
     }
 
     fn state(&mut self, ty: ResourceType) -> &mut TypeState {
@@ -387,7 +390,7 @@ impl DeltaStream {
             return Vec::new();
         }
         let key = self.memo_key(cache.seq());
-        if let (Some(memo), Some((key, _))) = (&self.memo, &key)
+        if let (Some((memo, _)), Some(key)) = (&self.memo, &key)
             && let Some(outcome) = memo.get(key)
         {
             for (st, known) in self.types.iter_mut().zip(&outcome.known_after) {
@@ -408,12 +411,12 @@ impl DeltaStream {
             // First push after readiness, or the log no longer reaches back: compare all.
             _ => self.all_candidates(cache, &mut by_type),
         }
+        // Pinned before the build moves the stream's snapshots on.
+        let pins = key.as_ref().map(|_| self.memo_pins());
         self.seen = seq;
         let built = self.build(cache, &by_type);
-        if key.is_some() {
+        if let (Some((memo, alike)), Some(mut key), Some(pins)) = (&self.memo, key, pins) {
             crate::metrics::global().batches_built.inc();
-        }
-        if let (Some(memo), Some(alike), Some((mut key, pins))) = (&self.memo, &self.alike, key) {
             // The log may have reached past the sequence number read for the lookup.
             key.seq = seq;
             let known_after: Option<Vec<Snapshot>> = self.types.iter().map(|st| st.known.settled().cloned()).collect();

@@ -417,7 +417,7 @@ struct Shared<'a> {
 
 /// One stream, delta or state of the world: the node identity, class membership and view from
 /// the first request, then requests and cache changes as they come. Cache changes coalesce
-/// while the client does not read (the response channel is full).
+/// while the client does not read (HTTP/2 stops polling the body, and with it this loop).
 async fn run_stream<P: AdsProtocol>(
     shared: Shared<'_>,
     peer: Option<SocketAddr>,
@@ -509,7 +509,7 @@ async fn run_stream<P: AdsProtocol>(
         let pushed = !responses.is_empty();
         let mut left = responses.len();
         for response in responses {
-            // What waits for the transport: the channel's content and the rest of this batch.
+            // What waits for the transport: the outbox's content and the rest of this batch.
             conn.set_queued(outbox.len() + left);
             left -= 1;
             P::log_push(stream.node(), &response);

@@ -237,7 +237,6 @@ impl Connection {
     }
 }
 
-/// A time as RFC 3339 in UTC with milliseconds (`2026-12-01T13:20:00.123Z`).
 /// Sets `field` to `value`, reusing its allocation (every push and every ACK records a nonce
 /// and a version: on a fan-out to 5,000 streams, new `String`s for them showed in the profile).
 fn set(field: &mut Option<String>, value: Option<&str>) {
@@ -250,6 +249,7 @@ fn set(field: &mut Option<String>, value: Option<&str>) {
     }
 }
 
+/// A time as RFC 3339 in UTC with milliseconds (`2026-12-01T13:20:00.123Z`).
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
