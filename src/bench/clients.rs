@@ -19,13 +19,10 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+
+use super::stream::{Connection, Resource as StreamResource};
 
 use crate::translate::ResourceType;
 
@@ -254,35 +251,32 @@ pub fn node(i: usize, shape: Shape) -> Node {
     Node { id, cluster: "bench".into(), metadata, ..Default::default() }
 }
 
-/// One HTTP/2 connection to `endpoint` (`http://host:port`); clones of the channel open their
-/// streams on the same connection.
-pub async fn connect(endpoint: String) -> anyhow::Result<Channel> {
-    Ok(tonic::transport::Endpoint::from_shared(endpoint)?.connect().await?)
+/// One HTTP/2 connection to `endpoint` (`http://host:port`); clones of it open their streams
+/// on the same connection.
+pub async fn connect(endpoint: String) -> anyhow::Result<Connection> {
+    super::stream::connect(&endpoint).await
 }
 
-/// Runs one client on its own stream of `channel` until the server closes the stream or
+/// Runs one client on its own stream of `connection` until the server closes the stream or
 /// `stop` fires.
 pub async fn run_client(
     i: usize,
     node: Node,
-    channel: Channel,
+    connection: Connection,
     tracker: Arc<Tracker>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     behaviour: Behaviour,
 ) -> anyhow::Result<ClientStats> {
-    let mut client = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(64 << 20);
-    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
-    for (k, ty) in [ResourceType::Cluster, ResourceType::Listener].into_iter().enumerate() {
-        tx.send(DeltaDiscoveryRequest {
+    let first: Vec<_> = [ResourceType::Cluster, ResourceType::Listener]
+        .into_iter()
+        .enumerate()
+        .map(|(k, ty)| DeltaDiscoveryRequest {
             node: (k == 0).then(|| node.clone()),
             type_url: ty.type_url().into(),
             ..Default::default()
         })
-        .await?;
-    }
-    let mut inbound = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+        .collect();
+    let mut stream = connection.delta(&first).await?;
     let mut stats = ClientStats::default();
     let mut eds: HashSet<String> = HashSet::new();
     let mut rds: HashSet<String> = HashSet::new();
@@ -291,12 +285,13 @@ pub async fn run_client(
     let mut unanswered_types: HashSet<ResourceType> = [ResourceType::Cluster, ResourceType::Listener].into();
     let mut unanswered: HashSet<(ResourceType, String)> = HashSet::new();
     let mut synced = false;
+    let nack_message = format!("meshflow bench: client {i} rejects every resource");
     loop {
-        let response: DeltaDiscoveryResponse = tokio::select! {
-            r = inbound.next() => match r {
-                Some(Ok(r)) => r,
-                Some(Err(status)) => anyhow::bail!("client {i}: stream failed: {status}"),
-                None => break,
+        let (response, bytes) = tokio::select! {
+            r = stream.next() => match r {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => anyhow::bail!("client {i}: {e:#}"),
             },
             _ = stop.wait_for(|s| *s) => break,
         };
@@ -310,30 +305,34 @@ pub async fn run_client(
         let Some(ty) = ResourceType::from_type_url(&response.type_url) else {
             anyhow::bail!("client {i}: response of unknown type {}", response.type_url);
         };
-        let bytes = response.encoded_len() as u64;
+        // The gRPC frame's message, as tonic's client counted it.
+        let bytes = bytes as u64;
+        let count = (response.resources.len() + response.removed_resources.len()) as u64;
         stats.bytes += bytes;
-        stats.resources += (response.resources.len() + response.removed_resources.len()) as u64;
+        stats.resources += count;
         tracker.bytes.fetch_add(bytes, Ordering::Relaxed);
         tracker.responses.fetch_add(1, Ordering::Relaxed);
-        tracker
-            .resources
-            .fetch_add((response.resources.len() + response.removed_resources.len()) as u64, Ordering::Relaxed);
-        let mut items: Vec<(String, Option<String>)> =
-            response.resources.iter().map(|r| (r.name.clone(), Some(r.version.clone()))).collect();
-        items.extend(response.removed_resources.iter().map(|n| (n.clone(), None)));
-        if !matches!(behaviour, Behaviour::Slow(_)) {
+        tracker.resources.fetch_add(count, Ordering::Relaxed);
+        let mut resources = Vec::with_capacity(response.resources.len());
+        for r in &response.resources {
+            resources.push(StreamResource::decode(r.clone()).map_err(|e| anyhow::anyhow!("client {i}: {e}"))?);
+        }
+        if tracker.clients > 0 && !matches!(behaviour, Behaviour::Slow(_)) {
+            let mut items: Vec<(String, Option<String>)> =
+                resources.iter().map(|r| (r.name.clone(), Some(r.version.clone()))).collect();
+            items.extend(response.removed_resources.iter().map(|n| (n.clone(), None)));
             tracker.received(i, ty, &items, at);
         }
         if !synced {
             unanswered_types.remove(&ty);
-            for (name, _) in &items {
+            for name in resources.iter().map(|r| &r.name).chain(&response.removed_resources) {
                 unanswered.remove(&(ty, name.clone()));
             }
         }
         if let Some(fanout) = &tracker.fanout
             && ty == ResourceType::ClusterLoadAssignment
         {
-            for r in response.resources.iter().filter(|r| r.name == fanout.eds_name) {
+            for r in resources.iter().filter(|r| r.name == fanout.eds_name) {
                 if let Some(any) = &r.resource {
                     fanout.saw(i, &any.value, at);
                 }
@@ -348,7 +347,7 @@ pub async fn run_client(
             ResourceType::Listener => (ResourceType::RouteConfiguration, &mut rds),
             _ => (ty, &mut HashSet::new()),
         };
-        for r in &response.resources {
+        for r in &resources {
             let Some(any) = &r.resource else { continue };
             let name = match ty {
                 ResourceType::Cluster => Cluster::decode(&any.value[..]).ok().and_then(|c| {
@@ -384,29 +383,14 @@ pub async fn run_client(
         if nack {
             tracker.nacks.fetch_add(1, Ordering::Relaxed);
         }
-        let ack = DeltaDiscoveryRequest {
-            type_url: response.type_url.clone(),
-            response_nonce: response.nonce.clone(),
-            error_detail: nack.then(|| envoy_types::pb::google::rpc::Status {
-                code: 3, // INVALID_ARGUMENT, as Envoy sends it
-                message: format!("meshflow bench: client {i} rejects every resource"),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        if tx.send(ack).await.is_err() {
-            break;
-        }
+        stream.ack(&response.type_url, &response.nonce, nack.then_some(nack_message.as_str()))?;
         if !subscribe.is_empty() || !unsubscribe.is_empty() {
-            let req = DeltaDiscoveryRequest {
+            stream.send(&DeltaDiscoveryRequest {
                 type_url: follow.type_url().into(),
                 resource_names_subscribe: subscribe,
                 resource_names_unsubscribe: unsubscribe,
                 ..Default::default()
-            };
-            if tx.send(req).await.is_err() {
-                break;
-            }
+            })?;
         }
     }
     Ok(stats)
@@ -559,7 +543,7 @@ fn connect_all(
     // One connection per group of `streams_per_connection` clients, opened by the group's
     // first client to get there.
     let (per, shape) = (opts.streams_per_connection as usize, opts.shape);
-    let groups: Vec<Arc<tokio::sync::OnceCell<Channel>>> =
+    let groups: Vec<Arc<tokio::sync::OnceCell<Connection>>> =
         (0..clients.div_ceil(per)).map(|_| Default::default()).collect();
     let tasks: Vec<_> = (0..clients)
         .map(|i| {

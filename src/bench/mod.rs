@@ -15,6 +15,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod stream;
 pub mod sys;
 
 use std::collections::BTreeMap;
