@@ -18,11 +18,14 @@ use meshflow::verify::{InputTap, Verifier};
 use meshflow::xds::classes::ClassRegistry;
 use meshflow::xds::sync::Connections;
 
-/// mimalloc, not the system allocator: see Cargo.toml.
+/// mimalloc, not the system allocator: see Cargo.toml. (`--features system-allocator` keeps the
+/// system's, for heap profilers that intercept malloc: heaptrack, valgrind's massif.)
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc's `mi_option_arena_eager_commit` (mimalloc.h, `mi_option_e`, v2).
+#[cfg(not(feature = "system-allocator"))]
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
 /// Commits arena memory as it is used, not a whole arena (1 GiB) at once. By default mimalloc
@@ -31,7 +34,10 @@ const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 /// and ~0.1 GB more RSS.
 fn tune_allocator() {
     // SAFETY: sets a process-wide option; mimalloc reads it when it reserves its next arena.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) }
+    #[cfg(not(feature = "system-allocator"))]
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0)
+    }
 }
 
 /// How long a proxy class stays computed after its last proxy disconnected, so a proxy that
