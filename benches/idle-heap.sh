@@ -33,7 +33,7 @@ until grep -q "idle for" "$WORK/load.err" 2>/dev/null || ! kill -0 $LOAD 2>/dev/
 done
 sleep 3
 pkill -9 -f "$S serve --config-dir $WORK/dir"
-wait $LOAD || true
+wait $LOAD 2>/dev/null || true
 # heaptrack writes its file once the server is gone.
 for _ in $(seq 1 100); do
     ls "$OUT"/heap*.zst >/dev/null 2>&1 && ! pgrep -f heaptrack_interpret >/dev/null && break
@@ -41,12 +41,34 @@ for _ in $(seq 1 100); do
 done
 cat "$WORK/load.err"
 heaptrack_print -f "$OUT"/heap*.zst --print-leaks 1 --print-peaks 0 --print-allocators 0 --print-temporary 0 \
-    --print-histogram "" --merge-backtraces 1 -n 25 >"$OUT/report.txt" 2>/dev/null || true
-grep -E "^(total runtime|calls to allocation|temporary|peak heap|peak RSS|total memory leaked)" "$OUT/report.txt" || true
-echo "live at the kill, by site (bytes per stream = live / $N):"
-awk -v n="$N" '/^MOST MEMORY LEAKED/ {on = 1; next} on && /^[0-9.]+[KMG]?B? leaked over/ {
-        v = $1; m = 1; if (v ~ /K$/) m = 1e3; if (v ~ /M$/) m = 1e6; if (v ~ /G$/) m = 1e9; sub(/[KMGB]+$/, "", v)
-        printf "%9.0f B/stream  %s\n", v * m / n, $0; getline; print "      " $0; getline; print "      " $0; getline; print "      " $0 }' \
-    "$OUT/report.txt" | head -120
+    --merge-backtraces 1 -n 100 -s 100 >"$OUT/report.txt" 2>/dev/null || true
+grep -E "^(peak heap|total memory leaked)" "$OUT/report.txt" || true
+echo "live at the kill, by site, where the site was called about once per stream or more:"
+python3 - "$OUT/report.txt" "$N" <<'PY'
+import re, sys
+lines, n = open(sys.argv[1]).read().split("\n"), int(sys.argv[2])
+def size(v):
+    v = v.rstrip("B")
+    return float(v[:-1]) * {"K": 1e3, "M": 1e6, "G": 1e9}[v[-1]] if v[-1] in "KMG" else float(v)
+rows, i = [], 0
+while i < len(lines):
+    m = re.match(r"^([\d.]+[KMG]?B?) leaked over (\d+) calls from:", lines[i])
+    i += 1
+    if not m:
+        continue
+    frames = []
+    while i < len(lines) and not re.match(r"^\s*[\d.]+[KMG]?B? leaked over", lines[i]):
+        at = lines[i].strip()
+        if at.startswith("at ") and "/rustc/" not in at:
+            frames.append(lines[i - 1].strip().split("<")[0] + "@" + "/".join(at[3:].split("/")[-3:]))
+        i += 1
+    rows.append((size(m.group(1)), int(m.group(2)), frames[:4]))
+total = 0
+for b, calls, frames in sorted(rows, reverse=True):
+    if (calls >= 0.9 * n and b / n >= 8) or (len(sys.argv) > 3 and b / n >= 100):
+        total += b
+        print(f"{b / n:7.0f} B/stream  {calls} calls: " + " <- ".join(frames))
+print(f"{total / n:7.0f} B/stream in these sites")
+PY
 echo "full report: $OUT/report.txt"
 rm -rf "$WORK"

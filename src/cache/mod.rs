@@ -185,9 +185,13 @@ const LOG_CAPACITY: usize = 1 << 20;
 /// kind's (the sidecars' ones for sidecars, the proxyless ones for proxyless gRPC clients), then
 /// the shared ones. A name found in an earlier scope hides the same name
 /// in a later one.
+///
+/// A view is shared, not copied: a clone is a reference count. A stream's view (~9 scopes,
+/// ~1 KB), the `/debug/syncz` entry's and the delta memo's interned one are one allocation, and
+/// the streams of one view share the interned one ([`crate::xds::delta`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct View {
-    scopes: Vec<Scope>,
+    scopes: Arc<[Scope]>,
 }
 
 impl View {
@@ -201,7 +205,15 @@ impl View {
             ProxyKind::Router => {}
         }
         scopes.push(Scope::All);
-        View { scopes }
+        View { scopes: scopes.into() }
+    }
+
+    /// The same view with its scopes changed by `edit` (the builders below; a view is built
+    /// once per stream).
+    fn edited(self, edit: impl FnOnce(&mut Vec<Scope>)) -> View {
+        let mut scopes = self.scopes.to_vec();
+        edit(&mut scopes);
+        View { scopes: scopes.into() }
     }
 
     /// The scopes this view reads, first match wins.
@@ -213,16 +225,17 @@ impl View {
     /// same names in the sidecars' and the shared ones (a class's still hide them all).
     /// Proxyless gRPC clients are served the default context (their clusters are built for
     /// gRPC, and a namespace's sidecar clusters must not hide them).
-    pub fn in_namespace(mut self, namespace: &str) -> View {
+    pub fn in_namespace(self, namespace: &str) -> View {
         if self.scopes.contains(&Scope::Proxyless) {
             return self;
         }
-        let at = self.scopes.iter().take_while(|s| matches!(s, Scope::Class(_))).count();
-        self.scopes.insert(at, Scope::Namespace(namespace.to_string()));
-        if self.scopes.contains(&Scope::Sidecars) {
-            self.scopes.insert(at, Scope::SidecarsIn(namespace.to_string()));
-        }
-        self
+        self.edited(|scopes| {
+            let at = scopes.iter().take_while(|s| matches!(s, Scope::Class(_))).count();
+            scopes.insert(at, Scope::Namespace(namespace.to_string()));
+            if scopes.contains(&Scope::Sidecars) {
+                scopes.insert(at, Scope::SidecarsIn(namespace.to_string()));
+            }
+        })
     }
 
     /// The same view for a proxy in `locality` (`region/zone/subzone`, "" for none) with
@@ -234,26 +247,27 @@ impl View {
     /// assignment is in one of the two forms in any one context, so their order does not
     /// matter. Call it after [`View::in_namespace`]. Proxyless gRPC clients are served the
     /// default context: its located assignments, none of a namespace's.
-    pub fn located(mut self, locality: &str, labels: &crate::model::k8s::Labels) -> View {
+    pub fn located(self, locality: &str, labels: &crate::model::k8s::Labels) -> View {
         let labels = labels.id();
-        let namespace =
-            self.scopes.iter().find_map(|s| if let Scope::Namespace(ns) = s { Some(ns.clone()) } else { None });
-        if let Some(ns) = namespace {
-            let at = self.scopes.iter().position(|s| matches!(s, Scope::Namespace(_) | Scope::SidecarsIn(_)));
-            self.scopes.insert(at.unwrap_or(0), Scope::LocalityIn(locality.to_string(), ns.clone()));
-            self.scopes.insert(at.unwrap_or(0), Scope::PrioritizedIn(locality.to_string(), labels.clone(), ns));
-        }
-        let at = self.scopes.iter().position(|s| *s == Scope::All).unwrap_or(self.scopes.len());
-        self.scopes.insert(at, Scope::Locality(locality.to_string()));
-        self.scopes.insert(at, Scope::Prioritized(locality.to_string(), labels));
-        self
+        self.edited(|scopes| {
+            let namespace =
+                scopes.iter().find_map(|s| if let Scope::Namespace(ns) = s { Some(ns.clone()) } else { None });
+            if let Some(ns) = namespace {
+                let at = scopes.iter().position(|s| matches!(s, Scope::Namespace(_) | Scope::SidecarsIn(_)));
+                scopes.insert(at.unwrap_or(0), Scope::LocalityIn(locality.to_string(), ns.clone()));
+                scopes.insert(at.unwrap_or(0), Scope::PrioritizedIn(locality.to_string(), labels.clone(), ns));
+            }
+            let at = scopes.iter().position(|s| *s == Scope::All).unwrap_or(scopes.len());
+            scopes.insert(at, Scope::Locality(locality.to_string()));
+            scopes.insert(at, Scope::Prioritized(locality.to_string(), labels));
+        })
     }
 
     /// The same view for a sidecar whose traffic is captured: it also sees [`Scope::Captured`]
     /// (whose names no other scope uses).
-    pub fn captured(mut self) -> View {
+    pub fn captured(self) -> View {
         if self.scopes.contains(&Scope::Sidecars) && !self.scopes.contains(&Scope::Captured) {
-            self.scopes.insert(0, Scope::Captured);
+            return self.edited(|scopes| scopes.insert(0, Scope::Captured));
         }
         self
     }
@@ -492,7 +506,7 @@ impl Cache {
     pub fn names(&self, view: &View, ty: ResourceType) -> Vec<String> {
         let state = self.read();
         let mut names: BTreeSet<&String> = BTreeSet::new();
-        for scope in &view.scopes {
+        for scope in view.scopes.iter() {
             if let Some(slots) = state.resources.get(scope) {
                 names.extend(slots[slot(ty)].keys());
             }

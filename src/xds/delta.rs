@@ -237,6 +237,11 @@ impl ChangeMemo {
 }
 
 impl DeltaStream {
+    /// What this proxy sees of the cache.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
     pub fn new(node: String, bind: Option<IpAddr>, view: View) -> DeltaStream {
         DeltaStream {
             node,
@@ -255,6 +260,8 @@ impl DeltaStream {
     /// per server: the key's sequence numbers are its cache's).
     pub fn with_memo(mut self, memo: Arc<ChangeMemo>) -> DeltaStream {
         let alike = memo.join(&self.view);
+        // The interned view: one allocation for every stream of the view.
+        self.view = alike.view.clone();
         self.memo = Some((memo, alike));
         self
     }

@@ -93,6 +93,11 @@ fn set_version(sent: &BTreeMap<String, String>) -> String {
 }
 
 impl SotwStream {
+    /// What this proxy sees of the cache.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
     pub fn new(node: String, bind: Option<IpAddr>, view: View) -> SotwStream {
         SotwStream { node, bind, view, types: Default::default(), next_nonce: 0, seen: 0, dropped: HashSet::new() }
     }

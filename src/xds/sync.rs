@@ -27,12 +27,20 @@ pub struct TypeSync {
     /// The nonce of the latest response the proxy ACKed, and its `version_info`.
     pub nonce_acked: Option<String>,
     pub version_acked: Option<String>,
-    /// The `error_detail` message of the latest NACK, and the nonce it rejected.
-    pub last_error: Option<String>,
-    pub nonce_rejected: Option<String>,
-    /// The resources that NACK rejected (the names of the response it answered; a state of
-    /// the world NACK rejects the whole set, so every name of it).
-    pub rejected_resources: Vec<String>,
+    /// The latest NACK, if any (boxed: most streams never NACK, and each stream keeps one
+    /// of these per type).
+    pub rejection: Option<Box<Rejection>>,
+}
+
+/// A type's latest NACK on a stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rejection {
+    /// The `error_detail` message, and the nonce it rejected.
+    pub last_error: String,
+    pub nonce: String,
+    /// The resources it rejected (the names of the response it answered; a state of the
+    /// world NACK rejects the whole set, so every name of it).
+    pub resources: Vec<String>,
 }
 
 /// Called with each answer a proxy gives: the type, and for an ACK the cache sequence number
@@ -124,12 +132,13 @@ impl Connection {
     /// proxy repeating the same rejection is logged once).
     pub fn nacked(&self, ty: ResourceType, nonce: &str, error: &str, resources: &[String]) -> bool {
         let mut types = self.lock();
-        let t = &mut types[ty as usize];
-        t.nonce_rejected = Some(nonce.to_string());
-        t.rejected_resources = resources.to_vec();
-        let new = t.last_error.as_deref() != Some(error);
+        let first = types[ty as usize].rejection.is_none();
+        let r = types[ty as usize].rejection.get_or_insert_with(Default::default);
+        r.nonce = nonce.to_string();
+        r.resources = resources.to_vec();
+        let new = first || r.last_error != error;
         if new {
-            t.last_error = Some(error.to_string());
+            r.last_error = error.to_string();
         }
         new
     }
@@ -216,10 +225,12 @@ impl Connection {
             field("acked", &t.nonce_acked);
             field("sentVersion", &t.version_sent);
             field("ackedVersion", &t.version_acked);
-            field("lastError", &t.last_error);
-            field("rejected", &t.nonce_rejected);
-            if !t.rejected_resources.is_empty() {
-                r.insert("rejectedResources".into(), json!(t.rejected_resources));
+            if let Some(rejection) = &t.rejection {
+                r.insert("lastError".into(), json!(rejection.last_error));
+                r.insert("rejected".into(), json!(rejection.nonce));
+                if !rejection.resources.is_empty() {
+                    r.insert("rejectedResources".into(), json!(rejection.resources));
+                }
             }
             if let Some(at) = t.sent_at {
                 r.insert("sentTime".into(), json!(rfc3339(at)));
