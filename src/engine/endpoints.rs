@@ -8,7 +8,7 @@
 //! graph ([`super::located`]).
 //!
 //! ```text
-//! slices ─flat_map─▶ ready addresses by (ns, svc, port name, proto) ──join(ports by name)┐
+//! slice rows (ready addresses by (ns, svc, port name, proto)) ──────────join(ports by name)┐
 //! endpoints ─antijoin(services with slices)─▶ ...same key ─────────────────────────────join┤
 //! pods ─by label─▶ join(selector services without slices/endpoints, by one selector pair) ┤▶ (cluster, addr, pod)
 //! service entries ─STATIC endpoints (labels)──────────────┐                               │
@@ -33,10 +33,10 @@ use super::inputs::graph_inputs;
 use super::rows::{ClusterFact, LocatedBase, LocatedInput, OutputRow};
 use crate::model::istio::ServiceEntry;
 use crate::model::k8s::Labels;
-use crate::model::{EndpointSlice, Endpoints, Node, Pod, Service};
+use crate::model::{Endpoints, Node, Pod, Service};
 use crate::translate::endpoint::{
     EndpointRow, PortKey, SelectorService, endpoints_addresses, node_locality, pod_addresses, pod_locality_label,
-    service_port_rows, slice_addresses,
+    service_port_rows,
 };
 use crate::translate::locality::LocalityLb;
 use crate::translate::outbound::{self, Context, SubsetRef};
@@ -56,7 +56,12 @@ graph_inputs! {
     /// The endpoint graph's inputs.
     pub struct Inputs {
         pub services: Service,
-        pub slices: EndpointSlice,
+        /// The ready addresses of the EndpointSlices ([`slice_addresses`]): the driver feeds
+        /// only the rows a changed slice adds or drops ([`super::graphs::Graphs::update`]), so
+        /// a pod's change costs its own rows, not its whole slice's twice.
+        pub slice_rows: (PortKey, EndpointRow),
+        /// The service each slice belongs to, once per slice.
+        pub slice_services: SvcKey,
         pub endpoints: Endpoints,
         pub pods: Pod,
         pub nodes: Node,
@@ -68,7 +73,8 @@ graph_inputs! {
 /// Builds the endpoint graph.
 pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let (services_in, services) = scope.new_collection::<Service, isize>();
-    let (slices_in, slices) = scope.new_collection::<EndpointSlice, isize>();
+    let (slice_rows_in, slice_rows) = scope.new_collection::<(PortKey, EndpointRow), isize>();
+    let (slice_services_in, slice_services) = scope.new_collection::<SvcKey, isize>();
     let (endpoints_in, endpoints) = scope.new_collection::<Endpoints, isize>();
     let (pods_in, pods) = scope.new_collection::<Pod, isize>();
     let (nodes_in, nodes) = scope.new_collection::<Node, isize>();
@@ -99,17 +105,13 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         })
         .arrange_by_key();
 
-    let from_slices = slices
-        .clone()
-        .flat_map(|s: EndpointSlice| slice_addresses(&s))
-        .join_core(ports_by_name.clone(), |_key, ep: &EndpointRow, cluster: &String| {
-            Some((cluster.clone(), ep.clone()))
-        });
+    let from_slices = slice_rows.join_core(ports_by_name.clone(), |_key, ep: &EndpointRow, cluster: &String| {
+        Some((cluster.clone(), ep.clone()))
+    });
 
     // Core/v1 Endpoints count only for services that have no EndpointSlice (as in a cluster
     // where the EndpointSlice mirror is not running, or a hand-written config directory).
-    let sliced: VecCollection<'s, u64, SvcKey> =
-        slices.flat_map(|s: EndpointSlice| s.service_name.clone().map(|svc| (s.namespace.clone(), svc))).distinct();
+    let sliced: VecCollection<'s, u64, SvcKey> = slice_services.distinct();
     let endpoints_by_svc = endpoints.map(|e: Endpoints| ((e.namespace.clone(), e.name.clone()), e));
     let legacy = endpoints_by_svc.clone().antijoin(sliced.clone());
     let legacy_addresses = legacy.flat_map(|(_, e)| endpoints_addresses(&e));
@@ -290,7 +292,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let output = assignments.concat(pod_localities);
     let inputs = Inputs {
         services: services_in,
-        slices: slices_in,
+        slice_rows: slice_rows_in,
+        slice_services: slice_services_in,
         endpoints: endpoints_in,
         pods: pods_in,
         nodes: nodes_in,

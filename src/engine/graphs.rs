@@ -40,6 +40,7 @@ use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, OutputRow};
 use super::{dataflow, endpoints, located};
 use crate::model::Object;
 use crate::translate::MeshConfig;
+use crate::translate::endpoint::slice_addresses;
 
 type Buffer<D> = Rc<RefCell<Vec<(D, isize)>>>;
 
@@ -133,6 +134,28 @@ impl Graphs {
             self.clocks[ENDPOINTS].dirty = true;
             return;
         }
+        // A changed slice: only the addresses it adds or drops (a pod's readiness flip is one
+        // row, not the slice's every row retracted and added again).
+        if let (Some(Object::EndpointSlice(a)), Some(Object::EndpointSlice(b))) = (old, new) {
+            let (mut gone, mut came) = (slice_addresses(a), slice_addresses(b));
+            multiset_difference(&mut gone, &mut came);
+            for row in gone {
+                self.endpoints.slice_rows.update(row, -1);
+            }
+            for row in came {
+                self.endpoints.slice_rows.update(row, 1);
+            }
+            if slice_service(a) != slice_service(b) {
+                if let Some(svc) = slice_service(a) {
+                    self.endpoints.slice_services.update(svc, -1);
+                }
+                if let Some(svc) = slice_service(b) {
+                    self.endpoints.slice_services.update(svc, 1);
+                }
+            }
+            self.clocks[ENDPOINTS].dirty = true;
+            return;
+        }
         if let Some(old) = old {
             self.feed(old, -1);
         }
@@ -170,7 +193,12 @@ impl Graphs {
                 config.dirty = true;
             }
             Object::EndpointSlice(s) => {
-                self.endpoints.slices.update(s.clone(), diff);
+                for row in slice_addresses(s) {
+                    self.endpoints.slice_rows.update(row, diff);
+                }
+                if let Some(svc) = slice_service(s) {
+                    self.endpoints.slice_services.update(svc, diff);
+                }
                 endpoints.dirty = true;
             }
             Object::Endpoints(e) => {
@@ -253,6 +281,31 @@ fn run(worker: &mut Worker, clock: &mut Clock, inputs: &mut impl GraphInputs) ->
     inputs.flush();
     worker.step_while(|| clock.probe.less_than(&clock.time));
     true
+}
+
+/// The service an EndpointSlice belongs to (its `kubernetes.io/service-name`), if any.
+fn slice_service(s: &crate::model::EndpointSlice) -> Option<(String, String)> {
+    s.service_name.clone().map(|svc| (s.namespace.clone(), svc))
+}
+
+/// Removes from `a` and `b` what they have in common (as multisets): what is left in `a` is
+/// what went, in `b` what came.
+fn multiset_difference<T: Ord>(a: &mut Vec<T>, b: &mut Vec<T>) {
+    a.sort_unstable();
+    b.sort_unstable();
+    let (old_a, old_b) = (std::mem::take(a), std::mem::take(b));
+    let mut ib = old_b.into_iter().peekable();
+    for x in old_a {
+        while ib.peek().is_some_and(|y| *y < x) {
+            b.extend(ib.next());
+        }
+        if ib.peek() == Some(&x) {
+            ib.next();
+        } else {
+            a.push(x);
+        }
+    }
+    b.extend(ib);
 }
 
 #[cfg(test)]
@@ -382,5 +435,18 @@ mod tests {
             g.step(worker);
             assert_eq!(times(&g), [1, 4, 6, 3]);
         });
+    }
+
+    #[test]
+    fn the_multiset_difference_leaves_what_went_and_what_came() {
+        let (mut a, mut b) = (vec![3, 1, 2, 2, 5], vec![2, 4, 1, 5, 5]);
+        multiset_difference(&mut a, &mut b);
+        assert_eq!((a, b), (vec![2, 3], vec![4, 5]));
+        let (mut a, mut b) = (vec![1, 2], vec![1, 2]);
+        multiset_difference(&mut a, &mut b);
+        assert!(a.is_empty() && b.is_empty());
+        let (mut a, mut b) = (Vec::<u8>::new(), vec![7]);
+        multiset_difference(&mut a, &mut b);
+        assert_eq!((a, b), (vec![], vec![7]));
     }
 }
