@@ -65,7 +65,7 @@ while i < len(lines):
     rows.append((size(m.group(1)), int(m.group(2)), frames[:4]))
 total = 0
 for b, calls, frames in sorted(rows, reverse=True):
-    if (calls >= 0.9 * n and b / n >= 8) or (len(sys.argv) > 3 and b / n >= 100):
+    if calls >= 0.9 * n and b / n >= 8:
         total += b
         print(f"{b / n:7.0f} B/stream  {calls} calls: " + " <- ".join(frames))
 print(f"{total / n:7.0f} B/stream in these sites")

@@ -38,7 +38,7 @@ use super::inputs::GraphInputs;
 use super::proxies::{self, PodIdentity};
 use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, OutputRow};
 use super::{dataflow, endpoints, located};
-use crate::model::Object;
+use crate::model::{EndpointSlice, Object};
 use crate::translate::MeshConfig;
 use crate::translate::endpoint::slice_addresses;
 
@@ -134,26 +134,10 @@ impl Graphs {
             self.clocks[ENDPOINTS].dirty = true;
             return;
         }
-        // A changed slice: only the addresses it adds or drops (a pod's readiness flip is one
-        // row, not the slice's every row retracted and added again).
-        if let (Some(Object::EndpointSlice(a)), Some(Object::EndpointSlice(b))) = (old, new) {
-            let (mut gone, mut came) = (slice_addresses(a), slice_addresses(b));
-            multiset_difference(&mut gone, &mut came);
-            for row in gone {
-                self.endpoints.slice_rows.update(row, -1);
-            }
-            for row in came {
-                self.endpoints.slice_rows.update(row, 1);
-            }
-            if slice_service(a) != slice_service(b) {
-                if let Some(svc) = slice_service(a) {
-                    self.endpoints.slice_services.update(svc, -1);
-                }
-                if let Some(svc) = slice_service(b) {
-                    self.endpoints.slice_services.update(svc, 1);
-                }
-            }
-            self.clocks[ENDPOINTS].dirty = true;
+        // A slice: only the addresses it adds or drops (a pod's readiness flip is one row, not
+        // the slice's every row retracted and added again).
+        if let Some(Object::EndpointSlice(_)) = old.or(new) {
+            self.update_slice(as_slice(old), as_slice(new));
             return;
         }
         if let Some(old) = old {
@@ -192,15 +176,8 @@ impl Graphs {
                 proxies.dirty = true;
                 config.dirty = true;
             }
-            Object::EndpointSlice(s) => {
-                for row in slice_addresses(s) {
-                    self.endpoints.slice_rows.update(row, diff);
-                }
-                if let Some(svc) = slice_service(s) {
-                    self.endpoints.slice_services.update(svc, diff);
-                }
-                endpoints.dirty = true;
-            }
+            // Fed by `update_slice`, as the rows that differ.
+            Object::EndpointSlice(_) => {}
             Object::Endpoints(e) => {
                 self.endpoints.endpoints.update(e.clone(), diff);
                 endpoints.dirty = true;
@@ -232,6 +209,32 @@ impl Graphs {
             // Held by the driver, not yet translated.
             Object::Namespace(_) => {}
         }
+    }
+
+    /// Replaces slice `old` by `new` (either may be absent): feeds the address rows that went
+    /// and came ([`slice_addresses`], as multisets), and the slice's service if it changed.
+    fn update_slice(&mut self, old: Option<&EndpointSlice>, new: Option<&EndpointSlice>) {
+        let rows = |s: Option<&EndpointSlice>| s.map(slice_addresses).unwrap_or_default();
+        let (mut gone, mut came) = (rows(old), rows(new));
+        multiset_difference(&mut gone, &mut came);
+        for row in gone {
+            self.endpoints.slice_rows.update(row, -1);
+        }
+        for row in came {
+            self.endpoints.slice_rows.update(row, 1);
+        }
+        let service =
+            |s: Option<&EndpointSlice>| s.and_then(|s| s.service_name.clone().map(|svc| (s.namespace.clone(), svc)));
+        let (was, is) = (service(old), service(new));
+        if was != is {
+            if let Some(svc) = was {
+                self.endpoints.slice_services.update(svc, -1);
+            }
+            if let Some(svc) = is {
+                self.endpoints.slice_services.update(svc, 1);
+            }
+        }
+        self.clocks[ENDPOINTS].dirty = true;
     }
 
     /// Runs each graph that has changes, in order, feeding each one's output to the next, and
@@ -283,9 +286,12 @@ fn run(worker: &mut Worker, clock: &mut Clock, inputs: &mut impl GraphInputs) ->
     true
 }
 
-/// The service an EndpointSlice belongs to (its `kubernetes.io/service-name`), if any.
-fn slice_service(s: &crate::model::EndpointSlice) -> Option<(String, String)> {
-    s.service_name.clone().map(|svc| (s.namespace.clone(), svc))
+/// The slice `object` is, if it is one.
+fn as_slice(object: Option<&Object>) -> Option<&EndpointSlice> {
+    match object {
+        Some(Object::EndpointSlice(s)) => Some(s),
+        _ => None,
+    }
 }
 
 /// Removes from `a` and `b` what they have in common (as multisets): what is left in `a` is
