@@ -27,13 +27,26 @@ pub use rows::OutputRow;
 use crate::model::{InputEvent, Object, ObjectKey};
 
 /// Work for the engine.
-#[derive(Debug)]
 pub enum Command {
     /// Input changes, applied together at one logical time (with whatever else is waiting).
     Events(Vec<InputEvent>),
     /// The named source has delivered its initial state: reported to the sink after every
     /// event sent before it has been translated.
     Synced(String),
+    /// Called on the worker once the output of every event sent before it has been handed to
+    /// the sink (in `serve`: is in the cache). A connecting proxy whose class is new waits so
+    /// for its class's resources before its first answer.
+    Then(Box<dyn FnOnce() + Send>),
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Events(events) => f.debug_tuple("Events").field(events).finish(),
+            Command::Synced(source) => f.debug_tuple("Synced").field(source).finish(),
+            Command::Then(_) => f.write_str("Then(..)"),
+        }
+    }
 }
 
 /// What the engine hands to its sink, in order.
@@ -77,7 +90,7 @@ impl Engine {
                     let metrics = crate::metrics::global();
                     while let Some(commands) = next_commands(&rx) {
                         let started = std::time::Instant::now();
-                        let mut synced = Vec::new();
+                        let (mut synced, mut then) = (Vec::new(), Vec::new());
                         let mut batch = 0usize;
                         for command in commands {
                             match command {
@@ -86,6 +99,7 @@ impl Engine {
                                     driver.apply(events, &mut graphs)
                                 }
                                 Command::Synced(source) => synced.push(source),
+                                Command::Then(callback) => then.push(callback),
                             }
                         }
                         time += 1;
@@ -96,6 +110,10 @@ impl Engine {
                         metrics.engine_batch.observe(batch as f64);
                         for source in synced {
                             sink(EngineOutput::Synced(source));
+                        }
+                        drop(sink);
+                        for callback in then {
+                            callback();
                         }
                     }
                 })

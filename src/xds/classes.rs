@@ -5,6 +5,12 @@
 //! resources (a gateway's listeners, route configs and certificates); the last one leaving
 //! removes it after a grace period, so a proxy that reconnects (an Envoy restart, a hot
 //! restart, a load balancer moving streams) finds its class still computed.
+//!
+//! A stream whose class is new waits for the engine to have computed it
+//! ([`ClassGuard::computed`]) before its first answer, as istiod initializes a proxy before its
+//! first push. Otherwise an Envoy that reconnects to a restarted server, holding its class's
+//! resources (`virtualInbound`, a gateway's listeners, its locality's assignments), would be
+//! told they were removed, and get them back a moment later: traffic fails in between.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -13,6 +19,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind as ValueKind;
+use tokio::sync::watch;
 
 use crate::engine::Command;
 use crate::model::k8s::Labels;
@@ -100,6 +107,8 @@ struct Entry {
     streams: usize,
     /// Bumped whenever the count drops to zero, so a stale removal timer does nothing.
     generation: u64,
+    /// `true` once the engine's output for the entry's addition is in the cache.
+    computed: watch::Receiver<bool>,
 }
 
 pub struct ClassRegistry {
@@ -115,6 +124,19 @@ pub struct ClassRegistry {
 pub struct ClassGuard {
     registry: Arc<ClassRegistry>,
     id: String,
+    /// Set while the class was not yet computed when the stream joined.
+    pending: Option<watch::Receiver<bool>>,
+}
+
+impl ClassGuard {
+    /// Resolves once the engine has computed the class (at once if it already had when the
+    /// stream joined), or once the engine is gone.
+    pub async fn computed(&mut self) {
+        if let Some(pending) = &mut self.pending {
+            let _ = pending.wait_for(|computed| *computed).await;
+            self.pending = None;
+        }
+    }
 }
 
 impl Drop for ClassGuard {
@@ -167,14 +189,19 @@ impl ClassRegistry {
         let mut classes = self.lock();
         let entry = classes.entry(id.clone()).or_insert_with(|| {
             tracing::info!(class = %id, "new proxy class");
+            let (done, computed) = watch::channel(false);
             let _ = self.engine.send(Command::Events(vec![InputEvent::apply(object.clone())]));
+            let _ = self.engine.send(Command::Then(Box::new(move || {
+                done.send_replace(true);
+            })));
             if let Some((interest, namespace)) = self.secret_namespace(&object) {
                 interest.add(namespace);
             }
-            Entry { object, streams: 0, generation: 0 }
+            Entry { object, streams: 0, generation: 0, computed }
         });
         entry.streams += 1;
-        ClassGuard { registry: self.clone(), id }
+        let pending = (!*entry.computed.borrow()).then(|| entry.computed.clone());
+        ClassGuard { registry: self.clone(), id, pending }
     }
 
     fn leave(self: &Arc<Self>, id: &str) {
@@ -308,7 +335,7 @@ mod tests {
         let a = registry.join(class("gw-1"));
         let b = registry.join(class("gw-1"));
         let c = registry.join(class("gw-2"));
-        let added: Vec<_> = rx.try_iter().collect();
+        let added: Vec<_> = rx.try_iter().filter(|c| matches!(c, Command::Events(_))).collect();
         assert_eq!(added.len(), 2, "one add per class: {added:?}");
         assert_eq!(registry.classes(), [("router/ns/pod:gw-1".to_string(), 2), ("router/ns/pod:gw-2".to_string(), 1)]);
         drop(a);
@@ -325,6 +352,32 @@ mod tests {
         drop(c);
         assert_eq!(rx.try_iter().count(), 1);
         assert!(registry.classes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_a_new_class_waits_until_the_engine_has_computed_it() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let registry = ClassRegistry::new(tx, Duration::from_secs(60));
+        let class = |pod: &str| ProxyClass::of_proxy(ProxyKind::Router, "ns", pod, None);
+        let (mut first, mut second) = (registry.join(class("gw-1")), registry.join(class("gw-1")));
+        let short = Duration::from_millis(50);
+        assert!(tokio::time::timeout(short, first.computed()).await.is_err(), "the engine has not run yet");
+        // The engine takes the addition, then runs what was sent after it.
+        let commands: Vec<_> = rx.try_iter().collect();
+        assert!(matches!(&commands[..], [Command::Events(e), Command::Then(_)] if e.len() == 1), "{commands:?}");
+        assert!(tokio::time::timeout(short, second.computed()).await.is_err(), "a wait that gave up is resumable");
+        for command in commands {
+            if let Command::Then(callback) = command {
+                callback();
+            }
+        }
+        tokio::time::timeout(short, first.computed()).await.expect("computed");
+        tokio::time::timeout(short, second.computed()).await.expect("computed, for every proxy of the class");
+        assert!(registry.join(class("gw-1")).pending.is_none(), "a later proxy of a computed class does not wait");
+        // An engine that is gone (it drops what it did not run) keeps no stream waiting.
+        let mut orphan = registry.join(class("gw-2"));
+        drop(rx.try_iter().collect::<Vec<_>>());
+        tokio::time::timeout(short, orphan.computed()).await.expect("no engine, no wait");
     }
 
     #[test]

@@ -446,7 +446,13 @@ async fn run_stream<P: AdsProtocol>(
     let cache = shared.cache;
     let Some(first) = inbound.next().await else { return Ok(()) };
     let first = first?;
-    let Opened { mut stream, conn, _held } = open_stream::<P>(shared, peer, &first)?;
+    let Opened { mut stream, conn, _held: (_registration, _connected, mut membership, mut located) } =
+        open_stream::<P>(shared, peer, &first)?;
+    // A class or locality new to the engine: its resources first (see [`classes`]), so that a
+    // reconnecting proxy is not told that what it holds of them was removed.
+    for guard in [&mut membership, &mut located].into_iter().flatten() {
+        guard.computed().await;
+    }
     let mut changes = cache.subscribe();
     changes.mark_changed();
     let metrics = crate::metrics::global();

@@ -673,7 +673,9 @@ fn app_get_host(ns: &Netns, dst: SocketAddrV4, host: &str, headers: &str) -> Res
         s.read_to_string(&mut raw).map_err(|e| format!("read from {dst}: {e}"))?;
         let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP answer from {dst}: {raw:?}"))?;
         if !head.starts_with("HTTP/1.1 200") {
-            return Err(format!("{dst}: {}", head.lines().next().unwrap_or_default()));
+            // The status line, Envoy's response flags and its body (the reset reason).
+            let flags = head.lines().filter(|l| l.to_ascii_lowercase().starts_with("x-envoy")).collect::<Vec<_>>();
+            return Err(format!("{dst}: {} {flags:?} {:?}", head.lines().next().unwrap_or_default(), body.trim()));
         }
         Ok(body.to_string())
     })

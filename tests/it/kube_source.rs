@@ -47,6 +47,10 @@ impl Observed {
                 self.synced.insert(name);
                 true
             }
+            Ok(Command::Then(callback)) => {
+                callback();
+                true
+            }
             Err(_) => false,
         }
     }

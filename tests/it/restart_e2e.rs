@@ -5,6 +5,13 @@
 //! `initial_resource_versions` and meshflow sends only what changed meanwhile: one
 //! ClusterLoadAssignment and nothing else (counted per type on that stream by `/debug/syncz`'s
 //! `resourcesSent`/`removedSent`). No request fails at any point.
+//!
+//! The proxy has a locality (`r1/z1`), so has B (its Pod's) and A another (`r1/z2`); the
+//! service has a DestinationRule with outlier detection. So the assignment is placed by
+//! locality (after the restart: B at priority 0, A at 1) and computed for the proxy's
+//! locality only once a proxy of it connects. The restarted meshflow must compute it before
+//! it answers, or it would first send the shared assignment (both at priority 0), and the
+//! count would show it.
 
 use crate::support;
 
@@ -22,6 +29,11 @@ use support::{Backend, Envoy, Meshflow, WAIT, eventually, free_port, http_get, l
 
 const HOST: &str = "web.default.svc.cluster.local";
 
+/// Outlier detection, so that locality load balancing applies (istiod's default mesh config).
+const OUTLIER_RULE: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+                            metadata: {name: web, namespace: default}\n\
+                            spec: {host: web, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 100}}}\n";
+
 fn replace_file(path: &Path, contents: &str) {
     let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
     fs::write(&tmp, contents).unwrap();
@@ -35,13 +47,36 @@ fn ip_of(b: &Backend) -> Ipv4Addr {
     }
 }
 
+/// The slice of `web`: each address the endpoint of its Pod (`web-<ip>`, see [`pod_yaml`]).
 fn slice_yaml(ips: &[Ipv4Addr], port: u16) -> String {
-    let endpoints: String =
-        ips.iter().map(|ip| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n")).collect();
+    let endpoints: String = ips
+        .iter()
+        .map(|ip| {
+            format!(
+                "- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  targetRef: {{kind: Pod, name: {}}}\n",
+                pod_name(*ip)
+            )
+        })
+        .collect();
     format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  \
          labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nports:\n- {{name: http, protocol: TCP, port: {port}}}\n\
          endpoints:\n{endpoints}"
+    )
+}
+
+fn pod_name(ip: Ipv4Addr) -> String {
+    format!("web-{}", ip.to_string().replace('.', "-"))
+}
+
+/// The Pod behind an address of the slice, in `zone` of region `r1`.
+fn pod_yaml(ip: Ipv4Addr, zone: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: default, \
+         labels: {{app: web, topology.istio.io/locality: r1.{zone}}}}}\n\
+         spec: {{containers: [{{name: web, image: web}}]}}\n\
+         status: {{podIP: \"{ip}\", conditions: [{{type: Ready, status: \"True\"}}]}}\n---\n",
+        pod_name(ip)
     )
 }
 
@@ -129,13 +164,16 @@ fn envoy_keeps_serving_while_meshflow_restarts_and_gets_only_what_changed() {
     let port = free_port(bind_ip);
     let config = tempfile::tempdir().expect("tempdir");
     fs::write(config.path().join("svc.yaml"), support::web_service_yaml(port, target_port)).unwrap();
+    fs::write(config.path().join("rule.yaml"), OUTLIER_RULE).unwrap();
+    fs::write(config.path().join("pods.yaml"), pod_yaml(ip_of(&a), "z2") + &pod_yaml(ip_of(&b), "z1")).unwrap();
     fs::write(config.path().join("slice.yaml"), slice_yaml(&[ip_of(&a)], target_port)).unwrap();
 
     let first = Meshflow::serve(config.path());
     let (xds_addr, admin_addr) = (first.xds_addr, first.admin_addr);
     let node_id = format!("sidecar~{bind_ip}~app-1.default~default.svc.cluster.local");
     let admin_port = free_port(Ipv4Addr::LOCALHOST);
-    let envoy = Envoy::start(&first.bootstrap(&node_id, bind_ip, admin_port));
+    let locality = ["--label", "topology.istio.io/locality=r1.z1"];
+    let envoy = Envoy::start(&first.bootstrap_with(&node_id, bind_ip, admin_port, &locality));
     let proxy = SocketAddr::from((bind_ip, port));
     eventually("Envoy to answer A", WAIT, || {
         matches!(http_get(proxy, HOST, "/"), Ok((200, ref body)) if body == "A").then_some(())

@@ -193,7 +193,16 @@ async fn a_stalled_client_does_not_slow_the_others_and_its_queue_stays_bounded()
     put(&cache, 0, ResourceType::Cluster, eds_cluster.encode_to_vec());
     put(&cache, 0, ResourceType::ClusterLoadAssignment, assignment(0));
     cache.source_synced("test");
-    let (engine, _engine_rx) = crossbeam_channel::unbounded();
+    // No engine: the cache is filled by hand. What a connecting stream waits for (its class
+    // computed) is answered at once.
+    let (engine, engine_rx) = crossbeam_channel::unbounded::<meshflow::engine::Command>();
+    std::thread::spawn(move || {
+        for command in engine_rx {
+            if let meshflow::engine::Command::Then(callback) = command {
+                callback();
+            }
+        }
+    });
     let classes = ClassRegistry::new(engine, Duration::from_millis(100));
     let connections = Connections::new();
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, {
