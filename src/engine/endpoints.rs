@@ -35,8 +35,8 @@ use crate::model::istio::ServiceEntry;
 use crate::model::k8s::Labels;
 use crate::model::{Endpoints, Node, Pod, Service};
 use crate::translate::endpoint::{
-    EndpointRow, PodKey, PortKey, SelectorService, endpoints_addresses, node_locality, pod_addresses,
-    pod_locality_label, service_port_rows,
+    EndpointRow, PortKey, SelectorService, endpoints_addresses, node_locality, pod_addresses, pod_locality_label,
+    service_port_rows,
 };
 use crate::translate::locality::LocalityLb;
 use crate::translate::outbound::{self, Context, SubsetRef};
@@ -45,43 +45,7 @@ use crate::translate::{self, EndpointAddr, ResourceType, Scope, service_entry};
 /// (namespace, service name)
 type SvcKey = (String, String);
 /// (namespace, label key, label value): how selector services meet pods.
-pub type LabelKey = (String, String, String);
-/// A Pod as the endpoint graph reads it, in rows: its labels (every Pod: subsets choose by
-/// them); for a live Pod (an IP, not terminal) its label index entries and the Pod itself
-/// (selector Services derive endpoints from it); where its locality comes from (its own label,
-/// else its Node).
-#[derive(Debug, Default)]
-pub struct PodRows {
-    pub labels: Vec<(PodKey, Labels)>,
-    pub index: Vec<(LabelKey, String)>,
-    pub live: Vec<(PodKey, Pod)>,
-    pub locality: Vec<(PodKey, String)>,
-    pub on_node: Vec<(String, PodKey)>,
-}
-
-impl PodRows {
-    pub fn of(pod: Option<&Pod>) -> PodRows {
-        let Some(p) = pod else { return PodRows::default() };
-        let key = || (p.namespace.clone(), p.name.clone());
-        let live = p.ip.is_some() && !p.terminal;
-        let label_locality = pod_locality_label(&p.labels);
-        PodRows {
-            labels: vec![(key(), p.labels.clone())],
-            index: if live {
-                p.labels.iter().map(|(k, v)| ((p.namespace.clone(), k.clone(), v.clone()), p.name.clone())).collect()
-            } else {
-                Vec::new()
-            },
-            live: if live { vec![(key(), p.clone())] } else { Vec::new() },
-            on_node: match (&label_locality, &p.node_name) {
-                (None, Some(node)) => vec![(node.clone(), key())],
-                _ => Vec::new(),
-            },
-            locality: label_locality.map(|l| (key(), l)).into_iter().collect(),
-        }
-    }
-}
-
+type LabelKey = (String, String, String);
 /// Whether the endpoint graph reads this fact (DNS clusters placed by locality go to the
 /// located graph only).
 pub fn reads(fact: &ClusterFact) -> bool {
@@ -99,13 +63,7 @@ graph_inputs! {
         /// The service each slice belongs to, once per slice.
         pub slice_services: SvcKey,
         pub endpoints: Endpoints,
-        /// Pods, as the rows of [`PodRows`]: the driver feeds only the rows a changed Pod adds
-        /// or drops, so a readiness flip changes its `live` row and nothing else.
-        pub pod_labels: (PodKey, Labels),
-        pub pod_index: (LabelKey, String),
-        pub live_pods: (PodKey, Pod),
-        pub pod_locality_labels: (PodKey, String),
-        pub pods_on_nodes: (String, PodKey),
+        pub pods: Pod,
         pub nodes: Node,
         pub service_entries: ServiceEntry,
         pub facts: ClusterFact,
@@ -118,15 +76,12 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let (slice_rows_in, slice_rows) = scope.new_collection::<(PortKey, EndpointRow), isize>();
     let (slice_services_in, slice_services) = scope.new_collection::<SvcKey, isize>();
     let (endpoints_in, endpoints) = scope.new_collection::<Endpoints, isize>();
-    let (pod_labels_in, labels_by_pod) = scope.new_collection::<(PodKey, Labels), isize>();
-    let (pod_index_in, pod_index) = scope.new_collection::<(LabelKey, String), isize>();
-    let (live_pods_in, live_pods) = scope.new_collection::<(PodKey, Pod), isize>();
-    let (pod_locality_labels_in, pod_locality_labels) = scope.new_collection::<(PodKey, String), isize>();
-    let (pods_on_nodes_in, pods_on_nodes) = scope.new_collection::<(String, PodKey), isize>();
+    let (pods_in, pods) = scope.new_collection::<Pod, isize>();
     let (nodes_in, nodes) = scope.new_collection::<Node, isize>();
     let (se_in, service_entries) = scope.new_collection::<ServiceEntry, isize>();
     let (facts_in, facts) = scope.new_collection::<ClusterFact, isize>();
 
+    let labels_by_pod = pods.clone().map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p.labels));
     let scoped_bases = facts
         .clone()
         .flat_map(|f| if let ClusterFact::ScopedBase(name, scope) = f { Some((name, scope)) } else { None });
@@ -188,9 +143,15 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
             let (k, v) = row.selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
             Some(((ns, k, v), row))
         });
+    let live_pods = pods.clone().filter(|p: &Pod| p.ip.is_some() && !p.terminal);
     // (The label index and the pods by name are arranged once, for services and entries.)
-    let pod_labels = pod_index.arrange_by_key();
-    let pods_by_name = live_pods.arrange_by_key();
+    let pod_labels = live_pods
+        .clone()
+        .flat_map(|p: Pod| {
+            p.labels.into_iter().map(move |(k, v)| ((p.namespace.clone(), k, v), p.name.clone())).collect::<Vec<_>>()
+        })
+        .arrange_by_key();
+    let pods_by_name = live_pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p)).arrange_by_key();
     let from_pods = selector_services
         .join_core(pod_labels.clone(), |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &String| {
             Some(((ns.clone(), pod.clone()), svc.clone()))
@@ -229,7 +190,13 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let unlocated = from_slices.concat(from_endpoints).concat(from_pods).concat(from_entries);
 
     // === locality: a pod's endpoints are in its own (label) or its Node's locality ===
-    let pod_locality = pod_locality_labels
+    let pods_on_nodes = pods.clone().flat_map(|p: Pod| {
+        let on_node = pod_locality_label(&p.labels).is_none();
+        p.node_name.clone().filter(|_| on_node).map(|n| (n, (p.namespace.clone(), p.name.clone())))
+    });
+    let pod_locality = pods
+        .clone()
+        .flat_map(|p: Pod| pod_locality_label(&p.labels).map(|l| ((p.namespace.clone(), p.name.clone()), l)))
         .concat(pods_on_nodes.join_map(nodes.map(|n: Node| (n.name, n.labels)), |_, pod, labels: &Labels| {
             (pod.clone(), node_locality(labels))
         }))
@@ -328,11 +295,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         slice_rows: slice_rows_in,
         slice_services: slice_services_in,
         endpoints: endpoints_in,
-        pod_labels: pod_labels_in,
-        pod_index: pod_index_in,
-        live_pods: live_pods_in,
-        pod_locality_labels: pod_locality_labels_in,
-        pods_on_nodes: pods_on_nodes_in,
+        pods: pods_in,
         nodes: nodes_in,
         service_entries: se_in,
         facts: facts_in,

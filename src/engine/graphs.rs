@@ -34,15 +34,13 @@ use differential_dataflow::VecCollection;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
-use super::endpoints::PodRows;
 use super::inputs::GraphInputs;
 use super::proxies::{self, PodIdentity};
 use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, OutputRow};
 use super::{dataflow, endpoints, located};
-use crate::model::{EndpointSlice, Object, Pod};
+use crate::model::{EndpointSlice, Object};
 use crate::translate::MeshConfig;
 use crate::translate::endpoint::slice_addresses;
-use differential_dataflow::input::InputSession;
 
 type Buffer<D> = Rc<RefCell<Vec<(D, isize)>>>;
 
@@ -127,21 +125,13 @@ impl Graphs {
 
     /// Replaces `old` by `new` (either may be absent) in the graphs that read them.
     pub fn update(&mut self, old: Option<&Object>, new: Option<&Object>) {
-        // A Pod: the endpoint graph's rows that differ; the proxy graph reads its identity
-        // only (a readiness flip does not run it).
-        if let Some(Object::Pod(_)) = old.or(new) {
-            let (old, new) = (as_pod(old), as_pod(new));
-            let identity = |p: Option<&Pod>| p.map(PodIdentity::of);
-            let (was, is) = (identity(old), identity(new));
-            if was != is {
-                for (identity, diff) in [(was, -1), (is, 1)] {
-                    if let Some(identity) = identity {
-                        self.proxies.pods.update(identity, diff);
-                    }
-                }
-                self.clocks[PROXIES].dirty = true;
-            }
-            self.update_pod(old, new);
+        // The proxy graph reads a Pod's identity only: a readiness flip does not run it.
+        if let (Some(Object::Pod(a)), Some(Object::Pod(b))) = (old, new)
+            && PodIdentity::of(a) == PodIdentity::of(b)
+        {
+            self.endpoints.pods.update(a.clone(), -1);
+            self.endpoints.pods.update(b.clone(), 1);
+            self.clocks[ENDPOINTS].dirty = true;
             return;
         }
         // A slice: only the addresses it adds or drops (a pod's readiness flip is one row, not
@@ -174,8 +164,12 @@ impl Graphs {
                 config.dirty = true;
                 endpoints.dirty = true;
             }
-            // Fed by `update`, as the rows that differ.
-            Object::Pod(_) => {}
+            Object::Pod(p) => {
+                self.proxies.pods.update(PodIdentity::of(p), diff);
+                self.endpoints.pods.update(p.clone(), diff);
+                proxies.dirty = true;
+                endpoints.dirty = true;
+            }
             Object::ProxyClass(c) => {
                 self.proxies.classes.update(c.clone(), diff);
                 self.config.classes.update(c.clone(), diff);
@@ -217,27 +211,18 @@ impl Graphs {
         }
     }
 
-    /// Replaces Pod `old` by `new` (either may be absent) in the endpoint graph: feeds the
-    /// rows of [`PodRows`] that went and came.
-    fn update_pod(&mut self, old: Option<&Pod>, new: Option<&Pod>) {
-        let (old, new) = (PodRows::of(old), PodRows::of(new));
-        let inputs = &mut self.endpoints;
-        let fed = [
-            feed_difference(&mut inputs.pod_labels, old.labels, new.labels),
-            feed_difference(&mut inputs.pod_index, old.index, new.index),
-            feed_difference(&mut inputs.live_pods, old.live, new.live),
-            feed_difference(&mut inputs.pod_locality_labels, old.locality, new.locality),
-            feed_difference(&mut inputs.pods_on_nodes, old.on_node, new.on_node),
-        ];
-        // (A change the graph does not read, as a Pod without IP turning ready, runs nothing.)
-        self.clocks[ENDPOINTS].dirty |= fed.contains(&true);
-    }
-
     /// Replaces slice `old` by `new` (either may be absent): feeds the address rows that went
     /// and came ([`slice_addresses`], as multisets), and the slice's service if it changed.
     fn update_slice(&mut self, old: Option<&EndpointSlice>, new: Option<&EndpointSlice>) {
         let rows = |s: Option<&EndpointSlice>| s.map(slice_addresses).unwrap_or_default();
-        feed_difference(&mut self.endpoints.slice_rows, rows(old), rows(new));
+        let (mut gone, mut came) = (rows(old), rows(new));
+        multiset_difference(&mut gone, &mut came);
+        for row in gone {
+            self.endpoints.slice_rows.update(row, -1);
+        }
+        for row in came {
+            self.endpoints.slice_rows.update(row, 1);
+        }
         let service =
             |s: Option<&EndpointSlice>| s.and_then(|s| s.service_name.clone().map(|svc| (s.namespace.clone(), svc)));
         let (was, is) = (service(old), service(new));
@@ -299,31 +284,6 @@ fn run(worker: &mut Worker, clock: &mut Clock, inputs: &mut impl GraphInputs) ->
     inputs.flush();
     worker.step_while(|| clock.probe.less_than(&clock.time));
     true
-}
-
-/// Feeds what went from `old` to `new` (as multisets) to `input`; whether anything did.
-fn feed_difference<T: differential_dataflow::Data>(
-    input: &mut InputSession<u64, T, isize>,
-    mut old: Vec<T>,
-    mut new: Vec<T>,
-) -> bool {
-    multiset_difference(&mut old, &mut new);
-    let changed = !(old.is_empty() && new.is_empty());
-    for row in old {
-        input.update(row, -1);
-    }
-    for row in new {
-        input.update(row, 1);
-    }
-    changed
-}
-
-/// The Pod `object` is, if it is one.
-fn as_pod(object: Option<&Object>) -> Option<&Pod> {
-    match object {
-        Some(Object::Pod(p)) => Some(p),
-        _ => None,
-    }
 }
 
 /// The slice `object` is, if it is one.
