@@ -15,7 +15,7 @@
 //! | `remove-service NAME` | stop serving the service (its Cluster, assignment and routes) |
 //! | `set-endpoint NAME IP:PORT` | replace the service's endpoint (its assignment changes, nothing else) |
 //! | `change-cluster NAME` | change the service's Cluster (not its assignment) |
-//! | `names NAME` | print, one per line, `cds|eds|lds|rds RESOURCE-NAME` for the service |
+//! | `names NAME` | print, one per line, `cds|eds|lds|rds RESOURCE-NAME` for the service (and `grpc-lds NAME`: the API listener a proxyless gRPC client asks for, if the server serves them) |
 //!
 //! A verb exits 0 once the change is made (the server may take a moment to serve it; every
 //! check waits up to its time limit). Each check is a function that returns what it saw when
@@ -36,6 +36,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::translate::ResourceType;
+
+mod proxyless;
 
 /// How long a check waits for something the rule says must come.
 pub const EXPECT: Duration = Duration::from_secs(5);
@@ -87,6 +89,8 @@ pub struct ServiceNames {
     pub eds: Vec<String>,
     pub lds: Vec<String>,
     pub rds: Vec<String>,
+    /// The API listener a proxyless gRPC client asks for (`<fqdn>:<port>` for istiod).
+    pub grpc_lds: Vec<String>,
 }
 
 impl ServiceNames {
@@ -101,6 +105,7 @@ impl ServiceNames {
                 "eds" => &mut n.eds,
                 "lds" => &mut n.lds,
                 "rds" => &mut n.rds,
+                "grpc-lds" => &mut n.grpc_lds,
                 other => return Err(format!("control `names {service}`: unknown type {other:?}")),
             };
             list.push(name.trim().to_string());
@@ -160,6 +165,10 @@ pub const RULES: &[Rule] = &[
     Rule {
         id: "sotw-ack-nack",
         description: "state of the world: an ACK causes no resend; a NACKed set is not resent until it changes",
+    },
+    Rule {
+        id: "proxyless",
+        description: "a proxyless gRPC client's chain by exact names (API listener → routes → EDS clusters → assignments) as gRPC accepts it",
     },
 ];
 
@@ -459,6 +468,14 @@ fn sotw_names(r: &DiscoveryResponse) -> BTreeSet<String> {
                     .map(|c| c.cluster_name)
                     .unwrap_or_else(|e| format!("<undecodable: {e}>"))
             }
+            Some(ResourceType::Listener) => {
+                envoy_types::pb::envoy::config::listener::v3::Listener::decode(&any.value[..])
+                    .map(|l| l.name)
+                    .unwrap_or_else(|e| format!("<undecodable: {e}>"))
+            }
+            Some(ResourceType::RouteConfiguration) => RouteConfiguration::decode(&any.value[..])
+                .map(|r| r.name)
+                .unwrap_or_else(|e| format!("<undecodable: {e}>")),
             _ => format!("<{} bytes>", any.value.len()),
         })
         .collect()
@@ -1045,6 +1062,14 @@ async fn check(ctx: &mut Ctx<'_>, id: &str) -> Result<(), String> {
                 .map_err(|s| format!("after a NACK, a new change of {a} never came: {s}"))?;
             Ok(())
         }
+        "proxyless" => {
+            let Some(listener) = alpha.grpc_lds.first() else {
+                return Err("the control adapter names no gRPC listener for alpha (`grpc-lds NAME` in `names`): \
+                            proxyless clients are not served"
+                    .to_string());
+            };
+            proxyless::check(&ctx.server, &ctx.node_id, listener, alpha.cluster()).await
+        }
         other => Err(format!("no rule {other:?}")),
     }
 }
@@ -1222,7 +1247,8 @@ pub fn meshflow_control(dir: &std::path::Path, verb: &str, args: &[String]) -> R
             let name = arg(0)?;
             valid(name)?;
             let cluster = format!("outbound|80||{name}.{NS}.svc.cluster.local");
-            Ok(format!("cds {cluster}\neds {cluster}\nlds 0.0.0.0_80\nrds 80\n"))
+            let fqdn = format!("{name}.{NS}.svc.cluster.local");
+            Ok(format!("cds {cluster}\neds {cluster}\nlds 0.0.0.0_80\nrds 80\ngrpc-lds {fqdn}:80\n"))
         }
         other => Err(format!(
             "control: unknown verb {other:?} (reset, add-service, remove-service, set-endpoint, change-cluster, names)"
