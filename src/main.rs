@@ -406,15 +406,12 @@ fn serve(
         });
         // With --verify, sources feed the engine through a tap that keeps their input.
         let verifier = verify.map(|_| Arc::new(Verifier::new(mesh.clone())));
-        let (engine, tap) = match &verifier {
-            None => (Engine::start_with(mesh, cache.engine_sink()), None),
-            Some(verifier) => {
-                let (tap, sink) = InputTap::start(cache.clone(), verifier.clone(), verify);
-                let engine = Engine::start_with(mesh, sink);
-                tap.connect(engine.sender());
-                (engine, Some(tap))
-            }
-        };
+        let engine = Engine::start_with(mesh, cache.engine_sink());
+        let tap = verifier.as_ref().map(|verifier| {
+            let tap = InputTap::start(cache.clone(), verifier.clone(), verify);
+            tap.connect(engine.sender());
+            tap
+        });
         let input = tap.as_ref().map(InputTap::sender).unwrap_or_else(|| engine.sender());
         let _watch = match config_dir {
             Some(dir) => Some(source::file::spawn(dir, input.clone())?),

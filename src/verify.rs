@@ -3,11 +3,11 @@
 //! what the cache serves.
 //!
 //! [`InputTap`] sits between the sources and the engine: it keeps the current input objects
-//! and, to verify, takes a copy of them and sends a marker through the engine behind every
-//! change already sent; when the marker comes out of the engine's sink, the cache holds exactly
-//! the output of that input, and [`Verifier`] compares the two.
+//! and, to verify, takes a copy of them and sends the engine a [`Command::Then`] behind every
+//! change already sent; when the engine runs it, the cache holds exactly the output of that
+//! input, and [`Verifier`] compares the two.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::cache::{Cache, Resource, content_version};
-use crate::engine::{Command, EngineOutput};
+use crate::engine::Command;
 use crate::model::{Object, ObjectKey};
 use crate::translate::{ResourceType, Scope, reference};
 
-/// Prefix of the engine `Synced` markers that verification sends through the engine.
-pub const MARKER_PREFIX: &str = "meshflow-verify:";
+/// The `Synced` name that asks the tap for a verification now ([`InputTap::request`]); the tap
+/// keeps it from the engine.
+const VERIFY_REQUEST: &str = "meshflow-verify:request";
 
 /// One resource where the cache and the reference disagree.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -165,10 +166,8 @@ impl Verifier {
     }
 }
 
-/// A verification waiting for its marker to come out of the engine.
-struct PendingCheck {
-    input: Vec<Object>,
-}
+/// An input, and what the cache served once the engine had translated it.
+type Check = (Vec<Object>, BTreeMap<(Scope, ResourceType, String), Arc<Resource>>);
 
 /// Between the sources and the engine: keeps the current input, and runs verifications.
 pub struct InputTap {
@@ -177,34 +176,13 @@ pub struct InputTap {
 }
 
 impl InputTap {
-    /// Starts the tap. Returns the tap, whose [`sender`](Self::sender) the sources use, and
-    /// the sink to start the engine with (it wraps `cache`'s sink); then hand the engine's
-    /// sender to [`connect`](Self::connect). With `interval`, a verification runs that often.
-    pub fn start(
-        cache: Arc<Cache>,
-        verifier: Arc<Verifier>,
-        interval: Option<Duration>,
-    ) -> (InputTap, impl FnMut(EngineOutput) + Send + 'static) {
+    /// Starts the tap, whose [`sender`](Self::sender) the sources use; then hand the engine's
+    /// sender (an engine whose sink is `cache`'s) to [`connect`](Self::connect). With
+    /// `interval`, a verification runs that often.
+    pub fn start(cache: Arc<Cache>, verifier: Arc<Verifier>, interval: Option<Duration>) -> InputTap {
         let (tx, rx) = crossbeam_channel::unbounded::<Command>();
         let (engine_tx, engine_rx) = crossbeam_channel::bounded::<Sender<Command>>(1);
-        let pending: Arc<Mutex<HashMap<u64, PendingCheck>>> = Arc::default();
-        type Check = (Vec<Object>, BTreeMap<(Scope, ResourceType, String), Arc<Resource>>);
         let (check_tx, check_rx) = crossbeam_channel::unbounded::<Check>();
-        let sink_pending = pending.clone();
-        let sink_cache = cache.clone();
-        let sink = move |output: EngineOutput| match output {
-            EngineOutput::Synced(name) if name.starts_with(MARKER_PREFIX) => {
-                let id = name[MARKER_PREFIX.len()..].parse::<u64>().unwrap_or(0);
-                if let Some(check) = sink_pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
-                    // The cache now holds the output of exactly `check.input`.
-                    let _ = check_tx.send((check.input, sink_cache.snapshot()));
-                }
-            }
-            EngineOutput::Synced(source) => sink_cache.source_synced(&source),
-            EngineOutput::Delta(delta) => {
-                sink_cache.apply(&delta);
-            }
-        };
         std::thread::Builder::new()
             .name("meshflow-verify".into())
             .spawn(move || {
@@ -217,11 +195,11 @@ impl InputTap {
             .name("meshflow-input".into())
             .spawn(move || {
                 if let Ok(engine) = engine_rx.recv() {
-                    forward(rx, engine, pending, interval);
+                    forward(rx, engine, cache, check_tx, interval);
                 }
             })
             .expect("spawning the input tap thread");
-        (InputTap { tx, engine: engine_tx }, sink)
+        InputTap { tx, engine: engine_tx }
     }
 
     /// Connects the tap to the engine it feeds.
@@ -235,18 +213,18 @@ impl InputTap {
 
     /// Asks for a verification now (after every change sent so far).
     pub fn request(&self) {
-        let _ = self.tx.send(Command::Synced(format!("{MARKER_PREFIX}request")));
+        let _ = self.tx.send(Command::Synced(VERIFY_REQUEST.to_string()));
     }
 }
 
 fn forward(
     rx: Receiver<Command>,
     engine: Sender<Command>,
-    pending: Arc<Mutex<HashMap<u64, PendingCheck>>>,
+    cache: Arc<Cache>,
+    checks: Sender<Check>,
     interval: Option<Duration>,
 ) {
     let mut current: BTreeMap<ObjectKey, Object> = BTreeMap::new();
-    let mut next_id = 0u64;
     let mut next_due = interval.map(|i| Instant::now() + i);
     loop {
         let command = match next_due {
@@ -273,7 +251,7 @@ fn forward(
                 }
                 false
             }
-            Some(Command::Synced(name)) if name.starts_with(MARKER_PREFIX) => true,
+            Some(Command::Synced(name)) if name == VERIFY_REQUEST => true,
             Some(other) => {
                 if engine.send(other).is_err() {
                     return;
@@ -288,10 +266,13 @@ fn forward(
             {
                 next_due = Some(Instant::now() + interval);
             }
-            next_id += 1;
-            let check = PendingCheck { input: current.values().cloned().collect() };
-            pending.lock().unwrap_or_else(|e| e.into_inner()).insert(next_id, check);
-            if engine.send(Command::Synced(format!("{MARKER_PREFIX}{next_id}"))).is_err() {
+            let input: Vec<Object> = current.values().cloned().collect();
+            let (cache, checks) = (cache.clone(), checks.clone());
+            // Run once the engine's output for `input` is in the cache: it holds exactly that.
+            let then = Command::Then(Box::new(move || {
+                let _ = checks.send((input, cache.snapshot()));
+            }));
+            if engine.send(then).is_err() {
                 return;
             }
         }

@@ -20,9 +20,6 @@ use crate::engine::{Command, Engine, EngineOutput};
 use crate::model::{InputEvent, Object, ObjectKey};
 use crate::translate::{ResourceType, Scope, reference};
 
-/// Markers sent through the engine behind each step: `Synced("<prefix><step>")`.
-const STEP_MARKER: &str = "meshflow-bench-step:";
-
 /// One engine output batch as the sink saw it.
 #[derive(Clone, Copy, Debug)]
 struct Batch {
@@ -38,7 +35,8 @@ struct Batch {
     seq: u64,
 }
 
-/// What the sink wrapper tells the runner: step `n`'s output is batch `b`.
+/// What the engine tells the runner, after a step's events ([`step_marker`]): step `n`'s
+/// output is batch `b`.
 struct Marker {
     step: u64,
     batch: u64,
@@ -49,13 +47,8 @@ struct Probe {
 }
 
 /// The engine sink for the bench: registers each batch's changes with the client tracker,
-/// applies it to the cache, and turns step markers into [`Marker`]s.
-fn sink(
-    cache: Arc<Cache>,
-    probe: Arc<Probe>,
-    tracker: Arc<Tracker>,
-    markers: crossbeam_channel::Sender<Marker>,
-) -> impl FnMut(EngineOutput) + Send + 'static {
+/// applies it to the cache.
+fn sink(cache: Arc<Cache>, probe: Arc<Probe>, tracker: Arc<Tracker>) -> impl FnMut(EngineOutput) + Send + 'static {
     // The ingress gateway's resources are not for the simulated proxies (sidecars).
     let ingress = match World::ingress_class() {
         Object::ProxyClass(c) => Scope::Class(c.id()),
@@ -90,13 +83,18 @@ fn sink(
                 b.seq = seq;
             }
         }
-        EngineOutput::Synced(name) if name.starts_with(STEP_MARKER) => {
-            let step = name[STEP_MARKER.len()..].parse().unwrap_or(u64::MAX);
-            let batch = probe.batches.lock().unwrap_or_else(|e| e.into_inner()).len().saturating_sub(1) as u64;
-            let _ = markers.send(Marker { step, batch });
-        }
         EngineOutput::Synced(source) => cache.source_synced(&source),
     }
+}
+
+/// Sent to the engine behind step `step`'s events: once their output is in the cache, tells
+/// `markers` which batch it was (the latest).
+fn step_marker(step: u64, probe: &Arc<Probe>, markers: &crossbeam_channel::Sender<Marker>) -> Command {
+    let (probe, markers) = (probe.clone(), markers.clone());
+    Command::Then(Box::new(move || {
+        let batch = probe.batches.lock().unwrap_or_else(|e| e.into_inner()).len().saturating_sub(1) as u64;
+        let _ = markers.send(Marker { step, batch });
+    }))
 }
 
 fn free_port() -> anyhow::Result<SocketAddr> {
@@ -206,7 +204,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
         }
     };
     let (marker_tx, markers) = crossbeam_channel::unbounded();
-    let engine = Engine::start(sink(cache.clone(), probe.clone(), tracker.clone(), marker_tx));
+    let engine = Engine::start(sink(cache.clone(), probe.clone(), tracker.clone()));
     let mut progress = Progress::start(scenario.name(), "initial translation");
 
     // Initial sync.
@@ -234,7 +232,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
             Some(crate::source::file::spawn(dir.path().to_path_buf(), engine.sender())?)
         }
     };
-    engine.send(Command::Synced(format!("{STEP_MARKER}0")));
+    engine.send(step_marker(0, &probe, &marker_tx));
     let first = markers.recv_timeout(Duration::from_secs(1800))?;
     let initial_batch_at = probe.batches.lock().unwrap_or_else(|e| e.into_inner())[first.batch as usize].at;
     let mut inc = Incremental {
@@ -364,7 +362,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
             None => {
                 sent.push(at);
                 engine.send(Command::Events(events));
-                engine.send(Command::Synced(format!("{STEP_MARKER}{}", n + 1)));
+                engine.send(step_marker(n + 1, &probe, &marker_tx));
             }
             Some(dir) => {
                 let at = Instant::now();

@@ -34,8 +34,9 @@ pub enum Command {
     /// event sent before it has been translated.
     Synced(String),
     /// Called on the worker once the output of every event sent before it has been handed to
-    /// the sink (in `serve`: is in the cache). A connecting proxy whose class is new waits so
-    /// for its class's resources before its first answer.
+    /// the sink (in `serve`: is in the cache). So a connecting proxy whose class is new waits
+    /// for its class's resources before its first answer, a verification reads the cache that
+    /// holds exactly the output of its input, and the bench learns each step's batch.
     Then(Box<dyn FnOnce() + Send>),
 }
 

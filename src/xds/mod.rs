@@ -446,11 +446,10 @@ async fn run_stream<P: AdsProtocol>(
     let cache = shared.cache;
     let Some(first) = inbound.next().await else { return Ok(()) };
     let first = first?;
-    let Opened { mut stream, conn, _held: (_registration, _connected, mut membership, mut located) } =
-        open_stream::<P>(shared, peer, &first)?;
+    let Opened { mut stream, conn, mut memberships, _held } = open_stream::<P>(shared, peer, &first)?;
     // A class or locality new to the engine: its resources first (see [`classes`]), so that a
     // reconnecting proxy is not told that what it holds of them was removed.
-    for guard in [&mut membership, &mut located].into_iter().flatten() {
+    for guard in memberships.iter_mut().flatten() {
         guard.computed().await;
     }
     let mut changes = cache.subscribe();
@@ -532,9 +531,11 @@ fn answer_request<P: AdsProtocol>(
 struct Opened<P> {
     stream: P,
     conn: Arc<Connection>,
-    /// Dropped when the stream ends: its `/debug/syncz` entry, its `pilot_xds` count, and its
-    /// class and locality memberships (a class stays computed while a proxy of it is connected).
-    _held: (sync::Registration, ConnectedGauge, Option<classes::ClassGuard>, Option<classes::ClassGuard>),
+    /// Its class and locality memberships, dropped when the stream ends (a class stays
+    /// computed while a proxy of it is connected).
+    memberships: [Option<classes::ClassGuard>; 2],
+    /// Dropped when the stream ends: its `/debug/syncz` entry and its `pilot_xds` count.
+    _held: (sync::Registration, ConnectedGauge),
 }
 
 /// Reads the node of a stream's first request: its identity, class, locality and view; opens
@@ -587,7 +588,7 @@ fn open_stream<P: AdsProtocol>(
     let connected = ConnectedGauge::new(istio_version);
     let membership = classes.map(|registry| registry.join(class));
     let located = classes.zip(locality).map(|(registry, l)| registry.join_locality(l));
-    Ok(Opened { stream, conn, _held: (registration, connected, membership, located) })
+    Ok(Opened { stream, conn, memberships: [membership, located], _held: (registration, connected) })
 }
 
 /// `pilot_xds{version}` for one stream, for as long as it lives.

@@ -97,9 +97,8 @@ async fn fetch(
     ty: ResourceType,
     names: Vec<String>,
 ) -> Result<Vec<Any>, String> {
-    let refs = |v: &Vec<String>| v.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
     let wanted: BTreeSet<String> = names.iter().cloned().collect();
-    let asked = refs(&names);
+    let asked = names.join(", ");
     subs.insert(ty, names);
     c.request(ty, &subs[&ty].iter().map(String::as_str).collect::<Vec<_>>(), None).await?;
     let deadline = Instant::now() + EXPECT;
