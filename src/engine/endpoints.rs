@@ -27,6 +27,7 @@
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::Input;
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use timely::dataflow::Scope as Graph;
 
 use super::inputs::graph_inputs;
@@ -81,7 +82,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let (se_in, service_entries) = scope.new_collection::<ServiceEntry, isize>();
     let (facts_in, facts) = scope.new_collection::<ClusterFact, isize>();
 
-    let labels_by_pod = pods.clone().map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p.labels));
+    let labels_by_pod = pods.clone().map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p.labels)).arrange_by_key();
     let scoped_bases = facts
         .clone()
         .flat_map(|f| if let ClusterFact::ScopedBase(name, scope) = f { Some((name, scope)) } else { None });
@@ -203,18 +204,26 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         .filter(|(_, l): &(_, String)| !l.is_empty());
     // (Also an output: the xDS server places a proxy that tells no locality by its Pod's.)
     let pod_localities = pod_locality.clone().map(|(pod, locality)| OutputRow::PodLocality { pod, locality });
-    let by_pod = unlocated.clone().flat_map(|(c, ep): (String, EndpointRow)| ep.pod.clone().map(|p| (p, (c, ep))));
-    let located = by_pod.clone().join_map(pod_locality.clone(), |_, (c, ep): &(String, EndpointRow), l: &String| {
-        let mut ep = ep.clone();
-        if ep.addr.locality.is_empty() {
-            ep.addr.locality = l.clone();
-        }
-        (c.clone(), ep)
-    });
+    // (The pod localities and the endpoints by pod are each arranged once, for the join that
+    // places an endpoint and the one that tells which have no place: an antijoin would arrange
+    // both again.)
+    let pod_locality_by_pod = pod_locality.arrange_by_key();
+    let by_pod_rows = unlocated.clone().flat_map(|(c, ep): (String, EndpointRow)| ep.pod.clone().map(|p| (p, (c, ep))));
+    let by_pod = by_pod_rows.clone().arrange_by_key();
+    let located =
+        by_pod.clone().join_core(pod_locality_by_pod.clone(), |_, (c, ep): &(String, EndpointRow), l: &String| {
+            let mut ep = ep.clone();
+            if ep.addr.locality.is_empty() {
+                ep.addr.locality = l.clone();
+            }
+            Some((c.clone(), ep))
+        });
+    let placed = by_pod.join_core(pod_locality_by_pod, |_, ce: &(String, EndpointRow), _| Some(ce.clone()));
     let base_endpoints = unlocated
         .filter(|(_, ep)| ep.pod.is_none())
         .concat(located)
-        .concat(by_pod.antijoin(pod_locality.map(|(k, _)| k)).map(|(_, ce)| ce));
+        .concat(by_pod_rows.map(|(_, ce)| ce))
+        .concat(placed.negate());
 
     // === endpoints of subset clusters ===
     // Only the endpoints of clusters that have subsets meet pod labels: a pod's labels decide
@@ -226,16 +235,31 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         facts.clone().flat_map(|f| if let ClusterFact::Subset(base, subset) = f { Some((base, subset)) } else { None });
     let with_subsets = subsets_by_base.clone().map(|(base, _)| base).distinct();
     // (The endpoints of clusters whose `failoverPriority` compares labels meet them too.)
-    let subset_candidates = base_endpoints.clone().semijoin(with_subsets.concat(prioritized_bases.clone()).distinct());
-    let by_pod = subset_candidates
+    // (Base endpoints are arranged by cluster once, for this join and the scoped one below.)
+    let base_by_cluster = base_endpoints.clone().arrange_by_key();
+    let subset_bases = with_subsets.concat(prioritized_bases.clone()).distinct().arrange_by_self();
+    let subset_candidates = base_by_cluster
+        .clone()
+        .join_core(subset_bases, |c: &String, ep: &EndpointRow, _| Some((c.clone(), ep.clone())));
+    let by_pod_rows = subset_candidates
         .clone()
         .flat_map(|(cluster, ep): (String, EndpointRow)| ep.pod.clone().map(|pod| (pod, (cluster, ep.addr))));
+    let by_pod = by_pod_rows.clone().arrange_by_key();
+    let with_labels = |_: &_, (cluster, addr): &(String, EndpointAddr), labels: &Labels| {
+        Some((cluster.clone(), (addr.clone(), labels.clone())))
+    };
     let labelled = by_pod
         .clone()
-        .join_map(labels_by_pod.clone(), |_pod, (cluster, addr): &(String, EndpointAddr), labels: &Labels| {
-            (cluster.clone(), (addr.clone(), labels.clone()))
-        })
-        .concat(by_pod.antijoin(labels_by_pod.clone().map(|(k, _)| k)).map(|(_, (c, a))| (c, (a, Labels::new()))))
+        .join_core(labels_by_pod.clone(), with_labels)
+        // (A pod without labels: an empty set, as if the antijoin with labelled pods.)
+        .concat(by_pod_rows.map(|(_, (c, a))| (c, (a, Labels::new()))))
+        .concat(
+            by_pod
+                .join_core(labels_by_pod, |_, (c, a): &(String, EndpointAddr), _| {
+                    Some((c.clone(), (a.clone(), Labels::new())))
+                })
+                .negate(),
+        )
         .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then_some((c, (ep.addr, ep.labels)))));
     let endpoint_labels = labelled.clone().semijoin(prioritized_bases).map(|(c, (a, l))| ((c, a), l));
     let from_subsets = labelled.join_map(
@@ -244,34 +268,42 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
             outbound::subset_selects(subset, labels).then(|| (cluster.clone(), addr.clone()))
         },
     );
-    let scoped_addresses =
-        base_endpoints.clone().join_map(scoped_bases.clone(), |cluster, ep: &EndpointRow, scope: &Scope| {
-            ((scope.clone(), cluster.clone()), ep.addr.clone())
+    let scoped_addresses = base_by_cluster
+        .join_core(scoped_bases.arrange_by_key(), |cluster, ep: &EndpointRow, scope: &Scope| {
+            Some(((scope.clone(), cluster.clone()), ep.addr.clone()))
         });
     let addresses = base_endpoints
         .map(|(cluster, ep)| ((Scope::All, cluster), ep.addr))
         .concat(from_subsets.flat_map(|x| x))
         .concat(scoped_addresses);
 
+    // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
+    // cluster warming (and its own initialization waiting) until one arrives. (Arranged once,
+    // for the assignments and for the located graph's join.)
+    let by_cluster = facts
+        .flat_map(|f| if let ClusterFact::Assignment(scope, name) = f { Some(((scope, name), None)) } else { None })
+        .concat(addresses.map(|(cluster, addr)| (cluster, Some(addr))))
+        .arrange_by_key_named("Arrange: translate: ClusterLoadAssignment");
+
     // === locality: what the located graph needs (see [`super::located`]) ===
     // The addresses of clusters whose assignment depends on the proxy's locality, with their
     // context and policy; and, with `failoverPriority`, the labels of their endpoints.
-    let located = addresses
+    let located = by_cluster
         .clone()
-        .join_map(
-            located_clusters,
-            |(_, name), addr: &EndpointAddr, (ctx, lb, base): &(Context, LocalityLb, LocatedBase)| {
-                LocatedInput::Address((ctx.clone(), name.clone(), lb.clone()), base.clone(), addr.clone())
+        .join_core(
+            located_clusters.arrange_by_key(),
+            |(_, name): &(Scope, String),
+             addr: &Option<EndpointAddr>,
+             (ctx, lb, base): &(Context, LocalityLb, LocatedBase)| {
+                addr.as_ref().map(|addr| {
+                    LocatedInput::Address((ctx.clone(), name.clone(), lb.clone()), base.clone(), addr.clone())
+                })
             },
         )
         .concat(endpoint_labels.map(|(key, labels)| LocatedInput::Labels(key, labels)));
 
-    // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
-    // cluster warming (and its own initialization waiting) until one arrives.
-    let assignments = facts
-        .flat_map(|f| if let ClusterFact::Assignment(scope, name) = f { Some(((scope, name), None)) } else { None })
-        .concat(addresses.map(|(cluster, addr)| (cluster, Some(addr))))
-        .reduce_named(
+    let assignments = by_cluster
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Scope, String), Vec<u8>, _, _>, _, _>(
             "translate: ClusterLoadAssignment",
             |(_, cluster): &(Scope, String), input: &[(&Option<EndpointAddr>, isize)], output| {
                 // Values arrive sorted: the `None` marker first, present only if the cluster exists.
@@ -281,12 +313,16 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
                 let addrs: Vec<&EndpointAddr> = input[1..].iter().filter_map(|(a, _)| a.as_ref()).collect();
                 output.push((translate::load_assignment(cluster, &addrs), 1isize));
             },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
+            },
         )
-        .map(|((scope, name), body)| OutputRow::Resource {
-            scope,
+        .as_collection(|(scope, name): &(Scope, String), body: &Vec<u8>| OutputRow::Resource {
+            scope: scope.clone(),
             ty: ResourceType::ClusterLoadAssignment,
-            name,
-            body,
+            name: name.clone(),
+            body: body.clone(),
         });
 
     let output = assignments.concat(pod_localities);
