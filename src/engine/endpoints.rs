@@ -25,6 +25,8 @@
 //!   located clusters (ClusterFact::Located) ─join(their addresses) ⊎ endpoint labels ─▶ located graph
 //! ```
 
+use std::sync::Arc;
+
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::Input;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
@@ -82,7 +84,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let (se_in, service_entries) = scope.new_collection::<ServiceEntry, isize>();
     let (facts_in, facts) = scope.new_collection::<ClusterFact, isize>();
 
-    let labels_by_pod = pods.clone().map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p.labels)).arrange_by_key();
+    let labels_by_pod = pods.clone().map(|p: Pod| (p.key(), p.labels)).arrange_by_key();
     let scoped_bases = facts
         .clone()
         .flat_map(|f| if let ClusterFact::ScopedBase(name, scope) = f { Some((name, scope)) } else { None });
@@ -152,12 +154,13 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
             p.labels.into_iter().map(move |(k, v)| ((p.namespace.clone(), k, v), p.name.clone())).collect::<Vec<_>>()
         })
         .arrange_by_key();
-    let pods_by_name = live_pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), p)).arrange_by_key();
+    // (A Pod is shared, not copied, by the merges of this arrangement's batches.)
+    let pods_by_name = live_pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), Arc::new(p))).arrange_by_key();
     let from_pods = selector_services
         .join_core(pod_labels.clone(), |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &String| {
             Some(((ns.clone(), pod.clone()), svc.clone()))
         })
-        .join_core(pods_by_name.clone(), |(ns, _): &SvcKey, svc: &SelectorService, pod: &Pod| {
+        .join_core(pods_by_name.clone(), |(ns, _): &SvcKey, svc: &SelectorService, pod: &Arc<Pod>| {
             pod_addresses(ns, svc, pod)
         });
 
@@ -174,7 +177,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         .join_core(pod_labels, |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &String| {
             Some(((ns.clone(), pod.clone()), svc.clone()))
         })
-        .join_core(pods_by_name, |(ns, _): &SvcKey, svc: &SelectorService, pod: &Pod| {
+        .join_core(pods_by_name, |(ns, _): &SvcKey, svc: &SelectorService, pod: &Arc<Pod>| {
             pod_addresses(ns, svc, pod).into_iter().map(|(c, ep)| ((c, ns.clone()), ep)).collect::<Vec<_>>()
         });
     // (Every context's clusters: an entry exported to some namespaces only has no default one.)
@@ -193,17 +196,20 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     // === locality: a pod's endpoints are in its own (label) or its Node's locality ===
     let pods_on_nodes = pods.clone().flat_map(|p: Pod| {
         let on_node = pod_locality_label(&p.labels).is_none();
-        p.node_name.clone().filter(|_| on_node).map(|n| (n, (p.namespace.clone(), p.name.clone())))
+        p.node_name.clone().filter(|_| on_node).map(|n| (n, p.key()))
     });
     let pod_locality = pods
         .clone()
-        .flat_map(|p: Pod| pod_locality_label(&p.labels).map(|l| ((p.namespace.clone(), p.name.clone()), l)))
+        .flat_map(|p: Pod| pod_locality_label(&p.labels).map(|l| (p.key(), l)))
         .concat(pods_on_nodes.join_map(nodes.map(|n: Node| (n.name, n.labels)), |_, pod, labels: &Labels| {
             (pod.clone(), node_locality(labels))
         }))
         .filter(|(_, l): &(_, String)| !l.is_empty());
     // (Also an output: the xDS server places a proxy that tells no locality by its Pod's.)
-    let pod_localities = pod_locality.clone().map(|(pod, locality)| OutputRow::PodLocality { pod, locality });
+    let pod_localities = pod_locality
+        .clone()
+        .map(|((ns, name), locality)| OutputRow::PodLocality { pod: (ns.to_string(), name.to_string()), locality });
+    let pod_locality = pod_locality.map(|(pod, l)| (pod, Arc::<str>::from(l)));
     // (The pod localities and the endpoints by pod are each arranged once, for the join that
     // places an endpoint and the one that tells which have no place: an antijoin would arrange
     // both again.)
@@ -211,7 +217,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let by_pod_rows = unlocated.clone().flat_map(|(c, ep): (String, EndpointRow)| ep.pod.clone().map(|p| (p, (c, ep))));
     let by_pod = by_pod_rows.clone().arrange_by_key();
     let located =
-        by_pod.clone().join_core(pod_locality_by_pod.clone(), |_, (c, ep): &(String, EndpointRow), l: &String| {
+        by_pod.clone().join_core(pod_locality_by_pod.clone(), |_, (c, ep): &(String, EndpointRow), l: &Arc<str>| {
             let mut ep = ep.clone();
             if ep.addr.locality.is_empty() {
                 ep.addr.locality = l.clone();

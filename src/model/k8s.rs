@@ -471,6 +471,11 @@ pub fn namespace_from(name: &str, ns: &core::Namespace) -> Namespace {
 }
 
 impl Pod {
+    /// (namespace, name), as the engine keys a pod's rows ([`crate::translate::endpoint::PodKey`]).
+    pub fn key(&self) -> (std::sync::Arc<str>, std::sync::Arc<str>) {
+        (self.namespace.as_str().into(), self.name.as_str().into())
+    }
+
     /// Whether the Kubernetes endpoints controller would list this pod as an address of a
     /// Service: it has an IP, is not terminal, and is ready (or the Service publishes
     /// not-ready addresses).

@@ -1,6 +1,8 @@
 //! Endpoints: which addresses a service port's cluster has, from EndpointSlices, core/v1
 //! Endpoints or the pods a selector matches, each with the pod behind it when known.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::{EndpointAddr, ServicePortRow};
@@ -10,7 +12,7 @@ use crate::model::{EndpointSlice, Endpoints, Pod, Service};
 /// (namespace, service name, port name, port protocol): how endpoint ports meet service ports.
 pub type PortKey = (String, String, String, Protocol);
 /// (namespace, pod name)
-pub type PodKey = (String, String);
+pub type PodKey = (Arc<str>, Arc<str>);
 
 /// One endpoint of a cluster without subset, with the pod behind it when known (subsets choose
 /// endpoints by their pod's labels).
@@ -65,7 +67,7 @@ pub fn slice_addresses(s: &EndpointSlice) -> Vec<(PortKey, EndpointRow)> {
         for ep in s.endpoints.iter().filter(|e| e.ready) {
             for ip in &ep.addresses {
                 let key = (s.namespace.clone(), svc.clone(), port.name.clone(), port.protocol);
-                let pod = ep.pod.clone().map(|p| (s.namespace.clone(), p));
+                let pod = ep.pod.as_deref().map(|p| (s.namespace.as_str().into(), p.into()));
                 out.push((
                     key,
                     EndpointRow { addr: EndpointAddr::new(ip.clone(), number), pod, labels: Labels::new() },
@@ -84,7 +86,7 @@ pub fn endpoints_addresses(e: &Endpoints) -> Vec<(PortKey, EndpointRow)> {
             let Some(number) = port.port else { continue };
             for a in &subset.ready {
                 let key = (e.namespace.clone(), e.name.clone(), port.name.clone(), port.protocol);
-                let pod = a.pod.clone().map(|p| (e.namespace.clone(), p));
+                let pod = a.pod.as_deref().map(|p| (e.namespace.as_str().into(), p.into()));
                 out.push((
                     key,
                     EndpointRow { addr: EndpointAddr::new(a.ip.clone(), number), pod, labels: Labels::new() },
@@ -106,8 +108,8 @@ pub fn pod_addresses(ns: &str, svc: &SelectorService, pod: &Pod) -> Vec<(String,
         let Some(target) = pod.resolve_target_port(&p.target_port, p.protocol) else { continue };
         for fqdn in &hosts {
             let row = EndpointRow {
-                addr: EndpointAddr::new(ip.clone(), target),
-                pod: Some((pod.namespace.clone(), pod.name.clone())),
+                addr: EndpointAddr::new(ip.as_str(), target),
+                pod: Some(pod.key()),
                 labels: Labels::new(),
             };
             out.push((super::outbound_cluster_name(p.port, "", fqdn), row));

@@ -384,7 +384,7 @@ pub fn apply_to(
     // their order within each.
     let mut by_locality: std::collections::BTreeMap<&str, Vec<&Labels>> = Default::default();
     for (a, l) in endpoints {
-        by_locality.entry(a.locality.as_str()).or_default().push(*l);
+        by_locality.entry(&*a.locality).or_default().push(*l);
     }
     let labels: Vec<Vec<&Labels>> = by_locality.into_values().collect();
     apply(cla, &labels, proxy, lb);

@@ -29,6 +29,7 @@ pub use listener::{
 };
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as envoy_endpoint;
@@ -358,19 +359,22 @@ fn seconds(s: i64) -> Duration {
 
 /// One endpoint of a cluster: an IP (or, in a DNS cluster, a host name) and the resolved target
 /// port, with its load balancing weight and locality (`region/zone/subzone`, empty: none).
+///
+/// The strings are shared (`Arc<str>`): the engine's arrangements copy an address at every
+/// merge of their batches, and a copy is then a reference count, not two allocations.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EndpointAddr {
-    pub ip: String,
+    pub ip: Arc<str>,
     pub port: u16,
     /// istiod's `LbWeight`, 1 unless a ServiceEntry endpoint sets `weight`.
     pub weight: u32,
-    pub locality: String,
+    pub locality: Arc<str>,
 }
 
 impl EndpointAddr {
     /// An endpoint of weight 1 without locality (every Kubernetes endpoint, today).
-    pub fn new(ip: impl Into<String>, port: u16) -> EndpointAddr {
-        EndpointAddr { ip: ip.into(), port, weight: 1, locality: String::new() }
+    pub fn new(ip: impl Into<Arc<str>>, port: u16) -> EndpointAddr {
+        EndpointAddr { ip: ip.into(), port, weight: 1, locality: Arc::default() }
     }
 }
 
@@ -389,7 +393,7 @@ pub fn load_assignment_message(
 ) -> envoy_endpoint::ClusterLoadAssignment {
     let mut by_locality: std::collections::BTreeMap<&str, Vec<&EndpointAddr>> = std::collections::BTreeMap::new();
     for e in endpoints {
-        by_locality.entry(e.locality.as_str()).or_default().push(e);
+        by_locality.entry(&*e.locality).or_default().push(e);
     }
     let endpoints = by_locality
         .into_iter()

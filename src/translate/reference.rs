@@ -225,10 +225,10 @@ pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mes
         *eps = std::mem::take(eps)
             .into_iter()
             .map(|mut e| {
-                let pod = e.pod.as_ref().and_then(|(ns, name)| pods_by_key.get(&(ns.as_str(), name.as_str())));
+                let pod = e.pod.as_ref().and_then(|(ns, name)| pods_by_key.get(&(&**ns, &**name)));
                 if let (Some(pod), true) = (pod, e.addr.locality.is_empty()) {
                     let node = pod.node_name.as_deref().and_then(|n| nodes.get(n).copied());
-                    e.addr.locality = super::endpoint::pod_locality(pod, node);
+                    e.addr.locality = super::endpoint::pod_locality(pod, node).into();
                 }
                 e
             })
@@ -300,7 +300,7 @@ pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mes
                     .flatten()
                     .map(|e| {
                         let labels = match &e.pod {
-                            Some((ns, pod)) => pod_labels.get(&(ns.as_str(), pod.as_str())).copied().unwrap_or(&empty),
+                            Some((ns, pod)) => pod_labels.get(&(&**ns, &**pod)).copied().unwrap_or(&empty),
                             None => &e.labels,
                         };
                         (&e.addr, labels)

@@ -144,10 +144,10 @@ fn endpoint_port(we: Option<&WorkloadEntry>, p: &ServicePort) -> u16 {
 
 fn endpoint_addr(ip: &str, port: u16, we: Option<&WorkloadEntry>) -> EndpointAddr {
     EndpointAddr {
-        ip: ip.to_string(),
+        ip: ip.into(),
         port,
         weight: we.and_then(|we| we.weight).filter(|w| *w > 0).unwrap_or(1),
-        locality: we.and_then(|we| we.locality.clone()).unwrap_or_default(),
+        locality: we.and_then(|we| we.locality.as_deref()).unwrap_or_default().into(),
     }
 }
 
@@ -483,7 +483,7 @@ mod tests {
         let eps = static_endpoints(&e);
         let got: Vec<(&str, &str, u16, u32, &str)> = eps
             .iter()
-            .map(|((c, ns), ep)| (c.as_str(), ns.as_str(), ep.addr.port, ep.addr.weight, ep.addr.locality.as_str()))
+            .map(|((c, ns), ep)| (c.as_str(), ns.as_str(), ep.addr.port, ep.addr.weight, &*ep.addr.locality))
             .collect();
         assert_eq!(
             got,
