@@ -49,6 +49,13 @@ use crate::translate::{self, EndpointAddr, ResourceType, Scope, service_entry};
 type SvcKey = (String, String);
 /// (namespace, label key, label value): how selector services meet pods.
 type LabelKey = (String, String, String);
+/// A cluster's name inside this graph: every endpoint row is keyed by one, and the merges of
+/// the arrangements copy it (a reference count, not an allocation).
+type Name = Arc<str>;
+
+fn name(s: &str) -> Name {
+    s.into()
+}
 /// Whether the endpoint graph reads this fact (DNS clusters placed by locality go to the
 /// located graph only).
 pub fn reads(fact: &ClusterFact) -> bool {
@@ -87,10 +94,16 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let labels_by_pod = pods.clone().map(|p: Pod| (p.key(), p.labels)).arrange_by_key();
     let scoped_bases = facts
         .clone()
-        .flat_map(|f| if let ClusterFact::ScopedBase(name, scope) = f { Some((name, scope)) } else { None });
-    let located_clusters =
-        facts.clone().flat_map(|f| if let ClusterFact::Located(at, located) = f { Some((at, located)) } else { None });
-    let prioritized_bases = located_clusters.clone().flat_map(|(_, (_, _, base))| base.map(|(b, _)| b)).distinct();
+        .flat_map(|f| if let ClusterFact::ScopedBase(base, scope) = f { Some((name(&base), scope)) } else { None });
+    let located_clusters = facts.clone().flat_map(|f| {
+        if let ClusterFact::Located((scope, cluster), located) = f {
+            Some(((scope, name(&cluster)), located))
+        } else {
+            None
+        }
+    });
+    let prioritized_bases =
+        located_clusters.clone().flat_map(|(_, (_, _, base))| base.map(|(b, _)| name(&b))).distinct();
 
     // === endpoints of clusters without subset ===
     // Service ports by the key endpoint ports carry: the slice port named as the service port
@@ -103,14 +116,13 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
             rows.into_iter().map(|row| {
                 let key: PortKey =
                     (row.namespace.clone(), row.service.clone(), row.port.name.clone(), row.port.protocol);
-                (key, row.cluster_name())
+                (key, name(&row.cluster_name()))
             })
         })
         .arrange_by_key();
 
-    let from_slices = slice_rows.join_core(ports_by_name.clone(), |_key, ep: &EndpointRow, cluster: &String| {
-        Some((cluster.clone(), ep.clone()))
-    });
+    let from_slices = slice_rows
+        .join_core(ports_by_name.clone(), |_key, ep: &EndpointRow, cluster: &Name| Some((cluster.clone(), ep.clone())));
 
     // Core/v1 Endpoints count only for services that have no EndpointSlice (as in a cluster
     // where the EndpointSlice mirror is not running, or a hand-written config directory).
@@ -119,7 +131,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let legacy = endpoints_by_svc.clone().antijoin(sliced.clone());
     let legacy_addresses = legacy.flat_map(|(_, e)| endpoints_addresses(&e));
     let from_endpoints = legacy_addresses
-        .join_core(ports_by_name, |_key, ep: &EndpointRow, cluster: &String| Some((cluster.clone(), ep.clone())));
+        .join_core(ports_by_name, |_key, ep: &EndpointRow, cluster: &Name| Some((cluster.clone(), ep.clone())));
 
     // Selector services with neither: endpoints derived from the ready pods they select.
     // Label selectors are not equi-joins, so the join goes through a label index: a selector
@@ -161,7 +173,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
             Some(((ns.clone(), pod.clone()), svc.clone()))
         })
         .join_core(pods_by_name.clone(), |(ns, _): &SvcKey, svc: &SelectorService, pod: &Arc<Pod>| {
-            pod_addresses(ns, svc, pod)
+            pod_addresses(ns, svc, pod).into_iter().map(|(c, ep)| (name(&c), ep)).collect::<Vec<_>>()
         });
 
     // ServiceEntry endpoints: STATIC `endpoints`, and the pods a `workloadSelector` selects
@@ -178,15 +190,20 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
             Some(((ns.clone(), pod.clone()), svc.clone()))
         })
         .join_core(pods_by_name, |(ns, _): &SvcKey, svc: &SelectorService, pod: &Arc<Pod>| {
-            pod_addresses(ns, svc, pod).into_iter().map(|(c, ep)| ((c, ns.clone()), ep)).collect::<Vec<_>>()
+            pod_addresses(ns, svc, pod).into_iter().map(|(c, ep)| ((name(&c), ns.clone()), ep)).collect::<Vec<_>>()
         });
     // (Every context's clusters: an entry exported to some namespaces only has no default one.)
     let entry_owners = facts
         .clone()
-        .flat_map(|f| if let ClusterFact::EntryOwner(cluster, ns) = f { Some((cluster, ns)) } else { None })
+        .flat_map(|f| if let ClusterFact::EntryOwner(cluster, ns) = f { Some((name(&cluster), ns)) } else { None })
         .distinct();
     let from_entries = service_entries
-        .flat_map(|se: ServiceEntry| service_entry::static_endpoints(&se))
+        .flat_map(|se: ServiceEntry| {
+            service_entry::static_endpoints(&se)
+                .into_iter()
+                .map(|((c, ns), ep)| ((name(&c), ns), ep))
+                .collect::<Vec<_>>()
+        })
         .concat(from_entry_pods)
         .semijoin(entry_owners)
         .map(|((cluster, _), ep)| (cluster, ep));
@@ -214,17 +231,17 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     // places an endpoint and the one that tells which have no place: an antijoin would arrange
     // both again.)
     let pod_locality_by_pod = pod_locality.arrange_by_key();
-    let by_pod_rows = unlocated.clone().flat_map(|(c, ep): (String, EndpointRow)| ep.pod.clone().map(|p| (p, (c, ep))));
+    let by_pod_rows = unlocated.clone().flat_map(|(c, ep): (Name, EndpointRow)| ep.pod.clone().map(|p| (p, (c, ep))));
     let by_pod = by_pod_rows.clone().arrange_by_key();
     let located =
-        by_pod.clone().join_core(pod_locality_by_pod.clone(), |_, (c, ep): &(String, EndpointRow), l: &Arc<str>| {
+        by_pod.clone().join_core(pod_locality_by_pod.clone(), |_, (c, ep): &(Name, EndpointRow), l: &Arc<str>| {
             let mut ep = ep.clone();
             if ep.addr.locality.is_empty() {
                 ep.addr.locality = l.clone();
             }
             Some((c.clone(), ep))
         });
-    let placed = by_pod.join_core(pod_locality_by_pod, |_, ce: &(String, EndpointRow), _| Some(ce.clone()));
+    let placed = by_pod.join_core(pod_locality_by_pod, |_, ce: &(Name, EndpointRow), _| Some(ce.clone()));
     let base_endpoints = unlocated
         .filter(|(_, ep)| ep.pod.is_none())
         .concat(located)
@@ -237,21 +254,25 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     // assignments at the cost of the subsets of its services.
     // Subset clusters of a namespace's own rule get their own assignments in that namespace;
     // its clusters without subset share the default's (same name, same endpoints).
-    let subsets_by_base =
-        facts.clone().flat_map(|f| if let ClusterFact::Subset(base, subset) = f { Some((base, subset)) } else { None });
+    let subsets_by_base = facts.clone().flat_map(|f| {
+        if let ClusterFact::Subset(base, ((scope, cluster), subset)) = f {
+            Some((name(&base), ((scope, name(&cluster)), subset)))
+        } else {
+            None
+        }
+    });
     let with_subsets = subsets_by_base.clone().map(|(base, _)| base).distinct();
     // (The endpoints of clusters whose `failoverPriority` compares labels meet them too.)
     // (Base endpoints are arranged by cluster once, for this join and the scoped one below.)
     let base_by_cluster = base_endpoints.clone().arrange_by_key();
     let subset_bases = with_subsets.concat(prioritized_bases.clone()).distinct().arrange_by_self();
-    let subset_candidates = base_by_cluster
-        .clone()
-        .join_core(subset_bases, |c: &String, ep: &EndpointRow, _| Some((c.clone(), ep.clone())));
+    let subset_candidates =
+        base_by_cluster.clone().join_core(subset_bases, |c: &Name, ep: &EndpointRow, _| Some((c.clone(), ep.clone())));
     let by_pod_rows = subset_candidates
         .clone()
-        .flat_map(|(cluster, ep): (String, EndpointRow)| ep.pod.clone().map(|pod| (pod, (cluster, ep.addr))));
+        .flat_map(|(cluster, ep): (Name, EndpointRow)| ep.pod.clone().map(|pod| (pod, (cluster, ep.addr))));
     let by_pod = by_pod_rows.clone().arrange_by_key();
-    let with_labels = |_: &_, (cluster, addr): &(String, EndpointAddr), labels: &Labels| {
+    let with_labels = |_: &_, (cluster, addr): &(Name, EndpointAddr), labels: &Labels| {
         Some((cluster.clone(), (addr.clone(), labels.clone())))
     };
     let labelled = by_pod
@@ -261,16 +282,16 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         .concat(by_pod_rows.map(|(_, (c, a))| (c, (a, Labels::new()))))
         .concat(
             by_pod
-                .join_core(labels_by_pod, |_, (c, a): &(String, EndpointAddr), _| {
+                .join_core(labels_by_pod, |_, (c, a): &(Name, EndpointAddr), _| {
                     Some((c.clone(), (a.clone(), Labels::new())))
                 })
                 .negate(),
         )
         .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then_some((c, (ep.addr, ep.labels)))));
-    let endpoint_labels = labelled.clone().semijoin(prioritized_bases).map(|(c, (a, l))| ((c, a), l));
+    let endpoint_labels = labelled.clone().semijoin(prioritized_bases).map(|(c, (a, l))| ((c.to_string(), a), l));
     let from_subsets = labelled.join_map(
         subsets_by_base,
-        |_base, (addr, labels): &(EndpointAddr, Labels), (cluster, subset): &((Scope, String), SubsetRef)| {
+        |_base, (addr, labels): &(EndpointAddr, Labels), (cluster, subset): &((Scope, Name), SubsetRef)| {
             outbound::subset_selects(subset, labels).then(|| (cluster.clone(), addr.clone()))
         },
     );
@@ -287,7 +308,9 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     // cluster warming (and its own initialization waiting) until one arrives. (Arranged once,
     // for the assignments and for the located graph's join.)
     let by_cluster = facts
-        .flat_map(|f| if let ClusterFact::Assignment(scope, name) = f { Some(((scope, name), None)) } else { None })
+        .flat_map(|f| {
+            if let ClusterFact::Assignment(scope, cluster) = f { Some(((scope, name(&cluster)), None)) } else { None }
+        })
         .concat(addresses.map(|(cluster, addr)| (cluster, Some(addr))))
         .arrange_by_key_named("Arrange: translate: ClusterLoadAssignment");
 
@@ -298,20 +321,20 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         .clone()
         .join_core(
             located_clusters.arrange_by_key(),
-            |(_, name): &(Scope, String),
+            |(_, cluster): &(Scope, Name),
              addr: &Option<EndpointAddr>,
              (ctx, lb, base): &(Context, LocalityLb, LocatedBase)| {
                 addr.as_ref().map(|addr| {
-                    LocatedInput::Address((ctx.clone(), name.clone(), lb.clone()), base.clone(), addr.clone())
+                    LocatedInput::Address((ctx.clone(), cluster.to_string(), lb.clone()), base.clone(), addr.clone())
                 })
             },
         )
         .concat(endpoint_labels.map(|(key, labels)| LocatedInput::Labels(key, labels)));
 
     let assignments = by_cluster
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Scope, String), Vec<u8>, _, _>, _, _>(
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Scope, Name), Vec<u8>, _, _>, _, _>(
             "translate: ClusterLoadAssignment",
-            |(_, cluster): &(Scope, String), input: &[(&Option<EndpointAddr>, isize)], output| {
+            |(_, cluster): &(Scope, Name), input: &[(&Option<EndpointAddr>, isize)], output| {
                 // Values arrive sorted: the `None` marker first, present only if the cluster exists.
                 if input[0].0.is_some() {
                     return;
@@ -324,10 +347,10 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
                 vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
             },
         )
-        .as_collection(|(scope, name): &(Scope, String), body: &Vec<u8>| OutputRow::Resource {
+        .as_collection(|(scope, cluster): &(Scope, Name), body: &Vec<u8>| OutputRow::Resource {
             scope: scope.clone(),
             ty: ResourceType::ClusterLoadAssignment,
-            name: name.clone(),
+            name: cluster.to_string(),
             body: body.clone(),
         });
 
