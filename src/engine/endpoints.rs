@@ -38,8 +38,8 @@ use crate::model::istio::ServiceEntry;
 use crate::model::k8s::Labels;
 use crate::model::{Endpoints, Node, Pod, Service};
 use crate::translate::endpoint::{
-    EndpointRow, PodKey, PortKey, SelectorService, endpoints_addresses, node_locality, pod_addresses,
-    pod_locality_label, port_key, service_port_rows,
+    EndpointRow, PortKey, SelectorService, endpoints_addresses, node_locality, pod_addresses, pod_locality_label,
+    service_port_rows,
 };
 use crate::translate::locality::LocalityLb;
 use crate::translate::outbound::{self, Context, SubsetRef};
@@ -48,7 +48,7 @@ use crate::translate::{self, EndpointAddr, ResourceType, Scope, service_entry};
 /// (namespace, service name)
 type SvcKey = (String, String);
 /// (namespace, label key, label value): how selector services meet pods.
-type LabelKey = (Name, Name, Name);
+type LabelKey = (String, String, String);
 /// A cluster's name inside this graph: every endpoint row is keyed by one, and the merges of
 /// the arrangements copy it (a reference count, not an allocation).
 type Name = Arc<str>;
@@ -114,7 +114,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         .flat_map(|s: Service| {
             let rows = service_port_rows(&s);
             rows.into_iter().map(|row| {
-                let key: PortKey = port_key(&row.namespace, &row.service, &row.port.name, row.port.protocol);
+                let key: PortKey =
+                    (row.namespace.clone(), row.service.clone(), row.port.name.clone(), row.port.protocol);
                 (key, name(&row.cluster_name()))
             })
         })
@@ -154,25 +155,24 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         })
         .antijoin(managed)
         .flat_map(|((ns, _), row)| {
-            let (k, v) = row.selector.iter().next().map(|(k, v)| (name(k), name(v)))?;
-            Some(((name(&ns), k, v), row))
+            let (k, v) = row.selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
+            Some(((ns, k, v), row))
         });
     let live_pods = pods.clone().filter(|p: &Pod| p.ip.is_some() && !p.terminal);
     // (The label index and the pods by name are arranged once, for services and entries.)
     let pod_labels = live_pods
         .clone()
         .flat_map(|p: Pod| {
-            let (ns, pod) = p.key();
-            p.labels.iter().map(|(k, v)| ((ns.clone(), name(k), name(v)), pod.clone())).collect::<Vec<_>>()
+            p.labels.into_iter().map(move |(k, v)| ((p.namespace.clone(), k, v), p.name.clone())).collect::<Vec<_>>()
         })
         .arrange_by_key();
     // (A Pod is shared, not copied, by the merges of this arrangement's batches.)
-    let pods_by_name = live_pods.map(|p: Pod| (p.key(), Arc::new(p))).arrange_by_key();
+    let pods_by_name = live_pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), Arc::new(p))).arrange_by_key();
     let from_pods = selector_services
-        .join_core(pod_labels.clone(), |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &Name| {
+        .join_core(pod_labels.clone(), |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &String| {
             Some(((ns.clone(), pod.clone()), svc.clone()))
         })
-        .join_core(pods_by_name.clone(), |(ns, _): &PodKey, svc: &SelectorService, pod: &Arc<Pod>| {
+        .join_core(pods_by_name.clone(), |(ns, _): &SvcKey, svc: &SelectorService, pod: &Arc<Pod>| {
             pod_addresses(ns, svc, pod).into_iter().map(|(c, ep)| (name(&c), ep)).collect::<Vec<_>>()
         });
 
@@ -182,15 +182,15 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     // and namespace.
     let entry_selectors = service_entries.clone().flat_map(|se: ServiceEntry| {
         let row = service_entry::selector(&se)?;
-        let (k, v) = row.selector.iter().next().map(|(k, v)| (name(k), name(v)))?;
-        Some(((name(&se.namespace), k, v), row))
+        let (k, v) = row.selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
+        Some(((se.namespace.clone(), k, v), row))
     });
     let from_entry_pods = entry_selectors
-        .join_core(pod_labels, |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &Name| {
+        .join_core(pod_labels, |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &String| {
             Some(((ns.clone(), pod.clone()), svc.clone()))
         })
-        .join_core(pods_by_name, |(ns, _): &PodKey, svc: &SelectorService, pod: &Arc<Pod>| {
-            pod_addresses(ns, svc, pod).into_iter().map(|(c, ep)| ((name(&c), ns.to_string()), ep)).collect::<Vec<_>>()
+        .join_core(pods_by_name, |(ns, _): &SvcKey, svc: &SelectorService, pod: &Arc<Pod>| {
+            pod_addresses(ns, svc, pod).into_iter().map(|(c, ep)| ((name(&c), ns.clone()), ep)).collect::<Vec<_>>()
         });
     // (Every context's clusters: an entry exported to some namespaces only has no default one.)
     let entry_owners = facts

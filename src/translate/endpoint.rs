@@ -10,13 +10,7 @@ use crate::model::k8s::{Labels, Protocol, ServicePort, selector_matches};
 use crate::model::{EndpointSlice, Endpoints, Pod, Service};
 
 /// (namespace, service name, port name, port protocol): how endpoint ports meet service ports.
-/// (namespace, service, port name, protocol); shared strings, as [`EndpointAddr`]'s.
-pub type PortKey = (Arc<str>, Arc<str>, Arc<str>, Protocol);
-
-/// The [`PortKey`] of a service's port.
-pub fn port_key(namespace: &str, service: &str, port: &str, protocol: Protocol) -> PortKey {
-    (namespace.into(), service.into(), port.into(), protocol)
-}
+pub type PortKey = (String, String, String, Protocol);
 /// (namespace, pod name)
 pub type PodKey = (Arc<str>, Arc<str>);
 
@@ -68,19 +62,15 @@ pub fn service_port_rows(s: &Service) -> Vec<ServicePortRow> {
 pub fn slice_addresses(s: &EndpointSlice) -> Vec<(PortKey, EndpointRow)> {
     let Some(svc) = &s.service_name else { return Vec::new() };
     let mut out = Vec::new();
-    // (The rows of one slice share their strings.)
-    let (namespace, svc): (Arc<str>, Arc<str>) = (s.namespace.as_str().into(), svc.as_str().into());
     for port in &s.ports {
         let Some(number) = port.port else { continue };
-        let port_name: Arc<str> = port.name.as_str().into();
         for ep in s.endpoints.iter().filter(|e| e.ready) {
-            let pod = ep.pod.as_deref().map(|p| (namespace.clone(), Arc::<str>::from(p)));
             for ip in &ep.addresses {
-                let key = (namespace.clone(), svc.clone(), port_name.clone(), port.protocol);
-                let pod = pod.clone();
+                let key = (s.namespace.clone(), svc.clone(), port.name.clone(), port.protocol);
+                let pod = ep.pod.as_deref().map(|p| (s.namespace.as_str().into(), p.into()));
                 out.push((
                     key,
-                    EndpointRow { addr: EndpointAddr::new(ip.as_str(), number), pod, labels: Labels::new() },
+                    EndpointRow { addr: EndpointAddr::new(ip.clone(), number), pod, labels: Labels::new() },
                 ));
             }
         }
@@ -95,11 +85,11 @@ pub fn endpoints_addresses(e: &Endpoints) -> Vec<(PortKey, EndpointRow)> {
         for port in &subset.ports {
             let Some(number) = port.port else { continue };
             for a in &subset.ready {
-                let key = port_key(&e.namespace, &e.name, &port.name, port.protocol);
+                let key = (e.namespace.clone(), e.name.clone(), port.name.clone(), port.protocol);
                 let pod = a.pod.as_deref().map(|p| (e.namespace.as_str().into(), p.into()));
                 out.push((
                     key,
-                    EndpointRow { addr: EndpointAddr::new(a.ip.as_str(), number), pod, labels: Labels::new() },
+                    EndpointRow { addr: EndpointAddr::new(a.ip.clone(), number), pod, labels: Labels::new() },
                 ));
             }
         }
