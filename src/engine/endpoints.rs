@@ -56,6 +56,7 @@ type Name = Arc<str>;
 fn name(s: &str) -> Name {
     s.into()
 }
+
 /// Whether the endpoint graph reads this fact (DNS clusters placed by locality go to the
 /// located graph only).
 pub fn reads(fact: &ClusterFact) -> bool {
@@ -272,12 +273,11 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         .clone()
         .flat_map(|(cluster, ep): (Name, EndpointRow)| ep.pod.clone().map(|pod| (pod, (cluster, ep.addr))));
     let by_pod = by_pod_rows.clone().arrange_by_key();
-    let with_labels = |_: &_, (cluster, addr): &(Name, EndpointAddr), labels: &Labels| {
-        Some((cluster.clone(), (addr.clone(), labels.clone())))
-    };
     let labelled = by_pod
         .clone()
-        .join_core(labels_by_pod.clone(), with_labels)
+        .join_core(labels_by_pod.clone(), |_, (c, a): &(Name, EndpointAddr), labels: &Labels| {
+            Some((c.clone(), (a.clone(), labels.clone())))
+        })
         // (A pod without labels: an empty set, as if the antijoin with labelled pods.)
         .concat(by_pod_rows.map(|(_, (c, a))| (c, (a, Labels::new()))))
         .concat(

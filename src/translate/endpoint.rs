@@ -70,7 +70,7 @@ pub fn slice_addresses(s: &EndpointSlice) -> Vec<(PortKey, EndpointRow)> {
                 let pod = ep.pod.as_deref().map(|p| (s.namespace.as_str().into(), p.into()));
                 out.push((
                     key,
-                    EndpointRow { addr: EndpointAddr::new(ip.clone(), number), pod, labels: Labels::new() },
+                    EndpointRow { addr: EndpointAddr::new(ip.as_str(), number), pod, labels: Labels::new() },
                 ));
             }
         }
@@ -89,7 +89,7 @@ pub fn endpoints_addresses(e: &Endpoints) -> Vec<(PortKey, EndpointRow)> {
                 let pod = a.pod.as_deref().map(|p| (e.namespace.as_str().into(), p.into()));
                 out.push((
                     key,
-                    EndpointRow { addr: EndpointAddr::new(a.ip.clone(), number), pod, labels: Labels::new() },
+                    EndpointRow { addr: EndpointAddr::new(a.ip.as_str(), number), pod, labels: Labels::new() },
                 ));
             }
         }
