@@ -259,9 +259,22 @@ pub async fn serve_with_connections(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(AdsServer::new(cache, classes).with_connections(connections).into_service())
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
     Ok(())
+}
+
+/// The accepted connections, without Nagle's delay: tonic sets `TCP_NODELAY` only on the
+/// sockets it accepts itself, and with Nagle on, a response written while the previous one is
+/// unacknowledged waits for the client's (possibly delayed) ACK.
+fn incoming(listener: tokio::net::TcpListener) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let socket = accepted?;
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY on an xDS connection");
+        }
+        Ok(socket)
+    })
 }
 
 fn bind_address(node: &envoy_types::pb::envoy::config::core::v3::Node) -> Result<Option<IpAddr>, Status> {
@@ -667,6 +680,18 @@ fn log_answer(node: &str, answer: Answer, new_error: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The xDS server's connections send without Nagle's delay, as tonic's own listener does.
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut accepted = Box::pin(incoming(listener));
+        let socket = accepted.next().await.expect("a connection").expect("accepted");
+        assert!(socket.nodelay().unwrap());
+        assert_eq!(socket.peer_addr().unwrap(), client.local_addr().unwrap());
+    }
 
     #[test]
     fn only_redirect_without_a_bind_address_is_captured() {
