@@ -12,6 +12,8 @@ mod graphs;
 mod inputs;
 mod located;
 pub mod output;
+#[cfg(feature = "engine-profile")]
+mod profile;
 mod proxies;
 mod proxyless;
 mod rows;
@@ -84,6 +86,8 @@ impl Engine {
             .name("meshflow-engine".into())
             .spawn(move || {
                 timely::execute_directly(move |worker| {
+                    #[cfg(feature = "engine-profile")]
+                    profile::register(worker);
                     let mut graphs = graphs::Graphs::build(worker, &mesh);
                     let mut driver = Driver::default();
                     let mut assembler = output::Assembler::default();
