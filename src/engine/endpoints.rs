@@ -57,6 +57,41 @@ fn name(s: &str) -> Name {
     s.into()
 }
 
+/// What the endpoint graph reads of a Pod apart from its readiness and ports: its labels (for
+/// subsets, selectors and its locality label), its Node (for its locality) and whether it is
+/// live (has an IP and is not terminal). A readiness flip leaves it equal, so the driver feeds
+/// the flip to the pods by name alone, and the label index, the labels by pod and the
+/// localities see nothing.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct PodPlace {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub node_name: Option<String>,
+    pub live: bool,
+}
+
+impl PodPlace {
+    pub fn of(p: &Pod) -> PodPlace {
+        PodPlace {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            labels: p.labels.clone(),
+            node_name: p.node_name.clone(),
+            live: live(p),
+        }
+    }
+
+    fn key(&self) -> (Arc<str>, Arc<str>) {
+        (self.namespace.as_str().into(), self.name.as_str().into())
+    }
+}
+
+/// A Pod that can be an endpoint: it has an IP and is not terminal.
+fn live(p: &Pod) -> bool {
+    p.ip.is_some() && !p.terminal
+}
+
 /// Whether the endpoint graph reads this fact (DNS clusters placed by locality go to the
 /// located graph only).
 pub fn reads(fact: &ClusterFact) -> bool {
@@ -74,7 +109,10 @@ graph_inputs! {
         /// The service each slice belongs to, once per slice.
         pub slice_services: SvcKey,
         pub endpoints: Endpoints,
+        /// Every Pod, whole: the pods by name, for selector services and entries.
         pub pods: Pod,
+        /// Every Pod's [`PodPlace`], fed only when it changes.
+        pub pod_places: PodPlace,
         pub nodes: Node,
         pub service_entries: ServiceEntry,
         pub facts: ClusterFact,
@@ -88,11 +126,12 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let (slice_services_in, slice_services) = scope.new_collection::<SvcKey, isize>();
     let (endpoints_in, endpoints) = scope.new_collection::<Endpoints, isize>();
     let (pods_in, pods) = scope.new_collection::<Pod, isize>();
+    let (pod_places_in, pod_places) = scope.new_collection::<PodPlace, isize>();
     let (nodes_in, nodes) = scope.new_collection::<Node, isize>();
     let (se_in, service_entries) = scope.new_collection::<ServiceEntry, isize>();
     let (facts_in, facts) = scope.new_collection::<ClusterFact, isize>();
 
-    let labels_by_pod = pods.clone().map(|p: Pod| (p.key(), p.labels)).arrange_by_key();
+    let labels_by_pod = pod_places.clone().map(|p: PodPlace| (p.key(), p.labels)).arrange_by_key();
     let scoped_bases = facts
         .clone()
         .flat_map(|f| if let ClusterFact::ScopedBase(base, scope) = f { Some((name(&base), scope)) } else { None });
@@ -159,16 +198,17 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
             let (k, v) = row.selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
             Some(((ns, k, v), row))
         });
-    let live_pods = pods.clone().filter(|p: &Pod| p.ip.is_some() && !p.terminal);
     // (The label index and the pods by name are arranged once, for services and entries.)
-    let pod_labels = live_pods
+    let pod_labels = pod_places
         .clone()
-        .flat_map(|p: Pod| {
+        .filter(|p: &PodPlace| p.live)
+        .flat_map(|p: PodPlace| {
             p.labels.into_iter().map(move |(k, v)| ((p.namespace.clone(), k, v), p.name.clone())).collect::<Vec<_>>()
         })
         .arrange_by_key();
     // (A Pod is shared, not copied, by the merges of this arrangement's batches.)
-    let pods_by_name = live_pods.map(|p: Pod| ((p.namespace.clone(), p.name.clone()), Arc::new(p))).arrange_by_key();
+    let pods_by_name =
+        pods.filter(live).map(|p: Pod| ((p.namespace.clone(), p.name.clone()), Arc::new(p))).arrange_by_key();
     let from_pods = selector_services
         .join_core(pod_labels.clone(), |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &String| {
             Some(((ns.clone(), pod.clone()), svc.clone()))
@@ -212,13 +252,12 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let unlocated = from_slices.concat(from_endpoints).concat(from_pods).concat(from_entries);
 
     // === locality: a pod's endpoints are in its own (label) or its Node's locality ===
-    let pods_on_nodes = pods.clone().flat_map(|p: Pod| {
+    let pods_on_nodes = pod_places.clone().flat_map(|p: PodPlace| {
         let on_node = pod_locality_label(&p.labels).is_none();
         p.node_name.clone().filter(|_| on_node).map(|n| (n, p.key()))
     });
-    let pod_locality = pods
-        .clone()
-        .flat_map(|p: Pod| pod_locality_label(&p.labels).map(|l| (p.key(), l)))
+    let pod_locality = pod_places
+        .flat_map(|p: PodPlace| pod_locality_label(&p.labels).map(|l| (p.key(), l)))
         .concat(pods_on_nodes.join_map(nodes.map(|n: Node| (n.name, n.labels)), |_, pod, labels: &Labels| {
             (pod.clone(), node_locality(labels))
         }))
@@ -361,6 +400,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         slice_services: slice_services_in,
         endpoints: endpoints_in,
         pods: pods_in,
+        pod_places: pod_places_in,
         nodes: nodes_in,
         service_entries: se_in,
         facts: facts_in,

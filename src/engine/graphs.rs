@@ -34,6 +34,7 @@ use differential_dataflow::VecCollection;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
+use super::endpoints::PodPlace;
 use super::inputs::GraphInputs;
 use super::proxies::{self, PodIdentity};
 use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, OutputRow};
@@ -125,12 +126,18 @@ impl Graphs {
 
     /// Replaces `old` by `new` (either may be absent) in the graphs that read them.
     pub fn update(&mut self, old: Option<&Object>, new: Option<&Object>) {
-        // The proxy graph reads a Pod's identity only: a readiness flip does not run it.
+        // The proxy graph reads a Pod's identity only: a readiness flip does not run it; nor
+        // does it reach what the endpoint graph reads of the Pod's place.
         if let (Some(Object::Pod(a)), Some(Object::Pod(b))) = (old, new)
             && PodIdentity::of(a) == PodIdentity::of(b)
         {
             self.endpoints.pods.update(a.clone(), -1);
             self.endpoints.pods.update(b.clone(), 1);
+            let (was, is) = (PodPlace::of(a), PodPlace::of(b));
+            if was != is {
+                self.endpoints.pod_places.update(was, -1);
+                self.endpoints.pod_places.update(is, 1);
+            }
             self.clocks[ENDPOINTS].dirty = true;
             return;
         }
@@ -167,6 +174,7 @@ impl Graphs {
             Object::Pod(p) => {
                 self.proxies.pods.update(PodIdentity::of(p), diff);
                 self.endpoints.pods.update(p.clone(), diff);
+                self.endpoints.pod_places.update(PodPlace::of(p), diff);
                 proxies.dirty = true;
                 endpoints.dirty = true;
             }

@@ -740,6 +740,10 @@ enum Op {
     Delete(usize),
     /// Re-apply a live object unchanged.
     Reapply(usize),
+    /// Change one field of the live Pod at this index, as a kubelet does (its readiness, its
+    /// Node, its phase), leaving its name, labels and IP: the changes the engine's driver
+    /// feeds to part of the endpoint graph only. (Another object is re-applied unchanged.)
+    Touch(usize, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -747,6 +751,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => prop::collection::vec(object(), 1..4).prop_map(Op::Apply),
         3 => any::<usize>().prop_map(Op::Delete),
         1 => any::<usize>().prop_map(Op::Reapply),
+        2 => (any::<usize>(), any::<u8>()).prop_map(|(i, field)| Op::Touch(i, field)),
     ]
 }
 
@@ -820,12 +825,26 @@ fn run(ops: Vec<Op>, root: &str) -> Result<(), TestCaseError> {
     for (step, op) in ops.into_iter().enumerate() {
         let events = match op {
             Op::Apply(objects) => objects.into_iter().map(InputEvent::apply).collect(),
-            Op::Delete(i) | Op::Reapply(i) if h.live.is_empty() => {
+            Op::Delete(i) | Op::Reapply(i) | Op::Touch(i, _) if h.live.is_empty() => {
                 let _ = i;
                 continue;
             }
             Op::Delete(i) => vec![InputEvent::delete(h.live.keys().nth(i % h.live.len()).unwrap().clone())],
             Op::Reapply(i) => vec![InputEvent::apply(h.live.values().nth(i % h.live.len()).unwrap().clone())],
+            Op::Touch(i, field) => {
+                let mut object = h.live.values().nth(i % h.live.len()).unwrap().clone();
+                if let Object::Pod(p) = &mut object {
+                    match field % 3 {
+                        0 => p.ready = !p.ready,
+                        1 => {
+                            p.node_name =
+                                NODES.iter().find(|n| p.node_name.as_deref() != Some(**n)).map(|n| n.to_string())
+                        }
+                        _ => p.terminal = !p.terminal,
+                    }
+                }
+                vec![InputEvent::apply(object)]
+            }
         };
         h.step(events, step)?;
     }
