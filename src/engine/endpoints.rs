@@ -38,8 +38,8 @@ use crate::model::istio::ServiceEntry;
 use crate::model::k8s::Labels;
 use crate::model::{Endpoints, Node, Pod, Service};
 use crate::translate::endpoint::{
-    EndpointRow, PortKey, SelectorService, endpoints_addresses, node_locality, pod_addresses, pod_locality_label,
-    service_port_rows,
+    EndpointRow, PodKey, PortKey, SelectorService, endpoints_addresses, node_locality, pod_addresses,
+    pod_locality_label, service_port_rows,
 };
 use crate::translate::locality::LocalityLb;
 use crate::translate::outbound::{self, Context, SubsetRef};
@@ -78,18 +78,13 @@ impl PodPlace {
             name: p.name.clone(),
             labels: p.labels.clone(),
             node_name: p.node_name.clone(),
-            live: live(p),
+            live: p.live(),
         }
     }
 
-    fn key(&self) -> (Arc<str>, Arc<str>) {
+    fn key(&self) -> PodKey {
         (self.namespace.as_str().into(), self.name.as_str().into())
     }
-}
-
-/// A Pod that can be an endpoint: it has an IP and is not terminal.
-fn live(p: &Pod) -> bool {
-    p.ip.is_some() && !p.terminal
 }
 
 /// Whether the endpoint graph reads this fact (DNS clusters placed by locality go to the
@@ -208,7 +203,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         .arrange_by_key();
     // (A Pod is shared, not copied, by the merges of this arrangement's batches.)
     let pods_by_name =
-        pods.filter(live).map(|p: Pod| ((p.namespace.clone(), p.name.clone()), Arc::new(p))).arrange_by_key();
+        pods.filter(Pod::live).map(|p: Pod| ((p.namespace.clone(), p.name.clone()), Arc::new(p))).arrange_by_key();
     let from_pods = selector_services
         .join_core(pod_labels.clone(), |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &String| {
             Some(((ns.clone(), pod.clone()), svc.clone()))

@@ -476,11 +476,16 @@ impl Pod {
         (self.namespace.as_str().into(), self.name.as_str().into())
     }
 
+    /// Whether this pod can be an endpoint at all: it has an IP and is not terminal.
+    pub fn live(&self) -> bool {
+        self.ip.is_some() && !self.terminal
+    }
+
     /// Whether the Kubernetes endpoints controller would list this pod as an address of a
-    /// Service: it has an IP, is not terminal, and is ready (or the Service publishes
-    /// not-ready addresses).
+    /// Service: it is [live](Pod::live) and ready (or the Service publishes not-ready
+    /// addresses).
     pub fn serves(&self, publish_not_ready: bool) -> bool {
-        self.ip.is_some() && !self.terminal && (self.ready || publish_not_ready)
+        self.live() && (self.ready || publish_not_ready)
     }
 
     /// Resolves a Service `targetPort` against this pod, as the endpoints controller does: a
