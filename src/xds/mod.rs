@@ -15,6 +15,7 @@ pub mod client;
 pub mod conformance;
 pub mod delta;
 mod held;
+pub mod http;
 pub mod node;
 pub mod sotw;
 pub mod sync;
@@ -24,13 +25,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use futures_util::Stream;
 use tokio_stream::StreamExt;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use crate::cache::{Cache, View};
 use crate::translate::ResourceType;
@@ -40,9 +38,8 @@ use node::BIND_ADDRESS_KEY;
 use sotw::SotwStream;
 use sync::{Connection, Connections, ProxyInfo};
 
-/// Largest request a client may send, and largest response meshflow sends.
+/// Largest request a client may send.
 const MAX_DECODING: usize = 64 << 20;
-const MAX_ENCODING: usize = 256 << 20;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -88,19 +85,16 @@ impl AdsServer {
     }
 
     /// `StreamAggregatedResources` (routed here by [`wire::AdsService`]).
-    async fn sotw(
-        &self,
-        request: Request<wire::Requests<DiscoveryRequest>>,
-    ) -> Result<Response<ResponseStream<wire::SotwResponse>>, Status> {
-        Ok(self.open::<SotwStream>(request))
+    fn sotw(&self, request: Request<wire::Requests<DiscoveryRequest>>) -> Response<ResponseStream<wire::SotwResponse>> {
+        self.open::<SotwStream>(request)
     }
 
     /// `DeltaAggregatedResources` (routed here by [`wire::AdsService`]).
-    async fn delta(
+    fn delta(
         &self,
         request: Request<wire::Requests<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<ResponseStream<wire::DeltaResponse>>, Status> {
-        Ok(self.open::<DeltaStream>(request))
+    ) -> Response<ResponseStream<wire::DeltaResponse>> {
+        self.open::<DeltaStream>(request)
     }
 
     /// Runs one stream of protocol `P` on its own task; its responses are the returned stream.
@@ -232,20 +226,6 @@ pub async fn serve(
     serve_with_connections(cache, classes, Connections::new(), addr, shutdown).await
 }
 
-/// Connections a listening xDS socket queues before they are accepted (the kernel caps it at
-/// `net.core.somaxconn`). tokio's default of 1,024 resets connections when a thousand proxies
-/// connect at once (a control plane restart, a node pool coming up): measured with `meshflow
-/// xds load --clients 1000`, a third of the streams failed with "connection reset".
-pub const LISTEN_BACKLOG: u32 = 8192;
-
-/// A listening socket on `addr` with [`LISTEN_BACKLOG`] and `SO_REUSEADDR`.
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
 /// [`serve`], registering the streams in `connections`.
 pub async fn serve_with_connections(
     cache: Arc<Cache>,
@@ -254,27 +234,10 @@ pub async fn serve_with_connections(
     addr: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = listen(addr).map_err(|e| anyhow::anyhow!("binding xDS address {addr}: {e}"))?;
+    let listener = http::listen(addr).map_err(|e| anyhow::anyhow!("binding xDS address {addr}: {e}"))?;
     tracing::info!(%addr, "serving ADS (delta and state of the world)");
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(AdsServer::new(cache, classes).with_connections(connections).into_service())
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await?;
-    Ok(())
-}
-
-/// The accepted connections, without Nagle's delay: tonic sets `TCP_NODELAY` only on the
-/// sockets it accepts itself, and with Nagle on, a response written while the previous one is
-/// unacknowledged waits for the client's (possibly delayed) ACK.
-fn incoming(listener: tokio::net::TcpListener) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-        let socket = accepted?;
-        if let Err(e) = socket.set_nodelay(true) {
-            tracing::debug!(error = %e, "setting TCP_NODELAY on an xDS connection");
-        }
-        Ok(socket)
-    })
+    let service = AdsServer::new(cache, classes).with_connections(connections).into_service();
+    http::serve(listener, service, shutdown).await
 }
 
 fn bind_address(node: &envoy_types::pb::envoy::config::core::v3::Node) -> Result<Option<IpAddr>, Status> {
@@ -310,30 +273,6 @@ fn captured(mode: &str, bind: Option<IpAddr>, node: &str) -> bool {
             );
             false
         }
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    /// Never called: [`wire::AdsService`] serves state of the world with shared encodings
-    /// ([`AdsServer::sotw`]) before the generated server sees the request.
-    async fn stream_aggregated_resources(
-        &self,
-        _request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("state of the world ADS is served by xds::wire::AdsService"))
-    }
-
-    /// Never called: [`wire::AdsService`] serves the delta method with shared encodings
-    /// ([`AdsServer::delta`]) before the generated server sees the request.
-    async fn delta_aggregated_resources(
-        &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("delta ADS is served by xds::wire::AdsService"))
     }
 }
 
@@ -680,18 +619,6 @@ fn log_answer(node: &str, answer: Answer, new_error: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The xDS server's connections send without Nagle's delay, as tonic's own listener does.
-    #[tokio::test]
-    async fn accepted_connections_have_nagle_off() {
-        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut accepted = Box::pin(incoming(listener));
-        let socket = accepted.next().await.expect("a connection").expect("accepted");
-        assert!(socket.nodelay().unwrap());
-        assert_eq!(socket.peer_addr().unwrap(), client.local_addr().unwrap());
-    }
 
     #[test]
     fn only_redirect_without_a_bind_address_is_captured() {

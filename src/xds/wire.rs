@@ -8,10 +8,9 @@
 //! 1,000 `Any { value: Vec<u8> }`. The only copy per stream is the write into the stream's
 //! gRPC frame.
 //!
-//! tonic's generated ADS server fixes the delta response type to prost's
-//! `DeltaDiscoveryResponse`, so [`AdsService`] routes the delta method itself and hands every
-//! other method to the generated server. Requests are decoded by tonic (`Streaming`); the
-//! response body is [`DeltaBody`], which frames each response by hand: small fields and small
+//! tonic's generated ADS server fixes the response types to prost's, so [`AdsService`] serves
+//! both methods itself (on hyper's HTTP/2, [`super::http`]). Requests are decoded by
+//! [`Requests`]; the response body is [`DeltaBody`], which frames each response by hand: small fields and small
 //! resources are copied into chunks of at most [`CHUNK`] bytes, and a resource encoding of
 //! [`SHARE_AT`] bytes or more is handed to HTTP/2 as the shared `Bytes` itself (h2 chains
 //! such payloads into its DATA frames without copying them). Nothing of a response outlives
@@ -24,13 +23,13 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryServiceServer, SERVICE_NAME,
-};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::SERVICE_NAME;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
+use hyper::body::Incoming;
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError, http};
+use std::future::Ready;
+use tonic::codegen::{Context, Poll, StdError, http};
 
 use crate::cache::Rendered;
 
@@ -213,71 +212,38 @@ framed_message!(SotwResponse, DiscoveryResponse);
 const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 
-/// The ADS gRPC service: the delta method written from shared encodings ([`DeltaResponse`]),
-/// every other path served by the generated server over the same [`super::AdsServer`].
+/// The ADS gRPC service ([`super::http`] serves it): both methods written from shared
+/// encodings, every other path answered UNIMPLEMENTED.
+#[derive(Clone)]
 pub struct AdsService {
     server: Arc<super::AdsServer>,
-    generated: AggregatedDiscoveryServiceServer<super::AdsServer>,
 }
 
 impl AdsService {
     pub fn new(server: super::AdsServer) -> AdsService {
-        let server = Arc::new(server);
-        let generated = AggregatedDiscoveryServiceServer::from_arc(server.clone())
-            .max_decoding_message_size(super::MAX_DECODING)
-            .max_encoding_message_size(super::MAX_ENCODING);
-        AdsService { server, generated }
-    }
-}
-
-impl Clone for AdsService {
-    fn clone(&self) -> AdsService {
-        AdsService { server: self.server.clone(), generated: self.generated.clone() }
-    }
-}
-
-impl tonic::server::NamedService for AdsService {
-    const NAME: &'static str = SERVICE_NAME;
-}
-
-impl<B> Service<http::Request<B>> for AdsService
-where
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+        AdsService { server: Arc::new(server) }
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let server = self.server.clone();
-        match req.uri().path() {
-            DELTA_PATH => Box::pin(async move {
-                Ok(match requests(req) {
-                    Ok(request) => respond(server.delta(request).await),
-                    Err(status) => status.into_http(),
-                })
-            }),
-            SOTW_PATH => Box::pin(async move {
-                Ok(match requests(req) {
-                    Ok(request) => respond(server.sotw(request).await),
-                    Err(status) => status.into_http(),
-                })
-            }),
-            _ => self.generated.call(req),
-        }
+    /// Opens the stream `req` asks for. Nothing waits: the stream runs in the response body.
+    pub fn call(&self, req: http::Request<Incoming>) -> Ready<Result<http::Response<AdsBody>, Infallible>> {
+        let response = match req.uri().path() {
+            DELTA_PATH => match requests(req) {
+                Ok(request) => respond(self.server.delta(request), AdsBody::Delta),
+                Err(status) => status.into_http(),
+            },
+            SOTW_PATH => match requests(req) {
+                Ok(request) => respond(self.server.sotw(request), AdsBody::Sotw),
+                Err(status) => status.into_http(),
+            },
+            path => tonic::Status::unimplemented(format!("{path}: not a method of {SERVICE_NAME}")).into_http(),
+        };
+        std::future::ready(Ok(response))
     }
 }
 
 /// The request of a streaming method, its messages decoded by [`Requests`].
-fn requests<B, M>(req: http::Request<B>) -> Result<tonic::Request<Requests<M>>, tonic::Status>
+fn requests<M>(req: http::Request<Incoming>) -> Result<tonic::Request<Requests<M>>, tonic::Status>
 where
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
     M: prost::Message + Default,
 {
     if let Some(encoding) = req.headers().get("grpc-encoding")
@@ -294,17 +260,47 @@ where
 
 /// The HTTP response of a streaming method: its responses framed by [`DeltaBody`].
 fn respond<M: Framed>(
-    result: Result<tonic::Response<super::ResponseStream<M>>, tonic::Status>,
-) -> http::Response<tonic::body::Body> {
-    match result {
-        Ok(response) => {
-            let (metadata, responses, _) = response.into_parts();
-            let mut http = http::Response::new(tonic::body::Body::new(DeltaBody::new(responses)));
-            *http.headers_mut() = metadata.into_headers();
-            http.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
-            http
+    response: tonic::Response<super::ResponseStream<M>>,
+    body: fn(DeltaBody<M>) -> AdsBody,
+) -> http::Response<AdsBody> {
+    let (metadata, responses, _) = response.into_parts();
+    let mut http = http::Response::new(body(DeltaBody::new(responses)));
+    *http.headers_mut() = metadata.into_headers();
+    http.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    http
+}
+
+/// The response body of an ADS request: a stream's responses, or nothing (a status in the
+/// headers: a refused request, an unknown method).
+#[derive(Default)]
+pub enum AdsBody {
+    Delta(DeltaBody<DeltaResponse>),
+    Sotw(DeltaBody<SotwResponse>),
+    #[default]
+    Empty,
+}
+
+impl http_body::Body for AdsBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        match self.get_mut() {
+            AdsBody::Delta(body) => Pin::new(body).poll_frame(cx),
+            AdsBody::Sotw(body) => Pin::new(body).poll_frame(cx),
+            AdsBody::Empty => Poll::Ready(None),
         }
-        Err(status) => status.into_http(),
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AdsBody::Delta(body) => body.is_end_stream(),
+            AdsBody::Sotw(body) => body.is_end_stream(),
+            AdsBody::Empty => true,
+        }
     }
 }
 
@@ -312,46 +308,17 @@ fn respond<M: Framed>(
 /// the buffer its largest request grew (an EDS subscription to every cluster: ~32 KB per
 /// stream for as long as the stream lives); this one frees its buffer whenever it holds no
 /// partial message, so an idle stream keeps none.
-pub struct Requests<M> {
-    body: Pin<Box<dyn http_body::Body<Data = Bytes, Error = StdError> + Send>>,
+pub struct Requests<M, B = Incoming> {
+    body: B,
     buf: BytesMut,
     max: usize,
     done: bool,
     _message: std::marker::PhantomData<fn() -> M>,
 }
 
-impl<M: prost::Message + Default> Requests<M> {
-    pub fn new<B>(body: B, max: usize) -> Requests<M>
-    where
-        B: tonic::codegen::Body + Send + 'static,
-        B::Error: Into<StdError> + Send + 'static,
-    {
-        // Bodies yield any `Buf`: made `Bytes` here (requests are small; their bytes are
-        // copied into `buf` anyway).
-        struct Copied<B>(Pin<Box<B>>);
-        impl<B> http_body::Body for Copied<B>
-        where
-            B: tonic::codegen::Body,
-            B::Error: Into<StdError>,
-        {
-            type Data = Bytes;
-            type Error = StdError;
-            fn poll_frame(
-                mut self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-            ) -> Poll<Option<Result<http_body::Frame<Bytes>, StdError>>> {
-                self.0.as_mut().poll_frame(cx).map(|f| {
-                    f.map(|f| f.map_err(Into::into).map(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining()))))
-                })
-            }
-        }
-        Requests {
-            body: Box::pin(Copied(Box::pin(body))),
-            buf: BytesMut::new(),
-            max,
-            done: false,
-            _message: std::marker::PhantomData,
-        }
+impl<M: prost::Message + Default, B> Requests<M, B> {
+    pub fn new(body: B, max: usize) -> Requests<M, B> {
+        Requests { body, buf: BytesMut::new(), max, done: false, _message: std::marker::PhantomData }
     }
 
     /// The next whole message in `buf`, if there is one.
@@ -388,7 +355,12 @@ impl<M: prost::Message + Default> Requests<M> {
 /// Messages come boxed: a stream's loop holds what it reads across no await, but the future
 /// that reads keeps room for one (a delta request is 624 bytes, most of it the node) in every
 /// idle stream's state.
-impl<M: prost::Message + Default> tokio_stream::Stream for Requests<M> {
+impl<M, B> tokio_stream::Stream for Requests<M, B>
+where
+    M: prost::Message + Default,
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<StdError>,
+{
     type Item = Result<Box<M>, tonic::Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -408,7 +380,7 @@ impl<M: prost::Message + Default> tokio_stream::Stream for Requests<M> {
                 this.buf = BytesMut::new();
                 return Poll::Ready(Some(Err(tonic::Status::internal("the request stream ended inside a message"))));
             }
-            match this.body.as_mut().poll_frame(cx) {
+            match Pin::new(&mut this.body).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
@@ -418,7 +390,7 @@ impl<M: prost::Message + Default> tokio_stream::Stream for Requests<M> {
                 Poll::Ready(Some(Err(e))) => {
                     this.done = true;
                     this.buf = BytesMut::new();
-                    return Poll::Ready(Some(Err(tonic::Status::from_error(e))));
+                    return Poll::Ready(Some(Err(tonic::Status::from_error(e.into()))));
                 }
                 Poll::Ready(None) => this.done = true,
             }
@@ -736,7 +708,7 @@ mod tests {
         out
     }
 
-    fn requests(bytes: &[u8], cuts: &[usize], max: usize) -> Requests<DeltaDiscoveryRequest> {
+    fn requests(bytes: &[u8], cuts: &[usize], max: usize) -> Requests<DeltaDiscoveryRequest, Pieces> {
         let mut pieces = VecDeque::new();
         let mut at = 0;
         for &cut in cuts.iter().chain([bytes.len()].iter()) {

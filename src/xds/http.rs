@@ -1,0 +1,142 @@
+//! The xDS port's HTTP/2 server: hyper's HTTP/2 connection, serving [`wire::AdsService`] and
+//! nothing else.
+//!
+//! tonic's `Server` would do the same with more around it: per connection, a protocol sniffer
+//! (HTTP/1 or 2) and a stack of tower layers; per request, the request body and the response
+//! body each boxed once more and their errors mapped, layers that every frame of every stream
+//! then goes through. On a fan-out each of 5,000 streams polls its response body once and its
+//! request body (the ACK) once per change. This server hands hyper's request body to
+//! [`wire::Requests`] and [`wire::AdsBody`] to hyper, with nothing between. It also sets what
+//! tonic does not expose: the most a stream may have queued for writing
+//! ([`MAX_SEND_BUFFER`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tonic::transport::server::Connected;
+
+use super::wire;
+
+/// Connections a listening xDS socket queues before they are accepted (the kernel caps it at
+/// `net.core.somaxconn`). tokio's default of 1,024 resets connections when a thousand proxies
+/// connect at once (a control plane restart, a node pool coming up): measured with `meshflow
+/// xds load --clients 1000`, a third of the streams failed with "connection reset".
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// How often an idle connection is pinged (HTTP/2 PING), to find dead peers.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The most bytes of responses one stream holds queued for writing (hyper's
+/// `max_send_buf_size`; hyper's default is 400 KiB). [`wire::AdsBody`] is polled for the next
+/// chunk only while the queue holds less, so this bounds what a stream's responses occupy
+/// while its client is slow or while every client syncs at once.
+pub const MAX_SEND_BUFFER: usize = 400 * 1024;
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`] and `SO_REUSEADDR`.
+pub fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// The HTTP/2 settings of every connection.
+fn builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        // As many streams per connection as the client opens (gRPC's default).
+        .max_concurrent_streams(None)
+        .max_send_buf_size(MAX_SEND_BUFFER);
+    builder
+}
+
+/// Accepts connections on `listener` and serves `service` on each until `shutdown` resolves.
+/// Then it stops accepting and tells every connection to end (HTTP/2 GOAWAY): their streams
+/// end as their clients close them, or with the runtime.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: wire::AdsService,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let builder = builder();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let socket = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    // (Out of descriptors, a connection reset before it was accepted: the next
+                    // accept may succeed.)
+                    tracing::debug!(error = %e, "accepting an xDS connection");
+                    continue;
+                }
+            },
+        };
+        serve_connection(&builder, nodelay(socket), service.clone(), stop_rx.clone());
+    }
+    let _ = stop_tx.send(());
+    Ok(())
+}
+
+/// The accepted socket without Nagle's delay: with Nagle on, a response written while the
+/// previous one is unacknowledged waits for the client's (possibly delayed) ACK.
+fn nodelay(socket: tokio::net::TcpStream) -> tokio::net::TcpStream {
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::debug!(error = %e, "setting TCP_NODELAY on an xDS connection");
+    }
+    socket
+}
+
+/// Serves one connection on its own task. Each request carries the peer's address as tonic's
+/// `TcpConnectInfo`, so `tonic::Request::remote_addr` tells it.
+fn serve_connection(
+    builder: &hyper::server::conn::http2::Builder<TokioExecutor>,
+    socket: tokio::net::TcpStream,
+    service: wire::AdsService,
+    mut stop: tokio::sync::watch::Receiver<()>,
+) {
+    let info = socket.connect_info();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(info.clone());
+        service.call(req)
+    });
+    let conn = builder.serve_connection(TokioIo::new(socket), service);
+    tokio::spawn(async move {
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "xDS connection ended");
+                }
+                return;
+            }
+            _ = stop.changed() => conn.as_mut().graceful_shutdown(),
+        }
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "xDS connection ended");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The xDS server's connections send without Nagle's delay.
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        let socket = nodelay(socket);
+        assert!(socket.nodelay().unwrap());
+        assert_eq!(socket.peer_addr().unwrap(), client.local_addr().unwrap());
+    }
+}
