@@ -31,7 +31,8 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// The most bytes of responses one stream holds queued for writing (hyper's
 /// `max_send_buf_size`; hyper's default is 400 KiB). [`wire::AdsBody`] is polled for the next
 /// chunk only while the queue holds less, so this bounds what a stream's responses occupy
-/// while its client is slow or while every client syncs at once.
+/// while its client is slow or while every client syncs at once. (64 and 128 KiB changed
+/// neither the memory per idle stream nor the fan-out: BENCHMARKS.md, session 24.)
 pub const MAX_SEND_BUFFER: usize = 400 * 1024;
 
 /// A listening socket on `addr` with [`LISTEN_BACKLOG`] and `SO_REUSEADDR`.
@@ -126,7 +127,14 @@ fn serve_connection(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+
     use super::*;
+    use crate::cache::Cache;
+    use crate::xds::AdsServer;
+    use crate::xds::sync::Connections;
 
     /// The xDS server's connections send without Nagle's delay.
     #[tokio::test]
@@ -138,5 +146,76 @@ mod tests {
         let socket = nodelay(socket);
         assert!(socket.nodelay().unwrap());
         assert_eq!(socket.peer_addr().unwrap(), client.local_addr().unwrap());
+    }
+    /// An h2 connection to a server on a free port, with the server's connections registry.
+    async fn connect() -> (h2::client::SendRequest<bytes::Bytes>, std::net::SocketAddr, Arc<Connections>) {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Connections::new();
+        let service =
+            AdsServer::new(Cache::new(Vec::<String>::new()), None).with_connections(connections.clone()).into_service();
+        tokio::spawn(serve(listener, service, std::future::pending()));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let local = tcp.local_addr().unwrap();
+        let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        (send.ready().await.unwrap(), local, connections)
+    }
+
+    fn grpc_request(path: &str) -> hyper::Request<()> {
+        hyper::Request::post(format!("http://xds{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap()
+    }
+
+    /// A method ADS does not have is refused with gRPC's UNIMPLEMENTED (12) in the headers.
+    #[tokio::test]
+    async fn an_unknown_method_is_unimplemented() {
+        let (mut send, _, _) = connect().await;
+        let path = "/envoy.service.discovery.v3.AggregatedDiscoveryService/NoSuchMethod";
+        let (response, _) = send.send_request(grpc_request(path), true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["grpc-status"], "12");
+    }
+
+    /// A delta stream is opened, and its connection record carries the client's address (the
+    /// peer in `/debug/syncz`), which the server passes to each request.
+    #[tokio::test]
+    async fn a_delta_stream_is_opened_and_knows_its_peer() {
+        use prost::Message;
+        let (mut send, local, connections) = connect().await;
+        let path = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+        let (response, mut body) = send.send_request(grpc_request(path), false).unwrap();
+        let request = DeltaDiscoveryRequest {
+            node: Some(envoy_types::pb::envoy::config::core::v3::Node {
+                id: "sidecar~10.0.0.1~a.default~default.svc.cluster.local".into(),
+                ..Default::default()
+            }),
+            type_url: crate::translate::ResourceType::Cluster.type_url().into(),
+            ..Default::default()
+        };
+        let message = request.encode_to_vec();
+        let mut frame = vec![0];
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&message);
+        body.send_data(frame.into(), false).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+        // (Registered once the stream has read its first request.)
+        let node = request.node.as_ref().unwrap().id.as_str();
+        let mut connection = connections.by_node(node);
+        for _ in 0..500 {
+            if connection.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            connection = connections.by_node(node);
+        }
+        let connection = connection.expect("the stream registered its proxy");
+        assert_eq!(connection.peer, Some(local));
     }
 }
