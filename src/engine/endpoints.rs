@@ -126,7 +126,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let (se_in, service_entries) = scope.new_collection::<ServiceEntry, isize>();
     let (facts_in, facts) = scope.new_collection::<ClusterFact, isize>();
 
-    let labels_by_pod = pod_places.clone().map(|p: PodPlace| (p.key(), p.labels)).arrange_by_key();
+    let labels_by_pod =
+        pod_places.clone().map(|p: PodPlace| (p.key(), p.labels)).arrange_by_key_named("Arrange: labels by pod");
     let scoped_bases = facts
         .clone()
         .flat_map(|f| if let ClusterFact::ScopedBase(base, scope) = f { Some((name(&base), scope)) } else { None });
@@ -154,9 +155,10 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
                 (key, name(&row.cluster_name()))
             })
         })
-        .arrange_by_key();
+        .arrange_by_key_named("Arrange: service ports by name");
 
     let from_slices = slice_rows
+        .arrange_by_key_named("Arrange: slice rows by port")
         .join_core(ports_by_name.clone(), |_key, ep: &EndpointRow, cluster: &Name| Some((cluster.clone(), ep.clone())));
 
     // Core/v1 Endpoints count only for services that have no EndpointSlice (as in a cluster
@@ -200,10 +202,12 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         .flat_map(|p: PodPlace| {
             p.labels.into_iter().map(move |(k, v)| ((p.namespace.clone(), k, v), p.name.clone())).collect::<Vec<_>>()
         })
-        .arrange_by_key();
+        .arrange_by_key_named("Arrange: live pods by label");
     // (A Pod is shared, not copied, by the merges of this arrangement's batches.)
-    let pods_by_name =
-        pods.filter(Pod::live).map(|p: Pod| ((p.namespace.clone(), p.name.clone()), Arc::new(p))).arrange_by_key();
+    let pods_by_name = pods
+        .filter(Pod::live)
+        .map(|p: Pod| ((p.namespace.clone(), p.name.clone()), Arc::new(p)))
+        .arrange_by_key_named("Arrange: live pods by name");
     let from_pods = selector_services
         .join_core(pod_labels.clone(), |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &String| {
             Some(((ns.clone(), pod.clone()), svc.clone()))
@@ -265,9 +269,9 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     // (The pod localities and the endpoints by pod are each arranged once, for the join that
     // places an endpoint and the one that tells which have no place: an antijoin would arrange
     // both again.)
-    let pod_locality_by_pod = pod_locality.arrange_by_key();
+    let pod_locality_by_pod = pod_locality.arrange_by_key_named("Arrange: locality by pod");
     let by_pod_rows = unlocated.clone().flat_map(|(c, ep): (Name, EndpointRow)| ep.pod.clone().map(|p| (p, (c, ep))));
-    let by_pod = by_pod_rows.clone().arrange_by_key();
+    let by_pod = by_pod_rows.clone().arrange_by_key_named("Arrange: endpoints by pod");
     let located =
         by_pod.clone().join_core(pod_locality_by_pod.clone(), |_, (c, ep): &(Name, EndpointRow), l: &Arc<str>| {
             let mut ep = ep.clone();
@@ -299,14 +303,17 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let with_subsets = subsets_by_base.clone().map(|(base, _)| base).distinct();
     // (The endpoints of clusters whose `failoverPriority` compares labels meet them too.)
     // (Base endpoints are arranged by cluster once, for this join and the scoped one below.)
-    let base_by_cluster = base_endpoints.clone().arrange_by_key();
-    let subset_bases = with_subsets.concat(prioritized_bases.clone()).distinct().arrange_by_self();
+    let base_by_cluster = base_endpoints.clone().arrange_by_key_named("Arrange: endpoints by cluster");
+    let subset_bases = with_subsets
+        .concat(prioritized_bases.clone())
+        .distinct()
+        .arrange_by_self_named("Arrange: clusters with subsets");
     let subset_candidates =
         base_by_cluster.clone().join_core(subset_bases, |c: &Name, ep: &EndpointRow, _| Some((c.clone(), ep.clone())));
     let by_pod_rows = subset_candidates
         .clone()
         .flat_map(|(cluster, ep): (Name, EndpointRow)| ep.pod.clone().map(|pod| (pod, (cluster, ep.addr))));
-    let by_pod = by_pod_rows.clone().arrange_by_key();
+    let by_pod = by_pod_rows.clone().arrange_by_key_named("Arrange: subset candidates by pod");
     let labelled = by_pod
         .clone()
         .join_core(labels_by_pod.clone(), |_, (c, a): &(Name, EndpointAddr), labels: &Labels| {
@@ -329,10 +336,10 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
             outbound::subset_selects(subset, labels).then(|| (cluster.clone(), addr.clone()))
         },
     );
-    let scoped_addresses = base_by_cluster
-        .join_core(scoped_bases.arrange_by_key(), |cluster, ep: &EndpointRow, scope: &Scope| {
-            Some(((scope.clone(), cluster.clone()), ep.addr.clone()))
-        });
+    let scoped_addresses = base_by_cluster.join_core(
+        scoped_bases.arrange_by_key_named("Arrange: scoped bases"),
+        |cluster, ep: &EndpointRow, scope: &Scope| Some(((scope.clone(), cluster.clone()), ep.addr.clone())),
+    );
     let addresses = base_endpoints
         .map(|(cluster, ep)| ((Scope::All, cluster), ep.addr))
         .concat(from_subsets.flat_map(|x| x))
@@ -354,7 +361,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let located = by_cluster
         .clone()
         .join_core(
-            located_clusters.arrange_by_key(),
+            located_clusters.arrange_by_key_named("Arrange: located clusters"),
             |(_, cluster): &(Scope, Name),
              addr: &Option<EndpointAddr>,
              (ctx, lb, base): &(Context, LocalityLb, LocatedBase)| {
