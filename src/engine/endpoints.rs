@@ -266,26 +266,27 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         .clone()
         .map(|((ns, name), locality)| OutputRow::PodLocality { pod: (ns.to_string(), name.to_string()), locality });
     let pod_locality = pod_locality.map(|(pod, l)| (pod, Arc::<str>::from(l)));
-    // (The pod localities and the endpoints by pod are each arranged once, for the join that
-    // places an endpoint and the one that tells which have no place: an antijoin would arrange
-    // both again.)
+    // An endpoint of a pod with a locality is placed there: the join yields, for each such
+    // endpoint, the placed row and the unplaced one's retraction (one join, where an antijoin
+    // or a second join for the retraction would cost as much again: two thirds of the
+    // endpoint graph's runs are one pod's endpoints going through here).
     let pod_locality_by_pod = pod_locality.arrange_by_key_named("Arrange: locality by pod");
     let by_pod_rows = unlocated.clone().flat_map(|(c, ep): (Name, EndpointRow)| ep.pod.clone().map(|p| (p, (c, ep))));
-    let by_pod = by_pod_rows.clone().arrange_by_key_named("Arrange: endpoints by pod");
-    let located =
-        by_pod.clone().join_core(pod_locality_by_pod.clone(), |_, (c, ep): &(Name, EndpointRow), l: &Arc<str>| {
-            let mut ep = ep.clone();
-            if ep.addr.locality.is_empty() {
-                ep.addr.locality = l.clone();
+    let placed = by_pod_rows
+        .clone()
+        .arrange_by_key_named("Arrange: endpoints by pod")
+        .join_core(pod_locality_by_pod, |_, (c, ep): &(Name, EndpointRow), l: &Arc<str>| {
+            Some((c.clone(), ep.clone(), l.clone()))
+        })
+        .explode(|(c, ep, l)| {
+            let mut located = ep.clone();
+            if located.addr.locality.is_empty() {
+                located.addr.locality = l;
             }
-            Some((c.clone(), ep))
+            [((c.clone(), located), 1isize), ((c, ep), -1)]
         });
-    let placed = by_pod.join_core(pod_locality_by_pod, |_, ce: &(Name, EndpointRow), _| Some(ce.clone()));
-    let base_endpoints = unlocated
-        .filter(|(_, ep)| ep.pod.is_none())
-        .concat(located)
-        .concat(by_pod_rows.map(|(_, ce)| ce))
-        .concat(placed.negate());
+    let base_endpoints =
+        unlocated.filter(|(_, ep)| ep.pod.is_none()).concat(by_pod_rows.map(|(_, ce)| ce)).concat(placed);
 
     // === endpoints of subset clusters ===
     // Only the endpoints of clusters that have subsets meet pod labels: a pod's labels decide
@@ -313,21 +314,16 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let by_pod_rows = subset_candidates
         .clone()
         .flat_map(|(cluster, ep): (Name, EndpointRow)| ep.pod.clone().map(|pod| (pod, (cluster, ep.addr))));
-    let by_pod = by_pod_rows.clone().arrange_by_key_named("Arrange: subset candidates by pod");
-    let labelled = by_pod
+    // (As with the localities: a pod's labels replace the empty set, in one join.)
+    let labelled = by_pod_rows
         .clone()
-        .join_core(labels_by_pod.clone(), |_, (c, a): &(Name, EndpointAddr), labels: &Labels| {
-            Some((c.clone(), (a.clone(), labels.clone())))
+        .arrange_by_key_named("Arrange: subset candidates by pod")
+        .join_core(labels_by_pod, |_, (c, a): &(Name, EndpointAddr), labels: &Labels| {
+            Some((c.clone(), a.clone(), labels.clone()))
         })
-        // (A pod without labels: an empty set, as if the antijoin with labelled pods.)
+        .explode(|(c, a, labels)| [((c.clone(), (a.clone(), labels)), 1isize), ((c, (a, Labels::new())), -1)])
+        // (A pod without labels, or not known: an empty set.)
         .concat(by_pod_rows.map(|(_, (c, a))| (c, (a, Labels::new()))))
-        .concat(
-            by_pod
-                .join_core(labels_by_pod, |_, (c, a): &(Name, EndpointAddr), _| {
-                    Some((c.clone(), (a.clone(), Labels::new())))
-                })
-                .negate(),
-        )
         .concat(subset_candidates.flat_map(|(c, ep)| ep.pod.is_none().then_some((c, (ep.addr, ep.labels)))));
     let endpoint_labels = labelled.clone().semijoin(prioritized_bases).map(|(c, (a, l))| ((c.to_string(), a), l));
     let from_subsets = labelled.join_map(
