@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use prost::Message;
 use tonic::codegen::http;
 
-const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+use crate::xds::wire::{DELTA_PATH, grpc_frame};
 
 /// Largest response a stream accepts.
 const MAX_RESPONSE: usize = 256 << 20;
@@ -90,7 +90,7 @@ impl Connection {
         let mut send = self.send.clone().ready().await?;
         let (response, mut out) = send.send_request(request, false)?;
         for req in first {
-            out.send_data(frame(req), false)?;
+            out.send_data(grpc_frame(req), false)?;
         }
         let response = response.await?;
         let (parts, body) = response.into_parts();
@@ -112,16 +112,6 @@ fn grpc_error(headers: &http::HeaderMap) -> Option<String> {
         let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("");
         format!("grpc-status {code}: {message}")
     })
-}
-
-/// `req` as a gRPC message frame.
-fn frame(req: &impl Message) -> Bytes {
-    let len = req.encoded_len();
-    let mut buf = BytesMut::with_capacity(5 + len);
-    buf.put_u8(0);
-    buf.put_u32(len as u32);
-    req.encode(&mut buf).expect("the buffer has the message's length");
-    buf.freeze()
 }
 
 /// An ACK (`nack`: a NACK with that message) of the response of `type_url` with `nonce`, as a
@@ -165,7 +155,7 @@ pub struct Stream {
 impl Stream {
     /// Sends a request (subscriptions).
     pub fn send(&mut self, req: &DeltaDiscoveryRequest) -> anyhow::Result<()> {
-        Ok(self.out.send_data(frame(req), false)?)
+        Ok(self.out.send_data(grpc_frame(req), false)?)
     }
 
     /// ACKs (or with `nack`, NACKs) the response of `type_url` with `nonce`.

@@ -267,9 +267,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         .map(|((ns, name), locality)| OutputRow::PodLocality { pod: (ns.to_string(), name.to_string()), locality });
     let pod_locality = pod_locality.map(|(pod, l)| (pod, Arc::<str>::from(l)));
     // An endpoint of a pod with a locality is placed there: the join yields, for each such
-    // endpoint, the placed row and the unplaced one's retraction (one join, where an antijoin
-    // or a second join for the retraction would cost as much again: two thirds of the
-    // endpoint graph's runs are one pod's endpoints going through here).
+    // endpoint, the placed row and the unplaced one's retraction (one join: a second join, or
+    // an antijoin, for the retraction cost as much again on every pod event).
     let pod_locality_by_pod = pod_locality.arrange_by_key_named("Arrange: locality by pod");
     let by_pod_rows = unlocated.clone().flat_map(|(c, ep): (Name, EndpointRow)| ep.pod.clone().map(|p| (p, (c, ep))));
     let placed = by_pod_rows

@@ -62,7 +62,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     service: wire::AdsService,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) {
     let builder = builder();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
@@ -82,7 +82,6 @@ pub async fn serve(
         serve_connection(&builder, nodelay(socket), service.clone(), stop_rx.clone());
     }
     let _ = stop_tx.send(());
-    Ok(())
 }
 
 /// The accepted socket without Nagle's delay: with Nagle on, a response written while the
@@ -147,6 +146,7 @@ mod tests {
         assert!(socket.nodelay().unwrap());
         assert_eq!(socket.peer_addr().unwrap(), client.local_addr().unwrap());
     }
+
     /// An h2 connection to a server on a free port, with the server's connections registry.
     async fn connect() -> (h2::client::SendRequest<bytes::Bytes>, std::net::SocketAddr, Arc<Connections>) {
         let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -185,10 +185,8 @@ mod tests {
     /// peer in `/debug/syncz`), which the server passes to each request.
     #[tokio::test]
     async fn a_delta_stream_is_opened_and_knows_its_peer() {
-        use prost::Message;
         let (mut send, local, connections) = connect().await;
-        let path = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
-        let (response, mut body) = send.send_request(grpc_request(path), false).unwrap();
+        let (response, mut body) = send.send_request(grpc_request(wire::DELTA_PATH), false).unwrap();
         let request = DeltaDiscoveryRequest {
             node: Some(envoy_types::pb::envoy::config::core::v3::Node {
                 id: "sidecar~10.0.0.1~a.default~default.svc.cluster.local".into(),
@@ -197,11 +195,7 @@ mod tests {
             type_url: crate::translate::ResourceType::Cluster.type_url().into(),
             ..Default::default()
         };
-        let message = request.encode_to_vec();
-        let mut frame = vec![0];
-        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&message);
-        body.send_data(frame.into(), false).unwrap();
+        body.send_data(wire::grpc_frame(&request), false).unwrap();
         let response = response.await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "application/grpc");

@@ -237,7 +237,8 @@ pub async fn serve_with_connections(
     let listener = http::listen(addr).map_err(|e| anyhow::anyhow!("binding xDS address {addr}: {e}"))?;
     tracing::info!(%addr, "serving ADS (delta and state of the world)");
     let service = AdsServer::new(cache, classes).with_connections(connections).into_service();
-    http::serve(listener, service, shutdown).await
+    http::serve(listener, service, shutdown).await;
+    Ok(())
 }
 
 fn bind_address(node: &envoy_types::pb::envoy::config::core::v3::Node) -> Result<Option<IpAddr>, Status> {

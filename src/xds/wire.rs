@@ -10,10 +10,10 @@
 //!
 //! tonic's generated ADS server fixes the response types to prost's, so [`AdsService`] serves
 //! both methods itself (on hyper's HTTP/2, [`super::http`]). Requests are decoded by
-//! [`Requests`]; the response body is [`DeltaBody`], which frames each response by hand: small fields and small
-//! resources are copied into chunks of at most [`CHUNK`] bytes, and a resource encoding of
-//! [`SHARE_AT`] bytes or more is handed to HTTP/2 as the shared `Bytes` itself (h2 chains
-//! such payloads into its DATA frames without copying them). Nothing of a response outlives
+//! [`Requests`]; the response body is [`DeltaBody`], which frames each response by hand:
+//! small fields and small resources are copied into chunks of at most [`CHUNK`] bytes, and a
+//! resource encoding of [`SHARE_AT`] bytes or more is handed to HTTP/2 as the shared `Bytes`
+//! itself (h2 chains such payloads into its DATA frames without copying them). Nothing of a response outlives
 //! its write: an idle stream holds no encode buffer. (tonic's own encoder keeps, per stream,
 //! the buffer its largest message grew: ~400 KB per idle sidecar stream at `--preset small`.)
 
@@ -209,8 +209,20 @@ macro_rules! framed_message {
 framed_message!(DeltaResponse, DeltaDiscoveryResponse);
 framed_message!(SotwResponse, DiscoveryResponse);
 
-const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
-const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+/// The HTTP/2 paths of ADS's two methods.
+pub const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+pub const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+
+/// `message` as one gRPC message frame (uncompressed): a zero byte, its length as big-endian
+/// u32, the message. (Requests, as clients write them; responses are framed by [`Framer`].)
+pub fn grpc_frame(message: &impl prost::Message) -> Bytes {
+    let len = message.encoded_len();
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    message.encode(&mut buf).expect("the buffer has the message's length");
+    buf.freeze()
+}
 
 /// The ADS gRPC service ([`super::http`] serves it): both methods written from shared
 /// encodings, every other path answered UNIMPLEMENTED.
@@ -700,14 +712,6 @@ mod tests {
         }
     }
 
-    fn grpc_message(m: &impl Message) -> Vec<u8> {
-        let body = m.encode_to_vec();
-        let mut out = vec![0];
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&body);
-        out
-    }
-
     fn requests(bytes: &[u8], cuts: &[usize], max: usize) -> Requests<DeltaDiscoveryRequest, Pieces> {
         let mut pieces = VecDeque::new();
         let mut at = 0;
@@ -727,8 +731,8 @@ mod tests {
             ..Default::default()
         };
         let b = DeltaDiscoveryRequest { type_url: "b".into(), response_nonce: "7".into(), ..Default::default() };
-        let mut bytes = grpc_message(&a);
-        bytes.extend(grpc_message(&b));
+        let mut bytes = grpc_frame(&a).to_vec();
+        bytes.extend(grpc_frame(&b));
         // Cut inside the first header, inside the first body, and across the boundary.
         for cuts in [vec![], vec![2], vec![2, 100, 3004], vec![3010], vec![1, 2, 3, 4, 5, 6]] {
             let mut stream = requests(&bytes, &cuts, 1 << 20);
@@ -742,7 +746,7 @@ mod tests {
     #[tokio::test]
     async fn bad_requests_end_the_stream_with_a_status() {
         use tokio_stream::StreamExt;
-        let m = grpc_message(&DeltaDiscoveryRequest { type_url: "t".repeat(100), ..Default::default() });
+        let m = grpc_frame(&DeltaDiscoveryRequest { type_url: "t".repeat(100), ..Default::default() }).to_vec();
         let status = requests(&m, &[], 50).next().await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
         let mut compressed = m.clone();
