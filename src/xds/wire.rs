@@ -410,8 +410,14 @@ where
     }
 }
 
-/// The most bytes [`DeltaBody`] copies into one chunk (small resources and fields).
-pub const CHUNK: usize = 64 * 1024;
+/// The most bytes [`DeltaBody`] copies into one chunk (small resources and fields): one
+/// HTTP/2 DATA frame at the protocol's default `SETTINGS_MAX_FRAME_SIZE` (16,384; Envoy's
+/// `Http2ProtocolOptions` has no setting to raise it). A larger chunk is cut into frames of
+/// this size all the same, but while it waits in the stream's send buffer it is a larger
+/// allocation: 5,000 streams sending their initial configuration at once each hold about one
+/// chunk, and with 64 KiB chunks the server kept ~1.5 KB more RSS per idle stream afterwards
+/// (BENCHMARKS.md, "Session 25").
+pub const CHUNK: usize = 16 * 1024;
 /// A resource encoding at least this long is written as the shared bytes, not copied.
 pub const SHARE_AT: usize = 16 * 1024;
 
