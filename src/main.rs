@@ -24,19 +24,33 @@ use meshflow::xds::sync::Connections;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_arena_eager_commit` (mimalloc.h, `mi_option_e`, v2).
+/// mimalloc's `mi_option_arena_eager_commit` and `mi_option_purge_delay` (mimalloc.h,
+/// `mi_option_e`, v2).
 #[cfg(not(feature = "system-allocator"))]
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+#[cfg(not(feature = "system-allocator"))]
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Commits arena memory as it is used, not a whole arena (1 GiB) at once. By default mimalloc
-/// commits arenas eagerly where the OS overcommits (Linux); on this machine that cost the
-/// engine's initial translation at `large` ~2.5 s more kernel time (purges of committed memory)
-/// and ~0.1 GB more RSS.
+/// Two of mimalloc's options:
+/// - Arena memory is committed as it is used, not a whole arena (1 GiB) at once. By default
+///   mimalloc commits arenas eagerly where the OS overcommits (Linux); on this machine that
+///   cost the engine's initial translation at `large` ~2.5 s more kernel time (purges of
+///   committed memory) and ~0.1 GB more RSS.
+/// - Freed memory is given back to the OS at once (purge delay 0), not 10 ms later. mimalloc
+///   runs a delayed purge only when the thread that scheduled it allocates again, and a thread
+///   that goes idle never does: 3 s after a fan-out to 5,000 streams the server still held
+///   ~0.8 KB more RSS per idle stream, and at `large` the bench peaked at 1.42–1.53 GB against
+///   1.23 GB, with no more CPU (BENCHMARKS.md, "Session 25"). `MIMALLOC_PURGE_DELAY` in the
+///   environment still decides, for an operator who measures otherwise.
 fn tune_allocator() {
-    // SAFETY: sets a process-wide option; mimalloc reads it when it reserves its next arena.
+    // SAFETY: sets process-wide options; mimalloc reads them when it reserves its next arena
+    // and when it next frees a page.
     #[cfg(not(feature = "system-allocator"))]
     unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0)
+        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        }
     }
 }
 
@@ -465,24 +479,31 @@ async fn shutdown_signal() {
 mod tests {
     use super::*;
 
+    /// The options set at start are the ones meant: the indexes are mimalloc's enum order, and
+    /// an option's documented default, with its neighbours', tells it from the others.
+    #[cfg(not(feature = "system-allocator"))]
     #[test]
-    fn the_option_set_at_start_is_mimallocs_arena_eager_commit() {
-        // The index is mimalloc's enum order: its documented default (2: eager where the OS
-        // overcommits) tells it from its neighbours (eager_commit 1, purge_decommits 1).
-        if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_some() {
+    fn the_options_set_at_start_are_mimallocs_arena_eager_commit_and_purge_delay() {
+        if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_some()
+            || std::env::var_os("MIMALLOC_PURGE_DELAY").is_some()
+        {
             return;
         }
         // SAFETY: reads process-wide options.
-        let (option, before, after) = unsafe {
+        let around = |option| unsafe {
             (
-                libmimalloc_sys::mi_option_get(MI_OPTION_ARENA_EAGER_COMMIT),
-                libmimalloc_sys::mi_option_get(MI_OPTION_ARENA_EAGER_COMMIT - 1),
-                libmimalloc_sys::mi_option_get(MI_OPTION_ARENA_EAGER_COMMIT + 1),
+                libmimalloc_sys::mi_option_get(option - 1),
+                libmimalloc_sys::mi_option_get(option),
+                libmimalloc_sys::mi_option_get(option + 1),
             )
         };
-        assert_eq!((before, option, after), (1, 2, 1));
+        // arena_eager_commit 2 (eager where the OS overcommits), between eager_commit 1 and
+        // purge_decommits 1; purge_delay 10 (ms), between eager_commit_delay 1 and
+        // use_numa_nodes 0.
+        assert_eq!(around(MI_OPTION_ARENA_EAGER_COMMIT), (1, 2, 1));
+        assert_eq!(around(MI_OPTION_PURGE_DELAY), (1, 10, 0));
         tune_allocator();
-        // SAFETY: as above.
-        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_ARENA_EAGER_COMMIT) }, 0);
+        assert_eq!(around(MI_OPTION_ARENA_EAGER_COMMIT), (1, 0, 1));
+        assert_eq!(around(MI_OPTION_PURGE_DELAY), (1, 0, 0));
     }
 }
