@@ -95,7 +95,7 @@ impl BenchEnvoy {
         let tap: AnswerTap = {
             let (answers, node) = (answers.clone(), node.clone());
             Arc::new(move |conn, ty, acked| {
-                if conn.node != node {
+                if *conn.node != *node {
                     return;
                 }
                 match acked {

@@ -88,8 +88,8 @@ struct Pending {
 }
 
 pub struct DeltaStream {
-    /// The node id, for logs.
-    pub node: String,
+    /// The node id, for logs (shared with the stream's `/debug/syncz` record).
+    pub node: Arc<str>,
     /// Listeners bind here instead of 0.0.0.0 (node metadata `MESHFLOW_BIND_ADDRESS`).
     bind: Option<IpAddr>,
     /// What this proxy sees of the cache (its class, its kind, the shared resources).
@@ -242,7 +242,7 @@ impl DeltaStream {
         &self.view
     }
 
-    pub fn new(node: String, bind: Option<IpAddr>, view: View) -> DeltaStream {
+    pub fn new(node: Arc<str>, bind: Option<IpAddr>, view: View) -> DeltaStream {
         DeltaStream {
             node,
             bind,

@@ -284,7 +284,7 @@ trait AdsProtocol: Send {
     type Response: Send + 'static;
     /// For logs: "delta" or "SotW".
     const NAME: &'static str;
-    fn open(node: String, bind: Option<IpAddr>, view: View, memo: &Arc<delta::ChangeMemo>) -> Self;
+    fn open(node: Arc<str>, bind: Option<IpAddr>, view: View, memo: &Arc<delta::ChangeMemo>) -> Self;
     fn node_of(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
     fn node(&self) -> &str;
     fn view(&self) -> &View;
@@ -303,7 +303,7 @@ impl AdsProtocol for DeltaStream {
     type Request = DeltaDiscoveryRequest;
     type Response = wire::DeltaResponse;
     const NAME: &'static str = "delta";
-    fn open(node: String, bind: Option<IpAddr>, view: View, memo: &Arc<delta::ChangeMemo>) -> Self {
+    fn open(node: Arc<str>, bind: Option<IpAddr>, view: View, memo: &Arc<delta::ChangeMemo>) -> Self {
         DeltaStream::new(node, bind, view).with_memo(memo.clone())
     }
     fn node_of(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
@@ -340,7 +340,7 @@ impl AdsProtocol for SotwStream {
     type Request = DiscoveryRequest;
     type Response = wire::SotwResponse;
     const NAME: &'static str = "SotW";
-    fn open(node: String, bind: Option<IpAddr>, view: View, _memo: &Arc<delta::ChangeMemo>) -> Self {
+    fn open(node: Arc<str>, bind: Option<IpAddr>, view: View, _memo: &Arc<delta::ChangeMemo>) -> Self {
         SotwStream::new(node, bind, view)
     }
     fn node_of(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
@@ -523,11 +523,13 @@ fn open_stream<P: AdsProtocol>(
     }
     let istio_version = metadata("ISTIO_VERSION");
     // (Opened first: a delta stream interns its view, and the registry shares the interned one.)
-    let stream = P::open(id.to_string(), bind, view, memo);
+    // (One allocation of the node id, shared by the stream and its syncz record.)
+    let node_id: Arc<str> = id.to_string().into();
+    let stream = P::open(node_id.clone(), bind, view, memo);
     let registration = connections.register(ProxyInfo {
-        node: id.to_string(),
+        node: node_id,
         protocol: P::NAME,
-        proxy_type: id.proxy_type.as_str().to_string(),
+        proxy_type: id.proxy_type.as_str(),
         class: class.id(),
         cluster_id: metadata("CLUSTER_ID"),
         istio_version: istio_version.clone(),

@@ -22,6 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
@@ -57,8 +58,8 @@ impl TypeState {
 }
 
 pub struct SotwStream {
-    /// The node id, for logs.
-    pub node: String,
+    /// The node id, for logs (shared with the stream's `/debug/syncz` record).
+    pub node: Arc<str>,
     /// Listeners bind here instead of 0.0.0.0 (node metadata `MESHFLOW_BIND_ADDRESS`).
     bind: Option<IpAddr>,
     view: View,
@@ -98,7 +99,7 @@ impl SotwStream {
         &self.view
     }
 
-    pub fn new(node: String, bind: Option<IpAddr>, view: View) -> SotwStream {
+    pub fn new(node: Arc<str>, bind: Option<IpAddr>, view: View) -> SotwStream {
         SotwStream { node, bind, view, types: Default::default(), next_nonce: 0, seen: 0, dropped: HashSet::new() }
     }
 

@@ -20,16 +20,49 @@ use crate::translate::ResourceType;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TypeSync {
     /// The nonce of the latest response of this type.
-    pub nonce_sent: Option<String>,
+    pub nonce_sent: Option<Token>,
     /// Its `version_info` (state of the world; delta responses carry versions per resource).
-    pub version_sent: Option<String>,
+    pub version_sent: Option<Token>,
     pub sent_at: Option<SystemTime>,
     /// The nonce of the latest response the proxy ACKed, and its `version_info`.
-    pub nonce_acked: Option<String>,
-    pub version_acked: Option<String>,
+    pub nonce_acked: Option<Token>,
+    pub version_acked: Option<Token>,
     /// The latest NACK, if any (boxed: most streams never NACK, and each stream keeps one
     /// of these per type).
     pub rejection: Option<Box<Rejection>>,
+}
+
+/// A nonce or a version as this server writes them, kept without an allocation: a decimal
+/// number (nonces; delta's versions, the cache's sequence number) or 16 hex digits (state of
+/// the world's set hash). Anything else is kept as text. (Four of them per type per stream:
+/// as `String`s they were 20 small allocations of every idle stream.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Token {
+    Decimal(u64),
+    Hex16(u64),
+    Text(Box<str>),
+}
+
+impl Token {
+    pub fn of(s: &str) -> Token {
+        let decimal = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+        let hex = s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        match () {
+            _ if decimal => s.parse().map(Token::Decimal).unwrap_or_else(|_| Token::Text(s.into())),
+            _ if hex => u64::from_str_radix(s, 16).map(Token::Hex16).unwrap_or_else(|_| Token::Text(s.into())),
+            _ => Token::Text(s.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Token::Decimal(n) => write!(f, "{n}"),
+            Token::Hex16(n) => write!(f, "{n:016x}"),
+            Token::Text(s) => f.write_str(s),
+        }
+    }
 }
 
 /// A type's latest NACK on a stream.
@@ -63,14 +96,14 @@ impl std::fmt::Debug for Tap {
 #[derive(Debug)]
 pub struct Connection {
     /// The node id.
-    pub node: String,
+    pub node: Arc<str>,
     /// A number unique in this process: a node may have several streams (a reconnect overlaps
     /// the old one's end).
     pub id: u64,
     /// "delta" or "SotW".
     pub protocol: &'static str,
     /// `sidecar`, `router` or `proxyless`.
-    pub proxy_type: String,
+    pub proxy_type: &'static str,
     /// The proxy's class (see [`crate::model::proxy::ProxyClass`]).
     pub class: String,
     /// Node metadata `CLUSTER_ID`, `ISTIO_VERSION`; the node's `user_agent_build_version`.
@@ -105,19 +138,19 @@ impl Connection {
     pub fn sent(&self, ty: ResourceType, nonce: &str, version: Option<&str>) {
         let mut types = self.lock();
         let t = &mut types[ty as usize];
-        set(&mut t.nonce_sent, Some(nonce));
-        set(&mut t.version_sent, version);
+        t.nonce_sent = Some(Token::of(nonce));
+        t.version_sent = version.map(Token::of);
         t.sent_at = Some(SystemTime::now());
     }
 
     pub fn acked(&self, ty: ResourceType, nonce: &str) {
         let mut types = self.lock();
         let t = &mut types[ty as usize];
-        if t.nonce_sent.as_deref() == Some(nonce) {
-            let TypeSync { version_sent, version_acked, .. } = t;
-            set(version_acked, version_sent.as_deref());
+        let nonce = Token::of(nonce);
+        if t.nonce_sent.as_ref() == Some(&nonce) {
+            t.version_acked = t.version_sent.clone();
         }
-        set(&mut t.nonce_acked, Some(nonce));
+        t.nonce_acked = Some(nonce);
     }
 
     /// Tells the registry's [`AnswerTap`], if any, of an answer: `Some(seq)` for an ACK of a
@@ -187,7 +220,7 @@ impl Connection {
         };
         put("cluster_id", &self.cluster_id);
         put("proxy", &self.node);
-        put("proxy_type", &self.proxy_type);
+        put("proxy_type", self.proxy_type);
         put("proxy_version", &self.proxy_version);
         put("istio_version", &self.istio_version);
         put("class", &self.class);
@@ -204,10 +237,10 @@ impl Connection {
         for ty in ResourceType::ALL {
             let t = &types[ty as usize];
             if let Some(n) = &t.nonce_sent {
-                put(&format!("{}_sent", short(ty)), n);
+                put(&format!("{}_sent", short(ty)), &n.to_string());
             }
             if let Some(n) = &t.nonce_acked {
-                put(&format!("{}_acked", short(ty)), n);
+                put(&format!("{}_acked", short(ty)), &n.to_string());
             }
             if *t == TypeSync::default() {
                 continue;
@@ -216,9 +249,9 @@ impl Connection {
             let (sent, removed) = self.sent_counts(ty);
             r.insert("resourcesSent".into(), json!(sent));
             r.insert("removedSent".into(), json!(removed));
-            let mut field = |k: &str, v: &Option<String>| {
+            let mut field = |k: &str, v: &Option<Token>| {
                 if let Some(v) = v {
-                    r.insert(k.to_string(), Value::String(v.clone()));
+                    r.insert(k.to_string(), Value::String(v.to_string()));
                 }
             };
             field("sent", &t.nonce_sent);
@@ -248,18 +281,6 @@ impl Connection {
     }
 }
 
-/// Sets `field` to `value`, reusing its allocation (every push and every ACK records a nonce
-/// and a version: on a fan-out to 5,000 streams, new `String`s for them showed in the profile).
-fn set(field: &mut Option<String>, value: Option<&str>) {
-    match (field.as_mut(), value) {
-        (Some(s), Some(v)) => {
-            s.clear();
-            s.push_str(v);
-        }
-        (_, v) => *field = v.map(str::to_string),
-    }
-}
-
 /// A time as RFC 3339 in UTC with milliseconds (`2026-12-01T13:20:00.123Z`).
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -286,9 +307,9 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 /// What a stream knows of its proxy when it registers.
 pub struct ProxyInfo {
-    pub node: String,
+    pub node: Arc<str>,
     pub protocol: &'static str,
-    pub proxy_type: String,
+    pub proxy_type: &'static str,
     pub class: String,
     pub cluster_id: String,
     pub istio_version: String,
@@ -299,11 +320,15 @@ pub struct ProxyInfo {
     pub peer: Option<SocketAddr>,
 }
 
+/// The connected streams, by node id and stream number (the node id shared with the
+/// stream's record).
+type Streams = BTreeMap<(Arc<str>, u64), Arc<Connection>>;
+
 /// The connected streams, by node id.
 #[derive(Default)]
 pub struct Connections {
     next: AtomicU64,
-    streams: Mutex<BTreeMap<(String, u64), Arc<Connection>>>,
+    streams: Mutex<Streams>,
     tap: OnceLock<Tap>,
 }
 
@@ -325,7 +350,7 @@ impl Connections {
         Arc::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<(String, u64), Arc<Connection>>> {
+    fn lock(&self) -> MutexGuard<'_, Streams> {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -370,7 +395,8 @@ impl Connections {
     /// The newest stream of a node id.
     pub fn by_node(&self, node: &str) -> Option<Arc<Connection>> {
         let streams = self.lock();
-        streams.range((node.to_string(), 0)..=(node.to_string(), u64::MAX)).next_back().map(|(_, c)| c.clone())
+        let node: Arc<str> = node.into();
+        streams.range((node.clone(), 0)..=(node, u64::MAX)).next_back().map(|(_, c)| c.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -390,7 +416,7 @@ mod tests {
         ProxyInfo {
             node: node.into(),
             protocol: "delta",
-            proxy_type: "sidecar".into(),
+            proxy_type: "sidecar",
             class: "sidecar/default".into(),
             cluster_id: String::new(),
             istio_version: "1.28.0".into(),
@@ -430,6 +456,31 @@ mod tests {
         assert!(registry.by_node("sidecar~10.0.0.1~a.default~default.svc.cluster.local").is_some());
         drop(a);
         assert!(registry.is_empty());
+    }
+
+    /// A nonce or version reads back exactly as it was written, whatever its form; the forms
+    /// this server writes are kept as numbers.
+    #[test]
+    fn tokens_read_back_as_written_and_numbers_are_kept_as_numbers() {
+        for s in [
+            "0",
+            "17",
+            "18446744073709551615",
+            "18446744073709551616",
+            "007",
+            "00000000000000ff",
+            "0123456789abcdef",
+            "00000000000000FF",
+            "0123456789abcde",
+            "v1",
+            "",
+        ] {
+            assert_eq!(Token::of(s).to_string(), s);
+        }
+        assert_eq!(Token::of("17"), Token::Decimal(17));
+        assert_eq!(Token::of("00000000000000ff"), Token::Hex16(255));
+        assert_eq!(Token::of("007"), Token::Text("007".into()), "a leading zero is not a number's form");
+        assert_eq!(Token::of("18446744073709551616"), Token::Text("18446744073709551616".into()));
     }
 
     #[test]
