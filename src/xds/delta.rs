@@ -62,17 +62,56 @@ struct TypeState {
     names: Held,
     /// Versions the client holds, as far as this stream knows (by [`version_tag`]).
     known: Held,
-    /// Versions the client rejected: never sent again until the resource changes.
-    nacked: Held,
+    /// Versions the client rejected: never sent again until the resource changes. (Boxed, and
+    /// None while there is none: most streams never NACK, and every idle stream keeps this
+    /// for each type: 24 bytes each.)
+    nacked: Option<Box<Held>>,
     /// Names subscribed by name and not yet answered: one that does not exist is sent in
     /// `removed_resources`, so the client stops waiting for it (the protocol's "knowing when
-    /// a requested resource does not exist", incremental variant).
-    unanswered: FastSet<String>,
+    /// a requested resource does not exist", incremental variant). Boxed and None while
+    /// empty, as `nacked`.
+    unanswered: Option<Box<FastSet<String>>>,
 }
 
 impl TypeState {
     fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
+    }
+
+    /// The version of `name` the client rejected, if any.
+    fn rejected(&self, name: &str) -> Option<u64> {
+        self.nacked.as_ref().and_then(|n| n.get(name))
+    }
+
+    /// Records versions the client rejected, or (None) forgets rejections.
+    fn reject(&mut self, updates: impl Iterator<Item = super::held::Change>) {
+        let nacked = self.nacked.get_or_insert_with(Default::default);
+        nacked.apply(updates);
+        if !nacked.any() {
+            self.nacked = None;
+        }
+    }
+
+    fn unanswered(&self) -> impl Iterator<Item = &String> {
+        self.unanswered.iter().flat_map(|names| names.iter())
+    }
+
+    fn is_unanswered(&self, name: &str) -> bool {
+        self.unanswered.as_ref().is_some_and(|names| names.contains(name))
+    }
+
+    fn await_answer(&mut self, name: &str) {
+        self.unanswered.get_or_insert_with(Default::default).insert(name.to_string());
+    }
+
+    /// `name` was answered (sent or removed) or unsubscribed; the set goes when it empties.
+    fn answered(&mut self, name: &str) {
+        if let Some(names) = &mut self.unanswered {
+            names.remove(name);
+            if names.is_empty() {
+                self.unanswered = None;
+            }
+        }
     }
 }
 
@@ -275,7 +314,7 @@ impl DeltaStream {
         }
         let mut types = [(false, false, 0, 0); ResourceType::ALL.len()];
         for (st, key) in self.types.iter().zip(types.iter_mut()) {
-            if st.nacked.any() || !st.unanswered.is_empty() {
+            if st.nacked.is_some() || st.unanswered.is_some() {
                 return None;
             }
             let (names, known) = (st.names.settled()?, st.known.settled()?);
@@ -332,7 +371,7 @@ impl DeltaStream {
                     st.wildcard = true;
                 } else {
                     subscribed.push((intern(cache, &self.view, ty, name), Some(0)));
-                    st.unanswered.insert(name.clone());
+                    st.await_answer(name);
                 }
                 touched.insert(name.clone());
             }
@@ -342,7 +381,7 @@ impl DeltaStream {
                     st.wildcard = false;
                 } else {
                     st.names.remove(name);
-                    st.unanswered.remove(name);
+                    st.answered(name);
                     // The client forgets what it unsubscribed from.
                     if !st.wildcard {
                         st.known.remove(name);
@@ -359,7 +398,7 @@ impl DeltaStream {
             let mut names: FastSet<String> = cache.names(&self.view, ty).into_iter().collect();
             let st = self.state(ty);
             names.extend(st.known.names().map(str::to_string));
-            names.extend(st.unanswered.iter().cloned());
+            names.extend(st.unanswered().cloned());
             names.into_iter().collect()
         } else {
             touched.into_iter().filter(|n| n != "*").collect()
@@ -382,7 +421,7 @@ impl DeltaStream {
         let mut names = Vec::new();
         // The client kept what it had before this response.
         st.known.apply(pending.sent.iter().map(|(name, _, before)| (name.clone(), *before)));
-        st.nacked.apply(pending.sent.iter().map(|(name, tag, _)| (name.clone(), Some(*tag))));
+        st.reject(pending.sent.iter().map(|(name, tag, _)| (name.clone(), Some(*tag))));
         for (name, _, _) in pending.sent.iter() {
             names.push(name.to_string());
         }
@@ -439,7 +478,7 @@ impl DeltaStream {
             let st = &self.types[*ty as usize];
             let mut all: FastSet<String> = cache.names(&self.view, *ty).into_iter().collect();
             all.extend(st.known.names().map(str::to_string));
-            all.extend(st.unanswered.iter().cloned());
+            all.extend(st.unanswered().cloned());
             names.extend(all);
         }
     }
@@ -514,7 +553,7 @@ impl DeltaStream {
                         let st = &self.types[ty as usize];
                         let tag = rendered.tag;
                         let held = st.known.get(name);
-                        if held == Some(tag) && !force || st.nacked.get(name) == Some(tag) {
+                        if held == Some(tag) && !force || st.rejected(name) == Some(tag) {
                             continue;
                         }
                         sent.push((rendered.name.clone(), tag, held));
@@ -522,7 +561,7 @@ impl DeltaStream {
                     }
                     None => {
                         let st = &self.types[ty as usize];
-                        if st.known.contains(name) || st.unanswered.contains(name) {
+                        if st.known.contains(name) || st.is_unanswered(name) {
                             removed.push(name.clone());
                         }
                     }
@@ -530,11 +569,7 @@ impl DeltaStream {
             }
             let st = &mut self.types[ty as usize];
             for name in &seen {
-                st.unanswered.remove(*name);
-            }
-            if st.unanswered.is_empty() {
-                // Its capacity would stay at the largest subscription for the stream's life.
-                st.unanswered = FastSet::default();
+                st.answered(name);
             }
             if ty == ResourceType::Cluster {
                 let eds = &self.types[ResourceType::ClusterLoadAssignment as usize];
@@ -545,9 +580,9 @@ impl DeltaStream {
             let removed_arcs: Vec<Arc<str>> = removed.iter().map(|n| Arc::from(n.as_str())).collect();
             let updates = sent.iter().map(|(name, tag, _)| (name.clone(), Some(*tag)));
             st.known.apply(updates.chain(removed_arcs.iter().map(|n| (n.clone(), None))));
-            if st.nacked.any() {
+            if st.nacked.is_some() {
                 let gone = sent.iter().map(|(name, _, _)| name).chain(&removed_arcs);
-                st.nacked.apply(gone.map(|n| (n.clone(), None)));
+                st.reject(gone.map(|n| (n.clone(), None)));
             }
             st.known.settle();
             if !resources.is_empty() {
