@@ -45,13 +45,18 @@ pub enum Token {
 
 impl Token {
     pub fn of(s: &str) -> Token {
+        // (Only a number's own form: "007" would read back as "7".)
         let decimal = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
-        let hex = s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        match () {
-            _ if decimal => s.parse().map(Token::Decimal).unwrap_or_else(|_| Token::Text(s.into())),
-            _ if hex => u64::from_str_radix(s, 16).map(Token::Hex16).unwrap_or_else(|_| Token::Text(s.into())),
-            _ => Token::Text(s.into()),
+        if decimal && let Ok(n) = s.parse() {
+            return Token::Decimal(n);
         }
+        if s.len() == 16
+            && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && let Ok(n) = u64::from_str_radix(s, 16)
+        {
+            return Token::Hex16(n);
+        }
+        Token::Text(s.into())
     }
 }
 
