@@ -511,7 +511,7 @@ pub fn load(server: &str, opts: &LoadOptions) -> anyhow::Result<Vec<FanoutSample
         let closing = Instant::now();
         stop_tx.send_replace(true);
         let streams = running.len();
-        for task in running {
+        for task in running.tasks {
             let _ = runtime.block_on(task);
         }
         eprintln!("storm {}: {streams} streams closed in {:.1} ms", k + 1, closing.elapsed().as_secs_f64() * 1e3);
@@ -524,7 +524,67 @@ pub fn load(server: &str, opts: &LoadOptions) -> anyhow::Result<Vec<FanoutSample
     Ok(samples)
 }
 
-type Running = Vec<tokio::task::JoinHandle<anyhow::Result<ClientStats>>>;
+/// The tasks of the clients of [`load`], one per connection, and how their streams end.
+struct Running {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ends: Arc<Ends>,
+}
+
+impl Running {
+    /// The streams still open.
+    fn len(&self) -> usize {
+        self.ends.open.load(Ordering::Relaxed)
+    }
+}
+
+/// How many streams of [`load`] are open, and why those that ended did.
+struct Ends {
+    open: std::sync::atomic::AtomicUsize,
+    reasons: Mutex<Vec<String>>,
+}
+
+impl Ends {
+    fn end(&self, streams: usize, reason: String) {
+        self.open.fetch_sub(streams, Ordering::Relaxed);
+        self.reasons.lock().unwrap_or_else(|e| e.into_inner()).extend(std::iter::repeat_n(reason, streams));
+    }
+}
+
+/// Runs the clients `members` on one connection to `endpoint`, in one task that also drives
+/// the connection: the responses one read brings wake clients of this task only, and the ACKs
+/// they queue go out together, in one write, when the task polls the connection next. (With a
+/// task per stream, each ACK woke the connection's task and went out in a write of its own: a
+/// packet through loopback's TCP per stream and change, on both sides. BENCHMARKS.md, session
+/// 26.)
+async fn run_group(
+    endpoint: String,
+    members: std::ops::Range<usize>,
+    shape: Shape,
+    tracker: Arc<Tracker>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    ends: Arc<Ends>,
+) {
+    use std::task::Poll;
+
+    use futures_util::{FutureExt, StreamExt};
+    let (connection, driver) = match super::stream::handshake(&endpoint).await {
+        Ok(c) => c,
+        Err(e) => return ends.end(members.len(), format!("{e:#}")),
+    };
+    let mut clients: futures_util::stream::FuturesUnordered<_> = members
+        .map(|i| run_client(i, node(i, shape), connection.clone(), tracker.clone(), stop.clone(), Behaviour::Acking))
+        .collect();
+    // (Fused: once the connection has ended, its streams end with an error.)
+    let mut driver = std::pin::pin!(driver.fuse());
+    std::future::poll_fn(|cx| {
+        let _ = driver.as_mut().poll(cx);
+        while let Poll::Ready(Some(result)) = clients.poll_next_unpin(cx) {
+            ends.end(1, result.map_or_else(|e| format!("{e:#}"), |_| "the server closed the stream".into()));
+        }
+        if clients.is_empty() { Poll::Ready(()) } else { Poll::Pending }
+    })
+    .await
+}
 
 /// Starts every client of `load` at once and waits until each holds the configuration (see
 /// [`Tracker::synced`]). Returns the stop switch of the clients and
@@ -540,21 +600,16 @@ fn connect_all(
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let before = (tracker.responses.load(Ordering::Relaxed), tracker.bytes.load(Ordering::Relaxed));
     let started = Instant::now();
-    // One connection per group of `streams_per_connection` clients, opened by the group's
-    // first client to get there.
+    // One connection per group of `streams_per_connection` clients, with a task of its own.
     let (per, shape) = (opts.streams_per_connection as usize, opts.shape);
-    let groups: Vec<Arc<tokio::sync::OnceCell<Connection>>> =
-        (0..clients.div_ceil(per)).map(|_| Default::default()).collect();
-    let tasks: Vec<_> = (0..clients)
-        .map(|i| {
-            let (group, endpoint, tracker, stop) =
-                (groups[i / per].clone(), endpoint.clone(), tracker.clone(), stop.clone());
-            runtime.spawn(async move {
-                let channel = group.get_or_try_init(|| connect(endpoint)).await?.clone();
-                run_client(i, node(i, shape), channel, tracker, stop, Behaviour::Acking).await
-            })
+    let ends = Arc::new(Ends { open: clients.into(), reasons: Default::default() });
+    let tasks: Vec<_> = (0..clients.div_ceil(per))
+        .map(|g| {
+            let members = g * per..((g + 1) * per).min(clients);
+            runtime.spawn(run_group(endpoint.clone(), members, shape, tracker.clone(), stop.clone(), ends.clone()))
         })
         .collect();
+    let running = Running { tasks, ends };
     // Done when every stream still open holds the configuration; a server that stops
     // answering for a minute ends the wait too (the line below then says how many do).
     let synced_before = tracker.synced.load(Ordering::Relaxed);
@@ -567,7 +622,7 @@ fn connect_all(
             last = (responses, Instant::now());
         }
         let synced = (tracker.synced.load(Ordering::Relaxed) - synced_before) as usize;
-        let open = tasks.iter().filter(|t| !t.is_finished()).count();
+        let open = running.len();
         if open == 0 || synced >= open {
             synced_at = Some(Instant::now());
             break;
@@ -577,16 +632,11 @@ fn connect_all(
         }
     }
     // Streams that ended already: say why (the first reason and how many).
-    let (ended, running): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| t.is_finished());
-    let mut failures = ended.into_iter().map(|t| match runtime.block_on(t) {
-        Ok(Err(e)) => format!("{e:#}"),
-        Err(e) => format!("client task: {e}"),
-        Ok(Ok(_)) => "the server closed the stream".to_string(),
-    });
-    if let Some(first) = failures.next() {
-        eprintln!("{} of {clients} streams ended: {first}", 1 + failures.count());
+    let ended = std::mem::take(&mut *running.ends.reasons.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Some(first) = ended.first() {
+        eprintln!("{} of {clients} streams ended: {first}", ended.len());
     }
-    if running.is_empty() {
+    if running.len() == 0 {
         anyhow::bail!("every stream ended");
     }
     let synced = tracker.synced.load(Ordering::Relaxed) - synced_before;
