@@ -9,15 +9,24 @@
 //! [`wire::Requests`] and [`wire::AdsBody`] to hyper, with nothing between. It also sets what
 //! tonic does not expose: the most a stream may have queued for writing
 //! ([`MAX_SEND_BUFFER`]).
+//!
+//! A connection has one task, which runs its streams too ([`serve_connection`]): hyper hands
+//! a stream's task to the connection's [`Streams`] rather than spawn it. A change that wakes
+//! a hundred streams of one connection wakes one task, which builds their responses in one
+//! turn and writes them in one write ([`cork`]).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tonic::transport::server::Connected;
 
-use super::wire;
+use super::{cork, wire};
 
 /// Connections a listening xDS socket queues before they are accepted (the kernel caps it at
 /// `net.core.somaxconn`). tokio's default of 1,024 resets connections when a thousand proxies
@@ -43,9 +52,9 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// The HTTP/2 settings of every connection.
-fn builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+/// The HTTP/2 settings of a connection whose streams `streams` keeps.
+fn builder(streams: Streams) -> hyper::server::conn::http2::Builder<Streams> {
+    let mut builder = hyper::server::conn::http2::Builder::new(streams);
     builder
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -53,6 +62,26 @@ fn builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
         .max_concurrent_streams(None)
         .max_send_buf_size(MAX_SEND_BUFFER);
     builder
+}
+
+type StreamTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The executor hyper hands a connection's stream tasks to: it keeps them for the
+/// connection's task, which runs them beside the connection ([`serve_connection`]).
+#[derive(Clone, Default)]
+struct Streams(Arc<Mutex<Vec<StreamTask>>>);
+
+impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Streams {
+    fn execute(&self, task: F) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(Box::pin(task));
+    }
+}
+
+impl Streams {
+    /// The tasks handed over since the last call.
+    fn take(&self) -> Vec<StreamTask> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 /// Accepts connections on `listener` and serves `service` on each until `shutdown` resolves.
@@ -63,7 +92,6 @@ pub async fn serve(
     service: wire::AdsService,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let builder = builder();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -79,7 +107,7 @@ pub async fn serve(
                 }
             },
         };
-        serve_connection(&builder, nodelay(socket), service.clone(), stop_rx.clone());
+        serve_connection(nodelay(socket), service.clone(), stop_rx.clone());
     }
     let _ = stop_tx.send(());
 }
@@ -93,34 +121,56 @@ fn nodelay(socket: tokio::net::TcpStream) -> tokio::net::TcpStream {
     socket
 }
 
-/// Serves one connection on its own task. Each request carries the peer's address as tonic's
-/// `TcpConnectInfo`, so `tonic::Request::remote_addr` tells it.
-fn serve_connection(
-    builder: &hyper::server::conn::http2::Builder<TokioExecutor>,
-    socket: tokio::net::TcpStream,
-    service: wire::AdsService,
-    mut stop: tokio::sync::watch::Receiver<()>,
-) {
+/// Serves one connection on a task of its own, which also runs the connection's streams.
+/// Each turn of the task polls the connection (it reads what arrived, which wakes the streams
+/// it is for, and writes what the streams queued), then the streams that were woken, then
+/// the connection again, so that what they queued is written in the same turn; the socket
+/// sends all of it at the turn's end ([`cork::Cork::flush`]). Each request carries the
+/// peer's address as tonic's `TcpConnectInfo`, so `tonic::Request::remote_addr` tells it.
+fn serve_connection(socket: tokio::net::TcpStream, service: wire::AdsService, stop: tokio::sync::watch::Receiver<()>) {
     let info = socket.connect_info();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(info.clone());
         service.call(req)
     });
-    let conn = builder.serve_connection(TokioIo::new(socket), service);
+    let handed = Streams::default();
+    let (socket, cork) = cork::cork(socket);
+    let conn = builder(handed.clone()).serve_connection(TokioIo::new(socket), service);
     tokio::spawn(async move {
+        use futures_util::StreamExt;
         let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "xDS connection ended");
-                }
-                return;
+        let mut streams = futures_util::stream::FuturesUnordered::new();
+        let mut stop = std::pin::pin!(async move {
+            let mut stop = stop;
+            // (A dropped sender stops too.)
+            let _ = stop.changed().await;
+        });
+        let mut stopping = false;
+        std::future::poll_fn(|cx| {
+            if !stopping && stop.as_mut().poll(cx).is_ready() {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
             }
-            _ = stop.changed() => conn.as_mut().graceful_shutdown(),
-        }
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "xDS connection ended");
-        }
+            let mut ended = false;
+            for _ in 0..2 {
+                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "xDS connection ended");
+                    }
+                    ended = true;
+                    break;
+                }
+                streams.extend(handed.take());
+                // (FuturesUnordered returns after a round of its woken streams, waking the
+                // task again if more are left: a turn stays bounded.)
+                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            }
+            cork.flush(cx);
+            // The connection's end ends its streams: they have no one to write to. (It ends
+            // after a GOAWAY only once its streams have.)
+            if ended { Poll::Ready(()) } else { Poll::Pending }
+        })
+        .await;
     });
 }
 
@@ -160,6 +210,37 @@ mod tests {
         let (send, conn) = h2::client::handshake(tcp).await.unwrap();
         tokio::spawn(conn);
         (send.ready().await.unwrap(), local, connections)
+    }
+
+    /// When the server shuts down, an idle connection is told to go (GOAWAY) and closes: the
+    /// client's connection ends, and a stream opened before the shutdown ended with it.
+    #[tokio::test]
+    async fn shutting_down_ends_the_connections() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = AdsServer::new(Cache::new(Vec::<String>::new()), None).into_service();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, service, async move {
+            let _ = stopped.await;
+        }));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let mut send = send.ready().await.unwrap();
+        let (response, _body) = send.send_request(grpc_request(wire::DELTA_PATH), false).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut stream = response.into_body();
+        stop.send(()).unwrap();
+        server.await.unwrap();
+        // The stream is still open: the connection waits for it (its client ends it).
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(300), stream.data()).await;
+        assert!(waited.is_err(), "an open stream is not cut by the GOAWAY");
+        // (The client keeps its connection: only the server's GOAWAY can end it.)
+        drop((stream, _body));
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+        assert!(ended.is_ok(), "the client's connection ended after the server's GOAWAY");
+        drop(send);
     }
 
     fn grpc_request(path: &str) -> hyper::Request<()> {

@@ -3,16 +3,18 @@
 //!
 //! No task of its own per stream: the stream's loop (it reads requests and watches the cache,
 //! and drives a [`delta::DeltaStream`] or a [`sotw::SotwStream`]) runs inside the stream's
-//! HTTP/2 response body ([`Driven`]), polled by the task hyper runs for the stream. A change
-//! wakes that one task, which builds the responses and writes them; there is no second task
-//! and no channel between them (on a fan-out to 5,000 streams, each hop was a wakeup per
-//! stream). HTTP/2 polls a body only while the stream's send buffer has room, so while a
+//! HTTP/2 response body ([`Driven`]), polled by the stream's task, which hyper hands to the
+//! connection's own task to run ([`http`]). A change wakes that one task, which builds the
+//! responses of its woken streams and writes them in one write; there is no task per stream
+//! and no channel (on a fan-out to 5,000 streams, each hop was a wakeup per stream, and each
+//! stream's write a packet of its own). HTTP/2 polls a body only while the stream's send buffer has room, so while a
 //! slow client leaves it full the loop stops reading the cache's change log and later
 //! catches up with the latest versions in one go: a slow stream never grows a queue.
 
 pub mod classes;
 pub mod client;
 pub mod conformance;
+mod cork;
 pub mod delta;
 mod held;
 pub mod http;
@@ -97,7 +99,7 @@ impl AdsServer {
         self.open::<DeltaStream>(request)
     }
 
-    /// Runs one stream of protocol `P` on its own task; its responses are the returned stream.
+    /// Opens one stream of protocol `P`: its loop runs inside the returned response stream.
     fn open<P: AdsProtocol>(
         &self,
         request: Request<wire::Requests<P::Request>>,
