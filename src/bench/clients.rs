@@ -251,12 +251,6 @@ pub fn node(i: usize, shape: Shape) -> Node {
     Node { id, cluster: "bench".into(), metadata, ..Default::default() }
 }
 
-/// One HTTP/2 connection to `endpoint` (`http://host:port`); clones of it open their streams
-/// on the same connection.
-pub async fn connect(endpoint: String) -> anyhow::Result<Connection> {
-    super::stream::connect(&endpoint).await
-}
-
 /// Runs one client on its own stream of `connection` until the server closes the stream or
 /// `stop` fires.
 pub async fn run_client(
@@ -533,33 +527,54 @@ struct Running {
 impl Running {
     /// The streams still open.
     fn len(&self) -> usize {
-        self.ends.open.load(Ordering::Relaxed)
+        self.ends.open()
     }
 }
 
-/// How many streams of [`load`] are open, and why those that ended did.
-struct Ends {
+/// How many clients' streams are open, and why those that ended did.
+pub struct Ends {
     open: std::sync::atomic::AtomicUsize,
     reasons: Mutex<Vec<String>>,
 }
 
 impl Ends {
+    /// `clients` streams, all open.
+    pub fn new(clients: usize) -> Arc<Ends> {
+        Arc::new(Ends { open: clients.into(), reasons: Default::default() })
+    }
+
+    /// The streams still open.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Why the streams that ended did, since the last call (one entry per stream).
+    pub fn take_reasons(&self) -> Vec<String> {
+        std::mem::take(&mut *self.reasons.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     fn end(&self, streams: usize, reason: String) {
         self.open.fetch_sub(streams, Ordering::Relaxed);
         self.reasons.lock().unwrap_or_else(|e| e.into_inner()).extend(std::iter::repeat_n(reason, streams));
     }
 }
 
-/// Runs the clients `members` on one connection to `endpoint`, in one task that also drives
-/// the connection: the responses one read brings wake clients of this task only, and the ACKs
-/// they queue go out together, in one write, when the task polls the connection next. (With a
-/// task per stream, each ACK woke the connection's task and went out in a write of its own: a
-/// packet through loopback's TCP per stream and change, on both sides. BENCHMARKS.md, session
-/// 26.)
-async fn run_group(
+/// One simulated proxy of a [`run_group`]: its number, node and behaviour.
+pub struct Member {
+    pub i: usize,
+    pub node: Node,
+    pub behaviour: Behaviour,
+}
+
+/// Runs `members` on one connection to `endpoint` (retried for a second while the server is
+/// not listening yet), in one task that also drives the connection: the responses one read
+/// brings wake clients of this task only, and the ACKs they queue go out together, in one
+/// write, when the task polls the connection next. (With a task per stream, each ACK woke the
+/// connection's task and went out in a write of its own: a packet through loopback's TCP per
+/// stream and change, on both sides. BENCHMARKS.md, session 26.)
+pub async fn run_group(
     endpoint: String,
-    members: std::ops::Range<usize>,
-    shape: Shape,
+    members: Vec<Member>,
     tracker: Arc<Tracker>,
     stop: tokio::sync::watch::Receiver<bool>,
     ends: Arc<Ends>,
@@ -567,12 +582,20 @@ async fn run_group(
     use std::task::Poll;
 
     use futures_util::{FutureExt, StreamExt};
-    let (connection, driver) = match super::stream::handshake(&endpoint).await {
-        Ok(c) => c,
-        Err(e) => return ends.end(members.len(), format!("{e:#}")),
+    let mut tries = 0;
+    let (connection, driver) = loop {
+        match super::stream::handshake(&endpoint).await {
+            Ok(c) => break c,
+            Err(_) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => return ends.end(members.len(), format!("{e:#}")),
+        }
     };
     let mut clients: futures_util::stream::FuturesUnordered<_> = members
-        .map(|i| run_client(i, node(i, shape), connection.clone(), tracker.clone(), stop.clone(), Behaviour::Acking))
+        .into_iter()
+        .map(|m| run_client(m.i, m.node, connection.clone(), tracker.clone(), stop.clone(), m.behaviour))
         .collect();
     // (Fused: once the connection has ended, its streams end with an error.)
     let mut driver = std::pin::pin!(driver.fuse());
@@ -602,11 +625,13 @@ fn connect_all(
     let started = Instant::now();
     // One connection per group of `streams_per_connection` clients, with a task of its own.
     let (per, shape) = (opts.streams_per_connection as usize, opts.shape);
-    let ends = Arc::new(Ends { open: clients.into(), reasons: Default::default() });
+    let ends = Ends::new(clients);
     let tasks: Vec<_> = (0..clients.div_ceil(per))
         .map(|g| {
-            let members = g * per..((g + 1) * per).min(clients);
-            runtime.spawn(run_group(endpoint.clone(), members, shape, tracker.clone(), stop.clone(), ends.clone()))
+            let members = (g * per..((g + 1) * per).min(clients))
+                .map(|i| Member { i, node: node(i, shape), behaviour: Behaviour::Acking })
+                .collect();
+            runtime.spawn(run_group(endpoint.clone(), members, tracker.clone(), stop.clone(), ends.clone()))
         })
         .collect();
     let running = Running { tasks, ends };
@@ -632,7 +657,7 @@ fn connect_all(
         }
     }
     // Streams that ended already: say why (the first reason and how many).
-    let ended = std::mem::take(&mut *running.ends.reasons.lock().unwrap_or_else(|e| e.into_inner()));
+    let ended = running.ends.take_reasons();
     if let Some(first) = ended.first() {
         eprintln!("{} of {clients} streams ended: {first}", ended.len());
     }

@@ -92,6 +92,10 @@ pub struct BenchArgs {
     pub slow_clients: usize,
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub slow_delay: Duration,
+    /// The clients' streams on one HTTP/2 connection (1: a connection each, as each Envoy has;
+    /// more: shared, as the channels of one proxyless gRPC process are).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub streams_per_connection: u32,
     /// One real Envoy (this binary) on the bench's xDS server beside the clients, on
     /// meshflow's bootstrap: adds event → Envoy's ACK to the report (`envoy_ack_ms`).
     /// `scripts/ensure-envoy` prints where one is.
@@ -162,6 +166,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         rate: args.rate,
         duration_s: args.duration.as_secs_f64(),
         clients: args.clients,
+        streams_per_connection: args.streams_per_connection,
         mode: format!("{:?}", args.mode).to_lowercase(),
         source: format!("{:?}", args.source).to_lowercase(),
         machine: report::Machine::current(),

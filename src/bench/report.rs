@@ -215,6 +215,8 @@ pub struct Report {
     pub rate: f64,
     pub duration_s: f64,
     pub clients: usize,
+    /// The clients' streams to one HTTP/2 connection (`--streams-per-connection`).
+    pub streams_per_connection: u32,
     pub mode: String,
     pub source: String,
     pub machine: Machine,
@@ -272,8 +274,14 @@ fn changed_per_event(x: &Incremental) -> String {
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "preset {} (seed {}), {} clients, rate {}/s, duration {:.0}s, source {}; latencies p50/p99/max ms\n",
-        report.preset.name, report.seed, report.clients, report.rate, report.duration_s, report.source
+        "preset {} (seed {}), {} clients ({} to a connection), rate {}/s, duration {:.0}s, source {}; latencies p50/p99/max ms\n",
+        report.preset.name,
+        report.seed,
+        report.clients,
+        report.streams_per_connection,
+        report.rate,
+        report.duration_s,
+        report.source
     ));
     out.push_str("| scenario | events | ev/s | → batch | → 1st frame | → last client | → Envoy ACK | changed/ev | res/ev | bytes/ev | engine µs/ev | full → batch | full µs/ev | full bytes/ev | CPU ratio | bytes ratio |\n");
     out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");

@@ -250,6 +250,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     let client_rt = clients::client_runtime()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut client_tasks = Vec::new();
+    let client_ends = clients::Ends::new(clients);
     let mut envoy = None;
     let addr = free_port()?;
     if clients > 0 || args.envoy.is_some() {
@@ -272,27 +273,25 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     if clients > 0 {
         progress.phase(&format!("{clients} clients taking the initial configuration"));
         let connected = Instant::now();
-        for i in 0..clients {
-            let (tracker, stop, behaviour) = (tracker.clone(), stop_rx.clone(), behaviour(i));
+        // `--streams-per-connection` clients to a connection, each connection with the task
+        // that runs its clients.
+        let per = args.streams_per_connection as usize;
+        for g in 0..clients.div_ceil(per) {
+            let members = (g * per..((g + 1) * per).min(clients))
+                .map(|i| clients::Member {
+                    i,
+                    node: clients::node(i, clients::Shape::default()),
+                    behaviour: behaviour(i),
+                })
+                .collect();
             let endpoint = format!("http://{addr}");
-            client_tasks.push(client_rt.spawn(async move {
-                // The server may take a moment to bind.
-                let mut tries = 0;
-                loop {
-                    match clients::connect(endpoint.clone()).await {
-                        Err(_) if tries < 50 => {
-                            tries += 1;
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        Err(e) => return Err(e),
-                        Ok(channel) => {
-                            let node = clients::node(i, clients::Shape::default());
-                            return clients::run_client(i, node, channel, tracker.clone(), stop.clone(), behaviour)
-                                .await;
-                        }
-                    }
-                }
-            }));
+            client_tasks.push(client_rt.spawn(clients::run_group(
+                endpoint,
+                members,
+                tracker.clone(),
+                stop_rx.clone(),
+                client_ends.clone(),
+            )));
         }
         // Wait for every client to hold the initial configuration (or for them to stop
         // receiving anything for a few seconds).
@@ -312,10 +311,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
                 inc.clients_initial_sync_ms = Some((last - connected).as_secs_f64() * 1000.0);
                 break;
             }
-            if Instant::now() > deadline
-                || heard.1.elapsed() > Duration::from_secs(5)
-                || client_tasks.iter().all(|t| t.is_finished())
-            {
+            if Instant::now() > deadline || heard.1.elapsed() > Duration::from_secs(5) || client_ends.open() == 0 {
                 eprintln!(
                     "warning: {} of {clients} clients received the whole initial configuration ({} resources; {:?} still to receive)",
                     track.map(|t| t.done_clients).unwrap_or(0),
@@ -515,11 +511,12 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
 
     let _ = stop_tx.send(true);
     for task in client_tasks {
-        match client_rt.block_on(task) {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("bench client: {e:#}"),
-            Err(e) => tracing::warn!("bench client task: {e}"),
+        if let Err(e) = client_rt.block_on(task) {
+            tracing::warn!("bench client task: {e}");
         }
+    }
+    for reason in client_ends.take_reasons().iter().filter(|r| *r != "the server closed the stream") {
+        tracing::warn!("bench client: {reason}");
     }
     inc.per_client.resources = per(inc.resources_pushed, clients as u64);
     client_rt.shutdown_timeout(Duration::from_secs(2));

@@ -52,17 +52,11 @@ pub struct AnyValue {
     pub value: Bytes,
 }
 
-/// One HTTP/2 connection to `addr` (`host:port`, or `http://host:port`); clones of it open
-/// their streams on the same connection. The connection's task runs on the current runtime.
-pub async fn connect(addr: &str) -> anyhow::Result<Connection> {
-    let (connection, driver) = handshake(addr).await?;
-    tokio::spawn(driver);
-    Ok(connection)
-}
-
-/// One HTTP/2 connection to `addr`, and the future that reads and writes it, for the caller
-/// to poll. Polled in the task that runs the connection's streams, the requests those streams
-/// make while the task runs go out together, in one write, when it polls the driver next.
+/// One HTTP/2 connection to `addr` (`host:port`, or `http://host:port`; clones of it open
+/// their streams on the same connection), and the future that reads and writes it, for the
+/// caller to poll. Polled in the task that runs the connection's streams, the requests those
+/// streams make while the task runs go out together, in one write, when it polls the driver
+/// next.
 pub async fn handshake(addr: &str) -> anyhow::Result<(Connection, impl Future<Output = ()> + Send + 'static)> {
     let authority = addr.strip_prefix("http://").unwrap_or(addr).trim_end_matches('/').to_string();
     let tcp = tokio::net::TcpStream::connect(&authority).await?;

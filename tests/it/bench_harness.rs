@@ -20,6 +20,7 @@ fn args(out: &std::path::Path) -> BenchArgs {
         nack_clients: 0,
         slow_clients: 0,
         slow_delay: Duration::from_millis(200),
+        streams_per_connection: 1,
         envoy: None,
         mode: Mode::Both,
         debounce: Duration::from_millis(100),
@@ -147,6 +148,9 @@ fn nacking_and_slow_clients_neither_stop_the_others_nor_get_their_rejected_versi
     // did it hold the others back), the latencies to the last client would be above it.
     a.slow_delay = Duration::from_secs(3);
     a.duration = Duration::from_millis(1500);
+    // Two streams to a connection: the NACKing client shares one with a reading client, and so
+    // does the slow one (their task and their connection's writes too).
+    a.streams_per_connection = 2;
     let report = run(&a).expect("bench run");
     let inc = report.scenarios[0].incremental.as_ref().unwrap();
     assert_eq!((inc.nacking_clients, inc.slow_clients), (1, 1));
