@@ -531,16 +531,17 @@ impl Running {
     }
 }
 
-/// How many clients' streams are open, and why those that ended did.
+/// How many clients' streams are open, and the errors of those that failed (a stream that
+/// ended without one was closed by the server, or stopped).
 pub struct Ends {
     open: std::sync::atomic::AtomicUsize,
-    reasons: Mutex<Vec<String>>,
+    errors: Mutex<Vec<String>>,
 }
 
 impl Ends {
     /// `clients` streams, all open.
     pub fn new(clients: usize) -> Arc<Ends> {
-        Arc::new(Ends { open: clients.into(), reasons: Default::default() })
+        Arc::new(Ends { open: clients.into(), errors: Default::default() })
     }
 
     /// The streams still open.
@@ -548,15 +549,22 @@ impl Ends {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Why the streams that ended did, since the last call (one entry per stream).
-    pub fn take_reasons(&self) -> Vec<String> {
-        std::mem::take(&mut *self.reasons.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The errors the streams that failed ended with, since the last call (one per stream).
+    pub fn take_errors(&self) -> Vec<String> {
+        std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn end(&self, streams: usize, reason: String) {
+    fn end(&self, streams: usize, error: Option<String>) {
         self.open.fetch_sub(streams, Ordering::Relaxed);
-        self.reasons.lock().unwrap_or_else(|e| e.into_inner()).extend(std::iter::repeat_n(reason, streams));
+        if let Some(error) = error {
+            self.errors.lock().unwrap_or_else(|e| e.into_inner()).extend(std::iter::repeat_n(error, streams));
+        }
     }
+}
+
+/// The clients of each connection when `clients` clients put `per` streams on one.
+pub fn connection_groups(clients: usize, per: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..clients.div_ceil(per)).map(move |g| g * per..((g + 1) * per).min(clients))
 }
 
 /// One simulated proxy of a [`run_group`]: its number, node and behaviour.
@@ -590,7 +598,7 @@ pub async fn run_group(
                 tries += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            Err(e) => return ends.end(members.len(), format!("{e:#}")),
+            Err(e) => return ends.end(members.len(), Some(format!("{e:#}"))),
         }
     };
     let mut clients: futures_util::stream::FuturesUnordered<_> = members
@@ -602,7 +610,7 @@ pub async fn run_group(
     std::future::poll_fn(|cx| {
         let _ = driver.as_mut().poll(cx);
         while let Poll::Ready(Some(result)) = clients.poll_next_unpin(cx) {
-            ends.end(1, result.map_or_else(|e| format!("{e:#}"), |_| "the server closed the stream".into()));
+            ends.end(1, result.err().map(|e| format!("{e:#}")));
         }
         if clients.is_empty() { Poll::Ready(()) } else { Poll::Pending }
     })
@@ -626,11 +634,9 @@ fn connect_all(
     // One connection per group of `streams_per_connection` clients, with a task of its own.
     let (per, shape) = (opts.streams_per_connection as usize, opts.shape);
     let ends = Ends::new(clients);
-    let tasks: Vec<_> = (0..clients.div_ceil(per))
-        .map(|g| {
-            let members = (g * per..((g + 1) * per).min(clients))
-                .map(|i| Member { i, node: node(i, shape), behaviour: Behaviour::Acking })
-                .collect();
+    let tasks: Vec<_> = connection_groups(clients, per)
+        .map(|group| {
+            let members = group.map(|i| Member { i, node: node(i, shape), behaviour: Behaviour::Acking }).collect();
             runtime.spawn(run_group(endpoint.clone(), members, tracker.clone(), stop.clone(), ends.clone()))
         })
         .collect();
@@ -657,9 +663,11 @@ fn connect_all(
         }
     }
     // Streams that ended already: say why (the first reason and how many).
-    let ended = running.ends.take_reasons();
-    if let Some(first) = ended.first() {
-        eprintln!("{} of {clients} streams ended: {first}", ended.len());
+    let ended = clients - running.len();
+    if ended > 0 {
+        let errors = running.ends.take_errors();
+        let first = errors.first().map_or("the server closed the stream", String::as_str);
+        eprintln!("{ended} of {clients} streams ended: {first}");
     }
     if running.len() == 0 {
         anyhow::bail!("every stream ended");

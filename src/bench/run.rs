@@ -275,9 +275,8 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
         let connected = Instant::now();
         // `--streams-per-connection` clients to a connection, each connection with the task
         // that runs its clients.
-        let per = args.streams_per_connection as usize;
-        for g in 0..clients.div_ceil(per) {
-            let members = (g * per..((g + 1) * per).min(clients))
+        for group in clients::connection_groups(clients, args.streams_per_connection as usize) {
+            let members = group
                 .map(|i| clients::Member {
                     i,
                     node: clients::node(i, clients::Shape::default()),
@@ -515,8 +514,8 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
             tracing::warn!("bench client task: {e}");
         }
     }
-    for reason in client_ends.take_reasons().iter().filter(|r| *r != "the server closed the stream") {
-        tracing::warn!("bench client: {reason}");
+    for error in client_ends.take_errors() {
+        tracing::warn!("bench client: {error}");
     }
     inc.per_client.resources = per(inc.resources_pushed, clients as u64);
     client_rt.shutdown_timeout(Duration::from_secs(2));

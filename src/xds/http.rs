@@ -212,8 +212,8 @@ mod tests {
         (send.ready().await.unwrap(), local, connections)
     }
 
-    /// When the server shuts down, an idle connection is told to go (GOAWAY) and closes: the
-    /// client's connection ends, and a stream opened before the shutdown ended with it.
+    /// When the server shuts down, a connection is told to go (GOAWAY): a stream opened before
+    /// keeps it until its client ends the stream, and then the connection closes.
     #[tokio::test]
     async fn shutting_down_ends_the_connections() {
         let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
