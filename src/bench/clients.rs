@@ -502,9 +502,10 @@ pub fn load(server: &str, opts: &LoadOptions) -> anyhow::Result<Vec<FanoutSample
     }
     for k in 0..opts.storms {
         // Every stream closed at once (each client drops its connection)...
+        // (Counted before the stop: the streams end as soon as it fires.)
+        let streams = running.len();
         let closing = Instant::now();
         stop_tx.send_replace(true);
-        let streams = running.len();
         for task in running.tasks {
             let _ = runtime.block_on(task);
         }
@@ -630,6 +631,8 @@ fn connect_all(
     let clients = opts.clients;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let before = (tracker.responses.load(Ordering::Relaxed), tracker.bytes.load(Ordering::Relaxed));
+    // (Read before any client starts: a client that syncs before it was read would not count.)
+    let synced_before = tracker.synced.load(Ordering::Relaxed);
     let started = Instant::now();
     // One connection per group of `streams_per_connection` clients, with a task of its own.
     let (per, shape) = (opts.streams_per_connection as usize, opts.shape);
@@ -643,7 +646,6 @@ fn connect_all(
     let running = Running { tasks, ends };
     // Done when every stream still open holds the configuration; a server that stops
     // answering for a minute ends the wait too (the line below then says how many do).
-    let synced_before = tracker.synced.load(Ordering::Relaxed);
     let mut last = (before.0, Instant::now());
     let mut synced_at = None;
     loop {
