@@ -5,6 +5,7 @@
 //! validate what they keep and report problems as [`FieldError`]s.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -17,12 +18,16 @@ use super::FieldError;
 /// The label an EndpointSlice carries to name its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// A label set (or a selector), sorted by key. A boxed slice rather than a `BTreeMap`: a map
-/// of three labels costs a whole B-tree node (~550 bytes), the slice 144 bytes. Lookups are
-/// binary searches; label sets are small.
+/// A label set (or a selector), sorted by key, immutable and shared.
+///
+/// A slice rather than a `BTreeMap`: a map of three labels costs a whole B-tree node (~550
+/// bytes), the slice 144. Shared (`Arc`): one Pod's labels are held by the driver, by the rows
+/// the engine derives from the Pod (its place, its identity, its endpoints) and by every merge
+/// of the arrangements those rows pass through, and a copy is then a reference count, not
+/// an allocation per string. Lookups are binary searches; label sets are small.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(from = "BTreeMap<String, String>", into = "BTreeMap<String, String>")]
-pub struct Labels(Box<[(String, String)]>);
+pub struct Labels(Arc<[(String, String)]>);
 
 impl Labels {
     pub fn new() -> Labels {
@@ -61,7 +66,7 @@ impl From<BTreeMap<String, String>> for Labels {
 
 impl From<Labels> for BTreeMap<String, String> {
     fn from(labels: Labels) -> Self {
-        labels.0.into_vec().into_iter().collect()
+        labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
 
@@ -80,9 +85,25 @@ impl FromIterator<(String, String)> for Labels {
 
 impl IntoIterator for Labels {
     type Item = (String, String);
-    type IntoIter = std::vec::IntoIter<(String, String)>;
+    type IntoIter = LabelsIntoIter;
+    /// (Copies the pairs: the set may be shared.)
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_vec().into_iter()
+        LabelsIntoIter { labels: self.0, at: 0 }
+    }
+}
+
+/// The pairs of a [`Labels`], copied one by one.
+pub struct LabelsIntoIter {
+    labels: Arc<[(String, String)]>,
+    at: usize,
+}
+
+impl Iterator for LabelsIntoIter {
+    type Item = (String, String);
+    fn next(&mut self) -> Option<(String, String)> {
+        let pair = self.labels.get(self.at)?.clone();
+        self.at += 1;
+        Some(pair)
     }
 }
 
