@@ -36,12 +36,13 @@ use timely::worker::Worker;
 
 use super::endpoints::PodPlace;
 use super::inputs::GraphInputs;
-use super::proxies::{self, PodIdentity};
+use super::pods::{Feeds, Pods, Source, SvcKey};
+use super::proxies;
 use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, OutputRow};
 use super::{dataflow, endpoints, located};
-use crate::model::{EndpointSlice, Object};
+use crate::model::{EndpointSlice, Endpoints, Node, Object, Pod};
 use crate::translate::MeshConfig;
-use crate::translate::endpoint::slice_addresses;
+use crate::translate::endpoint::{endpoints_addresses, slice_addresses};
 
 type Buffer<D> = Rc<RefCell<Vec<(D, isize)>>>;
 
@@ -70,6 +71,9 @@ pub struct Graphs {
     facts: Buffer<ClusterFact>,
     located_inputs: Buffer<LocatedInput>,
     rows: Buffer<OutputRow>,
+    /// The driver's index of Pods ([`super::pods`]) and what it asks the graphs to read.
+    pods: Pods,
+    feeds: Feeds,
 }
 
 const PROXIES: usize = 0;
@@ -121,37 +125,62 @@ impl Graphs {
             capture(output, &rows, &clocks[LOCATED].probe);
             inputs
         });
-        Graphs { proxies, config, endpoints, located, clocks, class_labels, facts, located_inputs, rows }
+        let (pods, feeds) = (Pods::default(), Feeds::default());
+        Graphs { proxies, config, endpoints, located, clocks, class_labels, facts, located_inputs, rows, pods, feeds }
     }
 
     /// Replaces `old` by `new` (either may be absent) in the graphs that read them.
     pub fn update(&mut self, old: Option<&Object>, new: Option<&Object>) {
-        // The proxy graph reads a Pod's identity only: a readiness flip does not run it; nor
-        // does it reach what the endpoint graph reads of the Pod's place.
-        if let (Some(Object::Pod(a)), Some(Object::Pod(b))) = (old, new)
-            && PodIdentity::of(a) == PodIdentity::of(b)
-        {
-            self.endpoints.pods.update(a.clone(), -1);
-            self.endpoints.pods.update(b.clone(), 1);
-            let (was, is) = (PodPlace::of(a), PodPlace::of(b));
-            if was != is {
-                self.endpoints.pod_places.update(was, -1);
-                self.endpoints.pod_places.update(is, 1);
+        match old.or(new) {
+            // A Pod: the endpoint graph reads it whole (readiness, ports), its labels and
+            // liveness (the label index) and its placement, each fed only when it changes; the
+            // proxy graph reads it only if a proxy class does (see [`super::pods`]).
+            Some(Object::Pod(_)) => {
+                let (a, b) = (as_pod(old), as_pod(new));
+                for (pod, diff) in a.iter().map(|p| (p, -1)).chain(b.iter().map(|p| (p, 1))) {
+                    self.endpoints.pods.update((*pod).clone(), diff);
+                }
+                let (was, is) = (a.map(PodPlace::of), b.map(PodPlace::of));
+                if was != is {
+                    feed_all(
+                        &mut self.endpoints.pod_places,
+                        was.map(|p| (p, -1)).into_iter().chain(is.map(|p| (p, 1))),
+                    );
+                }
+                self.clocks[ENDPOINTS].dirty = true;
+                self.pods.pod(a, b, &mut self.feeds);
             }
+            // A slice: only the addresses it adds or drops (a pod's readiness flip is one row,
+            // not the slice's every row retracted and added again).
+            Some(Object::EndpointSlice(_)) => self.update_slice(as_slice(old), as_slice(new)),
+            Some(Object::Endpoints(_)) => self.update_endpoints(as_endpoints(old), as_endpoints(new)),
+            Some(Object::Node(_)) => self.pods.node(as_node(old), as_node(new), &mut self.feeds),
+            _ => {
+                if let Some(old) = old {
+                    self.feed(old, -1);
+                }
+                if let Some(new) = new {
+                    self.feed(new, 1);
+                }
+            }
+        }
+        self.drain_feeds();
+    }
+
+    /// Feeds what the driver's Pod index asked for to the inputs that read it.
+    fn drain_feeds(&mut self) {
+        let feeds = &mut self.feeds;
+        let any_endpoints =
+            !(feeds.slice_rows.is_empty() && feeds.endpoint_rows.is_empty() && feeds.placements.is_empty());
+        feed_all(&mut self.endpoints.slice_rows, feeds.slice_rows.drain(..));
+        feed_all(&mut self.endpoints.endpoint_rows, feeds.endpoint_rows.drain(..));
+        feed_all(&mut self.endpoints.placements, feeds.placements.drain(..));
+        if any_endpoints {
             self.clocks[ENDPOINTS].dirty = true;
-            return;
         }
-        // A slice: only the addresses it adds or drops (a pod's readiness flip is one row, not
-        // the slice's every row retracted and added again).
-        if let Some(Object::EndpointSlice(_)) = old.or(new) {
-            self.update_slice(as_slice(old), as_slice(new));
-            return;
-        }
-        if let Some(old) = old {
-            self.feed(old, -1);
-        }
-        if let Some(new) = new {
-            self.feed(new, 1);
+        if !feeds.identities.is_empty() {
+            feed_all(&mut self.proxies.pods, feeds.identities.drain(..));
+            self.clocks[PROXIES].dirty = true;
         }
     }
 
@@ -171,29 +200,15 @@ impl Graphs {
                 config.dirty = true;
                 endpoints.dirty = true;
             }
-            Object::Pod(p) => {
-                self.proxies.pods.update(PodIdentity::of(p), diff);
-                self.endpoints.pods.update(p.clone(), diff);
-                self.endpoints.pod_places.update(PodPlace::of(p), diff);
-                proxies.dirty = true;
-                endpoints.dirty = true;
-            }
             Object::ProxyClass(c) => {
                 self.proxies.classes.update(c.clone(), diff);
                 self.config.classes.update(c.clone(), diff);
+                self.pods.class(c, diff, &mut self.feeds);
                 proxies.dirty = true;
                 config.dirty = true;
             }
-            // Fed by `update_slice`, as the rows that differ.
-            Object::EndpointSlice(_) => {}
-            Object::Endpoints(e) => {
-                self.endpoints.endpoints.update(e.clone(), diff);
-                endpoints.dirty = true;
-            }
-            Object::Node(n) => {
-                self.endpoints.nodes.update(n.clone(), diff);
-                endpoints.dirty = true;
-            }
+            // Fed by `update`, through the driver's Pod index.
+            Object::Pod(_) | Object::EndpointSlice(_) | Object::Endpoints(_) | Object::Node(_) => {}
             Object::ProxyLocality(l) => {
                 self.located.localities.update(l.clone(), diff);
                 located.dirty = true;
@@ -220,27 +235,35 @@ impl Graphs {
     }
 
     /// Replaces slice `old` by `new` (either may be absent): feeds the address rows that went
-    /// and came ([`slice_addresses`], as multisets), and the slice's service if it changed.
+    /// and came ([`slice_addresses`], as multisets, placed by the Pod index), and the slice's
+    /// service if it changed.
     fn update_slice(&mut self, old: Option<&EndpointSlice>, new: Option<&EndpointSlice>) {
         let rows = |s: Option<&EndpointSlice>| s.map(slice_addresses).unwrap_or_default();
         let (mut gone, mut came) = (rows(old), rows(new));
         multiset_difference(&mut gone, &mut came);
-        for row in gone {
-            self.endpoints.slice_rows.update(row, -1);
-        }
-        for row in came {
-            self.endpoints.slice_rows.update(row, 1);
-        }
+        self.pods.rows(Source::Slice, gone, came, &mut self.feeds);
         let service =
             |s: Option<&EndpointSlice>| s.and_then(|s| s.service_name.clone().map(|svc| (s.namespace.clone(), svc)));
         let (was, is) = (service(old), service(new));
         if was != is {
-            if let Some(svc) = was {
-                self.endpoints.slice_services.update(svc, -1);
-            }
-            if let Some(svc) = is {
-                self.endpoints.slice_services.update(svc, 1);
-            }
+            feed_all(&mut self.endpoints.slice_services, was.map(|s| (s, -1)).into_iter().chain(is.map(|s| (s, 1))));
+        }
+        self.clocks[ENDPOINTS].dirty = true;
+    }
+
+    /// Replaces core/v1 Endpoints `old` by `new` (the same object, either may be absent), as a
+    /// slice is: the rows that went and came, and the service once while it exists.
+    fn update_endpoints(&mut self, old: Option<&Endpoints>, new: Option<&Endpoints>) {
+        let Some(any) = old.or(new) else { return };
+        let svc: SvcKey = (any.namespace.clone(), any.name.clone());
+        let rows = |e: Option<&Endpoints>| e.map(endpoints_addresses).unwrap_or_default();
+        let (mut gone, mut came) = (rows(old), rows(new));
+        multiset_difference(&mut gone, &mut came);
+        self.pods.rows(Source::Endpoints(svc.clone()), gone, came, &mut self.feeds);
+        match (old, new) {
+            (None, Some(_)) => self.endpoints.endpoint_services.update(svc, 1),
+            (Some(_), None) => self.endpoints.endpoint_services.update(svc, -1),
+            _ => {}
         }
         self.clocks[ENDPOINTS].dirty = true;
     }
@@ -294,10 +317,44 @@ fn run(worker: &mut Worker, clock: &mut Clock, inputs: &mut impl GraphInputs) ->
     true
 }
 
+/// Feeds every (datum, diff) of `updates` to `input`.
+fn feed_all<D: differential_dataflow::Data>(
+    input: &mut differential_dataflow::input::InputSession<u64, D, isize>,
+    updates: impl IntoIterator<Item = (D, isize)>,
+) {
+    for (d, diff) in updates {
+        input.update(d, diff);
+    }
+}
+
 /// The slice `object` is, if it is one.
 fn as_slice(object: Option<&Object>) -> Option<&EndpointSlice> {
     match object {
         Some(Object::EndpointSlice(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// The core/v1 Endpoints `object` is, if it is one.
+fn as_endpoints(object: Option<&Object>) -> Option<&Endpoints> {
+    match object {
+        Some(Object::Endpoints(e)) => Some(e),
+        _ => None,
+    }
+}
+
+/// The Node `object` is, if it is one.
+fn as_node(object: Option<&Object>) -> Option<&Node> {
+    match object {
+        Some(Object::Node(n)) => Some(n),
+        _ => None,
+    }
+}
+
+/// The Pod `object` is, if it is one.
+fn as_pod(object: Option<&Object>) -> Option<&Pod> {
+    match object {
+        Some(Object::Pod(p)) => Some(p),
         _ => None,
     }
 }
@@ -364,7 +421,7 @@ mod tests {
             );
             g.update(None, Some(&pod));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [1, 1, 2, 0], "a Pod runs the proxy and endpoint graphs");
+            assert_eq!(times(&g), [0, 1, 2, 0], "a Pod no proxy class names runs the endpoint graph alone");
             let assignment = rows.iter().find_map(|(r, d)| match r {
                 OutputRow::Resource { name, body, .. }
                     if *d > 0 && name == "outbound|9080||reviews.default.svc.cluster.local" =>
@@ -381,7 +438,7 @@ mod tests {
             );
             g.update(None, Some(&vs));
             g.step(worker);
-            assert_eq!(times(&g), [1, 2, 2, 0], "a VirtualService runs the config graph alone");
+            assert_eq!(times(&g), [0, 2, 2, 0], "a VirtualService runs the config graph alone");
 
             let dr = object(
                 "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\n\
@@ -389,7 +446,7 @@ mod tests {
             );
             g.update(None, Some(&dr));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [1, 3, 3, 0], "new subset clusters run the endpoint graph after the config graph");
+            assert_eq!(times(&g), [0, 3, 3, 0], "new subset clusters run the endpoint graph after the config graph");
             assert!(
                 rows.iter().any(|(r, d)| *d > 0
                     && matches!(r, OutputRow::Resource { ty, name, .. }
@@ -407,12 +464,12 @@ mod tests {
             );
             g.update(Some(&pod), Some(&unready));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [1, 3, 4, 0], "a readiness flip runs the endpoint graph alone");
+            assert_eq!(times(&g), [0, 3, 4, 0], "a readiness flip runs the endpoint graph alone");
             assert!(!rows.is_empty(), "the assignments lose the address");
 
             // Nothing changed: nothing runs.
             g.step(worker);
-            assert_eq!(times(&g), [1, 3, 4, 0]);
+            assert_eq!(times(&g), [0, 3, 4, 0]);
 
             // A connected proxy's locality runs the located graph alone; with no cluster placed
             // by locality it outputs nothing.
@@ -423,7 +480,7 @@ mod tests {
             });
             g.update(None, Some(&place));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [1, 3, 4, 1]);
+            assert_eq!(times(&g), [0, 3, 4, 1]);
             assert!(rows.is_empty(), "{rows:?}");
 
             // Outlier detection places the cluster by locality: the config graph runs, then the
@@ -436,7 +493,7 @@ mod tests {
             );
             g.update(Some(&dr), Some(&placed));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [1, 4, 5, 2]);
+            assert_eq!(times(&g), [0, 4, 5, 2]);
             assert!(
                 rows.iter().any(|(r, d)| *d > 0
                     && matches!(r, OutputRow::Resource { scope: crate::translate::Scope::Locality(l), ty, .. }
@@ -447,7 +504,38 @@ mod tests {
             // A readiness flip of a Pod of a placed cluster runs the endpoint and located graphs.
             g.update(Some(&unready), Some(&pod));
             g.step(worker);
-            assert_eq!(times(&g), [1, 4, 6, 3]);
+            assert_eq!(times(&g), [0, 4, 6, 3]);
+
+            // A sidecar class known by its Pod's name: the proxy graph reads that Pod now, and
+            // its labels reach the config graph.
+            let class = Object::ProxyClass(crate::model::proxy::ProxyClass {
+                kind: crate::model::proxy::ProxyKind::Sidecar,
+                namespace: "default".into(),
+                labels: crate::model::proxy::ClassLabels::OfPod { pod: "reviews-1".into(), ip: None },
+            });
+            g.update(None, Some(&class));
+            g.step(worker);
+            assert_eq!(times(&g), [1, 5, 6, 3]);
+            // Its readiness flip still runs the endpoint graphs alone; its relabel runs the
+            // proxy graph, then the config graph (the class's labels) and the endpoint graph.
+            g.update(Some(&pod), Some(&unready));
+            g.step(worker);
+            assert_eq!(times(&g), [1, 5, 7, 4]);
+            let relabelled = object(
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: reviews-1, namespace: default, labels: {app: reviews, version: v2}}\n\
+                 spec: {containers: [{name: app, image: x}]}\n\
+                 status: {podIP: 10.0.0.1, phase: Running, conditions: [{type: Ready, status: 'False'}]}",
+            );
+            g.update(Some(&unready), Some(&relabelled));
+            g.step(worker);
+            assert_eq!(times(&g), [2, 6, 8, 4], "(not ready: no address of a placed cluster changes)");
+            // Without the class, the Pod is the proxy graph's no more.
+            g.update(Some(&class), None);
+            g.step(worker);
+            assert_eq!(times(&g), [3, 7, 8, 4]);
+            g.update(Some(&relabelled), Some(&unready));
+            g.step(worker);
+            assert_eq!(times(&g), [3, 7, 9, 4], "a Pod no class names runs no proxy graph");
         });
     }
 

@@ -12,6 +12,7 @@ mod graphs;
 mod inputs;
 mod located;
 pub mod output;
+mod pods;
 #[cfg(feature = "engine-profile")]
 mod profile;
 mod proxies;

@@ -6,9 +6,9 @@
 //!                                  ⋈ live pods by IP ─reduce per class: the Pod at its IP─▶ class labels
 //! ```
 //!
-//! It reads Pods for the proxies' sake only; the endpoint graph reads them again for endpoints.
-//! A Pod change runs this small graph and the endpoint graph, never the config graph unless a
-//! class's labels change.
+//! It reads only the Pods a class names or that are at a class's IP: the driver's Pod index
+//! ([`super::pods`]) feeds it those and no other. A Pod change runs this small graph only then,
+//! and the config graph only if a class's labels change.
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::input::Input;
@@ -17,13 +17,13 @@ use timely::dataflow::Scope as Graph;
 
 use super::inputs::graph_inputs;
 use super::rows::ClassLabelRow;
-use crate::model::Pod;
 use crate::model::k8s::Labels;
 use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind};
 use crate::translate::views;
 
-/// What the proxy graph reads of a Pod: its name, labels and live IP. A readiness flip or a
-/// container change leaves it equal, so the graph does not run for it.
+/// What the proxy graph reads of a Pod: its name, labels and live IP (its IP while it is not
+/// terminal). A readiness flip or a container change leaves it equal, so the graph does not
+/// run for it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PodIdentity {
     pub namespace: String,
@@ -31,17 +31,6 @@ pub struct PodIdentity {
     pub labels: Labels,
     /// The Pod's IP while it is not terminal.
     pub ip: Option<String>,
-}
-
-impl PodIdentity {
-    pub fn of(p: &Pod) -> PodIdentity {
-        PodIdentity {
-            namespace: p.namespace.clone(),
-            name: p.name.clone(),
-            labels: p.labels.clone(),
-            ip: p.ip.clone().filter(|_| !p.terminal),
-        }
-    }
 }
 
 /// What meets per proxy class whose named Pod does not exist: the class (kind, namespace) and

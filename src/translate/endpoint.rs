@@ -10,7 +10,13 @@ use crate::model::k8s::{Labels, Protocol, ServicePort, selector_matches};
 use crate::model::{EndpointSlice, Endpoints, Pod, Service};
 
 /// (namespace, service name, port name, port protocol): how endpoint ports meet service ports.
-pub type PortKey = (String, String, String, Protocol);
+/// Shared strings: every address of a slice port carries the same key.
+pub type PortKey = (Arc<str>, Arc<str>, Arc<str>, Protocol);
+
+/// The key of a service's (or a slice's) port.
+pub fn port_key(namespace: &str, service: &str, port: &str, protocol: Protocol) -> PortKey {
+    (namespace.into(), service.into(), port.into(), protocol)
+}
 /// (namespace, pod name)
 pub type PodKey = (Arc<str>, Arc<str>);
 
@@ -62,12 +68,14 @@ pub fn service_port_rows(s: &Service) -> Vec<ServicePortRow> {
 pub fn slice_addresses(s: &EndpointSlice) -> Vec<(PortKey, EndpointRow)> {
     let Some(svc) = &s.service_name else { return Vec::new() };
     let mut out = Vec::new();
+    let namespace: Arc<str> = s.namespace.as_str().into();
     for port in &s.ports {
         let Some(number) = port.port else { continue };
+        let key = port_key(&s.namespace, svc, &port.name, port.protocol);
         for ep in s.endpoints.iter().filter(|e| e.ready) {
+            let pod: Option<PodKey> = ep.pod.as_deref().map(|p| (namespace.clone(), p.into()));
             for ip in &ep.addresses {
-                let key = (s.namespace.clone(), svc.clone(), port.name.clone(), port.protocol);
-                let pod = ep.pod.as_deref().map(|p| (s.namespace.as_str().into(), p.into()));
+                let (key, pod) = (key.clone(), pod.clone());
                 out.push((
                     key,
                     EndpointRow { addr: EndpointAddr::new(ip.as_str(), number), pod, labels: Labels::new() },
@@ -81,12 +89,14 @@ pub fn slice_addresses(s: &EndpointSlice) -> Vec<(PortKey, EndpointRow)> {
 /// Ready addresses of a core/v1 Endpoints object, keyed by the port they serve.
 pub fn endpoints_addresses(e: &Endpoints) -> Vec<(PortKey, EndpointRow)> {
     let mut out = Vec::new();
+    let namespace: Arc<str> = e.namespace.as_str().into();
     for subset in &e.subsets {
         for port in &subset.ports {
             let Some(number) = port.port else { continue };
+            let key = port_key(&e.namespace, &e.name, &port.name, port.protocol);
             for a in &subset.ready {
-                let key = (e.namespace.clone(), e.name.clone(), port.name.clone(), port.protocol);
-                let pod = a.pod.as_deref().map(|p| (e.namespace.as_str().into(), p.into()));
+                let key = key.clone();
+                let pod = a.pod.as_deref().map(|p| (namespace.clone(), p.into()));
                 out.push((
                     key,
                     EndpointRow { addr: EndpointAddr::new(a.ip.as_str(), number), pod, labels: Labels::new() },

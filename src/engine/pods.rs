@@ -1,0 +1,315 @@
+//! What the engine's driver knows of each Pod: where its endpoints are placed, which labels
+//! they carry, and whether the proxy graph reads it.
+//!
+//! An endpoint of a Pod is in the Pod's locality (its own `topology.istio.io/locality` label,
+//! else its Node's topology labels) and is selected by subsets (and compared by
+//! `failoverPriority`) by the Pod's labels. The endpoint graph used to join every endpoint row
+//! with the Pods twice for that, on every row's path, and to keep every Pod's labels, locality
+//! and endpoint rows arranged by pod. Here the driver holds each Pod's [`Placement`] and the
+//! raw rows it fed for the Pod, and feeds the rows placed:
+//! - an EndpointSlice change costs its changed rows and a map lookup each;
+//! - a Pod's relabel, or its Node's, re-feeds the rows of that Pod (of the Pods on that Node);
+//! - the endpoint graph still reads each known Pod's placement, for the rows it derives from
+//!   Pods itself (selector Services without slices, ServiceEntry `workloadSelector`s) and for
+//!   the Pods' localities it outputs.
+//!
+//! The proxy graph resolves a proxy class's labels from the Pod the class names, else from the
+//! Pods at its IP. Only those Pods can change its output, so the driver feeds it only them: a
+//! Pod no class names, at an IP no class has, costs the proxy graph nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::proxies::PodIdentity;
+use crate::model::k8s::Labels;
+use crate::model::proxy::{ClassLabels, ProxyClass};
+use crate::model::{Node, Pod};
+use crate::translate::endpoint::{EndpointRow, PodKey, PortKey, node_locality, pod_locality_label};
+
+/// (namespace, service name)
+pub type SvcKey = (String, String);
+/// A core/v1 Endpoints row: the service it belongs to, its port, the address.
+pub type ServiceRow = (SvcKey, (PortKey, EndpointRow));
+
+/// Where a Pod's endpoints are and what selects them: its labels and its locality ("" when
+/// neither its labels nor its Node's give one).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Placement {
+    pub labels: Labels,
+    pub locality: Arc<str>,
+}
+
+impl Placement {
+    /// Places an endpoint of the Pod: the Pod's labels, and its locality unless the endpoint
+    /// has its own. A row without Pod is left as it is.
+    pub fn place(&self, row: &mut EndpointRow) {
+        if row.pod.is_none() {
+            return;
+        }
+        row.labels = self.labels.clone();
+        if row.addr.locality.is_empty() {
+            row.addr.locality = self.locality.clone();
+        }
+    }
+
+    fn placed(&self, row: &EndpointRow) -> EndpointRow {
+        let mut row = row.clone();
+        self.place(&mut row);
+        row
+    }
+}
+
+/// Which input a raw row came from: an EndpointSlice's, or a core/v1 Endpoints object's (of
+/// that service: those count only for services without slices, which the graph decides).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Slice,
+    Endpoints(SvcKey),
+}
+
+/// What a change asks the graphs to read, drained by [`super::graphs::Graphs`] after each.
+#[derive(Default)]
+pub struct Feeds {
+    pub slice_rows: Vec<((PortKey, EndpointRow), isize)>,
+    pub endpoint_rows: Vec<(ServiceRow, isize)>,
+    pub placements: Vec<((PodKey, Placement), isize)>,
+    pub identities: Vec<(PodIdentity, isize)>,
+}
+
+impl Feeds {
+    fn row(&mut self, source: &Source, key: &PortKey, row: EndpointRow, diff: isize) {
+        match source {
+            Source::Slice => self.slice_rows.push(((key.clone(), row), diff)),
+            Source::Endpoints(svc) => self.endpoint_rows.push(((svc.clone(), (key.clone(), row)), diff)),
+        }
+    }
+}
+
+/// What the index keeps of an existing Pod.
+struct Facts {
+    node: Option<Arc<str>>,
+    /// Its IP while it is not terminal (as [`PodIdentity`] has it).
+    ip: Option<Arc<str>>,
+}
+
+/// One Pod: known, or only named by endpoint rows (then placed nowhere, labelled with nothing).
+#[derive(Default)]
+struct Entry {
+    pod: Option<Facts>,
+    /// What its rows were fed with.
+    placement: Placement,
+    /// The raw rows fed for it, a multiset.
+    rows: Vec<(Source, PortKey, EndpointRow)>,
+}
+
+/// The driver's index of Pods, Nodes' localities and proxy classes' references to Pods.
+#[derive(Default)]
+pub struct Pods {
+    entries: HashMap<PodKey, Entry>,
+    /// Node name → its locality ("" when its labels give none).
+    nodes: HashMap<Arc<str>, Arc<str>>,
+    /// Node name → the known Pods on it.
+    on_node: HashMap<Arc<str>, HashSet<PodKey>>,
+    /// Live IP → the known Pods at it.
+    by_ip: HashMap<Arc<str>, HashSet<PodKey>>,
+    /// How many proxy classes name each Pod, and look at each IP.
+    class_pods: HashMap<PodKey, usize>,
+    class_ips: HashMap<Arc<str>, usize>,
+}
+
+impl Pods {
+    /// Replaces Pod `old` by `new` (the same Pod, either may be absent).
+    pub fn pod(&mut self, old: Option<&Pod>, new: Option<&Pod>, feeds: &mut Feeds) {
+        let Some(any) = old.or(new) else { return };
+        let key = any.key();
+        let identity_before = self.identity(&key);
+        let entry = self.entries.entry(key.clone()).or_default();
+        if let Some(facts) = entry.pod.take() {
+            if let Some(node) = &facts.node {
+                unindex(&mut self.on_node, node, &key);
+            }
+            if let Some(ip) = &facts.ip {
+                unindex(&mut self.by_ip, ip, &key);
+            }
+        }
+        let placement = match new {
+            Some(p) => {
+                let node: Option<Arc<str>> = p.node_name.as_deref().map(Arc::from);
+                let ip: Option<Arc<str>> = p.ip.as_deref().filter(|_| !p.terminal).map(Arc::from);
+                if let Some(node) = &node {
+                    self.on_node.entry(node.clone()).or_default().insert(key.clone());
+                }
+                if let Some(ip) = &ip {
+                    self.by_ip.entry(ip.clone()).or_default().insert(key.clone());
+                }
+                let placement = resolve(&p.labels, node.as_ref().and_then(|n| self.nodes.get(n)));
+                entry.pod = Some(Facts { node, ip });
+                placement
+            }
+            None => Placement::default(),
+        };
+        let was = old.map(|_| entry.placement.clone());
+        replace_placement(entry, placement, feeds);
+        let is = new.map(|_| entry.placement.clone());
+        if was != is {
+            feeds.placements.extend(was.map(|p| ((key.clone(), p), -1)));
+            feeds.placements.extend(is.map(|p| ((key.clone(), p), 1)));
+        }
+        if entry.pod.is_none() && entry.rows.is_empty() {
+            self.entries.remove(&key);
+        }
+        let identity_after = self.identity(&key);
+        identity_change(identity_before, identity_after, feeds);
+    }
+
+    /// Replaces Node `old` by `new` (the same Node, either may be absent): the Pods on it that
+    /// take their locality from it are placed again.
+    pub fn node(&mut self, old: Option<&Node>, new: Option<&Node>, feeds: &mut Feeds) {
+        let Some(any) = old.or(new) else { return };
+        let name: Arc<str> = any.name.as_str().into();
+        let locality: Option<Arc<str>> = new.map(|n| node_locality(&n.labels).into());
+        let before = match &locality {
+            Some(l) => self.nodes.insert(name.clone(), l.clone()),
+            None => self.nodes.remove(&name),
+        };
+        if before == locality {
+            return;
+        }
+        let pods: Vec<PodKey> = self.on_node.get(&name).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        for key in pods {
+            let Some(entry) = self.entries.get_mut(&key) else { continue };
+            let placement = resolve(&entry.placement.labels, locality.as_ref());
+            if placement != entry.placement {
+                feeds.placements.push(((key.clone(), entry.placement.clone()), -1));
+                feeds.placements.push(((key.clone(), placement.clone()), 1));
+                replace_placement(entry, placement, feeds);
+            }
+        }
+    }
+
+    /// Feeds the raw rows that went and came from `source`, each row of a Pod placed with the
+    /// Pod's placement and kept with it.
+    pub fn rows(
+        &mut self,
+        source: Source,
+        gone: Vec<(PortKey, EndpointRow)>,
+        came: Vec<(PortKey, EndpointRow)>,
+        feeds: &mut Feeds,
+    ) {
+        for (key, row) in gone {
+            let Some(pod) = row.pod.clone() else {
+                feeds.row(&source, &key, row, -1);
+                continue;
+            };
+            // (A row that goes was fed, so its Pod's entry holds it.)
+            let Some(entry) = self.entries.get_mut(&pod) else { continue };
+            let Some(at) = entry.rows.iter().position(|(s, k, r)| *s == source && *k == key && *r == row) else {
+                continue;
+            };
+            entry.rows.swap_remove(at);
+            feeds.row(&source, &key, entry.placement.placed(&row), -1);
+            if entry.pod.is_none() && entry.rows.is_empty() {
+                self.entries.remove(&pod);
+            }
+        }
+        for (key, row) in came {
+            let Some(pod) = row.pod.clone() else {
+                feeds.row(&source, &key, row, 1);
+                continue;
+            };
+            let entry = self.entries.entry(pod).or_default();
+            feeds.row(&source, &key, entry.placement.placed(&row), 1);
+            entry.rows.push((source.clone(), key, row));
+        }
+    }
+
+    /// Adds (`diff` 1) or removes (-1) a proxy class: the Pods it names, or that are at its IP,
+    /// are fed to the proxy graph while some class reads them.
+    pub fn class(&mut self, class: &ProxyClass, diff: isize, feeds: &mut Feeds) {
+        let ClassLabels::OfPod { pod, ip } = &class.labels else { return };
+        let named: PodKey = (class.namespace.as_str().into(), pod.as_str().into());
+        let ip: Option<Arc<str>> = ip.as_deref().map(Arc::from);
+        let mut affected = vec![named.clone()];
+        if let Some(pods) = ip.as_ref().and_then(|ip| self.by_ip.get(ip)) {
+            affected.extend(pods.iter().cloned());
+        }
+        let before: Vec<Option<PodIdentity>> = affected.iter().map(|k| self.identity(k)).collect();
+        count(&mut self.class_pods, named, diff);
+        if let Some(ip) = ip {
+            count(&mut self.class_ips, ip, diff);
+        }
+        for (key, before) in affected.iter().zip(before) {
+            identity_change(before, self.identity(key), feeds);
+        }
+    }
+
+    /// The Pod's identity if it exists and the proxy graph reads it.
+    fn identity(&self, key: &PodKey) -> Option<PodIdentity> {
+        let entry = self.entries.get(key)?;
+        let facts = entry.pod.as_ref()?;
+        let at_class_ip = facts.ip.as_ref().is_some_and(|ip| self.class_ips.contains_key(ip));
+        (self.class_pods.contains_key(key) || at_class_ip).then(|| PodIdentity {
+            namespace: key.0.to_string(),
+            name: key.1.to_string(),
+            labels: entry.placement.labels.clone(),
+            ip: facts.ip.as_deref().map(str::to_string),
+        })
+    }
+}
+
+/// A Pod's placement: its labels, and the locality its labels give, else its Node's.
+fn resolve(labels: &Labels, node_locality: Option<&Arc<str>>) -> Placement {
+    let locality = match pod_locality_label(labels) {
+        Some(own) => own.into(),
+        None => node_locality.cloned().unwrap_or_default(),
+    };
+    Placement { labels: labels.clone(), locality }
+}
+
+/// Gives `entry` its new placement, feeding its rows again if it differs.
+fn replace_placement(entry: &mut Entry, placement: Placement, feeds: &mut Feeds) {
+    if placement == entry.placement {
+        return;
+    }
+    for (source, port, row) in &entry.rows {
+        feeds.row(source, port, entry.placement.placed(row), -1);
+        feeds.row(source, port, placement.placed(row), 1);
+    }
+    entry.placement = placement;
+}
+
+fn identity_change(before: Option<PodIdentity>, after: Option<PodIdentity>, feeds: &mut Feeds) {
+    if before != after {
+        feeds.identities.extend(before.map(|i| (i, -1)));
+        feeds.identities.extend(after.map(|i| (i, 1)));
+    }
+}
+
+/// Takes `key` out of the set at `at`, dropping the set when it empties.
+fn unindex(index: &mut HashMap<Arc<str>, HashSet<PodKey>>, at: &Arc<str>, key: &PodKey) {
+    if let Some(set) = index.get_mut(at) {
+        set.remove(key);
+        if set.is_empty() {
+            index.remove(at);
+        }
+    }
+}
+
+fn count<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K, diff: isize) {
+    use std::collections::hash_map::Entry;
+    match counts.entry(key) {
+        Entry::Occupied(mut n) => {
+            *n.get_mut() = n.get().saturating_add_signed(diff);
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
+        Entry::Vacant(v) => {
+            if diff > 0 {
+                v.insert(diff as usize);
+            }
+        }
+    }
+}
