@@ -1,12 +1,14 @@
 //! The engine's four dataflow graphs, run one after the other at each logical time.
 //!
 //! ```text
-//! pods, proxy classes ──▶ proxy graph (proxies.rs) ── class labels ──┐
-//! services, entries, rules, VirtualServices, Gateways, Secrets,      ▼
+//! pods, slices, endpoints, nodes ─▶ the driver's Pod index (pods.rs): rows placed and labelled,
+//!                                   placements, the pods proxy classes read
+//! pods classes read, proxy classes ──▶ proxy graph (proxies.rs) ── class labels ──┐
+//! services, entries, rules, VirtualServices, Gateways, Secrets,                   ▼
 //! proxy classes ───────────────────────────────────▶ config graph (dataflow.rs) ─▶ clusters, listeners,
 //!                                                                  │                route configs, secrets
 //!                                                                  └── cluster facts ──┐
-//! pods, slices, endpoints, nodes, services, entries ───────────────────────────────────▼
+//! pods, placed rows, placements, services, entries ────────────────────────────────────▼
 //!                                                    endpoint graph (endpoints.rs) ─▶ load assignments
 //!                                      addresses of clusters placed by locality ──┐
 //! proxy localities, located cluster facts ────────────────────────────────────────▼
@@ -18,8 +20,9 @@
 //! port. That fixed cost grows with the graph, not with the change. Split in four, a graph
 //! advances only at the times something of its own changed:
 //! - a Pod or EndpointSlice change runs the endpoint graph, not the config graph (routes,
-//!   listeners, gateways); the proxy graph only if the Pod's name, labels or IP changed; the
-//!   located graph only if the Pod serves a cluster placed by locality;
+//!   listeners, gateways); the proxy graph only if a proxy class reads the Pod and its name,
+//!   labels or IP changed; the located graph only if the Pod serves a cluster placed by
+//!   locality;
 //! - a VirtualService change runs the config graph alone unless what it knows of clusters
 //!   changes.
 //!
