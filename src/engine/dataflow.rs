@@ -45,11 +45,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::input::Input;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope as Graph;
 
-use super::inputs::graph_inputs;
+use super::inputs::{graph_inputs, input};
 use super::rows::{ClassLabelRow, ClusterFact, OutputRow};
 use crate::model::Secret;
 use crate::model::Service;
@@ -177,14 +176,14 @@ enum VhostInput {
 /// Builds the graph. Returns the input handles and the output collection.
 pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'s>) {
     let root = mesh.root_namespace.clone();
-    let (services_in, services) = scope.new_collection::<Service, isize>();
-    let (vs_in, raw_virtual_services) = scope.new_collection::<VirtualService, isize>();
-    let (dr_in, destination_rules) = scope.new_collection::<DestinationRule, isize>();
-    let (gateways_in, gateways) = scope.new_collection::<Gateway, isize>();
-    let (classes_in, classes) = scope.new_collection::<ProxyClass, isize>();
-    let (secrets_in, secrets) = scope.new_collection::<Secret, isize>();
-    let (class_labels_in, class_labels) = scope.new_collection::<ClassLabelRow, isize>();
-    let (se_in, service_entries) = scope.new_collection::<ServiceEntry, isize>();
+    let (services_in, services) = input::<Service>(&scope);
+    let (vs_in, raw_virtual_services) = input::<VirtualService>(&scope);
+    let (dr_in, destination_rules) = input::<DestinationRule>(&scope);
+    let (gateways_in, gateways) = input::<Gateway>(&scope);
+    let (classes_in, classes) = input::<ProxyClass>(&scope);
+    let (secrets_in, secrets) = input::<Secret>(&scope);
+    let (class_labels_in, class_labels) = input::<ClassLabelRow>(&scope);
+    let (se_in, service_entries) = input::<ServiceEntry>(&scope);
 
     // === delegate VirtualServices: each root merged with the delegates it names ===
     // A root is keyed by each delegate it names and meets the delegates (VirtualServices

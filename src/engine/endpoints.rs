@@ -31,11 +31,10 @@
 use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::input::Input;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use timely::dataflow::Scope as Graph;
 
-use super::inputs::graph_inputs;
+use super::inputs::{graph_inputs, input};
 use super::pods::{Placement, ServiceRow, SvcKey};
 use super::rows::{ClusterFact, LocatedBase, LocatedInput, OutputRow};
 use crate::model::istio::ServiceEntry;
@@ -107,16 +106,16 @@ graph_inputs! {
 
 /// Builds the endpoint graph.
 pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
-    let (services_in, services) = scope.new_collection::<Service, isize>();
-    let (slice_rows_in, slice_rows) = scope.new_collection::<(PortKey, EndpointRow), isize>();
-    let (slice_services_in, slice_services) = scope.new_collection::<SvcKey, isize>();
-    let (endpoint_rows_in, endpoint_rows) = scope.new_collection::<ServiceRow, isize>();
-    let (endpoint_services_in, endpoint_services) = scope.new_collection::<SvcKey, isize>();
-    let (pods_in, pods) = scope.new_collection::<Pod, isize>();
-    let (pod_places_in, pod_places) = scope.new_collection::<PodPlace, isize>();
-    let (placements_in, placements) = scope.new_collection::<(PodKey, Placement), isize>();
-    let (se_in, service_entries) = scope.new_collection::<ServiceEntry, isize>();
-    let (facts_in, facts) = scope.new_collection::<ClusterFact, isize>();
+    let (services_in, services) = input::<Service>(&scope);
+    let (slice_rows_in, slice_rows) = input::<(PortKey, EndpointRow)>(&scope);
+    let (slice_services_in, slice_services) = input::<SvcKey>(&scope);
+    let (endpoint_rows_in, endpoint_rows) = input::<ServiceRow>(&scope);
+    let (endpoint_services_in, endpoint_services) = input::<SvcKey>(&scope);
+    let (pods_in, pods) = input::<Pod>(&scope);
+    let (pod_places_in, pod_places) = input::<PodPlace>(&scope);
+    let (placements_in, placements) = input::<(PodKey, Placement)>(&scope);
+    let (se_in, service_entries) = input::<ServiceEntry>(&scope);
+    let (facts_in, facts) = input::<ClusterFact>(&scope);
 
     let scoped_bases = facts
         .clone()

@@ -322,7 +322,7 @@ fn run(worker: &mut Worker, clock: &mut Clock, inputs: &mut impl GraphInputs) ->
 
 /// Feeds every (datum, diff) of `updates` to `input`.
 fn feed_all<D: differential_dataflow::Data>(
-    input: &mut differential_dataflow::input::InputSession<u64, D, isize>,
+    input: &mut super::inputs::Session<D>,
     updates: impl IntoIterator<Item = (D, isize)>,
 ) {
     for (d, diff) in updates {

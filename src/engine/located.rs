@@ -14,10 +14,9 @@
 //! ```
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::input::Input;
 use timely::dataflow::Scope as Graph;
 
-use super::inputs::graph_inputs;
+use super::inputs::{graph_inputs, input};
 use super::rows::{ClusterFact, LocatedInput, OutputRow};
 use crate::model::k8s::Labels;
 use crate::model::proxy::ProxyLocality;
@@ -42,9 +41,9 @@ pub fn reads(fact: &ClusterFact) -> bool {
 
 /// Builds the located graph.
 pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, OutputRow>) {
-    let (located_in, located) = scope.new_collection::<LocatedInput, isize>();
-    let (facts_in, facts) = scope.new_collection::<ClusterFact, isize>();
-    let (localities_in, proxy_localities) = scope.new_collection::<ProxyLocality, isize>();
+    let (located_in, located) = input::<LocatedInput>(&scope);
+    let (facts_in, facts) = input::<ClusterFact>(&scope);
+    let (localities_in, proxy_localities) = input::<ProxyLocality>(&scope);
     let located_clusters =
         facts.clone().flat_map(|f| if let ClusterFact::Located(at, located) = f { Some((at, located)) } else { None });
     let dns_located =

@@ -11,11 +11,10 @@
 //! and the config graph only if a class's labels change.
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::input::Input;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope as Graph;
 
-use super::inputs::graph_inputs;
+use super::inputs::{graph_inputs, input};
 use super::rows::ClassLabelRow;
 use crate::model::k8s::Labels;
 use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind};
@@ -52,8 +51,8 @@ graph_inputs! {
 
 /// Builds the proxy graph: what the proxy said its labels are, else its Pod's (following the Pod).
 pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, ClassLabelRow>) {
-    let (pods_in, pods) = scope.new_collection::<PodIdentity, isize>();
-    let (classes_in, classes) = scope.new_collection::<ProxyClass, isize>();
+    let (pods_in, pods) = input::<PodIdentity>(&scope);
+    let (classes_in, classes) = input::<ProxyClass>(&scope);
     let labels_by_pod = pods.clone().map(|p: PodIdentity| ((p.namespace.clone(), p.name.clone()), p.labels));
 
     let labelled_classes = classes.filter(|c: &ProxyClass| c.kind != ProxyKind::Proxyless);
