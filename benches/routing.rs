@@ -68,7 +68,7 @@ fn slice(i: usize) -> Object {
 }
 
 fn pod(i: usize, e: usize, version: &str) -> Object {
-    Object::Pod(Pod {
+    Object::Pod(std::sync::Arc::new(Pod {
         namespace: ns(i),
         name: format!("svc-{i}-{e}"),
         labels: Labels::from([("app".to_string(), format!("svc-{i}")), ("version".to_string(), version.to_string())]),
@@ -77,7 +77,7 @@ fn pod(i: usize, e: usize, version: &str) -> Object {
         ready: true,
         terminal: false,
         ports: Vec::new(),
-    })
+    }))
 }
 
 fn destination_rule(i: usize, max_connections: u32) -> Object {

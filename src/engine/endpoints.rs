@@ -93,8 +93,9 @@ graph_inputs! {
         pub endpoint_rows: ServiceRow,
         /// The service of each Endpoints object.
         pub endpoint_services: SvcKey,
-        /// Every Pod, whole: the pods by name, for selector services and entries.
-        pub pods: Pod,
+        /// Every Pod, whole (shared with the driver): the pods by name, for selector services
+        /// and entries.
+        pub pods: Arc<Pod>,
         /// Every Pod's [`PodPlace`], fed only when it changes.
         pub pod_places: PodPlace,
         /// Every Pod's [`Placement`], fed only when it changes.
@@ -111,7 +112,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let (slice_services_in, slice_services) = input::<SvcKey>(&scope);
     let (endpoint_rows_in, endpoint_rows) = input::<ServiceRow>(&scope);
     let (endpoint_services_in, endpoint_services) = input::<SvcKey>(&scope);
-    let (pods_in, pods) = input::<Pod>(&scope);
+    let (pods_in, pods) = input::<Arc<Pod>>(&scope);
     let (pod_places_in, pod_places) = input::<PodPlace>(&scope);
     let (placements_in, placements) = input::<(PodKey, Placement)>(&scope);
     let (se_in, service_entries) = input::<ServiceEntry>(&scope);
@@ -196,8 +197,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         .arrange_by_key_named("Arrange: live pods by label");
     // (A Pod is shared, not copied, by the merges of this arrangement's batches.)
     let pods_by_name = pods
-        .filter(Pod::live)
-        .map(|p: Pod| ((p.namespace.clone(), p.name.clone()), Arc::new(p)))
+        .filter(|p: &Arc<Pod>| p.live())
+        .map(|p: Arc<Pod>| ((p.namespace.clone(), p.name.clone()), p))
         .arrange_by_key_named("Arrange: live pods by name");
     let from_pods = selector_services
         .join_core(pod_labels.clone(), |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &String| {

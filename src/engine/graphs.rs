@@ -32,6 +32,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
@@ -141,9 +142,9 @@ impl Graphs {
             Some(Object::Pod(_)) => {
                 let (a, b) = (as_pod(old), as_pod(new));
                 for (pod, diff) in a.iter().map(|p| (p, -1)).chain(b.iter().map(|p| (p, 1))) {
-                    self.endpoints.pods.update((*pod).clone(), diff);
+                    self.endpoints.pods.update(Arc::clone(pod), diff);
                 }
-                let (was, is) = (a.map(PodPlace::of), b.map(PodPlace::of));
+                let (was, is) = (a.map(|p| PodPlace::of(p)), b.map(|p| PodPlace::of(p)));
                 if was != is {
                     feed_all(
                         &mut self.endpoints.pod_places,
@@ -151,7 +152,7 @@ impl Graphs {
                     );
                 }
                 self.clocks[ENDPOINTS].dirty = true;
-                self.pods.pod(a, b, &mut self.feeds);
+                self.pods.pod(a.map(|p| &**p), b.map(|p| &**p), &mut self.feeds);
             }
             // A slice: only the addresses it adds or drops (a pod's readiness flip is one row,
             // not the slice's every row retracted and added again).
@@ -262,7 +263,7 @@ impl Graphs {
         let rows = |e: Option<&Endpoints>| e.map(endpoints_addresses).unwrap_or_default();
         let (mut gone, mut came) = (rows(old), rows(new));
         multiset_difference(&mut gone, &mut came);
-        self.pods.rows(Source::Endpoints(svc.clone()), gone, came, &mut self.feeds);
+        self.pods.rows(Source::Endpoints(Arc::new(svc.clone())), gone, came, &mut self.feeds);
         match (old, new) {
             (None, Some(_)) => self.endpoints.endpoint_services.update(svc, 1),
             (Some(_), None) => self.endpoints.endpoint_services.update(svc, -1),
@@ -355,7 +356,7 @@ fn as_node(object: Option<&Object>) -> Option<&Node> {
 }
 
 /// The Pod `object` is, if it is one.
-fn as_pod(object: Option<&Object>) -> Option<&Pod> {
+fn as_pod(object: Option<&Object>) -> Option<&Arc<Pod>> {
     match object {
         Some(Object::Pod(p)) => Some(p),
         _ => None,

@@ -37,10 +37,15 @@ pub(crate) use graph_inputs;
 /// freed), so at one event per time the kernel's zeroing of those pages was ~7% of the engine
 /// thread (`perf record -g`: `clear_page_erms` under `InputSession::update`).
 pub struct Session<D: differential_dataflow::Data> {
-    handle: timely::dataflow::InputHandle<u64, timely::container::CapacityContainerBuilder<Vec<(D, u64, isize)>>>,
-    buffer: Vec<(D, u64, isize)>,
+    handle: Handle<D>,
+    buffer: Updates<D>,
     time: u64,
 }
+
+/// An input's updates: (datum, time, diff).
+type Updates<D> = Vec<(D, u64, isize)>;
+/// Timely's handle of an input of such updates.
+type Handle<D> = timely::dataflow::InputHandle<u64, timely::container::CapacityContainerBuilder<Updates<D>>>;
 
 /// Updates held before they are handed to the dataflow even without a flush (so a large load
 /// is handed over in pieces, as differential's session does).

@@ -17,7 +17,7 @@
 //! Pods at its IP. Only those Pods can change its output, so the driver feeds it only them: a
 //! Pod no class names, at an IP no class has, costs the proxy graph nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,7 @@ use super::proxies::PodIdentity;
 use crate::model::k8s::Labels;
 use crate::model::proxy::{ClassLabels, ProxyClass};
 use crate::model::{Node, Pod};
+use crate::translate::EndpointAddr;
 use crate::translate::endpoint::{EndpointRow, PodKey, PortKey, node_locality, pod_locality_label};
 
 /// (namespace, service name)
@@ -54,8 +55,9 @@ impl Placement {
         }
     }
 
-    fn placed(&self, row: &EndpointRow) -> EndpointRow {
-        let mut row = row.clone();
+    /// The row of `pod` at `addr`, placed.
+    fn row(&self, pod: &PodKey, addr: &EndpointAddr) -> EndpointRow {
+        let mut row = EndpointRow { addr: addr.clone(), pod: Some(pod.clone()), labels: Labels::new() };
         self.place(&mut row);
         row
     }
@@ -66,7 +68,17 @@ impl Placement {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
     Slice,
-    Endpoints(SvcKey),
+    Endpoints(Arc<SvcKey>),
+}
+
+/// A raw row the driver fed for a Pod: its input, its port and its address (the row is
+/// `EndpointRow { addr, pod, labels: none }`, placed). Kept small: there is one per endpoint
+/// of every Pod.
+#[derive(Debug, PartialEq, Eq)]
+struct Fed {
+    source: Source,
+    port: PortKey,
+    addr: EndpointAddr,
 }
 
 /// What a change asks the graphs to read, drained by [`super::graphs::Graphs`] after each.
@@ -82,7 +94,7 @@ impl Feeds {
     fn row(&mut self, source: &Source, key: &PortKey, row: EndpointRow, diff: isize) {
         match source {
             Source::Slice => self.slice_rows.push(((key.clone(), row), diff)),
-            Source::Endpoints(svc) => self.endpoint_rows.push(((svc.clone(), (key.clone(), row)), diff)),
+            Source::Endpoints(svc) => self.endpoint_rows.push((((**svc).clone(), (key.clone(), row)), diff)),
         }
     }
 }
@@ -101,7 +113,7 @@ struct Entry {
     /// What its rows were fed with.
     placement: Placement,
     /// The raw rows fed for it, a multiset.
-    rows: Vec<(Source, PortKey, EndpointRow)>,
+    rows: Vec<Fed>,
 }
 
 /// The driver's index of Pods, Nodes' localities and proxy classes' references to Pods.
@@ -110,10 +122,10 @@ pub struct Pods {
     entries: HashMap<PodKey, Entry>,
     /// Node name → its locality ("" when its labels give none).
     nodes: HashMap<Arc<str>, Arc<str>>,
-    /// Node name → the known Pods on it.
-    on_node: HashMap<Arc<str>, HashSet<PodKey>>,
-    /// Live IP → the known Pods at it.
-    by_ip: HashMap<Arc<str>, HashSet<PodKey>>,
+    /// Node name → the known Pods on it (a few hundred at most).
+    on_node: HashMap<Arc<str>, Vec<PodKey>>,
+    /// Live IP → the known Pods at it (one, mostly).
+    by_ip: HashMap<Arc<str>, Vec<PodKey>>,
     /// How many proxy classes name each Pod, and look at each IP.
     class_pods: HashMap<PodKey, usize>,
     class_ips: HashMap<Arc<str>, usize>,
@@ -136,14 +148,8 @@ impl Pods {
         }
         let placement = match new {
             Some(p) => {
-                let node: Option<Arc<str>> = p.node_name.as_deref().map(Arc::from);
-                let ip: Option<Arc<str>> = p.ip.as_deref().filter(|_| !p.terminal).map(Arc::from);
-                if let Some(node) = &node {
-                    self.on_node.entry(node.clone()).or_default().insert(key.clone());
-                }
-                if let Some(ip) = &ip {
-                    self.by_ip.entry(ip.clone()).or_default().insert(key.clone());
-                }
+                let node = p.node_name.as_deref().map(|n| index(&mut self.on_node, n, &key));
+                let ip = p.ip.as_deref().filter(|_| !p.terminal).map(|ip| index(&mut self.by_ip, ip, &key));
                 let placement = resolve(&p.labels, node.as_ref().and_then(|n| self.nodes.get(n)));
                 entry.pod = Some(Facts { node, ip });
                 placement
@@ -151,7 +157,7 @@ impl Pods {
             None => Placement::default(),
         };
         let was = old.map(|_| entry.placement.clone());
-        replace_placement(entry, placement, feeds);
+        replace_placement(&key, entry, placement, feeds);
         let is = new.map(|_| entry.placement.clone());
         if was != is {
             feeds.placements.extend(was.map(|p| ((key.clone(), p), -1)));
@@ -177,14 +183,14 @@ impl Pods {
         if before == locality {
             return;
         }
-        let pods: Vec<PodKey> = self.on_node.get(&name).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let pods: Vec<PodKey> = self.on_node.get(&name).cloned().unwrap_or_default();
         for key in pods {
             let Some(entry) = self.entries.get_mut(&key) else { continue };
             let placement = resolve(&entry.placement.labels, locality.as_ref());
             if placement != entry.placement {
                 feeds.placements.push(((key.clone(), entry.placement.clone()), -1));
                 feeds.placements.push(((key.clone(), placement.clone()), 1));
-                replace_placement(entry, placement, feeds);
+                replace_placement(&key, entry, placement, feeds);
             }
         }
     }
@@ -205,11 +211,12 @@ impl Pods {
             };
             // (A row that goes was fed, so its Pod's entry holds it.)
             let Some(entry) = self.entries.get_mut(&pod) else { continue };
-            let Some(at) = entry.rows.iter().position(|(s, k, r)| *s == source && *k == key && *r == row) else {
+            let Some(at) = entry.rows.iter().position(|f| f.source == source && f.port == key && f.addr == row.addr)
+            else {
                 continue;
             };
             entry.rows.swap_remove(at);
-            feeds.row(&source, &key, entry.placement.placed(&row), -1);
+            feeds.row(&source, &key, entry.placement.row(&pod, &row.addr), -1);
             if entry.pod.is_none() && entry.rows.is_empty() {
                 self.entries.remove(&pod);
             }
@@ -219,9 +226,12 @@ impl Pods {
                 feeds.row(&source, &key, row, 1);
                 continue;
             };
-            let entry = self.entries.entry(pod).or_default();
-            feeds.row(&source, &key, entry.placement.placed(&row), 1);
-            entry.rows.push((source.clone(), key, row));
+            let entry = self.entries.entry(pod.clone()).or_default();
+            feeds.row(&source, &key, entry.placement.row(&pod, &row.addr), 1);
+            if entry.rows.capacity() == 0 {
+                entry.rows.reserve_exact(1);
+            }
+            entry.rows.push(Fed { source: source.clone(), port: key, addr: row.addr });
         }
     }
 
@@ -269,13 +279,13 @@ fn resolve(labels: &Labels, node_locality: Option<&Arc<str>>) -> Placement {
 }
 
 /// Gives `entry` its new placement, feeding its rows again if it differs.
-fn replace_placement(entry: &mut Entry, placement: Placement, feeds: &mut Feeds) {
+fn replace_placement(key: &PodKey, entry: &mut Entry, placement: Placement, feeds: &mut Feeds) {
     if placement == entry.placement {
         return;
     }
-    for (source, port, row) in &entry.rows {
-        feeds.row(source, port, entry.placement.placed(row), -1);
-        feeds.row(source, port, placement.placed(row), 1);
+    for fed in &entry.rows {
+        feeds.row(&fed.source, &fed.port, entry.placement.row(key, &fed.addr), -1);
+        feeds.row(&fed.source, &fed.port, placement.row(key, &fed.addr), 1);
     }
     entry.placement = placement;
 }
@@ -287,11 +297,21 @@ fn identity_change(before: Option<PodIdentity>, after: Option<PodIdentity>, feed
     }
 }
 
-/// Takes `key` out of the set at `at`, dropping the set when it empties.
-fn unindex(index: &mut HashMap<Arc<str>, HashSet<PodKey>>, at: &Arc<str>, key: &PodKey) {
-    if let Some(set) = index.get_mut(at) {
-        set.remove(key);
-        if set.is_empty() {
+/// Puts `key` in the list at `at`; returns `at` as the index holds it (one string for every
+/// Pod on a Node).
+fn index(index: &mut HashMap<Arc<str>, Vec<PodKey>>, at: &str, key: &PodKey) -> Arc<str> {
+    let at: Arc<str> = index.get_key_value(at).map_or_else(|| at.into(), |(held, _)| held.clone());
+    index.entry(at.clone()).or_default().push(key.clone());
+    at
+}
+
+/// Takes `key` out of the list at `at`, dropping the list when it empties.
+fn unindex(index: &mut HashMap<Arc<str>, Vec<PodKey>>, at: &Arc<str>, key: &PodKey) {
+    if let Some(keys) = index.get_mut(at) {
+        if let Some(i) = keys.iter().position(|k| k == key) {
+            keys.swap_remove(i);
+        }
+        if keys.is_empty() {
             index.remove(at);
         }
     }

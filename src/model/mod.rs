@@ -125,7 +125,8 @@ pub enum Object {
     Service(Service),
     EndpointSlice(EndpointSlice),
     Endpoints(Endpoints),
-    Pod(Pod),
+    /// Shared: the source, the driver and the endpoint graph hold one Pod, not a copy each.
+    Pod(std::sync::Arc<Pod>),
     Gateway(Box<istio::Gateway>),
     VirtualService(Box<istio::VirtualService>),
     DestinationRule(Box<istio::DestinationRule>),

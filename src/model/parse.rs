@@ -151,7 +151,7 @@ fn parse_object(doc: Value, default_namespace: &str) -> ParseOutcome {
         Kind::Endpoints => {
             from_value(doc).and_then(|e| k8s::endpoints_from(&namespace, &name, &e)).map(Object::Endpoints)
         }
-        Kind::Pod => from_value(doc).and_then(|p| k8s::pod_from(&namespace, &name, &p)).map(Object::Pod),
+        Kind::Pod => from_value(doc).and_then(|p| k8s::pod_from(&namespace, &name, &p)).map(|p| Object::Pod(p.into())),
         Kind::Node => from_value(doc).map(|n| Object::Node(k8s::node_from(&name, &n))),
         Kind::Namespace => from_value(doc).map(|n| Object::Namespace(k8s::namespace_from(&name, &n))),
         // Proxy classes come from connected proxies, never from a document.

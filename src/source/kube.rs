@@ -292,9 +292,9 @@ fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, selec
         Kind::EndpointSlice | Kind::Endpoints => tokio::spawn(watch.run(api::<core::Endpoints>(&c, ns), |e| {
             k8s::endpoints_from(&namespace(e), &e.name_any(), e).map(Object::Endpoints)
         })),
-        Kind::Pod => tokio::spawn(
-            watch.run(api::<core::Pod>(&c, ns), |p| k8s::pod_from(&namespace(p), &p.name_any(), p).map(Object::Pod)),
-        ),
+        Kind::Pod => tokio::spawn(watch.run(api::<core::Pod>(&c, ns), |p| {
+            k8s::pod_from(&namespace(p), &p.name_any(), p).map(|p| Object::Pod(p.into()))
+        })),
         // Not a cluster object: connected proxies report their classes.
         Kind::ProxyClass | Kind::ProxyLocality => return,
         Kind::Secret => {

@@ -216,7 +216,7 @@ fn pod() -> impl Strategy<Value = Object> {
                     .chain([("istio-locality".to_string(), "r9.z9".to_string())])
                     .collect();
             }
-            Object::Pod(Pod {
+            Object::Pod(std::sync::Arc::new(Pod {
                 namespace,
                 name: name.into(),
                 labels,
@@ -228,7 +228,7 @@ fn pod() -> impl Strategy<Value = Object> {
                     ContainerPort { name: "http".into(), port: http_port, protocol: Protocol::Tcp },
                     ContainerPort { name: "metrics".into(), port: 9090, protocol: Protocol::Tcp },
                 ],
-            })
+            }))
         })
 }
 
@@ -834,6 +834,7 @@ fn run(ops: Vec<Op>, root: &str) -> Result<(), TestCaseError> {
             Op::Touch(i, field) => {
                 let mut object = h.live.values().nth(i % h.live.len()).unwrap().clone();
                 if let Object::Pod(p) = &mut object {
+                    let p = std::sync::Arc::make_mut(p);
                     match field % 3 {
                         0 => p.ready = !p.ready,
                         1 => {
@@ -887,7 +888,7 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
         publish_not_ready_addresses: false,
         export_to: Vec::new(),
     });
-    let pod = Object::Pod(Pod {
+    let pod = Object::Pod(std::sync::Arc::new(Pod {
         namespace: "default".into(),
         name: "web-1".into(),
         labels: Labels::from([("app".to_string(), "web".to_string())]),
@@ -896,7 +897,7 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
         ready: true,
         terminal: false,
         ports: vec![ContainerPort { name: "http".into(), port: 8080, protocol: Protocol::Tcp }],
-    });
+    }));
     let eps = Object::Endpoints(Endpoints {
         namespace: "default".into(),
         name: "web".into(),
@@ -969,7 +970,7 @@ fn endpoints_are_grouped_by_the_locality_of_their_pods_node() {
     let pod = |name: &str, ip: &str, node: &str, extra: &[(&str, &str)]| {
         let mut labels = vec![("app".to_string(), "web".to_string())];
         labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Object::Pod(Pod {
+        Object::Pod(std::sync::Arc::new(Pod {
             namespace: "default".into(),
             name: name.into(),
             labels: labels.into_iter().collect(),
@@ -978,7 +979,7 @@ fn endpoints_are_grouped_by_the_locality_of_their_pods_node() {
             ready: true,
             terminal: false,
             ports: vec![],
-        })
+        }))
     };
     let node = |name: &str, region: &str, zone: &str| {
         Object::Node(Node {
@@ -1179,7 +1180,7 @@ fn destination_rules_of_the_configured_root_namespace_apply_everywhere() {
 #[test]
 fn a_proxy_without_its_named_pod_is_classed_by_the_pod_at_its_ip() {
     let pod = |namespace: &str, name: &str, app: &str| {
-        Object::Pod(Pod {
+        Object::Pod(std::sync::Arc::new(Pod {
             namespace: namespace.into(),
             name: name.into(),
             labels: Labels::from([("istio".to_string(), app.to_string())]),
@@ -1188,7 +1189,7 @@ fn a_proxy_without_its_named_pod_is_classed_by_the_pod_at_its_ip() {
             ready: true,
             terminal: false,
             ports: vec![],
-        })
+        }))
     };
     let gw = istio_object(
         Kind::Gateway,
@@ -1357,7 +1358,7 @@ fn located_assignments_follow_proxy_localities_and_the_rule() {
         }
     });
     let pod = |name: &str, ip: &str, node: &str| {
-        Object::Pod(Pod {
+        Object::Pod(std::sync::Arc::new(Pod {
             namespace: "default".into(),
             name: name.into(),
             labels: Labels::from([("app".to_string(), "web".to_string())]),
@@ -1366,7 +1367,7 @@ fn located_assignments_follow_proxy_localities_and_the_rule() {
             ready: true,
             terminal: false,
             ports: vec![],
-        })
+        }))
     };
     let node = |name: &str, zone: &str| {
         Object::Node(Node {
@@ -1500,7 +1501,7 @@ fn prioritized_assignments_follow_proxy_labels_and_pod_labels() {
         }
     });
     let pod = |name: &str, ip: &str, version: &str| {
-        Object::Pod(Pod {
+        Object::Pod(std::sync::Arc::new(Pod {
             namespace: "default".into(),
             name: name.into(),
             labels: Labels::from([
@@ -1513,7 +1514,7 @@ fn prioritized_assignments_follow_proxy_labels_and_pod_labels() {
             ready: true,
             terminal: false,
             ports: vec![],
-        })
+        }))
     };
     let rule = istio_object(
         Kind::DestinationRule,
@@ -1623,7 +1624,7 @@ fn prioritized_assignments_follow_proxy_labels_and_pod_labels() {
 fn located_work_is_per_locality_and_affected_cluster() {
     let services = 40;
     let pod = |svc: usize, i: usize| {
-        Object::Pod(Pod {
+        Object::Pod(std::sync::Arc::new(Pod {
             namespace: "default".into(),
             name: format!("s{svc}-{i}"),
             labels: Labels::from([("app".to_string(), format!("s{svc}"))]),
@@ -1632,7 +1633,7 @@ fn located_work_is_per_locality_and_affected_cluster() {
             ready: true,
             terminal: false,
             ports: vec![],
-        })
+        }))
     };
     let mut events = Vec::new();
     for (n, zone) in NODES.iter().zip(["z1", "z2"]) {
@@ -1695,11 +1696,11 @@ fn located_work_is_per_locality_and_affected_cluster() {
     }
     // An endpoint of a cluster with outlier detection: its shared assignment and one per locality.
     let Object::Pod(mut p) = pod(0, 1) else { unreachable!() };
-    p.ready = false;
+    std::sync::Arc::make_mut(&mut p).ready = false;
     h.step(vec![InputEvent::apply(Object::Pod(p))], step).unwrap();
     assert_eq!(h.last.len(), 1 + 3, "{:?}", h.last);
     let Object::Pod(mut p) = pod(1, 1) else { unreachable!() };
-    p.ready = false;
+    std::sync::Arc::make_mut(&mut p).ready = false;
     h.step(vec![InputEvent::apply(Object::Pod(p))], step + 1).unwrap();
     assert_eq!(h.last.len(), 1, "a cluster without outlier detection: {:?}", h.last);
 }
