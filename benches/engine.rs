@@ -29,7 +29,7 @@ use meshflow::model::{EndpointSlice, InputEvent, Object, Service};
 use meshflow::translate::ResourceType;
 
 fn service(i: usize) -> Object {
-    Object::Service(Service {
+    Object::Service(Box::new(Service {
         namespace: "bench".into(),
         name: format!("svc-{i}"),
         ports: vec![ServicePort {
@@ -44,11 +44,11 @@ fn service(i: usize) -> Object {
         external_name: None,
         publish_not_ready_addresses: false,
         export_to: Vec::new(),
-    })
+    }))
 }
 
 fn slice(i: usize, endpoints: usize, salt: usize) -> Object {
-    Object::EndpointSlice(EndpointSlice {
+    Object::EndpointSlice(Box::new(EndpointSlice {
         namespace: "bench".into(),
         name: format!("svc-{i}-slice"),
         service_name: Some(format!("svc-{i}")),
@@ -63,7 +63,7 @@ fn slice(i: usize, endpoints: usize, salt: usize) -> Object {
                 }
             })
             .collect(),
-    })
+    }))
 }
 
 fn endpoint_change(c: &mut Criterion) {

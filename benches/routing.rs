@@ -33,7 +33,7 @@ fn ns(i: usize) -> String {
 }
 
 fn service(i: usize) -> Object {
-    Object::Service(Service {
+    Object::Service(Box::new(Service {
         namespace: ns(i),
         name: format!("svc-{i}"),
         ports: vec![ServicePort {
@@ -48,7 +48,7 @@ fn service(i: usize) -> Object {
         external_name: None,
         publish_not_ready_addresses: false,
         export_to: Vec::new(),
-    })
+    }))
 }
 
 fn ip(i: usize, e: usize) -> String {
@@ -56,7 +56,7 @@ fn ip(i: usize, e: usize) -> String {
 }
 
 fn slice(i: usize) -> Object {
-    Object::EndpointSlice(EndpointSlice {
+    Object::EndpointSlice(Box::new(EndpointSlice {
         namespace: ns(i),
         name: format!("svc-{i}-slice"),
         service_name: Some(format!("svc-{i}")),
@@ -64,7 +64,7 @@ fn slice(i: usize) -> Object {
         endpoints: (0..3)
             .map(|e| SliceEndpoint { addresses: vec![ip(i, e)], ready: true, pod: Some(format!("svc-{i}-{e}")) })
             .collect(),
-    })
+    }))
 }
 
 fn pod(i: usize, e: usize, version: &str) -> Object {

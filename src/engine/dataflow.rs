@@ -561,8 +561,11 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
                 output.push(((scope, route, vhost), 1isize));
             }
         });
-    let virtual_hosts =
-        host_vhosts.clone().map(|(_, (scope, route, vhost))| OutputRow::VirtualHost { scope, route, vhost });
+    let virtual_hosts = host_vhosts.clone().map(|(_, (scope, route, vhost))| OutputRow::VirtualHost {
+        scope,
+        route,
+        vhost: Box::new(vhost),
+    });
     // Ports of unknown protocol have their own (sniffing) listeners: they claim no shared one.
     let http_port_numbers =
         http_ports.clone().filter(|row| !row.protocol().is_sniffed()).map(|row| row.port.port).distinct();
@@ -662,7 +665,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
                 }
             }
             for d in diagnostics {
-                output.push((OutputRow::Diagnostic(d), 1));
+                output.push((OutputRow::Diagnostic(Box::new(d)), 1));
             }
         })
         .map(|(_, row)| row);
@@ -811,7 +814,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
         .concat(class_diagnostics)
         .concat(secret_diagnostics)
         .distinct()
-        .map(OutputRow::Diagnostic);
+        .map(|d| OutputRow::Diagnostic(Box::new(d)));
     // === proxyless gRPC clients: API listeners, route configs, clusters (see proxyless.rs) ===
     // Proxyless clients are served the default context.
     let default_vhosts = host_vhosts

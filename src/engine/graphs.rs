@@ -193,8 +193,8 @@ impl Graphs {
         let [proxies, config, endpoints, located] = &mut self.clocks;
         match object {
             Object::Service(s) => {
-                self.config.services.update(s.clone(), diff);
-                self.endpoints.services.update(s.clone(), diff);
+                self.config.services.update((**s).clone(), diff);
+                self.endpoints.services.update((**s).clone(), diff);
                 config.dirty = true;
                 endpoints.dirty = true;
             }

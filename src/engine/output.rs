@@ -58,10 +58,9 @@ impl Assembler {
     /// Consolidates the rows of one time (the dataflow hands them over in pieces, not
     /// consolidated) and turns them into resource changes.
     pub fn finish(&mut self, time: u64, rows: Vec<(OutputRow, isize)>) -> ResourceDelta {
-        let mut net: HashMap<OutputRow, isize> = HashMap::with_capacity(rows.len());
-        for (row, diff) in rows {
-            *net.entry(row).or_default() += diff;
-        }
+        // Consolidated in place (sorted): a large initial time's rows are not held twice.
+        let mut net = rows;
+        differential_dataflow::consolidation::consolidate(&mut net);
         // Per resource: the body that is added at this time, if any; a resource only retracted
         // is removed.
         let mut resources: BTreeMap<(Scope, ResourceType, String), Option<Vec<u8>>> = BTreeMap::new();
@@ -71,7 +70,7 @@ impl Assembler {
         let mut pod_localities: BTreeMap<(String, String), Option<String>> = BTreeMap::new();
         for (row, diff) in net.into_iter().filter(|(_, d)| *d != 0) {
             match row {
-                OutputRow::Diagnostic(d) => diagnostics.push((d, diff > 0)),
+                OutputRow::Diagnostic(d) => diagnostics.push((*d, diff > 0)),
                 OutputRow::PodLocality { pod, locality } => {
                     let slot = pod_localities.entry(pod).or_default();
                     if diff > 0 {
@@ -87,11 +86,11 @@ impl Assembler {
                 OutputRow::VirtualHost { scope, route, vhost } => {
                     let key = (scope, route);
                     if diff > 0 {
-                        vhost_adds.push((key, vhost));
+                        vhost_adds.push((key, *vhost));
                     } else {
                         if let Some(hosts) = self.routes.get_mut(&key) {
                             // Only remove the exact part retracted: the same name may be re-added below.
-                            if hosts.get(&vhost.name) == Some(&vhost) {
+                            if hosts.get(&vhost.name) == Some(&*vhost) {
                                 hosts.remove(&vhost.name);
                             }
                         }

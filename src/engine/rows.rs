@@ -26,11 +26,13 @@ pub enum OutputRow {
         /// sidecars' one of the same name.
         scope: Scope,
         route: String,
-        vhost: VirtualHostPart,
+        /// (Boxed, as the diagnostic is: the rows of a large initial time are held together
+        /// before the cache takes them, and every row is as large as the largest variant.)
+        vhost: Box<VirtualHostPart>,
     },
     /// A problem with an input object that does not stop it from being served: a field meshflow
     /// does not translate yet, a route to a host or subset that does not exist.
-    Diagnostic(Diagnostic),
+    Diagnostic(Box<Diagnostic>),
     /// A Pod's locality (its own label, else its Node's): not a resource, but what a proxy of
     /// that Pod that does not tell its locality is placed in when it connects.
     PodLocality {

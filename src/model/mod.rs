@@ -122,9 +122,11 @@ impl fmt::Display for ObjectKey {
 pub enum Object {
     Namespace(Namespace),
     Node(Node),
-    Service(Service),
-    EndpointSlice(EndpointSlice),
-    Endpoints(Endpoints),
+    /// Boxed, as the larger kinds are: the driver and the directory source hold every object,
+    /// and each `Object` is as large as its largest variant.
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Endpoints(Box<Endpoints>),
     /// Shared: the source, the driver and the endpoint graph hold one Pod, not a copy each.
     Pod(std::sync::Arc<Pod>),
     Gateway(Box<istio::Gateway>),

@@ -144,13 +144,15 @@ fn parse_object(doc: Value, default_namespace: &str) -> ParseOutcome {
         };
     }
     let decoded = match kind {
-        Kind::Service => from_value(doc).and_then(|s| k8s::service_from(&namespace, &name, &s)).map(Object::Service),
-        Kind::EndpointSlice => {
-            from_value(doc).and_then(|s| k8s::endpoint_slice_from(&namespace, &name, &s)).map(Object::EndpointSlice)
+        Kind::Service => {
+            from_value(doc).and_then(|s| k8s::service_from(&namespace, &name, &s)).map(|o| Object::Service(Box::new(o)))
         }
-        Kind::Endpoints => {
-            from_value(doc).and_then(|e| k8s::endpoints_from(&namespace, &name, &e)).map(Object::Endpoints)
-        }
+        Kind::EndpointSlice => from_value(doc)
+            .and_then(|s| k8s::endpoint_slice_from(&namespace, &name, &s))
+            .map(|o| Object::EndpointSlice(Box::new(o))),
+        Kind::Endpoints => from_value(doc)
+            .and_then(|e| k8s::endpoints_from(&namespace, &name, &e))
+            .map(|o| Object::Endpoints(Box::new(o))),
         Kind::Pod => from_value(doc).and_then(|p| k8s::pod_from(&namespace, &name, &p)).map(|p| Object::Pod(p.into())),
         Kind::Node => from_value(doc).map(|n| Object::Node(k8s::node_from(&name, &n))),
         Kind::Namespace => from_value(doc).map(|n| Object::Namespace(k8s::namespace_from(&name, &n))),

@@ -282,15 +282,15 @@ fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, selec
             tokio::spawn(watch.run(Api::<core::Node>::all(c), |n| Ok(Object::Node(k8s::node_from(&n.name_any(), n)))))
         }
         Kind::Service => tokio::spawn(watch.run(api::<core::Service>(&c, ns), |s| {
-            k8s::service_from(&namespace(s), &s.name_any(), s).map(Object::Service)
+            k8s::service_from(&namespace(s), &s.name_any(), s).map(|o| Object::Service(Box::new(o)))
         })),
         Kind::EndpointSlice if apis.endpoint_slices => {
             tokio::spawn(watch.run(api::<discovery::EndpointSlice>(&c, ns), |s| {
-                k8s::endpoint_slice_from(&namespace(s), &s.name_any(), s).map(Object::EndpointSlice)
+                k8s::endpoint_slice_from(&namespace(s), &s.name_any(), s).map(|o| Object::EndpointSlice(Box::new(o)))
             }))
         }
         Kind::EndpointSlice | Kind::Endpoints => tokio::spawn(watch.run(api::<core::Endpoints>(&c, ns), |e| {
-            k8s::endpoints_from(&namespace(e), &e.name_any(), e).map(Object::Endpoints)
+            k8s::endpoints_from(&namespace(e), &e.name_any(), e).map(|o| Object::Endpoints(Box::new(o)))
         })),
         Kind::Pod => tokio::spawn(watch.run(api::<core::Pod>(&c, ns), |p| {
             k8s::pod_from(&namespace(p), &p.name_any(), p).map(|p| Object::Pod(p.into()))

@@ -33,9 +33,9 @@ pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mes
     let mut nodes: HashMap<&str, &Labels> = HashMap::new();
     for o in objects {
         match o {
-            Object::Service(s) => services.push(s),
-            Object::EndpointSlice(s) => slices.push(s),
-            Object::Endpoints(e) => endpoints.push(e),
+            Object::Service(s) => services.push(&**s),
+            Object::EndpointSlice(s) => slices.push(&**s),
+            Object::Endpoints(e) => endpoints.push(&**e),
             Object::Pod(p) => pods.push(&**p),
             Object::Node(n) => {
                 nodes.insert(n.name.as_str(), &n.labels);

@@ -119,7 +119,7 @@ fn service() -> impl Strategy<Value = Object> {
             // Port numbers are unique per protocol within a Service (validated at intake).
             ports.sort_by_key(|p| (p.port, p.protocol));
             ports.dedup_by_key(|p| (p.port, p.protocol));
-            Object::Service(Service {
+            Object::Service(Box::new(Service {
                 namespace,
                 name,
                 ports,
@@ -128,7 +128,7 @@ fn service() -> impl Strategy<Value = Object> {
                 external_name: external.then(|| "example.com".to_string()),
                 publish_not_ready_addresses: publish,
                 export_to,
-            })
+            }))
         })
 }
 
@@ -153,7 +153,7 @@ fn slice() -> impl Strategy<Value = Object> {
         ),
     )
         .prop_map(|(namespace, name, service_name, ports, eps)| {
-            Object::EndpointSlice(EndpointSlice {
+            Object::EndpointSlice(Box::new(EndpointSlice {
                 namespace,
                 name: name.into(),
                 service_name,
@@ -162,7 +162,7 @@ fn slice() -> impl Strategy<Value = Object> {
                     .into_iter()
                     .map(|(addresses, ready, pod)| SliceEndpoint { addresses, ready, pod: pod.map(String::from) })
                     .collect(),
-            })
+            }))
         })
 }
 
@@ -185,14 +185,14 @@ fn endpoints() -> impl Strategy<Value = Object> {
         ),
     )
         .prop_map(|(namespace, name, subsets)| {
-            Object::Endpoints(Endpoints {
+            Object::Endpoints(Box::new(Endpoints {
                 namespace,
                 name,
                 subsets: subsets
                     .into_iter()
                     .map(|(ready, not_ready, ports)| EndpointSubset { ready, not_ready, ports })
                     .collect(),
-            })
+            }))
         })
 }
 
@@ -872,7 +872,7 @@ proptest! {
 /// The fallbacks in order: EndpointSlices win over Endpoints, which win over the selector.
 #[test]
 fn endpoint_sources_take_over_from_each_other_in_order() {
-    let svc = Object::Service(Service {
+    let svc = Object::Service(Box::new(Service {
         namespace: "default".into(),
         name: "web".into(),
         ports: vec![ServicePort {
@@ -887,7 +887,7 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
         external_name: None,
         publish_not_ready_addresses: false,
         export_to: Vec::new(),
-    });
+    }));
     let pod = Object::Pod(std::sync::Arc::new(Pod {
         namespace: "default".into(),
         name: "web-1".into(),
@@ -898,7 +898,7 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
         terminal: false,
         ports: vec![ContainerPort { name: "http".into(), port: 8080, protocol: Protocol::Tcp }],
     }));
-    let eps = Object::Endpoints(Endpoints {
+    let eps = Object::Endpoints(Box::new(Endpoints {
         namespace: "default".into(),
         name: "web".into(),
         subsets: vec![EndpointSubset {
@@ -906,14 +906,14 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
             not_ready: vec![],
             ports: vec![SlicePort { name: "http".into(), port: Some(7070), protocol: Protocol::Tcp }],
         }],
-    });
-    let slice = Object::EndpointSlice(EndpointSlice {
+    }));
+    let slice = Object::EndpointSlice(Box::new(EndpointSlice {
         namespace: "default".into(),
         name: "web-abc".into(),
         service_name: Some("web".into()),
         ports: vec![SlicePort { name: "http".into(), port: Some(6060), protocol: Protocol::Tcp }],
         endpoints: vec![SliceEndpoint { addresses: vec!["10.0.0.6".into()], ready: true, pod: None }],
-    });
+    }));
     let mut h = Harness::new();
     let cla = |h: &Harness| {
         use prost::Message;
@@ -951,7 +951,7 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
 #[test]
 fn endpoints_are_grouped_by_the_locality_of_their_pods_node() {
     use prost::Message;
-    let svc = Object::Service(Service {
+    let svc = Object::Service(Box::new(Service {
         namespace: "default".into(),
         name: "web".into(),
         ports: vec![ServicePort {
@@ -966,7 +966,7 @@ fn endpoints_are_grouped_by_the_locality_of_their_pods_node() {
         external_name: None,
         publish_not_ready_addresses: false,
         export_to: Vec::new(),
-    });
+    }));
     let pod = |name: &str, ip: &str, node: &str, extra: &[(&str, &str)]| {
         let mut labels = vec![("app".to_string(), "web".to_string())];
         labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -1032,7 +1032,7 @@ fn endpoints_are_grouped_by_the_locality_of_their_pods_node() {
 #[test]
 fn a_root_follows_its_delegate_through_every_change() {
     use prost::Message;
-    let svc = Object::Service(Service {
+    let svc = Object::Service(Box::new(Service {
         namespace: "default".into(),
         name: "reviews".into(),
         ports: vec![ServicePort {
@@ -1047,7 +1047,7 @@ fn a_root_follows_its_delegate_through_every_change() {
         external_name: None,
         publish_not_ready_addresses: false,
         export_to: Vec::new(),
-    });
+    }));
     let root = istio_object(
         Kind::VirtualService,
         "default",
@@ -1106,7 +1106,7 @@ fn a_root_follows_its_delegate_through_every_change() {
 }
 
 fn http_service(namespace: &str, name: &str, export_to: &[&str]) -> Object {
-    Object::Service(Service {
+    Object::Service(Box::new(Service {
         namespace: namespace.into(),
         name: name.into(),
         ports: vec![ServicePort {
@@ -1121,7 +1121,7 @@ fn http_service(namespace: &str, name: &str, export_to: &[&str]) -> Object {
         external_name: None,
         publish_not_ready_addresses: false,
         export_to: export_to.iter().map(|s| s.to_string()).collect(),
-    })
+    }))
 }
 
 /// meshConfig.rootNamespace (`serve --root-namespace`): a DestinationRule of the configured root
@@ -1247,7 +1247,7 @@ fn vhosts_seen(h: &Harness, ns: &str, name: &str) -> Vec<String> {
 #[test]
 fn export_to_hides_a_host_from_other_namespaces() {
     let tcp_service = |export_to: &[&str]| {
-        Object::Service(Service {
+        Object::Service(Box::new(Service {
             namespace: "default".into(),
             name: "db".into(),
             ports: vec![ServicePort {
@@ -1262,7 +1262,7 @@ fn export_to_hides_a_host_from_other_namespaces() {
             external_name: None,
             publish_not_ready_addresses: false,
             export_to: export_to.iter().map(|s| s.to_string()).collect(),
-        })
+        }))
     };
     let entry = |export_to: &[&str]| {
         istio_object(
@@ -1350,13 +1350,13 @@ fn export_to_hides_a_host_from_other_namespaces() {
 fn located_assignments_follow_proxy_localities_and_the_rule() {
     use meshflow::cache::View;
     use prost::Message;
-    let svc = Object::Service(Service {
+    let svc = Object::Service(Box::new(Service {
         selector: Some(Labels::from([("app".to_string(), "web".to_string())])),
         ..match http_service("default", "web", &[]) {
-            Object::Service(s) => s,
+            Object::Service(s) => *s,
             _ => unreachable!(),
         }
-    });
+    }));
     let pod = |name: &str, ip: &str, node: &str| {
         Object::Pod(std::sync::Arc::new(Pod {
             namespace: "default".into(),
@@ -1493,13 +1493,13 @@ fn located_assignments_follow_proxy_localities_and_the_rule() {
 #[test]
 fn prioritized_assignments_follow_proxy_labels_and_pod_labels() {
     use prost::Message;
-    let svc = Object::Service(Service {
+    let svc = Object::Service(Box::new(Service {
         selector: Some(Labels::from([("app".to_string(), "web".to_string())])),
         ..match http_service("default", "web", &[]) {
-            Object::Service(s) => s,
+            Object::Service(s) => *s,
             _ => unreachable!(),
         }
-    });
+    }));
     let pod = |name: &str, ip: &str, version: &str| {
         Object::Pod(std::sync::Arc::new(Pod {
             namespace: "default".into(),
