@@ -59,16 +59,16 @@ fn name(s: &str) -> Name {
 /// live (has an IP and is not terminal). A readiness flip leaves it equal, so the driver feeds
 /// the flip to the pods by name alone.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct PodPlace {
+pub struct PodLabels {
     pub namespace: String,
     pub name: String,
     pub labels: Labels,
     pub live: bool,
 }
 
-impl PodPlace {
-    pub fn of(p: &Pod) -> PodPlace {
-        PodPlace { namespace: p.namespace.clone(), name: p.name.clone(), labels: p.labels.clone(), live: p.live() }
+impl PodLabels {
+    pub fn of(p: &Pod) -> PodLabels {
+        PodLabels { namespace: p.namespace.clone(), name: p.name.clone(), labels: p.labels.clone(), live: p.live() }
     }
 }
 
@@ -96,8 +96,8 @@ graph_inputs! {
         /// Every Pod, whole (shared with the driver): the pods by name, for selector services
         /// and entries.
         pub pods: Arc<Pod>,
-        /// Every Pod's [`PodPlace`], fed only when it changes.
-        pub pod_places: PodPlace,
+        /// Every Pod's [`PodLabels`], fed only when it changes.
+        pub labelled_pods: PodLabels,
         /// Every Pod's [`Placement`], fed only when it changes.
         pub placements: (PodKey, Placement),
         pub service_entries: ServiceEntry,
@@ -113,7 +113,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let (endpoint_rows_in, endpoint_rows) = input::<ServiceRow>(&scope);
     let (endpoint_services_in, endpoint_services) = input::<SvcKey>(&scope);
     let (pods_in, pods) = input::<Arc<Pod>>(&scope);
-    let (pod_places_in, pod_places) = input::<PodPlace>(&scope);
+    let (labelled_pods_in, labelled_pods) = input::<PodLabels>(&scope);
     let (placements_in, placements) = input::<(PodKey, Placement)>(&scope);
     let (se_in, service_entries) = input::<ServiceEntry>(&scope);
     let (facts_in, facts) = input::<ClusterFact>(&scope);
@@ -186,9 +186,9 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
             Some(((ns, k, v), row))
         });
     // (The label index and the pods by name are arranged once, for services and entries.)
-    let pod_labels = pod_places
-        .filter(|p: &PodPlace| p.live)
-        .flat_map(|p: PodPlace| {
+    let pod_labels = labelled_pods
+        .filter(|p: &PodLabels| p.live)
+        .flat_map(|p: PodLabels| {
             p.labels
                 .iter()
                 .map(|(k, v)| ((p.namespace.clone(), k.clone(), v.clone()), p.name.clone()))
@@ -366,7 +366,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         endpoint_rows: endpoint_rows_in,
         endpoint_services: endpoint_services_in,
         pods: pods_in,
-        pod_places: pod_places_in,
+        labelled_pods: labelled_pods_in,
         placements: placements_in,
         service_entries: se_in,
         facts: facts_in,

@@ -38,7 +38,7 @@ use differential_dataflow::VecCollection;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
-use super::endpoints::PodPlace;
+use super::endpoints::PodLabels;
 use super::inputs::GraphInputs;
 use super::pods::{Feeds, Pods, Source, SvcKey};
 use super::proxies;
@@ -144,10 +144,10 @@ impl Graphs {
                 for (pod, diff) in a.iter().map(|p| (p, -1)).chain(b.iter().map(|p| (p, 1))) {
                     self.endpoints.pods.update(Arc::clone(pod), diff);
                 }
-                let (was, is) = (a.map(|p| PodPlace::of(p)), b.map(|p| PodPlace::of(p)));
+                let (was, is) = (a.map(|p| PodLabels::of(p)), b.map(|p| PodLabels::of(p)));
                 if was != is {
                     feed_all(
-                        &mut self.endpoints.pod_places,
+                        &mut self.endpoints.labelled_pods,
                         was.map(|p| (p, -1)).into_iter().chain(is.map(|p| (p, 1))),
                     );
                 }

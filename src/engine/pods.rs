@@ -138,18 +138,12 @@ impl Pods {
         let key = any.key();
         let identity_before = self.identity(&key);
         let entry = self.entries.entry(key.clone()).or_default();
-        if let Some(facts) = entry.pod.take() {
-            if let Some(node) = &facts.node {
-                unindex(&mut self.on_node, node, &key);
-            }
-            if let Some(ip) = &facts.ip {
-                unindex(&mut self.by_ip, ip, &key);
-            }
-        }
+        let held = entry.pod.take().unwrap_or(Facts { node: None, ip: None });
+        // (A readiness flip keeps Node and IP: the indexes are left as they are.)
+        let node = reindex(&mut self.on_node, held.node, new.and_then(|p| p.node_name.as_deref()), &key);
+        let ip = reindex(&mut self.by_ip, held.ip, new.and_then(|p| p.ip.as_deref().filter(|_| !p.terminal)), &key);
         let placement = match new {
             Some(p) => {
-                let node = p.node_name.as_deref().map(|n| index(&mut self.on_node, n, &key));
-                let ip = p.ip.as_deref().filter(|_| !p.terminal).map(|ip| index(&mut self.by_ip, ip, &key));
                 let placement = resolve(&p.labels, node.as_ref().and_then(|n| self.nodes.get(n)));
                 entry.pod = Some(Facts { node, ip });
                 placement
@@ -297,17 +291,21 @@ fn identity_change(before: Option<PodIdentity>, after: Option<PodIdentity>, feed
     }
 }
 
-/// Puts `key` in the list at `at`; returns `at` as the index holds it (one string for every
-/// Pod on a Node).
-fn index(index: &mut HashMap<Arc<str>, Vec<PodKey>>, at: &str, key: &PodKey) -> Arc<str> {
-    let at: Arc<str> = index.get_key_value(at).map_or_else(|| at.into(), |(held, _)| held.clone());
-    index.entry(at.clone()).or_default().push(key.clone());
-    at
-}
-
-/// Takes `key` out of the list at `at`, dropping the list when it empties.
-fn unindex(index: &mut HashMap<Arc<str>, Vec<PodKey>>, at: &Arc<str>, key: &PodKey) {
-    if let Some(keys) = index.get_mut(at) {
+/// Moves `key` in `index` from the list at `held` to the list at `now` (either may be absent),
+/// unless they are the same; returns `now` as the index holds it (one string for every Pod on
+/// a Node).
+fn reindex(
+    index: &mut HashMap<Arc<str>, Vec<PodKey>>,
+    held: Option<Arc<str>>,
+    now: Option<&str>,
+    key: &PodKey,
+) -> Option<Arc<str>> {
+    if held.as_deref() == now {
+        return held;
+    }
+    if let Some(at) = &held
+        && let Some(keys) = index.get_mut(at)
+    {
         if let Some(i) = keys.iter().position(|k| k == key) {
             keys.swap_remove(i);
         }
@@ -315,6 +313,10 @@ fn unindex(index: &mut HashMap<Arc<str>, Vec<PodKey>>, at: &Arc<str>, key: &PodK
             index.remove(at);
         }
     }
+    let now = now?;
+    let at: Arc<str> = index.get_key_value(now).map_or_else(|| now.into(), |(at, _)| at.clone());
+    index.entry(at.clone()).or_default().push(key.clone());
+    Some(at)
 }
 
 fn count<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K, diff: isize) {
