@@ -235,9 +235,10 @@ impl Pods {
         let ClassLabels::OfPod { pod, ip } = &class.labels else { return };
         let named: PodKey = (class.namespace.as_str().into(), pod.as_str().into());
         let ip: Option<Arc<str>> = ip.as_deref().map(Arc::from);
+        // (Each Pod once: the named Pod is often the one at the IP too.)
         let mut affected = vec![named.clone()];
         if let Some(pods) = ip.as_ref().and_then(|ip| self.by_ip.get(ip)) {
-            affected.extend(pods.iter().cloned());
+            affected.extend(pods.iter().filter(|k| **k != named).cloned());
         }
         let before: Vec<Option<PodIdentity>> = affected.iter().map(|k| self.identity(k)).collect();
         count(&mut self.class_pods, named, diff);
@@ -333,5 +334,50 @@ fn count<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K, diff: 
                 v.insert(diff as usize);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::proxy::ProxyKind;
+
+    fn pod(app: &str, ip: Option<&str>) -> Pod {
+        Pod {
+            namespace: "default".into(),
+            name: "p".into(),
+            labels: Labels::from([("app".to_string(), app.to_string())]),
+            ip: ip.map(str::to_string),
+            node_name: None,
+            ready: true,
+            terminal: false,
+            ports: Vec::new(),
+        }
+    }
+
+    /// The proxy graph holds a Pod once however a class reads it: by its name and at its IP
+    /// both, the Pod is fed once, and its change replaces it.
+    #[test]
+    fn a_pod_a_class_names_and_is_at_the_ip_of_is_fed_once() {
+        let (mut pods, mut feeds) = (Pods::default(), Feeds::default());
+        let web = pod("web", Some("10.0.0.3"));
+        pods.pod(None, Some(&web), &mut feeds);
+        assert!(feeds.identities.is_empty(), "no class reads it yet");
+        let class = ProxyClass {
+            kind: ProxyKind::Router,
+            namespace: "default".into(),
+            labels: ClassLabels::OfPod { pod: "p".into(), ip: Some("10.0.0.3".into()) },
+        };
+        pods.class(&class, 1, &mut feeds);
+        let fed: Vec<isize> = feeds.identities.drain(..).map(|(_, d)| d).collect();
+        assert_eq!(fed, vec![1]);
+        let reviews = pod("reviews", None);
+        pods.pod(Some(&web), Some(&reviews), &mut feeds);
+        let fed: Vec<(String, isize)> =
+            feeds.identities.drain(..).map(|(i, d)| (i.labels.get("app").cloned().unwrap_or_default(), d)).collect();
+        assert_eq!(fed, vec![("web".to_string(), -1), ("reviews".to_string(), 1)]);
+        pods.class(&class, -1, &mut feeds);
+        let fed: Vec<isize> = feeds.identities.drain(..).map(|(_, d)| d).collect();
+        assert_eq!(fed, vec![-1], "the class gone, the Pod leaves the proxy graph");
     }
 }
