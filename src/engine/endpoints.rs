@@ -10,7 +10,8 @@
 //! The rows of EndpointSlices and core/v1 Endpoints arrive placed: the driver gives an
 //! endpoint of a Pod the Pod's labels and locality ([`super::pods`]), so no row of theirs
 //! meets the Pods in this graph. The rows this graph derives from Pods itself are placed by
-//! one join with the Pods' placements.
+//! one join with the Pods' placements; the driver feeds it only the Pods that a selector
+//! without slices may select ([`super::pods::Gate`]).
 //!
 //! ```text
 //! slice rows (ready addresses by (ns, svc, port name, proto), placed) ─────────join(ports by name)┐
@@ -35,10 +36,9 @@ use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use timely::dataflow::Scope as Graph;
 
 use super::inputs::{graph_inputs, input};
-use super::pods::{Placement, ServiceRow, SvcKey};
+use super::pods::{Placement, PodLabels, ServiceRow, SvcKey, first_pair};
 use super::rows::{ClusterFact, LocatedBase, LocatedInput, OutputRow};
 use crate::model::istio::ServiceEntry;
-use crate::model::k8s::Labels;
 use crate::model::{Pod, Service};
 use crate::translate::endpoint::{EndpointRow, PodKey, PortKey, SelectorService, pod_addresses, service_port_rows};
 use crate::translate::locality::LocalityLb;
@@ -53,23 +53,6 @@ type Name = Arc<str>;
 
 fn name(s: &str) -> Name {
     s.into()
-}
-
-/// What the label index of the endpoint graph reads of a Pod: its labels and whether it is
-/// live (has an IP and is not terminal). A readiness flip leaves it equal, so the driver feeds
-/// the flip to the pods by name alone.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct PodLabels {
-    pub namespace: String,
-    pub name: String,
-    pub labels: Labels,
-    pub live: bool,
-}
-
-impl PodLabels {
-    pub fn of(p: &Pod) -> PodLabels {
-        PodLabels { namespace: p.namespace.clone(), name: p.name.clone(), labels: p.labels.clone(), live: p.live() }
-    }
 }
 
 /// Whether the endpoint graph reads this fact (DNS clusters placed by locality go to the
@@ -93,10 +76,10 @@ graph_inputs! {
         pub endpoint_rows: ServiceRow,
         /// The service of each Endpoints object.
         pub endpoint_services: SvcKey,
-        /// Every Pod, whole (shared with the driver): the pods by name, for selector services
-        /// and entries.
+        /// The Pods a selector without slices reads ([`super::pods::Gate`]), whole (shared
+        /// with the driver): the pods by name, for selector services and entries.
         pub pods: Arc<Pod>,
-        /// Every Pod's [`PodLabels`], fed only when it changes.
+        /// The same Pods' [`PodLabels`], fed only when they change.
         pub labelled_pods: PodLabels,
         /// Every Pod's [`Placement`], fed only when it changes.
         pub placements: (PodKey, Placement),
@@ -182,7 +165,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         })
         .antijoin(managed)
         .flat_map(|((ns, _), row)| {
-            let (k, v) = row.selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
+            let (k, v) = first_pair(&row.selector)?;
             Some(((ns, k, v), row))
         });
     // (The label index and the pods by name are arranged once, for services and entries.)
@@ -214,7 +197,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     // and namespace.
     let entry_selectors = service_entries.clone().flat_map(|se: ServiceEntry| {
         let row = service_entry::selector(&se)?;
-        let (k, v) = row.selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))?;
+        let (k, v) = first_pair(&row.selector)?;
         Some(((se.namespace.clone(), k, v), row))
     });
     let from_entry_pods = entry_selectors

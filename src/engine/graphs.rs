@@ -1,14 +1,15 @@
 //! The engine's four dataflow graphs, run one after the other at each logical time.
 //!
 //! ```text
-//! pods, slices, endpoints, nodes ─▶ the driver's Pod index (pods.rs): rows placed and labelled,
-//!                                   placements, the pods proxy classes read
+//! pods, slices, endpoints, nodes, ─▶ the driver's Pod index (pods.rs): rows placed and labelled,
+//! selectors of services, entries     placements, the pods selectors without slices read, the
+//!                                    pods proxy classes read
 //! pods classes read, proxy classes ──▶ proxy graph (proxies.rs) ── class labels ──┐
 //! services, entries, rules, VirtualServices, Gateways, Secrets,                   ▼
 //! proxy classes ───────────────────────────────────▶ config graph (dataflow.rs) ─▶ clusters, listeners,
 //!                                                                  │                route configs, secrets
 //!                                                                  └── cluster facts ──┐
-//! pods, placed rows, placements, services, entries ────────────────────────────────────▼
+//! pods selectors read, placed rows, placements, services, entries ──────────────────────▼
 //!                                                    endpoint graph (endpoints.rs) ─▶ load assignments
 //!                                      addresses of clusters placed by locality ──┐
 //! proxy localities, located cluster facts ────────────────────────────────────────▼
@@ -38,7 +39,6 @@ use differential_dataflow::VecCollection;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
-use super::endpoints::PodLabels;
 use super::inputs::GraphInputs;
 use super::pods::{Feeds, Pods, Source, SvcKey};
 use super::proxies;
@@ -136,24 +136,11 @@ impl Graphs {
     /// Replaces `old` by `new` (either may be absent) in the graphs that read them.
     pub fn update(&mut self, old: Option<&Object>, new: Option<&Object>) {
         match old.or(new) {
-            // A Pod: the endpoint graph reads it whole (readiness, ports), its labels and
-            // liveness (the label index) and its placement, each fed only when it changes; the
-            // proxy graph reads it only if a proxy class does (see [`super::pods`]).
-            Some(Object::Pod(_)) => {
-                let (a, b) = (as_pod(old), as_pod(new));
-                for (pod, diff) in a.iter().map(|p| (p, -1)).chain(b.iter().map(|p| (p, 1))) {
-                    self.endpoints.pods.update(Arc::clone(pod), diff);
-                }
-                let (was, is) = (a.map(|p| PodLabels::of(p)), b.map(|p| PodLabels::of(p)));
-                if was != is {
-                    feed_all(
-                        &mut self.endpoints.labelled_pods,
-                        was.map(|p| (p, -1)).into_iter().chain(is.map(|p| (p, 1))),
-                    );
-                }
-                self.clocks[ENDPOINTS].dirty = true;
-                self.pods.pod(a.map(|p| &**p), b.map(|p| &**p), &mut self.feeds);
-            }
+            // A Pod: the endpoint graph reads its placement, and whole (readiness, ports) with
+            // its labels only while a selector without slices may select it; the proxy graph
+            // reads it only if a proxy class does. Each fed only when it changes (see
+            // [`super::pods`]).
+            Some(Object::Pod(_)) => self.pods.pod(as_pod(old), as_pod(new), &mut self.feeds),
             // A slice: only the addresses it adds or drops (a pod's readiness flip is one row,
             // not the slice's every row retracted and added again).
             Some(Object::EndpointSlice(_)) => self.update_slice(as_slice(old), as_slice(new)),
@@ -174,8 +161,13 @@ impl Graphs {
     /// Feeds what the driver's Pod index asked for to the inputs that read it.
     fn drain_feeds(&mut self) {
         let feeds = &mut self.feeds;
-        let any_endpoints =
-            !(feeds.slice_rows.is_empty() && feeds.endpoint_rows.is_empty() && feeds.placements.is_empty());
+        let any_endpoints = !(feeds.slice_rows.is_empty()
+            && feeds.endpoint_rows.is_empty()
+            && feeds.placements.is_empty()
+            && feeds.pods.is_empty()
+            && feeds.labelled.is_empty());
+        feed_all(&mut self.endpoints.pods, feeds.pods.drain(..));
+        feed_all(&mut self.endpoints.labelled_pods, feeds.labelled.drain(..));
         feed_all(&mut self.endpoints.slice_rows, feeds.slice_rows.drain(..));
         feed_all(&mut self.endpoints.endpoint_rows, feeds.endpoint_rows.drain(..));
         feed_all(&mut self.endpoints.placements, feeds.placements.drain(..));
@@ -195,12 +187,14 @@ impl Graphs {
             Object::Service(s) => {
                 self.config.services.update((**s).clone(), diff);
                 self.endpoints.services.update((**s).clone(), diff);
+                self.pods.service(s, diff);
                 config.dirty = true;
                 endpoints.dirty = true;
             }
             Object::ServiceEntry(se) => {
                 self.config.service_entries.update((**se).clone(), diff);
                 self.endpoints.service_entries.update((**se).clone(), diff);
+                self.pods.entry(se, diff);
                 config.dirty = true;
                 endpoints.dirty = true;
             }
@@ -250,7 +244,10 @@ impl Graphs {
             |s: Option<&EndpointSlice>| s.and_then(|s| s.service_name.clone().map(|svc| (s.namespace.clone(), svc)));
         let (was, is) = (service(old), service(new));
         if was != is {
-            feed_all(&mut self.endpoints.slice_services, was.map(|s| (s, -1)).into_iter().chain(is.map(|s| (s, 1))));
+            for (svc, diff) in was.iter().map(|s| (s, -1)).chain(is.iter().map(|s| (s, 1))) {
+                self.endpoints.slice_services.update(svc.clone(), diff);
+                self.pods.managed(svc, false, diff);
+            }
         }
         self.clocks[ENDPOINTS].dirty = true;
     }
@@ -264,10 +261,14 @@ impl Graphs {
         let (mut gone, mut came) = (rows(old), rows(new));
         multiset_difference(&mut gone, &mut came);
         self.pods.rows(Source::Endpoints(Arc::new(svc.clone())), gone, came, &mut self.feeds);
-        match (old, new) {
-            (None, Some(_)) => self.endpoints.endpoint_services.update(svc, 1),
-            (Some(_), None) => self.endpoints.endpoint_services.update(svc, -1),
-            _ => {}
+        let diff = match (old, new) {
+            (None, Some(_)) => 1,
+            (Some(_), None) => -1,
+            _ => 0,
+        };
+        if diff != 0 {
+            self.pods.managed(&svc, true, diff);
+            self.endpoints.endpoint_services.update(svc, diff);
         }
         self.clocks[ENDPOINTS].dirty = true;
     }
@@ -275,6 +276,9 @@ impl Graphs {
     /// Runs each graph that has changes, in order, feeding each one's output to the next, and
     /// returns every output row of this engine time (not consolidated).
     pub fn step(&mut self, worker: &mut Worker) -> Vec<(OutputRow, isize)> {
+        // (The Pods of selectors that came or went in this time: once, whatever came between.)
+        self.pods.reconcile(&mut self.feeds);
+        self.drain_feeds();
         if run(worker, &mut self.clocks[PROXIES], &mut self.proxies) {
             let labels = std::mem::take(&mut *self.class_labels.borrow_mut());
             for (row, diff) in labels {

@@ -13,6 +13,15 @@
 //!   Pods itself (selector Services without slices, ServiceEntry `workloadSelector`s) and for
 //!   the Pods' localities it outputs.
 //!
+//! The endpoint graph derives rows from whole Pods only for the selectors nothing else serves:
+//! a selector Service without EndpointSlices or Endpoints, a ServiceEntry's `workloadSelector`.
+//! In a cluster every selector Service has slices, so the driver gates the Pods it feeds to
+//! that path ([`Gate`]): a Pod is fed whole (and to the label index) only while such a
+//! selector of its namespace is keyed by one of its labels. A readiness flip of any other Pod
+//! costs that path nothing. When a selector comes or goes, the Pods of its namespace that carry
+//! its key are fed or retracted once, when the graphs next run (so a Service whose slices come
+//! in the same batch costs nothing).
+//!
 //! The proxy graph resolves a proxy class's labels from the Pod the class names, else from the
 //! Pods at its IP. Only those Pods can change its output, so the driver feeds it only them: a
 //! Pod no class names, at an IP no class has, costs the proxy graph nothing.
@@ -23,16 +32,57 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::proxies::PodIdentity;
+use crate::model::istio::ServiceEntry;
 use crate::model::k8s::Labels;
 use crate::model::proxy::{ClassLabels, ProxyClass};
-use crate::model::{Node, Pod};
-use crate::translate::EndpointAddr;
+use crate::model::{Node, Pod, Service};
 use crate::translate::endpoint::{EndpointRow, PodKey, PortKey, node_locality, pod_locality_label};
+use crate::translate::{EndpointAddr, service_entry};
 
 /// (namespace, service name)
 pub type SvcKey = (String, String);
 /// A core/v1 Endpoints row: the service it belongs to, its port, the address.
 pub type ServiceRow = (SvcKey, (PortKey, EndpointRow));
+
+/// What the endpoint graph's label index reads of a Pod: its labels and whether it is live
+/// (has an IP and is not terminal). A readiness flip leaves it equal, so the driver feeds the
+/// flip to the pods by name alone.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PodLabels {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub live: bool,
+}
+
+impl PodLabels {
+    pub fn of(p: &Pod) -> PodLabels {
+        PodLabels { namespace: p.namespace.clone(), name: p.name.clone(), labels: p.labels.clone(), live: p.live() }
+    }
+}
+
+/// A label (key, value).
+pub type Pair = (String, String);
+
+/// The pair a selector is keyed by in the endpoint graph's label index (and in the [`Gate`]):
+/// its first in key order. An empty selector selects nothing there.
+pub fn first_pair(selector: &Labels) -> Option<Pair> {
+    selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))
+}
+
+/// The pair a Service's selector is keyed by, if the endpoint graph would derive its
+/// endpoints from Pods (when it has no slices and no Endpoints).
+pub fn service_pair(s: &Service) -> Option<Pair> {
+    if s.external_name.is_some() {
+        return None;
+    }
+    first_pair(s.selector.as_ref()?)
+}
+
+/// The pair a ServiceEntry's `workloadSelector` is keyed by, if it selects Pods.
+pub fn entry_pair(se: &ServiceEntry) -> Option<Pair> {
+    first_pair(&service_entry::selector(se)?.selector)
+}
 
 /// Where a Pod's endpoints are and what selects them: its labels and its locality ("" when
 /// neither its labels nor its Node's give one).
@@ -84,6 +134,9 @@ struct Fed {
 /// What a change asks the graphs to read, drained by [`super::graphs::Graphs`] after each.
 #[derive(Default)]
 pub struct Feeds {
+    /// Whole Pods and their labels, for the selectors the [`Gate`] lets through.
+    pub pods: Vec<(Arc<Pod>, isize)>,
+    pub labelled: Vec<(PodLabels, isize)>,
     pub slice_rows: Vec<((PortKey, EndpointRow), isize)>,
     pub endpoint_rows: Vec<(ServiceRow, isize)>,
     pub placements: Vec<((PodKey, Placement), isize)>,
@@ -91,6 +144,12 @@ pub struct Feeds {
 }
 
 impl Feeds {
+    /// Feeds (`diff` 1) or retracts (-1) a Pod to the selector path.
+    fn selected(&mut self, pod: &Arc<Pod>, diff: isize) {
+        self.pods.push((Arc::clone(pod), diff));
+        self.labelled.push((PodLabels::of(pod), diff));
+    }
+
     fn row(&mut self, source: &Source, key: &PortKey, row: EndpointRow, diff: isize) {
         match source {
             Source::Slice => self.slice_rows.push(((key.clone(), row), diff)),
@@ -101,9 +160,12 @@ impl Feeds {
 
 /// What the index keeps of an existing Pod.
 struct Facts {
+    pod: Arc<Pod>,
     node: Option<Arc<str>>,
     /// Its IP while it is not terminal (as [`PodIdentity`] has it).
     ip: Option<Arc<str>>,
+    /// Whether the selector path holds it (the [`Gate`] lets it through).
+    selected: bool,
 }
 
 /// One Pod: known, or only named by endpoint rows (then placed nowhere, labelled with nothing).
@@ -126,6 +188,9 @@ pub struct Pods {
     on_node: HashMap<Arc<str>, Vec<PodKey>>,
     /// Live IP → the known Pods at it (one, mostly).
     by_ip: HashMap<Arc<str>, Vec<PodKey>>,
+    /// Namespace → the known Pods in it, for a selector that comes or goes.
+    in_namespace: HashMap<Arc<str>, Vec<PodKey>>,
+    gate: Gate,
     /// How many proxy classes name each Pod, and look at each IP.
     class_pods: HashMap<PodKey, usize>,
     class_ips: HashMap<Arc<str>, usize>,
@@ -133,19 +198,34 @@ pub struct Pods {
 
 impl Pods {
     /// Replaces Pod `old` by `new` (the same Pod, either may be absent).
-    pub fn pod(&mut self, old: Option<&Pod>, new: Option<&Pod>, feeds: &mut Feeds) {
+    pub fn pod(&mut self, old: Option<&Arc<Pod>>, new: Option<&Arc<Pod>>, feeds: &mut Feeds) {
         let Some(any) = old.or(new) else { return };
         let key = any.key();
         let identity_before = self.identity(&key);
         let entry = self.entries.entry(key.clone()).or_default();
-        let held = entry.pod.take().unwrap_or(Facts { node: None, ip: None });
+        let held = entry.pod.take();
+        let (held_node, held_ip) = held.as_ref().map_or((None, None), |f| (f.node.clone(), f.ip.clone()));
         // (A readiness flip keeps Node and IP: the indexes are left as they are.)
-        let node = reindex(&mut self.on_node, held.node, new.and_then(|p| p.node_name.as_deref()), &key);
-        let ip = reindex(&mut self.by_ip, held.ip, new.and_then(|p| p.ip.as_deref().filter(|_| !p.terminal)), &key);
+        let node = reindex(&mut self.on_node, held_node, new.and_then(|p| p.node_name.as_deref()), &key);
+        let ip = reindex(&mut self.by_ip, held_ip, new.and_then(|p| p.ip.as_deref().filter(|_| !p.terminal)), &key);
+        reindex(&mut self.in_namespace, held.as_ref().map(|_| key.0.clone()), new.map(|_| &*key.0), &key);
+        // The selector path: the Pod as it was fed goes, the Pod as it is comes if the gate lets
+        // it through (its labels fed only if they changed).
+        let was = held.as_ref().filter(|f| f.selected).map(|f| &f.pod);
+        let is = new.filter(|p| self.gate.reads(&p.namespace, &p.labels));
+        if was.map(Arc::as_ptr) != is.map(Arc::as_ptr) {
+            feeds.pods.extend(was.map(|p| (Arc::clone(p), -1)));
+            feeds.pods.extend(is.map(|p| (Arc::clone(p), 1)));
+            let (was, is) = (was.map(|p| PodLabels::of(p)), is.map(|p| PodLabels::of(p)));
+            if was != is {
+                feeds.labelled.extend(was.map(|p| (p, -1)));
+                feeds.labelled.extend(is.map(|p| (p, 1)));
+            }
+        }
         let placement = match new {
             Some(p) => {
                 let placement = resolve(&p.labels, node.as_ref().and_then(|n| self.nodes.get(n)));
-                entry.pod = Some(Facts { node, ip });
+                entry.pod = Some(Facts { pod: Arc::clone(p), node, ip, selected: is.is_some() });
                 placement
             }
             None => Placement::default(),
@@ -162,6 +242,48 @@ impl Pods {
         }
         let identity_after = self.identity(&key);
         identity_change(identity_before, identity_after, feeds);
+    }
+
+    /// Adds (`diff` 1) or removes (-1) a Service: its selector, if it has one, opens the gate
+    /// for the Pods it keys by while the Service has no slices and no Endpoints.
+    pub fn service(&mut self, s: &Service, diff: isize) {
+        let pair = if diff > 0 { service_pair(s) } else { None };
+        self.gate.service((s.namespace.clone(), s.name.clone()), |g| g.pair = pair);
+    }
+
+    /// A slice (`diff` 1) or Endpoints object (`endpoints`) of `svc` came (1) or went (-1).
+    pub fn managed(&mut self, svc: &SvcKey, endpoints: bool, diff: isize) {
+        self.gate.service(svc.clone(), |g| {
+            let n = if endpoints { &mut g.endpoints } else { &mut g.slices };
+            *n = n.saturating_add_signed(diff);
+        });
+    }
+
+    /// Adds (`diff` 1) or removes (-1) a ServiceEntry: its `workloadSelector` opens the gate.
+    pub fn entry(&mut self, se: &ServiceEntry, diff: isize) {
+        if let Some(pair) = entry_pair(se) {
+            self.gate.count(&se.namespace, pair, diff);
+        }
+    }
+
+    /// Feeds or retracts the Pods whose gate opened or closed since the last call: those of a
+    /// selector's namespace that carry its pair.
+    pub fn reconcile(&mut self, feeds: &mut Feeds) {
+        let Pods { entries, in_namespace, gate, .. } = self;
+        for (ns, (k, v)) in std::mem::take(&mut gate.moved) {
+            let Some(keys) = in_namespace.get(ns.as_str()) else { continue };
+            for key in keys {
+                let Some(facts) = entries.get_mut(key).and_then(|e| e.pod.as_mut()) else { continue };
+                if facts.pod.labels.get(&k) != Some(&v) {
+                    continue;
+                }
+                let reads = gate.reads(&ns, &facts.pod.labels);
+                if reads != facts.selected {
+                    facts.selected = reads;
+                    feeds.selected(&facts.pod, if reads { 1 } else { -1 });
+                }
+            }
+        }
     }
 
     /// Replaces Node `old` by `new` (the same Node, either may be absent): the Pods on it that
@@ -264,6 +386,83 @@ impl Pods {
     }
 }
 
+/// Which Pods the endpoint graph's selector path reads: those with a label that a selector
+/// Service without slices or Endpoints, or a ServiceEntry's `workloadSelector`, of their
+/// namespace is keyed by ([`first_pair`], as the graph's label index keys them).
+#[derive(Default)]
+pub struct Gate {
+    /// Namespace → label key → value → how many such selectors are keyed by it.
+    open: HashMap<String, HashMap<String, HashMap<String, usize>>>,
+    /// What the gate knows of each Service with a selector pair, slices or Endpoints.
+    services: HashMap<SvcKey, ServiceGate>,
+    /// The pairs whose count went to or from zero since the last reconcile.
+    moved: Vec<(String, Pair)>,
+}
+
+/// A Service's selector pair, and how many slices and Endpoints objects serve it.
+#[derive(Default)]
+struct ServiceGate {
+    pair: Option<Pair>,
+    slices: usize,
+    endpoints: usize,
+}
+
+impl ServiceGate {
+    /// The pair the Service opens: its own, while nothing else serves it.
+    fn opens(&self) -> Option<&Pair> {
+        self.pair.as_ref().filter(|_| self.slices == 0 && self.endpoints == 0)
+    }
+}
+
+impl Gate {
+    /// Whether a Pod of `namespace` with `labels` is read.
+    fn reads(&self, namespace: &str, labels: &Labels) -> bool {
+        let Some(keys) = self.open.get(namespace) else { return false };
+        labels.iter().any(|(k, v)| keys.get(k.as_str()).is_some_and(|values| values.contains_key(v.as_str())))
+    }
+
+    /// Changes what the gate knows of Service `svc` by `change`.
+    fn service(&mut self, svc: SvcKey, change: impl FnOnce(&mut ServiceGate)) {
+        let g = self.services.entry(svc.clone()).or_default();
+        let before = g.opens().cloned();
+        change(g);
+        let after = g.opens().cloned();
+        if g.pair.is_none() && g.slices == 0 && g.endpoints == 0 {
+            self.services.remove(&svc);
+        }
+        if before != after {
+            if let Some(pair) = before {
+                self.count(&svc.0, pair, -1);
+            }
+            if let Some(pair) = after {
+                self.count(&svc.0, pair, 1);
+            }
+        }
+    }
+
+    /// Counts one selector more (`diff` 1) or less (-1) keyed by `pair` in `namespace`.
+    fn count(&mut self, namespace: &str, pair: Pair, diff: isize) {
+        let keys = self.open.entry(namespace.to_string()).or_default();
+        let values = keys.entry(pair.0.clone()).or_default();
+        let n = values.entry(pair.1.clone()).or_default();
+        let was = *n;
+        *n = n.saturating_add_signed(diff);
+        let now = *n;
+        if now == 0 {
+            values.remove(&pair.1);
+            if values.is_empty() {
+                keys.remove(&pair.0);
+                if keys.is_empty() {
+                    self.open.remove(namespace);
+                }
+            }
+        }
+        if (was == 0) != (now == 0) {
+            self.moved.push((namespace.to_string(), pair));
+        }
+    }
+}
+
 /// A Pod's placement: its labels, and the locality its labels give, else its Node's.
 fn resolve(labels: &Labels, node_locality: Option<&Arc<str>>) -> Placement {
     let locality = match pod_locality_label(labels) {
@@ -360,7 +559,7 @@ mod tests {
     #[test]
     fn a_pod_a_class_names_and_is_at_the_ip_of_is_fed_once() {
         let (mut pods, mut feeds) = (Pods::default(), Feeds::default());
-        let web = pod("web", Some("10.0.0.3"));
+        let web = Arc::new(pod("web", Some("10.0.0.3")));
         pods.pod(None, Some(&web), &mut feeds);
         assert!(feeds.identities.is_empty(), "no class reads it yet");
         let class = ProxyClass {
@@ -371,7 +570,7 @@ mod tests {
         pods.class(&class, 1, &mut feeds);
         let fed: Vec<isize> = feeds.identities.drain(..).map(|(_, d)| d).collect();
         assert_eq!(fed, vec![1]);
-        let reviews = pod("reviews", None);
+        let reviews = Arc::new(pod("reviews", None));
         pods.pod(Some(&web), Some(&reviews), &mut feeds);
         let fed: Vec<(String, isize)> =
             feeds.identities.drain(..).map(|(i, d)| (i.labels.get("app").cloned().unwrap_or_default(), d)).collect();
@@ -379,5 +578,94 @@ mod tests {
         pods.class(&class, -1, &mut feeds);
         let fed: Vec<isize> = feeds.identities.drain(..).map(|(_, d)| d).collect();
         assert_eq!(fed, vec![-1], "the class gone, the Pod leaves the proxy graph");
+    }
+
+    fn service(selector: Option<&str>) -> Service {
+        Service {
+            namespace: "default".into(),
+            name: "web".into(),
+            ports: Vec::new(),
+            selector: selector.map(|app| Labels::from([("app".to_string(), app.to_string())])),
+            cluster_ip: None,
+            external_name: None,
+            publish_not_ready_addresses: false,
+            export_to: Vec::new(),
+        }
+    }
+
+    /// The whole Pods fed, by app label and readiness; the labels fed must be theirs, but for
+    /// a readiness flip (labels and liveness unchanged), which feeds none.
+    fn fed(feeds: &mut Feeds) -> Vec<(String, bool, isize)> {
+        let labels: Vec<_> = feeds.labelled.drain(..).map(|(p, d)| (p.labels, d)).collect();
+        let whole: Vec<_> = feeds.pods.iter().map(|(p, d)| (p.labels.clone(), *d)).collect();
+        let flip = whole.len() == 2 && whole[0].0 == whole[1].0 && whole[0].1 == -whole[1].1;
+        assert_eq!(labels, if flip { Vec::new() } else { whole }, "the label index follows the whole Pods");
+        feeds.pods.drain(..).map(|(p, d)| (p.labels.get("app").cloned().unwrap_or_default(), p.ready, d)).collect()
+    }
+
+    /// The selector path reads a Pod only while a selector Service without slices or
+    /// Endpoints (or an entry's workloadSelector) of its namespace is keyed by one of its
+    /// labels; a selector that comes or goes feeds or retracts the Pods it keys by, once, when
+    /// the graphs next run.
+    #[test]
+    fn the_selector_path_reads_only_the_pods_a_selector_without_slices_keys_by() {
+        let (mut pods, mut feeds) = (Pods::default(), Feeds::default());
+        let web = Arc::new(pod("web", Some("10.0.0.3")));
+        let db = Arc::new(Pod { name: "q".into(), ..pod("db", Some("10.0.0.4")) });
+        pods.pod(None, Some(&web), &mut feeds);
+        pods.pod(None, Some(&db), &mut feeds);
+        assert!(fed(&mut feeds).is_empty(), "no selector reads them");
+
+        // A selector Service whose slice comes in the same time: nothing is fed.
+        let svc: SvcKey = ("default".into(), "web".into());
+        pods.service(&service(Some("web")), 1);
+        pods.managed(&svc, false, 1);
+        pods.reconcile(&mut feeds);
+        assert!(fed(&mut feeds).is_empty(), "the slice serves it");
+
+        // Its slice goes: the Pods labelled app=web are read, db is not.
+        pods.managed(&svc, false, -1);
+        pods.reconcile(&mut feeds);
+        assert_eq!(fed(&mut feeds), vec![("web".to_string(), true, 1)]);
+        // A readiness flip of a read Pod replaces it; of another, feeds nothing.
+        let unready = Arc::new(Pod { ready: false, ..(*web).clone() });
+        pods.pod(Some(&web), Some(&unready), &mut feeds);
+        assert_eq!(fed(&mut feeds), vec![("web".to_string(), true, -1), ("web".to_string(), false, 1)]);
+        let db_unready = Arc::new(Pod { ready: false, ..(*db).clone() });
+        pods.pod(Some(&db), Some(&db_unready), &mut feeds);
+        assert!(fed(&mut feeds).is_empty());
+        // Relabelled out of the selector's pair: retracted; back in: fed.
+        let relabelled = Arc::new(pod("other", Some("10.0.0.3")));
+        pods.pod(Some(&unready), Some(&relabelled), &mut feeds);
+        assert_eq!(fed(&mut feeds), vec![("web".to_string(), false, -1)]);
+        pods.pod(Some(&relabelled), Some(&web), &mut feeds);
+        assert_eq!(fed(&mut feeds), vec![("web".to_string(), true, 1)]);
+
+        // Endpoints take over: retracted at the next run. A workloadSelector keyed by the same
+        // pair opens it again.
+        pods.managed(&svc, true, 1);
+        pods.reconcile(&mut feeds);
+        assert_eq!(fed(&mut feeds), vec![("web".to_string(), true, -1)]);
+        let doc = serde_json::json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "vm", "namespace": "default"},
+            "spec": {"hosts": ["vm.example.com"], "resolution": "STATIC",
+                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                     "workloadSelector": {"labels": {"app": "web"}}}
+        });
+        let entry = match crate::model::parse_document(doc, "default").pop() {
+            Some(crate::model::ParseOutcome::Object(crate::model::Object::ServiceEntry(se))) => *se,
+            other => panic!("not an entry: {other:?}"),
+        };
+        assert_eq!(entry_pair(&entry), Some(("app".to_string(), "web".to_string())));
+        pods.entry(&entry, 1);
+        pods.reconcile(&mut feeds);
+        assert_eq!(fed(&mut feeds), vec![("web".to_string(), true, 1)]);
+        // The Pod goes while read: retracted as it was fed.
+        pods.pod(Some(&web), None, &mut feeds);
+        assert_eq!(fed(&mut feeds), vec![("web".to_string(), true, -1)]);
+        pods.entry(&entry, -1);
+        pods.reconcile(&mut feeds);
+        assert!(fed(&mut feeds).is_empty());
     }
 }
