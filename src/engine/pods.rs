@@ -188,8 +188,9 @@ pub struct Pods {
     on_node: HashMap<Arc<str>, Vec<PodKey>>,
     /// Live IP → the known Pods at it (one, mostly).
     by_ip: HashMap<Arc<str>, Vec<PodKey>>,
-    /// Namespace → the known Pods in it, for a selector that comes or goes.
-    in_namespace: HashMap<Arc<str>, Vec<PodKey>>,
+    /// Namespace → label key → value → the known Pods there with that label, for a selector
+    /// that comes or goes.
+    by_pair: HashMap<Arc<str>, ByLabel<Vec<Arc<str>>>>,
     gate: Gate,
     /// How many proxy classes name each Pod, and look at each IP.
     class_pods: HashMap<PodKey, usize>,
@@ -208,7 +209,10 @@ impl Pods {
         // (A readiness flip keeps Node and IP: the indexes are left as they are.)
         let node = reindex(&mut self.on_node, held_node, new.and_then(|p| p.node_name.as_deref()), &key);
         let ip = reindex(&mut self.by_ip, held_ip, new.and_then(|p| p.ip.as_deref().filter(|_| !p.terminal)), &key);
-        reindex(&mut self.in_namespace, held.as_ref().map(|_| key.0.clone()), new.map(|_| &*key.0), &key);
+        let (held_labels, new_labels) = (held.as_ref().map(|f| &f.pod.labels), new.map(|p| &p.labels));
+        if held_labels != new_labels {
+            index_labels(&mut self.by_pair, &key, held_labels, new_labels);
+        }
         // The selector path: the Pod as it was fed goes, the Pod as it is comes if the gate lets
         // it through (its labels fed only if they changed).
         let was = held.as_ref().filter(|f| f.selected).map(|f| &f.pod);
@@ -269,14 +273,21 @@ impl Pods {
     /// Feeds or retracts the Pods whose gate opened or closed since the last call: those of a
     /// selector's namespace that carry its pair.
     pub fn reconcile(&mut self, feeds: &mut Feeds) {
-        let Pods { entries, in_namespace, gate, .. } = self;
-        for (ns, (k, v)) in std::mem::take(&mut gate.moved) {
-            let Some(keys) = in_namespace.get(ns.as_str()) else { continue };
-            for key in keys {
-                let Some(facts) = entries.get_mut(key).and_then(|e| e.pod.as_mut()) else { continue };
-                if facts.pod.labels.get(&k) != Some(&v) {
+        let Pods { entries, by_pair, gate, .. } = self;
+        for ((ns, (k, v)), was_open) in std::mem::take(&mut gate.moved) {
+            // (A selector that came and went since, or went and came, changed nothing.)
+            if gate.is_open(&ns, &k, &v) == was_open {
+                continue;
+            }
+            let Some(names) = by_pair.get(ns.as_str()).and_then(|m| m.get(k.as_str())).and_then(|m| m.get(v.as_str()))
+            else {
+                continue;
+            };
+            let ns: Arc<str> = ns.into();
+            for name in names {
+                let Some(facts) = entries.get_mut(&(ns.clone(), name.clone())).and_then(|e| e.pod.as_mut()) else {
                     continue;
-                }
+                };
                 let reads = gate.reads(&ns, &facts.pod.labels);
                 if reads != facts.selected {
                     facts.selected = reads;
@@ -392,11 +403,12 @@ impl Pods {
 #[derive(Default)]
 pub struct Gate {
     /// Namespace → label key → value → how many such selectors are keyed by it.
-    open: HashMap<String, HashMap<String, HashMap<String, usize>>>,
+    open: HashMap<String, ByLabel<usize>>,
     /// What the gate knows of each Service with a selector pair, slices or Endpoints.
     services: HashMap<SvcKey, ServiceGate>,
-    /// The pairs whose count went to or from zero since the last reconcile.
-    moved: Vec<(String, Pair)>,
+    /// The pairs whose count went to or from zero since the last reconcile, and whether they
+    /// were open then.
+    moved: HashMap<(String, Pair), bool>,
 }
 
 /// A Service's selector pair, and how many slices and Endpoints objects serve it.
@@ -414,7 +426,15 @@ impl ServiceGate {
     }
 }
 
+/// Label key → value → `T`: looked up by `&str`, without building a pair.
+type ByLabel<T> = HashMap<String, HashMap<String, T>>;
+
 impl Gate {
+    /// Whether a selector of `namespace` is keyed by (`k`, `v`).
+    fn is_open(&self, namespace: &str, k: &str, v: &str) -> bool {
+        self.open.get(namespace).and_then(|keys| keys.get(k)).is_some_and(|values| values.contains_key(v))
+    }
+
     /// Whether a Pod of `namespace` with `labels` is read.
     fn reads(&self, namespace: &str, labels: &Labels) -> bool {
         let Some(keys) = self.open.get(namespace) else { return false };
@@ -458,7 +478,44 @@ impl Gate {
             }
         }
         if (was == 0) != (now == 0) {
-            self.moved.push((namespace.to_string(), pair));
+            self.moved.entry((namespace.to_string(), pair)).or_insert(was > 0);
+        }
+    }
+}
+
+/// Moves Pod `key` in the label index from the pairs of `held` to those of `now`.
+fn index_labels(
+    index: &mut HashMap<Arc<str>, ByLabel<Vec<Arc<str>>>>,
+    key: &PodKey,
+    held: Option<&Labels>,
+    now: Option<&Labels>,
+) {
+    if let Some(labels) = held
+        && let Some(keys) = index.get_mut(&key.0)
+    {
+        for (k, v) in labels.iter() {
+            let Some(values) = keys.get_mut(k.as_str()) else { continue };
+            if let Some(names) = values.get_mut(v.as_str()) {
+                if let Some(i) = names.iter().position(|n| *n == key.1) {
+                    names.swap_remove(i);
+                }
+                if names.is_empty() {
+                    values.remove(v.as_str());
+                }
+            }
+            if values.is_empty() {
+                keys.remove(k.as_str());
+            }
+        }
+        if keys.is_empty() {
+            index.remove(&key.0);
+        }
+    }
+    if let Some(labels) = now {
+        let keys = index.entry(key.0.clone()).or_default();
+        for (k, v) in labels.iter() {
+            let values = keys.entry(k.clone()).or_default();
+            values.entry(v.clone()).or_default().push(key.1.clone());
         }
     }
 }
