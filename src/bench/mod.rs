@@ -235,5 +235,19 @@ fn write_plots(args: &BenchArgs, s: &ScenarioReport) -> anyhow::Result<()> {
         let path = args.out.join(format!("{}-{name}.svg", s.scenario));
         std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
     }
+    // The samples behind the plots, for whoever wants to look at one step.
+    let path = args.out.join(format!("{}-samples.csv", s.scenario));
+    std::fs::write(&path, samples_csv(&series)).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// One line per sample: the series, seconds since the scenario started, the latency in ms.
+fn samples_csv(series: &[(&str, &Samples)]) -> String {
+    let mut csv = String::from("series,at_s,latency_ms\n");
+    for (name, samples) in series {
+        for (at, micros) in &samples.points {
+            csv.push_str(&format!("\"{name}\",{at:.6},{:.3}\n", *micros as f64 / 1000.0));
+        }
+    }
+    csv
 }

@@ -110,6 +110,12 @@ fn every_scenario_at_small_reports_consistent_counts_and_ends_equal_to_the_refer
             let svg = std::fs::read_to_string(out.path().join(format!("{name}-{plot}.svg"))).unwrap();
             assert!(svg.starts_with("<svg") && svg.contains("circle") | svg.contains("polyline"), "{name}-{plot}");
         }
+        // And the samples behind them: one line per step and series.
+        let csv = std::fs::read_to_string(out.path().join(format!("{name}-samples.csv"))).unwrap();
+        let batches = csv.lines().filter(|l| l.starts_with("\"meshflow: → output batch\",")).count() as u64;
+        assert_eq!(batches, inc.output_batch_ms.count, "{name}: a batch sample per line");
+        let fulls = csv.lines().filter(|l| l.starts_with("\"full recompute: → batch\",")).count() as u64;
+        assert_eq!(fulls, full.latency_ms.count, "{name}: a baseline sample per line");
     }
     assert_eq!(report.events, events, "top-level events is the sum over scenarios");
     assert_eq!(report.resources_pushed, pushed);
