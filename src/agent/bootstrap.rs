@@ -85,6 +85,25 @@ pub fn render_with_metadata(config: &BootstrapConfig, extra: &Map<String, Value>
     serde_yaml_ng::to_string(&bootstrap).map_err(|e| e.to_string())
 }
 
+/// The `stats_config` of istiod's sidecar bootstrap (pilot-agent's default, without a
+/// `proxyStatsMatcher`): Envoy keeps the stats that readiness, draining and Istio's standard
+/// metrics read, not each cluster's. With every cluster's stats, an Envoy holding 10,000
+/// clusters spends ~0.6 s of its main thread on each stats flush (every 5 s), and an xDS
+/// update that arrives then waits (BENCHMARKS.md, "Session 28"). `meshflow bench --envoy`
+/// runs its Envoy with it; the agent does not yet (its users read per-cluster counters).
+pub fn istio_stats_config() -> Value {
+    let prefixes = ["reporter=", "cluster_manager", "listener_manager", "server", "cluster.xds-grpc", "wasm"];
+    let suffixes =
+        ["rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied", "downstream_cx_active", "component"];
+    let patterns: Vec<Value> = prefixes
+        .iter()
+        .map(|p| json!({"prefix": p}))
+        .chain(suffixes.iter().map(|s| json!({"suffix": s})))
+        .chain([json!({"safe_regex": {"regex": r"vhost\..*\.route\..*"}})])
+        .collect();
+    json!({"use_all_default_tags": false, "stats_matcher": {"inclusion_list": {"patterns": patterns}}})
+}
+
 /// Node metadata for a proxy started by hand (`meshflow bootstrap --label k=v --namespace ns`):
 /// `LABELS` from the `k=v` pairs (a later pair overrides an earlier key), so that a Gateway's
 /// `selector` can pick it, and `NAMESPACE`, which must agree with the node id.

@@ -223,4 +223,10 @@ fn a_real_envoy_acks_the_churn_and_each_step_is_timed_to_its_ack() {
     assert_eq!(json["envoy_ack_ms"]["count"].as_u64(), Some(acked.count), "top level sums the scenarios");
     let svg = std::fs::read_to_string(out.path().join("pod-churn-latency-cdf.svg")).unwrap();
     assert!(svg.contains("Envoy ACK"), "the plot has the Envoy series");
+    // It ran (Envoy accepted it) with istiod's stats inclusion list, as a sidecar does.
+    let bootstrap: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(out.path().join("pod-churn-envoy-bootstrap.yaml")).unwrap())
+            .unwrap();
+    let patterns = &bootstrap["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"];
+    assert!(patterns.as_array().is_some_and(|p| p.contains(&serde_json::json!({"prefix": "cluster.xds-grpc"}))));
 }
