@@ -647,8 +647,13 @@ impl Meshflow {
         let log_path = dir.path().join("meshflow.log");
         // The free ports may be taken between probing and binding: retry a few times.
         for attempt in 1.. {
-            let xds_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
-            let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)));
+            // (Two probes in a row may be given the same port: ask until they differ.)
+            let xds_port = free_port(Ipv4Addr::LOCALHOST);
+            let admin_port = std::iter::repeat_with(|| free_port(Ipv4Addr::LOCALHOST))
+                .find(|p| *p != xds_port)
+                .expect("an endless probe");
+            let xds_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, xds_port));
+            let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port));
             let (out, err) = log_stdio(&log_path);
             let started = Instant::now();
             let mut child = Command::new(Self::bin())
@@ -671,7 +676,8 @@ impl Meshflow {
             if let Ok(Some(status)) = child.try_wait() {
                 let log = read_log(&log_path);
                 let lower = log.to_ascii_lowercase();
-                if attempt < 3 && (lower.contains("address in use") || lower.contains("addrinuse")) {
+                // (The OS says "Address already in use".)
+                if attempt < 3 && (lower.contains("in use") || lower.contains("addrinuse")) {
                     eprintln!("meshflow exited ({status}), address in use; retrying");
                     continue;
                 }
