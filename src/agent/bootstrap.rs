@@ -28,6 +28,11 @@ pub fn render(config: &BootstrapConfig) -> Result<String, String> {
 /// address (`NAME`, `NAMESPACE`, `INSTANCE_IPS`, `MESHFLOW_BIND_ADDRESS`) win over `extra`,
 /// so the metadata can never contradict the node id.
 pub fn render_with_metadata(config: &BootstrapConfig, extra: &Map<String, Value>) -> Result<String, String> {
+    serde_yaml_ng::to_string(&bootstrap(config, extra)?).map_err(|e| e.to_string())
+}
+
+/// The bootstrap [`render_with_metadata`] writes, as a value to add to before writing.
+pub fn bootstrap(config: &BootstrapConfig, extra: &Map<String, Value>) -> Result<Value, String> {
     let node = NodeId::parse(&config.node_id)?;
     let (host, port) = split_host_port(&config.xds_addr)?;
     let discovery = if host.parse::<IpAddr>().is_ok() { "STATIC" } else { "STRICT_DNS" };
@@ -82,7 +87,7 @@ pub fn render_with_metadata(config: &BootstrapConfig, extra: &Map<String, Value>
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": config.admin_port}},
         },
     });
-    serde_yaml_ng::to_string(&bootstrap).map_err(|e| e.to_string())
+    Ok(bootstrap)
 }
 
 /// The `stats_config` of istiod's sidecar bootstrap (pilot-agent's default, without a

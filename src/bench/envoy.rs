@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::agent::bootstrap::{BootstrapConfig, istio_stats_config, render};
+use crate::agent::bootstrap::{BootstrapConfig, bootstrap, istio_stats_config};
 use crate::translate::ResourceType;
 use crate::xds::sync::{AnswerTap, Connections};
 
@@ -108,16 +108,18 @@ impl BenchEnvoy {
         };
         anyhow::ensure!(connections.tap_answers(tap), "the xDS server's answers are tapped already");
         let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let bootstrap = render(&BootstrapConfig {
-            node_id: node.clone(),
-            xds_addr: xds.to_string(),
-            bind_address: Some(ip.into()),
-            admin_port,
-        })
+        let mut bootstrap = bootstrap(
+            &BootstrapConfig {
+                node_id: node.clone(),
+                xds_addr: xds.to_string(),
+                bind_address: Some(ip.into()),
+                admin_port,
+            },
+            &serde_json::Map::new(),
+        )
         .map_err(|e| anyhow::anyhow!("Envoy bootstrap: {e}"))?;
         // (As a sidecar under istiod runs: its stats flush would otherwise stall Envoy's main
         // thread for ~0.6 s every 5 s at `large`.)
-        let mut bootstrap: serde_json::Value = serde_yaml_ng::from_str(&bootstrap)?;
         bootstrap["stats_config"] = istio_stats_config();
         let bootstrap = serde_yaml_ng::to_string(&bootstrap)?;
         let config = dir.join(format!("{name}-envoy-bootstrap.yaml"));

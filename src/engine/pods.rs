@@ -437,8 +437,8 @@ impl Gate {
 
     /// Whether a Pod of `namespace` with `labels` is read.
     fn reads(&self, namespace: &str, labels: &Labels) -> bool {
-        let Some(keys) = self.open.get(namespace) else { return false };
-        labels.iter().any(|(k, v)| keys.get(k.as_str()).is_some_and(|values| values.contains_key(v.as_str())))
+        // (Most namespaces have no such selector: one lookup.)
+        self.open.contains_key(namespace) && labels.iter().any(|(k, v)| self.is_open(namespace, k, v))
     }
 
     /// Changes what the gate knows of Service `svc` by `change`.
@@ -514,8 +514,17 @@ fn index_labels(
     if let Some(labels) = now {
         let keys = index.entry(key.0.clone()).or_default();
         for (k, v) in labels.iter() {
-            let values = keys.entry(k.clone()).or_default();
-            values.entry(v.clone()).or_default().push(key.1.clone());
+            // (A key and value already indexed are not copied again.)
+            if !keys.contains_key(k.as_str()) {
+                keys.insert(k.clone(), HashMap::new());
+            }
+            let values = keys.get_mut(k.as_str()).expect("inserted above");
+            match values.get_mut(v.as_str()) {
+                Some(names) => names.push(key.1.clone()),
+                None => {
+                    values.insert(v.clone(), vec![key.1.clone()]);
+                }
+            }
         }
     }
 }
