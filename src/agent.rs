@@ -55,6 +55,10 @@ use restart::{Backoff, CrashWindow};
 use status::Status;
 use supervisor::{Outcome, StopSignal, Supervisor};
 
+/// The mesh's default `ProxyConfig` (YAML or JSON), as istiod's injector gives pilot-agent:
+/// the agent reads its `proxyStatsMatcher`.
+pub const PROXY_CONFIG_ENV: &str = "PROXY_CONFIG";
+
 /// Name of the bootstrap file in the work dir.
 pub const BOOTSTRAP_FILE: &str = "envoy.yaml";
 
@@ -199,11 +203,17 @@ impl Agent {
         };
         let run_as = capture.as_ref().and_then(|(_, run_as, _)| *run_as);
         let bin = envoy::locate(args.envoy_bin.as_deref())?;
+        let (stats, warnings) =
+            bootstrap::StatsInclusion::from_istio(&identity.metadata, env.get(PROXY_CONFIG_ENV).map(String::as_str));
+        for warning in warnings {
+            tracing::warn!(proxy = %node_id, "{warning}");
+        }
         let config = BootstrapConfig {
             node_id: node_id.clone(),
             xds_addr: args.xds_addr.clone(),
             bind_address: args.bind_address,
             admin_port: args.admin_port,
+            stats,
         };
         let yaml = bootstrap::render_with_metadata(&config, &identity.metadata)?;
         let work_dir = WorkDir::create(args.work_dir.as_deref())?;

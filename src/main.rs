@@ -158,6 +158,17 @@ enum Command {
         /// The proxy's namespace, sent as node metadata NAMESPACE (must match the node id).
         #[arg(long)]
         namespace: Option<String>,
+        /// Envoy stats to keep beyond the ones every proxy keeps, by prefix (comma-separated,
+        /// as Istio's `sidecar.istio.io/statsInclusionPrefixes`; `cluster.outbound` keeps
+        /// each outbound cluster's). `{pod_ip}` stands for the node id's IP.
+        #[arg(long, value_delimiter = ',', value_name = "PREFIX,...")]
+        stats_inclusion_prefixes: Vec<String>,
+        /// The same, by suffix.
+        #[arg(long, value_delimiter = ',', value_name = "SUFFIX,...")]
+        stats_inclusion_suffixes: Vec<String>,
+        /// The same, by regular expression (RE2, matched against the whole stat name).
+        #[arg(long, value_delimiter = ',', value_name = "REGEX,...")]
+        stats_inclusion_regexps: Vec<String>,
     },
 }
 
@@ -349,10 +360,27 @@ fn main() -> ExitCode {
             let mesh = meshflow::translate::MeshConfig { root_namespace };
             serve(config_dir, kube, xds_addr, admin_addr, verify, outbound_traffic_policy, mesh)
         }
-        Command::Bootstrap { node_id, xds_addr, bind_address, admin_port, labels, namespace } => {
-            bootstrap::hand_metadata(&node_id, &labels, namespace.as_deref())
+        Command::Bootstrap {
+            node_id,
+            xds_addr,
+            bind_address,
+            admin_port,
+            labels,
+            namespace,
+            stats_inclusion_prefixes,
+            stats_inclusion_suffixes,
+            stats_inclusion_regexps,
+        } => {
+            let stats = bootstrap::StatsInclusion {
+                prefixes: stats_inclusion_prefixes,
+                suffixes: stats_inclusion_suffixes,
+                regexps: stats_inclusion_regexps,
+            };
+            stats
+                .check()
+                .and_then(|()| bootstrap::hand_metadata(&node_id, &labels, namespace.as_deref()))
                 .and_then(|meta| {
-                    let config = BootstrapConfig { node_id, xds_addr, bind_address, admin_port };
+                    let config = BootstrapConfig { node_id, xds_addr, bind_address, admin_port, stats };
                     bootstrap::render_with_metadata(&config, &meta)
                 })
                 .map(|yaml| print!("{yaml}"))

@@ -16,6 +16,8 @@ pub struct BootstrapConfig {
     pub xds_addr: String,
     pub bind_address: Option<IpAddr>,
     pub admin_port: u16,
+    /// Stats kept beyond the ones every proxy keeps.
+    pub stats: StatsInclusion,
 }
 
 /// Renders the bootstrap as YAML. The node id must be in Istio's form.
@@ -86,25 +88,171 @@ pub fn bootstrap(config: &BootstrapConfig, extra: &Map<String, Value>) -> Result
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": config.admin_port}},
         },
+        "stats_config": stats_config(&config.stats, &[node.ip]),
     });
     Ok(bootstrap)
 }
 
-/// The `stats_config` of istiod's sidecar bootstrap (pilot-agent's default, without a
-/// `proxyStatsMatcher`): Envoy keeps the stats that readiness, draining and Istio's standard
-/// metrics read, not each cluster's. With every cluster's stats, an Envoy holding 10,000
-/// clusters spends ~0.6 s of its main thread on each stats flush (every 5 s), and an xDS
-/// update that arrives then waits (BENCHMARKS.md, "Session 28"). `meshflow bench --envoy`
-/// runs its Envoy with it; the agent does not yet (its users read per-cluster counters).
-pub fn istio_stats_config() -> Value {
+/// Envoy stats a proxy keeps beyond the ones every proxy keeps ([`stats_config`]): Istio's
+/// `proxyStatsMatcher` (in `ProxyConfig`), or the pod annotations
+/// `sidecar.istio.io/statsInclusion{Prefixes,Suffixes,Regexps}`. A `{pod_ip}` in a pattern
+/// stands for each of the proxy's IPs, as in Istio (`http.{pod_ip}_` keeps the inbound
+/// listeners' downstream stats).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsInclusion {
+    pub prefixes: Vec<String>,
+    pub suffixes: Vec<String>,
+    pub regexps: Vec<String>,
+}
+
+/// Pod annotations (in node metadata `ANNOTATIONS`, from `ISTIO_METAJSON_ANNOTATIONS`) that
+/// list stats to keep, comma-separated, as pilot-agent reads them.
+pub const STATS_PREFIXES_ANNOTATION: &str = "sidecar.istio.io/statsInclusionPrefixes";
+pub const STATS_SUFFIXES_ANNOTATION: &str = "sidecar.istio.io/statsInclusionSuffixes";
+pub const STATS_REGEXPS_ANNOTATION: &str = "sidecar.istio.io/statsInclusionRegexps";
+/// The pod annotation that overrides the mesh's `ProxyConfig` for one proxy.
+pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
+
+impl StatsInclusion {
+    /// What pilot-agent would keep for a proxy: for each of prefixes, suffixes and regexps,
+    /// the annotation's list when it is set, else `proxyStatsMatcher`'s, taken from the
+    /// `proxy.istio.io/config` annotation over `proxy_config` (the mesh's default
+    /// `ProxyConfig`, the `PROXY_CONFIG` environment variable, YAML or JSON). Input that does
+    /// not parse is left out with a warning naming where it came from, field and reason; the
+    /// proxy keeps at least the stats every proxy keeps.
+    pub fn from_istio(metadata: &Map<String, Value>, proxy_config: Option<&str>) -> (StatsInclusion, Vec<String>) {
+        let mut warnings = Vec::new();
+        let annotations = match metadata.get("ANNOTATIONS") {
+            None => Map::new(),
+            Some(Value::Object(a)) => a.clone(),
+            Some(other) => {
+                warnings.push(format!("node metadata ANNOTATIONS: not a JSON object ({other}): ignored"));
+                Map::new()
+            }
+        };
+        let mut matcher = StatsInclusion::default();
+        let configs = [
+            ("PROXY_CONFIG".to_string(), proxy_config.map(str::to_string)),
+            (
+                format!("annotation {PROXY_CONFIG_ANNOTATION}"),
+                annotations.get(PROXY_CONFIG_ANNOTATION).and_then(Value::as_str).map(str::to_string),
+            ),
+        ];
+        for (origin, text) in configs {
+            let Some(text) = text.filter(|t| !t.trim().is_empty()) else { continue };
+            match proxy_stats_matcher(&text) {
+                // Later lists win, as the annotation's `ProxyConfig` wins over the mesh's.
+                Ok(m) => {
+                    for (mine, theirs) in [
+                        (&mut matcher.prefixes, m.prefixes),
+                        (&mut matcher.suffixes, m.suffixes),
+                        (&mut matcher.regexps, m.regexps),
+                    ] {
+                        if !theirs.is_empty() {
+                            *mine = theirs;
+                        }
+                    }
+                }
+                Err(e) => warnings.push(format!("{origin}: proxyStatsMatcher: {e}: ignored")),
+            }
+        }
+        for (annotation, list) in [
+            (STATS_PREFIXES_ANNOTATION, &mut matcher.prefixes),
+            (STATS_SUFFIXES_ANNOTATION, &mut matcher.suffixes),
+            (STATS_REGEXPS_ANNOTATION, &mut matcher.regexps),
+        ] {
+            match annotations.get(annotation) {
+                None => {}
+                Some(Value::String(v)) if v.is_empty() => {}
+                Some(Value::String(v)) => *list = v.split(',').map(str::to_string).collect(),
+                Some(other) => warnings.push(format!("annotation {annotation}: not a string ({other}): ignored")),
+            }
+        }
+        matcher.regexps.retain(|re| match check_regexp(re) {
+            Ok(()) => true,
+            Err(e) => {
+                warnings.push(format!("{e}: left out"));
+                false
+            }
+        });
+        for list in [&mut matcher.prefixes, &mut matcher.suffixes, &mut matcher.regexps] {
+            list.retain(|p| !p.is_empty());
+        }
+        (matcher, warnings)
+    }
+}
+
+/// Envoy rejects a bootstrap whose stats regexp RE2 does not compile; the `regex` crate's
+/// syntax is RE2's, near enough to catch it first.
+fn check_regexp(re: &str) -> Result<(), String> {
+    regex::Regex::new(re)
+        .map(drop)
+        .map_err(|e| format!("stats inclusion regexp {re:?} is not a regular expression ({e})"))
+}
+
+impl StatsInclusion {
+    /// Every regexp is one.
+    pub fn check(&self) -> Result<(), String> {
+        self.regexps.iter().try_for_each(|re| check_regexp(re))
+    }
+}
+
+/// `proxyStatsMatcher` of a `ProxyConfig` in YAML or JSON (nothing when it has none).
+fn proxy_stats_matcher(text: &str) -> Result<StatsInclusion, String> {
+    let config: Value = serde_yaml_ng::from_str(text).map_err(|e| format!("not YAML or JSON: {e}"))?;
+    let Some(matcher) = config.get("proxyStatsMatcher") else { return Ok(StatsInclusion::default()) };
+    let list = |field: &str| -> Result<Vec<String>, String> {
+        match matcher.get(field) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string).ok_or_else(|| format!("{field}: {i} is not a string")))
+                .collect(),
+            Some(other) => Err(format!("{field}: {other} is not a list")),
+        }
+    };
+    Ok(StatsInclusion {
+        prefixes: list("inclusionPrefixes")?,
+        suffixes: list("inclusionSuffixes")?,
+        regexps: list("inclusionRegexps")?,
+    })
+}
+
+/// The bootstrap's `stats_config`: what istiod's sidecars keep (pilot-agent's default), plus
+/// `more`. Envoy keeps the stats that readiness, draining and Istio's standard metrics read,
+/// not each cluster's, unless `more` asks for them. With every cluster's stats, an Envoy
+/// holding 10,000 clusters spends ~0.6 s of its main thread on each stats flush (every 5 s),
+/// and an xDS update that arrives then waits (BENCHMARKS.md, "Session 28").
+pub fn stats_config(more: &StatsInclusion, instance_ips: &[IpAddr]) -> Value {
+    // `downstream_cx_active` is what the agent's drain counts; pilot-agent keeps it too when
+    // it drains.
     let prefixes = ["reporter=", "cluster_manager", "listener_manager", "server", "cluster.xds-grpc", "wasm"];
     let suffixes =
         ["rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied", "downstream_cx_active", "component"];
-    let patterns: Vec<Value> = prefixes
-        .iter()
+    let regexps = [r"vhost\..*\.route\..*"];
+    let with_ips = |patterns: &[String]| -> Vec<String> {
+        patterns
+            .iter()
+            .flat_map(|p| match p.contains("{pod_ip}") {
+                false => vec![p.clone()],
+                true => instance_ips.iter().map(|ip| p.replace("{pod_ip}", &ip.to_string())).collect(),
+            })
+            .collect()
+    };
+    let all = |required: &[&str], user: &[String]| -> Vec<String> {
+        let mut out: Vec<String> = with_ips(user);
+        for r in required {
+            if !out.iter().any(|p| p == r) {
+                out.push(r.to_string());
+            }
+        }
+        out
+    };
+    let patterns: Vec<Value> = all(&prefixes, &more.prefixes)
+        .into_iter()
         .map(|p| json!({"prefix": p}))
-        .chain(suffixes.iter().map(|s| json!({"suffix": s})))
-        .chain([json!({"safe_regex": {"regex": r"vhost\..*\.route\..*"}})])
+        .chain(all(&suffixes, &more.suffixes).into_iter().map(|s| json!({"suffix": s})))
+        .chain(all(&regexps, &more.regexps).into_iter().map(|r| json!({"safe_regex": {"regex": r}})))
         .collect();
     json!({"use_all_default_tags": false, "stats_matcher": {"inclusion_list": {"patterns": patterns}}})
 }
@@ -156,6 +304,7 @@ mod tests {
             xds_addr: "127.0.0.1:15010".into(),
             bind_address: Some("127.0.0.5".parse().unwrap()),
             admin_port: 15000,
+            stats: StatsInclusion::default(),
         }
     }
 
@@ -172,6 +321,131 @@ mod tests {
         assert!(hand_metadata(id, &[], Some("default")).unwrap_err().contains("contradicts"));
         assert!(hand_metadata(id, &["novalue".to_string()], None).unwrap_err().contains("key=value"));
         assert!(hand_metadata(id, &[], None).unwrap().is_empty());
+    }
+
+    /// The patterns of a bootstrap's stats matcher, as `prefix:x`, `suffix:x`, `regex:x`.
+    fn patterns(stats_config: &Value) -> Vec<String> {
+        stats_config["stats_matcher"]["inclusion_list"]["patterns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| match (p.get("prefix"), p.get("suffix"), p.get("safe_regex")) {
+                (Some(v), _, _) => format!("prefix:{}", v.as_str().unwrap()),
+                (_, Some(v), _) => format!("suffix:{}", v.as_str().unwrap()),
+                (_, _, Some(v)) => format!("regex:{}", v["regex"].as_str().unwrap()),
+                _ => panic!("unknown pattern {p}"),
+            })
+            .collect()
+    }
+
+    /// pilot-agent's defaults (pkg/bootstrap/config.go): prefixes `reporter=`,
+    /// `cluster_manager`, `listener_manager`, `server`, `cluster.xds-grpc`, `wasm`; suffixes
+    /// the RBAC counters, `downstream_cx_active` (drain) and `component` (istio_build); the
+    /// regex for VirtualService route stats. No tags of Envoy's own (`use_all_default_tags`).
+    #[test]
+    fn every_bootstrap_keeps_istiods_default_stats_and_no_per_cluster_ones() {
+        let yaml: Value = serde_yaml_ng::from_str(&render(&config()).unwrap()).unwrap();
+        assert_eq!(yaml["stats_config"]["use_all_default_tags"], false);
+        let got = patterns(&yaml["stats_config"]);
+        for want in [
+            "prefix:reporter=",
+            "prefix:cluster_manager",
+            "prefix:listener_manager",
+            "prefix:server",
+            "prefix:cluster.xds-grpc",
+            "prefix:wasm",
+            "suffix:rbac.allowed",
+            "suffix:rbac.denied",
+            "suffix:shadow_allowed",
+            "suffix:shadow_denied",
+            "suffix:downstream_cx_active",
+            "suffix:component",
+            r"regex:vhost\..*\.route\..*",
+        ] {
+            assert!(got.contains(&want.to_string()), "{want} missing from {got:?}");
+        }
+        assert_eq!(got.len(), 13, "{got:?}");
+    }
+
+    #[test]
+    fn more_stats_come_first_with_the_pod_ip_substituted_and_nothing_twice() {
+        let more = StatsInclusion {
+            prefixes: vec!["cluster.outbound".into(), "http.{pod_ip}_".into(), "server".into()],
+            suffixes: vec!["upstream_rq_total".into()],
+            regexps: vec![".*outlier_detection.*".into()],
+        };
+        let got = patterns(&stats_config(&more, &["10.1.2.3".parse().unwrap(), "fd00::1".parse().unwrap()]));
+        assert_eq!(
+            &got[..4],
+            ["prefix:cluster.outbound", "prefix:http.10.1.2.3_", "prefix:http.fd00::1_", "prefix:server"]
+        );
+        assert_eq!(got.iter().filter(|p| *p == "prefix:server").count(), 1);
+        assert!(got.contains(&"suffix:upstream_rq_total".to_string()));
+        assert!(got.contains(&"regex:.*outlier_detection.*".to_string()));
+        assert_eq!(got.len(), 13 + 3 + 1 + 1, "three prefixes, a suffix, a regex more: {got:?}");
+        assert_eq!(more.check(), Ok(()));
+        let bad = StatsInclusion { regexps: vec!["a(".into()], ..more };
+        assert!(bad.check().unwrap_err().starts_with(r#"stats inclusion regexp "a(" is not a regular expression"#));
+    }
+
+    fn metadata(annotations: Value) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("ANNOTATIONS".into(), annotations);
+        m
+    }
+
+    #[test]
+    fn the_pods_annotations_win_over_its_proxy_config_which_wins_over_the_meshs() {
+        let mesh = "proxyStatsMatcher:\n  inclusionPrefixes: [mesh.p]\n  inclusionSuffixes: [mesh.s]\n  inclusionRegexps: [mesh.r]\n";
+        // Only the mesh's.
+        let (m, warnings) = StatsInclusion::from_istio(&Map::new(), Some(mesh));
+        assert_eq!(warnings, Vec::<String>::new());
+        assert_eq!(
+            (m.prefixes, m.suffixes, m.regexps),
+            (vec!["mesh.p".into()], vec!["mesh.s".into()], vec!["mesh.r".into()])
+        );
+        // The pod's ProxyConfig (JSON here) replaces the lists it sets; the stats annotation
+        // replaces the prefixes again; an empty annotation is no annotation.
+        let pod = json!({
+            PROXY_CONFIG_ANNOTATION: r#"{"proxyStatsMatcher": {"inclusionSuffixes": ["pod.s"]}}"#,
+            STATS_PREFIXES_ANNOTATION: "a.p,b.p",
+            STATS_REGEXPS_ANNOTATION: "",
+        });
+        let (m, warnings) = StatsInclusion::from_istio(&metadata(pod), Some(mesh));
+        assert_eq!(warnings, Vec::<String>::new());
+        assert_eq!(m.prefixes, ["a.p", "b.p"]);
+        assert_eq!(m.suffixes, ["pod.s"]);
+        assert_eq!(m.regexps, ["mesh.r"]);
+        // Without anything: nothing more.
+        assert_eq!(StatsInclusion::from_istio(&Map::new(), None), (StatsInclusion::default(), Vec::new()));
+    }
+
+    #[test]
+    fn bad_stats_input_is_left_out_with_a_warning_naming_where_it_came_from() {
+        let pod = json!({
+            PROXY_CONFIG_ANNOTATION: "proxyStatsMatcher: {inclusionPrefixes: 7}",
+            STATS_SUFFIXES_ANNOTATION: ["not", "a", "string"],
+            STATS_REGEXPS_ANNOTATION: "ok.*,(unclosed",
+        });
+        let (m, warnings) = StatsInclusion::from_istio(&metadata(pod), Some("proxyStatsMatcher: [: nope"));
+        assert_eq!(m, StatsInclusion { regexps: vec!["ok.*".into()], ..Default::default() });
+        assert_eq!(warnings.len(), 4, "{warnings:#?}");
+        assert!(warnings[0].starts_with("PROXY_CONFIG: proxyStatsMatcher: not YAML or JSON"), "{}", warnings[0]);
+        assert!(
+            warnings[1]
+                .starts_with("annotation proxy.istio.io/config: proxyStatsMatcher: inclusionPrefixes: 7 is not a list"),
+            "{}",
+            warnings[1]
+        );
+        assert!(
+            warnings[2].starts_with("annotation sidecar.istio.io/statsInclusionSuffixes: not a string"),
+            "{}",
+            warnings[2]
+        );
+        assert!(warnings[3].contains(r#""(unclosed" is not a regular expression"#), "{}", warnings[3]);
+        let (_, warnings) = StatsInclusion::from_istio(&metadata(json!("text")), None);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].starts_with("node metadata ANNOTATIONS: not a JSON object"));
     }
 
     #[test]

@@ -158,6 +158,52 @@ fn agent_starts_envoy_with_identity_from_the_environment_reports_ready_and_carri
             && l.contains(&proxy_tag)),
         "no INFO line from envoy tagged {proxy_tag} in the agent's log"
     );
+
+    // Envoy keeps istiod's default stats: what readiness and draining read, not each
+    // cluster's (at 10,000 clusters their flush stalls Envoy).
+    let stats = envoy_stats(&agent);
+    assert!(stats.lines().any(|l| l.starts_with("cluster_manager.cds.update_success: ")), "{stats}");
+    assert!(stats.lines().any(|l| l.starts_with("server.state: ")), "{stats}");
+    assert!(!stats.lines().any(|l| l.starts_with("cluster.outbound|")), "per-cluster stats kept:\n{stats}");
+}
+
+/// Envoy's `/stats` through the agent's admin port.
+fn envoy_stats(agent: &Agent) -> String {
+    let (status, stats) = http_get(agent.admin_addr(), "localhost", "/stats").expect("envoy admin /stats");
+    assert_eq!(status, 200, "{stats}");
+    stats
+}
+
+/// Istio's two ways to keep more stats, and which wins: the pod annotation
+/// `sidecar.istio.io/statsInclusionPrefixes` (node metadata ANNOTATIONS) over the mesh's
+/// `ProxyConfig.proxyStatsMatcher` (`PROXY_CONFIG`) for prefixes; the `ProxyConfig`'s
+/// suffixes, which no annotation overrides, still count.
+#[test]
+fn a_pods_stats_inclusion_annotation_and_the_mesh_proxy_config_keep_more_envoy_stats() {
+    let world = World::start("web-backend", Duration::ZERO);
+    let annotations = r#"{"sidecar.istio.io/statsInclusionPrefixes": "cluster.outbound"}"#;
+    let proxy_config =
+        "proxyStatsMatcher:\n  inclusionPrefixes: [listener.]\n  inclusionSuffixes: [downstream_rq_total]\n";
+    let mut args = world.agent_args(&["--node-id", &world.node_id()]);
+    args.extend(strings(&["--envoy-log-level", "info"]));
+    let mut agent = Agent::spawn(&args, &[("ISTIO_METAJSON_ANNOTATIONS", annotations), ("PROXY_CONFIG", proxy_config)]);
+    agent.wait_ready();
+    assert_eq!(world.get().expect("GET through envoy"), (200, "web-backend".to_string()));
+
+    let cluster = format!("cluster.outbound|{}||web.default.svc.cluster.local.upstream_rq_total: ", world.port);
+    let stats = eventually("the outbound cluster's request counter", WAIT, || {
+        let stats = envoy_stats(&agent);
+        stats.lines().any(|l| l.starts_with(&cluster) && !l.ends_with(" 0")).then_some(stats)
+    });
+    // The annotation's prefixes replace the ProxyConfig's: no `listener.` stats but the
+    // suffixes every proxy keeps (`downstream_cx_active`).
+    let listener = stats.lines().filter(|l| l.starts_with("listener.") && !l.contains(".downstream_cx_active: "));
+    assert_eq!(listener.collect::<Vec<_>>(), Vec::<&str>::new());
+    // The ProxyConfig's suffix: the HTTP connection manager's request count.
+    let proxied = |l: &&str| l.starts_with("http.") && !l.starts_with("http.admin.");
+    assert!(stats.lines().filter(proxied).any(|l| l.contains(".downstream_rq_total: ")), "{stats}");
+    // And what every proxy keeps.
+    assert!(stats.lines().any(|l| l.starts_with("cluster_manager.cds.update_success: ")), "{stats}");
 }
 
 #[test]

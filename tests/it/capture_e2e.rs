@@ -593,11 +593,18 @@ fn serve_mesh(hub: &Netns, config: &std::path::Path, policy: &str) -> Child {
 }
 
 /// `meshflow agent --capture` for the pod `pod` with `labels` (JSON), Envoy's admin on
-/// 127.0.0.1:`admin`.
+/// 127.0.0.1:`admin`. The pod asks, as Istio's annotation does, for the stats the test reads
+/// (its clusters' and HTTP connection managers').
 fn captured_agent(ns: &Netns, envoy: &str, ip: Ipv4Addr, pod: &str, labels: &str, admin: u16) -> Child {
     let node_id = format!("sidecar~{ip}~{pod}.default~default.svc.cluster.local");
+    let annotations = r#"{"sidecar.istio.io/statsInclusionPrefixes":"cluster.outbound,cluster.inbound,cluster.PassthroughCluster,http.outbound_,http.inbound_"}"#;
     let child = ns
-        .command(&["env", &format!("ISTIO_METAJSON_LABELS={labels}"), MESHFLOW, "agent", "--capture"])
+        .command(&[
+            "env",
+            &format!("ISTIO_METAJSON_LABELS={labels}"),
+            &format!("ISTIO_METAJSON_ANNOTATIONS={annotations}"),
+        ])
+        .args([MESHFLOW, "agent", "--capture"])
         .args(["--xds-addr", &format!("{HUB_IP}:15010"), "--node-id", &node_id, "--envoy-bin", envoy])
         .args(["--admin-port", &admin.to_string(), "--status-addr", "127.0.0.1:15021", "--drain-seconds", "1"])
         .stdin(std::process::Stdio::null())

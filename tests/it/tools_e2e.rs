@@ -511,3 +511,36 @@ fn serve_verify_compares_with_the_reference_on_a_schedule_and_reports_in_metrics
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("--verify"), "{body}");
 }
+
+/// `meshflow bootstrap`'s stats flags, as Istio's annotations: more patterns, `{pod_ip}`
+/// replaced by the node id's IP; a regexp that is not one is refused before Envoy sees it.
+#[test]
+fn the_bootstrap_command_keeps_the_stats_asked_for_and_refuses_a_bad_regexp() {
+    let node = "sidecar~127.0.0.5~a-1.default~default.svc.cluster.local";
+    let run = |more: &[&str]| {
+        Command::new(Meshflow::bin()).args(["bootstrap", "--node-id", node]).args(more).output().unwrap()
+    };
+    let out = run(&[
+        "--stats-inclusion-prefixes",
+        "cluster.outbound,http.{pod_ip}_",
+        "--stats-inclusion-suffixes",
+        "upstream_rq_total",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let yaml: Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
+    let patterns = yaml["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"].as_array().unwrap().clone();
+    for want in [
+        serde_json::json!({"prefix": "cluster.outbound"}),
+        serde_json::json!({"prefix": "http.127.0.0.5_"}),
+        serde_json::json!({"suffix": "upstream_rq_total"}),
+        serde_json::json!({"prefix": "cluster_manager"}),
+    ] {
+        assert!(patterns.contains(&want), "{want} missing from {patterns:?}");
+    }
+    let out = run(&["--stats-inclusion-regexps", "ok.*,a("]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(r#"stats inclusion regexp "a(" is not a regular expression"#)
+    );
+    assert!(out.stdout.is_empty());
+}
