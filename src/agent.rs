@@ -55,10 +55,6 @@ use restart::{Backoff, CrashWindow};
 use status::Status;
 use supervisor::{Outcome, StopSignal, Supervisor};
 
-/// The mesh's default `ProxyConfig` (YAML or JSON), as istiod's injector gives pilot-agent:
-/// the agent reads its `proxyStatsMatcher`.
-pub const PROXY_CONFIG_ENV: &str = "PROXY_CONFIG";
-
 /// Name of the bootstrap file in the work dir.
 pub const BOOTSTRAP_FILE: &str = "envoy.yaml";
 
@@ -203,8 +199,10 @@ impl Agent {
         };
         let run_as = capture.as_ref().and_then(|(_, run_as, _)| *run_as);
         let bin = envoy::locate(args.envoy_bin.as_deref())?;
-        let (stats, warnings) =
-            bootstrap::StatsInclusion::from_istio(&identity.metadata, env.get(PROXY_CONFIG_ENV).map(String::as_str));
+        let (stats, warnings) = bootstrap::StatsInclusion::from_istio(
+            &identity.metadata,
+            env.get(bootstrap::PROXY_CONFIG_ENV).map(String::as_str),
+        );
         for warning in warnings {
             tracing::warn!(proxy = %node_id, "{warning}");
         }

@@ -112,6 +112,9 @@ pub const STATS_SUFFIXES_ANNOTATION: &str = "sidecar.istio.io/statsInclusionSuff
 pub const STATS_REGEXPS_ANNOTATION: &str = "sidecar.istio.io/statsInclusionRegexps";
 /// The pod annotation that overrides the mesh's `ProxyConfig` for one proxy.
 pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
+/// The mesh's default `ProxyConfig` (YAML or JSON), as istiod's injector gives pilot-agent:
+/// the agent reads its `proxyStatsMatcher`.
+pub const PROXY_CONFIG_ENV: &str = "PROXY_CONFIG";
 
 impl StatsInclusion {
     /// What pilot-agent would keep for a proxy: for each of prefixes, suffixes and regexps,
@@ -122,25 +125,26 @@ impl StatsInclusion {
     /// proxy keeps at least the stats every proxy keeps.
     pub fn from_istio(metadata: &Map<String, Value>, proxy_config: Option<&str>) -> (StatsInclusion, Vec<String>) {
         let mut warnings = Vec::new();
+        let none = Map::new();
         let annotations = match metadata.get("ANNOTATIONS") {
-            None => Map::new(),
-            Some(Value::Object(a)) => a.clone(),
+            None => &none,
+            Some(Value::Object(a)) => a,
             Some(other) => {
                 warnings.push(format!("node metadata ANNOTATIONS: not a JSON object ({other}): ignored"));
-                Map::new()
+                &none
             }
         };
         let mut matcher = StatsInclusion::default();
         let configs = [
-            ("PROXY_CONFIG".to_string(), proxy_config.map(str::to_string)),
+            (PROXY_CONFIG_ENV.to_string(), proxy_config),
             (
                 format!("annotation {PROXY_CONFIG_ANNOTATION}"),
-                annotations.get(PROXY_CONFIG_ANNOTATION).and_then(Value::as_str).map(str::to_string),
+                annotations.get(PROXY_CONFIG_ANNOTATION).and_then(Value::as_str),
             ),
         ];
         for (origin, text) in configs {
             let Some(text) = text.filter(|t| !t.trim().is_empty()) else { continue };
-            match proxy_stats_matcher(&text) {
+            match proxy_stats_matcher(text) {
                 // Later lists win, as the annotation's `ProxyConfig` wins over the mesh's.
                 Ok(m) => {
                     for (mine, theirs) in [
@@ -180,6 +184,11 @@ impl StatsInclusion {
         }
         (matcher, warnings)
     }
+
+    /// Every regexp is one.
+    pub fn check(&self) -> Result<(), String> {
+        self.regexps.iter().try_for_each(|re| check_regexp(re))
+    }
 }
 
 /// Envoy rejects a bootstrap whose stats regexp RE2 does not compile; the `regex` crate's
@@ -188,13 +197,6 @@ fn check_regexp(re: &str) -> Result<(), String> {
     regex::Regex::new(re)
         .map(drop)
         .map_err(|e| format!("stats inclusion regexp {re:?} is not a regular expression ({e})"))
-}
-
-impl StatsInclusion {
-    /// Every regexp is one.
-    pub fn check(&self) -> Result<(), String> {
-        self.regexps.iter().try_for_each(|re| check_regexp(re))
-    }
 }
 
 /// `proxyStatsMatcher` of a `ProxyConfig` in YAML or JSON (nothing when it has none).
