@@ -1,64 +1,43 @@
-//! The endpoint graph: load assignments, the third of the engine's graphs (see
+//! The endpoint graph: load assignments, the fourth of the engine's graphs (see
 //! [`super::graphs`]).
 //!
-//! It reads endpoint rows, Pods, Services and ServiceEntries (for their ports and selectors)
-//! and what the config graph knows of clusters ([`ClusterFact`]). A Pod or slice change runs
-//! this graph (and the proxy graph, if a proxy class reads the Pod), never the config graph's
-//! routes and listeners. The addresses of clusters placed by locality go on to the located
-//! graph ([`super::located`]).
+//! It reads the rows of EndpointSlices, Services (for their ports), the rows of clusters no
+//! slice serves (from the unsliced graph, [`super::unsliced`]) and what the config graph knows
+//! of clusters ([`ClusterFact`]). A Pod or slice change runs this graph (the unsliced graph
+//! only if a selector without slices may select the Pod, the proxy graph only if a proxy class
+//! reads it), never the config graph's routes and listeners. The addresses of clusters placed
+//! by locality go on to the located graph ([`super::located`]).
 //!
-//! The rows of EndpointSlices and core/v1 Endpoints arrive placed: the driver gives an
-//! endpoint of a Pod the Pod's labels and locality ([`super::pods`]), so no row of theirs
-//! meets the Pods in this graph. The rows this graph derives from Pods itself are placed by
-//! one join with the Pods' placements; the driver feeds it only the Pods that a selector
-//! without slices may select ([`super::pods::Gate`]).
+//! The rows of EndpointSlices arrive placed: the driver gives an endpoint of a Pod the Pod's
+//! labels and locality ([`super::pods`]), so no row meets the Pods in this graph.
 //!
 //! ```text
-//! slice rows (ready addresses by (ns, svc, port name, proto), placed) ─────────join(ports by name)┐
-//! endpoint rows (placed) ─antijoin(services with slices)─▶ ...same key ───────────────────────join┤
-//! pods ─by label─▶ join(selector services without slices/endpoints, by one selector pair) ─┐      ├▶ (cluster, row)
-//! pods ─by label─▶ join(entry workloadSelectors) ─▶ (cluster, entry ns) ───────────────────┴─join(placements by pod)┤
-//!        ─semijoin(EDS clusters of hosts an entry of that ns won: ClusterFact::EntryOwner)                      │
-//! service entries ─STATIC endpoints (labels)──────────────────────────────────────────────────────────────────────┘
+//! slice rows (ready addresses by (ns, svc, port name, proto), placed) ─join(ports by name)─┐
+//! rows of clusters no slice serves (unsliced graph) ────────────────────────────────────────┴▶ (cluster, row)
 //!   (cluster, row) ─join(subsets of that base: ClusterFact::Subset, the row's labels selected)─▶ (subset cluster, addr)
 //!                  ─join(bases with failoverPriority)─▶ (cluster, addr) → labels
 //!                  ─join(ClusterFact::ScopedBase: a host whose exportTo is not `*`)─▶ (scope, cluster, addr)
 //!                     assigned clusters (ClusterFact::Assignment) ⊎ addresses ─reduce per (scope, cluster)
 //!                                ─▶ load assignments
 //!   located clusters (ClusterFact::Located) ─join(their addresses) ⊎ endpoint labels ─▶ located graph
-//! placements ─▶ the Pods' localities (an output: where a proxy of that Pod is placed)
 //! ```
-
-use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use timely::dataflow::Scope as Graph;
 
 use super::inputs::{graph_inputs, input};
-use super::pods::{Placement, PodLabels, ServiceRow, SvcKey, first_pair};
-use super::rows::{ClusterFact, LocatedBase, LocatedInput, OutputRow};
-use crate::model::istio::ServiceEntry;
-use crate::model::{Pod, Service};
-use crate::translate::endpoint::{EndpointRow, PodKey, PortKey, SelectorService, pod_addresses, service_port_rows};
+use super::rows::{ClusterFact, LocatedBase, LocatedInput, Name, OutputRow, name};
+use crate::model::Service;
+use crate::translate::endpoint::{EndpointRow, PortKey, service_port_rows};
 use crate::translate::locality::LocalityLb;
 use crate::translate::outbound::{self, Context, SubsetRef};
-use crate::translate::{self, EndpointAddr, ResourceType, Scope, service_entry};
-
-/// (namespace, label key, label value): how selector services meet pods.
-type LabelKey = (String, String, String);
-/// A cluster's name inside this graph: every endpoint row is keyed by one, and the merges of
-/// the arrangements copy it (a reference count, not an allocation).
-type Name = Arc<str>;
-
-fn name(s: &str) -> Name {
-    s.into()
-}
+use crate::translate::{self, EndpointAddr, ResourceType, Scope};
 
 /// Whether the endpoint graph reads this fact (DNS clusters placed by locality go to the
-/// located graph only).
+/// located graph only, entries' owners to the unsliced graph).
 pub fn reads(fact: &ClusterFact) -> bool {
-    !matches!(fact, ClusterFact::DnsLocated(..))
+    !matches!(fact, ClusterFact::DnsLocated(..) | ClusterFact::EntryOwner(..))
 }
 
 graph_inputs! {
@@ -69,21 +48,8 @@ graph_inputs! {
         /// feeds only the rows a changed slice adds or drops ([`super::graphs::Graphs::update`]),
         /// so a pod's change costs its own rows, not its whole slice's twice.
         pub slice_rows: (PortKey, EndpointRow),
-        /// The service each slice belongs to, once per slice.
-        pub slice_services: SvcKey,
-        /// The ready addresses of core/v1 Endpoints objects by service, placed, fed as the
-        /// slices' are.
-        pub endpoint_rows: ServiceRow,
-        /// The service of each Endpoints object.
-        pub endpoint_services: SvcKey,
-        /// The Pods a selector without slices reads ([`super::pods::Gate`]), whole (shared
-        /// with the driver): the pods by name, for selector services and entries.
-        pub pods: Arc<Pod>,
-        /// The same Pods' [`PodLabels`], fed only when they change.
-        pub labelled_pods: PodLabels,
-        /// Every Pod's [`Placement`], fed only when it changes.
-        pub placements: (PodKey, Placement),
-        pub service_entries: ServiceEntry,
+        /// The rows of clusters no slice serves, from the unsliced graph.
+        pub unsliced: (Name, EndpointRow),
         pub facts: ClusterFact,
     }
 }
@@ -92,13 +58,7 @@ graph_inputs! {
 pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let (services_in, services) = input::<Service>(&scope);
     let (slice_rows_in, slice_rows) = input::<(PortKey, EndpointRow)>(&scope);
-    let (slice_services_in, slice_services) = input::<SvcKey>(&scope);
-    let (endpoint_rows_in, endpoint_rows) = input::<ServiceRow>(&scope);
-    let (endpoint_services_in, endpoint_services) = input::<SvcKey>(&scope);
-    let (pods_in, pods) = input::<Arc<Pod>>(&scope);
-    let (labelled_pods_in, labelled_pods) = input::<PodLabels>(&scope);
-    let (placements_in, placements) = input::<(PodKey, Placement)>(&scope);
-    let (se_in, service_entries) = input::<ServiceEntry>(&scope);
+    let (unsliced_in, unsliced) = input::<(Name, EndpointRow)>(&scope);
     let (facts_in, facts) = input::<ClusterFact>(&scope);
 
     let scoped_bases = facts
@@ -117,9 +77,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     // === endpoints of clusters without subset ===
     // Service ports by the key endpoint ports carry: the slice port named as the service port
     // gives the target port number.
-    // (Arranged once, read by two joins.)
     let ports_by_name = services
-        .clone()
         .flat_map(|s: Service| {
             let rows = service_port_rows(&s);
             rows.into_iter().map(|row| {
@@ -129,133 +87,10 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
             })
         })
         .arrange_by_key_named("Arrange: service ports by name");
-
     let from_slices = slice_rows
         .arrange_by_key_named("Arrange: slice rows by port")
-        .join_core(ports_by_name.clone(), |_key, ep: &EndpointRow, cluster: &Name| Some((cluster.clone(), ep.clone())));
-
-    // Core/v1 Endpoints count only for services that have no EndpointSlice (as in a cluster
-    // where the EndpointSlice mirror is not running, or a hand-written config directory).
-    let sliced: VecCollection<'s, u64, SvcKey> = slice_services.distinct();
-    let from_endpoints = endpoint_rows
-        .antijoin(sliced.clone())
-        .map(|(_, row)| row)
-        .arrange_by_key_named("Arrange: endpoint rows by port")
         .join_core(ports_by_name, |_key, ep: &EndpointRow, cluster: &Name| Some((cluster.clone(), ep.clone())));
-
-    // Selector services with neither: endpoints derived from the ready pods they select.
-    // Label selectors are not equi-joins, so the join goes through a label index: a selector
-    // service is keyed by one pair of its selector (the first in key order), a pod by each of
-    // its labels; the full selector is checked on the pairs that meet. A pod change then costs
-    // the services selecting on one of its labels, not every service of its namespace, and
-    // the initial load costs pods × labels, not pods × services.
-    let managed = sliced.concat(endpoint_services).distinct();
-    let selector_services = services
-        .flat_map(|s: Service| {
-            let selector = s.selector.clone()?;
-            let ports = s.ports.iter().filter(|p| translate::PortProtocol::of(p).is_proxied()).cloned().collect();
-            let row = SelectorService {
-                name: s.name.clone(),
-                selector,
-                ports,
-                publish_not_ready: s.publish_not_ready_addresses,
-                hosts: Vec::new(),
-            };
-            (s.external_name.is_none()).then(|| ((s.namespace.clone(), s.name.clone()), row))
-        })
-        .antijoin(managed)
-        .flat_map(|((ns, _), row)| {
-            let (k, v) = first_pair(&row.selector)?;
-            Some(((ns, k, v), row))
-        });
-    // (The label index and the pods by name are arranged once, for services and entries.)
-    let pod_labels = labelled_pods
-        .filter(|p: &PodLabels| p.live)
-        .flat_map(|p: PodLabels| {
-            p.labels
-                .iter()
-                .map(|(k, v)| ((p.namespace.clone(), k.clone(), v.clone()), p.name.clone()))
-                .collect::<Vec<_>>()
-        })
-        .arrange_by_key_named("Arrange: live pods by label");
-    // (A Pod is shared, not copied, by the merges of this arrangement's batches.)
-    let pods_by_name = pods
-        .filter(|p: &Arc<Pod>| p.live())
-        .map(|p: Arc<Pod>| ((p.namespace.clone(), p.name.clone()), p))
-        .arrange_by_key_named("Arrange: live pods by name");
-    let from_pods = selector_services
-        .join_core(pod_labels.clone(), |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &String| {
-            Some(((ns.clone(), pod.clone()), svc.clone()))
-        })
-        .join_core(pods_by_name.clone(), |(ns, _): &SvcKey, svc: &SelectorService, pod: &Arc<Pod>| {
-            pod_addresses(ns, svc, pod).into_iter().map(|(c, ep)| ((name(&c), None), ep)).collect::<Vec<_>>()
-        });
-
-    // ServiceEntry endpoints: STATIC `endpoints`, and the pods a `workloadSelector` selects
-    // (through the same label index). Keyed by (cluster, entry namespace), they count for the
-    // clusters of hosts that an entry of that namespace won, as istiod keys endpoints by host
-    // and namespace.
-    let entry_selectors = service_entries.clone().flat_map(|se: ServiceEntry| {
-        let row = service_entry::selector(&se)?;
-        let (k, v) = first_pair(&row.selector)?;
-        Some(((se.namespace.clone(), k, v), row))
-    });
-    let from_entry_pods = entry_selectors
-        .join_core(pod_labels, |(ns, _, _): &LabelKey, svc: &SelectorService, pod: &String| {
-            Some(((ns.clone(), pod.clone()), svc.clone()))
-        })
-        .join_core(pods_by_name, |(ns, _): &SvcKey, svc: &SelectorService, pod: &Arc<Pod>| {
-            pod_addresses(ns, svc, pod)
-                .into_iter()
-                .map(|(c, ep)| ((name(&c), Some(ns.clone())), ep))
-                .collect::<Vec<_>>()
-        });
-
-    // The rows derived from Pods here are placed here: one join with the Pods' placements
-    // yields, for each, the placed row and the unplaced one's retraction.
-    let by_pod = from_pods
-        .concat(from_entry_pods)
-        .flat_map(|(tag, ep): ((Name, Option<String>), EndpointRow)| ep.pod.clone().map(|p| (p, (tag, ep))));
-    let selected = by_pod
-        .clone()
-        .arrange_by_key_named("Arrange: selected endpoints by pod")
-        .join_core(
-            placements.clone().arrange_by_key_named("Arrange: placements by pod"),
-            |_, (tag, ep): &((Name, Option<String>), EndpointRow), placement: &Placement| {
-                let mut placed = ep.clone();
-                placement.place(&mut placed);
-                Some((tag.clone(), ep.clone(), placed))
-            },
-        )
-        .explode(|(tag, ep, placed)| [((tag.clone(), placed), 1isize), ((tag, ep), -1)])
-        .concat(by_pod.map(|(_, row)| row));
-    let from_selected_pods = selected.clone().flat_map(|((c, ns), ep)| ns.is_none().then_some((c, ep)));
-    let from_entry_pods = selected.flat_map(|((c, ns), ep)| ns.map(|ns| ((c, ns), ep)));
-
-    // (Every context's clusters: an entry exported to some namespaces only has no default one.)
-    let entry_owners = facts
-        .clone()
-        .flat_map(|f| if let ClusterFact::EntryOwner(cluster, ns) = f { Some((name(&cluster), ns)) } else { None })
-        .distinct();
-    let from_entries = service_entries
-        .flat_map(|se: ServiceEntry| {
-            service_entry::static_endpoints(&se)
-                .into_iter()
-                .map(|((c, ns), ep)| ((name(&c), ns), ep))
-                .collect::<Vec<_>>()
-        })
-        .concat(from_entry_pods)
-        .semijoin(entry_owners)
-        .map(|((cluster, _), ep)| (cluster, ep));
-
-    let base_endpoints = from_slices.concat(from_endpoints).concat(from_selected_pods).concat(from_entries);
-    // (Also an output: the xDS server places a proxy that tells no locality by its Pod's.)
-    let pod_localities = placements.flat_map(|((ns, name), p): (PodKey, Placement)| {
-        (!p.locality.is_empty()).then(|| OutputRow::PodLocality {
-            pod: (ns.to_string(), name.to_string()),
-            locality: p.locality.to_string(),
-        })
-    });
+    let base_endpoints = from_slices.concat(unsliced);
 
     // === endpoints of subset clusters ===
     // An endpoint's labels (its pod's, else its own) decide which subsets it belongs to, so a
@@ -341,20 +176,8 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
             body: body.clone(),
         });
 
-    let output = assignments.concat(pod_localities);
-    let inputs = Inputs {
-        services: services_in,
-        slice_rows: slice_rows_in,
-        slice_services: slice_services_in,
-        endpoint_rows: endpoint_rows_in,
-        endpoint_services: endpoint_services_in,
-        pods: pods_in,
-        labelled_pods: labelled_pods_in,
-        placements: placements_in,
-        service_entries: se_in,
-        facts: facts_in,
-    };
-    (inputs, Outputs { rows: output, located })
+    let inputs = Inputs { services: services_in, slice_rows: slice_rows_in, unsliced: unsliced_in, facts: facts_in };
+    (inputs, Outputs { rows: assignments, located })
 }
 
 /// What the endpoint graph outputs: its resources, and what the located graph reads.

@@ -1,15 +1,18 @@
-//! The engine's four dataflow graphs, run one after the other at each logical time.
+//! The engine's five dataflow graphs, run one after the other at each logical time.
 //!
 //! ```text
 //! pods, slices, endpoints, nodes, ─▶ the driver's Pod index (pods.rs): rows placed and labelled,
-//! selectors of services, entries     placements, the pods selectors without slices read, the
-//!                                    pods proxy classes read
+//! selectors of services, entries     the pods selectors without slices read (and their placements),
+//!                                    the pods proxy classes read, the Pods' localities (an output)
 //! pods classes read, proxy classes ──▶ proxy graph (proxies.rs) ── class labels ──┐
 //! services, entries, rules, VirtualServices, Gateways, Secrets,                   ▼
 //! proxy classes ───────────────────────────────────▶ config graph (dataflow.rs) ─▶ clusters, listeners,
 //!                                                                  │                route configs, secrets
-//!                                                                  └── cluster facts ──┐
-//! pods selectors read, placed rows, placements, services, entries ──────────────────────▼
+//!                                                                  └── cluster facts ──┬──────────────┐
+//! pods selectors read, their placements, Endpoints rows, services, slices' services,  ▼              │
+//! entries ─────────────────────────────────────────▶ unsliced graph (unsliced.rs)                     │
+//!                                                      rows of clusters no slice serves ──┐           │
+//! placed slice rows, services ─────────────────────────────────────────────────────────────▼           ▼
 //!                                                    endpoint graph (endpoints.rs) ─▶ load assignments
 //!                                      addresses of clusters placed by locality ──┐
 //! proxy localities, located cluster facts ────────────────────────────────────────▼
@@ -21,9 +24,9 @@
 //! port. That fixed cost grows with the graph, not with the change. Split in four, a graph
 //! advances only at the times something of its own changed:
 //! - a Pod or EndpointSlice change runs the endpoint graph, not the config graph (routes,
-//!   listeners, gateways); the proxy graph only if a proxy class reads the Pod and its name,
-//!   labels or IP changed; the located graph only if the Pod serves a cluster placed by
-//!   locality;
+//!   listeners, gateways); the unsliced graph only if a selector without slices may select the
+//!   Pod; the proxy graph only if a proxy class reads the Pod and its name, labels or IP
+//!   changed; the located graph only if the Pod serves a cluster placed by locality;
 //! - a VirtualService change runs the config graph alone unless what it knows of clusters
 //!   changes.
 //!
@@ -42,11 +45,11 @@ use timely::worker::Worker;
 use super::inputs::GraphInputs;
 use super::pods::{Feeds, Pods, Source, SvcKey};
 use super::proxies;
-use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, OutputRow};
-use super::{dataflow, endpoints, located};
+use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, Name, OutputRow};
+use super::{dataflow, endpoints, located, unsliced};
 use crate::model::{EndpointSlice, Endpoints, Node, Object, Pod};
 use crate::translate::MeshConfig;
-use crate::translate::endpoint::{endpoints_addresses, slice_addresses};
+use crate::translate::endpoint::{EndpointRow, endpoints_addresses, slice_addresses};
 
 type Buffer<D> = Rc<RefCell<Vec<(D, isize)>>>;
 
@@ -64,15 +67,17 @@ impl Clock {
     }
 }
 
-/// The four graphs, their inputs and what they output.
+/// The five graphs, their inputs and what they output.
 pub struct Graphs {
     proxies: proxies::Inputs,
     config: dataflow::Inputs,
+    unsliced: unsliced::Inputs,
     endpoints: endpoints::Inputs,
     located: located::Inputs,
-    clocks: [Clock; 4],
+    clocks: [Clock; 5],
     class_labels: Buffer<ClassLabelRow>,
     facts: Buffer<ClusterFact>,
+    unsliced_rows: Buffer<(Name, EndpointRow)>,
     located_inputs: Buffer<LocatedInput>,
     rows: Buffer<OutputRow>,
     /// The driver's index of Pods ([`super::pods`]) and what it asks the graphs to read.
@@ -82,8 +87,9 @@ pub struct Graphs {
 
 const PROXIES: usize = 0;
 const CONFIG: usize = 1;
-const ENDPOINTS: usize = 2;
-const LOCATED: usize = 3;
+const UNSLICED: usize = 2;
+const ENDPOINTS: usize = 3;
+const LOCATED: usize = 4;
 
 /// Copies the updates of `collection` into `buffer` and has `probe` follow its progress.
 fn capture<'s, D: differential_dataflow::Data>(
@@ -100,11 +106,12 @@ fn capture<'s, D: differential_dataflow::Data>(
 }
 
 impl Graphs {
-    /// Builds the four graphs on `worker`.
+    /// Builds the five graphs on `worker`.
     pub fn build(worker: &mut Worker, mesh: &MeshConfig) -> Graphs {
-        let clocks = [Clock::new(), Clock::new(), Clock::new(), Clock::new()];
+        let clocks = [Clock::new(), Clock::new(), Clock::new(), Clock::new(), Clock::new()];
         let class_labels: Buffer<ClassLabelRow> = Rc::default();
         let facts: Buffer<ClusterFact> = Rc::default();
+        let unsliced_rows: Buffer<(Name, EndpointRow)> = Rc::default();
         let rows: Buffer<OutputRow> = Rc::default();
         let located_inputs: Buffer<LocatedInput> = Rc::default();
         let proxies = worker.dataflow::<u64, _, _>(|scope| {
@@ -116,6 +123,11 @@ impl Graphs {
             let (inputs, outputs) = dataflow::build(scope, mesh);
             capture(outputs.rows, &rows, &clocks[CONFIG].probe);
             capture(outputs.facts, &facts, &clocks[CONFIG].probe);
+            inputs
+        });
+        let unsliced = worker.dataflow::<u64, _, _>(|scope| {
+            let (inputs, output) = unsliced::build(scope);
+            capture(output, &unsliced_rows, &clocks[UNSLICED].probe);
             inputs
         });
         let endpoints = worker.dataflow::<u64, _, _>(|scope| {
@@ -130,7 +142,21 @@ impl Graphs {
             inputs
         });
         let (pods, feeds) = (Pods::default(), Feeds::default());
-        Graphs { proxies, config, endpoints, located, clocks, class_labels, facts, located_inputs, rows, pods, feeds }
+        Graphs {
+            proxies,
+            config,
+            unsliced,
+            endpoints,
+            located,
+            clocks,
+            class_labels,
+            facts,
+            unsliced_rows,
+            located_inputs,
+            rows,
+            pods,
+            feeds,
+        }
     }
 
     /// Replaces `old` by `new` (either may be absent) in the graphs that read them.
@@ -158,22 +184,31 @@ impl Graphs {
         self.drain_feeds();
     }
 
-    /// Feeds what the driver's Pod index asked for to the inputs that read it.
+    /// Feeds what the driver's Pod index asked for to the inputs that read it, and outputs the
+    /// Pods' localities that changed.
     fn drain_feeds(&mut self) {
         let feeds = &mut self.feeds;
-        let any_endpoints = !(feeds.slice_rows.is_empty()
-            && feeds.endpoint_rows.is_empty()
-            && feeds.placements.is_empty()
+        let any_unsliced = !(feeds.endpoint_rows.is_empty()
+            && feeds.selected_placements.is_empty()
             && feeds.pods.is_empty()
             && feeds.labelled.is_empty());
-        feed_all(&mut self.endpoints.pods, feeds.pods.drain(..));
-        feed_all(&mut self.endpoints.labelled_pods, feeds.labelled.drain(..));
-        feed_all(&mut self.endpoints.slice_rows, feeds.slice_rows.drain(..));
-        feed_all(&mut self.endpoints.endpoint_rows, feeds.endpoint_rows.drain(..));
-        feed_all(&mut self.endpoints.placements, feeds.placements.drain(..));
-        if any_endpoints {
+        feed_all(&mut self.unsliced.pods, feeds.pods.drain(..));
+        feed_all(&mut self.unsliced.labelled_pods, feeds.labelled.drain(..));
+        feed_all(&mut self.unsliced.endpoint_rows, feeds.endpoint_rows.drain(..));
+        feed_all(&mut self.unsliced.placements, feeds.selected_placements.drain(..));
+        if any_unsliced {
+            self.clocks[UNSLICED].dirty = true;
+        }
+        if !feeds.slice_rows.is_empty() {
+            feed_all(&mut self.endpoints.slice_rows, feeds.slice_rows.drain(..));
             self.clocks[ENDPOINTS].dirty = true;
         }
+        // (Also an output: the xDS server places a proxy that tells no locality by its Pod's.)
+        self.rows.borrow_mut().extend(feeds.placements.drain(..).filter_map(|((pod, p), diff)| {
+            let (ns, name) = (pod.0.to_string(), pod.1.to_string());
+            (!p.locality.is_empty())
+                .then(|| (OutputRow::PodLocality { pod: (ns, name), locality: p.locality.to_string() }, diff))
+        }));
         if !feeds.identities.is_empty() {
             feed_all(&mut self.proxies.pods, feeds.identities.drain(..));
             self.clocks[PROXIES].dirty = true;
@@ -182,21 +217,23 @@ impl Graphs {
 
     /// Feeds one object (added with `diff` 1, retracted with -1) to the graphs that read it.
     fn feed(&mut self, object: &Object, diff: isize) {
-        let [proxies, config, endpoints, located] = &mut self.clocks;
+        let [proxies, config, unsliced, endpoints, located] = &mut self.clocks;
         match object {
             Object::Service(s) => {
                 self.config.services.update((**s).clone(), diff);
+                self.unsliced.services.update((**s).clone(), diff);
                 self.endpoints.services.update((**s).clone(), diff);
                 self.pods.service(s, diff);
                 config.dirty = true;
+                unsliced.dirty = true;
                 endpoints.dirty = true;
             }
             Object::ServiceEntry(se) => {
                 self.config.service_entries.update((**se).clone(), diff);
-                self.endpoints.service_entries.update((**se).clone(), diff);
+                self.unsliced.service_entries.update((**se).clone(), diff);
                 self.pods.entry(se, diff);
                 config.dirty = true;
-                endpoints.dirty = true;
+                unsliced.dirty = true;
             }
             Object::ProxyClass(c) => {
                 self.proxies.classes.update(c.clone(), diff);
@@ -245,11 +282,11 @@ impl Graphs {
         let (was, is) = (service(old), service(new));
         if was != is {
             for (svc, diff) in was.iter().map(|s| (s, -1)).chain(is.iter().map(|s| (s, 1))) {
-                self.endpoints.slice_services.update(svc.clone(), diff);
+                self.unsliced.slice_services.update(svc.clone(), diff);
                 self.pods.managed(svc, false, diff);
             }
+            self.clocks[UNSLICED].dirty = true;
         }
-        self.clocks[ENDPOINTS].dirty = true;
     }
 
     /// Replaces core/v1 Endpoints `old` by `new` (the same object, either may be absent), as a
@@ -268,9 +305,9 @@ impl Graphs {
         };
         if diff != 0 {
             self.pods.managed(&svc, true, diff);
-            self.endpoints.endpoint_services.update(svc, diff);
+            self.unsliced.endpoint_services.update(svc, diff);
+            self.clocks[UNSLICED].dirty = true;
         }
-        self.clocks[ENDPOINTS].dirty = true;
     }
 
     /// Runs each graph that has changes, in order, feeding each one's output to the next, and
@@ -293,10 +330,21 @@ impl Graphs {
                     self.located.facts.update(fact.clone(), diff);
                     self.clocks[LOCATED].dirty = true;
                 }
+                if unsliced::reads(&fact) {
+                    self.unsliced.facts.update(fact.clone(), diff);
+                    self.clocks[UNSLICED].dirty = true;
+                }
                 if endpoints::reads(&fact) {
                     self.endpoints.facts.update(fact, diff);
                     self.clocks[ENDPOINTS].dirty = true;
                 }
+            }
+        }
+        if run(worker, &mut self.clocks[UNSLICED], &mut self.unsliced) {
+            let rows = std::mem::take(&mut *self.unsliced_rows.borrow_mut());
+            for (row, diff) in rows {
+                self.endpoints.unsliced.update(row, diff);
+                self.clocks[ENDPOINTS].dirty = true;
             }
         }
         if run(worker, &mut self.clocks[ENDPOINTS], &mut self.endpoints) {
@@ -400,14 +448,22 @@ mod tests {
         }
     }
 
-    fn times(g: &Graphs) -> [u64; 4] {
-        [g.clocks[PROXIES].time, g.clocks[CONFIG].time, g.clocks[ENDPOINTS].time, g.clocks[LOCATED].time]
+    /// Each graph's clock: proxies, config, unsliced, endpoints, located.
+    fn times(g: &Graphs) -> [u64; 5] {
+        [
+            g.clocks[PROXIES].time,
+            g.clocks[CONFIG].time,
+            g.clocks[UNSLICED].time,
+            g.clocks[ENDPOINTS].time,
+            g.clocks[LOCATED].time,
+        ]
     }
 
     /// Which graphs a change runs is what the split is for: a Pod runs the proxy and endpoint
-    /// graphs only (its readiness flip the endpoint graph only), a VirtualService the config
-    /// graph only (its clusters do not change), a DestinationRule with subsets the config graph
-    /// and then the endpoint graph (new facts).
+    /// graphs only (its readiness flip the endpoint graph only; the unsliced graph only while
+    /// its Service has no slices), a VirtualService the config graph only (its clusters do not
+    /// change), a DestinationRule with subsets the config graph and then the endpoint graph
+    /// (new facts).
     #[test]
     fn a_change_runs_only_the_graphs_that_read_it() {
         timely::execute_directly(|worker| {
@@ -418,7 +474,7 @@ mod tests {
             );
             g.update(None, Some(&service));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [0, 1, 1, 0]);
+            assert_eq!(times(&g), [0, 1, 1, 1, 0]);
             assert!(rows.iter().any(|(r, _)| matches!(r, OutputRow::Resource { ty, .. }
                 if *ty == crate::translate::ResourceType::ClusterLoadAssignment)));
 
@@ -429,7 +485,11 @@ mod tests {
             );
             g.update(None, Some(&pod));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [0, 1, 2, 0], "a Pod no proxy class names runs the endpoint graph alone");
+            assert_eq!(
+                times(&g),
+                [0, 1, 2, 2, 0],
+                "a Pod no proxy class names runs the unsliced graph (its Service has no slices) and the endpoint graph"
+            );
             let assignment = rows.iter().find_map(|(r, d)| match r {
                 OutputRow::Resource { name, body, .. }
                     if *d > 0 && name == "outbound|9080||reviews.default.svc.cluster.local" =>
@@ -446,7 +506,7 @@ mod tests {
             );
             g.update(None, Some(&vs));
             g.step(worker);
-            assert_eq!(times(&g), [0, 2, 2, 0], "a VirtualService runs the config graph alone");
+            assert_eq!(times(&g), [0, 2, 2, 2, 0], "a VirtualService runs the config graph alone");
 
             let dr = object(
                 "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\n\
@@ -454,7 +514,7 @@ mod tests {
             );
             g.update(None, Some(&dr));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [0, 3, 3, 0], "new subset clusters run the endpoint graph after the config graph");
+            assert_eq!(times(&g), [0, 3, 2, 3, 0], "new subset clusters run the endpoint graph after the config graph");
             assert!(
                 rows.iter().any(|(r, d)| *d > 0
                     && matches!(r, OutputRow::Resource { ty, name, .. }
@@ -472,12 +532,12 @@ mod tests {
             );
             g.update(Some(&pod), Some(&unready));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [0, 3, 4, 0], "a readiness flip runs the endpoint graph alone");
+            assert_eq!(times(&g), [0, 3, 3, 4, 0], "a readiness flip runs the endpoint graphs alone");
             assert!(!rows.is_empty(), "the assignments lose the address");
 
             // Nothing changed: nothing runs.
             g.step(worker);
-            assert_eq!(times(&g), [0, 3, 4, 0]);
+            assert_eq!(times(&g), [0, 3, 3, 4, 0]);
 
             // A connected proxy's locality runs the located graph alone; with no cluster placed
             // by locality it outputs nothing.
@@ -488,7 +548,7 @@ mod tests {
             });
             g.update(None, Some(&place));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [0, 3, 4, 1]);
+            assert_eq!(times(&g), [0, 3, 3, 4, 1]);
             assert!(rows.is_empty(), "{rows:?}");
 
             // Outlier detection places the cluster by locality: the config graph runs, then the
@@ -501,7 +561,7 @@ mod tests {
             );
             g.update(Some(&dr), Some(&placed));
             let rows = g.step(worker);
-            assert_eq!(times(&g), [0, 4, 5, 2]);
+            assert_eq!(times(&g), [0, 4, 3, 5, 2]);
             assert!(
                 rows.iter().any(|(r, d)| *d > 0
                     && matches!(r, OutputRow::Resource { scope: crate::translate::Scope::Locality(l), ty, .. }
@@ -512,7 +572,7 @@ mod tests {
             // A readiness flip of a Pod of a placed cluster runs the endpoint and located graphs.
             g.update(Some(&unready), Some(&pod));
             g.step(worker);
-            assert_eq!(times(&g), [0, 4, 6, 3]);
+            assert_eq!(times(&g), [0, 4, 4, 6, 3]);
 
             // A sidecar class known by its Pod's name: the proxy graph reads that Pod now, and
             // its labels reach the config graph.
@@ -523,12 +583,12 @@ mod tests {
             });
             g.update(None, Some(&class));
             g.step(worker);
-            assert_eq!(times(&g), [1, 5, 6, 3]);
+            assert_eq!(times(&g), [1, 5, 4, 6, 3]);
             // Its readiness flip still runs the endpoint graphs alone; its relabel runs the
             // proxy graph, then the config graph (the class's labels) and the endpoint graph.
             g.update(Some(&pod), Some(&unready));
             g.step(worker);
-            assert_eq!(times(&g), [1, 5, 7, 4]);
+            assert_eq!(times(&g), [1, 5, 5, 7, 4]);
             let relabelled = object(
                 "apiVersion: v1\nkind: Pod\nmetadata: {name: reviews-1, namespace: default, labels: {app: reviews, version: v2}}\n\
                  spec: {containers: [{name: app, image: x}]}\n\
@@ -536,14 +596,41 @@ mod tests {
             );
             g.update(Some(&unready), Some(&relabelled));
             g.step(worker);
-            assert_eq!(times(&g), [2, 6, 8, 4], "(not ready: no address of a placed cluster changes)");
+            assert_eq!(times(&g), [2, 6, 6, 7, 4], "(not ready: no address changes)");
             // Without the class, the Pod is the proxy graph's no more.
             g.update(Some(&class), None);
             g.step(worker);
-            assert_eq!(times(&g), [3, 7, 8, 4]);
+            assert_eq!(times(&g), [3, 7, 6, 7, 4]);
             g.update(Some(&relabelled), Some(&unready));
             g.step(worker);
-            assert_eq!(times(&g), [3, 7, 9, 4], "a Pod no class names runs no proxy graph");
+            assert_eq!(times(&g), [3, 7, 7, 7, 4], "a Pod no class names runs no proxy graph");
+
+            // A slice for the Service: its row runs the endpoint graph (and the located one);
+            // the Pod leaves the unsliced graph, which runs once more.
+            let slice = |ready: bool| {
+                object(&format!(
+                    "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                     metadata: {{name: reviews-1, namespace: default, labels: {{kubernetes.io/service-name: reviews}}}}\n\
+                     addressType: IPv4\nports: [{{name: http, port: 9080, protocol: TCP}}]\n\
+                     endpoints: [{{addresses: [10.0.0.1], conditions: {{ready: {ready}}}, \
+                     targetRef: {{kind: Pod, name: reviews-1, namespace: default}}}}]"
+                ))
+            };
+            g.update(None, Some(&slice(false)));
+            g.step(worker);
+            assert_eq!(times(&g), [3, 7, 8, 7, 4], "(not ready: no address changes)");
+            g.update(Some(&unready), Some(&pod));
+            g.update(Some(&slice(false)), Some(&slice(true)));
+            let rows = g.step(worker);
+            assert_eq!(times(&g), [3, 7, 8, 8, 5], "with a slice, a readiness flip runs the unsliced graph no more");
+            assert!(
+                rows.iter().any(|(r, d)| *d > 0
+                    && matches!(r, OutputRow::Resource { scope: crate::translate::Scope::All, ty, name, body }
+                        if *ty == crate::translate::ResourceType::ClusterLoadAssignment
+                            && name == "outbound|9080|v1|reviews.default.svc.cluster.local"
+                            && body.windows(8).any(|w| w == b"10.0.0.1"))),
+                "the slice's address, in the subset by the Pod's labels: {rows:?}"
+            );
         });
     }
 

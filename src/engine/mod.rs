@@ -18,6 +18,7 @@ mod profile;
 mod proxies;
 mod proxyless;
 mod rows;
+mod unsliced;
 
 use std::collections::HashMap;
 use std::thread::JoinHandle;

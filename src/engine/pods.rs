@@ -9,14 +9,16 @@
 //! raw rows it fed for the Pod, and feeds the rows placed:
 //! - an EndpointSlice change costs its changed rows and a map lookup each;
 //! - a Pod's relabel, or its Node's, re-feeds the rows of that Pod (of the Pods on that Node);
-//! - the endpoint graph still reads each known Pod's placement, for the rows it derives from
-//!   Pods itself (selector Services without slices, ServiceEntry `workloadSelector`s) and for
-//!   the Pods' localities it outputs.
+//! - each known Pod's locality is an output of the engine (a connecting proxy that tells none
+//!   is placed by its Pod's), which the driver emits itself when a placement changes;
+//! - the unsliced graph reads the placements of the Pods its selectors may select, for the
+//!   rows it derives from Pods itself (selector Services without slices, ServiceEntry
+//!   `workloadSelector`s).
 //!
-//! The endpoint graph derives rows from whole Pods only for the selectors nothing else serves:
+//! The unsliced graph derives rows from whole Pods only for the selectors nothing else serves:
 //! a selector Service without EndpointSlices or Endpoints, a ServiceEntry's `workloadSelector`.
 //! In a cluster every selector Service has slices, so the driver gates the Pods it feeds to
-//! that path ([`Gate`]): a Pod is fed whole (and to the label index) only while such a
+//! that path ([`Gate`]): a Pod is fed whole (to the label index, with its placement) only while such a
 //! selector of its namespace is keyed by one of its labels. A readiness flip of any other Pod
 //! costs that path nothing. When a selector comes or goes, the Pods of its namespace that carry
 //! its key are fed or retracted once, when the graphs next run (so a Service whose slices come
@@ -44,7 +46,7 @@ pub type SvcKey = (String, String);
 /// A core/v1 Endpoints row: the service it belongs to, its port, the address.
 pub type ServiceRow = (SvcKey, (PortKey, EndpointRow));
 
-/// What the endpoint graph's label index reads of a Pod: its labels and whether it is live
+/// What the unsliced graph's label index reads of a Pod: its labels and whether it is live
 /// (has an IP and is not terminal). A readiness flip leaves it equal, so the driver feeds the
 /// flip to the pods by name alone.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -64,13 +66,13 @@ impl PodLabels {
 /// A label (key, value).
 pub type Pair = (String, String);
 
-/// The pair a selector is keyed by in the endpoint graph's label index (and in the [`Gate`]):
+/// The pair a selector is keyed by in the unsliced graph's label index (and in the [`Gate`]):
 /// its first in key order. An empty selector selects nothing there.
 pub fn first_pair(selector: &Labels) -> Option<Pair> {
     selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))
 }
 
-/// The pair a Service's selector is keyed by, if the endpoint graph would derive its
+/// The pair a Service's selector is keyed by, if the unsliced graph would derive its
 /// endpoints from Pods (when it has no slices and no Endpoints).
 pub fn service_pair(s: &Service) -> Option<Pair> {
     if s.external_name.is_some() {
@@ -139,7 +141,10 @@ pub struct Feeds {
     pub labelled: Vec<(PodLabels, isize)>,
     pub slice_rows: Vec<((PortKey, EndpointRow), isize)>,
     pub endpoint_rows: Vec<(ServiceRow, isize)>,
+    /// Every known Pod's placement (its locality is an output of the engine).
     pub placements: Vec<((PodKey, Placement), isize)>,
+    /// The placements of the Pods the selector path holds.
+    pub selected_placements: Vec<((PodKey, Placement), isize)>,
     pub identities: Vec<(PodIdentity, isize)>,
 }
 
@@ -237,6 +242,13 @@ impl Pods {
         let was = old.map(|_| entry.placement.clone());
         replace_placement(&key, entry, placement, feeds);
         let is = new.map(|_| entry.placement.clone());
+        // (The selector path reads the placements of the Pods it holds only.)
+        let was_selected = was.clone().filter(|_| held.as_ref().is_some_and(|f| f.selected));
+        let is_selected = is.clone().filter(|_| entry.pod.as_ref().is_some_and(|f| f.selected));
+        if was_selected != is_selected {
+            feeds.selected_placements.extend(was_selected.map(|p| ((key.clone(), p), -1)));
+            feeds.selected_placements.extend(is_selected.map(|p| ((key.clone(), p), 1)));
+        }
         if was != is {
             feeds.placements.extend(was.map(|p| ((key.clone(), p), -1)));
             feeds.placements.extend(is.map(|p| ((key.clone(), p), 1)));
@@ -285,13 +297,16 @@ impl Pods {
             };
             let ns: Arc<str> = ns.into();
             for name in names {
-                let Some(facts) = entries.get_mut(&(ns.clone(), name.clone())).and_then(|e| e.pod.as_mut()) else {
+                let key = (ns.clone(), name.clone());
+                let Some(Entry { pod: Some(facts), placement, .. }) = entries.get_mut(&key) else {
                     continue;
                 };
                 let reads = gate.reads(&ns, &facts.pod.labels);
                 if reads != facts.selected {
                     facts.selected = reads;
-                    feeds.selected(&facts.pod, if reads { 1 } else { -1 });
+                    let diff = if reads { 1 } else { -1 };
+                    feeds.selected(&facts.pod, diff);
+                    feeds.selected_placements.push(((key, placement.clone()), diff));
                 }
             }
         }
@@ -317,6 +332,10 @@ impl Pods {
             if placement != entry.placement {
                 feeds.placements.push(((key.clone(), entry.placement.clone()), -1));
                 feeds.placements.push(((key.clone(), placement.clone()), 1));
+                if entry.pod.as_ref().is_some_and(|f| f.selected) {
+                    feeds.selected_placements.push(((key.clone(), entry.placement.clone()), -1));
+                    feeds.selected_placements.push(((key.clone(), placement.clone()), 1));
+                }
                 replace_placement(&key, entry, placement, feeds);
             }
         }
@@ -397,7 +416,7 @@ impl Pods {
     }
 }
 
-/// Which Pods the endpoint graph's selector path reads: those with a label that a selector
+/// Which Pods the unsliced graph's selector path reads: those with a label that a selector
 /// Service without slices or Endpoints, or a ServiceEntry's `workloadSelector`, of their
 /// namespace is keyed by ([`first_pair`], as the graph's label index keys them).
 #[derive(Default)]

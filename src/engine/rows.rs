@@ -3,6 +3,8 @@
 //! cluster facts (config → endpoint and located graphs), located addresses (endpoint →
 //! located graph).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::model::k8s::Labels;
@@ -39,6 +41,14 @@ pub enum OutputRow {
         pod: (String, String),
         locality: String,
     },
+}
+
+/// A cluster's name inside the endpoint graphs: every endpoint row is keyed by one, and the
+/// merges of the arrangements copy it (a reference count, not an allocation).
+pub type Name = Arc<str>;
+
+pub fn name(s: &str) -> Name {
+    s.into()
 }
 
 /// With `failoverPriority`: the base cluster whose endpoints' labels are compared, and the
