@@ -14,9 +14,10 @@
 //! ```text
 //! slice rows (ready addresses by (ns, svc, port name, proto), placed) ─join(ports by name)─┐
 //! rows of clusters no slice serves (unsliced graph) ────────────────────────────────────────┴▶ (cluster, row)
-//!   (cluster, row) ─join(subsets of that base: ClusterFact::Subset, the row's labels selected)─▶ (subset cluster, addr)
-//!                  ─join(bases with failoverPriority)─▶ (cluster, addr) → labels
-//!                  ─join(ClusterFact::ScopedBase: a host whose exportTo is not `*`)─▶ (scope, cluster, addr)
+//!   (cluster, row) ─join(what derives from that base, one arrangement:
+//!                        subsets (ClusterFact::Subset) ─the row's labels selected─▶ (subset cluster, addr)
+//!                        scopes (ClusterFact::ScopedBase: exportTo not `*`) ─▶ (scope, cluster, addr)
+//!                        failoverPriority ─▶ (cluster, addr) → labels)
 //!                     assigned clusters (ClusterFact::Assignment) ⊎ addresses ─reduce per (scope, cluster)
 //!                                ─▶ load assignments
 //!   located clusters (ClusterFact::Located) ─join(their addresses) ⊎ endpoint labels ─▶ located graph
@@ -24,11 +25,13 @@
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope as Graph;
 
 use super::inputs::{graph_inputs, input};
 use super::rows::{ClusterFact, LocatedBase, LocatedInput, Name, OutputRow, name};
 use crate::model::Service;
+use crate::model::k8s::Labels;
 use crate::translate::endpoint::{EndpointRow, PortKey, service_port_rows};
 use crate::translate::locality::LocalityLb;
 use crate::translate::outbound::{self, Context, SubsetRef};
@@ -52,6 +55,24 @@ graph_inputs! {
         pub unsliced: (Name, EndpointRow),
         pub facts: ClusterFact,
     }
+}
+
+/// What a base cluster's endpoints also count for (see [`build`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Derived {
+    /// A subset cluster (scope, name) of the base.
+    Subset((Scope, Name), SubsetRef),
+    /// The base's copy in this scope (its host is not exported everywhere).
+    Scoped(Scope),
+    /// The base's `failoverPriority` compares its endpoints' labels.
+    Prioritized,
+}
+
+/// What the join of base endpoints with [`Derived`] yields.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum DerivedRow {
+    Address((Scope, Name), EndpointAddr),
+    Labels((String, EndpointAddr), Labels),
 }
 
 /// Builds the endpoint graph.
@@ -97,34 +118,43 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     // relabelled pod moves between subset assignments at the cost of the subsets of its
     // services. Subset clusters of a namespace's own rule get their own assignments in that
     // namespace; its clusters without subset share the default's (same name, same endpoints).
-    // (Base endpoints are arranged by cluster once, for these joins and the scoped one.)
-    let base_by_cluster = base_endpoints.clone().arrange_by_key_named("Arrange: endpoints by cluster");
-    let subsets_by_base = facts.clone().flat_map(|f| {
-        if let ClusterFact::Subset(base, ((scope, cluster), subset)) = f {
-            Some((name(&base), ((scope, name(&cluster)), subset)))
-        } else {
-            None
-        }
-    });
-    let from_subsets = base_by_cluster.clone().join_core(
-        subsets_by_base.arrange_by_key_named("Arrange: subsets by base"),
-        |_base, ep: &EndpointRow, (cluster, subset): &((Scope, Name), SubsetRef)| {
-            outbound::subset_selects(subset, &ep.labels).then(|| (cluster.clone(), ep.addr.clone()))
+    // What else a base cluster's endpoints make, met in one join (one arrangement of the
+    // derived clusters by base, one pass of each endpoint row):
+    // - its subset clusters': an endpoint the subset's labels select;
+    // - with `exportTo` not `*` (a scoped base), each scope's copy of the base cluster's;
+    // - with `failoverPriority`, its labels, for the located graph.
+    let scoped_bases = scoped_bases.map(|(base, scope)| (base, Derived::Scoped(scope)));
+    let derived_by_base = facts
+        .clone()
+        .flat_map(|f| {
+            if let ClusterFact::Subset(base, ((scope, cluster), subset)) = f {
+                Some((name(&base), Derived::Subset((scope, name(&cluster)), subset)))
+            } else {
+                None
+            }
+        })
+        .concat(scoped_bases)
+        .concat(prioritized_bases.map(|base| (base, Derived::Prioritized)))
+        .arrange_by_key_named("Arrange: derived clusters by base");
+    let derived = base_endpoints.clone().arrange_by_key_named("Arrange: endpoints by cluster").join_core(
+        derived_by_base,
+        |base: &Name, ep: &EndpointRow, derived: &Derived| match derived {
+            Derived::Subset(cluster, subset) => outbound::subset_selects(subset, &ep.labels)
+                .then(|| DerivedRow::Address(cluster.clone(), ep.addr.clone())),
+            Derived::Scoped(scope) => Some(DerivedRow::Address((scope.clone(), base.clone()), ep.addr.clone())),
+            Derived::Prioritized => Some(DerivedRow::Labels((base.to_string(), ep.addr.clone()), ep.labels.clone())),
         },
     );
-    // (The endpoints of clusters whose `failoverPriority` compares labels go with them.)
-    let endpoint_labels = base_by_cluster.clone().join_core(
-        prioritized_bases.arrange_by_self_named("Arrange: bases with failoverPriority"),
-        |c: &Name, ep: &EndpointRow, _| Some(((c.to_string(), ep.addr.clone()), ep.labels.clone())),
-    );
-    let scoped_addresses = base_by_cluster.join_core(
-        scoped_bases.arrange_by_key_named("Arrange: scoped bases"),
-        |cluster, ep: &EndpointRow, scope: &Scope| Some(((scope.clone(), cluster.clone()), ep.addr.clone())),
-    );
-    let addresses = base_endpoints
-        .map(|(cluster, ep)| ((Scope::All, cluster), ep.addr))
-        .concat(from_subsets)
-        .concat(scoped_addresses);
+    let endpoint_labels = derived.clone().flat_map(|row| match row {
+        DerivedRow::Labels(key, labels) => Some(LocatedInput::Labels(key, labels)),
+        DerivedRow::Address(..) => None,
+    });
+    let addresses = base_endpoints.map(|(cluster, ep)| ((Scope::All, cluster), ep.addr)).concat(derived.flat_map(
+        |row| match row {
+            DerivedRow::Address(cluster, addr) => Some((cluster, addr)),
+            DerivedRow::Labels(..) => None,
+        },
+    ));
 
     // Every cluster gets a load assignment, empty if it has no endpoint: Envoy keeps an EDS
     // cluster warming (and its own initialization waiting) until one arrives. (Arranged once,
@@ -151,7 +181,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
                 })
             },
         )
-        .concat(endpoint_labels.map(|(key, labels)| LocatedInput::Labels(key, labels)));
+        .concat(endpoint_labels);
 
     let assignments = by_cluster
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Scope, Name), Vec<u8>, _, _>, _, _>(
