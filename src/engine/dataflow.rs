@@ -1,6 +1,7 @@
-//! The config graph: input collections in, output rows out. The second of the engine's four
+//! The config graph: input collections in, output rows out. The second of the engine's five
 //! graphs (see [`super::graphs`]): it reads the proxy graph's class labels, and hands the
-//! endpoint graph (load assignments, [`super::endpoints`]) what it knows of clusters.
+//! endpoint graphs (load assignments, [`super::endpoints`]; entries' endpoints,
+//! [`super::unsliced`]) what it knows of clusters.
 //!
 //! Keys decide the cost of a change. Every arrow below keeps work local to its key: a
 //! service or ServiceEntry change touches its hosts; a DestinationRule or VirtualService change

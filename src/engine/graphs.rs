@@ -162,8 +162,9 @@ impl Graphs {
     /// Replaces `old` by `new` (either may be absent) in the graphs that read them.
     pub fn update(&mut self, old: Option<&Object>, new: Option<&Object>) {
         match old.or(new) {
-            // A Pod: the endpoint graph reads its placement, and whole (readiness, ports) with
-            // its labels only while a selector without slices may select it; the proxy graph
+            // A Pod: the endpoint graph reads it through its slices' rows (placed by it), the
+            // unsliced graph whole (readiness, ports), with its labels and placement, only while
+            // a selector without slices may select it; the proxy graph
             // reads it only if a proxy class does. Each fed only when it changes (see
             // [`super::pods`]).
             Some(Object::Pod(_)) => self.pods.pod(as_pod(old), as_pod(new), &mut self.feeds),

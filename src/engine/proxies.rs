@@ -1,4 +1,4 @@
-//! The proxy graph: each connected proxy class's labels, the first of the four graphs (see
+//! The proxy graph: each connected proxy class's labels, the first of the five graphs (see
 //! [`super::graphs`]).
 //!
 //! ```text

@@ -55,9 +55,10 @@ pub fn name(s: &str) -> Name {
 /// subset whose labels select among them.
 pub type LocatedBase = Option<(String, Option<SubsetRef>)>;
 
-/// What the config graph knows of a cluster that the endpoint graph needs. The config graph
-/// outputs these beside its resources; they are fed into the endpoint graph's input, so that
-/// graph runs only when these, or endpoints, change.
+/// What the config graph knows of a cluster that the endpoint graphs need. The config graph
+/// outputs these beside its resources; they are fed into the unsliced graph's input
+/// (`EntryOwner`) and the endpoint graph's (the rest), so those run only when these, or
+/// endpoints, change.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ClusterFact {
     /// An EDS cluster that gets a load assignment in this scope (empty if it has no endpoint:
