@@ -75,6 +75,12 @@ enum DerivedRow {
     Labels((String, EndpointAddr), Labels),
 }
 
+/// A Service's ports by the key its endpoint ports carry, with their cluster: the slice (or
+/// Endpoints) port named as the service port gives the target port number.
+pub(super) fn port_clusters(s: &Service) -> Vec<(PortKey, Name)> {
+    service_port_rows(s).into_iter().map(|row| (row.port_key(), name(&row.cluster_name()))).collect()
+}
+
 /// Builds the endpoint graph.
 pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let (services_in, services) = input::<Service>(&scope);
@@ -82,9 +88,6 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let (unsliced_in, unsliced) = input::<(Name, EndpointRow)>(&scope);
     let (facts_in, facts) = input::<ClusterFact>(&scope);
 
-    let scoped_bases = facts
-        .clone()
-        .flat_map(|f| if let ClusterFact::ScopedBase(base, scope) = f { Some((name(&base), scope)) } else { None });
     let located_clusters = facts.clone().flat_map(|f| {
         if let ClusterFact::Located((scope, cluster), located) = f {
             Some(((scope, name(&cluster)), located))
@@ -98,42 +101,31 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     // === endpoints of clusters without subset ===
     // Service ports by the key endpoint ports carry: the slice port named as the service port
     // gives the target port number.
-    let ports_by_name = services
-        .flat_map(|s: Service| {
-            let rows = service_port_rows(&s);
-            rows.into_iter().map(|row| {
-                let key =
-                    translate::endpoint::port_key(&row.namespace, &row.service, &row.port.name, row.port.protocol);
-                (key, name(&row.cluster_name()))
-            })
-        })
-        .arrange_by_key_named("Arrange: service ports by name");
+    let ports_by_name =
+        services.flat_map(|s: Service| port_clusters(&s)).arrange_by_key_named("Arrange: service ports by name");
     let from_slices = slice_rows
         .arrange_by_key_named("Arrange: slice rows by port")
         .join_core(ports_by_name, |_key, ep: &EndpointRow, cluster: &Name| Some((cluster.clone(), ep.clone())));
     let base_endpoints = from_slices.concat(unsliced);
 
-    // === endpoints of subset clusters ===
-    // An endpoint's labels (its pod's, else its own) decide which subsets it belongs to, so a
-    // relabelled pod moves between subset assignments at the cost of the subsets of its
-    // services. Subset clusters of a namespace's own rule get their own assignments in that
-    // namespace; its clusters without subset share the default's (same name, same endpoints).
-    // What else a base cluster's endpoints make, met in one join (one arrangement of the
-    // derived clusters by base, one pass of each endpoint row):
-    // - its subset clusters': an endpoint the subset's labels select;
+    // === what else a base cluster's endpoints make ===
+    // Met in one join (one arrangement of the derived clusters by base, one pass of each
+    // endpoint row):
+    // - its subset clusters': an endpoint the subset's labels (its pod's, else its own)
+    //   select, so a relabelled pod moves between subset assignments at the cost of the
+    //   subsets of its services. Subset clusters of a namespace's own rule get their own
+    //   assignments in that namespace; its clusters without subset share the default's;
     // - with `exportTo` not `*` (a scoped base), each scope's copy of the base cluster's;
     // - with `failoverPriority`, its labels, for the located graph.
-    let scoped_bases = scoped_bases.map(|(base, scope)| (base, Derived::Scoped(scope)));
     let derived_by_base = facts
         .clone()
-        .flat_map(|f| {
-            if let ClusterFact::Subset(base, ((scope, cluster), subset)) = f {
+        .flat_map(|f| match f {
+            ClusterFact::Subset(base, ((scope, cluster), subset)) => {
                 Some((name(&base), Derived::Subset((scope, name(&cluster)), subset)))
-            } else {
-                None
             }
+            ClusterFact::ScopedBase(base, scope) => Some((name(&base), Derived::Scoped(scope))),
+            _ => None,
         })
-        .concat(scoped_bases)
         .concat(prioritized_bases.map(|base| (base, Derived::Prioritized)))
         .arrange_by_key_named("Arrange: derived clusters by base");
     let derived = base_endpoints.clone().arrange_by_key_named("Arrange: endpoints by cluster").join_core(

@@ -21,7 +21,7 @@
 //!
 //! Every operator of a timely dataflow runs at every logical time its inputs advance to, even
 //! with nothing to do: the seal of an empty batch in each arrangement, the progress of each
-//! port. That fixed cost grows with the graph, not with the change. Split in four, a graph
+//! port. That fixed cost grows with the graph, not with the change. Split in five, a graph
 //! advances only at the times something of its own changed:
 //! - a Pod or EndpointSlice change runs the endpoint graph, not the config graph (routes,
 //!   listeners, gateways); the unsliced graph only if a selector without slices may select the
@@ -205,11 +205,17 @@ impl Graphs {
             self.clocks[ENDPOINTS].dirty = true;
         }
         // (Also an output: the xDS server places a proxy that tells no locality by its Pod's.)
-        self.rows.borrow_mut().extend(feeds.placements.drain(..).filter_map(|((pod, p), diff)| {
-            let (ns, name) = (pod.0.to_string(), pod.1.to_string());
-            (!p.locality.is_empty())
-                .then(|| (OutputRow::PodLocality { pod: (ns, name), locality: p.locality.to_string() }, diff))
-        }));
+        self.rows.borrow_mut().extend(feeds.placements.drain(..).filter(|((_, p), _)| !p.locality.is_empty()).map(
+            |(((ns, name), p), diff)| {
+                (
+                    OutputRow::PodLocality {
+                        pod: (ns.to_string(), name.to_string()),
+                        locality: p.locality.to_string(),
+                    },
+                    diff,
+                )
+            },
+        ));
         if !feeds.identities.is_empty() {
             feed_all(&mut self.proxies.pods, feeds.identities.drain(..));
             self.clocks[PROXIES].dirty = true;

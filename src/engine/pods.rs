@@ -242,9 +242,12 @@ impl Pods {
         let was = old.map(|_| entry.placement.clone());
         replace_placement(&key, entry, placement, feeds);
         let is = new.map(|_| entry.placement.clone());
-        // (The selector path reads the placements of the Pods it holds only.)
-        let was_selected = was.clone().filter(|_| held.as_ref().is_some_and(|f| f.selected));
-        let is_selected = is.clone().filter(|_| entry.pod.as_ref().is_some_and(|f| f.selected));
+        // (The selector path reads the placements of the Pods it holds only: most Pods cost it
+        // no copy.)
+        let selected = |placement: &Option<Placement>, facts: Option<&Facts>| {
+            placement.as_ref().filter(|_| facts.is_some_and(|f| f.selected)).cloned()
+        };
+        let (was_selected, is_selected) = (selected(&was, held.as_ref()), selected(&is, entry.pod.as_ref()));
         if was_selected != is_selected {
             feeds.selected_placements.extend(was_selected.map(|p| ((key.clone(), p), -1)));
             feeds.selected_placements.extend(is_selected.map(|p| ((key.clone(), p), 1)));

@@ -23,12 +23,13 @@ use std::sync::Arc;
 use differential_dataflow::VecCollection;
 use timely::dataflow::Scope as Graph;
 
+use super::endpoints::port_clusters;
 use super::inputs::{graph_inputs, input};
 use super::pods::{Placement, PodLabels, ServiceRow, SvcKey, first_pair};
 use super::rows::{ClusterFact, Name, name};
 use crate::model::istio::ServiceEntry;
 use crate::model::{Pod, Service};
-use crate::translate::endpoint::{EndpointRow, PodKey, SelectorService, pod_addresses, service_port_rows};
+use crate::translate::endpoint::{EndpointRow, PodKey, SelectorService, pod_addresses};
 use crate::translate::{self, service_entry};
 
 /// (namespace, label key, label value): how selector services meet pods.
@@ -78,13 +79,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, (Name
 
     // Core/v1 Endpoints count only for services that have no EndpointSlice (as in a cluster
     // where the EndpointSlice mirror is not running, or a hand-written config directory).
-    let ports_by_name = services.clone().flat_map(|s: Service| {
-        let rows = service_port_rows(&s);
-        rows.into_iter().map(|row| {
-            let key = translate::endpoint::port_key(&row.namespace, &row.service, &row.port.name, row.port.protocol);
-            (key, name(&row.cluster_name()))
-        })
-    });
+    let ports_by_name = services.clone().flat_map(|s: Service| port_clusters(&s));
     let sliced: VecCollection<'s, u64, SvcKey> = slice_services.distinct();
     let from_endpoints = endpoint_rows
         .antijoin(sliced.clone())

@@ -332,6 +332,11 @@ impl ServicePortRow {
         outbound_cluster_name(self.port.port, "", &self.fqdn())
     }
 
+    /// The key an endpoint port of this service port carries (its name and protocol).
+    pub fn port_key(&self) -> endpoint::PortKey {
+        endpoint::port_key(&self.namespace, &self.service, &self.port.name, self.port.protocol)
+    }
+
     pub fn protocol(&self) -> PortProtocol {
         match &self.entry {
             Some(e) => e.protocol,

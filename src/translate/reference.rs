@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::endpoint::{
-    EndpointRow, PortKey, endpoints_addresses, port_key, selector_pod_addresses, service_port_rows, slice_addresses,
+    EndpointRow, PortKey, endpoints_addresses, selector_pod_addresses, service_port_rows, slice_addresses,
 };
 use super::outbound::{self, Context, DestinationMap, HostInfo, TcpListenerRow, VsRank};
 use super::{EndpointAddr, ResourceType, Scope, ServicePortRow, VirtualHostPart, service_entry};
@@ -123,7 +123,7 @@ pub fn translate_all_with<'a>(objects: impl IntoIterator<Item = &'a Object>, mes
         };
         for row in service_port_rows(svc) {
             let cluster = row.cluster_name();
-            let wanted = port_key(&row.namespace, &row.service, &row.port.name, row.port.protocol);
+            let wanted = row.port_key();
             let eps = base_endpoints.entry(cluster.clone()).or_default();
             if sliced.contains(&key) {
                 eps.extend(slice_endpoints.get(&wanted).into_iter().flatten().cloned());
