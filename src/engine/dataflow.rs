@@ -842,6 +842,17 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
         class_labels: class_labels_in,
         service_entries: se_in,
     };
+    // The bases whose endpoints' labels `failoverPriority` compares: once each, so the endpoint
+    // graph, which runs at every pod event, keeps no distinct of its own.
+    let prioritized = facts
+        .clone()
+        .flat_map(|f| match f {
+            ClusterFact::Located(_, (_, _, Some((base, _)))) => Some(base),
+            _ => None,
+        })
+        .distinct()
+        .map(ClusterFact::Prioritized);
+    let facts = facts.concat(prioritized);
     (inputs, Outputs { rows: output, facts })
 }
 

@@ -1,23 +1,23 @@
 //! The endpoint graph: load assignments, the fourth of the engine's graphs (see
 //! [`super::graphs`]).
 //!
-//! It reads the rows of EndpointSlices, Services (for their ports), the rows of clusters no
-//! slice serves (from the unsliced graph, [`super::unsliced`]) and what the config graph knows
+//! It reads the rows of EndpointSlices (keyed by cluster), the rows of clusters no slice serves (from the unsliced graph, [`super::unsliced`]) and what the config graph knows
 //! of clusters ([`ClusterFact`]). A Pod or slice change runs this graph (the unsliced graph
 //! only if a selector without slices may select the Pod, the proxy graph only if a proxy class
 //! reads it), never the config graph's routes and listeners. The addresses of clusters placed
 //! by locality go on to the located graph ([`super::located`]).
 //!
-//! The rows of EndpointSlices arrive placed: the driver gives an endpoint of a Pod the Pod's
-//! labels and locality ([`super::pods`]), so no row meets the Pods in this graph.
+//! The rows of EndpointSlices arrive placed and keyed: the driver gives an endpoint of a Pod the
+//! Pod's labels and locality ([`super::pods`]), and keys it by the clusters of its Service's
+//! port ([`super::ports`]), so no row meets the Pods or the Services in this graph.
 //!
 //! ```text
-//! slice rows (ready addresses by (ns, svc, port name, proto), placed) ─join(ports by name)─┐
-//! rows of clusters no slice serves (unsliced graph) ────────────────────────────────────────┴▶ (cluster, row)
+//! slice rows (ready addresses, placed, keyed by cluster) ─┐
+//! rows of clusters no slice serves (unsliced graph) ──────┴▶ (cluster, row)
 //!   (cluster, row) ─join(what derives from that base, one arrangement:
 //!                        subsets (ClusterFact::Subset) ─the row's labels selected─▶ (subset cluster, addr)
 //!                        scopes (ClusterFact::ScopedBase: exportTo not `*`) ─▶ (scope, cluster, addr)
-//!                        failoverPriority ─▶ (cluster, addr) → labels)
+//!                        failoverPriority (ClusterFact::Prioritized) ─▶ (cluster, addr) → labels)
 //!                     assigned clusters (ClusterFact::Assignment) ⊎ addresses ─reduce per (scope, cluster)
 //!                                ─▶ load assignments
 //!   located clusters (ClusterFact::Located) ─join(their addresses) ⊎ endpoint labels ─▶ located graph
@@ -30,9 +30,8 @@ use timely::dataflow::Scope as Graph;
 
 use super::inputs::{graph_inputs, input};
 use super::rows::{ClusterFact, LocatedBase, LocatedInput, Name, OutputRow, name};
-use crate::model::Service;
 use crate::model::k8s::Labels;
-use crate::translate::endpoint::{EndpointRow, PortKey, service_port_rows};
+use crate::translate::endpoint::EndpointRow;
 use crate::translate::locality::LocalityLb;
 use crate::translate::outbound::{self, Context, SubsetRef};
 use crate::translate::{self, EndpointAddr, ResourceType, Scope};
@@ -46,11 +45,11 @@ pub fn reads(fact: &ClusterFact) -> bool {
 graph_inputs! {
     /// The endpoint graph's inputs.
     pub struct Inputs {
-        pub services: Service,
-        /// The ready addresses of the EndpointSlices, placed ([`super::pods`]): the driver
-        /// feeds only the rows a changed slice adds or drops ([`super::graphs::Graphs::update`]),
-        /// so a pod's change costs its own rows, not its whole slice's twice.
-        pub slice_rows: (PortKey, EndpointRow),
+        /// The ready addresses of the EndpointSlices, placed ([`super::pods`]) and keyed by
+        /// their clusters ([`super::ports`]): the driver feeds only the rows a changed slice adds
+        /// or drops ([`super::graphs::Graphs::update`]), so a pod's change costs its own rows,
+        /// not its whole slice's twice.
+        pub slice_rows: (Name, EndpointRow),
         /// The rows of clusters no slice serves, from the unsliced graph.
         pub unsliced: (Name, EndpointRow),
         pub facts: ClusterFact,
@@ -75,16 +74,9 @@ enum DerivedRow {
     Labels((String, EndpointAddr), Labels),
 }
 
-/// A Service's ports by the key its endpoint ports carry, with their cluster: the slice (or
-/// Endpoints) port named as the service port gives the target port number.
-pub(super) fn port_clusters(s: &Service) -> Vec<(PortKey, Name)> {
-    service_port_rows(s).into_iter().map(|row| (row.port_key(), name(&row.cluster_name()))).collect()
-}
-
 /// Builds the endpoint graph.
 pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
-    let (services_in, services) = input::<Service>(&scope);
-    let (slice_rows_in, slice_rows) = input::<(PortKey, EndpointRow)>(&scope);
+    let (slice_rows_in, slice_rows) = input::<(Name, EndpointRow)>(&scope);
     let (unsliced_in, unsliced) = input::<(Name, EndpointRow)>(&scope);
     let (facts_in, facts) = input::<ClusterFact>(&scope);
 
@@ -95,18 +87,9 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
             None
         }
     });
-    let prioritized_bases =
-        located_clusters.clone().flat_map(|(_, (_, _, base))| base.map(|(b, _)| name(&b))).distinct();
 
     // === endpoints of clusters without subset ===
-    // Service ports by the key endpoint ports carry: the slice port named as the service port
-    // gives the target port number.
-    let ports_by_name =
-        services.flat_map(|s: Service| port_clusters(&s)).arrange_by_key_named("Arrange: service ports by name");
-    let from_slices = slice_rows
-        .arrange_by_key_named("Arrange: slice rows by port")
-        .join_core(ports_by_name, |_key, ep: &EndpointRow, cluster: &Name| Some((cluster.clone(), ep.clone())));
-    let base_endpoints = from_slices.concat(unsliced);
+    let base_endpoints = slice_rows.concat(unsliced);
 
     // === what else a base cluster's endpoints make ===
     // Met in one join (one arrangement of the derived clusters by base, one pass of each
@@ -124,9 +107,9 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
                 Some((name(&base), Derived::Subset((scope, name(&cluster)), subset)))
             }
             ClusterFact::ScopedBase(base, scope) => Some((name(&base), Derived::Scoped(scope))),
+            ClusterFact::Prioritized(base) => Some((name(&base), Derived::Prioritized)),
             _ => None,
         })
-        .concat(prioritized_bases.map(|base| (base, Derived::Prioritized)))
         .arrange_by_key_named("Arrange: derived clusters by base");
     let derived = base_endpoints.clone().arrange_by_key_named("Arrange: endpoints by cluster").join_core(
         derived_by_base,
@@ -198,7 +181,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
             body: body.clone(),
         });
 
-    let inputs = Inputs { services: services_in, slice_rows: slice_rows_in, unsliced: unsliced_in, facts: facts_in };
+    let inputs = Inputs { slice_rows: slice_rows_in, unsliced: unsliced_in, facts: facts_in };
     (inputs, Outputs { rows: assignments, located })
 }
 

@@ -3,7 +3,8 @@
 //! ```text
 //! pods, slices, endpoints, nodes, ─▶ the driver's Pod index (pods.rs): rows placed and labelled,
 //! selectors of services, entries     the pods selectors without slices read (and their placements),
-//!                                    the pods proxy classes read, the Pods' localities (an output)
+//!                                    the pods proxy classes read, the Pods' localities (an output);
+//! services' ports ─────────────────▶ its port index (ports.rs): placed slice rows keyed by cluster
 //! pods classes read, proxy classes ──▶ proxy graph (proxies.rs) ── class labels ──┐
 //! services, entries, rules, VirtualServices, Gateways, Secrets,                   ▼
 //! proxy classes ───────────────────────────────────▶ config graph (dataflow.rs) ─▶ clusters, listeners,
@@ -12,7 +13,7 @@
 //! pods selectors read, their placements, Endpoints rows, services, slices' services,  ▼              │
 //! entries ─────────────────────────────────────────▶ unsliced graph (unsliced.rs)                     │
 //!                                                      rows of clusters no slice serves ──┐           │
-//! placed slice rows, services ─────────────────────────────────────────────────────────────▼           ▼
+//! slice rows keyed by cluster ─────────────────────────────────────────────────────────────▼           ▼
 //!                                                    endpoint graph (endpoints.rs) ─▶ load assignments
 //!                                      addresses of clusters placed by locality ──┐
 //! proxy localities, located cluster facts ────────────────────────────────────────▼
@@ -44,6 +45,7 @@ use timely::worker::Worker;
 
 use super::inputs::GraphInputs;
 use super::pods::{Feeds, Pods, Source, SvcKey};
+use super::ports::{Keyed, PortIndex};
 use super::proxies;
 use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, Name, OutputRow};
 use super::{dataflow, endpoints, located, unsliced};
@@ -83,6 +85,11 @@ pub struct Graphs {
     /// The driver's index of Pods ([`super::pods`]) and what it asks the graphs to read.
     pods: Pods,
     feeds: Feeds,
+    /// The Services' ports and the slice rows fed, which the driver keys by cluster
+    /// ([`super::ports`]).
+    ports: PortIndex,
+    /// Slice rows keyed by cluster, for the endpoint graph (reused).
+    keyed: Vec<Keyed>,
 }
 
 const PROXIES: usize = 0;
@@ -156,6 +163,8 @@ impl Graphs {
             rows,
             pods,
             feeds,
+            ports: PortIndex::default(),
+            keyed: Vec::new(),
         }
     }
 
@@ -201,8 +210,7 @@ impl Graphs {
             self.clocks[UNSLICED].dirty = true;
         }
         if !feeds.slice_rows.is_empty() {
-            feed_all(&mut self.endpoints.slice_rows, feeds.slice_rows.drain(..));
-            self.clocks[ENDPOINTS].dirty = true;
+            self.ports.rows(feeds.slice_rows.drain(..), &mut self.keyed);
         }
         // (Also an output: the xDS server places a proxy that tells no locality by its Pod's.)
         self.rows.borrow_mut().extend(feeds.placements.drain(..).filter(|((_, p), _)| !p.locality.is_empty()).map(
@@ -220,20 +228,20 @@ impl Graphs {
             feed_all(&mut self.proxies.pods, feeds.identities.drain(..));
             self.clocks[PROXIES].dirty = true;
         }
+        self.feed_keyed();
     }
 
     /// Feeds one object (added with `diff` 1, retracted with -1) to the graphs that read it.
     fn feed(&mut self, object: &Object, diff: isize) {
-        let [proxies, config, unsliced, endpoints, located] = &mut self.clocks;
+        let [proxies, config, unsliced, _, located] = &mut self.clocks;
         match object {
             Object::Service(s) => {
                 self.config.services.update((**s).clone(), diff);
                 self.unsliced.services.update((**s).clone(), diff);
-                self.endpoints.services.update((**s).clone(), diff);
+                self.ports.service(s, diff, &mut self.keyed);
                 self.pods.service(s, diff);
                 config.dirty = true;
                 unsliced.dirty = true;
-                endpoints.dirty = true;
             }
             Object::ServiceEntry(se) => {
                 self.config.service_entries.update((**se).clone(), diff);
@@ -273,6 +281,14 @@ impl Graphs {
             }
             // Held by the driver, not yet translated.
             Object::Namespace(_) => {}
+        }
+    }
+
+    /// Feeds the slice rows keyed by cluster that the last change made, if any.
+    fn feed_keyed(&mut self) {
+        if !self.keyed.is_empty() {
+            feed_all(&mut self.endpoints.slice_rows, self.keyed.drain(..));
+            self.clocks[ENDPOINTS].dirty = true;
         }
     }
 

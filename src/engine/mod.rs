@@ -13,6 +13,7 @@ mod inputs;
 mod located;
 pub mod output;
 mod pods;
+mod ports;
 #[cfg(feature = "engine-profile")]
 mod profile;
 mod proxies;

@@ -70,6 +70,9 @@ pub enum ClusterFact {
     /// A cluster whose assignment depends on the proxy's locality, keyed by where its
     /// addresses are (its own context's scope, else the shared one), with its context.
     Located((Scope, String), (Context, LocalityLb, LocatedBase)),
+    /// A base cluster whose endpoints' labels a located cluster's `failoverPriority` compares
+    /// (once, however many name it).
+    Prioritized(String),
     /// A subset cluster (scope, name) of the base cluster named first.
     Subset(String, ((Scope, String), SubsetRef)),
     /// An EDS cluster of a host that a ServiceEntry of this namespace won.

@@ -23,9 +23,9 @@ use std::sync::Arc;
 use differential_dataflow::VecCollection;
 use timely::dataflow::Scope as Graph;
 
-use super::endpoints::port_clusters;
 use super::inputs::{graph_inputs, input};
 use super::pods::{Placement, PodLabels, ServiceRow, SvcKey, first_pair};
+use super::ports::port_clusters;
 use super::rows::{ClusterFact, Name, name};
 use crate::model::istio::ServiceEntry;
 use crate::model::{Pod, Service};
