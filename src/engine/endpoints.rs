@@ -74,6 +74,10 @@ enum DerivedRow {
     Labels((String, EndpointAddr), Labels),
 }
 
+/// A load assignment's bytes in the assignments' trace: its merges copy every body they move,
+/// a reference count here rather than an allocation and a copy.
+type Body = std::sync::Arc<[u8]>;
+
 /// Builds the endpoint graph.
 pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
     let (slice_rows_in, slice_rows) = input::<(Name, EndpointRow)>(&scope);
@@ -159,7 +163,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
         .concat(endpoint_labels);
 
     let assignments = by_cluster
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Scope, Name), Vec<u8>, _, _>, _, _>(
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Scope, Name), Body, _, _>, _, _>(
             "translate: ClusterLoadAssignment",
             |(_, cluster): &(Scope, Name), input: &[(&Option<EndpointAddr>, isize)], output| {
                 // Values arrive sorted: the `None` marker first, present only if the cluster exists.
@@ -167,18 +171,18 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, Outputs<'s>) {
                     return;
                 }
                 let addrs: Vec<&EndpointAddr> = input[1..].iter().filter_map(|(a, _)| a.as_ref()).collect();
-                output.push((translate::load_assignment(cluster, &addrs), 1isize));
+                output.push((Body::from(translate::load_assignment(cluster, &addrs)), 1isize));
             },
             |vec, key, upds| {
                 vec.clear();
                 vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
             },
         )
-        .as_collection(|(scope, cluster): &(Scope, Name), body: &Vec<u8>| OutputRow::Resource {
+        .as_collection(|(scope, cluster): &(Scope, Name), body: &Body| OutputRow::Resource {
             scope: scope.clone(),
             ty: ResourceType::ClusterLoadAssignment,
             name: cluster.to_string(),
-            body: body.clone(),
+            body: body.to_vec(),
         });
 
     let inputs = Inputs { slice_rows: slice_rows_in, unsliced: unsliced_in, facts: facts_in };

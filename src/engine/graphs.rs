@@ -288,6 +288,8 @@ impl Graphs {
     fn feed_keyed(&mut self) {
         if !self.keyed.is_empty() {
             feed_all(&mut self.endpoints.slice_rows, self.keyed.drain(..));
+            // (The initial load's every row passes here: not kept at that size.)
+            self.keyed.shrink_to(1024);
             self.clocks[ENDPOINTS].dirty = true;
         }
     }

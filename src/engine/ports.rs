@@ -33,8 +33,11 @@ pub struct PortIndex {
     /// The clusters of each port key, with multiplicities (a Service's change comes as its old
     /// version retracted and its new one added).
     clusters: HashMap<PortKey, Vec<(Name, isize)>>,
-    /// The placed slice rows of each port key, with multiplicities.
-    rows: HashMap<PortKey, HashMap<EndpointRow, isize>>,
+    /// The placed slice rows of each port key, with multiplicities. (A list, not a map: a
+    /// port has as many rows as its Service has endpoints, and a row changes at the cost of its
+    /// Service's anyway, whose assignment is encoded again; a map per port took a third more
+    /// memory at `large`.)
+    rows: HashMap<PortKey, Vec<(EndpointRow, isize)>>,
 }
 
 impl PortIndex {
@@ -68,16 +71,14 @@ impl PortIndex {
                 out.extend(clusters.iter().map(|(cluster, n)| ((cluster.clone(), row.clone()), n * diff)));
             }
             let rows = self.rows.entry(key.clone()).or_default();
-            match rows.get_mut(&row) {
-                Some(n) => {
-                    *n += diff;
-                    if *n == 0 {
-                        rows.remove(&row);
+            match rows.iter().position(|(r, _)| *r == row) {
+                Some(i) => {
+                    rows[i].1 += diff;
+                    if rows[i].1 == 0 {
+                        rows.swap_remove(i);
                     }
                 }
-                None => {
-                    rows.insert(row, diff);
-                }
+                None => rows.push((row, diff)),
             }
             if rows.is_empty() {
                 self.rows.remove(&key);
