@@ -45,7 +45,7 @@ use timely::worker::Worker;
 
 use super::inputs::GraphInputs;
 use super::pods::{Feeds, Pods, Source, SvcKey};
-use super::ports::{Keyed, PortIndex};
+use super::ports::PortIndex;
 use super::proxies;
 use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, Name, OutputRow};
 use super::{dataflow, endpoints, located, unsliced};
@@ -88,8 +88,6 @@ pub struct Graphs {
     /// The Services' ports and the slice rows fed, which the driver keys by cluster
     /// ([`super::ports`]).
     ports: PortIndex,
-    /// Slice rows keyed by cluster, for the endpoint graph (reused).
-    keyed: Vec<Keyed>,
 }
 
 const PROXIES: usize = 0;
@@ -164,7 +162,6 @@ impl Graphs {
             pods,
             feeds,
             ports: PortIndex::default(),
-            keyed: Vec::new(),
         }
     }
 
@@ -202,15 +199,18 @@ impl Graphs {
             && feeds.selected_placements.is_empty()
             && feeds.pods.is_empty()
             && feeds.labelled.is_empty());
-        feed_all(&mut self.unsliced.pods, feeds.pods.drain(..));
-        feed_all(&mut self.unsliced.labelled_pods, feeds.labelled.drain(..));
-        feed_all(&mut self.unsliced.endpoint_rows, feeds.endpoint_rows.drain(..));
-        feed_all(&mut self.unsliced.placements, feeds.selected_placements.drain(..));
+        self.unsliced.pods.extend(feeds.pods.drain(..));
+        self.unsliced.labelled_pods.extend(feeds.labelled.drain(..));
+        self.unsliced.endpoint_rows.extend(feeds.endpoint_rows.drain(..));
+        self.unsliced.placements.extend(feeds.selected_placements.drain(..));
         if any_unsliced {
             self.clocks[UNSLICED].dirty = true;
         }
         if !feeds.slice_rows.is_empty() {
-            self.ports.rows(feeds.slice_rows.drain(..), &mut self.keyed);
+            // (Straight into the input: the initial load's every row passes here.)
+            if self.ports.rows(feeds.slice_rows.drain(..), &mut self.endpoints.slice_rows) {
+                self.clocks[ENDPOINTS].dirty = true;
+            }
         }
         // (Also an output: the xDS server places a proxy that tells no locality by its Pod's.)
         self.rows.borrow_mut().extend(feeds.placements.drain(..).filter(|((_, p), _)| !p.locality.is_empty()).map(
@@ -225,20 +225,19 @@ impl Graphs {
             },
         ));
         if !feeds.identities.is_empty() {
-            feed_all(&mut self.proxies.pods, feeds.identities.drain(..));
+            self.proxies.pods.extend(feeds.identities.drain(..));
             self.clocks[PROXIES].dirty = true;
         }
-        self.feed_keyed();
     }
 
     /// Feeds one object (added with `diff` 1, retracted with -1) to the graphs that read it.
     fn feed(&mut self, object: &Object, diff: isize) {
-        let [proxies, config, unsliced, _, located] = &mut self.clocks;
+        let [proxies, config, unsliced, endpoints, located] = &mut self.clocks;
         match object {
             Object::Service(s) => {
                 self.config.services.update((**s).clone(), diff);
                 self.unsliced.services.update((**s).clone(), diff);
-                self.ports.service(s, diff, &mut self.keyed);
+                endpoints.dirty |= self.ports.service(s, diff, &mut self.endpoints.slice_rows);
                 self.pods.service(s, diff);
                 config.dirty = true;
                 unsliced.dirty = true;
@@ -281,16 +280,6 @@ impl Graphs {
             }
             // Held by the driver, not yet translated.
             Object::Namespace(_) => {}
-        }
-    }
-
-    /// Feeds the slice rows keyed by cluster that the last change made, if any.
-    fn feed_keyed(&mut self) {
-        if !self.keyed.is_empty() {
-            feed_all(&mut self.endpoints.slice_rows, self.keyed.drain(..));
-            // (The initial load's every row passes here: not kept at that size.)
-            self.keyed.shrink_to(1024);
-            self.clocks[ENDPOINTS].dirty = true;
         }
     }
 
@@ -396,16 +385,6 @@ fn run(worker: &mut Worker, clock: &mut Clock, inputs: &mut impl GraphInputs) ->
     inputs.flush();
     worker.step_while(|| clock.probe.less_than(&clock.time));
     true
-}
-
-/// Feeds every (datum, diff) of `updates` to `input`.
-fn feed_all<D: differential_dataflow::Data>(
-    input: &mut super::inputs::Session<D>,
-    updates: impl IntoIterator<Item = (D, isize)>,
-) {
-    for (d, diff) in updates {
-        input.update(d, diff);
-    }
 }
 
 /// The slice `object` is, if it is one.

@@ -75,6 +75,15 @@ impl<D: differential_dataflow::Data> Session<D> {
     }
 }
 
+/// Updates added to a session: (datum, diff) each.
+impl<D: differential_dataflow::Data> Extend<(D, isize)> for Session<D> {
+    fn extend<I: IntoIterator<Item = (D, isize)>>(&mut self, updates: I) {
+        for (datum, diff) in updates {
+            self.update(datum, diff);
+        }
+    }
+}
+
 /// A new input collection of `scope` and its session.
 pub fn input<'s, D: differential_dataflow::Data>(
     scope: &timely::dataflow::Scope<'s, u64>,

@@ -43,9 +43,12 @@ pub struct PortIndex {
 impl PortIndex {
     /// Adds (`diff` > 0) or retracts a Service: its ports' rows are keyed by its clusters, or
     /// no longer.
-    pub fn service(&mut self, s: &Service, diff: isize, out: &mut Vec<Keyed>) {
+    /// Returns whether it keyed any row.
+    pub fn service(&mut self, s: &Service, diff: isize, out: &mut impl Extend<Keyed>) -> bool {
+        let mut any = false;
         for (key, cluster) in port_clusters(s) {
             if let Some(rows) = self.rows.get(&key) {
+                any = true;
                 out.extend(rows.iter().map(|(row, n)| ((cluster.clone(), row.clone()), n * diff)));
             }
             let clusters = self.clusters.entry(key.clone()).or_default();
@@ -62,12 +65,20 @@ impl PortIndex {
                 self.clusters.remove(&key);
             }
         }
+        any
     }
 
     /// Adds (`diff` > 0) or retracts placed slice rows: keyed by their port's clusters.
-    pub fn rows(&mut self, updates: impl IntoIterator<Item = ((PortKey, EndpointRow), isize)>, out: &mut Vec<Keyed>) {
+    /// Returns whether it keyed any.
+    pub fn rows(
+        &mut self,
+        updates: impl IntoIterator<Item = ((PortKey, EndpointRow), isize)>,
+        out: &mut impl Extend<Keyed>,
+    ) -> bool {
+        let mut any = false;
         for ((key, row), diff) in updates {
             if let Some(clusters) = self.clusters.get(&key) {
+                any = true;
                 out.extend(clusters.iter().map(|(cluster, n)| ((cluster.clone(), row.clone()), n * diff)));
             }
             let rows = self.rows.entry(key.clone()).or_default();
@@ -84,6 +95,7 @@ impl PortIndex {
                 self.rows.remove(&key);
             }
         }
+        any
     }
 }
 
