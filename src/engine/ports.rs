@@ -42,8 +42,7 @@ pub struct PortIndex {
 
 impl PortIndex {
     /// Adds (`diff` > 0) or retracts a Service: its ports' rows are keyed by its clusters, or
-    /// no longer.
-    /// Returns whether it keyed any row.
+    /// no longer. Returns whether it keyed any row.
     pub fn service(&mut self, s: &Service, diff: isize, out: &mut impl Extend<Keyed>) -> bool {
         let mut any = false;
         for (key, cluster) in port_clusters(s) {
@@ -51,19 +50,7 @@ impl PortIndex {
                 any = true;
                 out.extend(rows.iter().map(|(row, n)| ((cluster.clone(), row.clone()), n * diff)));
             }
-            let clusters = self.clusters.entry(key.clone()).or_default();
-            match clusters.iter().position(|(c, _)| *c == cluster) {
-                Some(i) => {
-                    clusters[i].1 += diff;
-                    if clusters[i].1 == 0 {
-                        clusters.swap_remove(i);
-                    }
-                }
-                None => clusters.push((cluster, diff)),
-            }
-            if clusters.is_empty() {
-                self.clusters.remove(&key);
-            }
+            add(&mut self.clusters, key, cluster, diff);
         }
         any
     }
@@ -81,26 +68,31 @@ impl PortIndex {
                 any = true;
                 out.extend(clusters.iter().map(|(cluster, n)| ((cluster.clone(), row.clone()), n * diff)));
             }
-            let rows = self.rows.entry(key.clone()).or_default();
-            match rows.iter().position(|(r, _)| *r == row) {
-                Some(i) => {
-                    rows[i].1 += diff;
-                    if rows[i].1 == 0 {
-                        rows.swap_remove(i);
-                    }
-                }
-                None => {
-                    // (Exactly: most ports have a handful of rows, and doubling left a third
-                    // of the index's memory unused at `large`.)
-                    rows.reserve_exact(1);
-                    rows.push((row, diff));
-                }
-            }
-            if rows.is_empty() {
-                self.rows.remove(&key);
-            }
+            add(&mut self.rows, key, row, diff);
         }
         any
+    }
+}
+
+/// Adds `diff` copies of `item` to the list of `key` (removes them if negative), forgetting
+/// what counts none. A list grows by one item, not by doubling: most ports have a handful of
+/// rows, and doubling left a third of the index unused at `large`.
+fn add<T: PartialEq>(lists: &mut HashMap<PortKey, Vec<(T, isize)>>, key: PortKey, item: T, diff: isize) {
+    let list = lists.entry(key.clone()).or_default();
+    match list.iter().position(|(t, _)| *t == item) {
+        Some(i) => {
+            list[i].1 += diff;
+            if list[i].1 == 0 {
+                list.swap_remove(i);
+            }
+        }
+        None => {
+            list.reserve_exact(1);
+            list.push((item, diff));
+        }
+    }
+    if list.is_empty() {
+        lists.remove(&key);
     }
 }
 
