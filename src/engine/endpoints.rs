@@ -1,8 +1,9 @@
 //! The endpoint graph: load assignments, the fourth of the engine's graphs (see
 //! [`super::graphs`]).
 //!
-//! It reads the rows of EndpointSlices (keyed by cluster), the rows of clusters no slice serves (from the unsliced graph, [`super::unsliced`]) and what the config graph knows
-//! of clusters ([`ClusterFact`]). A Pod or slice change runs this graph (the unsliced graph
+//! It reads the rows of EndpointSlices (keyed by cluster), the rows of clusters no slice
+//! serves (from the unsliced graph, [`super::unsliced`]) and what the config graph knows of
+//! clusters ([`ClusterFact`]). A Pod or slice change runs this graph (the unsliced graph
 //! only if a selector without slices may select the Pod, the proxy graph only if a proxy class
 //! reads it), never the config graph's routes and listeners. The addresses of clusters placed
 //! by locality go on to the located graph ([`super::located`]).

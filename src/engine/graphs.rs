@@ -168,11 +168,10 @@ impl Graphs {
     /// Replaces `old` by `new` (either may be absent) in the graphs that read them.
     pub fn update(&mut self, old: Option<&Object>, new: Option<&Object>) {
         match old.or(new) {
-            // A Pod: the endpoint graph reads it through its slices' rows (placed by it), the
-            // unsliced graph whole (readiness, ports), with its labels and placement, only while
-            // a selector without slices may select it; the proxy graph
-            // reads it only if a proxy class does. Each fed only when it changes (see
-            // [`super::pods`]).
+            // A Pod: the endpoint graph reads it through its slices' rows (placed by it); the
+            // unsliced graph whole (readiness, ports, labels, placement), only while a selector
+            // without slices may select it; the proxy graph only if a proxy class does. Each fed
+            // only when it changes (see [`super::pods`]).
             Some(Object::Pod(_)) => self.pods.pod(as_pod(old), as_pod(new), &mut self.feeds),
             // A slice: only the addresses it adds or drops (a pod's readiness flip is one row,
             // not the slice's every row retracted and added again).
@@ -206,11 +205,9 @@ impl Graphs {
         if any_unsliced {
             self.clocks[UNSLICED].dirty = true;
         }
-        if !feeds.slice_rows.is_empty() {
-            // (Straight into the input: the initial load's every row passes here.)
-            if self.ports.rows(feeds.slice_rows.drain(..), &mut self.endpoints.slice_rows) {
-                self.clocks[ENDPOINTS].dirty = true;
-            }
+        // (Keyed straight into the input: the initial load's every row passes here.)
+        if self.ports.rows(feeds.slice_rows.drain(..), &mut self.endpoints.slice_rows) {
+            self.clocks[ENDPOINTS].dirty = true;
         }
         // (Also an output: the xDS server places a proxy that tells no locality by its Pod's.)
         self.rows.borrow_mut().extend(feeds.placements.drain(..).filter(|((_, p), _)| !p.locality.is_empty()).map(

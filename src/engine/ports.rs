@@ -2,7 +2,7 @@
 //! the clusters of its port before the endpoint graph reads it.
 //!
 //! A slice row carries its port's key (namespace, service, port name, protocol); the Service's
-//! port of that name is the cluster's ([`super::endpoints::port_clusters`]). The endpoint graph
+//! port of that name is the cluster's ([`port_clusters`]). The endpoint graph
 //! used to find it by a join of every slice row with the Services' ports: one arrangement of
 //! every slice row and one join on each row's path, which every pod event paid (their batches,
 //! merges and progress at each time). Here the driver holds the same two sides:
@@ -34,8 +34,8 @@ pub struct PortIndex {
     /// version retracted and its new one added).
     clusters: HashMap<PortKey, Vec<(Name, isize)>>,
     /// The placed slice rows of each port key, with multiplicities. (A list, not a map: a
-    /// port has as many rows as its Service has endpoints, and a row changes at the cost of its
-    /// Service's anyway, whose assignment is encoded again; a map per port took a third more
+    /// port has as many rows as its Service has endpoints, and a row's change costs that
+    /// Service's size anyway, whose assignment is encoded again; a map per port took more
     /// memory at `large`.)
     rows: HashMap<PortKey, Vec<(EndpointRow, isize)>>,
 }
@@ -78,21 +78,24 @@ impl PortIndex {
 /// what counts none. A list grows by one item, not by doubling: most ports have a handful of
 /// rows, and doubling left a third of the index unused at `large`.
 fn add<T: PartialEq>(lists: &mut HashMap<PortKey, Vec<(T, isize)>>, key: PortKey, item: T, diff: isize) {
-    let list = lists.entry(key.clone()).or_default();
+    let Some(list) = lists.get_mut(&key) else {
+        lists.insert(key, vec![(item, diff)]);
+        return;
+    };
     match list.iter().position(|(t, _)| *t == item) {
         Some(i) => {
             list[i].1 += diff;
             if list[i].1 == 0 {
                 list.swap_remove(i);
+                if list.is_empty() {
+                    lists.remove(&key);
+                }
             }
         }
         None => {
             list.reserve_exact(1);
             list.push((item, diff));
         }
-    }
-    if list.is_empty() {
-        lists.remove(&key);
     }
 }
 
