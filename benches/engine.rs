@@ -48,7 +48,7 @@ fn service(i: usize) -> Object {
 }
 
 fn slice(i: usize, endpoints: usize, salt: usize) -> Object {
-    Object::EndpointSlice(Box::new(EndpointSlice {
+    Object::EndpointSlice(std::sync::Arc::new(EndpointSlice {
         namespace: "bench".into(),
         name: format!("svc-{i}-slice"),
         service_name: Some(format!("svc-{i}")),

@@ -56,7 +56,7 @@ fn ip(i: usize, e: usize) -> String {
 }
 
 fn slice(i: usize) -> Object {
-    Object::EndpointSlice(Box::new(EndpointSlice {
+    Object::EndpointSlice(std::sync::Arc::new(EndpointSlice {
         namespace: ns(i),
         name: format!("svc-{i}-slice"),
         service_name: Some(format!("svc-{i}")),

@@ -36,6 +36,7 @@
 //! what one graph over all inputs would.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -51,7 +52,7 @@ use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, Name, OutputRow};
 use super::{dataflow, endpoints, located, unsliced};
 use crate::model::{EndpointSlice, Endpoints, Node, Object, Pod};
 use crate::translate::MeshConfig;
-use crate::translate::endpoint::{EndpointRow, endpoints_addresses, slice_addresses};
+use crate::translate::endpoint::{EndpointRow, PortKey, endpoints_addresses, slice_addresses};
 
 type Buffer<D> = Rc<RefCell<Vec<(D, isize)>>>;
 
@@ -85,9 +86,11 @@ pub struct Graphs {
     /// The driver's index of Pods ([`super::pods`]) and what it asks the graphs to read.
     pods: Pods,
     feeds: Feeds,
-    /// The Services' ports and the slice rows fed, which the driver keys by cluster
+    /// The Services' ports, by which the driver keys slice rows by cluster
     /// ([`super::ports`]).
     ports: PortIndex,
+    /// The slices of each Service, as fed: a Service's change keys their rows again.
+    slices: HashMap<SvcKey, Vec<Arc<EndpointSlice>>>,
 }
 
 const PROXIES: usize = 0;
@@ -162,6 +165,7 @@ impl Graphs {
             pods,
             feeds,
             ports: PortIndex::default(),
+            slices: HashMap::new(),
         }
     }
 
@@ -234,7 +238,8 @@ impl Graphs {
             Object::Service(s) => {
                 self.config.services.update((**s).clone(), diff);
                 self.unsliced.services.update((**s).clone(), diff);
-                endpoints.dirty |= self.ports.service(s, diff, &mut self.endpoints.slice_rows);
+                let rows = service_rows(&self.slices, &self.pods, &s.namespace, &s.name);
+                endpoints.dirty |= self.ports.service(s, diff, &rows, &mut self.endpoints.slice_rows);
                 self.pods.service(s, diff);
                 config.dirty = true;
                 unsliced.dirty = true;
@@ -283,14 +288,27 @@ impl Graphs {
     /// Replaces slice `old` by `new` (either may be absent): feeds the address rows that went
     /// and came ([`slice_addresses`], as multisets, placed by the Pod index), and the slice's
     /// service if it changed.
-    fn update_slice(&mut self, old: Option<&EndpointSlice>, new: Option<&EndpointSlice>) {
-        let rows = |s: Option<&EndpointSlice>| s.map(slice_addresses).unwrap_or_default();
+    fn update_slice(&mut self, old: Option<&Arc<EndpointSlice>>, new: Option<&Arc<EndpointSlice>>) {
+        let rows = |s: Option<&Arc<EndpointSlice>>| s.map(|s| slice_addresses(s)).unwrap_or_default();
         let (mut gone, mut came) = (rows(old), rows(new));
         multiset_difference(&mut gone, &mut came);
         self.pods.rows(Source::Slice, gone, came, &mut self.feeds);
-        let service =
-            |s: Option<&EndpointSlice>| s.and_then(|s| s.service_name.clone().map(|svc| (s.namespace.clone(), svc)));
+        let service = |s: Option<&Arc<EndpointSlice>>| {
+            s.and_then(|s| s.service_name.clone().map(|svc| (s.namespace.clone(), svc)))
+        };
         let (was, is) = (service(old), service(new));
+        // (Held while it has a service: its rows are keyed only then.)
+        if let (Some(svc), Some(old)) = (&was, old)
+            && let Some(slices) = self.slices.get_mut(svc)
+        {
+            slices.retain(|s| s.name != old.name);
+            if slices.is_empty() {
+                self.slices.remove(svc);
+            }
+        }
+        if let (Some(svc), Some(new)) = (&is, new) {
+            self.slices.entry(svc.clone()).or_default().push(Arc::clone(new));
+        }
         if was != is {
             for (svc, diff) in was.iter().map(|s| (s, -1)).chain(is.iter().map(|s| (s, 1))) {
                 self.unsliced.slice_services.update(svc.clone(), diff);
@@ -384,8 +402,23 @@ fn run(worker: &mut Worker, clock: &mut Clock, inputs: &mut impl GraphInputs) ->
     true
 }
 
+/// The rows of the slices of Service `namespace`/`name`, placed as they were fed.
+fn service_rows(
+    slices: &HashMap<SvcKey, Vec<Arc<EndpointSlice>>>,
+    pods: &Pods,
+    namespace: &str,
+    name: &str,
+) -> Vec<(PortKey, EndpointRow)> {
+    let Some(slices) = slices.get(&(namespace.to_string(), name.to_string())) else { return Vec::new() };
+    let mut rows: Vec<_> = slices.iter().flat_map(|s| slice_addresses(s)).collect();
+    for (_, row) in &mut rows {
+        pods.place(row);
+    }
+    rows
+}
+
 /// The slice `object` is, if it is one.
-fn as_slice(object: Option<&Object>) -> Option<&EndpointSlice> {
+fn as_slice(object: Option<&Object>) -> Option<&Arc<EndpointSlice>> {
     match object {
         Some(Object::EndpointSlice(s)) => Some(s),
         _ => None,

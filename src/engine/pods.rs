@@ -344,6 +344,13 @@ impl Pods {
         }
     }
 
+    /// Places a raw row of a Pod as its rows were fed: with the Pod's placement.
+    pub fn place(&self, row: &mut EndpointRow) {
+        if let Some(entry) = row.pod.as_ref().and_then(|pod| self.entries.get(pod)) {
+            entry.placement.place(row);
+        }
+    }
+
     /// Feeds the raw rows that went and came from `source`, each row of a Pod placed with the
     /// Pod's placement and kept with it.
     pub fn rows(

@@ -2,15 +2,16 @@
 //! the clusters of its port before the endpoint graph reads it.
 //!
 //! A slice row carries its port's key (namespace, service, port name, protocol); the Service's
-//! port of that name is the cluster's ([`port_clusters`]). The endpoint graph
-//! used to find it by a join of every slice row with the Services' ports: one arrangement of
-//! every slice row and one join on each row's path, which every pod event paid (their batches,
-//! merges and progress at each time). Here the driver holds the same two sides:
-//! - the Services' ports, by key, with their clusters;
-//! - the placed slice rows it fed, by port key (a multiset, as the graph's input is);
-//!
-//! and meets them itself: a slice row costs a map lookup per side, a Service's change its own
-//! rows (retracted under the clusters it had, added under those it has).
+//! port of that name is the cluster's ([`port_clusters`]). The endpoint graph used to find it
+//! by a join of every slice row with the Services' ports: one arrangement of every slice row
+//! and one join on each row's path, which every pod event paid (their batches, merges and
+//! progress at each time). Here the driver meets the two sides itself:
+//! - the index holds the Services' ports, by key, with their clusters: a slice row costs a map
+//!   lookup;
+//! - it holds no rows: a Service's change is given its rows by the caller, which derives them
+//!   from the Service's slices as they are (the driver holds them) and retracts them under the
+//!   clusters the Service had, adds them under those it has. A copy of every row, kept only for
+//!   the rare Service change, cost `large` ~20 MiB, and twice that at its load's peak.
 
 use std::collections::HashMap;
 
@@ -27,38 +28,39 @@ pub fn port_clusters(s: &Service) -> Vec<(PortKey, Name)> {
 /// An update of the endpoint graph's slice rows, keyed by cluster.
 pub type Keyed = ((Name, EndpointRow), isize);
 
-/// The Services' ports and the slice rows fed, both by port key.
+/// The clusters of each Service port, by port key.
 #[derive(Default)]
 pub struct PortIndex {
     /// The clusters of each port key, with multiplicities (a Service's change comes as its old
     /// version retracted and its new one added).
     clusters: HashMap<PortKey, Vec<(Name, isize)>>,
-    /// The placed slice rows of each port key, with multiplicities. (A list, not a map: a
-    /// port has as many rows as its Service has endpoints, and a row's change costs that
-    /// Service's size anyway, whose assignment is encoded again; a map per port took more
-    /// memory at `large`.)
-    rows: HashMap<PortKey, Vec<(EndpointRow, isize)>>,
 }
 
 impl PortIndex {
-    /// Adds (`diff` > 0) or retracts a Service: its ports' rows are keyed by its clusters, or
-    /// no longer. Returns whether it keyed any row.
-    pub fn service(&mut self, s: &Service, diff: isize, out: &mut impl Extend<Keyed>) -> bool {
+    /// Adds (`diff` > 0) or retracts a Service, whose placed slice rows (as fed, of every
+    /// port) are `rows`: they are keyed by its clusters, or no longer. Returns whether it keyed
+    /// any row.
+    pub fn service(
+        &mut self,
+        s: &Service,
+        diff: isize,
+        rows: &[(PortKey, EndpointRow)],
+        out: &mut impl Extend<Keyed>,
+    ) -> bool {
         let mut any = false;
         for (key, cluster) in port_clusters(s) {
-            if let Some(rows) = self.rows.get(&key) {
-                any = true;
-                out.extend(rows.iter().map(|(row, n)| ((cluster.clone(), row.clone()), n * diff)));
-            }
+            let mut of_port = rows.iter().filter(|(k, _)| *k == key).peekable();
+            any |= of_port.peek().is_some();
+            out.extend(of_port.map(|(_, row)| ((cluster.clone(), row.clone()), diff)));
             add(&mut self.clusters, key, cluster, diff);
         }
         any
     }
 
-    /// Adds (`diff` > 0) or retracts placed slice rows: keyed by their port's clusters.
-    /// Returns whether it keyed any.
+    /// Keys placed slice rows that come (`diff` > 0) or go by their port's clusters. Returns
+    /// whether it keyed any.
     pub fn rows(
-        &mut self,
+        &self,
         updates: impl IntoIterator<Item = ((PortKey, EndpointRow), isize)>,
         out: &mut impl Extend<Keyed>,
     ) -> bool {
@@ -68,34 +70,26 @@ impl PortIndex {
                 any = true;
                 out.extend(clusters.iter().map(|(cluster, n)| ((cluster.clone(), row.clone()), n * diff)));
             }
-            add(&mut self.rows, key, row, diff);
         }
         any
     }
 }
 
-/// Adds `diff` copies of `item` to the list of `key` (removes them if negative), forgetting
-/// what counts none. A list grows by one item, not by doubling: most ports have a handful of
-/// rows, and doubling left a third of the index unused at `large`.
-fn add<T: PartialEq>(lists: &mut HashMap<PortKey, Vec<(T, isize)>>, key: PortKey, item: T, diff: isize) {
-    let Some(list) = lists.get_mut(&key) else {
-        lists.insert(key, vec![(item, diff)]);
-        return;
-    };
-    match list.iter().position(|(t, _)| *t == item) {
+/// Adds `diff` copies of `cluster` to the clusters of `key` (removes them if negative),
+/// forgetting a key that has none left.
+fn add(clusters: &mut HashMap<PortKey, Vec<(Name, isize)>>, key: PortKey, cluster: Name, diff: isize) {
+    let list = clusters.entry(key.clone()).or_default();
+    match list.iter().position(|(c, _)| *c == cluster) {
         Some(i) => {
             list[i].1 += diff;
             if list[i].1 == 0 {
                 list.swap_remove(i);
-                if list.is_empty() {
-                    lists.remove(&key);
-                }
             }
         }
-        None => {
-            list.reserve_exact(1);
-            list.push((item, diff));
-        }
+        None => list.push((cluster, diff)),
+    }
+    if list.is_empty() {
+        clusters.remove(&key);
     }
 }
 
@@ -150,31 +144,34 @@ mod tests {
     fn a_slice_row_is_keyed_by_its_services_port_whichever_came_first() {
         let (mut index, mut out, mut acc) = (PortIndex::default(), Vec::new(), BTreeMap::new());
         let http = port_key("default", "reviews", "http", Protocol::Tcp);
-        // The row before its Service: kept, keyed by nothing yet.
+        // The row before its Service: keyed by nothing yet.
         index.rows([((http.clone(), row("10.1.0.1")), 1)], &mut out);
         assert!(out.is_empty());
-        index.service(&service("reviews", &["http", "grpc"]), 1, &mut out);
+        let fed = [(http.clone(), row("10.1.0.1"))];
+        index.service(&service("reviews", &["http", "grpc"]), 1, &fed, &mut out);
         accumulate(&mut acc, std::mem::take(&mut out));
         let cluster = name("outbound|80||reviews.default.svc.cluster.local");
         assert_eq!(acc, BTreeMap::from([((cluster.clone(), row("10.1.0.1")), 1)]));
         // The port renumbered: its rows move to the new cluster.
-        index.service(&service("reviews", &["http", "grpc"]), -1, &mut out);
-        index.service(&service("reviews", &["grpc", "http"]), 1, &mut out);
+        index.service(&service("reviews", &["http", "grpc"]), -1, &fed, &mut out);
+        index.service(&service("reviews", &["grpc", "http"]), 1, &fed, &mut out);
         accumulate(&mut acc, std::mem::take(&mut out));
         let moved = name("outbound|81||reviews.default.svc.cluster.local");
         assert_eq!(acc, BTreeMap::from([((moved.clone(), row("10.1.0.1")), 1)]));
-        // The row goes: so does its keyed copy, and the index forgets it.
+        // The row goes: so does its keyed copy.
         index.rows([((http, row("10.1.0.1")), -1)], &mut out);
         accumulate(&mut acc, std::mem::take(&mut out));
         assert!(acc.is_empty(), "{acc:?}");
-        assert!(index.rows.is_empty());
-        index.service(&service("reviews", &["grpc", "http"]), -1, &mut out);
+        // The Service goes: the index forgets its ports.
+        index.service(&service("reviews", &["grpc", "http"]), -1, &[], &mut out);
         assert!(out.is_empty() && index.clusters.is_empty());
     }
 
     proptest! {
         /// After any sequence of Service and row changes, what was fed adds up to the join of
-        /// the Services and rows there are, as the endpoint graph's join computed it.
+        /// the Services and rows there are, as the endpoint graph's join computed it. (A row
+        /// goes only if it is there, as a slice's rows do; a Service's rows are given as its
+        /// caller holds them.)
         #[test]
         fn what_is_fed_adds_up_to_the_join_of_what_is(
             ops in proptest::collection::vec((any::<bool>(), 0..3usize, 0..4usize, prop_oneof![Just(1isize), Just(-1)]), 1..60)
@@ -184,22 +181,33 @@ mod tests {
             let (mut index, mut out, mut acc) = (PortIndex::default(), Vec::new(), BTreeMap::new());
             let mut services: BTreeMap<(usize, usize), isize> = BTreeMap::new();
             let mut rows: BTreeMap<(usize, usize), isize> = BTreeMap::new();
+            let key_of = |s: usize, v: usize| port_key("default", svcs[s], names[1][v % 2], Protocol::Tcp);
+            let row_of = |s: usize, v: usize| row(&format!("10.0.{s}.{v}"));
             for (is_service, s, v, diff) in ops {
                 if is_service {
-                    index.service(&service(svcs[s], names[v]), diff, &mut out);
+                    // The rows of Service `s`, each as many times as it was fed.
+                    let fed: Vec<_> = rows
+                        .iter()
+                        .filter(|((rs, _), _)| *rs == s)
+                        .flat_map(|(&(rs, rv), &m)| std::iter::repeat_n((key_of(rs, rv), row_of(rs, rv)), m as usize))
+                        .collect();
+                    index.service(&service(svcs[s], names[v]), diff, &fed, &mut out);
                     *services.entry((s, v)).or_default() += diff;
                 } else {
-                    let key = port_key("default", svcs[s], names[1][v % 2], Protocol::Tcp);
-                    index.rows([((key, row(&format!("10.0.{s}.{v}"))), diff)], &mut out);
-                    *rows.entry((s, v)).or_default() += diff;
+                    let count = rows.entry((s, v)).or_default();
+                    if *count + diff < 0 {
+                        continue;
+                    }
+                    *count += diff;
+                    index.rows([((key_of(s, v), row_of(s, v)), diff)], &mut out);
                 }
                 accumulate(&mut acc, std::mem::take(&mut out));
                 let mut want = BTreeMap::new();
                 for (&(s, v), n) in &services {
                     for (key, cluster) in port_clusters(&service(svcs[s], names[v])) {
                         for (&(rs, rv), m) in &rows {
-                            if port_key("default", svcs[rs], names[1][rv % 2], Protocol::Tcp) == key {
-                                *want.entry((cluster.clone(), row(&format!("10.0.{rs}.{rv}")))).or_default() += n * m;
+                            if key_of(rs, rv) == key {
+                                *want.entry((cluster.clone(), row_of(rs, rv))).or_default() += n * m;
                             }
                         }
                     }

@@ -125,7 +125,9 @@ pub enum Object {
     /// Boxed, as the larger kinds are: the driver and the directory source hold every object,
     /// and each `Object` is as large as its largest variant.
     Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
+    /// Shared: the driver holds every slice, and the engine's port index the slices of each
+    /// Service (to key their rows again when the Service changes), one copy between them.
+    EndpointSlice(std::sync::Arc<EndpointSlice>),
     Endpoints(Box<Endpoints>),
     /// Shared: the source, the driver and the endpoint graph hold one Pod, not a copy each.
     Pod(std::sync::Arc<Pod>),

@@ -149,7 +149,7 @@ fn parse_object(doc: Value, default_namespace: &str) -> ParseOutcome {
         }
         Kind::EndpointSlice => from_value(doc)
             .and_then(|s| k8s::endpoint_slice_from(&namespace, &name, &s))
-            .map(|o| Object::EndpointSlice(Box::new(o))),
+            .map(|o| Object::EndpointSlice(std::sync::Arc::new(o))),
         Kind::Endpoints => from_value(doc)
             .and_then(|e| k8s::endpoints_from(&namespace, &name, &e))
             .map(|o| Object::Endpoints(Box::new(o))),

@@ -286,7 +286,7 @@ fn spawn_watch(client: &Client, apis: &Apis, kind: Kind, ns: Option<&str>, selec
         })),
         Kind::EndpointSlice if apis.endpoint_slices => {
             tokio::spawn(watch.run(api::<discovery::EndpointSlice>(&c, ns), |s| {
-                k8s::endpoint_slice_from(&namespace(s), &s.name_any(), s).map(|o| Object::EndpointSlice(Box::new(o)))
+                k8s::endpoint_slice_from(&namespace(s), &s.name_any(), s).map(|o| Object::EndpointSlice(Arc::new(o)))
             }))
         }
         Kind::EndpointSlice | Kind::Endpoints => tokio::spawn(watch.run(api::<core::Endpoints>(&c, ns), |e| {

@@ -153,7 +153,7 @@ fn slice() -> impl Strategy<Value = Object> {
         ),
     )
         .prop_map(|(namespace, name, service_name, ports, eps)| {
-            Object::EndpointSlice(Box::new(EndpointSlice {
+            Object::EndpointSlice(Arc::new(EndpointSlice {
                 namespace,
                 name: name.into(),
                 service_name,
@@ -907,7 +907,7 @@ fn endpoint_sources_take_over_from_each_other_in_order() {
             ports: vec![SlicePort { name: "http".into(), port: Some(7070), protocol: Protocol::Tcp }],
         }],
     }));
-    let slice = Object::EndpointSlice(Box::new(EndpointSlice {
+    let slice = Object::EndpointSlice(Arc::new(EndpointSlice {
         namespace: "default".into(),
         name: "web-abc".into(),
         service_name: Some("web".into()),
