@@ -44,12 +44,13 @@ use differential_dataflow::VecCollection;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
-use super::inputs::GraphInputs;
+use super::derived::{Address, Derivations};
+use super::inputs::{GraphInputs, Session};
 use super::pods::{Feeds, Pods, Source, SvcKey};
-use super::ports::PortIndex;
+use super::ports::{Keyed, PortIndex};
 use super::proxies;
 use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, Name, OutputRow};
-use super::{dataflow, endpoints, located, unsliced};
+use super::{dataflow, derived, endpoints, located, unsliced};
 use crate::model::{EndpointSlice, Endpoints, Node, Object, Pod};
 use crate::translate::MeshConfig;
 use crate::translate::endpoint::{EndpointRow, PortKey, endpoints_addresses, slice_addresses};
@@ -91,6 +92,59 @@ pub struct Graphs {
     ports: PortIndex,
     /// The slices of each Service, as fed: a Service's change keys their rows again.
     slices: HashMap<SvcKey, Vec<Arc<EndpointSlice>>>,
+    /// What each base cluster's endpoints also count for, by which the driver derives the
+    /// addresses of subset and scoped clusters ([`super::derived`]).
+    derivations: Derivations,
+    /// The rows of clusters no slice serves, as the unsliced graph output them (few: a
+    /// cluster's every Service has slices), for a base whose derived facts change.
+    unsliced_held: HashMap<Name, Vec<(EndpointRow, isize)>>,
+}
+
+/// Where the driver's derived rows go: the endpoint graph's addresses, the located graph's
+/// endpoint labels; and whether either got any.
+struct Targets<'a> {
+    addresses: &'a mut Session<Address>,
+    labels: &'a mut Session<LocatedInput>,
+    addressed: bool,
+    labelled: bool,
+}
+
+impl<'a> Targets<'a> {
+    fn new(endpoints: &'a mut endpoints::Inputs, located: &'a mut located::Inputs) -> Targets<'a> {
+        Targets { addresses: &mut endpoints.addresses, labels: &mut located.located, addressed: false, labelled: false }
+    }
+
+    /// Marks the graphs fed dirty.
+    fn done(self, clocks: &mut [Clock; 5]) {
+        clocks[ENDPOINTS].dirty |= self.addressed;
+        clocks[LOCATED].dirty |= self.labelled;
+    }
+}
+
+impl derived::Sink for Targets<'_> {
+    fn address(&mut self, address: Address, diff: isize) {
+        self.addressed = true;
+        self.addresses.update(address, diff);
+    }
+
+    fn labels(&mut self, labels: LocatedInput, diff: isize) {
+        self.labelled = true;
+        self.labels.update(labels, diff);
+    }
+}
+
+/// Rows keyed by base cluster, expanded as they are fed.
+struct Expand<'a, 'b> {
+    derivations: &'a Derivations,
+    targets: &'a mut Targets<'b>,
+}
+
+impl Extend<Keyed> for Expand<'_, '_> {
+    fn extend<I: IntoIterator<Item = Keyed>>(&mut self, rows: I) {
+        for ((base, row), diff) in rows {
+            self.derivations.row(&base, &row, diff, self.targets);
+        }
+    }
 }
 
 const PROXIES: usize = 0;
@@ -166,6 +220,8 @@ impl Graphs {
             feeds,
             ports: PortIndex::default(),
             slices: HashMap::new(),
+            derivations: Derivations::default(),
+            unsliced_held: HashMap::new(),
         }
     }
 
@@ -209,10 +265,11 @@ impl Graphs {
         if any_unsliced {
             self.clocks[UNSLICED].dirty = true;
         }
-        // (Keyed straight into the input: the initial load's every row passes here.)
-        if self.ports.rows(feeds.slice_rows.drain(..), &mut self.endpoints.slice_rows) {
-            self.clocks[ENDPOINTS].dirty = true;
-        }
+        // (Expanded straight into the input: the initial load's every row passes here.)
+        let mut targets = Targets::new(&mut self.endpoints, &mut self.located);
+        let mut expand = Expand { derivations: &self.derivations, targets: &mut targets };
+        self.ports.rows(feeds.slice_rows.drain(..), &mut expand);
+        targets.done(&mut self.clocks);
         // (Also an output: the xDS server places a proxy that tells no locality by its Pod's.)
         self.rows.borrow_mut().extend(feeds.placements.drain(..).filter(|((_, p), _)| !p.locality.is_empty()).map(
             |(((ns, name), p), diff)| {
@@ -239,7 +296,11 @@ impl Graphs {
                 self.config.services.update((**s).clone(), diff);
                 self.unsliced.services.update((**s).clone(), diff);
                 let rows = service_rows(&self.slices, &self.pods, &s.namespace, &s.name);
-                endpoints.dirty |= self.ports.service(s, diff, &rows, &mut self.endpoints.slice_rows);
+                let mut targets = Targets::new(&mut self.endpoints, &mut self.located);
+                let mut expand = Expand { derivations: &self.derivations, targets: &mut targets };
+                self.ports.service(s, diff, &rows, &mut expand);
+                endpoints.dirty |= targets.addressed;
+                located.dirty |= targets.labelled;
                 self.pods.service(s, diff);
                 config.dirty = true;
                 unsliced.dirty = true;
@@ -354,6 +415,15 @@ impl Graphs {
         }
         if run(worker, &mut self.clocks[CONFIG], &mut self.config) {
             let facts = std::mem::take(&mut *self.facts.borrow_mut());
+            // What derives from a base: taken in by the driver, then each base whose facts
+            // changed expanded with its rows as they are.
+            let changes = self.derivations.facts(facts.iter().filter(|(f, _)| derived::reads(f)).cloned());
+            let mut targets = Targets::new(&mut self.endpoints, &mut self.located);
+            for base in changes.bases() {
+                let rows = base_rows(base, &self.ports, &self.slices, &self.pods, &self.unsliced_held);
+                changes.expand(base, &rows, &mut targets);
+            }
+            targets.done(&mut self.clocks);
             for (fact, diff) in facts {
                 if located::reads(&fact) {
                     self.located.facts.update(fact.clone(), diff);
@@ -371,10 +441,12 @@ impl Graphs {
         }
         if run(worker, &mut self.clocks[UNSLICED], &mut self.unsliced) {
             let rows = std::mem::take(&mut *self.unsliced_rows.borrow_mut());
-            for (row, diff) in rows {
-                self.endpoints.unsliced.update(row, diff);
-                self.clocks[ENDPOINTS].dirty = true;
+            let mut targets = Targets::new(&mut self.endpoints, &mut self.located);
+            for ((base, row), diff) in rows {
+                self.derivations.row(&base, &row, diff, &mut targets);
+                hold(&mut self.unsliced_held, base, row, diff);
             }
+            targets.done(&mut self.clocks);
         }
         if run(worker, &mut self.clocks[ENDPOINTS], &mut self.endpoints) {
             let located = std::mem::take(&mut *self.located_inputs.borrow_mut());
@@ -415,6 +487,41 @@ fn service_rows(
         pods.place(row);
     }
     rows
+}
+
+/// The rows of base cluster `base` as they were fed, with multiplicities: its slices' (through
+/// the port keys it is the cluster of) and those the unsliced graph output for it.
+fn base_rows(
+    base: &Name,
+    ports: &PortIndex,
+    slices: &HashMap<SvcKey, Vec<Arc<EndpointSlice>>>,
+    pods: &Pods,
+    unsliced: &HashMap<Name, Vec<(EndpointRow, isize)>>,
+) -> Vec<(EndpointRow, isize)> {
+    let mut rows = Vec::new();
+    for (key, n) in ports.keys(base) {
+        let of_service = service_rows(slices, pods, &key.0, &key.1);
+        rows.extend(of_service.into_iter().filter(|(k, _)| k == key).map(|(_, row)| (row, *n)));
+    }
+    rows.extend(unsliced.get(base).into_iter().flatten().cloned());
+    rows
+}
+
+/// Adds `diff` copies of `row` to the rows held for `base` (removes them if negative).
+fn hold(held: &mut HashMap<Name, Vec<(EndpointRow, isize)>>, base: Name, row: EndpointRow, diff: isize) {
+    let rows = held.entry(base.clone()).or_default();
+    match rows.iter().position(|(r, _)| *r == row) {
+        Some(i) => {
+            rows[i].1 += diff;
+            if rows[i].1 == 0 {
+                rows.swap_remove(i);
+            }
+        }
+        None => rows.push((row, diff)),
+    }
+    if rows.is_empty() {
+        held.remove(&base);
+    }
 }
 
 /// The slice `object` is, if it is one.

@@ -7,6 +7,7 @@
 //! thread; in `serve` it is the cache's `apply`, which is cheap and never blocks on a proxy.
 
 mod dataflow;
+mod derived;
 mod endpoints;
 mod graphs;
 mod inputs;

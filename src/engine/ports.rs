@@ -14,6 +14,7 @@
 //!   the rare Service change, cost `large` ~20 MiB, and twice that at its load's peak.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
 use super::rows::{Name, name};
 use crate::model::Service;
@@ -34,62 +35,57 @@ pub struct PortIndex {
     /// The clusters of each port key, with multiplicities (a Service's change comes as its old
     /// version retracted and its new one added).
     clusters: HashMap<PortKey, Vec<(Name, isize)>>,
+    /// The other way: the port keys of each cluster (one, unless a Service has a port number
+    /// twice, once per protocol), for a cluster whose derived facts change
+    /// ([`super::derived`]).
+    keys: HashMap<Name, Vec<(PortKey, isize)>>,
 }
 
 impl PortIndex {
     /// Adds (`diff` > 0) or retracts a Service, whose placed slice rows (as fed, of every
-    /// port) are `rows`: they are keyed by its clusters, or no longer. Returns whether it keyed
-    /// any row.
-    pub fn service(
-        &mut self,
-        s: &Service,
-        diff: isize,
-        rows: &[(PortKey, EndpointRow)],
-        out: &mut impl Extend<Keyed>,
-    ) -> bool {
-        let mut any = false;
+    /// port) are `rows`: they are keyed by its clusters, or no longer.
+    pub fn service(&mut self, s: &Service, diff: isize, rows: &[(PortKey, EndpointRow)], out: &mut impl Extend<Keyed>) {
         for (key, cluster) in port_clusters(s) {
-            let mut of_port = rows.iter().filter(|(k, _)| *k == key).peekable();
-            any |= of_port.peek().is_some();
-            out.extend(of_port.map(|(_, row)| ((cluster.clone(), row.clone()), diff)));
+            out.extend(rows.iter().filter(|(k, _)| *k == key).map(|(_, row)| ((cluster.clone(), row.clone()), diff)));
+            add(&mut self.keys, cluster.clone(), key.clone(), diff);
             add(&mut self.clusters, key, cluster, diff);
         }
-        any
     }
 
-    /// Keys placed slice rows that come (`diff` > 0) or go by their port's clusters. Returns
-    /// whether it keyed any.
+    /// Keys placed slice rows that come (`diff` > 0) or go by their port's clusters.
     pub fn rows(
         &self,
         updates: impl IntoIterator<Item = ((PortKey, EndpointRow), isize)>,
         out: &mut impl Extend<Keyed>,
-    ) -> bool {
-        let mut any = false;
+    ) {
         for ((key, row), diff) in updates {
             if let Some(clusters) = self.clusters.get(&key) {
-                any = true;
                 out.extend(clusters.iter().map(|(cluster, n)| ((cluster.clone(), row.clone()), n * diff)));
             }
         }
-        any
+    }
+
+    /// The port keys whose rows `cluster` is keyed by, with multiplicities.
+    pub fn keys(&self, cluster: &Name) -> &[(PortKey, isize)] {
+        self.keys.get(cluster).map_or(&[], Vec::as_slice)
     }
 }
 
-/// Adds `diff` copies of `cluster` to the clusters of `key` (removes them if negative),
-/// forgetting a key that has none left.
-fn add(clusters: &mut HashMap<PortKey, Vec<(Name, isize)>>, key: PortKey, cluster: Name, diff: isize) {
-    let list = clusters.entry(key.clone()).or_default();
-    match list.iter().position(|(c, _)| *c == cluster) {
+/// Adds `diff` copies of `item` to the list of `key` (removes them if negative), forgetting
+/// a key that has none left.
+fn add<K: Hash + Eq + Clone, T: PartialEq>(lists: &mut HashMap<K, Vec<(T, isize)>>, key: K, item: T, diff: isize) {
+    let list = lists.entry(key.clone()).or_default();
+    match list.iter().position(|(t, _)| *t == item) {
         Some(i) => {
             list[i].1 += diff;
             if list[i].1 == 0 {
                 list.swap_remove(i);
             }
         }
-        None => list.push((cluster, diff)),
+        None => list.push((item, diff)),
     }
     if list.is_empty() {
-        clusters.remove(&key);
+        lists.remove(&key);
     }
 }
 
@@ -164,7 +160,7 @@ mod tests {
         assert!(acc.is_empty(), "{acc:?}");
         // The Service goes: the index forgets its ports.
         index.service(&service("reviews", &["grpc", "http"]), -1, &[], &mut out);
-        assert!(out.is_empty() && index.clusters.is_empty());
+        assert!(out.is_empty() && index.clusters.is_empty() && index.keys.is_empty());
     }
 
     proptest! {
