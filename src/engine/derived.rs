@@ -27,6 +27,7 @@
 
 use std::collections::HashMap;
 
+use super::counted::add;
 use super::rows::{ClusterFact, LocatedInput, Name, name};
 use crate::translate::endpoint::EndpointRow;
 use crate::translate::outbound::{self, SubsetRef};
@@ -93,13 +94,9 @@ impl Derivations {
         let mut changed: HashMap<Name, Vec<(Derived, isize)>> = HashMap::new();
         for (fact, diff) in changes {
             let Some((base, d)) = derived(&fact) else { continue };
-            add(self.by_base.entry(base.clone()).or_default(), d.clone(), diff);
-            if self.by_base.get(&base).is_some_and(Vec::is_empty) {
-                self.by_base.remove(&base);
-            }
-            add(changed.entry(base).or_default(), d, diff);
+            add(&mut self.by_base, base.clone(), d.clone(), diff);
+            add(&mut changed, base, d, diff);
         }
-        changed.retain(|_, ds| !ds.is_empty());
         Changes(changed)
     }
 }
@@ -139,19 +136,6 @@ fn expand(base: &Name, d: &Derived, row: &EndpointRow, diff: isize, out: &mut im
     }
 }
 
-/// Adds `diff` copies of `d` to `list` (removes them if negative), forgetting what counts none.
-fn add(list: &mut Vec<(Derived, isize)>, d: Derived, diff: isize) {
-    match list.iter().position(|(x, _)| *x == d) {
-        Some(i) => {
-            list[i].1 += diff;
-            if list[i].1 == 0 {
-                list.swap_remove(i);
-            }
-        }
-        None => list.push((d, diff)),
-    }
-}
-
 /// An address's place in a test's expectations.
 #[cfg(test)]
 type Expanded = (Option<Address>, Option<LocatedInput>);
@@ -165,5 +149,114 @@ impl Sink for std::collections::BTreeMap<Expanded, isize> {
     fn labels(&mut self, labels: LocatedInput, diff: isize) {
         *self.entry((None, Some(labels))).or_default() += diff;
         self.retain(|_, d| *d != 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::k8s::Labels;
+
+    const BASES: [&str; 2] = ["outbound|80||a.default.svc.cluster.local", "outbound|80||b.default.svc.cluster.local"];
+
+    /// Row `i` (an address of 10.0.0.`i`), its Pod labelled `version: v{version}`.
+    fn row(i: usize, version: usize) -> EndpointRow {
+        EndpointRow {
+            addr: EndpointAddr::new(format!("10.0.0.{i}"), 8080),
+            pod: None,
+            labels: Labels::from([("version".to_string(), format!("v{version}"))]),
+        }
+    }
+
+    /// Fact `f` of base `b`: a subset (v1 or v2), a scoped copy, or a compared base.
+    fn fact(b: usize, f: usize) -> ClusterFact {
+        let base = BASES[b].to_string();
+        match f {
+            0 | 1 => {
+                let subset = format!("v{}", f + 1);
+                let cluster = base.replace("80||", &format!("80|{subset}|"));
+                let labels = Labels::from([("version".to_string(), subset.clone())]);
+                ClusterFact::Subset(base, ((Scope::All, cluster), SubsetRef { name: subset, labels }))
+            }
+            2 => ClusterFact::ScopedBase(base, Scope::Namespace("team".into())),
+            _ => ClusterFact::Prioritized(base),
+        }
+    }
+
+    /// What `rows` and `facts` make from scratch: each row's base address, and what each fact
+    /// of its base makes of it.
+    fn join(
+        rows: &BTreeMap<(usize, usize, usize), isize>,
+        facts: &BTreeMap<(usize, usize), isize>,
+    ) -> BTreeMap<Expanded, isize> {
+        let mut want = BTreeMap::new();
+        for (&(b, i, v), &m) in rows {
+            let (base, row) = (name(BASES[b]), row(i, v));
+            want.address(((Scope::All, base.clone()), row.addr.clone()), m);
+            for (&(fb, f), &n) in facts {
+                if fb == b {
+                    let (_, d) = derived(&fact(fb, f)).expect("a derived fact");
+                    expand(&base, &d, &row, m * n, &mut want);
+                }
+            }
+        }
+        want
+    }
+
+    #[test]
+    fn a_row_counts_for_the_subsets_that_select_it_and_the_scoped_copy() {
+        let (mut d, mut out) = (Derivations::default(), BTreeMap::new());
+        let changes = d.facts([(fact(0, 0), 1), (fact(0, 2), 1), (fact(1, 1), 1)]);
+        assert_eq!(changes.bases().count(), 2);
+        d.row(&name(BASES[0]), &row(1, 1), 1, &mut out);
+        let addr = EndpointAddr::new("10.0.0.1", 8080);
+        let want: BTreeMap<Expanded, isize> = [
+            ((Scope::All, name(BASES[0])), addr.clone()),
+            ((Scope::All, name("outbound|80|v1|a.default.svc.cluster.local")), addr.clone()),
+            ((Scope::Namespace("team".into()), name(BASES[0])), addr),
+        ]
+        .into_iter()
+        .map(|a| ((Some(a), None), 1))
+        .collect();
+        assert_eq!(out, want);
+    }
+
+    proptest! {
+        /// After any sequence of row and fact changes, with each fact change expanded with its
+        /// base's rows as they are, what was fed adds up to the join of the rows and facts
+        /// there are.
+        #[test]
+        fn what_is_fed_adds_up_to_the_join_of_what_is(
+            ops in proptest::collection::vec(
+                (any::<bool>(), 0..2usize, 0..4usize, 1..3usize, prop_oneof![Just(1isize), Just(-1)]), 1..60)
+        ) {
+            let (mut d, mut out) = (Derivations::default(), BTreeMap::new());
+            let mut rows: BTreeMap<(usize, usize, usize), isize> = BTreeMap::new();
+            let mut facts: BTreeMap<(usize, usize), isize> = BTreeMap::new();
+            for (is_fact, b, x, v, diff) in ops {
+                if is_fact {
+                    *facts.entry((b, x)).or_default() += diff;
+                    let changes = d.facts([(fact(b, x), diff)]);
+                    for base in changes.bases() {
+                        let of_base: Vec<_> = rows
+                            .iter()
+                            .filter(|((rb, _, _), _)| BASES[*rb] == &**base)
+                            .map(|(&(_, i, v), &m)| (row(i, v), m))
+                            .collect();
+                        changes.expand(base, &of_base, &mut out);
+                    }
+                } else {
+                    *rows.entry((b, x, v)).or_default() += diff;
+                    d.row(&name(BASES[b]), &row(x, v), diff, &mut out);
+                }
+                facts.retain(|_, n| *n != 0);
+                rows.retain(|_, m| *m != 0);
+                prop_assert_eq!(&out, &join(&rows, &facts));
+            }
+        }
     }
 }

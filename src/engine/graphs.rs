@@ -1,23 +1,27 @@
-//! The engine's five dataflow graphs, run one after the other at each logical time.
+//! The engine's five dataflow graphs, run one after the other at each logical time, and what
+//! the driver does between them.
 //!
 //! ```text
 //! pods, slices, endpoints, nodes, ─▶ the driver's Pod index (pods.rs): rows placed and labelled,
 //! selectors of services, entries     the pods selectors without slices read (and their placements),
-//!                                    the pods proxy classes read, the Pods' localities (an output);
+//!                                    the pods proxy classes read, the Pods' localities (an output)
 //! services' ports ─────────────────▶ its port index (ports.rs): placed slice rows keyed by cluster
-//! pods classes read, proxy classes ──▶ proxy graph (proxies.rs) ── class labels ──┐
-//! services, entries, rules, VirtualServices, Gateways, Secrets,                   ▼
-//! proxy classes ───────────────────────────────────▶ config graph (dataflow.rs) ─▶ clusters, listeners,
-//!                                                                  │                route configs, secrets
-//!                                                                  └── cluster facts ──┬──────────────┐
-//! pods selectors read, their placements, Endpoints rows, services, slices' services,  ▼              │
-//! entries ─────────────────────────────────────────▶ unsliced graph (unsliced.rs)                     │
-//!                                                      rows of clusters no slice serves ──┐           │
-//! slice rows keyed by cluster ─────────────────────────────────────────────────────────────▼           ▼
-//!                                                    endpoint graph (endpoints.rs) ─▶ load assignments
-//!                                      addresses of clusters placed by locality ──┐
-//! proxy localities, located cluster facts ────────────────────────────────────────▼
-//!                                                    located graph (located.rs) ─▶ assignments per place
+//! pods classes read, proxy classes ─▶ proxy graph (proxies.rs) ─▶ class labels
+//! services, entries, rules, VirtualServices, Gateways, Secrets, proxy classes, class labels
+//!     ─▶ config graph (dataflow.rs) ─▶ clusters, listeners, route configs, secrets
+//!                                   ─▶ cluster facts: entries' owners to the unsliced graph;
+//!                                      subsets, scoped and compared bases to the derivations;
+//!                                      assigned and located clusters to the endpoint graph;
+//!                                      located and DNS located clusters to the located graph
+//! pods selectors read, their placements, Endpoints rows, services, slices' services, entries
+//!     ─▶ unsliced graph (unsliced.rs) ─▶ rows of clusters no slice serves
+//! slice rows keyed by cluster, rows of clusters no slice serves
+//!     ─▶ the driver's derivations (derived.rs) ─▶ addresses of every assigned cluster,
+//!                                                 endpoint labels (failoverPriority)
+//! addresses, assigned and located clusters
+//!     ─▶ endpoint graph (endpoints.rs) ─▶ load assignments, addresses of clusters placed by locality
+//! those addresses, endpoint labels, located clusters, proxy localities
+//!     ─▶ located graph (located.rs) ─▶ assignments per place
 //! ```
 //!
 //! Every operator of a timely dataflow runs at every logical time its inputs advance to, even
@@ -50,7 +54,7 @@ use super::pods::{Feeds, Pods, Source, SvcKey};
 use super::ports::{Keyed, PortIndex};
 use super::proxies;
 use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, Name, OutputRow};
-use super::{dataflow, derived, endpoints, located, unsliced};
+use super::{counted, dataflow, derived, endpoints, located, unsliced};
 use crate::model::{EndpointSlice, Endpoints, Node, Object, Pod};
 use crate::translate::MeshConfig;
 use crate::translate::endpoint::{EndpointRow, PortKey, endpoints_addresses, slice_addresses};
@@ -444,7 +448,7 @@ impl Graphs {
             let mut targets = Targets::new(&mut self.endpoints, &mut self.located);
             for ((base, row), diff) in rows {
                 self.derivations.row(&base, &row, diff, &mut targets);
-                hold(&mut self.unsliced_held, base, row, diff);
+                counted::add(&mut self.unsliced_held, base, row, diff);
             }
             targets.done(&mut self.clocks);
         }
@@ -505,23 +509,6 @@ fn base_rows(
     }
     rows.extend(unsliced.get(base).into_iter().flatten().cloned());
     rows
-}
-
-/// Adds `diff` copies of `row` to the rows held for `base` (removes them if negative).
-fn hold(held: &mut HashMap<Name, Vec<(EndpointRow, isize)>>, base: Name, row: EndpointRow, diff: isize) {
-    let rows = held.entry(base.clone()).or_default();
-    match rows.iter().position(|(r, _)| *r == row) {
-        Some(i) => {
-            rows[i].1 += diff;
-            if rows[i].1 == 0 {
-                rows.swap_remove(i);
-            }
-        }
-        None => rows.push((row, diff)),
-    }
-    if rows.is_empty() {
-        held.remove(&base);
-    }
 }
 
 /// The slice `object` is, if it is one.

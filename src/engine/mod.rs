@@ -6,6 +6,7 @@
 //! time's consolidated output to the sink as one [`ResourceDelta`]. The sink runs on the worker
 //! thread; in `serve` it is the cache's `apply`, which is cheap and never blocks on a proxy.
 
+mod counted;
 mod dataflow;
 mod derived;
 mod endpoints;

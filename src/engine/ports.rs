@@ -14,8 +14,8 @@
 //!   the rare Service change, cost `large` ~20 MiB, and twice that at its load's peak.
 
 use std::collections::HashMap;
-use std::hash::Hash;
 
+use super::counted::add;
 use super::rows::{Name, name};
 use crate::model::Service;
 use crate::translate::endpoint::{EndpointRow, PortKey, service_port_rows};
@@ -68,24 +68,6 @@ impl PortIndex {
     /// The port keys whose rows `cluster` is keyed by, with multiplicities.
     pub fn keys(&self, cluster: &Name) -> &[(PortKey, isize)] {
         self.keys.get(cluster).map_or(&[], Vec::as_slice)
-    }
-}
-
-/// Adds `diff` copies of `item` to the list of `key` (removes them if negative), forgetting
-/// a key that has none left.
-fn add<K: Hash + Eq + Clone, T: PartialEq>(lists: &mut HashMap<K, Vec<(T, isize)>>, key: K, item: T, diff: isize) {
-    let list = lists.entry(key.clone()).or_default();
-    match list.iter().position(|(t, _)| *t == item) {
-        Some(i) => {
-            list[i].1 += diff;
-            if list[i].1 == 0 {
-                list.swap_remove(i);
-            }
-        }
-        None => list.push((item, diff)),
-    }
-    if list.is_empty() {
-        lists.remove(&key);
     }
 }
 
@@ -210,6 +192,20 @@ mod tests {
                 }
                 want.retain(|_, d| *d != 0);
                 prop_assert_eq!(&acc, &want);
+                // Each cluster's port keys, the other way round.
+                let mut keys: BTreeMap<(Name, PortKey), isize> = BTreeMap::new();
+                for (&(s, v), n) in &services {
+                    for (key, cluster) in port_clusters(&service(svcs[s], names[v])) {
+                        *keys.entry((cluster, key)).or_default() += n;
+                    }
+                }
+                keys.retain(|_, n| *n != 0);
+                let held: BTreeMap<(Name, PortKey), isize> = index
+                    .keys
+                    .iter()
+                    .flat_map(|(c, ks)| ks.iter().map(move |(k, n)| ((c.clone(), k.clone()), *n)))
+                    .collect();
+                prop_assert_eq!(&held, &keys);
             }
         }
     }
