@@ -60,11 +60,6 @@ fn derived(fact: &ClusterFact) -> Option<(Name, Derived)> {
     }
 }
 
-/// Whether the driver reads this fact (rather than the endpoint graph).
-pub fn reads(fact: &ClusterFact) -> bool {
-    matches!(fact, ClusterFact::Subset(..) | ClusterFact::ScopedBase(..) | ClusterFact::Prioritized(..))
-}
-
 /// Where expanded rows go: the endpoint graph's addresses, the located graph's labels.
 pub trait Sink {
     fn address(&mut self, address: Address, diff: isize);
@@ -88,12 +83,14 @@ impl Derivations {
         }
     }
 
-    /// Takes in facts that came and went; returns the bases whose facts changed, with the
-    /// changes (each to be expanded with the base's rows by [`Derivations::expand_changes`]).
-    pub fn facts(&mut self, changes: impl IntoIterator<Item = (ClusterFact, isize)>) -> Changes {
+    /// Takes in facts that came and went (facts of other kinds are not the driver's, and are
+    /// passed over); returns the changes by base, each to be expanded with the base's rows by
+    /// [`Changes::expand`].
+    pub fn facts<'f>(&mut self, changes: impl IntoIterator<Item = &'f (ClusterFact, isize)>) -> Changes {
         let mut changed: HashMap<Name, Vec<(Derived, isize)>> = HashMap::new();
         for (fact, diff) in changes {
-            let Some((base, d)) = derived(&fact) else { continue };
+            let Some((base, d)) = derived(fact) else { continue };
+            let diff = *diff;
             add(&mut self.by_base, base.clone(), d.clone(), diff);
             add(&mut changed, base, d, diff);
         }
@@ -210,7 +207,7 @@ mod tests {
     #[test]
     fn a_row_counts_for_the_subsets_that_select_it_and_the_scoped_copy() {
         let (mut d, mut out) = (Derivations::default(), BTreeMap::new());
-        let changes = d.facts([(fact(0, 0), 1), (fact(0, 2), 1), (fact(1, 1), 1)]);
+        let changes = d.facts(&[(fact(0, 0), 1), (fact(0, 2), 1), (fact(1, 1), 1)]);
         assert_eq!(changes.bases().count(), 2);
         d.row(&name(BASES[0]), &row(1, 1), 1, &mut out);
         let addr = EndpointAddr::new("10.0.0.1", 8080);
@@ -240,7 +237,7 @@ mod tests {
             for (is_fact, b, x, v, diff) in ops {
                 if is_fact {
                     *facts.entry((b, x)).or_default() += diff;
-                    let changes = d.facts([(fact(b, x), diff)]);
+                    let changes = d.facts(&[(fact(b, x), diff)]);
                     for base in changes.bases() {
                         let of_base: Vec<_> = rows
                             .iter()

@@ -294,20 +294,20 @@ impl Graphs {
 
     /// Feeds one object (added with `diff` 1, retracted with -1) to the graphs that read it.
     fn feed(&mut self, object: &Object, diff: isize) {
-        let [proxies, config, unsliced, endpoints, located] = &mut self.clocks;
+        let [proxies, config, unsliced, _, located] = &mut self.clocks;
         match object {
             Object::Service(s) => {
                 self.config.services.update((**s).clone(), diff);
                 self.unsliced.services.update((**s).clone(), diff);
+                self.pods.service(s, diff);
+                config.dirty = true;
+                unsliced.dirty = true;
+                // Its slices' rows, keyed by the clusters it had or has.
                 let rows = service_rows(&self.slices, &self.pods, &s.namespace, &s.name);
                 let mut targets = Targets::new(&mut self.endpoints, &mut self.located);
                 let mut expand = Expand { derivations: &self.derivations, targets: &mut targets };
                 self.ports.service(s, diff, &rows, &mut expand);
-                endpoints.dirty |= targets.addressed;
-                located.dirty |= targets.labelled;
-                self.pods.service(s, diff);
-                config.dirty = true;
-                unsliced.dirty = true;
+                targets.done(&mut self.clocks);
             }
             Object::ServiceEntry(se) => {
                 self.config.service_entries.update((**se).clone(), diff);
@@ -421,7 +421,7 @@ impl Graphs {
             let facts = std::mem::take(&mut *self.facts.borrow_mut());
             // What derives from a base: taken in by the driver, then each base whose facts
             // changed expanded with its rows as they are.
-            let changes = self.derivations.facts(facts.iter().filter(|(f, _)| derived::reads(f)).cloned());
+            let changes = self.derivations.facts(&facts);
             let mut targets = Targets::new(&mut self.endpoints, &mut self.located);
             for base in changes.bases() {
                 let rows = base_rows(base, &self.ports, &self.slices, &self.pods, &self.unsliced_held);
