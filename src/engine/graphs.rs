@@ -86,7 +86,7 @@ pub struct Graphs {
     class_labels: Buffer<ClassLabelRow>,
     facts: Buffer<ClusterFact>,
     unsliced_rows: Buffer<(Name, EndpointRow)>,
-    located_inputs: Buffer<LocatedInput>,
+    endpoint_out: Buffer<endpoints::Out>,
     rows: Buffer<OutputRow>,
     /// The driver's index of Pods ([`super::pods`]) and what it asks the graphs to read.
     pods: Pods,
@@ -179,7 +179,7 @@ impl Graphs {
         let facts: Buffer<ClusterFact> = Rc::default();
         let unsliced_rows: Buffer<(Name, EndpointRow)> = Rc::default();
         let rows: Buffer<OutputRow> = Rc::default();
-        let located_inputs: Buffer<LocatedInput> = Rc::default();
+        let endpoint_out: Buffer<endpoints::Out> = Rc::default();
         let proxies = worker.dataflow::<u64, _, _>(|scope| {
             let (inputs, labels) = proxies::build(scope);
             capture(labels, &class_labels, &clocks[PROXIES].probe);
@@ -197,9 +197,8 @@ impl Graphs {
             inputs
         });
         let endpoints = worker.dataflow::<u64, _, _>(|scope| {
-            let (inputs, outputs) = endpoints::build(scope);
-            capture(outputs.rows, &rows, &clocks[ENDPOINTS].probe);
-            capture(outputs.located, &located_inputs, &clocks[ENDPOINTS].probe);
+            let (inputs, out) = endpoints::build(scope);
+            capture(out, &endpoint_out, &clocks[ENDPOINTS].probe);
             inputs
         });
         let located = worker.dataflow::<u64, _, _>(|scope| {
@@ -218,7 +217,7 @@ impl Graphs {
             class_labels,
             facts,
             unsliced_rows,
-            located_inputs,
+            endpoint_out,
             rows,
             pods,
             feeds,
@@ -453,10 +452,16 @@ impl Graphs {
             targets.done(&mut self.clocks);
         }
         if run(worker, &mut self.clocks[ENDPOINTS], &mut self.endpoints) {
-            let located = std::mem::take(&mut *self.located_inputs.borrow_mut());
-            for (input, diff) in located {
-                self.located.located.update(input, diff);
-                self.clocks[LOCATED].dirty = true;
+            let out = std::mem::take(&mut *self.endpoint_out.borrow_mut());
+            let mut rows = self.rows.borrow_mut();
+            for (out, diff) in out {
+                match out {
+                    endpoints::Out::Row(row) => rows.push((row, diff)),
+                    endpoints::Out::Located(input) => {
+                        self.located.located.update(input, diff);
+                        self.clocks[LOCATED].dirty = true;
+                    }
+                }
             }
         }
         run(worker, &mut self.clocks[LOCATED], &mut self.located);
