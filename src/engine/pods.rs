@@ -28,7 +28,7 @@
 //! Pods at its IP. Only those Pods can change its output, so the driver feeds it only them: a
 //! Pod no class names, at an IP no class has, costs the proxy graph nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -289,11 +289,11 @@ impl Pods {
     /// selector's namespace that carry its pair.
     pub fn reconcile(&mut self, feeds: &mut Feeds) {
         let Pods { entries, by_pair, gate, .. } = self;
-        for ((ns, (k, v)), was_open) in std::mem::take(&mut gate.moved) {
-            // (A selector that came and went since, or went and came, changed nothing.)
-            if gate.is_open(&ns, &k, &v) == was_open {
-                continue;
-            }
+        // (A pair open at the last call and open again, or closed and closed again, is looked at
+        // all the same: a Pod that came while it was otherwise was fed as the gate was then. A
+        // Service, its Pods and its slice in one time open the gate, feed the Pods and close
+        // it: they are retracted here, in the same time, and the unsliced graph holds none.)
+        for (ns, (k, v)) in std::mem::take(&mut gate.moved) {
             let Some(names) = by_pair.get(ns.as_str()).and_then(|m| m.get(k.as_str())).and_then(|m| m.get(v.as_str()))
             else {
                 continue;
@@ -435,9 +435,8 @@ pub struct Gate {
     open: HashMap<String, ByLabel<usize>>,
     /// What the gate knows of each Service with a selector pair, slices or Endpoints.
     services: HashMap<SvcKey, ServiceGate>,
-    /// The pairs whose count went to or from zero since the last reconcile, and whether they
-    /// were open then.
-    moved: HashMap<(String, Pair), bool>,
+    /// The pairs whose count went to or from zero since the last reconcile.
+    moved: HashSet<(String, Pair)>,
 }
 
 /// A Service's selector pair, and how many slices and Endpoints objects serve it.
@@ -507,7 +506,7 @@ impl Gate {
             }
         }
         if (was == 0) != (now == 0) {
-            self.moved.entry((namespace.to_string(), pair)).or_insert(was > 0);
+            self.moved.insert((namespace.to_string(), pair));
         }
     }
 }
@@ -717,6 +716,25 @@ mod tests {
         pods.managed(&svc, false, 1);
         pods.reconcile(&mut feeds);
         assert!(fed(&mut feeds).is_empty(), "the slice serves it");
+
+        // A Pod that comes between a Service and its slice, in one time (as a whole cluster
+        // loads): fed while the gate was open, retracted when the time runs; the Pod is not
+        // read after.
+        let svc2: SvcKey = ("default".into(), "web2".into());
+        pods.service(&Service { name: "web2".into(), ..service(Some("web2")) }, 1);
+        let web2 = Arc::new(Pod { name: "w2".into(), ..pod("web2", Some("10.0.0.5")) });
+        pods.pod(None, Some(&web2), &mut feeds);
+        pods.managed(&svc2, false, 1);
+        pods.reconcile(&mut feeds);
+        let net = |diffs: Vec<isize>| (diffs.len(), diffs.iter().sum::<isize>());
+        assert_eq!(net(feeds.pods.drain(..).map(|(_, d)| d).collect()), (2, 0), "fed, then retracted");
+        assert_eq!(net(feeds.labelled.drain(..).map(|(_, d)| d).collect()), (2, 0));
+        assert_eq!(net(feeds.selected_placements.drain(..).map(|(_, d)| d).collect()), (2, 0));
+        let web2_unready = Arc::new(Pod { ready: false, ..(*web2).clone() });
+        pods.pod(Some(&web2), Some(&web2_unready), &mut feeds);
+        pods.pod(Some(&web2_unready), None, &mut feeds);
+        assert!(fed(&mut feeds).is_empty(), "no longer read: its flip and its removal feed nothing");
+        assert!(feeds.selected_placements.is_empty());
 
         // Its slice goes: the Pods labelled app=web are read, db is not.
         pods.managed(&svc, false, -1);
