@@ -36,6 +36,7 @@ use timely::dataflow::Scope as Graph;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
+use timely::progress::frontier::MutableAntichain;
 
 use super::derived::Address;
 use super::inputs::{graph_inputs, input};
@@ -77,78 +78,105 @@ type Placement = (Context, LocalityLb, LocatedBase);
 struct Cluster {
     /// How many times the config graph says the cluster gets an assignment (1 while it does).
     assigned: isize,
-    /// Its addresses, sorted, with their multiplicities (none zero).
+    /// Its addresses, sorted, with their multiplicities (none zero), as of the last time.
     addresses: Vec<(EndpointAddr, isize)>,
+    /// The addresses that came (and went, negative) at this time, not yet merged.
+    changed: Vec<(EndpointAddr, isize)>,
     /// How it is placed by locality, if it is (with multiplicities).
     placements: Vec<(Placement, isize)>,
     /// Its load assignment as last output.
     body: Option<Box<[u8]>>,
+    /// Whether it is in [`Assignments::touched`].
+    touched: bool,
 }
 
 impl Cluster {
     fn is_empty(&self) -> bool {
         self.assigned == 0 && self.addresses.is_empty() && self.placements.is_empty() && self.body.is_none()
     }
+
+    /// Merges the changed addresses into the sorted list: a few by binary search, many by
+    /// sorting the list with them (it is sorted but for them).
+    fn merge(&mut self) {
+        if self.changed.len() <= 8 {
+            for (address, diff) in self.changed.drain(..) {
+                add(&mut self.addresses, address, diff);
+            }
+        } else {
+            self.addresses.append(&mut self.changed);
+            differential_dataflow::consolidation::consolidate(&mut self.addresses);
+            self.changed = Vec::new();
+        }
+    }
 }
 
-/// Every cluster's addresses and load assignment, patched at each time with what changed.
+/// Every cluster's addresses and load assignment, patched with what changes at a time.
+///
+/// The addresses and facts of a time are taken in as they arrive, in any order
+/// ([`Assignments::address`], [`Assignments::fact`]); [`Assignments::finish`] then outputs
+/// the assignments they changed. Each arriving address is joined with its cluster's placements
+/// as they are, each arriving placement with the cluster's addresses as they are, then added to
+/// its side: the join's change is the sum of both (it is bilinear), whatever the order.
 #[derive(Default)]
 pub struct Assignments {
     clusters: HashMap<(Scope, Name), Cluster>,
+    /// The clusters whose addresses or assignment changed at this time.
+    touched: Vec<(Scope, Name)>,
 }
 
 impl Assignments {
-    /// Takes in the addresses and facts of one time and outputs what changes: the load
-    /// assignments of the clusters they touch that now encode otherwise (the old retracted,
-    /// the new added), and the addresses of located clusters, with each placement, that came
-    /// or went.
-    pub fn apply(
-        &mut self,
-        mut addresses: Vec<(Address, isize)>,
-        facts: Vec<(ClusterFact, isize)>,
-        out: &mut impl FnMut(Out, isize),
-    ) {
-        // (An address that comes and goes within the time is no change.)
-        differential_dataflow::consolidation::consolidate(&mut addresses);
-        let mut touched: Vec<(Scope, Name)> = Vec::new();
-        // The addresses that came and went, with the placements as they were ...
-        for ((key, address), diff) in addresses {
-            let cluster = self.clusters.entry(key.clone()).or_default();
-            for (placement, n) in &cluster.placements {
-                out(Out::Located(located(&key.1, placement, &address)), diff * n);
-            }
-            add(&mut cluster.addresses, address, diff);
-            if touched.last() != Some(&key) {
-                touched.push(key);
-            }
+    /// Takes in an address of a cluster that came (`diff` > 0) or went, and outputs it with each
+    /// of the cluster's placements for the located graph.
+    pub fn address(&mut self, (key, address): Address, diff: isize, out: &mut impl FnMut(Out, isize)) {
+        let cluster = match self.clusters.get_mut(&key) {
+            Some(cluster) => cluster,
+            None => self.clusters.entry(key.clone()).or_default(),
+        };
+        for (placement, n) in &cluster.placements {
+            out(Out::Located(located(&key.1, placement, &address)), diff * n);
         }
-        // ... and the placements that came and went, with the addresses as they are: together,
-        // what the join of both changes by (it is bilinear).
-        for (fact, diff) in facts {
-            match fact {
-                ClusterFact::Assignment(scope, cluster) => {
-                    let key = (scope, name(&cluster));
-                    self.clusters.entry(key.clone()).or_default().assigned += diff;
-                    touched.push(key);
-                }
-                ClusterFact::Located((scope, cluster), placement) => {
-                    let key = (scope, name(&cluster));
-                    let cluster = self.clusters.entry(key.clone()).or_default();
-                    for (address, n) in &cluster.addresses {
-                        out(Out::Located(located(&key.1, &placement, address)), diff * n);
-                    }
-                    add(&mut cluster.placements, placement, diff);
-                    if cluster.is_empty() {
-                        self.clusters.remove(&key);
-                    }
-                }
-                _ => {}
-            }
+        cluster.changed.push((address, diff));
+        if !cluster.touched {
+            cluster.touched = true;
+            self.touched.push(key);
         }
-        touched.sort_unstable();
-        touched.dedup();
-        for key in touched {
+    }
+
+    /// Takes in a fact that came (`diff` 1) or went (-1): an assigned cluster's, or a located
+    /// cluster's placement, output with each of the cluster's addresses for the located graph.
+    pub fn fact(&mut self, fact: ClusterFact, diff: isize, out: &mut impl FnMut(Out, isize)) {
+        match fact {
+            ClusterFact::Assignment(scope, cluster) => {
+                let key = (scope, name(&cluster));
+                let cluster = self.clusters.entry(key.clone()).or_default();
+                cluster.assigned += diff;
+                if !cluster.touched {
+                    cluster.touched = true;
+                    self.touched.push(key);
+                }
+            }
+            ClusterFact::Located((scope, cluster), placement) => {
+                let key = (scope, name(&cluster));
+                let cluster = self.clusters.entry(key.clone()).or_default();
+                for (address, n) in cluster.addresses.iter().chain(&cluster.changed) {
+                    out(Out::Located(located(&key.1, &placement, address)), diff * n);
+                }
+                add(&mut cluster.placements, placement, diff);
+                if cluster.is_empty() && !cluster.touched {
+                    self.clusters.remove(&key);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends a time: outputs the load assignment of each cluster touched that now encodes
+    /// otherwise (the old retracted, the new added), and forgets the clusters left empty.
+    pub fn finish(&mut self, out: &mut impl FnMut(Out, isize)) {
+        for key in std::mem::take(&mut self.touched) {
             let Some(cluster) = self.clusters.get_mut(&key) else { continue };
+            cluster.touched = false;
+            cluster.merge();
             // Every assigned cluster gets a load assignment, empty if it has no endpoint:
             // Envoy keeps an EDS cluster warming (and its own initialization waiting) until one
             // arrives.
@@ -197,10 +225,20 @@ fn add<T: Ord>(list: &mut Vec<(T, isize)>, item: T, diff: isize) {
     }
 }
 
-/// The updates of one time, held until both inputs have passed it.
-type Pending = (Capability<u64>, Vec<(Address, isize)>, Vec<(ClusterFact, isize)>);
+/// Updates of a time later than the one the operator is taking in (the driver runs a graph
+/// one time at a time, so none arrive; held, should any).
+type Later = (Capability<u64>, Vec<(Address, isize)>, Vec<(ClusterFact, isize)>);
+
+/// The least time of a frontier, if any.
+fn least(frontier: &MutableAntichain<u64>) -> Option<u64> {
+    frontier.frontier().iter().min().copied()
+}
 
 /// Builds the endpoint graph.
+///
+/// Its operator takes in each update of the time the inputs' frontier is at as it arrives,
+/// not held until the time is complete (a whole cluster loading is taken in without a second
+/// copy), and finishes the time once both inputs have passed it.
 pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Out>) {
     let (addresses_in, addresses) = input::<Address>(&scope);
     let (facts_in, facts) = input::<ClusterFact>(&scope);
@@ -213,30 +251,65 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Out>)
             "translate: ClusterLoadAssignment",
             |_, _| {
                 let mut assignments = Assignments::default();
-                let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+                // The time being taken in, and a capability to output at it.
+                let mut open: Option<Capability<u64>> = None;
+                let mut later: BTreeMap<u64, Later> = BTreeMap::new();
                 move |(addresses, addresses_frontier), (facts, facts_frontier), output| {
-                    addresses.for_each(|cap, data| {
-                        for (address, time, diff) in data.drain(..) {
-                            let entry =
-                                pending.entry(time).or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()));
-                            entry.1.push((address, diff));
-                        }
-                    });
-                    facts.for_each(|cap, data| {
-                        for (fact, time, diff) in data.drain(..) {
-                            let entry =
-                                pending.entry(time).or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()));
-                            entry.2.push((fact, diff));
-                        }
-                    });
-                    while let Some(entry) = pending.first_entry() {
+                    let passed = |time: u64| !addresses_frontier.less_equal(&time) && !facts_frontier.less_equal(&time);
+                    // The times both inputs have passed, in order: the one taken in, then any
+                    // held (all later than it).
+                    if let Some(cap) = open.take_if(|cap| passed(*cap.time())) {
+                        let time = *cap.time();
+                        let mut session = output.session(&cap);
+                        assignments.finish(&mut |o, d| session.give((o, time, d)));
+                    }
+                    while let Some(entry) = later.first_entry() {
                         let time = *entry.key();
-                        if addresses_frontier.less_equal(&time) || facts_frontier.less_equal(&time) {
+                        if !passed(time) {
                             break;
                         }
                         let (cap, addresses, facts) = entry.remove();
                         let mut session = output.session(&cap);
-                        assignments.apply(addresses, facts, &mut |out, diff| session.give((out, time, diff)));
+                        let mut give = |o, d| session.give((o, time, d));
+                        for (address, diff) in addresses {
+                            assignments.address(address, diff, &mut give);
+                        }
+                        for (fact, diff) in facts {
+                            assignments.fact(fact, diff, &mut give);
+                        }
+                        assignments.finish(&mut give);
+                    }
+                    // What arrives at the frontier's time is taken in at once.
+                    let low = least(addresses_frontier).into_iter().chain(least(facts_frontier)).min();
+                    let mut taken = Vec::new();
+                    addresses.for_each(|cap, data| {
+                        for (address, time, diff) in data.drain(..) {
+                            if Some(time) == low {
+                                open.get_or_insert_with(|| cap.delayed(&time, 0));
+                                assignments.address(address, diff, &mut |o, d| taken.push((o, time, d)));
+                            } else {
+                                let entry = later
+                                    .entry(time)
+                                    .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()));
+                                entry.1.push((address, diff));
+                            }
+                        }
+                    });
+                    facts.for_each(|cap, data| {
+                        for (fact, time, diff) in data.drain(..) {
+                            if Some(time) == low {
+                                open.get_or_insert_with(|| cap.delayed(&time, 0));
+                                assignments.fact(fact, diff, &mut |o, d| taken.push((o, time, d)));
+                            } else {
+                                let entry = later
+                                    .entry(time)
+                                    .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()));
+                                entry.2.push((fact, diff));
+                            }
+                        }
+                    });
+                    if let Some(cap) = &open {
+                        output.session(cap).give_iterator(taken.drain(..));
                     }
                 }
             },
@@ -323,46 +396,120 @@ mod tests {
         }
     }
 
+    /// One update of a time: an address of (scope, cluster, ip), or a fact (kind, scope,
+    /// cluster); to add, else to remove.
+    type Update = (Result<(u8, u8, u8), (u8, u8, u8)>, bool);
+
+    fn update() -> impl Strategy<Value = Update> {
+        (
+            prop_oneof![
+                3 => (0u8..2, 0u8..3, 0u8..4).prop_map(Ok),
+                1 => (0u8..2, 0u8..2, 0u8..3).prop_map(Err),
+            ],
+            any::<bool>(),
+        )
+    }
+
     proptest! {
         /// After each time, what the operator output so far adds up to the assignments and
         /// located addresses computed from scratch on everything fed so far: addresses and facts
-        /// that come and go, in either order, several at a time.
+        /// that come and go, interleaved in any order within a time, several at a time.
         #[test]
         fn patched_assignments_equal_those_from_scratch(
-            times in prop::collection::vec(
-                (
-                    prop::collection::vec(((0u8..2, 0u8..3, 0u8..4), any::<bool>()), 0..6),
-                    prop::collection::vec(((0u8..2, 0u8..2, 0u8..3), any::<bool>()), 0..3),
-                ),
-                1..12,
-            )
+            times in prop::collection::vec(prop::collection::vec(update(), 0..8), 1..12)
         ) {
             let mut assignments = Assignments::default();
             let (mut fed_addresses, mut fed_facts) = (Vec::new(), Vec::new());
             let mut output: BTreeMap<Out, isize> = BTreeMap::new();
-            for (addresses, facts) in times {
-                // A retraction only of what is there (the driver never feeds one otherwise).
-                let mut now_addresses = Vec::new();
-                for ((s, c, ip), add) in addresses {
-                    let a = address(s, c, ip);
-                    let count: isize = fed_addresses.iter().chain(&now_addresses).filter(|(x, _)| *x == a).map(|(_, d)| d).sum();
-                    let diff = if add || count == 0 { 1 } else { -1 };
-                    now_addresses.push((a, diff));
+            for updates in times {
+                let mut give = |o, d| *output.entry(o).or_default() += d;
+                for (which, add) in updates {
+                    match which {
+                        Ok((s, c, ip)) => {
+                            // A retraction only of what is there (the driver never feeds one otherwise).
+                            let a = address(s, c, ip);
+                            let count: isize = fed_addresses.iter().filter(|(x, _)| *x == a).map(|(_, d)| d).sum();
+                            let diff = if add || count == 0 { 1 } else { -1 };
+                            fed_addresses.push((a.clone(), diff));
+                            assignments.address(a, diff, &mut give);
+                        }
+                        Err((k, s, c)) => {
+                            let f = fact(k, s, c);
+                            let count: isize = fed_facts.iter().filter(|(x, _)| *x == f).map(|(_, d)| d).sum();
+                            // (A fact is there once or not at all.)
+                            let diff = match (add, count) { (true, 0) => 1, (false, 1) => -1, _ => continue };
+                            fed_facts.push((f.clone(), diff));
+                            assignments.fact(f, diff, &mut give);
+                        }
+                    }
                 }
-                let mut now_facts = Vec::new();
-                for ((k, s, c), add) in facts {
-                    let f = fact(k, s, c);
-                    let count: isize = fed_facts.iter().chain(&now_facts).filter(|(x, _)| *x == f).map(|(_, d)| d).sum();
-                    // (A fact is there once or not at all.)
-                    let diff = match (add, count) { (true, 0) => 1, (false, 1) => -1, _ => continue };
-                    now_facts.push((f, diff));
-                }
-                fed_addresses.extend(now_addresses.iter().cloned());
-                fed_facts.extend(now_facts.iter().cloned());
-                assignments.apply(now_addresses, now_facts, &mut |o, d| *output.entry(o).or_default() += d);
+                assignments.finish(&mut give);
                 output.retain(|_, d| *d != 0);
                 prop_assert_eq!(&output, &from_scratch(&fed_addresses, &fed_facts));
             }
+            // (Nothing left once everything went.)
+            let mut give = |o, d| *output.entry(o).or_default() += d;
+            for (a, _) in fed_addresses.clone().into_iter().filter(|(_, d)| *d > 0) {
+                let count: isize = fed_addresses.iter().filter(|(x, _)| *x == a).map(|(_, d)| d).sum();
+                if count > 0 {
+                    fed_addresses.push((a.clone(), -1));
+                    assignments.address(a, -1, &mut give);
+                }
+            }
+            for (f, _) in fed_facts.clone().into_iter().filter(|(_, d)| *d > 0) {
+                let count: isize = fed_facts.iter().filter(|(x, _)| *x == f).map(|(_, d)| d).sum();
+                if count > 0 {
+                    fed_facts.push((f.clone(), -1));
+                    assignments.fact(f, -1, &mut give);
+                }
+            }
+            assignments.finish(&mut give);
+            output.retain(|_, d| *d != 0);
+            prop_assert!(output.is_empty(), "{:?}", output);
+            prop_assert!(assignments.clusters.is_empty(), "every cluster gone is forgotten");
+        }
+    }
+
+    proptest! {
+        /// A cluster's changed addresses, few or many, merge into its sorted list as their
+        /// consolidation: sorted, each once, none at zero.
+        #[test]
+        fn changed_addresses_merge_into_the_sorted_list(
+            held in prop::collection::btree_map(0u8..30, 1isize..3, 0..20),
+            changed in prop::collection::vec((0u8..30, prop_oneof![Just(-1isize), Just(1)]), 0..24),
+        ) {
+            let addr = |ip: u8| EndpointAddr::new(format!("10.0.0.{ip:02}"), 80);
+            let mut cluster = Cluster {
+                addresses: held.iter().map(|(ip, n)| (addr(*ip), *n)).collect(),
+                changed: changed.iter().map(|(ip, d)| (addr(*ip), *d)).collect(),
+                ..Cluster::default()
+            };
+            let mut expected: BTreeMap<EndpointAddr, isize> = cluster.addresses.iter().cloned().collect();
+            for (a, d) in &cluster.changed {
+                *expected.entry(a.clone()).or_default() += d;
+            }
+            expected.retain(|_, n| *n != 0);
+            cluster.merge();
+            prop_assert!(cluster.changed.is_empty());
+            prop_assert_eq!(cluster.addresses, expected.into_iter().collect::<Vec<_>>());
+        }
+    }
+
+    impl Assignments {
+        /// Takes in the addresses, then the facts of one time, and finishes it.
+        fn apply(
+            &mut self,
+            addresses: Vec<(Address, isize)>,
+            facts: Vec<(ClusterFact, isize)>,
+            out: &mut impl FnMut(Out, isize),
+        ) {
+            for (a, d) in addresses {
+                self.address(a, d, out);
+            }
+            for (f, d) in facts {
+                self.fact(f, d, out);
+            }
+            self.finish(out);
         }
     }
 
