@@ -96,16 +96,19 @@ impl Cluster {
     }
 
     /// Merges the changed addresses into the sorted list: a few by binary search, many by
-    /// sorting the list with them (it is sorted but for them).
+    /// sorting the list with them (it is sorted but for them). The changed list's room is
+    /// given back: a cluster between times holds none.
     fn merge(&mut self) {
-        if self.changed.len() <= 8 {
-            for (address, diff) in self.changed.drain(..) {
+        let changed = std::mem::take(&mut self.changed);
+        if changed.len() <= 8 {
+            // (Room for exactly as many: the list is re-encoded whole at each change anyway.)
+            self.addresses.reserve_exact(changed.iter().filter(|(_, d)| *d > 0).count());
+            for (address, diff) in changed {
                 add(&mut self.addresses, address, diff);
             }
         } else {
-            self.addresses.append(&mut self.changed);
+            self.addresses.extend(changed);
             differential_dataflow::consolidation::consolidate(&mut self.addresses);
-            self.changed = Vec::new();
         }
     }
 }
