@@ -78,10 +78,12 @@ type Placement = (Context, LocalityLb, LocatedBase);
 struct Cluster {
     /// How many times the config graph says the cluster gets an assignment (1 while it does).
     assigned: isize,
-    /// Its addresses, sorted, with their multiplicities (none zero), as of the last time.
+    /// Its addresses with their multiplicities: up to `sorted`, sorted and none zero, as of
+    /// the last time; after, those that came (and went, negative) at this time, as they came.
+    /// (One list, not two: the load of a whole cluster allocates no second list per cluster
+    /// to free after.)
     addresses: Vec<(EndpointAddr, isize)>,
-    /// The addresses that came (and went, negative) at this time, not yet merged.
-    changed: Vec<(EndpointAddr, isize)>,
+    sorted: usize,
     /// How it is placed by locality, if it is (with multiplicities).
     placements: Vec<(Placement, isize)>,
     /// Its load assignment as last output.
@@ -95,21 +97,37 @@ impl Cluster {
         self.assigned == 0 && self.addresses.is_empty() && self.placements.is_empty() && self.body.is_none()
     }
 
-    /// Merges the changed addresses into the sorted list: a few by binary search, many by
-    /// sorting the list with them (it is sorted but for them). The changed list's room is
-    /// given back: a cluster between times holds none.
+    /// Merges the addresses that changed into the sorted ones: a few by binary search, many by
+    /// sorting the list (sorted but for them).
     fn merge(&mut self) {
-        let changed = std::mem::take(&mut self.changed);
-        if changed.len() <= 8 {
-            // (Room for exactly as many: the list is re-encoded whole at each change anyway.)
-            self.addresses.reserve_exact(changed.iter().filter(|(_, d)| *d > 0).count());
-            for (address, diff) in changed {
-                add(&mut self.addresses, address, diff);
+        let mut sorted = self.sorted;
+        if self.addresses.len() - sorted <= 8 {
+            // Each last one into the sorted part (which an insertion or removal moves the rest
+            // of the changed ones past).
+            while self.addresses.len() > sorted {
+                let Some((address, diff)) = self.addresses.pop() else { break };
+                match self.addresses[..sorted].binary_search_by(|(x, _)| x.cmp(&address)) {
+                    Ok(i) => {
+                        self.addresses[i].1 += diff;
+                        if self.addresses[i].1 == 0 {
+                            self.addresses.remove(i);
+                            sorted -= 1;
+                        }
+                    }
+                    Err(i) if diff != 0 => {
+                        self.addresses.insert(i, (address, diff));
+                        sorted += 1;
+                    }
+                    Err(_) => {}
+                }
             }
         } else {
-            self.addresses.extend(changed);
             differential_dataflow::consolidation::consolidate(&mut self.addresses);
+            if self.addresses.capacity() > 2 * self.addresses.len() + 8 {
+                self.addresses.shrink_to_fit();
+            }
         }
+        self.sorted = self.addresses.len();
     }
 }
 
@@ -138,7 +156,7 @@ impl Assignments {
         for (placement, n) in &cluster.placements {
             out(Out::Located(located(&key.1, placement, &address)), diff * n);
         }
-        cluster.changed.push((address, diff));
+        cluster.addresses.push((address, diff));
         if !cluster.touched {
             cluster.touched = true;
             self.touched.push(key);
@@ -161,7 +179,7 @@ impl Assignments {
             ClusterFact::Located((scope, cluster), placement) => {
                 let key = (scope, name(&cluster));
                 let cluster = self.clusters.entry(key.clone()).or_default();
-                for (address, n) in cluster.addresses.iter().chain(&cluster.changed) {
+                for (address, n) in &cluster.addresses {
                     out(Out::Located(located(&key.1, &placement, address)), diff * n);
                 }
                 add(&mut cluster.placements, placement, diff);
@@ -484,16 +502,17 @@ mod tests {
             let addr = |ip: u8| EndpointAddr::new(format!("10.0.0.{ip:02}"), 80);
             let mut cluster = Cluster {
                 addresses: held.iter().map(|(ip, n)| (addr(*ip), *n)).collect(),
-                changed: changed.iter().map(|(ip, d)| (addr(*ip), *d)).collect(),
+                sorted: held.len(),
                 ..Cluster::default()
             };
             let mut expected: BTreeMap<EndpointAddr, isize> = cluster.addresses.iter().cloned().collect();
-            for (a, d) in &cluster.changed {
-                *expected.entry(a.clone()).or_default() += d;
+            for (ip, d) in &changed {
+                cluster.addresses.push((addr(*ip), *d));
+                *expected.entry(addr(*ip)).or_default() += d;
             }
             expected.retain(|_, n| *n != 0);
             cluster.merge();
-            prop_assert!(cluster.changed.is_empty());
+            prop_assert_eq!(cluster.sorted, expected.len());
             prop_assert_eq!(cluster.addresses, expected.into_iter().collect::<Vec<_>>());
         }
     }
