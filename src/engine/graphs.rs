@@ -19,7 +19,8 @@
 //!     ─▶ the driver's derivations (derived.rs) ─▶ addresses of every assigned cluster,
 //!                                                 endpoint labels (failoverPriority)
 //! addresses, assigned and located clusters
-//!     ─▶ endpoint graph (endpoints.rs) ─▶ load assignments, addresses of clusters placed by locality
+//!     ─▶ endpoint graph (endpoints.rs: one operator that patches each cluster's addresses)
+//!        ─▶ load assignments, addresses of clusters placed by locality
 //! those addresses, endpoint labels, located clusters, proxy localities
 //!     ─▶ located graph (located.rs) ─▶ assignments per place
 //! ```

@@ -2,7 +2,8 @@
 //!
 //! Registers a logger for timely's events on the engine's worker and prints to stderr, every
 //! ten seconds, each operator's schedules and time in that interval, with its address (the
-//! first number is the graph: 0 proxies, 1 config, 2 endpoints, 3 located), largest first.
+//! first number is the graph: 0 proxies, 1 config, 2 unsliced, 3 endpoints, 4 located),
+//! largest first.
 //! The graph's own line (`Dataflow`) counts its passes: each step of the worker that scheduled
 //! it; its `Input` operator counts the graph's runs. The log costs time of its own, so read
 //! the shares, not the absolute figures. Not built by default.
