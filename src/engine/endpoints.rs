@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Scope as Graph;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::{Capability, InputCapability};
 use timely::progress::frontier::MutableAntichain;
 
 use super::derived::Address;
@@ -157,10 +157,7 @@ impl Assignments {
             out(Out::Located(located(&key.1, placement, &address)), diff * n);
         }
         cluster.addresses.push((address, diff));
-        if !cluster.touched {
-            cluster.touched = true;
-            self.touched.push(key);
-        }
+        touch(&mut self.touched, cluster, key);
     }
 
     /// Takes in a fact that came (`diff` 1) or went (-1): an assigned cluster's, or a located
@@ -171,10 +168,7 @@ impl Assignments {
                 let key = (scope, name(&cluster));
                 let cluster = self.clusters.entry(key.clone()).or_default();
                 cluster.assigned += diff;
-                if !cluster.touched {
-                    cluster.touched = true;
-                    self.touched.push(key);
-                }
+                touch(&mut self.touched, cluster, key);
             }
             ClusterFact::Located((scope, cluster), placement) => {
                 let key = (scope, name(&cluster));
@@ -188,6 +182,14 @@ impl Assignments {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Takes in an update of either input.
+    fn take(&mut self, update: Update, diff: isize, out: &mut impl FnMut(Out, isize)) {
+        match update {
+            Update::Address(address) => self.address(address, diff, out),
+            Update::Fact(fact) => self.fact(fact, diff, out),
         }
     }
 
@@ -227,6 +229,14 @@ impl Assignments {
     }
 }
 
+/// Marks `cluster` (of `key`) to be finished with this time, once.
+fn touch(touched: &mut Vec<(Scope, Name)>, cluster: &mut Cluster, key: (Scope, Name)) {
+    if !cluster.touched {
+        cluster.touched = true;
+        touched.push(key);
+    }
+}
+
 /// What the located graph reads of an address of a located cluster.
 fn located(cluster: &Name, (ctx, lb, base): &Placement, address: &EndpointAddr) -> LocatedInput {
     LocatedInput::Address((ctx.clone(), cluster.to_string(), lb.clone()), base.clone(), address.clone())
@@ -246,9 +256,15 @@ fn add<T: Ord>(list: &mut Vec<(T, isize)>, item: T, diff: isize) {
     }
 }
 
+/// An update of either of the endpoint graph's inputs.
+enum Update {
+    Address(Address),
+    Fact(ClusterFact),
+}
+
 /// Updates of a time later than the one the operator is taking in (the driver runs a graph
 /// one time at a time, so none arrive; held, should any).
-type Later = (Capability<u64>, Vec<(Address, isize)>, Vec<(ClusterFact, isize)>);
+type Later = (Capability<u64>, Vec<(Update, isize)>);
 
 /// The least time of a frontier, if any.
 fn least(frontier: &MutableAntichain<u64>) -> Option<u64> {
@@ -289,44 +305,34 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Out>)
                         if !passed(time) {
                             break;
                         }
-                        let (cap, addresses, facts) = entry.remove();
+                        let (cap, updates) = entry.remove();
                         let mut session = output.session(&cap);
                         let mut give = |o, d| session.give((o, time, d));
-                        for (address, diff) in addresses {
-                            assignments.address(address, diff, &mut give);
-                        }
-                        for (fact, diff) in facts {
-                            assignments.fact(fact, diff, &mut give);
+                        for (update, diff) in updates {
+                            assignments.take(update, diff, &mut give);
                         }
                         assignments.finish(&mut give);
                     }
                     // What arrives at the frontier's time is taken in at once.
                     let low = least(addresses_frontier).into_iter().chain(least(facts_frontier)).min();
                     let mut taken = Vec::new();
+                    let mut arrive = |cap: &InputCapability<u64>, update: Update, time: u64, diff: isize| {
+                        if Some(time) == low {
+                            open.get_or_insert_with(|| cap.delayed(&time, 0));
+                            assignments.take(update, diff, &mut |o, d| taken.push((o, time, d)));
+                        } else {
+                            let entry = later.entry(time).or_insert_with(|| (cap.delayed(&time, 0), Vec::new()));
+                            entry.1.push((update, diff));
+                        }
+                    };
                     addresses.for_each(|cap, data| {
                         for (address, time, diff) in data.drain(..) {
-                            if Some(time) == low {
-                                open.get_or_insert_with(|| cap.delayed(&time, 0));
-                                assignments.address(address, diff, &mut |o, d| taken.push((o, time, d)));
-                            } else {
-                                let entry = later
-                                    .entry(time)
-                                    .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()));
-                                entry.1.push((address, diff));
-                            }
+                            arrive(&cap, Update::Address(address), time, diff);
                         }
                     });
                     facts.for_each(|cap, data| {
                         for (fact, time, diff) in data.drain(..) {
-                            if Some(time) == low {
-                                open.get_or_insert_with(|| cap.delayed(&time, 0));
-                                assignments.fact(fact, diff, &mut |o, d| taken.push((o, time, d)));
-                            } else {
-                                let entry = later
-                                    .entry(time)
-                                    .or_insert_with(|| (cap.delayed(&time, 0), Vec::new(), Vec::new()));
-                                entry.2.push((fact, diff));
-                            }
+                            arrive(&cap, Update::Fact(fact), time, diff);
                         }
                     });
                     if let Some(cap) = &open {
