@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use tokio::sync::watch;
 
-use crate::engine::{EngineOutput, ResourceDelta};
+use crate::engine::{EngineOutput, ResourceChange, ResourceDelta};
 use crate::model::proxy::ProxyKind;
 use crate::translate::{Diagnostic, ResourceType, Scope};
 
@@ -311,6 +311,21 @@ fn slot(ty: ResourceType) -> usize {
     ty as usize
 }
 
+/// Hears what [`Cache::apply_observed`] changes (the bench's sink times each change with it).
+pub trait ApplyObserver {
+    /// `change` changed the cache: its new content version, None for a removal. Called under
+    /// the cache's write lock.
+    fn changed(&mut self, change: &ResourceChange, version: Option<&str>);
+    /// The delta changed something and got sequence number `seq`; no stream has been woken.
+    fn applied(&mut self, seq: u64);
+}
+
+/// No observer.
+impl ApplyObserver for () {
+    fn changed(&mut self, _: &ResourceChange, _: Option<&str>) {}
+    fn applied(&mut self, _: u64) {}
+}
+
 /// The set of names changed since a sequence number, or `None` when the log no longer
 /// reaches that far back and the caller must compare everything.
 pub type Changed = Option<Vec<(ResourceType, String)>>;
@@ -357,6 +372,12 @@ impl Cache {
     /// Applies one logical time's changes atomically. Changes that leave a resource's content
     /// as it was are dropped.
     pub fn apply(&self, delta: &ResourceDelta) -> usize {
+        self.apply_observed(delta, &mut ())
+    }
+
+    /// [`Cache::apply`], telling `observer` of each change that changed the cache and, before
+    /// any stream is woken, of the sequence number the delta got.
+    pub fn apply_observed(&self, delta: &ResourceDelta, observer: &mut impl ApplyObserver) -> usize {
         if !delta.pod_localities.is_empty() {
             let mut map = self.pod_localities.write().unwrap_or_else(|e| e.into_inner());
             for (pod, locality) in &delta.pod_localities {
@@ -386,6 +407,7 @@ impl Cache {
                     if map.get(&change.name).is_some_and(|r| r.version == version) {
                         false
                     } else {
+                        observer.changed(change, Some(&version));
                         let r = Resource::new(change.name.as_str().into(), version, body.clone());
                         map.insert(change.name.clone(), Arc::new(r));
                         true
@@ -396,6 +418,9 @@ impl Cache {
                     let removed = slots[slot(change.ty)].remove(&change.name).is_some();
                     if slots.iter().all(BTreeMap::is_empty) {
                         state.resources.remove(&change.scope);
+                    }
+                    if removed {
+                        observer.changed(change, None);
                     }
                     removed
                 }
@@ -414,6 +439,7 @@ impl Cache {
             }
             drop(state);
             *self.changed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+            observer.applied(seq);
             self.notify.send_replace(seq);
         }
         applied
@@ -587,6 +613,42 @@ mod tests {
         assert_eq!(cache.apply(&delta(&[(ResourceType::Cluster, "a", Some(b"x"))])), 0);
         assert_eq!(cache.seq(), seq);
         assert_eq!(cache.changed_since(seq, &View::sidecar()), (seq, Some(vec![])));
+    }
+
+    /// The observer hears each change that changed the cache, with its version, then the
+    /// delta's sequence number while no stream has been told yet.
+    #[test]
+    fn an_observer_hears_what_changed_and_the_sequence_number_before_streams_do() {
+        struct Heard {
+            changes: Vec<(String, Option<String>)>,
+            applied: Vec<(u64, bool)>,
+            streams: watch::Receiver<u64>,
+        }
+        impl ApplyObserver for Heard {
+            fn changed(&mut self, change: &ResourceChange, version: Option<&str>) {
+                self.changes.push((change.name.clone(), version.map(str::to_string)));
+            }
+            fn applied(&mut self, seq: u64) {
+                self.applied.push((seq, self.streams.has_changed().unwrap()));
+            }
+        }
+        let cache = Cache::new([]);
+        cache
+            .apply(&delta(&[(ResourceType::Cluster, "kept", Some(b"1")), (ResourceType::Cluster, "gone", Some(b"2"))]));
+        let mut heard = Heard { changes: Vec::new(), applied: Vec::new(), streams: cache.subscribe() };
+        let changes = delta(&[
+            (ResourceType::Cluster, "kept", Some(b"1")),
+            (ResourceType::Cluster, "gone", None),
+            (ResourceType::Cluster, "never", None),
+            (ResourceType::Cluster, "new", Some(b"3")),
+        ]);
+        assert_eq!(cache.apply_observed(&changes, &mut heard), 2);
+        assert_eq!(heard.changes, [("gone".to_string(), None), ("new".to_string(), Some(content_version(b"3")))]);
+        assert_eq!(heard.applied, [(cache.seq(), false)], "told before the streams");
+        assert!(heard.streams.has_changed().unwrap());
+        // Nothing changed: nothing heard.
+        assert_eq!(cache.apply_observed(&changes, &mut heard), 0);
+        assert_eq!((heard.changes.len(), heard.applied.len()), (2, 1));
     }
 
     #[test]
