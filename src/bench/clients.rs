@@ -36,6 +36,8 @@ pub struct BatchTrack {
     /// Per client: resources of this batch still to receive.
     remaining: HashMap<usize, usize>,
     pub done_clients: usize,
+    /// The latest time a client that has received all of it did so.
+    done_at: Option<Instant>,
     /// When the last client had received all of it.
     pub last: Option<Instant>,
 }
@@ -49,8 +51,9 @@ impl BatchTrack {
     }
 }
 
-/// A resource's latest version (`None`: removed) and the batch that made it.
-type Latest = (Option<String>, u64);
+/// A resource's latest version (`None`: removed), the batch that made it and that batch's
+/// cache sequence number.
+type Latest = (Option<String>, u64, u64);
 
 /// Matches what clients receive to the engine batches that produced it.
 #[derive(Default)]
@@ -137,27 +140,41 @@ impl Tracker {
         Tracker { clients, ..Default::default() }
     }
 
-    /// Records a batch's changes (before the cache serves them): resource and new version.
-    pub fn register(&self, batch: u64, changes: &[(ResourceType, String, Option<String>)]) {
+    /// Records a batch's changes (before the cache serves them): resource and new version, and
+    /// the cache sequence number the batch got.
+    pub fn register(&self, batch: u64, seq: u64, changes: &[(ResourceType, String, Option<String>)]) {
         if self.clients == 0 || changes.is_empty() {
             return;
         }
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         for (ty, name, version) in changes {
-            latest.insert((*ty, name.clone()), (version.clone(), batch));
+            latest.insert((*ty, name.clone()), (version.clone(), batch, seq));
         }
         drop(latest);
         let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
         batches.insert(batch, BatchTrack { expected: changes.len(), ..Default::default() });
     }
 
-    fn received(&self, client: usize, ty: ResourceType, items: &[(String, Option<String>)], at: Instant) {
+    /// Client `client` read, at `at`, a response built at cache sequence number `built_at`
+    /// carrying `items` (name, version; None: removed). An item counts for the batch that made
+    /// its version only if the response was built at or after that batch: a version can come
+    /// back (a Pod removed and added again), and a response built before the batch that
+    /// carries the same version is not the batch's.
+    fn received(
+        &self,
+        client: usize,
+        ty: ResourceType,
+        items: &[(String, Option<String>)],
+        built_at: u64,
+        at: Instant,
+    ) {
         let mut hits: HashMap<u64, usize> = HashMap::new();
         {
             let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
             for (name, version) in items {
-                if let Some((v, batch)) = latest.get(&(ty, name.clone()))
+                if let Some((v, batch, seq)) = latest.get(&(ty, name.clone()))
                     && v == version
+                    && built_at >= *seq
                 {
                     *hits.entry(*batch).or_default() += 1;
                 }
@@ -169,7 +186,8 @@ impl Tracker {
         let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
         for (batch, n) in hits {
             let Some(track) = batches.get_mut(&batch) else { continue };
-            track.first.get_or_insert(at);
+            // Clients report from two threads: one that read later may report first.
+            track.first = Some(track.first.map_or(at, |first| first.min(at)));
             let expected = track.expected;
             let remaining = track.remaining.entry(client).or_insert(expected);
             if *remaining == 0 {
@@ -178,8 +196,10 @@ impl Tracker {
             *remaining = remaining.saturating_sub(n);
             if *remaining == 0 {
                 track.done_clients += 1;
+                let done_at = track.done_at.map_or(at, |d| d.max(at));
+                track.done_at = Some(done_at);
                 if track.done_clients == self.clients {
-                    track.last = Some(at);
+                    track.last = Some(done_at);
                 }
             }
         }
@@ -315,7 +335,9 @@ pub async fn run_client(
             let mut items: Vec<(String, Option<String>)> =
                 resources.iter().map(|r| (r.name.clone(), Some(r.version.clone()))).collect();
             items.extend(response.removed_resources.iter().map(|n| (n.clone(), None)));
-            tracker.received(i, ty, &items, at);
+            // The server's `system_version_info` is the cache sequence number it built at.
+            let built_at = response.system_version_info.parse().unwrap_or(u64::MAX);
+            tracker.received(i, ty, &items, built_at, at);
         }
         if !synced {
             unanswered_types.remove(&ty);

@@ -218,6 +218,7 @@ fn write_plots(args: &BenchArgs, s: &ScenarioReport) -> anyhow::Result<()> {
     let series: Vec<(&str, &Samples)> = [
         ("meshflow: → output batch", &s.batch_samples),
         ("meshflow: → 1st xDS frame", &s.frame_samples),
+        ("meshflow: → 1st client", &s.first_client_samples),
         ("meshflow: → last client", &s.last_samples),
         ("meshflow: → Envoy ACK", &s.envoy_samples),
         ("full recompute: → batch", &s.full_samples),

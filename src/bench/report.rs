@@ -82,8 +82,12 @@ pub struct Incremental {
     pub batches: u64,
     /// Step → its engine output batch (ResourceDelta at the cache).
     pub output_batch_ms: Latency,
-    /// Step → first xDS frame carrying its output, at any client.
+    /// Step → first xDS frame carrying its output on the wire: the server's write of the first
+    /// response built at or after the step's batch, to any proxy (simulated or Envoy).
     pub first_frame_ms: Latency,
+    /// Step → the first simulated client that read a response carrying its output (the
+    /// frame's trip through loopback and the client's own runtime on top of the above).
+    pub first_client_ms: Latency,
     /// Step → the last of K clients having received all of its output.
     pub last_client_ms: Latency,
     /// Step → the bench's real Envoy (`--envoy`) ACKed the responses that carried its output
@@ -94,8 +98,9 @@ pub struct Incremental {
     pub envoy_steps_unacked: u64,
     /// NACKs from the bench's Envoy (initial configuration included).
     pub envoy_nacks: u64,
-    /// Steps whose output no client received in full (a later change superseded a resource
-    /// before it was sent: delta xDS sends only the latest version) or that changed nothing.
+    /// Steps whose output no proxy got (no simulated client read any of it and Envoy did not
+    /// ACK it: a later change superseded it before it was sent, delta xDS sending only the
+    /// latest version, or it changed nothing a connected proxy sees): not timed to a frame.
     pub steps_without_frames: u64,
     /// Resources the engine emitted that changed the cache (the ingress gateway's class
     /// included), by type (`CDS`, `EDS`, `LDS`, `RDS`, `SDS`), and the bytes of their new
@@ -175,6 +180,8 @@ pub struct ScenarioReport {
     pub batch_samples: Samples,
     #[serde(skip)]
     pub frame_samples: Samples,
+    #[serde(skip)]
+    pub first_client_samples: Samples,
     #[serde(skip)]
     pub last_samples: Samples,
     #[serde(skip)]
@@ -283,8 +290,10 @@ pub fn table(report: &Report) -> String {
         report.duration_s,
         report.source
     ));
-    out.push_str("| scenario | events | ev/s | → batch | → 1st frame | → last client | → Envoy ACK | changed/ev | res/ev | bytes/ev | engine µs/ev | full → batch | full µs/ev | full bytes/ev | CPU ratio | bytes ratio |\n");
-    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    out.push_str("| scenario | events | ev/s | → batch | → 1st frame | → 1st client | → last client | → Envoy ACK | changed/ev | res/ev | bytes/ev | engine µs/ev | full → batch | full µs/ev | full bytes/ev | CPU ratio | bytes ratio |\n");
+    out.push_str(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
     for s in &report.scenarios {
         let (inc, full) = (s.incremental.as_ref(), s.full.as_ref());
         let i = |f: &dyn Fn(&Incremental) -> String| inc.map(f).unwrap_or_else(|| "-".into());
@@ -295,7 +304,7 @@ pub fn table(report: &Report) -> String {
             _ => 0,
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             s.scenario,
             events,
             i(&|x| format!("{:.0}", x.events_per_s)),
@@ -305,6 +314,7 @@ pub fn table(report: &Report) -> String {
                 fmt_ms(&x.output_batch_ms)
             }),
             i(&|x| fmt_ms(&x.first_frame_ms)),
+            i(&|x| fmt_ms(&x.first_client_ms)),
             i(&|x| fmt_ms(&x.last_client_ms)),
             i(&|x| x.envoy_ack_ms.as_ref().map(fmt_ms).unwrap_or_else(|| "-".into())),
             i(&|x| changed_per_event(x)),

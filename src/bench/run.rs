@@ -15,7 +15,7 @@ use super::progress::Progress;
 use super::report::{Cpu, Full, Incremental, PerEvent, ScenarioReport, Verify};
 use super::scenario::{Scenario, Step, Steps};
 use super::{BenchArgs, SourceKind, sys};
-use crate::cache::{Cache, content_version};
+use crate::cache::Cache;
 use crate::engine::{Command, Engine, EngineOutput};
 use crate::model::{InputEvent, Object, ObjectKey};
 use crate::translate::{ResourceType, Scope, reference};
@@ -46,8 +46,9 @@ struct Probe {
     batches: Mutex<Vec<Batch>>,
 }
 
-/// The engine sink for the bench: registers each batch's changes with the client tracker,
-/// applies it to the cache.
+/// The engine sink for the bench: applies each batch to the cache, as `serve`'s sink does, and
+/// records it (and registers its changes with the client tracker) before the cache wakes any
+/// stream.
 fn sink(cache: Arc<Cache>, probe: Arc<Probe>, tracker: Arc<Tracker>) -> impl FnMut(EngineOutput) + Send + 'static {
     // The ingress gateway's resources are not for the simulated proxies (sidecars).
     let ingress = match World::ingress_class() {
@@ -56,34 +57,60 @@ fn sink(cache: Arc<Cache>, probe: Arc<Probe>, tracker: Arc<Tracker>) -> impl FnM
     };
     move |output| match output {
         EngineOutput::Delta(delta) => {
-            let at = Instant::now();
-            let mut changes: Vec<(ResourceType, String, Option<String>)> = Vec::new();
-            let (mut count, mut by_type, mut bytes) = (0, [0u64; ResourceType::ALL.len()], 0u64);
-            for c in &delta.changes {
-                let version = c.body.as_ref().map(|b| content_version(b));
-                let current = cache.get_scoped(&c.scope, c.ty, &c.name).map(|r| r.version.clone());
-                if current != version {
-                    count += 1;
-                    by_type[ResourceType::ALL.iter().position(|t| *t == c.ty).unwrap_or_default()] += 1;
-                    bytes += c.body.as_ref().map_or(0, |b| b.len() as u64);
-                    if c.scope != ingress {
-                        changes.push((c.ty, c.name.clone(), version));
-                    }
-                }
-            }
-            let mut batches = probe.batches.lock().unwrap_or_else(|e| e.into_inner());
-            let index = batches.len() as u64;
-            batches.push(Batch { at, changes: count, by_type, bytes, sidecar_changes: changes.len(), seq: 0 });
-            drop(batches);
-            tracker.register(index, &changes);
-            cache.apply(&delta);
-            // The bench's sink is the cache's only writer: this is the batch's sequence number.
-            let seq = cache.seq();
-            if let Some(b) = probe.batches.lock().unwrap_or_else(|e| e.into_inner()).get_mut(index as usize) {
-                b.seq = seq;
+            let mut recording = Recording {
+                batch: Batch {
+                    at: Instant::now(),
+                    changes: 0,
+                    by_type: [0; ResourceType::ALL.len()],
+                    bytes: 0,
+                    sidecar_changes: 0,
+                    seq: 0,
+                },
+                sidecar: Vec::new(),
+                ingress: &ingress,
+                probe: &probe,
+                tracker: &tracker,
+            };
+            if cache.apply_observed(&delta, &mut recording) == 0 {
+                // Nothing changed: the batch is recorded all the same (a step's marker names
+                // the latest batch), with the current sequence number.
+                recording.batch.seq = cache.seq();
+                probe.batches.lock().unwrap_or_else(|e| e.into_inner()).push(recording.batch);
             }
         }
         EngineOutput::Synced(source) => cache.source_synced(&source),
+    }
+}
+
+/// What the bench's sink notes of a batch while the cache applies it.
+struct Recording<'a> {
+    batch: Batch,
+    /// The changes the sidecars see: type, name, new version.
+    sidecar: Vec<(ResourceType, String, Option<String>)>,
+    ingress: &'a Scope,
+    probe: &'a Probe,
+    tracker: &'a Tracker,
+}
+
+impl crate::cache::ApplyObserver for Recording<'_> {
+    fn changed(&mut self, change: &crate::engine::ResourceChange, version: Option<&str>) {
+        let b = &mut self.batch;
+        b.changes += 1;
+        b.by_type[ResourceType::ALL.iter().position(|t| *t == change.ty).unwrap_or_default()] += 1;
+        b.bytes += change.body.as_ref().map_or(0, |body| body.len() as u64);
+        if change.scope != *self.ingress {
+            self.sidecar.push((change.ty, change.name.clone(), version.map(str::to_string)));
+        }
+    }
+
+    fn applied(&mut self, seq: u64) {
+        self.batch.seq = seq;
+        self.batch.sidecar_changes = self.sidecar.len();
+        let mut batches = self.probe.batches.lock().unwrap_or_else(|e| e.into_inner());
+        let index = batches.len() as u64;
+        batches.push(self.batch);
+        drop(batches);
+        self.tracker.register(index, seq, &self.sidecar);
     }
 }
 
@@ -95,6 +122,22 @@ fn step_marker(step: u64, probe: &Arc<Probe>, markers: &crossbeam_channel::Sende
         let batch = probe.batches.lock().unwrap_or_else(|e| e.into_inner()).len().saturating_sub(1) as u64;
         let _ = markers.send(Marker { step, batch });
     }))
+}
+
+/// The server's first writes by sequence number ([`crate::xds::sync::WriteTap`]), each with the
+/// earliest write of that or any later sequence number: a response built at a later change
+/// carries every earlier one its stream had not sent.
+fn first_writes(writes: &BTreeMap<u64, Instant>) -> Vec<(u64, Instant)> {
+    let mut out: Vec<(u64, Instant)> = writes.iter().map(|(s, at)| (*s, *at)).collect();
+    for i in (0..out.len().saturating_sub(1)).rev() {
+        out[i].1 = out[i].1.min(out[i + 1].1);
+    }
+    out
+}
+
+/// When a response carrying cache change `seq` first went out (see [`first_writes`]).
+fn first_write(writes: &[(u64, Instant)], seq: u64) -> Option<Instant> {
+    writes.get(writes.partition_point(|(s, _)| *s < seq)).map(|(_, at)| *at)
 }
 
 fn free_port() -> anyhow::Result<SocketAddr> {
@@ -253,9 +296,18 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     let client_ends = clients::Ends::new(clients);
     let mut envoy = None;
     let addr = free_port()?;
+    // When each cache change's first response went out: sequence number → the first write.
+    let wire: Arc<Mutex<BTreeMap<u64, Instant>>> = Default::default();
     if clients > 0 || args.envoy.is_some() {
         let mut server_stop = stop_rx.clone();
         let connections = crate::xds::sync::Connections::new();
+        let writes = wire.clone();
+        connections.tap_writes(Arc::new(move |seq, at| {
+            // (Two threads write: the one that began earlier may report later.)
+            let mut writes = writes.lock().unwrap_or_else(|e| e.into_inner());
+            let first = writes.entry(seq).or_insert(at);
+            *first = (*first).min(at);
+        }));
         server_rt.spawn(crate::xds::serve_with_connections(
             cache.clone(),
             None,
@@ -432,6 +484,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     let batches = probe.batches.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let tracks = tracker.batches.lock().unwrap_or_else(|e| e.into_inner());
     let mut used_batches = HashSet::new();
+    let writes = first_writes(&wire.lock().unwrap_or_else(|e| e.into_inner()));
     for (i, at) in sent.iter().enumerate() {
         let t = (*at - pacer.start).as_secs_f64();
         let Some(b) = step_batch[i] else { continue };
@@ -439,20 +492,29 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
         let batch = batches[b as usize];
         report.batch_samples.push(t, micros(batch.at.saturating_duration_since(*at)));
         let track = tracks.get(&b);
-        match track.and_then(|t| t.first) {
-            Some(first) => report.frame_samples.push(t, micros(first.saturating_duration_since(*at))),
-            None => inc.steps_without_frames += 1,
+        let first_client = track.and_then(|t| t.first);
+        if let Some(first) = first_client {
+            report.first_client_samples.push(t, micros(first.saturating_duration_since(*at)));
         }
         if let Some(last) = track.and_then(|t| t.last) {
             report.last_samples.push(t, micros(last.saturating_duration_since(*at)));
         }
+        let mut acked = None;
         if let Some(envoy) = &envoy
             && batch.sidecar_changes > 0
         {
-            match envoy.answers.held_at(batch.seq) {
+            acked = envoy.answers.held_at(batch.seq);
+            match acked {
                 Some(acked) => report.envoy_samples.push(t, micros(acked.saturating_duration_since(*at))),
                 None => inc.envoy_steps_unacked += 1,
             }
+        }
+        // On the wire: the first response built at or after the batch, once a proxy is known
+        // to have got the batch (else the write found would be a later batch's).
+        let wrote = (first_client.is_some() || acked.is_some()).then(|| first_write(&writes, batch.seq)).flatten();
+        match wrote {
+            Some(wrote) => report.frame_samples.push(t, micros(wrote.saturating_duration_since(*at))),
+            None => inc.steps_without_frames += 1,
         }
     }
     drop(tracks);
@@ -473,6 +535,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     }
     inc.output_batch_ms = report.batch_samples.summary();
     inc.first_frame_ms = report.frame_samples.summary();
+    inc.first_client_ms = report.first_client_samples.summary();
     inc.last_client_ms = report.last_samples.summary();
     if let Some(envoy) = &envoy {
         inc.envoy_ack_ms = Some(report.envoy_samples.summary());

@@ -24,6 +24,9 @@ const MAX_RESPONSE: usize = 256 << 20;
 /// the encoded `Resource` messages, slices of the frame they came in.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Response {
+    /// meshflow's: the cache sequence number the response was built at.
+    #[prost(string, tag = "1")]
+    pub system_version_info: String,
     #[prost(bytes = "bytes", repeated, tag = "2")]
     pub resources: Vec<Bytes>,
     #[prost(string, tag = "4")]

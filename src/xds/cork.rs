@@ -7,7 +7,12 @@
 //! receiver's: `writev` was a third of the server's CPU on a fan-out to 5,000 streams (100 per
 //! connection). The connection's task runs its streams and its connection in one turn
 //! ([`super::http`]), so what they write in that turn goes out in one write here.
+//!
+//! The flush is also when a response is on the wire: a stream notes the cache change its
+//! responses were built at ([`wrote`]) and the flush that sends them tells the connection's
+//! [`WriteTap`], if it has one.
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,6 +20,8 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::sync::WriteTap;
 
 /// The most a [`Corked`] socket holds before a write waits for it to be sent (about a
 /// hundred streams' responses to one change).
@@ -29,6 +36,20 @@ pub struct Corked {
 /// The connection's task's handle on a [`Corked`] socket: it sends what the turn wrote.
 pub struct Cork {
     state: Arc<Mutex<State>>,
+    tap: Option<WriteTap>,
+}
+
+thread_local! {
+    /// The latest cache change a response written in this turn was built at (0: none). A
+    /// connection's streams run in its task's turn on one thread, so the turn's flush reads
+    /// what they noted.
+    static WROTE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Notes that the running turn wrote a response built at cache sequence number `seq`: the
+/// turn's [`Cork::flush`] reports it to the connection's [`WriteTap`] once it is sent.
+pub fn wrote(seq: u64) {
+    WROTE.with(|w| w.set(w.get().max(seq)));
 }
 
 struct State {
@@ -39,12 +60,15 @@ struct State {
     sent: usize,
     /// What the last [`Cork::flush`] met, for the connection's next write to return.
     error: Option<io::Error>,
+    /// The latest cache change written ([`wrote`]) and not all sent yet (0: none).
+    unsent: u64,
 }
 
-/// A socket whose writes wait for [`Cork::flush`], and the handle that sends them.
-pub fn cork(socket: TcpStream) -> (Corked, Cork) {
-    let state = Arc::new(Mutex::new(State { socket, buf: Vec::new(), sent: 0, error: None }));
-    (Corked { state: state.clone() }, Cork { state })
+/// A socket whose writes wait for [`Cork::flush`], and the handle that sends them, which tells
+/// `tap` when a response to a cache change is sent.
+pub fn cork(socket: TcpStream, tap: Option<WriteTap>) -> (Corked, Cork) {
+    let state = Arc::new(Mutex::new(State { socket, buf: Vec::new(), sent: 0, error: None, unsent: 0 }));
+    (Corked { state: state.clone() }, Cork { state, tap })
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -84,13 +108,31 @@ impl State {
 }
 
 impl Cork {
+    /// Starts the connection's turn: nothing written yet ([`wrote`]).
+    pub fn begin(&self) {
+        WROTE.set(0);
+    }
+
     /// Sends what the connection wrote this turn; if the socket is full, the rest goes when it
     /// has room (the task is woken then, and flushes again at the end of that turn). An error
-    /// is kept for the connection's next write, which ends the connection.
+    /// is kept for the connection's next write, which ends the connection. Once all is sent,
+    /// the tap hears of the latest cache change the turns wrote, and when the write that sent
+    /// the last of it began (on loopback the peer may read it before that write returns).
     pub fn flush(&self, cx: &mut Context<'_>) {
+        let wrote = WROTE.take();
         let mut state = lock(&self.state);
-        if let Poll::Ready(Err(e)) = state.poll_send(cx) {
-            state.error = Some(e);
+        state.unsent = state.unsent.max(wrote);
+        let began = std::time::Instant::now();
+        match state.poll_send(cx) {
+            Poll::Ready(Err(e)) => state.error = Some(e),
+            Poll::Ready(Ok(())) if state.unsent > 0 => {
+                let seq = std::mem::take(&mut state.unsent);
+                drop(state);
+                if let Some(tap) = &self.tap {
+                    tap(seq, began);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -165,7 +207,7 @@ mod tests {
     #[tokio::test]
     async fn writes_go_out_when_the_turn_flushes() {
         let (server, mut client) = pair().await;
-        let (mut corked, cork) = cork(server);
+        let (mut corked, cork) = cork(server, None);
         corked.write_all(b"one ").await.unwrap();
         let n = corked.write_vectored(&[io::IoSlice::new(b"two "), io::IoSlice::new(b"three")]).await.unwrap();
         assert_eq!(n, 9, "a vectored write is taken whole");
@@ -199,7 +241,7 @@ mod tests {
             client.read_to_end(&mut all).await.unwrap();
             all
         });
-        let (mut corked, cork) = cork(server);
+        let (mut corked, cork) = cork(server, None);
         let chunk = vec![7u8; CORK_LIMIT / 2 + 1];
         corked.write_all(&chunk).await.unwrap();
         assert_eq!(cork.pending(), chunk.len());
@@ -209,5 +251,50 @@ mod tests {
         assert_eq!(cork.pending(), 0, "shutting down sends the rest");
         drop((corked, cork));
         assert_eq!(reader.await.unwrap().len(), 2 * chunk.len());
+    }
+
+    /// The tap hears of the latest change a turn's responses were built at, once the turn's
+    /// writes are sent; a turn that noted none, or whose notes came before it began (another
+    /// connection's, on the same thread), tells it nothing.
+    #[tokio::test]
+    async fn the_tap_hears_of_a_turns_latest_change_once_it_is_sent() {
+        let (server, mut client) = pair().await;
+        let heard: Arc<Mutex<Vec<u64>>> = Default::default();
+        let h = heard.clone();
+        let (mut corked, cork) = cork(server, Some(Arc::new(move |seq, _| h.lock().unwrap().push(seq))));
+        async fn turn(cork: &Cork) {
+            std::future::poll_fn(|cx| {
+                cork.flush(cx);
+                Poll::Ready(())
+            })
+            .await
+        }
+        cork.begin();
+        corked.write_all(b"a").await.unwrap();
+        wrote(3);
+        wrote(5);
+        wrote(4);
+        assert!(heard.lock().unwrap().is_empty(), "nothing before the flush");
+        turn(&cork).await;
+        assert_eq!(*heard.lock().unwrap(), [5]);
+
+        cork.begin();
+        corked.write_all(b"b").await.unwrap();
+        turn(&cork).await;
+        assert_eq!(*heard.lock().unwrap(), [5], "a turn that wrote no response");
+
+        wrote(11);
+        cork.begin();
+        corked.write_all(b"c").await.unwrap();
+        turn(&cork).await;
+        assert_eq!(*heard.lock().unwrap(), [5], "a note from before the turn");
+
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8];
+        while got.len() < 3 {
+            let n = client.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"abc");
     }
 }

@@ -129,12 +129,13 @@ fn nodelay(socket: tokio::net::TcpStream) -> tokio::net::TcpStream {
 /// peer's address as tonic's `TcpConnectInfo`, so `tonic::Request::remote_addr` tells it.
 fn serve_connection(socket: tokio::net::TcpStream, service: wire::AdsService, stop: tokio::sync::watch::Receiver<()>) {
     let info = socket.connect_info();
+    let tap = service.write_tap();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(info.clone());
         service.call(req)
     });
     let handed = Streams::default();
-    let (socket, cork) = cork::cork(socket);
+    let (socket, cork) = cork::cork(socket, tap);
     let conn = builder(handed.clone()).serve_connection(TokioIo::new(socket), service);
     tokio::spawn(async move {
         use futures_util::StreamExt;
@@ -147,6 +148,7 @@ fn serve_connection(socket: tokio::net::TcpStream, service: wire::AdsService, st
         });
         let mut stopping = false;
         std::future::poll_fn(|cx| {
+            cork.begin();
             if !stopping && stop.as_mut().poll(cx).is_ready() {
                 stopping = true;
                 conn.as_mut().graceful_shutdown();

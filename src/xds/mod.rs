@@ -292,6 +292,8 @@ trait AdsProtocol: Send {
     fn view(&self) -> &View;
     fn on_request(&mut self, req: &Self::Request, cache: &Cache) -> Result<(Answer, Vec<Self::Response>), Status>;
     fn on_cache_change(&mut self, cache: &Cache) -> Vec<Self::Response>;
+    /// The cache sequence number a response was built at: it carries every change up to it.
+    fn built_at(response: &Self::Response) -> u64;
     fn log_push(node: &str, response: &Self::Response);
     /// A response's type URL, nonce and `version_info` (None for delta).
     fn response_meta(response: &Self::Response) -> (&str, &str, Option<&str>);
@@ -322,6 +324,10 @@ impl AdsProtocol for DeltaStream {
     }
     fn on_cache_change(&mut self, cache: &Cache) -> Vec<Self::Response> {
         DeltaStream::on_cache_change(self, cache)
+    }
+    fn built_at(r: &Self::Response) -> u64 {
+        // (Written by `DeltaStream::emit` from the number.)
+        r.system_version_info.parse().unwrap_or_default()
     }
     fn log_push(node: &str, r: &Self::Response) {
         let (resources, removed) = (r.resources.len(), r.removed_resources.len());
@@ -359,6 +365,9 @@ impl AdsProtocol for SotwStream {
     }
     fn on_cache_change(&mut self, cache: &Cache) -> Vec<Self::Response> {
         SotwStream::on_cache_change(self, cache)
+    }
+    fn built_at(r: &Self::Response) -> u64 {
+        r.seq
     }
     fn log_push(node: &str, r: &Self::Response) {
         let resources = r.resources.len();
@@ -426,6 +435,7 @@ async fn run_stream<P: AdsProtocol>(
             left -= 1;
             P::log_push(stream.node(), &response);
             let (type_url, nonce, version) = P::response_meta(&response);
+            let built_at = P::built_at(&response);
             let ty = ResourceType::from_type_url(type_url);
             if let Some(ty) = ty {
                 conn.sent(ty, nonce, version);
@@ -433,6 +443,8 @@ async fn run_stream<P: AdsProtocol>(
                 conn.counted(ty, resources, removed);
             }
             outbox.send(response).await;
+            // On the wire with the turn's flush (see `cork`).
+            cork::wrote(built_at);
             if let Some(ty) = ty {
                 metrics.record_push(ty, started.elapsed());
             }

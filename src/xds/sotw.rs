@@ -259,7 +259,8 @@ impl SotwStream {
         st.version = Some(version.clone());
         st.sent = sent;
         st.seq = seq;
-        let response = SotwResponse { version_info: version, resources, type_url: ty.type_url().to_string(), nonce };
+        let response =
+            SotwResponse { version_info: version, resources, type_url: ty.type_url().to_string(), nonce, seq };
         Some(Built { ty, response, adds, changed })
     }
 

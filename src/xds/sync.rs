@@ -87,6 +87,12 @@ pub struct Rejection {
 /// [`Connections::tap_answers`].
 pub type AnswerTap = Arc<dyn Fn(&Connection, ResourceType, Option<u64>) + Send + Sync>;
 
+/// Called when a connection has handed the kernel a response, with the cache sequence number it
+/// was built at (it carries every change up to it) and when the write that sent it began: the
+/// moment the frame goes on the wire. For measuring (`meshflow bench` times the first frame of each change with
+/// it); see [`Connections::tap_writes`].
+pub type WriteTap = Arc<dyn Fn(u64, std::time::Instant) + Send + Sync>;
+
 /// An [`AnswerTap`] in a struct that derives `Debug`.
 #[derive(Clone)]
 struct Tap(AnswerTap);
@@ -335,6 +341,7 @@ pub struct Connections {
     next: AtomicU64,
     streams: Mutex<Streams>,
     tap: OnceLock<Tap>,
+    writes: OnceLock<WriteTap>,
 }
 
 /// A stream's registration; dropping it removes the stream.
@@ -390,6 +397,17 @@ impl Connections {
     /// if a tap was set already.
     pub fn tap_answers(&self, tap: AnswerTap) -> bool {
         self.tap.set(Tap(tap)).is_ok()
+    }
+
+    /// Calls `tap` when a connection accepted from now on writes a response to a cache change
+    /// ([`WriteTap`]). Set once; false if a tap was set already.
+    pub fn tap_writes(&self, tap: WriteTap) -> bool {
+        self.writes.set(tap).is_ok()
+    }
+
+    /// The write tap, if one is set.
+    pub fn write_tap(&self) -> Option<WriteTap> {
+        self.writes.get().cloned()
     }
 
     /// Every connected stream, by node id then age.

@@ -133,6 +133,9 @@ pub struct SotwResponse {
     pub resources: Vec<Arc<Rendered>>,
     pub type_url: String,
     pub nonce: String,
+    /// The cache sequence number the response was built at (not sent: `version_info` is the
+    /// set's hash).
+    pub seq: u64,
 }
 
 // DiscoveryResponse's field numbers.
@@ -234,6 +237,11 @@ pub struct AdsService {
 impl AdsService {
     pub fn new(server: super::AdsServer) -> AdsService {
         AdsService { server: Arc::new(server) }
+    }
+
+    /// The tap to tell of each response to a cache change sent (see [`super::sync::WriteTap`]).
+    pub fn write_tap(&self) -> Option<super::sync::WriteTap> {
+        self.server.connections.write_tap()
     }
 
     /// Opens the stream `req` asks for. Nothing waits: the stream runs in the response body.
@@ -685,6 +693,7 @@ mod tests {
             resources: vec![small.clone(), large.clone()],
             type_url: ty.type_url().into(),
             nonce: "4".into(),
+            seq: 0,
         };
         let chunks = frame(response.clone());
         let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();

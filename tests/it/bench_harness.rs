@@ -87,6 +87,29 @@ fn every_scenario_at_small_reports_consistent_counts_and_ends_equal_to_the_refer
         if inc.first_frame_ms.count > 0 {
             assert!(inc.first_frame_ms.max >= inc.first_frame_ms.p50);
         }
+        // Step by step: the batch, then its first frame on the wire (the server's write), then
+        // the first client that read it, then the last.
+        let by_step = |samples: &meshflow::bench::report::Samples| -> std::collections::HashMap<u64, u64> {
+            samples.points.iter().map(|(t, us)| (t.to_bits(), *us)).collect()
+        };
+        let (batch, wire, first, last) = (
+            by_step(&s.batch_samples),
+            by_step(&s.frame_samples),
+            by_step(&s.first_client_samples),
+            by_step(&s.last_samples),
+        );
+        assert_eq!(first.len() as u64, inc.first_client_ms.count, "{name}");
+        for (t, client) in &first {
+            let wrote = wire.get(t).unwrap_or_else(|| panic!("{name}: a client read a step never written"));
+            assert!(
+                batch[t] <= *wrote && wrote <= client,
+                "{name}: batch {} µs, wire {wrote} µs, client {client} µs",
+                batch[t]
+            );
+            if let Some(last) = last.get(t) {
+                assert!(client <= last, "{name}");
+            }
+        }
         if name == "gateway-change" {
             // A Gateway's server on its own port: that port's listener and route config of the
             // ingress gateway's class change, added or removed, and nothing the sidecars hold.
