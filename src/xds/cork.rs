@@ -8,15 +8,21 @@
 //! connection). The connection's task runs its streams and its connection in one turn
 //! ([`super::http`]), so what they write in that turn goes out in one write here.
 //!
-//! The flush is also when a response is on the wire: a stream notes the cache change its
-//! responses were built at ([`wrote`]) and the flush that sends them tells the connection's
-//! [`WriteTap`], if it has one.
+//! The socket also tells when a response is on the wire. A stream notes the cache change its
+//! responses were built at ([`wrote`]) as it queues them; what the connection writes after the
+//! turn began holds them (h2 writes a response in the turn it was queued, or the next). The
+//! first send that carries a byte written since then tells the connection's [`WriteTap`], if it
+//! has one, when that send began: the turn's first frame is on the wire. That holds whichever
+//! send it is: the turn's flush, a send for room in the middle of a turn ([`CORK_LIMIT`]), or
+//! the rest of a flush that filled the socket.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -36,7 +42,6 @@ pub struct Corked {
 /// The connection's task's handle on a [`Corked`] socket: it sends what the turn wrote.
 pub struct Cork {
     state: Arc<Mutex<State>>,
-    tap: Option<WriteTap>,
 }
 
 thread_local! {
@@ -60,15 +65,34 @@ struct State {
     sent: usize,
     /// What the last [`Cork::flush`] met, for the connection's next write to return.
     error: Option<io::Error>,
-    /// The latest cache change written ([`wrote`]) and not all sent yet (0: none).
-    unsent: u64,
+    /// Bytes written to the buffer and sent since the connection began: offsets in its byte
+    /// stream.
+    written: u64,
+    sent_total: u64,
+    /// Where the running turn's writes begin.
+    turn_start: u64,
+    /// Turns that wrote responses ([`wrote`]) whose first byte has not been sent: where their
+    /// writes begin, and the latest cache change they noted. In order of offset.
+    marks: VecDeque<(u64, u64)>,
+    tap: Option<WriteTap>,
 }
 
 /// A socket whose writes wait for [`Cork::flush`], and the handle that sends them, which tells
 /// `tap` when a response to a cache change is sent.
 pub fn cork(socket: TcpStream, tap: Option<WriteTap>) -> (Corked, Cork) {
-    let state = Arc::new(Mutex::new(State { socket, buf: Vec::new(), sent: 0, error: None, unsent: 0 }));
-    (Corked { state: state.clone() }, Cork { state, tap })
+    let state = State {
+        socket,
+        buf: Vec::new(),
+        sent: 0,
+        error: None,
+        written: 0,
+        sent_total: 0,
+        turn_start: 0,
+        marks: VecDeque::new(),
+        tap,
+    };
+    let state = Arc::new(Mutex::new(state));
+    (Corked { state: state.clone() }, Cork { state })
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -76,19 +100,59 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl State {
+    /// Marks what the running turn has noted ([`wrote`]) as written from the turn's start.
+    fn mark(&mut self) {
+        let seq = WROTE.take();
+        if seq == 0 || self.tap.is_none() {
+            return;
+        }
+        match self.marks.back_mut() {
+            Some((start, latest)) if *start == self.turn_start => *latest = (*latest).max(seq),
+            _ => self.marks.push_back((self.turn_start, seq)),
+        }
+    }
+
     /// Sends what is buffered, until all of it is sent or the socket is full (then `cx` is
-    /// woken when it has room).
+    /// woken when it has room). Each send that carries the first byte of a marked turn's
+    /// writes tells the tap when it began; so does a mark whose bytes were sent already.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.mark();
         while self.sent < self.buf.len() {
-            match ready!(Pin::new(&mut self.socket).poll_write(cx, &self.buf[self.sent..])) {
+            // (The clock is read only while a mark waits: never in `serve`.)
+            let began = (!self.marks.is_empty()).then(Instant::now);
+            let n = match ready!(Pin::new(&mut self.socket).poll_write(cx, &self.buf[self.sent..])) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => self.sent += n,
+                Ok(n) => n,
                 Err(e) => return Poll::Ready(Err(e)),
+            };
+            self.sent += n;
+            self.sent_total += n as u64;
+            if let Some(began) = began {
+                self.tell(began);
             }
         }
         self.buf = Vec::new();
         self.sent = 0;
+        if self.marks.front().is_some_and(|(start, _)| *start < self.sent_total) {
+            // A mark made after a send for room had sent bytes past its start: its responses
+            // were written after that, and go now or in the next turn.
+            self.tell(Instant::now());
+        }
+        // (A mark whose turn wrote nothing yet waits: h2 writes its responses next turn.)
         Poll::Ready(Ok(()))
+    }
+
+    /// Tells the tap, at `began`, of every mark whose first byte is sent.
+    fn tell(&mut self, began: Instant) {
+        while let Some(&(start, seq)) = self.marks.front() {
+            if start >= self.sent_total {
+                break;
+            }
+            self.marks.pop_front();
+            if let Some(tap) = &self.tap {
+                tap(seq, began);
+            }
+        }
     }
 
     /// Room for `len` more bytes: what is buffered is sent first when `len` more would pass
@@ -105,35 +169,31 @@ impl State {
         }
         Poll::Ready(Ok(()))
     }
+
+    fn append(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        self.written += bytes.len() as u64;
+    }
 }
 
 impl Cork {
-    /// Starts the connection's turn: nothing written yet ([`wrote`]).
+    /// Starts the connection's turn: nothing noted yet ([`wrote`]); what the turn writes
+    /// begins here.
     pub fn begin(&self) {
         WROTE.set(0);
+        let mut state = lock(&self.state);
+        state.turn_start = state.written;
     }
 
     /// Sends what the connection wrote this turn; if the socket is full, the rest goes when it
     /// has room (the task is woken then, and flushes again at the end of that turn). An error
-    /// is kept for the connection's next write, which ends the connection. Once all is sent,
-    /// the tap hears of the latest cache change the turns wrote, and when the write that sent
-    /// the last of it began (on loopback the peer may read it before that write returns).
+    /// is kept for the connection's next write, which ends the connection. The tap hears of
+    /// the latest cache change the turn's responses were built at when the first of the
+    /// turn's bytes is sent (on loopback the peer may read it before that write returns).
     pub fn flush(&self, cx: &mut Context<'_>) {
-        let wrote = WROTE.take();
         let mut state = lock(&self.state);
-        state.unsent = state.unsent.max(wrote);
-        // Read only for a tap: no clock read per turn in `serve`.
-        let began = self.tap.as_ref().map(|_| std::time::Instant::now());
-        match state.poll_send(cx) {
-            Poll::Ready(Err(e)) => state.error = Some(e),
-            Poll::Ready(Ok(())) if state.unsent > 0 => {
-                let seq = std::mem::take(&mut state.unsent);
-                drop(state);
-                if let (Some(tap), Some(began)) = (&self.tap, began) {
-                    tap(seq, began);
-                }
-            }
-            _ => {}
+        if let Poll::Ready(Err(e)) = state.poll_send(cx) {
+            state.error = Some(e);
         }
     }
 
@@ -155,7 +215,7 @@ impl AsyncWrite for Corked {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let mut state = lock(&self.state);
         ready!(state.poll_room(cx, buf.len()))?;
-        state.buf.extend_from_slice(buf);
+        state.append(buf);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -168,7 +228,7 @@ impl AsyncWrite for Corked {
         let len = bufs.iter().map(|b| b.len()).sum();
         ready!(state.poll_room(cx, len))?;
         for b in bufs {
-            state.buf.extend_from_slice(b);
+            state.append(b);
         }
         Poll::Ready(Ok(len))
     }
@@ -255,7 +315,7 @@ mod tests {
     }
 
     /// The tap hears of the latest change a turn's responses were built at, once the turn's
-    /// writes are sent; a turn that noted none, or whose notes came before it began (another
+    /// writes go out; a turn that noted none, or whose notes came before it began (another
     /// connection's, on the same thread), tells it nothing.
     #[tokio::test]
     async fn the_tap_hears_of_a_turns_latest_change_once_it_is_sent() {
@@ -297,5 +357,102 @@ mod tests {
             got.extend_from_slice(&buf[..n]);
         }
         assert_eq!(got, b"abc");
+    }
+
+    /// What a recording tap heard: cache change, and when.
+    type Heard = Arc<Mutex<Vec<(u64, Instant)>>>;
+
+    /// A tap that records what it hears, and when.
+    fn recording() -> (WriteTap, Heard) {
+        let heard: Heard = Default::default();
+        let h = heard.clone();
+        (Arc::new(move |seq, at| h.lock().unwrap().push((seq, at))), heard)
+    }
+
+    fn flushed(cork: &Cork) {
+        let waker = std::task::Waker::noop();
+        cork.flush(&mut Context::from_waker(waker));
+    }
+
+    /// A turn whose flush fills the socket is heard of when its first bytes go, not when the
+    /// last do: the peer may read a whole response from the part sent.
+    #[tokio::test]
+    async fn a_turn_is_heard_of_when_its_first_bytes_go_even_if_the_socket_fills() {
+        let (server, mut client) = pair().await;
+        let (tap, heard) = recording();
+        let (mut corked, cork) = cork(server, Some(tap));
+        cork.begin();
+        // More than loopback's socket buffers hold: taken whole (the buffer was empty), then
+        // sent in part.
+        let big = vec![1u8; 64 << 20];
+        let n = std::future::poll_fn(|cx| Pin::new(&mut corked).poll_write(cx, &big)).await.unwrap();
+        assert_eq!(n, big.len());
+        wrote(7);
+        let before = Instant::now();
+        flushed(&cork);
+        assert!(cork.pending() > 0, "the socket filled");
+        let got = heard.lock().unwrap().clone();
+        assert_eq!(got.len(), 1, "heard of once, before the rest is sent");
+        assert_eq!(got[0].0, 7);
+        assert!(got[0].1 >= before);
+        drop(big);
+        // The rest goes as the peer reads; the turn is not heard of again.
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0;
+            while total < (64 << 20) {
+                total += client.read(&mut buf).await.unwrap();
+            }
+        });
+        while cork.pending() > 0 {
+            cork.begin();
+            std::future::poll_fn(|cx| {
+                cork.flush(cx);
+                Poll::Ready(())
+            })
+            .await;
+            tokio::task::yield_now().await;
+        }
+        reader.await.unwrap();
+        assert_eq!(heard.lock().unwrap().len(), 1);
+    }
+
+    /// A response noted in a turn whose connection writes it only in the next turn is heard
+    /// of when the next turn's bytes go; one noted before a send for room in the middle of a
+    /// turn, at that send.
+    #[tokio::test]
+    async fn a_note_waits_for_bytes_written_after_it_and_a_send_for_room_tells_it() {
+        let (server, mut client) = pair().await;
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all.len()
+        });
+        let (tap, heard) = recording();
+        let (mut corked, cork) = cork(server, Some(tap));
+        cork.begin();
+        wrote(9);
+        flushed(&cork);
+        assert!(heard.lock().unwrap().is_empty(), "nothing written since the note: not on the wire yet");
+        cork.begin();
+        corked.write_all(b"the response").await.unwrap();
+        flushed(&cork);
+        assert_eq!(heard.lock().unwrap().iter().map(|h| h.0).collect::<Vec<_>>(), [9]);
+
+        cork.begin();
+        let chunk = vec![7u8; CORK_LIMIT / 2 + 1];
+        corked.write_all(&chunk).await.unwrap();
+        wrote(12);
+        corked.write_all(&chunk).await.unwrap();
+        assert_eq!(
+            heard.lock().unwrap().iter().map(|h| h.0).collect::<Vec<_>>(),
+            [9, 12],
+            "the send for room carried the turn's first bytes"
+        );
+        flushed(&cork);
+        assert_eq!(heard.lock().unwrap().len(), 2, "the flush tells nothing more");
+        corked.shutdown().await.unwrap();
+        drop((corked, cork));
+        assert_eq!(reader.await.unwrap(), 12 + 2 * chunk.len());
     }
 }

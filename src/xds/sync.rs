@@ -87,9 +87,10 @@ pub struct Rejection {
 /// [`Connections::tap_answers`].
 pub type AnswerTap = Arc<dyn Fn(&Connection, ResourceType, Option<u64>) + Send + Sync>;
 
-/// Called when a connection has handed the kernel a response, with the cache sequence number it
-/// was built at (it carries every change up to it) and when the write that sent it began: the
-/// moment the frame goes on the wire. For measuring (`meshflow bench` times the first frame of each change with
+/// Called when a connection begins to hand the kernel a response, with the cache sequence number
+/// it was built at (it carries every change up to it) and when the write began that sent the
+/// first byte the connection wrote after the response was queued: the moment its frames go on
+/// the wire (see [`super::cork`]). For measuring (`meshflow bench` times the first frame of each change with
 /// it); see [`Connections::tap_writes`].
 pub type WriteTap = Arc<dyn Fn(u64, std::time::Instant) + Send + Sync>;
 
