@@ -58,7 +58,9 @@ use super::rows::{ClassLabelRow, ClusterFact, LocatedInput, Name, OutputRow};
 use super::{counted, dataflow, derived, endpoints, located, unsliced};
 use crate::model::{EndpointSlice, Endpoints, Node, Object, Pod};
 use crate::translate::MeshConfig;
-use crate::translate::endpoint::{EndpointRow, PortKey, endpoints_addresses, slice_addresses};
+use crate::translate::endpoint::{
+    EndpointRow, PortKey, endpoints_addresses, slice_addresses, slice_endpoint_addresses,
+};
 
 type Buffer<D> = Rc<RefCell<Vec<(D, isize)>>>;
 
@@ -354,8 +356,25 @@ impl Graphs {
     /// and came ([`slice_addresses`], as multisets, placed by the Pod index), and the slice's
     /// service if it changed.
     fn update_slice(&mut self, old: Option<&Arc<EndpointSlice>>, new: Option<&Arc<EndpointSlice>>) {
-        let rows = |s: Option<&Arc<EndpointSlice>>| s.map(|s| slice_addresses(s)).unwrap_or_default();
-        let (mut gone, mut came) = (rows(old), rows(new));
+        let (mut gone, mut came) = match (old, new) {
+            // The same ports of the same service: the rows of the endpoints that changed only
+            // (a readiness flip, a Pod added or removed, is one endpoint of the slice's many).
+            (Some(o), Some(n))
+                if o.service_name == n.service_name && o.ports == n.ports && o.namespace == n.namespace =>
+            {
+                let (mut went, mut come): (Vec<_>, Vec<_>) = (
+                    o.endpoints.iter().filter(|e| e.ready).collect(),
+                    n.endpoints.iter().filter(|e| e.ready).collect(),
+                );
+                multiset_difference(&mut went, &mut come);
+                (slice_endpoint_addresses(o, &went), slice_endpoint_addresses(n, &come))
+            }
+            _ => {
+                let rows = |s: Option<&Arc<EndpointSlice>>| s.map(|s| slice_addresses(s)).unwrap_or_default();
+                (rows(old), rows(new))
+            }
+        };
+        // (Rows that went and came again cancel here: two endpoints may share an address.)
         multiset_difference(&mut gone, &mut came);
         self.pods.rows(Source::Slice, gone, came, &mut self.feeds);
         let service = |s: Option<&Arc<EndpointSlice>>| {

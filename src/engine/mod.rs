@@ -174,15 +174,35 @@ fn next_commands(rx: &Receiver<Command>) -> Option<Vec<Command>> {
 #[derive(Default)]
 struct Driver {
     current: HashMap<ObjectKey, Object>,
+    /// Each kind's series of `meshflow_input_events` and `meshflow_input_objects`, looked up
+    /// once (a lookup hashes the label strings).
+    series: HashMap<crate::model::Kind, KindSeries>,
+}
+
+/// A kind's input metrics.
+struct KindSeries {
+    applied: prometheus::IntCounter,
+    deleted: prometheus::IntCounter,
+    objects: prometheus::IntGauge,
+}
+
+impl KindSeries {
+    fn of(kind: crate::model::Kind) -> KindSeries {
+        let metrics = crate::metrics::global();
+        let kind = crate::metrics::kind_label(kind);
+        KindSeries {
+            applied: metrics.input_events.with_label_values(&[kind.as_str(), "apply"]),
+            deleted: metrics.input_events.with_label_values(&[kind.as_str(), "delete"]),
+            objects: metrics.input_objects.with_label_values(&[kind.as_str()]),
+        }
+    }
 }
 
 impl Driver {
     fn apply(&mut self, events: Vec<InputEvent>, graphs: &mut graphs::Graphs) {
-        let metrics = crate::metrics::global();
         for event in events {
-            let kind = crate::metrics::kind_label(event.key.kind);
-            let op = if event.object.is_some() { "apply" } else { "delete" };
-            metrics.input_events.with_label_values(&[kind.as_str(), op]).inc();
+            let series = self.series.entry(event.key.kind).or_insert_with(|| KindSeries::of(event.key.kind));
+            if event.object.is_some() { &series.applied } else { &series.deleted }.inc();
             let new = event.object;
             if new.is_some() && self.current.get(&event.key) == new.as_ref() {
                 continue;
@@ -190,21 +210,21 @@ impl Driver {
             let old = self.current.remove(&event.key);
             graphs.update(old.as_ref(), new.as_ref());
             if let Some(old) = &old {
-                count(old, -1);
+                count(old, &series.objects, -1);
             }
             if let Some(new) = new {
-                count(&new, 1);
+                count(&new, &series.objects, 1);
                 self.current.insert(event.key, new);
             }
         }
     }
 }
 
-/// Keeps the input gauges: objects by kind, `pilot_services` (Services and ServiceEntry
-/// hosts, as istiod counts services) and `pilot_virt_services`.
-fn count(object: &Object, diff: i64) {
+/// Keeps the input gauges: objects of the kind (`objects`), `pilot_services` (Services and
+/// ServiceEntry hosts, as istiod counts services) and `pilot_virt_services`.
+fn count(object: &Object, objects: &prometheus::IntGauge, diff: i64) {
     let metrics = crate::metrics::global();
-    metrics.input_objects.with_label_values(&[crate::metrics::kind_label(object.kind()).as_str()]).add(diff);
+    objects.add(diff);
     match object {
         Object::Service(_) => metrics.services.add(diff),
         Object::ServiceEntry(se) => metrics.services.add(diff * se.spec.hosts.len() as i64),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{EndpointAddr, ServicePortRow};
-use crate::model::k8s::{Labels, Protocol, ServicePort, selector_matches};
+use crate::model::k8s::{Labels, Protocol, ServicePort, SliceEndpoint, selector_matches};
 use crate::model::{EndpointSlice, Endpoints, Pod, Service};
 
 /// (namespace, service name, port name, port protocol): how endpoint ports meet service ports.
@@ -66,13 +66,23 @@ pub fn service_port_rows(s: &Service) -> Vec<ServicePortRow> {
 
 /// Ready addresses of a slice, keyed by the port they serve.
 pub fn slice_addresses(s: &EndpointSlice) -> Vec<(PortKey, EndpointRow)> {
+    let ready: Vec<&SliceEndpoint> = s.endpoints.iter().filter(|e| e.ready).collect();
+    slice_endpoint_addresses(s, &ready)
+}
+
+/// The addresses of `endpoints` (some of slice `s`'s, taken as ready) on each of the slice's
+/// ports: [`slice_addresses`] for those endpoints only.
+pub fn slice_endpoint_addresses(s: &EndpointSlice, endpoints: &[&SliceEndpoint]) -> Vec<(PortKey, EndpointRow)> {
     let Some(svc) = &s.service_name else { return Vec::new() };
     let mut out = Vec::new();
+    if endpoints.is_empty() {
+        return out;
+    }
     let namespace: Arc<str> = s.namespace.as_str().into();
     for port in &s.ports {
         let Some(number) = port.port else { continue };
         let key = port_key(&s.namespace, svc, &port.name, port.protocol);
-        for ep in s.endpoints.iter().filter(|e| e.ready) {
+        for ep in endpoints {
             let pod: Option<PodKey> = ep.pod.as_deref().map(|p| (namespace.clone(), p.into()));
             for ip in &ep.addresses {
                 let (key, pod) = (key.clone(), pod.clone());

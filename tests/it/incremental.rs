@@ -741,8 +741,9 @@ enum Op {
     /// Re-apply a live object unchanged.
     Reapply(usize),
     /// Change one field of the live Pod at this index, as a kubelet does (its readiness, its
-    /// Node, its phase), leaving its name, labels and IP: the changes the engine's driver
-    /// feeds to part of the endpoint graph only. (Another object is re-applied unchanged.)
+    /// Node, its phase), leaving its name, labels and IP, or one endpoint of the live slice
+    /// there: the changes the engine's driver feeds to part of the endpoint graph only.
+    /// (Another object is re-applied unchanged.)
     Touch(usize, u8),
 }
 
@@ -842,6 +843,24 @@ fn run(ops: Vec<Op>, root: &str) -> Result<(), TestCaseError> {
                                 NODES.iter().find(|n| p.node_name.as_deref() != Some(**n)).map(|n| n.to_string())
                         }
                         _ => p.terminal = !p.terminal,
+                    }
+                }
+                // A slice as the endpoint controller changes it: one endpoint's readiness, an
+                // endpoint gone, or one more that repeats another's addresses (its ports and
+                // service kept: the driver then feeds the changed endpoints' rows only).
+                if let Object::EndpointSlice(s) = &mut object
+                    && !s.endpoints.is_empty()
+                {
+                    let s = std::sync::Arc::make_mut(s);
+                    let at = usize::from(field) / 3 % s.endpoints.len();
+                    match field % 3 {
+                        0 => s.endpoints[at].ready = !s.endpoints[at].ready,
+                        1 => drop(s.endpoints.remove(at)),
+                        _ => {
+                            let mut copy = s.endpoints[at].clone();
+                            copy.pod = PODS.iter().find(|p| copy.pod.as_deref() != Some(**p)).map(|p| p.to_string());
+                            s.endpoints.push(copy);
+                        }
                     }
                 }
                 vec![InputEvent::apply(object)]
@@ -1703,4 +1722,115 @@ fn located_work_is_per_locality_and_affected_cluster() {
     std::sync::Arc::make_mut(&mut p).ready = false;
     h.step(vec![InputEvent::apply(Object::Pod(p))], step + 1).unwrap();
     assert_eq!(h.last.len(), 1, "a cluster without outlier detection: {:?}", h.last);
+}
+
+/// A slice changed endpoint by endpoint, as the endpoint controller does, equals the reference
+/// after each change, and so does every change that takes the other path (ports or service
+/// changed): readiness flips, an endpoint gone, one that repeats another's address for another
+/// Pod, addresses moved, a port added, the service renamed.
+#[test]
+fn a_slice_changed_endpoint_by_endpoint_equals_the_reference() {
+    let svc = |name: &str| {
+        Object::Service(Box::new(Service {
+            namespace: "default".into(),
+            name: name.into(),
+            ports: vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                target_port: TargetPort::Number(8080),
+                app_protocol: None,
+            }],
+            selector: None,
+            cluster_ip: None,
+            external_name: None,
+            publish_not_ready_addresses: false,
+            export_to: Vec::new(),
+        }))
+    };
+    let pod = |name: &str, ip: &str, version: &str| {
+        Object::Pod(Arc::new(Pod {
+            namespace: "default".into(),
+            name: name.into(),
+            labels: Labels::from([("version".to_string(), version.to_string())]),
+            ip: Some(ip.into()),
+            node_name: None,
+            ready: true,
+            terminal: false,
+            ports: vec![],
+        }))
+    };
+    let subsets = serde_json::json!({"host": "web", "subsets": [
+        {"name": "v1", "labels": {"version": "v1"}},
+        {"name": "v2", "labels": {"version": "v2"}}
+    ]});
+    let rule = istio_object(Kind::DestinationRule, "default", "web", None, subsets).expect("a valid rule");
+    let ep = |ips: &[&str], ready: bool, pod: Option<&str>| SliceEndpoint {
+        addresses: ips.iter().map(|s| s.to_string()).collect(),
+        ready,
+        pod: pod.map(String::from),
+    };
+    let mut slice = EndpointSlice {
+        namespace: "default".into(),
+        name: "web-abc".into(),
+        service_name: Some("web".into()),
+        ports: vec![SlicePort { name: "http".into(), port: Some(8080), protocol: Protocol::Tcp }],
+        endpoints: vec![
+            ep(&["10.0.0.1"], true, Some("a")),
+            ep(&["10.0.0.2"], true, Some("b")),
+            ep(&["10.0.0.3"], true, Some("c")),
+        ],
+    };
+    let mut h = Harness::new();
+    h.step(
+        vec![
+            InputEvent::apply(svc("web")),
+            InputEvent::apply(svc("api")),
+            InputEvent::apply(rule),
+            InputEvent::apply(pod("a", "10.0.0.1", "v1")),
+            InputEvent::apply(pod("b", "10.0.0.2", "v2")),
+            InputEvent::apply(pod("c", "10.0.0.3", "v1")),
+            InputEvent::apply(Object::EndpointSlice(Arc::new(slice.clone()))),
+        ],
+        0,
+    )
+    .unwrap();
+    let cla = |h: &Harness, subset: &str| {
+        seen(h, "", ResourceType::ClusterLoadAssignment, &format!("outbound|80|{subset}|web.default.svc.cluster.local"))
+            .map(|b| b.len())
+    };
+    assert!(cla(&h, "").is_some() && cla(&h, "v2").is_some(), "the slice's assignments are served");
+    let changes: Vec<(&str, Box<dyn Fn(&mut EndpointSlice)>)> = vec![
+        ("a readiness flip", Box::new(|s| s.endpoints[1].ready = false)),
+        ("and back", Box::new(|s| s.endpoints[1].ready = true)),
+        ("an endpoint gone", Box::new(|s| drop(s.endpoints.remove(0)))),
+        ("another Pod at an address already there", Box::new(|s| s.endpoints.push(ep(&["10.0.0.3"], true, Some("b"))))),
+        ("the first of the two at that address gone", Box::new(|s| drop(s.endpoints.remove(1)))),
+        (
+            "an endpoint's addresses moved",
+            Box::new(|s| s.endpoints[0].addresses = vec!["10.0.0.9".into(), "10.0.0.2".into()]),
+        ),
+        ("a not-ready endpoint added", Box::new(|s| s.endpoints.push(ep(&["10.0.0.4"], false, Some("c"))))),
+        ("the same endpoint twice", Box::new(|s| s.endpoints.push(s.endpoints[0].clone()))),
+        ("one of the twins gone", Box::new(|s| drop(s.endpoints.pop()))),
+        (
+            "a port added",
+            Box::new(|s| s.ports.push(SlicePort { name: "grpc".into(), port: Some(9090), protocol: Protocol::Tcp })),
+        ),
+        ("a readiness flip with two ports", Box::new(|s| s.endpoints[0].ready = false)),
+        ("the slice moved to another service", Box::new(|s| s.service_name = Some("api".into()))),
+        ("a readiness flip there", Box::new(|s| s.endpoints[0].ready = true)),
+        (
+            "back to its service, one port",
+            Box::new(|s| {
+                s.service_name = Some("web".into());
+                s.ports.truncate(1);
+            }),
+        ),
+    ];
+    for (step, (what, change)) in changes.into_iter().enumerate() {
+        change(&mut slice);
+        h.step(vec![InputEvent::apply(Object::EndpointSlice(Arc::new(slice.clone())))], step + 1)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
 }
