@@ -1765,11 +1765,9 @@ fn a_slice_changed_endpoint_by_endpoint_equals_the_reference() {
         {"name": "v2", "labels": {"version": "v2"}}
     ]});
     let rule = istio_object(Kind::DestinationRule, "default", "web", None, subsets).expect("a valid rule");
-    let ep = |ips: &[&str], ready: bool, pod: Option<&str>| SliceEndpoint {
-        addresses: ips.iter().map(|s| s.to_string()).collect(),
-        ready,
-        pod: pod.map(String::from),
-    };
+    fn ep(ips: &[&str], ready: bool, pod: Option<&str>) -> SliceEndpoint {
+        SliceEndpoint { addresses: ips.iter().map(|s| s.to_string()).collect(), ready, pod: pod.map(String::from) }
+    }
     let mut slice = EndpointSlice {
         namespace: "default".into(),
         name: "web-abc".into(),
@@ -1800,33 +1798,27 @@ fn a_slice_changed_endpoint_by_endpoint_equals_the_reference() {
             .map(|b| b.len())
     };
     assert!(cla(&h, "").is_some() && cla(&h, "v2").is_some(), "the slice's assignments are served");
-    let changes: Vec<(&str, Box<dyn Fn(&mut EndpointSlice)>)> = vec![
-        ("a readiness flip", Box::new(|s| s.endpoints[1].ready = false)),
-        ("and back", Box::new(|s| s.endpoints[1].ready = true)),
-        ("an endpoint gone", Box::new(|s| drop(s.endpoints.remove(0)))),
-        ("another Pod at an address already there", Box::new(|s| s.endpoints.push(ep(&["10.0.0.3"], true, Some("b"))))),
-        ("the first of the two at that address gone", Box::new(|s| drop(s.endpoints.remove(1)))),
-        (
-            "an endpoint's addresses moved",
-            Box::new(|s| s.endpoints[0].addresses = vec!["10.0.0.9".into(), "10.0.0.2".into()]),
-        ),
-        ("a not-ready endpoint added", Box::new(|s| s.endpoints.push(ep(&["10.0.0.4"], false, Some("c"))))),
-        ("the same endpoint twice", Box::new(|s| s.endpoints.push(s.endpoints[0].clone()))),
-        ("one of the twins gone", Box::new(|s| drop(s.endpoints.pop()))),
-        (
-            "a port added",
-            Box::new(|s| s.ports.push(SlicePort { name: "grpc".into(), port: Some(9090), protocol: Protocol::Tcp })),
-        ),
-        ("a readiness flip with two ports", Box::new(|s| s.endpoints[0].ready = false)),
-        ("the slice moved to another service", Box::new(|s| s.service_name = Some("api".into()))),
-        ("a readiness flip there", Box::new(|s| s.endpoints[0].ready = true)),
-        (
-            "back to its service, one port",
-            Box::new(|s| {
-                s.service_name = Some("web".into());
-                s.ports.truncate(1);
-            }),
-        ),
+    type Change = fn(&mut EndpointSlice);
+    let changes: Vec<(&str, Change)> = vec![
+        ("a readiness flip", |s| s.endpoints[1].ready = false),
+        ("and back", |s| s.endpoints[1].ready = true),
+        ("an endpoint gone", |s| drop(s.endpoints.remove(0))),
+        ("another Pod at an address already there", |s| s.endpoints.push(ep(&["10.0.0.3"], true, Some("b")))),
+        ("the first of the two at that address gone", |s| drop(s.endpoints.remove(1))),
+        ("an endpoint's addresses moved", |s| s.endpoints[0].addresses = vec!["10.0.0.9".into(), "10.0.0.2".into()]),
+        ("a not-ready endpoint added", |s| s.endpoints.push(ep(&["10.0.0.4"], false, Some("c")))),
+        ("the same endpoint twice", |s| s.endpoints.push(s.endpoints[0].clone())),
+        ("one of the twins gone", |s| drop(s.endpoints.pop())),
+        ("a port added", |s| {
+            s.ports.push(SlicePort { name: "grpc".into(), port: Some(9090), protocol: Protocol::Tcp })
+        }),
+        ("a readiness flip with two ports", |s| s.endpoints[0].ready = false),
+        ("the slice moved to another service", |s| s.service_name = Some("api".into())),
+        ("a readiness flip there", |s| s.endpoints[0].ready = true),
+        ("back to its service, one port", |s| {
+            s.service_name = Some("web".into());
+            s.ports.truncate(1);
+        }),
     ];
     for (step, (what, change)) in changes.into_iter().enumerate() {
         change(&mut slice);
