@@ -1730,24 +1730,7 @@ fn located_work_is_per_locality_and_affected_cluster() {
 /// Pod, addresses moved, a port added, the service renamed.
 #[test]
 fn a_slice_changed_endpoint_by_endpoint_equals_the_reference() {
-    let svc = |name: &str| {
-        Object::Service(Box::new(Service {
-            namespace: "default".into(),
-            name: name.into(),
-            ports: vec![ServicePort {
-                name: "http".into(),
-                port: 80,
-                protocol: Protocol::Tcp,
-                target_port: TargetPort::Number(8080),
-                app_protocol: None,
-            }],
-            selector: None,
-            cluster_ip: None,
-            external_name: None,
-            publish_not_ready_addresses: false,
-            export_to: Vec::new(),
-        }))
-    };
+    let svc = |name: &str| http_service("default", name, &[]);
     let pod = |name: &str, ip: &str, version: &str| {
         Object::Pod(Arc::new(Pod {
             namespace: "default".into(),
