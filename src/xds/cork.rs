@@ -42,6 +42,8 @@ pub struct Corked {
 /// The connection's task's handle on a [`Corked`] socket: it sends what the turn wrote.
 pub struct Cork {
     state: Arc<Mutex<State>>,
+    /// The socket has a [`WriteTap`]: its turns are marked.
+    tapped: bool,
 }
 
 thread_local! {
@@ -80,6 +82,7 @@ struct State {
 /// A socket whose writes wait for [`Cork::flush`], and the handle that sends them, which tells
 /// `tap` when a response to a cache change is sent.
 pub fn cork(socket: TcpStream, tap: Option<WriteTap>) -> (Corked, Cork) {
+    let tapped = tap.is_some();
     let state = State {
         socket,
         buf: Vec::new(),
@@ -92,7 +95,7 @@ pub fn cork(socket: TcpStream, tap: Option<WriteTap>) -> (Corked, Cork) {
         tap,
     };
     let state = Arc::new(Mutex::new(state));
-    (Corked { state: state.clone() }, Cork { state })
+    (Corked { state: state.clone() }, Cork { state, tapped })
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -181,8 +184,10 @@ impl Cork {
     /// begins here.
     pub fn begin(&self) {
         WROTE.set(0);
-        let mut state = lock(&self.state);
-        state.turn_start = state.written;
+        if self.tapped {
+            let mut state = lock(&self.state);
+            state.turn_start = state.written;
+        }
     }
 
     /// Sends what the connection wrote this turn; if the socket is full, the rest goes when it
@@ -263,6 +268,11 @@ mod tests {
         (server, client)
     }
 
+    /// The end of a connection's turn: what it wrote is sent (as far as the socket takes it).
+    fn flushed(cork: &Cork) {
+        cork.flush(&mut Context::from_waker(std::task::Waker::noop()));
+    }
+
     /// Writes and flushes wait for the end of the turn; then they go out in one piece, in
     /// order.
     #[tokio::test]
@@ -277,11 +287,7 @@ mod tests {
         let mut buf = [0u8; 64];
         let early = tokio::time::timeout(std::time::Duration::from_millis(100), client.read(&mut buf)).await;
         assert!(early.is_err(), "nothing is sent before the turn's flush");
-        std::future::poll_fn(|cx| {
-            cork.flush(cx);
-            Poll::Ready(())
-        })
-        .await;
+        flushed(&cork);
         assert_eq!(cork.pending(), 0);
         let mut got = Vec::new();
         while got.len() < 13 {
@@ -323,31 +329,24 @@ mod tests {
         let heard: Arc<Mutex<Vec<u64>>> = Default::default();
         let h = heard.clone();
         let (mut corked, cork) = cork(server, Some(Arc::new(move |seq, _| h.lock().unwrap().push(seq))));
-        async fn turn(cork: &Cork) {
-            std::future::poll_fn(|cx| {
-                cork.flush(cx);
-                Poll::Ready(())
-            })
-            .await
-        }
         cork.begin();
         corked.write_all(b"a").await.unwrap();
         wrote(3);
         wrote(5);
         wrote(4);
         assert!(heard.lock().unwrap().is_empty(), "nothing before the flush");
-        turn(&cork).await;
+        flushed(&cork);
         assert_eq!(*heard.lock().unwrap(), [5]);
 
         cork.begin();
         corked.write_all(b"b").await.unwrap();
-        turn(&cork).await;
+        flushed(&cork);
         assert_eq!(*heard.lock().unwrap(), [5], "a turn that wrote no response");
 
         wrote(11);
         cork.begin();
         corked.write_all(b"c").await.unwrap();
-        turn(&cork).await;
+        flushed(&cork);
         assert_eq!(*heard.lock().unwrap(), [5], "a note from before the turn");
 
         let mut got = Vec::new();
@@ -367,11 +366,6 @@ mod tests {
         let heard: Heard = Default::default();
         let h = heard.clone();
         (Arc::new(move |seq, at| h.lock().unwrap().push((seq, at))), heard)
-    }
-
-    fn flushed(cork: &Cork) {
-        let waker = std::task::Waker::noop();
-        cork.flush(&mut Context::from_waker(waker));
     }
 
     /// A turn whose flush fills the socket is heard of when its first bytes go, not when the
@@ -406,11 +400,7 @@ mod tests {
         });
         while cork.pending() > 0 {
             cork.begin();
-            std::future::poll_fn(|cx| {
-                cork.flush(cx);
-                Poll::Ready(())
-            })
-            .await;
+            flushed(&cork);
             tokio::task::yield_now().await;
         }
         reader.await.unwrap();
