@@ -255,6 +255,53 @@ impl World {
                           "conditions": [{"type": "Ready", "status": if pod.ready { "True" } else { "False" }}]}})
     }
 
+    /// The object [`World::pod_doc`] parses to, built directly: a step's events are built at
+    /// up to tens of thousands per second, and rendering and parsing a document costs more than
+    /// the engine's work on it. A test holds the two equal.
+    pub fn pod_object(svc: &ServiceSpec, pod: &PodSpec) -> Object {
+        use crate::model::k8s::{ContainerPort, Pod, Protocol};
+        let ports = (0..svc.ports)
+            .map(|k| {
+                let (_, _, _, name, port) = PORT_KINDS[k];
+                ContainerPort { name: name.to_string(), port, protocol: Protocol::Tcp }
+            })
+            .collect();
+        let labels = [("app".to_string(), svc.name()), ("version".to_string(), VERSIONS[pod.version].to_string())];
+        Object::Pod(std::sync::Arc::new(Pod {
+            namespace: ns_name(svc.ns),
+            name: pod.name.clone(),
+            labels: labels.into(),
+            ip: Some(ip_string(pod.ip)),
+            node_name: Some(format!("node-{}", pod.node)),
+            ready: pod.ready,
+            terminal: false,
+            ports,
+        }))
+    }
+
+    /// The object [`World::slice_doc`] parses to, built directly (see [`World::pod_object`]).
+    pub fn slice_object(svc: &ServiceSpec) -> Object {
+        use crate::model::k8s::{EndpointSlice, Protocol, SliceEndpoint, SlicePort};
+        let ports = (0..svc.ports)
+            .map(|k| {
+                let (name, _, _, _, port) = PORT_KINDS[k];
+                SlicePort { name: name.to_string(), port: Some(port), protocol: Protocol::Tcp }
+            })
+            .collect();
+        let endpoints = svc
+            .pods
+            .iter()
+            .map(|p| SliceEndpoint { addresses: vec![ip_string(p.ip)], ready: p.ready, pod: Some(p.name.clone()) })
+            .collect();
+        Object::EndpointSlice(std::sync::Arc::new(EndpointSlice {
+            namespace: ns_name(svc.ns),
+            name: format!("{}-slice", svc.name()),
+            service_name: Some(svc.name()),
+            ports,
+            endpoints,
+        }))
+    }
+
     pub fn slice_doc(svc: &ServiceSpec) -> Value {
         let ports: Vec<Value> = (0..svc.ports)
             .map(|k| {
@@ -445,7 +492,7 @@ impl World {
     }
 
     fn slice_event(&self, id: usize) -> InputEvent {
-        InputEvent::apply(to_object(Self::slice_doc(&self.services[&id])))
+        InputEvent::apply(Self::slice_object(&self.services[&id]))
     }
 
     /// A new ready pod for the service, and its slice.
@@ -458,7 +505,7 @@ impl World {
         self.services.insert(id, svc);
         let svc = &self.services[&id];
         vec![
-            InputEvent::apply(to_object(Self::pod_doc(svc, svc.pods.last().expect("just added")))),
+            InputEvent::apply(Self::pod_object(svc, svc.pods.last().expect("just added"))),
             self.slice_event(id),
         ]
     }
@@ -483,7 +530,7 @@ impl World {
         let i = index % svc.pods.len();
         svc.pods[i].ready = !svc.pods[i].ready;
         let svc = &self.services[&id];
-        vec![InputEvent::apply(to_object(Self::pod_doc(svc, &svc.pods[i]))), self.slice_event(id)]
+        vec![InputEvent::apply(Self::pod_object(svc, &svc.pods[i])), self.slice_event(id)]
     }
 
     /// Moves the pod at `index` to the next version label (subset relabel): the pod only.
@@ -495,7 +542,7 @@ impl World {
         let i = index % svc.pods.len();
         svc.pods[i].version = (svc.pods[i].version + 1) % VERSIONS.len();
         let svc = &self.services[&id];
-        vec![InputEvent::apply(to_object(Self::pod_doc(svc, &svc.pods[i])))]
+        vec![InputEvent::apply(Self::pod_object(svc, &svc.pods[i]))]
     }
 
     /// Replaces the pod at `index` by a new one with `version` (one step of a rolling update).
@@ -507,7 +554,7 @@ impl World {
         let last = svc.pods.len() - 1;
         svc.pods[last].version = version;
         let svc = &self.services[&id];
-        add[0] = InputEvent::apply(to_object(Self::pod_doc(svc, &svc.pods[last])));
+        add[0] = InputEvent::apply(Self::pod_object(svc, &svc.pods[last]));
         events.extend(add);
         events
     }
@@ -605,7 +652,7 @@ impl World {
         self.rng = rng;
         let svc = &self.services[&id];
         let mut events = vec![InputEvent::apply(to_object(Self::service_doc(svc)))];
-        events.extend(svc.pods.iter().map(|p| InputEvent::apply(to_object(Self::pod_doc(svc, p)))));
+        events.extend(svc.pods.iter().map(|p| InputEvent::apply(Self::pod_object(svc, p))));
         events.push(self.slice_event(id));
         events
     }
@@ -693,6 +740,32 @@ mod tests {
         // Every generated document passes the intake parser.
         let objects = world.objects();
         assert_eq!(objects.len(), counts.values().sum::<usize>());
+    }
+
+    #[test]
+    fn pods_and_slices_built_directly_equal_their_parsed_documents() {
+        let mut world = World::new(Preset::SMALL, 9);
+        // Not-ready pods, every port count and version, and a slice with a removed pod.
+        let ids: Vec<usize> = world.services.keys().copied().take(12).collect();
+        for (i, &id) in ids.iter().enumerate() {
+            world.pod_flip_ready(id, i);
+            if i % 3 == 0 {
+                world.pod_remove(id, 1);
+            }
+        }
+        let (mut pods, mut slices) = (0, 0);
+        for svc in world.services.values() {
+            for pod in &svc.pods {
+                assert_eq!(World::pod_object(svc, pod), to_object(World::pod_doc(svc, pod)), "{}", pod.name);
+                pods += 1;
+            }
+            assert_eq!(World::slice_object(svc), to_object(World::slice_doc(svc)), "{}", svc.name());
+            slices += 1;
+        }
+        assert!(pods >= 900 && slices == 100, "{pods} pods, {slices} slices");
+        let ports: BTreeSet<usize> = world.services.values().map(|s| s.ports).collect();
+        assert_eq!(ports.len(), 3, "every port count is compared");
+        assert!(world.services.values().flat_map(|s| &s.pods).any(|p| !p.ready), "a not-ready pod is compared");
     }
 
     #[test]
