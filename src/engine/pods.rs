@@ -189,13 +189,15 @@ pub struct Pods {
     entries: HashMap<PodKey, Entry>,
     /// Node name → its locality ("" when its labels give none).
     nodes: HashMap<Arc<str>, Arc<str>>,
-    /// Node name → the known Pods on it (a few hundred at most).
-    on_node: HashMap<Arc<str>, Vec<PodKey>>,
+    /// Node name → the known Pods on it (a few hundred at most: a set, so a Pod that goes
+    /// costs no scan).
+    on_node: HashMap<Arc<str>, HashSet<PodKey>>,
     /// Live IP → the known Pods at it (one, mostly).
     by_ip: HashMap<Arc<str>, Vec<PodKey>>,
     /// Namespace → label key → value → the known Pods there with that label, for a selector
     /// that comes or goes.
-    by_pair: HashMap<Arc<str>, ByLabel<Vec<Arc<str>>>>,
+    /// (Sets: a label such as `version: v1` may be on most Pods of a namespace.)
+    by_pair: HashMap<Arc<str>, ByLabel<HashSet<Arc<str>>>>,
     gate: Gate,
     /// How many proxy classes name each Pod, and look at each IP.
     class_pods: HashMap<PodKey, usize>,
@@ -328,7 +330,7 @@ impl Pods {
         if before == locality {
             return;
         }
-        let pods: Vec<PodKey> = self.on_node.get(&name).cloned().unwrap_or_default();
+        let pods: Vec<PodKey> = self.on_node.get(&name).map(|on| on.iter().cloned().collect()).unwrap_or_default();
         for key in pods {
             let Some(entry) = self.entries.get_mut(&key) else { continue };
             let placement = resolve(&entry.placement.labels, locality.as_ref());
@@ -513,7 +515,7 @@ impl Gate {
 
 /// Moves Pod `key` in the label index from the pairs of `held` to those of `now`.
 fn index_labels(
-    index: &mut HashMap<Arc<str>, ByLabel<Vec<Arc<str>>>>,
+    index: &mut HashMap<Arc<str>, ByLabel<HashSet<Arc<str>>>>,
     key: &PodKey,
     held: Option<&Labels>,
     now: Option<&Labels>,
@@ -524,9 +526,7 @@ fn index_labels(
         for (k, v) in labels.iter() {
             let Some(values) = keys.get_mut(k.as_str()) else { continue };
             if let Some(names) = values.get_mut(v.as_str()) {
-                if let Some(i) = names.iter().position(|n| *n == key.1) {
-                    names.swap_remove(i);
-                }
+                names.remove(&key.1);
                 if names.is_empty() {
                     values.remove(v.as_str());
                 }
@@ -548,9 +548,11 @@ fn index_labels(
             }
             let values = keys.get_mut(k.as_str()).expect("inserted above");
             match values.get_mut(v.as_str()) {
-                Some(names) => names.push(key.1.clone()),
+                Some(names) => {
+                    names.insert(key.1.clone());
+                }
                 None => {
-                    values.insert(v.clone(), vec![key.1.clone()]);
+                    values.insert(v.clone(), HashSet::from([key.1.clone()]));
                 }
             }
         }
@@ -588,8 +590,8 @@ fn identity_change(before: Option<PodIdentity>, after: Option<PodIdentity>, feed
 /// Moves `key` in `index` from the list at `held` to the list at `now` (either may be absent),
 /// unless they are the same; returns `now` as the index holds it (one string for every Pod on
 /// a Node).
-fn reindex(
-    index: &mut HashMap<Arc<str>, Vec<PodKey>>,
+fn reindex<M: Members>(
+    index: &mut HashMap<Arc<str>, M>,
     held: Option<Arc<str>>,
     now: Option<&str>,
     key: &PodKey,
@@ -600,17 +602,49 @@ fn reindex(
     if let Some(at) = &held
         && let Some(keys) = index.get_mut(at)
     {
-        if let Some(i) = keys.iter().position(|k| k == key) {
-            keys.swap_remove(i);
-        }
+        keys.take(key);
         if keys.is_empty() {
             index.remove(at);
         }
     }
     let now = now?;
     let at: Arc<str> = index.get_key_value(now).map_or_else(|| now.into(), |(at, _)| at.clone());
-    index.entry(at.clone()).or_default().push(key.clone());
+    index.entry(at.clone()).or_default().put(key.clone());
     Some(at)
+}
+
+/// The Pods an index holds at one value: a list where there is one or two (an IP's), a set
+/// where there may be hundreds (a Node's).
+trait Members: Default {
+    fn put(&mut self, key: PodKey);
+    fn take(&mut self, key: &PodKey);
+    fn is_empty(&self) -> bool;
+}
+
+impl Members for Vec<PodKey> {
+    fn put(&mut self, key: PodKey) {
+        self.push(key);
+    }
+    fn take(&mut self, key: &PodKey) {
+        if let Some(i) = self.iter().position(|k| k == key) {
+            self.swap_remove(i);
+        }
+    }
+    fn is_empty(&self) -> bool {
+        Vec::is_empty(self)
+    }
+}
+
+impl Members for HashSet<PodKey> {
+    fn put(&mut self, key: PodKey) {
+        self.insert(key);
+    }
+    fn take(&mut self, key: &PodKey) {
+        self.remove(key);
+    }
+    fn is_empty(&self) -> bool {
+        HashSet::is_empty(self)
+    }
 }
 
 fn count<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K, diff: isize) {
