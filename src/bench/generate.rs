@@ -504,10 +504,7 @@ impl World {
         self.rng = rng;
         self.services.insert(id, svc);
         let svc = &self.services[&id];
-        vec![
-            InputEvent::apply(Self::pod_object(svc, svc.pods.last().expect("just added"))),
-            self.slice_event(id),
-        ]
+        vec![InputEvent::apply(Self::pod_object(svc, svc.pods.last().expect("just added"))), self.slice_event(id)]
     }
 
     /// Removes the service's pod at `index` (mod its pod count), and updates its slice.

@@ -262,7 +262,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
                 output.push(((ty, name, body), 1isize));
             }
         })
-        .map(|(id, (ty, name, body))| OutputRow::Resource { scope: Scope::Class(id), ty, name, body });
+        .map(|(id, (ty, name, body))| OutputRow::Resource { scope: Scope::Class(id), ty, name, body: body.into() });
     // Every host's rows, Services' and ServiceEntries', settled per host as istiod settles a
     // hostname defined more than once: what follows sees only the rows that make the host.
     let ports_by_host = service_ports
@@ -373,7 +373,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
         scope: translate::context_scope(&ctx, Scope::All),
         ty: ResourceType::Cluster,
         name: c.name(),
-        body: c.encode(),
+        body: c.encode().into(),
     });
 
     // Valid Istio that meshflow does not translate yet: one diagnostic per object and field
@@ -585,7 +585,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
             scope,
             ty: ResourceType::Listener,
             name: translate::listener_name(port),
-            body: translate::listener(port, None),
+            body: translate::listener(port, None).into(),
         });
 
     // === per host: TCP listeners; per port: the one that binds it ===
@@ -645,7 +645,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
                         scope: Scope::Sidecars,
                         ty: ResourceType::Listener,
                         name: w.name.clone(),
-                        body: w.body.clone(),
+                        body: w.body.as_slice().into(),
                     };
                     output.push((row, 1isize));
                 }
@@ -659,7 +659,7 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
                             scope: scope.clone(),
                             ty: ResourceType::Listener,
                             name: l.name.clone(),
-                            body: l.body.clone(),
+                            body: l.body.as_slice().into(),
                         };
                         output.push((row, 1isize));
                     }
@@ -740,7 +740,9 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
             }
         });
     let class_resources = class_outputs.clone().flat_map(|(id, out)| match out {
-        ClassOutput::Resource(ty, name, body) => Some(OutputRow::Resource { scope: Scope::Class(id), ty, name, body }),
+        ClassOutput::Resource(ty, name, body) => {
+            Some(OutputRow::Resource { scope: Scope::Class(id), ty, name, body: body.into() })
+        }
         _ => None,
     });
     let class_diagnostics =
@@ -805,7 +807,12 @@ pub fn build<'s>(scope: Graph<'s, u64>, mesh: &MeshConfig) -> (Inputs, Outputs<'
     let secret_diagnostics = class_secrets.clone().flat_map(|(_, out): (_, Result<Vec<u8>, Diagnostic>)| out.err());
     let class_secrets = class_secrets.flat_map(|((id, sds_name), out)| {
         let body = out.ok()?;
-        Some(OutputRow::Resource { scope: Scope::Class(id), ty: ResourceType::Secret, name: sds_name, body })
+        Some(OutputRow::Resource {
+            scope: Scope::Class(id),
+            ty: ResourceType::Secret,
+            name: sds_name,
+            body: body.into(),
+        })
     });
 
     // A diagnostic that several classes report is reported once.

@@ -87,7 +87,7 @@ struct Cluster {
     /// How it is placed by locality, if it is (with multiplicities).
     placements: Vec<(Placement, isize)>,
     /// Its load assignment as last output.
-    body: Option<Box<[u8]>>,
+    body: Option<std::sync::Arc<[u8]>>,
     /// Whether it is in [`Assignments::touched`].
     touched: bool,
 }
@@ -205,14 +205,14 @@ impl Assignments {
             // arrives.
             let body = (cluster.assigned != 0).then(|| {
                 let addresses: Vec<&EndpointAddr> = cluster.addresses.iter().map(|(a, _)| a).collect();
-                translate::load_assignment(&key.1, &addresses).into_boxed_slice()
+                std::sync::Arc::<[u8]>::from(translate::load_assignment(&key.1, &addresses))
             });
             if body != cluster.body {
-                let row = |body: Box<[u8]>| OutputRow::Resource {
+                let row = |body| OutputRow::Resource {
                     scope: key.0.clone(),
                     ty: ResourceType::ClusterLoadAssignment,
                     name: key.1.to_string(),
-                    body: body.into_vec(),
+                    body,
                 };
                 if let Some(old) = cluster.body.take() {
                     out(Out::Row(row(old)), -1);
@@ -379,7 +379,7 @@ mod tests {
                 scope: key.0.clone(),
                 ty: ResourceType::ClusterLoadAssignment,
                 name: key.1.to_string(),
-                body: translate::load_assignment(&key.1, &of),
+                body: translate::load_assignment(&key.1, &of).into(),
             };
             out.insert(Out::Row(row), 1);
         }

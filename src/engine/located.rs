@@ -118,7 +118,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                     scope,
                     ty: ResourceType::ClusterLoadAssignment,
                     name: name.clone(),
-                    body: translate::locality::located_load_assignment(name, &refs, proxy, lb),
+                    body: translate::locality::located_load_assignment(name, &refs, proxy, lb).into(),
                 })
             },
         )
@@ -132,7 +132,7 @@ pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Outpu
                     scope,
                     ty: ResourceType::Cluster,
                     name: c.name(),
-                    body: c.encode_located(proxy, lb),
+                    body: c.encode_located(proxy, lb).into(),
                 })
             },
         ));

@@ -63,7 +63,7 @@ impl Assembler {
         differential_dataflow::consolidation::consolidate(&mut net);
         // Per resource: the body that is added at this time, if any; a resource only retracted
         // is removed.
-        let mut resources: BTreeMap<(Scope, ResourceType, String), Option<Vec<u8>>> = BTreeMap::new();
+        let mut resources: BTreeMap<(Scope, ResourceType, String), Option<Arc<[u8]>>> = BTreeMap::new();
         let mut vhost_adds = Vec::new();
         let mut touched: BTreeSet<(Scope, String)> = BTreeSet::new();
         let mut diagnostics = Vec::new();
@@ -129,10 +129,8 @@ impl Assembler {
             .collect();
         touched.extend(followers);
 
-        let mut changes: Vec<ResourceChange> = resources
-            .into_iter()
-            .map(|((scope, ty, name), body)| ResourceChange { scope, ty, name, body: body.map(Arc::from) })
-            .collect();
+        let mut changes: Vec<ResourceChange> =
+            resources.into_iter().map(|((scope, ty, name), body)| ResourceChange { scope, ty, name, body }).collect();
         for key in touched {
             let body = self.assemble(&key);
             let (scope, route) = key.clone();

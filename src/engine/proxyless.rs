@@ -27,7 +27,8 @@ pub fn proxyless<'s>(
     virtual_hosts: VecCollection<'s, u64, (String, (String, VirtualHostPart))>,
 ) -> VecCollection<'s, u64, OutputRow> {
     let present = classes.filter(|c: &ProxyClass| c.kind == ProxyKind::Proxyless).map(|_| ()).distinct();
-    let resource = |ty, name, body| OutputRow::Resource { scope: Scope::Proxyless, ty, name, body };
+    let resource =
+        |ty, name, body: Vec<u8>| OutputRow::Resource { scope: Scope::Proxyless, ty, name, body: body.into() };
     let clusters = gate(cluster_rows, &present).flat_map(move |c: ClusterRow| {
         let body = grpc::cluster(&c)?;
         Some(resource(ResourceType::Cluster, c.name(), body))

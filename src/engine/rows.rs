@@ -21,7 +21,9 @@ pub enum OutputRow {
         scope: Scope,
         ty: ResourceType,
         name: String,
-        body: Vec<u8>,
+        /// Shared: the endpoint graph keeps each load assignment it output (to retract it),
+        /// and the cache serves the same bytes; a copy is a reference count.
+        body: std::sync::Arc<[u8]>,
     },
     VirtualHost {
         /// `Sidecars`, or the namespace whose proxies see this virtual host instead of the
@@ -37,10 +39,7 @@ pub enum OutputRow {
     Diagnostic(Box<Diagnostic>),
     /// A Pod's locality (its own label, else its Node's): not a resource, but what a proxy of
     /// that Pod that does not tell its locality is placed in when it connects.
-    PodLocality {
-        pod: (String, String),
-        locality: String,
-    },
+    PodLocality { pod: (String, String), locality: String },
 }
 
 /// A cluster's name inside the endpoint graphs: every endpoint row is keyed by one, and the
