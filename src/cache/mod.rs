@@ -332,8 +332,16 @@ pub type Changed = Option<Vec<(ResourceType, String)>>;
 
 pub struct Cache {
     state: RwLock<State>,
-    /// The sequence number of the last applied change; bumped on readiness too.
+    /// The sequence number of the last applied change; bumped on readiness too. Sent by the
+    /// thread that applies a change (the engine's); streams wait on `fanout`.
     notify: watch::Sender<u64>,
+    /// What the streams of a Tokio runtime wait on ([`Cache::subscribe`]): a relay task on
+    /// that runtime forwards `notify` here, so the engine's thread wakes one task, not every
+    /// stream. A wake from outside the runtime queues the task on the runtime's shared queue
+    /// and may unpark a worker, ~4 µs apiece: with 11 streams, 13% of the engine thread's
+    /// CPU on a pod event at large (BENCHMARKS.md, session 36).
+    fanout: watch::Sender<u64>,
+    relay: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// When the last change was applied (for `pilot_proxy_convergence_time`).
     changed_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Each Pod's locality ((namespace, name) → `region/zone/subzone`), as the engine last
@@ -348,6 +356,8 @@ impl Cache {
         Arc::new(Cache {
             state: RwLock::new(state),
             notify: watch::channel(0).0,
+            fanout: watch::channel(0).0,
+            relay: Default::default(),
             changed_at: Default::default(),
             pod_localities: Default::default(),
         })
@@ -510,8 +520,25 @@ impl Cache {
         self.read().pending_sources.iter().cloned().collect()
     }
 
+    /// A receiver that sees each change applied. On a Tokio runtime it is woken by the
+    /// cache's relay task on that runtime (started by the first subscriber there, and again if
+    /// its runtime is gone); elsewhere by the thread that applies the change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.notify.subscribe()
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return self.notify.subscribe() };
+        let mut relay = self.relay.lock().unwrap_or_else(|e| e.into_inner());
+        if relay.as_ref().is_none_or(|r| r.is_finished()) {
+            let (mut from, to) = (self.notify.subscribe(), self.fanout.clone());
+            // (What was sent before it started: none is missed.)
+            to.send_replace(*from.borrow_and_update());
+            // It ends when the cache goes (and `notify` with it).
+            *relay = Some(runtime.spawn(async move {
+                while from.changed().await.is_ok() {
+                    let seq = *from.borrow_and_update();
+                    to.send_replace(seq);
+                }
+            }));
+        }
+        self.fanout.subscribe()
     }
 
     pub fn seq(&self) -> u64 {
@@ -587,6 +614,29 @@ impl Cache {
 mod tests {
     use super::*;
     use crate::engine::ResourceChange;
+
+    #[test]
+    fn streams_on_a_runtime_hear_each_change_through_the_relay_even_on_a_later_runtime() {
+        let cache = Cache::new([]);
+        for round in 0..2 {
+            // A server's runtime; the second starts after the first (and its relay) is gone.
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let (mut a, mut b) = rt.block_on(async { (cache.subscribe(), cache.subscribe()) });
+            // Applied off the runtime, as the engine's thread applies.
+            let name = format!("c{round}");
+            let applier = cache.clone();
+            std::thread::spawn(move || applier.apply(&delta(&[(ResourceType::Cluster, &name, Some(b"1"))])))
+                .join()
+                .unwrap();
+            for rx in [&mut a, &mut b] {
+                let heard =
+                    rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(10), rx.changed()).await });
+                assert!(matches!(heard, Ok(Ok(()))), "round {round}: a stream was not woken: {heard:?}");
+                assert_eq!(*rx.borrow_and_update(), cache.seq(), "round {round}");
+            }
+            drop(rt);
+        }
+    }
 
     fn delta(changes: &[(ResourceType, &str, Option<&[u8]>)]) -> ResourceDelta {
         ResourceDelta {
