@@ -19,7 +19,8 @@
 //!     ─▶ load assignments; addresses of located clusters ─▶ located graph
 //! ```
 //!
-//! The graph is one operator, [`Assignments`], that keeps each cluster's sorted address list
+//! The graph is one operator, [`Assignments`], run by the driver without timely ([`Graph`]),
+//! that keeps each cluster's sorted address list
 //! and its last encoding, patches the list with the addresses that came and went at a time, and
 //! re-encodes the clusters it touched. Differential's `reduce` did this job before: it
 //! replayed the history of each changed key from its arrangement (and the output's), and the
@@ -27,19 +28,11 @@
 //! (`perf record -g`, session 32). The located join is the same operator's: each cluster also
 //! holds its located facts, and an address that comes or goes is sent on with each of them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::Scope as Graph;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::{Capability, InputCapability};
-use timely::progress::frontier::MutableAntichain;
 
 use super::derived::Address;
-use super::inputs::{graph_inputs, input};
 use super::rows::{ClusterFact, LocatedBase, LocatedInput, Name, OutputRow, name};
 use crate::translate::locality::LocalityLb;
 use crate::translate::outbound::Context;
@@ -49,17 +42,6 @@ use crate::translate::{self, EndpointAddr, ResourceType, Scope};
 /// the located graph its DNS clusters, the unsliced graph entries' owners).
 pub fn reads(fact: &ClusterFact) -> bool {
     matches!(fact, ClusterFact::Assignment(..) | ClusterFact::Located(..))
-}
-
-graph_inputs! {
-    /// The endpoint graph's inputs.
-    pub struct Inputs {
-        /// The addresses of every assigned cluster ([`super::derived`]): the driver feeds only
-        /// the rows a changed slice adds or drops ([`super::graphs::Graphs::update`]), so a
-        /// pod's change costs its own addresses, not its whole slice's twice.
-        pub addresses: Address,
-        pub facts: ClusterFact,
-    }
 }
 
 /// What the endpoint graph outputs: a load assignment's row, or an address of a located
@@ -185,14 +167,6 @@ impl Assignments {
         }
     }
 
-    /// Takes in an update of either input.
-    fn take(&mut self, update: Update, diff: isize, out: &mut impl FnMut(Out, isize)) {
-        match update {
-            Update::Address(address) => self.address(address, diff, out),
-            Update::Fact(fact) => self.fact(fact, diff, out),
-        }
-    }
-
     /// Ends a time: outputs the load assignment of each cluster touched that now encodes
     /// otherwise (the old retracted, the new added), and forgets the clusters left empty.
     pub fn finish(&mut self, out: &mut impl FnMut(Out, isize)) {
@@ -256,98 +230,45 @@ fn add<T: Ord>(list: &mut Vec<(T, isize)>, item: T, diff: isize) {
     }
 }
 
-/// An update of either of the endpoint graph's inputs.
-enum Update {
-    Address(Address),
-    Fact(ClusterFact),
+/// The endpoint graph: the addresses and facts the driver feeds go straight into
+/// [`Assignments`], and each time is finished when the engine steps. Not a timely dataflow:
+/// it is one operator, and as a dataflow of its own its progress tracking, scheduling and the
+/// capture of its output were ~15% of the engine thread on a pod event at `large` (timely's
+/// `OperatorCore::schedule`, `propagate_pointstamps`, `extract_progress`, the activations;
+/// `perf record -g`, session 36), work that orders nothing here: the driver runs one time at a
+/// time, and the operator takes a time's updates in any order (see [`Assignments`]).
+#[derive(Default)]
+pub struct Graph {
+    assignments: Assignments,
+    /// What the updates taken in at this time output (addresses sent on to the located
+    /// graph), with what [`Graph::finish`] adds.
+    out: Vec<(Out, isize)>,
 }
 
-/// Updates of a time later than the one the operator is taking in (the driver runs a graph
-/// one time at a time, so none arrive; held, should any).
-type Later = (Capability<u64>, Vec<(Update, isize)>);
+impl Graph {
+    /// Takes in an address of an assigned cluster that came (`diff` > 0) or went.
+    pub fn address(&mut self, address: Address, diff: isize) {
+        let out = &mut self.out;
+        self.assignments.address(address, diff, &mut |o, d| out.push((o, d)));
+    }
 
-/// The least time of a frontier, if any.
-fn least(frontier: &MutableAntichain<u64>) -> Option<u64> {
-    frontier.frontier().iter().min().copied()
-}
+    /// Takes in a fact the config graph output (those [`reads`] accepts).
+    pub fn fact(&mut self, fact: ClusterFact, diff: isize) {
+        let out = &mut self.out;
+        self.assignments.fact(fact, diff, &mut |o, d| out.push((o, d)));
+    }
 
-/// Builds the endpoint graph.
-///
-/// Its operator takes in each update of the time the inputs' frontier is at as it arrives,
-/// not held until the time is complete (a whole cluster loading is taken in without a second
-/// copy), and finishes the time once both inputs have passed it.
-pub fn build<'s>(scope: Graph<'s, u64>) -> (Inputs, VecCollection<'s, u64, Out>) {
-    let (addresses_in, addresses) = input::<Address>(&scope);
-    let (facts_in, facts) = input::<ClusterFact>(&scope);
-    let out = addresses
-        .inner
-        .binary_frontier::<_, CapacityContainerBuilder<Vec<(Out, u64, isize)>>, _, _, _, _>(
-            facts.inner,
-            Pipeline,
-            Pipeline,
-            "translate: ClusterLoadAssignment",
-            |_, _| {
-                let mut assignments = Assignments::default();
-                // The time being taken in, and a capability to output at it.
-                let mut open: Option<Capability<u64>> = None;
-                let mut later: BTreeMap<u64, Later> = BTreeMap::new();
-                move |(addresses, addresses_frontier), (facts, facts_frontier), output| {
-                    let passed = |time: u64| !addresses_frontier.less_equal(&time) && !facts_frontier.less_equal(&time);
-                    // The times both inputs have passed, in order: the one taken in, then any
-                    // held (all later than it).
-                    if let Some(cap) = open.take_if(|cap| passed(*cap.time())) {
-                        let time = *cap.time();
-                        let mut session = output.session(&cap);
-                        assignments.finish(&mut |o, d| session.give((o, time, d)));
-                    }
-                    while let Some(entry) = later.first_entry() {
-                        let time = *entry.key();
-                        if !passed(time) {
-                            break;
-                        }
-                        let (cap, updates) = entry.remove();
-                        let mut session = output.session(&cap);
-                        let mut give = |o, d| session.give((o, time, d));
-                        for (update, diff) in updates {
-                            assignments.take(update, diff, &mut give);
-                        }
-                        assignments.finish(&mut give);
-                    }
-                    // What arrives at the frontier's time is taken in at once.
-                    let low = least(addresses_frontier).into_iter().chain(least(facts_frontier)).min();
-                    let mut taken = Vec::new();
-                    let mut arrive = |cap: &InputCapability<u64>, update: Update, time: u64, diff: isize| {
-                        if Some(time) == low {
-                            open.get_or_insert_with(|| cap.delayed(&time, 0));
-                            assignments.take(update, diff, &mut |o, d| taken.push((o, time, d)));
-                        } else {
-                            let entry = later.entry(time).or_insert_with(|| (cap.delayed(&time, 0), Vec::new()));
-                            entry.1.push((update, diff));
-                        }
-                    };
-                    addresses.for_each(|cap, data| {
-                        for (address, time, diff) in data.drain(..) {
-                            arrive(&cap, Update::Address(address), time, diff);
-                        }
-                    });
-                    facts.for_each(|cap, data| {
-                        for (fact, time, diff) in data.drain(..) {
-                            arrive(&cap, Update::Fact(fact), time, diff);
-                        }
-                    });
-                    if let Some(cap) = &open {
-                        output.session(cap).give_iterator(taken.drain(..));
-                    }
-                }
-            },
-        )
-        .as_collection();
-    (Inputs { addresses: addresses_in, facts: facts_in }, out)
+    /// Ends the time: everything it outputs, the load assignments that changed last.
+    pub fn finish(&mut self) -> Vec<(Out, isize)> {
+        let out = &mut self.out;
+        self.assignments.finish(&mut |o, d| out.push((o, d)));
+        std::mem::take(&mut self.out)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use proptest::prelude::*;
 

@@ -36,6 +36,9 @@
 //! - a VirtualService change runs the config graph alone unless what it knows of clusters
 //!   changes.
 //!
+//! The endpoint graph is one operator, run without timely (see [`endpoints::Graph`]): the other
+//! four are dataflows.
+//!
 //! Each graph keeps its own clock. Within one engine time the graphs run in the order above,
 //! each one's changed output fed to the next as input: after each engine time the four hold
 //! what one graph over all inputs would.
@@ -83,13 +86,12 @@ pub struct Graphs {
     proxies: proxies::Inputs,
     config: dataflow::Inputs,
     unsliced: unsliced::Inputs,
-    endpoints: endpoints::Inputs,
+    endpoints: endpoints::Graph,
     located: located::Inputs,
     clocks: [Clock; 5],
     class_labels: Buffer<ClassLabelRow>,
     facts: Buffer<ClusterFact>,
     unsliced_rows: Buffer<(Name, EndpointRow)>,
-    endpoint_out: Buffer<endpoints::Out>,
     rows: Buffer<OutputRow>,
     /// The driver's index of Pods ([`super::pods`]) and what it asks the graphs to read.
     pods: Pods,
@@ -110,15 +112,15 @@ pub struct Graphs {
 /// Where the driver's derived rows go: the endpoint graph's addresses, the located graph's
 /// endpoint labels; and whether either got any.
 struct Targets<'a> {
-    addresses: &'a mut Session<Address>,
+    addresses: &'a mut endpoints::Graph,
     labels: &'a mut Session<LocatedInput>,
     addressed: bool,
     labelled: bool,
 }
 
 impl<'a> Targets<'a> {
-    fn new(endpoints: &'a mut endpoints::Inputs, located: &'a mut located::Inputs) -> Targets<'a> {
-        Targets { addresses: &mut endpoints.addresses, labels: &mut located.located, addressed: false, labelled: false }
+    fn new(endpoints: &'a mut endpoints::Graph, located: &'a mut located::Inputs) -> Targets<'a> {
+        Targets { addresses: endpoints, labels: &mut located.located, addressed: false, labelled: false }
     }
 
     /// Marks the graphs fed dirty.
@@ -131,7 +133,7 @@ impl<'a> Targets<'a> {
 impl derived::Sink for Targets<'_> {
     fn address(&mut self, address: Address, diff: isize) {
         self.addressed = true;
-        self.addresses.update(address, diff);
+        self.addresses.address(address, diff);
     }
 
     fn labels(&mut self, labels: LocatedInput, diff: isize) {
@@ -182,7 +184,6 @@ impl Graphs {
         let facts: Buffer<ClusterFact> = Rc::default();
         let unsliced_rows: Buffer<(Name, EndpointRow)> = Rc::default();
         let rows: Buffer<OutputRow> = Rc::default();
-        let endpoint_out: Buffer<endpoints::Out> = Rc::default();
         let proxies = worker.dataflow::<u64, _, _>(|scope| {
             let (inputs, labels) = proxies::build(scope);
             capture(labels, &class_labels, &clocks[PROXIES].probe);
@@ -199,11 +200,7 @@ impl Graphs {
             capture(output, &unsliced_rows, &clocks[UNSLICED].probe);
             inputs
         });
-        let endpoints = worker.dataflow::<u64, _, _>(|scope| {
-            let (inputs, out) = endpoints::build(scope);
-            capture(out, &endpoint_out, &clocks[ENDPOINTS].probe);
-            inputs
-        });
+        let endpoints = endpoints::Graph::default();
         let located = worker.dataflow::<u64, _, _>(|scope| {
             let (inputs, output) = located::build(scope);
             capture(output, &rows, &clocks[LOCATED].probe);
@@ -220,7 +217,6 @@ impl Graphs {
             class_labels,
             facts,
             unsliced_rows,
-            endpoint_out,
             rows,
             pods,
             feeds,
@@ -457,7 +453,7 @@ impl Graphs {
                     self.clocks[UNSLICED].dirty = true;
                 }
                 if endpoints::reads(&fact) {
-                    self.endpoints.facts.update(fact, diff);
+                    self.endpoints.fact(fact, diff);
                     self.clocks[ENDPOINTS].dirty = true;
                 }
             }
@@ -471,8 +467,11 @@ impl Graphs {
             }
             targets.done(&mut self.clocks);
         }
-        if run(worker, &mut self.clocks[ENDPOINTS], &mut self.endpoints) {
-            let out = std::mem::take(&mut *self.endpoint_out.borrow_mut());
+        // (Not a dataflow: see [`endpoints`]. Its clock counts the times it finished.)
+        let clock = &mut self.clocks[ENDPOINTS];
+        if std::mem::take(&mut clock.dirty) {
+            clock.time += 1;
+            let out = self.endpoints.finish();
             let mut rows = self.rows.borrow_mut();
             for (out, diff) in out {
                 match out {
