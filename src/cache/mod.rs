@@ -414,13 +414,23 @@ impl Cache {
                 Some(body) => {
                     let map = &mut state.resources.entry(change.scope.clone()).or_default()[slot(change.ty)];
                     let version = content_version(body);
-                    if map.get(&change.name).is_some_and(|r| r.version == version) {
-                        false
-                    } else {
-                        observer.changed(change, Some(&version));
-                        let r = Resource::new(change.name.as_str().into(), version, body.clone());
-                        map.insert(change.name.clone(), Arc::new(r));
-                        true
+                    // (One search of the map: the engine's changes are nearly all new content.)
+                    use std::collections::btree_map::Entry;
+                    match map.entry(change.name.clone()) {
+                        Entry::Occupied(held) if held.get().version == version => false,
+                        slot => {
+                            observer.changed(change, Some(&version));
+                            let r = Arc::new(Resource::new(change.name.as_str().into(), version, body.clone()));
+                            match slot {
+                                Entry::Occupied(mut held) => {
+                                    held.insert(r);
+                                }
+                                Entry::Vacant(place) => {
+                                    place.insert(r);
+                                }
+                            }
+                            true
+                        }
                     }
                 }
                 None => {

@@ -472,36 +472,41 @@ mod cla_wire {
     }
 
     pub fn encode(cluster_name: &str, endpoints: &[&EndpointAddr]) -> Vec<u8> {
-        // The localities in order, each with its endpoints (in the order given) and the size
-        // and weight of its `LocalityLbEndpoints`.
-        let mut localities: Vec<&str> = endpoints.iter().map(|e| &*e.locality).collect();
-        localities.sort_unstable();
-        localities.dedup();
-        let groups: Vec<(&str, usize, u32)> = localities
-            .into_iter()
-            .map(|locality| {
-                let of = endpoints.iter().filter(|e| *e.locality == *locality);
-                let (len, weight) = of.fold((0, 0u32), |(len, weight), e| {
-                    (len + nested(2, lb_endpoint_len(e)), weight.saturating_add(e.weight.max(1)))
-                });
-                let len =
-                    nested(1, locality_len(&locality_parts(locality))) + len + nested(3, uint32_value_len(weight));
-                (locality, len, weight)
-            })
-            .collect();
+        // Each endpoint's `LbEndpoint` size, and the endpoints in locality order (a stable
+        // sort: in the order given within a locality, as the message groups them).
+        let lens: Vec<usize> = endpoints.iter().map(|e| lb_endpoint_len(e)).collect();
+        let mut order: Vec<usize> = (0..endpoints.len()).collect();
+        if endpoints.windows(2).any(|w| w[0].locality != w[1].locality) {
+            order.sort_by(|a, b| endpoints[*a].locality.cmp(&endpoints[*b].locality));
+        }
+        // Each locality's run of `order`, with its `LocalityLbEndpoints` size and weight.
+        let mut groups: Vec<(std::ops::Range<usize>, usize, u32)> = Vec::new();
+        let mut start = 0;
+        while start < order.len() {
+            let locality = &endpoints[order[start]].locality;
+            let (mut end, mut len, mut weight) = (start, 0, 0u32);
+            while end < order.len() && endpoints[order[end]].locality == *locality {
+                len += nested(2, lens[order[end]]);
+                weight = weight.saturating_add(endpoints[order[end]].weight.max(1));
+                end += 1;
+            }
+            let len = nested(1, locality_len(&locality_parts(locality))) + len + nested(3, uint32_value_len(weight));
+            groups.push((start..end, len, weight));
+            start = end;
+        }
         let total = string_len(1, cluster_name) + groups.iter().map(|(_, len, _)| nested(2, *len)).sum::<usize>();
         let mut buf = Vec::with_capacity(total);
         string(1, cluster_name, &mut buf);
-        for (locality, len, weight) in groups {
+        for (run, len, weight) in groups {
             head(2, len, &mut buf);
-            let parts = locality_parts(locality);
+            let parts = locality_parts(&endpoints[order[run.start]].locality);
             head(1, locality_len(&parts), &mut buf);
             for (part, tag) in parts.iter().zip(1..) {
                 string(tag, part, &mut buf);
             }
-            for e in endpoints.iter().filter(|e| *e.locality == *locality) {
-                head(2, lb_endpoint_len(e), &mut buf);
-                lb_endpoint(e, &mut buf);
+            for &i in &order[run] {
+                head(2, lens[i], &mut buf);
+                lb_endpoint(endpoints[i], &mut buf);
             }
             uint32_value(3, weight, &mut buf);
         }
