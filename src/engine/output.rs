@@ -54,6 +54,9 @@ pub struct Assembler {
     emitted: HashMap<(Scope, String), u64>,
 }
 
+/// A resource's scope, type and name.
+type ResourceKey = (Scope, ResourceType, String);
+
 impl Assembler {
     /// Consolidates the rows of one time (the dataflow hands them over in pieces, not
     /// consolidated) and turns them into resource changes.
@@ -63,7 +66,7 @@ impl Assembler {
         differential_dataflow::consolidation::consolidate(&mut net);
         // Per resource: the body that is added at this time, if any; a resource only retracted
         // is removed.
-        let mut resources: BTreeMap<(Scope, ResourceType, String), Option<Arc<[u8]>>> = BTreeMap::new();
+        let mut resources: BTreeMap<ResourceKey, Option<Arc<[u8]>>> = BTreeMap::new();
         let mut vhost_adds = Vec::new();
         let mut touched: BTreeSet<(Scope, String)> = BTreeSet::new();
         let mut diagnostics = Vec::new();
