@@ -15,6 +15,7 @@ pub mod engine;
 pub mod json;
 pub mod metrics;
 pub mod model;
+mod pb;
 pub mod source;
 pub mod translate;
 pub mod validate;

@@ -120,25 +120,18 @@ pub struct Rendered {
 
 impl Rendered {
     fn new(ty: ResourceType, name: &Arc<str>, version: String, body: &[u8], port: Option<u16>) -> Rendered {
-        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+        use crate::pb::{field_len, put_bytes, put_head};
         let type_url = ty.type_url();
-        let field = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
         // Any { type_url = 1, value = 2 }
-        let any_len = field(1, type_url.len()) + field(2, body.len());
+        let any_len = field_len(1, type_url.len()) + field_len(2, body.len());
         // Resource { version = 1, resource = 2, name = 3 }: the body last, so it is a suffix.
-        let len = field(3, name.len()) + field(1, version.len()) + field(2, any_len);
+        let len = field_len(3, name.len()) + field_len(1, version.len()) + field_len(2, any_len);
         let mut buf = bytes::BytesMut::with_capacity(len);
-        let bytes_field = |tag: u32, value: &[u8], buf: &mut bytes::BytesMut| {
-            encode_key(tag, WireType::LengthDelimited, buf);
-            encode_varint(value.len() as u64, buf);
-            buf.extend_from_slice(value);
-        };
-        bytes_field(3, name.as_bytes(), &mut buf);
-        bytes_field(1, version.as_bytes(), &mut buf);
-        encode_key(2, WireType::LengthDelimited, &mut buf);
-        encode_varint(any_len as u64, &mut buf);
-        bytes_field(1, type_url.as_bytes(), &mut buf);
-        bytes_field(2, body, &mut buf);
+        put_bytes(3, name.as_bytes(), &mut buf);
+        put_bytes(1, version.as_bytes(), &mut buf);
+        put_head(2, any_len, &mut buf);
+        put_bytes(1, type_url.as_bytes(), &mut buf);
+        put_bytes(2, body, &mut buf);
         debug_assert_eq!(buf.len(), len);
         let wire = buf.freeze();
         Rendered {

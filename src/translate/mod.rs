@@ -399,27 +399,7 @@ mod cla_wire {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
     use super::EndpointAddr;
-
-    /// A length-delimited field's size, `len` being its contents'.
-    fn nested(tag: u32, len: usize) -> usize {
-        key_len(tag) + encoded_len_varint(len as u64) + len
-    }
-
-    fn head(tag: u32, len: usize, buf: &mut Vec<u8>) {
-        encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(len as u64, buf);
-    }
-
-    fn string(tag: u32, s: &str, buf: &mut Vec<u8>) {
-        if !s.is_empty() {
-            head(tag, s.len(), buf);
-            buf.extend_from_slice(s.as_bytes());
-        }
-    }
-
-    fn string_len(tag: u32, s: &str) -> usize {
-        if s.is_empty() { 0 } else { nested(tag, s.len()) }
-    }
+    use crate::pb::{field_len, opt_str_len, put_head, put_opt_str};
 
     /// `google.protobuf.UInt32Value { value }`.
     fn uint32_value_len(value: u32) -> usize {
@@ -427,7 +407,7 @@ mod cla_wire {
     }
 
     fn uint32_value(tag: u32, value: u32, buf: &mut Vec<u8>) {
-        head(tag, uint32_value_len(value), buf);
+        put_head(tag, uint32_value_len(value), buf);
         if value != 0 {
             encode_key(1, WireType::Varint, buf);
             encode_varint(u64::from(value), buf);
@@ -436,24 +416,24 @@ mod cla_wire {
 
     /// `SocketAddress { address (2), port_value (3) }` (protocol TCP is the default, 0).
     fn socket_address_len(e: &EndpointAddr) -> usize {
-        string_len(2, &e.ip) + key_len(3) + encoded_len_varint(u64::from(e.port))
+        opt_str_len(2, &e.ip) + key_len(3) + encoded_len_varint(u64::from(e.port))
     }
 
     /// `LbEndpoint { endpoint (1) { address (1) { socket_address (1) } }, health_status (2),
     /// load_balancing_weight (4) }`.
     fn lb_endpoint_len(e: &EndpointAddr) -> usize {
-        let endpoint = nested(1, nested(1, socket_address_len(e)));
-        nested(1, endpoint) + key_len(2) + 1 + nested(4, uint32_value_len(e.weight.max(1)))
+        let endpoint = field_len(1, field_len(1, socket_address_len(e)));
+        field_len(1, endpoint) + key_len(2) + 1 + field_len(4, uint32_value_len(e.weight.max(1)))
     }
 
     fn lb_endpoint(e: &EndpointAddr, buf: &mut Vec<u8>) {
         let socket = socket_address_len(e);
-        let address = nested(1, socket);
-        let endpoint = nested(1, address);
-        head(1, endpoint, buf);
-        head(1, address, buf);
-        head(1, socket, buf);
-        string(2, &e.ip, buf);
+        let address = field_len(1, socket);
+        let endpoint = field_len(1, address);
+        put_head(1, endpoint, buf);
+        put_head(1, address, buf);
+        put_head(1, socket, buf);
+        put_opt_str(2, &e.ip, buf);
         encode_key(3, WireType::Varint, buf);
         encode_varint(u64::from(e.port), buf);
         encode_key(2, WireType::Varint, buf);
@@ -468,7 +448,7 @@ mod cla_wire {
     }
 
     fn locality_len(parts: &[&str; 3]) -> usize {
-        parts.iter().zip(1..).map(|(p, tag)| string_len(tag, p)).sum()
+        parts.iter().zip(1..).map(|(p, tag)| opt_str_len(tag, p)).sum()
     }
 
     pub fn encode(cluster_name: &str, endpoints: &[&EndpointAddr]) -> Vec<u8> {
@@ -486,26 +466,27 @@ mod cla_wire {
             let locality = &endpoints[order[start]].locality;
             let (mut end, mut len, mut weight) = (start, 0, 0u32);
             while end < order.len() && endpoints[order[end]].locality == *locality {
-                len += nested(2, lens[order[end]]);
+                len += field_len(2, lens[order[end]]);
                 weight = weight.saturating_add(endpoints[order[end]].weight.max(1));
                 end += 1;
             }
-            let len = nested(1, locality_len(&locality_parts(locality))) + len + nested(3, uint32_value_len(weight));
+            let len =
+                field_len(1, locality_len(&locality_parts(locality))) + len + field_len(3, uint32_value_len(weight));
             groups.push((start..end, len, weight));
             start = end;
         }
-        let total = string_len(1, cluster_name) + groups.iter().map(|(_, len, _)| nested(2, *len)).sum::<usize>();
+        let total = opt_str_len(1, cluster_name) + groups.iter().map(|(_, len, _)| field_len(2, *len)).sum::<usize>();
         let mut buf = Vec::with_capacity(total);
-        string(1, cluster_name, &mut buf);
+        put_opt_str(1, cluster_name, &mut buf);
         for (run, len, weight) in groups {
-            head(2, len, &mut buf);
+            put_head(2, len, &mut buf);
             let parts = locality_parts(&endpoints[order[run.start]].locality);
-            head(1, locality_len(&parts), &mut buf);
+            put_head(1, locality_len(&parts), &mut buf);
             for (part, tag) in parts.iter().zip(1..) {
-                string(tag, part, &mut buf);
+                put_opt_str(tag, part, &mut buf);
             }
             for &i in &order[run] {
-                head(2, lens[i], &mut buf);
+                put_head(2, lens[i], &mut buf);
                 lb_endpoint(endpoints[i], &mut buf);
             }
             uint32_value(3, weight, &mut buf);

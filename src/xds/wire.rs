@@ -32,6 +32,7 @@ use std::future::Ready;
 use tonic::codegen::{Context, Poll, StdError, http};
 
 use crate::cache::Rendered;
+use crate::pb::{field_len, opt_str_len, put_bytes, put_opt_str};
 
 /// A `DeltaDiscoveryResponse` (same fields, same tags) whose resources are shared encodings.
 /// Encode-only: the server never decodes one (a client decodes the bytes as prost's
@@ -53,16 +54,6 @@ const RESOURCES: u32 = 2;
 const TYPE_URL: u32 = 4;
 const NONCE: u32 = 5;
 const REMOVED_RESOURCES: u32 = 6;
-
-fn string_field_len(tag: u32, s: &str) -> usize {
-    key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
-}
-
-fn put_bytes_field(tag: u32, value: &[u8], buf: &mut impl BufMut) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(value.len() as u64, buf);
-    buf.put_slice(value);
-}
 
 /// A response made of shared resource encodings (one repeated field) and a few small fields:
 /// [`DeltaResponse`] and [`SotwResponse`]. [`frame`] writes one as a gRPC message.
@@ -89,16 +80,6 @@ pub trait Framed: prost::Message + Send + 'static {
     }
 }
 
-fn opt_len(tag: u32, s: &str) -> usize {
-    if s.is_empty() { 0 } else { string_field_len(tag, s) }
-}
-
-fn put_opt(tag: u32, s: &str, buf: &mut impl BufMut) {
-    if !s.is_empty() {
-        put_bytes_field(tag, s.as_bytes(), buf);
-    }
-}
-
 impl Framed for DeltaResponse {
     const SHARED: u32 = RESOURCES;
     fn renderings(&self) -> &[Arc<Rendered>] {
@@ -108,19 +89,19 @@ impl Framed for DeltaResponse {
         &r.wire
     }
     fn encode_rest(&self, buf: &mut impl BufMut) {
-        put_opt(SYSTEM_VERSION_INFO, &self.system_version_info, buf);
-        put_opt(TYPE_URL, &self.type_url, buf);
-        put_opt(NONCE, &self.nonce, buf);
+        put_opt_str(SYSTEM_VERSION_INFO, &self.system_version_info, buf);
+        put_opt_str(TYPE_URL, &self.type_url, buf);
+        put_opt_str(NONCE, &self.nonce, buf);
         for name in &self.removed_resources {
-            put_bytes_field(REMOVED_RESOURCES, name.as_bytes(), buf);
+            put_bytes(REMOVED_RESOURCES, name.as_bytes(), buf);
         }
     }
     fn rest_len(&self) -> usize {
-        let removed: usize = self.removed_resources.iter().map(|n| string_field_len(REMOVED_RESOURCES, n)).sum();
+        let removed: usize = self.removed_resources.iter().map(|n| field_len(REMOVED_RESOURCES, n.len())).sum();
         removed
-            + opt_len(SYSTEM_VERSION_INFO, &self.system_version_info)
-            + opt_len(TYPE_URL, &self.type_url)
-            + opt_len(NONCE, &self.nonce)
+            + opt_str_len(SYSTEM_VERSION_INFO, &self.system_version_info)
+            + opt_str_len(TYPE_URL, &self.type_url)
+            + opt_str_len(NONCE, &self.nonce)
     }
 }
 
@@ -153,20 +134,20 @@ impl Framed for SotwResponse {
         &r.any
     }
     fn encode_rest(&self, buf: &mut impl BufMut) {
-        put_opt(SOTW_VERSION_INFO, &self.version_info, buf);
-        put_opt(SOTW_TYPE_URL, &self.type_url, buf);
-        put_opt(SOTW_NONCE, &self.nonce, buf);
+        put_opt_str(SOTW_VERSION_INFO, &self.version_info, buf);
+        put_opt_str(SOTW_TYPE_URL, &self.type_url, buf);
+        put_opt_str(SOTW_NONCE, &self.nonce, buf);
     }
     fn rest_len(&self) -> usize {
-        opt_len(SOTW_VERSION_INFO, &self.version_info)
-            + opt_len(SOTW_TYPE_URL, &self.type_url)
-            + opt_len(SOTW_NONCE, &self.nonce)
+        opt_str_len(SOTW_VERSION_INFO, &self.version_info)
+            + opt_str_len(SOTW_TYPE_URL, &self.type_url)
+            + opt_str_len(SOTW_NONCE, &self.nonce)
     }
 }
 
 fn encode_framed<M: Framed>(m: &M, buf: &mut impl BufMut) {
     for r in m.renderings() {
-        put_bytes_field(M::SHARED, M::piece(r), buf);
+        put_bytes(M::SHARED, M::piece(r), buf);
     }
     m.encode_rest(buf);
 }
