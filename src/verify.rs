@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::cache::{Cache, Resource, content_version};
-use crate::engine::Command;
+use crate::engine::{Command, CommandSender};
 use crate::model::{Object, ObjectKey};
 use crate::translate::{ResourceType, Scope, reference};
 
@@ -172,7 +172,7 @@ type Check = (Vec<Object>, BTreeMap<(Scope, ResourceType, String), Arc<Resource>
 /// Between the sources and the engine: keeps the current input, and runs verifications.
 pub struct InputTap {
     tx: Sender<Command>,
-    engine: Sender<Sender<Command>>,
+    engine: Sender<CommandSender>,
 }
 
 impl InputTap {
@@ -181,7 +181,7 @@ impl InputTap {
     /// `interval`, a verification runs that often.
     pub fn start(cache: Arc<Cache>, verifier: Arc<Verifier>, interval: Option<Duration>) -> InputTap {
         let (tx, rx) = crossbeam_channel::unbounded::<Command>();
-        let (engine_tx, engine_rx) = crossbeam_channel::bounded::<Sender<Command>>(1);
+        let (engine_tx, engine_rx) = crossbeam_channel::bounded::<CommandSender>(1);
         let (check_tx, check_rx) = crossbeam_channel::unbounded::<Check>();
         std::thread::Builder::new()
             .name("meshflow-verify".into())
@@ -203,12 +203,13 @@ impl InputTap {
     }
 
     /// Connects the tap to the engine it feeds.
-    pub fn connect(&self, engine: Sender<Command>) {
+    pub fn connect(&self, engine: CommandSender) {
         let _ = self.engine.send(engine);
     }
 
-    pub fn sender(&self) -> Sender<Command> {
-        self.tx.clone()
+    pub fn sender(&self) -> CommandSender {
+        // (The tap's thread blocks on its channel.)
+        CommandSender::new(self.tx.clone(), None)
     }
 
     /// Asks for a verification now (after every change sent so far).
@@ -219,7 +220,7 @@ impl InputTap {
 
 fn forward(
     rx: Receiver<Command>,
-    engine: Sender<Command>,
+    engine: CommandSender,
     cache: Arc<Cache>,
     checks: Sender<Check>,
     interval: Option<Duration>,

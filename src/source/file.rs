@@ -13,10 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use notify::{RecursiveMode, Watcher};
 
-use crate::engine::Command;
+use crate::engine::{Command, CommandSender};
 use crate::model::{InputEvent, Object, ObjectKey, ParseOutcome, parse_document};
 
 /// Name of this source for readiness reporting.
@@ -475,7 +474,7 @@ fn may_change_content(kind: &notify::EventKind) -> bool {
 
 /// Loads the directory, sends its objects and the sync marker to the engine, then watches
 /// it on a thread of its own for as long as the engine accepts commands.
-pub fn spawn(root: PathBuf, engine: Sender<Command>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(root: PathBuf, engine: CommandSender) -> anyhow::Result<std::thread::JoinHandle<()>> {
     if !root.is_dir() {
         anyhow::bail!("config directory {} does not exist or is not a directory", root.display());
     }

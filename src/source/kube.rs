@@ -37,7 +37,6 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::Sender;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -50,7 +49,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use crate::engine::Command;
+use crate::engine::{Command, CommandSender};
 use crate::model::{FieldError, InputEvent, Kind, Object, ObjectKey, istio, k8s};
 use crate::source::interest::SecretInterest;
 
@@ -133,7 +132,7 @@ pub fn source_names(options: &KubeOptions) -> Vec<String> {
 /// Starts the source on the current tokio runtime: API discovery (retried until the
 /// apiserver answers), then one watcher task per kind and namespace, and (without
 /// `--secret-selector`) the task that keeps one Secret watch per gateway namespace.
-pub fn spawn(client: Client, options: KubeOptions, engine: Sender<Command>) -> tokio::task::JoinHandle<()> {
+pub fn spawn(client: Client, options: KubeOptions, engine: CommandSender) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let apis = discover(&client).await;
         let recorder = Arc::new(Recorder::new(
@@ -361,7 +360,7 @@ struct Watch {
     kind: Kind,
     /// The apiVersion of the watched objects, for Event references.
     api_version: String,
-    engine: Sender<Command>,
+    engine: CommandSender,
     recorder: Arc<Recorder>,
     /// Per delivered object, the hash of what was delivered.
     delivered: HashMap<ObjectKey, u64>,
@@ -433,7 +432,7 @@ fn object_hash(o: &Object) -> u64 {
 }
 
 impl Watch {
-    fn new(name: String, kind: Kind, apis: &Apis, engine: &Sender<Command>, recorder: &Arc<Recorder>) -> Watch {
+    fn new(name: String, kind: Kind, apis: &Apis, engine: &CommandSender, recorder: &Arc<Recorder>) -> Watch {
         Watch {
             name,
             kind: watched_kind(kind, apis),
@@ -662,7 +661,7 @@ enum ScopeMsg {
 struct SecretScopes {
     client: Client,
     recorder: Arc<Recorder>,
-    engine: Sender<Command>,
+    engine: CommandSender,
     /// `--watch-namespace`: when not empty, the only namespaces that may be watched.
     allowed: BTreeSet<String>,
     interest: SecretInterest,

@@ -16,12 +16,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind as ValueKind;
 use tokio::sync::watch;
 
-use crate::engine::Command;
+use crate::engine::{Command, CommandSender};
 use crate::model::k8s::Labels;
 use crate::model::proxy::{ClassLabels, ProxyClass, ProxyKind, ProxyLocality};
 use crate::source::interest::SecretInterest;
@@ -112,7 +111,7 @@ struct Entry {
 }
 
 pub struct ClassRegistry {
-    engine: Sender<Command>,
+    engine: CommandSender,
     grace: Duration,
     classes: Mutex<HashMap<String, Entry>>,
     /// Told the namespace of each gateway (router) class while the engine has it: a gateway
@@ -146,14 +145,14 @@ impl Drop for ClassGuard {
 }
 
 impl ClassRegistry {
-    pub fn new(engine: Sender<Command>, grace: Duration) -> Arc<ClassRegistry> {
+    pub fn new(engine: CommandSender, grace: Duration) -> Arc<ClassRegistry> {
         ClassRegistry::with_secret_interest(engine, grace, None)
     }
 
     /// [`ClassRegistry::new`] that also adds the namespace of a gateway class to `interest`
     /// when the class is added to the engine, and removes it when the class is removed.
     pub fn with_secret_interest(
-        engine: Sender<Command>,
+        engine: CommandSender,
         grace: Duration,
         interest: Option<SecretInterest>,
     ) -> Arc<ClassRegistry> {
@@ -330,7 +329,7 @@ mod tests {
     #[test]
     fn the_first_proxy_adds_its_class_and_the_last_one_leaving_removes_it() {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let registry = ClassRegistry::new(tx, Duration::ZERO);
+        let registry = ClassRegistry::new(CommandSender::new(tx, None), Duration::ZERO);
         let class = |pod: &str| ProxyClass::of_proxy(crate::model::proxy::ProxyKind::Router, "ns", pod, None);
         let a = registry.join(class("gw-1"));
         let b = registry.join(class("gw-1"));
@@ -357,7 +356,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_of_a_new_class_waits_until_the_engine_has_computed_it() {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let registry = ClassRegistry::new(tx, Duration::from_secs(60));
+        let registry = ClassRegistry::new(CommandSender::new(tx, None), Duration::from_secs(60));
         let class = |pod: &str| ProxyClass::of_proxy(ProxyKind::Router, "ns", pod, None);
         let (mut first, mut second) = (registry.join(class("gw-1")), registry.join(class("gw-1")));
         let short = Duration::from_millis(50);
@@ -384,7 +383,8 @@ mod tests {
     fn a_gateway_class_wants_the_secrets_of_its_namespace_while_the_engine_has_it() {
         let (tx, _rx) = crossbeam_channel::unbounded();
         let interest = SecretInterest::new();
-        let registry = ClassRegistry::with_secret_interest(tx, Duration::ZERO, Some(interest.clone()));
+        let registry =
+            ClassRegistry::with_secret_interest(CommandSender::new(tx, None), Duration::ZERO, Some(interest.clone()));
         let class = |kind, ns: &str, pod: &str| ProxyClass::of_proxy(kind, ns, pod, None);
         let sidecar = registry.join(class(ProxyKind::Sidecar, "default", "app-1"));
         assert!(interest.namespaces().is_empty(), "a sidecar reads no gateway Secrets");

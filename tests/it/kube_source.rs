@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use meshflow::engine::Command;
+use meshflow::engine::{Command, CommandSender};
 use meshflow::model::{Kind, Object, ObjectKey, istio};
 use meshflow::source::kube::{self, KubeOptions};
 use serde_json::{Value, json};
@@ -82,7 +82,7 @@ fn start_source(server: &ApiServer, rt: &tokio::runtime::Runtime, options: KubeO
     let names = kube::source_names(&options);
     rt.block_on(async {
         let client = server.kube_client();
-        kube::spawn(client, options, tx);
+        kube::spawn(client, options, CommandSender::new(tx, None));
     });
     let mut o =
         Observed { rx, objects: BTreeMap::new(), synced: BTreeSet::new(), log: Vec::new(), synced_at: BTreeMap::new() };
@@ -533,7 +533,8 @@ fn a_connected_gateway_proxy_alone_makes_its_namespace_s_secrets_read() {
 
     // The class registry of the xDS server, as a gateway proxy of namespace edge connects.
     let (classes_tx, _classes_rx) = crossbeam_channel::unbounded();
-    let registry = ClassRegistry::with_secret_interest(classes_tx, Duration::ZERO, Some(interest));
+    let registry =
+        ClassRegistry::with_secret_interest(CommandSender::new(classes_tx, None), Duration::ZERO, Some(interest));
     let sidecar = registry.join(ProxyClass::of_proxy(ProxyKind::Sidecar, "edge", "app-1", None));
     o.settle(Duration::from_millis(300));
     assert!(!has_request(&secret_requests(&server), "/api/v1/namespaces/edge/secrets"), "a sidecar is no gateway");

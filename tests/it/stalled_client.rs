@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use meshflow::cache::Cache;
-use meshflow::engine::{ResourceChange, ResourceDelta};
+use meshflow::engine::{CommandSender, ResourceChange, ResourceDelta};
 use meshflow::translate::{ResourceType, Scope};
 use meshflow::xds::STREAM_QUEUE_BOUND;
 use meshflow::xds::classes::ClassRegistry;
@@ -203,7 +203,7 @@ async fn a_stalled_client_does_not_slow_the_others_and_its_queue_stays_bounded()
             }
         }
     });
-    let classes = ClassRegistry::new(engine, Duration::from_millis(100));
+    let classes = ClassRegistry::new(CommandSender::new(engine, None), Duration::from_millis(100));
     let connections = Connections::new();
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, {
         let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
