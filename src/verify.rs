@@ -240,21 +240,10 @@ fn forward(
             },
         };
         let verify_now = match command {
-            Some(Command::Events(events)) => {
-                for e in &events {
-                    match &e.object {
-                        Some(o) => current.insert(e.key.clone(), o.clone()),
-                        None => current.remove(&e.key),
-                    };
-                }
-                if engine.send(Command::Events(events)).is_err() {
-                    return;
-                }
-                false
-            }
             Some(Command::Synced(name)) if name == VERIFY_REQUEST => true,
-            Some(other) => {
-                if engine.send(other).is_err() {
+            Some(command) => {
+                hold(&mut current, &command);
+                if engine.send(command).is_err() {
                     return;
                 }
                 false
@@ -277,5 +266,21 @@ fn forward(
                 return;
             }
         }
+    }
+}
+
+/// Keeps `current` as the engine's input after `command`.
+fn hold(current: &mut BTreeMap<ObjectKey, Object>, command: &Command) {
+    match command {
+        Command::Events(events) => {
+            for e in events {
+                match &e.object {
+                    Some(o) => current.insert(e.key.clone(), o.clone()),
+                    None => current.remove(&e.key),
+                };
+            }
+        }
+        Command::Batch(commands) => commands.iter().for_each(|c| hold(current, c)),
+        Command::Synced(_) | Command::Then(_) => {}
     }
 }

@@ -408,8 +408,8 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
         match &dir {
             None => {
                 sent.push(at);
-                engine.send(Command::Events(events));
-                engine.send(step_marker(n + 1, &probe, &marker_tx));
+                // (One send: the engine takes the step's events and its marker in one time.)
+                engine.send(Command::Batch(vec![Command::Events(events), step_marker(n + 1, &probe, &marker_tx)]));
             }
             Some(dir) => {
                 let at = Instant::now();

@@ -45,6 +45,10 @@ pub enum Command {
     /// for its class's resources before its first answer, a verification reads the cache that
     /// holds exactly the output of its input, and the bench learns each step's batch.
     Then(Box<dyn FnOnce() + Send>),
+    /// Commands taken together, as if each had been sent in turn with nothing between: the
+    /// engine never folds only some of them into a time (one wake for a step's events and
+    /// its [`Command::Then`]).
+    Batch(Vec<Command>),
 }
 
 impl std::fmt::Debug for Command {
@@ -53,6 +57,7 @@ impl std::fmt::Debug for Command {
             Command::Events(events) => f.debug_tuple("Events").field(events).finish(),
             Command::Synced(source) => f.debug_tuple("Synced").field(source).finish(),
             Command::Then(_) => f.write_str("Then(..)"),
+            Command::Batch(commands) => f.debug_tuple("Batch").field(commands).finish(),
         }
     }
 }
@@ -153,6 +158,8 @@ impl Engine {
                                 }
                                 Command::Synced(source) => synced.push(source),
                                 Command::Then(callback) => then.push(callback),
+                                // (None here: `next_commands` puts a batch's commands in its place.)
+                                Command::Batch(_) => {}
                             }
                         }
                         time += 1;
@@ -211,14 +218,23 @@ fn next_commands(rx: &Receiver<Command>) -> Option<Vec<Command>> {
             Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
         }
     };
-    let mut commands = vec![first];
+    let mut commands = Vec::new();
+    take(&mut commands, first);
     while commands.len() < MAX_COMMANDS_PER_TIME {
         match rx.try_recv() {
-            Ok(c) => commands.push(c),
+            Ok(c) => take(&mut commands, c),
             Err(_) => break,
         }
     }
     Some(commands)
+}
+
+/// Adds `command` to `commands`, a batch's commands in its place.
+fn take(commands: &mut Vec<Command>, command: Command) {
+    match command {
+        Command::Batch(batch) => batch.into_iter().for_each(|c| take(commands, c)),
+        c => commands.push(c),
+    }
 }
 
 /// What the engine currently holds per input key, so that an update can retract the old
@@ -350,5 +366,49 @@ mod tests {
         assert!(!ended.load(Ordering::SeqCst));
         drop(source);
         wait_for("the worker to end", || ended.load(Ordering::SeqCst));
+    }
+
+    fn service(name: &str) -> Object {
+        let doc: serde_json::Value = serde_yaml_ng::from_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec: {{selector: {{app: {name}}}, ports: [{{name: http, port: 9080}}]}}"
+        ))
+        .expect("yaml");
+        match crate::model::parse_document(doc, "default").pop() {
+            Some(crate::model::ParseOutcome::Object(o)) => o,
+            other => panic!("not an object: {other:?}"),
+        }
+    }
+
+    /// A batch's commands are taken in one time, whenever it arrives: its `Then` runs after
+    /// the output of its own events, never between them and a time of their own (the bench's
+    /// step and its marker, sent to a parked engine).
+    #[test]
+    fn a_batch_is_taken_in_one_time() {
+        let deltas: Arc<std::sync::Mutex<Vec<Vec<String>>>> = Arc::default();
+        let sink = deltas.clone();
+        let engine = Engine::start(move |output| {
+            if let EngineOutput::Delta(d) = output {
+                sink.lock().unwrap().push(d.changes.iter().map(|c| c.name.clone()).collect());
+            }
+        });
+        let seen: Arc<std::sync::Mutex<Vec<Option<Vec<String>>>>> = Arc::default();
+        for i in 0..10 {
+            let (deltas, heard) = (deltas.clone(), seen.clone());
+            let name = format!("svc-{i}");
+            engine.send(Command::Batch(vec![
+                Command::Events(vec![InputEvent::apply(service(&name))]),
+                Command::Then(Box::new(move || {
+                    let last = deltas.lock().unwrap().last().cloned();
+                    heard.lock().unwrap().push(last);
+                })),
+            ]));
+            wait_for("the batch's callback", || seen.lock().unwrap().len() == i + 1);
+            // Long enough for the worker to park again.
+            std::thread::sleep(Duration::from_millis(2));
+            let last = seen.lock().unwrap()[i].clone().expect("a time before the callback");
+            let cluster = format!("outbound|9080||{name}.default.svc.cluster.local");
+            assert!(last.contains(&cluster), "the callback's time holds {name}'s cluster: {last:?}");
+        }
     }
 }

@@ -32,7 +32,17 @@ struct Observed {
 impl Observed {
     fn pump(&mut self, timeout: Duration) -> bool {
         match self.rx.recv_timeout(timeout) {
-            Ok(Command::Events(events)) => {
+            Ok(command) => {
+                self.take(command);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn take(&mut self, command: Command) {
+        match command {
+            Command::Events(events) => {
                 for e in events {
                     self.log.push((e.key.clone(), e.object.is_some()));
                     match e.object {
@@ -40,18 +50,13 @@ impl Observed {
                         None => self.objects.remove(&e.key),
                     };
                 }
-                true
             }
-            Ok(Command::Synced(name)) => {
+            Command::Synced(name) => {
                 self.synced_at.entry(name.clone()).or_insert(self.log.len());
                 self.synced.insert(name);
-                true
             }
-            Ok(Command::Then(callback)) => {
-                callback();
-                true
-            }
-            Err(_) => false,
+            Command::Then(callback) => callback(),
+            Command::Batch(commands) => commands.into_iter().for_each(|c| self.take(c)),
         }
     }
 
