@@ -420,7 +420,13 @@ fn serve(
     policy: OutboundTrafficPolicy,
     mesh: meshflow::translate::MeshConfig,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?;
+    // (The server's threads do not preempt the engine when a change wakes them: see
+    // `batch_scheduling`.)
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .on_thread_start(meshflow::xds::batch_scheduling)
+        .build()?;
     runtime.block_on(async move {
         let mut sources = Vec::new();
         if config_dir.is_some() {

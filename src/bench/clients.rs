@@ -234,7 +234,12 @@ pub fn node_id(i: usize) -> String {
 
 /// The runtime the simulated proxies run on.
 pub fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("bench-client").enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-client")
+        .on_thread_start(crate::xds::batch_scheduling)
+        .enable_all()
+        .build()
 }
 
 /// Who the simulated proxies say they are.
