@@ -58,8 +58,10 @@ type Latest = (Option<String>, u64, u64);
 /// Matches what clients receive to the engine batches that produced it.
 #[derive(Default)]
 pub struct Tracker {
-    /// The latest version of each resource (`None`: removed) and the batch that made it.
-    latest: Mutex<HashMap<(ResourceType, String), Latest>>,
+    /// The latest version of each resource (`None`: removed) and the batch that made it, by
+    /// type and name. (Written on the engine's thread at every batch: foldhash, not SipHash,
+    /// and names looked up without a copy.)
+    latest: Mutex<HashMap<ResourceType, foldhash::HashMap<String, Latest>>>,
     pub batches: Mutex<HashMap<u64, BatchTrack>>,
     pub clients: usize,
     pub resources: AtomicU64,
@@ -142,17 +144,18 @@ impl Tracker {
 
     /// Records a batch's changes (before the cache serves them): resource and new version, and
     /// the cache sequence number the batch got.
-    pub fn register(&self, batch: u64, seq: u64, changes: &[(ResourceType, String, Option<String>)]) {
+    pub fn register(&self, batch: u64, seq: u64, changes: Vec<(ResourceType, String, Option<String>)>) {
         if self.clients == 0 || changes.is_empty() {
             return;
         }
+        let expected = changes.len();
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         for (ty, name, version) in changes {
-            latest.insert((*ty, name.clone()), (version.clone(), batch, seq));
+            latest.entry(ty).or_default().insert(name, (version, batch, seq));
         }
         drop(latest);
         let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
-        batches.insert(batch, BatchTrack { expected: changes.len(), ..Default::default() });
+        batches.insert(batch, BatchTrack { expected, ..Default::default() });
     }
 
     /// Client `client` read, at `at`, a response built at cache sequence number `built_at`
@@ -171,8 +174,9 @@ impl Tracker {
         let mut hits: HashMap<u64, usize> = HashMap::new();
         {
             let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(latest) = latest.get(&ty) else { return };
             for (name, version) in items {
-                if let Some((v, batch, seq)) = latest.get(&(ty, name.clone()))
+                if let Some((v, batch, seq)) = latest.get(name.as_str())
                     && v == version
                     && built_at >= *seq
                 {

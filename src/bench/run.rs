@@ -110,7 +110,7 @@ impl crate::cache::ApplyObserver for Recording<'_> {
         let index = batches.len() as u64;
         batches.push(self.batch);
         drop(batches);
-        self.tracker.register(index, seq, &self.sidecar);
+        self.tracker.register(index, seq, std::mem::take(&mut self.sidecar));
     }
 }
 
