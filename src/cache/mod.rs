@@ -168,7 +168,11 @@ pub fn version_tag(version: &str) -> u64 {
 }
 
 pub fn content_version(body: &[u8]) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(body))
+    // (Sixteen lowercase hex digits, as `{:016x}` writes them, without the formatting
+    // machinery: this runs on the engine's thread for every changed resource.)
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hash = xxhash_rust::xxh3::xxh3_64(body);
+    (0..16).rev().map(|i| HEX[((hash >> (i * 4)) & 0xf) as usize] as char).collect()
 }
 
 /// How many (sequence, type, name) entries the change log keeps.
@@ -345,7 +349,14 @@ pub struct Cache {
 impl Cache {
     /// A cache that is not ready until each of `sources` has reported its initial sync.
     pub fn new(sources: impl IntoIterator<Item = String>) -> Arc<Cache> {
-        let state = State { pending_sources: sources.into_iter().collect(), ..Default::default() };
+        let state = State {
+            pending_sources: sources.into_iter().collect(),
+            // Reserved whole, so that the log never grows by copying itself on the engine's
+            // thread (a doubling at 64 Ki entries took ~2% of the engine's CPU in a 20 s
+            // profile at 50 events/s). The pages are the OS's until entries are written.
+            log: VecDeque::with_capacity(LOG_CAPACITY),
+            ..Default::default()
+        };
         Arc::new(Cache {
             state: RwLock::new(state),
             notify: watch::channel(0).0,
@@ -616,6 +627,23 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// A version is the body's xxh3 as sixteen lowercase hex digits, leading zeros kept.
+        #[test]
+        fn a_version_is_the_bodys_hash_in_hex(body in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            proptest::prop_assert_eq!(content_version(&body), format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&body)));
+        }
+    }
+
+    #[test]
+    fn a_version_keeps_its_leading_zeros() {
+        // (A body whose hash starts with a zero nibble: found by search, checked here.)
+        let body = (0u32..).map(|i| i.to_le_bytes()).find(|b| xxhash_rust::xxh3::xxh3_64(b) >> 60 == 0).unwrap();
+        let version = content_version(&body);
+        assert_eq!(version.len(), 16);
+        assert!(version.starts_with('0'), "{version}");
+    }
     use crate::engine::ResourceChange;
 
     #[test]
