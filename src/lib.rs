@@ -16,6 +16,7 @@ pub mod json;
 pub mod metrics;
 pub mod model;
 mod pb;
+pub mod sched;
 pub mod source;
 pub mod translate;
 pub mod validate;

@@ -425,7 +425,7 @@ fn serve(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
-        .on_thread_start(meshflow::xds::batch_scheduling)
+        .on_thread_start(meshflow::sched::batch_scheduling)
         .build()?;
     runtime.block_on(async move {
         let mut sources = Vec::new();

@@ -241,7 +241,7 @@ pub fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("bench-client")
-        .on_thread_start(crate::xds::batch_scheduling)
+        .on_thread_start(crate::sched::batch_scheduling)
         .enable_all()
         .build()
 }

@@ -288,7 +288,7 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("meshflow-xds")
-        .on_thread_start(crate::xds::batch_scheduling)
+        .on_thread_start(crate::sched::batch_scheduling)
         .enable_all()
         .build()?;
     let client_rt = clients::client_runtime()?;

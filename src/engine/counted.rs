@@ -2,7 +2,7 @@
 //! [`super::derived`], the rows of clusters no slice serves) hold what the graphs were fed,
 //! as multisets, the way a collection does.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::hash::Hash;
 
 /// Adds `diff` copies of `item` to the list of `key` (removes them if negative), forgetting
@@ -30,7 +30,7 @@ mod tests {
 
     #[test]
     fn an_item_counts_until_its_copies_are_removed_and_an_empty_key_is_forgotten() {
-        let mut lists: HashMap<&str, Vec<(char, isize)>> = HashMap::new();
+        let mut lists: HashMap<&str, Vec<(char, isize)>> = HashMap::default();
         add(&mut lists, "a", 'x', 1);
         add(&mut lists, "a", 'y', 2);
         add(&mut lists, "a", 'x', 1);

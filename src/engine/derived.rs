@@ -25,7 +25,7 @@
 //! of the time before, and the facts that changed with the rows of this time; the two add up
 //! to the new rows with the new facts.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use super::counted::add;
 use super::rows::{ClusterFact, LocatedInput, Name, name};

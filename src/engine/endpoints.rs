@@ -28,7 +28,7 @@
 //! (`perf record -g`, session 32). The located join is the same operator's: each cluster also
 //! holds its located facts, and an address that comes or goes is sent on with each of them.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,8 @@ pub fn reads(fact: &ClusterFact) -> bool {
 /// cluster for the located graph.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Out {
+    /// A load assignment in its cluster's own scope (never a located graph's): each touched
+    /// cluster's once per time, its old body retracted and a different new one added.
     Row(OutputRow),
     Located(LocatedInput),
 }

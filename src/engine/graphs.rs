@@ -43,8 +43,8 @@
 //! each one's changed output fed to the next as input: after each engine time the four hold
 //! what one graph over all inputs would.
 
+use foldhash::{HashMap, HashMapExt};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -420,8 +420,8 @@ impl Graphs {
     }
 
     /// Runs each graph that has changes, in order, feeding each one's output to the next, and
-    /// returns every output row of this engine time (not consolidated).
-    pub fn step(&mut self, worker: &mut Worker) -> Vec<(OutputRow, isize)> {
+    /// returns every output row of this engine time.
+    pub fn step(&mut self, worker: &mut Worker) -> Step {
         // (The Pods of selectors that came or went in this time: once, whatever came between.)
         self.pods.reconcile(&mut self.feeds);
         self.drain_feeds();
@@ -469,13 +469,13 @@ impl Graphs {
         }
         // (Not a dataflow: see [`endpoints`]. Its clock counts the times it finished.)
         let clock = &mut self.clocks[ENDPOINTS];
+        let mut assignments = Vec::new();
         if std::mem::take(&mut clock.dirty) {
             clock.time += 1;
             let out = self.endpoints.finish();
-            let mut rows = self.rows.borrow_mut();
             for (out, diff) in out {
                 match out {
-                    endpoints::Out::Row(row) => rows.push((row, diff)),
+                    endpoints::Out::Row(row) => assignments.push((row, diff)),
                     endpoints::Out::Located(input) => {
                         self.located.located.update(input, diff);
                         self.clocks[LOCATED].dirty = true;
@@ -484,7 +484,27 @@ impl Graphs {
             }
         }
         run(worker, &mut self.clocks[LOCATED], &mut self.located);
-        std::mem::take(&mut *self.rows.borrow_mut())
+        Step { rows: std::mem::take(&mut *self.rows.borrow_mut()), assignments }
+    }
+}
+
+/// What the graphs output at one engine time.
+pub struct Step {
+    /// The rows of the dataflows and the driver: not consolidated.
+    pub rows: Vec<(OutputRow, isize)>,
+    /// The endpoint graph's load assignments: consolidated (a cluster's at most once, its old
+    /// body retracted and a new one added), and the only assignments outside the located
+    /// graph's scopes (see [`endpoints::Out::Row`]).
+    pub assignments: Vec<(OutputRow, isize)>,
+}
+
+impl Step {
+    /// Every row.
+    #[cfg(test)]
+    fn all(self) -> Vec<(OutputRow, isize)> {
+        let mut rows = self.rows;
+        rows.extend(self.assignments);
+        rows
     }
 }
 
@@ -625,7 +645,7 @@ mod tests {
                  spec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}",
             );
             g.update(None, Some(&service));
-            let rows = g.step(worker);
+            let rows = g.step(worker).all();
             assert_eq!(times(&g), [0, 1, 1, 1, 0]);
             assert!(rows.iter().any(|(r, _)| matches!(r, OutputRow::Resource { ty, .. }
                 if *ty == crate::translate::ResourceType::ClusterLoadAssignment)));
@@ -636,7 +656,7 @@ mod tests {
                  status: {podIP: 10.0.0.1, phase: Running, conditions: [{type: Ready, status: 'True'}]}",
             );
             g.update(None, Some(&pod));
-            let rows = g.step(worker);
+            let rows = g.step(worker).all();
             assert_eq!(
                 times(&g),
                 [0, 1, 2, 2, 0],
@@ -665,7 +685,7 @@ mod tests {
                  spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}]}",
             );
             g.update(None, Some(&dr));
-            let rows = g.step(worker);
+            let rows = g.step(worker).all();
             assert_eq!(times(&g), [0, 3, 2, 3, 0], "new subset clusters run the endpoint graph after the config graph");
             assert!(
                 rows.iter().any(|(r, d)| *d > 0
@@ -683,7 +703,7 @@ mod tests {
                  status: {podIP: 10.0.0.1, phase: Running, conditions: [{type: Ready, status: 'False'}]}",
             );
             g.update(Some(&pod), Some(&unready));
-            let rows = g.step(worker);
+            let rows = g.step(worker).all();
             assert_eq!(times(&g), [0, 3, 3, 4, 0], "a readiness flip runs the endpoint graphs alone");
             assert!(!rows.is_empty(), "the assignments lose the address");
 
@@ -699,7 +719,7 @@ mod tests {
                 labels: Default::default(),
             });
             g.update(None, Some(&place));
-            let rows = g.step(worker);
+            let rows = g.step(worker).all();
             assert_eq!(times(&g), [0, 3, 3, 4, 1]);
             assert!(rows.is_empty(), "{rows:?}");
 
@@ -712,7 +732,7 @@ mod tests {
                  subsets: [{name: v1, labels: {version: v1}}]}",
             );
             g.update(Some(&dr), Some(&placed));
-            let rows = g.step(worker);
+            let rows = g.step(worker).all();
             assert_eq!(times(&g), [0, 4, 3, 5, 2]);
             assert!(
                 rows.iter().any(|(r, d)| *d > 0
@@ -773,7 +793,7 @@ mod tests {
             assert_eq!(times(&g), [3, 7, 8, 7, 4], "(not ready: no address changes)");
             g.update(Some(&unready), Some(&pod));
             g.update(Some(&slice(false)), Some(&slice(true)));
-            let rows = g.step(worker);
+            let rows = g.step(worker).all();
             assert_eq!(times(&g), [3, 7, 8, 8, 5], "with a slice, a readiness flip runs the unsliced graph no more");
             assert!(
                 rows.iter().any(|(r, d)| *d > 0

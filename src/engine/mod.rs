@@ -23,8 +23,10 @@ mod proxyless;
 mod rows;
 mod unsliced;
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::thread::JoinHandle;
+
+use foldhash::HashMap;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -121,8 +123,10 @@ impl Drop for CommandSender {
 }
 
 /// At most this many commands are folded into one logical time, so that one huge burst
-/// still yields output in bounded steps.
-const MAX_COMMANDS_PER_TIME: usize = 4096;
+/// still yields output in bounded steps. Large, because a time's fixed costs (each touched
+/// cluster's encoding, the assembler, the cache) are shared by its events: a saturated engine
+/// at `large` spent 38 µs per pod event at 4,096, 28–30 at 65,536 (BENCHMARKS.md, "Session 38").
+const MAX_COMMANDS_PER_TIME: usize = 65536;
 
 impl Engine {
     /// Starts the worker thread. `sink` receives every output, in order, on that thread.
@@ -144,17 +148,19 @@ impl Engine {
                     let mut graphs = graphs::Graphs::build(worker, &mesh);
                     let mut driver = Driver::default();
                     let mut assembler = output::Assembler::default();
+                    let mut dropper = Dropper::default();
                     let mut time = 0u64;
                     let metrics = crate::metrics::global();
                     while let Some(commands) = next_commands(&rx) {
                         let started = std::time::Instant::now();
                         let (mut synced, mut then) = (Vec::new(), Vec::new());
                         let mut batch = 0usize;
+                        let mut garbage = Vec::new();
                         for command in commands {
                             match command {
                                 Command::Events(events) => {
                                     batch += events.len();
-                                    driver.apply(events, &mut graphs)
+                                    driver.apply(events, &mut graphs, &mut garbage)
                                 }
                                 Command::Synced(source) => synced.push(source),
                                 Command::Then(callback) => then.push(callback),
@@ -163,9 +169,10 @@ impl Engine {
                             }
                         }
                         time += 1;
-                        let rows = graphs.step(worker);
+                        let step = graphs.step(worker);
+                        let delta = assembler.finish(time - 1, step.rows, step.assignments);
                         let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
-                        sink(EngineOutput::Delta(assembler.finish(time - 1, rows)));
+                        sink(EngineOutput::Delta(delta));
                         metrics.engine_step.observe(started.elapsed().as_secs_f64());
                         metrics.engine_batch.observe(batch as f64);
                         for source in synced {
@@ -175,6 +182,7 @@ impl Engine {
                         for callback in then {
                             callback();
                         }
+                        dropper.drop(garbage);
                     }
                 })
             })
@@ -237,6 +245,43 @@ fn take(commands: &mut Vec<Command>, command: Command) {
     }
 }
 
+/// Frees the objects a time replaced after its output is out; those of a large time on a
+/// thread of its own. A saturated engine's times replace thousands of objects, each freed
+/// field by field from memory long gone cold (and allocated by a source's thread): 5–9% of the
+/// engine thread at `large`, which the idle core does instead. A small time's few objects are
+/// freed here, which costs less than the wake.
+#[derive(Default)]
+struct Dropper {
+    tx: Option<Sender<Vec<Object>>>,
+}
+
+/// From this many objects in a time on, they are freed on the dropper's thread.
+const DROP_ELSEWHERE: usize = 512;
+
+impl Dropper {
+    fn drop(&mut self, garbage: Vec<Object>) {
+        if garbage.len() < DROP_ELSEWHERE {
+            return;
+        }
+        let tx = self.tx.get_or_insert_with(|| {
+            let (tx, rx) = crossbeam_channel::unbounded::<Vec<Object>>();
+            let spawned = std::thread::Builder::new().name("meshflow-drop".into()).spawn(move || {
+                // Batch class: its wake never preempts the engine (see [`crate::sched::batch_scheduling`]).
+                crate::sched::batch_scheduling();
+                for garbage in rx {
+                    drop(garbage);
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "no thread to free replaced objects on: freeing them on the engine's");
+            }
+            tx
+        });
+        // (With no thread, the send fails and the objects are freed here.)
+        let _ = tx.send(garbage);
+    }
+}
+
 /// What the engine currently holds per input key, so that an update can retract the old
 /// object and a delete knows what to retract. Kinds not yet translated are held too, so
 /// that the set of known objects is complete when their translation is added.
@@ -268,22 +313,38 @@ impl KindSeries {
 }
 
 impl Driver {
-    fn apply(&mut self, events: Vec<InputEvent>, graphs: &mut graphs::Graphs) {
+    /// Applies `events` to the graphs; the objects they replace or delete go to `garbage`.
+    fn apply(&mut self, events: Vec<InputEvent>, graphs: &mut graphs::Graphs, garbage: &mut Vec<Object>) {
         for event in events {
             let series = self.series.entry(event.key.kind).or_insert_with(|| KindSeries::of(event.key.kind));
             if event.object.is_some() { &series.applied } else { &series.deleted }.inc();
-            let new = event.object;
-            if new.is_some() && self.current.get(&event.key) == new.as_ref() {
-                continue;
-            }
-            let old = self.current.remove(&event.key);
-            graphs.update(old.as_ref(), new.as_ref());
-            if let Some(old) = &old {
-                count(old, &series.objects, -1);
-            }
-            if let Some(new) = new {
-                count(&new, &series.objects, 1);
-                self.current.insert(event.key, new);
+            // (One search of the map: an update replaces the held object in place.)
+            let old = match (event.object, self.current.entry(event.key)) {
+                (Some(new), Entry::Occupied(mut held)) => {
+                    if *held.get() == new {
+                        continue;
+                    }
+                    let old = std::mem::replace(held.get_mut(), new);
+                    graphs.update(Some(&old), Some(held.get()));
+                    count(held.get(), &series.objects, 1);
+                    Some(old)
+                }
+                (Some(new), Entry::Vacant(place)) => {
+                    let new = place.insert(new);
+                    graphs.update(None, Some(new));
+                    count(new, &series.objects, 1);
+                    None
+                }
+                (None, Entry::Occupied(held)) => {
+                    let old = held.remove();
+                    graphs.update(Some(&old), None);
+                    Some(old)
+                }
+                (None, Entry::Vacant(_)) => None,
+            };
+            if let Some(old) = old {
+                count(&old, &series.objects, -1);
+                garbage.push(old);
             }
         }
     }

@@ -28,7 +28,7 @@
 //! Pods at its IP. Only those Pods can change its output, so the driver feeds it only them: a
 //! Pod no class names, at an IP no class has, costs the proxy graph nothing.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -209,6 +209,21 @@ impl Pods {
     pub fn pod(&mut self, old: Option<&Arc<Pod>>, new: Option<&Arc<Pod>>, feeds: &mut Feeds) {
         let Some(any) = old.or(new) else { return };
         let key = any.key();
+        // A change that leaves all the index reads of a Pod no selector path holds, before or
+        // after (its labels, Node and IP, whether it is terminal): a readiness flip, mostly.
+        // Only the held Pod is replaced; its placement, rows and identity stay as they are.
+        if let (Some(_), Some(new)) = (old, new)
+            && let Some(Entry { pod: Some(facts), .. }) = self.entries.get_mut(&key)
+            && !facts.selected
+            && facts.pod.labels == new.labels
+            && facts.pod.terminal == new.terminal
+            && facts.pod.ip == new.ip
+            && facts.pod.node_name == new.node_name
+            && !self.gate.reads(&new.namespace, &new.labels)
+        {
+            facts.pod = Arc::clone(new);
+            return;
+        }
         let identity_before = self.identity(&key);
         let entry = self.entries.entry(key.clone()).or_default();
         let held = entry.pod.take();
@@ -552,7 +567,7 @@ fn index_labels(
                     names.insert(key.1.clone());
                 }
                 None => {
-                    values.insert(v.clone(), HashSet::from([key.1.clone()]));
+                    values.insert(v.clone(), HashSet::from_iter([key.1.clone()]));
                 }
             }
         }
@@ -814,5 +829,22 @@ mod tests {
         pods.entry(&entry, -1);
         pods.reconcile(&mut feeds);
         assert!(fed(&mut feeds).is_empty());
+    }
+
+    /// A readiness flip of a Pod no selector reads feeds nothing, and replaces the Pod held: a
+    /// selector that opens after reads the Pod as it is now.
+    #[test]
+    fn a_flip_no_selector_reads_feeds_nothing_and_is_held() {
+        let (mut pods, mut feeds) = (Pods::default(), Feeds::default());
+        let web = Arc::new(pod("web", Some("10.0.0.3")));
+        pods.pod(None, Some(&web), &mut feeds);
+        assert_eq!(feeds.placements.drain(..).count(), 1, "a new Pod's placement");
+        let unready = Arc::new(Pod { ready: false, ..(*web).clone() });
+        pods.pod(Some(&web), Some(&unready), &mut feeds);
+        assert!(feeds.pods.is_empty() && feeds.labelled.is_empty() && feeds.identities.is_empty());
+        assert!(feeds.placements.is_empty() && feeds.selected_placements.is_empty() && feeds.slice_rows.is_empty());
+        pods.service(&service(Some("web")), 1);
+        pods.reconcile(&mut feeds);
+        assert_eq!(fed(&mut feeds), vec![("web".to_string(), false, 1)], "the Pod as it is now");
     }
 }

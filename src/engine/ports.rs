@@ -13,7 +13,7 @@
 //!   clusters the Service had, adds them under those it has. A copy of every row, kept only for
 //!   the rare Service change, cost `large` ~20 MiB, and twice that at its load's peak.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use super::counted::add;
 use super::rows::{Name, name};
