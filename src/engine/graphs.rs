@@ -373,6 +373,19 @@ impl Graphs {
         // (Rows that went and came again cancel here: two endpoints may share an address.)
         multiset_difference(&mut gone, &mut came);
         self.pods.rows(Source::Slice, gone, came, &mut self.feeds);
+        // The same slice of the same Service (every endpoint change): replaced where it is held.
+        if let (Some(o), Some(n)) = (old, new)
+            && let Some(svc) = &n.service_name
+            && o.service_name.as_ref() == Some(svc)
+            && o.namespace == n.namespace
+            && let Some(held) = self
+                .slices
+                .get_mut(&(n.namespace.clone(), svc.clone()))
+                .and_then(|slices| slices.iter_mut().find(|s| s.name == o.name))
+        {
+            *held = Arc::clone(n);
+            return;
+        }
         let service = |s: Option<&Arc<EndpointSlice>>| {
             s.and_then(|s| s.service_name.clone().map(|svc| (s.namespace.clone(), svc)))
         };

@@ -115,6 +115,17 @@ impl Placement {
     }
 }
 
+/// A [`PodKey`] borrowed: it hashes as the key does, so the index finds a Pod by its names
+/// without building its key (two strings allocated and freed per lookup).
+#[derive(Hash)]
+struct PodRef<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<PodKey> for PodRef<'_> {
+    fn equivalent(&self, key: &PodKey) -> bool {
+        *key.0 == *self.0 && *key.1 == *self.1
+    }
+}
+
 /// Which input a raw row came from: an EndpointSlice's, or a core/v1 Endpoints object's (of
 /// that service: those count only for services without slices, which the graph decides).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,7 +197,7 @@ struct Entry {
 /// The driver's index of Pods, Nodes' localities and proxy classes' references to Pods.
 #[derive(Default)]
 pub struct Pods {
-    entries: HashMap<PodKey, Entry>,
+    entries: hashbrown::HashMap<PodKey, Entry, foldhash::fast::RandomState>,
     /// Node name → its locality ("" when its labels give none).
     nodes: HashMap<Arc<str>, Arc<str>>,
     /// Node name → the known Pods on it (a few hundred at most: a set, so a Pod that goes
@@ -208,12 +219,11 @@ impl Pods {
     /// Replaces Pod `old` by `new` (the same Pod, either may be absent).
     pub fn pod(&mut self, old: Option<&Arc<Pod>>, new: Option<&Arc<Pod>>, feeds: &mut Feeds) {
         let Some(any) = old.or(new) else { return };
-        let key = any.key();
         // A change that leaves all the index reads of a Pod no selector path holds, before or
         // after (its labels, Node and IP, whether it is terminal): a readiness flip, mostly.
         // Only the held Pod is replaced; its placement, rows and identity stay as they are.
         if let (Some(_), Some(new)) = (old, new)
-            && let Some(Entry { pod: Some(facts), .. }) = self.entries.get_mut(&key)
+            && let Some(Entry { pod: Some(facts), .. }) = self.entries.get_mut(&PodRef(&new.namespace, &new.name))
             && !facts.selected
             && facts.pod.labels == new.labels
             && facts.pod.terminal == new.terminal
@@ -224,6 +234,7 @@ impl Pods {
             facts.pod = Arc::clone(new);
             return;
         }
+        let key = any.key();
         let identity_before = self.identity(&key);
         let entry = self.entries.entry(key.clone()).or_default();
         let held = entry.pod.take();
@@ -846,5 +857,19 @@ mod tests {
         pods.service(&service(Some("web")), 1);
         pods.reconcile(&mut feeds);
         assert_eq!(fed(&mut feeds), vec![("web".to_string(), false, 1)], "the Pod as it is now");
+    }
+
+    /// A borrowed key hashes as the key it stands for, and finds it.
+    #[test]
+    fn a_borrowed_pod_key_finds_the_pod() {
+        use std::hash::BuildHasher;
+        let state = foldhash::fast::RandomState::default();
+        let key: PodKey = ("default".into(), "web-1".into());
+        assert_eq!(state.hash_one(PodRef("default", "web-1")), state.hash_one(&key));
+        let mut pods = Pods::default();
+        pods.entries.insert(key, Entry::default());
+        assert!(pods.entries.get_mut(&PodRef("default", "web-1")).is_some());
+        assert!(pods.entries.get_mut(&PodRef("default", "web-2")).is_none());
+        assert!(pods.entries.get_mut(&PodRef("defaul", "tweb-1")).is_none(), "names are not run together");
     }
 }
