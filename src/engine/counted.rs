@@ -2,8 +2,9 @@
 //! [`super::derived`], the rows of clusters no slice serves) hold what the graphs were fed,
 //! as multisets, the way a collection does.
 
-use foldhash::HashMap;
 use std::hash::Hash;
+
+use foldhash::HashMap;
 
 /// Adds `diff` copies of `item` to the list of `key` (removes them if negative), forgetting
 /// an item that counts none and a key that has none left. A list is searched in full: each

@@ -43,12 +43,12 @@
 //! each one's changed output fed to the next as input: after each engine time the four hold
 //! what one graph over all inputs would.
 
-use foldhash::{HashMap, HashMapExt};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
+use foldhash::{HashMap, HashMapExt};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 

@@ -26,9 +26,8 @@ mod unsliced;
 use std::collections::hash_map::Entry;
 use std::thread::JoinHandle;
 
-use foldhash::HashMap;
-
 use crossbeam_channel::{Receiver, Sender};
+use foldhash::HashMap;
 
 pub use output::{ResourceChange, ResourceDelta};
 pub use rows::OutputRow;
@@ -182,7 +181,7 @@ impl Engine {
                         for callback in then {
                             callback();
                         }
-                        dropper.drop(garbage);
+                        dropper.free(garbage);
                     }
                 })
             })
@@ -259,7 +258,8 @@ struct Dropper {
 const DROP_ELSEWHERE: usize = 512;
 
 impl Dropper {
-    fn drop(&mut self, garbage: Vec<Object>) {
+    /// Frees `garbage`: here if it is small, else on the dropper's thread.
+    fn free(&mut self, garbage: Vec<Object>) {
         if garbage.len() < DROP_ELSEWHERE {
             return;
         }

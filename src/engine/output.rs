@@ -7,9 +7,9 @@
 //! arrangement.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use foldhash::HashMap;
-use std::sync::Arc;
 
 use super::rows::OutputRow;
 pub use crate::translate::Diagnostic;

@@ -28,9 +28,9 @@
 //! Pods at its IP. Only those Pods can change its output, so the driver feeds it only them: a
 //! Pod no class names, at an IP no class has, costs the proxy graph nothing.
 
-use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::proxies::PodIdentity;
