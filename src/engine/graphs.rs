@@ -358,10 +358,12 @@ impl Graphs {
             (Some(o), Some(n))
                 if o.service_name == n.service_name && o.ports == n.ports && o.namespace == n.namespace =>
             {
-                let (mut went, mut come): (Vec<_>, Vec<_>) = (
-                    o.endpoints.iter().filter(|e| e.ready).collect(),
-                    n.endpoints.iter().filter(|e| e.ready).collect(),
-                );
+                // (What the two lists start and end with alike is no change: a controller keeps
+                // a slice's endpoints in place, so that is all but the endpoints that changed,
+                // and the sort of the rest is of a few.)
+                let (o_eps, n_eps) = common_ends(&o.endpoints, &n.endpoints);
+                let (mut went, mut come): (Vec<_>, Vec<_>) =
+                    (o_eps.iter().filter(|e| e.ready).collect(), n_eps.iter().filter(|e| e.ready).collect());
                 multiset_difference(&mut went, &mut come);
                 (slice_endpoint_addresses(o, &went), slice_endpoint_addresses(n, &come))
             }
@@ -600,6 +602,14 @@ fn as_pod(object: Option<&Object>) -> Option<&Arc<Pod>> {
     }
 }
 
+/// `a` and `b` without the longest prefix and then the longest suffix they share.
+fn common_ends<'a, T: PartialEq>(a: &'a [T], b: &'a [T]) -> (&'a [T], &'a [T]) {
+    let front = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let (a, b) = (&a[front..], &b[front..]);
+    let back = a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count();
+    (&a[..a.len() - back], &b[..b.len() - back])
+}
+
 /// Removes from `a` and `b` what they have in common (as multisets): what is left in `a` is
 /// what went, in `b` what came.
 fn multiset_difference<T: Ord>(a: &mut Vec<T>, b: &mut Vec<T>) {
@@ -830,5 +840,22 @@ mod tests {
         let (mut a, mut b) = (Vec::<u8>::new(), vec![7]);
         multiset_difference(&mut a, &mut b);
         assert_eq!((a, b), (vec![], vec![7]));
+    }
+
+    proptest::proptest! {
+        /// The shared ends cut first, the difference is that of the whole lists: a slice's
+        /// endpoints diffed after [`common_ends`] are the rows that went and came.
+        #[test]
+        fn cutting_the_common_ends_leaves_the_same_difference(
+            a in proptest::collection::vec(0u8..6, 0..12),
+            b in proptest::collection::vec(0u8..6, 0..12),
+        ) {
+            let (mut whole_a, mut whole_b) = (a.clone(), b.clone());
+            multiset_difference(&mut whole_a, &mut whole_b);
+            let (ca, cb) = common_ends(&a, &b);
+            let (mut cut_a, mut cut_b) = (ca.to_vec(), cb.to_vec());
+            multiset_difference(&mut cut_a, &mut cut_b);
+            proptest::prop_assert_eq!((cut_a, cut_b), (whole_a, whole_b));
+        }
     }
 }

@@ -745,6 +745,11 @@ enum Op {
     /// there: the changes the engine's driver feeds to part of the endpoint graph only.
     /// (Another object is re-applied unchanged.)
     Touch(usize, u8),
+    /// Several changes in one time to the live Pods, slices and Endpoints near this index: a
+    /// touch as [`Op::Touch`]'s, or (one in five) a delete, of whichever object the time has
+    /// so far (a deleted one comes back as it was). The driver feeds a slice's changes of a
+    /// time as one, from what it was before the time to what it is after.
+    Burst(usize, Vec<(usize, u8)>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -753,7 +758,52 @@ fn op() -> impl Strategy<Value = Op> {
         3 => any::<usize>().prop_map(Op::Delete),
         1 => any::<usize>().prop_map(Op::Reapply),
         2 => (any::<usize>(), any::<u8>()).prop_map(|(i, field)| Op::Touch(i, field)),
+        2 => (any::<usize>(), prop::collection::vec((0usize..3, any::<u8>()), 2..8))
+            .prop_map(|(i, touches)| Op::Burst(i, touches)),
     ]
+}
+
+/// `object` changed in one field, as [`Op::Touch`] says (any other object as it is).
+fn touch(mut object: Object, field: u8) -> Object {
+    if let Object::Pod(p) = &mut object {
+        let p = std::sync::Arc::make_mut(p);
+        match field % 3 {
+            0 => p.ready = !p.ready,
+            1 => p.node_name = NODES.iter().find(|n| p.node_name.as_deref() != Some(**n)).map(|n| n.to_string()),
+            _ => p.terminal = !p.terminal,
+        }
+    }
+    // A slice as the endpoint controller changes it: one endpoint's readiness, an endpoint
+    // gone, or one more that repeats another's addresses (its ports and service kept: the
+    // driver then feeds the changed endpoints' rows only).
+    if let Object::EndpointSlice(s) = &mut object
+        && !s.endpoints.is_empty()
+    {
+        let s = std::sync::Arc::make_mut(s);
+        let at = usize::from(field) / 3 % s.endpoints.len();
+        match field % 3 {
+            0 => s.endpoints[at].ready = !s.endpoints[at].ready,
+            1 => drop(s.endpoints.remove(at)),
+            _ => {
+                let mut copy = s.endpoints[at].clone();
+                copy.pod = PODS.iter().find(|p| copy.pod.as_deref() != Some(**p)).map(|p| p.to_string());
+                s.endpoints.push(copy);
+            }
+        }
+    }
+    // Core/v1 Endpoints: an address readied or unreadied.
+    if let Object::Endpoints(e) = &mut object
+        && let Some(subset) = e.subsets.first_mut()
+    {
+        if field.is_multiple_of(2) {
+            if let Some(a) = subset.ready.pop() {
+                subset.not_ready.push(a);
+            }
+        } else if let Some(a) = subset.not_ready.pop() {
+            subset.ready.push(a);
+        }
+    }
+    object
 }
 
 struct Harness {
@@ -826,44 +876,41 @@ fn run(ops: Vec<Op>, root: &str) -> Result<(), TestCaseError> {
     for (step, op) in ops.into_iter().enumerate() {
         let events = match op {
             Op::Apply(objects) => objects.into_iter().map(InputEvent::apply).collect(),
-            Op::Delete(i) | Op::Reapply(i) | Op::Touch(i, _) if h.live.is_empty() => {
+            Op::Delete(i) | Op::Reapply(i) | Op::Touch(i, _) | Op::Burst(i, _) if h.live.is_empty() => {
                 let _ = i;
                 continue;
             }
             Op::Delete(i) => vec![InputEvent::delete(h.live.keys().nth(i % h.live.len()).unwrap().clone())],
             Op::Reapply(i) => vec![InputEvent::apply(h.live.values().nth(i % h.live.len()).unwrap().clone())],
             Op::Touch(i, field) => {
-                let mut object = h.live.values().nth(i % h.live.len()).unwrap().clone();
-                if let Object::Pod(p) = &mut object {
-                    let p = std::sync::Arc::make_mut(p);
-                    match field % 3 {
-                        0 => p.ready = !p.ready,
-                        1 => {
-                            p.node_name =
-                                NODES.iter().find(|n| p.node_name.as_deref() != Some(**n)).map(|n| n.to_string())
-                        }
-                        _ => p.terminal = !p.terminal,
-                    }
-                }
-                // A slice as the endpoint controller changes it: one endpoint's readiness, an
-                // endpoint gone, or one more that repeats another's addresses (its ports and
-                // service kept: the driver then feeds the changed endpoints' rows only).
-                if let Object::EndpointSlice(s) = &mut object
-                    && !s.endpoints.is_empty()
-                {
-                    let s = std::sync::Arc::make_mut(s);
-                    let at = usize::from(field) / 3 % s.endpoints.len();
-                    match field % 3 {
-                        0 => s.endpoints[at].ready = !s.endpoints[at].ready,
-                        1 => drop(s.endpoints.remove(at)),
-                        _ => {
-                            let mut copy = s.endpoints[at].clone();
-                            copy.pod = PODS.iter().find(|p| copy.pod.as_deref() != Some(**p)).map(|p| p.to_string());
-                            s.endpoints.push(copy);
-                        }
-                    }
-                }
+                let object = touch(h.live.values().nth(i % h.live.len()).unwrap().clone(), field);
                 vec![InputEvent::apply(object)]
+            }
+            Op::Burst(i, touches) => {
+                let keys: Vec<ObjectKey> = h
+                    .live
+                    .keys()
+                    .filter(|k| matches!(k.kind, Kind::Pod | Kind::EndpointSlice | Kind::Endpoints))
+                    .cloned()
+                    .collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                // What the time has made of each object so far (None: deleted).
+                let mut now: BTreeMap<ObjectKey, Option<Object>> = BTreeMap::new();
+                let mut events = Vec::new();
+                for (offset, field) in touches {
+                    let key = keys[(i + offset) % keys.len()].clone();
+                    let was = now.get(&key).cloned().unwrap_or_else(|| h.live.get(&key).cloned());
+                    let event = match was {
+                        Some(_) if field % 5 == 4 => InputEvent::delete(key.clone()),
+                        Some(object) => InputEvent::apply(touch(object, field)),
+                        None => InputEvent::apply(h.live[&key].clone()),
+                    };
+                    now.insert(key, event.object.clone());
+                    events.push(event);
+                }
+                events
             }
         };
         h.step(events, step)?;
