@@ -274,7 +274,13 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
         }
     };
     let (marker_tx, markers) = crossbeam_channel::unbounded();
-    let engine = Engine::start(sink(cache.clone(), probe.clone(), tracker.clone()));
+    // (What the engine replaces comes back to be freed on this thread, which allocated it.)
+    let (recycle, recycled) = crossbeam_channel::unbounded::<Vec<Object>>();
+    let engine = Engine::start_recycling(
+        crate::translate::MeshConfig::default(),
+        sink(cache.clone(), probe.clone(), tracker.clone()),
+        Some(recycle),
+    );
     let mut progress = Progress::start(scenario.name(), "initial translation");
 
     // Initial sync.
@@ -447,6 +453,9 @@ pub fn incremental(args: &BenchArgs, scenario: Scenario, report: &mut ScenarioRe
         }
         n += 1;
         progress.step(n);
+        while let Ok(garbage) = recycled.try_recv() {
+            drop(garbage);
+        }
     }
     progress.phase(&format!("waiting for the output of {n} events"));
     let steps_wall = pacer.start.elapsed();

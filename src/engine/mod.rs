@@ -41,8 +41,8 @@ pub enum Command {
     /// The named source has delivered its initial state: reported to the sink after every
     /// event sent before it has been translated.
     Synced(String),
-    /// Called on the worker once the output of every event sent before it has been handed to
-    /// the sink (in `serve`: is in the cache). So a connecting proxy whose class is new waits
+    /// Called (on the engine's thread, or on its output thread) once the output of every event
+    /// sent before it has been handed to the sink (in `serve`: is in the cache). So a connecting proxy whose class is new waits
     /// for its class's resources before its first answer, a verification reads the cache that
     /// holds exactly the output of its input, and the bench learns each step's batch.
     Then(Box<dyn FnOnce() + Send>),
@@ -128,28 +128,42 @@ impl Drop for CommandSender {
 const MAX_COMMANDS_PER_TIME: usize = 65536;
 
 impl Engine {
-    /// Starts the worker thread. `sink` receives every output, in order, on that thread.
+    /// Starts the worker thread. `sink` receives every output, in order: on that thread, or
+    /// (a large time's, see [`OUTPUT_ELSEWHERE`]) on the engine's output thread.
     pub fn start(sink: impl FnMut(EngineOutput) + Send + 'static) -> Engine {
         Engine::start_with(crate::translate::MeshConfig::default(), sink)
     }
 
     /// [`Engine::start`] with a mesh config other than istiod's default.
     pub fn start_with(mesh: crate::translate::MeshConfig, sink: impl FnMut(EngineOutput) + Send + 'static) -> Engine {
-        // timely wants a `Sync` closure; the sink is only ever called from the worker thread.
-        let sink = std::sync::Mutex::new(sink);
+        Engine::start_recycling(mesh, sink, None)
+    }
+
+    /// [`Engine::start_with`], the objects that large times replaced handed to `recycle` to
+    /// free (else to a thread of the engine's): the thread that allocated them frees them
+    /// without atomics. mimalloc frees a block of another thread's with an atomic push, which
+    /// its owner later collects: at 50,000 pod events a second the bench's generator spent a
+    /// third of its thread collecting what the engine's dropper freed, and the dropper a fifth
+    /// of a core freeing it (`perf record`, session 39).
+    pub fn start_recycling(
+        mesh: crate::translate::MeshConfig,
+        sink: impl FnMut(EngineOutput) + Send + 'static,
+        recycle: Option<Sender<Vec<Object>>>,
+    ) -> Engine {
         let (tx, rx) = crossbeam_channel::unbounded::<Command>();
         let worker = std::thread::Builder::new()
             .name("meshflow-engine".into())
             .spawn(move || {
+                // (timely wants a `Sync` closure; the output stage is only ever used from the
+                // worker thread and the output thread it starts.)
+                let out = std::sync::Mutex::new(Output::new(sink, Dropper { tx: recycle }));
                 timely::execute_directly(move |worker| {
                     #[cfg(feature = "engine-profile")]
                     profile::register(worker);
+                    let mut output = out.lock().unwrap_or_else(|e| e.into_inner());
                     let mut graphs = graphs::Graphs::build(worker, &mesh);
                     let mut driver = Driver::default();
-                    let mut assembler = output::Assembler::default();
-                    let mut dropper = Dropper::default();
                     let mut time = 0u64;
-                    let metrics = crate::metrics::global();
                     while let Some(commands) = next_commands(&rx) {
                         let started = std::time::Instant::now();
                         let (mut synced, mut then) = (Vec::new(), Vec::new());
@@ -170,21 +184,10 @@ impl Engine {
                         driver.flush(&mut graphs, &mut garbage);
                         time += 1;
                         let step = graphs.step(worker);
-                        let delta = assembler.finish(time - 1, step.rows, step.assignments);
-                        let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
-                        sink(EngineOutput::Delta(delta));
-                        metrics.engine_step.observe(started.elapsed().as_secs_f64());
-                        metrics.engine_batch.observe(batch as f64);
-                        for source in synced {
-                            sink(EngineOutput::Synced(source));
-                        }
-                        drop(sink);
-                        for callback in then {
-                            callback();
-                        }
-                        dropper.free(garbage);
+                        output.emit(Time { time: time - 1, step, synced, then, garbage, started, batch });
                     }
-                })
+                    output.finish();
+                });
             })
             .expect("spawning the engine thread");
         let tx = CommandSender::new(tx, Some(worker.thread().clone()));
@@ -245,6 +248,127 @@ fn take(commands: &mut Vec<Command>, command: Command) {
     }
 }
 
+/// What the graphs made of one time, for the output stage.
+struct Time {
+    time: u64,
+    step: graphs::Step,
+    synced: Vec<String>,
+    then: Vec<Box<dyn FnOnce() + Send>>,
+    garbage: Vec<Object>,
+    /// When the engine took the time's first command.
+    started: std::time::Instant,
+    /// How many input events it folded.
+    batch: usize,
+}
+
+/// The end of the engine's pipeline: the assembler, the sink, the callbacks and the freeing
+/// of what a time replaced.
+struct Stage<S> {
+    assembler: output::Assembler,
+    sink: S,
+    dropper: Dropper,
+}
+
+impl<S: FnMut(EngineOutput)> Stage<S> {
+    fn run(&mut self, t: Time) {
+        let delta = self.assembler.finish(t.time, t.step.rows, t.step.assignments);
+        (self.sink)(EngineOutput::Delta(delta));
+        let metrics = crate::metrics::global();
+        metrics.engine_step.observe(t.started.elapsed().as_secs_f64());
+        metrics.engine_batch.observe(t.batch as f64);
+        for source in t.synced {
+            (self.sink)(EngineOutput::Synced(source));
+        }
+        for callback in t.then {
+            callback();
+        }
+        self.dropper.free(t.garbage);
+    }
+}
+
+/// From this many output rows in a time on, its output stage runs on the output thread,
+/// while the engine goes on with the next time (a saturated engine's times have thousands;
+/// the sink and the assembler were 15% of its thread at `large`, `perf record`, session 39).
+/// A smaller time's stage runs on the engine thread, which costs less than the wake, unless
+/// the output thread still has a time to finish: the times come out in order.
+const OUTPUT_ELSEWHERE: usize = 512;
+
+/// The output stage, run on the engine thread or on a thread of its own.
+struct Output<S> {
+    stage: std::sync::Arc<std::sync::Mutex<Stage<S>>>,
+    /// The output thread (started with the first large time) and how many times it has yet
+    /// to finish.
+    thread: Option<(Sender<Time>, JoinHandle<()>)>,
+    pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S: FnMut(EngineOutput) + Send + 'static> Output<S> {
+    fn new(sink: S, dropper: Dropper) -> Output<S> {
+        Output {
+            stage: std::sync::Arc::new(std::sync::Mutex::new(Stage {
+                assembler: output::Assembler::default(),
+                sink,
+                dropper,
+            })),
+            thread: None,
+            pending: std::sync::Arc::default(),
+        }
+    }
+
+    /// Outputs time `t`: here, or on the output thread.
+    fn emit(&mut self, t: Time) {
+        use std::sync::atomic::Ordering;
+        let rows = t.step.rows.len() + t.step.assignments.len();
+        // (Nothing pending: every time before this one is out, and the output thread has let
+        // go of the stage.)
+        if (rows < OUTPUT_ELSEWHERE && self.pending.load(Ordering::Acquire) == 0) || !self.start_thread() {
+            self.stage.lock().unwrap_or_else(|e| e.into_inner()).run(t);
+            return;
+        }
+        let Some((tx, _)) = &self.thread else { return };
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        if let Err(crossbeam_channel::SendError(t)) = tx.send(t) {
+            // (The output thread is gone: it panicked in the sink.)
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            self.stage.lock().unwrap_or_else(|e| e.into_inner()).run(t);
+        }
+    }
+
+    /// Starts the output thread if it is not running; false if it cannot be.
+    fn start_thread(&mut self) -> bool {
+        if self.thread.is_some() {
+            return true;
+        }
+        // (Bounded: should the sink fall behind, the engine waits rather than holding times.)
+        let (tx, rx) = crossbeam_channel::bounded::<Time>(4);
+        let (stage, pending) = (self.stage.clone(), self.pending.clone());
+        let spawned = std::thread::Builder::new().name("meshflow-output".into()).spawn(move || {
+            for t in rx {
+                stage.lock().unwrap_or_else(|e| e.into_inner()).run(t);
+                pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        });
+        match spawned {
+            Ok(handle) => {
+                self.thread = Some((tx, handle));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no output thread: every time is output on the engine's");
+                false
+            }
+        }
+    }
+
+    /// Waits for the output thread to output every time handed to it.
+    fn finish(&mut self) {
+        if let Some((tx, handle)) = self.thread.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+}
+
 /// Frees the objects a time replaced after its output is out; those of a large time on a
 /// thread of its own. A saturated engine's times replace thousands of objects, each freed
 /// field by field from memory long gone cold (and allocated by a source's thread): 5–9% of the
@@ -252,6 +376,7 @@ fn take(commands: &mut Vec<Command>, command: Command) {
 /// freed here, which costs less than the wake.
 #[derive(Default)]
 struct Dropper {
+    /// The dropper's thread, or what the engine was given to recycle to.
     tx: Option<Sender<Vec<Object>>>,
 }
 
@@ -511,5 +636,59 @@ mod tests {
             let cluster = format!("outbound|9080||{name}.default.svc.cluster.local");
             assert!(last.contains(&cluster), "the callback's time holds {name}'s cluster: {last:?}");
         }
+    }
+
+    /// A large time is output on the output thread while the engine goes on; the small times
+    /// after it wait their turn: every time comes out once and in order, each callback after
+    /// its own time's output, whichever thread outputs it.
+    #[test]
+    fn times_come_out_in_order_whichever_thread_outputs_them() {
+        let out: Arc<std::sync::Mutex<Vec<(u64, String)>>> = Arc::default();
+        let in_large = Arc::new(AtomicBool::new(false));
+        let (sink, entered) = (out.clone(), in_large.clone());
+        let engine = Engine::start(move |output| {
+            if let EngineOutput::Delta(d) = output {
+                let thread = std::thread::current().name().unwrap_or_default().to_string();
+                if d.changes.len() >= OUTPUT_ELSEWHERE {
+                    // A slow sink: the times after this one come while it is still out.
+                    entered.store(true, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                sink.lock().unwrap().push((d.time, thread));
+            }
+        });
+        // (Each callback's index, and the last time out when it ran.)
+        type Heard = Vec<(usize, Option<u64>)>;
+        let seen: Arc<std::sync::Mutex<Heard>> = Arc::default();
+        let small = |i: usize| {
+            let (out, heard) = (out.clone(), seen.clone());
+            Command::Batch(vec![
+                Command::Events(vec![InputEvent::apply(service(&format!("svc-{i}")))]),
+                Command::Then(Box::new(move || {
+                    let last = out.lock().unwrap().last().map(|(t, _)| *t);
+                    heard.lock().unwrap().push((i, last));
+                })),
+            ])
+        };
+        engine.send(Command::Events((0..400).map(|i| InputEvent::apply(service(&format!("bulk-{i}")))).collect()));
+        wait_for("the large time's sink", || in_large.load(Ordering::SeqCst));
+        for i in 0..10 {
+            engine.send(small(i));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        wait_for("the callbacks", || seen.lock().unwrap().len() == 10);
+        engine.send(small(10));
+        wait_for("the last callback", || seen.lock().unwrap().len() == 11);
+        let out = out.lock().unwrap().clone();
+        let times: Vec<u64> = out.iter().map(|(t, _)| *t).collect();
+        assert!(times.windows(2).all(|w| w[0] + 1 == w[1]), "every time once, in order: {times:?}");
+        assert_eq!(out[0].1, "meshflow-output", "the large time on the output thread: {out:?}");
+        assert_eq!(out.last().unwrap().1, "meshflow-engine", "a small one after it on the engine's: {out:?}");
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..11).collect::<Vec<_>>());
+        let heard: Vec<u64> = seen.iter().map(|(_, t)| t.expect("a time out before each callback")).collect();
+        assert!(heard[0] > times[0], "the first callback after the large time and its own: {heard:?}");
+        assert!(heard.windows(2).all(|w| w[0] <= w[1]), "each callback after the times before it: {heard:?}");
+        assert_eq!(heard.last(), times.last(), "the last callback after the last time");
     }
 }
