@@ -184,7 +184,8 @@ impl Engine {
                         driver.flush(&mut graphs, &mut garbage);
                         time += 1;
                         let step = graphs.step(worker);
-                        output.emit(Time { time: time - 1, step, synced, then, garbage, started, batch });
+                        let busy = !rx.is_empty();
+                        output.emit(Time { time: time - 1, step, synced, then, garbage, started, batch }, busy);
                     }
                     output.finish();
                 });
@@ -286,11 +287,14 @@ impl<S: FnMut(EngineOutput)> Stage<S> {
     }
 }
 
-/// From this many output rows in a time on, its output stage runs on the output thread,
-/// while the engine goes on with the next time (a saturated engine's times have thousands;
-/// the sink and the assembler were 15% of its thread at `large`, `perf record`, session 39).
-/// A smaller time's stage runs on the engine thread, which costs less than the wake, unless
-/// the output thread still has a time to finish: the times come out in order.
+/// From this many output rows in a time on, if more input is waiting, its output stage runs
+/// on the output thread while the engine goes on with the next time (a saturated engine's
+/// times have thousands; the sink and the assembler were 15% of its thread at `large`, `perf
+/// record`, session 39). Any other time's stage runs on the engine thread, which costs less
+/// than the wake, unless the output thread still has a time to finish: the times come out in
+/// order. (Not an idle engine's large time, such as the initial load: what the sink keeps would
+/// be the output thread's allocations, which the engine's single events then replace and free
+/// from another thread, at 40–50% more engine CPU per event, `perf record`, session 39.)
 const OUTPUT_ELSEWHERE: usize = 512;
 
 /// The output stage, run on the engine thread or on a thread of its own.
@@ -315,13 +319,15 @@ impl<S: FnMut(EngineOutput) + Send + 'static> Output<S> {
         }
     }
 
-    /// Outputs time `t`: here, or on the output thread.
-    fn emit(&mut self, t: Time) {
+    /// Outputs time `t`: here, or on the output thread if it is large and the engine has more
+    /// input waiting (`busy`).
+    fn emit(&mut self, t: Time, busy: bool) {
         use std::sync::atomic::Ordering;
         let rows = t.step.rows.len() + t.step.assignments.len();
         // (Nothing pending: every time before this one is out, and the output thread has let
         // go of the stage.)
-        if (rows < OUTPUT_ELSEWHERE && self.pending.load(Ordering::Acquire) == 0) || !self.start_thread() {
+        let here = rows < OUTPUT_ELSEWHERE || !busy;
+        if (here && self.pending.load(Ordering::Acquire) == 0) || !self.start_thread() {
             self.stage.lock().unwrap_or_else(|e| e.into_inner()).run(t);
             return;
         }
@@ -505,7 +511,9 @@ impl Driver {
     /// the input passed through or could have (each object's changes are in order); the
     /// time's output is the same.
     fn flush(&mut self, graphs: &mut graphs::Graphs, garbage: &mut Vec<Object>) {
-        for (key, old) in self.deferred.drain() {
+        // (Taken, not drained: a drain walks the map's every bucket, and after the initial
+        // load's 10,000 slices that was ~100 µs of a single pod event's time.)
+        for (key, old) in std::mem::take(&mut self.deferred) {
             let new = self.current.get(&key);
             if old.is_some() || new.is_some() {
                 graphs.update(old.as_ref(), new);
@@ -638,57 +646,71 @@ mod tests {
         }
     }
 
-    /// A large time is output on the output thread while the engine goes on; the small times
-    /// after it wait their turn: every time comes out once and in order, each callback after
-    /// its own time's output, whichever thread outputs it.
+    /// A time of many rows, with more input waiting, is output on the output thread; the
+    /// times after it wait their turn: every time comes out once and in order, each callback
+    /// after its own time's output, whichever thread outputs it. A large time of an idle
+    /// engine, and a small one with nothing pending, are output on the engine's thread.
     #[test]
     fn times_come_out_in_order_whichever_thread_outputs_them() {
+        use crate::translate::{ResourceType, Scope};
         let out: Arc<std::sync::Mutex<Vec<(u64, String)>>> = Arc::default();
-        let in_large = Arc::new(AtomicBool::new(false));
-        let (sink, entered) = (out.clone(), in_large.clone());
-        let engine = Engine::start(move |output| {
-            if let EngineOutput::Delta(d) = output {
-                let thread = std::thread::current().name().unwrap_or_default().to_string();
-                if d.changes.len() >= OUTPUT_ELSEWHERE {
-                    // A slow sink: the times after this one come while it is still out.
-                    entered.store(true, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(200));
+        let sink = out.clone();
+        let mut output = Output::new(
+            move |o| {
+                if let EngineOutput::Delta(d) = o {
+                    let thread = std::thread::current().name().unwrap_or_default().to_string();
+                    if d.changes.len() >= OUTPUT_ELSEWHERE {
+                        // A slow sink: the times after this one come while it is still out.
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    sink.lock().unwrap().push((d.time, thread));
                 }
-                sink.lock().unwrap().push((d.time, thread));
-            }
-        });
-        // (Each callback's index, and the last time out when it ran.)
-        type Heard = Vec<(usize, Option<u64>)>;
+            },
+            Dropper::default(),
+        );
+        // (Each callback's time, and the last time out when it ran.)
+        type Heard = Vec<(u64, Option<u64>)>;
         let seen: Arc<std::sync::Mutex<Heard>> = Arc::default();
-        let small = |i: usize| {
+        let time = |time: u64, n: usize| {
             let (out, heard) = (out.clone(), seen.clone());
-            Command::Batch(vec![
-                Command::Events(vec![InputEvent::apply(service(&format!("svc-{i}")))]),
-                Command::Then(Box::new(move || {
+            let rows = (0..n)
+                .map(|i| {
+                    let body: Arc<[u8]> = vec![time as u8, 1].into();
+                    let name = format!("c{i}");
+                    (OutputRow::Resource { scope: Scope::All, ty: ResourceType::Cluster, name, body }, 1)
+                })
+                .collect();
+            Time {
+                time,
+                step: graphs::Step { rows, assignments: Vec::new() },
+                synced: Vec::new(),
+                then: vec![Box::new(move || {
                     let last = out.lock().unwrap().last().map(|(t, _)| *t);
-                    heard.lock().unwrap().push((i, last));
-                })),
-            ])
+                    heard.lock().unwrap().push((time, last));
+                })],
+                garbage: Vec::new(),
+                started: Instant::now(),
+                batch: n,
+            }
         };
-        engine.send(Command::Events((0..400).map(|i| InputEvent::apply(service(&format!("bulk-{i}")))).collect()));
-        wait_for("the large time's sink", || in_large.load(Ordering::SeqCst));
-        for i in 0..10 {
-            engine.send(small(i));
-            std::thread::sleep(Duration::from_millis(10));
+        let here = std::thread::current().name().expect("a named test thread").to_string();
+        output.emit(time(0, 600), false);
+        output.emit(time(1, 600), true);
+        output.emit(time(2, 600), true);
+        for t in 3..8 {
+            output.emit(time(t, 2), false);
         }
-        wait_for("the callbacks", || seen.lock().unwrap().len() == 10);
-        engine.send(small(10));
-        wait_for("the last callback", || seen.lock().unwrap().len() == 11);
+        wait_for("the callbacks", || seen.lock().unwrap().len() == 8);
+        output.emit(time(8, 2), false);
+        output.finish();
         let out = out.lock().unwrap().clone();
         let times: Vec<u64> = out.iter().map(|(t, _)| *t).collect();
-        assert!(times.windows(2).all(|w| w[0] + 1 == w[1]), "every time once, in order: {times:?}");
-        assert_eq!(out[0].1, "meshflow-output", "the large time on the output thread: {out:?}");
-        assert_eq!(out.last().unwrap().1, "meshflow-engine", "a small one after it on the engine's: {out:?}");
+        assert_eq!(times, (0..9).collect::<Vec<_>>(), "every time once, in order");
+        let threads: Vec<&str> = out.iter().map(|(_, thread)| thread.as_str()).collect();
+        assert_eq!(threads[0], here, "an idle engine's large time here");
+        assert_eq!(&threads[1..8], ["meshflow-output"; 7], "a busy engine's large times there, and what came after");
+        assert_eq!(threads[8], here, "a small time with nothing pending here");
         let seen = seen.lock().unwrap().clone();
-        assert_eq!(seen.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..11).collect::<Vec<_>>());
-        let heard: Vec<u64> = seen.iter().map(|(_, t)| t.expect("a time out before each callback")).collect();
-        assert!(heard[0] > times[0], "the first callback after the large time and its own: {heard:?}");
-        assert!(heard.windows(2).all(|w| w[0] <= w[1]), "each callback after the times before it: {heard:?}");
-        assert_eq!(heard.last(), times.last(), "the last callback after the last time");
+        assert!(seen.iter().all(|(t, last)| *last == Some(*t)), "each callback after its own time: {seen:?}");
     }
 }
