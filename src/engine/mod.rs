@@ -293,8 +293,9 @@ impl<S: FnMut(EngineOutput)> Stage<S> {
 /// record`, session 39). Any other time's stage runs on the engine thread, which costs less
 /// than the wake, unless the output thread still has a time to finish: the times come out in
 /// order. (Not an idle engine's large time, such as the initial load: what the sink keeps would
-/// be the output thread's allocations, which the engine's single events then replace and free
-/// from another thread, at 40–50% more engine CPU per event, `perf record`, session 39.)
+/// be the output thread's allocations, which the engine's single events then replace. That
+/// cost 275–292 µs of engine CPU per event against 185–189 at `large`, BENCHMARKS.md,
+/// "Session 39"; more than the cross-thread frees alone explain, and not yet understood.)
 const OUTPUT_ELSEWHERE: usize = 512;
 
 /// The output stage, run on the engine thread or on a thread of its own.
