@@ -301,9 +301,9 @@ const OUTPUT_ELSEWHERE: usize = 512;
 /// The output stage, run on the engine thread or on a thread of its own.
 struct Output<S> {
     stage: std::sync::Arc<std::sync::Mutex<Stage<S>>>,
-    /// The output thread (started with the first large time) and how many times it has yet
-    /// to finish.
+    /// The output thread, started with the first time handed to it.
     thread: Option<(Sender<Time>, JoinHandle<()>)>,
+    /// How many times the output thread has yet to finish.
     pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -328,11 +328,11 @@ impl<S: FnMut(EngineOutput) + Send + 'static> Output<S> {
         // (Nothing pending: every time before this one is out, and the output thread has let
         // go of the stage.)
         let here = rows < OUTPUT_ELSEWHERE || !busy;
-        if (here && self.pending.load(Ordering::Acquire) == 0) || !self.start_thread() {
+        let tx = if here && self.pending.load(Ordering::Acquire) == 0 { None } else { self.thread().cloned() };
+        let Some(tx) = tx else {
             self.stage.lock().unwrap_or_else(|e| e.into_inner()).run(t);
             return;
-        }
-        let Some((tx, _)) = &self.thread else { return };
+        };
         self.pending.fetch_add(1, Ordering::AcqRel);
         if let Err(crossbeam_channel::SendError(t)) = tx.send(t) {
             // (The output thread is gone: it panicked in the sink.)
@@ -341,10 +341,10 @@ impl<S: FnMut(EngineOutput) + Send + 'static> Output<S> {
         }
     }
 
-    /// Starts the output thread if it is not running; false if it cannot be.
-    fn start_thread(&mut self) -> bool {
+    /// The output thread's queue, the thread started if it is not running; None if it cannot be.
+    fn thread(&mut self) -> Option<&Sender<Time>> {
         if self.thread.is_some() {
-            return true;
+            return self.thread.as_ref().map(|(tx, _)| tx);
         }
         // (Bounded: should the sink fall behind, the engine waits rather than holding times.)
         let (tx, rx) = crossbeam_channel::bounded::<Time>(4);
@@ -357,12 +357,12 @@ impl<S: FnMut(EngineOutput) + Send + 'static> Output<S> {
         });
         match spawned {
             Ok(handle) => {
-                self.thread = Some((tx, handle));
-                true
+                let (tx, _) = self.thread.insert((tx, handle));
+                Some(tx)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "no output thread: every time is output on the engine's");
-                false
+                None
             }
         }
     }
@@ -512,8 +512,8 @@ impl Driver {
     /// the input passed through or could have (each object's changes are in order); the
     /// time's output is the same.
     fn flush(&mut self, graphs: &mut graphs::Graphs, garbage: &mut Vec<Object>) {
-        // (Taken, not drained: a drain walks the map's every bucket, and after the initial
-        // load's 10,000 slices that was ~100 µs of a single pod event's time.)
+        // (Taken, not drained: the capacity of a large time, such as the initial load's 10,000
+        // slices, is not kept for every later time to walk.)
         for (key, old) in std::mem::take(&mut self.deferred) {
             let new = self.current.get(&key);
             if old.is_some() || new.is_some() {
