@@ -157,6 +157,7 @@ impl Engine {
                 // (timely wants a `Sync` closure; the output stage is only ever used from the
                 // worker thread and the output thread it starts.)
                 let out = std::sync::Mutex::new(Output::new(sink, Dropper { tx: recycle }));
+                let collect = out.lock().unwrap_or_else(|e| e.into_inner()).collect.clone();
                 timely::execute_directly(move |worker| {
                     #[cfg(feature = "engine-profile")]
                     profile::register(worker);
@@ -164,7 +165,7 @@ impl Engine {
                     let mut graphs = graphs::Graphs::build(worker, &mesh);
                     let mut driver = Driver::default();
                     let mut time = 0u64;
-                    while let Some(commands) = next_commands(&rx) {
+                    while let Some(commands) = next_commands(&rx, &collect) {
                         let started = std::time::Instant::now();
                         let (mut synced, mut then) = (Vec::new(), Vec::new());
                         let mut batch = 0usize;
@@ -220,13 +221,18 @@ impl Drop for Engine {
 }
 
 /// Waits for the next command, parked (see [`CommandSender`]), then takes whatever else is
-/// already waiting. None once every sender is gone.
-fn next_commands(rx: &Receiver<Command>) -> Option<Vec<Command>> {
+/// waiting. None once every sender is gone. Before it parks, if the output thread has
+/// finished a time since, it has the allocator collect (see [`Collect`]).
+fn next_commands(rx: &Receiver<Command>, collect: &Collect) -> Option<Vec<Command>> {
     let first = loop {
         match rx.try_recv() {
             Ok(c) => break c,
             // An unpark that came before this park makes it return at once: no send is missed.
-            Err(crossbeam_channel::TryRecvError::Empty) => std::thread::park(),
+            Err(crossbeam_channel::TryRecvError::Empty) => {
+                if !collect.run_if_due() {
+                    std::thread::park()
+                }
+            }
             Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
         }
     };
@@ -287,15 +293,63 @@ impl<S: FnMut(EngineOutput)> Stage<S> {
     }
 }
 
+/// What the process's allocator does to take back the blocks of the calling thread that
+/// other threads freed; set once, by the binary that chose the allocator
+/// ([`set_allocator_collect`]).
+static ALLOCATOR_COLLECT: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what the engine thread calls, when it goes idle after its output thread finished a
+/// time, to take back its memory that the output thread freed: with mimalloc, `mi_collect`.
+/// Once per process; later calls are ignored.
+pub fn set_allocator_collect(collect: fn()) {
+    let _ = ALLOCATOR_COLLECT.set(collect);
+}
+
+/// The engine thread's allocator collection, due once the output thread finished a time.
+///
+/// The output stage frees what the engine thread allocated for the time (its rows). mimalloc
+/// puts a block that another thread frees on a list of its owner's, and the owner takes the
+/// whole list back at its next allocation that misses its free lists: the first pod event
+/// after a large time (the initial load at `large`) handed to the output thread spent 11–18 ms
+/// there (`_mi_heap_delayed_free_partial` under `endpoints::Graph::finish`, `perf record`,
+/// session 40). With the initial load handed over (forced, to measure), 30 s at 5 pod events/s
+/// cost 280–282 µs of engine CPU per event without this collection, 186–195 with it (as much as
+/// with the initial load output on the engine's thread), and the batch maximum was 13.5–14.2 ms
+/// against 0.55–0.59 (BENCHMARKS.md, "Session 40"). The engine thread collects when it would otherwise
+/// park, off every event's path.
+struct Collect {
+    due: std::sync::atomic::AtomicBool,
+    engine: std::thread::Thread,
+}
+
+impl Collect {
+    /// Called by the output thread when it finished its last queued time: wakes the engine
+    /// thread, which collects if it has nothing else to do.
+    fn request(&self) {
+        self.due.store(true, std::sync::atomic::Ordering::Release);
+        self.engine.unpark();
+    }
+
+    /// Runs the allocator's collection if one is due; whether it was.
+    fn run_if_due(&self) -> bool {
+        if !self.due.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return false;
+        }
+        if let Some(collect) = ALLOCATOR_COLLECT.get() {
+            collect();
+        }
+        true
+    }
+}
+
 /// From this many output rows in a time on, if more input is waiting, its output stage runs
 /// on the output thread while the engine goes on with the next time (a saturated engine's
 /// times have thousands; the sink and the assembler were 15% of its thread at `large`, `perf
 /// record`, session 39). Any other time's stage runs on the engine thread, which costs less
 /// than the wake, unless the output thread still has a time to finish: the times come out in
-/// order. (Not an idle engine's large time, such as the initial load: what the sink keeps would
-/// be the output thread's allocations, which the engine's single events then replace. That
-/// cost 275–292 µs of engine CPU per event against 185–189 at `large`, BENCHMARKS.md,
-/// "Session 39"; more than the cross-thread frees alone explain, and not yet understood.)
+/// order. (Not an idle engine's large time: handing it over gains nothing when no input waits.
+/// What a handed-over time costs the engine thread afterwards, its blocks that the output
+/// thread freed, it takes back when idle: see [`Collect`].)
 const OUTPUT_ELSEWHERE: usize = 512;
 
 /// The output stage, run on the engine thread or on a thread of its own.
@@ -305,9 +359,12 @@ struct Output<S> {
     thread: Option<(Sender<Time>, JoinHandle<()>)>,
     /// How many times the output thread has yet to finish.
     pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Asked for by the output thread whenever it has finished every time handed to it.
+    collect: std::sync::Arc<Collect>,
 }
 
 impl<S: FnMut(EngineOutput) + Send + 'static> Output<S> {
+    /// The output stage of the engine running on the calling thread.
     fn new(sink: S, dropper: Dropper) -> Output<S> {
         Output {
             stage: std::sync::Arc::new(std::sync::Mutex::new(Stage {
@@ -317,6 +374,10 @@ impl<S: FnMut(EngineOutput) + Send + 'static> Output<S> {
             })),
             thread: None,
             pending: std::sync::Arc::default(),
+            collect: std::sync::Arc::new(Collect {
+                due: std::sync::atomic::AtomicBool::new(false),
+                engine: std::thread::current(),
+            }),
         }
     }
 
@@ -348,11 +409,13 @@ impl<S: FnMut(EngineOutput) + Send + 'static> Output<S> {
         }
         // (Bounded: should the sink fall behind, the engine waits rather than holding times.)
         let (tx, rx) = crossbeam_channel::bounded::<Time>(4);
-        let (stage, pending) = (self.stage.clone(), self.pending.clone());
+        let (stage, pending, collect) = (self.stage.clone(), self.pending.clone(), self.collect.clone());
         let spawned = std::thread::Builder::new().name("meshflow-output".into()).spawn(move || {
             for t in rx {
                 stage.lock().unwrap_or_else(|e| e.into_inner()).run(t);
-                pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                if pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                    collect.request();
+                }
             }
         });
         match spawned {
@@ -713,5 +776,53 @@ mod tests {
         assert_eq!(threads[8], here, "a small time with nothing pending here");
         let seen = seen.lock().unwrap().clone();
         assert!(seen.iter().all(|(t, last)| *last == Some(*t)), "each callback after its own time: {seen:?}");
+    }
+
+    /// Once the output thread has finished every time handed to it, the engine thread, with
+    /// no command waiting, has the allocator collect before it parks, once; with commands
+    /// waiting, or nothing due, it does not.
+    #[test]
+    fn the_engine_collects_its_allocator_when_idle_after_the_output_thread() {
+        thread_local! {
+            static CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        }
+        // (Counted per thread: engines of other tests call it on their own threads.)
+        set_allocator_collect(|| CALLS.with(|c| c.set(c.get() + 1)));
+        let calls = || CALLS.with(|c| c.get());
+        let mut output = Output::new(|_| {}, Dropper::default());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let sender = CommandSender::new(tx, Some(std::thread::current()));
+
+        sender.send(Command::Synced("first".into())).unwrap();
+        assert!(next_commands(&rx, &output.collect).is_some());
+        assert_eq!(calls(), 0, "nothing due: no collection");
+
+        let rows = (0..OUTPUT_ELSEWHERE)
+            .map(|i| {
+                let (ty, scope) = (crate::translate::ResourceType::Cluster, crate::translate::Scope::All);
+                (OutputRow::Resource { scope, ty, name: format!("c{i}"), body: vec![1u8].into() }, 1)
+            })
+            .collect();
+        let step = graphs::Step { rows, assignments: Vec::new() };
+        let t =
+            Time { time: 0, step, synced: vec![], then: vec![], garbage: vec![], started: Instant::now(), batch: 1 };
+        output.emit(t, true);
+        let collect = output.collect.clone();
+        wait_for("the output thread to finish", || collect.due.load(std::sync::atomic::Ordering::Acquire));
+
+        sender.send(Command::Synced("waiting".into())).unwrap();
+        assert!(next_commands(&rx, &collect).is_some());
+        assert_eq!(calls(), 0, "a command waiting: taken first");
+
+        let later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            sender.send(Command::Synced("later".into())).unwrap();
+        });
+        let commands = next_commands(&rx, &collect).expect("the later command");
+        assert!(matches!(&commands[..], [Command::Synced(s)] if s == "later"));
+        assert_eq!(calls(), 1, "collected once, before parking");
+        assert!(!collect.due.load(std::sync::atomic::Ordering::Acquire));
+        later.join().unwrap();
+        output.finish();
     }
 }
