@@ -42,9 +42,10 @@ pub enum Command {
     /// event sent before it has been translated.
     Synced(String),
     /// Called (on the engine's thread, or on its output thread) once the output of every event
-    /// sent before it has been handed to the sink (in `serve`: is in the cache). So a connecting proxy whose class is new waits
-    /// for its class's resources before its first answer, a verification reads the cache that
-    /// holds exactly the output of its input, and the bench learns each step's batch.
+    /// sent before it has been handed to the sink (in `serve`: is in the cache). So a
+    /// connecting proxy whose class is new waits for its class's resources before its first
+    /// answer, a verification reads the cache that holds exactly the output of its input, and
+    /// the bench learns each step's batch.
     Then(Box<dyn FnOnce() + Send>),
     /// Commands taken together, as if each had been sent in turn with nothing between: the
     /// engine never folds only some of them into a time (one wake for a step's events and
@@ -313,10 +314,10 @@ pub fn set_allocator_collect(collect: fn()) {
 /// after a large time (the initial load at `large`) handed to the output thread spent 11–18 ms
 /// there (`_mi_heap_delayed_free_partial` under `endpoints::Graph::finish`, `perf record`,
 /// session 40). With the initial load handed over (forced, to measure), 30 s at 5 pod events/s
-/// cost 280–282 µs of engine CPU per event without this collection, 186–195 with it (as much as
-/// with the initial load output on the engine's thread), and the batch maximum was 13.5–14.2 ms
-/// against 0.55–0.59 (BENCHMARKS.md, "Session 40"). The engine thread collects when it would otherwise
-/// park, off every event's path.
+/// cost 280–282 µs of engine CPU per event without this collection, 186–195 with it (as much
+/// as with the initial load output on the engine's thread), and the batch maximum was
+/// 13.5–14.2 ms against 0.55–0.59 (BENCHMARKS.md, "Session 40"). The engine thread collects
+/// when it would otherwise park, off every event's path.
 struct Collect {
     due: std::sync::atomic::AtomicBool,
     engine: std::thread::Thread,

@@ -900,7 +900,7 @@ fn run(ops: Vec<Op>, root: &str) -> Result<(), TestCaseError> {
                 let mut now: BTreeMap<ObjectKey, Option<Object>> = BTreeMap::new();
                 let mut events = Vec::new();
                 for (offset, field) in touches {
-                    let key = keys[(i + offset) % keys.len()].clone();
+                    let key = keys[i.wrapping_add(offset) % keys.len()].clone();
                     let was = now.get(&key).cloned().unwrap_or_else(|| h.live.get(&key).cloned());
                     let event = match was {
                         Some(_) if field % 5 == 4 => InputEvent::delete(key.clone()),
